@@ -1,0 +1,69 @@
+// Package audit defines the records carehub writes to the carehub.audit
+// topic: one per routing decision (permit or deny, and the rule that decided)
+// and one per delivery outcome. Records are keyed by the patient's keyed
+// pseudonym and never hold an NHS number, a name or a payload.
+package audit
+
+import (
+	"encoding/json"
+	"time"
+)
+
+// Kinds of record.
+const (
+	KindDecision = "decision"
+	KindDelivery = "delivery"
+)
+
+// Delivery outcomes.
+const (
+	Delivered    = "delivered"
+	DeadLettered = "dead-lettered"
+)
+
+// Record is one audit entry.
+type Record struct {
+	Time         time.Time `json:"time"`
+	Kind         string    `json:"kind"`
+	EventID      string    `json:"eventId"`
+	EventType    string    `json:"eventType"`
+	Publisher    string    `json:"publisher,omitempty"`
+	Patient      string    `json:"patient"` // keyed pseudonym
+	Recipient    string    `json:"recipient"`
+	Subscription string    `json:"subscription,omitempty"`
+	Basis        string    `json:"basis,omitempty"`
+	Effect       string    `json:"effect,omitempty"`
+	Rule         string    `json:"rule,omitempty"`
+	Obligations  []string  `json:"obligations,omitempty"`
+	Outcome      string    `json:"outcome,omitempty"`
+	Status       int       `json:"status,omitempty"`
+	Attempts     int       `json:"attempts,omitempty"`
+	Reason       string    `json:"reason,omitempty"`
+}
+
+// Marshal encodes r.
+func (r Record) Marshal() []byte {
+	b, _ := json.Marshal(r) // a Record always encodes
+	return b
+}
+
+// Unmarshal decodes a record.
+func Unmarshal(b []byte) (Record, error) {
+	var r Record
+	err := json.Unmarshal(b, &r)
+	return r, err
+}
+
+// DeadLetter is the value written to carehub.dlq: the delivery that was
+// permanently rejected, with the reason, so it can be replayed.
+type DeadLetter struct {
+	Time      time.Time       `json:"time"`
+	Recipient string          `json:"recipient"`
+	EventID   string          `json:"eventId"`
+	EventType string          `json:"eventType"`
+	Patient   string          `json:"patient"`
+	Reason    string          `json:"reason"`
+	Status    int             `json:"status,omitempty"`
+	Attempts  int             `json:"attempts"`
+	Event     json.RawMessage `json:"event"`
+}

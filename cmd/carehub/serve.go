@@ -1,0 +1,35 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"io"
+
+	"github.com/carehub/carehub/config"
+	"github.com/carehub/carehub/hub"
+	"github.com/carehub/carehub/logging"
+)
+
+func serve(ctx context.Context, args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cfgPath := fs.String("config", "deploy/examples/carehub.yaml", "configuration file")
+	dataDir := fs.String("data-dir", "", "where the embedded broker keeps its data (overrides dataDir)")
+	level := fs.String("log-level", "info", "debug, info, warn or error")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	cfg, err := config.Load(*cfgPath)
+	if err != nil {
+		return err
+	}
+	if *dataDir != "" {
+		cfg.DataDir = *dataDir
+	}
+	log, err := logging.New(*level)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = log.Sync() }()
+	return hub.Run(ctx, cfg, log, hub.Options{})
+}

@@ -1,0 +1,346 @@
+// Package config loads carehub's YAML configuration strictly: unknown keys
+// are errors, defaults are applied in one place, and Validate reports every
+// problem at once so that a hub fails at start, never half-way through a day.
+//
+// Secrets (API keys, webhook secrets, the pseudonym key) are Secret values:
+// each is given inline (demo only), from a file, or from an environment
+// variable. A real deployment keeps them out of the committed file:
+//
+//	apiKey: {file: /run/secrets/rx1-key}
+//	secret: {env: CAREHUB_GP_SECRET}
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"os"
+	"regexp"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Config is the whole configuration of one carehub process.
+type Config struct {
+	HTTP       HTTP        `yaml:"http"`
+	DataDir    string      `yaml:"dataDir"`
+	Kafka      Kafka       `yaml:"kafka"`
+	Pseudonym  Secret      `yaml:"pseudonymKey"`
+	Admin      Admin       `yaml:"admin"`
+	Sources    []Source    `yaml:"sources"`
+	Recipients []Recipient `yaml:"recipients"`
+	Delivery   Delivery    `yaml:"delivery"`
+}
+
+// HTTP is the API listener.
+type HTTP struct {
+	Addr         string `yaml:"addr"`
+	MaxBodyBytes int64  `yaml:"maxBodyBytes"`
+	// MaxBatchEvents caps the events in one batch request.
+	MaxBatchEvents int `yaml:"maxBatchEvents"`
+}
+
+// Kafka says which broker to use. With Brokers empty the hub starts its
+// embedded broker on EmbeddedAddr with data under DataDir.
+type Kafka struct {
+	Brokers           []string `yaml:"brokers"`
+	EmbeddedAddr      string   `yaml:"embeddedAddr"`
+	Partitions        int      `yaml:"partitions"`
+	ReplicationFactor int      `yaml:"replicationFactor"`
+	// SyncWrites makes the embedded broker fsync every write before
+	// acknowledging it (survives power loss, not only a process kill).
+	SyncWrites bool `yaml:"syncWrites"`
+}
+
+// Admin holds the operator credentials.
+type Admin struct {
+	APIKey Secret `yaml:"apiKey"`
+}
+
+// Source is an organisation allowed to publish events.
+type Source struct {
+	ODS    string `yaml:"ods"`
+	Name   string `yaml:"name"`
+	APIKey Secret `yaml:"apiKey"`
+}
+
+// Recipient is an organisation that receives events.
+type Recipient struct {
+	ODS           string         `yaml:"ods"`
+	Name          string         `yaml:"name"`
+	Role          string         `yaml:"role"`
+	Webhook       *Webhook       `yaml:"webhook"`
+	Subscriptions []Subscription `yaml:"subscriptions"`
+}
+
+// Webhook is a push endpoint.
+type Webhook struct {
+	URL    string `yaml:"url"`
+	Secret Secret `yaml:"secret"`
+	// Timeout bounds one attempt.
+	Timeout time.Duration `yaml:"timeout"`
+}
+
+// Subscription says which events a recipient wants and on what basis.
+type Subscription struct {
+	ID    string   `yaml:"id"`
+	Basis string   `yaml:"basis"`
+	Types []string `yaml:"types"`
+}
+
+// Delivery tunes the deliverers.
+type Delivery struct {
+	MinBackoff time.Duration `yaml:"minBackoff"`
+	MaxBackoff time.Duration `yaml:"maxBackoff"`
+}
+
+// Secret is a value given inline, from a file or from the environment.
+// Exactly one of the three is set.
+type Secret struct {
+	Value string `yaml:"value"`
+	File  string `yaml:"file"`
+	Env   string `yaml:"env"`
+}
+
+// Set reports whether any form is given.
+func (s Secret) Set() bool { return s.Value != "" || s.File != "" || s.Env != "" }
+
+// Resolve returns the secret's value.
+func (s Secret) Resolve() (string, error) {
+	n := 0
+	for _, v := range []string{s.Value, s.File, s.Env} {
+		if v != "" {
+			n++
+		}
+	}
+	switch {
+	case n == 0:
+		return "", errors.New("no value, file or env given")
+	case n > 1:
+		return "", errors.New("give only one of value, file and env")
+	case s.File != "":
+		b, err := os.ReadFile(s.File)
+		if err != nil {
+			return "", fmt.Errorf("reading secret file: %w", err)
+		}
+		v := strings.TrimSpace(string(b))
+		if v == "" {
+			return "", fmt.Errorf("secret file %s is empty", s.File)
+		}
+		return v, nil
+	case s.Env != "":
+		v, ok := os.LookupEnv(s.Env)
+		if !ok || v == "" {
+			return "", fmt.Errorf("environment variable %s is not set", s.Env)
+		}
+		return v, nil
+	}
+	return s.Value, nil
+}
+
+// Load reads and strictly decodes a YAML file, applies defaults and validates.
+func Load(path string) (*Config, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading config: %w", err)
+	}
+	return Parse(b)
+}
+
+// Parse strictly decodes YAML (unknown keys are errors), applies defaults and validates.
+func Parse(b []byte) (*Config, error) {
+	var c Config
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("decoding config: %w", err)
+	}
+	c.Defaults()
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+// Defaults fills unset fields.
+func (c *Config) Defaults() {
+	if c.HTTP.Addr == "" {
+		c.HTTP.Addr = "127.0.0.1:8080"
+	}
+	if c.HTTP.MaxBodyBytes == 0 {
+		c.HTTP.MaxBodyBytes = 1 << 20
+	}
+	if c.HTTP.MaxBatchEvents == 0 {
+		c.HTTP.MaxBatchEvents = 1000
+	}
+	if c.DataDir == "" {
+		c.DataDir = "./data"
+	}
+	if c.Kafka.EmbeddedAddr == "" {
+		c.Kafka.EmbeddedAddr = "127.0.0.1:9092"
+	}
+	if c.Kafka.Partitions == 0 {
+		c.Kafka.Partitions = 6
+	}
+	if c.Kafka.ReplicationFactor == 0 {
+		if len(c.Kafka.Brokers) == 0 {
+			c.Kafka.ReplicationFactor = 1
+		} else {
+			c.Kafka.ReplicationFactor = 3
+		}
+	}
+	if c.Delivery.MinBackoff == 0 {
+		c.Delivery.MinBackoff = 200 * time.Millisecond
+	}
+	if c.Delivery.MaxBackoff == 0 {
+		c.Delivery.MaxBackoff = 30 * time.Second
+	}
+	for i := range c.Recipients {
+		if w := c.Recipients[i].Webhook; w != nil && w.Timeout == 0 {
+			w.Timeout = 10 * time.Second
+		}
+		for j := range c.Recipients[i].Subscriptions {
+			s := &c.Recipients[i].Subscriptions[j]
+			if s.ID == "" {
+				s.ID = fmt.Sprintf("%s-%s", c.Recipients[i].ODS, s.Basis)
+			}
+		}
+	}
+}
+
+// ODSPattern matches an ODS organisation or site code.
+var ODSPattern = regexp.MustCompile(`^[A-Z0-9]{3,10}$`)
+
+var (
+	roles  = map[string]bool{"gp-practice": true, "hospital": true, "social-care": true, "community": true}
+	bases  = map[string]bool{"registered-gp": true, "discharge-destination": true}
+	eventT = map[string]bool{"admission": true, "transfer": true, "discharge": true, "careplan": true,
+		"admission-cancelled": true, "discharge-cancelled": true, "patient-updated": true, "patient-merged": true}
+)
+
+// EventTypeName maps a subscription's short type name to the CloudEvents type.
+func EventTypeName(short string) string { return "org.carehub." + short + ".v1" }
+
+// Validate reports every problem in the configuration, joined.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
+	if _, _, err := net.SplitHostPort(c.HTTP.Addr); err != nil {
+		bad("http.addr %q: %v", c.HTTP.Addr, err)
+	}
+	if c.HTTP.MaxBodyBytes < 1024 {
+		bad("http.maxBodyBytes must be at least 1024")
+	}
+	if len(c.Kafka.Brokers) == 0 {
+		if _, _, err := net.SplitHostPort(c.Kafka.EmbeddedAddr); err != nil {
+			bad("kafka.embeddedAddr %q: %v", c.Kafka.EmbeddedAddr, err)
+		}
+	} else if c.Kafka.SyncWrites {
+		bad("kafka.syncWrites applies to the embedded broker only, but kafka.brokers is set")
+	}
+	if c.Kafka.Partitions < 1 {
+		bad("kafka.partitions must be at least 1")
+	}
+	if !c.Pseudonym.Set() {
+		bad("pseudonymKey: required (the key of the HMAC that pseudonymises NHS numbers)")
+	} else if v, err := c.Pseudonym.Resolve(); err != nil {
+		bad("pseudonymKey: %v", err)
+	} else if len(v) < 16 {
+		bad("pseudonymKey: must be at least 16 bytes")
+	}
+	if c.Admin.APIKey.Set() {
+		if _, err := c.Admin.APIKey.Resolve(); err != nil {
+			bad("admin.apiKey: %v", err)
+		}
+	}
+	keys := map[string]string{}
+	checkKey := func(where string, s Secret) {
+		v, err := s.Resolve()
+		if err != nil {
+			bad("%s: %v", where, err)
+			return
+		}
+		if len(v) < 8 {
+			bad("%s: API keys must be at least 8 bytes", where)
+		}
+		if prev, dup := keys[v]; dup {
+			bad("%s: the same API key is already used by %s", where, prev)
+		}
+		keys[v] = where
+	}
+	if c.Admin.APIKey.Set() {
+		if v, err := c.Admin.APIKey.Resolve(); err == nil {
+			keys[v] = "admin.apiKey"
+		}
+	}
+	seenSrc := map[string]bool{}
+	for i, s := range c.Sources {
+		where := fmt.Sprintf("sources[%d]", i)
+		if !ODSPattern.MatchString(s.ODS) {
+			bad("%s.ods %q: not an ODS code", where, s.ODS)
+		}
+		if seenSrc[s.ODS] {
+			bad("%s.ods %q: listed twice", where, s.ODS)
+		}
+		seenSrc[s.ODS] = true
+		checkKey(where+".apiKey", s.APIKey)
+	}
+	seenRcp := map[string]bool{}
+	seenSub := map[string]bool{}
+	for i, r := range c.Recipients {
+		where := fmt.Sprintf("recipients[%d]", i)
+		if !ODSPattern.MatchString(r.ODS) {
+			bad("%s.ods %q: not an ODS code", where, r.ODS)
+		}
+		if seenRcp[r.ODS] {
+			bad("%s.ods %q: listed twice", where, r.ODS)
+		}
+		seenRcp[r.ODS] = true
+		if !roles[r.Role] {
+			bad("%s.role %q: one of gp-practice, hospital, social-care, community", where, r.Role)
+		}
+		if r.Webhook == nil {
+			bad("%s: a webhook is required (the only delivery kind so far)", where)
+		} else {
+			u, err := url.Parse(r.Webhook.URL)
+			if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+				bad("%s.webhook.url: an absolute http or https URL is required", where)
+			}
+			if v, err := r.Webhook.Secret.Resolve(); err != nil {
+				bad("%s.webhook.secret: %v", where, err)
+			} else if len(v) < 8 {
+				bad("%s.webhook.secret: must be at least 8 bytes", where)
+			}
+		}
+		if len(r.Subscriptions) == 0 {
+			bad("%s: at least one subscription is required", where)
+		}
+		for j, s := range r.Subscriptions {
+			sw := fmt.Sprintf("%s.subscriptions[%d]", where, j)
+			if seenSub[s.ID] {
+				bad("%s.id %q: used twice", sw, s.ID)
+			}
+			seenSub[s.ID] = true
+			if !bases[s.Basis] {
+				bad("%s.basis %q: one of registered-gp, discharge-destination", sw, s.Basis)
+			}
+			if len(s.Types) == 0 {
+				bad("%s.types: at least one event type is required", sw)
+			}
+			for _, t := range s.Types {
+				if !eventT[t] {
+					bad("%s.types: unknown event type %q", sw, t)
+				}
+			}
+		}
+	}
+	if c.Delivery.MinBackoff > c.Delivery.MaxBackoff {
+		bad("delivery.minBackoff must not exceed delivery.maxBackoff")
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,315 @@
+// Package webhook is the sink connector that POSTs each event to a
+// recipient's HTTPS endpoint, signed per the Standard Webhooks convention.
+//
+// Each request carries:
+//
+//	webhook-id:        the event id (also Idempotency-Key): the same event is
+//	                   always sent with the same id, so a receiver can drop duplicates
+//	webhook-timestamp: Unix seconds of this attempt
+//	webhook-signature: "v1," + base64(HMAC-SHA256(secret, id + "." + timestamp + "." + body))
+//	carehub-patient:   the keyed pseudonym of the patient (never the NHS number)
+//
+// A secret starting "whsec_" is base64 after the prefix (the Standard Webhooks
+// form); any other secret is used as its bytes.
+//
+// Retries: whether an answer is worth retrying is decided in one function,
+// Retryable. Transient failures are retried with capped, jittered
+// exponential backoff (honouring Retry-After) without end, until the context
+// ends; a permanent rejection is returned as connector.Permanent.
+package webhook
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"math/rand/v2"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/carehub/carehub/hub/connector"
+	"github.com/carehub/carehub/logging"
+	"github.com/hashicorp/go-cleanhttp"
+	"github.com/hashicorp/go-retryablehttp"
+	"go.uber.org/zap"
+)
+
+// Header names.
+const (
+	HeaderID         = "webhook-id"
+	HeaderTimestamp  = "webhook-timestamp"
+	HeaderSignature  = "webhook-signature"
+	HeaderPatient    = "carehub-patient"
+	HeaderEventType  = "carehub-event-type"
+	HeaderRecipient  = "carehub-recipient"
+	HeaderIdempotent = "Idempotency-Key"
+	ContentType      = "application/cloudevents+json"
+)
+
+// Config configures one webhook sink.
+type Config struct {
+	URL        string
+	Secret     string
+	Timeout    time.Duration // per attempt; default 10s
+	MinBackoff time.Duration // default 200ms
+	MaxBackoff time.Duration // default 30s
+	// MaxAttempts bounds the attempts; 0 means without end (the default for
+	// the hub: an outbox is a durable backlog, nothing is dropped).
+	MaxAttempts int
+}
+
+// Sink delivers to one webhook endpoint.
+type Sink struct {
+	cfg    Config
+	secret []byte
+	client *retryablehttp.Client
+	now    func() time.Time
+}
+
+// New validates cfg and builds the sink. log receives only method, host and
+// retry counts.
+func New(cfg Config, log *zap.Logger) (*Sink, error) {
+	u, err := url.Parse(cfg.URL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, errors.New("webhook: an absolute http or https URL is required")
+	}
+	if len(cfg.Secret) < 8 {
+		return nil, errors.New("webhook: the secret must be at least 8 bytes")
+	}
+	secret, err := DecodeSecret(cfg.Secret)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = 10 * time.Second
+	}
+	if cfg.MinBackoff <= 0 {
+		cfg.MinBackoff = 200 * time.Millisecond
+	}
+	if cfg.MaxBackoff <= 0 {
+		cfg.MaxBackoff = 30 * time.Second
+	}
+	if cfg.MinBackoff > cfg.MaxBackoff {
+		return nil, errors.New("webhook: MinBackoff exceeds MaxBackoff")
+	}
+	s := &Sink{cfg: cfg, secret: secret, now: time.Now}
+	c := retryablehttp.NewClient()
+	c.HTTPClient = &http.Client{
+		Timeout:   cfg.Timeout,
+		Transport: cleanhttp.DefaultPooledTransport(),
+		// Redirects are not followed (see Retryable): the 3xx is the answer.
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+	c.Logger = logging.NewRetryable(log)
+	c.RetryWaitMin = cfg.MinBackoff
+	c.RetryWaitMax = cfg.MaxBackoff
+	c.RetryMax = math.MaxInt32
+	if cfg.MaxAttempts > 0 {
+		c.RetryMax = cfg.MaxAttempts - 1
+	}
+	c.CheckRetry = func(ctx context.Context, resp *http.Response, err error) (bool, error) {
+		if ctx.Err() != nil {
+			return false, ctx.Err()
+		}
+		status := 0
+		if resp != nil {
+			status = resp.StatusCode
+		}
+		return Retryable(status, err), nil
+	}
+	c.Backoff = Backoff
+	c.RequestLogHook = func(_ retryablehttp.Logger, r *http.Request, _ int) {
+		if n, ok := r.Context().Value(attemptsKey{}).(*int); ok {
+			*n++ // called on Deliver's goroutine, once before each attempt
+		}
+	}
+	// Return the last response or error as is: retryablehttp's own
+	// "giving up" error embeds the URL.
+	c.ErrorHandler = retryablehttp.PassthroughErrorHandler
+	c.PrepareRetry = func(req *http.Request) error {
+		// Re-sign each attempt: receivers reject stale timestamps.
+		body, err := req.GetBody()
+		if err != nil {
+			return err
+		}
+		b, err := io.ReadAll(body)
+		if err != nil {
+			return err
+		}
+		s.sign(req.Header, req.Header.Get(HeaderID), b)
+		return nil
+	}
+	s.client = c
+	return s, nil
+}
+
+// Retryable decides, in one place, whether a delivery attempt that ended
+// with this status (0 when there was no response) or error is worth retrying.
+func Retryable(status int, err error) bool {
+	switch {
+	case err != nil:
+		// No answer: connection refused or reset, DNS, timeout. The
+		// recipient may be down; its outbox keeps the backlog.
+		return true
+	case status >= 200 && status < 300:
+		return false // delivered
+	case status == http.StatusTooManyRequests:
+		return true // asked to slow down (Retry-After honoured by Backoff)
+	case status == http.StatusRequestTimeout:
+		return true // the receiver timed out reading: the request may succeed
+	case status >= 500:
+		return true // the receiver's fault, usually passing
+	case status >= 300 && status < 400:
+		return false // redirects are not followed for signed deliveries: a configuration error
+	default:
+		return false // any other 4xx: the receiver rejects this event; a retry cannot help
+	}
+}
+
+// Backoff is capped exponential backoff with full jitter between min and
+// the exponential bound; Retry-After on a 429 or 503 is honoured, capped at max.
+func Backoff(min, max time.Duration, attempt int, resp *http.Response) time.Duration {
+	if resp != nil && (resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable) {
+		if s := resp.Header.Get("Retry-After"); s != "" {
+			if secs, err := strconv.Atoi(strings.TrimSpace(s)); err == nil && secs >= 0 {
+				return clamp(time.Duration(secs)*time.Second, min, max)
+			}
+			if t, err := http.ParseTime(s); err == nil {
+				return clamp(time.Until(t), min, max)
+			}
+		}
+	}
+	bound := float64(min) * math.Pow(2, float64(attempt))
+	if bound > float64(max) || math.IsInf(bound, 0) || math.IsNaN(bound) {
+		bound = float64(max)
+	}
+	span := int64(bound) - int64(min)
+	if span <= 0 {
+		return min
+	}
+	return min + time.Duration(rand.Int64N(span+1))
+}
+
+func clamp(d, min, max time.Duration) time.Duration {
+	if d < min {
+		return min
+	}
+	if d > max {
+		return max
+	}
+	return d
+}
+
+// Deliver implements connector.Sink.
+func (s *Sink) Deliver(ctx context.Context, d connector.Delivery) (connector.Outcome, error) {
+	var out connector.Outcome
+	attempts := 0
+	req, err := retryablehttp.NewRequestWithContext(context.WithValue(ctx, attemptsKey{}, &attempts), http.MethodPost, s.cfg.URL, d.Body)
+	if err != nil {
+		return out, connector.Permanent("building request", err)
+	}
+	req.Header.Set("Content-Type", ContentType)
+	req.Header.Set(HeaderIdempotent, d.EventID)
+	req.Header.Set(HeaderID, d.EventID)
+	req.Header.Set(HeaderPatient, d.PatientRef)
+	req.Header.Set(HeaderEventType, d.EventType)
+	req.Header.Set(HeaderRecipient, d.Recipient)
+	req.Header.Set("User-Agent", "carehub-webhook/1")
+	s.sign(req.Header, d.EventID, d.Body)
+	resp, err := s.client.Do(req)
+	out.Attempts = attempts
+	if err != nil {
+		if ctx.Err() != nil {
+			return out, fmt.Errorf("delivering: %w", ctx.Err())
+		}
+		return out, fmt.Errorf("delivering: %s", logging.Class(err))
+	}
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	resp.Body.Close()
+	out.Status = resp.StatusCode
+	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
+		return out, nil
+	}
+	if Retryable(resp.StatusCode, nil) {
+		// Only reached when MaxAttempts bounds the retries.
+		return out, fmt.Errorf("delivering: gave up after %d attempts, last status %d", attempts, resp.StatusCode)
+	}
+	return out, connector.Permanent(fmt.Sprintf("recipient answered %d", resp.StatusCode), nil)
+}
+
+// attemptsKey is the context key of Deliver's attempt counter.
+type attemptsKey struct{}
+
+// DecodeSecret returns the signing key for a configured secret.
+func DecodeSecret(secret string) ([]byte, error) {
+	if rest, ok := strings.CutPrefix(secret, "whsec_"); ok {
+		b, err := base64.StdEncoding.DecodeString(rest)
+		if err != nil {
+			return nil, errors.New("webhook: a whsec_ secret must be base64 after the prefix")
+		}
+		return b, nil
+	}
+	return []byte(secret), nil
+}
+
+func (s *Sink) sign(h http.Header, id string, body []byte) {
+	ts := strconv.FormatInt(s.now().Unix(), 10)
+	h.Set(HeaderTimestamp, ts)
+	h.Set(HeaderSignature, "v1,"+Signature(s.secret, id, ts, body))
+}
+
+// Signature computes the base64 HMAC-SHA256 of id.timestamp.body.
+func Signature(key []byte, id, timestamp string, body []byte) string {
+	m := hmac.New(sha256.New, key)
+	m.Write([]byte(id))
+	m.Write([]byte{'.'})
+	m.Write([]byte(timestamp))
+	m.Write([]byte{'.'})
+	m.Write(body)
+	return base64.StdEncoding.EncodeToString(m.Sum(nil))
+}
+
+// Verification errors.
+var (
+	ErrMissingHeaders = errors.New("webhook: missing webhook-id, webhook-timestamp or webhook-signature")
+	ErrTimestamp      = errors.New("webhook: timestamp outside the tolerance")
+	ErrSignature      = errors.New("webhook: no signature matches")
+)
+
+// Verify checks a received request's signature headers against body, as a
+// receiver does. tolerance bounds the timestamp's distance from now.
+func Verify(key []byte, h http.Header, body []byte, now time.Time, tolerance time.Duration) error {
+	id, ts, sigs := h.Get(HeaderID), h.Get(HeaderTimestamp), h.Get(HeaderSignature)
+	if id == "" || ts == "" || sigs == "" {
+		return ErrMissingHeaders
+	}
+	secs, err := strconv.ParseInt(ts, 10, 64)
+	if err != nil {
+		return ErrTimestamp
+	}
+	if d := now.Sub(time.Unix(secs, 0)); d > tolerance || d < -tolerance {
+		return ErrTimestamp
+	}
+	want := []byte(Signature(key, id, ts, body))
+	for _, sig := range strings.Fields(sigs) {
+		v, got, ok := strings.Cut(sig, ",")
+		if ok && v == "v1" && hmac.Equal([]byte(got), want) {
+			return nil
+		}
+	}
+	return ErrSignature
+}
+
+// Body is a helper for receivers: it reads at most limit bytes of r's body.
+func Body(r *http.Request, limit int64) ([]byte, error) {
+	return io.ReadAll(io.LimitReader(r.Body, limit))
+}
+
+var _ connector.Sink = (*Sink)(nil)

@@ -1,0 +1,123 @@
+// Package connector holds the contracts between the hub and its connectors.
+// It is the only hub package a connector imports.
+//
+// A source connector receives messages from senders (HTTP, MLLP, ...),
+// authenticates them as an organisation, and hands them to an Ingest. The ack
+// contract: Ingest.Accept returns nil only once the event is durable in Kafka
+// (acks from all in-sync replicas), and only then may the source answer the
+// sender positively (HTTP 202, HL7 MSA|AA). When Accept returns an error,
+// nothing was published and the source answers negatively with the error's
+// kind (problem.KindOf) mapped to its protocol.
+//
+// A sink connector delivers one event to one recipient. The delivery
+// contract: Deliver returns nil only once the recipient has accepted the
+// event; an error marked Permanent means the recipient rejected it and a
+// retry cannot help (the hub moves it to the dead-letter topic); any other
+// error means "not delivered yet" (the hub redelivers later, in order). A sink
+// retries transient failures itself, without end, until ctx ends.
+package connector
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+
+	"go.uber.org/zap"
+)
+
+// Accepted identifies an event made durable.
+type Accepted struct {
+	ID   string `json:"id"`
+	Type string `json:"type"`
+}
+
+// Result is the outcome for one event of a batch.
+type Result struct {
+	Accepted
+	Err error
+}
+
+// Ingest validates events and makes them durable.
+type Ingest interface {
+	// Accept validates one CloudEvents JSON document published by the
+	// organisation org (an ODS code established by authentication) and returns
+	// once it is durable. On error nothing was published.
+	Accept(ctx context.Context, org string, raw []byte) (Accepted, error)
+	// AcceptBatch validates every document, then makes all valid ones durable
+	// together. It returns one Result per document, in order.
+	AcceptBatch(ctx context.Context, org string, raws []json.RawMessage) []Result
+}
+
+// Authenticator maps a request's credentials to the organisation they belong
+// to. It returns a *problem.Error of kind Unauthenticated when there are none
+// or they are unknown.
+type Authenticator interface {
+	Organisation(r *http.Request) (string, error)
+}
+
+// Env is what a source is given to run.
+type Env struct {
+	Ingest Ingest
+	Auth   Authenticator
+	// Mux is the hub's HTTP API; HTTP-based sources add their routes here
+	// before Run returns control (they must not block before registering).
+	Mux *http.ServeMux
+	Log *zap.Logger
+}
+
+// Source is a source connector.
+type Source interface {
+	// Register adds the source's HTTP routes, if any, to env.Mux.
+	Register(env Env) error
+	// Run serves until ctx ends, then drains: it stops taking new input and
+	// finishes (answers) what is in flight before returning.
+	Run(ctx context.Context, env Env) error
+}
+
+// Delivery is one event for one recipient.
+type Delivery struct {
+	EventID    string
+	EventType  string
+	Recipient  string // ODS code
+	PatientRef string // keyed pseudonym of the NHS number, never the number
+	Body       []byte // the CloudEvents JSON document to deliver
+}
+
+// Outcome describes a finished delivery.
+type Outcome struct {
+	Attempts int
+	Status   int // the recipient's last HTTP status, or 0
+}
+
+// Sink is a sink connector.
+type Sink interface {
+	Deliver(ctx context.Context, d Delivery) (Outcome, error)
+}
+
+// SinkFunc adapts a function to a Sink.
+type SinkFunc func(ctx context.Context, d Delivery) (Outcome, error)
+
+// Deliver calls f.
+func (f SinkFunc) Deliver(ctx context.Context, d Delivery) (Outcome, error) { return f(ctx, d) }
+
+type permanent struct {
+	reason string
+	err    error
+}
+
+func (p *permanent) Error() string { return "permanently rejected: " + p.reason }
+func (p *permanent) Unwrap() error { return p.err }
+
+// Permanent marks a delivery failure that no retry can fix. reason must be
+// safe to show (no URL, no payload): it is stored with the dead letter.
+func Permanent(reason string, err error) error { return &permanent{reason: reason, err: err} }
+
+// IsPermanent reports whether err was marked Permanent, and its reason.
+func IsPermanent(err error) (string, bool) {
+	var p *permanent
+	if errors.As(err, &p) {
+		return p.reason, true
+	}
+	return "", false
+}

@@ -1,0 +1,261 @@
+// Package hub assembles one carehub process: the broker (embedded or a Kafka
+// cluster), the topics, the HTTP API with its source connectors, the router
+// and one deliverer per recipient, all under one watermill Router.
+//
+// Shutdown (Run's context ends, e.g. on SIGTERM) drains in this order: stop
+// accepting (HTTP server shutdown, in-flight requests answered), stop the
+// router and deliverers (in-flight messages finish or are left uncommitted,
+// to be redelivered), close the publisher, then close the embedded broker
+// cleanly.
+package hub
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
+	"github.com/carehub/carehub/broker"
+	"github.com/carehub/carehub/config"
+	"github.com/carehub/carehub/connectors/httpevents"
+	"github.com/carehub/carehub/connectors/webhook"
+	"github.com/carehub/carehub/consent"
+	"github.com/carehub/carehub/event"
+	"github.com/carehub/carehub/hub/auth"
+	"github.com/carehub/carehub/hub/connector"
+	"github.com/carehub/carehub/hub/deliver"
+	"github.com/carehub/carehub/hub/ingest"
+	"github.com/carehub/carehub/hub/route"
+	"github.com/carehub/carehub/hub/topic"
+	"github.com/carehub/carehub/kafkawm"
+	"github.com/carehub/carehub/logging"
+	"github.com/carehub/carehub/nhs"
+	"go.uber.org/zap"
+)
+
+// Options are the command-line overrides of the configuration.
+type Options struct {
+	// Ready, when set, is called once the hub serves and routes, with the
+	// HTTP address and the broker addresses.
+	Ready func(httpAddr string, brokers []string)
+}
+
+// Run runs a hub until ctx ends, then drains. It returns an error if the hub
+// could not start or failed while running.
+func Run(ctx context.Context, cfg *config.Config, log *zap.Logger, opts Options) error {
+	brokers := cfg.Kafka.Brokers
+	if len(brokers) == 0 {
+		emb, err := broker.StartEmbedded(ctx, broker.EmbeddedConfig{
+			DataDir:    cfg.DataDir,
+			Addr:       cfg.Kafka.EmbeddedAddr,
+			Partitions: int32(cfg.Kafka.Partitions),
+			SyncWrites: cfg.Kafka.SyncWrites,
+			Logger:     log.Named("broker"),
+		})
+		if err != nil {
+			return fmt.Errorf("starting the embedded broker: %w", err)
+		}
+		defer func() {
+			if err := emb.Close(); err != nil {
+				log.Error("closing the embedded broker", zap.Error(err))
+			}
+		}()
+		brokers = emb.Addrs()
+		log.Info("embedded broker started", zap.Strings("addrs", brokers), zap.String("data_dir", cfg.DataDir))
+	} else {
+		log.Info("using Kafka cluster", zap.Strings("brokers", brokers))
+	}
+
+	var recipients []string
+	var subs []route.Subscription
+	for _, r := range cfg.Recipients {
+		recipients = append(recipients, r.ODS)
+		for _, s := range r.Subscriptions {
+			types := map[string]bool{}
+			for _, t := range s.Types {
+				types[config.EventTypeName(t)] = true
+			}
+			subs = append(subs, route.Subscription{
+				ID: s.ID, Recipient: consent.Recipient{ODS: r.ODS, Role: consent.Role(r.Role)},
+				Basis: consent.Basis(s.Basis), Types: types,
+			})
+		}
+	}
+	if err := broker.EnsureTopics(ctx, brokers, topic.Specs(cfg.Kafka.Partitions, cfg.Kafka.ReplicationFactor, recipients)); err != nil {
+		return fmt.Errorf("creating topics: %w", err)
+	}
+
+	wlog := logging.NewWatermill(log, false)
+	pub, err := kafkawm.NewPublisher(kafkawm.PublisherConfig{Brokers: brokers}, wlog)
+	if err != nil {
+		return fmt.Errorf("creating the publisher: %w", err)
+	}
+	defer pub.Close()
+
+	pkey, err := cfg.Pseudonym.Resolve()
+	if err != nil {
+		return fmt.Errorf("pseudonymKey: %w", err)
+	}
+	pseudo, err := nhs.NewPseudonymiser([]byte(pkey))
+	if err != nil {
+		return err
+	}
+	validator, err := event.NewValidator()
+	if err != nil {
+		return fmt.Errorf("compiling schemas: %w", err)
+	}
+	in, err := ingest.New(validator, pseudo, pub)
+	if err != nil {
+		return err
+	}
+	keys, err := apiKeys(cfg)
+	if err != nil {
+		return err
+	}
+	index, err := route.NewSubscriptions(subs)
+	if err != nil {
+		return err
+	}
+	rt, err := route.New(index, consent.Relationship{}, route.NoDirectives{}, pub, log.Named("router"))
+	if err != nil {
+		return err
+	}
+
+	router, err := message.NewRouter(message.RouterConfig{CloseTimeout: 15 * time.Second}, wlog)
+	if err != nil {
+		return err
+	}
+	router.AddMiddleware(middleware.Recoverer)
+	newSub := func(group string) (message.Subscriber, error) {
+		return kafkawm.NewSubscriber(kafkawm.SubscriberConfig{Brokers: brokers, ConsumerGroup: group}, wlog)
+	}
+	evSub, err := newSub(topic.GroupRouter)
+	if err != nil {
+		return err
+	}
+	router.AddConsumerHandler("route", topic.Events, evSub, rt.Handle)
+
+	stopDelivery, cancelDelivery := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelDelivery()
+	for _, r := range cfg.Recipients {
+		secret, err := r.Webhook.Secret.Resolve()
+		if err != nil {
+			return fmt.Errorf("recipient %s: %w", r.ODS, err)
+		}
+		sink, err := webhook.New(webhook.Config{
+			URL: r.Webhook.URL, Secret: secret, Timeout: r.Webhook.Timeout,
+			MinBackoff: cfg.Delivery.MinBackoff, MaxBackoff: cfg.Delivery.MaxBackoff,
+		}, log.With(zap.String("recipient", r.ODS)))
+		if err != nil {
+			return fmt.Errorf("recipient %s: %w", r.ODS, err)
+		}
+		d, err := deliver.New(stopDelivery, r.ODS, sink, pub, log.Named("deliver"))
+		if err != nil {
+			return err
+		}
+		sub, err := newSub(topic.DeliverGroup(r.ODS))
+		if err != nil {
+			return err
+		}
+		router.AddConsumerHandler("deliver-"+r.ODS, topic.Outbox(r.ODS), sub, d.Handle)
+	}
+
+	mux := http.NewServeMux()
+	var ready atomic.Bool
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusOK) })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !ready.Load() {
+			http.Error(w, "not ready", http.StatusServiceUnavailable)
+			return
+		}
+		w.WriteHeader(http.StatusOK)
+	})
+	env := connector.Env{Ingest: in, Auth: keys, Mux: mux, Log: log.Named("ingest")}
+	src, err := httpevents.New(httpevents.Config{MaxBodyBytes: cfg.HTTP.MaxBodyBytes, MaxBatchEvents: cfg.HTTP.MaxBatchEvents})
+	if err != nil {
+		return err
+	}
+	if err := src.Register(env); err != nil {
+		return err
+	}
+
+	ln, err := net.Listen("tcp", cfg.HTTP.Addr)
+	if err != nil {
+		return fmt.Errorf("listening for HTTP: %w", err)
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 60 * time.Second,
+		ErrorLog: zap.NewStdLog(log.Named("http"))}
+
+	routerErr := make(chan error, 1)
+	go func() { routerErr <- router.Run(context.WithoutCancel(ctx)) }()
+	select {
+	case <-router.Running():
+	case err := <-routerErr:
+		ln.Close()
+		return fmt.Errorf("starting the router: %w", err)
+	case <-ctx.Done():
+	}
+	srvErr := make(chan error, 1)
+	go func() { srvErr <- srv.Serve(ln) }()
+	srcCtx, stopSrc := context.WithCancel(ctx)
+	defer stopSrc()
+	go func() { _ = src.Run(srcCtx, env) }()
+	ready.Store(true)
+	log.Info("carehub ready", zap.String("http", ln.Addr().String()), zap.Strings("brokers", brokers),
+		zap.Int("recipients", len(cfg.Recipients)), zap.Int("sources", len(cfg.Sources)))
+	if opts.Ready != nil {
+		opts.Ready(ln.Addr().String(), brokers)
+	}
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+		log.Info("stopping: draining")
+	case err := <-srvErr:
+		runErr = fmt.Errorf("HTTP server: %w", err)
+	case err := <-routerErr:
+		runErr = fmt.Errorf("router stopped: %w", err)
+	}
+	ready.Store(false)
+	shutCtx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(shutCtx); err != nil {
+		log.Warn("HTTP shutdown", logging.Err(err))
+	}
+	stopSrc()
+	// Give in-flight deliveries a moment to finish, then end their retries.
+	grace := time.AfterFunc(3*time.Second, cancelDelivery)
+	defer grace.Stop()
+	if err := router.Close(); err != nil {
+		log.Warn("closing the router", logging.Err(err))
+	}
+	log.Info("stopped")
+	if runErr != nil && !errors.Is(runErr, http.ErrServerClosed) {
+		return runErr
+	}
+	return nil
+}
+
+func apiKeys(cfg *config.Config) (*auth.Keys, error) {
+	m := map[string]string{}
+	for _, s := range cfg.Sources {
+		k, err := s.APIKey.Resolve()
+		if err != nil {
+			return nil, fmt.Errorf("source %s: %w", s.ODS, err)
+		}
+		m[k] = s.ODS
+	}
+	if cfg.Admin.APIKey.Set() {
+		k, err := cfg.Admin.APIKey.Resolve()
+		if err != nil {
+			return nil, fmt.Errorf("admin: %w", err)
+		}
+		m[k] = auth.Admin
+	}
+	return auth.New(m)
+}

@@ -1,0 +1,162 @@
+// Package route is the hub's router: it consumes carehub.events, finds the
+// subscriptions each event matches, asks the consent Decider for a decision
+// per candidate recipient, produces one copy per permitted recipient to that
+// recipient's outbox, and writes one audit record per decision.
+//
+// Ack contract: Handle returns nil only after every outbox copy and every
+// audit record is acknowledged by Kafka; only then is the event's offset
+// committed. Any failure, a consent error included, returns an error: the
+// event is redelivered, never skipped (fail closed).
+//
+// A recipient that matches an event on more than one basis receives it once:
+// the first permitted basis, in the order registered GP, then discharge
+// destination, decides the copy; every decision is still audited.
+package route
+
+import (
+	"errors"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/carehub/carehub/audit"
+	"github.com/carehub/carehub/consent"
+	"github.com/carehub/carehub/event"
+	"github.com/carehub/carehub/hub/topic"
+	"github.com/carehub/carehub/problem"
+	"go.uber.org/zap"
+)
+
+// Directives supplies a patient's current directives, by the patient's
+// keyed pseudonym. It returns an error when it cannot answer (not loaded,
+// not caught up): the router then fails closed.
+type Directives interface {
+	For(patient string) ([]consent.Directive, error)
+}
+
+// NoDirectives is a Directives with none recorded for anyone.
+type NoDirectives struct{}
+
+// For implements Directives.
+func (NoDirectives) For(string) ([]consent.Directive, error) { return nil, nil }
+
+// Router routes events.
+type Router struct {
+	subs       *Subscriptions
+	decider    consent.Decider
+	directives Directives
+	pub        message.Publisher
+	log        *zap.Logger
+	now        func() time.Time
+}
+
+// New builds a Router.
+func New(subs *Subscriptions, d consent.Decider, dirs Directives, pub message.Publisher, log *zap.Logger) (*Router, error) {
+	if subs == nil || d == nil || dirs == nil || pub == nil || log == nil {
+		return nil, errors.New("route: subscriptions, decider, directives, publisher and logger are required")
+	}
+	return &Router{subs: subs, decider: d, directives: dirs, pub: pub, log: log, now: time.Now}, nil
+}
+
+// Plan is what routing one event produces, before it is published.
+type Plan struct {
+	Outbox map[string][]*message.Message // by topic
+	Audit  []*message.Message
+}
+
+// Handle is the watermill handler for carehub.events.
+func (r *Router) Handle(msg *message.Message) error {
+	plan, err := r.Plan(msg)
+	if err != nil {
+		return err
+	}
+	for t, msgs := range plan.Outbox {
+		if err := r.pub.Publish(t, msgs...); err != nil {
+			return problem.Wrap(problem.Unavailable, "publishing to an outbox", err)
+		}
+	}
+	if err := r.pub.Publish(topic.Audit, plan.Audit...); err != nil {
+		return problem.Wrap(problem.Unavailable, "publishing audit records", err)
+	}
+	return nil
+}
+
+// Plan decides where msg goes without publishing anything.
+func (r *Router) Plan(msg *message.Message) (*Plan, error) {
+	ctx := msg.Context()
+	key := msg.Metadata.Get(topic.MetaKey)
+	ev, err := event.Unmarshal(msg.Payload)
+	if err != nil {
+		// Ingest validated it; an undecodable event here is a bug or a
+		// foreign producer. Refuse it loudly and retry: never skip.
+		return nil, problem.Wrap(problem.Internal, "decoding a routed event", err)
+	}
+	plan := &Plan{Outbox: map[string][]*message.Message{}}
+	cands := r.subs.Match(ev)
+	if len(cands) == 0 {
+		r.log.Debug("no subscription matches", zap.String("event_id", ev.ID), zap.String("event_type", ev.Type))
+		return plan, nil
+	}
+	dirs, err := r.directives.For(key)
+	if err != nil {
+		return nil, problem.Wrap(problem.Unavailable, "reading consent directives", err)
+	}
+	facts := consent.Event{
+		ID: ev.ID, Type: ev.Type, Publisher: ev.Publisher, Time: ev.Time,
+		Labels: ev.Labels, HasDocument: ev.HasDocument,
+		GPPractice: ev.Patient.GPPractice, DischargeDestination: ev.DischargeDestination,
+	}
+	sent := map[string]bool{}
+	for _, c := range cands {
+		sub := c.Subscription
+		d, err := r.decider.Decide(ctx, consent.Request{Event: facts, Recipient: sub.Recipient, Basis: sub.Basis, Directives: dirs})
+		if err != nil {
+			return nil, problem.Wrap(problem.Unavailable, "deciding consent", err)
+		}
+		if d.Rule == "" {
+			return nil, problem.New(problem.Internal, "consent decision without a rule")
+		}
+		rec := audit.Record{
+			Time: r.now().UTC(), Kind: audit.KindDecision,
+			EventID: ev.ID, EventType: ev.Type, Publisher: ev.Publisher, Patient: key,
+			Recipient: sub.Recipient.ODS, Subscription: sub.ID, Basis: string(sub.Basis),
+			Effect: string(d.Effect), Rule: d.Rule,
+		}
+		for _, o := range d.Obligations {
+			rec.Obligations = append(rec.Obligations, string(o))
+		}
+		plan.Audit = append(plan.Audit, auditMessage(rec, key))
+		if !d.Permitted() || sent[sub.Recipient.ODS] {
+			continue
+		}
+		body := msg.Payload
+		if d.Has(consent.NotificationOnly) {
+			if body, err = event.NotificationOnly(msg.Payload); err != nil {
+				return nil, problem.Wrap(problem.Internal, "removing documents for a notification-only copy", err)
+			}
+		}
+		out := message.NewMessage(ev.ID, body)
+		for k, v := range msg.Metadata {
+			if k == topic.MetaKey || k == topic.MetaEventID || k == topic.MetaEventType || k == topic.MetaSource || k == "content-type" {
+				out.Metadata.Set(k, v)
+			}
+		}
+		out.Metadata.Set(topic.MetaRecipient, sub.Recipient.ODS)
+		out.Metadata.Set(topic.MetaBasis, string(sub.Basis))
+		out.Metadata.Set(topic.MetaRule, d.Rule)
+		t := topic.Outbox(sub.Recipient.ODS)
+		plan.Outbox[t] = append(plan.Outbox[t], out)
+		sent[sub.Recipient.ODS] = true
+	}
+	r.log.Debug("routed",
+		zap.String("event_id", ev.ID), zap.String("event_type", ev.Type),
+		zap.Int("candidates", len(cands)), zap.Int("copies", len(sent)))
+	return plan, nil
+}
+
+func auditMessage(rec audit.Record, key string) *message.Message {
+	m := message.NewMessage(watermill.NewUUID(), rec.Marshal())
+	m.Metadata.Set(topic.MetaKey, key)
+	m.Metadata.Set(topic.MetaEventID, rec.EventID)
+	return m
+}

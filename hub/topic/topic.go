@@ -1,0 +1,64 @@
+// Package topic names carehub's Kafka topics and says how each is created.
+// DESIGN.md's topic table is the source of truth; Specs follows it.
+package topic
+
+import (
+	"strings"
+
+	"github.com/carehub/carehub/broker"
+)
+
+// The topics.
+const (
+	Events        = "carehub.events"
+	Audit         = "carehub.audit"
+	DLQ           = "carehub.dlq"
+	Consent       = "carehub.consent"
+	Subscriptions = "carehub.subscriptions"
+	outboxPrefix  = "carehub.outbox."
+)
+
+// Consumer groups.
+const (
+	GroupRouter        = "carehub-router"
+	groupDeliverPrefix = "carehub-deliver-"
+)
+
+// Outbox is the topic holding one recipient's consented copies, in order.
+func Outbox(ods string) string { return outboxPrefix + strings.ToLower(ods) }
+
+// DeliverGroup is the consumer group of one recipient's deliverers.
+func DeliverGroup(ods string) string { return groupDeliverPrefix + strings.ToLower(ods) }
+
+// Message metadata (Kafka header) names. None holds patient data: the key is
+// the patient's keyed pseudonym.
+const (
+	MetaKey       = "partition_key"
+	MetaEventID   = "ce_id"
+	MetaEventType = "ce_type"
+	MetaSource    = "ce_source"
+	MetaRecipient = "carehub_recipient"
+	MetaBasis     = "carehub_basis"
+	MetaRule      = "carehub_rule"
+)
+
+// Specs returns the topics a hub needs, with their settings. Events, audit
+// and the dead-letter topic are systems of record (retention.ms=-1); consent
+// and subscriptions are compacted. Outboxes keep everything until a
+// retention job deletes what every deliverer has committed (not yet built):
+// retention.ms=-1 so that a recipient that is down for weeks loses nothing.
+func Specs(partitions, replication int, recipients []string) []broker.TopicSpec {
+	forever := map[string]string{"retention.ms": "-1"}
+	compact := map[string]string{"cleanup.policy": "compact", "retention.ms": "-1"}
+	specs := []broker.TopicSpec{
+		{Name: Events, Partitions: partitions, ReplicationFactor: replication, Configs: forever},
+		{Name: Audit, Partitions: partitions, ReplicationFactor: replication, Configs: forever},
+		{Name: DLQ, Partitions: partitions, ReplicationFactor: replication, Configs: forever},
+		{Name: Consent, Partitions: partitions, ReplicationFactor: replication, Configs: compact},
+		{Name: Subscriptions, Partitions: 1, ReplicationFactor: replication, Configs: compact},
+	}
+	for _, r := range recipients {
+		specs = append(specs, broker.TopicSpec{Name: Outbox(r), Partitions: partitions, ReplicationFactor: replication, Configs: forever})
+	}
+	return specs
+}
