@@ -34,6 +34,7 @@ type Record struct {
 	Basis        string    `json:"basis,omitempty"`
 	Effect       string    `json:"effect,omitempty"`
 	Rule         string    `json:"rule,omitempty"`
+	Directive    string    `json:"directive,omitempty"` // id of the directive that decided, if any
 	Obligations  []string  `json:"obligations,omitempty"`
 	Outcome      string    `json:"outcome,omitempty"`
 	Status       int       `json:"status,omitempty"`

@@ -35,6 +35,17 @@ type Config struct {
 	Sources    []Source    `yaml:"sources"`
 	Recipients []Recipient `yaml:"recipients"`
 	Delivery   Delivery    `yaml:"delivery"`
+	Consent    Consent     `yaml:"consent"`
+}
+
+// Consent is the deployment's consent policy (see package consent).
+type Consent struct {
+	// ExtraSensitiveCategories are category codes treated as sensitive in
+	// addition to the built-in ones.
+	ExtraSensitiveCategories []string `yaml:"extraSensitiveCategories"`
+	// ConfidentialAllow lists the bases on which a confidential patient's
+	// events are still shared. Default: [registered-gp].
+	ConfidentialAllow []string `yaml:"confidentialAllow"`
 }
 
 // HTTP is the API listener.
@@ -193,6 +204,9 @@ func (c *Config) Defaults() {
 		} else {
 			c.Kafka.ReplicationFactor = 3
 		}
+	}
+	if c.Consent.ConfidentialAllow == nil {
+		c.Consent.ConfidentialAllow = []string{"registered-gp"}
 	}
 	if c.Delivery.MinBackoff == 0 {
 		c.Delivery.MinBackoff = 200 * time.Millisecond

@@ -194,6 +194,9 @@ func (s *safeBuffer) String() string {
 type hubOptions struct {
 	gp, careHome string // receiver URLs
 	extraYAML    string
+	// brokers, when set, points the hub at another hub's broker instead
+	// of starting its own: the cluster mode.
+	brokers string
 }
 
 // startHub writes a configuration like deploy/examples/carehub.yaml with
@@ -202,10 +205,15 @@ func startHub(t *testing.T, o hubOptions) *hub {
 	t.Helper()
 	dir := t.TempDir()
 	h := &hub{t: t, dataDir: filepath.Join(dir, "data"), HTTP: freePort(t), Kafka: freePort(t), logs: &safeBuffer{}}
+	brokersYAML := ""
+	if o.brokers != "" {
+		h.Kafka = o.brokers
+		brokersYAML = fmt.Sprintf(", brokers: [%q], replicationFactor: 1", o.brokers)
+	}
 	cfg := fmt.Sprintf(`
 http: {addr: %q, maxBodyBytes: 65536}
 dataDir: %q
-kafka: {embeddedAddr: %q, partitions: 3}
+kafka: {embeddedAddr: %q, partitions: 3%s}
 pseudonymKey: {value: e2e-pseudonym-key-0123456789}
 admin: {apiKey: {value: demo-admin-key}}
 sources:
@@ -223,7 +231,7 @@ recipients:
     subscriptions:
       - {id: vm123-discharges-to-us, basis: discharge-destination, types: [admission, discharge]}
 delivery: {minBackoff: 20ms, maxBackoff: 200ms}
-%s`, h.HTTP, h.dataDir, h.Kafka, o.gp, o.careHome, o.extraYAML)
+%s`, h.HTTP, h.dataDir, h.Kafka, brokersYAML, o.gp, o.careHome, o.extraYAML)
 	h.cfgPath = filepath.Join(dir, "carehub.yaml")
 	if err := os.WriteFile(h.cfgPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
@@ -536,4 +544,29 @@ func (h *hub) groupAtEnd(group, topic string) bool {
 		}
 	}
 	return true
+}
+
+// waitGroupMembers waits until a consumer group is stable with n members
+// that each hold partitions.
+func (h *hub) waitGroupMembers(group string, n int) {
+	h.t.Helper()
+	c := &kafka.Client{Addr: kafka.TCP(h.Kafka), Timeout: 10 * time.Second}
+	waitFor(h.t, fmt.Sprintf("%d members in %s", n, group), 60*time.Second, func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		res, err := c.DescribeGroups(ctx, &kafka.DescribeGroupsRequest{GroupIDs: []string{group}})
+		if err != nil || len(res.Groups) != 1 {
+			return false
+		}
+		g := res.Groups[0]
+		if g.GroupState != "Stable" || len(g.Members) != n {
+			return false
+		}
+		for _, m := range g.Members {
+			if len(m.MemberAssignments.Topics) == 0 {
+				return false
+			}
+		}
+		return true
+	})
 }

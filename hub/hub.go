@@ -26,7 +26,9 @@ import (
 	"github.com/carehub/carehub/connectors/webhook"
 	"github.com/carehub/carehub/consent"
 	"github.com/carehub/carehub/event"
+	"github.com/carehub/carehub/hub/admin"
 	"github.com/carehub/carehub/hub/auth"
+	"github.com/carehub/carehub/hub/consentstore"
 	"github.com/carehub/carehub/hub/connector"
 	"github.com/carehub/carehub/hub/deliver"
 	"github.com/carehub/carehub/hub/ingest"
@@ -121,7 +123,21 @@ func Run(ctx context.Context, cfg *config.Config, log *zap.Logger, opts Options)
 	if err != nil {
 		return err
 	}
-	rt, err := route.New(index, consent.Relationship{}, route.NoDirectives{}, pub, log.Named("router"))
+	policy := consent.DefaultPolicy()
+	policy.ExtraSensitiveCategories = cfg.Consent.ExtraSensitiveCategories
+	policy.ConfidentialAllow = nil
+	for _, b := range cfg.Consent.ConfidentialAllow {
+		policy.ConfidentialAllow = append(policy.ConfidentialAllow, consent.Basis(b))
+	}
+	if err := policy.Validate(); err != nil {
+		return fmt.Errorf("consent policy: %w", err)
+	}
+	store, err := consentstore.Open(brokers, topic.Consent, log.Named("consent"))
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	rt, err := route.New(index, &policy, store, pub, log.Named("router"))
 	if err != nil {
 		return err
 	}
@@ -183,6 +199,12 @@ func Run(ctx context.Context, cfg *config.Config, log *zap.Logger, opts Options)
 	if err := src.Register(env); err != nil {
 		return err
 	}
+	api := &admin.API{Auth: keys, Store: store, Pseudo: pseudo, Validator: validator, Router: rt,
+		Disclosures: &admin.AuditReader{Brokers: brokers, Topic: topic.Audit}, Log: log.Named("admin"),
+		MaxBody: cfg.HTTP.MaxBodyBytes}
+	if err := api.Register(mux); err != nil {
+		return err
+	}
 
 	ln, err := net.Listen("tcp", cfg.HTTP.Addr)
 	if err != nil {
@@ -191,6 +213,11 @@ func Run(ctx context.Context, cfg *config.Config, log *zap.Logger, opts Options)
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 60 * time.Second,
 		ErrorLog: zap.NewStdLog(log.Named("http"))}
 
+	// Route nothing before every directive is loaded.
+	if err := store.WaitLoaded(ctx); err != nil {
+		ln.Close()
+		return fmt.Errorf("loading consent directives: %w", err)
+	}
 	routerErr := make(chan error, 1)
 	go func() { routerErr <- router.Run(context.WithoutCancel(ctx)) }()
 	select {

@@ -2,6 +2,7 @@
 //
 //	carehub serve  --config FILE [--data-dir DIR]   run the hub
 //	carehub listen --addr HOST:PORT --secret S       a recipient for trying things out
+//	carehub consent put|get|delete|explain|disclosures   operate on consent directives
 package main
 
 import (
@@ -20,6 +21,7 @@ const usage = `carehub: share care records as events.
 Usage:
   carehub serve  --config FILE [--data-dir DIR] [--log-level info]
   carehub listen --addr 127.0.0.1:9102 --secret SECRET
+  carehub consent put|get|delete|explain|disclosures ...
 
 Run "carehub COMMAND -h" for a command's flags.
 `
@@ -45,6 +47,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return serve(ctx, args[1:], stderr)
 	case "listen":
 		return listen(ctx, args[1:], stdout, stderr)
+	case "consent":
+		return consentCmd(ctx, args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil

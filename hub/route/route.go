@@ -14,6 +14,7 @@
 package route
 
 import (
+	"context"
 	"errors"
 	"time"
 
@@ -28,14 +29,19 @@ import (
 )
 
 // Directives supplies a patient's current directives, by the patient's
-// keyed pseudonym. It returns an error when it cannot answer (not loaded,
-// not caught up): the router then fails closed.
+// keyed pseudonym. Sync returns once every change acknowledged before the
+// call is visible to For. Both return an error when they cannot answer (not
+// loaded, broker unreachable): the router then fails closed.
 type Directives interface {
+	Sync(ctx context.Context) error
 	For(patient string) ([]consent.Directive, error)
 }
 
 // NoDirectives is a Directives with none recorded for anyone.
 type NoDirectives struct{}
+
+// Sync implements Directives.
+func (NoDirectives) Sync(context.Context) error { return nil }
 
 // For implements Directives.
 func (NoDirectives) For(string) ([]consent.Directive, error) { return nil, nil }
@@ -81,21 +87,25 @@ func (r *Router) Handle(msg *message.Message) error {
 	return nil
 }
 
-// Plan decides where msg goes without publishing anything.
-func (r *Router) Plan(msg *message.Message) (*Plan, error) {
-	ctx := msg.Context()
-	key := msg.Metadata.Get(topic.MetaKey)
-	ev, err := event.Unmarshal(msg.Payload)
-	if err != nil {
-		// Ingest validated it; an undecodable event here is a bug or a
-		// foreign producer. Refuse it loudly and retry: never skip.
-		return nil, problem.Wrap(problem.Internal, "decoding a routed event", err)
-	}
-	plan := &Plan{Outbox: map[string][]*message.Message{}}
+// Verdict is the decision for one candidate recipient.
+type Verdict struct {
+	Subscription *Subscription
+	Decision     consent.Decision
+	// Copy is true for the one permitted verdict per recipient that
+	// produces the outbox copy.
+	Copy bool
+}
+
+// Decide finds the candidates for ev about the patient with pseudonym key
+// and decides each, after catching up with every consent change
+// acknowledged before the call. It publishes nothing.
+func (r *Router) Decide(ctx context.Context, ev *event.Event, key string) ([]Verdict, error) {
 	cands := r.subs.Match(ev)
 	if len(cands) == 0 {
-		r.log.Debug("no subscription matches", zap.String("event_id", ev.ID), zap.String("event_type", ev.Type))
-		return plan, nil
+		return nil, nil
+	}
+	if err := r.directives.Sync(ctx); err != nil {
+		return nil, problem.Wrap(problem.Unavailable, "catching up with consent directives", err)
 	}
 	dirs, err := r.directives.For(key)
 	if err != nil {
@@ -106,6 +116,7 @@ func (r *Router) Plan(msg *message.Message) (*Plan, error) {
 		Labels: ev.Labels, HasDocument: ev.HasDocument,
 		GPPractice: ev.Patient.GPPractice, DischargeDestination: ev.DischargeDestination,
 	}
+	out := make([]Verdict, 0, len(cands))
 	sent := map[string]bool{}
 	for _, c := range cands {
 		sub := c.Subscription
@@ -113,20 +124,45 @@ func (r *Router) Plan(msg *message.Message) (*Plan, error) {
 		if err != nil {
 			return nil, problem.Wrap(problem.Unavailable, "deciding consent", err)
 		}
-		if d.Rule == "" {
-			return nil, problem.New(problem.Internal, "consent decision without a rule")
+		if d.Rule == "" || (d.Effect != consent.Permit && d.Effect != consent.Deny) {
+			return nil, problem.New(problem.Internal, "consent decision without an effect or a rule")
 		}
+		v := Verdict{Subscription: sub, Decision: d}
+		if d.Permitted() && !sent[sub.Recipient.ODS] {
+			v.Copy, sent[sub.Recipient.ODS] = true, true
+		}
+		out = append(out, v)
+	}
+	return out, nil
+}
+
+// Plan decides where msg goes without publishing anything.
+func (r *Router) Plan(msg *message.Message) (*Plan, error) {
+	key := msg.Metadata.Get(topic.MetaKey)
+	ev, err := event.Unmarshal(msg.Payload)
+	if err != nil {
+		// Ingest validated it; an undecodable event here is a bug or a
+		// foreign producer. Refuse it loudly and retry: never skip.
+		return nil, problem.Wrap(problem.Internal, "decoding a routed event", err)
+	}
+	verdicts, err := r.Decide(msg.Context(), ev, key)
+	if err != nil {
+		return nil, err
+	}
+	plan := &Plan{Outbox: map[string][]*message.Message{}}
+	for _, v := range verdicts {
+		sub, d := v.Subscription, v.Decision
 		rec := audit.Record{
 			Time: r.now().UTC(), Kind: audit.KindDecision,
 			EventID: ev.ID, EventType: ev.Type, Publisher: ev.Publisher, Patient: key,
 			Recipient: sub.Recipient.ODS, Subscription: sub.ID, Basis: string(sub.Basis),
-			Effect: string(d.Effect), Rule: d.Rule,
+			Effect: string(d.Effect), Rule: d.Rule, Directive: d.DirectiveID,
 		}
 		for _, o := range d.Obligations {
 			rec.Obligations = append(rec.Obligations, string(o))
 		}
 		plan.Audit = append(plan.Audit, auditMessage(rec, key))
-		if !d.Permitted() || sent[sub.Recipient.ODS] {
+		if !v.Copy {
 			continue
 		}
 		body := msg.Payload
@@ -136,9 +172,9 @@ func (r *Router) Plan(msg *message.Message) (*Plan, error) {
 			}
 		}
 		out := message.NewMessage(ev.ID, body)
-		for k, v := range msg.Metadata {
-			if k == topic.MetaKey || k == topic.MetaEventID || k == topic.MetaEventType || k == topic.MetaSource || k == "content-type" {
-				out.Metadata.Set(k, v)
+		for _, k := range []string{topic.MetaKey, topic.MetaEventID, topic.MetaEventType, topic.MetaSource, "content-type"} {
+			if val := msg.Metadata.Get(k); val != "" {
+				out.Metadata.Set(k, val)
 			}
 		}
 		out.Metadata.Set(topic.MetaRecipient, sub.Recipient.ODS)
@@ -146,11 +182,9 @@ func (r *Router) Plan(msg *message.Message) (*Plan, error) {
 		out.Metadata.Set(topic.MetaRule, d.Rule)
 		t := topic.Outbox(sub.Recipient.ODS)
 		plan.Outbox[t] = append(plan.Outbox[t], out)
-		sent[sub.Recipient.ODS] = true
 	}
-	r.log.Debug("routed",
-		zap.String("event_id", ev.ID), zap.String("event_type", ev.Type),
-		zap.Int("candidates", len(cands)), zap.Int("copies", len(sent)))
+	r.log.Debug("routed", zap.String("event_id", ev.ID), zap.String("event_type", ev.Type),
+		zap.Int("verdicts", len(verdicts)), zap.Int("outboxes", len(plan.Outbox)))
 	return plan, nil
 }
 
