@@ -6,6 +6,7 @@ import (
 	"net/http/httptest"
 
 	"github.com/carehub/carehub/problem"
+	"github.com/carehub/carehub/problem/problemhttp"
 )
 
 // One error, three protocols: the kind decides the HTTP status, the HL7 ACK
@@ -26,7 +27,7 @@ func Example() {
 	fmt.Println(problem.Public(errors.New("dial tcp: patient 9991234567")))
 
 	rec := httptest.NewRecorder()
-	problem.Write(rec, err)
+	problemhttp.Write(rec, err)
 	fmt.Println(rec.Code, rec.Header().Get("Content-Type"))
 	fmt.Print(rec.Body.String())
 	// Output:

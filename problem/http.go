@@ -1,10 +1,6 @@
 package problem
 
-import (
-	"encoding/json"
-	"errors"
-	"net/http"
-)
+import "errors"
 
 // Details is an RFC 9457 problem document, with carehub's extension member
 // "violations" listing each broken rule by JSON pointer.
@@ -32,20 +28,24 @@ func DetailsOf(err error) Details {
 	}
 	return Details{
 		Type:       TypeBase + k.String(),
-		Title:      http.StatusText(k.HTTPStatus()),
+		Title:      statusText[k.HTTPStatus()],
 		Status:     k.HTTPStatus(),
 		Detail:     e.Message,
 		Violations: e.Violations,
 	}
 }
 
-// Write answers an HTTP request with err as application/problem+json.
-func Write(w http.ResponseWriter, err error) {
-	d := DetailsOf(err)
-	w.Header().Set("Content-Type", "application/problem+json")
-	if d.Status == http.StatusServiceUnavailable {
-		w.Header().Set("Retry-After", "5")
-	}
-	w.WriteHeader(d.Status)
-	_ = json.NewEncoder(w).Encode(d)
+// statusText holds the HTTP reason phrases of the statuses kinds map to,
+// so that this package needs no transport (net/http) of its own.
+var statusText = map[int]string{
+	400: "Bad Request",
+	401: "Unauthorized",
+	403: "Forbidden",
+	404: "Not Found",
+	409: "Conflict",
+	413: "Request Entity Too Large",
+	415: "Unsupported Media Type",
+	422: "Unprocessable Entity",
+	500: "Internal Server Error",
+	503: "Service Unavailable",
 }

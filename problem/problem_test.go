@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/carehub/carehub/problem"
+	"github.com/carehub/carehub/problem/problemhttp"
 	"github.com/google/go-cmp/cmp"
 )
 
@@ -246,7 +247,7 @@ func TestDetailsOf(t *testing.T) {
 func TestWriteEveryKind(t *testing.T) {
 	for _, tt := range kindTable {
 		rec := httptest.NewRecorder()
-		problem.Write(rec, problem.Wrap(tt.kind, "public text", fmt.Errorf("cause with %s", canary)))
+		problemhttp.Write(rec, problem.Wrap(tt.kind, "public text", fmt.Errorf("cause with %s", canary)))
 		res := rec.Result()
 		body, _ := io.ReadAll(res.Body)
 
@@ -289,7 +290,7 @@ func TestWriteEveryKind(t *testing.T) {
 
 func TestWriteViolations(t *testing.T) {
 	rec := httptest.NewRecorder()
-	problem.Write(rec, problem.Violated("/data/patient/nhsNumber", "nhs-number-check-digit", "NHS number fails the modulus 11 check"))
+	problemhttp.Write(rec, problem.Violated("/data/patient/nhsNumber", "nhs-number-check-digit", "NHS number fails the modulus 11 check"))
 	var got problem.Details
 	if err := json.Unmarshal(rec.Body.Bytes(), &got); err != nil {
 		t.Fatal(err)

@@ -22,6 +22,7 @@ import (
 	"github.com/carehub/carehub/hub/connector"
 	"github.com/carehub/carehub/logging"
 	"github.com/carehub/carehub/problem"
+	"github.com/carehub/carehub/problem/problemhttp"
 	"go.uber.org/zap"
 )
 
@@ -89,12 +90,12 @@ func (s *Source) serve(w http.ResponseWriter, r *http.Request) {
 	log := s.env.Log
 	org, err := s.env.Auth.Organisation(r)
 	if err != nil {
-		problem.Write(w, err)
+		problemhttp.Write(w, err)
 		return
 	}
 	mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
 	if err != nil || (mt != MediaEvent && mt != MediaBatch && mt != "application/json") {
-		problem.Write(w, problem.New(problem.MediaType,
+		problemhttp.Write(w, problem.New(problem.MediaType,
 			"Content-Type must be "+MediaEvent+" or "+MediaBatch))
 		return
 	}
@@ -102,17 +103,17 @@ func (s *Source) serve(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			problem.Write(w, problem.New(problem.TooLarge, "the body exceeds the limit of this endpoint"))
+			problemhttp.Write(w, problem.New(problem.TooLarge, "the body exceeds the limit of this endpoint"))
 			return
 		}
-		problem.Write(w, problem.New(problem.Malformed, "the body could not be read"))
+		problemhttp.Write(w, problem.New(problem.Malformed, "the body could not be read"))
 		return
 	}
 	if mt != MediaBatch {
 		acc, err := s.env.Ingest.Accept(r.Context(), org, body)
 		if err != nil {
 			log.Info("event refused", zap.String("source", org), zap.Int("bytes", len(body)), logging.Err(err))
-			problem.Write(w, err)
+			problemhttp.Write(w, err)
 			return
 		}
 		w.Header().Set("Content-Type", "application/json")
@@ -122,15 +123,15 @@ func (s *Source) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	var raws []json.RawMessage
 	if err := json.Unmarshal(body, &raws); err != nil {
-		problem.Write(w, problem.Violated("", "batch-array", "a batch must be a JSON array of CloudEvents"))
+		problemhttp.Write(w, problem.Violated("", "batch-array", "a batch must be a JSON array of CloudEvents"))
 		return
 	}
 	if len(raws) == 0 {
-		problem.Write(w, problem.Violated("", "batch-not-empty", "a batch must hold at least one event"))
+		problemhttp.Write(w, problem.Violated("", "batch-not-empty", "a batch must hold at least one event"))
 		return
 	}
 	if len(raws) > s.cfg.MaxBatchEvents {
-		problem.Write(w, problem.New(problem.TooLarge, "the batch holds more events than this endpoint accepts"))
+		problemhttp.Write(w, problem.New(problem.TooLarge, "the batch holds more events than this endpoint accepts"))
 		return
 	}
 	results := s.env.Ingest.AcceptBatch(r.Context(), org, raws)

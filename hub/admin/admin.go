@@ -34,6 +34,7 @@ import (
 	"github.com/carehub/carehub/logging"
 	"github.com/carehub/carehub/nhs"
 	"github.com/carehub/carehub/problem"
+	"github.com/carehub/carehub/problem/problemhttp"
 	"go.uber.org/zap"
 )
 
@@ -109,7 +110,7 @@ func (a *API) fail(w http.ResponseWriter, r *http.Request, err error) {
 		a.Log.Error("admin request failed", zap.String("route", r.Pattern), logging.Err(err))
 	}
 	if !wantsFHIR(r) {
-		problem.Write(w, err)
+		problemhttp.Write(w, err)
 		return
 	}
 	status := problem.DetailsOf(err).Status
