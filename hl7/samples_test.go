@@ -1,0 +1,497 @@
+package hl7
+
+import (
+	"bytes"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+	"unicode/utf8"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
+
+// sharedDir finds shared/testdata/<sub> in a parent directory of the package
+// (the project's checkout has shared/ beside the repository). It fails the
+// test under CI and skips it elsewhere if the data is missing.
+func sharedDir(t testing.TB, sub string) string {
+	t.Helper()
+	dir, _ := os.Getwd()
+	for d := dir; ; d = filepath.Dir(d) {
+		p := filepath.Join(d, "shared", "testdata", sub)
+		if fi, err := os.Stat(p); err == nil && fi.IsDir() {
+			return p
+		}
+		if filepath.Dir(d) == d {
+			break
+		}
+	}
+	if os.Getenv("CI") != "" {
+		t.Fatalf("shared/testdata/%s not found above %s", sub, dir)
+	}
+	t.Skipf("shared/testdata/%s not found above %s", sub, dir)
+	return ""
+}
+
+// sampleFiles returns every HL7 sample under shared/testdata/hl7v2, keyed by
+// slash-separated path relative to it. Documentation (.md), vector tables
+// (.tsv, tested on their own) and MLLP streams (.mllp, tested in package
+// mllp) are left out.
+func sampleFiles(t testing.TB) map[string][]byte {
+	root := sharedDir(t, "hl7v2")
+	files := map[string][]byte{}
+	err := filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		switch filepath.Ext(p) {
+		case ".md", ".tsv", ".mllp":
+			return nil
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(root, p)
+		files[filepath.ToSlash(rel)] = b
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(files) < 40 {
+		t.Fatalf("found only %d sample files under %s", len(files), root)
+	}
+	return files
+}
+
+// outcome is what a sample file must give. The zero value means: Parse
+// succeeds.
+type outcome struct {
+	batch    int    // > 0: ParseBatch yields this many messages
+	parseErr string // errSummary of Parse's error, for batch files
+	batchErr string // errSummary of ParseBatch's error, for malformed batches
+	why      string
+}
+
+var sampleOutcomes = map[string]outcome{
+	"batch/python-hl7-sample_batch.hl7": {batch: 1,
+		parseErr: `code=100 seg="BHS" idx=1 seq=1 field=0 off=0 msg=0`},
+	"batch/python-hl7-sample_batch1.hl7": {batch: 2,
+		parseErr: `code=100 seg="BHS" idx=1 seq=1 field=0 off=0 msg=0`},
+	"batch/python-hl7-sample_batch2.hl7": {batch: 2,
+		parseErr: `code=100 seg="MSH" idx=7 seq=2 field=0 off=280 msg=0`,
+		why:      "two messages without envelope: Parse sees a second MSH"},
+	"batch/python-hl7-sample_file1.hl7": {batch: 3,
+		parseErr: `code=100 seg="FHS" idx=1 seq=1 field=0 off=0 msg=0`},
+	"generic/npm-hl7-standard/batch.hl7": {batch: 2,
+		parseErr: `code=100 seg="FHS" idx=1 seq=1 field=0 off=0 msg=0`},
+	"malformed/python-hl7-sample_bad_batch.hl7": {
+		parseErr: `code=100 seg="BHS" idx=1 seq=1 field=0 off=0 msg=0`,
+		batchErr: `code=100 seg="EVN" idx=2 seq=0 field=0 off=65 msg=0`,
+		why:      "BHS followed by EVN: segment where an MSH was expected"},
+	"malformed/python-hl7-sample_bad_batch1.hl7": {
+		parseErr: `code=100 seg="BHS" idx=1 seq=1 field=0 off=0 msg=0`,
+		batchErr: `code=100 seg="BHS" idx=4 seq=0 field=0 off=183 msg=0`,
+		why:      "second BHS inside an open batch (inside a message)"},
+	"malformed/python-hl7-sample_bad_file.hl7": {
+		parseErr: `code=100 seg="FHS" idx=1 seq=1 field=0 off=0 msg=0`,
+		batchErr: `code=100 seg="EVN" idx=3 seq=0 field=0 off=132 msg=0`,
+		why:      "FHS, BHS, then EVN: segment where an MSH was expected"},
+	"malformed/python-hl7-sample_bad_file2.hl7": {
+		parseErr: `code=100 seg="FHS" idx=1 seq=1 field=0 off=0 msg=0`,
+		batchErr: `code=100 seg="FHS" idx=5 seq=0 field=0 off=250 msg=0`,
+		why:      "FHS nested inside a message: FHS must be the first segment"},
+	"malformed/python-hl7-sample_bad_file3.hl7": {
+		parseErr: `code=100 seg="FHS" idx=1 seq=1 field=0 off=0 msg=0`,
+		batchErr: `code=100 seg="EVN" idx=2 seq=0 field=0 off=67 msg=0`,
+		why:      "FHS then EVN: segment where an MSH was expected"},
+}
+
+// normalise is what Encode(Parse(x)) must equal: no byte order mark, no
+// leading or blank lines, every segment terminated by CR.
+func normalise(b []byte) []byte {
+	b = bytes.TrimPrefix(b, []byte(utf8BOM))
+	var out []byte
+	for _, line := range strings.FieldsFunc(string(b), func(r rune) bool { return r == '\r' || r == '\n' }) {
+		if strings.TrimSpace(line) == "" {
+			continue
+		}
+		out = append(out, line...)
+		out = append(out, '\r')
+	}
+	return out
+}
+
+// walkValues reads every value of m at every level, checking that text is
+// valid UTF-8. It returns the number of values read.
+func walkValues(t testing.TB, m *Message) int {
+	n := 0
+	check := func(s string) {
+		n++
+		if !utf8.ValidString(s) {
+			t.Errorf("value %q is not valid UTF-8", s)
+		}
+	}
+	for _, s := range m.AllSegments() {
+		for _, f := range s.Fields() {
+			check(f.String())
+			for _, r := range f.Repetitions() {
+				check(r.String())
+				for _, c := range r.Components() {
+					check(c.String())
+					for _, sc := range c.Subs() {
+						check(sc.String())
+					}
+				}
+			}
+		}
+	}
+	return n
+}
+
+func TestSamples(t *testing.T) {
+	files := sampleFiles(t)
+	names := make([]string, 0, len(files))
+	for name := range files {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for name := range sampleOutcomes {
+		if _, ok := files[name]; !ok {
+			t.Errorf("%s: listed in sampleOutcomes but not found", name)
+		}
+	}
+	parsed := 0
+	for _, name := range names {
+		data := files[name]
+		want, listed := sampleOutcomes[name]
+		if strings.HasPrefix(name, "malformed/") && !listed {
+			t.Errorf("%s: malformed sample without an expected outcome in sampleOutcomes", name)
+			continue
+		}
+		m, err := Parse(data)
+		if want.parseErr != "" {
+			if got := errSummary(err); got != want.parseErr {
+				t.Errorf("Parse(%s):\n\tgot  %v\n\twant %v\n\t(%v)", name, got, want.parseErr, err)
+			}
+		} else {
+			if err != nil {
+				t.Errorf("Parse(%s): %v", name, err)
+				continue
+			}
+			parsed++
+			if got, w := m.Encode(), normalise(data); !bytes.Equal(got, w) {
+				t.Errorf("Encode(Parse(%s)) differs from the normalised input:\n\tgot  %q\n\twant %q", name, got, w)
+			}
+			if err := m.ValidateHeader(); err != nil {
+				t.Errorf("%s: ValidateHeader: %v", name, err)
+			}
+			walkValues(t, m)
+			// Parsing the encoded form gives the same bytes again.
+			m2, err := Parse(m.Encode())
+			if err != nil || !bytes.Equal(m2.Encode(), m.Encode()) {
+				t.Errorf("%s: Parse(Encode(m)) is not stable: %v", name, err)
+			}
+		}
+
+		msgs, err := ParseBatch(data)
+		switch {
+		case want.batchErr != "":
+			if got := errSummary(err); got != want.batchErr {
+				t.Errorf("ParseBatch(%s) (%s):\n\tgot  %v\n\twant %v\n\t(%v)", name, want.why, got, want.batchErr, err)
+			}
+		case err != nil:
+			t.Errorf("ParseBatch(%s): %v", name, err)
+		default:
+			wantN := want.batch
+			if wantN == 0 {
+				wantN = 1
+			}
+			if len(msgs) != wantN {
+				t.Errorf("ParseBatch(%s) = %d messages, want %d", name, len(msgs), wantN)
+			}
+			for i, bm := range msgs {
+				if bm.Segment("MSH") != bm.SegmentAt(1) {
+					t.Errorf("%s: batch message %d does not start with MSH", name, i+1)
+				}
+				for _, s := range bm.AllSegments() {
+					switch s.Name() {
+					case "FHS", "BHS", "BTS", "FTS":
+						t.Errorf("%s: batch message %d contains envelope segment %s", name, i+1, s.Name())
+					}
+				}
+				walkValues(t, bm)
+				if m2, err := Parse(bm.Encode()); err != nil || !bytes.Equal(m2.Encode(), bm.Encode()) {
+					t.Errorf("%s: message %d does not re-parse: %v", name, i+1, err)
+				}
+			}
+			if listed && want.batch == 0 && !bytes.Equal(msgs[0].Encode(), m.Encode()) {
+				t.Errorf("%s: ParseBatch and Parse disagree", name)
+			}
+		}
+	}
+	if parsed < 35 {
+		t.Errorf("only %d samples parsed as single messages", parsed)
+	}
+}
+
+// CR-separated input must round-trip byte for byte.
+func TestSamplesRoundTripCR(t *testing.T) {
+	for name, data := range sampleFiles(t) {
+		if _, special := sampleOutcomes[name]; special {
+			continue
+		}
+		cr := normalise(data)
+		m, err := Parse(cr)
+		if err != nil {
+			t.Errorf("%s: %v", name, err)
+			continue
+		}
+		if got := m.Encode(); !bytes.Equal(got, cr) {
+			t.Errorf("%s: Encode(Parse(x)) != x for CR-separated x", name)
+		}
+	}
+}
+
+// The FHIR-Converter bad-MSH vectors. FHIR-Converter rejects a non-backslash
+// escape character; HL7 only recommends '\', so Parse accepts it.
+func TestFHIRConverterBadMSHVectors(t *testing.T) {
+	path := filepath.Join(sharedDir(t, "hl7v2"), "malformed", "fhir-converter-bad-msh-vectors.tsv")
+	header, rows := readVectors(t, path)
+	if !strings.HasPrefix(strings.Join(header, ","), "input,expected_error") {
+		t.Fatalf("unexpected header %q", header)
+	}
+	want := map[string]string{
+		"M":                      `code=100 seg="" idx=1 seq=1 field=0 off=0 msg=0`,
+		"abc":                    `code=100 seg="" idx=1 seq=1 field=0 off=0 msg=0`,
+		"MSQ|||":                 `code=100 seg="MSQ" idx=1 seq=1 field=0 off=0 msg=0`,
+		"MSH|||":                 `code=101 seg="MSH" idx=1 seq=1 field=2 off=4 msg=0`,
+		"MSH|^~^#|":              `code=102 seg="MSH" idx=1 seq=1 field=2 off=6 msg=0`,
+		"MSH|^~#&|NES|NINTENDO|": `<nil>`,
+	}
+	for _, r := range rows {
+		w, ok := want[r[0]]
+		if !ok {
+			t.Errorf("vector %q has no expected outcome here", r[0])
+			continue
+		}
+		_, err := Parse([]byte(r[0]))
+		if got := errSummary(err); got != w {
+			t.Errorf("Parse(%q) (FHIR-Converter: %s):\n\tgot  %v\n\twant %v\n\t(%v)", r[0], r[1], got, w, err)
+		}
+	}
+	if len(rows) != len(want) {
+		t.Errorf("%d vectors, %d expectations", len(rows), len(want))
+	}
+}
+
+func TestParseBatchStructure(t *testing.T) {
+	msg := func(id string) string { return "MSH|^~\\&|A|B|C|D|T||ADT^A01|" + id + "|P|2.5\rPID|1\r" }
+	tests := []struct {
+		name, in string
+		want     string // message control IDs, or errSummary
+	}{
+		{"bare messages", msg("1") + msg("2"), "1,2"},
+		{"batch", "BHS|^~\\&\r" + msg("1") + msg("2") + "BTS|2\r", "1,2"},
+		{"empty batch", "BHS|^~\\&\rBTS|0\r", ""},
+		{"file of two batches", "FHS|^~\\&\rBHS|^~\\&\r" + msg("1") + "BTS|1\rBHS|^~\\&\r" + msg("2") + "BTS|1\rFTS|2\r", "1,2"},
+		{"file without batches", "FHS|^~\\&\r" + msg("1") + "FTS|\r", "1"},
+		{"counts not given", "BHS|^~\\&\r" + msg("1") + "BTS\r", "1"},
+		{"LF line ends", strings.ReplaceAll("BHS|^~\\&\r"+msg("1")+"BTS|1\r", "\r", "\n"), "1"},
+		{"empty", "", `code=100 seg="" idx=0 seq=0 field=0 off=0 msg=0`},
+		{"wrong batch count", "BHS|^~\\&\r" + msg("1") + "BTS|2\r", `code=100 seg="BTS" idx=4 seq=0 field=1 off=55 msg=0`},
+		{"wrong file count", "FHS|^~\\&\rBHS|^~\\&\r" + msg("1") + "BTS|1\rFTS|3\r", `code=100 seg="FTS" idx=6 seq=0 field=1 off=70 msg=0`},
+		{"missing BTS", "BHS|^~\\&\r" + msg("1"), `code=100 seg="" idx=4 seq=0 field=0 off=51 msg=0`},
+		{"missing FTS", "FHS|^~\\&\r" + msg("1"), `code=100 seg="" idx=4 seq=0 field=0 off=51 msg=0`},
+		{"BTS without BHS", msg("1") + "BTS|1\r", `code=100 seg="BTS" idx=3 seq=0 field=0 off=42 msg=0`},
+		{"FTS without FHS", msg("1") + "FTS|1\r", `code=100 seg="FTS" idx=3 seq=0 field=0 off=42 msg=0`},
+		{"FTS with open batch", "FHS|^~\\&\rBHS|^~\\&\r" + msg("1") + "FTS|1\r", `code=100 seg="FTS" idx=5 seq=0 field=0 off=60 msg=0`},
+		{"segment after FTS", "FHS|^~\\&\r" + msg("1") + "FTS|1\rPID|1\r", `code=100 seg="PID" idx=5 seq=0 field=0 off=57 msg=0`},
+		{"bad segment", msg("1") + "junk\r", `code=100 seg="" idx=3 seq=0 field=0 off=42 msg=0`},
+		{"bad BHS delimiters", "BHS|^~^&\r" + msg("1") + "BTS|1\r", `code=102 seg="BHS" idx=1 seq=1 field=2 off=6 msg=0`},
+		{"error inside message 2", msg("1") + "MSH|^~^&|\r", `code=102 seg="MSH" idx=1 seq=1 field=2 off=48 msg=2`},
+		{"charset error inside message", msg("1") + "MSH|^~\\&|A|B|C|D|E|F|G|H|I|J|K|L|M|N|O|8859/2\r", `code=103 seg="MSH" idx=1 seq=1 field=18 off=81 msg=2`},
+	}
+	for _, tt := range tests {
+		msgs, err := ParseBatch([]byte(tt.in))
+		got := errSummary(err)
+		if err == nil {
+			var ids []string
+			for _, m := range msgs {
+				ids = append(ids, m.ControlID())
+			}
+			got = strings.Join(ids, ",")
+		}
+		if got != tt.want {
+			t.Errorf("%s: ParseBatch(%q):\n\tgot  %v\n\twant %v\n\t(%v)", tt.name, tt.in, got, tt.want, err)
+		}
+	}
+}
+
+// dump renders the structure of a message for golden files.
+func dump(w *strings.Builder, m *Message) {
+	fmt.Fprintf(w, "message type=%q control=%q version=%q charset=%q delimiters=%q segments=%d\n",
+		m.Type().String(), m.ControlID(), m.Version(), m.Charset(),
+		string(m.Delimiters().Field)+m.Delimiters().EncodingCharacters(), m.NumSegments())
+	for _, s := range m.AllSegments() {
+		fmt.Fprintf(w, "%s #%d seq=%d offset=%d fields=%d\n", s.Name(), s.Index(), s.Sequence(), s.Offset(), s.NumFields())
+		for i, f := range s.Fields() {
+			n := i + 1
+			if f.Empty() {
+				continue
+			}
+			fmt.Fprintf(w, "  %s-%d %s\n", s.Name(), n, describe(f.Raw(), f.String(), f.IsNull()))
+			reps := f.Repetitions()
+			for ri, r := range reps {
+				comps := r.Components()
+				if len(reps) > 1 {
+					fmt.Fprintf(w, "    %s-%d(%d) %s\n", s.Name(), n, ri+1, describe(r.Raw(), r.String(), r.IsNull()))
+				}
+				for ci, c := range comps {
+					subs := c.Subs()
+					if len(comps) > 1 && !c.Empty() {
+						fmt.Fprintf(w, "      %s-%d(%d).%d %s\n", s.Name(), n, ri+1, ci+1, describe(c.Raw(), c.String(), c.IsNull()))
+					}
+					for si, sc := range subs {
+						if len(subs) > 1 && !sc.Empty() {
+							fmt.Fprintf(w, "        %s-%d(%d).%d.%d %s\n", s.Name(), n, ri+1, ci+1, si+1, describe(sc.Raw(), sc.String(), sc.IsNull()))
+						}
+					}
+				}
+			}
+		}
+	}
+}
+
+func describe(raw, text string, null bool) string {
+	switch {
+	case null:
+		return "NULL"
+	case raw == text:
+		return fmt.Sprintf("%q", text)
+	default:
+		return fmt.Sprintf("%q (raw %q)", text, raw)
+	}
+}
+
+func TestGolden(t *testing.T) {
+	golden := []struct{ sample, file string }{
+		{"uk/inhealthcare-smsp/A28.hl7", "uk-a28.golden"},
+		{"generic/ms-fhir-converter/ADT-A01-01.hl7", "fhir-converter-adt-a01.golden"},
+		{"generic/ms-fhir-converter/ADT01-23.hl7", "fhir-converter-adt01-23-bom.golden"},
+		{"generic/python-hl7/sample_msh_adt_a01.hl7", "python-hl7-adt-a01-nulls.golden"},
+		{"generic/python-hl7/rep_sample_hl7.hl7", "python-hl7-repetitions.golden"},
+		{"generic/npm-hl7-standard/message2.hl7", "npm-ack-with-err.golden"},
+		{"generic/simple-hl7/adt.hl7", "simple-hl7-adt-a04.golden"},
+		{"generic/npm-hl7-standard/batch.hl7", "npm-batch.golden"},
+		{"batch/python-hl7-sample_file1.hl7", "python-hl7-file.golden"},
+	}
+	files := sampleFiles(t)
+	for _, g := range golden {
+		data, ok := files[g.sample]
+		if !ok {
+			t.Errorf("sample %s not found", g.sample)
+			continue
+		}
+		msgs, err := ParseBatch(data)
+		if err != nil {
+			t.Errorf("%s: %v", g.sample, err)
+			continue
+		}
+		var b strings.Builder
+		fmt.Fprintf(&b, "# Structure of shared/testdata/hl7v2/%s (go test -run TestGolden -update rewrites this file)\n", g.sample)
+		for _, m := range msgs {
+			dump(&b, m)
+		}
+		path := filepath.Join("testdata", g.file)
+		if *update {
+			if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			continue
+		}
+		want, err := os.ReadFile(path)
+		if err != nil {
+			t.Errorf("%v (run go test -run TestGolden -update)", err)
+			continue
+		}
+		if got := b.String(); got != string(want) {
+			t.Errorf("%s: structure differs from %s (run with -update and review the diff):\n%s", g.sample, path, firstDiff(got, string(want)))
+		}
+	}
+}
+
+func firstDiff(got, want string) string {
+	g, w := strings.Split(got, "\n"), strings.Split(want, "\n")
+	for i := 0; i < len(g) || i < len(w); i++ {
+		var gl, wl string
+		if i < len(g) {
+			gl = g[i]
+		}
+		if i < len(w) {
+			wl = w[i]
+		}
+		if gl != wl {
+			return fmt.Sprintf("line %d:\n\tgot  %s\n\twant %s", i+1, gl, wl)
+		}
+	}
+	return ""
+}
+
+func FuzzParse(f *testing.F) {
+	for _, data := range sampleFiles(f) {
+		f.Add(data)
+	}
+	for _, s := range []string{"", "M", "MSH|||", "MSH|^~^#|", "MSH|^~\\&|\rPID|\\X41\\|\\.sp5\\\nline\n", "BHS|^~\\&\rBTS|0"} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		if msgs, err := ParseBatch(data); err == nil {
+			for _, m := range msgs {
+				walkValues(t, m)
+			}
+		} else if _, ok := err.(*ParseError); !ok {
+			t.Fatalf("ParseBatch error %T is not *ParseError", err)
+		}
+		h, herr := ParseHeader(data)
+		m, err := Parse(data)
+		if err != nil {
+			pe, ok := err.(*ParseError)
+			if !ok || pe.Code == "" || pe.Reason == "" {
+				t.Fatalf("Parse error %#v lacks a code or reason", err)
+			}
+			ack := NewACK(h, AckAR, "X", fixedTime, pe.Detail())
+			if _, err := Parse(ack); err != nil {
+				t.Fatalf("NewACK for a rejected message does not parse: %v\n%q", err, ack)
+			}
+			return
+		}
+		if herr != nil {
+			t.Fatalf("Parse succeeded but ParseHeader failed: %v", herr)
+		}
+		walkValues(t, m)
+		enc := m.Encode()
+		m2, err := Parse(enc)
+		if err != nil {
+			t.Fatalf("re-parse of encoded message failed: %v\n%q", err, enc)
+		}
+		if enc2 := m2.Encode(); !bytes.Equal(enc, enc2) {
+			t.Fatalf("parse-encode-parse not stable:\n%q\n%q", enc, enc2)
+		}
+		if m2.NumSegments() != m.NumSegments() {
+			t.Fatalf("segment count changed: %d -> %d", m.NumSegments(), m2.NumSegments())
+		}
+		ack := NewACK(m, AckAE, "X", fixedTime, ErrDetail{Segment: "PID", Sequence: 1, Field: 3, Code: "204", Diagnostic: "d"})
+		a, err := Parse(ack)
+		if err != nil {
+			t.Fatalf("NewACK output does not parse: %v\n%q", err, ack)
+		}
+		if got, want := a.Segment("MSA").Field(2).Raw(), wireSafe(m.Segment("MSH").Field(10).Raw()); got != want {
+			t.Fatalf("MSA-2 = %q, want %q", got, want)
+		}
+	})
+}
