@@ -25,12 +25,7 @@ var fences = []struct {
 		module + "/kafkawm":             "connectors never touch Kafka: the hub makes input durable",
 		"github.com/segmentio/kafka-go": "connectors never touch Kafka: the hub makes input durable",
 	}},
-	{module + "/consent", map[string]string{
-		"net/http":                           "a decision is a pure function: no transport in consent",
-		"github.com/segmentio/kafka-go":      "a decision is a pure function: no transport in consent",
-		"github.com/ThreeDotsLabs/watermill": "a decision is a pure function: no transport in consent",
-		module + "/hub":                      "consent knows nothing of the hub",
-	}},
+	// consent has its own, stricter fence: consent/deps_test.go.
 	{module + "/", map[string]string{
 		"testing": "do not use the testing package in production code",
 	}},

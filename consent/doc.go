@@ -1,0 +1,146 @@
+// Package consent decides, event by event and recipient by recipient, whether
+// a recipient may receive an event about a patient.
+//
+// A decision is a pure function of a Request: the facts of the event, the
+// candidate recipient, why the recipient matched (the Basis), the patient's
+// directives and the deployment's policy (held by the Decider). It returns a
+// Decision: permit or deny, the rule that decided, and any obligations on the
+// delivery (for example, send a notification without the clinical document).
+//
+// Contract for every Decider:
+//   - Decide must not block on I/O; everything it needs is in the Request.
+//   - An error means "no decision": the caller must not deliver and must retry
+//     the event later (fail closed). A Decider never returns Permit with an error.
+//   - Decision.Rule names the rule that decided, so that every decision can be
+//     explained and audited. It never contains patient data.
+//
+// This package holds no transport code: no Kafka, no HTTP (a dependency test
+// enforces it).
+//
+// # Directives
+//
+// A patient, or someone acting for them, records Directives (the admin API's
+// JSON form; FHIR R4 Consent through ToFHIR and ConsentFromFHIR):
+//
+//	kind                  names                        meaning
+//	deny-organisation     organisation                 do not share with it
+//	deny-role             role                         do not share with any organisation of the role
+//	notification-only     organisation or role         share a notification, never documents
+//	permit-organisation   organisation [+ categories]  explicitly share with it (see rows 6, 8, 9, and 5 for categories)
+//	confidential          -                            share nothing but what Policy.ConfidentialAllow names
+//
+// Every directive may carry a Period (inclusive at both ends, either end
+// open). Policy adds the deployment's part: the sensitive categories
+// (sexual-health, mental-health, safeguarding, gender-identity, and any
+// ExtraSensitiveCategories) and what a confidential patient still shares.
+//
+// # Rules
+//
+// Policy decides a Request by this table, read from the top: the first row
+// whose condition holds decides the effect, names its rule in Decision.Rule
+// and, for the rows marked (id), names in Decision.DirectiveID the directive
+// it applied. Deny rows come first, so a deny overrides every permit
+// (deny-overrides); the rows that lift a deny or a restriction say so in
+// their own condition. A request that is invalid (see Evaluate) gets an
+// error and no decision at all.
+//
+//	#   condition                                        effect  rule                               obligation
+//	1   the Basis is not one of the four known bases     deny    unknown-basis                      -
+//	2   the event does not confirm the relationship      deny    relationship-unconfirmed           -
+//	    (Relationship: registered-gp and discharge-destination must be named by the event)
+//	3   a deny-organisation for the recipient            deny    directive:deny-organisation (id)   -
+//	4   a confidential directive, and the request holds  deny    directive:confidential (id)        -
+//	    no basis in Policy.ConfidentialAllow
+//	5   the event carries a sensitive category, the      deny    policy:sensitive-category-gp-only  -
+//	    recipient is not the registered GP, and no
+//	    permit-organisation for the recipient lists that category
+//	6   a deny-role for the recipient's role, and no     deny    directive:deny-role (id)           -
+//	    permit-organisation for the recipient
+//	7   a notification-only for the recipient            permit  directive:notification-only (id)   notification-only
+//	    organisation
+//	8   a notification-only for the recipient's role,    permit  directive:notification-only (id)   notification-only
+//	    and no permit-organisation for the recipient
+//	9   a permit-organisation for the recipient          permit  directive:permit-organisation (id) -
+//	10  a confidential directive (row 4 let it through)  permit  policy:confidential-allowed (id)   -
+//	11  otherwise                                        permit  relationship-confirmed             -
+//
+// The words of the table mean exactly this:
+//
+//   - "a directive" means a directive in force: its Period contains the
+//     event's time, and it is not superseded.
+//   - Superseded: a directive of the same scope was recorded later
+//     (Directive.Recorded). The scope is the kind, the organisation, the role
+//     and the set of categories. Only the latest statement of a scope counts,
+//     whether or not it is in force: deny-role social-care recorded in
+//     January with no end, then deny-role social-care recorded in March for
+//     April only, denies social care events of April only: the March
+//     statement replaced the January one, for events before it too.
+//     Directives of one scope recorded at the same instant are one statement,
+//     in force whenever any of them is (so a statement can hold several
+//     periods). Kinds never supersede each other: a permit-organisation
+//     recorded after a deny-organisation for the same organisation does not
+//     lift it (row 3 comes first); to lift a deny, end or remove it.
+//   - "for the recipient": a deny-organisation, permit-organisation or
+//     notification-only naming the recipient's ODS code; "for the
+//     recipient's role": a deny-role or notification-only naming its Role.
+//   - A permit-organisation counts for an event (rows 5, 6, 8, 9) only if it
+//     has no categories or the event carries at least one of them: "optionally
+//     restricted to categories". It lifts role-level rules (rows 6 and 8) and,
+//     for the categories it lists, row 5. It never lifts rows 1 to 4 or 7.
+//   - Holding a basis: a request holds its own Basis, registered-gp when the
+//     event's GP practice is the recipient, and discharge-destination when the
+//     event's discharge destination is the recipient; but registered-gp only
+//     if the recipient's Role is gp-practice. "The registered GP" in row 5 is
+//     a request that holds registered-gp, whatever basis the router asked on.
+//   - Sensitive: one of DefaultSensitiveCategories or the policy's
+//     ExtraSensitiveCategories. Labels are compared exactly (codes are
+//     lower-case; an event label that is not a valid code is an error).
+//   - (id): when several directives fit the row, the one recorded last, then
+//     the lowest ID, is named. The effect does not depend on which.
+//
+// The notification-only obligation tells the delivery to send the event
+// without clinical documents (for a discharge, without the summary). It is
+// set on rows 7 and 8 whether or not the event carries a document.
+//
+// # Time
+//
+// Periods are judged against the event's time (Event.Time, the CloudEvents
+// time), not the time of the decision. A decision is then a pure function of
+// the Request, so a retried, replayed or audited decision comes out the same
+// however late it is made, and an event is shared or not by the wishes in
+// force when it happened. Directives themselves are those loaded when the
+// decision is made: a deny recorded after an event happened, with no start
+// (the form a "stop sharing" should take), still stops that event if it has
+// not yet been routed. Recorded is used only to supersede, never as a start.
+// A request without an event time is an error.
+//
+// # FHIR
+//
+// ToFHIR and ConsentFromFHIR map one patient's directives to one FHIR R4
+// Consent: status active; scope patient-privacy; category LOINC 59284-0;
+// patient by NHS number (https://fhir.nhs.uk/Id/nhs-number); policyRule
+// https://carehub.dev/fhir/CodeSystem/sharing-policy#direct-care; a root
+// provision of type permit (the base: share as the policy allows) and one
+// nested provision per directive, whose id is the directive's id:
+//
+//	kind                  nested provision
+//	deny-organisation     type deny, actor (role IRCP, reference.identifier ODS code)
+//	deny-role             type deny, extension recipient-role (valueCode)
+//	notification-only     type deny, class content-class#document, and an actor or a recipient-role
+//	permit-organisation   type permit, actor, securityLabel sensitivity-category#<code> per category
+//	confidential          type deny and nothing else: deny all, but for the policy
+//
+// Period is provision.period. Recorded and RecordedBy are the extensions
+// directive-recorded (valueDateTime) and directive-recorded-by
+// (valueString) under https://carehub.dev/fhir/StructureDefinition/; on the
+// way in, the Consent's dateTime and its organization's ODS code stand in for
+// provisions without them. Categories may also arrive in provision.class. A
+// period bound given as a date only is read as the whole of that day in
+// UK time. The evaluation of provision.period against the event's time, not
+// the time of access, is carehub's reading (see Time).
+//
+// # Concurrency
+//
+// Policy, Relationship and the functions of this package keep no state; a
+// Policy is safe for concurrent use while nobody changes its fields.
+package consent
