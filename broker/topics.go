@@ -1,0 +1,187 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+)
+
+// TopicSpec describes a topic for EnsureTopics.
+type TopicSpec struct {
+	// Name of the topic. Required.
+	Name string
+	// Partitions is the partition count; 0 means the broker's default
+	// (EmbeddedConfig.Partitions on the embedded broker, num.partitions on
+	// Kafka 2.4 or later). Scaling later (adding partitions) moves keys to other
+	// partitions: choose it up front for keyed topics.
+	Partitions int
+	// ReplicationFactor; 0 means the broker's default
+	// (default.replication.factor). The embedded broker has one node and
+	// rejects a factor above 1; production clusters want 3.
+	ReplicationFactor int
+	// Configs are topic configs applied at creation, e.g.
+	// {"retention.ms": "-1"} or {"cleanup.policy": "compact"}.
+	Configs map[string]string
+}
+
+// adminTimeout bounds an admin call when the caller's context has no
+// deadline.
+const adminTimeout = 30 * time.Second
+
+// newAdminClient returns a kafka-go client with its own transport, so no
+// metadata is shared with (or cached from) other clients, and a function
+// that releases its connections.
+func newAdminClient(brokers []string) (*kafka.Client, func()) {
+	tr := &kafka.Transport{}
+	return &kafka.Client{Addr: kafka.TCP(brokers...), Transport: tr}, tr.CloseIdleConnections
+}
+
+func withAdminTimeout(ctx context.Context) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return context.WithCancel(ctx)
+	}
+	return context.WithTimeout(ctx, adminTimeout)
+}
+
+// EnsureTopics creates each topic of specs that does not exist yet. A topic
+// that already exists is left exactly as it is (its partitions and configs
+// are not compared or changed). It returns nil when every topic exists
+// afterwards, else the errors joined, each naming its topic.
+//
+// It uses only kafka-go's admin client, so it works against the embedded
+// broker and against a Kafka cluster alike.
+func EnsureTopics(ctx context.Context, brokers []string, specs []TopicSpec) error {
+	if len(brokers) == 0 {
+		return errors.New("broker: EnsureTopics: no broker addresses")
+	}
+	if len(specs) == 0 {
+		return nil
+	}
+	seen := make(map[string]bool, len(specs))
+	topics := make([]kafka.TopicConfig, 0, len(specs))
+	var errs []error
+	for _, s := range specs {
+		switch {
+		case s.Name == "":
+			errs = append(errs, errors.New("broker: EnsureTopics: a topic spec has no name"))
+			continue
+		case seen[s.Name]:
+			errs = append(errs, fmt.Errorf("broker: topic %q: listed twice", s.Name))
+			continue
+		case s.Partitions < 0 || s.ReplicationFactor < 0:
+			errs = append(errs, fmt.Errorf("broker: topic %q: negative partitions or replication factor", s.Name))
+			continue
+		}
+		seen[s.Name] = true
+		tc := kafka.TopicConfig{
+			Topic:             s.Name,
+			NumPartitions:     s.Partitions,
+			ReplicationFactor: s.ReplicationFactor,
+		}
+		if tc.NumPartitions == 0 {
+			tc.NumPartitions = -1 // broker default (CreateTopics v4+)
+		}
+		if tc.ReplicationFactor == 0 {
+			tc.ReplicationFactor = -1
+		}
+		keys := make([]string, 0, len(s.Configs))
+		for k := range s.Configs {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			tc.ConfigEntries = append(tc.ConfigEntries, kafka.ConfigEntry{ConfigName: k, ConfigValue: s.Configs[k]})
+		}
+		topics = append(topics, tc)
+	}
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+
+	ctx, cancel := withAdminTimeout(ctx)
+	defer cancel()
+	client, release := newAdminClient(brokers)
+	defer release()
+
+	resp, err := client.CreateTopics(ctx, &kafka.CreateTopicsRequest{Topics: topics})
+	if err != nil {
+		for _, tc := range topics {
+			errs = append(errs, fmt.Errorf("broker: create topic %q: %w", tc.Topic, err))
+		}
+		return errors.Join(errs...)
+	}
+	for _, tc := range topics {
+		terr, ok := resp.Errors[tc.Topic]
+		switch {
+		case !ok:
+			errs = append(errs, fmt.Errorf("broker: create topic %q: no answer from the broker", tc.Topic))
+		case terr == nil, errors.Is(terr, kafka.TopicAlreadyExists):
+		default:
+			errs = append(errs, fmt.Errorf("broker: create topic %q: %w", tc.Topic, terr))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// TopicEndOffsets returns, for each partition of topic, its end offset: the
+// offset the next record produced to that partition will get (Kafka's "log
+// end offset" / high watermark; 0 for an empty partition). Comparing it with
+// a consumer's position tells whether the consumer has caught up.
+func TopicEndOffsets(ctx context.Context, brokers []string, topic string) (map[int]int64, error) {
+	if len(brokers) == 0 {
+		return nil, errors.New("broker: TopicEndOffsets: no broker addresses")
+	}
+	if topic == "" {
+		return nil, errors.New("broker: TopicEndOffsets: empty topic name")
+	}
+	ctx, cancel := withAdminTimeout(ctx)
+	defer cancel()
+	client, release := newAdminClient(brokers)
+	defer release()
+
+	md, err := client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{topic}})
+	if err != nil {
+		return nil, fmt.Errorf("broker: metadata of topic %q: %w", topic, err)
+	}
+	var reqs []kafka.OffsetRequest
+	for _, t := range md.Topics {
+		if t.Name != topic {
+			continue
+		}
+		if t.Error != nil {
+			return nil, fmt.Errorf("broker: metadata of topic %q: %w", topic, t.Error)
+		}
+		for _, p := range t.Partitions {
+			reqs = append(reqs, kafka.LastOffsetOf(p.ID))
+		}
+	}
+	if len(reqs) == 0 {
+		return nil, fmt.Errorf("broker: topic %q: %w", topic, kafka.UnknownTopicOrPartition)
+	}
+	resp, err := client.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{topic: reqs}})
+	if err != nil {
+		return nil, fmt.Errorf("broker: end offsets of topic %q: %w", topic, err)
+	}
+	out := make(map[int]int64, len(reqs))
+	var errs []error
+	for _, po := range resp.Topics[topic] {
+		if po.Error != nil {
+			errs = append(errs, fmt.Errorf("broker: end offset of topic %q partition %d: %w", topic, po.Partition, po.Error))
+			continue
+		}
+		out[po.Partition] = po.LastOffset
+	}
+	for _, r := range reqs {
+		if _, ok := out[r.Partition]; !ok && len(errs) == 0 {
+			errs = append(errs, fmt.Errorf("broker: end offset of topic %q partition %d: no answer from the broker", topic, r.Partition))
+		}
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	return out, nil
+}
