@@ -53,6 +53,7 @@ func TestParseExample(t *testing.T) {
 			},
 		},
 		Delivery: config.Delivery{MinBackoff: 200 * time.Millisecond, MaxBackoff: 30 * time.Second},
+		Consent:  config.Consent{ConfidentialAllow: []string{"registered-gp"}},
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("Parse(%s) (-want +got):\n%s", examplePath, diff)
