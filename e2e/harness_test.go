@@ -15,8 +15,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -24,6 +22,7 @@ import (
 	"time"
 
 	"github.com/carehub/carehub/connectors/webhook"
+	"github.com/carehub/carehub/nhs"
 	"github.com/segmentio/kafka-go"
 )
 
@@ -426,23 +425,9 @@ func (h *hub) records(topic string) []kafka.Message {
 // nhsNumber returns a valid NHS number in the 999 test range for seed n,
 // and registers it as a canary.
 func nhsNumber(n int) string {
-	for i := n; ; i++ {
-		base := fmt.Sprintf("999%06d", i%1000000)
-		sum := 0
-		for j := 0; j < 9; j++ {
-			sum += int(base[j]-'0') * (10 - j)
-		}
-		check := 11 - sum%11
-		if check == 11 {
-			check = 0
-		}
-		if check == 10 {
-			continue
-		}
-		num := base + strconv.Itoa(check)
-		canaries.Store(num, true)
-		return num
-	}
+	num := nhs.Synthetic(n).Digits()
+	canaries.Store(num, true)
+	return num
 }
 
 // example loads deploy/examples/NAME.json as a map.
@@ -500,8 +485,6 @@ func patientEvent(t *testing.T, kind, nhs, gp, destination string) map[string]an
 	}
 	return ev
 }
-
-func init() { _ = runtime.NumCPU }
 
 // routerCaughtUp reports whether the router's group has committed the end of
 // carehub.events and every deliverer the end of its outbox.

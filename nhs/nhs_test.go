@@ -444,3 +444,21 @@ func BenchmarkPseudonymSerial(b *testing.B) {
 		_ = p.Pseudonym(n)
 	}
 }
+
+func TestSynthetic(t *testing.T) {
+	seen := map[string]bool{}
+	for i := 0; i < 2000; i++ {
+		n := Synthetic(i)
+		d := n.Digits()
+		if d[:3] != "999" {
+			t.Fatalf("Synthetic(%d):\n\tgot  %s\n\twant the 999 test range", i, d)
+		}
+		if _, err := Parse(d); err != nil {
+			t.Fatalf("Synthetic(%d) is not valid: %v", i, err)
+		}
+		seen[d] = true
+	}
+	if len(seen) < 1800 {
+		t.Errorf("Synthetic gave only %d distinct numbers for 2000 seeds", len(seen))
+	}
+}
