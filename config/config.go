@@ -12,6 +12,8 @@ package config
 
 import (
 	"bytes"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -22,6 +24,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/carehub/carehub/hl7"
 	"go.yaml.in/yaml/v3"
 )
 
@@ -36,6 +39,39 @@ type Config struct {
 	Recipients []Recipient `yaml:"recipients"`
 	Delivery   Delivery    `yaml:"delivery"`
 	Consent    Consent     `yaml:"consent"`
+	MLLP       []MLLP      `yaml:"mllp"`
+}
+
+// MLLP is one HL7 v2 MLLP listener (connectors/mllp), bound to one source
+// organisation: every message must come from it (MSH-4), and with TLS and
+// a client CA, the client certificate must name it (CN, O or OU).
+type MLLP struct {
+	Addr   string `yaml:"addr"`   // default 127.0.0.1:2575
+	Source string `yaml:"source"` // one of sources[].ods
+	// MaxFrameBytes is the largest message accepted (default 1 MiB).
+	MaxFrameBytes int `yaml:"maxFrameBytes"`
+	// ReadTimeout bounds receiving a frame once started and sending its
+	// acknowledgement (default 60s); IdleTimeout closes a silent connection
+	// (default 10m).
+	ReadTimeout time.Duration `yaml:"readTimeout"`
+	IdleTimeout time.Duration `yaml:"idleTimeout"`
+	// DuplicateWindow: a resend within it is acknowledged, not published
+	// again (default 24h).
+	DuplicateWindow time.Duration `yaml:"duplicateWindow"`
+	// ProcessingID is the MSH-11 accepted: P (default), T or D.
+	ProcessingID string `yaml:"processingId"`
+	// DestinationFields are HL7 terse paths to the discharge destination's
+	// ODS code, tried in order (default [PV1-37.1]).
+	DestinationFields []string `yaml:"destinationFields"`
+	TLS               *MLLPTLS `yaml:"tls"`
+}
+
+// MLLPTLS makes an MLLP listener speak TLS: the server's certificate and key
+// (PEM files), and optionally the CA whose client certificates it requires.
+type MLLPTLS struct {
+	Cert     string `yaml:"cert"`
+	Key      string `yaml:"key"`
+	ClientCA string `yaml:"clientCA"`
 }
 
 // Consent is the deployment's consent policy (see package consent).
@@ -214,6 +250,27 @@ func (c *Config) Defaults() {
 	if c.Delivery.MaxBackoff == 0 {
 		c.Delivery.MaxBackoff = 30 * time.Second
 	}
+	for i := range c.MLLP {
+		l := &c.MLLP[i]
+		if l.Addr == "" {
+			l.Addr = "127.0.0.1:2575"
+		}
+		if l.MaxFrameBytes == 0 {
+			l.MaxFrameBytes = 1 << 20
+		}
+		if l.ReadTimeout == 0 {
+			l.ReadTimeout = 60 * time.Second
+		}
+		if l.IdleTimeout == 0 {
+			l.IdleTimeout = 10 * time.Minute
+		}
+		if l.DuplicateWindow == 0 {
+			l.DuplicateWindow = 24 * time.Hour
+		}
+		if l.ProcessingID == "" {
+			l.ProcessingID = "P"
+		}
+	}
 	for i := range c.Recipients {
 		if w := c.Recipients[i].Webhook; w != nil && w.Timeout == 0 {
 			w.Timeout = 10 * time.Second
@@ -355,6 +412,47 @@ func (c *Config) Validate() error {
 	}
 	if c.Delivery.MinBackoff > c.Delivery.MaxBackoff {
 		bad("delivery.minBackoff must not exceed delivery.maxBackoff")
+	}
+	seenAddr := map[string]bool{}
+	for i, l := range c.MLLP {
+		where := fmt.Sprintf("mllp[%d]", i)
+		if _, _, err := net.SplitHostPort(l.Addr); err != nil {
+			bad("%s.addr %q: %v", where, l.Addr, err)
+		} else if seenAddr[l.Addr] {
+			bad("%s.addr %q: used by another listener", where, l.Addr)
+		}
+		seenAddr[l.Addr] = true
+		if !seenSrc[l.Source] {
+			bad("%s.source %q: must be one of sources[].ods", where, l.Source)
+		}
+		if l.MaxFrameBytes < 1024 || l.MaxFrameBytes > 1<<30 {
+			bad("%s.maxFrameBytes must be between 1024 and 1073741824", where)
+		}
+		if l.ReadTimeout < 0 || l.IdleTimeout < 0 || l.DuplicateWindow < 0 {
+			bad("%s: readTimeout, idleTimeout and duplicateWindow must be positive", where)
+		}
+		if l.ProcessingID != "P" && l.ProcessingID != "T" && l.ProcessingID != "D" {
+			bad("%s.processingId %q: one of P, T, D", where, l.ProcessingID)
+		}
+		for _, f := range l.DestinationFields {
+			if _, err := hl7.ParsePath(f); err != nil {
+				bad("%s.destinationFields: %v", where, err)
+			}
+		}
+		if t := l.TLS; t != nil {
+			if t.Cert == "" || t.Key == "" {
+				bad("%s.tls: cert and key are both required", where)
+			} else if _, err := tls.LoadX509KeyPair(t.Cert, t.Key); err != nil {
+				bad("%s.tls: loading cert and key: %v", where, err)
+			}
+			if t.ClientCA != "" {
+				if b, err := os.ReadFile(t.ClientCA); err != nil {
+					bad("%s.tls.clientCA: %v", where, err)
+				} else if !x509.NewCertPool().AppendCertsFromPEM(b) {
+					bad("%s.tls.clientCA %s: no PEM certificate in it", where, t.ClientCA)
+				}
+			}
+		}
 	}
 	return errors.Join(errs...)
 }

@@ -54,6 +54,8 @@ func TestParseExample(t *testing.T) {
 		},
 		Delivery: config.Delivery{MinBackoff: 200 * time.Millisecond, MaxBackoff: 30 * time.Second},
 		Consent:  config.Consent{ConfidentialAllow: []string{"registered-gp"}},
+		MLLP: []config.MLLP{{Addr: "127.0.0.1:2575", Source: "RX1", MaxFrameBytes: 1048576, ReadTimeout: time.Minute,
+			IdleTimeout: 10 * time.Minute, DuplicateWindow: 24 * time.Hour, ProcessingID: "P"}},
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("Parse(%s) (-want +got):\n%s", examplePath, diff)

@@ -123,8 +123,8 @@ func NewACK(orig *Message, code AckCode, controlID string, now time.Time, errs .
 	field(sendFac)
 	field(recvApp)
 	field(recvFac)
-	field(now.Format("20060102150405-0700"))
-	field("") // MSH-8 security
+	field(Escape(now.Format("20060102150405-0700"), d)) // a sender may use + or - as a delimiter
+	field("")                                           // MSH-8 security
 	b.WriteByte(fs)
 	b.WriteString("ACK")
 	if trigger != "" || withStructure {

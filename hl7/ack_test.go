@@ -185,3 +185,23 @@ func TestParseVersion(t *testing.T) {
 		}
 	}
 }
+
+// TestACKTimeWithSignDelimiter pins a bug found by fuzzing the MLLP
+// connector: MSH-7's UTC offset sign was written unescaped, so a sender
+// whose delimiters include '+' or '-' got an ACK that did not parse.
+func TestACKTimeWithSignDelimiter(t *testing.T) {
+	now := time.Date(2026, 11, 24, 10, 0, 0, 0, time.FixedZone("", -5*3600))
+	for _, msh := range []string{`MSH|+~\&|APP|RX1|HUB|HUB|20261124||ADT+A01|C1|P|2.5`, `MSH|^-\&|APP|RX1|HUB|HUB|20261124||ADT^A01|C1|P|2.5`} {
+		orig, err := Parse([]byte(msh))
+		if err != nil {
+			t.Fatalf("Parse(%q): %v", msh, err)
+		}
+		ack, err := Parse(NewACK(orig, AckAA, "A1", now))
+		if err != nil {
+			t.Fatalf("NewACK for %q does not parse: %v", msh, err)
+		}
+		if got, _ := ack.Value("MSH-7"); got != "20261124100000-0500" {
+			t.Errorf("NewACK(%q) MSH-7:\n\tgot  %q\n\twant %q", msh, got, "20261124100000-0500")
+		}
+	}
+}

@@ -46,6 +46,10 @@ func LookupCharset(code string) (Charset, error) {
 		return CharsetLatin9, nil
 	case "UNICODE UTF-8", "UTF-8", "UTF8":
 		return CharsetUTF8, nil
+	case "UNICODE":
+		// Deprecated by HL7 (it names no encoding), but every NHS ITK v2.4
+		// message declares it and means UTF-8.
+		return CharsetUTF8, nil
 	}
 	return "", &CharsetError{Charset: printableCode(code)}
 }

@@ -145,7 +145,7 @@ func TestLookupCharset(t *testing.T) {
 		{"UTF-8", CharsetUTF8, false},
 		{"8859/2", "", true},
 		{"UNICODE UTF-16", "", true},
-		{"UNICODE", "", true},
+		{"UNICODE", CharsetUTF8, false}, // NHS ITK v2.4 declares it and means UTF-8
 		{"ISO IR87", "", true},
 	}
 	for _, tt := range tests {

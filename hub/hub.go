@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -23,6 +24,7 @@ import (
 	"github.com/carehub/carehub/broker"
 	"github.com/carehub/carehub/config"
 	"github.com/carehub/carehub/connectors/httpevents"
+	mllpsrc "github.com/carehub/carehub/connectors/mllp"
 	"github.com/carehub/carehub/connectors/webhook"
 	"github.com/carehub/carehub/consent"
 	"github.com/carehub/carehub/event"
@@ -196,8 +198,18 @@ func Run(ctx context.Context, cfg *config.Config, log *zap.Logger, opts Options)
 	if err != nil {
 		return err
 	}
-	if err := src.Register(env); err != nil {
-		return err
+	sources := []connector.Source{src}
+	for i, l := range cfg.MLLP {
+		s, err := mllpSource(l)
+		if err != nil {
+			return fmt.Errorf("mllp[%d]: %w", i, err)
+		}
+		sources = append(sources, s)
+	}
+	for _, s := range sources {
+		if err := s.Register(env); err != nil {
+			return err
+		}
 	}
 	api := &admin.API{Auth: keys, Store: store, Pseudo: pseudo, Validator: validator, Router: rt,
 		Disclosures: &admin.AuditReader{Brokers: brokers, Topic: topic.Audit}, Log: log.Named("admin"),
@@ -231,7 +243,16 @@ func Run(ctx context.Context, cfg *config.Config, log *zap.Logger, opts Options)
 	go func() { srvErr <- srv.Serve(ln) }()
 	srcCtx, stopSrc := context.WithCancel(ctx)
 	defer stopSrc()
-	go func() { _ = src.Run(srcCtx, env) }()
+	var srcWG sync.WaitGroup
+	for _, s := range sources {
+		srcWG.Add(1)
+		go func() {
+			defer srcWG.Done()
+			if err := s.Run(srcCtx, env); err != nil {
+				log.Error("source connector stopped", logging.Err(err))
+			}
+		}()
+	}
 	ready.Store(true)
 	log.Info("carehub ready", zap.String("http", ln.Addr().String()), zap.Strings("brokers", brokers),
 		zap.Int("recipients", len(cfg.Recipients)), zap.Int("sources", len(cfg.Sources)))
@@ -255,6 +276,7 @@ func Run(ctx context.Context, cfg *config.Config, log *zap.Logger, opts Options)
 		log.Warn("HTTP shutdown", logging.Err(err))
 	}
 	stopSrc()
+	srcWG.Wait() // sources answer what is in flight before the publisher closes
 	// Give in-flight deliveries a moment to finish, then end their retries.
 	grace := time.AfterFunc(3*time.Second, cancelDelivery)
 	defer grace.Stop()
@@ -266,6 +288,21 @@ func Run(ctx context.Context, cfg *config.Config, log *zap.Logger, opts Options)
 		return runErr
 	}
 	return nil
+}
+
+// mllpSource builds an HL7 v2 MLLP listener from its configuration.
+func mllpSource(l config.MLLP) (*mllpsrc.Source, error) {
+	c := mllpsrc.Config{Addr: l.Addr, Source: l.Source, MaxFrameBytes: l.MaxFrameBytes, ReadTimeout: l.ReadTimeout,
+		IdleTimeout: l.IdleTimeout, DuplicateWindow: l.DuplicateWindow, ProcessingID: l.ProcessingID,
+		DestinationFields: l.DestinationFields}
+	if l.TLS != nil {
+		t, err := mllpsrc.TLSFiles(l.TLS.Cert, l.TLS.Key, l.TLS.ClientCA)
+		if err != nil {
+			return nil, err
+		}
+		c.TLS = t
+	}
+	return mllpsrc.New(c)
 }
 
 func apiKeys(cfg *config.Config) (*auth.Keys, error) {

@@ -1,0 +1,851 @@
+// Package mllp is the source connector for HL7 v2 ADT messages over MLLP:
+// a hospital's patient administration system (PAS) connects, sends
+// admissions, transfers and discharges as it does today, and gets one HL7
+// acknowledgement per message.
+//
+// # One listener, one organisation
+//
+// A Source listens on one address and is bound to one source organisation
+// (an ODS code, e.g. RX1). Every message must name that organisation in
+// MSH-4 (sending facility, HD.1: "RX1", "RX1^...", or one of its sites,
+// "RX1AB"), else it is rejected (AR). With TLS and a client CA, the client
+// certificate must also name the organisation: its subject CN, or one of
+// its O or OU values, must be the ODS code; otherwise the handshake fails.
+//
+// # Per connection
+//
+// Messages on one connection are handled one at a time, in order:
+//
+//	read frame → parse → check MSH-4 and MSH-11 → map (package hl7/adt)
+//	→ Ingest.Accept (returns once the event is durable in Kafka) → ACK
+//
+// The acknowledgement is positive (AA, or CA in enhanced mode) only once
+// Ingest.Accept has returned nil. Package hl7/adt documents the mapping;
+// docs/hl7.md has the full ACK matrix and the field-by-field table.
+//
+// # Framing and hostile peers
+//
+// Frames are 0x0B payload 0x1C 0x0D (package mllp). Bytes outside frames
+// are skipped and logged (a count, never the bytes). A frame larger than
+// MaxFrameBytes is consumed without being buffered and answered AE; the
+// connection goes on. A connection that sends nothing for IdleTimeout, or
+// takes longer than ReadTimeout to deliver a frame it has started, or does
+// not take an acknowledgement within ReadTimeout (a peer that never reads),
+// is closed. Nothing a peer sends can stop the listener.
+//
+// # Duplicates
+//
+// A message is identified by (source, MSH-3.1, MSH-4.1, MSH-10), which also
+// gives the CloudEvents id (adt.EventID): a resend produces the same event
+// id, so recipients can drop it. Within DuplicateWindow, a resend of a
+// message already made durable is acknowledged without publishing it
+// again; the same control ID with different content is rejected (AR, ERR
+// code 205), as is a resend while the first copy is still in flight on
+// another connection and differs. The memory holds at most MaxDuplicates
+// entries; the oldest go first.
+//
+// # Shutdown
+//
+// When Run's context ends, the listener closes, every connection finishes
+// and answers the message it is processing (a frame only partly received
+// is dropped: the sender resends it, as MLLP senders do when no ACK comes),
+// and Run returns once every connection is closed or DrainTimeout passed.
+package mllp
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/carehub/carehub/hl7"
+	"github.com/carehub/carehub/hl7/adt"
+	"github.com/carehub/carehub/hub/connector"
+	"github.com/carehub/carehub/logging"
+	wire "github.com/carehub/carehub/mllp"
+	"github.com/carehub/carehub/problem"
+	"go.uber.org/zap"
+)
+
+// Defaults of Config.
+const (
+	DefaultMaxFrameBytes   = 1 << 20
+	DefaultReadTimeout     = 60 * time.Second
+	DefaultIdleTimeout     = 10 * time.Minute
+	DefaultDuplicateWindow = 24 * time.Hour
+	DefaultMaxDuplicates   = 200_000
+	DefaultMaxConns        = 256
+	DefaultDrainTimeout    = 20 * time.Second
+	DefaultProcessTimeout  = 30 * time.Second
+	DefaultProcessingID    = "P"
+)
+
+// Config configures one listener.
+type Config struct {
+	// Addr is the host:port to listen on, e.g. 127.0.0.1:2575. Required.
+	Addr string
+	// Source is the ODS code of the organisation this listener is bound to.
+	// Required.
+	Source string
+	// MaxFrameBytes is the largest message accepted. Default 1 MiB.
+	MaxFrameBytes int
+	// ReadTimeout bounds receiving one frame once it has started, and
+	// writing one acknowledgement. Default 60 s.
+	ReadTimeout time.Duration
+	// IdleTimeout closes a connection that sends nothing between frames for
+	// this long. Default 10 min.
+	IdleTimeout time.Duration
+	// DuplicateWindow is how long a message made durable is remembered, so
+	// that a resend is acknowledged without being published again. Default
+	// 24 h.
+	DuplicateWindow time.Duration
+	// MaxDuplicates caps the messages remembered. Default 200,000.
+	MaxDuplicates int
+	// ProcessingID is the MSH-11 processing ID accepted: P (production), T
+	// (training) or D (debugging). Other messages are rejected (AR, 202),
+	// so that test messages never reach real recipients. Default P.
+	ProcessingID string
+	// DestinationFields are passed to adt.Options.DestinationFields.
+	DestinationFields []string
+	// TLS, when set, makes the listener speak TLS. If TLS.ClientCAs is set,
+	// a client certificate is required and must name Source (see the
+	// package documentation); New wraps any VerifyConnection to check it.
+	TLS *tls.Config
+	// MaxConns caps concurrent connections; more are closed at once.
+	// Default 256.
+	MaxConns int
+	// DrainTimeout bounds shutdown. Default 20 s.
+	DrainTimeout time.Duration
+	// ProcessTimeout bounds making one message durable. Default 30 s.
+	ProcessTimeout time.Duration
+}
+
+// TLSFiles builds a server TLS configuration from PEM files: the server's
+// certificate and key, and optionally the CA that issues client
+// certificates (then client certificates are required).
+func TLSFiles(certFile, keyFile, clientCAFile string) (*tls.Config, error) {
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("loading the MLLP TLS certificate and key: %w", err)
+	}
+	c := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	if clientCAFile != "" {
+		pem, err := os.ReadFile(clientCAFile)
+		if err != nil {
+			return nil, fmt.Errorf("reading the MLLP client CA: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("the MLLP client CA file %s holds no PEM certificate", clientCAFile)
+		}
+		c.ClientCAs = pool
+		c.ClientAuth = tls.RequireAndVerifyClientCert
+	}
+	return c, nil
+}
+
+// Stats counts what a Source has seen.
+type Stats struct {
+	Connections   int64 // connections accepted
+	Refused       int64 // connections closed at once: MaxConns reached
+	Frames        int64 // frames read
+	Accepted      int64 // messages made durable (AA/CA)
+	Duplicates    int64 // resends acknowledged without publishing
+	Skipped       int64 // messages acknowledged with nothing to publish
+	Errors        int64 // messages answered AE/CE
+	Rejected      int64 // messages answered AR/CR
+	SkippedBytes  int64 // bytes outside frames
+	Oversized     int64 // frames over MaxFrameBytes
+	Timeouts      int64 // connections closed by a read, idle or write timeout
+	NotAcked      int64 // acknowledgements not sent: enhanced mode asked for none
+	WriteFailures int64 // acknowledgements that could not be written
+}
+
+// Source is the MLLP source connector for one listener.
+type Source struct {
+	cfg    Config
+	mapper *adt.Mapper
+	dedupe *dedupe
+
+	ln  net.Listener
+	env connector.Env
+	log *zap.Logger
+
+	mu       sync.Mutex // guards conns and draining
+	conns    map[*conn]struct{}
+	draining bool
+	wg       sync.WaitGroup
+
+	ackSeq  atomic.Uint64
+	ackBase string
+	stats   struct {
+		connections, refused, frames, accepted, duplicates, skipped, errors, rejected, skippedBytes,
+		oversized, timeouts, notAcked, writeFailures atomic.Int64
+	}
+	now func() time.Time // for tests
+}
+
+// New validates cfg, applies defaults and builds the source. It does not
+// listen: Register does.
+func New(cfg Config) (*Source, error) {
+	var errs []error
+	if _, _, err := net.SplitHostPort(cfg.Addr); err != nil {
+		errs = append(errs, fmt.Errorf("mllp: Addr %q: %w", cfg.Addr, err))
+	}
+	if cfg.MaxFrameBytes == 0 {
+		cfg.MaxFrameBytes = DefaultMaxFrameBytes
+	}
+	if cfg.ReadTimeout == 0 {
+		cfg.ReadTimeout = DefaultReadTimeout
+	}
+	if cfg.IdleTimeout == 0 {
+		cfg.IdleTimeout = DefaultIdleTimeout
+	}
+	if cfg.DuplicateWindow == 0 {
+		cfg.DuplicateWindow = DefaultDuplicateWindow
+	}
+	if cfg.MaxDuplicates == 0 {
+		cfg.MaxDuplicates = DefaultMaxDuplicates
+	}
+	if cfg.ProcessingID == "" {
+		cfg.ProcessingID = DefaultProcessingID
+	}
+	if cfg.MaxConns == 0 {
+		cfg.MaxConns = DefaultMaxConns
+	}
+	if cfg.DrainTimeout == 0 {
+		cfg.DrainTimeout = DefaultDrainTimeout
+	}
+	if cfg.ProcessTimeout == 0 {
+		cfg.ProcessTimeout = DefaultProcessTimeout
+	}
+	if cfg.MaxFrameBytes < 1024 || cfg.MaxFrameBytes > hl7.MaxMessageSize {
+		errs = append(errs, errors.New("mllp: MaxFrameBytes must be between 1 KiB and 1 GiB"))
+	}
+	if cfg.ReadTimeout < 0 || cfg.IdleTimeout < 0 || cfg.DuplicateWindow < 0 || cfg.DrainTimeout < 0 || cfg.ProcessTimeout < 0 {
+		errs = append(errs, errors.New("mllp: timeouts and the duplicate window must be positive"))
+	}
+	if cfg.MaxDuplicates < 0 || cfg.MaxConns < 0 {
+		errs = append(errs, errors.New("mllp: MaxDuplicates and MaxConns must be positive"))
+	}
+	switch cfg.ProcessingID {
+	case "P", "T", "D":
+	default:
+		errs = append(errs, fmt.Errorf("mllp: ProcessingID %q: one of P, T, D", cfg.ProcessingID))
+	}
+	mapper, err := adt.NewMapper(adt.Options{Source: cfg.Source, DestinationFields: cfg.DestinationFields})
+	if err != nil {
+		errs = append(errs, err)
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	if cfg.TLS != nil {
+		cfg.TLS = cfg.TLS.Clone()
+		if cfg.TLS.ClientCAs != nil {
+			if cfg.TLS.ClientAuth < tls.VerifyClientCertIfGiven {
+				cfg.TLS.ClientAuth = tls.RequireAndVerifyClientCert
+			}
+			next, source := cfg.TLS.VerifyConnection, cfg.Source
+			cfg.TLS.VerifyConnection = func(cs tls.ConnectionState) error {
+				if len(cs.PeerCertificates) == 0 || !certNames(cs.PeerCertificates[0], source) {
+					return errCertificate
+				}
+				if next != nil {
+					return next(cs)
+				}
+				return nil
+			}
+		}
+	}
+	s := &Source{
+		cfg: cfg, mapper: mapper, conns: map[*conn]struct{}{},
+		dedupe:  newDedupe(cfg.DuplicateWindow, cfg.MaxDuplicates),
+		ackBase: "CH" + strconv.FormatInt(time.Now().UnixMilli(), 36) + "-",
+		now:     time.Now,
+	}
+	return s, nil
+}
+
+var errCertificate = errors.New("mllp: the client certificate does not name this listener's source organisation")
+
+// certNames reports whether a client certificate names the organisation:
+// its subject common name, or one of its organisation or organisational
+// unit names, is the ODS code.
+func certNames(c *x509.Certificate, ods string) bool {
+	if c.Subject.CommonName == ods {
+		return true
+	}
+	for _, v := range append(append([]string(nil), c.Subject.Organization...), c.Subject.OrganizationalUnit...) {
+		if v == ods {
+			return true
+		}
+	}
+	return false
+}
+
+// Register implements connector.Source: it binds the listener, so that a
+// taken port fails the hub at start.
+func (s *Source) Register(env connector.Env) error {
+	if env.Ingest == nil {
+		return errors.New("mllp: Env needs Ingest")
+	}
+	s.env = env
+	s.log = env.Log
+	if s.log == nil {
+		s.log = zap.NewNop()
+	}
+	s.log = s.log.With(zap.String("connector", "mllp"), zap.String("source", s.cfg.Source))
+	ln, err := net.Listen("tcp", s.cfg.Addr)
+	if err != nil {
+		return fmt.Errorf("mllp: listening on %s: %w", s.cfg.Addr, err)
+	}
+	if s.cfg.TLS != nil {
+		ln = tls.NewListener(ln, s.cfg.TLS)
+	}
+	s.ln = ln
+	return nil
+}
+
+// Addr returns the bound address (after Register).
+func (s *Source) Addr() net.Addr {
+	if s.ln == nil {
+		return nil
+	}
+	return s.ln.Addr()
+}
+
+// Stats returns the counters so far.
+func (s *Source) Stats() Stats {
+	c := &s.stats
+	return Stats{
+		Connections: c.connections.Load(), Refused: c.refused.Load(), Frames: c.frames.Load(),
+		Accepted: c.accepted.Load(), Duplicates: c.duplicates.Load(), Skipped: c.skipped.Load(),
+		Errors: c.errors.Load(), Rejected: c.rejected.Load(), SkippedBytes: c.skippedBytes.Load(),
+		Oversized: c.oversized.Load(), Timeouts: c.timeouts.Load(), NotAcked: c.notAcked.Load(),
+		WriteFailures: c.writeFailures.Load(),
+	}
+}
+
+// Run implements connector.Source: it serves until ctx ends, then drains.
+func (s *Source) Run(ctx context.Context, _ connector.Env) error {
+	if s.ln == nil {
+		return errors.New("mllp: Run before Register")
+	}
+	s.log.Info("MLLP listener ready", zap.String("addr", s.ln.Addr().String()), zap.Bool("tls", s.cfg.TLS != nil))
+	// Messages in flight finish even after ctx ends; ProcessTimeout bounds each.
+	work := context.WithoutCancel(ctx)
+	acceptErr := make(chan error, 1)
+	go func() { acceptErr <- s.acceptLoop(work) }()
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-acceptErr:
+		err = fmt.Errorf("mllp: accepting connections: %w", err)
+	}
+	_ = s.ln.Close()
+	s.drain()
+	return err
+}
+
+func (s *Source) acceptLoop(ctx context.Context) error {
+	var delay time.Duration
+	for {
+		nc, err := s.ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || isTemporary(err) {
+				// EMFILE and the like: back off, as net/http does.
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				s.log.Warn("MLLP accept failed; retrying", zap.String("error_class", logging.Class(err)), zap.Duration("delay", delay))
+				time.Sleep(delay)
+				continue
+			}
+			return err
+		}
+		delay = 0
+		s.stats.connections.Add(1)
+		c := &conn{s: s, nc: nc}
+		s.mu.Lock()
+		if s.draining || len(s.conns) >= s.cfg.MaxConns {
+			draining := s.draining
+			s.mu.Unlock()
+			_ = nc.Close()
+			if !draining {
+				s.stats.refused.Add(1)
+				s.log.Warn("MLLP connection refused: too many connections", zap.Int("max", s.cfg.MaxConns))
+			}
+			continue
+		}
+		s.conns[c] = struct{}{}
+		s.wg.Add(1)
+		s.mu.Unlock()
+		go func() {
+			defer s.wg.Done()
+			c.serve(ctx)
+			s.mu.Lock()
+			delete(s.conns, c)
+			s.mu.Unlock()
+		}()
+	}
+}
+
+func isTemporary(err error) bool {
+	var t interface{ Temporary() bool }
+	return errors.As(err, &t) && t.Temporary()
+}
+
+// drain stops every connection after its message in progress, waiting at
+// most DrainTimeout.
+func (s *Source) drain() {
+	s.mu.Lock()
+	s.draining = true
+	for c := range s.conns {
+		c.stop()
+	}
+	s.mu.Unlock()
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(s.cfg.DrainTimeout):
+		s.log.Warn("MLLP drain timed out; closing connections")
+		s.mu.Lock()
+		for c := range s.conns {
+			_ = c.nc.Close()
+		}
+		s.mu.Unlock()
+		<-done
+	}
+	s.log.Info("MLLP listener stopped", zap.String("addr", s.ln.Addr().String()))
+}
+
+// conn is one connection.
+//
+// Concurrency: serve runs in one goroutine; stop is called by drain from
+// another. mu orders them: a read deadline is only ever set under mu, and
+// once stopped is true every deadline set is in the past, so a drain can
+// never be overridden by a deadline set just after it.
+type conn struct {
+	s  *Source
+	nc net.Conn
+
+	mu      sync.Mutex
+	stopped bool
+
+	inFrame    bool      // the stream is inside a frame (serve goroutine only)
+	frameStart time.Time // when that frame's start block arrived
+}
+
+func (c *conn) stop() {
+	c.mu.Lock()
+	c.stopped = true
+	_ = c.nc.SetReadDeadline(time.Unix(1, 0))
+	c.mu.Unlock()
+}
+
+// setReadDeadline sets the read deadline unless the connection is stopping.
+func (c *conn) setReadDeadline(t time.Time) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.stopped {
+		return false
+	}
+	_ = c.nc.SetReadDeadline(t)
+	return true
+}
+
+// Read implements io.Reader for the frame reader: it watches the framing
+// bytes go by so that a frame in progress gets ReadTimeout from its start
+// block, while the wait between frames gets IdleTimeout.
+func (c *conn) Read(p []byte) (int, error) {
+	n, err := c.nc.Read(p)
+	if n > 0 {
+		s, e := -1, -1
+		for i := n - 1; i >= 0 && (s < 0 || e < 0); i-- {
+			switch p[i] {
+			case wire.StartBlock:
+				if s < 0 {
+					s = i
+				}
+			case wire.EndBlock:
+				if e < 0 {
+					e = i
+				}
+			}
+		}
+		switch {
+		case s > e: // a frame started and has not ended
+			c.inFrame = true
+			c.frameStart = c.s.now()
+			c.setReadDeadline(c.frameStart.Add(c.s.cfg.ReadTimeout))
+		case e > s:
+			c.inFrame = false
+		}
+	}
+	return n, err
+}
+
+func (c *conn) serve(ctx context.Context) {
+	s := c.s
+	log := s.log.With(zap.String("remote", c.nc.RemoteAddr().String()))
+	defer func() {
+		if r := recover(); r != nil {
+			log.Error("MLLP connection handler panicked", zap.String("panic", fmt.Sprintf("%T", r)))
+		}
+		_ = c.nc.Close()
+	}()
+	if tc, ok := c.nc.(*tls.Conn); ok {
+		if !c.setReadDeadline(s.now().Add(s.cfg.ReadTimeout)) {
+			return
+		}
+		if err := tc.HandshakeContext(ctx); err != nil {
+			log.Warn("MLLP TLS handshake failed", zap.Bool("certificate_refused", errors.Is(err, errCertificate)),
+				zap.String("error_class", logging.Class(err)))
+			return
+		}
+	}
+	log.Debug("MLLP connection opened")
+	r := wire.NewReader(c, wire.ReaderOptions{MaxFrameSize: s.cfg.MaxFrameBytes})
+	for {
+		deadline := s.now().Add(s.cfg.IdleTimeout)
+		if c.inFrame {
+			// The next frame has already begun (pipelined): give it a
+			// full ReadTimeout from now, not from when it arrived.
+			deadline = s.now().Add(s.cfg.ReadTimeout)
+		}
+		if !c.setReadDeadline(deadline) {
+			log.Debug("MLLP connection closed: draining")
+			return
+		}
+		payload, err := r.ReadFrame()
+		if n := r.LastSkipped(); n > 0 {
+			s.stats.skippedBytes.Add(n)
+			log.Warn("MLLP bytes outside frames skipped", zap.Int64("bytes", n))
+		}
+		switch {
+		case err == nil:
+		case errors.Is(err, wire.ErrFrameTooLarge):
+			s.stats.frames.Add(1)
+			s.stats.oversized.Add(1)
+			s.stats.errors.Add(1)
+			log.Warn("MLLP frame too large", zap.Int("max_bytes", s.cfg.MaxFrameBytes))
+			ack := hl7.NewACK(nil, hl7.AckAE, s.nextAckID(), s.now(), hl7.ErrDetail{
+				Code: hl7.CodeValueTooLong, Diagnostic: "the message exceeds the maximum frame size of " + strconv.Itoa(s.cfg.MaxFrameBytes) + " bytes"})
+			if !c.write(ack, log) {
+				return
+			}
+			continue
+		case errors.Is(err, io.EOF):
+			log.Debug("MLLP connection closed by the peer")
+			return
+		case errors.Is(err, wire.ErrTruncatedFrame):
+			log.Warn("MLLP connection closed inside a frame")
+			return
+		default:
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				c.mu.Lock()
+				stopped := c.stopped
+				c.mu.Unlock()
+				if stopped {
+					log.Debug("MLLP connection closed: draining")
+				} else {
+					s.stats.timeouts.Add(1)
+					log.Info("MLLP connection closed: timeout", zap.Bool("inside_frame", c.inFrame))
+				}
+				return
+			}
+			log.Info("MLLP connection read failed", zap.String("error_class", logging.Class(err)))
+			return
+		}
+		s.stats.frames.Add(1)
+		ack := s.handle(ctx, payload, log)
+		if ack == nil {
+			s.stats.notAcked.Add(1)
+			continue
+		}
+		if !c.write(ack, log) {
+			return
+		}
+	}
+}
+
+// write sends one acknowledgement frame within ReadTimeout.
+func (c *conn) write(ack []byte, log *zap.Logger) bool {
+	_ = c.nc.SetWriteDeadline(c.s.now().Add(c.s.cfg.ReadTimeout))
+	if err := wire.WriteFrame(c.nc, ack); err != nil {
+		c.s.stats.writeFailures.Add(1)
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			c.s.stats.timeouts.Add(1)
+		}
+		log.Warn("MLLP acknowledgement not sent; closing", zap.String("error_class", logging.Class(err)))
+		return false
+	}
+	return true
+}
+
+func (s *Source) nextAckID() string {
+	return s.ackBase + strconv.FormatUint(s.ackSeq.Add(1), 36)
+}
+
+// outcome is how one message was answered.
+type outcome struct {
+	code   hl7.AckCode // original-mode code: AA, AE or AR
+	errs   []hl7.ErrDetail
+	reason string // for the log: fixed public text
+}
+
+// handle processes one message and returns the acknowledgement to send, or
+// nil when enhanced mode asked for none.
+func (s *Source) handle(ctx context.Context, payload []byte, log *zap.Logger) []byte {
+	m, err := adt.Parse(payload)
+	if err != nil {
+		var pe *hl7.ParseError
+		code := hl7.AckAE
+		if errors.Is(err, hl7.ErrUnsupportedCharset) {
+			code = hl7.AckAR
+		}
+		d := hl7.ErrDetail{Code: hl7.CodeApplicationInternalError, Diagnostic: "the message cannot be parsed"}
+		if errors.As(err, &pe) {
+			d = pe.Detail()
+		}
+		hdr, _ := hl7.ParseHeader(payload)
+		s.count(code)
+		log.Info("HL7 message refused", zap.String("ack", string(code)), zap.String("err_code", d.Code),
+			zap.String("reason", d.Diagnostic), zap.Int("bytes", len(payload)))
+		return hl7.NewACK(hdr, code, s.nextAckID(), s.now(), d)
+	}
+	msh := m.Segment("MSH")
+	controlID := m.ControlID()
+	log = log.With(zap.String("control_id", safeControlID(controlID)), zap.String("trigger", m.Type().Trigger))
+	out, eventID, evType := s.process(ctx, m, payload)
+	s.count(out.code)
+	fields := []zap.Field{zap.String("ack", string(out.code)), zap.Int("bytes", len(payload))}
+	if eventID != "" {
+		fields = append(fields, zap.String("event_id", eventID))
+	}
+	if evType != "" {
+		fields = append(fields, zap.String("type", evType))
+	}
+	if len(out.errs) > 0 {
+		e := out.errs[0]
+		fields = append(fields, zap.String("err_code", e.Code), zap.String("err_location", errLocation(e)), zap.String("reason", out.reason))
+		log.Info("HL7 message refused", fields...)
+	} else {
+		if out.reason != "" {
+			fields = append(fields, zap.String("reason", out.reason))
+		}
+		log.Info("HL7 message acknowledged", fields...)
+	}
+
+	// Enhanced mode: MSH-15 asks for a commit (accept) acknowledgement, MSH-16
+	// for an application acknowledgement. Exactly one is sent at most, on this
+	// connection: the commit one if MSH-15 asks for it (CA only once durable,
+	// so it promises what AA does), else the application one if MSH-16 does.
+	accept := strings.ToUpper(strings.TrimSpace(msh.Field(15).String()))
+	app := strings.ToUpper(strings.TrimSpace(msh.Field(16).String()))
+	code := out.code
+	if accept != "" || app != "" {
+		ok := code == hl7.AckAA
+		switch {
+		case wants(accept, ok, true):
+			code = map[hl7.AckCode]hl7.AckCode{hl7.AckAA: hl7.AckCA, hl7.AckAE: hl7.AckCE, hl7.AckAR: hl7.AckCR}[code]
+		case wants(app, ok, false):
+		default:
+			return nil
+		}
+	}
+	return hl7.NewACK(m, code, s.nextAckID(), s.now(), out.errs...)
+}
+
+// wants reports whether an MSH-15/MSH-16 acknowledgement condition (HL7
+// table 0155) asks for an acknowledgement. An empty MSH-15 in enhanced mode
+// means AL; an empty MSH-16 means NE.
+func wants(cond string, ok, emptyMeansAlways bool) bool {
+	switch cond {
+	case "AL":
+		return true
+	case "ER":
+		return !ok
+	case "SU":
+		return ok
+	case "":
+		return emptyMeansAlways
+	default: // NE, or a value outside the table
+		return false
+	}
+}
+
+func (s *Source) count(code hl7.AckCode) {
+	switch code {
+	case hl7.AckAE:
+		s.stats.errors.Add(1)
+	case hl7.AckAR:
+		s.stats.rejected.Add(1)
+	}
+}
+
+// process authenticates, maps and publishes a parsed message.
+func (s *Source) process(ctx context.Context, m *hl7.Message, payload []byte) (outcome, string, string) {
+	msh := m.Segment("MSH")
+	if !s.sender(msh.Field(4).Component(1).String()) {
+		return outcome{code: hl7.AckAR, reason: reasonSender, errs: []hl7.ErrDetail{{Segment: "MSH", Sequence: 1, Field: 4,
+			Code: hl7.CodeTableValueNotFound, Diagnostic: reasonSender}}}, "", ""
+	}
+	if pid := strings.TrimSpace(msh.Field(11).Component(1).String()); pid != s.cfg.ProcessingID {
+		if pid != "" { // an empty MSH-11 is reported by the mapping (101)
+			return outcome{code: hl7.AckAR, reason: reasonProcessing, errs: []hl7.ErrDetail{{Segment: "MSH", Sequence: 1, Field: 11,
+				Code: hl7.CodeUnsupportedProcessingID, Diagnostic: reasonProcessing}}}, "", ""
+		}
+	}
+	res, err := s.mapper.Map(m)
+	if err != nil {
+		var e *adt.Error
+		if errors.As(err, &e) {
+			return outcome{code: e.Ack, reason: e.Reason, errs: []hl7.ErrDetail{e.Detail()}}, "", ""
+		}
+		return outcome{code: hl7.AckAR, reason: "internal error", errs: []hl7.ErrDetail{{Code: hl7.CodeApplicationInternalError,
+			Diagnostic: "internal error"}}}, "", ""
+	}
+
+	key := res.ID
+	digest := bodyDigest(m)
+	for {
+		st, e := s.dedupe.begin(key, digest, s.now())
+		switch st {
+		case dupAlready:
+			s.stats.duplicates.Add(1)
+			return outcome{code: hl7.AckAA, reason: "duplicate of a message already accepted: not published again"}, res.ID, res.Type
+		case dupConflict:
+			return outcome{code: hl7.AckAR, reason: reasonReused, errs: []hl7.ErrDetail{{Segment: "MSH", Sequence: 1, Field: 10,
+				Code: hl7.CodeDuplicateKeyIdentifier, Diagnostic: reasonReused}}}, res.ID, res.Type
+		case dupWait:
+			select {
+			case <-e.done:
+				continue // see how the first copy went
+			case <-time.After(s.cfg.ProcessTimeout):
+				return outcome{code: hl7.AckAR, reason: reasonBusy, errs: []hl7.ErrDetail{{Segment: "MSH", Sequence: 1, Field: 10,
+					Code: hl7.CodeApplicationRecordLocked, Diagnostic: reasonBusy}}}, res.ID, res.Type
+			}
+		}
+		// dupProceed: this copy is the one to publish.
+		return s.publish(ctx, e, res)
+	}
+}
+
+// publish makes the event of a message durable (or, for a message that
+// has none, just acknowledges it) and records the outcome in the duplicate
+// memory, even if Ingest panics.
+func (s *Source) publish(ctx context.Context, e *entry, res *adt.Result) (out outcome, id, typ string) {
+	durable := false
+	defer func() { s.dedupe.finish(e, durable, s.now()) }()
+	if res.Event == nil {
+		durable = true
+		s.stats.skipped.Add(1)
+		return outcome{code: hl7.AckAA, reason: res.Skipped}, res.ID, ""
+	}
+	pctx, cancel := context.WithTimeout(ctx, s.cfg.ProcessTimeout)
+	defer cancel()
+	acc, err := s.env.Ingest.Accept(pctx, s.cfg.Source, res.Event)
+	if err != nil {
+		return ingestError(err), res.ID, res.Type
+	}
+	durable = true
+	s.stats.accepted.Add(1)
+	return outcome{code: hl7.AckAA}, acc.ID, acc.Type
+}
+
+// Reasons given in ERR-7 and logs for refusals decided here.
+const (
+	reasonSender     = "MSH-4 (sending facility) is not the organisation this connection is bound to"
+	reasonProcessing = "MSH-11 (processing ID) is not the one this listener accepts"
+	reasonReused     = "this message control ID was used for a different message within the duplicate window"
+	reasonBusy       = "the same message is still being processed on another connection; resend later"
+)
+
+// sender reports whether MSH-4.1 names the bound organisation or one of its
+// sites (an ODS site code is the trust's 3-character code and 2 more).
+func (s *Source) sender(hd string) bool {
+	hd = strings.ToUpper(strings.TrimSpace(hd))
+	src := s.cfg.Source
+	if hd == src {
+		return true
+	}
+	return len(src) == 3 && len(hd) == 5 && strings.HasPrefix(hd, src) && isAlnum(hd[3]) && isAlnum(hd[4])
+}
+
+func isAlnum(c byte) bool { return 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' }
+
+// ingestError answers an Ingest.Accept failure: its kind gives AE or AR,
+// and ERR-7 its public text (JSON pointers and rules, never values).
+func ingestError(err error) outcome {
+	code := hl7.AckCode(problem.KindOf(err).HL7Ack())
+	text := problem.Public(err)
+	if len(text) > 200 {
+		text = text[:200]
+	}
+	return outcome{code: code, reason: text, errs: []hl7.ErrDetail{{Code: hl7.CodeApplicationInternalError, Diagnostic: text}}}
+}
+
+// bodyDigest hashes what a resend must repeat: the message type and every
+// segment after MSH (MSH-7, the time of sending, may differ in a resend).
+func bodyDigest(m *hl7.Message) [sha256.Size]byte {
+	h := sha256.New()
+	h.Write([]byte(m.Type().String()))
+	for i := 2; i <= m.NumSegments(); i++ {
+		h.Write([]byte{'\r'})
+		h.Write([]byte(m.SegmentAt(i).Raw()))
+	}
+	var d [sha256.Size]byte
+	h.Sum(d[:0])
+	return d
+}
+
+// safeControlID returns MSH-10 for a log line if it looks like a control
+// ID (up to 64 printable characters without spaces), else a placeholder: a
+// sender that shifts its fields could put anything there.
+func safeControlID(s string) string {
+	if len(s) == 0 || len(s) > 64 {
+		return "(unprintable)"
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] <= ' ' || s[i] > '~' {
+			return "(unprintable)"
+		}
+	}
+	return s
+}
+
+func errLocation(d hl7.ErrDetail) string {
+	if d.Segment == "" {
+		return ""
+	}
+	s := d.Segment
+	if d.Field > 0 {
+		s += "-" + strconv.Itoa(d.Field)
+		if d.Repetition > 1 {
+			s += "(" + strconv.Itoa(d.Repetition) + ")"
+		}
+		if d.Component > 0 {
+			s += "." + strconv.Itoa(d.Component)
+		}
+	}
+	return s
+}
+
+var _ connector.Source = (*Source)(nil)
