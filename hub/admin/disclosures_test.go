@@ -1,0 +1,42 @@
+package admin
+
+import (
+	"testing"
+	"time"
+
+	"github.com/carehub/carehub/audit"
+	"github.com/google/go-cmp/cmp"
+)
+
+func TestReportJoinsDecisionsAndOutcomes(t *testing.T) {
+	t0 := time.Date(2026, 11, 24, 10, 0, 0, 0, time.UTC)
+	recs := []audit.Record{
+		{Time: t0, Kind: audit.KindDecision, EventID: "e1", EventType: "discharge", Recipient: "A81001", Effect: "permit", Rule: "relationship-confirmed"},
+		{Time: t0, Kind: audit.KindDecision, EventID: "e1", EventType: "discharge", Recipient: "VM123", Effect: "deny", Rule: "directive:deny-role", Directive: "no-sc"},
+		{Time: t0.Add(time.Second), Kind: audit.KindDelivery, EventID: "e1", Recipient: "A81001", Outcome: audit.Delivered},
+		{Time: t0.Add(2 * time.Second), Kind: audit.KindDecision, EventID: "e2", Recipient: "A81001", Effect: "permit", Rule: "relationship-confirmed"},
+		{Time: t0.Add(3 * time.Second), Kind: audit.KindDelivery, EventID: "e2", Recipient: "A81001", Outcome: audit.DeadLettered, Reason: "recipient answered 400"},
+		// A delivery whose decision is not in the report (older than the scan) is ignored.
+		{Time: t0, Kind: audit.KindDelivery, EventID: "e0", Recipient: "A81001", Outcome: audit.Delivered},
+	}
+	got := Report(recs)
+	type line struct {
+		Event, Recipient, Decision, Outcome string
+		Withheld                            bool
+	}
+	var gotLines []line
+	for _, d := range got {
+		gotLines = append(gotLines, line{d.EventID, d.Recipient, d.Decision, d.Outcome, d.Withheld})
+	}
+	want := []line{
+		{"e1", "A81001", "permit", "delivered", false},
+		{"e1", "VM123", "deny", "", true},
+		{"e2", "A81001", "permit", "dead-lettered", false},
+	}
+	if diff := cmp.Diff(want, gotLines); diff != "" {
+		t.Errorf("Report (-want +got):\n%s", diff)
+	}
+	if got[1].Directive != "no-sc" || got[2].OutcomeNote == "" {
+		t.Errorf("Report lost the directive or the dead-letter reason: %+v", got)
+	}
+}

@@ -1,0 +1,146 @@
+package deliver
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/carehub/carehub/audit"
+	"github.com/carehub/carehub/hub/connector"
+	"github.com/carehub/carehub/hub/topic"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
+)
+
+type pub struct {
+	mu   sync.Mutex
+	sent map[string][]*message.Message
+	err  error
+}
+
+func (p *pub) Publish(t string, msgs ...*message.Message) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.err != nil {
+		return p.err
+	}
+	if p.sent == nil {
+		p.sent = map[string][]*message.Message{}
+	}
+	p.sent[t] = append(p.sent[t], msgs...)
+	return nil
+}
+func (p *pub) Close() error { return nil }
+
+const canary = "9990000018"
+
+func outboxMessage() *message.Message {
+	m := message.NewMessage("ev-1", []byte(`{"id":"ev-1","data":{"patient":{"nhsNumber":"`+canary+`"}}}`))
+	m.Metadata.Set(topic.MetaKey, "p1_test")
+	m.Metadata.Set(topic.MetaEventID, "ev-1")
+	m.Metadata.Set(topic.MetaEventType, "org.carehub.discharge.v1")
+	m.Metadata.Set(topic.MetaBasis, "registered-gp")
+	return m
+}
+
+func TestHandleOutcomes(t *testing.T) {
+	tests := []struct {
+		name       string
+		sink       connector.SinkFunc
+		wantErr    bool
+		wantDLQ    int
+		wantAudit  string // outcome of the audit record, "" for none
+		wantStatus int
+	}{
+		{"delivered", func(context.Context, connector.Delivery) (connector.Outcome, error) {
+			return connector.Outcome{Attempts: 2, Status: 204}, nil
+		}, false, 0, audit.Delivered, 204},
+		{"rejected for good", func(context.Context, connector.Delivery) (connector.Outcome, error) {
+			return connector.Outcome{Attempts: 1, Status: 400}, connector.Permanent("recipient answered 400", nil)
+		}, false, 1, audit.DeadLettered, 400},
+		{"not delivered yet", func(context.Context, connector.Delivery) (connector.Outcome, error) {
+			return connector.Outcome{Attempts: 7}, errors.New("connection refused to http://x/?nhs=" + canary)
+		}, true, 0, "", 0},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			core, logs := observer.New(zap.DebugLevel)
+			p := &pub{}
+			d, err := New(context.Background(), "A81001", tc.sink, p, zap.New(core))
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = d.Handle(outboxMessage())
+			if (err != nil) != tc.wantErr {
+				t.Fatalf("Handle: got error %v, want error %v", err, tc.wantErr)
+			}
+			if got := len(p.sent[topic.DLQ]); got != tc.wantDLQ {
+				t.Errorf("dead letters: got %d, want %d", got, tc.wantDLQ)
+			}
+			if tc.wantDLQ > 0 {
+				var dl audit.DeadLetter
+				_ = json.Unmarshal(p.sent[topic.DLQ][0].Payload, &dl)
+				if dl.Reason == "" || dl.Recipient != "A81001" || len(dl.Event) == 0 || p.sent[topic.DLQ][0].Metadata.Get(topic.MetaKey) != "A81001" {
+					t.Errorf("dead letter: got %+v, want reason, recipient, event and the recipient as key", dl)
+				}
+			}
+			recs := p.sent[topic.Audit]
+			if tc.wantAudit == "" {
+				if len(recs) != 0 {
+					t.Errorf("audited %d records for an undelivered event; want none until it is delivered", len(recs))
+				}
+			} else {
+				if len(recs) != 1 {
+					t.Fatalf("audit records: got %d, want 1", len(recs))
+				}
+				rec, _ := audit.Unmarshal(recs[0].Payload)
+				if rec.Outcome != tc.wantAudit || rec.Status != tc.wantStatus || rec.Patient != "p1_test" || rec.Basis != "registered-gp" {
+					t.Errorf("audit record:\n\tgot  %+v\n\twant outcome %s status %d", rec, tc.wantAudit, tc.wantStatus)
+				}
+			}
+			for _, e := range logs.All() {
+				b, _ := json.Marshal(e.ContextMap())
+				if strings.Contains(string(b)+e.Message, canary) {
+					t.Errorf("a log line holds the canary: %s %s", e.Message, b)
+				}
+			}
+		})
+	}
+}
+
+// TestStopEndsInFlightRetries: when the hub stops, a delivery retrying
+// against a recipient that is down ends (and is redelivered after restart).
+func TestStopEndsInFlightRetries(t *testing.T) {
+	stop, cancel := context.WithCancel(context.Background())
+	sink := connector.SinkFunc(func(ctx context.Context, _ connector.Delivery) (connector.Outcome, error) {
+		<-ctx.Done()
+		return connector.Outcome{}, ctx.Err()
+	})
+	d, _ := New(stop, "A81001", sink, &pub{}, zap.NewNop())
+	done := make(chan error, 1)
+	go func() { done <- d.Handle(outboxMessage()) }()
+	cancel()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Errorf("Handle returned nil for an undelivered event")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("Handle did not return after the stop context ended")
+	}
+}
+
+func TestPublishFailureIsRetried(t *testing.T) {
+	sink := connector.SinkFunc(func(context.Context, connector.Delivery) (connector.Outcome, error) {
+		return connector.Outcome{Status: 400}, connector.Permanent("recipient answered 400", nil)
+	})
+	d, _ := New(context.Background(), "A81001", sink, &pub{err: errors.New("broker down")}, zap.NewNop())
+	if err := d.Handle(outboxMessage()); err == nil {
+		t.Errorf("Handle succeeded though the dead letter could not be written: the event would be lost")
+	}
+}
