@@ -24,6 +24,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/carehub/carehub/consent"
 	"github.com/carehub/carehub/hl7"
 	"go.yaml.in/yaml/v3"
 )
@@ -72,6 +73,20 @@ type MLLPTLS struct {
 	Cert     string `yaml:"cert"`
 	Key      string `yaml:"key"`
 	ClientCA string `yaml:"clientCA"`
+}
+
+// Policy returns the consent policy this section configures, validated.
+func (c Consent) Policy() (consent.Policy, error) {
+	p := consent.DefaultPolicy()
+	p.ExtraSensitiveCategories = c.ExtraSensitiveCategories
+	p.ConfidentialAllow = nil
+	for _, b := range c.ConfidentialAllow {
+		p.ConfidentialAllow = append(p.ConfidentialAllow, consent.Basis(b))
+	}
+	if err := p.Validate(); err != nil {
+		return consent.Policy{}, err
+	}
+	return p, nil
 }
 
 // Consent is the deployment's consent policy (see package consent).
@@ -409,6 +424,9 @@ func (c *Config) Validate() error {
 				}
 			}
 		}
+	}
+	if _, err := c.Consent.Policy(); err != nil {
+		bad("consent: %v", err)
 	}
 	if c.Delivery.MinBackoff > c.Delivery.MaxBackoff {
 		bad("delivery.minBackoff must not exceed delivery.maxBackoff")

@@ -421,3 +421,15 @@ func TestODSPattern(t *testing.T) {
 		}
 	}
 }
+
+func TestConsentPolicyIsValidated(t *testing.T) {
+	b, err := os.ReadFile("../deploy/examples/carehub.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad := string(b) + "\nconsent:\n  extraSensitiveCategories: [\"Not A Code\"]\n  confidentialAllow: [best-friend]\n"
+	_, err = config.Parse([]byte(bad))
+	if err == nil || !strings.Contains(err.Error(), "consent:") {
+		t.Fatalf("Parse with an invalid consent policy: got %v, want an error naming consent", err)
+	}
+}

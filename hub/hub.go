@@ -125,13 +125,8 @@ func Run(ctx context.Context, cfg *config.Config, log *zap.Logger, opts Options)
 	if err != nil {
 		return err
 	}
-	policy := consent.DefaultPolicy()
-	policy.ExtraSensitiveCategories = cfg.Consent.ExtraSensitiveCategories
-	policy.ConfidentialAllow = nil
-	for _, b := range cfg.Consent.ConfidentialAllow {
-		policy.ConfidentialAllow = append(policy.ConfidentialAllow, consent.Basis(b))
-	}
-	if err := policy.Validate(); err != nil {
+	policy, err := cfg.Consent.Policy()
+	if err != nil {
 		return fmt.Errorf("consent policy: %w", err)
 	}
 	store, err := consentstore.Open(brokers, topic.Consent, log.Named("consent"))
