@@ -21,6 +21,7 @@ const usage = `carehub: share care records as events.
 Usage:
   carehub serve  --config FILE [--data-dir DIR] [--log-level info]
   carehub listen --addr 127.0.0.1:9102 --secret SECRET
+  carehub bench  [--scenario NAME | --suite] [--duration 20s] [--rate N|max] [--out FILE]
   carehub consent put|get|delete|explain|disclosures ...
 
 Run "carehub COMMAND -h" for a command's flags.
@@ -47,6 +48,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return serve(ctx, args[1:], stderr)
 	case "listen":
 		return listen(ctx, args[1:], stdout, stderr)
+	case "bench":
+		return benchCommand(ctx, args[1:], stdout, stderr)
 	case "consent":
 		return consentCmd(ctx, args[1:], stdout, stderr)
 	case "help", "-h", "--help":

@@ -1,0 +1,31 @@
+// Package bench is carehub's own benchmark, run as "carehub bench": it
+// measures a hub's throughput, its latency from acceptance to delivery, and
+// its behaviour at scale, and it measures the same load on a reference path
+// with no validation, routing, consent or audit against the same broker in
+// the same run, so that the ratio hub / reference says what the hub's
+// guarantees cost on the machine at hand.
+//
+// A run starts a hub per row (as its own process: "carehub serve" with a
+// generated configuration, or in process as a fallback, or a running hub
+// with Options.Target), synthetic recipients (HTTP receivers that verify
+// every Standard Webhooks signature), and a synthetic population of patients
+// with valid NHS numbers from the 999 test range, registered with GP
+// practices and resident in care homes. Each event is a discharge, meant for
+// the patient's GP practice and the care home it names.
+//
+// Scenarios (Scenarios): throughput (as fast as possible), latency (500
+// events/s), fanout (1,000 recipients), isolation (latency with one
+// recipient down), backlog (one recipient down while events queue for it,
+// then its drain rate). Each runs through every ingest path as a separate
+// row: HTTP batches, single HTTP requests, and HL7 v2 ADT^A03 over MLLP.
+//
+// Run returns a Report: per row, events and deliveries per second on both
+// paths and their ratio, latency percentiles over every delivery, the hub
+// process's CPU time and peak RSS, and the events lost (accepted but not
+// delivered to every intended recipient once deliveries stall for
+// Options.DrainTimeout). Run returns ErrLost when anything was lost; figures
+// that miss the targets (Report.Targets) are reported, never errors.
+//
+// BENCHMARKS.md at the root of the module holds a run of the suite on the
+// development machine and what limits each figure.
+package bench

@@ -1,0 +1,198 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/carehub/carehub/bench"
+	"github.com/carehub/carehub/config"
+)
+
+// TestBenchSuiteCompletes runs every scenario briefly against a real hub
+// process (this command, built) and checks that the run completes, loses
+// nothing and that the JSON holds every field. It asserts no speed.
+func TestBenchSuiteCompletes(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds carehub and runs the bench suite (about 40 s)")
+	}
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "carehub")
+	build := exec.Command("go", "build", "-o", bin, ".")
+	build.Stderr = os.Stderr
+	if err := build.Run(); err != nil {
+		t.Fatalf("building carehub: %v", err)
+	}
+	exitCode := -1
+	benchExit = func(code int) { exitCode = code }
+	defer func() { benchExit = os.Exit }()
+
+	out := filepath.Join(dir, "bench.json")
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	var stdout, stderr bytes.Buffer
+	err := run(ctx, []string{"bench", "--suite", "--ingest", "batch", "--duration", "1s",
+		"--recipients", "40", "--backlog", "1000", "--patients", "500",
+		"--hub-binary", bin, "--work-dir", filepath.Join(dir, "work"), "--out", out}, &stdout, &stderr)
+	if err != nil || exitCode != -1 {
+		t.Fatalf("bench: %v (exit %d)\nstdout:\n%s\nstderr (tail):\n%s", err, exitCode, stdout.String(), benchTail(stderr.String(), 4000))
+	}
+	for _, want := range []string{"scenario", "throughput", "latency", "fanout", "isolation", "backlog", "deliveries/s"} {
+		if !strings.Contains(stdout.String(), want) {
+			t.Errorf("the table lacks %q:\n%s", want, stdout.String())
+		}
+	}
+	if !strings.Contains(stderr.String(), "delivered") {
+		t.Errorf("no progress lines on stderr")
+	}
+
+	b, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep struct {
+		Scenarios []map[string]any `json:"scenarios"`
+		Targets   []map[string]any `json:"targets"`
+		Lost      *float64         `json:"lost"`
+	}
+	if err := json.Unmarshal(b, &rep); err != nil {
+		t.Fatalf("the JSON: %v\n%s", err, b)
+	}
+	if len(rep.Scenarios) != len(bench.Scenarios()) {
+		t.Fatalf("%d scenario rows, want %d", len(rep.Scenarios), len(bench.Scenarios()))
+	}
+	if rep.Lost == nil || *rep.Lost != 0 {
+		t.Errorf("lost: %v", rep.Lost)
+	}
+	required := []string{"scenario", "ingest", "hub_process", "hub_events_per_s", "hub_deliveries_per_s",
+		"reference_deliveries_per_s", "ratio", "p50_ms", "p90_ms", "p99_ms", "max_ms", "cpu_seconds",
+		"peak_rss_bytes", "lost"}
+	for i, row := range rep.Scenarios {
+		if row["scenario"] != bench.Scenarios()[i] {
+			t.Errorf("row %d is %v, want %s", i, row["scenario"], bench.Scenarios()[i])
+		}
+		for _, k := range required {
+			if _, ok := row[k]; !ok {
+				t.Errorf("row %v lacks %q", row["scenario"], k)
+			}
+		}
+		if row["hub_process"] != bench.ProcessSubprocess {
+			t.Errorf("row %v: hub_process %v", row["scenario"], row["hub_process"])
+		}
+		// The run must have moved events on both paths and read the hub's
+		// process figures; how fast is not asserted.
+		for _, k := range []string{"hub_deliveries_per_s", "reference_deliveries_per_s", "peak_rss_bytes", "p50_ms"} {
+			if v, _ := row[k].(float64); v <= 0 {
+				t.Errorf("row %v: %s = %v, want > 0", row["scenario"], k, row[k])
+			}
+		}
+		if v, _ := row["lost"].(float64); v != 0 {
+			t.Errorf("row %v lost %v events", row["scenario"], v)
+		}
+	}
+	if bl := rep.Scenarios[4]["backlog"]; bl == nil {
+		t.Errorf("the backlog row has no backlog details")
+	}
+	if len(rep.Targets) == 0 {
+		t.Errorf("no targets reported")
+	}
+}
+
+func benchTail(s string, n int) string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
+}
+
+func TestBenchPrintConfig(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	err := run(context.Background(), []string{"bench", "--scenario", "isolation", "--print-config",
+		"--target", "http://127.0.0.1:8085", "--receiver-addr", "127.0.0.1:9400"}, &stdout, &stderr)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, stderr.String())
+	}
+	cfg, err := config.Parse(stdout.Bytes())
+	if err != nil {
+		t.Fatalf("the printed configuration does not load: %v\n%s", err, stdout.String())
+	}
+	if cfg.HTTP.Addr != "127.0.0.1:8085" || len(cfg.Recipients) != 30 || len(cfg.Sources) != 1 {
+		t.Errorf("addr %s, %d recipients, %d sources", cfg.HTTP.Addr, len(cfg.Recipients), len(cfg.Sources))
+	}
+	down := 0
+	for _, r := range cfg.Recipients {
+		if strings.Contains(r.Webhook.URL, "127.0.0.1:9401/") {
+			down++
+		} else if !strings.Contains(r.Webhook.URL, "127.0.0.1:9400/") {
+			t.Errorf("webhook %s points elsewhere", r.Webhook.URL)
+		}
+	}
+	if down != 1 {
+		t.Errorf("%d recipients on the down port, want 1", down)
+	}
+}
+
+func TestBenchRefusesBadFlags(t *testing.T) {
+	for _, args := range [][]string{
+		{"bench", "--scenario", "nope", "--in-process"},
+		{"bench", "--ingest", "pigeon", "--in-process"},
+		{"bench", "--rate", "fast"},
+		{"bench", "--batch-size", "5000", "--in-process"},
+	} {
+		var stdout, stderr bytes.Buffer
+		err := run(context.Background(), args, &stdout, &stderr)
+		if err == nil {
+			t.Errorf("%v: no error", args)
+		}
+	}
+}
+
+// TestBenchMLLPRow runs one short row through the hub's MLLP listener.
+func TestBenchMLLPRow(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds carehub and runs a bench row")
+	}
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "carehub")
+	build := exec.Command("go", "build", "-o", bin, ".")
+	build.Stderr = os.Stderr
+	if err := build.Run(); err != nil {
+		t.Fatalf("building carehub: %v", err)
+	}
+	out := filepath.Join(dir, "bench.json")
+	var stdout, stderr bytes.Buffer
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	err := run(ctx, []string{"bench", "--scenario", "latency", "--ingest", "mllp", "--duration", "1s", "--rate", "200",
+		"--patients", "200", "--hub-binary", bin, "--out", out, "--quiet"}, &stdout, &stderr)
+	if err != nil {
+		t.Fatalf("bench: %v\n%s\n%s", err, stdout.String(), benchTail(stderr.String(), 3000))
+	}
+	b, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep struct {
+		Scenarios []struct {
+			Ingest            string  `json:"ingest"`
+			HubEventsAccepted int64   `json:"hub_events_accepted"`
+			HubDeliveries     int64   `json:"hub_deliveries"`
+			Lost              int64   `json:"lost"`
+			Refused           int64   `json:"refused"`
+			P99Ms             float64 `json:"p99_ms"`
+		} `json:"scenarios"`
+	}
+	if err := json.Unmarshal(b, &rep); err != nil || len(rep.Scenarios) != 1 {
+		t.Fatalf("%v\n%s", err, b)
+	}
+	r := rep.Scenarios[0]
+	if r.Ingest != "mllp" || r.HubEventsAccepted == 0 || r.HubDeliveries != 2*r.HubEventsAccepted || r.Lost != 0 || r.Refused != 0 {
+		t.Errorf("mllp row: %+v", r)
+	}
+}
