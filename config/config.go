@@ -114,6 +114,10 @@ type Kafka struct {
 	EmbeddedAddr      string   `yaml:"embeddedAddr"`
 	Partitions        int      `yaml:"partitions"`
 	ReplicationFactor int      `yaml:"replicationFactor"`
+	// Linger is how long a produce waits for more records to share its
+	// request (Kafka's linger.ms; kafka-go's BatchTimeout). Every
+	// acknowledgement the hub waits for costs at least this.
+	Linger time.Duration `yaml:"linger"`
 	// SyncWrites makes the embedded broker fsync every write before
 	// acknowledging it (survives power loss, not only a process kill).
 	SyncWrites bool `yaml:"syncWrites"`
@@ -249,6 +253,9 @@ func (c *Config) Defaults() {
 	if c.Kafka.Partitions == 0 {
 		c.Kafka.Partitions = 6
 	}
+	if c.Kafka.Linger == 0 {
+		c.Kafka.Linger = DefaultLinger
+	}
 	if c.Kafka.ReplicationFactor == 0 {
 		if len(c.Kafka.Brokers) == 0 {
 			c.Kafka.ReplicationFactor = 1
@@ -299,6 +306,9 @@ func (c *Config) Defaults() {
 	}
 }
 
+// DefaultLinger is the default kafka.linger.
+const DefaultLinger = 500 * time.Microsecond
+
 // ODSPattern matches an ODS organisation or site code.
 var ODSPattern = regexp.MustCompile(`^[A-Z0-9]{3,10}$`)
 
@@ -331,6 +341,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Kafka.Partitions < 1 {
 		bad("kafka.partitions must be at least 1")
+	}
+	if c.Kafka.Linger < 0 || c.Kafka.Linger > time.Second {
+		bad("kafka.linger must be between 0 and 1s")
 	}
 	if !c.Pseudonym.Set() {
 		bad("pseudonymKey: required (the key of the HMAC that pseudonymises NHS numbers)")

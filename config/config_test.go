@@ -31,6 +31,7 @@ func TestParseExample(t *testing.T) {
 			EmbeddedAddr:      "127.0.0.1:9092",
 			Partitions:        6,
 			ReplicationFactor: 1, // default for the embedded broker
+			Linger:            config.DefaultLinger,
 		},
 		Pseudonym: config.Secret{Value: "demo-pseudonym-key-change-me"},
 		Admin:     config.Admin{APIKey: config.Secret{Value: "demo-admin-key"}},

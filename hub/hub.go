@@ -95,7 +95,7 @@ func Run(ctx context.Context, cfg *config.Config, log *zap.Logger, opts Options)
 	}
 
 	wlog := logging.NewWatermill(log, false)
-	pub, err := kafkawm.NewPublisher(kafkawm.PublisherConfig{Brokers: brokers}, wlog)
+	pub, err := kafkawm.NewPublisher(kafkawm.PublisherConfig{Brokers: brokers, BatchTimeout: cfg.Kafka.Linger}, wlog)
 	if err != nil {
 		return fmt.Errorf("creating the publisher: %w", err)
 	}

@@ -1140,3 +1140,42 @@ func TestPartitionsAdded(t *testing.T) {
 		t.Fatalf("consumed from partitions %v, want 0, 1 and 2", partitions)
 	}
 }
+
+// TestPublishTopics: one produce to several topics, every record keyed as
+// Publish keys it, every one acknowledged before the call returns.
+func TestPublishTopics(t *testing.T) {
+	a, b := newTopic(t, 2), newTopic(t, 3)
+	pub := mustPub(t, nil)
+	byTopic := map[string][]*message.Message{}
+	for i := 0; i < 10; i++ {
+		for _, topic := range []string{a, b} {
+			m := message.NewMessage(watermill.NewUUID(), []byte(topic+strconv.Itoa(i)))
+			m.Metadata.Set("partition_key", "patient-"+strconv.Itoa(i))
+			byTopic[topic] = append(byTopic[topic], m)
+		}
+	}
+	byTopic["unused"] = nil
+	delete(byTopic, "unused")
+	if err := pub.PublishTopics(byTopic); err != nil {
+		t.Fatal(err)
+	}
+	for topic, want := range map[string]int{a: 10, b: 10} {
+		ends, err := broker.TopicEndOffsets(ctxT(t, 10*time.Second), brokers, topic)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := 0
+		for _, n := range ends {
+			got += int(n)
+		}
+		if got != want {
+			t.Errorf("PublishTopics: %s holds %d records, want %d", topic, got, want)
+		}
+	}
+	if err := pub.PublishTopics(map[string][]*message.Message{"": {message.NewMessage("x", nil)}}); err == nil {
+		t.Errorf("PublishTopics with an empty topic name succeeded")
+	}
+	if err := pub.PublishTopics(nil); err != nil {
+		t.Errorf("PublishTopics(nil): %v", err)
+	}
+}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -115,7 +117,46 @@ func (p *Publisher) Publish(topic string, msgs ...*message.Message) error {
 	for i, m := range msgs {
 		pending[i] = toKafka(topic, p.keyMeta, m)
 	}
+	return p.write(pending, topic)
+}
 
+// PublishTopics writes messages to several topics in one produce and
+// returns nil only once the broker has acknowledged all of them (acks=all).
+// A handler that writes to several topics for one input (an outbox copy per
+// recipient and an audit record per decision) waits for one round trip
+// instead of one per topic. Errors are as for Publish.
+func (p *Publisher) PublishTopics(byTopic map[string][]*message.Message) error {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	if p.closed {
+		return ErrPublisherClosed
+	}
+	var pending []kafka.Message
+	var names []string
+	for topic, msgs := range byTopic {
+		if topic == "" {
+			return errors.New("kafkawm: publish: empty topic")
+		}
+		if len(msgs) > 0 {
+			names = append(names, topic)
+		}
+		for _, m := range msgs {
+			pending = append(pending, toKafka(topic, p.keyMeta, m))
+		}
+	}
+	if len(pending) == 0 {
+		return nil
+	}
+	sort.Strings(names)
+	return p.write(pending, strings.Join(names, ","))
+}
+
+// write produces pending, waiting out an unknown topic as Publish
+// describes. topic names the topics for logs and errors.
+//
+// p.mu must be held for reading.
+func (p *Publisher) write(pending []kafka.Message, topic string) error {
+	total := len(pending)
 	deadline := time.Now().Add(unknownTopicWait)
 	for {
 		err := p.w.WriteMessages(context.Background(), pending...)
@@ -127,10 +168,10 @@ func (p *Publisher) Publish(topic string, msgs ...*message.Message) error {
 			p.logger.Error("Kafka publish failed", errors.New(errorKind(causes[0])), watermill.LogFields{
 				"topic":    topic,
 				"failed":   len(failed),
-				"messages": len(msgs),
+				"messages": total,
 			})
 			return fmt.Errorf("kafkawm: publish to topic %q: %d of %d messages not acknowledged: %w",
-				topic, len(failed), len(msgs), errors.Join(dedupe(causes)...))
+				topic, len(failed), total, errors.Join(dedupe(causes)...))
 		}
 		// The metadata cache has not seen the topic (yet): retry the
 		// messages that failed once it has refreshed.

@@ -70,11 +70,32 @@ type Plan struct {
 	Audit  []*message.Message
 }
 
+// TopicsPublisher publishes to several topics in one produce. kafkawm's
+// Publisher implements it; with it the router waits for one round trip per
+// event instead of one per topic.
+type TopicsPublisher interface {
+	PublishTopics(byTopic map[string][]*message.Message) error
+}
+
 // Handle is the watermill handler for carehub.events.
 func (r *Router) Handle(msg *message.Message) error {
 	plan, err := r.Plan(msg)
 	if err != nil {
 		return err
+	}
+	if len(plan.Audit) == 0 && len(plan.Outbox) == 0 {
+		return nil
+	}
+	if tp, ok := r.pub.(TopicsPublisher); ok {
+		all := make(map[string][]*message.Message, len(plan.Outbox)+1)
+		for t, msgs := range plan.Outbox {
+			all[t] = msgs
+		}
+		all[topic.Audit] = plan.Audit
+		if err := tp.PublishTopics(all); err != nil {
+			return problem.Wrap(problem.Unavailable, "publishing outbox copies and audit records", err)
+		}
+		return nil
 	}
 	for t, msgs := range plan.Outbox {
 		if err := r.pub.Publish(t, msgs...); err != nil {

@@ -242,3 +242,35 @@ func BenchmarkPlan(b *testing.B) {
 		})
 	}
 }
+
+type topicsPub struct {
+	fakePub
+	calls int
+}
+
+func (p *topicsPub) PublishTopics(byTopic map[string][]*message.Message) error {
+	p.calls++
+	for t, msgs := range byTopic {
+		if err := p.Publish(t, msgs...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// TestOneProducePerEvent: with a publisher that can write several topics at
+// once, routing an event costs one produce (the outbox copies and the audit
+// records together), not one per topic.
+func TestOneProducePerEvent(t *testing.T) {
+	p := &topicsPub{}
+	r, _ := New(subs(t), consent.Relationship{}, NoDirectives{}, p, zap.NewNop())
+	if err := r.Handle(discharge(t)); err != nil {
+		t.Fatal(err)
+	}
+	if p.calls != 1 {
+		t.Errorf("produces per event: got %d, want 1", p.calls)
+	}
+	if len(p.sent["carehub.outbox.a81001"]) != 1 || len(p.sent["carehub.outbox.vm123"]) != 1 || len(p.sent[topic.Audit]) != 2 {
+		t.Errorf("published: got %d topics %v", len(p.sent), p.sent)
+	}
+}
