@@ -354,18 +354,27 @@ func gpPractice(pd1 *hl7.Segment) (string, error) {
 	return v, nil
 }
 
+// preferredRep returns the repetition of f whose component 7 (the type
+// code of XPN and XAD) is code, else the first, with its 1-based index;
+// false when f is empty.
+func preferredRep(f hl7.Field, code string) (hl7.Repetition, int, bool) {
+	reps := f.Repetitions()
+	if len(reps) == 0 {
+		return hl7.Repetition{}, 0, false
+	}
+	for i, r := range reps {
+		if strings.EqualFold(strings.TrimSpace(r.Component(7).String()), code) {
+			return r, i + 1, true
+		}
+	}
+	return reps[0], 1, true
+}
+
 // personName maps the legal name (XPN.7 = L) of PID-5, or its first.
 func personName(pid *hl7.Segment) (*humanName, error) {
-	reps := pid.Field(5).Repetitions()
-	if len(reps) == 0 {
+	pick, idx, ok := preferredRep(pid.Field(5), "L")
+	if !ok {
 		return nil, nil
-	}
-	pick, idx := reps[0], 1
-	for i, r := range reps {
-		if strings.ToUpper(strings.TrimSpace(r.Component(7).String())) == "L" {
-			pick, idx = r, i+1
-			break
-		}
 	}
 	n := &humanName{}
 	var err error
@@ -412,16 +421,9 @@ var postcodeRE = regexp.MustCompile(`^[A-Za-z]{1,2}[0-9][A-Za-z0-9]? ?[0-9][A-Za
 
 // homeAddress maps the home address (XAD.7 = H) of PID-11, or its first.
 func homeAddress(pid *hl7.Segment) (*address, error) {
-	reps := pid.Field(11).Repetitions()
-	if len(reps) == 0 {
+	pick, idx, ok := preferredRep(pid.Field(11), "H")
+	if !ok {
 		return nil, nil
-	}
-	pick, idx := reps[0], 1
-	for i, r := range reps {
-		if strings.ToUpper(strings.TrimSpace(r.Component(7).String())) == "H" {
-			pick, idx = r, i+1
-			break
-		}
 	}
 	a := &address{}
 	tooLong := func(comp int) error { return invalid(hl7.CodeValueTooLong, "PID", 11, idx, comp, reasonTooLong) }
