@@ -1,6 +1,7 @@
 package hl7
 
 import (
+	"github.com/carehub/carehub/internal/sharedtest"
 	"os"
 	"path/filepath"
 	"testing"
@@ -25,7 +26,7 @@ var benchPaths = []string{
 
 func benchInputs(b *testing.B) map[string][]byte {
 	in := map[string][]byte{"uk-a01-1KB": []byte(ukA01)}
-	root := sharedDir(b, "hl7v2")
+	root := sharedtest.Dir(b, "hl7v2")
 	data, err := os.ReadFile(filepath.Join(root, "generic", "ms-fhir-converter", "ADT-A01-01.hl7"))
 	if err != nil {
 		b.Fatal(err)

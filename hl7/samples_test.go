@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"flag"
 	"fmt"
+	"github.com/carehub/carehub/internal/sharedtest"
 	"os"
 	"path/filepath"
 	"sort"
@@ -14,34 +15,12 @@ import (
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
 
-// sharedDir finds shared/testdata/<sub> in a parent directory of the package
-// (the project's checkout has shared/ beside the repository). It fails the
-// test under CI and skips it elsewhere if the data is missing.
-func sharedDir(t testing.TB, sub string) string {
-	t.Helper()
-	dir, _ := os.Getwd()
-	for d := dir; ; d = filepath.Dir(d) {
-		p := filepath.Join(d, "shared", "testdata", sub)
-		if fi, err := os.Stat(p); err == nil && fi.IsDir() {
-			return p
-		}
-		if filepath.Dir(d) == d {
-			break
-		}
-	}
-	if os.Getenv("CI") != "" {
-		t.Fatalf("shared/testdata/%s not found above %s", sub, dir)
-	}
-	t.Skipf("shared/testdata/%s not found above %s", sub, dir)
-	return ""
-}
-
 // sampleFiles returns every HL7 sample under shared/testdata/hl7v2, keyed by
 // slash-separated path relative to it. Documentation (.md), vector tables
 // (.tsv, tested on their own) and MLLP streams (.mllp, tested in package
 // mllp) are left out.
 func sampleFiles(t testing.TB) map[string][]byte {
-	root := sharedDir(t, "hl7v2")
+	root := sharedtest.Dir(t, "hl7v2")
 	files := map[string][]byte{}
 	err := filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
 		if err != nil || d.IsDir() {
@@ -260,7 +239,7 @@ func TestSamplesRoundTripCR(t *testing.T) {
 // The FHIR-Converter bad-MSH vectors. FHIR-Converter rejects a non-backslash
 // escape character; HL7 only recommends '\', so Parse accepts it.
 func TestFHIRConverterBadMSHVectors(t *testing.T) {
-	path := filepath.Join(sharedDir(t, "hl7v2"), "malformed", "fhir-converter-bad-msh-vectors.tsv")
+	path := filepath.Join(sharedtest.Dir(t, "hl7v2"), "malformed", "fhir-converter-bad-msh-vectors.tsv")
 	header, rows := readVectors(t, path)
 	if !strings.HasPrefix(strings.Join(header, ","), "input,expected_error") {
 		t.Fatalf("unexpected header %q", header)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"github.com/carehub/carehub/internal/sharedtest"
 	"io"
 	"os"
 	"path/filepath"
@@ -232,27 +233,8 @@ func TestReadFrameErrorResumes(t *testing.T) {
 	}
 }
 
-func sharedDir(t testing.TB, sub string) string {
-	t.Helper()
-	dir, _ := os.Getwd()
-	for d := dir; ; d = filepath.Dir(d) {
-		p := filepath.Join(d, "shared", "testdata", sub)
-		if fi, err := os.Stat(p); err == nil && fi.IsDir() {
-			return p
-		}
-		if filepath.Dir(d) == d {
-			break
-		}
-	}
-	if os.Getenv("CI") != "" {
-		t.Fatalf("shared/testdata/%s not found above %s", sub, dir)
-	}
-	t.Skipf("shared/testdata/%s not found above %s", sub, dir)
-	return ""
-}
-
 func TestFramingSamples(t *testing.T) {
-	dir := sharedDir(t, "hl7v2/mllp-framing")
+	dir := sharedtest.Dir(t, "hl7v2/mllp-framing")
 	want := map[string][]string{
 		"python-hl7-two-frames.mllp":      {`frame "foobar"`, `frame "hello"`, "EOF"},
 		"python-hl7-leftover-buffer.mllp": {`frame "foobar"`, "truncated at 9 size 5", "EOF"},
@@ -348,7 +330,7 @@ func TestWriteFrame(t *testing.T) {
 }
 
 func TestRoundTripSamples(t *testing.T) {
-	dir := sharedDir(t, "hl7v2")
+	dir := sharedtest.Dir(t, "hl7v2")
 	var payloads [][]byte
 	_ = filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
 		if err != nil || d.IsDir() || !strings.HasSuffix(p, ".hl7") {
@@ -412,7 +394,7 @@ func collect(src io.Reader, max int) (payloads [][]byte) {
 }
 
 func FuzzReader(f *testing.F) {
-	dir := sharedDir(f, "hl7v2")
+	dir := sharedtest.Dir(f, "hl7v2")
 	_ = filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
 		if err != nil || d.IsDir() || strings.HasSuffix(p, ".md") || strings.HasSuffix(p, ".tsv") {
 			return err

@@ -3,6 +3,7 @@ package adt
 import (
 	"bytes"
 	"errors"
+	"github.com/carehub/carehub/internal/sharedtest"
 	"os"
 	"path/filepath"
 	"slices"
@@ -22,7 +23,7 @@ func FuzzMap(f *testing.F) {
 		m, _ := filepath.Glob(pattern)
 		seeds = append(seeds, m...)
 	}
-	if dir := sharedDirOrEmpty(); dir != "" {
+	if dir := sharedtest.Find("hl7v2"); dir != "" {
 		_ = filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
 			if err == nil && !d.IsDir() && (strings.HasSuffix(p, ".hl7") || strings.HasSuffix(p, ".adm")) {
 				seeds = append(seeds, p)
@@ -75,17 +76,4 @@ func FuzzMap(f *testing.F) {
 			t.Fatalf("envelope: id %s type %s publisher %s; result %s %s", ev.ID, ev.Type, ev.Publisher, res.ID, res.Type)
 		}
 	})
-}
-
-func sharedDirOrEmpty() string {
-	dir, _ := os.Getwd()
-	for d := dir; ; d = filepath.Dir(d) {
-		p := filepath.Join(d, "shared", "testdata", "hl7v2")
-		if fi, err := os.Stat(p); err == nil && fi.IsDir() {
-			return p
-		}
-		if filepath.Dir(d) == d {
-			return ""
-		}
-	}
 }

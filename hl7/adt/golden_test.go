@@ -6,6 +6,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/carehub/carehub/internal/sharedtest"
 	"os"
 	"path/filepath"
 	"sort"
@@ -156,7 +157,7 @@ func TestGolden(t *testing.T) {
 // Most of them are American and carry no NHS number: their golden files
 // pin the error each one gets.
 func TestSharedSamples(t *testing.T) {
-	dir := sharedDir(t, "hl7v2")
+	dir := sharedtest.Dir(t, "hl7v2")
 	var names []string
 	_ = filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
 		if err == nil && !d.IsDir() && (strings.HasSuffix(p, ".hl7") || strings.HasSuffix(p, ".adm")) &&
@@ -181,26 +182,4 @@ func TestSharedSamples(t *testing.T) {
 			checkGolden(t, golden, outcome(t, mp, payload))
 		})
 	}
-}
-
-// sharedDir finds shared/testdata/<sub> in a parent directory (the
-// project's checkout has shared/ beside the repository). It fails under CI
-// and skips elsewhere when the data is missing.
-func sharedDir(t testing.TB, sub string) string {
-	t.Helper()
-	dir, _ := os.Getwd()
-	for d := dir; ; d = filepath.Dir(d) {
-		p := filepath.Join(d, "shared", "testdata", sub)
-		if fi, err := os.Stat(p); err == nil && fi.IsDir() {
-			return p
-		}
-		if filepath.Dir(d) == d {
-			break
-		}
-	}
-	if os.Getenv("CI") != "" {
-		t.Fatalf("shared/testdata/%s not found above %s", sub, dir)
-	}
-	t.Skipf("shared/testdata/%s not found above %s", sub, dir)
-	return ""
 }
