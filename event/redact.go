@@ -31,6 +31,15 @@ func NotificationOnly(raw []byte) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	return e.NotificationOnly()
+}
+
+// NotificationOnly is the package function NotificationOnly for an event
+// already decoded: it returns the encoded envelope without clinical
+// documents and leaves e unchanged.
+func (e *Event) NotificationOnly() ([]byte, error) {
+	c := *e
+	e = &c
 	var data map[string]json.RawMessage
 	if err := json.Unmarshal(e.Data, &data); err != nil {
 		return nil, problem.Violated("/data", RuleDataShape, "data does not have the shape of a carehub event")
@@ -68,9 +77,11 @@ func NotificationOnly(raw []byte) ([]byte, error) {
 			return nil, problem.Wrap(problem.Internal, "re-encoding event data", err)
 		}
 		e.Data = b
-		if e.Extensions == nil {
-			e.Extensions = make(map[string]json.RawMessage, 1)
+		ext := make(map[string]json.RawMessage, len(e.Extensions)+1)
+		for k, v := range e.Extensions {
+			ext[k] = v
 		}
+		e.Extensions = ext
 		e.Extensions[RedactedExtension] = json.RawMessage(`"` + RedactedDocuments + `"`)
 	}
 	return e.Marshal()

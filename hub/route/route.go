@@ -171,6 +171,7 @@ func (r *Router) Plan(msg *message.Message) (*Plan, error) {
 		return nil, err
 	}
 	plan := &Plan{Outbox: map[string][]*message.Message{}}
+	var thin []byte // the notification-only body, made at most once per event
 	for _, v := range verdicts {
 		sub, d := v.Subscription, v.Decision
 		rec := audit.Record{
@@ -188,9 +189,12 @@ func (r *Router) Plan(msg *message.Message) (*Plan, error) {
 		}
 		body := msg.Payload
 		if d.Has(consent.NotificationOnly) {
-			if body, err = event.NotificationOnly(msg.Payload); err != nil {
-				return nil, problem.Wrap(problem.Internal, "removing documents for a notification-only copy", err)
+			if thin == nil {
+				if thin, err = ev.NotificationOnly(); err != nil {
+					return nil, problem.Wrap(problem.Internal, "removing documents for a notification-only copy", err)
+				}
 			}
+			body = thin
 		}
 		out := message.NewMessage(ev.ID, body)
 		for _, k := range []string{topic.MetaKey, topic.MetaEventID, topic.MetaEventType, topic.MetaSource, "content-type"} {
