@@ -20,12 +20,14 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"time"
 
 	"github.com/carehub/carehub/consent"
 	"github.com/carehub/carehub/hl7"
+	"github.com/carehub/carehub/patientlist"
 	"go.yaml.in/yaml/v3"
 )
 
@@ -157,6 +159,10 @@ type Subscription struct {
 	ID    string   `yaml:"id"`
 	Basis string   `yaml:"basis"`
 	Types []string `yaml:"types"`
+	// PatientList is the file of the recipient's patients (one NHS number
+	// per line; see package patientlist), for basis patient-list only. It is
+	// read at start-up: restart the hub to change it.
+	PatientList string `yaml:"patientList"`
 }
 
 // Delivery tunes the deliverers.
@@ -210,27 +216,56 @@ func (s Secret) Resolve() (string, error) {
 }
 
 // Load reads and strictly decodes a YAML file, applies defaults and validates.
+// A relative patientList path is taken from the file's directory.
 func Load(path string) (*Config, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("reading config: %w", err)
 	}
-	return Parse(b)
+	c, err := decode(b)
+	if err != nil {
+		return nil, err
+	}
+	dir := filepath.Dir(path)
+	for i := range c.Recipients {
+		for j := range c.Recipients[i].Subscriptions {
+			if l := &c.Recipients[i].Subscriptions[j].PatientList; *l != "" && !filepath.IsAbs(*l) {
+				*l = filepath.Join(dir, *l)
+			}
+		}
+	}
+	if err := c.finish(); err != nil {
+		return nil, err
+	}
+	return c, nil
 }
 
-// Parse strictly decodes YAML (unknown keys are errors), applies defaults and validates.
+// Parse strictly decodes YAML (unknown keys are errors), applies defaults and
+// validates. A relative patientList path is taken from the working directory.
 func Parse(b []byte) (*Config, error) {
+	c, err := decode(b)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.finish(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+func decode(b []byte) (*Config, error) {
 	var c Config
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
 	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
 		return nil, fmt.Errorf("decoding config: %w", err)
 	}
-	c.Defaults()
-	if err := c.Validate(); err != nil {
-		return nil, err
-	}
 	return &c, nil
+}
+
+func (c *Config) finish() error {
+	c.Defaults()
+	return c.Validate()
 }
 
 // Defaults fills unset fields.
@@ -314,7 +349,7 @@ var ODSPattern = regexp.MustCompile(`^[A-Z0-9]{3,10}$`)
 
 var (
 	roles  = map[string]bool{"gp-practice": true, "hospital": true, "social-care": true, "community": true}
-	bases  = map[string]bool{"registered-gp": true, "discharge-destination": true}
+	bases  = map[string]bool{"registered-gp": true, "discharge-destination": true, "patient-list": true}
 	eventT = map[string]bool{"admission": true, "transfer": true, "discharge": true, "careplan": true,
 		"admission-cancelled": true, "discharge-cancelled": true, "patient-updated": true, "patient-merged": true}
 )
@@ -426,7 +461,17 @@ func (c *Config) Validate() error {
 			}
 			seenSub[s.ID] = true
 			if !bases[s.Basis] {
-				bad("%s.basis %q: one of registered-gp, discharge-destination", sw, s.Basis)
+				bad("%s.basis %q: one of registered-gp, discharge-destination, patient-list", sw, s.Basis)
+			}
+			switch {
+			case s.Basis == "patient-list" && s.PatientList == "":
+				bad("%s.patientList: a patient-list subscription needs the file of its patients", sw)
+			case s.Basis != "patient-list" && s.PatientList != "":
+				bad("%s.patientList: only a patient-list subscription has one", sw)
+			case s.PatientList != "":
+				if _, err := patientlist.ReadFile(s.PatientList); err != nil {
+					bad("%s.patientList: %v", sw, err)
+				}
 			}
 			if len(s.Types) == 0 {
 				bad("%s.types: at least one event type is required", sw)

@@ -14,14 +14,10 @@ import (
 // The example deployment's file, relative to this package's directory.
 const examplePath = "../deploy/examples/carehub.yaml"
 
-func TestParseExample(t *testing.T) {
-	b, err := os.ReadFile(examplePath)
+func TestLoadExample(t *testing.T) {
+	got, err := config.Load(examplePath)
 	if err != nil {
-		t.Fatal(err)
-	}
-	got, err := config.Parse(b)
-	if err != nil {
-		t.Fatalf("Parse(%s): %v", examplePath, err)
+		t.Fatalf("Load(%s): %v", examplePath, err)
 	}
 	allTypes := []string{"admission", "discharge", "careplan", "admission-cancelled", "discharge-cancelled", "patient-updated", "patient-merged"}
 	want := &config.Config{
@@ -52,6 +48,14 @@ func TestParseExample(t *testing.T) {
 					Timeout: 10 * time.Second},
 				Subscriptions: []config.Subscription{{ID: "vm123-discharges-to-us", Basis: "discharge-destination", Types: []string{"admission", "discharge"}}},
 			},
+			{
+				ODS: "CN001", Name: "Example community nursing team (demo)", Role: "community",
+				Webhook: &config.Webhook{URL: "http://127.0.0.1:9103/events", Secret: config.Secret{Value: "demo-community-secret"},
+					Timeout: 10 * time.Second},
+				Subscriptions: []config.Subscription{{ID: "cn001-caseload", Basis: "patient-list",
+					Types:       []string{"admission", "transfer", "discharge", "admission-cancelled", "discharge-cancelled"},
+					PatientList: filepath.Join("..", "deploy", "examples", "cn001-caseload.txt")}}, // relative to the file
+			},
 		},
 		Delivery: config.Delivery{MinBackoff: 200 * time.Millisecond, MaxBackoff: 30 * time.Second},
 		Consent:  config.Consent{ConfidentialAllow: []string{"registered-gp"}},
@@ -59,17 +63,37 @@ func TestParseExample(t *testing.T) {
 			IdleTimeout: 10 * time.Minute, DuplicateWindow: 24 * time.Hour, ProcessingID: "P"}},
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
-		t.Errorf("Parse(%s) (-want +got):\n%s", examplePath, diff)
+		t.Errorf("Load(%s) (-want +got):\n%s", examplePath, diff)
 	}
 }
 
 func TestLoad(t *testing.T) {
-	c, err := config.Load(examplePath)
-	if err != nil {
-		t.Fatalf("Load(%s): %v", examplePath, err)
+	// A relative patient list is found beside the configuration, wherever
+	// the hub runs; Parse, which has no file, takes it from the working
+	// directory.
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "list.txt"), []byte("9990000018\n"), 0o600); err != nil {
+		t.Fatal(err)
 	}
-	if got, want := len(c.Recipients), 2; got != want {
-		t.Errorf("Load(%s) recipients:\n\tgot  %v\n\twant %v", examplePath, got, want)
+	yml := minimal + `
+  - ods: CN001
+    role: community
+    webhook: {url: "https://cn.example/", secret: {value: cn-secret-123}}
+    subscriptions: [{basis: patient-list, patientList: list.txt, types: [discharge]}]
+`
+	path := filepath.Join(dir, "carehub.yaml")
+	if err := os.WriteFile(path, []byte(yml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := config.Load(path)
+	if err != nil {
+		t.Fatalf("Load: %v", err)
+	}
+	if got, want := c.Recipients[len(c.Recipients)-1].Subscriptions[0].PatientList, filepath.Join(dir, "list.txt"); got != want {
+		t.Errorf("patientList:\n\tgot  %v\n\twant %v", got, want)
+	}
+	if _, err := config.Parse([]byte(yml)); err == nil || !strings.Contains(err.Error(), "open list.txt") {
+		t.Errorf("Parse: got %v, want the list looked for in the working directory", err)
 	}
 	if _, err := config.Load(filepath.Join(t.TempDir(), "missing.yaml")); err == nil || !strings.Contains(err.Error(), "reading config") {
 		t.Errorf("Load(missing file):\n\tgot  %v\n\twant an error about reading config", err)
@@ -269,6 +293,19 @@ delivery: {minBackoff: 10s, maxBackoff: 1s}
 }
 
 func TestValidateSmallChecks(t *testing.T) {
+	dir := t.TempDir()
+	goodList := filepath.Join(dir, "caseload.txt")
+	badList := filepath.Join(dir, "bad.txt")
+	if err := os.WriteFile(goodList, []byte("# caseload\n9990000018\n999 000 0026\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(badList, []byte("9990000018\n\n9990000019\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	listSub := func(c *config.Config, basis, file string) {
+		c.Recipients[0].Subscriptions[0].Basis = basis
+		c.Recipients[0].Subscriptions[0].PatientList = file
+	}
 	tests := []struct {
 		name string
 		edit func(c *config.Config)
@@ -289,6 +326,17 @@ func TestValidateSmallChecks(t *testing.T) {
 				"admission-cancelled", "discharge-cancelled", "patient-updated", "patient-merged"}
 		}, ""},
 		{"equal backoffs", func(c *config.Config) { c.Delivery.MinBackoff, c.Delivery.MaxBackoff = time.Second, time.Second }, ""},
+		{"patient list", func(c *config.Config) { listSub(c, "patient-list", goodList) }, ""},
+		{"patient list missing", func(c *config.Config) { listSub(c, "patient-list", "") },
+			"recipients[0].subscriptions[0].patientList: a patient-list subscription needs the file of its patients"},
+		{"patient list on another basis", func(c *config.Config) { listSub(c, "registered-gp", goodList) },
+			"recipients[0].subscriptions[0].patientList: only a patient-list subscription has one"},
+		{"patient list unreadable", func(c *config.Config) { listSub(c, "patient-list", goodList+".missing") },
+			"no such file or directory"},
+		{"patient list with a bad line", func(c *config.Config) { listSub(c, "patient-list", badList) },
+			"recipients[0].subscriptions[0].patientList: " + badList + ": patient list: line 3: the check digit is wrong"},
+		{"care relationships not matched yet", func(c *config.Config) { listSub(c, "care-relationship", "") },
+			`recipients[0].subscriptions[0].basis "care-relationship": one of registered-gp, discharge-destination, patient-list`},
 	}
 	for _, tt := range tests {
 		c, err := config.Parse([]byte(minimal))
@@ -302,6 +350,9 @@ func TestValidateSmallChecks(t *testing.T) {
 			t.Errorf("Validate(%s):\n\tgot  %v\n\twant nil", tt.name, err)
 		case tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)):
 			t.Errorf("Validate(%s):\n\tgot  %v\n\twant an error containing %q", tt.name, err, tt.want)
+		}
+		if err != nil && strings.Contains(err.Error(), "999000001") {
+			t.Errorf("Validate(%s): the error holds an NHS number from a patient list: %v", tt.name, err)
 		}
 	}
 }

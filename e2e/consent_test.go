@@ -54,8 +54,8 @@ func (h *hub) putConsent(nhs string, directives ...map[string]any) {
 }
 
 type auditRecord struct {
-	Kind, EventID, Recipient, Effect, Rule, Outcome, Patient string
-	Obligations                                              []string
+	Kind, EventID, Recipient, Effect, Rule, Outcome, Patient, Basis string
+	Obligations                                                     []string
 }
 
 func (h *hub) auditFor(eventID string) []auditRecord {

@@ -193,6 +193,8 @@ func (s *safeBuffer) String() string {
 type hubOptions struct {
 	gp, careHome string // receiver URLs
 	extraYAML    string
+	// recipientsYAML is appended to the recipients list.
+	recipientsYAML string
 	// brokers, when set, points the hub at another hub's broker instead
 	// of starting its own: the cluster mode.
 	brokers string
@@ -229,8 +231,8 @@ recipients:
     webhook: {url: %q, secret: {value: demo-carehome-secret}, timeout: 2s}
     subscriptions:
       - {id: vm123-discharges-to-us, basis: discharge-destination, types: [admission, discharge]}
-delivery: {minBackoff: 20ms, maxBackoff: 200ms}
-%s`, h.HTTP, h.dataDir, h.Kafka, brokersYAML, o.gp, o.careHome, o.extraYAML)
+%sdelivery: {minBackoff: 20ms, maxBackoff: 200ms}
+%s`, h.HTTP, h.dataDir, h.Kafka, brokersYAML, o.gp, o.careHome, o.recipientsYAML, o.extraYAML)
 	h.cfgPath = filepath.Join(dir, "carehub.yaml")
 	if err := os.WriteFile(h.cfgPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)

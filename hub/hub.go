@@ -39,6 +39,7 @@ import (
 	"github.com/carehub/carehub/kafkawm"
 	"github.com/carehub/carehub/logging"
 	"github.com/carehub/carehub/nhs"
+	"github.com/carehub/carehub/patientlist"
 	"go.uber.org/zap"
 )
 
@@ -76,19 +77,8 @@ func Run(ctx context.Context, cfg *config.Config, log *zap.Logger, opts Options)
 	}
 
 	var recipients []string
-	var subs []route.Subscription
 	for _, r := range cfg.Recipients {
 		recipients = append(recipients, r.ODS)
-		for _, s := range r.Subscriptions {
-			types := map[string]bool{}
-			for _, t := range s.Types {
-				types[config.EventTypeName(t)] = true
-			}
-			subs = append(subs, route.Subscription{
-				ID: s.ID, Recipient: consent.Recipient{ODS: r.ODS, Role: consent.Role(r.Role)},
-				Basis: consent.Basis(s.Basis), Types: types,
-			})
-		}
 	}
 	if err := broker.EnsureTopics(ctx, brokers, topic.Specs(cfg.Kafka.Partitions, cfg.Kafka.ReplicationFactor, recipients)); err != nil {
 		return fmt.Errorf("creating topics: %w", err)
@@ -118,6 +108,10 @@ func Run(ctx context.Context, cfg *config.Config, log *zap.Logger, opts Options)
 		return err
 	}
 	keys, err := apiKeys(cfg)
+	if err != nil {
+		return err
+	}
+	subs, err := subscriptions(cfg, pseudo, log)
 	if err != nil {
 		return err
 	}
@@ -317,4 +311,32 @@ func apiKeys(cfg *config.Config) (*auth.Keys, error) {
 		m[k] = auth.Admin
 	}
 	return auth.New(m)
+}
+
+// subscriptions builds the router's subscriptions from the configuration,
+// reading each patient list and keeping only its pseudonyms.
+func subscriptions(cfg *config.Config, pseudo *nhs.Pseudonymiser, log *zap.Logger) ([]route.Subscription, error) {
+	var subs []route.Subscription
+	for _, r := range cfg.Recipients {
+		for _, s := range r.Subscriptions {
+			types := map[string]bool{}
+			for _, t := range s.Types {
+				types[config.EventTypeName(t)] = true
+			}
+			sub := route.Subscription{
+				ID: s.ID, Recipient: consent.Recipient{ODS: r.ODS, Role: consent.Role(r.Role)},
+				Basis: consent.Basis(s.Basis), Types: types,
+			}
+			if s.PatientList != "" {
+				set, err := patientlist.Load(s.PatientList, pseudo)
+				if err != nil {
+					return nil, fmt.Errorf("subscription %s: %w", s.ID, err)
+				}
+				sub.Patients = set
+				log.Info("patient list loaded", zap.String("subscription", s.ID), zap.String("recipient", r.ODS), zap.Int("patients", len(set)))
+			}
+			subs = append(subs, sub)
+		}
+	}
+	return subs, nil
 }

@@ -121,7 +121,7 @@ type Verdict struct {
 // and decides each, after catching up with every consent change
 // acknowledged before the call. It publishes nothing.
 func (r *Router) Decide(ctx context.Context, ev *event.Event, key string) ([]Verdict, error) {
-	cands := r.subs.Match(ev)
+	cands := r.subs.Match(ev, key)
 	if len(cands) == 0 {
 		return nil, nil
 	}

@@ -6,6 +6,7 @@ import (
 
 	"github.com/carehub/carehub/consent"
 	"github.com/carehub/carehub/event"
+	"github.com/carehub/carehub/patientlist"
 )
 
 // Subscription is one recipient's standing request for events.
@@ -14,6 +15,9 @@ type Subscription struct {
 	Recipient consent.Recipient
 	Basis     consent.Basis
 	Types     map[string]bool // CloudEvents types
+	// Patients is the recipient's patient list, for BasisPatientList only:
+	// the pseudonyms of its patients.
+	Patients patientlist.Set
 }
 
 // Candidate is a recipient an event may go to, and why.
@@ -25,31 +29,44 @@ type Candidate struct {
 // and safe for concurrent use.
 type Subscriptions struct {
 	byRecipient map[string][]*Subscription
+	byPatient   map[string][]*Subscription // patient-list subscriptions by patient pseudonym
 	all         []*Subscription
 }
 
 // NewSubscriptions validates and indexes subs.
 func NewSubscriptions(subs []Subscription) (*Subscriptions, error) {
-	s := &Subscriptions{byRecipient: map[string][]*Subscription{}}
+	s := &Subscriptions{byRecipient: map[string][]*Subscription{}, byPatient: map[string][]*Subscription{}}
 	var errs []error
 	for i := range subs {
 		sub := subs[i]
-		if !sub.Basis.Valid() {
+		switch {
+		case sub.Basis == consent.BasisCareRelationship:
+			errs = append(errs, fmt.Errorf("subscription %s: basis %q cannot be matched yet: no source records care relationships", sub.ID, sub.Basis))
+		case !sub.Basis.Valid():
 			errs = append(errs, fmt.Errorf("subscription %s: unknown basis %q", sub.ID, sub.Basis))
+		case sub.Basis == consent.BasisPatientList && sub.Patients == nil:
+			errs = append(errs, fmt.Errorf("subscription %s: a patient-list subscription needs its patient list", sub.ID))
+		case sub.Basis != consent.BasisPatientList && sub.Patients != nil:
+			errs = append(errs, fmt.Errorf("subscription %s: only a patient-list subscription has a patient list", sub.ID))
 		}
 		if !sub.Recipient.Role.Valid() {
 			errs = append(errs, fmt.Errorf("subscription %s: unknown role %q", sub.ID, sub.Recipient.Role))
 		}
 		s.all = append(s.all, &sub)
 		s.byRecipient[sub.Recipient.ODS] = append(s.byRecipient[sub.Recipient.ODS], &sub)
+		for p := range sub.Patients {
+			s.byPatient[p] = append(s.byPatient[p], &sub)
+		}
 	}
 	return s, errors.Join(errs...)
 }
 
-// Match returns the candidates for ev: each subscription whose type list
-// holds the event's type and whose basis the event itself names. A
-// publisher is never a candidate for its own events.
-func (s *Subscriptions) Match(ev *event.Event) []Candidate {
+// Match returns the candidates for ev, about the patient with pseudonym
+// key: each subscription whose type list holds the event's type and whose
+// basis holds for the event. The event itself names the registered GP
+// practice and the discharge destination; a patient list holds the patient
+// or not. A publisher is never a candidate for its own events.
+func (s *Subscriptions) Match(ev *event.Event, key string) []Candidate {
 	var out []Candidate
 	try := func(ods string, basis consent.Basis) {
 		if ods == "" || ods == ev.Publisher {
@@ -63,6 +80,13 @@ func (s *Subscriptions) Match(ev *event.Event) []Candidate {
 	}
 	try(ev.Patient.GPPractice, consent.BasisRegisteredGP)
 	try(ev.DischargeDestination, consent.BasisDischargeDestination)
+	if key != "" {
+		for _, sub := range s.byPatient[key] {
+			if sub.Recipient.ODS != ev.Publisher && sub.Types[ev.Type] {
+				out = append(out, Candidate{Subscription: sub})
+			}
+		}
+	}
 	return out
 }
 
