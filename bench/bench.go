@@ -23,7 +23,7 @@ import (
 const (
 	Throughput = "throughput" // as fast as possible, 2 recipients per event
 	Latency    = "latency"    // 500 events/s, p99 reported
-	Fanout     = "fanout"     // 1,000 recipients subscribed, each event to 2 of them
+	Fanout     = "fanout"     // 1,000 recipients subscribed, each event to 3 of them
 	Isolation  = "isolation"  // as latency, with one recipient down for the whole run
 	Backlog    = "backlog"    // one recipient down while events queue for it, then back: drain rate
 )
@@ -104,6 +104,9 @@ type Options struct {
 	// loopback port; 127.0.0.1:9300 with Target. A down recipient listens on
 	// the next port when Target is set.
 	ReceiverAddr string
+	// ListsDir is where ScenarioConfig writes the community teams' patient
+	// lists (fanout), for a hub started by someone else. Default bench-lists.
+	ListsDir string
 
 	// NoReference skips the reference path.
 	NoReference bool
@@ -153,8 +156,8 @@ func (o *Options) defaults() error {
 	if o.BatchSize > 1000 {
 		return errors.New("bench: the hub accepts at most 1000 events per batch")
 	}
-	if o.FanoutRecipients < 2 {
-		return errors.New("bench: the fanout scenario needs at least 2 recipients")
+	if o.FanoutRecipients < 3 {
+		return errors.New("bench: the fanout scenario needs at least 3 recipients")
 	}
 	if o.DrainTimeout <= 0 {
 		o.DrainTimeout = 60 * time.Second
@@ -234,16 +237,18 @@ func (o *Options) population(scenario string) (pop *Population, down int, err er
 	down = -1
 	switch scenario {
 	case Fanout:
-		gps := o.FanoutRecipients / 2
-		pop, err = NewPopulation(o.Patients, gps, o.FanoutRecipients-gps)
+		// A third each of GP practices, care homes and community teams
+		// with patient lists: every event goes to one of each.
+		n := o.FanoutRecipients / 3
+		pop, err = NewPopulation(o.Patients, n, n, o.FanoutRecipients-2*n)
 	case Backlog:
-		pop, err = NewPopulation(o.Patients, o.GPPractices, 1)
+		pop, err = NewPopulation(o.Patients, o.GPPractices, 1, 0)
 		if err == nil {
 			down = pop.GPs
 			pop.fixedHome = down
 		}
 	default:
-		pop, err = NewPopulation(o.Patients, o.GPPractices, o.CareHomes)
+		pop, err = NewPopulation(o.Patients, o.GPPractices, o.CareHomes, 0)
 		if err == nil && scenario == Isolation {
 			down = pop.GPs // the first care home
 		}
@@ -283,6 +288,12 @@ func ScenarioConfig(o Options, scenario, hubAddr string) ([]byte, error) {
 	pop, _, err := o.population(scenario)
 	if err != nil {
 		return nil, err
+	}
+	if o.ListsDir == "" {
+		o.ListsDir = "bench-lists"
+	}
+	if err := pop.WriteLists(o.ListsDir); err != nil {
+		return nil, fmt.Errorf("bench: writing patient lists: %w", err)
 	}
 	da, err := downAddr(o.ReceiverAddr)
 	if err != nil {
@@ -511,6 +522,9 @@ func (r *runner) startHub(ctx context.Context, dir string, pop *Population, part
 	if err != nil {
 		return nil, 0, err
 	}
+	if err := pop.WriteLists(filepath.Join(dir, "lists")); err != nil {
+		return nil, 0, fmt.Errorf("writing patient lists: %w", err)
+	}
 	hc := HubConfig{HTTPAddr: httpAddr, MLLPAddr: mllpAddr, EmbeddedAddr: kafkaAddr, DataDir: filepath.Join(dir, "data"),
 		Partitions: partitions, MinBackoff: 100 * time.Millisecond, MaxBackoff: 2 * time.Second}
 	yaml := hc.YAML(pop)
@@ -562,13 +576,10 @@ func (r *runner) row(ctx context.Context, sc, ingest string) (res *Result, err e
 	}
 	partitions := o.partitionsFor(sc)
 	rate := o.rateFor(sc)
-	res = &Result{Scenario: sc, Ingest: ingest, Recipients: len(pop.Recipients), Fanout: 2, Partitions: partitions,
+	res = &Result{Scenario: sc, Ingest: ingest, Recipients: len(pop.Recipients), Fanout: pop.Fanout(), Partitions: partitions,
 		Rate: rate, BatchSize: 1, Publishers: o.publishers(ingest, rate)}
 	if ingest == IngestBatch {
 		res.BatchSize = o.BatchSize
-	}
-	if sc == Fanout {
-		res.Notes = append(res.Notes, "each event reaches 2 of the recipients, not 3: the hub matches on two bases only (registered GP practice, discharge destination)")
 	}
 
 	r.progressf("[%s] starting the hub (%d recipients, %d partitions)", label, len(pop.Recipients), partitions)

@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -17,6 +19,7 @@ import (
 	"github.com/carehub/carehub/hl7"
 	"github.com/carehub/carehub/hl7/adt"
 	"github.com/carehub/carehub/nhs"
+	"github.com/carehub/carehub/patientlist"
 )
 
 func TestTestNHSNumbersAreValidAndDistinct(t *testing.T) {
@@ -40,7 +43,7 @@ func TestTestNHSNumbersAreValidAndDistinct(t *testing.T) {
 }
 
 func TestEventsValidateAndPlanMatchesTheirContent(t *testing.T) {
-	pop, err := NewPopulation(1000, 20, 10)
+	pop, err := NewPopulation(1000, 20, 10, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -64,8 +67,51 @@ func TestEventsValidateAndPlanMatchesTheirContent(t *testing.T) {
 	}
 }
 
+// TestTeamsListTheirPatients: with community teams, every event goes to
+// three recipients, the third a team whose written list holds the patient,
+// and patients are spread over every team.
+func TestTeamsListTheirPatients(t *testing.T) {
+	pop, err := NewPopulation(3000, 100, 100, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pop.WriteLists(t.TempDir()); err != nil {
+		t.Fatal(err)
+	}
+	lists := map[int][]nhs.Number{}
+	for i := pop.GPs + pop.CareHomes; i < len(pop.Recipients); i++ {
+		rc := pop.Recipients[i]
+		if rc.Basis != "patient-list" || rc.Role != "community" || !filepath.IsAbs(rc.PatientList) {
+			t.Fatalf("team %s: basis %s, role %s, list %q", rc.ODS, rc.Basis, rc.Role, rc.PatientList)
+		}
+		if lists[i], err = patientlist.ReadFile(rc.PatientList); err != nil {
+			t.Fatal(err)
+		}
+		if len(lists[i]) < 10 || len(lists[i]) > 50 {
+			t.Errorf("team %s lists %d of 3000 patients, want about 30", rc.ODS, len(lists[i]))
+		}
+	}
+	v, err := event.NewValidator()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for seq := uint64(0); seq < 3000; seq += 13 {
+		p := pop.planOf(seq)
+		if p.n != 3 || pop.Fanout() != 3 || int(p.r[2]) < pop.GPs+pop.CareHomes {
+			t.Fatalf("event %d: plan %v, want a GP, a care home and a team", seq, p)
+		}
+		ev, err := v.Parse(pop.Event(nil, "x-", seq, time.Now()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Contains(lists[int(p.r[2])], ev.Patient.NHSNumber) {
+			t.Fatalf("event %d: the patient is not on the list of %s", seq, pop.Recipients[p.r[2]].ODS)
+		}
+	}
+}
+
 func TestPopulationSpreadsPatients(t *testing.T) {
-	pop, _ := NewPopulation(10000, 20, 10)
+	pop, _ := NewPopulation(10000, 20, 10, 0)
 	gp, home := map[int]int{}, map[int]int{}
 	for seq := uint64(0); seq < 10000; seq++ {
 		p := pop.planOf(seq)
@@ -84,7 +130,7 @@ func TestPopulationSpreadsPatients(t *testing.T) {
 
 func TestHubConfigParses(t *testing.T) {
 	for _, sc := range Scenarios() {
-		b, err := ScenarioConfig(Options{}, sc, "127.0.0.1:8080")
+		b, err := ScenarioConfig(Options{ListsDir: t.TempDir()}, sc, "127.0.0.1:8080")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -100,7 +146,7 @@ func TestHubConfigParses(t *testing.T) {
 }
 
 func TestTrackerAccounting(t *testing.T) {
-	pop, _ := NewPopulation(100, 4, 2)
+	pop, _ := NewPopulation(100, 4, 2, 0)
 	intended := []bool{true, true, true, true, true, false} // the last care home is down
 	tr := newTracker("p-", pop, intended)
 	seq := tr.take(10)
@@ -164,7 +210,7 @@ func TestPercentile(t *testing.T) {
 }
 
 func TestReceiverVerifiesSignatures(t *testing.T) {
-	pop, _ := NewPopulation(10, 2, 1)
+	pop, _ := NewPopulation(10, 2, 1, 0)
 	recv, err := startReceivers("")
 	if err != nil {
 		t.Fatal(err)
@@ -204,7 +250,7 @@ func TestReceiverVerifiesSignatures(t *testing.T) {
 func strconvNow() string { return strconv.FormatInt(time.Now().Unix(), 10) }
 
 func TestHTTPIngesterHandlesPartialBatches(t *testing.T) {
-	pop, _ := NewPopulation(10, 2, 1)
+	pop, _ := NewPopulation(10, 2, 1, 0)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Header.Get("Content-Type") != "application/cloudevents-batch+json" || r.Header.Get("Authorization") != "Bearer k" {
 			w.WriteHeader(400)
@@ -235,7 +281,7 @@ func TestHTTPIngesterHandlesPartialBatches(t *testing.T) {
 }
 
 func TestHL7MessagesMapToTheSameDischarge(t *testing.T) {
-	pop, _ := NewPopulation(1000, 20, 10)
+	pop, _ := NewPopulation(1000, 20, 10, 0)
 	mp, err := adt.NewMapper(adt.Options{Source: Source})
 	if err != nil {
 		t.Fatal(err)

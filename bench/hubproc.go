@@ -40,7 +40,8 @@ const (
 // HubConfig is the hub configuration the bench runs a scenario against:
 // the synthetic hospital as the only source, and every recipient of pop
 // with one subscription (registered-gp for GP practices,
-// discharge-destination for care homes) to discharges.
+// discharge-destination for care homes, patient-list for community teams,
+// whose lists Population.WriteLists must have written) to discharges.
 type HubConfig struct {
 	HTTPAddr     string
 	MLLPAddr     string // the HL7 v2 MLLP listener, for the synthetic hospital; empty: none
@@ -74,8 +75,12 @@ func (hc HubConfig) YAML(pop *Population) []byte {
 	for _, r := range pop.Recipients {
 		fmt.Fprintf(&b, "  - ods: %s\n    role: %s\n    webhook: {url: %q, secret: {value: %s}, timeout: 10s}\n",
 			r.ODS, r.Role, r.URL, r.Secret)
-		fmt.Fprintf(&b, "    subscriptions: [{id: %s-%s, basis: %s, types: [discharge]}]\n",
-			strings.ToLower(r.ODS), r.Basis, r.Basis)
+		list := ""
+		if r.PatientList != "" {
+			list = fmt.Sprintf(", patientList: %q", r.PatientList)
+		}
+		fmt.Fprintf(&b, "    subscriptions: [{id: %s-%s, basis: %s%s, types: [discharge]}]\n",
+			strings.ToLower(r.ODS), r.Basis, r.Basis, list)
 	}
 	fmt.Fprintf(&b, "delivery: {minBackoff: %s, maxBackoff: %s}\n", hc.MinBackoff, hc.MaxBackoff)
 	return b.Bytes()

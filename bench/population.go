@@ -2,6 +2,8 @@ package bench
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
 	"strconv"
 	"time"
 )
@@ -10,24 +12,25 @@ import (
 // event of a run.
 const Source = "RX1"
 
-// maxFanout is the most recipients one event can have. The hub matches an
-// event on two bases only (the patient's registered GP practice and the
-// discharge destination), so it can reach at most two recipients; the
-// tracker leaves room for a third for when a third basis exists.
+// maxFanout is the most recipients one event of a population goes to: the
+// patient's GP practice, the care home it is discharged to, and the
+// community team whose patient list holds the patient.
 const maxFanout = 3
 
-// Recipient is one synthetic recipient: a GP practice or a care home with a
-// webhook served by the bench's receivers.
+// Recipient is one synthetic recipient: a GP practice, a care home or a
+// community team, with a webhook served by the bench's receivers.
 type Recipient struct {
 	ODS    string
-	Role   string // gp-practice or social-care
-	Basis  string // registered-gp or discharge-destination
+	Role   string // gp-practice, social-care or community
+	Basis  string // registered-gp, discharge-destination or patient-list
 	Secret string
 	key    []byte
 	// Down: the recipient's endpoint does not answer (isolation, backlog).
 	Down bool
 	// URL is the webhook URL written into the hub's configuration.
 	URL string
+	// PatientList is the file of a community team's patients (WriteLists).
+	PatientList string
 }
 
 // plan is the set of recipients (indexes into Population.Recipients) one
@@ -38,12 +41,14 @@ type plan struct {
 }
 
 // Population is a synthetic population: patients with valid NHS numbers
-// from the 999 test range, each registered with a GP practice and resident
-// in a care home, and the recipients that subscribe for them.
+// from the 999 test range, each registered with a GP practice, resident in a
+// care home and, when there are community teams, on one team's patient
+// list; and the recipients that subscribe for them.
 type Population struct {
 	Recipients []Recipient
 	GPs        int // Recipients[0:GPs] are GP practices
 	CareHomes  int // Recipients[GPs:GPs+CareHomes] are care homes
+	Teams      int // Recipients[GPs+CareHomes:] are community teams, each with a patient list
 	nhs        []string
 	byODS      map[string]int
 	// fixedHome, when >= 0, makes every patient resident in that care home
@@ -51,21 +56,25 @@ type Population struct {
 	fixedHome int
 }
 
-// NewPopulation builds patients patients spread over gps GP practices and
-// homes care homes.
-func NewPopulation(patients, gps, homes int) (*Population, error) {
-	if patients < 1 || gps < 1 || homes < 1 {
+// NewPopulation builds patients patients spread over gps GP practices,
+// homes care homes and teams community teams (none: events go to two
+// recipients, not three).
+func NewPopulation(patients, gps, homes, teams int) (*Population, error) {
+	if patients < 1 || gps < 1 || homes < 1 || teams < 0 {
 		return nil, fmt.Errorf("bench: a population needs at least one patient, GP practice and care home")
 	}
 	if patients > 900000 {
 		return nil, fmt.Errorf("bench: at most 900000 patients (the 999 test range)")
 	}
-	p := &Population{GPs: gps, CareHomes: homes, byODS: map[string]int{}, fixedHome: -1}
+	p := &Population{GPs: gps, CareHomes: homes, Teams: teams, byODS: map[string]int{}, fixedHome: -1}
 	for i := 0; i < gps; i++ {
 		p.add(Recipient{ODS: fmt.Sprintf("B%05d", i), Role: "gp-practice", Basis: "registered-gp"})
 	}
 	for i := 0; i < homes; i++ {
 		p.add(Recipient{ODS: fmt.Sprintf("VM%05d", i), Role: "social-care", Basis: "discharge-destination"})
+	}
+	for i := 0; i < teams; i++ {
+		p.add(Recipient{ODS: fmt.Sprintf("CT%05d", i), Role: "community", Basis: "patient-list"})
 	}
 	p.nhs = TestNHSNumbers(patients)
 	return p, nil
@@ -95,11 +104,63 @@ func (p *Population) homeOf(patient int) int {
 	return p.GPs + (patient/p.GPs+patient*7)%p.CareHomes
 }
 
+// teamOf returns the community team whose list holds patient, spread
+// independently of practices and homes; -1 when there are no teams.
+func (p *Population) teamOf(patient int) int {
+	if p.Teams == 0 {
+		return -1
+	}
+	return p.GPs + p.CareHomes + (patient/p.GPs*3+patient*11)%p.Teams
+}
+
 // planOf returns the recipients event seq is meant for: the patient's GP
-// practice and the care home the patient is discharged to.
+// practice, the care home the patient is discharged to and the community
+// team whose list holds the patient.
 func (p *Population) planOf(seq uint64) plan {
 	pt := p.patient(seq)
-	return plan{r: [maxFanout]int32{int32(p.gpOf(pt)), int32(p.homeOf(pt))}, n: 2}
+	pl := plan{r: [maxFanout]int32{int32(p.gpOf(pt)), int32(p.homeOf(pt))}, n: 2}
+	if t := p.teamOf(pt); t >= 0 {
+		pl.r[2], pl.n = int32(t), 3
+	}
+	return pl
+}
+
+// Fanout is the number of recipients each event goes to.
+func (p *Population) Fanout() int {
+	if p.Teams > 0 {
+		return 3
+	}
+	return 2
+}
+
+// WriteLists writes each community team's patient list (one NHS number per
+// line) to dir/<ODS>.txt and records the absolute path in the team's
+// PatientList.
+func (p *Population) WriteLists(dir string) error {
+	if p.Teams == 0 {
+		return nil
+	}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(abs, 0o700); err != nil {
+		return err
+	}
+	lists := make([][]byte, p.Teams)
+	for pt := range p.nhs {
+		i := p.teamOf(pt) - p.GPs - p.CareHomes
+		lists[i] = append(append(lists[i], p.nhs[pt]...), '\n')
+	}
+	for i, l := range lists {
+		rc := &p.Recipients[p.GPs+p.CareHomes+i]
+		rc.PatientList = filepath.Join(abs, rc.ODS+".txt")
+		head := "# carehub bench: synthetic patients (999 test range) on " + rc.ODS + "'s list\n"
+		if err := os.WriteFile(rc.PatientList, append([]byte(head), l...), 0o600); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // eventID is the CloudEvents id of event seq in a phase.

@@ -43,6 +43,8 @@ func targets(rows []Result) []Target {
 			add(r, "p99 accepted to delivered", fmt.Sprintf("<= %.0f ms at %.0f/s", TargetP99Ms, r.Rate),
 				fmt.Sprintf("%.1f ms", r.P99Ms), r.P99Ms <= TargetP99Ms)
 		case Fanout:
+			add(r, "recipients per event, of those subscribed", ">= 3 of 1000",
+				fmt.Sprintf("%d of %d", r.Fanout, r.Recipients), r.Fanout >= 3 && r.Recipients >= 1000)
 			if t := find(Throughput, r.Ingest); t != nil && t.HubDeliveriesPerS > 0 {
 				f := r.HubDeliveriesPerS / t.HubDeliveriesPerS
 				add(r, "deliveries per second / throughput's", fmt.Sprintf(">= %.1f", TargetFanoutFraction),

@@ -33,6 +33,7 @@ if accepted events were lost.
   carehub bench --suite --out bench.json              every scenario
   carehub bench --scenario latency --duration 10s     one scenario
   carehub bench --scenario fanout --print-config      the hub configuration, for --target
+                                                      (fanout also writes the patient lists it names)
 
 Flags:
 `
@@ -76,6 +77,7 @@ func benchCommand(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	fs.StringVar(&o.WorkDir, "work-dir", "", "keep each hub's configuration, data and log here (default: a temporary directory)")
 	fs.BoolVar(&o.Keep, "keep", false, "keep the temporary work directory")
 	printConfig := fs.Bool("print-config", false, "print the hub configuration of --scenario (for --target) and exit")
+	fs.StringVar(&o.ListsDir, "lists-dir", "", "with --print-config: where to write the community teams' patient lists (default bench-lists)")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of this process (with --in-process it includes the hub)")
 	memProfile := fs.String("memprofile", "", "write a heap profile of this process after each row's hub phase, to FILE.<row> (with --in-process it includes the hub)")
 	blockProfile := fs.String("blockprofile", "", "write a profile of where goroutines waited (with --in-process it includes the hub)")

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -194,5 +195,32 @@ func TestBenchMLLPRow(t *testing.T) {
 	r := rep.Scenarios[0]
 	if r.Ingest != "mllp" || r.HubEventsAccepted == 0 || r.HubDeliveries != 2*r.HubEventsAccepted || r.Lost != 0 || r.Refused != 0 {
 		t.Errorf("mllp row: %+v", r)
+	}
+}
+
+// TestBenchPrintConfigFanout: the fanout configuration names a patient list
+// for each community team, written where --lists-dir says, and it loads.
+func TestBenchPrintConfigFanout(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	dir := t.TempDir()
+	err := run(context.Background(), []string{"bench", "--scenario", "fanout", "--print-config", "--recipients", "30",
+		"--lists-dir", dir}, &stdout, &stderr)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, stderr.String())
+	}
+	cfg, err := config.Parse(stdout.Bytes())
+	if err != nil {
+		t.Fatalf("the printed configuration does not load: %v\n%s", err, stdout.String())
+	}
+	bases := map[string]int{}
+	for _, r := range cfg.Recipients {
+		s := r.Subscriptions[0]
+		bases[s.Basis]++
+		if s.Basis == "patient-list" && !strings.HasPrefix(s.PatientList, dir) {
+			t.Errorf("%s: list %s is not in --lists-dir", r.ODS, s.PatientList)
+		}
+	}
+	if want := map[string]int{"registered-gp": 10, "discharge-destination": 10, "patient-list": 10}; fmt.Sprint(bases) != fmt.Sprint(want) {
+		t.Errorf("subscriptions by basis: got %v, want %v", bases, want)
 	}
 }
