@@ -272,7 +272,7 @@ func TestConfigValidation(t *testing.T) {
 		Brokers: []string{"x:1"}, ConsumerGroup: "g", InitialOffset: kafka.FirstOffset,
 		SessionTimeout: 10 * time.Second, HeartbeatInterval: time.Second, RebalanceTimeout: 5 * time.Second,
 		NackResendDelay: 100 * time.Millisecond, CommitInterval: 50 * time.Millisecond,
-		PartitionWatchInterval: 5 * time.Second, KeyMetadata: "partition_key", InitializePartitions: 1,
+		PartitionWatchInterval: 30 * time.Second, KeyMetadata: "partition_key", InitializePartitions: 1,
 	}
 	if diff := cmp.Diff(want, s.cfg); diff != "" {
 		t.Errorf("defaults (-want +got):\n%s", diff)

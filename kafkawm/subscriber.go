@@ -21,7 +21,7 @@ const (
 	DefaultRebalanceTimeout       = 5 * time.Second
 	DefaultNackResendDelay        = 100 * time.Millisecond
 	DefaultCommitInterval         = 50 * time.Millisecond
-	DefaultPartitionWatchInterval = 5 * time.Second
+	DefaultPartitionWatchInterval = 30 * time.Second
 	DefaultInitializePartitions   = 1
 )
 
@@ -34,8 +34,11 @@ const (
 	// joinGroupBackoff is how long kafka-go waits before re-joining the
 	// group after an error (its own default is 5 s).
 	joinGroupBackoff = time.Second
-	// fetchMaxWait bounds a fetch long-poll on an idle partition.
-	fetchMaxWait = 500 * time.Millisecond
+	// fetchMaxWait bounds a fetch long-poll on an idle partition. The
+	// broker answers as soon as a record arrives, so it costs no latency;
+	// a short one costs CPU on both sides for every idle partition (a
+	// thousand recipients are two thousand idle readers).
+	fetchMaxWait = 5 * time.Second
 	// fetchBackoffMin and fetchBackoffMax bound the delay between retries
 	// of a failing fetch.
 	fetchBackoffMin = 100 * time.Millisecond
@@ -94,7 +97,8 @@ type SubscriberConfig struct {
 
 	// PartitionWatchInterval is how often a member checks whether its
 	// topic's partition count changed (a new topic, or partitions added),
-	// which triggers a rebalance. Default 5 s.
+	// which triggers a rebalance. Default 30 s: each check is a new
+	// connection per subscription, and partitions are added rarely.
 	PartitionWatchInterval time.Duration
 
 	// KeyMetadata names the metadata field that receives the record key.
@@ -568,7 +572,10 @@ func (g *generation) consume(genCtx context.Context, a kafka.PartitionAssignment
 		ReadBackoffMin: fetchBackoffMin,
 		ReadBackoffMax: time.Second,
 	})
-	defer r.Close()
+	// Close waits for the reader's fetch in flight, up to fetchMaxWait on an
+	// idle partition. Nothing is read from r after this function returns,
+	// so the generation need not wait for that: close it in the background.
+	defer func() { go r.Close() }()
 	if err := r.SetOffset(a.Offset); err != nil {
 		sub.logger.Error("Kafka reader setup failed", errors.New(errorKind(err)), watermill.LogFields{"partition": a.ID})
 		<-fetchCtx.Done()

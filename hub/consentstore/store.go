@@ -11,9 +11,12 @@
 // in the topic when Sync was called. The router calls Sync before routing
 // each event, so once a Put has returned (the write is acknowledged), no event
 // accepted after that moment is routed under the old directives, in this
-// process or any other. Concurrent Sync calls share one end-offset lookup
-// when it started after they did, so the cost under load is one round trip
-// per batch of concurrent events, not per event.
+// process or any other. Sync calls share end-offset lookups: a call joins
+// the next lookup to start (one starts at once when none is running, else as
+// soon as the running one ends), so each call's lookup starts after the call
+// and under load the cost is about one lookup per round trip, however many
+// events are routed meanwhile. The topic has one partition (topic.Specs), so
+// a lookup is one request.
 //
 // Until the initial load is complete, For and Sync fail: the router fails
 // closed, and readiness stays false.
@@ -54,18 +57,21 @@ type Store struct {
 	loaded   bool
 	changed  chan struct{}
 
-	fetchMu sync.Mutex
-	fetch   *endFetch
+	lookup   func(context.Context) (map[int]int64, error) // lookupEnds; tests replace it
+	fetchMu  sync.Mutex
+	fetching bool      // a lookup is running
+	next     *endFetch // the lookup to start when the running one ends; nil: none asked for
 
+	ctx    context.Context // ends with Close
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 }
 
+// endFetch is one end-offset lookup and everyone waiting for it.
 type endFetch struct {
-	started time.Time
-	done    chan struct{}
-	ends    map[int]int64
-	err     error
+	done chan struct{}
+	ends map[int]int64
+	err  error
 }
 
 // Open starts following topic and returns at once; use WaitLoaded to know
@@ -85,8 +91,9 @@ func Open(brokers []string, topic string, log *zap.Logger) (*Store, error) {
 			RequiredAcks: kafka.RequireAll, BatchTimeout: time.Millisecond, MaxAttempts: 5,
 		},
 	}
+	s.lookup = s.lookupEnds
 	ctx, cancel := context.WithCancel(context.Background())
-	s.cancel = cancel
+	s.ctx, s.cancel = ctx, cancel
 	s.wg.Add(1)
 	go s.run(ctx)
 	return s, nil
@@ -228,32 +235,54 @@ func (s *Store) Sync(ctx context.Context) error {
 	if !s.Loaded() {
 		return ErrNotLoaded
 	}
-	ends, err := s.endOffsets(ctx, time.Now())
+	ends, err := s.endOffsets(ctx)
 	if err != nil {
 		return err
 	}
 	return s.waitApplied(ctx, ends)
 }
 
-// endOffsets returns end offsets looked up after since: it joins a lookup
-// in flight that started after since, or starts one.
-func (s *Store) endOffsets(ctx context.Context, since time.Time) (map[int]int64, error) {
+// endOffsets returns end offsets from a lookup that started after the call:
+// it joins the next lookup, which starts now when none is running, or when
+// the running one ends. The lookup runs on the store's context, so one
+// caller giving up does not fail the others.
+func (s *Store) endOffsets(ctx context.Context) (map[int]int64, error) {
 	s.fetchMu.Lock()
-	f := s.fetch
-	if f == nil || f.started.Before(since) {
-		f = &endFetch{started: time.Now(), done: make(chan struct{})}
-		s.fetch = f
-		s.fetchMu.Unlock()
-		f.ends, f.err = s.lookupEnds(ctx)
-		close(f.done)
-	} else {
-		s.fetchMu.Unlock()
+	f := s.next
+	if f == nil {
+		f = &endFetch{done: make(chan struct{})}
+		s.next = f
+	}
+	start := !s.fetching
+	if start {
+		s.fetching = true
+	}
+	s.fetchMu.Unlock()
+	if start {
+		go s.fetchLoop()
 	}
 	select {
 	case <-f.done:
 		return f.ends, f.err
 	case <-ctx.Done():
 		return nil, ctx.Err()
+	}
+}
+
+// fetchLoop runs the next lookup until nobody asks for another.
+func (s *Store) fetchLoop() {
+	for {
+		s.fetchMu.Lock()
+		f := s.next
+		if f == nil {
+			s.fetching = false
+			s.fetchMu.Unlock()
+			return
+		}
+		s.next = nil
+		s.fetchMu.Unlock()
+		f.ends, f.err = s.lookup(s.ctx)
+		close(f.done)
 	}
 }
 

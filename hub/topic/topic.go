@@ -44,7 +44,10 @@ const (
 
 // Specs returns the topics a hub needs, with their settings. Events, audit
 // and the dead-letter topic are systems of record (retention.ms=-1); consent
-// and subscriptions are compacted. Outboxes keep everything until a
+// and subscriptions are compacted, in one partition each: every hub process
+// reads all of them anyway, and the router looks up the consent topic's end
+// offset before each decision (consentstore), one request per partition.
+// Outboxes keep everything until a
 // retention job deletes what every deliverer has committed (not yet built):
 // retention.ms=-1 so that a recipient that is down for weeks loses nothing.
 func Specs(partitions, replication int, recipients []string) []broker.TopicSpec {
@@ -54,7 +57,7 @@ func Specs(partitions, replication int, recipients []string) []broker.TopicSpec 
 		{Name: Events, Partitions: partitions, ReplicationFactor: replication, Configs: forever},
 		{Name: Audit, Partitions: partitions, ReplicationFactor: replication, Configs: forever},
 		{Name: DLQ, Partitions: partitions, ReplicationFactor: replication, Configs: forever},
-		{Name: Consent, Partitions: partitions, ReplicationFactor: replication, Configs: compact},
+		{Name: Consent, Partitions: 1, ReplicationFactor: replication, Configs: compact},
 		{Name: Subscriptions, Partitions: 1, ReplicationFactor: replication, Configs: compact},
 	}
 	for _, r := range recipients {
