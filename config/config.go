@@ -161,7 +161,7 @@ type Subscription struct {
 	Types []string `yaml:"types"`
 	// PatientList is the file of the recipient's patients (one NHS number
 	// per line; see package patientlist), for basis patient-list only. It is
-	// read at start-up: restart the hub to change it.
+	// read at start-up and again when the hub is sent SIGHUP.
 	PatientList string `yaml:"patientList"`
 }
 

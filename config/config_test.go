@@ -334,7 +334,7 @@ func TestValidateSmallChecks(t *testing.T) {
 		{"patient list unreadable", func(c *config.Config) { listSub(c, "patient-list", goodList+".missing") },
 			"no such file or directory"},
 		{"patient list with a bad line", func(c *config.Config) { listSub(c, "patient-list", badList) },
-			"recipients[0].subscriptions[0].patientList: " + badList + ": patient list: line 3: the check digit is wrong"},
+			"recipients[0].subscriptions[0].patientList: patient list " + badList + ": line 3: the check digit is wrong"},
 		{"care relationships not matched yet", func(c *config.Config) { listSub(c, "care-relationship", "") },
 			`recipients[0].subscriptions[0].basis "care-relationship": one of registered-gp, discharge-destination, patient-list`},
 	}

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -74,4 +75,64 @@ func TestPatientListReachesTheTeamWhoseCaseloadHoldsThePatient(t *testing.T) {
 	if !strings.Contains(h.logs.String(), `"patients":3`) {
 		t.Errorf("the hub did not log loading a list of 3 patients")
 	}
+}
+
+// TestPatientListReloadsOnSIGHUP: a changed list takes effect on SIGHUP
+// without a restart; a list that no longer reads is reported (by line, not
+// by content) and the previous list stays in force.
+func TestPatientListReloadsOnSIGHUP(t *testing.T) {
+	gp := newReceiver(t, "demo-gp-secret")
+	home := newReceiver(t, "demo-carehome-secret")
+	team := newReceiver(t, "demo-team-secret")
+	first, added, later := nhsNumber(22001), nhsNumber(22002), nhsNumber(22003)
+	list := filepath.Join(t.TempDir(), "caseload.txt")
+	write := func(content string) {
+		t.Helper()
+		if err := os.WriteFile(list, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(first + "\n")
+	h := startHub(t, hubOptions{gp: gp.URL, careHome: home.URL, recipientsYAML: fmt.Sprintf(`  - ods: CN001
+    role: community
+    webhook: {url: %q, secret: {value: demo-team-secret}, timeout: 2s}
+    subscriptions:
+      - {id: cn001-caseload, basis: patient-list, patientList: %q, types: [discharge]}
+`, team.URL, list)})
+	publish := func(n string) string {
+		ev := patientEvent(t, "discharge", n, "A81001", "VM123")
+		h.mustPublish("demo-rx1-key", ev)
+		id := ev["id"].(string)
+		waitFor(t, "the GP gets the event", 30*time.Second, func() bool { return slices.Contains(gp.ids(), id) })
+		waitFor(t, "all routed", 30*time.Second, func() bool {
+			return h.routerCaughtUp() && h.groupAtEnd("carehub-deliver-cn001", "carehub.outbox.cn001")
+		})
+		return id
+	}
+	reload := func(wantLog string, count int) {
+		t.Helper()
+		if err := h.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, wantLog, 20*time.Second, func() bool { return strings.Count(h.logs.String(), wantLog) >= count })
+	}
+
+	if id := publish(added); slices.Contains(team.ids(), id) {
+		t.Fatalf("the team received an event about a patient not yet on its list")
+	}
+	write(first + "\n" + added + "\n")
+	reload("patient lists reloaded", 1)
+	idAdded := publish(added)
+	waitFor(t, "the team gets the added patient's event", 30*time.Second, func() bool { return slices.Contains(team.ids(), idAdded) })
+
+	bad := []byte(later)
+	bad[9] = '0' + (bad[9]-'0'+1)%10
+	canaries.Store(string(bad), true)
+	write(first + "\n" + added + "\n" + string(bad) + "\n")
+	reload("patient lists not reloaded", 1)
+	if !strings.Contains(h.logs.String(), "line 3: the check digit is wrong") {
+		t.Errorf("the reload error does not name the bad line:\n%s", tail(h.logs.String(), 2000))
+	}
+	idKept := publish(added)
+	waitFor(t, "the previous list stays in force", 30*time.Second, func() bool { return slices.Contains(team.ids(), idKept) })
 }

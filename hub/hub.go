@@ -48,6 +48,10 @@ type Options struct {
 	// Ready, when set, is called once the hub serves and routes, with the
 	// HTTP address and the broker addresses.
 	Ready func(httpAddr string, brokers []string)
+	// Reload, when set, asks the hub to read its patient lists again
+	// (carehub serve sends on it for SIGHUP). A list that no longer reads
+	// is reported and the previous lists stay in force.
+	Reload <-chan struct{}
 }
 
 // Run runs a hub until ctx ends, then drains. It returns an error if the hub
@@ -248,6 +252,9 @@ func Run(ctx context.Context, cfg *config.Config, log *zap.Logger, opts Options)
 	if opts.Ready != nil {
 		opts.Ready(ln.Addr().String(), brokers)
 	}
+	if opts.Reload != nil {
+		go reloadLists(ctx, opts.Reload, cfg, pseudo, rt, log)
+	}
 
 	var runErr error
 	select {
@@ -339,4 +346,27 @@ func subscriptions(cfg *config.Config, pseudo *nhs.Pseudonymiser, log *zap.Logge
 		}
 	}
 	return subs, nil
+}
+
+// reloadLists reads the patient lists again on each signal from reload and
+// swaps the router's subscriptions, or keeps the old ones if any list fails.
+func reloadLists(ctx context.Context, reload <-chan struct{}, cfg *config.Config, pseudo *nhs.Pseudonymiser, rt *route.Router, log *zap.Logger) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-reload:
+		}
+		subs, err := subscriptions(cfg, pseudo, log)
+		var index *route.Subscriptions
+		if err == nil {
+			index, err = route.NewSubscriptions(subs)
+		}
+		if err != nil {
+			log.Error("patient lists not reloaded: the previous lists stay in force", logging.Err(err))
+			continue
+		}
+		rt.SetSubscriptions(index)
+		log.Info("patient lists reloaded")
+	}
 }

@@ -114,16 +114,18 @@ func reason(err error) string {
 	return "not ten digits"
 }
 
-// ReadFile parses the list in the file at path.
+// ReadFile parses the list in the file at path. Its errors are
+// *problem.Error, whose text (the path, line numbers, an operating system
+// error about the file) is safe to log.
 func ReadFile(path string) ([]nhs.Number, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return nil, fmt.Errorf("patient list: %w", err)
+		return nil, problem.Wrap(problem.Unavailable, "patient list: "+err.Error(), err)
 	}
 	defer f.Close()
 	ns, err := Parse(f)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
+		return nil, problem.Wrap(problem.Invalid, "patient list "+path+": "+strings.TrimPrefix(err.Error(), "patient list: "), err)
 	}
 	return ns, nil
 }

@@ -4,6 +4,9 @@ import (
 	"context"
 	"flag"
 	"io"
+	"os"
+	"os/signal"
+	"syscall"
 
 	"github.com/carehub/carehub/config"
 	"github.com/carehub/carehub/hub"
@@ -31,5 +34,28 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	defer func() { _ = log.Sync() }()
-	return hub.Run(ctx, cfg, log, hub.Options{})
+	return hub.Run(ctx, cfg, log, hub.Options{Reload: notifyReload(ctx)})
+}
+
+// notifyReload turns SIGHUP into reload requests until ctx ends. Signals
+// that arrive while a reload is pending are merged into it.
+func notifyReload(ctx context.Context) <-chan struct{} {
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGHUP)
+	out := make(chan struct{}, 1)
+	go func() {
+		defer signal.Stop(sig)
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-sig:
+				select {
+				case out <- struct{}{}:
+				default:
+				}
+			}
+		}
+	}()
+	return out
 }

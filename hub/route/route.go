@@ -16,6 +16,7 @@ package route
 import (
 	"context"
 	"errors"
+	"sync/atomic"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
@@ -48,7 +49,7 @@ func (NoDirectives) For(string) ([]consent.Directive, error) { return nil, nil }
 
 // Router routes events.
 type Router struct {
-	subs       *Subscriptions
+	subs       atomic.Pointer[Subscriptions]
 	decider    consent.Decider
 	directives Directives
 	pub        message.Publisher
@@ -61,7 +62,18 @@ func New(subs *Subscriptions, d consent.Decider, dirs Directives, pub message.Pu
 	if subs == nil || d == nil || dirs == nil || pub == nil || log == nil {
 		return nil, errors.New("route: subscriptions, decider, directives, publisher and logger are required")
 	}
-	return &Router{subs: subs, decider: d, directives: dirs, pub: pub, log: log, now: time.Now}, nil
+	r := &Router{decider: d, directives: dirs, pub: pub, log: log, now: time.Now}
+	r.subs.Store(subs)
+	return r, nil
+}
+
+// SetSubscriptions replaces the subscriptions events are matched against
+// (patient lists reloaded, say). An event being decided keeps the ones it
+// started with; every event decided after the call uses subs.
+func (r *Router) SetSubscriptions(subs *Subscriptions) {
+	if subs != nil {
+		r.subs.Store(subs)
+	}
 }
 
 // Plan is what routing one event produces, before it is published.
@@ -121,7 +133,7 @@ type Verdict struct {
 // and decides each, after catching up with every consent change
 // acknowledged before the call. It publishes nothing.
 func (r *Router) Decide(ctx context.Context, ev *event.Event, key string) ([]Verdict, error) {
-	cands := r.subs.Match(ev, key)
+	cands := r.subs.Load().Match(ev, key)
 	if len(cands) == 0 {
 		return nil, nil
 	}

@@ -124,3 +124,33 @@ func TestPatientListDecidedByPolicy(t *testing.T) {
 		}
 	}
 }
+
+// TestSetSubscriptionsAppliesToTheNextEvent: swapped subscriptions (patient
+// lists reloaded) decide every event after the call; nil is ignored.
+func TestSetSubscriptionsAppliesToTheNextEvent(t *testing.T) {
+	r, err := New(listSubs(t), consent.Relationship{}, NoDirectives{}, &fakePub{}, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev := &event.Event{ID: "e1", Type: event.TypeDischarge, Publisher: "RX1", Time: time.Date(2026, 11, 24, 9, 0, 0, 0, time.UTC)}
+	count := func() int {
+		v, err := r.Decide(context.Background(), ev, "p1_carol")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(v)
+	}
+	if got := count(); got != 0 {
+		t.Fatalf("before: got %d verdicts for a patient on no list, want 0", got)
+	}
+	next, err := NewSubscriptions([]Subscription{{ID: "team", Recipient: consent.Recipient{ODS: "8HV48", Role: consent.RoleCommunity},
+		Basis: consent.BasisPatientList, Types: map[string]bool{event.TypeDischarge: true}, Patients: patientlist.Set{"p1_carol": {}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.SetSubscriptions(next)
+	r.SetSubscriptions(nil)
+	if got := count(); got != 1 {
+		t.Errorf("after: got %d verdicts, want 1 (the team's)", got)
+	}
+}
