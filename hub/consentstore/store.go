@@ -15,8 +15,9 @@
 // the next lookup to start (one starts at once when none is running, else as
 // soon as the running one ends), so each call's lookup starts after the call
 // and under load the cost is about one lookup per round trip, however many
-// events are routed meanwhile. The topic has one partition (topic.Specs), so
-// a lookup is one request.
+// events are routed meanwhile. topic.Specs creates the topic with one
+// partition, so a lookup is one request (kafka-go sends one per partition: a
+// topic created with more, by an earlier version, costs one each).
 //
 // Until the initial load is complete, For and Sync fail: the router fails
 // closed, and readiness stays false.
