@@ -8,7 +8,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/carehub/carehub/problem"
+	"github.com/carehub/carehub/schemas/problem"
 )
 
 // Kind is the kind of a Directive.

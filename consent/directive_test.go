@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/carehub/carehub/consent"
-	"github.com/carehub/carehub/problem"
+	"github.com/carehub/carehub/schemas/problem"
 	"github.com/google/go-cmp/cmp"
 )
 

@@ -6,7 +6,7 @@ import (
 	"time"
 
 	"github.com/carehub/carehub/consent"
-	"github.com/carehub/carehub/nhs"
+	"github.com/carehub/carehub/schemas/nhs"
 )
 
 // A discharge carrying mental health information, and the candidates the

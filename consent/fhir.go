@@ -11,8 +11,8 @@ import (
 	"time"
 	_ "time/tzdata" // Europe/London for date-only periods, whatever the host has installed
 
-	"github.com/carehub/carehub/nhs"
-	"github.com/carehub/carehub/problem"
+	"github.com/carehub/carehub/schemas/nhs"
+	"github.com/carehub/carehub/schemas/problem"
 )
 
 // FHIR systems and URLs of the Consent mapping (see the package documentation).

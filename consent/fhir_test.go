@@ -13,8 +13,8 @@ import (
 	"time"
 
 	"github.com/carehub/carehub/consent"
-	"github.com/carehub/carehub/nhs"
-	"github.com/carehub/carehub/problem"
+	"github.com/carehub/carehub/schemas/nhs"
+	"github.com/carehub/carehub/schemas/problem"
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
 )

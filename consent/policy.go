@@ -4,7 +4,7 @@ import (
 	"context"
 	"strconv"
 
-	"github.com/carehub/carehub/problem"
+	"github.com/carehub/carehub/schemas/problem"
 )
 
 // Rule names used by Policy, in the order of the rule table in the package

@@ -10,7 +10,7 @@ import (
 	"testing"
 
 	"github.com/carehub/carehub/consent"
-	"github.com/carehub/carehub/problem"
+	"github.com/carehub/carehub/schemas/problem"
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
 )

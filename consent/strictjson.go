@@ -6,7 +6,7 @@ import (
 	"errors"
 	"io"
 
-	"github.com/carehub/carehub/problem"
+	"github.com/carehub/carehub/schemas/problem"
 )
 
 // maxDocument bounds the JSON documents this package parses (the admin form

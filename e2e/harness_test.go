@@ -22,7 +22,7 @@ import (
 	"time"
 
 	"github.com/carehub/carehub/connectors/webhook"
-	"github.com/carehub/carehub/nhs"
+	"github.com/carehub/carehub/schemas/nhs"
 	"github.com/segmentio/kafka-go"
 )
 

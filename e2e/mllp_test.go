@@ -13,9 +13,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/carehub/carehub/hl7"
-	"github.com/carehub/carehub/hl7/adt"
-	"github.com/carehub/carehub/mllp"
+	"github.com/carehub/carehub/connectors/mllp/frame"
+	"github.com/carehub/carehub/connectors/mllp/hl7"
+	"github.com/carehub/carehub/connectors/mllp/hl7/adt"
 	"github.com/google/go-cmp/cmp"
 )
 
@@ -31,11 +31,11 @@ func mllpHub(t *testing.T) (*hub, *receiver, *receiver, string) {
 	return h, gp, home, addr
 }
 
-// adtFixture reads a message from hl7/adt/testdata for another patient and
+// adtFixture reads a message from connectors/mllp/hl7/adt/testdata for another patient and
 // control ID, with CR segment ends.
 func adtFixture(t *testing.T, name, nhsNumber, controlID string) []byte {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join("..", "hl7", "adt", "testdata", name))
+	b, err := os.ReadFile(filepath.Join("..", "connectors", "mllp", "hl7", "adt", "testdata", name))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,11 +73,11 @@ func mllpSend(t *testing.T, addr string, payloads ...[]byte) []string {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	r := mllp.NewReader(c, mllp.ReaderOptions{})
+	r := frame.NewReader(c, frame.ReaderOptions{})
 	var codes []string
 	for _, p := range payloads {
 		_ = c.SetDeadline(time.Now().Add(30 * time.Second))
-		if err := mllp.WriteFrame(c, p); err != nil {
+		if err := frame.WriteFrame(c, p); err != nil {
 			t.Fatal(err)
 		}
 		b, err := r.ReadFrame()

@@ -21,25 +21,25 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
-	"github.com/carehub/carehub/broker"
-	"github.com/carehub/carehub/config"
-	"github.com/carehub/carehub/connectors/httpevents"
-	mllpsrc "github.com/carehub/carehub/connectors/mllp"
+	"github.com/carehub/carehub/connectors/cloudevents"
+	"github.com/carehub/carehub/connectors/connector"
+	"github.com/carehub/carehub/connectors/mllp"
 	"github.com/carehub/carehub/connectors/webhook"
 	"github.com/carehub/carehub/consent"
-	"github.com/carehub/carehub/event"
 	"github.com/carehub/carehub/hub/admin"
 	"github.com/carehub/carehub/hub/auth"
-	"github.com/carehub/carehub/hub/connector"
+	"github.com/carehub/carehub/hub/broker"
+	"github.com/carehub/carehub/hub/config"
 	"github.com/carehub/carehub/hub/consentstore"
 	"github.com/carehub/carehub/hub/deliver"
 	"github.com/carehub/carehub/hub/ingest"
+	"github.com/carehub/carehub/hub/kafkawm"
+	"github.com/carehub/carehub/hub/patientlist"
 	"github.com/carehub/carehub/hub/route"
 	"github.com/carehub/carehub/hub/topic"
-	"github.com/carehub/carehub/kafkawm"
-	"github.com/carehub/carehub/logging"
-	"github.com/carehub/carehub/nhs"
-	"github.com/carehub/carehub/patientlist"
+	"github.com/carehub/carehub/internal/logging"
+	"github.com/carehub/carehub/schemas/event"
+	"github.com/carehub/carehub/schemas/nhs"
 	"go.uber.org/zap"
 )
 
@@ -187,7 +187,7 @@ func Run(ctx context.Context, cfg *config.Config, log *zap.Logger, opts Options)
 		w.WriteHeader(http.StatusOK)
 	})
 	env := connector.Env{Ingest: in, Auth: keys, Mux: mux, Log: log.Named("ingest")}
-	src, err := httpevents.New(httpevents.Config{MaxBodyBytes: cfg.HTTP.MaxBodyBytes, MaxBatchEvents: cfg.HTTP.MaxBatchEvents})
+	src, err := cloudevents.New(cloudevents.Config{MaxBodyBytes: cfg.HTTP.MaxBodyBytes, MaxBatchEvents: cfg.HTTP.MaxBatchEvents})
 	if err != nil {
 		return err
 	}
@@ -287,18 +287,18 @@ func Run(ctx context.Context, cfg *config.Config, log *zap.Logger, opts Options)
 }
 
 // mllpSource builds an HL7 v2 MLLP listener from its configuration.
-func mllpSource(l config.MLLP) (*mllpsrc.Source, error) {
-	c := mllpsrc.Config{Addr: l.Addr, Source: l.Source, MaxFrameBytes: l.MaxFrameBytes, ReadTimeout: l.ReadTimeout,
+func mllpSource(l config.MLLP) (*mllp.Source, error) {
+	c := mllp.Config{Addr: l.Addr, Source: l.Source, MaxFrameBytes: l.MaxFrameBytes, ReadTimeout: l.ReadTimeout,
 		IdleTimeout: l.IdleTimeout, DuplicateWindow: l.DuplicateWindow, ProcessingID: l.ProcessingID,
 		DestinationFields: l.DestinationFields}
 	if l.TLS != nil {
-		t, err := mllpsrc.TLSFiles(l.TLS.Cert, l.TLS.Key, l.TLS.ClientCA)
+		t, err := mllp.TLSFiles(l.TLS.Cert, l.TLS.Key, l.TLS.ClientCA)
 		if err != nil {
 			return nil, err
 		}
 		c.TLS = t
 	}
-	return mllpsrc.New(c)
+	return mllp.New(c)
 }
 
 func apiKeys(cfg *config.Config) (*auth.Keys, error) {

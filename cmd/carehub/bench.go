@@ -14,7 +14,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/carehub/carehub/bench"
+	"github.com/carehub/carehub/e2e/bench"
 )
 
 // benchExit ends the process with status 1 when a run lost events (status

@@ -12,8 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/carehub/carehub/bench"
-	"github.com/carehub/carehub/config"
+	"github.com/carehub/carehub/e2e/bench"
+	"github.com/carehub/carehub/hub/config"
 )
 
 // TestBenchSuiteCompletes runs every scenario briefly against a real hub

@@ -8,9 +8,9 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/carehub/carehub/config"
 	"github.com/carehub/carehub/hub"
-	"github.com/carehub/carehub/logging"
+	"github.com/carehub/carehub/hub/config"
+	"github.com/carehub/carehub/internal/logging"
 )
 
 func serve(ctx context.Context, args []string, stderr io.Writer) error {

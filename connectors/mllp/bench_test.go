@@ -10,15 +10,15 @@ import (
 	"testing"
 	"time"
 
-	"github.com/carehub/carehub/broker"
-	"github.com/carehub/carehub/hl7/adt"
-	"github.com/carehub/carehub/hub/connector"
+	"github.com/carehub/carehub/connectors/connector"
+	"github.com/carehub/carehub/connectors/mllp/frame"
+	"github.com/carehub/carehub/connectors/mllp/hl7/adt"
+	"github.com/carehub/carehub/hub/broker"
 	"github.com/carehub/carehub/hub/ingest"
+	"github.com/carehub/carehub/hub/kafkawm"
 	"github.com/carehub/carehub/hub/topic"
-	"github.com/carehub/carehub/kafkawm"
-	"github.com/carehub/carehub/logging"
-	wire "github.com/carehub/carehub/mllp"
-	"github.com/carehub/carehub/nhs"
+	"github.com/carehub/carehub/internal/logging"
+	"github.com/carehub/carehub/schemas/nhs"
 	"github.com/segmentio/kafka-go"
 	"go.uber.org/zap"
 )
@@ -107,14 +107,14 @@ func BenchmarkRoundTrip(b *testing.B) {
 			defer func() { cancel(); <-done }()
 
 			clients := make([]net.Conn, conns)
-			readers := make([]*wire.Reader, conns)
+			readers := make([]*frame.Reader, conns)
 			for i := range clients {
 				c, err := net.Dial("tcp", src.Addr().String())
 				if err != nil {
 					b.Fatal(err)
 				}
 				defer c.Close()
-				clients[i], readers[i] = c, wire.NewReader(c, wire.ReaderOptions{})
+				clients[i], readers[i] = c, frame.NewReader(c, frame.ReaderOptions{})
 			}
 			var next atomic.Int64
 			var failed atomic.Value
@@ -130,7 +130,7 @@ func BenchmarkRoundTrip(b *testing.B) {
 						if seq > int64(b.N) {
 							return
 						}
-						if err := wire.WriteFrame(clients[i], payloadFor(i, int(seq))); err != nil {
+						if err := frame.WriteFrame(clients[i], payloadFor(i, int(seq))); err != nil {
 							failed.Store(err.Error())
 							return
 						}

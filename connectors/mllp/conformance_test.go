@@ -6,10 +6,10 @@ import (
 	"net"
 	"testing"
 
-	"github.com/carehub/carehub/hl7"
-	"github.com/carehub/carehub/hub/connector"
-	"github.com/carehub/carehub/hub/connector/connectortest"
-	wire "github.com/carehub/carehub/mllp"
+	"github.com/carehub/carehub/connectors/connector"
+	"github.com/carehub/carehub/connectors/connector/connectortest"
+	"github.com/carehub/carehub/connectors/mllp/frame"
+	"github.com/carehub/carehub/connectors/mllp/hl7"
 	"go.uber.org/zap"
 )
 
@@ -26,10 +26,10 @@ func (c conformanceClient) send(ctx context.Context, doc []byte) (connectortest.
 	if dl, ok := ctx.Deadline(); ok {
 		_ = nc.SetDeadline(dl)
 	}
-	if err := wire.WriteFrame(nc, doc); err != nil {
+	if err := frame.WriteFrame(nc, doc); err != nil {
 		return connectortest.Answer{}, err
 	}
-	b, err := wire.NewReader(nc, wire.ReaderOptions{}).ReadFrame()
+	b, err := frame.NewReader(nc, frame.ReaderOptions{}).ReadFrame()
 	if err != nil {
 		return connectortest.Answer{}, err
 	}

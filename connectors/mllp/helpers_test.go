@@ -12,10 +12,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/carehub/carehub/event"
-	"github.com/carehub/carehub/hl7"
-	"github.com/carehub/carehub/hub/connector"
-	wire "github.com/carehub/carehub/mllp"
+	"github.com/carehub/carehub/connectors/connector"
+	"github.com/carehub/carehub/connectors/mllp/frame"
+	"github.com/carehub/carehub/connectors/mllp/hl7"
+	"github.com/carehub/carehub/schemas/event"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
@@ -158,7 +158,7 @@ func checkLogs(t *testing.T, logs *observer.ObservedLogs) {
 type client struct {
 	t  *testing.T
 	nc net.Conn
-	r  *wire.Reader
+	r  *frame.Reader
 }
 
 func dial(t *testing.T, addr string) *client {
@@ -168,7 +168,7 @@ func dial(t *testing.T, addr string) *client {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { nc.Close() })
-	return &client{t: t, nc: nc, r: wire.NewReader(nc, wire.ReaderOptions{})}
+	return &client{t: t, nc: nc, r: frame.NewReader(nc, frame.ReaderOptions{})}
 }
 
 func dialTLS(t *testing.T, addr string, cfg *tls.Config) (*client, error) {
@@ -179,13 +179,13 @@ func dialTLS(t *testing.T, addr string, cfg *tls.Config) (*client, error) {
 		return nil, err
 	}
 	t.Cleanup(func() { nc.Close() })
-	return &client{t: t, nc: nc, r: wire.NewReader(nc, wire.ReaderOptions{})}, nil
+	return &client{t: t, nc: nc, r: frame.NewReader(nc, frame.ReaderOptions{})}, nil
 }
 
 func (c *client) send(payload []byte) {
 	c.t.Helper()
 	_ = c.nc.SetWriteDeadline(time.Now().Add(5 * time.Second))
-	if err := wire.WriteFrame(c.nc, payload); err != nil {
+	if err := frame.WriteFrame(c.nc, payload); err != nil {
 		c.t.Fatalf("sending: %v", err)
 	}
 }

@@ -16,12 +16,12 @@
 //
 // Messages on one connection are handled one at a time, in order:
 //
-//	read frame → parse → check MSH-4 and MSH-11 → map (package hl7/adt)
+//	read frame → parse → check MSH-4 and MSH-11 → map (package adt, in hl7/adt)
 //	→ Ingest.Accept (returns once the event is durable in Kafka) → ACK
 //
 // The acknowledgement is positive (AA, or CA in enhanced mode) only once
-// Ingest.Accept has returned nil. Package hl7/adt documents the mapping;
-// docs/hl7.md has the full ACK matrix and the field-by-field table.
+// Ingest.Accept has returned nil. Package adt documents the mapping, and
+// the README has the full ACK matrix and the field-by-field table.
 //
 // # Framing and hostile peers
 //
@@ -68,12 +68,12 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/carehub/carehub/hl7"
-	"github.com/carehub/carehub/hl7/adt"
-	"github.com/carehub/carehub/hub/connector"
-	"github.com/carehub/carehub/logging"
-	wire "github.com/carehub/carehub/mllp"
-	"github.com/carehub/carehub/problem"
+	"github.com/carehub/carehub/connectors/connector"
+	"github.com/carehub/carehub/connectors/mllp/frame"
+	"github.com/carehub/carehub/connectors/mllp/hl7"
+	"github.com/carehub/carehub/connectors/mllp/hl7/adt"
+	"github.com/carehub/carehub/internal/logging"
+	"github.com/carehub/carehub/schemas/problem"
 	"go.uber.org/zap"
 )
 
@@ -477,11 +477,11 @@ func (c *conn) Read(p []byte) (int, error) {
 		s, e := -1, -1
 		for i := n - 1; i >= 0 && (s < 0 || e < 0); i-- {
 			switch p[i] {
-			case wire.StartBlock:
+			case frame.StartBlock:
 				if s < 0 {
 					s = i
 				}
-			case wire.EndBlock:
+			case frame.EndBlock:
 				if e < 0 {
 					e = i
 				}
@@ -519,7 +519,7 @@ func (c *conn) serve(ctx context.Context) {
 		}
 	}
 	log.Debug("MLLP connection opened")
-	r := wire.NewReader(c, wire.ReaderOptions{MaxFrameSize: s.cfg.MaxFrameBytes})
+	r := frame.NewReader(c, frame.ReaderOptions{MaxFrameSize: s.cfg.MaxFrameBytes})
 	for {
 		deadline := s.now().Add(s.cfg.IdleTimeout)
 		if c.inFrame {
@@ -538,7 +538,7 @@ func (c *conn) serve(ctx context.Context) {
 		}
 		switch {
 		case err == nil:
-		case errors.Is(err, wire.ErrFrameTooLarge):
+		case errors.Is(err, frame.ErrFrameTooLarge):
 			s.stats.frames.Add(1)
 			s.stats.oversized.Add(1)
 			s.stats.errors.Add(1)
@@ -552,7 +552,7 @@ func (c *conn) serve(ctx context.Context) {
 		case errors.Is(err, io.EOF):
 			log.Debug("MLLP connection closed by the peer")
 			return
-		case errors.Is(err, wire.ErrTruncatedFrame):
+		case errors.Is(err, frame.ErrTruncatedFrame):
 			log.Warn("MLLP connection closed inside a frame")
 			return
 		default:
@@ -587,7 +587,7 @@ func (c *conn) serve(ctx context.Context) {
 // write sends one acknowledgement frame within ReadTimeout.
 func (c *conn) write(ack []byte, log *zap.Logger) bool {
 	_ = c.nc.SetWriteDeadline(c.s.now().Add(c.s.cfg.ReadTimeout))
-	if err := wire.WriteFrame(c.nc, ack); err != nil {
+	if err := frame.WriteFrame(c.nc, ack); err != nil {
 		c.s.stats.writeFailures.Add(1)
 		var ne net.Error
 		if errors.As(err, &ne) && ne.Timeout() {

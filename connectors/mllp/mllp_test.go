@@ -10,10 +10,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/carehub/carehub/hl7"
-	"github.com/carehub/carehub/hub/connector"
-	wire "github.com/carehub/carehub/mllp"
-	"github.com/carehub/carehub/problem"
+	"github.com/carehub/carehub/connectors/connector"
+	"github.com/carehub/carehub/connectors/mllp/frame"
+	"github.com/carehub/carehub/connectors/mllp/hl7"
+	"github.com/carehub/carehub/schemas/problem"
 )
 
 func TestNewValidates(t *testing.T) {
@@ -279,7 +279,7 @@ func TestInOrderPipelined(t *testing.T) {
 	var all []byte
 	const n = 50
 	for i := 0; i < n; i++ {
-		all = wire.AppendFrame(all, adtMessage("A08", fmt.Sprintf("SEQ-%03d", i), "9991000003"))
+		all = frame.AppendFrame(all, adtMessage("A08", fmt.Sprintf("SEQ-%03d", i), "9991000003"))
 	}
 	c.raw(all)
 	for i := 0; i < n; i++ {
@@ -309,7 +309,7 @@ func TestGarbageBetweenFrames(t *testing.T) {
 	r := start(t, Config{}, &fakeIngest{})
 	c := dial(t, r.addr)
 	c.raw([]byte("\r\nGET / HTTP/1.1\r\n\r\n"))
-	c.raw(wire.AppendFrame([]byte("garbage"), adtMessage("A08", "G-1", "9991000003")))
+	c.raw(frame.AppendFrame([]byte("garbage"), adtMessage("A08", "G-1", "9991000003")))
 	if a := c.mustRead(); a.Code != "AA" {
 		t.Fatalf("got %s", a.Code)
 	}
@@ -359,7 +359,7 @@ func TestHostilePeers(t *testing.T) {
 					rng.Read(b)
 					// Sprinkle framing bytes so that frames open and close.
 					for k := 0; k < len(b)/64; k++ {
-						b[rng.Intn(len(b))] = []byte{wire.StartBlock, wire.EndBlock, wire.CarriageReturn}[rng.Intn(3)]
+						b[rng.Intn(len(b))] = []byte{frame.StartBlock, frame.EndBlock, frame.CarriageReturn}[rng.Intn(3)]
 					}
 					_ = c.nc.SetWriteDeadline(time.Now().Add(2 * time.Second))
 					if _, err := c.nc.Write(b); err != nil {
@@ -371,7 +371,7 @@ func TestHostilePeers(t *testing.T) {
 		wg.Wait()
 	})
 	t.Run("fragments of valid frames", func(t *testing.T) {
-		frame := wire.AppendFrame(nil, valid)
+		frame := frame.AppendFrame(nil, valid)
 		for cut := 1; cut < len(frame); cut += 37 {
 			c := dial(t, r.addr)
 			c.raw(frame[:cut])
@@ -388,15 +388,15 @@ func TestHostilePeers(t *testing.T) {
 	})
 	t.Run("frame larger than the limit", func(t *testing.T) {
 		c := dial(t, r.addr)
-		c.raw(append([]byte{wire.StartBlock}, bytes.Repeat([]byte("PID|"), 100_000)...))
-		c.raw([]byte{wire.EndBlock, wire.CarriageReturn})
+		c.raw(append([]byte{frame.StartBlock}, bytes.Repeat([]byte("PID|"), 100_000)...))
+		c.raw([]byte{frame.EndBlock, frame.CarriageReturn})
 		if a := c.mustRead(); a.Code != "AE" || a.ErrCode != "104" {
 			t.Fatalf("got %+v", a)
 		}
 	})
 	t.Run("frame that never ends", func(t *testing.T) {
 		c := dial(t, r.addr)
-		c.raw([]byte{wire.StartBlock})
+		c.raw([]byte{frame.StartBlock})
 		c.raw([]byte("MSH|^~\\&|"))
 		// Keep trickling bytes: ReadTimeout runs from the start block.
 		go func() {
@@ -424,7 +424,7 @@ func TestHostilePeers(t *testing.T) {
 	})
 	t.Run("peer that never reads its acknowledgements", func(t *testing.T) {
 		c := dial(t, r.addr)
-		frame := wire.AppendFrame(nil, valid)
+		frame := frame.AppendFrame(nil, valid)
 		batch := bytes.Repeat(frame, 200)
 		closed := make(chan struct{})
 		go func() {

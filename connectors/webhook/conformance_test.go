@@ -8,9 +8,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/carehub/carehub/connectors/connector"
+	"github.com/carehub/carehub/connectors/connector/connectortest"
 	"github.com/carehub/carehub/connectors/webhook"
-	"github.com/carehub/carehub/hub/connector"
-	"github.com/carehub/carehub/hub/connector/connectortest"
 	"go.uber.org/zap"
 )
 

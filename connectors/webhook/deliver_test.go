@@ -14,8 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/carehub/carehub/connectors/connector"
 	"github.com/carehub/carehub/connectors/webhook"
-	"github.com/carehub/carehub/hub/connector"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"

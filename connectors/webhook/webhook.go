@@ -34,8 +34,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/carehub/carehub/hub/connector"
-	"github.com/carehub/carehub/logging"
+	"github.com/carehub/carehub/connectors/connector"
+	"github.com/carehub/carehub/internal/logging"
 	"github.com/hashicorp/go-cleanhttp"
 	"github.com/hashicorp/go-retryablehttp"
 	"go.uber.org/zap"

@@ -29,12 +29,12 @@ import (
 	"strings"
 
 	"github.com/carehub/carehub/consent"
-	"github.com/carehub/carehub/event"
 	"github.com/carehub/carehub/hub/route"
-	"github.com/carehub/carehub/logging"
-	"github.com/carehub/carehub/nhs"
-	"github.com/carehub/carehub/problem"
-	"github.com/carehub/carehub/problem/problemhttp"
+	"github.com/carehub/carehub/internal/logging"
+	"github.com/carehub/carehub/schemas/event"
+	"github.com/carehub/carehub/schemas/nhs"
+	"github.com/carehub/carehub/schemas/problem"
+	"github.com/carehub/carehub/schemas/problem/problemhttp"
 	"go.uber.org/zap"
 )
 

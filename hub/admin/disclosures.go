@@ -6,7 +6,7 @@ import (
 	"sort"
 	"time"
 
-	"github.com/carehub/carehub/audit"
+	"github.com/carehub/carehub/hub/audit"
 	"github.com/segmentio/kafka-go"
 )
 

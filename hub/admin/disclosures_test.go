@@ -4,7 +4,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/carehub/carehub/audit"
+	"github.com/carehub/carehub/hub/audit"
 	"github.com/google/go-cmp/cmp"
 )
 

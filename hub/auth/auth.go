@@ -10,7 +10,7 @@ import (
 	"net/http"
 	"strings"
 
-	"github.com/carehub/carehub/problem"
+	"github.com/carehub/carehub/schemas/problem"
 )
 
 // Keys is an immutable set of API keys, each bound to one principal.

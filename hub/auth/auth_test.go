@@ -5,9 +5,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/carehub/carehub/connectors/connector"
 	"github.com/carehub/carehub/hub/auth"
-	"github.com/carehub/carehub/hub/connector"
-	"github.com/carehub/carehub/problem"
+	"github.com/carehub/carehub/schemas/problem"
 )
 
 var _ connector.Authenticator = (*auth.Keys)(nil)

@@ -32,7 +32,7 @@ import (
 	"time"
 
 	"github.com/carehub/carehub/consent"
-	"github.com/carehub/carehub/logging"
+	"github.com/carehub/carehub/internal/logging"
 	"github.com/segmentio/kafka-go"
 	"go.uber.org/zap"
 )

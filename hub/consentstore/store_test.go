@@ -8,8 +8,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/carehub/carehub/broker"
 	"github.com/carehub/carehub/consent"
+	"github.com/carehub/carehub/hub/broker"
 	"github.com/segmentio/kafka-go"
 	"go.uber.org/zap/zaptest"
 )

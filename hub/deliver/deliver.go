@@ -16,11 +16,11 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
-	"github.com/carehub/carehub/audit"
-	"github.com/carehub/carehub/hub/connector"
+	"github.com/carehub/carehub/connectors/connector"
+	"github.com/carehub/carehub/hub/audit"
 	"github.com/carehub/carehub/hub/topic"
-	"github.com/carehub/carehub/logging"
-	"github.com/carehub/carehub/problem"
+	"github.com/carehub/carehub/internal/logging"
+	"github.com/carehub/carehub/schemas/problem"
 	"go.uber.org/zap"
 )
 

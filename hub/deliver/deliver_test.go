@@ -10,8 +10,8 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
-	"github.com/carehub/carehub/audit"
-	"github.com/carehub/carehub/hub/connector"
+	"github.com/carehub/carehub/connectors/connector"
+	"github.com/carehub/carehub/hub/audit"
 	"github.com/carehub/carehub/hub/topic"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"

@@ -15,11 +15,11 @@ import (
 	"errors"
 
 	"github.com/ThreeDotsLabs/watermill/message"
-	"github.com/carehub/carehub/event"
-	"github.com/carehub/carehub/hub/connector"
+	"github.com/carehub/carehub/connectors/connector"
 	"github.com/carehub/carehub/hub/topic"
-	"github.com/carehub/carehub/nhs"
-	"github.com/carehub/carehub/problem"
+	"github.com/carehub/carehub/schemas/event"
+	"github.com/carehub/carehub/schemas/nhs"
+	"github.com/carehub/carehub/schemas/problem"
 )
 
 // Ingest validates and publishes events.

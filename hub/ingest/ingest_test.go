@@ -9,10 +9,10 @@ import (
 	"testing"
 
 	"github.com/ThreeDotsLabs/watermill/message"
-	"github.com/carehub/carehub/event"
 	"github.com/carehub/carehub/hub/topic"
-	"github.com/carehub/carehub/nhs"
-	"github.com/carehub/carehub/problem"
+	"github.com/carehub/carehub/schemas/event"
+	"github.com/carehub/carehub/schemas/nhs"
+	"github.com/carehub/carehub/schemas/problem"
 )
 
 type pub struct {

@@ -21,11 +21,11 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
-	"github.com/carehub/carehub/audit"
 	"github.com/carehub/carehub/consent"
-	"github.com/carehub/carehub/event"
+	"github.com/carehub/carehub/hub/audit"
 	"github.com/carehub/carehub/hub/topic"
-	"github.com/carehub/carehub/problem"
+	"github.com/carehub/carehub/schemas/event"
+	"github.com/carehub/carehub/schemas/problem"
 	"go.uber.org/zap"
 )
 

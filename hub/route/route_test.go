@@ -9,10 +9,10 @@ import (
 	"testing"
 
 	"github.com/ThreeDotsLabs/watermill/message"
-	"github.com/carehub/carehub/audit"
 	"github.com/carehub/carehub/consent"
-	"github.com/carehub/carehub/event"
+	"github.com/carehub/carehub/hub/audit"
 	"github.com/carehub/carehub/hub/topic"
+	"github.com/carehub/carehub/schemas/event"
 	"go.uber.org/zap"
 )
 

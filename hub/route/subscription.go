@@ -5,8 +5,8 @@ import (
 	"fmt"
 
 	"github.com/carehub/carehub/consent"
-	"github.com/carehub/carehub/event"
-	"github.com/carehub/carehub/patientlist"
+	"github.com/carehub/carehub/hub/patientlist"
+	"github.com/carehub/carehub/schemas/event"
 )
 
 // Subscription is one recipient's standing request for events.

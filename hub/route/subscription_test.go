@@ -8,8 +8,8 @@ import (
 	"time"
 
 	"github.com/carehub/carehub/consent"
-	"github.com/carehub/carehub/event"
-	"github.com/carehub/carehub/patientlist"
+	"github.com/carehub/carehub/hub/patientlist"
+	"github.com/carehub/carehub/schemas/event"
 	"go.uber.org/zap"
 )
 

@@ -1,11 +1,11 @@
 // Package topic names carehub's Kafka topics and says how each is created.
-// DESIGN.md's topic table is the source of truth; Specs follows it.
+// The README's topic table describes these topics; Specs is their one definition.
 package topic
 
 import (
 	"strings"
 
-	"github.com/carehub/carehub/broker"
+	"github.com/carehub/carehub/hub/broker"
 )
 
 // The topics.

@@ -1,0 +1,504 @@
+package cloudevents_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/carehub/carehub/connectors/cloudevents"
+	"github.com/carehub/carehub/connectors/connector"
+	"github.com/carehub/carehub/schemas/problem"
+	"github.com/google/go-cmp/cmp"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
+)
+
+// canary is a synthetic NHS number from the 999 test range: it is in every
+// event and must never reach a response's error text or a log line.
+const canary = "9991234567"
+
+const goodKey = "rx1-key-5e1f0a"
+
+func event(id string) string {
+	return `{"specversion":"1.0","id":"` + id + `","type":"org.carehub.admission.v1","source":"RX1",` +
+		`"data":{"patient":{"nhsNumber":"` + canary + `"}}}`
+}
+
+// fakeAuth knows one key, for organisation RX1.
+type fakeAuth struct{}
+
+func (fakeAuth) Organisation(r *http.Request) (string, error) {
+	switch r.Header.Get("Authorization") {
+	case "":
+		return "", problem.New(problem.Unauthenticated, "an API key is required")
+	case "Bearer " + goodKey:
+		return "RX1", nil
+	case "Bearer admin-key":
+		return "", problem.New(problem.Forbidden, "the admin key cannot publish events")
+	default:
+		return "", problem.New(problem.Unauthenticated, "the API key is not known")
+	}
+}
+
+// fakeIngest records its calls and answers with the scripted functions.
+type fakeIngest struct {
+	mu      sync.Mutex
+	calls   []call
+	accept  func(raw []byte) (connector.Accepted, error)
+	perItem func(i int, raw json.RawMessage) connector.Result
+}
+
+type call struct {
+	method string
+	org    string
+	raws   []string
+}
+
+func (f *fakeIngest) Accept(_ context.Context, org string, raw []byte) (connector.Accepted, error) {
+	f.mu.Lock()
+	f.calls = append(f.calls, call{"Accept", org, []string{string(raw)}})
+	f.mu.Unlock()
+	if f.accept == nil {
+		return connector.Accepted{ID: "evt-1", Type: "org.carehub.admission.v1"}, nil
+	}
+	return f.accept(raw)
+}
+
+func (f *fakeIngest) AcceptBatch(_ context.Context, org string, raws []json.RawMessage) []connector.Result {
+	c := call{method: "AcceptBatch", org: org}
+	for _, r := range raws {
+		c.raws = append(c.raws, string(r))
+	}
+	f.mu.Lock()
+	f.calls = append(f.calls, c)
+	f.mu.Unlock()
+	out := make([]connector.Result, len(raws))
+	for i, r := range raws {
+		if f.perItem != nil {
+			out[i] = f.perItem(i, r)
+		} else {
+			out[i] = connector.Result{Accepted: connector.Accepted{ID: fmt.Sprintf("evt-%d", i), Type: "t"}}
+		}
+	}
+	return out
+}
+
+func (f *fakeIngest) Calls() []call {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]call(nil), f.calls...)
+}
+
+type harness struct {
+	mux    *http.ServeMux
+	ingest *fakeIngest
+	logs   *observer.ObservedLogs
+}
+
+func newHarness(t *testing.T, cfg cloudevents.Config) *harness {
+	t.Helper()
+	s, err := cloudevents.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	core, logs := observer.New(zapcore.DebugLevel)
+	h := &harness{mux: http.NewServeMux(), ingest: &fakeIngest{}, logs: logs}
+	if err := s.Register(connector.Env{Ingest: h.ingest, Auth: fakeAuth{}, Mux: h.mux, Log: zap.New(core)}); err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+type response struct {
+	status int
+	ctype  string
+	body   []byte
+}
+
+func (h *harness) post(t *testing.T, auth, ctype string, body []byte) response {
+	t.Helper()
+	r := httptest.NewRequest(http.MethodPost, "/v1/events", bytes.NewReader(body))
+	if auth != "" {
+		r.Header.Set("Authorization", auth)
+	}
+	if ctype != "" {
+		r.Header.Set("Content-Type", ctype)
+	}
+	w := httptest.NewRecorder()
+	h.mux.ServeHTTP(w, r)
+	res := w.Result()
+	b, _ := io.ReadAll(res.Body)
+	return response{status: res.StatusCode, ctype: res.Header.Get("Content-Type"), body: b}
+}
+
+// assertNoLeak fails if the response body or any log line holds the canary.
+func (h *harness) assertNoLeak(t *testing.T, name string, res response) {
+	t.Helper()
+	if bytes.Contains(res.body, []byte(canary)) {
+		t.Errorf("%s: the response holds the canary: %s", name, res.body)
+	}
+	for _, e := range h.logs.All() {
+		line := e.Message + " " + fmt.Sprint(e.ContextMap())
+		if strings.Contains(line, canary) {
+			t.Errorf("%s: a log line holds the canary: %s", name, line)
+		}
+	}
+}
+
+func problemOf(t *testing.T, name string, res response) problem.Details {
+	t.Helper()
+	if res.ctype != "application/problem+json" {
+		t.Errorf("%s: Content-Type:\n\tgot  %q\n\twant %q", name, res.ctype, "application/problem+json")
+	}
+	var d problem.Details
+	if err := json.Unmarshal(res.body, &d); err != nil {
+		t.Fatalf("%s: the body is not a problem document: %v\n%s", name, err, res.body)
+	}
+	return d
+}
+
+// TestRejectedBeforeIngest covers the answers given before anything reaches
+// the Ingest: the fake must record no call.
+func TestRejectedBeforeIngest(t *testing.T) {
+	big := `[` + strings.Repeat(event("e")+",", 40) + event("e") + `]`
+	tests := []struct {
+		name   string
+		auth   string
+		ctype  string
+		body   string
+		status int
+		kind   string
+	}{
+		{"no key", "", cloudevents.MediaEvent, event("e1"), 401, "unauthenticated"},
+		{"unknown key", "Bearer stolen-key", cloudevents.MediaEvent, event("e1"), 401, "unauthenticated"},
+		{"admin key", "Bearer admin-key", cloudevents.MediaEvent, event("e1"), 403, "forbidden"},
+		{"no key, wrong type too", "", "text/plain", "hello", 401, "unauthenticated"},
+		{"text/plain", "Bearer " + goodKey, "text/plain", event("e1"), 415, "media-type"},
+		{"no content type", "Bearer " + goodKey, "", event("e1"), 415, "media-type"},
+		{"broken content type", "Bearer " + goodKey, "application/", event("e1"), 415, "media-type"},
+		{"form", "Bearer " + goodKey, "application/x-www-form-urlencoded", "a=b", 415, "media-type"},
+		{"single over the limit", "Bearer " + goodKey, cloudevents.MediaEvent, `{"pad":"` + strings.Repeat("x", 4096) + `"}`, 413, "too-large"},
+		{"batch over the limit", "Bearer " + goodKey, cloudevents.MediaBatch, big, 413, "too-large"},
+		{"batch over MaxBatchEvents", "Bearer " + goodKey, cloudevents.MediaBatch, `[{},{},{},{}]`, 413, "too-large"},
+		{"batch not an array", "Bearer " + goodKey, cloudevents.MediaBatch, event("e1"), 422, "invalid"},
+		{"batch not JSON", "Bearer " + goodKey, cloudevents.MediaBatch, `[{"id":`, 422, "invalid"},
+		{"empty batch", "Bearer " + goodKey, cloudevents.MediaBatch, `[]`, 422, "invalid"},
+		{"null batch", "Bearer " + goodKey, cloudevents.MediaBatch, `null`, 422, "invalid"},
+	}
+	for _, tt := range tests {
+		h := newHarness(t, cloudevents.Config{MaxBodyBytes: 4096, MaxBatchEvents: 3})
+		res := h.post(t, tt.auth, tt.ctype, []byte(tt.body))
+		if res.status != tt.status {
+			t.Errorf("POST(%s) status:\n\tgot  %d\n\twant %d\n%s", tt.name, res.status, tt.status, res.body)
+		}
+		d := problemOf(t, tt.name, res)
+		if got, want := d.Type, problem.TypeBase+tt.kind; got != want {
+			t.Errorf("POST(%s) problem type:\n\tgot  %q\n\twant %q", tt.name, got, want)
+		}
+		if d.Status != tt.status {
+			t.Errorf("POST(%s) problem status:\n\tgot  %d\n\twant %d", tt.name, d.Status, tt.status)
+		}
+		if calls := h.ingest.Calls(); len(calls) != 0 {
+			t.Errorf("POST(%s): the Ingest was called: %+v", tt.name, calls)
+		}
+		h.assertNoLeak(t, tt.name, res)
+	}
+}
+
+func TestBatchProblemNamesRule(t *testing.T) {
+	tests := []struct {
+		body string
+		rule string
+	}{
+		{`{"id":"x"}`, "batch-array"},
+		{`[]`, "batch-not-empty"},
+	}
+	for _, tt := range tests {
+		h := newHarness(t, cloudevents.Config{})
+		d := problemOf(t, tt.body, h.post(t, "Bearer "+goodKey, cloudevents.MediaBatch, []byte(tt.body)))
+		if len(d.Violations) != 1 || d.Violations[0].Rule != tt.rule {
+			t.Errorf("POST(batch %s) violations:\n\tgot  %+v\n\twant one with rule %q", tt.body, d.Violations, tt.rule)
+		}
+	}
+}
+
+func TestSingleAccepted(t *testing.T) {
+	for _, ctype := range []string{cloudevents.MediaEvent, cloudevents.MediaEvent + "; charset=utf-8", "application/json"} {
+		h := newHarness(t, cloudevents.Config{})
+		body := event("evt-1")
+		res := h.post(t, "Bearer "+goodKey, ctype, []byte(body))
+		if res.status != http.StatusAccepted {
+			t.Fatalf("POST(%s) status:\n\tgot  %d\n\twant 202\n%s", ctype, res.status, res.body)
+		}
+		if res.ctype != "application/json" {
+			t.Errorf("POST(%s) Content-Type:\n\tgot  %q\n\twant application/json", ctype, res.ctype)
+		}
+		var got map[string]string
+		if err := json.Unmarshal(res.body, &got); err != nil {
+			t.Fatalf("POST(%s) body: %v\n%s", ctype, err, res.body)
+		}
+		want := map[string]string{"id": "evt-1", "type": "org.carehub.admission.v1", "status": "accepted"}
+		if diff := cmp.Diff(want, got); diff != "" {
+			t.Errorf("POST(%s) body (-want +got):\n%s", ctype, diff)
+		}
+		wantCalls := []call{{"Accept", "RX1", []string{body}}}
+		if diff := cmp.Diff(wantCalls, h.ingest.Calls(), cmp.AllowUnexported(call{})); diff != "" {
+			t.Errorf("POST(%s) Ingest calls (-want +got):\n%s", ctype, diff)
+		}
+	}
+}
+
+// TestSingleAtTheLimit accepts a body of exactly MaxBodyBytes.
+func TestSingleAtTheLimit(t *testing.T) {
+	h := newHarness(t, cloudevents.Config{MaxBodyBytes: 2048})
+	body := `{"pad":"` + strings.Repeat("x", 2048-10) + `"}`
+	if len(body) != 2048 {
+		t.Fatalf("body is %d bytes", len(body))
+	}
+	if res := h.post(t, "Bearer "+goodKey, cloudevents.MediaEvent, []byte(body)); res.status != 202 {
+		t.Errorf("POST(2048 bytes, limit 2048) status:\n\tgot  %d\n\twant 202", res.status)
+	}
+	if res := h.post(t, "Bearer "+goodKey, cloudevents.MediaEvent, []byte(body+" ")); res.status != 413 {
+		t.Errorf("POST(2049 bytes, limit 2048) status:\n\tgot  %d\n\twant 413", res.status)
+	}
+}
+
+// TestSingleRefused maps an Ingest error of every kind to its status and
+// problem document, without the cause's text.
+func TestSingleRefused(t *testing.T) {
+	kinds := []problem.Kind{}
+	for k := problem.Kind(0); k == 0 || k.String() != "other"; k++ {
+		kinds = append(kinds, k)
+	}
+	for _, k := range kinds {
+		h := newHarness(t, cloudevents.Config{})
+		h.ingest.accept = func([]byte) (connector.Accepted, error) {
+			return connector.Accepted{}, fmt.Errorf("accepting: %w",
+				problem.Wrap(k, "public text for "+k.String(), fmt.Errorf("patient %s", canary)))
+		}
+		res := h.post(t, "Bearer "+goodKey, cloudevents.MediaEvent, []byte(event("e1")))
+		if res.status != k.HTTPStatus() {
+			t.Errorf("POST(Ingest error %s) status:\n\tgot  %d\n\twant %d", k, res.status, k.HTTPStatus())
+		}
+		d := problemOf(t, k.String(), res)
+		typeName := k.String()
+		if k == problem.Other {
+			typeName = "internal"
+		}
+		want := problem.Details{Type: problem.TypeBase + typeName, Title: http.StatusText(k.HTTPStatus()),
+			Status: k.HTTPStatus(), Detail: "public text for " + k.String()}
+		if diff := cmp.Diff(want, d); diff != "" {
+			t.Errorf("POST(Ingest error %s) problem (-want +got):\n%s", k, diff)
+		}
+		if n := h.logs.FilterMessage("event refused").Len(); n != 1 {
+			t.Errorf("POST(Ingest error %s): %d \"event refused\" log lines; want 1", k, n)
+		}
+		h.assertNoLeak(t, k.String(), res)
+	}
+	if len(kinds) < 12 {
+		t.Errorf("only %d kinds found", len(kinds))
+	}
+}
+
+// An Ingest error that is not a *problem.Error is a 500 with generic text.
+func TestSinglePlainError(t *testing.T) {
+	h := newHarness(t, cloudevents.Config{})
+	h.ingest.accept = func([]byte) (connector.Accepted, error) {
+		return connector.Accepted{}, fmt.Errorf("kafka write for %s: %w", canary, context.DeadlineExceeded)
+	}
+	res := h.post(t, "Bearer "+goodKey, cloudevents.MediaEvent, []byte(event("e1")))
+	d := problemOf(t, "plain error", res)
+	if res.status != 500 || d.Detail != "internal error" {
+		t.Errorf("POST(plain Ingest error):\n\tgot  %d %+v\n\twant 500 with detail %q", res.status, d, "internal error")
+	}
+	h.assertNoLeak(t, "plain error", res)
+}
+
+func TestBatchAllAccepted(t *testing.T) {
+	h := newHarness(t, cloudevents.Config{MaxBatchEvents: 3})
+	raws := []string{event("a"), event("b"), event("c")}
+	res := h.post(t, "Bearer "+goodKey, cloudevents.MediaBatch, []byte("["+strings.Join(raws, ",")+"]"))
+	if res.status != http.StatusAccepted {
+		t.Fatalf("POST(batch) status:\n\tgot  %d\n\twant 202\n%s", res.status, res.body)
+	}
+	if res.ctype != "application/json" {
+		t.Errorf("POST(batch) Content-Type:\n\tgot  %q\n\twant application/json", res.ctype)
+	}
+	var got struct{ Results []cloudevents.BatchResult }
+	if err := json.Unmarshal(res.body, &got); err != nil {
+		t.Fatal(err)
+	}
+	want := []cloudevents.BatchResult{
+		{Index: 0, ID: "evt-0", Status: 202},
+		{Index: 1, ID: "evt-1", Status: 202},
+		{Index: 2, ID: "evt-2", Status: 202},
+	}
+	if diff := cmp.Diff(want, got.Results); diff != "" {
+		t.Errorf("POST(batch) results (-want +got):\n%s", diff)
+	}
+	wantCalls := []call{{"AcceptBatch", "RX1", raws}}
+	if diff := cmp.Diff(wantCalls, h.ingest.Calls(), cmp.AllowUnexported(call{})); diff != "" {
+		t.Errorf("POST(batch) Ingest calls (-want +got):\n%s", diff)
+	}
+}
+
+func TestBatchMixed(t *testing.T) {
+	h := newHarness(t, cloudevents.Config{})
+	viol := problem.Violated("/data/patient/nhsNumber", "nhs-number-check-digit", "NHS number fails the modulus 11 check")
+	viol.Err = errors.New("value " + canary)
+	h.ingest.perItem = func(i int, _ json.RawMessage) connector.Result {
+		switch i {
+		case 1:
+			return connector.Result{Err: viol}
+		case 2:
+			return connector.Result{Err: problem.New(problem.Unsupported, "the event type is not accepted")}
+		case 3:
+			return connector.Result{Err: fmt.Errorf("publishing %s: %w", canary, problem.Wrap(problem.Unavailable, "the broker is unavailable", errors.New(canary)))}
+		case 4:
+			return connector.Result{Err: fmt.Errorf("patient %s", canary)}
+		}
+		return connector.Result{Accepted: connector.Accepted{ID: fmt.Sprintf("evt-%d", i)}}
+	}
+	raws := []string{event("a"), event("b"), event("c"), event("d"), event("e"), event("f")}
+	res := h.post(t, "Bearer "+goodKey, cloudevents.MediaBatch, []byte("["+strings.Join(raws, ",")+"]"))
+	if res.status != http.StatusMultiStatus {
+		t.Fatalf("POST(mixed batch) status:\n\tgot  %d\n\twant 207\n%s", res.status, res.body)
+	}
+	var got struct{ Results []cloudevents.BatchResult }
+	if err := json.Unmarshal(res.body, &got); err != nil {
+		t.Fatal(err)
+	}
+	pd := func(kind string, status int, detail string, v ...problem.Violation) *problem.Details {
+		return &problem.Details{Type: problem.TypeBase + kind, Title: http.StatusText(status), Status: status, Detail: detail, Violations: v}
+	}
+	want := []cloudevents.BatchResult{
+		{Index: 0, ID: "evt-0", Status: 202},
+		{Index: 1, Status: 422, Problem: pd("invalid", 422, "NHS number fails the modulus 11 check", viol.Violations...)},
+		{Index: 2, Status: 422, Problem: pd("unsupported", 422, "the event type is not accepted")},
+		{Index: 3, Status: 503, Problem: pd("unavailable", 503, "the broker is unavailable")},
+		{Index: 4, Status: 500, Problem: pd("internal", 500, "internal error")},
+		{Index: 5, ID: "evt-5", Status: 202},
+	}
+	if diff := cmp.Diff(want, got.Results); diff != "" {
+		t.Errorf("POST(mixed batch) results (-want +got):\n%s", diff)
+	}
+	if n := h.logs.FilterMessage("batch partly refused").Len(); n != 1 {
+		t.Errorf("POST(mixed batch): %d \"batch partly refused\" log lines; want 1", n)
+	}
+	h.assertNoLeak(t, "mixed batch", res)
+}
+
+func TestBatchAtMaxBatchEvents(t *testing.T) {
+	h := newHarness(t, cloudevents.Config{MaxBatchEvents: 2})
+	if res := h.post(t, "Bearer "+goodKey, cloudevents.MediaBatch, []byte(`[{},{}]`)); res.status != 202 {
+		t.Errorf("POST(2 events, limit 2) status:\n\tgot  %d\n\twant 202", res.status)
+	}
+	if res := h.post(t, "Bearer "+goodKey, cloudevents.MediaBatch, []byte(`[{},{},{}]`)); res.status != 413 {
+		t.Errorf("POST(3 events, limit 2) status:\n\tgot  %d\n\twant 413", res.status)
+	}
+	if n := len(h.ingest.Calls()); n != 1 {
+		t.Errorf("Ingest calls:\n\tgot  %d\n\twant 1", n)
+	}
+}
+
+// Only POST is routed.
+func TestMethod(t *testing.T) {
+	h := newHarness(t, cloudevents.Config{})
+	r := httptest.NewRequest(http.MethodGet, "/v1/events", nil)
+	r.Header.Set("Authorization", "Bearer "+goodKey)
+	w := httptest.NewRecorder()
+	h.mux.ServeHTTP(w, r)
+	if w.Code != http.StatusMethodNotAllowed {
+		t.Errorf("GET /v1/events status:\n\tgot  %d\n\twant 405", w.Code)
+	}
+	if n := len(h.ingest.Calls()); n != 0 {
+		t.Errorf("GET /v1/events: the Ingest was called %d times", n)
+	}
+}
+
+func TestNew(t *testing.T) {
+	tests := []struct {
+		cfg     cloudevents.Config
+		wantErr bool
+	}{
+		{cloudevents.Config{}, false},
+		{cloudevents.Config{MaxBodyBytes: 1024, MaxBatchEvents: 1}, false},
+		{cloudevents.Config{MaxBodyBytes: 1023}, true},
+		{cloudevents.Config{MaxBodyBytes: -1}, true},
+		{cloudevents.Config{MaxBatchEvents: -1}, true},
+	}
+	for _, tt := range tests {
+		_, err := cloudevents.New(tt.cfg)
+		if (err != nil) != tt.wantErr {
+			t.Errorf("New(%+v):\n\tgot  %v\n\twant error: %v", tt.cfg, err, tt.wantErr)
+		}
+	}
+}
+
+func TestRegister(t *testing.T) {
+	s, err := cloudevents.New(cloudevents.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name    string
+		env     connector.Env
+		wantErr bool
+	}{
+		{"no Ingest", connector.Env{Auth: fakeAuth{}, Mux: http.NewServeMux()}, true},
+		{"no Auth", connector.Env{Ingest: &fakeIngest{}, Mux: http.NewServeMux()}, true},
+		{"no Mux", connector.Env{Ingest: &fakeIngest{}, Auth: fakeAuth{}}, true},
+		{"no Log is fine", connector.Env{Ingest: &fakeIngest{}, Auth: fakeAuth{}, Mux: http.NewServeMux()}, false},
+	}
+	for _, tt := range tests {
+		if err := s.Register(tt.env); (err != nil) != tt.wantErr {
+			t.Errorf("Register(%s):\n\tgot  %v\n\twant error: %v", tt.name, err, tt.wantErr)
+		}
+	}
+}
+
+// TestNoLogStillServes registers without a logger: a refusal must not panic.
+func TestNoLogStillServes(t *testing.T) {
+	s, _ := cloudevents.New(cloudevents.Config{})
+	ing := &fakeIngest{accept: func([]byte) (connector.Accepted, error) {
+		return connector.Accepted{}, problem.New(problem.Invalid, "bad")
+	}}
+	mux := http.NewServeMux()
+	if err := s.Register(connector.Env{Ingest: ing, Auth: fakeAuth{}, Mux: mux}); err != nil {
+		t.Fatal(err)
+	}
+	r := httptest.NewRequest(http.MethodPost, "/v1/events", strings.NewReader(`{}`))
+	r.Header.Set("Authorization", "Bearer "+goodKey)
+	r.Header.Set("Content-Type", cloudevents.MediaEvent)
+	w := httptest.NewRecorder()
+	mux.ServeHTTP(w, r)
+	if w.Code != 422 {
+		t.Errorf("POST without a logger status:\n\tgot  %d\n\twant 422", w.Code)
+	}
+}
+
+func TestRunReturnsWhenContextEnds(t *testing.T) {
+	s, _ := cloudevents.New(cloudevents.Config{})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx, connector.Env{}) }()
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("Run after cancel:\n\tgot  %v\n\twant nil", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run did not return within 5s of cancel")
+	}
+}

@@ -1,0 +1,30 @@
+package config_test
+
+import (
+	"fmt"
+
+	"github.com/carehub/carehub/hub/config"
+)
+
+// Parse applies defaults, then reports every problem at once.
+func ExampleParse() {
+	c, err := config.Parse([]byte(`
+pseudonymKey: {value: 0123456789abcdef}
+sources:
+  - {ods: RX1, apiKey: {value: rx1-key-123}}
+`))
+	fmt.Println(c.HTTP.Addr, c.Kafka.Partitions, c.Delivery.MaxBackoff, err)
+
+	_, err = config.Parse([]byte(`
+http: {maxBodyBytes: 10}
+sources:
+  - {ods: rx1}
+`))
+	fmt.Println(err)
+	// Output:
+	// 127.0.0.1:8080 6 30s <nil>
+	// http.maxBodyBytes must be at least 1024
+	// pseudonymKey: required (the key of the HMAC that pseudonymises NHS numbers)
+	// sources[0].ods "rx1": not an ODS code
+	// sources[0].apiKey: no value, file or env given
+}

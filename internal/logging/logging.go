@@ -1,0 +1,104 @@
+// Package logging builds carehub's zap logger and the adapters that let our
+// libraries log through it without leaking patient data.
+//
+// Libraries log things we do not control: watermill's router logs produced
+// messages and handler errors, go-retryablehttp logs every request URL and
+// embeds it in its errors, and *url.Error strings carry query strings. The
+// adapters here keep an allow-list of field keys, log errors by their public
+// text only (problem.Public), and reduce URLs to their host.
+//
+// Log metadata, never payloads: event id, type, source organisation, sizes,
+// attempt numbers, recipient codes.
+package logging
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"syscall"
+
+	"github.com/carehub/carehub/schemas/problem"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+)
+
+// New returns a JSON logger at the given level ("debug", "info", "warn", "error").
+func New(level string) (*zap.Logger, error) {
+	lvl, err := zapcore.ParseLevel(level)
+	if err != nil {
+		return nil, fmt.Errorf("parsing log level: %w", err)
+	}
+	cfg := zap.NewProductionConfig()
+	cfg.Level = zap.NewAtomicLevelAt(lvl)
+	cfg.Sampling = nil
+	cfg.OutputPaths = []string{"stderr"}
+	cfg.ErrorOutputPaths = []string{"stderr"}
+	cfg.EncoderConfig.TimeKey = "time"
+	cfg.EncoderConfig.EncodeTime = zapcore.RFC3339NanoTimeEncoder
+	return cfg.Build()
+}
+
+// Err is a zap field for err that holds only safe text: the public message of
+// a *problem.Error, or the error's class for anything else (whose own text
+// may hold a URL, a value or an identifier).
+func Err(err error) zap.Field {
+	return zap.String("error", SafeError(err))
+}
+
+// SafeError returns text about err that is safe to log.
+func SafeError(err error) string {
+	if err == nil {
+		return ""
+	}
+	var pe *problem.Error
+	if errors.As(err, &pe) {
+		return pe.Error()
+	}
+	return Class(err)
+}
+
+// Class names the kind of a transport or system error without its text.
+func Class(err error) string {
+	var ne net.Error
+	switch {
+	case err == nil:
+		return ""
+	case errors.Is(err, context.Canceled):
+		return "canceled"
+	case errors.Is(err, context.DeadlineExceeded):
+		return "timeout"
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "connection refused"
+	case errors.Is(err, syscall.ECONNRESET):
+		return "connection reset"
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return "timeout"
+	case errors.As(err, &ne) && ne.Timeout():
+		return "timeout"
+	}
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return "request error (" + ue.Op + ")"
+	}
+	var oe *net.OpError
+	if errors.As(err, &oe) {
+		return "network error (" + oe.Op + ")"
+	}
+	inner := errors.Unwrap(err) // past a fmt.Errorf wrapper, to the informative type
+	if inner == nil {
+		inner = err
+	}
+	return fmt.Sprintf("error (%T)", inner)
+}
+
+// Host returns only the host of a URL, for logs.
+func Host(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "invalid-url"
+	}
+	return u.Host
+}
