@@ -12,11 +12,10 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/carehub/carehub/schemas/problem"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
-
-	"github.com/carehub/carehub/schemas/problem"
 )
 
 // ruleOf returns the rule of the single violation in err, or "" for nil.
@@ -38,9 +37,11 @@ func ruleOf(t *testing.T, err error) string {
 	return pe.Violations[0].Rule
 }
 
-// TestParseCorpus checks Parse against every row of the shared corpus of
-// NHS numbers quoted from public test suites (testdata/nhs-numbers.csv, a
-// copy of /work/shared/testdata/nhs-numbers/nhs-numbers.csv).
+// TestParseCorpus checks Parse against every row of a corpus of NHS numbers
+// quoted from public test suites (testdata/nhs-numbers.csv): npm
+// nhs-number-validator 1.1.2, GIG-Cymru-NHS-Wales/nhs-number-using-rust,
+// Inhealthcare/open-inhealthcare, the NHSDigital PDS sandbox and others; each
+// row names its source and the path in it (columns source, source_path).
 //
 // The corpus's own verdict (column mod11_valid_computed) is the algorithm's,
 // and so is ours. Two public suites disagree with it: the NHS Wales Rust

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"github.com/carehub/carehub/internal/sharedtest"
 	"io"
 	"os"
 	"path/filepath"
@@ -233,8 +232,16 @@ func TestReadFrameErrorResumes(t *testing.T) {
 	}
 }
 
+// framingDir holds public MLLP streams (testdata/SOURCES.md says where each
+// came from); hl7SamplesDir the public HL7 v2 samples that package hl7 keeps
+// (SOURCES.md there).
+const (
+	framingDir    = "testdata"
+	hl7SamplesDir = "../hl7/testdata/samples"
+)
+
 func TestFramingSamples(t *testing.T) {
-	dir := sharedtest.Dir(t, "hl7v2/mllp-framing")
+	dir := framingDir
 	want := map[string][]string{
 		"python-hl7-two-frames.mllp":      {`frame "foobar"`, `frame "hello"`, "EOF"},
 		"python-hl7-leftover-buffer.mllp": {`frame "foobar"`, "truncated at 9 size 5", "EOF"},
@@ -330,9 +337,8 @@ func TestWriteFrame(t *testing.T) {
 }
 
 func TestRoundTripSamples(t *testing.T) {
-	dir := sharedtest.Dir(t, "hl7v2")
 	var payloads [][]byte
-	_ = filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+	_ = filepath.WalkDir(hl7SamplesDir, func(p string, d os.DirEntry, err error) error {
 		if err != nil || d.IsDir() || !strings.HasSuffix(p, ".hl7") {
 			return err
 		}
@@ -394,22 +400,33 @@ func collect(src io.Reader, max int) (payloads [][]byte) {
 }
 
 func FuzzReader(f *testing.F) {
-	dir := sharedtest.Dir(f, "hl7v2")
-	_ = filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+	// Seeds: every public HL7 v2 sample, framed, and the public MLLP streams
+	// as they are.
+	seeds, err := filepath.Glob(filepath.Join(framingDir, "*.mllp"))
+	if err != nil || len(seeds) == 0 {
+		f.Fatalf("no .mllp samples in %s: %v", framingDir, err)
+	}
+	err = filepath.WalkDir(hl7SamplesDir, func(p string, d os.DirEntry, err error) error {
 		if err != nil || d.IsDir() || strings.HasSuffix(p, ".md") || strings.HasSuffix(p, ".tsv") {
 			return err
 		}
+		seeds = append(seeds, p)
+		return nil
+	})
+	if err != nil {
+		f.Fatal(err)
+	}
+	for _, p := range seeds {
 		b, err := os.ReadFile(p)
 		if err != nil {
-			return err
+			f.Fatal(err)
 		}
 		if !strings.HasSuffix(p, ".mllp") {
 			b = AppendFrame(nil, b)
 		}
 		mid := len(b) / 2
 		f.Add(b[:mid], b[mid:])
-		return nil
-	})
+	}
 	f.Add([]byte("\x0bA\x0b"), []byte("B\x1cjunk\x0b\x1c\r"))
 	f.Fuzz(func(t *testing.T, a, b []byte) {
 		const max = 64 << 10

@@ -1,7 +1,6 @@
 package hl7
 
 import (
-	"github.com/carehub/carehub/internal/sharedtest"
 	"os"
 	"path/filepath"
 	"testing"
@@ -26,8 +25,7 @@ var benchPaths = []string{
 
 func benchInputs(b *testing.B) map[string][]byte {
 	in := map[string][]byte{"uk-a01-1KB": []byte(ukA01)}
-	root := sharedtest.Dir(b, "hl7v2")
-	data, err := os.ReadFile(filepath.Join(root, "generic", "ms-fhir-converter", "ADT-A01-01.hl7"))
+	data, err := os.ReadFile(filepath.Join(samplesDir, "generic", "ms-fhir-converter", "ADT-A01-01.hl7"))
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -2,7 +2,6 @@ package hl7
 
 import (
 	"encoding/json"
-	"github.com/carehub/carehub/internal/sharedtest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -220,7 +219,7 @@ func readVectors(t *testing.T, path string) (header []string, rows [][]string) {
 // python-hl7's vectors: columns input, expected, operation, source_line.
 // python-hl7 renders \H\ and \N\ as "_"; that is UnescapeOptions.Highlight.
 func TestPythonHL7EscapeVectors(t *testing.T) {
-	path := filepath.Join(sharedtest.Dir(t, "hl7v2"), "escapes", "python-hl7-escape-vectors.tsv")
+	path := filepath.Join(samplesDir, "escapes", "python-hl7-escape-vectors.tsv")
 	header, rows := readVectors(t, path)
 	if strings.Join(header, ",") != "input,expected,operation,source_line" {
 		t.Fatalf("unexpected header %q", header)
@@ -255,7 +254,7 @@ func TestPythonHL7EscapeVectors(t *testing.T) {
 //   - \X656\ (odd number of hex digits): FHIR-Converter throws; Unescape
 //     never fails and keeps a malformed sequence literally.
 func TestFHIRConverterUnescapeVectors(t *testing.T) {
-	path := filepath.Join(sharedtest.Dir(t, "hl7v2"), "escapes", "fhir-converter-unescape-vectors.tsv")
+	path := filepath.Join(samplesDir, "escapes", "fhir-converter-unescape-vectors.tsv")
 	header, rows := readVectors(t, path)
 	if strings.Join(header, ",") != "input,expected,note" {
 		t.Fatalf("unexpected header %q", header)

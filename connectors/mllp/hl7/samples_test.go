@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"flag"
 	"fmt"
-	"github.com/carehub/carehub/internal/sharedtest"
 	"os"
 	"path/filepath"
 	"sort"
@@ -15,12 +14,16 @@ import (
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
 
-// sampleFiles returns every HL7 sample under shared/testdata/hl7v2, keyed by
+// samplesDir holds copies of public HL7 v2 samples (testdata/samples/SOURCES.md
+// says where each came from). Packages adt and frame read it too.
+const samplesDir = "testdata/samples"
+
+// sampleFiles returns every HL7 sample under testdata/samples, keyed by
 // slash-separated path relative to it. Documentation (.md), vector tables
 // (.tsv, tested on their own) and MLLP streams (.mllp, tested in package
-// mllp) are left out.
+// frame) are left out.
 func sampleFiles(t testing.TB) map[string][]byte {
-	root := sharedtest.Dir(t, "hl7v2")
+	root := samplesDir
 	files := map[string][]byte{}
 	err := filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
 		if err != nil || d.IsDir() {
@@ -239,7 +242,7 @@ func TestSamplesRoundTripCR(t *testing.T) {
 // The FHIR-Converter bad-MSH vectors. FHIR-Converter rejects a non-backslash
 // escape character; HL7 only recommends '\', so Parse accepts it.
 func TestFHIRConverterBadMSHVectors(t *testing.T) {
-	path := filepath.Join(sharedtest.Dir(t, "hl7v2"), "malformed", "fhir-converter-bad-msh-vectors.tsv")
+	path := filepath.Join(samplesDir, "malformed", "fhir-converter-bad-msh-vectors.tsv")
 	header, rows := readVectors(t, path)
 	if !strings.HasPrefix(strings.Join(header, ","), "input,expected_error") {
 		t.Fatalf("unexpected header %q", header)
@@ -382,7 +385,7 @@ func TestGolden(t *testing.T) {
 			continue
 		}
 		var b strings.Builder
-		fmt.Fprintf(&b, "# Structure of shared/testdata/hl7v2/%s (go test -run TestGolden -update rewrites this file)\n", g.sample)
+		fmt.Fprintf(&b, "# Structure of %s/%s (go test -run TestGolden -update rewrites this file)\n", samplesDir, g.sample)
 		for _, m := range msgs {
 			dump(&b, m)
 		}

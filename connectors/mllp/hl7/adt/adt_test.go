@@ -2,7 +2,6 @@ package adt
 
 import (
 	"errors"
-	"github.com/carehub/carehub/internal/sharedtest"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -314,7 +313,7 @@ func TestTooLongValues(t *testing.T) {
 // number, so that the rest of the mapping runs on messages nobody here
 // wrote, and pins what each becomes.
 func TestSharedSamplesWithNHSNumber(t *testing.T) {
-	dir := sharedtest.Dir(t, "hl7v2")
+	dir := publicSamplesDir
 	names, _ := filepath.Glob(filepath.Join(dir, "generic", "*", "*"))
 	mp := newTestMapper(t)
 	n := 0

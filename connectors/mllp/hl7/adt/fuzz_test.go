@@ -3,7 +3,6 @@ package adt
 import (
 	"bytes"
 	"errors"
-	"github.com/carehub/carehub/internal/sharedtest"
 	"os"
 	"path/filepath"
 	"slices"
@@ -12,7 +11,7 @@ import (
 )
 
 // FuzzMap feeds the mapping every sample (ours and the public ones in
-// shared/testdata/hl7v2) and mutations of them. Whatever the input, Map must
+// ../testdata/samples) and mutations of them. Whatever the input, Map must
 // not panic, must fail only with an *Error that carries a fixed reason, must
 // be deterministic, and every event it returns must pass the hub's own
 // validation (schema and NHS number rules): a message the hub acknowledges
@@ -23,13 +22,14 @@ func FuzzMap(f *testing.F) {
 		m, _ := filepath.Glob(pattern)
 		seeds = append(seeds, m...)
 	}
-	if dir := sharedtest.Find("hl7v2"); dir != "" {
-		_ = filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
-			if err == nil && !d.IsDir() && (strings.HasSuffix(p, ".hl7") || strings.HasSuffix(p, ".adm")) {
-				seeds = append(seeds, p)
-			}
-			return nil
-		})
+	err := filepath.WalkDir(publicSamplesDir, func(p string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() && (strings.HasSuffix(p, ".hl7") || strings.HasSuffix(p, ".adm")) {
+			seeds = append(seeds, p)
+		}
+		return err
+	})
+	if err != nil {
+		f.Fatal(err)
 	}
 	for _, p := range seeds {
 		b, err := os.ReadFile(p)

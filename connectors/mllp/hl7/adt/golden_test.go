@@ -6,7 +6,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"github.com/carehub/carehub/internal/sharedtest"
 	"os"
 	"path/filepath"
 	"sort"
@@ -153,11 +152,15 @@ func TestGolden(t *testing.T) {
 	}
 }
 
-// TestSharedSamples maps the public ADT samples in shared/testdata/hl7v2.
+// publicSamplesDir holds the public HL7 v2 samples kept by package hl7
+// (SOURCES.md there says where each came from).
+const publicSamplesDir = "../testdata/samples"
+
+// TestSharedSamples maps the public ADT samples in ../testdata/samples.
 // Most of them are American and carry no NHS number: their golden files
 // pin the error each one gets.
 func TestSharedSamples(t *testing.T) {
-	dir := sharedtest.Dir(t, "hl7v2")
+	dir := publicSamplesDir
 	var names []string
 	_ = filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
 		if err == nil && !d.IsDir() && (strings.HasSuffix(p, ".hl7") || strings.HasSuffix(p, ".adm")) &&
