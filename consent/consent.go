@@ -35,13 +35,26 @@ const (
 	RoleCommunity  Role = "community"
 )
 
+// roles are the known roles, in the order they are listed to people.
+var roles = []Role{RoleGPPractice, RoleHospital, RoleSocialCare, RoleCommunity}
+
 // Valid reports whether r is one of the known roles.
 func (r Role) Valid() bool {
-	switch r {
-	case RoleGPPractice, RoleHospital, RoleSocialCare, RoleCommunity:
-		return true
+	for _, k := range roles {
+		if r == k {
+			return true
+		}
 	}
 	return false
+}
+
+// RoleNames returns the known roles' names (a new slice).
+func RoleNames() []string {
+	out := make([]string, len(roles))
+	for i, r := range roles {
+		out[i] = string(r)
+	}
+	return out
 }
 
 // Basis is why a recipient is a candidate for an event.

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/carehub/carehub/schemas/ods"
 	"github.com/carehub/carehub/schemas/problem"
 )
 
@@ -146,16 +147,16 @@ func (d *Directive) ok() bool {
 	}
 	switch d.Kind {
 	case KindDenyOrganisation:
-		return ValidODS(d.Organisation) && d.Role == "" && len(d.Categories) == 0
+		return ods.Valid(d.Organisation) && d.Role == "" && len(d.Categories) == 0
 	case KindDenyRole:
 		return d.Organisation == "" && d.Role.Valid() && len(d.Categories) == 0
 	case KindNotificationOnly:
 		if d.Organisation != "" {
-			return ValidODS(d.Organisation) && d.Role == "" && len(d.Categories) == 0
+			return ods.Valid(d.Organisation) && d.Role == "" && len(d.Categories) == 0
 		}
 		return d.Role.Valid() && len(d.Categories) == 0
 	case KindPermitOrganisation:
-		if !ValidODS(d.Organisation) || d.Role != "" {
+		if !ods.Valid(d.Organisation) || d.Role != "" {
 			return false
 		}
 		for i, c := range d.Categories {
@@ -213,7 +214,7 @@ func (d *Directive) violations(prefix string, vs *[]problem.Violation) {
 		switch {
 		case d.Organisation == "" && need:
 			add("/organisation", VRequired, "this kind of directive names an organisation by ODS code")
-		case d.Organisation != "" && !ValidODS(d.Organisation):
+		case d.Organisation != "" && !ods.Valid(d.Organisation):
 			add("/organisation", VODSCode, "an ODS code is 3 to 10 upper-case letters and digits")
 		}
 	}
@@ -222,7 +223,7 @@ func (d *Directive) violations(prefix string, vs *[]problem.Violation) {
 		case d.Role == "" && need:
 			add("/role", VRequired, "this kind of directive names a role")
 		case d.Role != "" && !d.Role.Valid():
-			add("/role", VRole, "role is one of gp-practice, hospital, social-care, community")
+			add("/role", VRole, "role is one of "+strings.Join(RoleNames(), ", "))
 		}
 	}
 	noOrg := func() {
@@ -400,12 +401,6 @@ func only(s string, mask uint8) bool {
 		}
 	}
 	return true
-}
-
-// ValidODS reports whether s has the shape of an ODS organisation code: 3 to
-// 10 upper-case ASCII letters and digits.
-func ValidODS(s string) bool {
-	return len(s) >= 3 && len(s) <= 10 && only(s, cUpper|cDigit)
 }
 
 // ValidCategory reports whether s has the shape of a category code:

@@ -4,6 +4,7 @@ import (
 	"context"
 	"strconv"
 
+	"github.com/carehub/carehub/schemas/ods"
 	"github.com/carehub/carehub/schemas/problem"
 )
 
@@ -174,7 +175,7 @@ func (p *Policy) Evaluate(req Request) (Decision, error) {
 
 // requestOK is the allocation-free check behind requestError.
 func requestOK(req *Request) bool {
-	if req.Event.Time.IsZero() || !ValidODS(req.Recipient.ODS) || !req.Recipient.Role.Valid() {
+	if req.Event.Time.IsZero() || !ods.Valid(req.Recipient.ODS) || !req.Recipient.Role.Valid() {
 		return false
 	}
 	for _, l := range req.Event.Labels {
@@ -215,7 +216,7 @@ func requestError(req *Request) error {
 				Detail: "a category code is lower-case letters and digits in words joined by '-', at most 64 characters"})
 		}
 	}
-	if !ValidODS(req.Recipient.ODS) {
+	if !ods.Valid(req.Recipient.ODS) {
 		vs = append(vs, problem.Violation{Pointer: "/recipient/ods", Rule: VODSCode,
 			Detail: "an ODS code is 3 to 10 upper-case letters and digits"})
 	}

@@ -192,7 +192,8 @@ func (s *safeBuffer) String() string {
 
 type hubOptions struct {
 	gp, careHome string // receiver URLs
-	extraYAML    string
+	// inputsYAML is appended to the inputs list, after cloudevents.
+	inputsYAML string
 	// recipientsYAML is appended to the recipients list.
 	recipientsYAML string
 	// brokers, when set, points the hub at another hub's broker instead
@@ -220,7 +221,9 @@ admin: {apiKey: {value: demo-admin-key}}
 sources:
   - {ods: RX1, apiKey: {value: demo-rx1-key}}
   - {ods: VM123, apiKey: {value: demo-vm123-key}}
-recipients:
+inputs:
+  - cloudevents: {}
+%srecipients:
   - ods: A81001
     role: gp-practice
     webhook: {url: %q, secret: {value: demo-gp-secret}, timeout: 2s}
@@ -232,7 +235,7 @@ recipients:
     subscriptions:
       - {id: vm123-discharges-to-us, basis: discharge-destination, types: [admission, discharge]}
 %sdelivery: {minBackoff: 20ms, maxBackoff: 200ms}
-%s`, h.HTTP, h.dataDir, h.Kafka, brokersYAML, o.gp, o.careHome, o.recipientsYAML, o.extraYAML)
+`, h.HTTP, h.dataDir, h.Kafka, brokersYAML, o.inputsYAML, o.gp, o.careHome, o.recipientsYAML)
 	h.cfgPath = filepath.Join(dir, "carehub.yaml")
 	if err := os.WriteFile(h.cfgPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)

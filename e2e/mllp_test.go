@@ -27,7 +27,7 @@ func mllpHub(t *testing.T) (*hub, *receiver, *receiver, string) {
 	home := newReceiver(t, "demo-carehome-secret")
 	addr := freePort(t)
 	h := startHub(t, hubOptions{gp: gp.URL, careHome: home.URL,
-		extraYAML: fmt.Sprintf("mllp:\n  - {addr: %q, source: RX1, readTimeout: 10s, idleTimeout: 60s}\n", addr)})
+		inputsYAML: fmt.Sprintf("  - mllp: {addr: %q, source: RX1, readTimeout: 10s, idleTimeout: 60s}\n", addr)})
 	return h, gp, home, addr
 }
 

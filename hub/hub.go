@@ -1,12 +1,36 @@
-// Package hub assembles one carehub process: the broker (embedded or a Kafka
-// cluster), the topics, the HTTP API with its source connectors, the router
-// and one deliverer per recipient, all under one watermill Router.
+// Package hub runs one carehub process. It knows connectors only through
+// the contract in connectors/connector: the configuration (hub/config)
+// carries each connector section decoded by its registered factory, and
+// the hub builds, registers and runs them without knowing their types.
 //
-// Shutdown (Run's context ends, e.g. on SIGTERM) drains in this order: stop
-// accepting (HTTP server shutdown, in-flight requests answered), stop the
-// router and deliverers (in-flight messages finish or are left uncommitted,
-// to be redelivered), close the publisher, then close the embedded broker
-// cleanly.
+// # Start
+//
+// Run starts the parts in this order, and stops at the first that fails,
+// undoing what had started:
+//
+//  1. build: read patient lists and certificates, construct every source
+//     and sink, compile the schemas (no broker, no port: every problem in
+//     one error);
+//  2. the broker: the embedded one (with its data directory locked), or the
+//     cluster's addresses;
+//  3. the topics, created if missing;
+//  4. the publisher, and the consent store, which loads every directive
+//     before anything is routed;
+//  5. the router and one deliverer per recipient, under one watermill
+//     Router;
+//  6. the HTTP API (admin routes, then each source's routes), and each
+//     source's Run; then the hub is ready (/readyz answers 200).
+//
+// # Stop
+//
+// When Run's context ends (SIGTERM) it drains in the reverse order: not
+// ready; the sources stop taking input and answer what they hold (an MLLP
+// listener its messages in flight); the HTTP server stops accepting and
+// answers the requests in flight; in-flight deliveries get DeliveryGrace to
+// finish, then their retries end; the router and deliverers stop (what did
+// not finish stays uncommitted and is redelivered); the consent store, the
+// publisher and the embedded broker close. Everything that could publish
+// has stopped before the publisher closes.
 package hub
 
 import (
@@ -19,28 +43,35 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
-	"github.com/carehub/carehub/connectors/cloudevents"
 	"github.com/carehub/carehub/connectors/connector"
-	"github.com/carehub/carehub/connectors/mllp"
-	"github.com/carehub/carehub/connectors/webhook"
-	"github.com/carehub/carehub/consent"
 	"github.com/carehub/carehub/hub/admin"
-	"github.com/carehub/carehub/hub/auth"
 	"github.com/carehub/carehub/hub/broker"
 	"github.com/carehub/carehub/hub/config"
 	"github.com/carehub/carehub/hub/consentstore"
 	"github.com/carehub/carehub/hub/deliver"
 	"github.com/carehub/carehub/hub/ingest"
 	"github.com/carehub/carehub/hub/kafkawm"
-	"github.com/carehub/carehub/hub/patientlist"
 	"github.com/carehub/carehub/hub/route"
 	"github.com/carehub/carehub/hub/topic"
 	"github.com/carehub/carehub/internal/logging"
-	"github.com/carehub/carehub/schemas/event"
-	"github.com/carehub/carehub/schemas/nhs"
 	"go.uber.org/zap"
+)
+
+// Timeouts of the start and stop order.
+const (
+	// ReadHeaderTimeout and ReadTimeout bound reading one HTTP request.
+	ReadHeaderTimeout = 10 * time.Second
+	ReadTimeout       = 60 * time.Second
+	// ShutdownTimeout bounds answering the HTTP requests in flight.
+	ShutdownTimeout = 20 * time.Second
+	// DeliveryGrace is how long in-flight deliveries may finish before
+	// their retries end (they are redelivered after a restart).
+	DeliveryGrace = 3 * time.Second
+	// RouterCloseTimeout bounds stopping the router and deliverers.
+	RouterCloseTimeout = 15 * time.Second
 )
 
 // Options are the command-line overrides of the configuration.
@@ -54,319 +85,339 @@ type Options struct {
 	Reload <-chan struct{}
 }
 
+// hub is one running process. Its fields are set by Run's steps in order;
+// stops holds what undoes each started step, run last-first.
+type hub struct {
+	cfg   *config.Config
+	log   *zap.Logger
+	parts *parts
+
+	brokers  []string
+	pub      *kafkawm.Publisher
+	store    *consentstore.Store
+	router   *route.Router
+	wm       *message.Router
+	wmErr    chan error
+	mux      *http.ServeMux
+	env      connector.Env // what every source is given
+	ln       net.Listener
+	srv      *http.Server
+	srvErr   chan error
+	ready    atomic.Bool
+	stops    []stop
+	stopping context.CancelFunc // ends in-flight deliveries' retries
+
+	// trace, when set (tests), is told each start and stop step by name.
+	trace func(step string)
+}
+
+type stop struct {
+	name string
+	fn   func()
+}
+
 // Run runs a hub until ctx ends, then drains. It returns an error if the hub
 // could not start or failed while running.
 func Run(ctx context.Context, cfg *config.Config, log *zap.Logger, opts Options) error {
-	brokers := cfg.Kafka.Brokers
-	if len(brokers) == 0 {
-		emb, err := broker.StartEmbedded(ctx, broker.EmbeddedConfig{
-			DataDir:    cfg.DataDir,
-			Addr:       cfg.Kafka.EmbeddedAddr,
-			Partitions: int32(cfg.Kafka.Partitions),
-			SyncWrites: cfg.Kafka.SyncWrites,
-			Logger:     log.Named("broker"),
-		})
-		if err != nil {
-			return fmt.Errorf("starting the embedded broker: %w", err)
-		}
-		defer func() {
-			if err := emb.Close(); err != nil {
-				log.Error("closing the embedded broker", zap.Error(err))
-			}
-		}()
-		brokers = emb.Addrs()
-		log.Info("embedded broker started", zap.Strings("addrs", brokers), zap.String("data_dir", cfg.DataDir))
-	} else {
-		log.Info("using Kafka cluster", zap.Strings("brokers", brokers))
-	}
+	return run(ctx, &hub{cfg: cfg, log: log}, opts)
+}
 
-	var recipients []string
-	for _, r := range cfg.Recipients {
-		recipients = append(recipients, r.ODS)
-	}
-	if err := broker.EnsureTopics(ctx, brokers, topic.Specs(cfg.Kafka.Partitions, cfg.Kafka.ReplicationFactor, recipients)); err != nil {
-		return fmt.Errorf("creating topics: %w", err)
-	}
-
-	wlog := logging.NewWatermill(log, false)
-	pub, err := kafkawm.NewPublisher(kafkawm.PublisherConfig{Brokers: brokers, BatchTimeout: cfg.Kafka.Linger}, wlog)
-	if err != nil {
-		return fmt.Errorf("creating the publisher: %w", err)
-	}
-	defer pub.Close()
-
-	pkey, err := cfg.Pseudonym.Resolve()
-	if err != nil {
-		return fmt.Errorf("pseudonymKey: %w", err)
-	}
-	pseudo, err := nhs.NewPseudonymiser([]byte(pkey))
-	if err != nil {
-		return err
-	}
-	validator, err := event.NewValidator()
-	if err != nil {
-		return fmt.Errorf("compiling schemas: %w", err)
-	}
-	in, err := ingest.New(validator, pseudo, pub)
-	if err != nil {
-		return err
-	}
-	keys, err := apiKeys(cfg)
-	if err != nil {
-		return err
-	}
-	subs, err := subscriptions(cfg, pseudo, log)
-	if err != nil {
-		return err
-	}
-	index, err := route.NewSubscriptions(subs)
-	if err != nil {
-		return err
-	}
-	policy, err := cfg.Consent.Policy()
-	if err != nil {
-		return fmt.Errorf("consent policy: %w", err)
-	}
-	store, err := consentstore.Open(brokers, topic.Consent, log.Named("consent"))
-	if err != nil {
-		return err
-	}
-	defer store.Close()
-	rt, err := route.New(index, &policy, store, pub, log.Named("router"))
-	if err != nil {
-		return err
-	}
-
-	router, err := message.NewRouter(message.RouterConfig{CloseTimeout: 15 * time.Second}, wlog)
-	if err != nil {
-		return err
-	}
-	router.AddMiddleware(middleware.Recoverer)
-	newSub := func(group string) (message.Subscriber, error) {
-		return kafkawm.NewSubscriber(kafkawm.SubscriberConfig{Brokers: brokers, ConsumerGroup: group}, wlog)
-	}
-	evSub, err := newSub(topic.GroupRouter)
-	if err != nil {
-		return err
-	}
-	router.AddConsumerHandler("route", topic.Events, evSub, rt.Handle)
-
-	stopDelivery, cancelDelivery := context.WithCancel(context.WithoutCancel(ctx))
-	defer cancelDelivery()
-	for _, r := range cfg.Recipients {
-		secret, err := r.Webhook.Secret.Resolve()
-		if err != nil {
-			return fmt.Errorf("recipient %s: %w", r.ODS, err)
+func run(ctx context.Context, h *hub, opts Options) error {
+	defer h.stopAll()
+	for _, step := range []struct {
+		name string
+		fn   func(context.Context) error
+	}{
+		{"build", h.build},
+		{"broker", h.startBroker},
+		{"topics", h.createTopics},
+		{"publisher", h.startPublisher},
+		{"consent", h.loadConsent},
+		{"router", h.startRouter},
+		{"http", h.startHTTP},
+		{"sources", h.startSources},
+	} {
+		h.note("start " + step.name)
+		if err := step.fn(ctx); err != nil {
+			return fmt.Errorf("starting carehub: %s: %w", step.name, err)
 		}
-		sink, err := webhook.New(webhook.Config{
-			URL: r.Webhook.URL, Secret: secret, Timeout: r.Webhook.Timeout,
-			MinBackoff: cfg.Delivery.MinBackoff, MaxBackoff: cfg.Delivery.MaxBackoff,
-		}, log.With(zap.String("recipient", r.ODS)))
-		if err != nil {
-			return fmt.Errorf("recipient %s: %w", r.ODS, err)
-		}
-		d, err := deliver.New(stopDelivery, r.ODS, sink, pub, log.Named("deliver"))
-		if err != nil {
-			return err
-		}
-		sub, err := newSub(topic.DeliverGroup(r.ODS))
-		if err != nil {
-			return err
-		}
-		router.AddConsumerHandler("deliver-"+r.ODS, topic.Outbox(r.ODS), sub, d.Handle)
-	}
-
-	mux := http.NewServeMux()
-	var ready atomic.Bool
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusOK) })
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if !ready.Load() {
-			http.Error(w, "not ready", http.StatusServiceUnavailable)
-			return
-		}
-		w.WriteHeader(http.StatusOK)
-	})
-	env := connector.Env{Ingest: in, Auth: keys, Mux: mux, Log: log.Named("ingest")}
-	src, err := cloudevents.New(cloudevents.Config{MaxBodyBytes: cfg.HTTP.MaxBodyBytes, MaxBatchEvents: cfg.HTTP.MaxBatchEvents})
-	if err != nil {
-		return err
-	}
-	sources := []connector.Source{src}
-	for i, l := range cfg.MLLP {
-		s, err := mllpSource(l)
-		if err != nil {
-			return fmt.Errorf("mllp[%d]: %w", i, err)
-		}
-		sources = append(sources, s)
-	}
-	for _, s := range sources {
-		if err := s.Register(env); err != nil {
-			return err
+		if ctx.Err() != nil {
+			return nil // stopped while starting
 		}
 	}
-	api := &admin.API{Auth: keys, Store: store, Pseudo: pseudo, Validator: validator, Router: rt,
-		Disclosures: &admin.AuditReader{Brokers: brokers, Topic: topic.Audit}, Log: log.Named("admin"),
-		MaxBody: cfg.HTTP.MaxBodyBytes}
-	if err := api.Register(mux); err != nil {
-		return err
-	}
-
-	ln, err := net.Listen("tcp", cfg.HTTP.Addr)
-	if err != nil {
-		return fmt.Errorf("listening for HTTP: %w", err)
-	}
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 60 * time.Second,
-		ErrorLog: zap.NewStdLog(log.Named("http"))}
-
-	// Route nothing before every directive is loaded.
-	if err := store.WaitLoaded(ctx); err != nil {
-		ln.Close()
-		return fmt.Errorf("loading consent directives: %w", err)
-	}
-	routerErr := make(chan error, 1)
-	go func() { routerErr <- router.Run(context.WithoutCancel(ctx)) }()
-	select {
-	case <-router.Running():
-	case err := <-routerErr:
-		ln.Close()
-		return fmt.Errorf("starting the router: %w", err)
-	case <-ctx.Done():
-	}
-	srvErr := make(chan error, 1)
-	go func() { srvErr <- srv.Serve(ln) }()
-	srcCtx, stopSrc := context.WithCancel(ctx)
-	defer stopSrc()
-	var srcWG sync.WaitGroup
-	for _, s := range sources {
-		srcWG.Add(1)
-		go func() {
-			defer srcWG.Done()
-			if err := s.Run(srcCtx, env); err != nil {
-				log.Error("source connector stopped", logging.Err(err))
-			}
-		}()
-	}
-	ready.Store(true)
-	log.Info("carehub ready", zap.String("http", ln.Addr().String()), zap.Strings("brokers", brokers),
-		zap.Int("recipients", len(cfg.Recipients)), zap.Int("sources", len(cfg.Sources)))
+	h.ready.Store(true)
+	h.log.Info("carehub ready", zap.String("http", h.ln.Addr().String()), zap.Strings("brokers", h.brokers),
+		zap.Int("recipients", len(h.cfg.Recipients)), zap.Int("sources", len(h.cfg.Sources)), zap.Int("inputs", len(h.cfg.Inputs)))
 	if opts.Ready != nil {
-		opts.Ready(ln.Addr().String(), brokers)
+		opts.Ready(h.ln.Addr().String(), h.brokers)
 	}
 	if opts.Reload != nil {
-		go reloadLists(ctx, opts.Reload, cfg, pseudo, rt, log)
+		go h.reloadLists(ctx, opts.Reload)
 	}
 
 	var runErr error
 	select {
 	case <-ctx.Done():
-		log.Info("stopping: draining")
-	case err := <-srvErr:
+		h.log.Info("stopping: draining")
+	case err := <-h.srvErr:
 		runErr = fmt.Errorf("HTTP server: %w", err)
-	case err := <-routerErr:
+	case err := <-h.wmErr:
 		runErr = fmt.Errorf("router stopped: %w", err)
 	}
-	ready.Store(false)
-	shutCtx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	if err := srv.Shutdown(shutCtx); err != nil {
-		log.Warn("HTTP shutdown", logging.Err(err))
-	}
-	stopSrc()
-	srcWG.Wait() // sources answer what is in flight before the publisher closes
-	// Give in-flight deliveries a moment to finish, then end their retries.
-	grace := time.AfterFunc(3*time.Second, cancelDelivery)
-	defer grace.Stop()
-	if err := router.Close(); err != nil {
-		log.Warn("closing the router", logging.Err(err))
-	}
-	log.Info("stopped")
+	h.ready.Store(false)
+	h.stopAll()
+	h.log.Info("stopped")
 	if runErr != nil && !errors.Is(runErr, http.ErrServerClosed) {
 		return runErr
 	}
 	return nil
 }
 
-// mllpSource builds an HL7 v2 MLLP listener from its configuration.
-func mllpSource(l config.MLLP) (*mllp.Source, error) {
-	c := mllp.Config{Addr: l.Addr, Source: l.Source, MaxFrameBytes: l.MaxFrameBytes, ReadTimeout: l.ReadTimeout,
-		IdleTimeout: l.IdleTimeout, DuplicateWindow: l.DuplicateWindow, ProcessingID: l.ProcessingID,
-		DestinationFields: l.DestinationFields}
-	if l.TLS != nil {
-		t, err := mllp.TLSFiles(l.TLS.Cert, l.TLS.Key, l.TLS.ClientCA)
-		if err != nil {
-			return nil, err
-		}
-		c.TLS = t
+func (h *hub) note(step string) {
+	if h.trace != nil {
+		h.trace(step)
 	}
-	return mllp.New(c)
 }
 
-func apiKeys(cfg *config.Config) (*auth.Keys, error) {
-	m := map[string]string{}
-	for _, s := range cfg.Sources {
-		k, err := s.APIKey.Resolve()
-		if err != nil {
-			return nil, fmt.Errorf("source %s: %w", s.ODS, err)
-		}
-		m[k] = s.ODS
+// onStop registers what undoes a step.
+func (h *hub) onStop(name string, fn func()) { h.stops = append(h.stops, stop{name, fn}) }
+
+// stopAll undoes every started step, last first, once.
+func (h *hub) stopAll() {
+	for len(h.stops) > 0 {
+		s := h.stops[len(h.stops)-1]
+		h.stops = h.stops[:len(h.stops)-1]
+		h.note("stop " + s.name)
+		s.fn()
 	}
-	if cfg.Admin.APIKey.Set() {
-		k, err := cfg.Admin.APIKey.Resolve()
-		if err != nil {
-			return nil, fmt.Errorf("admin: %w", err)
-		}
-		m[k] = auth.Admin
-	}
-	return auth.New(m)
 }
 
-// subscriptions builds the router's subscriptions from the configuration,
-// reading each patient list and keeping only its pseudonyms.
-func subscriptions(cfg *config.Config, pseudo *nhs.Pseudonymiser, log *zap.Logger) ([]route.Subscription, error) {
-	var subs []route.Subscription
-	for _, r := range cfg.Recipients {
-		for _, s := range r.Subscriptions {
-			types := map[string]bool{}
-			for _, t := range s.Types {
-				types[config.EventTypeName(t)] = true
-			}
-			sub := route.Subscription{
-				ID: s.ID, Recipient: consent.Recipient{ODS: r.ODS, Role: consent.Role(r.Role)},
-				Basis: consent.Basis(s.Basis), Types: types,
-			}
-			if s.PatientList != "" {
-				set, err := patientlist.Load(s.PatientList, pseudo)
-				if err != nil {
-					return nil, fmt.Errorf("subscription %s: %w", s.ID, err)
-				}
-				sub.Patients = set
-				log.Info("patient list loaded", zap.String("subscription", s.ID), zap.String("recipient", r.ODS), zap.Int("patients", len(set)))
-			}
-			subs = append(subs, sub)
+// build makes every part that needs no broker.
+func (h *hub) build(context.Context) error {
+	p, err := build(h.cfg, h.log)
+	if err != nil {
+		return err
+	}
+	h.parts = p
+	return nil
+}
+
+// startBroker starts the embedded broker, or takes the cluster's addresses.
+func (h *hub) startBroker(ctx context.Context) error {
+	if len(h.cfg.Kafka.Brokers) > 0 {
+		h.brokers = h.cfg.Kafka.Brokers
+		h.log.Info("using Kafka cluster", zap.Strings("brokers", h.brokers))
+		return nil
+	}
+	emb, err := broker.StartEmbedded(ctx, broker.EmbeddedConfig{
+		DataDir:    h.cfg.DataDir,
+		Addr:       h.cfg.Kafka.EmbeddedAddr,
+		Partitions: int32(h.cfg.Kafka.Partitions),
+		SyncWrites: h.cfg.Kafka.SyncWrites,
+		Logger:     h.log.Named("broker"),
+	})
+	if err != nil {
+		return fmt.Errorf("starting the embedded broker: %w", err)
+	}
+	h.onStop("broker", func() {
+		if err := emb.Close(); err != nil {
+			h.log.Error("closing the embedded broker", logging.Err(err))
+		}
+	})
+	h.brokers = emb.Addrs()
+	h.log.Info("embedded broker started", zap.Strings("addrs", h.brokers), zap.String("data_dir", h.cfg.DataDir))
+	return nil
+}
+
+func (h *hub) createTopics(ctx context.Context) error {
+	recipients := make([]string, len(h.cfg.Recipients))
+	for i, r := range h.cfg.Recipients {
+		recipients[i] = r.ODS
+	}
+	specs := topic.Specs(h.cfg.Kafka.Partitions, h.cfg.Kafka.ReplicationFactor, recipients)
+	if err := broker.EnsureTopics(ctx, h.brokers, specs); err != nil {
+		return fmt.Errorf("creating topics: %w", err)
+	}
+	return nil
+}
+
+func (h *hub) watermillLogger() watermill.LoggerAdapter { return kafkawm.NewLogger(h.log, false) }
+
+func (h *hub) startPublisher(context.Context) error {
+	pub, err := kafkawm.NewPublisher(kafkawm.PublisherConfig{Brokers: h.brokers, BatchTimeout: h.cfg.Kafka.Linger}, h.watermillLogger())
+	if err != nil {
+		return fmt.Errorf("creating the publisher: %w", err)
+	}
+	h.pub = pub
+	h.onStop("publisher", func() { _ = pub.Close() })
+	return nil
+}
+
+// loadConsent opens the consent store and waits until every directive is
+// loaded: nothing is routed before.
+func (h *hub) loadConsent(ctx context.Context) error {
+	store, err := consentstore.Open(h.brokers, topic.Consent, h.log.Named("consent"))
+	if err != nil {
+		return fmt.Errorf("opening the consent store: %w", err)
+	}
+	h.store = store
+	h.onStop("consent", func() { _ = store.Close() })
+	if err := store.WaitLoaded(ctx); err != nil {
+		return fmt.Errorf("loading consent directives: %w", err)
+	}
+	return nil
+}
+
+// startRouter starts the router on carehub.events and one deliverer per
+// recipient on its outbox, under one watermill Router.
+func (h *hub) startRouter(ctx context.Context) error {
+	p := h.parts
+	rt, err := route.New(p.subs, &p.policy, h.store, h.pub, h.log.Named("router"))
+	if err != nil {
+		return fmt.Errorf("creating the router: %w", err)
+	}
+	h.router = rt
+	wlog := h.watermillLogger()
+	wm, err := message.NewRouter(message.RouterConfig{CloseTimeout: RouterCloseTimeout}, wlog)
+	if err != nil {
+		return fmt.Errorf("creating the watermill router: %w", err)
+	}
+	wm.AddMiddleware(middleware.Recoverer)
+	subscriber := func(group string) (message.Subscriber, error) {
+		s, err := kafkawm.NewSubscriber(kafkawm.SubscriberConfig{Brokers: h.brokers, ConsumerGroup: group}, wlog)
+		if err != nil {
+			return nil, fmt.Errorf("subscribing as %s: %w", group, err)
+		}
+		return s, nil
+	}
+	evSub, err := subscriber(topic.GroupRouter)
+	if err != nil {
+		return err
+	}
+	wm.AddConsumerHandler("route", topic.Events, evSub, rt.Handle)
+
+	// In-flight deliveries retry until this ends: DeliveryGrace after the
+	// drain begins, not when ctx ends.
+	deliveries, stopDeliveries := context.WithCancel(context.WithoutCancel(ctx))
+	h.stopping = stopDeliveries
+	for _, r := range p.recipients {
+		d, err := deliver.New(deliveries, r.ods, r.sink, h.pub, h.log.Named("deliver"))
+		if err != nil {
+			stopDeliveries()
+			return fmt.Errorf("recipient %s: %w", r.ods, err)
+		}
+		sub, err := subscriber(topic.DeliverGroup(r.ods))
+		if err != nil {
+			stopDeliveries()
+			return err
+		}
+		wm.AddConsumerHandler("deliver-"+r.ods, topic.Outbox(r.ods), sub, d.Handle)
+	}
+
+	h.wmErr = make(chan error, 1)
+	go func() { h.wmErr <- wm.Run(context.WithoutCancel(ctx)) }()
+	h.wm = wm
+	h.onStop("router", func() {
+		grace := time.AfterFunc(DeliveryGrace, stopDeliveries)
+		defer grace.Stop()
+		defer stopDeliveries()
+		if err := wm.Close(); err != nil {
+			h.log.Warn("closing the router", logging.Err(err))
+		}
+	})
+	select {
+	case <-wm.Running():
+		return nil
+	case err := <-h.wmErr:
+		return fmt.Errorf("starting the router: %w", err)
+	case <-ctx.Done():
+		return nil
+	}
+}
+
+// startHTTP registers the health, admin and source routes and serves them.
+func (h *hub) startHTTP(context.Context) error {
+	p := h.parts
+	h.mux = http.NewServeMux()
+	h.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusOK) })
+	h.mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !h.ready.Load() {
+			http.Error(w, "not ready", http.StatusServiceUnavailable)
+			return
+		}
+		w.WriteHeader(http.StatusOK)
+	})
+	in, err := ingest.New(p.validator, p.pseudo, h.pub)
+	if err != nil {
+		return fmt.Errorf("creating the ingest: %w", err)
+	}
+	api := &admin.API{Auth: p.keys, Store: h.store, Pseudo: p.pseudo, Validator: p.validator, Router: h.router,
+		Disclosures: &admin.AuditReader{Brokers: h.brokers, Topic: topic.Audit}, Log: h.log.Named("admin"),
+		MaxBody: h.cfg.HTTP.MaxBodyBytes}
+	if err := api.Register(h.mux); err != nil {
+		return fmt.Errorf("registering the admin API: %w", err)
+	}
+	h.env = connector.Env{Ingest: in, Auth: p.keys, Mux: h.mux, MaxBodyBytes: h.cfg.HTTP.MaxBodyBytes, Log: h.log.Named("ingest")}
+	for i, s := range p.sources {
+		if err := s.Register(h.env); err != nil {
+			return fmt.Errorf("inputs[%d].%s: %w", i, h.cfg.Inputs[i].Type, err)
 		}
 	}
-	return subs, nil
+	ln, err := net.Listen("tcp", h.cfg.HTTP.Addr)
+	if err != nil {
+		return fmt.Errorf("listening on http.addr: %w", err)
+	}
+	h.ln = ln
+	h.srv = &http.Server{Handler: h.mux, ReadHeaderTimeout: ReadHeaderTimeout, ReadTimeout: ReadTimeout,
+		ErrorLog: zap.NewStdLog(h.log.Named("http"))}
+	h.srvErr = make(chan error, 1)
+	go func() { h.srvErr <- h.srv.Serve(ln) }()
+	h.onStop("http", func() {
+		ctx, cancel := context.WithTimeout(context.Background(), ShutdownTimeout)
+		defer cancel()
+		if err := h.srv.Shutdown(ctx); err != nil {
+			h.log.Warn("HTTP shutdown", logging.Err(err))
+		}
+	})
+	return nil
+}
+
+// startSources runs every source until the drain. They answer what is in
+// flight before the publisher closes (their stop runs before its).
+func (h *hub) startSources(ctx context.Context) error {
+	srcCtx, stopSources := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	for i, s := range h.parts.sources {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := s.Run(srcCtx, h.env); err != nil {
+				h.log.Error("source connector stopped", zap.String("input", h.cfg.Inputs[i].Type), logging.Err(err))
+			}
+		}()
+	}
+	h.onStop("sources", func() {
+		stopSources()
+		wg.Wait()
+	})
+	return nil
 }
 
 // reloadLists reads the patient lists again on each signal from reload and
 // swaps the router's subscriptions, or keeps the old ones if any list fails.
-func reloadLists(ctx context.Context, reload <-chan struct{}, cfg *config.Config, pseudo *nhs.Pseudonymiser, rt *route.Router, log *zap.Logger) {
+func (h *hub) reloadLists(ctx context.Context, reload <-chan struct{}) {
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-reload:
 		}
-		subs, err := subscriptions(cfg, pseudo, log)
-		var index *route.Subscriptions
-		if err == nil {
-			index, err = route.NewSubscriptions(subs)
-		}
+		subs, err := subscriptions(h.cfg, h.parts.pseudo, h.log)
 		if err != nil {
-			log.Error("patient lists not reloaded: the previous lists stay in force", logging.Err(err))
+			h.log.Error("patient lists not reloaded: the previous lists stay in force", logging.Err(err))
 			continue
 		}
-		rt.SetSubscriptions(index)
-		log.Info("patient lists reloaded")
+		h.router.SetSubscriptions(subs)
+		h.log.Info("patient lists reloaded")
 	}
 }

@@ -12,6 +12,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/carehub/carehub/connectors/webhook"
+
+	"github.com/carehub/carehub/connectors/all"
+
 	"github.com/carehub/carehub/e2e/bench"
 	"github.com/carehub/carehub/hub/config"
 )
@@ -119,7 +123,7 @@ func TestBenchPrintConfig(t *testing.T) {
 	if err != nil {
 		t.Fatalf("%v\n%s", err, stderr.String())
 	}
-	cfg, err := config.Parse(stdout.Bytes())
+	cfg, err := config.Parse(stdout.Bytes(), all.Registry())
 	if err != nil {
 		t.Fatalf("the printed configuration does not load: %v\n%s", err, stdout.String())
 	}
@@ -128,10 +132,11 @@ func TestBenchPrintConfig(t *testing.T) {
 	}
 	down := 0
 	for _, r := range cfg.Recipients {
-		if strings.Contains(r.Webhook.URL, "127.0.0.1:9401/") {
+		u := r.Sink.Config.(*webhook.Config).URL
+		if strings.Contains(u, "127.0.0.1:9401/") {
 			down++
-		} else if !strings.Contains(r.Webhook.URL, "127.0.0.1:9400/") {
-			t.Errorf("webhook %s points elsewhere", r.Webhook.URL)
+		} else if !strings.Contains(u, "127.0.0.1:9400/") {
+			t.Errorf("webhook %s points elsewhere", u)
 		}
 	}
 	if down != 1 {
@@ -208,7 +213,7 @@ func TestBenchPrintConfigFanout(t *testing.T) {
 	if err != nil {
 		t.Fatalf("%v\n%s", err, stderr.String())
 	}
-	cfg, err := config.Parse(stdout.Bytes())
+	cfg, err := config.Parse(stdout.Bytes(), all.Registry())
 	if err != nil {
 		t.Fatalf("the printed configuration does not load: %v\n%s", err, stdout.String())
 	}

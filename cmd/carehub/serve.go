@@ -8,6 +8,8 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/carehub/carehub/connectors/all"
+
 	"github.com/carehub/carehub/hub"
 	"github.com/carehub/carehub/hub/config"
 	"github.com/carehub/carehub/internal/logging"
@@ -22,7 +24,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	cfg, err := config.Load(*cfgPath)
+	cfg, err := config.Load(*cfgPath, all.Registry())
 	if err != nil {
 		return err
 	}

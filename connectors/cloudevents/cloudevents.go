@@ -15,27 +15,55 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"mime"
 	"net/http"
 
+	"github.com/carehub/carehub/schemas/event"
+
 	"github.com/carehub/carehub/connectors/connector"
 	"github.com/carehub/carehub/internal/logging"
+	"github.com/carehub/carehub/schemas/media"
 	"github.com/carehub/carehub/schemas/problem"
 	"github.com/carehub/carehub/schemas/problem/problemhttp"
 	"go.uber.org/zap"
 )
 
-// Media types.
-const (
-	MediaEvent = "application/cloudevents+json"
-	MediaBatch = "application/cloudevents-batch+json"
-)
+// Type is the connector's type: the key of its entry under inputs.
+const Type = "cloudevents"
 
-// Config configures the connector.
+// Factory is the connector's registration (connectors/all lists it).
+var Factory = connector.SourceFactory{
+	Type:    Type,
+	Default: func() connector.Config { return DefaultConfig() },
+	New:     func(cfg connector.Config) (connector.Source, error) { return New(*cfg.(*Config)) },
+	Probe:   &connector.SourceProbe{Config: probeConfig, Document: probeDocument, Send: probeSend},
+}
+
+// DefaultMaxBatchEvents caps a batch when the configuration does not.
+const DefaultMaxBatchEvents = 1000
+
+// Config is the connector's entry under inputs:
+//
+//	inputs:
+//	  - cloudevents: {maxBatchEvents: 1000}
+//
+// The body size limit is the hub's (http.maxBodyBytes), for every route.
 type Config struct {
-	MaxBodyBytes   int64 // default 1 MiB
-	MaxBatchEvents int   // default 1000
+	// MaxBatchEvents caps the events in one batch request (default 1000).
+	MaxBatchEvents int `yaml:"maxBatchEvents" json:"maxBatchEvents"`
+}
+
+// DefaultConfig returns a configuration with every default applied.
+func DefaultConfig() *Config { return &Config{MaxBatchEvents: DefaultMaxBatchEvents} }
+
+// Validate reports every problem of the entry.
+func (c *Config) Validate() error {
+	if c.MaxBatchEvents < 1 {
+		return errors.New("maxBatchEvents must be at least 1")
+	}
+	return nil
 }
 
 // Source serves POST /v1/events.
@@ -46,22 +74,19 @@ type Source struct {
 
 // New validates cfg and builds the source.
 func New(cfg Config) (*Source, error) {
-	if cfg.MaxBodyBytes == 0 {
-		cfg.MaxBodyBytes = 1 << 20
-	}
 	if cfg.MaxBatchEvents == 0 {
-		cfg.MaxBatchEvents = 1000
+		cfg.MaxBatchEvents = DefaultMaxBatchEvents
 	}
-	if cfg.MaxBodyBytes < 1024 || cfg.MaxBatchEvents < 1 {
-		return nil, errors.New("cloudevents: MaxBodyBytes must be at least 1024 and MaxBatchEvents at least 1")
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("cloudevents: %w", err)
 	}
 	return &Source{cfg: cfg}, nil
 }
 
 // Register implements connector.Source.
 func (s *Source) Register(env connector.Env) error {
-	if env.Ingest == nil || env.Auth == nil || env.Mux == nil {
-		return errors.New("cloudevents: Env needs Ingest, Auth and Mux")
+	if env.Ingest == nil || env.Auth == nil || env.Mux == nil || env.MaxBodyBytes < 1 {
+		return errors.New("cloudevents: Env needs Ingest, Auth, Mux and MaxBodyBytes")
 	}
 	s.env = env
 	if s.env.Log == nil {
@@ -94,12 +119,12 @@ func (s *Source) serve(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
-	if err != nil || (mt != MediaEvent && mt != MediaBatch && mt != "application/json") {
+	if err != nil || (mt != media.CloudEvent && mt != media.CloudEventBatch && mt != "application/json") {
 		problemhttp.Write(w, problem.New(problem.MediaType,
-			"Content-Type must be "+MediaEvent+" or "+MediaBatch))
+			"Content-Type must be "+media.CloudEvent+" or "+media.CloudEventBatch))
 		return
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.cfg.MaxBodyBytes))
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.env.MaxBodyBytes))
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
@@ -109,7 +134,7 @@ func (s *Source) serve(w http.ResponseWriter, r *http.Request) {
 		problemhttp.Write(w, problem.New(problem.Malformed, "the body could not be read"))
 		return
 	}
-	if mt != MediaBatch {
+	if mt != media.CloudEventBatch {
 		acc, err := s.env.Ingest.Accept(r.Context(), org, body)
 		if err != nil {
 			log.Info("event refused", zap.String("source", org), zap.Int("bytes", len(body)), logging.Err(err))
@@ -121,13 +146,9 @@ func (s *Source) serve(w http.ResponseWriter, r *http.Request) {
 		_ = json.NewEncoder(w).Encode(map[string]string{"id": acc.ID, "type": acc.Type, "status": "accepted"})
 		return
 	}
-	var raws []json.RawMessage
-	if err := json.Unmarshal(body, &raws); err != nil {
-		problemhttp.Write(w, problem.Violated("", "batch-array", "a batch must be a JSON array of CloudEvents"))
-		return
-	}
-	if len(raws) == 0 {
-		problemhttp.Write(w, problem.Violated("", "batch-not-empty", "a batch must hold at least one event"))
+	raws, err := event.ParseBatch(body)
+	if err != nil {
+		problemhttp.Write(w, err)
 		return
 	}
 	if len(raws) > s.cfg.MaxBatchEvents {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/carehub/carehub/connectors/cloudevents"
 	"github.com/carehub/carehub/connectors/connector"
+	"github.com/carehub/carehub/schemas/media"
 	"github.com/carehub/carehub/schemas/problem"
 	"github.com/google/go-cmp/cmp"
 	"go.uber.org/zap"
@@ -105,7 +106,9 @@ type harness struct {
 	logs   *observer.ObservedLogs
 }
 
-func newHarness(t *testing.T, cfg cloudevents.Config) *harness {
+// newHarness registers the source; maxBody is the hub's body limit
+// (default 1 MiB).
+func newHarness(t *testing.T, cfg cloudevents.Config, maxBody ...int64) *harness {
 	t.Helper()
 	s, err := cloudevents.New(cfg)
 	if err != nil {
@@ -113,7 +116,11 @@ func newHarness(t *testing.T, cfg cloudevents.Config) *harness {
 	}
 	core, logs := observer.New(zapcore.DebugLevel)
 	h := &harness{mux: http.NewServeMux(), ingest: &fakeIngest{}, logs: logs}
-	if err := s.Register(connector.Env{Ingest: h.ingest, Auth: fakeAuth{}, Mux: h.mux, Log: zap.New(core)}); err != nil {
+	limit := int64(1 << 20)
+	if len(maxBody) > 0 {
+		limit = maxBody[0]
+	}
+	if err := s.Register(connector.Env{Ingest: h.ingest, Auth: fakeAuth{}, Mux: h.mux, MaxBodyBytes: limit, Log: zap.New(core)}); err != nil {
 		t.Fatal(err)
 	}
 	return h
@@ -179,24 +186,24 @@ func TestRejectedBeforeIngest(t *testing.T) {
 		status int
 		kind   string
 	}{
-		{"no key", "", cloudevents.MediaEvent, event("e1"), 401, "unauthenticated"},
-		{"unknown key", "Bearer stolen-key", cloudevents.MediaEvent, event("e1"), 401, "unauthenticated"},
-		{"admin key", "Bearer admin-key", cloudevents.MediaEvent, event("e1"), 403, "forbidden"},
+		{"no key", "", media.CloudEvent, event("e1"), 401, "unauthenticated"},
+		{"unknown key", "Bearer stolen-key", media.CloudEvent, event("e1"), 401, "unauthenticated"},
+		{"admin key", "Bearer admin-key", media.CloudEvent, event("e1"), 403, "forbidden"},
 		{"no key, wrong type too", "", "text/plain", "hello", 401, "unauthenticated"},
 		{"text/plain", "Bearer " + goodKey, "text/plain", event("e1"), 415, "media-type"},
 		{"no content type", "Bearer " + goodKey, "", event("e1"), 415, "media-type"},
 		{"broken content type", "Bearer " + goodKey, "application/", event("e1"), 415, "media-type"},
 		{"form", "Bearer " + goodKey, "application/x-www-form-urlencoded", "a=b", 415, "media-type"},
-		{"single over the limit", "Bearer " + goodKey, cloudevents.MediaEvent, `{"pad":"` + strings.Repeat("x", 4096) + `"}`, 413, "too-large"},
-		{"batch over the limit", "Bearer " + goodKey, cloudevents.MediaBatch, big, 413, "too-large"},
-		{"batch over MaxBatchEvents", "Bearer " + goodKey, cloudevents.MediaBatch, `[{},{},{},{}]`, 413, "too-large"},
-		{"batch not an array", "Bearer " + goodKey, cloudevents.MediaBatch, event("e1"), 422, "invalid"},
-		{"batch not JSON", "Bearer " + goodKey, cloudevents.MediaBatch, `[{"id":`, 422, "invalid"},
-		{"empty batch", "Bearer " + goodKey, cloudevents.MediaBatch, `[]`, 422, "invalid"},
-		{"null batch", "Bearer " + goodKey, cloudevents.MediaBatch, `null`, 422, "invalid"},
+		{"single over the limit", "Bearer " + goodKey, media.CloudEvent, `{"pad":"` + strings.Repeat("x", 4096) + `"}`, 413, "too-large"},
+		{"batch over the limit", "Bearer " + goodKey, media.CloudEventBatch, big, 413, "too-large"},
+		{"batch over MaxBatchEvents", "Bearer " + goodKey, media.CloudEventBatch, `[{},{},{},{}]`, 413, "too-large"},
+		{"batch not an array", "Bearer " + goodKey, media.CloudEventBatch, event("e1"), 422, "invalid"},
+		{"batch not JSON", "Bearer " + goodKey, media.CloudEventBatch, `[{"id":`, 422, "invalid"},
+		{"empty batch", "Bearer " + goodKey, media.CloudEventBatch, `[]`, 422, "invalid"},
+		{"null batch", "Bearer " + goodKey, media.CloudEventBatch, `null`, 422, "invalid"},
 	}
 	for _, tt := range tests {
-		h := newHarness(t, cloudevents.Config{MaxBodyBytes: 4096, MaxBatchEvents: 3})
+		h := newHarness(t, cloudevents.Config{MaxBatchEvents: 3}, 4096)
 		res := h.post(t, tt.auth, tt.ctype, []byte(tt.body))
 		if res.status != tt.status {
 			t.Errorf("POST(%s) status:\n\tgot  %d\n\twant %d\n%s", tt.name, res.status, tt.status, res.body)
@@ -225,7 +232,7 @@ func TestBatchProblemNamesRule(t *testing.T) {
 	}
 	for _, tt := range tests {
 		h := newHarness(t, cloudevents.Config{})
-		d := problemOf(t, tt.body, h.post(t, "Bearer "+goodKey, cloudevents.MediaBatch, []byte(tt.body)))
+		d := problemOf(t, tt.body, h.post(t, "Bearer "+goodKey, media.CloudEventBatch, []byte(tt.body)))
 		if len(d.Violations) != 1 || d.Violations[0].Rule != tt.rule {
 			t.Errorf("POST(batch %s) violations:\n\tgot  %+v\n\twant one with rule %q", tt.body, d.Violations, tt.rule)
 		}
@@ -233,7 +240,7 @@ func TestBatchProblemNamesRule(t *testing.T) {
 }
 
 func TestSingleAccepted(t *testing.T) {
-	for _, ctype := range []string{cloudevents.MediaEvent, cloudevents.MediaEvent + "; charset=utf-8", "application/json"} {
+	for _, ctype := range []string{media.CloudEvent, media.CloudEvent + "; charset=utf-8", "application/json"} {
 		h := newHarness(t, cloudevents.Config{})
 		body := event("evt-1")
 		res := h.post(t, "Bearer "+goodKey, ctype, []byte(body))
@@ -260,15 +267,15 @@ func TestSingleAccepted(t *testing.T) {
 
 // TestSingleAtTheLimit accepts a body of exactly MaxBodyBytes.
 func TestSingleAtTheLimit(t *testing.T) {
-	h := newHarness(t, cloudevents.Config{MaxBodyBytes: 2048})
+	h := newHarness(t, cloudevents.Config{}, 2048)
 	body := `{"pad":"` + strings.Repeat("x", 2048-10) + `"}`
 	if len(body) != 2048 {
 		t.Fatalf("body is %d bytes", len(body))
 	}
-	if res := h.post(t, "Bearer "+goodKey, cloudevents.MediaEvent, []byte(body)); res.status != 202 {
+	if res := h.post(t, "Bearer "+goodKey, media.CloudEvent, []byte(body)); res.status != 202 {
 		t.Errorf("POST(2048 bytes, limit 2048) status:\n\tgot  %d\n\twant 202", res.status)
 	}
-	if res := h.post(t, "Bearer "+goodKey, cloudevents.MediaEvent, []byte(body+" ")); res.status != 413 {
+	if res := h.post(t, "Bearer "+goodKey, media.CloudEvent, []byte(body+" ")); res.status != 413 {
 		t.Errorf("POST(2049 bytes, limit 2048) status:\n\tgot  %d\n\twant 413", res.status)
 	}
 }
@@ -286,7 +293,7 @@ func TestSingleRefused(t *testing.T) {
 			return connector.Accepted{}, fmt.Errorf("accepting: %w",
 				problem.Wrap(k, "public text for "+k.String(), fmt.Errorf("patient %s", canary)))
 		}
-		res := h.post(t, "Bearer "+goodKey, cloudevents.MediaEvent, []byte(event("e1")))
+		res := h.post(t, "Bearer "+goodKey, media.CloudEvent, []byte(event("e1")))
 		if res.status != k.HTTPStatus() {
 			t.Errorf("POST(Ingest error %s) status:\n\tgot  %d\n\twant %d", k, res.status, k.HTTPStatus())
 		}
@@ -316,7 +323,7 @@ func TestSinglePlainError(t *testing.T) {
 	h.ingest.accept = func([]byte) (connector.Accepted, error) {
 		return connector.Accepted{}, fmt.Errorf("kafka write for %s: %w", canary, context.DeadlineExceeded)
 	}
-	res := h.post(t, "Bearer "+goodKey, cloudevents.MediaEvent, []byte(event("e1")))
+	res := h.post(t, "Bearer "+goodKey, media.CloudEvent, []byte(event("e1")))
 	d := problemOf(t, "plain error", res)
 	if res.status != 500 || d.Detail != "internal error" {
 		t.Errorf("POST(plain Ingest error):\n\tgot  %d %+v\n\twant 500 with detail %q", res.status, d, "internal error")
@@ -327,7 +334,7 @@ func TestSinglePlainError(t *testing.T) {
 func TestBatchAllAccepted(t *testing.T) {
 	h := newHarness(t, cloudevents.Config{MaxBatchEvents: 3})
 	raws := []string{event("a"), event("b"), event("c")}
-	res := h.post(t, "Bearer "+goodKey, cloudevents.MediaBatch, []byte("["+strings.Join(raws, ",")+"]"))
+	res := h.post(t, "Bearer "+goodKey, media.CloudEventBatch, []byte("["+strings.Join(raws, ",")+"]"))
 	if res.status != http.StatusAccepted {
 		t.Fatalf("POST(batch) status:\n\tgot  %d\n\twant 202\n%s", res.status, res.body)
 	}
@@ -370,7 +377,7 @@ func TestBatchMixed(t *testing.T) {
 		return connector.Result{Accepted: connector.Accepted{ID: fmt.Sprintf("evt-%d", i)}}
 	}
 	raws := []string{event("a"), event("b"), event("c"), event("d"), event("e"), event("f")}
-	res := h.post(t, "Bearer "+goodKey, cloudevents.MediaBatch, []byte("["+strings.Join(raws, ",")+"]"))
+	res := h.post(t, "Bearer "+goodKey, media.CloudEventBatch, []byte("["+strings.Join(raws, ",")+"]"))
 	if res.status != http.StatusMultiStatus {
 		t.Fatalf("POST(mixed batch) status:\n\tgot  %d\n\twant 207\n%s", res.status, res.body)
 	}
@@ -400,10 +407,10 @@ func TestBatchMixed(t *testing.T) {
 
 func TestBatchAtMaxBatchEvents(t *testing.T) {
 	h := newHarness(t, cloudevents.Config{MaxBatchEvents: 2})
-	if res := h.post(t, "Bearer "+goodKey, cloudevents.MediaBatch, []byte(`[{},{}]`)); res.status != 202 {
+	if res := h.post(t, "Bearer "+goodKey, media.CloudEventBatch, []byte(`[{},{}]`)); res.status != 202 {
 		t.Errorf("POST(2 events, limit 2) status:\n\tgot  %d\n\twant 202", res.status)
 	}
-	if res := h.post(t, "Bearer "+goodKey, cloudevents.MediaBatch, []byte(`[{},{},{}]`)); res.status != 413 {
+	if res := h.post(t, "Bearer "+goodKey, media.CloudEventBatch, []byte(`[{},{},{}]`)); res.status != 413 {
 		t.Errorf("POST(3 events, limit 2) status:\n\tgot  %d\n\twant 413", res.status)
 	}
 	if n := len(h.ingest.Calls()); n != 1 {
@@ -432,9 +439,7 @@ func TestNew(t *testing.T) {
 		wantErr bool
 	}{
 		{cloudevents.Config{}, false},
-		{cloudevents.Config{MaxBodyBytes: 1024, MaxBatchEvents: 1}, false},
-		{cloudevents.Config{MaxBodyBytes: 1023}, true},
-		{cloudevents.Config{MaxBodyBytes: -1}, true},
+		{cloudevents.Config{MaxBatchEvents: 1}, false},
 		{cloudevents.Config{MaxBatchEvents: -1}, true},
 	}
 	for _, tt := range tests {
@@ -455,10 +460,11 @@ func TestRegister(t *testing.T) {
 		env     connector.Env
 		wantErr bool
 	}{
-		{"no Ingest", connector.Env{Auth: fakeAuth{}, Mux: http.NewServeMux()}, true},
-		{"no Auth", connector.Env{Ingest: &fakeIngest{}, Mux: http.NewServeMux()}, true},
-		{"no Mux", connector.Env{Ingest: &fakeIngest{}, Auth: fakeAuth{}}, true},
-		{"no Log is fine", connector.Env{Ingest: &fakeIngest{}, Auth: fakeAuth{}, Mux: http.NewServeMux()}, false},
+		{"no Ingest", connector.Env{Auth: fakeAuth{}, Mux: http.NewServeMux(), MaxBodyBytes: 1024}, true},
+		{"no Auth", connector.Env{Ingest: &fakeIngest{}, Mux: http.NewServeMux(), MaxBodyBytes: 1024}, true},
+		{"no Mux", connector.Env{Ingest: &fakeIngest{}, Auth: fakeAuth{}, MaxBodyBytes: 1024}, true},
+		{"no body limit", connector.Env{Ingest: &fakeIngest{}, Auth: fakeAuth{}, Mux: http.NewServeMux()}, true},
+		{"no Log is fine", connector.Env{Ingest: &fakeIngest{}, Auth: fakeAuth{}, Mux: http.NewServeMux(), MaxBodyBytes: 1024}, false},
 	}
 	for _, tt := range tests {
 		if err := s.Register(tt.env); (err != nil) != tt.wantErr {
@@ -474,12 +480,12 @@ func TestNoLogStillServes(t *testing.T) {
 		return connector.Accepted{}, problem.New(problem.Invalid, "bad")
 	}}
 	mux := http.NewServeMux()
-	if err := s.Register(connector.Env{Ingest: ing, Auth: fakeAuth{}, Mux: mux}); err != nil {
+	if err := s.Register(connector.Env{Ingest: ing, Auth: fakeAuth{}, Mux: mux, MaxBodyBytes: 1 << 20}); err != nil {
 		t.Fatal(err)
 	}
 	r := httptest.NewRequest(http.MethodPost, "/v1/events", strings.NewReader(`{}`))
 	r.Header.Set("Authorization", "Bearer "+goodKey)
-	r.Header.Set("Content-Type", cloudevents.MediaEvent)
+	r.Header.Set("Content-Type", media.CloudEvent)
 	w := httptest.NewRecorder()
 	mux.ServeHTTP(w, r)
 	if w.Code != 422 {

@@ -1,5 +1,8 @@
 // Package connector holds the contracts between the hub and its connectors.
-// It is the only hub package a connector imports.
+// It is the only hub package a connector imports; with the shared
+// vocabulary under schemas/, it is everything a connector needs.
+//
+// # Sources
 //
 // A source connector receives messages from senders (HTTP, MLLP, ...),
 // authenticates them as an organisation, and hands them to an Ingest. The ack
@@ -9,12 +12,26 @@
 // nothing was published and the source answers negatively with the error's
 // kind (problem.KindOf) mapped to its protocol.
 //
+// # Sinks
+//
 // A sink connector delivers one event to one recipient. The delivery
 // contract: Deliver returns nil only once the recipient has accepted the
 // event; an error marked Permanent means the recipient rejected it and a
 // retry cannot help (the hub moves it to the dead-letter topic); any other
 // error means "not delivered yet" (the hub redelivers later, in order). A sink
-// retries transient failures itself, without end, until ctx ends.
+// retries transient failures itself, within the hub's Retry bounds, without
+// end unless Retry.MaxAttempts says otherwise, until ctx ends.
+//
+// # Factories and the registration list
+//
+// Each connector package declares one factory (SourceFactory or
+// SinkFactory): its type name, which is the key of its section in the
+// configuration file; a function returning its configuration with every
+// default applied; a constructor; and a probe through which the
+// conformance suite (connectortest) drives it. Package connectors/all lists
+// every factory, one line each; the hub knows connectors only through that
+// list. NewRegistry refuses a factory without a probe, so no connector can
+// skip the conformance suite.
 package connector
 
 import (
@@ -61,14 +78,18 @@ type Env struct {
 	Ingest Ingest
 	Auth   Authenticator
 	// Mux is the hub's HTTP API; HTTP-based sources add their routes here
-	// before Run returns control (they must not block before registering).
+	// in Register (they must not block before registering).
 	Mux *http.ServeMux
-	Log *zap.Logger
+	// MaxBodyBytes is the largest request body the hub's HTTP API takes
+	// (http.maxBodyBytes): an HTTP source reads no more, and answers 413.
+	MaxBodyBytes int64
+	Log          *zap.Logger
 }
 
 // Source is a source connector.
 type Source interface {
-	// Register adds the source's HTTP routes, if any, to env.Mux.
+	// Register adds the source's HTTP routes, if any, to env.Mux, and binds
+	// any listener of its own, so that a taken port fails the hub at start.
 	Register(env Env) error
 	// Run serves until ctx ends, then drains: it stops taking new input and
 	// finishes (answers) what is in flight before returning.
@@ -87,10 +108,10 @@ type Delivery struct {
 // Outcome describes a finished delivery.
 type Outcome struct {
 	Attempts int
-	Status   int // the recipient's last HTTP status, or 0
+	Status   int // the recipient's last status (HTTP), or 0
 }
 
-// Sink is a sink connector.
+// Sink is a sink connector: it delivers to one recipient.
 type Sink interface {
 	Deliver(ctx context.Context, d Delivery) (Outcome, error)
 }
@@ -100,6 +121,13 @@ type SinkFunc func(ctx context.Context, d Delivery) (Outcome, error)
 
 // Deliver calls f.
 func (f SinkFunc) Deliver(ctx context.Context, d Delivery) (Outcome, error) { return f(ctx, d) }
+
+// SinkEnv is what the hub gives a sink it builds for a recipient.
+type SinkEnv struct {
+	Recipient string // the recipient's ODS code
+	Retry     Retry  // how to retry transient failures
+	Log       *zap.Logger
+}
 
 type permanent struct {
 	reason string

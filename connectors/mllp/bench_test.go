@@ -17,7 +17,6 @@ import (
 	"github.com/carehub/carehub/hub/ingest"
 	"github.com/carehub/carehub/hub/kafkawm"
 	"github.com/carehub/carehub/hub/topic"
-	"github.com/carehub/carehub/internal/logging"
 	"github.com/carehub/carehub/schemas/nhs"
 	"github.com/segmentio/kafka-go"
 	"go.uber.org/zap"
@@ -49,7 +48,7 @@ func startBenchHub(b *testing.B) *benchHub {
 	if err := broker.EnsureTopics(ctx, brokers, topic.Specs(6, 1, nil)); err != nil {
 		b.Fatal(err)
 	}
-	pub, err := kafkawm.NewPublisher(kafkawm.PublisherConfig{Brokers: brokers}, logging.NewWatermill(zap.NewNop(), false))
+	pub, err := kafkawm.NewPublisher(kafkawm.PublisherConfig{Brokers: brokers}, kafkawm.NewLogger(zap.NewNop(), false))
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -73,12 +73,25 @@ import (
 	"github.com/carehub/carehub/connectors/mllp/hl7"
 	"github.com/carehub/carehub/connectors/mllp/hl7/adt"
 	"github.com/carehub/carehub/internal/logging"
+	"github.com/carehub/carehub/schemas/ods"
 	"github.com/carehub/carehub/schemas/problem"
 	"go.uber.org/zap"
 )
 
+// Type is the connector's type: the key of its entry under inputs.
+const Type = "mllp"
+
+// Factory is the connector's registration (connectors/all lists it).
+var Factory = connector.SourceFactory{
+	Type:    Type,
+	Default: func() connector.Config { return DefaultConfig() },
+	New:     func(cfg connector.Config) (connector.Source, error) { return New(*cfg.(*Config)) },
+	Probe:   &connector.SourceProbe{Config: probeConfig, Document: probeDocument, Send: probeSend},
+}
+
 // Defaults of Config.
 const (
+	DefaultAddr            = "127.0.0.1:2575"
 	DefaultMaxFrameBytes   = 1 << 20
 	DefaultReadTimeout     = 60 * time.Second
 	DefaultIdleTimeout     = 10 * time.Minute
@@ -90,63 +103,158 @@ const (
 	DefaultProcessingID    = "P"
 )
 
-// Config configures one listener.
+// Config configures one listener: its entry under inputs.
+//
+//	inputs:
+//	  - mllp: {addr: 0.0.0.0:2575, source: RX1, tls: {cert: ..., key: ..., clientCA: ...}}
+//
+// A zero value means the default.
 type Config struct {
-	// Addr is the host:port to listen on, e.g. 127.0.0.1:2575. Required.
-	Addr string
-	// Source is the ODS code of the organisation this listener is bound to.
-	// Required.
-	Source string
-	// MaxFrameBytes is the largest message accepted. Default 1 MiB.
-	MaxFrameBytes int
+	// Addr is the host:port to listen on (default 127.0.0.1:2575).
+	Addr string `yaml:"addr" json:"addr"`
+	// Source is the ODS code of the organisation this listener is bound to;
+	// it must be one of the hub's sources. Required.
+	Source string `yaml:"source" json:"source"`
+	// MaxFrameBytes is the largest message accepted (default 1 MiB).
+	MaxFrameBytes int `yaml:"maxFrameBytes" json:"maxFrameBytes"`
 	// ReadTimeout bounds receiving one frame once it has started, and
-	// writing one acknowledgement. Default 60 s.
-	ReadTimeout time.Duration
+	// writing one acknowledgement (default 60s).
+	ReadTimeout time.Duration `yaml:"readTimeout" json:"readTimeout"`
 	// IdleTimeout closes a connection that sends nothing between frames for
-	// this long. Default 10 min.
-	IdleTimeout time.Duration
+	// this long (default 10m).
+	IdleTimeout time.Duration `yaml:"idleTimeout" json:"idleTimeout"`
 	// DuplicateWindow is how long a message made durable is remembered, so
-	// that a resend is acknowledged without being published again. Default
-	// 24 h.
-	DuplicateWindow time.Duration
-	// MaxDuplicates caps the messages remembered. Default 200,000.
-	MaxDuplicates int
+	// that a resend is acknowledged without being published again (default
+	// 24h).
+	DuplicateWindow time.Duration `yaml:"duplicateWindow" json:"duplicateWindow"`
 	// ProcessingID is the MSH-11 processing ID accepted: P (production), T
 	// (training) or D (debugging). Other messages are rejected (AR, 202),
 	// so that test messages never reach real recipients. Default P.
-	ProcessingID string
-	// DestinationFields are passed to adt.Options.DestinationFields.
-	DestinationFields []string
-	// TLS, when set, makes the listener speak TLS. If TLS.ClientCAs is set,
-	// a client certificate is required and must name Source (see the
-	// package documentation); New wraps any VerifyConnection to check it.
-	TLS *tls.Config
-	// MaxConns caps concurrent connections; more are closed at once.
-	// Default 256.
-	MaxConns int
-	// DrainTimeout bounds shutdown. Default 20 s.
-	DrainTimeout time.Duration
-	// ProcessTimeout bounds making one message durable. Default 30 s.
-	ProcessTimeout time.Duration
+	ProcessingID string `yaml:"processingId" json:"processingId"`
+	// DestinationFields are HL7 terse paths to the discharge destination's
+	// ODS code, tried in order (adt.Options.DestinationFields; default
+	// [PV1-37.1]).
+	DestinationFields []string `yaml:"destinationFields" json:"destinationFields,omitempty"`
+	// TLS, when set, makes the listener speak TLS. With a client CA, a client
+	// certificate is required and must name Source (see the package
+	// documentation).
+	TLS *TLS `yaml:"tls" json:"tls,omitempty"`
+
+	// MaxDuplicates caps the messages remembered (default 200,000).
+	MaxDuplicates int `yaml:"-" json:"-"`
+	// MaxConns caps concurrent connections; more are closed at once
+	// (default 256).
+	MaxConns int `yaml:"-" json:"-"`
+	// DrainTimeout bounds shutdown (default 20s).
+	DrainTimeout time.Duration `yaml:"-" json:"-"`
+	// ProcessTimeout bounds making one message durable (default 30s).
+	ProcessTimeout time.Duration `yaml:"-" json:"-"`
 }
 
-// TLSFiles builds a server TLS configuration from PEM files: the server's
-// certificate and key, and optionally the CA that issues client
+// TLS names the listener's PEM files: its certificate and key, and
+// optionally the CA whose client certificates it requires.
+type TLS struct {
+	Cert     string `yaml:"cert" json:"cert"`
+	Key      string `yaml:"key" json:"key"`
+	ClientCA string `yaml:"clientCA" json:"clientCA,omitempty"`
+}
+
+// DefaultConfig returns a configuration with every default applied (Source
+// is still to be given).
+func DefaultConfig() *Config {
+	c := &Config{}
+	c.applyDefaults()
+	return c
+}
+
+func (c *Config) applyDefaults() {
+	set := func(v *time.Duration, d time.Duration) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	if c.Addr == "" {
+		c.Addr = DefaultAddr
+	}
+	if c.MaxFrameBytes == 0 {
+		c.MaxFrameBytes = DefaultMaxFrameBytes
+	}
+	set(&c.ReadTimeout, DefaultReadTimeout)
+	set(&c.IdleTimeout, DefaultIdleTimeout)
+	set(&c.DuplicateWindow, DefaultDuplicateWindow)
+	set(&c.DrainTimeout, DefaultDrainTimeout)
+	set(&c.ProcessTimeout, DefaultProcessTimeout)
+	if c.MaxDuplicates == 0 {
+		c.MaxDuplicates = DefaultMaxDuplicates
+	}
+	if c.MaxConns == 0 {
+		c.MaxConns = DefaultMaxConns
+	}
+	if c.ProcessingID == "" {
+		c.ProcessingID = DefaultProcessingID
+	}
+}
+
+// Validate reports every problem of the entry, joined. It reads no file:
+// New loads the TLS files.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
+	if _, _, err := net.SplitHostPort(c.Addr); err != nil {
+		bad("addr %q: not host:port", c.Addr)
+	}
+	if !ods.Valid(c.Source) {
+		bad("source %q: not an ODS code", c.Source)
+	}
+	if c.MaxFrameBytes < 1024 || c.MaxFrameBytes > hl7.MaxMessageSize {
+		bad("maxFrameBytes must be between 1024 and %d", hl7.MaxMessageSize)
+	}
+	if c.ReadTimeout < 0 || c.IdleTimeout < 0 || c.DuplicateWindow < 0 || c.DrainTimeout < 0 || c.ProcessTimeout < 0 {
+		bad("readTimeout, idleTimeout and duplicateWindow (and the timeouts) must be positive")
+	}
+	if c.MaxDuplicates < 0 || c.MaxConns < 0 {
+		bad("the duplicate memory and the connection limit must be positive")
+	}
+	switch c.ProcessingID {
+	case "P", "T", "D":
+	default:
+		bad("processingId %q: one of P, T, D", c.ProcessingID)
+	}
+	for _, f := range c.DestinationFields {
+		if _, err := hl7.ParsePath(f); err != nil {
+			bad("destinationFields: %v", err)
+		}
+	}
+	if c.TLS != nil && (c.TLS.Cert == "" || c.TLS.Key == "") {
+		bad("tls: cert and key are both required")
+	}
+	return errors.Join(errs...)
+}
+
+// Organisations implements connector.BoundConfig: the listener speaks for
+// its source only.
+func (c *Config) Organisations() []string { return []string{c.Source} }
+
+// ListenAddrs implements connector.ListenerConfig.
+func (c *Config) ListenAddrs() []string { return []string{c.Addr} }
+
+// loadTLS builds the server TLS configuration from the PEM files: the
+// server's certificate and key, and optionally the CA that issues client
 // certificates (then client certificates are required).
-func TLSFiles(certFile, keyFile, clientCAFile string) (*tls.Config, error) {
-	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+func (t *TLS) load() (*tls.Config, error) {
+	cert, err := tls.LoadX509KeyPair(t.Cert, t.Key)
 	if err != nil {
-		return nil, fmt.Errorf("loading the MLLP TLS certificate and key: %w", err)
+		return nil, fmt.Errorf("tls: loading cert and key: %w", err)
 	}
 	c := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
-	if clientCAFile != "" {
-		pem, err := os.ReadFile(clientCAFile)
+	if t.ClientCA != "" {
+		pem, err := os.ReadFile(t.ClientCA)
 		if err != nil {
-			return nil, fmt.Errorf("reading the MLLP client CA: %w", err)
+			return nil, fmt.Errorf("tls.clientCA: %w", err)
 		}
 		pool := x509.NewCertPool()
 		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("the MLLP client CA file %s holds no PEM certificate", clientCAFile)
+			return nil, fmt.Errorf("tls.clientCA %s: no PEM certificate in it", t.ClientCA)
 		}
 		c.ClientCAs = pool
 		c.ClientAuth = tls.RequireAndVerifyClientCert
@@ -174,6 +282,7 @@ type Stats struct {
 // Source is the MLLP source connector for one listener.
 type Source struct {
 	cfg    Config
+	tls    *tls.Config // nil without TLS
 	mapper *adt.Mapper
 	dedupe *dedupe
 
@@ -195,84 +304,38 @@ type Source struct {
 	now func() time.Time // for tests
 }
 
-// New validates cfg, applies defaults and builds the source. It does not
-// listen: Register does.
+// New applies defaults to cfg, validates it, loads its TLS files and
+// builds the source. It does not listen: Register does.
 func New(cfg Config) (*Source, error) {
-	var errs []error
-	if _, _, err := net.SplitHostPort(cfg.Addr); err != nil {
-		errs = append(errs, fmt.Errorf("mllp: Addr %q: %w", cfg.Addr, err))
-	}
-	if cfg.MaxFrameBytes == 0 {
-		cfg.MaxFrameBytes = DefaultMaxFrameBytes
-	}
-	if cfg.ReadTimeout == 0 {
-		cfg.ReadTimeout = DefaultReadTimeout
-	}
-	if cfg.IdleTimeout == 0 {
-		cfg.IdleTimeout = DefaultIdleTimeout
-	}
-	if cfg.DuplicateWindow == 0 {
-		cfg.DuplicateWindow = DefaultDuplicateWindow
-	}
-	if cfg.MaxDuplicates == 0 {
-		cfg.MaxDuplicates = DefaultMaxDuplicates
-	}
-	if cfg.ProcessingID == "" {
-		cfg.ProcessingID = DefaultProcessingID
-	}
-	if cfg.MaxConns == 0 {
-		cfg.MaxConns = DefaultMaxConns
-	}
-	if cfg.DrainTimeout == 0 {
-		cfg.DrainTimeout = DefaultDrainTimeout
-	}
-	if cfg.ProcessTimeout == 0 {
-		cfg.ProcessTimeout = DefaultProcessTimeout
-	}
-	if cfg.MaxFrameBytes < 1024 || cfg.MaxFrameBytes > hl7.MaxMessageSize {
-		errs = append(errs, errors.New("mllp: MaxFrameBytes must be between 1 KiB and 1 GiB"))
-	}
-	if cfg.ReadTimeout < 0 || cfg.IdleTimeout < 0 || cfg.DuplicateWindow < 0 || cfg.DrainTimeout < 0 || cfg.ProcessTimeout < 0 {
-		errs = append(errs, errors.New("mllp: timeouts and the duplicate window must be positive"))
-	}
-	if cfg.MaxDuplicates < 0 || cfg.MaxConns < 0 {
-		errs = append(errs, errors.New("mllp: MaxDuplicates and MaxConns must be positive"))
-	}
-	switch cfg.ProcessingID {
-	case "P", "T", "D":
-	default:
-		errs = append(errs, fmt.Errorf("mllp: ProcessingID %q: one of P, T, D", cfg.ProcessingID))
+	cfg.applyDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("mllp: %w", err)
 	}
 	mapper, err := adt.NewMapper(adt.Options{Source: cfg.Source, DestinationFields: cfg.DestinationFields})
 	if err != nil {
-		errs = append(errs, err)
-	}
-	if len(errs) > 0 {
-		return nil, errors.Join(errs...)
-	}
-	if cfg.TLS != nil {
-		cfg.TLS = cfg.TLS.Clone()
-		if cfg.TLS.ClientCAs != nil {
-			if cfg.TLS.ClientAuth < tls.VerifyClientCertIfGiven {
-				cfg.TLS.ClientAuth = tls.RequireAndVerifyClientCert
-			}
-			next, source := cfg.TLS.VerifyConnection, cfg.Source
-			cfg.TLS.VerifyConnection = func(cs tls.ConnectionState) error {
-				if len(cs.PeerCertificates) == 0 || !certNames(cs.PeerCertificates[0], source) {
-					return errCertificate
-				}
-				if next != nil {
-					return next(cs)
-				}
-				return nil
-			}
-		}
+		return nil, fmt.Errorf("mllp: %w", err)
 	}
 	s := &Source{
 		cfg: cfg, mapper: mapper, conns: map[*conn]struct{}{},
 		dedupe:  newDedupe(cfg.DuplicateWindow, cfg.MaxDuplicates),
 		ackBase: "CH" + strconv.FormatInt(time.Now().UnixMilli(), 36) + "-",
 		now:     time.Now,
+	}
+	if cfg.TLS != nil {
+		t, err := cfg.TLS.load()
+		if err != nil {
+			return nil, fmt.Errorf("mllp: %w", err)
+		}
+		if t.ClientCAs != nil {
+			source := cfg.Source
+			t.VerifyConnection = func(cs tls.ConnectionState) error {
+				if len(cs.PeerCertificates) == 0 || !certNames(cs.PeerCertificates[0], source) {
+					return errCertificate
+				}
+				return nil
+			}
+		}
+		s.tls = t
 	}
 	return s, nil
 }
@@ -310,8 +373,8 @@ func (s *Source) Register(env connector.Env) error {
 	if err != nil {
 		return fmt.Errorf("mllp: listening on %s: %w", s.cfg.Addr, err)
 	}
-	if s.cfg.TLS != nil {
-		ln = tls.NewListener(ln, s.cfg.TLS)
+	if s.tls != nil {
+		ln = tls.NewListener(ln, s.tls)
 	}
 	s.ln = ln
 	return nil
@@ -342,7 +405,7 @@ func (s *Source) Run(ctx context.Context, _ connector.Env) error {
 	if s.ln == nil {
 		return errors.New("mllp: Run before Register")
 	}
-	s.log.Info("MLLP listener ready", zap.String("addr", s.ln.Addr().String()), zap.Bool("tls", s.cfg.TLS != nil))
+	s.log.Info("MLLP listener ready", zap.String("addr", s.ln.Addr().String()), zap.Bool("tls", s.tls != nil))
 	// Messages in flight finish even after ctx ends; ProcessTimeout bounds each.
 	work := context.WithoutCancel(ctx)
 	acceptErr := make(chan error, 1)

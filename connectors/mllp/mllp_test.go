@@ -22,12 +22,13 @@ func TestNewValidates(t *testing.T) {
 		cfg  Config
 		want string
 	}{
-		{"no address", Config{Source: "RX1"}, "Addr"},
+		{"address without port", Config{Addr: "nowhere", Source: "RX1"}, `addr "nowhere"`},
+		{"no source", Config{Addr: "127.0.0.1:0"}, `source "": not an ODS code`},
 		{"source not ODS", Config{Addr: "127.0.0.1:0", Source: "rx1"}, "not an ODS code"},
-		{"tiny frames", Config{Addr: "127.0.0.1:0", Source: "RX1", MaxFrameBytes: 10}, "MaxFrameBytes"},
-		{"negative timeout", Config{Addr: "127.0.0.1:0", Source: "RX1", IdleTimeout: -1}, "timeouts"},
-		{"processing ID", Config{Addr: "127.0.0.1:0", Source: "RX1", ProcessingID: "X"}, "ProcessingID"},
-		{"destination path", Config{Addr: "127.0.0.1:0", Source: "RX1", DestinationFields: []string{"nope"}}, "DestinationFields"},
+		{"tiny frames", Config{Addr: "127.0.0.1:0", Source: "RX1", MaxFrameBytes: 10}, "maxFrameBytes must be between"},
+		{"negative timeout", Config{Addr: "127.0.0.1:0", Source: "RX1", IdleTimeout: -1}, "must be positive"},
+		{"processing ID", Config{Addr: "127.0.0.1:0", Source: "RX1", ProcessingID: "X"}, `processingId "X"`},
+		{"destination path", Config{Addr: "127.0.0.1:0", Source: "RX1", DestinationFields: []string{"nope"}}, "destinationFields"},
 	}
 	for _, tc := range tests {
 		_, err := New(tc.cfg)
@@ -36,7 +37,7 @@ func TestNewValidates(t *testing.T) {
 		}
 	}
 	// Every problem is reported at once.
-	_, err := New(Config{Source: "rx1", MaxFrameBytes: 10, ProcessingID: "X"})
+	_, err := New(Config{Addr: "x", Source: "rx1", MaxFrameBytes: 10, ProcessingID: "X"})
 	if err == nil || strings.Count(err.Error(), "\n") < 3 {
 		t.Errorf("New with four problems: %v", err)
 	}

@@ -12,6 +12,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -96,10 +97,7 @@ func TestTLSClientCertificates(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	srvTLS, err := TLSFiles(filepath.Join(dir, "server.pem"), filepath.Join(dir, "server.key"), filepath.Join(dir, "ca.pem"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	srvTLS := &TLS{Cert: filepath.Join(dir, "server.pem"), Key: filepath.Join(dir, "server.key"), ClientCA: filepath.Join(dir, "ca.pem")}
 	in := &fakeIngest{}
 	r := start(t, Config{TLS: srvTLS}, in)
 
@@ -146,20 +144,28 @@ func TestTLSClientCertificates(t *testing.T) {
 	}
 }
 
+// TestTLSFilesErrors: New reads the TLS files and names what is wrong
+// with them (the configuration's Validate reads none).
 func TestTLSFilesErrors(t *testing.T) {
 	dir := t.TempDir()
-	if _, err := TLSFiles(filepath.Join(dir, "none.pem"), filepath.Join(dir, "none.key"), ""); err == nil {
-		t.Error("missing files: no error")
+	build := func(tls *TLS) (*Source, error) { return New(Config{Source: "RX1", TLS: tls}) }
+	if _, err := build(&TLS{Cert: filepath.Join(dir, "none.pem"), Key: filepath.Join(dir, "none.key")}); err == nil ||
+		!strings.Contains(err.Error(), "tls: loading cert and key") {
+		t.Errorf("missing files: got %v, want an error about loading them", err)
 	}
 	ca := newTestCA(t)
 	c, k := ca.issue(t, pkix.Name{CommonName: "x"}, true)
 	_ = os.WriteFile(filepath.Join(dir, "c.pem"), c, 0o600)
 	_ = os.WriteFile(filepath.Join(dir, "k.pem"), k, 0o600)
 	_ = os.WriteFile(filepath.Join(dir, "empty.pem"), []byte("not pem"), 0o600)
-	if _, err := TLSFiles(filepath.Join(dir, "c.pem"), filepath.Join(dir, "k.pem"), filepath.Join(dir, "empty.pem")); err == nil {
-		t.Error("a client CA file without certificates: no error")
+	if _, err := build(&TLS{Cert: filepath.Join(dir, "c.pem"), Key: filepath.Join(dir, "k.pem"), ClientCA: filepath.Join(dir, "empty.pem")}); err == nil ||
+		!strings.Contains(err.Error(), "no PEM certificate") {
+		t.Errorf("a client CA file without certificates: got %v", err)
 	}
-	if cfg, err := TLSFiles(filepath.Join(dir, "c.pem"), filepath.Join(dir, "k.pem"), ""); err != nil || cfg.ClientCAs != nil {
+	if s, err := build(&TLS{Cert: filepath.Join(dir, "c.pem"), Key: filepath.Join(dir, "k.pem")}); err != nil || s.tls == nil || s.tls.ClientCAs != nil {
 		t.Errorf("server-only TLS: %v", err)
+	}
+	if _, err := build(&TLS{Cert: filepath.Join(dir, "c.pem")}); err == nil || !strings.Contains(err.Error(), "tls: cert and key are both required") {
+		t.Errorf("cert without key: got %v", err)
 	}
 }

@@ -92,14 +92,15 @@ func statuses(codes ...int) func(int, http.ResponseWriter, *http.Request) {
 	}
 }
 
-func newSink(t *testing.T, url string, edit func(*webhook.Config)) (*webhook.Sink, *observer.ObservedLogs) {
+func newSink(t *testing.T, url string, edit func(*webhook.Config, *connector.Retry)) (*webhook.Sink, *observer.ObservedLogs) {
 	t.Helper()
 	core, logs := observer.New(zapcore.DebugLevel)
-	cfg := webhook.Config{URL: url, Secret: secret, Timeout: 5 * time.Second, MinBackoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond}
+	cfg := webhook.Config{URL: url, Secret: connector.SecretValue(secret), Timeout: 5 * time.Second}
+	retry := connector.Retry{MinBackoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond}
 	if edit != nil {
-		edit(&cfg)
+		edit(&cfg, &retry)
 	}
-	s, err := webhook.New(cfg, zap.New(core))
+	s, err := webhook.New(cfg, connector.SinkEnv{Recipient: "A81001", Retry: retry, Log: zap.New(core)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -175,7 +176,7 @@ func TestDeliverFirstTime(t *testing.T) {
 
 func TestDeliverWhsecSecret(t *testing.T) {
 	rc := newRecipient(t, statuses(204))
-	s, _ := newSink(t, rc.url(), func(c *webhook.Config) { c.Secret = vecSecret })
+	s, _ := newSink(t, rc.url(), func(c *webhook.Config, r *connector.Retry) { c.Secret = connector.SecretValue(vecSecret) })
 	if _, err := s.Deliver(context.Background(), delivery); err != nil {
 		t.Fatalf("Deliver: %v", err)
 	}
@@ -426,7 +427,7 @@ func TestDeliverCancel(t *testing.T) {
 	t.Run("during backoff", func(t *testing.T) {
 		rc := newRecipient(t, statuses(503))
 		// A long backoff: a Deliver that waited it out would take 20s or more.
-		s, logs := newSink(t, rc.url(), func(c *webhook.Config) { c.MinBackoff, c.MaxBackoff = 20*time.Second, time.Minute })
+		s, logs := newSink(t, rc.url(), func(c *webhook.Config, r *connector.Retry) { r.MinBackoff, r.MaxBackoff = 20*time.Second, time.Minute })
 		answered := make(chan struct{})
 		var once sync.Once
 		webhook.WrapTransport(s, func(rt http.RoundTripper) http.RoundTripper {
@@ -446,7 +447,7 @@ func TestDeliverCancel(t *testing.T) {
 			}
 			<-r.Context().Done() // hang until the client gives up
 		})
-		s, logs := newSink(t, rc.url(), func(c *webhook.Config) { c.Timeout = time.Minute })
+		s, logs := newSink(t, rc.url(), func(c *webhook.Config, r *connector.Retry) { c.Timeout = time.Minute })
 		inFlight := make(chan struct{})
 		go func() {
 			waitArrivals(t, rc, 2)
@@ -526,7 +527,7 @@ func TestDeliverDeadline(t *testing.T) {
 func TestDeliverMaxAttempts(t *testing.T) {
 	t.Run("503", func(t *testing.T) {
 		rc := newRecipient(t, statuses(503))
-		s, logs := newSink(t, rc.url(), func(c *webhook.Config) { c.MaxAttempts = 3 })
+		s, logs := newSink(t, rc.url(), func(c *webhook.Config, r *connector.Retry) { r.MaxAttempts = 3 })
 		out, err := s.Deliver(context.Background(), delivery)
 		if err == nil {
 			t.Fatal("Deliver: got no error")
@@ -552,7 +553,7 @@ func TestDeliverMaxAttempts(t *testing.T) {
 		}
 		addr := ln.Addr().String()
 		ln.Close()
-		s, logs := newSink(t, "http://"+addr+"/events?nhs="+urlCanary, func(c *webhook.Config) { c.MaxAttempts = 2 })
+		s, logs := newSink(t, "http://"+addr+"/events?nhs="+urlCanary, func(c *webhook.Config, r *connector.Retry) { r.MaxAttempts = 2 })
 		out, err := s.Deliver(context.Background(), delivery)
 		if err == nil || err.Error() != "delivering: connection refused" {
 			t.Errorf("Deliver:\n\tgot  %v\n\twant %q", err, "delivering: connection refused")
@@ -567,7 +568,7 @@ func TestDeliverMaxAttempts(t *testing.T) {
 	})
 	t.Run("one attempt", func(t *testing.T) {
 		rc := newRecipient(t, statuses(500))
-		s, _ := newSink(t, rc.url(), func(c *webhook.Config) { c.MaxAttempts = 1 })
+		s, _ := newSink(t, rc.url(), func(c *webhook.Config, r *connector.Retry) { r.MaxAttempts = 1 })
 		out, err := s.Deliver(context.Background(), delivery)
 		if err == nil || out.Attempts != 1 || len(rc.received()) != 1 {
 			t.Errorf("Deliver:\n\tgot  %+v, %v, %d received\n\twant 1 attempt, an error, 1 received", out, err, len(rc.received()))
@@ -579,7 +580,7 @@ func TestDeliverMaxAttempts(t *testing.T) {
 // the class, never the URL.
 func TestDeliverTimeout(t *testing.T) {
 	rc := newRecipient(t, func(_ int, w http.ResponseWriter, r *http.Request) { <-r.Context().Done() })
-	s, logs := newSink(t, rc.url(), func(c *webhook.Config) { c.Timeout = 50 * time.Millisecond; c.MaxAttempts = 2 })
+	s, logs := newSink(t, rc.url(), func(c *webhook.Config, r *connector.Retry) { c.Timeout = 50 * time.Millisecond; r.MaxAttempts = 2 })
 	out, err := s.Deliver(context.Background(), delivery)
 	if err == nil || err.Error() != "delivering: timeout" {
 		t.Errorf("Deliver:\n\tgot  %v\n\twant %q", err, "delivering: timeout")

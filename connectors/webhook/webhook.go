@@ -36,6 +36,7 @@ import (
 
 	"github.com/carehub/carehub/connectors/connector"
 	"github.com/carehub/carehub/internal/logging"
+	"github.com/carehub/carehub/schemas/media"
 	"github.com/hashicorp/go-cleanhttp"
 	"github.com/hashicorp/go-retryablehttp"
 	"go.uber.org/zap"
@@ -50,56 +51,82 @@ const (
 	HeaderEventType  = "carehub-event-type"
 	HeaderRecipient  = "carehub-recipient"
 	HeaderIdempotent = "Idempotency-Key"
-	ContentType      = "application/cloudevents+json"
 )
 
-// Config configures one webhook sink.
+// Type is the connector's type: the key of a recipient's section.
+const Type = "webhook"
+
+// Factory is the webhook sink's registration (connectors/all lists it).
+var Factory = connector.SinkFactory{
+	Type:    Type,
+	Default: func() connector.Config { return DefaultConfig() },
+	New: func(cfg connector.Config, env connector.SinkEnv) (connector.Sink, error) {
+		return New(*cfg.(*Config), env)
+	},
+	Probe: &connector.SinkProbe{Receiver: probeReceiver},
+}
+
+// DefaultTimeout bounds one attempt when the configuration does not.
+const DefaultTimeout = 10 * time.Second
+
+// Config is a recipient's webhook section:
+//
+//	webhook: {url: https://gp.example.nhs.uk/carehub, secret: {file: /run/secrets/gp}, timeout: 10s}
 type Config struct {
-	URL        string
-	Secret     string
-	Timeout    time.Duration // per attempt; default 10s
-	MinBackoff time.Duration // default 200ms
-	MaxBackoff time.Duration // default 30s
-	// MaxAttempts bounds the attempts; 0 means without end (the default for
-	// the hub: an outbox is a durable backlog, nothing is dropped).
-	MaxAttempts int
+	URL    string           `yaml:"url" json:"url"`
+	Secret connector.Secret `yaml:"secret" json:"secret"`
+	// Timeout bounds one attempt (default 10s).
+	Timeout time.Duration `yaml:"timeout" json:"timeout"`
+}
+
+// DefaultConfig returns a configuration with every default applied.
+func DefaultConfig() *Config { return &Config{Timeout: DefaultTimeout} }
+
+// Validate reports every problem of the section. It never echoes the URL
+// (it may carry a token) or the secret.
+func (c *Config) Validate() error {
+	var errs []error
+	if u, err := url.Parse(c.URL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		errs = append(errs, errors.New("url: an absolute http or https URL is required"))
+	}
+	if v, err := c.Secret.Reveal(); err != nil {
+		errs = append(errs, fmt.Errorf("secret: %w", err))
+	} else if len(v) < 8 {
+		errs = append(errs, errors.New("secret: must be at least 8 bytes"))
+	} else if _, err := DecodeSecret(v); err != nil {
+		errs = append(errs, fmt.Errorf("secret: %w", err))
+	}
+	if c.Timeout < 0 {
+		errs = append(errs, errors.New("timeout: must be positive"))
+	}
+	return errors.Join(errs...)
 }
 
 // Sink delivers to one webhook endpoint.
 type Sink struct {
-	cfg    Config
+	url    string
 	secret []byte
 	client *retryablehttp.Client
 	now    func() time.Time
 }
 
-// New validates cfg and builds the sink. log receives only method, host and
-// retry counts.
-func New(cfg Config, log *zap.Logger) (*Sink, error) {
-	u, err := url.Parse(cfg.URL)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, errors.New("webhook: an absolute http or https URL is required")
+// New validates cfg and the hub's retry bounds and builds the sink.
+// env.Log receives only method, host and retry counts.
+func New(cfg Config, env connector.SinkEnv) (*Sink, error) {
+	if cfg.Timeout == 0 {
+		cfg.Timeout = DefaultTimeout
 	}
-	if len(cfg.Secret) < 8 {
-		return nil, errors.New("webhook: the secret must be at least 8 bytes")
+	retry := env.Retry.WithDefaults()
+	if err := errors.Join(cfg.Validate(), retry.Validate()); err != nil {
+		return nil, fmt.Errorf("webhook: %w", err)
 	}
-	secret, err := DecodeSecret(cfg.Secret)
-	if err != nil {
-		return nil, err
+	raw, _ := cfg.Secret.Reveal()
+	secret, _ := DecodeSecret(raw)
+	log := env.Log
+	if log == nil {
+		log = zap.NewNop()
 	}
-	if cfg.Timeout <= 0 {
-		cfg.Timeout = 10 * time.Second
-	}
-	if cfg.MinBackoff <= 0 {
-		cfg.MinBackoff = 200 * time.Millisecond
-	}
-	if cfg.MaxBackoff <= 0 {
-		cfg.MaxBackoff = 30 * time.Second
-	}
-	if cfg.MinBackoff > cfg.MaxBackoff {
-		return nil, errors.New("webhook: MinBackoff exceeds MaxBackoff")
-	}
-	s := &Sink{cfg: cfg, secret: secret, now: time.Now}
+	s := &Sink{url: cfg.URL, secret: secret, now: time.Now}
 	c := retryablehttp.NewClient()
 	c.HTTPClient = &http.Client{
 		Timeout:   cfg.Timeout,
@@ -108,11 +135,11 @@ func New(cfg Config, log *zap.Logger) (*Sink, error) {
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}
 	c.Logger = logging.NewRetryable(log)
-	c.RetryWaitMin = cfg.MinBackoff
-	c.RetryWaitMax = cfg.MaxBackoff
+	c.RetryWaitMin = retry.MinBackoff
+	c.RetryWaitMax = retry.MaxBackoff
 	c.RetryMax = math.MaxInt32
-	if cfg.MaxAttempts > 0 {
-		c.RetryMax = cfg.MaxAttempts - 1
+	if retry.MaxAttempts > 0 {
+		c.RetryMax = retry.MaxAttempts - 1
 	}
 	c.CheckRetry = func(ctx context.Context, resp *http.Response, err error) (bool, error) {
 		if ctx.Err() != nil {
@@ -211,11 +238,11 @@ func clamp(d, min, max time.Duration) time.Duration {
 func (s *Sink) Deliver(ctx context.Context, d connector.Delivery) (connector.Outcome, error) {
 	var out connector.Outcome
 	attempts := 0
-	req, err := retryablehttp.NewRequestWithContext(context.WithValue(ctx, attemptsKey{}, &attempts), http.MethodPost, s.cfg.URL, d.Body)
+	req, err := retryablehttp.NewRequestWithContext(context.WithValue(ctx, attemptsKey{}, &attempts), http.MethodPost, s.url, d.Body)
 	if err != nil {
 		return out, connector.Permanent("building request", err)
 	}
-	req.Header.Set("Content-Type", ContentType)
+	req.Header.Set("Content-Type", media.CloudEvent)
 	req.Header.Set(HeaderIdempotent, d.EventID)
 	req.Header.Set(HeaderID, d.EventID)
 	req.Header.Set(HeaderPatient, d.PatientRef)

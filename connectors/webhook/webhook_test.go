@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/carehub/carehub/connectors/connector"
 	"github.com/carehub/carehub/connectors/webhook"
 	"go.uber.org/zap"
 )
@@ -264,35 +265,37 @@ func TestBackoffRetryAfter(t *testing.T) {
 
 func TestNew(t *testing.T) {
 	const canary = "9991234567"
-	good := webhook.Config{URL: "https://gp.example/events", Secret: "gp-secret-1"}
+	good := webhook.Config{URL: "https://gp.example/events", Secret: connector.SecretValue("gp-secret-1")}
 	tests := []struct {
 		name    string
-		edit    func(c *webhook.Config)
+		edit    func(c *webhook.Config, r *connector.Retry)
 		wantErr string // "" means valid
 	}{
-		{"good", func(*webhook.Config) {}, ""},
-		{"http", func(c *webhook.Config) { c.URL = "http://127.0.0.1:9101/events" }, ""},
-		{"whsec secret", func(c *webhook.Config) { c.Secret = vecSecret }, ""},
-		{"relative URL", func(c *webhook.Config) { c.URL = "/events?nhs=" + canary }, "absolute http or https URL"},
-		{"ftp URL", func(c *webhook.Config) { c.URL = "ftp://gp.example/?nhs=" + canary }, "absolute http or https URL"},
-		{"no host", func(c *webhook.Config) { c.URL = "https:///events?nhs=" + canary }, "absolute http or https URL"},
-		{"unparsable URL", func(c *webhook.Config) { c.URL = "https://gp.example/%zz?nhs=" + canary }, "absolute http or https URL"},
-		{"short secret", func(c *webhook.Config) { c.Secret = "1234567" }, "at least 8 bytes"},
-		{"bad whsec", func(c *webhook.Config) { c.Secret = "whsec_not*base64" }, "base64"},
-		{"min above max", func(c *webhook.Config) { c.MinBackoff, c.MaxBackoff = time.Second, time.Millisecond }, "MinBackoff exceeds MaxBackoff"},
-		{"min above default max", func(c *webhook.Config) { c.MinBackoff = time.Minute }, "MinBackoff exceeds MaxBackoff"},
+		{"good", func(*webhook.Config, *connector.Retry) {}, ""},
+		{"http", func(c *webhook.Config, r *connector.Retry) { c.URL = "http://127.0.0.1:9101/events" }, ""},
+		{"whsec secret", func(c *webhook.Config, r *connector.Retry) { c.Secret = connector.SecretValue(vecSecret) }, ""},
+		{"relative URL", func(c *webhook.Config, r *connector.Retry) { c.URL = "/events?nhs=" + canary }, "absolute http or https URL"},
+		{"ftp URL", func(c *webhook.Config, r *connector.Retry) { c.URL = "ftp://gp.example/?nhs=" + canary }, "absolute http or https URL"},
+		{"no host", func(c *webhook.Config, r *connector.Retry) { c.URL = "https:///events?nhs=" + canary }, "absolute http or https URL"},
+		{"unparsable URL", func(c *webhook.Config, r *connector.Retry) { c.URL = "https://gp.example/%zz?nhs=" + canary }, "absolute http or https URL"},
+		{"short secret", func(c *webhook.Config, r *connector.Retry) { c.Secret = connector.SecretValue("1234567") }, "at least 8 bytes"},
+		{"bad whsec", func(c *webhook.Config, r *connector.Retry) { c.Secret = connector.SecretValue("whsec_not*base64") }, "base64"},
+		{"min above max", func(c *webhook.Config, r *connector.Retry) {
+			r.MinBackoff, r.MaxBackoff = time.Second, time.Millisecond
+		}, "minBackoff must not exceed maxBackoff"},
+		{"min above default max", func(c *webhook.Config, r *connector.Retry) { r.MinBackoff = time.Minute }, "minBackoff must not exceed maxBackoff"},
 	}
 	for _, tt := range tests {
-		cfg := good
-		tt.edit(&cfg)
-		s, err := webhook.New(cfg, zap.NewNop())
+		cfg, retry := good, connector.Retry{}
+		tt.edit(&cfg, &retry)
+		s, err := webhook.New(cfg, connector.SinkEnv{Retry: retry, Log: zap.NewNop()})
 		switch {
 		case tt.wantErr == "" && (err != nil || s == nil):
 			t.Errorf("New(%s):\n\tgot  %v\n\twant a sink", tt.name, err)
 		case tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)):
 			t.Errorf("New(%s):\n\tgot  %v\n\twant an error containing %q", tt.name, err, tt.wantErr)
 		}
-		if err != nil && (strings.Contains(err.Error(), canary) || strings.Contains(err.Error(), cfg.Secret)) {
+		if err != nil && (strings.Contains(err.Error(), canary) || strings.Contains(err.Error(), cfg.Secret.Value)) {
 			t.Errorf("New(%s): the error echoes the URL or the secret: %v", tt.name, err)
 		}
 	}

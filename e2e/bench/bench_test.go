@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/carehub/carehub/connectors/all"
+
 	"github.com/carehub/carehub/connectors/mllp/hl7"
 	"github.com/carehub/carehub/connectors/mllp/hl7/adt"
 	"github.com/carehub/carehub/connectors/webhook"
@@ -134,7 +136,7 @@ func TestHubConfigParses(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		cfg, err := config.Parse(b)
+		cfg, err := config.Parse(b, all.Registry())
 		if err != nil {
 			t.Fatalf("%s: %v\n%s", sc, err, b)
 		}

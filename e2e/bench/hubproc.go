@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/carehub/carehub/connectors/all"
+
 	"github.com/carehub/carehub/hub"
 	"github.com/carehub/carehub/hub/config"
 	"go.uber.org/zap"
@@ -57,7 +59,7 @@ type HubConfig struct {
 func (hc HubConfig) YAML(pop *Population) []byte {
 	var b bytes.Buffer
 	fmt.Fprintf(&b, "# carehub bench: a generated configuration with synthetic recipients.\n")
-	fmt.Fprintf(&b, "http: {addr: %q, maxBodyBytes: %d, maxBatchEvents: 1000}\n", hc.HTTPAddr, 8<<20)
+	fmt.Fprintf(&b, "http: {addr: %q, maxBodyBytes: %d}\n", hc.HTTPAddr, 8<<20)
 	if hc.DataDir != "" {
 		fmt.Fprintf(&b, "dataDir: %q\n", hc.DataDir)
 	}
@@ -68,8 +70,9 @@ func (hc HubConfig) YAML(pop *Population) []byte {
 	}
 	fmt.Fprintf(&b, "pseudonymKey: {value: %s}\n", pseudonymKey)
 	fmt.Fprintf(&b, "sources:\n  - {ods: %s, name: Bench hospital, apiKey: {value: %s}}\n", Source, SourceAPIKey)
+	b.WriteString("inputs:\n  - cloudevents: {maxBatchEvents: 1000}\n")
 	if hc.MLLPAddr != "" {
-		fmt.Fprintf(&b, "mllp:\n  - {addr: %q, source: %s}\n", hc.MLLPAddr, Source)
+		fmt.Fprintf(&b, "  - mllp: {addr: %q, source: %s}\n", hc.MLLPAddr, Source)
 	}
 	b.WriteString("recipients:\n")
 	for _, r := range pop.Recipients {
@@ -222,7 +225,7 @@ type inProcess struct {
 }
 
 func startInProcess(ctx context.Context, cfgYAML []byte, logLevel, logPath string, timeout time.Duration) (*inProcess, error) {
-	cfg, err := config.Parse(cfgYAML)
+	cfg, err := config.Parse(cfgYAML, all.Registry())
 	if err != nil {
 		return nil, fmt.Errorf("bench: the generated configuration: %w", err)
 	}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/carehub/carehub/connectors/webhook"
 	"github.com/carehub/carehub/hub/broker"
+	"github.com/carehub/carehub/schemas/media"
 	"github.com/segmentio/kafka-go"
 )
 
@@ -109,7 +110,7 @@ func (r *reference) post(ctx context.Context, rc *Recipient, id string, key, bod
 			return
 		}
 		ts := strconv.FormatInt(time.Now().Unix(), 10)
-		req.Header.Set("Content-Type", webhook.ContentType)
+		req.Header.Set("Content-Type", media.CloudEvent)
 		req.Header.Set(webhook.HeaderIdempotent, id)
 		req.Header.Set(webhook.HeaderID, id)
 		req.Header.Set(webhook.HeaderPatient, string(key))

@@ -32,16 +32,11 @@ import (
 	"github.com/carehub/carehub/hub/route"
 	"github.com/carehub/carehub/internal/logging"
 	"github.com/carehub/carehub/schemas/event"
+	"github.com/carehub/carehub/schemas/media"
 	"github.com/carehub/carehub/schemas/nhs"
 	"github.com/carehub/carehub/schemas/problem"
 	"github.com/carehub/carehub/schemas/problem/problemhttp"
 	"go.uber.org/zap"
-)
-
-// Media types.
-const (
-	MediaFHIR = "application/fhir+json"
-	MediaJSON = "application/json"
 )
 
 // Store is the consent directive store the API writes and reads.
@@ -101,7 +96,7 @@ func (a *API) admin(h http.HandlerFunc) http.HandlerFunc {
 
 func wantsFHIR(r *http.Request) bool {
 	mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
-	return mt == MediaFHIR || strings.Contains(r.Header.Get("Accept"), MediaFHIR)
+	return mt == media.FHIR || strings.Contains(r.Header.Get("Accept"), media.FHIR)
 }
 
 // fail answers with an OperationOutcome or a problem document.
@@ -114,7 +109,7 @@ func (a *API) fail(w http.ResponseWriter, r *http.Request, err error) {
 		return
 	}
 	status := problem.DetailsOf(err).Status
-	w.Header().Set("Content-Type", MediaFHIR)
+	w.Header().Set("Content-Type", media.FHIR)
 	w.WriteHeader(status)
 	_, _ = w.Write(consent.OperationOutcome(err))
 }
@@ -164,20 +159,20 @@ func (a *API) putConsent(w http.ResponseWriter, r *http.Request) {
 	mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
 	var pc consent.PatientConsent
 	switch mt {
-	case MediaFHIR:
+	case media.FHIR:
 		ds, err := consent.ConsentFromFHIR(b, n)
 		if err != nil {
 			a.fail(w, r, err)
 			return
 		}
 		pc.Directives = ds
-	case MediaJSON:
+	case media.JSON:
 		if pc, err = consent.ParsePatientConsent(b); err != nil {
 			a.fail(w, r, err)
 			return
 		}
 	default:
-		a.fail(w, r, problem.New(problem.MediaType, "Content-Type must be "+MediaFHIR+" or "+MediaJSON))
+		a.fail(w, r, problem.New(problem.MediaType, "Content-Type must be "+media.FHIR+" or "+media.JSON))
 		return
 	}
 	stored, err := a.Store.Put(r.Context(), key, pc)
@@ -210,17 +205,17 @@ func (a *API) getConsent(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *API) writeConsent(w http.ResponseWriter, r *http.Request, n nhs.Number, pc consent.PatientConsent) {
-	if strings.Contains(r.Header.Get("Accept"), MediaFHIR) {
+	if strings.Contains(r.Header.Get("Accept"), media.FHIR) {
 		b, err := consent.ToFHIR(pc.Directives, n)
 		if err != nil {
 			a.fail(w, r, err)
 			return
 		}
-		w.Header().Set("Content-Type", MediaFHIR)
+		w.Header().Set("Content-Type", media.FHIR)
 		_, _ = w.Write(b)
 		return
 	}
-	w.Header().Set("Content-Type", MediaJSON)
+	w.Header().Set("Content-Type", media.JSON)
 	_ = json.NewEncoder(w).Encode(pc)
 }
 
@@ -284,7 +279,7 @@ func (a *API) explain(w http.ResponseWriter, r *http.Request) {
 		}
 		out.Candidates = append(out.Candidates, e)
 	}
-	w.Header().Set("Content-Type", MediaJSON)
+	w.Header().Set("Content-Type", media.JSON)
 	_ = json.NewEncoder(w).Encode(out)
 }
 
@@ -302,7 +297,7 @@ func (a *API) disclosures(w http.ResponseWriter, r *http.Request) {
 	if ds == nil {
 		ds = []Disclosure{}
 	}
-	w.Header().Set("Content-Type", MediaJSON)
+	w.Header().Set("Content-Type", media.JSON)
 	_ = json.NewEncoder(w).Encode(struct {
 		Disclosures []Disclosure `json:"disclosures"`
 	}{ds})

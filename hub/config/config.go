@@ -2,111 +2,65 @@
 // are errors, defaults are applied in one place, and Validate reports every
 // problem at once so that a hub fails at start, never half-way through a day.
 //
-// Secrets (API keys, webhook secrets, the pseudonym key) are Secret values:
-// each is given inline (demo only), from a file, or from an environment
-// variable. A real deployment keeps them out of the committed file:
+// The file has the hub's own sections (http, kafka, sources, recipients,
+// delivery, consent, ...) and connector sections, which the hub does not
+// interpret: under inputs, each entry's one key names a source connector
+// type and holds that connector's configuration; in a recipient, the key
+// that names a sink connector type (webhook, ...) holds its delivery
+// configuration. The connector registry (connectors/all) decodes each
+// section with the connector's own defaults and validation.
+//
+// Secrets (API keys, webhook secrets, the pseudonym key) are
+// connector.Secret values: each is given inline (demo only), from a file,
+// or from an environment variable, and is read once, when the file is
+// decoded. A real deployment keeps them out of the committed file:
 //
 //	apiKey: {file: /run/secrets/rx1-key}
 //	secret: {env: CAREHUB_GP_SECRET}
+//
+// Validate reads no other file: patient lists and certificates are read
+// when the hub builds its parts, before anything starts.
 package config
 
 import (
 	"bytes"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
 	"net"
-	"net/url"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"time"
 
-	"github.com/carehub/carehub/connectors/mllp/hl7"
+	"github.com/carehub/carehub/connectors/connector"
 	"github.com/carehub/carehub/consent"
-	"github.com/carehub/carehub/hub/patientlist"
+	"github.com/carehub/carehub/hub/route"
+	"github.com/carehub/carehub/schemas/event"
+	"github.com/carehub/carehub/schemas/ods"
 	"go.yaml.in/yaml/v3"
 )
 
 // Config is the whole configuration of one carehub process.
 type Config struct {
-	HTTP       HTTP        `yaml:"http"`
-	DataDir    string      `yaml:"dataDir"`
-	Kafka      Kafka       `yaml:"kafka"`
-	Pseudonym  Secret      `yaml:"pseudonymKey"`
-	Admin      Admin       `yaml:"admin"`
-	Sources    []Source    `yaml:"sources"`
-	Recipients []Recipient `yaml:"recipients"`
-	Delivery   Delivery    `yaml:"delivery"`
-	Consent    Consent     `yaml:"consent"`
-	MLLP       []MLLP      `yaml:"mllp"`
+	HTTP       HTTP             `yaml:"http"`
+	DataDir    string           `yaml:"dataDir"`
+	Kafka      Kafka            `yaml:"kafka"`
+	Pseudonym  connector.Secret `yaml:"pseudonymKey"`
+	Admin      Admin            `yaml:"admin"`
+	Sources    []Source         `yaml:"sources"`
+	Inputs     []Input          `yaml:"inputs"`
+	Recipients []Recipient      `yaml:"recipients"`
+	Delivery   connector.Retry  `yaml:"delivery"`
+	Consent    Consent          `yaml:"consent"`
 }
 
-// MLLP is one HL7 v2 MLLP listener (connectors/mllp), bound to one source
-// organisation: every message must come from it (MSH-4), and with TLS and
-// a client CA, the client certificate must name it (CN, O or OU).
-type MLLP struct {
-	Addr   string `yaml:"addr"`   // default 127.0.0.1:2575
-	Source string `yaml:"source"` // one of sources[].ods
-	// MaxFrameBytes is the largest message accepted (default 1 MiB).
-	MaxFrameBytes int `yaml:"maxFrameBytes"`
-	// ReadTimeout bounds receiving a frame once started and sending its
-	// acknowledgement (default 60s); IdleTimeout closes a silent connection
-	// (default 10m).
-	ReadTimeout time.Duration `yaml:"readTimeout"`
-	IdleTimeout time.Duration `yaml:"idleTimeout"`
-	// DuplicateWindow: a resend within it is acknowledged, not published
-	// again (default 24h).
-	DuplicateWindow time.Duration `yaml:"duplicateWindow"`
-	// ProcessingID is the MSH-11 accepted: P (default), T or D.
-	ProcessingID string `yaml:"processingId"`
-	// DestinationFields are HL7 terse paths to the discharge destination's
-	// ODS code, tried in order (default [PV1-37.1]).
-	DestinationFields []string `yaml:"destinationFields"`
-	TLS               *MLLPTLS `yaml:"tls"`
-}
-
-// MLLPTLS makes an MLLP listener speak TLS: the server's certificate and key
-// (PEM files), and optionally the CA whose client certificates it requires.
-type MLLPTLS struct {
-	Cert     string `yaml:"cert"`
-	Key      string `yaml:"key"`
-	ClientCA string `yaml:"clientCA"`
-}
-
-// Policy returns the consent policy this section configures, validated.
-func (c Consent) Policy() (consent.Policy, error) {
-	p := consent.DefaultPolicy()
-	p.ExtraSensitiveCategories = c.ExtraSensitiveCategories
-	p.ConfidentialAllow = nil
-	for _, b := range c.ConfidentialAllow {
-		p.ConfidentialAllow = append(p.ConfidentialAllow, consent.Basis(b))
-	}
-	if err := p.Validate(); err != nil {
-		return consent.Policy{}, err
-	}
-	return p, nil
-}
-
-// Consent is the deployment's consent policy (see package consent).
-type Consent struct {
-	// ExtraSensitiveCategories are category codes treated as sensitive in
-	// addition to the built-in ones.
-	ExtraSensitiveCategories []string `yaml:"extraSensitiveCategories"`
-	// ConfidentialAllow lists the bases on which a confidential patient's
-	// events are still shared. Default: [registered-gp].
-	ConfidentialAllow []string `yaml:"confidentialAllow"`
-}
-
-// HTTP is the API listener.
+// HTTP is the API listener, shared by the admin API and every HTTP source.
 type HTTP struct {
-	Addr         string `yaml:"addr"`
-	MaxBodyBytes int64  `yaml:"maxBodyBytes"`
-	// MaxBatchEvents caps the events in one batch request.
-	MaxBatchEvents int `yaml:"maxBatchEvents"`
+	Addr string `yaml:"addr"`
+	// MaxBodyBytes is the largest request body any route takes; larger
+	// requests get 413.
+	MaxBodyBytes int64 `yaml:"maxBodyBytes"`
 }
 
 // Kafka says which broker to use. With Brokers empty the hub starts its
@@ -127,102 +81,70 @@ type Kafka struct {
 
 // Admin holds the operator credentials.
 type Admin struct {
-	APIKey Secret `yaml:"apiKey"`
+	APIKey connector.Secret `yaml:"apiKey"`
 }
 
 // Source is an organisation allowed to publish events.
 type Source struct {
-	ODS    string `yaml:"ods"`
-	Name   string `yaml:"name"`
-	APIKey Secret `yaml:"apiKey"`
-}
-
-// Recipient is an organisation that receives events.
-type Recipient struct {
-	ODS           string         `yaml:"ods"`
-	Name          string         `yaml:"name"`
-	Role          string         `yaml:"role"`
-	Webhook       *Webhook       `yaml:"webhook"`
-	Subscriptions []Subscription `yaml:"subscriptions"`
-}
-
-// Webhook is a push endpoint.
-type Webhook struct {
-	URL    string `yaml:"url"`
-	Secret Secret `yaml:"secret"`
-	// Timeout bounds one attempt.
-	Timeout time.Duration `yaml:"timeout"`
+	ODS    string           `yaml:"ods"`
+	Name   string           `yaml:"name"`
+	APIKey connector.Secret `yaml:"apiKey"`
 }
 
 // Subscription says which events a recipient wants and on what basis.
 type Subscription struct {
-	ID    string   `yaml:"id"`
-	Basis string   `yaml:"basis"`
-	Types []string `yaml:"types"`
+	ID    string   `yaml:"id" json:"id"`
+	Basis string   `yaml:"basis" json:"basis"`
+	Types []string `yaml:"types" json:"types"`
 	// PatientList is the file of the recipient's patients (one NHS number
-	// per line; see package patientlist), for basis patient-list only. It is
-	// read at start-up and again when the hub is sent SIGHUP.
-	PatientList string `yaml:"patientList"`
+	// per line; see package patientlist), for basis patient-list only. The
+	// hub reads it at start-up and again when it is sent SIGHUP.
+	PatientList string `yaml:"patientList,omitempty" json:"patientList,omitempty"`
 }
 
-// Delivery tunes the deliverers.
-type Delivery struct {
-	MinBackoff time.Duration `yaml:"minBackoff"`
-	MaxBackoff time.Duration `yaml:"maxBackoff"`
+// Consent is the deployment's consent policy (see package consent).
+type Consent struct {
+	// ExtraSensitiveCategories are category codes treated as sensitive in
+	// addition to the built-in ones.
+	ExtraSensitiveCategories []string `yaml:"extraSensitiveCategories"`
+	// ConfidentialAllow lists the bases on which a confidential patient's
+	// events are still shared. Default: [registered-gp].
+	ConfidentialAllow []string `yaml:"confidentialAllow"`
 }
 
-// Secret is a value given inline, from a file or from the environment.
-// Exactly one of the three is set.
-type Secret struct {
-	Value string `yaml:"value"`
-	File  string `yaml:"file"`
-	Env   string `yaml:"env"`
-}
-
-// Set reports whether any form is given.
-func (s Secret) Set() bool { return s.Value != "" || s.File != "" || s.Env != "" }
-
-// Resolve returns the secret's value.
-func (s Secret) Resolve() (string, error) {
-	n := 0
-	for _, v := range []string{s.Value, s.File, s.Env} {
-		if v != "" {
-			n++
-		}
+// Policy returns the consent policy this section configures, validated.
+func (c Consent) Policy() (consent.Policy, error) {
+	p := consent.DefaultPolicy()
+	p.ExtraSensitiveCategories = c.ExtraSensitiveCategories
+	p.ConfidentialAllow = nil
+	for _, b := range c.ConfidentialAllow {
+		p.ConfidentialAllow = append(p.ConfidentialAllow, consent.Basis(b))
 	}
-	switch {
-	case n == 0:
-		return "", errors.New("no value, file or env given")
-	case n > 1:
-		return "", errors.New("give only one of value, file and env")
-	case s.File != "":
-		b, err := os.ReadFile(s.File)
-		if err != nil {
-			return "", fmt.Errorf("reading secret file: %w", err)
-		}
-		v := strings.TrimSpace(string(b))
-		if v == "" {
-			return "", fmt.Errorf("secret file %s is empty", s.File)
-		}
-		return v, nil
-	case s.Env != "":
-		v, ok := os.LookupEnv(s.Env)
-		if !ok || v == "" {
-			return "", fmt.Errorf("environment variable %s is not set", s.Env)
-		}
-		return v, nil
+	if err := p.Validate(); err != nil {
+		return consent.Policy{}, err
 	}
-	return s.Value, nil
+	return p, nil
 }
 
-// Load reads and strictly decodes a YAML file, applies defaults and validates.
+// Defaults of the hub's own settings. Connectors own theirs.
+const (
+	DefaultHTTPAddr     = "127.0.0.1:8080"
+	DefaultMaxBodyBytes = 1 << 20
+	DefaultDataDir      = "./data"
+	DefaultEmbeddedAddr = "127.0.0.1:9092"
+	DefaultPartitions   = 6
+	DefaultLinger       = 500 * time.Microsecond
+)
+
+// Load reads and strictly decodes a YAML file, decodes its connector
+// sections with the registry's factories, applies defaults and validates.
 // A relative patientList path is taken from the file's directory.
-func Load(path string) (*Config, error) {
+func Load(path string, reg *connector.Registry) (*Config, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("reading config: %w", err)
 	}
-	c, err := decode(b)
+	c, err := decode(b, reg)
 	if err != nil {
 		return nil, err
 	}
@@ -234,59 +156,138 @@ func Load(path string) (*Config, error) {
 			}
 		}
 	}
-	if err := c.finish(); err != nil {
+	if err := c.Validate(); err != nil {
 		return nil, err
 	}
 	return c, nil
 }
 
-// Parse strictly decodes YAML (unknown keys are errors), applies defaults and
-// validates. A relative patientList path is taken from the working directory.
-func Parse(b []byte) (*Config, error) {
-	c, err := decode(b)
+// Parse is Load for a configuration in memory. A relative patientList path
+// is taken from the working directory.
+func Parse(b []byte, reg *connector.Registry) (*Config, error) {
+	c, err := decode(b, reg)
 	if err != nil {
 		return nil, err
 	}
-	if err := c.finish(); err != nil {
+	if err := c.Validate(); err != nil {
 		return nil, err
 	}
 	return c, nil
 }
 
-func decode(b []byte) (*Config, error) {
-	var c Config
-	dec := yaml.NewDecoder(bytes.NewReader(b))
-	dec.KnownFields(true)
-	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
+func decode(b []byte, reg *connector.Registry) (*Config, error) {
+	if reg == nil {
+		return nil, errors.New("config: no connector registry")
+	}
+	var doc yaml.Node
+	if err := yaml.Unmarshal(b, &doc); err != nil {
 		return nil, fmt.Errorf("decoding config: %w", err)
 	}
+	var c Config
+	if len(doc.Content) > 0 {
+		if err := refuseOldForms(doc.Content[0]); err != nil {
+			return nil, err
+		}
+		dec := yaml.NewDecoder(bytes.NewReader(b))
+		dec.KnownFields(true)
+		if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
+			return nil, fmt.Errorf("decoding config: %w", err)
+		}
+	}
+	if err := c.decodeConnectors(reg); err != nil {
+		return nil, err
+	}
+	c.Defaults()
 	return &c, nil
 }
 
-func (c *Config) finish() error {
-	c.Defaults()
-	return c.Validate()
+// refuseOldForms names each setting of an earlier version of the file that
+// moved, and says what to write instead.
+func refuseOldForms(root *yaml.Node) error {
+	if root.Kind != yaml.MappingNode {
+		return nil
+	}
+	var errs []error
+	for i := 0; i+1 < len(root.Content); i += 2 {
+		k, v := root.Content[i].Value, root.Content[i+1]
+		switch {
+		case k == "mllp":
+			errs = append(errs, fmt.Errorf("line %d: mllp: MLLP listeners moved under inputs; write each one as an entry of inputs:\n"+
+				"  inputs:\n    - cloudevents: {}\n    - mllp: {addr: 127.0.0.1:2575, source: RX1}", root.Content[i].Line))
+		case k == "http" && v.Kind == yaml.MappingNode:
+			for j := 0; j+1 < len(v.Content); j += 2 {
+				if v.Content[j].Value == "maxBatchEvents" {
+					errs = append(errs, fmt.Errorf("line %d: http.maxBatchEvents moved to the cloudevents input; write:\n"+
+						"  inputs:\n    - cloudevents: {maxBatchEvents: %s}", v.Content[j].Line, v.Content[j+1].Value))
+				}
+			}
+		}
+	}
+	return errors.Join(errs...)
 }
 
-// Defaults fills unset fields.
+// decodeConnectors decodes every connector section with its factory.
+func (c *Config) decodeConnectors(reg *connector.Registry) error {
+	var errs []error
+	for i := range c.Inputs {
+		in := &c.Inputs[i]
+		where := fmt.Sprintf("inputs[%d]", i)
+		f, ok := reg.Source(in.Type)
+		if !ok {
+			errs = append(errs, fmt.Errorf("%s (line %d): unknown input type %q: one of %s", where, in.line, in.Type,
+				strings.Join(reg.SourceTypes(), ", ")))
+			continue
+		}
+		cfg := f.Default()
+		if err := connector.DecodeStrict(in.node, cfg); err != nil {
+			errs = append(errs, fmt.Errorf("%s.%s (line %d): %w", where, in.Type, in.line, err))
+			continue
+		}
+		in.Config, in.factory = cfg, f
+	}
+	for i := range c.Recipients {
+		r := &c.Recipients[i]
+		where := fmt.Sprintf("recipients[%d]", i)
+		for _, e := range r.extra {
+			f, ok := reg.Sink(e.key)
+			switch {
+			case !ok:
+				errs = append(errs, fmt.Errorf("%s (line %d): field %s not found: neither a recipient field nor a delivery type (%s)",
+					where, e.line, e.key, strings.Join(reg.SinkTypes(), ", ")))
+				continue
+			case r.Sink.Type != "":
+				errs = append(errs, fmt.Errorf("%s (line %d): %s: a recipient has one delivery section, and %s is already given",
+					where, e.line, e.key, r.Sink.Type))
+				continue
+			}
+			cfg := f.Default()
+			if err := connector.DecodeStrict(e.node, cfg); err != nil {
+				errs = append(errs, fmt.Errorf("%s.%s (line %d): %w", where, e.key, e.line, err))
+				continue
+			}
+			r.Sink = Sink{Type: e.key, Config: cfg, factory: f}
+		}
+		r.extra = nil
+	}
+	return errors.Join(errs...)
+}
+
+// Defaults fills unset fields of the hub's own settings.
 func (c *Config) Defaults() {
 	if c.HTTP.Addr == "" {
-		c.HTTP.Addr = "127.0.0.1:8080"
+		c.HTTP.Addr = DefaultHTTPAddr
 	}
 	if c.HTTP.MaxBodyBytes == 0 {
-		c.HTTP.MaxBodyBytes = 1 << 20
-	}
-	if c.HTTP.MaxBatchEvents == 0 {
-		c.HTTP.MaxBatchEvents = 1000
+		c.HTTP.MaxBodyBytes = DefaultMaxBodyBytes
 	}
 	if c.DataDir == "" {
-		c.DataDir = "./data"
+		c.DataDir = DefaultDataDir
 	}
 	if c.Kafka.EmbeddedAddr == "" {
-		c.Kafka.EmbeddedAddr = "127.0.0.1:9092"
+		c.Kafka.EmbeddedAddr = DefaultEmbeddedAddr
 	}
 	if c.Kafka.Partitions == 0 {
-		c.Kafka.Partitions = 6
+		c.Kafka.Partitions = DefaultPartitions
 	}
 	if c.Kafka.Linger == 0 {
 		c.Kafka.Linger = DefaultLinger
@@ -299,39 +300,10 @@ func (c *Config) Defaults() {
 		}
 	}
 	if c.Consent.ConfidentialAllow == nil {
-		c.Consent.ConfidentialAllow = []string{"registered-gp"}
+		c.Consent.ConfidentialAllow = []string{string(consent.BasisRegisteredGP)}
 	}
-	if c.Delivery.MinBackoff == 0 {
-		c.Delivery.MinBackoff = 200 * time.Millisecond
-	}
-	if c.Delivery.MaxBackoff == 0 {
-		c.Delivery.MaxBackoff = 30 * time.Second
-	}
-	for i := range c.MLLP {
-		l := &c.MLLP[i]
-		if l.Addr == "" {
-			l.Addr = "127.0.0.1:2575"
-		}
-		if l.MaxFrameBytes == 0 {
-			l.MaxFrameBytes = 1 << 20
-		}
-		if l.ReadTimeout == 0 {
-			l.ReadTimeout = 60 * time.Second
-		}
-		if l.IdleTimeout == 0 {
-			l.IdleTimeout = 10 * time.Minute
-		}
-		if l.DuplicateWindow == 0 {
-			l.DuplicateWindow = 24 * time.Hour
-		}
-		if l.ProcessingID == "" {
-			l.ProcessingID = "P"
-		}
-	}
+	c.Delivery = c.Delivery.WithDefaults()
 	for i := range c.Recipients {
-		if w := c.Recipients[i].Webhook; w != nil && w.Timeout == 0 {
-			w.Timeout = 10 * time.Second
-		}
 		for j := range c.Recipients[i].Subscriptions {
 			s := &c.Recipients[i].Subscriptions[j]
 			if s.ID == "" {
@@ -341,36 +313,34 @@ func (c *Config) Defaults() {
 	}
 }
 
-// DefaultLinger is the default kafka.linger.
-const DefaultLinger = 500 * time.Microsecond
-
-// ODSPattern matches an ODS organisation or site code.
-var ODSPattern = regexp.MustCompile(`^[A-Z0-9]{3,10}$`)
-
-var (
-	roles  = map[string]bool{"gp-practice": true, "hospital": true, "social-care": true, "community": true}
-	bases  = map[string]bool{"registered-gp": true, "discharge-destination": true, "patient-list": true}
-	eventT = map[string]bool{"admission": true, "transfer": true, "discharge": true, "careplan": true,
-		"admission-cancelled": true, "discharge-cancelled": true, "patient-updated": true, "patient-merged": true}
-)
-
-// EventTypeName maps a subscription's short type name to the CloudEvents type.
-func EventTypeName(short string) string { return "org.carehub." + short + ".v1" }
-
-// Validate reports every problem in the configuration, joined.
+// Validate reports every problem in the configuration, joined: the hub's
+// own sections, every connector section (by the connector's Validate), and
+// how they fit together (a listener bound to a configured source, no two
+// listeners on one address).
 func (c *Config) Validate() error {
 	var errs []error
 	bad := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
-	if _, _, err := net.SplitHostPort(c.HTTP.Addr); err != nil {
-		bad("http.addr %q: %v", c.HTTP.Addr, err)
+	listeners := map[string]string{} // address → who listens there (port 0: a free port, never shared)
+	listen := func(where, addr string) {
+		_, port, err := net.SplitHostPort(addr)
+		if err != nil {
+			bad("%s %q: not host:port", where, addr)
+			return
+		}
+		if port == "0" {
+			return // any free port: never shared
+		}
+		if prev, ok := listeners[addr]; ok {
+			bad("%s %q: used by %s", where, addr, prev)
+		}
+		listeners[addr] = where
 	}
+	listen("http.addr", c.HTTP.Addr)
 	if c.HTTP.MaxBodyBytes < 1024 {
 		bad("http.maxBodyBytes must be at least 1024")
 	}
 	if len(c.Kafka.Brokers) == 0 {
-		if _, _, err := net.SplitHostPort(c.Kafka.EmbeddedAddr); err != nil {
-			bad("kafka.embeddedAddr %q: %v", c.Kafka.EmbeddedAddr, err)
-		}
+		listen("kafka.embeddedAddr", c.Kafka.EmbeddedAddr)
 	} else if c.Kafka.SyncWrites {
 		bad("kafka.syncWrites applies to the embedded broker only, but kafka.brokers is set")
 	}
@@ -382,19 +352,21 @@ func (c *Config) Validate() error {
 	}
 	if !c.Pseudonym.Set() {
 		bad("pseudonymKey: required (the key of the HMAC that pseudonymises NHS numbers)")
-	} else if v, err := c.Pseudonym.Resolve(); err != nil {
+	} else if v, err := c.Pseudonym.Reveal(); err != nil {
 		bad("pseudonymKey: %v", err)
 	} else if len(v) < 16 {
 		bad("pseudonymKey: must be at least 16 bytes")
 	}
+	keys := map[string]string{} // API key → where it is given
 	if c.Admin.APIKey.Set() {
-		if _, err := c.Admin.APIKey.Resolve(); err != nil {
+		if v, err := c.Admin.APIKey.Reveal(); err != nil {
 			bad("admin.apiKey: %v", err)
+		} else {
+			keys[v] = "admin.apiKey"
 		}
 	}
-	keys := map[string]string{}
-	checkKey := func(where string, s Secret) {
-		v, err := s.Resolve()
+	checkKey := func(where string, s connector.Secret) {
+		v, err := s.Reveal()
 		if err != nil {
 			bad("%s: %v", where, err)
 			return
@@ -407,48 +379,67 @@ func (c *Config) Validate() error {
 		}
 		keys[v] = where
 	}
-	if c.Admin.APIKey.Set() {
-		if v, err := c.Admin.APIKey.Resolve(); err == nil {
-			keys[v] = "admin.apiKey"
-		}
-	}
-	seenSrc := map[string]bool{}
+	sources := map[string]bool{}
 	for i, s := range c.Sources {
 		where := fmt.Sprintf("sources[%d]", i)
-		if !ODSPattern.MatchString(s.ODS) {
+		if !ods.Valid(s.ODS) {
 			bad("%s.ods %q: not an ODS code", where, s.ODS)
 		}
-		if seenSrc[s.ODS] {
+		if sources[s.ODS] {
 			bad("%s.ods %q: listed twice", where, s.ODS)
 		}
-		seenSrc[s.ODS] = true
+		sources[s.ODS] = true
 		checkKey(where+".apiKey", s.APIKey)
 	}
-	seenRcp := map[string]bool{}
-	seenSub := map[string]bool{}
+	if len(c.Inputs) == 0 {
+		bad("inputs: at least one is required, or nothing can publish: for POST /v1/events write\n  inputs:\n    - cloudevents: {}")
+	}
+	for i, in := range c.Inputs {
+		where := fmt.Sprintf("inputs[%d].%s", i, in.Type)
+		if in.Config == nil {
+			bad("%s: not decoded: build configurations with Load or Parse", where)
+			continue
+		}
+		if err := in.Config.Validate(); err != nil {
+			errs = append(errs, prefixed(where, err)...)
+		}
+		if b, ok := in.Config.(connector.BoundConfig); ok {
+			for _, org := range b.Organisations() {
+				if !sources[org] {
+					bad("%s.source %q: must be one of sources[].ods", where, org)
+				}
+			}
+		}
+		if l, ok := in.Config.(connector.ListenerConfig); ok {
+			for _, a := range l.ListenAddrs() {
+				if _, _, err := net.SplitHostPort(a); err == nil {
+					listen(where+".addr", a)
+				}
+			}
+		}
+	}
+	recipients := map[string]bool{}
+	subIDs := map[string]bool{}
 	for i, r := range c.Recipients {
 		where := fmt.Sprintf("recipients[%d]", i)
-		if !ODSPattern.MatchString(r.ODS) {
+		if !ods.Valid(r.ODS) {
 			bad("%s.ods %q: not an ODS code", where, r.ODS)
 		}
-		if seenRcp[r.ODS] {
+		if recipients[r.ODS] {
 			bad("%s.ods %q: listed twice", where, r.ODS)
 		}
-		seenRcp[r.ODS] = true
-		if !roles[r.Role] {
-			bad("%s.role %q: one of gp-practice, hospital, social-care, community", where, r.Role)
+		recipients[r.ODS] = true
+		if !consent.Role(r.Role).Valid() {
+			bad("%s.role %q: one of %s", where, r.Role, strings.Join(consent.RoleNames(), ", "))
 		}
-		if r.Webhook == nil {
-			bad("%s: a webhook is required (the only delivery kind so far)", where)
-		} else {
-			u, err := url.Parse(r.Webhook.URL)
-			if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-				bad("%s.webhook.url: an absolute http or https URL is required", where)
-			}
-			if v, err := r.Webhook.Secret.Resolve(); err != nil {
-				bad("%s.webhook.secret: %v", where, err)
-			} else if len(v) < 8 {
-				bad("%s.webhook.secret: must be at least 8 bytes", where)
+		switch {
+		case r.Sink.Type == "":
+			bad("%s: a delivery section is required (how the recipient receives events)", where)
+		case r.Sink.Config == nil:
+			bad("%s.%s: not decoded: build configurations with Load or Parse", where, r.Sink.Type)
+		default:
+			if err := r.Sink.Config.Validate(); err != nil {
+				errs = append(errs, prefixed(where+"."+r.Sink.Type, err)...)
 			}
 		}
 		if len(r.Subscriptions) == 0 {
@@ -456,29 +447,25 @@ func (c *Config) Validate() error {
 		}
 		for j, s := range r.Subscriptions {
 			sw := fmt.Sprintf("%s.subscriptions[%d]", where, j)
-			if seenSub[s.ID] {
+			if subIDs[s.ID] {
 				bad("%s.id %q: used twice", sw, s.ID)
 			}
-			seenSub[s.ID] = true
-			if !bases[s.Basis] {
-				bad("%s.basis %q: one of registered-gp, discharge-destination, patient-list", sw, s.Basis)
+			subIDs[s.ID] = true
+			if err := route.CheckBasis(consent.Basis(s.Basis)); err != nil {
+				bad("%s.basis: %v", sw, err)
 			}
 			switch {
-			case s.Basis == "patient-list" && s.PatientList == "":
+			case s.Basis == string(consent.BasisPatientList) && s.PatientList == "":
 				bad("%s.patientList: a patient-list subscription needs the file of its patients", sw)
-			case s.Basis != "patient-list" && s.PatientList != "":
+			case s.Basis != string(consent.BasisPatientList) && s.PatientList != "":
 				bad("%s.patientList: only a patient-list subscription has one", sw)
-			case s.PatientList != "":
-				if _, err := patientlist.ReadFile(s.PatientList); err != nil {
-					bad("%s.patientList: %v", sw, err)
-				}
 			}
 			if len(s.Types) == 0 {
 				bad("%s.types: at least one event type is required", sw)
 			}
 			for _, t := range s.Types {
-				if !eventT[t] {
-					bad("%s.types: unknown event type %q", sw, t)
+				if _, ok := event.TypeNamed(t); !ok {
+					bad("%s.types: unknown event type %q: one of %s", sw, t, strings.Join(event.ShortNames(), ", "))
 				}
 			}
 		}
@@ -486,49 +473,20 @@ func (c *Config) Validate() error {
 	if _, err := c.Consent.Policy(); err != nil {
 		bad("consent: %v", err)
 	}
-	if c.Delivery.MinBackoff > c.Delivery.MaxBackoff {
-		bad("delivery.minBackoff must not exceed delivery.maxBackoff")
-	}
-	seenAddr := map[string]bool{}
-	for i, l := range c.MLLP {
-		where := fmt.Sprintf("mllp[%d]", i)
-		if _, _, err := net.SplitHostPort(l.Addr); err != nil {
-			bad("%s.addr %q: %v", where, l.Addr, err)
-		} else if seenAddr[l.Addr] {
-			bad("%s.addr %q: used by another listener", where, l.Addr)
-		}
-		seenAddr[l.Addr] = true
-		if !seenSrc[l.Source] {
-			bad("%s.source %q: must be one of sources[].ods", where, l.Source)
-		}
-		if l.MaxFrameBytes < 1024 || l.MaxFrameBytes > 1<<30 {
-			bad("%s.maxFrameBytes must be between 1024 and 1073741824", where)
-		}
-		if l.ReadTimeout < 0 || l.IdleTimeout < 0 || l.DuplicateWindow < 0 {
-			bad("%s: readTimeout, idleTimeout and duplicateWindow must be positive", where)
-		}
-		if l.ProcessingID != "P" && l.ProcessingID != "T" && l.ProcessingID != "D" {
-			bad("%s.processingId %q: one of P, T, D", where, l.ProcessingID)
-		}
-		for _, f := range l.DestinationFields {
-			if _, err := hl7.ParsePath(f); err != nil {
-				bad("%s.destinationFields: %v", where, err)
-			}
-		}
-		if t := l.TLS; t != nil {
-			if t.Cert == "" || t.Key == "" {
-				bad("%s.tls: cert and key are both required", where)
-			} else if _, err := tls.LoadX509KeyPair(t.Cert, t.Key); err != nil {
-				bad("%s.tls: loading cert and key: %v", where, err)
-			}
-			if t.ClientCA != "" {
-				if b, err := os.ReadFile(t.ClientCA); err != nil {
-					bad("%s.tls.clientCA: %v", where, err)
-				} else if !x509.NewCertPool().AppendCertsFromPEM(b) {
-					bad("%s.tls.clientCA %s: no PEM certificate in it", where, t.ClientCA)
-				}
-			}
-		}
+	if err := c.Delivery.Validate(); err != nil {
+		errs = append(errs, prefixed("delivery", err)...)
 	}
 	return errors.Join(errs...)
+}
+
+// prefixed returns each of err's joined errors prefixed with where.
+func prefixed(where string, err error) []error {
+	var out []error
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		for _, e := range j.Unwrap() {
+			out = append(out, prefixed(where, e)...)
+		}
+		return out
+	}
+	return []error{fmt.Errorf("%s: %w", where, err)}
 }

@@ -7,21 +7,39 @@ import (
 	"testing"
 	"time"
 
+	"github.com/carehub/carehub/connectors/all"
+	"github.com/carehub/carehub/connectors/cloudevents"
+	"github.com/carehub/carehub/connectors/connector"
+	"github.com/carehub/carehub/connectors/mllp"
+	"github.com/carehub/carehub/connectors/webhook"
 	"github.com/carehub/carehub/hub/config"
 	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 )
+
+var reg = all.Registry()
+
+// parse is config.Parse with every registered connector.
+func parse(b []byte) (*config.Config, error) { return config.Parse(b, reg) }
+
+// hook returns a recipient's webhook section.
+func hook(r config.Recipient) *webhook.Config { return r.Sink.Config.(*webhook.Config) }
+
+// ignore leaves out what go-cmp cannot see into: the factories the
+// sections were decoded by.
+var ignore = cmpopts.IgnoreUnexported(config.Input{}, config.Recipient{}, config.Sink{})
 
 // The example deployment's file, relative to this package's directory.
 const examplePath = "../../deploy/examples/carehub.yaml"
 
 func TestLoadExample(t *testing.T) {
-	got, err := config.Load(examplePath)
+	got, err := config.Load(examplePath, reg)
 	if err != nil {
 		t.Fatalf("Load(%s): %v", examplePath, err)
 	}
 	allTypes := []string{"admission", "discharge", "careplan", "admission-cancelled", "discharge-cancelled", "patient-updated", "patient-merged"}
 	want := &config.Config{
-		HTTP:    config.HTTP{Addr: "127.0.0.1:8080", MaxBodyBytes: 1048576, MaxBatchEvents: 1000},
+		HTTP:    config.HTTP{Addr: "127.0.0.1:8080", MaxBodyBytes: 1048576},
 		DataDir: "./data",
 		Kafka: config.Kafka{
 			EmbeddedAddr:      "127.0.0.1:9092",
@@ -29,40 +47,41 @@ func TestLoadExample(t *testing.T) {
 			ReplicationFactor: 1, // default for the embedded broker
 			Linger:            config.DefaultLinger,
 		},
-		Pseudonym: config.Secret{Value: "demo-pseudonym-key-change-me"},
-		Admin:     config.Admin{APIKey: config.Secret{Value: "demo-admin-key"}},
+		Pseudonym: connector.SecretValue("demo-pseudonym-key-change-me"),
+		Admin:     config.Admin{APIKey: connector.SecretValue("demo-admin-key")},
 		Sources: []config.Source{
-			{ODS: "RX1", Name: "Example NHS Trust (demo)", APIKey: config.Secret{Value: "demo-rx1-key"}},
-			{ODS: "VM123", Name: "Example Care Home digital social care record (demo)", APIKey: config.Secret{Value: "demo-vm123-key"}},
+			{ODS: "RX1", Name: "Example NHS Trust (demo)", APIKey: connector.SecretValue("demo-rx1-key")},
+			{ODS: "VM123", Name: "Example Care Home digital social care record (demo)", APIKey: connector.SecretValue("demo-vm123-key")},
+		},
+		Inputs: []config.Input{
+			{Type: "cloudevents", Config: &cloudevents.Config{MaxBatchEvents: 1000}},
+			{Type: "mllp", Config: &mllp.Config{Addr: "127.0.0.1:2575", Source: "RX1", MaxFrameBytes: 1048576, ReadTimeout: time.Minute,
+				IdleTimeout: 10 * time.Minute, DuplicateWindow: 24 * time.Hour, ProcessingID: "P", MaxDuplicates: mllp.DefaultMaxDuplicates,
+				MaxConns: mllp.DefaultMaxConns, DrainTimeout: mllp.DefaultDrainTimeout, ProcessTimeout: mllp.DefaultProcessTimeout}},
 		},
 		Recipients: []config.Recipient{
 			{
 				ODS: "A81001", Name: "Example GP practice (demo)", Role: "gp-practice",
-				Webhook: &config.Webhook{URL: "http://127.0.0.1:9101/events", Secret: config.Secret{Value: "demo-gp-secret"},
-					Timeout: 10 * time.Second}, // default
+				Sink: config.Sink{Type: "webhook", Config: &webhook.Config{URL: "http://127.0.0.1:9101/events", Secret: connector.SecretValue("demo-gp-secret"), Timeout: 10 * time.Second}}, // timeout: default
 				Subscriptions: []config.Subscription{{ID: "a81001-registered-patients", Basis: "registered-gp", Types: allTypes}},
 			},
 			{
 				ODS: "VM123", Name: "Example Care Home (demo)", Role: "social-care",
-				Webhook: &config.Webhook{URL: "http://127.0.0.1:9102/events", Secret: config.Secret{Value: "demo-carehome-secret"},
-					Timeout: 10 * time.Second},
+				Sink: config.Sink{Type: "webhook", Config: &webhook.Config{URL: "http://127.0.0.1:9102/events", Secret: connector.SecretValue("demo-carehome-secret"), Timeout: 10 * time.Second}}, // timeout: default
 				Subscriptions: []config.Subscription{{ID: "vm123-discharges-to-us", Basis: "discharge-destination", Types: []string{"admission", "discharge"}}},
 			},
 			{
 				ODS: "CN001", Name: "Example community nursing team (demo)", Role: "community",
-				Webhook: &config.Webhook{URL: "http://127.0.0.1:9103/events", Secret: config.Secret{Value: "demo-community-secret"},
-					Timeout: 10 * time.Second},
+				Sink: config.Sink{Type: "webhook", Config: &webhook.Config{URL: "http://127.0.0.1:9103/events", Secret: connector.SecretValue("demo-community-secret"), Timeout: 10 * time.Second}}, // timeout: default
 				Subscriptions: []config.Subscription{{ID: "cn001-caseload", Basis: "patient-list",
 					Types:       []string{"admission", "transfer", "discharge", "admission-cancelled", "discharge-cancelled"},
 					PatientList: filepath.Join("..", "..", "deploy", "examples", "cn001-caseload.txt")}}, // relative to the file
 			},
 		},
-		Delivery: config.Delivery{MinBackoff: 200 * time.Millisecond, MaxBackoff: 30 * time.Second},
+		Delivery: connector.Retry{MinBackoff: 200 * time.Millisecond, MaxBackoff: 30 * time.Second},
 		Consent:  config.Consent{ConfidentialAllow: []string{"registered-gp"}},
-		MLLP: []config.MLLP{{Addr: "127.0.0.1:2575", Source: "RX1", MaxFrameBytes: 1048576, ReadTimeout: time.Minute,
-			IdleTimeout: 10 * time.Minute, DuplicateWindow: 24 * time.Hour, ProcessingID: "P"}},
 	}
-	if diff := cmp.Diff(want, got); diff != "" {
+	if diff := cmp.Diff(want, got, ignore); diff != "" {
 		t.Errorf("Load(%s) (-want +got):\n%s", examplePath, diff)
 	}
 }
@@ -85,17 +104,17 @@ func TestLoad(t *testing.T) {
 	if err := os.WriteFile(path, []byte(yml), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	c, err := config.Load(path)
+	c, err := config.Load(path, reg)
 	if err != nil {
 		t.Fatalf("Load: %v", err)
 	}
 	if got, want := c.Recipients[len(c.Recipients)-1].Subscriptions[0].PatientList, filepath.Join(dir, "list.txt"); got != want {
 		t.Errorf("patientList:\n\tgot  %v\n\twant %v", got, want)
 	}
-	if _, err := config.Parse([]byte(yml)); err == nil || !strings.Contains(err.Error(), "open list.txt") {
-		t.Errorf("Parse: got %v, want the list looked for in the working directory", err)
+	if c, err := parse([]byte(yml)); err != nil || c.Recipients[len(c.Recipients)-1].Subscriptions[0].PatientList != "list.txt" {
+		t.Errorf("Parse: got %v, want the list left relative to the working directory", err)
 	}
-	if _, err := config.Load(filepath.Join(t.TempDir(), "missing.yaml")); err == nil || !strings.Contains(err.Error(), "reading config") {
+	if _, err := config.Load(filepath.Join(t.TempDir(), "missing.yaml"), reg); err == nil || !strings.Contains(err.Error(), "reading config") {
 		t.Errorf("Load(missing file):\n\tgot  %v\n\twant an error about reading config", err)
 	}
 }
@@ -106,6 +125,8 @@ pseudonymKey: {value: 0123456789abcdef}
 sources:
   - ods: RX1
     apiKey: {value: rx1-key-123}
+inputs:
+  - cloudevents: {}
 recipients:
   - ods: A81001
     role: gp-practice
@@ -116,7 +137,7 @@ recipients:
 `
 
 func TestDefaults(t *testing.T) {
-	c, err := config.Parse([]byte(minimal))
+	c, err := parse([]byte(minimal))
 	if err != nil {
 		t.Fatalf("Parse(minimal): %v", err)
 	}
@@ -127,14 +148,14 @@ func TestDefaults(t *testing.T) {
 	}{
 		{"http.addr", c.HTTP.Addr, "127.0.0.1:8080"},
 		{"http.maxBodyBytes", c.HTTP.MaxBodyBytes, int64(1 << 20)},
-		{"http.maxBatchEvents", c.HTTP.MaxBatchEvents, 1000},
+		{"inputs[0].cloudevents.maxBatchEvents", c.Inputs[0].Config.(*cloudevents.Config).MaxBatchEvents, 1000},
 		{"dataDir", c.DataDir, "./data"},
 		{"kafka.embeddedAddr", c.Kafka.EmbeddedAddr, "127.0.0.1:9092"},
 		{"kafka.partitions", c.Kafka.Partitions, 6},
 		{"kafka.replicationFactor", c.Kafka.ReplicationFactor, 1},
 		{"delivery.minBackoff", c.Delivery.MinBackoff, 200 * time.Millisecond},
 		{"delivery.maxBackoff", c.Delivery.MaxBackoff, 30 * time.Second},
-		{"recipients[0].webhook.timeout", c.Recipients[0].Webhook.Timeout, 10 * time.Second},
+		{"recipients[0].webhook.timeout", hook(c.Recipients[0]).Timeout, 10 * time.Second},
 		{"recipients[0].subscriptions[0].id", c.Recipients[0].Subscriptions[0].ID, "A81001-registered-gp"},
 	}
 	for _, tt := range tests {
@@ -144,7 +165,7 @@ func TestDefaults(t *testing.T) {
 	}
 
 	// With an external cluster the replication factor defaults to 3.
-	c, err = config.Parse([]byte(minimal + "kafka: {brokers: [k1:9092, k2:9092, k3:9092]}\n"))
+	c, err = parse([]byte(minimal + "kafka: {brokers: [k1:9092, k2:9092, k3:9092]}\n"))
 	if err != nil {
 		t.Fatalf("Parse(minimal with brokers): %v", err)
 	}
@@ -153,14 +174,14 @@ func TestDefaults(t *testing.T) {
 	}
 
 	// Given values are kept.
-	c, err = config.Parse([]byte(minimal + "http: {addr: ':9000', maxBodyBytes: 4096, maxBatchEvents: 5}\ndelivery: {minBackoff: 1s, maxBackoff: 2s}\n"))
+	c, err = parse([]byte(minimal + "http: {addr: ':9000', maxBodyBytes: 4096}\ndelivery: {minBackoff: 1s, maxBackoff: 2s}\n"))
 	if err != nil {
 		t.Fatalf("Parse(minimal with values): %v", err)
 	}
-	if got, want := c.HTTP, (config.HTTP{Addr: ":9000", MaxBodyBytes: 4096, MaxBatchEvents: 5}); got != want {
+	if got, want := c.HTTP, (config.HTTP{Addr: ":9000", MaxBodyBytes: 4096}); got != want {
 		t.Errorf("Parse(minimal with values) http:\n\tgot  %+v\n\twant %+v", got, want)
 	}
-	if got, want := c.Delivery, (config.Delivery{MinBackoff: time.Second, MaxBackoff: 2 * time.Second}); got != want {
+	if got, want := c.Delivery, (connector.Retry{MinBackoff: time.Second, MaxBackoff: 2 * time.Second}); got != want {
 		t.Errorf("Parse(minimal with values) delivery:\n\tgot  %+v\n\twant %+v", got, want)
 	}
 }
@@ -179,7 +200,7 @@ func TestParseErrors(t *testing.T) {
 		{"repeated top-level key", minimal + "dataDir: a\ndataDir: b\n", []string{"dataDir"}},
 	}
 	for _, tt := range tests {
-		_, err := config.Parse([]byte(tt.yaml))
+		_, err := parse([]byte(tt.yaml))
 		if err == nil {
 			t.Errorf("Parse(%s): got no error", tt.name)
 			continue
@@ -213,7 +234,7 @@ sources:
 `, "sources[0].apiKey: the same API key is already used by admin.apiKey"},
 	}
 	for _, tt := range tests {
-		_, err := config.Parse([]byte(tt.yaml))
+		_, err := parse([]byte(tt.yaml))
 		if err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("Parse(%s):\n\tgot  %v\n\twant an error containing %q", tt.name, err, tt.want)
 			continue
@@ -250,7 +271,7 @@ recipients:
     webhook: {url: "https://b.example/", secret: {}}
 delivery: {minBackoff: 10s, maxBackoff: 1s}
 `
-	_, err := config.Parse([]byte(bad))
+	_, err := parse([]byte(bad))
 	if err == nil {
 		t.Fatal("Parse(bad): got no error")
 	}
@@ -267,18 +288,19 @@ delivery: {minBackoff: 10s, maxBackoff: 1s}
 		`sources[2].ods "RX2": listed twice`,
 		"sources[2].apiKey: give only one of value, file and env",
 		`recipients[0].role "dentist"`,
-		"recipients[0].webhook.url: an absolute http or https URL is required",
-		"recipients[0].webhook.secret: must be at least 8 bytes",
-		`recipients[0].subscriptions[0].basis "postcode"`,
+		"recipients[0].webhook: url: an absolute http or https URL is required",
+		"recipients[0].webhook: secret: must be at least 8 bytes",
+		`recipients[0].subscriptions[0].basis: unknown basis "postcode"`,
 		`recipients[0].subscriptions[0].types: unknown event type "birthday"`,
 		`recipients[0].subscriptions[1].id "s1": used twice`,
 		"recipients[0].subscriptions[1].types: at least one event type is required",
 		`recipients[1].ods "A81001": listed twice`,
-		"recipients[1]: a webhook is required",
+		"recipients[1]: a delivery section is required",
 		"recipients[1]: at least one subscription is required",
 		`recipients[2].ods "B1": not an ODS code`,
-		"recipients[2].webhook.secret: no value, file or env given",
-		"delivery.minBackoff must not exceed delivery.maxBackoff",
+		"recipients[2].webhook: secret: no value, file or env given",
+		"delivery: minBackoff must not exceed maxBackoff",
+		"inputs: at least one is required",
 	} {
 		if !strings.Contains(msg, want) {
 			t.Errorf("Parse(bad): the error does not mention %q", want)
@@ -293,15 +315,6 @@ delivery: {minBackoff: 10s, maxBackoff: 1s}
 }
 
 func TestValidateSmallChecks(t *testing.T) {
-	dir := t.TempDir()
-	goodList := filepath.Join(dir, "caseload.txt")
-	badList := filepath.Join(dir, "bad.txt")
-	if err := os.WriteFile(goodList, []byte("# caseload\n9990000018\n999 000 0026\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(badList, []byte("9990000018\n\n9990000019\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
 	listSub := func(c *config.Config, basis, file string) {
 		c.Recipients[0].Subscriptions[0].Basis = basis
 		c.Recipients[0].Subscriptions[0].PatientList = file
@@ -312,34 +325,35 @@ func TestValidateSmallChecks(t *testing.T) {
 		want string // "" means valid
 	}{
 		{"minimal is valid", func(*config.Config) {}, ""},
-		{"short pseudonym key", func(c *config.Config) { c.Pseudonym = config.Secret{Value: "0123456789abcde"} }, "pseudonymKey: must be at least 16 bytes"},
-		{"pseudonym key from missing env", func(c *config.Config) { c.Pseudonym = config.Secret{Env: "CAREHUB_TEST_UNSET_PSEUDONYM"} }, "pseudonymKey: environment variable"},
+		{"short pseudonym key", func(c *config.Config) { c.Pseudonym = connector.SecretValue("0123456789abcde") }, "pseudonymKey: must be at least 16 bytes"},
+		{"pseudonym key from missing env", func(c *config.Config) { c.Pseudonym = connector.Secret{Env: "CAREHUB_TEST_UNSET_PSEUDONYM"} }, "pseudonymKey: environment variable"},
 		{"embedded addr without port", func(c *config.Config) { c.Kafka.EmbeddedAddr = "localhost" }, `kafka.embeddedAddr "localhost"`},
 		{"brokers skip embedded addr", func(c *config.Config) {
 			c.Kafka.Brokers = []string{"k1:9092"}
 			c.Kafka.EmbeddedAddr = "not checked"
 		}, ""},
-		{"webhook url relative", func(c *config.Config) { c.Recipients[0].Webhook.URL = "/events" }, "recipients[0].webhook.url"},
-		{"webhook url without host", func(c *config.Config) { c.Recipients[0].Webhook.URL = "https:///events" }, "recipients[0].webhook.url"},
+		{"webhook url relative", func(c *config.Config) { hook(c.Recipients[0]).URL = "/events" }, "recipients[0].webhook: url"},
+		{"webhook url without host", func(c *config.Config) { hook(c.Recipients[0]).URL = "https:///events" }, "recipients[0].webhook: url"},
 		{"every event type known", func(c *config.Config) {
 			c.Recipients[0].Subscriptions[0].Types = []string{"admission", "transfer", "discharge", "careplan",
 				"admission-cancelled", "discharge-cancelled", "patient-updated", "patient-merged"}
 		}, ""},
 		{"equal backoffs", func(c *config.Config) { c.Delivery.MinBackoff, c.Delivery.MaxBackoff = time.Second, time.Second }, ""},
-		{"patient list", func(c *config.Config) { listSub(c, "patient-list", goodList) }, ""},
+		{"patient list", func(c *config.Config) { listSub(c, "patient-list", "caseload.txt") }, ""},
 		{"patient list missing", func(c *config.Config) { listSub(c, "patient-list", "") },
 			"recipients[0].subscriptions[0].patientList: a patient-list subscription needs the file of its patients"},
-		{"patient list on another basis", func(c *config.Config) { listSub(c, "registered-gp", goodList) },
+		{"patient list on another basis", func(c *config.Config) { listSub(c, "registered-gp", "caseload.txt") },
 			"recipients[0].subscriptions[0].patientList: only a patient-list subscription has one"},
-		{"patient list unreadable", func(c *config.Config) { listSub(c, "patient-list", goodList+".missing") },
-			"no such file or directory"},
-		{"patient list with a bad line", func(c *config.Config) { listSub(c, "patient-list", badList) },
-			"recipients[0].subscriptions[0].patientList: patient list " + badList + ": line 3: the check digit is wrong"},
 		{"care relationships not matched yet", func(c *config.Config) { listSub(c, "care-relationship", "") },
-			`recipients[0].subscriptions[0].basis "care-relationship": one of registered-gp, discharge-destination, patient-list`},
+			`recipients[0].subscriptions[0].basis: basis "care-relationship" cannot be matched yet (no source records care relationships): use one of registered-gp, discharge-destination, patient-list`},
+		{"http and MLLP on one port", func(c *config.Config) {
+			c.Sources[0].ODS = "RX1"
+			c.Inputs = append(c.Inputs, config.Input{Type: "mllp", Config: &mllp.Config{Addr: c.HTTP.Addr, Source: "RX1", MaxFrameBytes: 1 << 20, ProcessingID: "P"}})
+		}, `inputs[1].mllp.addr "127.0.0.1:8080": used by http.addr`},
+		{"no inputs", func(c *config.Config) { c.Inputs = nil }, "inputs: at least one is required, or nothing can publish"},
 	}
 	for _, tt := range tests {
-		c, err := config.Parse([]byte(minimal))
+		c, err := parse([]byte(minimal))
 		if err != nil {
 			t.Fatalf("Parse(minimal): %v", err)
 		}
@@ -351,82 +365,10 @@ func TestValidateSmallChecks(t *testing.T) {
 		case tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)):
 			t.Errorf("Validate(%s):\n\tgot  %v\n\twant an error containing %q", tt.name, err, tt.want)
 		}
-		if err != nil && strings.Contains(err.Error(), "999000001") {
-			t.Errorf("Validate(%s): the error holds an NHS number from a patient list: %v", tt.name, err)
-		}
 	}
 }
 
-func TestSecretResolve(t *testing.T) {
-	dir := t.TempDir()
-	write := func(name, content string) string {
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	keyFile := write("key", "file-secret-value\n")
-	emptyFile := write("empty", " \n\t\n")
-	t.Setenv("CAREHUB_TEST_SECRET", "env-secret-value")
-	t.Setenv("CAREHUB_TEST_EMPTY", "")
-
-	tests := []struct {
-		name    string
-		s       config.Secret
-		want    string
-		wantErr string // "" means no error
-	}{
-		{"value", config.Secret{Value: "inline-secret"}, "inline-secret", ""},
-		{"file, trailing newline trimmed", config.Secret{File: keyFile}, "file-secret-value", ""},
-		{"env", config.Secret{Env: "CAREHUB_TEST_SECRET"}, "env-secret-value", ""},
-		{"none", config.Secret{}, "", "no value, file or env given"},
-		{"value and file", config.Secret{Value: "inline-secret", File: keyFile}, "", "give only one of value, file and env"},
-		{"value and env", config.Secret{Value: "inline-secret", Env: "CAREHUB_TEST_SECRET"}, "", "give only one of value, file and env"},
-		{"all three", config.Secret{Value: "inline-secret", File: keyFile, Env: "CAREHUB_TEST_SECRET"}, "", "give only one"},
-		{"missing env", config.Secret{Env: "CAREHUB_TEST_UNSET_SECRET"}, "", "environment variable CAREHUB_TEST_UNSET_SECRET is not set"},
-		{"empty env", config.Secret{Env: "CAREHUB_TEST_EMPTY"}, "", "environment variable CAREHUB_TEST_EMPTY is not set"},
-		{"empty file", config.Secret{File: emptyFile}, "", "is empty"},
-		{"missing file", config.Secret{File: filepath.Join(dir, "nope")}, "", "reading secret file"},
-	}
-	for _, tt := range tests {
-		got, err := tt.s.Resolve()
-		if tt.wantErr == "" {
-			if err != nil || got != tt.want {
-				t.Errorf("Resolve(%s):\n\tgot  %q, %v\n\twant %q, nil", tt.name, got, err, tt.want)
-			}
-			continue
-		}
-		if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-			t.Errorf("Resolve(%s):\n\tgot  %q, %v\n\twant an error containing %q", tt.name, got, err, tt.wantErr)
-			continue
-		}
-		for _, secret := range []string{"inline-secret", "file-secret-value", "env-secret-value"} {
-			if strings.Contains(err.Error(), secret) {
-				t.Errorf("Resolve(%s): the error echoes a secret: %v", tt.name, err)
-			}
-		}
-	}
-}
-
-func TestSecretSet(t *testing.T) {
-	tests := []struct {
-		s    config.Secret
-		want bool
-	}{
-		{config.Secret{}, false},
-		{config.Secret{Value: "v"}, true},
-		{config.Secret{File: "f"}, true},
-		{config.Secret{Env: "E"}, true},
-	}
-	for _, tt := range tests {
-		if got := tt.s.Set(); got != tt.want {
-			t.Errorf("%+v.Set():\n\tgot  %v\n\twant %v", tt.s, got, tt.want)
-		}
-	}
-}
-
-// Secrets given as file and env in YAML resolve through Parse.
+// Secrets given as file and env in YAML resolve through Parse, once.
 func TestParseSecretForms(t *testing.T) {
 	keyFile := filepath.Join(t.TempDir(), "pseudonym")
 	if err := os.WriteFile(keyFile, []byte("pseudonym-key-from-file\n"), 0o600); err != nil {
@@ -435,52 +377,34 @@ func TestParseSecretForms(t *testing.T) {
 	t.Setenv("CAREHUB_TEST_RX1_KEY", "rx1-key-from-env")
 	y := strings.Replace(minimal, "{value: 0123456789abcdef}", "{file: "+keyFile+"}", 1)
 	y = strings.Replace(y, "{value: rx1-key-123}", "{env: CAREHUB_TEST_RX1_KEY}", 1)
-	c, err := config.Parse([]byte(y))
+	c, err := parse([]byte(y))
 	if err != nil {
 		t.Fatalf("Parse(file and env secrets): %v", err)
 	}
+	// Read once: changing the file and the variable afterwards changes nothing.
+	_ = os.WriteFile(keyFile, []byte("changed-afterwards-0123456789\n"), 0o600)
+	t.Setenv("CAREHUB_TEST_RX1_KEY", "changed-afterwards")
 	for _, tt := range []struct {
 		name string
-		s    config.Secret
+		s    connector.Secret
 		want string
 	}{
 		{"pseudonymKey", c.Pseudonym, "pseudonym-key-from-file"},
 		{"sources[0].apiKey", c.Sources[0].APIKey, "rx1-key-from-env"},
 	} {
-		if got, err := tt.s.Resolve(); err != nil || got != tt.want {
-			t.Errorf("%s.Resolve():\n\tgot  %q, %v\n\twant %q, nil", tt.name, got, err, tt.want)
-		}
-	}
-}
-
-func TestEventTypeName(t *testing.T) {
-	if got, want := config.EventTypeName("discharge"), "org.carehub.discharge.v1"; got != want {
-		t.Errorf("EventTypeName(%q):\n\tgot  %v\n\twant %v", "discharge", got, want)
-	}
-}
-
-func TestODSPattern(t *testing.T) {
-	tests := []struct {
-		code string
-		want bool
-	}{
-		{"RX1", true}, {"A81001", true}, {"VM123", true}, {"ABCDEFGHIJ", true},
-		{"R1", false}, {"ABCDEFGHIJK", false}, {"rx1", false}, {"RX-1", false}, {"", false}, {"RX1\n", false},
-	}
-	for _, tt := range tests {
-		if got := config.ODSPattern.MatchString(tt.code); got != tt.want {
-			t.Errorf("ODSPattern.MatchString(%q):\n\tgot  %v\n\twant %v", tt.code, got, tt.want)
+		if got, err := tt.s.Reveal(); err != nil || got != tt.want {
+			t.Errorf("%s.Reveal():\n\tgot  %q, %v\n\twant %q, nil", tt.name, got, err, tt.want)
 		}
 	}
 }
 
 func TestConsentPolicyIsValidated(t *testing.T) {
-	b, err := os.ReadFile("../../deploy/examples/carehub.yaml")
+	b, err := os.ReadFile(examplePath)
 	if err != nil {
 		t.Fatal(err)
 	}
 	bad := string(b) + "\nconsent:\n  extraSensitiveCategories: [\"Not A Code\"]\n  confidentialAllow: [best-friend]\n"
-	_, err = config.Parse([]byte(bad))
+	_, err = parse([]byte(bad))
 	if err == nil || !strings.Contains(err.Error(), "consent:") {
 		t.Fatalf("Parse with an invalid consent policy: got %v, want an error naming consent", err)
 	}

@@ -1,61 +1,62 @@
 package config_test
 
 import (
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/carehub/carehub/hub/config"
+	"github.com/carehub/carehub/connectors/mllp"
 )
 
-const mllpBase = `
+const inputsBase = `
 pseudonymKey: {value: 0123456789abcdef}
 sources:
   - {ods: RX1, apiKey: {value: rx1-key-123}}
 `
 
+// TestMLLPDefaults: an input entry is decoded over its connector's
+// defaults.
 func TestMLLPDefaults(t *testing.T) {
-	c, err := config.Parse([]byte(mllpBase + "mllp: [{source: RX1}]\n"))
+	c, err := parse([]byte(inputsBase + "inputs: [{mllp: {source: RX1}}]\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := config.MLLP{Addr: "127.0.0.1:2575", Source: "RX1", MaxFrameBytes: 1 << 20, ReadTimeout: time.Minute,
+	got, ok := c.Inputs[0].Config.(*mllp.Config)
+	if !ok || c.Inputs[0].Type != "mllp" {
+		t.Fatalf("inputs[0]: got %s %T, want an mllp configuration", c.Inputs[0].Type, c.Inputs[0].Config)
+	}
+	want := mllp.Config{Addr: "127.0.0.1:2575", Source: "RX1", MaxFrameBytes: 1 << 20, ReadTimeout: time.Minute,
 		IdleTimeout: 10 * time.Minute, DuplicateWindow: 24 * time.Hour, ProcessingID: "P"}
-	if len(c.MLLP) != 1 || c.MLLP[0].Addr != want.Addr || c.MLLP[0].MaxFrameBytes != want.MaxFrameBytes ||
-		c.MLLP[0].ReadTimeout != want.ReadTimeout || c.MLLP[0].IdleTimeout != want.IdleTimeout ||
-		c.MLLP[0].DuplicateWindow != want.DuplicateWindow || c.MLLP[0].ProcessingID != want.ProcessingID {
-		t.Errorf("defaults:\n\tgot  %+v\n\twant %+v", c.MLLP, want)
+	if got.Addr != want.Addr || got.MaxFrameBytes != want.MaxFrameBytes || got.ReadTimeout != want.ReadTimeout ||
+		got.IdleTimeout != want.IdleTimeout || got.DuplicateWindow != want.DuplicateWindow || got.ProcessingID != want.ProcessingID {
+		t.Errorf("defaults:\n\tgot  %+v\n\twant %+v", got, want)
 	}
 }
 
-func TestMLLPValidation(t *testing.T) {
-	dir := t.TempDir()
-	notPEM := filepath.Join(dir, "ca.pem")
-	if err := os.WriteFile(notPEM, []byte("not a certificate"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+// TestInputValidation: each connector validates its own section, and the
+// hub checks how the sections fit together; every message names the entry.
+func TestInputValidation(t *testing.T) {
 	tests := []struct {
 		yaml string
 		want []string
 	}{
-		{"mllp: [{addr: nowhere, source: RX1}]", []string{`mllp[0].addr "nowhere"`}},
-		{"mllp: [{source: RX9}]", []string{`mllp[0].source "RX9": must be one of sources[].ods`}},
-		{"mllp: [{source: RX1}, {source: RX1}]", []string{`mllp[1].addr "127.0.0.1:2575": used by another listener`}},
-		{"mllp: [{source: RX1, maxFrameBytes: 10}]", []string{"mllp[0].maxFrameBytes must be between"}},
-		{"mllp: [{source: RX1, idleTimeout: -1s}]", []string{"must be positive"}},
-		{"mllp: [{source: RX1, processingId: X}]", []string{`mllp[0].processingId "X"`}},
-		{"mllp: [{source: RX1, destinationFields: [PV1]}]", []string{"mllp[0].destinationFields"}},
-		{"mllp: [{source: RX1, tls: {cert: a.pem}}]", []string{"mllp[0].tls: cert and key are both required"}},
-		{"mllp: [{source: RX1, tls: {cert: /nonexistent.pem, key: /nonexistent.key}}]", []string{"mllp[0].tls: loading cert and key"}},
-		{"mllp: [{source: RX1, tls: {cert: /x, key: /y, clientCA: " + notPEM + "}}]", []string{"no PEM certificate"}},
-		{"mllp: [{source: RX1, port: 2575}]", []string{"field port not found"}},
+		{"inputs: [{mllp: {addr: nowhere, source: RX1}}]", []string{`inputs[0].mllp: addr "nowhere"`}},
+		{"inputs: [{mllp: {source: RX9}}]", []string{`inputs[0].mllp.source "RX9": must be one of sources[].ods`}},
+		{"inputs: [{mllp: {source: RX1}}, {mllp: {source: RX1}}]", []string{`inputs[1].mllp.addr "127.0.0.1:2575": used by inputs[0].mllp.addr`}},
+		{"inputs: [{mllp: {source: RX1, maxFrameBytes: 10}}]", []string{"inputs[0].mllp: maxFrameBytes must be between"}},
+		{"inputs: [{mllp: {source: RX1, idleTimeout: -1s}}]", []string{"must be positive"}},
+		{"inputs: [{mllp: {source: RX1, processingId: X}}]", []string{`inputs[0].mllp: processingId "X"`}},
+		{"inputs: [{mllp: {source: RX1, destinationFields: [PV1]}}]", []string{"inputs[0].mllp: destinationFields"}},
+		{"inputs: [{mllp: {source: RX1, tls: {cert: a.pem}}}]", []string{"inputs[0].mllp: tls: cert and key are both required"}},
+		{"inputs: [{mllp: {source: RX1, port: 2575}}]", []string{"inputs[0].mllp", "field port not found"}},
+		{"inputs: [{cloudevents: {maxBatchEvents: 0}}]", []string{"inputs[0].cloudevents: maxBatchEvents must be at least 1"}},
+		{"inputs: [{fhir: {}}]", []string{`inputs[0] (line 5): unknown input type "fhir": one of cloudevents, mllp`}},
+		{"inputs: [{mllp: {source: RX1}, cloudevents: {}}]", []string{"an input is a map with one key"}},
 		// Every problem at once.
-		{"mllp: [{addr: x, source: RX9, processingId: Q}]", []string{"mllp[0].addr", "mllp[0].source", "mllp[0].processingId"}},
+		{"inputs: [{mllp: {addr: x, source: RX9, processingId: Q}}]", []string{"inputs[0].mllp: addr", "inputs[0].mllp.source", "inputs[0].mllp: processingId"}},
 	}
 	for _, tc := range tests {
-		_, err := config.Parse([]byte(mllpBase + tc.yaml + "\n"))
+		_, err := parse([]byte(inputsBase + tc.yaml + "\n"))
 		if err == nil {
 			t.Errorf("%s: no error", tc.yaml)
 			continue
@@ -64,6 +65,50 @@ func TestMLLPValidation(t *testing.T) {
 			if !strings.Contains(err.Error(), w) {
 				t.Errorf("%s:\n\tgot  %v\n\twant %q", tc.yaml, err, w)
 			}
+		}
+	}
+}
+
+// TestOldFormsRefused: settings that moved are refused with what to write
+// instead, not ignored.
+func TestOldFormsRefused(t *testing.T) {
+	tests := []struct {
+		yaml string
+		want []string
+	}{
+		{"mllp:\n  - {addr: 127.0.0.1:2575, source: RX1}\n", []string{"mllp: MLLP listeners moved under inputs", "- mllp: {addr: 127.0.0.1:2575, source: RX1}"}},
+		{"http: {addr: 127.0.0.1:8080, maxBatchEvents: 500}\n", []string{"http.maxBatchEvents moved to the cloudevents input", "- cloudevents: {maxBatchEvents: 500}"}},
+	}
+	for _, tc := range tests {
+		_, err := parse([]byte(inputsBase + tc.yaml))
+		if err == nil {
+			t.Errorf("%s: no error", tc.yaml)
+			continue
+		}
+		for _, w := range tc.want {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("%s:\n\tgot  %v\n\twant %q", tc.yaml, err, w)
+			}
+		}
+	}
+}
+
+// TestRecipientSections: a recipient's delivery section is keyed by a
+// registered sink type; anything else is an unknown field.
+func TestRecipientSections(t *testing.T) {
+	base := inputsBase + "inputs: [{cloudevents: {}}]\nrecipients:\n  - ods: A81001\n    role: gp-practice\n    subscriptions: [{basis: registered-gp, types: [discharge]}]\n"
+	tests := []struct {
+		yaml string
+		want string
+	}{
+		{"    webhok: {url: https://gp.example/, secret: {value: gp-secret-1}}\n", "field webhok not found: neither a recipient field nor a delivery type (webhook)"},
+		{"    webhook: {url: https://gp.example/, secret: {value: gp-secret-1}, retries: 3}\n", "recipients[0].webhook (line 10): field retries not found"},
+		{"    webhook: {url: https://gp.example/, secret: {vault: x}}\n", "field vault not found"},
+	}
+	for _, tc := range tests {
+		_, err := parse([]byte(base + tc.yaml))
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s:\n\tgot  %v\n\twant %q", tc.yaml, err, tc.want)
 		}
 	}
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/carehub/carehub/connectors/connector"
 	"github.com/carehub/carehub/hub/topic"
 	"github.com/carehub/carehub/schemas/event"
+	"github.com/carehub/carehub/schemas/media"
 	"github.com/carehub/carehub/schemas/nhs"
 	"github.com/carehub/carehub/schemas/problem"
 )
@@ -86,7 +87,7 @@ func Message(ev *event.Event, key string) (*message.Message, error) {
 	msg.Metadata.Set(topic.MetaEventID, ev.ID)
 	msg.Metadata.Set(topic.MetaEventType, ev.Type)
 	msg.Metadata.Set(topic.MetaSource, ev.Source)
-	msg.Metadata.Set("content-type", "application/cloudevents+json")
+	msg.Metadata.Set("content-type", media.CloudEvent)
 	return msg, nil
 }
 

@@ -1,17 +1,18 @@
-package logging
+package kafkawm
 
 import (
 	"fmt"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
+	"github.com/carehub/carehub/internal/logging"
 	"go.uber.org/zap"
 )
 
-// AllowedWatermillFields are the watermill log field keys that are passed
+// AllowedLogFields are the watermill log field keys that are passed
 // through. Every other key is dropped: watermill adds "message_uuid" and the
 // produced messages' details, and a custom middleware could add anything.
-var AllowedWatermillFields = map[string]bool{
+var AllowedLogFields = map[string]bool{
 	"handler_name":      true,
 	"topic":             true,
 	"subscriber_name":   true,
@@ -45,24 +46,25 @@ var AllowedWatermillFields = map[string]bool{
 	"fetch_error_class": true,
 }
 
-// Watermill adapts a zap logger to watermill.LoggerAdapter, keeping only
+// Logger adapts a zap logger to watermill.LoggerAdapter, keeping only
 // allow-listed fields and logging errors by their safe text.
-type Watermill struct {
+type Logger struct {
 	log    *zap.Logger
 	fields watermill.LogFields
 	trace  bool
 }
 
-// NewWatermill returns the adapter. Trace messages are dropped unless trace is set.
-func NewWatermill(log *zap.Logger, trace bool) *Watermill {
-	return &Watermill{log: log.With(zap.String("component", "watermill")), trace: trace}
+// NewLogger returns the adapter every watermill component of the hub logs
+// through. Trace messages are dropped unless trace is set.
+func NewLogger(log *zap.Logger, trace bool) *Logger {
+	return &Logger{log: log.With(zap.String("component", "watermill")), trace: trace}
 }
 
-func (w *Watermill) zapFields(fields watermill.LogFields) []zap.Field {
+func (w *Logger) zapFields(fields watermill.LogFields) []zap.Field {
 	out := make([]zap.Field, 0, len(w.fields)+len(fields))
 	add := func(f watermill.LogFields) {
 		for k, v := range f {
-			if !AllowedWatermillFields[k] {
+			if !AllowedLogFields[k] {
 				continue
 			}
 			switch v := v.(type) {
@@ -79,28 +81,28 @@ func (w *Watermill) zapFields(fields watermill.LogFields) []zap.Field {
 }
 
 // Error implements watermill.LoggerAdapter.
-func (w *Watermill) Error(msg string, err error, fields watermill.LogFields) {
-	w.log.Error(msg, append(w.zapFields(fields), Err(err))...)
+func (w *Logger) Error(msg string, err error, fields watermill.LogFields) {
+	w.log.Error(msg, append(w.zapFields(fields), logging.Err(err))...)
 }
 
 // Info implements watermill.LoggerAdapter.
-func (w *Watermill) Info(msg string, fields watermill.LogFields) {
+func (w *Logger) Info(msg string, fields watermill.LogFields) {
 	w.log.Info(msg, w.zapFields(fields)...)
 }
 
 // Debug implements watermill.LoggerAdapter.
-func (w *Watermill) Debug(msg string, fields watermill.LogFields) {
+func (w *Logger) Debug(msg string, fields watermill.LogFields) {
 	w.log.Debug(msg, w.zapFields(fields)...)
 }
 
 // Trace implements watermill.LoggerAdapter.
-func (w *Watermill) Trace(msg string, fields watermill.LogFields) {
+func (w *Logger) Trace(msg string, fields watermill.LogFields) {
 	if w.trace {
 		w.log.Debug(msg, w.zapFields(fields)...)
 	}
 }
 
 // With implements watermill.LoggerAdapter.
-func (w *Watermill) With(fields watermill.LogFields) watermill.LoggerAdapter {
-	return &Watermill{log: w.log, fields: w.fields.Add(fields), trace: w.trace}
+func (w *Logger) With(fields watermill.LogFields) watermill.LoggerAdapter {
+	return &Logger{log: w.log, fields: w.fields.Add(fields), trace: w.trace}
 }

@@ -1,4 +1,4 @@
-package logging_test
+package kafkawm_test
 
 import (
 	"context"
@@ -11,17 +11,19 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/pubsub/gochannel"
-	"github.com/carehub/carehub/internal/logging"
+	"github.com/carehub/carehub/hub/kafkawm"
 	"github.com/carehub/carehub/schemas/problem"
 	"github.com/google/go-cmp/cmp"
+	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
 )
 
-var _ watermill.LoggerAdapter = (*logging.Watermill)(nil)
+var _ watermill.LoggerAdapter = (*kafkawm.Logger)(nil)
 
 func TestWatermillDropsUnlistedFields(t *testing.T) {
 	log, logs := observe()
-	w := logging.NewWatermill(log, false)
+	w := kafkawm.NewLogger(log, false)
 
 	w.Info("message produced", watermill.LogFields{
 		"payload":      `{"nhsNumber":"` + canary + `"}`,
@@ -54,7 +56,7 @@ func TestWatermillDropsUnlistedFields(t *testing.T) {
 
 func TestWatermillNonScalarValuesByTypeOnly(t *testing.T) {
 	log, logs := observe()
-	w := logging.NewWatermill(log, false)
+	w := kafkawm.NewLogger(log, false)
 	type msg struct{ Payload string }
 	w.Debug("x", watermill.LogFields{
 		"topic":   msg{Payload: canary},
@@ -62,7 +64,7 @@ func TestWatermillNonScalarValuesByTypeOnly(t *testing.T) {
 		"timeout": fmt.Stringer(nil),
 	})
 	m := logs.All()[0].ContextMap()
-	if got, want := m["topic"], "logging_test.msg"; got != want {
+	if got, want := m["topic"], "kafkawm_test.msg"; got != want {
 		t.Errorf("topic holding a struct:\n\tgot  %v\n\twant %v", got, want)
 	}
 	if got, want := m["offset"], "[]uint8"; got != want {
@@ -83,7 +85,7 @@ func TestWatermillErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		log, logs := observe()
-		w := logging.NewWatermill(log, false)
+		w := kafkawm.NewLogger(log, false)
 		w.Error("Handler returned error", tt.err, watermill.LogFields{"handler_name": "route", "payload": canary})
 		entries := logs.All()
 		if len(entries) != 1 {
@@ -102,7 +104,7 @@ func TestWatermillErrors(t *testing.T) {
 
 func TestWatermillWith(t *testing.T) {
 	log, logs := observe()
-	base := logging.NewWatermill(log, false)
+	base := kafkawm.NewLogger(log, false)
 	w := base.With(watermill.LogFields{"topic": "events", "payload": canary}).
 		With(watermill.LogFields{"consumer_group": "deliver", "patient": canary})
 	w.Info("consuming", watermill.LogFields{"partition": 2})
@@ -132,7 +134,7 @@ func TestWatermillTrace(t *testing.T) {
 	}
 	for _, tt := range tests {
 		log, logs := observe()
-		logging.NewWatermill(log, tt.trace).Trace("tick", watermill.LogFields{"topic": "t"})
+		kafkawm.NewLogger(log, tt.trace).Trace("tick", watermill.LogFields{"topic": "t"})
 		if got := logs.Len(); got != tt.want {
 			t.Errorf("NewWatermill(trace=%v).Trace lines:\n\tgot  %d\n\twant %d", tt.trace, got, tt.want)
 		}
@@ -147,11 +149,11 @@ func TestWatermillTrace(t *testing.T) {
 // produced messages, %#v) are not on the allow-list.
 func TestWatermillKnownLeakyKeysAreNotAllowed(t *testing.T) {
 	for _, k := range []string{"not_sent_message", "payload", "message", "messages", "produced_messages", "metadata", "err", "error", "body", "url"} {
-		if logging.AllowedWatermillFields[k] {
+		if kafkawm.AllowedLogFields[k] {
 			t.Errorf("AllowedWatermillFields[%q] = true; it may carry message content", k)
 		}
 	}
-	for k := range logging.AllowedWatermillFields {
+	for k := range kafkawm.AllowedLogFields {
 		if strings.ContainsAny(k, " .") {
 			t.Errorf("AllowedWatermillFields has odd key %q", k)
 		}
@@ -176,7 +178,7 @@ func (failingPublisher) Close() error { return nil }
 // field must be dropped.
 func TestWatermillRouterPublishFailure(t *testing.T) {
 	log, logs := observe()
-	wl := logging.NewWatermill(log, true)
+	wl := kafkawm.NewLogger(log, true)
 
 	router, err := message.NewRouter(message.RouterConfig{CloseTimeout: 5 * time.Second}, wl)
 	if err != nil {
@@ -222,4 +224,25 @@ func TestWatermillRouterPublishFailure(t *testing.T) {
 		}
 	}
 	assertNoCanary(t, logs, canary)
+}
+
+// canary is a synthetic NHS number from the 999 test range. It stands for
+// patient data and must never reach a log line.
+const canary = "9991234567"
+
+// observe returns a logger that records everything from debug up.
+func observe() (*zap.Logger, *observer.ObservedLogs) {
+	core, logs := observer.New(zapcore.DebugLevel)
+	return zap.New(core), logs
+}
+
+// assertNoCanary fails if any recorded message or field holds s.
+func assertNoCanary(t *testing.T, logs *observer.ObservedLogs, s string) {
+	t.Helper()
+	for _, e := range logs.All() {
+		line := e.Message + " " + fmt.Sprint(e.ContextMap())
+		if strings.Contains(line, s) {
+			t.Errorf("a log line holds %q: %s", s, line)
+		}
+	}
 }

@@ -3,6 +3,7 @@ package route
 import (
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/carehub/carehub/consent"
 	"github.com/carehub/carehub/hub/patientlist"
@@ -18,6 +19,28 @@ type Subscription struct {
 	// Patients is the recipient's patient list, for BasisPatientList only:
 	// the pseudonyms of its patients.
 	Patients patientlist.Set
+}
+
+// matchable are the bases the router matches, in the order they are listed
+// to people.
+var matchable = []consent.Basis{consent.BasisRegisteredGP, consent.BasisDischargeDestination, consent.BasisPatientList}
+
+// CheckBasis reports whether the router can match subscriptions on basis
+// b, and if not, why.
+func CheckBasis(b consent.Basis) error {
+	for _, m := range matchable {
+		if b == m {
+			return nil
+		}
+	}
+	names := make([]string, len(matchable))
+	for i, m := range matchable {
+		names[i] = string(m)
+	}
+	if b == consent.BasisCareRelationship {
+		return fmt.Errorf("basis %q cannot be matched yet (no source records care relationships): use one of %s", b, strings.Join(names, ", "))
+	}
+	return fmt.Errorf("unknown basis %q: one of %s", b, strings.Join(names, ", "))
 }
 
 // Candidate is a recipient an event may go to, and why.
@@ -39,11 +62,10 @@ func NewSubscriptions(subs []Subscription) (*Subscriptions, error) {
 	var errs []error
 	for i := range subs {
 		sub := subs[i]
+		err := CheckBasis(sub.Basis)
 		switch {
-		case sub.Basis == consent.BasisCareRelationship:
-			errs = append(errs, fmt.Errorf("subscription %s: basis %q cannot be matched yet: no source records care relationships", sub.ID, sub.Basis))
-		case !sub.Basis.Valid():
-			errs = append(errs, fmt.Errorf("subscription %s: unknown basis %q", sub.ID, sub.Basis))
+		case err != nil:
+			errs = append(errs, fmt.Errorf("subscription %s: %w", sub.ID, err))
 		case sub.Basis == consent.BasisPatientList && sub.Patients == nil:
 			errs = append(errs, fmt.Errorf("subscription %s: a patient-list subscription needs its patient list", sub.ID))
 		case sub.Basis != consent.BasisPatientList && sub.Patients != nil:

@@ -1,11 +1,13 @@
-// Package logging builds carehub's zap logger and the adapters that let our
-// libraries log through it without leaking patient data.
+// Package logging builds carehub's zap logger and the safe fields every
+// part logs errors with. It is internal to carehub: the hub, the connectors
+// and the command share it.
 //
-// Libraries log things we do not control: watermill's router logs produced
-// messages and handler errors, go-retryablehttp logs every request URL and
-// embeds it in its errors, and *url.Error strings carry query strings. The
-// adapters here keep an allow-list of field keys, log errors by their public
-// text only (problem.Public), and reduce URLs to their host.
+// Libraries log things we do not control: go-retryablehttp logs every
+// request URL and embeds it in its errors, and *url.Error strings carry
+// query strings. Errors are logged by their public text only
+// (problem.Public) and class, and URLs reduced to their host; the
+// retryablehttp adapter here does so for sinks. (The watermill adapter, with
+// its allow-list of field keys, is hub/kafkawm's Logger.)
 //
 // Log metadata, never payloads: event id, type, source organisation, sizes,
 // attempt numbers, recipient codes.

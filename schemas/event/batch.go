@@ -8,18 +8,15 @@ import (
 
 // ParseBatch splits an application/cloudevents-batch+json body (a JSON array
 // of events) into its events, without validating them: parse each with
-// Validator.Parse. Not a JSON array is Malformed; an empty array is Invalid
-// (rule batch-empty).
+// Validator.Parse. A body that is not a JSON array breaks rule batch-array,
+// an empty array rule batch-not-empty (both Invalid).
 func ParseBatch(raw []byte) ([]json.RawMessage, error) {
-	if firstByte(raw) != '[' {
-		return nil, problem.New(problem.Malformed, "batch is not a JSON array")
-	}
 	var events []json.RawMessage
-	if err := json.Unmarshal(raw, &events); err != nil {
-		return nil, problem.New(problem.Malformed, "batch is not a valid JSON array")
+	if firstByte(raw) != '[' || json.Unmarshal(raw, &events) != nil {
+		return nil, problem.Violated("", RuleBatchArray, "a batch must be a JSON array of CloudEvents")
 	}
 	if len(events) == 0 {
-		return nil, problem.Violated("", RuleBatchEmpty, "a batch must hold at least one event")
+		return nil, problem.Violated("", RuleBatchNotEmpty, "a batch must hold at least one event")
 	}
 	return events, nil
 }

@@ -14,10 +14,10 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"go.uber.org/zap/zapcore"
-
+	"github.com/carehub/carehub/schemas/media"
 	"github.com/carehub/carehub/schemas/nhs"
 	"github.com/carehub/carehub/schemas/problem"
+	"go.uber.org/zap/zapcore"
 )
 
 // The event types, CloudEvents "type" values. A type names its schema: the
@@ -45,6 +45,40 @@ var typeSchemas = []struct{ typ, file string }{
 	{TypePatientMerged, "patient-merged.v1.json"},
 }
 
+// typePrefix and typeSuffix surround a type's short name:
+// org.carehub.<short>.v1.
+const (
+	typePrefix = "org.carehub."
+	typeSuffix = ".v1"
+)
+
+// TypeNamed returns the event type of a short name as subscriptions and
+// people write it ("discharge" → org.carehub.discharge.v1), and whether
+// the hub knows that type.
+func TypeNamed(short string) (string, bool) {
+	typ := typePrefix + short + typeSuffix
+	for _, t := range typeSchemas {
+		if t.typ == typ {
+			return typ, true
+		}
+	}
+	return "", false
+}
+
+// ShortName returns the short name of an event type ("discharge").
+func ShortName(typ string) string {
+	return strings.TrimSuffix(strings.TrimPrefix(typ, typePrefix), typeSuffix)
+}
+
+// ShortNames returns the short names of Types, in the same order.
+func ShortNames() []string {
+	out := make([]string, len(typeSchemas))
+	for i, t := range typeSchemas {
+		out[i] = ShortName(t.typ)
+	}
+	return out
+}
+
 // Types returns every event type the hub accepts, in a fixed order. The
 // slice is the caller's.
 func Types() []string {
@@ -57,13 +91,7 @@ func Types() []string {
 
 // Envelope constants.
 const (
-	SpecVersion = "1.0"              // the CloudEvents version accepted
-	ContentType = "application/json" // the only datacontenttype accepted
-
-	// MediaType and BatchMediaType are the HTTP Content-Types of a
-	// structured-mode event and of a batch.
-	MediaType      = "application/cloudevents+json"
-	BatchMediaType = "application/cloudevents-batch+json"
+	SpecVersion = "1.0" // the CloudEvents version accepted; the datacontenttype is media.JSON
 
 	// SourcePrefix starts every source: the publisher's ODS code follows.
 	SourcePrefix = "urn:ods:"
@@ -105,7 +133,6 @@ type Patient struct {
 }
 
 var (
-	odsRE       = regexp.MustCompile(`^[A-Z0-9]{3,9}$`) // as schemas/common.v1.json#/$defs/odsCode
 	extensionRE = regexp.MustCompile(`^[a-z0-9]{1,20}$`)
 )
 
@@ -132,7 +159,7 @@ func (e *Event) Marshal() ([]byte, error) {
 	}
 	b.WriteString(`,"time":"`)
 	b.WriteString(e.Time.Format(time.RFC3339Nano))
-	b.WriteString(`","datacontenttype":"application/json"`)
+	b.WriteString(`","datacontenttype":"` + media.JSON + `"`)
 	if len(e.Extensions) > 0 {
 		names := make([]string, 0, len(e.Extensions))
 		for k := range e.Extensions {

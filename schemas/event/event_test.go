@@ -715,10 +715,10 @@ func TestParseBatch(t *testing.T) {
 		{" \n[" + ev + "]", 1, 0},
 		{`[1, "x"]`, 2, 0}, // elements are checked by Parse, not here
 		{"[]", 0, problem.Invalid},
-		{ev, 0, problem.Malformed},
-		{"null", 0, problem.Malformed},
-		{"", 0, problem.Malformed},
-		{"[" + ev, 0, problem.Malformed},
+		{ev, 0, problem.Invalid},
+		{"null", 0, problem.Invalid},
+		{"", 0, problem.Invalid},
+		{"[" + ev, 0, problem.Invalid},
 	}
 	for _, tt := range tests {
 		got, err := ParseBatch([]byte(tt.in))
@@ -726,8 +726,11 @@ func TestParseBatch(t *testing.T) {
 			t.Errorf("ParseBatch(%.20q...):\n\tgot  %d events, %v\n\twant %d events, kind %v", tt.in, len(got), err, tt.n, tt.kind)
 		}
 	}
-	if _, err := ParseBatch([]byte("[]")); !reflect.DeepEqual(pointsOf(err), []at{{"", RuleBatchEmpty}}) {
+	if _, err := ParseBatch([]byte("[]")); !reflect.DeepEqual(pointsOf(err), []at{{"", RuleBatchNotEmpty}}) {
 		t.Errorf("ParseBatch([]) violations = %v", pointsOf(err))
+	}
+	if _, err := ParseBatch([]byte(ev)); !reflect.DeepEqual(pointsOf(err), []at{{"", RuleBatchArray}}) {
+		t.Errorf("ParseBatch(one event) violations = %v", pointsOf(err))
 	}
 }
 

@@ -11,11 +11,12 @@ import (
 	"strings"
 	"time"
 
-	"github.com/santhosh-tekuri/jsonschema/v5"
-
 	"github.com/carehub/carehub/schemas"
+	"github.com/carehub/carehub/schemas/media"
 	"github.com/carehub/carehub/schemas/nhs"
+	"github.com/carehub/carehub/schemas/ods"
 	"github.com/carehub/carehub/schemas/problem"
+	"github.com/santhosh-tekuri/jsonschema/v5"
 )
 
 // Rules enforced in code, as they appear in problem.Violation.Rule. Schema
@@ -39,7 +40,8 @@ const (
 	RuleDataShape       = "data-shape"                  // data cannot be read (NotificationOnly)
 	RuleNHSInEnvelope   = "nhs-number-in-envelope"      // id, subject or an extension holds the NHS number
 	RuleMergeSame       = "merge-same-patient"          // a merge names one NHS number twice
-	RuleBatchEmpty      = "batch-empty"                 // a batch holds no event
+	RuleBatchArray      = "batch-array"                 // a batch is not a JSON array
+	RuleBatchNotEmpty   = "batch-not-empty"             // a batch holds no event
 	// nhs.RuleFormat and nhs.RuleCheckDigit are used for NHS numbers.
 )
 
@@ -144,7 +146,7 @@ func (v *Validator) Parse(raw []byte) (*Event, error) {
 	// source
 	if e.Source, vs = requiredString(env, "source", vs); e.Source != "" {
 		code, ok := strings.CutPrefix(e.Source, SourcePrefix)
-		if !ok || !odsRE.MatchString(code) {
+		if !ok || !ods.Valid(code) {
 			vs = append(vs, problem.Violation{Pointer: "/source", Rule: RuleSource, Detail: "source must be urn:ods: followed by the publisher's ODS code (upper case)"})
 		} else {
 			e.Publisher = code
@@ -165,7 +167,7 @@ func (v *Validator) Parse(raw []byte) (*Event, error) {
 		}
 	}
 	// datacontenttype
-	if e.DataContentType, vs = stringAttr(env, "datacontenttype", vs); e.DataContentType != "" && e.DataContentType != ContentType {
+	if e.DataContentType, vs = stringAttr(env, "datacontenttype", vs); e.DataContentType != "" && e.DataContentType != media.JSON {
 		vs = append(vs, problem.Violation{Pointer: "/datacontenttype", Rule: RuleDataContentType, Detail: "datacontenttype must be application/json when present"})
 	}
 	// dataschema

@@ -1,15 +1,18 @@
 // Package connectortest is the conformance suite every source and sink
-// connector runs, in about ten lines of its own test (like watermill's
-// pubsub/tests.TestPubSub or testing/fstest.TestFS).
+// connector passes (like watermill's pubsub/tests.TestPubSub or
+// testing/fstest.TestFS). It runs a connector from its factory alone, through
+// the factory's probe, so connectors/all can run it on every registered
+// connector: a connector cannot skip it.
 //
-// Sources: RunSource drives the source with a real client of its protocol
-// (given by the connector's test) against a fake connector.Ingest that the
-// suite controls, and checks the ack contract of package connector: a
-// positive answer only after Accept returned nil, never before; a negative
-// answer when Accept fails; nothing accepted for an unauthenticated sender.
+// Sources: RunSource starts the source from its probe's configuration
+// against a fake connector.Ingest that the suite controls, sends it real
+// messages of its protocol through the probe, and checks the ack contract
+// of package connector: a positive answer only after Accept returned nil,
+// never before; a negative answer when Accept fails; nothing accepted from
+// an unauthenticated sender.
 //
-// Sinks: RunSink drives the sink against a receiver of its protocol (given
-// by the connector's test) whose behaviour the suite sets, and checks the
+// Sinks: RunSink starts the probe's receiver, whose answers the suite sets,
+// builds the sink from the configuration the probe returns, and checks the
 // delivery contract: nil once delivered; transient failures retried until
 // delivered; a rejection reported as connector.Permanent; a cancelled
 // context ends the retries with a non-permanent error; no payload in errors.
@@ -22,8 +25,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -31,37 +35,67 @@ import (
 
 	"github.com/carehub/carehub/connectors/connector"
 	"github.com/carehub/carehub/schemas/problem"
+	"go.uber.org/zap"
 )
 
 // Canary is placed in every payload the suite sends; it must never appear
 // in an error string.
 const Canary = "9990000018"
 
+// Organisation is the source organisation the suite publishes as, and
+// Stranger one it never authenticates.
+const (
+	Organisation = "RX1"
+	Stranger     = "RX9"
+	key          = "conformance-key-1"
+)
+
 // Answer is what a sender got back.
-type Answer struct {
-	Positive bool   // 202, AA
-	Detail   string // the status or code, for messages
+type Answer = connector.Answer
+
+// keys authenticates the suite's one key as Organisation.
+type keys struct{}
+
+func (keys) Organisation(r *http.Request) (string, error) {
+	if r.Header.Get("Authorization") != "Bearer "+key {
+		return "", problem.New(problem.Unauthenticated, "an API key is required")
+	}
+	return Organisation, nil
 }
 
-// SourceClient sends documents to the source under test, as the
-// authenticated organisation.
-type SourceClient interface {
-	// Send sends one document and returns the answer, or an error if no
-	// answer came (connection failed).
-	Send(ctx context.Context, doc []byte) (Answer, error)
-	// SendUnauthenticated sends one document without (or with wrong)
-	// credentials.
-	SendUnauthenticated(ctx context.Context, doc []byte) (Answer, error)
-}
-
-// SourceHarness starts the source under test.
-type SourceHarness struct {
-	// Start starts the source with in as its Ingest, authenticating the
-	// sender as org, and returns a client. Cleanup via t.Cleanup.
-	Start func(t *testing.T, in connector.Ingest, org string) SourceClient
-	// Document returns a document of the source's protocol that carries
-	// Canary and, once mapped, the given event id. Each call's id differs.
-	Document func(id string) []byte
+// startSource builds the source from its factory's probe and runs it
+// against in, with its HTTP routes (if any) on a test server.
+func startSource(t *testing.T, f connector.SourceFactory, in connector.Ingest) func(ctx context.Context, doc []byte, key string) (Answer, error) {
+	t.Helper()
+	cfg := f.Probe.Config(Organisation)
+	if err := cfg.Validate(); err != nil {
+		t.Fatalf("%s: the probe's configuration does not validate: %v", f.Type, err)
+	}
+	src, err := f.New(cfg)
+	if err != nil {
+		t.Fatalf("%s: New: %v", f.Type, err)
+	}
+	mux := http.NewServeMux()
+	env := connector.Env{Ingest: in, Auth: keys{}, Mux: mux, MaxBodyBytes: 1 << 20, Log: zap.NewNop()}
+	if err := src.Register(env); err != nil {
+		t.Fatalf("%s: Register: %v", f.Type, err)
+	}
+	srv := httptest.NewServer(mux)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- src.Run(ctx, env) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			t.Errorf("%s: Run did not return after its context ended", f.Type)
+		}
+		srv.Close()
+	})
+	return func(ctx context.Context, doc []byte, key string) (Answer, error) {
+		return f.Probe.Send(ctx, src, srv.URL, key, doc)
+	}
 }
 
 // Ingest is the suite's controllable connector.Ingest.
@@ -124,21 +158,27 @@ func (in *Ingest) AcceptBatch(ctx context.Context, org string, raws []json.RawMe
 	return out
 }
 
-// RunSource runs the source conformance suite.
-func RunSource(t *testing.T, h SourceHarness) {
+// RunSource runs the source conformance suite on a source connector type.
+func RunSource(t *testing.T, f connector.SourceFactory) {
 	t.Helper()
+	if f.Probe == nil {
+		t.Fatalf("source connector %s has no probe: the conformance suite cannot run it", f.Type)
+	}
 	ctx := func(t *testing.T) context.Context {
 		c, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		t.Cleanup(cancel)
 		return c
 	}
 	seq := 0
-	doc := func() []byte { seq++; return h.Document(fmt.Sprintf("conformance-%d", seq)) }
+	doc := func() []byte {
+		seq++
+		return f.Probe.Document(Organisation, fmt.Sprintf("conformance-%d", seq), Canary)
+	}
 
 	t.Run("positive answer once accepted", func(t *testing.T) {
 		in := newIngest()
-		c := h.Start(t, in, "RX1")
-		a, err := c.Send(ctx(t), doc())
+		send := startSource(t, f, in)
+		a, err := send(ctx(t), doc(), key)
 		if err != nil || !a.Positive {
 			t.Fatalf("Send: got %+v, %v; want a positive answer", a, err)
 		}
@@ -151,8 +191,8 @@ func RunSource(t *testing.T, h SourceHarness) {
 		t.Run("negative answer when Accept fails: "+kind.String(), func(t *testing.T) {
 			in := newIngest()
 			in.set(problem.New(kind, "refused by the suite"), nil)
-			c := h.Start(t, in, "RX1")
-			a, err := c.Send(ctx(t), doc())
+			send := startSource(t, f, in)
+			a, err := send(ctx(t), doc(), key)
 			if err != nil {
 				t.Fatalf("Send: %v; want a negative answer, not a broken connection", err)
 			}
@@ -166,10 +206,11 @@ func RunSource(t *testing.T, h SourceHarness) {
 		in := newIngest()
 		release := make(chan struct{})
 		in.set(nil, release)
-		c := h.Start(t, in, "RX1")
+		send := startSource(t, f, in)
 		answered := make(chan Answer, 1)
+		d := doc()
 		go func() {
-			a, _ := c.Send(context.Background(), doc())
+			a, _ := send(context.Background(), d, key)
 			answered <- a
 		}()
 		select {
@@ -202,8 +243,9 @@ func RunSource(t *testing.T, h SourceHarness) {
 
 	t.Run("unauthenticated sender: nothing accepted", func(t *testing.T) {
 		in := newIngest()
-		c := h.Start(t, in, "RX1")
-		a, err := c.SendUnauthenticated(ctx(t), doc())
+		send := startSource(t, f, in)
+		seq++
+		a, err := send(ctx(t), f.Probe.Document(Stranger, fmt.Sprintf("conformance-%d", seq), Canary), "")
 		if err == nil && a.Positive {
 			t.Errorf("an unauthenticated sender got a positive answer (%s)", a.Detail)
 		}
@@ -213,39 +255,74 @@ func RunSource(t *testing.T, h SourceHarness) {
 	})
 }
 
-// Behaviour is how the suite's receiver answers.
-type Behaviour int
+// Behaviour is how the probe's receiver answers.
+type Behaviour = connector.Behaviour
 
 // The behaviours.
 const (
-	Accept    Behaviour = iota // take the delivery
-	Transient                  // fail in a way worth retrying (a 503, a dropped connection)
-	Reject                     // refuse the delivery for good (a 400, an AR)
+	Accept    = connector.Accept
+	Transient = connector.Transient
+	Reject    = connector.Reject
 )
 
-// Receiver is the far end of a sink, run by the connector's test.
-type Receiver interface {
-	// Behave sets how the following deliveries are answered.
-	Behave(b Behaviour)
-	// Received returns the bodies accepted so far.
-	Received() [][]byte
+// receiver is the probe's receiver as the suite sees it.
+type receiver struct {
+	mu  sync.Mutex
+	b   Behaviour
+	got [][]byte
 }
 
-// SinkHarness starts the sink under test.
-type SinkHarness struct {
-	// Start returns a sink that delivers to a receiver it also returns.
-	// The sink must retry quickly (millisecond backoff) in tests.
-	Start func(t *testing.T) (connector.Sink, Receiver)
-	// Body returns a deliverable document carrying Canary and the id.
-	Body func(id string) []byte
+func (r *receiver) Behave(b Behaviour) { r.mu.Lock(); r.b = b; r.mu.Unlock() }
+
+func (r *receiver) Received() [][]byte {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([][]byte(nil), r.got...)
 }
 
-// RunSink runs the sink conformance suite.
-func RunSink(t *testing.T, h SinkHarness) {
+// startSink starts the probe's receiver and builds a sink delivering to it,
+// retrying within milliseconds.
+func startSink(t *testing.T, f connector.SinkFactory) (connector.Sink, *receiver) {
 	t.Helper()
+	r := &receiver{}
+	behave := func() Behaviour { r.mu.Lock(); defer r.mu.Unlock(); return r.b }
+	got := func(b []byte) { r.mu.Lock(); r.got = append(r.got, append([]byte(nil), b...)); r.mu.Unlock() }
+	cfg, stop, err := f.Probe.Receiver(behave, got)
+	if err != nil {
+		t.Fatalf("%s: starting the probe's receiver: %v", f.Type, err)
+	}
+	t.Cleanup(stop)
+	if err := cfg.Validate(); err != nil {
+		t.Fatalf("%s: the probe's configuration does not validate: %v", f.Type, err)
+	}
+	s, err := f.New(cfg, connector.SinkEnv{Recipient: "A81001", Log: zap.NewNop(),
+		Retry: connector.Retry{MinBackoff: time.Millisecond, MaxBackoff: 10 * time.Millisecond}})
+	if err != nil {
+		t.Fatalf("%s: New: %v", f.Type, err)
+	}
+	return s, r
+}
+
+// Body returns the event the suite delivers: a valid discharge carrying
+// the event id and Canary as the patient's NHS number.
+func Body(id string) []byte {
+	return []byte(`{"specversion":"1.0","id":"` + id + `","source":"urn:ods:RX1","type":"org.carehub.discharge.v1",` +
+		`"time":"2026-11-24T10:00:00Z","datacontenttype":"application/json","data":{"patient":{"nhsNumber":"` + Canary + `",` +
+		`"gpPractice":"A81001","name":{"family":"CONFORMANCE","given":["Test"]},"birthDate":"1940-01-01","gender":"female"},` +
+		`"encounter":{"id":"ENC-CONFORMANCE","class":"inpatient","period":{"start":"2026-11-20T09:00:00Z","end":"2026-11-24T09:45:00Z"},` +
+		`"serviceProvider":{"ods":"RX1"}},"discharge":{"destination":{"type":"care-home","ods":"VM123"},` +
+		`"summary":{"contentType":"text/plain","title":"Discharge summary","creation":"2026-11-24T09:30:00Z","text":"SYNTHETIC TEST DATA"}}}}`)
+}
+
+// RunSink runs the sink conformance suite on a sink connector type.
+func RunSink(t *testing.T, f connector.SinkFactory) {
+	t.Helper()
+	if f.Probe == nil {
+		t.Fatalf("sink connector %s has no probe: the conformance suite cannot run it", f.Type)
+	}
 	delivery := func(id string) connector.Delivery {
 		return connector.Delivery{EventID: id, EventType: "org.carehub.discharge.v1", Recipient: "A81001",
-			PatientRef: "p1_conformance", Body: h.Body(id)}
+			PatientRef: "p1_conformance", Body: Body(id)}
 	}
 	noCanary := func(t *testing.T, err error) {
 		if err != nil && strings.Contains(err.Error(), Canary) {
@@ -254,7 +331,7 @@ func RunSink(t *testing.T, h SinkHarness) {
 	}
 
 	t.Run("delivered", func(t *testing.T) {
-		s, r := h.Start(t)
+		s, r := startSink(t, f)
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		defer cancel()
 		out, err := s.Deliver(ctx, delivery("ok-1"))
@@ -270,7 +347,7 @@ func RunSink(t *testing.T, h SinkHarness) {
 	})
 
 	t.Run("transient failures are retried until delivered", func(t *testing.T) {
-		s, r := h.Start(t)
+		s, r := startSink(t, f)
 		r.Behave(Transient)
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		defer cancel()
@@ -296,7 +373,7 @@ func RunSink(t *testing.T, h SinkHarness) {
 	})
 
 	t.Run("a rejection is permanent", func(t *testing.T) {
-		s, r := h.Start(t)
+		s, r := startSink(t, f)
 		r.Behave(Reject)
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		defer cancel()
@@ -312,7 +389,7 @@ func RunSink(t *testing.T, h SinkHarness) {
 	})
 
 	t.Run("cancelling ends retries, not permanently", func(t *testing.T) {
-		s, r := h.Start(t)
+		s, r := startSink(t, f)
 		r.Behave(Transient)
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan error, 1)
@@ -332,6 +409,3 @@ func RunSink(t *testing.T, h SinkHarness) {
 		}
 	})
 }
-
-// errBroken is used by the suite's own tests.
-var errBroken = errors.New("broken")

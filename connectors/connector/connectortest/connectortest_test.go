@@ -6,85 +6,76 @@ import (
 	"os"
 	"os/exec"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/carehub/carehub/connectors/connector"
 )
 
-// fakeSource is an in-memory "protocol": Send calls the source directly.
+// fakeSource is an in-memory "protocol": the probe's Send calls the
+// source directly, with the Ingest it was registered with.
 type fakeSource struct {
 	in     connector.Ingest
-	org    string
 	broken string // "", "ack-before-accept", "ack-despite-failure", "accept-unauthenticated"
 }
 
-func (s *fakeSource) Send(ctx context.Context, doc []byte) (Answer, error) {
-	return s.send(ctx, doc, true)
-}
+func (s *fakeSource) Register(env connector.Env) error               { s.in = env.Ingest; return nil }
+func (s *fakeSource) Run(ctx context.Context, _ connector.Env) error { <-ctx.Done(); return nil }
 
-func (s *fakeSource) SendUnauthenticated(ctx context.Context, doc []byte) (Answer, error) {
-	return s.send(ctx, doc, false)
-}
-
-func (s *fakeSource) send(ctx context.Context, doc []byte, authed bool) (Answer, error) {
-	if !authed && s.broken != "accept-unauthenticated" {
-		return Answer{Detail: "401"}, nil
+func (s *fakeSource) send(ctx context.Context, doc []byte, key string) (Answer, error) {
+	org := Organisation
+	if key == "" {
+		if s.broken != "accept-unauthenticated" {
+			return Answer{Detail: "401"}, nil
+		}
+		org = Stranger
 	}
 	switch s.broken {
 	case "ack-before-accept":
-		go func() { _, _ = s.in.Accept(context.Background(), s.org, doc) }()
+		go func() { _, _ = s.in.Accept(context.Background(), org, doc) }()
 		return Answer{Positive: true, Detail: "202"}, nil
 	case "ack-despite-failure":
-		_, _ = s.in.Accept(ctx, s.org, doc)
+		_, _ = s.in.Accept(ctx, org, doc)
 		return Answer{Positive: true, Detail: "202"}, nil
 	}
-	if _, err := s.in.Accept(ctx, s.org, doc); err != nil {
+	if _, err := s.in.Accept(ctx, org, doc); err != nil {
 		return Answer{Detail: "4xx"}, nil
 	}
 	return Answer{Positive: true, Detail: "202"}, nil
 }
 
-func sourceHarness(broken string) SourceHarness {
-	return SourceHarness{
-		Start: func(t *testing.T, in connector.Ingest, org string) SourceClient {
-			return &fakeSource{in: in, org: org, broken: broken}
-		},
-		Document: func(id string) []byte {
-			b, _ := json.Marshal(map[string]any{"id": id, "data": map[string]string{"nhsNumber": Canary}})
-			return b
+type fakeConfig struct{}
+
+func (fakeConfig) Validate() error { return nil }
+
+func sourceFactory(broken string) connector.SourceFactory {
+	return connector.SourceFactory{
+		Type:    "fake",
+		Default: func() connector.Config { return fakeConfig{} },
+		New:     func(connector.Config) (connector.Source, error) { return &fakeSource{broken: broken}, nil },
+		Probe: &connector.SourceProbe{
+			Config: func(string) connector.Config { return fakeConfig{} },
+			Document: func(org, id, nhs string) []byte {
+				b, _ := json.Marshal(map[string]any{"id": id, "source": org, "data": map[string]string{"nhsNumber": nhs}})
+				return b
+			},
+			Send: func(ctx context.Context, s connector.Source, _, key string, doc []byte) (Answer, error) {
+				return s.(*fakeSource).send(ctx, doc, key)
+			},
 		},
 	}
 }
 
-// fakeSink delivers to an in-memory receiver.
-type fakeReceiver struct {
-	mu  sync.Mutex
-	b   Behaviour
-	got [][]byte
-}
-
-func (r *fakeReceiver) Behave(b Behaviour) { r.mu.Lock(); r.b = b; r.mu.Unlock() }
-func (r *fakeReceiver) Received() [][]byte {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return append([][]byte(nil), r.got...)
-}
-
-func fakeSink(r *fakeReceiver, broken string) connector.Sink {
+// fakeSink delivers to the probe's in-memory receiver.
+func fakeSink(behave func() Behaviour, got func([]byte), broken string) connector.Sink {
 	return connector.SinkFunc(func(ctx context.Context, d connector.Delivery) (connector.Outcome, error) {
 		out := connector.Outcome{}
 		for {
 			out.Attempts++
-			r.mu.Lock()
-			b := r.b
-			if b == Accept {
-				r.got = append(r.got, d.Body)
-			}
-			r.mu.Unlock()
+			b := behave()
 			switch {
 			case b == Accept:
+				got(d.Body)
 				return out, nil
 			case b == Reject:
 				return out, connector.Permanent("rejected", nil)
@@ -100,19 +91,33 @@ func fakeSink(r *fakeReceiver, broken string) connector.Sink {
 	})
 }
 
-func sinkHarness(broken string) SinkHarness {
-	return SinkHarness{
-		Start: func(t *testing.T) (connector.Sink, Receiver) {
-			r := &fakeReceiver{}
-			return fakeSink(r, broken), r
+// fakeSinkConfig carries the probe's receiver to New.
+type fakeSinkConfig struct {
+	behave func() Behaviour
+	got    func([]byte)
+}
+
+func (fakeSinkConfig) Validate() error { return nil }
+
+func sinkFactory(broken string) connector.SinkFactory {
+	return connector.SinkFactory{
+		Type:    "fake",
+		Default: func() connector.Config { return fakeSinkConfig{} },
+		New: func(c connector.Config, _ connector.SinkEnv) (connector.Sink, error) {
+			fc := c.(fakeSinkConfig)
+			return fakeSink(fc.behave, fc.got, broken), nil
 		},
-		Body: func(id string) []byte { return []byte(`{"id":"` + id + `","nhs":"` + Canary + `"}`) },
+		Probe: &connector.SinkProbe{
+			Receiver: func(behave func() Behaviour, got func([]byte)) (connector.Config, func(), error) {
+				return fakeSinkConfig{behave: behave, got: got}, func() {}, nil
+			},
+		},
 	}
 }
 
 func TestSuitePassesCorrectFakes(t *testing.T) {
-	t.Run("source", func(t *testing.T) { RunSource(t, sourceHarness("")) })
-	t.Run("sink", func(t *testing.T) { RunSink(t, sinkHarness("")) })
+	t.Run("source", func(t *testing.T) { RunSource(t, sourceFactory("")) })
+	t.Run("sink", func(t *testing.T) { RunSink(t, sinkFactory("")) })
 }
 
 // TestBrokenFake is run in a subprocess by TestSuiteFailsBrokenFakes.
@@ -122,10 +127,10 @@ func TestBrokenFake(t *testing.T) {
 		t.Skip("run by TestSuiteFailsBrokenFakes")
 	}
 	if strings.HasPrefix(broken, "sink:") {
-		RunSink(t, sinkHarness(strings.TrimPrefix(broken, "sink:")))
+		RunSink(t, sinkFactory(strings.TrimPrefix(broken, "sink:")))
 		return
 	}
-	RunSource(t, sourceHarness(broken))
+	RunSource(t, sourceFactory(broken))
 }
 
 // TestSuiteFailsBrokenFakes: a conformance suite that cannot fail hides
@@ -155,5 +160,3 @@ func TestSuiteFailsBrokenFakes(t *testing.T) {
 		})
 	}
 }
-
-var _ = errBroken

@@ -8,17 +8,15 @@ import (
 	"encoding/json"
 	"net/http"
 
+	"github.com/carehub/carehub/schemas/media"
 	"github.com/carehub/carehub/schemas/problem"
 )
-
-// ContentType is the media type of a problem document.
-const ContentType = "application/problem+json"
 
 // Write answers with err as application/problem+json. Only err's public
 // text is used; a 503 carries Retry-After.
 func Write(w http.ResponseWriter, err error) {
 	d := problem.DetailsOf(err)
-	w.Header().Set("Content-Type", ContentType)
+	w.Header().Set("Content-Type", media.Problem)
 	if d.Status == http.StatusServiceUnavailable {
 		w.Header().Set("Retry-After", "5")
 	}

@@ -13,6 +13,8 @@ import (
 
 	"github.com/carehub/carehub/connectors/mllp/hl7"
 	"github.com/carehub/carehub/schemas/event"
+	"github.com/carehub/carehub/schemas/media"
+	"github.com/carehub/carehub/schemas/ods"
 )
 
 // DefaultDestinationFields are the terse paths read for the discharge
@@ -47,23 +49,9 @@ type Mapper struct {
 	dest   []hl7.Path
 }
 
-// isODS reports whether s has the shape of an ODS code: 3 to 9 capital
-// letters and digits (schemas/common.v1.json#/$defs/odsCode).
-func isODS(s string) bool {
-	if len(s) < 3 || len(s) > 9 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; !('A' <= c && c <= 'Z' || '0' <= c && c <= '9') {
-			return false
-		}
-	}
-	return true
-}
-
 // NewMapper validates o and returns a Mapper.
 func NewMapper(o Options) (*Mapper, error) {
-	if !isODS(o.Source) {
+	if !ods.Valid(o.Source) {
 		return nil, fmt.Errorf("adt: Options.Source %q is not an ODS code", o.Source)
 	}
 	mp := &Mapper{source: o.Source, loc: o.Location}
@@ -155,7 +143,7 @@ func (mp *Mapper) Map(m *hl7.Message) (*Result, error) {
 	res.Type = evType
 	res.Event, err = encode(envelope{
 		SpecVersion: event.SpecVersion, ID: res.ID, Source: event.SourcePrefix + mp.source, Type: evType,
-		Time: formatTime(t), DataContentType: event.ContentType, Data: d,
+		Time: formatTime(t), DataContentType: media.JSON, Data: d,
 	})
 	if err != nil {
 		return nil, err

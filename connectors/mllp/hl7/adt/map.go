@@ -9,6 +9,7 @@ import (
 	"github.com/carehub/carehub/connectors/mllp/hl7"
 	"github.com/carehub/carehub/schemas/event"
 	"github.com/carehub/carehub/schemas/nhs"
+	"github.com/carehub/carehub/schemas/ods"
 	"github.com/carehub/carehub/schemas/problem"
 )
 
@@ -323,7 +324,7 @@ func identifiers(seg *hl7.Segment, field int) ([]identifier, error) {
 			return nil, invalid(hl7.CodeValueTooLong, seg.Name(), field, i+1, 1, reasonTooLong)
 		}
 		id := identifier{Value: v}
-		if auth := strings.TrimSpace(rep.Component(4).Sub(1).String()); isODS(auth) {
+		if auth := strings.TrimSpace(rep.Component(4).Sub(1).String()); ods.Valid(auth) {
 			id.System = "urn:ods:" + auth
 		}
 		if len(out) == 10 {
@@ -348,7 +349,7 @@ func gpPractice(pd1 *hl7.Segment) (string, error) {
 	if v == "" {
 		return "", nil
 	}
-	if !isODS(v) {
+	if !ods.Valid(v) {
 		return "", invalid(hl7.CodeDataType, "PD1", 3, 0, comp, reasonGPFormat)
 	}
 	return v, nil
@@ -621,7 +622,7 @@ func (x *mapping) location(seg *hl7.Segment, field int) (*location, error) {
 		}
 		*c.dst = v
 	}
-	if f := strings.TrimSpace(r.Component(4).Sub(1).String()); isODS(f) {
+	if f := strings.TrimSpace(r.Component(4).Sub(1).String()); ods.Valid(f) {
 		l.ODS = f
 	}
 	if *l == (location{}) {
@@ -674,25 +675,25 @@ func (x *mapping) destination() (*destination, error) {
 			break
 		}
 	}
-	var ods string
+	var org string
 	for _, p := range x.mp.dest {
-		if v := strings.TrimSpace(x.m.Lookup(p).String()); isODS(v) {
-			ods = v
+		if v := strings.TrimSpace(x.m.Lookup(p).String()); ods.Valid(v) {
+			org = v
 			break
 		}
 	}
-	if code == "" && ods == "" {
+	if code == "" && org == "" {
 		return nil, nil
 	}
-	d := &destination{Type: "other", ODS: ods}
+	d := &destination{Type: "other", ODS: org}
 	if code != "" {
 		dc := destinationCodes[code]
 		d.Type = dc.typ
-		if ods == "" && d.Type != "home" {
+		if org == "" && d.Type != "home" {
 			d.Name = dc.name
 		}
 	}
-	if ods == "" && d.Type != "home" && d.Type != "other" {
+	if org == "" && d.Type != "home" && d.Type != "other" {
 		// The schema requires the organisation for these kinds of place;
 		// without it, say what kind of place it is in words.
 		d.Type = "other"

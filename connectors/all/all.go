@@ -1,0 +1,35 @@
+// Package all is the registration list: every connector the carehub
+// binary can run, one line each. The hub knows connectors only through
+// this list (cmd/carehub hands it over); adding a connector is one folder
+// under connectors/ and one line here. The conformance suite runs on every
+// entry (all_test.go), so no connector can skip it.
+package all
+
+import (
+	"github.com/carehub/carehub/connectors/cloudevents"
+	"github.com/carehub/carehub/connectors/connector"
+	"github.com/carehub/carehub/connectors/mllp"
+	"github.com/carehub/carehub/connectors/webhook"
+)
+
+// Sources are the source connectors: entries under inputs.
+var Sources = []connector.SourceFactory{
+	cloudevents.Factory, // POST /v1/events: CloudEvents JSON
+	mllp.Factory,        // HL7 v2 ADT over MLLP
+}
+
+// Sinks are the sink connectors: a recipient's delivery section.
+var Sinks = []connector.SinkFactory{
+	webhook.Factory, // signed POSTs (Standard Webhooks)
+}
+
+// Registry returns the registry of every connector listed. It panics if
+// the list itself is broken (a type twice, a factory without a probe):
+// a test checks that it is not.
+func Registry() *connector.Registry {
+	r, err := connector.NewRegistry(Sources, Sinks)
+	if err != nil {
+		panic("connectors/all: " + err.Error())
+	}
+	return r
+}
