@@ -62,12 +62,12 @@ func TestLoadExample(t *testing.T) {
 		Recipients: []config.Recipient{
 			{
 				ODS: "A81001", Name: "Example GP practice (demo)", Role: "gp-practice",
-				Sink: config.Sink{Type: "webhook", Config: &webhook.Config{URL: "http://127.0.0.1:9101/events", Secret: connector.SecretValue("demo-gp-secret"), Timeout: 10 * time.Second}}, // timeout: default
+				Sink:          config.Sink{Type: "webhook", Config: &webhook.Config{URL: "http://127.0.0.1:9101/events", Secret: connector.SecretValue("demo-gp-secret"), Timeout: 10 * time.Second}}, // timeout: default
 				Subscriptions: []config.Subscription{{ID: "a81001-registered-patients", Basis: "registered-gp", Types: allTypes}},
 			},
 			{
 				ODS: "VM123", Name: "Example Care Home (demo)", Role: "social-care",
-				Sink: config.Sink{Type: "webhook", Config: &webhook.Config{URL: "http://127.0.0.1:9102/events", Secret: connector.SecretValue("demo-carehome-secret"), Timeout: 10 * time.Second}}, // timeout: default
+				Sink:          config.Sink{Type: "webhook", Config: &webhook.Config{URL: "http://127.0.0.1:9102/events", Secret: connector.SecretValue("demo-carehome-secret"), Timeout: 10 * time.Second}}, // timeout: default
 				Subscriptions: []config.Subscription{{ID: "vm123-discharges-to-us", Basis: "discharge-destination", Types: []string{"admission", "discharge"}}},
 			},
 			{
