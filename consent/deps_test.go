@@ -27,7 +27,7 @@ var forbidden = map[string]string{
 	"github.com/ThreeDotsLabs/watermill/":    "no messaging in consent",
 	"github.com/hashicorp/go-retryablehttp":  "no transport code in consent",
 	"github.com/prometheus/":                 "metrics belong to the caller, keyed on Decision.Rule",
-	"github.com/cedar-policy/":               "plain Go rules: about 27 ns against cedar-go's 0.9 µs (../shared/NOTES.md)",
+	"github.com/cedar-policy/":               "plain Go rules: about 27 ns a decision against cedar-go's 0.9 µs, measured on this project's machines",
 	"github.com/carehub/carehub/hub/":        "consent is a leaf of the hub, never the other way round",
 	"github.com/carehub/carehub/connectors/": "connectors do not reach consent, nor consent them",
 }
@@ -56,7 +56,7 @@ type listedPackage struct {
 func TestDependencyFence(t *testing.T) {
 	out, err := exec.Command("go", "list", "-deps", "-json=ImportPath,Imports,Standard", ".").Output()
 	if err != nil {
-		t.Skipf("go list is not available here: %v", err) // never silently passes: it says why
+		t.Fatalf("go list: %v", err)
 	}
 	graph := map[string][]string{}
 	dec := json.NewDecoder(bytes.NewReader(out))

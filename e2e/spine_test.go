@@ -300,10 +300,8 @@ func TestSecondHubOnTheSameDataDirectoryIsRefused(t *testing.T) {
 }
 
 func TestKcatReadsTheEventsTopic(t *testing.T) {
-	kcat, err := exec.LookPath("kcat")
-	if err != nil {
-		t.Skip("kcat is not installed (CI installs it: apt-get install -y kcat)")
-	}
+	requirePeer(t, "kcat", "apt-get install -y kcat", lookPath("kcat"))
+	kcat, _ := exec.LookPath("kcat")
 	h, gp, _ := hubWithReceivers(t)
 	nhs := nhsNumber(9001)
 	ev := patientEvent(t, "admission", nhs, "A81001", "")

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/carehub/carehub/schemas/ods"
 	"github.com/santhosh-tekuri/jsonschema/v5"
 )
 
@@ -150,5 +151,27 @@ func TestDefinitions(t *testing.T) {
 		if got := valid(t, s, tt.doc); got != tt.want {
 			t.Errorf("%s valid(%s):\n\tgot  %v\n\twant %v", tt.def, tt.doc, got, tt.want)
 		}
+	}
+}
+
+// TestODSPatternIsTheOneRule: the schema's odsCode pattern is package ods's,
+// so an ODS code the configuration, the HL7 mapping or consent accepts is
+// one the schema accepts (regression, issue 9: they disagreed on 10
+// characters).
+func TestODSPatternIsTheOneRule(t *testing.T) {
+	b, err := FS.ReadFile("common.v1.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var common struct {
+		Defs map[string]struct {
+			Pattern string `json:"pattern"`
+		} `json:"$defs"`
+	}
+	if err := json.Unmarshal(b, &common); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := common.Defs["odsCode"].Pattern, ods.Pattern; got != want {
+		t.Errorf("common.v1.json#/$defs/odsCode pattern:\n\tgot  %s\n\twant %s (schemas/ods)", got, want)
 	}
 }

@@ -12,10 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/carehub/carehub/connectors/webhook"
-
 	"github.com/carehub/carehub/connectors/all"
-
+	"github.com/carehub/carehub/connectors/webhook"
 	"github.com/carehub/carehub/e2e/bench"
 	"github.com/carehub/carehub/hub/config"
 )

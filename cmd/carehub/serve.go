@@ -9,7 +9,6 @@ import (
 	"syscall"
 
 	"github.com/carehub/carehub/connectors/all"
-
 	"github.com/carehub/carehub/hub"
 	"github.com/carehub/carehub/hub/config"
 	"github.com/carehub/carehub/internal/logging"

@@ -20,10 +20,9 @@ import (
 	"mime"
 	"net/http"
 
-	"github.com/carehub/carehub/schemas/event"
-
 	"github.com/carehub/carehub/connectors/connector"
 	"github.com/carehub/carehub/internal/logging"
+	"github.com/carehub/carehub/schemas/event"
 	"github.com/carehub/carehub/schemas/media"
 	"github.com/carehub/carehub/schemas/problem"
 	"github.com/carehub/carehub/schemas/problem/problemhttp"

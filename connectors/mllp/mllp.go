@@ -707,7 +707,7 @@ func (s *Source) handle(ctx context.Context, payload []byte, log *zap.Logger) []
 	}
 	if len(out.errs) > 0 {
 		e := out.errs[0]
-		fields = append(fields, zap.String("err_code", e.Code), zap.String("err_location", errLocation(e)), zap.String("reason", out.reason))
+		fields = append(fields, zap.String("err_code", e.Code), zap.String("err_location", e.Location()), zap.String("reason", out.reason))
 		log.Info("HL7 message refused", fields...)
 	} else {
 		if out.reason != "" {
@@ -889,23 +889,6 @@ func safeControlID(s string) string {
 	for i := 0; i < len(s); i++ {
 		if s[i] <= ' ' || s[i] > '~' {
 			return "(unprintable)"
-		}
-	}
-	return s
-}
-
-func errLocation(d hl7.ErrDetail) string {
-	if d.Segment == "" {
-		return ""
-	}
-	s := d.Segment
-	if d.Field > 0 {
-		s += "-" + strconv.Itoa(d.Field)
-		if d.Repetition > 1 {
-			s += "(" + strconv.Itoa(d.Repetition) + ")"
-		}
-		if d.Component > 0 {
-			s += "." + strconv.Itoa(d.Component)
 		}
 	}
 	return s

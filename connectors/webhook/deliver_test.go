@@ -384,9 +384,15 @@ func TestDeliverConnectionRefusedThenUp(t *testing.T) {
 		t.Fatal("no attempt failed within 5s")
 	}
 
-	ln, err = net.Listen("tcp", addr)
+	// Reopen the same port; another process may hold it for a moment.
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		if ln, err = net.Listen("tcp", addr); err == nil || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 	if err != nil {
-		t.Skipf("cannot reopen %s (taken meanwhile?): %v", addr, err)
+		t.Fatalf("cannot reopen %s: %v", addr, err)
 	}
 	var got atomic.Int32
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/carehub/carehub/connectors/all"
-
 	"github.com/carehub/carehub/connectors/mllp/hl7"
 	"github.com/carehub/carehub/connectors/mllp/hl7/adt"
 	"github.com/carehub/carehub/connectors/webhook"

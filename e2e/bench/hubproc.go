@@ -18,7 +18,6 @@ import (
 	"time"
 
 	"github.com/carehub/carehub/connectors/all"
-
 	"github.com/carehub/carehub/hub"
 	"github.com/carehub/carehub/hub/config"
 	"go.uber.org/zap"

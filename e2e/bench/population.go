@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"time"
+
+	"github.com/carehub/carehub/schemas/nhs"
 )
 
 // Source is the ODS code of the synthetic hospital that publishes every
@@ -195,24 +197,16 @@ const eventTemplate = `{"specversion":"1.0","id":"%s%d","source":"urn:ods:%s","t
 	`for repeat in four weeks. Please ask the GP to review in two weeks and the care home to monitor for further falls."}}}}`
 
 // TestNHSNumbers returns n distinct valid NHS numbers from the 999 test
-// range (modulus 11 check digit correct; numbers whose check would be 10
-// are skipped, as they are invalid).
+// range, in order (nhs.Synthetic(0), nhs.Synthetic(1), ...).
 func TestNHSNumbers(n int) []string {
 	out := make([]string, 0, n)
+	seen := map[string]bool{}
 	for i := 0; len(out) < n && i < 1000000; i++ {
-		base := fmt.Sprintf("999%06d", i)
-		sum := 0
-		for j := 0; j < 9; j++ {
-			sum += int(base[j]-'0') * (10 - j)
+		s := nhs.Synthetic(i).Digits()
+		if !seen[s] {
+			seen[s] = true
+			out = append(out, s)
 		}
-		check := 11 - sum%11
-		if check == 11 {
-			check = 0
-		}
-		if check == 10 {
-			continue
-		}
-		out = append(out, base+strconv.Itoa(check))
 	}
 	return out
 }

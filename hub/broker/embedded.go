@@ -190,9 +190,6 @@ func (e *Embedded) Addrs() []string {
 	return append([]string(nil), e.addrs...)
 }
 
-// DataDir returns the absolute path of the locked data directory.
-func (e *Embedded) DataDir() string { return e.dataDir }
-
 // Close stops the broker, writes its state to disk and then releases the
 // data directory lock. It is safe to call more than once.
 func (e *Embedded) Close() error {

@@ -9,9 +9,8 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
-	"github.com/segmentio/kafka-go"
-
 	"github.com/carehub/carehub/hub/broker"
+	"github.com/segmentio/kafka-go"
 )
 
 // Defaults for SubscriberConfig.

@@ -111,12 +111,3 @@ func (s *Subscriptions) Match(ev *event.Event, key string) []Candidate {
 	}
 	return out
 }
-
-// Recipients lists every recipient's ODS code once.
-func (s *Subscriptions) Recipients() []string {
-	var out []string
-	for ods := range s.byRecipient {
-		out = append(out, ods)
-	}
-	return out
-}

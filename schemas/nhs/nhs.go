@@ -101,27 +101,43 @@ func Parse(s string) (Number, error) {
 		return Number{}, formatError()
 	}
 	var v uint64
-	sum := 0
 	for i := 0; i < 10; i++ {
 		c := s[i]
 		if c < '0' || c > '9' {
 			return Number{}, formatError()
 		}
-		d := int(c - '0')
-		if i < 9 {
-			sum += d * (10 - i)
-		}
-		v = v*10 + uint64(d)
+		v = v*10 + uint64(c-'0')
 	}
-	check := 11 - sum%11
-	if check == 11 {
-		check = 0
-	}
-	// check == 10 can never equal a single digit, so it fails here too.
-	if check != int(s[9]-'0') {
+	if check, ok := CheckDigit(s[:9]); !ok || check != int(s[9]-'0') {
 		return Number{}, checkDigitError()
 	}
 	return Number{v: v ^ mask}, nil
+}
+
+// CheckDigit returns the modulus 11 check digit of the first nine digits
+// of an NHS number, and false when there is none (the remainder gives 10:
+// no NHS number starts with those nine digits). nine must be nine ASCII
+// digits. This is the one place the check is computed.
+func CheckDigit(nine string) (int, bool) {
+	if len(nine) != 9 {
+		return 0, false
+	}
+	sum := 0
+	for i := 0; i < 9; i++ {
+		c := nine[i]
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		sum += int(c-'0') * (10 - i)
+	}
+	switch check := 11 - sum%11; check {
+	case 11:
+		return 0, true
+	case 10:
+		return 0, false
+	default:
+		return check, true
+	}
 }
 
 // ParseLoose is Parse for feeds that format the number for people: it drops

@@ -16,17 +16,8 @@ func Synthetic(seq int) Number {
 	}
 	for i := seq; ; i++ {
 		base := fmt.Sprintf("999%06d", i%1000000)
-		sum := 0
-		for j := 0; j < 9; j++ {
-			sum += int(base[j]-'0') * (10 - j)
+		if check, ok := CheckDigit(base); ok {
+			return MustParse(base + strconv.Itoa(check))
 		}
-		check := 11 - sum%11
-		if check == 11 {
-			check = 0
-		}
-		if check == 10 {
-			continue
-		}
-		return MustParse(base + strconv.Itoa(check))
 	}
 }

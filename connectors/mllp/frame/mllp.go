@@ -107,13 +107,10 @@ func (r *Reader) MaxFrameSize() int { return r.max }
 // Stats returns the counters accumulated since the Reader was created.
 func (r *Reader) Stats() Stats { return r.stats }
 
-// SkippedBytes returns the total number of bytes discarded so far: bytes
-// outside any frame, and bytes of frames abandoned by a new start block.
-func (r *Reader) SkippedBytes() int64 { return r.stats.SkippedBytes }
-
 // LastSkipped returns how many bytes the most recent ReadFrame call
-// discarded (see SkippedBytes). A non-zero value is a notice worth logging
-// ("garbage between frames"), not an error.
+// discarded: bytes outside any frame, and bytes of frames abandoned by a new
+// start block. Stats().SkippedBytes holds the running total. A non-zero
+// value is a notice worth logging ("garbage between frames"), not an error.
 func (r *Reader) LastSkipped() int64 { return r.lastSkipped }
 
 // Offset returns the number of bytes consumed from the underlying stream.

@@ -197,6 +197,12 @@ func errCode(e ErrDetail) string {
 	return e.Code
 }
 
+// Location returns the error location as an ACK's ERR-2 carries it with the
+// default delimiters ("PID^1^3^2^1": segment, its occurrence, field,
+// repetition, component). Logs and tests use it, so a location reads the
+// same everywhere.
+func (e ErrDetail) Location() string { return location(e, DefaultDelimiters, true) }
+
 // location formats an error location: the full ERL (v2.5 ERR-2) or the
 // first three components used by the legacy ELD (ERR-1). The components
 // are separated by the component separator and trailing empty ones are

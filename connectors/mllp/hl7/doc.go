@@ -66,9 +66,10 @@
 //
 // # Batches
 //
-// Files and batches wrap messages in FHS/BHS ... BTS/FTS envelopes; Parse
-// rejects them and ParseBatch splits them into messages, checking the
-// envelope's structure and declared counts.
+// Files and batches wrap several messages in FHS/BHS ... BTS/FTS
+// envelopes. This package does not read them: an MLLP frame carries one
+// message, and Parse rejects envelope segments and a second MSH with a
+// segment sequence error (code 100).
 //
 // # Acknowledging
 //

@@ -56,7 +56,6 @@ type ParseError struct {
 	Sequence     int    // 1-based occurrence of this segment ID (ERR-2.2); 0 if unknown
 	Field        int    // 1-based field number (MSH-1 is the field separator); 0 for the whole segment
 	Offset       int    // byte offset in the input where the problem was found
-	Message      int    // 1-based message number within a batch (ParseBatch); 0 otherwise
 	Code         string // HL7 table 0357 error code, e.g. CodeSegmentSequence
 	Reason       string // the rule that was broken; never contains message data
 	Err          error  // underlying sentinel error, e.g. ErrUnsupportedCharset; may be nil
@@ -65,11 +64,6 @@ type ParseError struct {
 func (e *ParseError) Error() string {
 	var b strings.Builder
 	b.WriteString("hl7: ")
-	if e.Message > 0 {
-		b.WriteString("message ")
-		b.WriteString(strconv.Itoa(e.Message))
-		b.WriteString(": ")
-	}
 	if e.SegmentIndex > 0 || e.Segment != "" {
 		b.WriteString("segment ")
 		if e.SegmentIndex > 0 {

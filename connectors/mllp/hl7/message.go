@@ -267,9 +267,9 @@ func (s *Segment) part(i int) string {
 	return s.raw[start:end]
 }
 
-// Field returns field n, numbered from 1 as in the HL7 standard. In MSH (and
-// the FHS and BHS batch headers) field 1 is the field separator itself and
-// field 2 the encoding characters; both are returned literally, without
+// Field returns field n, numbered from 1 as in the HL7 standard. In MSH
+// field 1 is the field separator itself and field 2 the encoding
+// characters; both are returned literally, without
 // unescaping or splitting. Fields beyond NumFields are empty.
 func (s *Segment) Field(n int) Field {
 	if s == nil || n < 1 {

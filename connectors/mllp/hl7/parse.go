@@ -26,13 +26,14 @@ const MaxMessageSize = 1 << 30
 // The first segment must be MSH; its MSH-1 and MSH-2 give the delimiters,
 // and MSH-18 the character set. Every segment must start with a valid
 // segment ID (an upper-case letter and two upper-case letters or digits;
-// Z-segments included). Batch and file envelope segments (FHS, BHS, BTS,
-// FTS) and a second MSH are rejected: use ParseBatch for those inputs.
+// Z-segments included). data must hold exactly one message: batch and
+// file envelope segments (FHS, BHS, BTS, FTS) and a second MSH are rejected
+// with code 100.
 //
 // Parse copies data once; the returned Message does not refer to data.
 // Errors are *ParseError values, which never contain message data.
 func Parse(data []byte) (*Message, error) {
-	m, err := parseMessage(string(data), 0, len(data), false, 0)
+	m, err := parseMessage(string(data), 0, len(data), false)
 	if err != nil {
 		return nil, err
 	}
@@ -45,7 +46,7 @@ func Parse(data []byte) (*Message, error) {
 // it does not reject an unsupported MSH-18 character set; the returned
 // Message then reports CharsetUnspecified.
 func ParseHeader(data []byte) (*Message, error) {
-	m, err := parseMessage(string(data), 0, len(data), true, 0)
+	m, err := parseMessage(string(data), 0, len(data), true)
 	if err != nil {
 		return nil, err
 	}
@@ -148,12 +149,12 @@ func lineID(s string, i, to int) string {
 	return ""
 }
 
-// parseDelimiters reads MSH-1 and MSH-2 (or FHS/BHS-1 and -2) of the header
-// segment starting at s[i].
-func parseDelimiters(s string, i, to, index int) (Delimiters, *ParseError) {
+// parseDelimiters reads MSH-1 and MSH-2 of the MSH segment starting at s[i],
+// the first segment of the message.
+func parseDelimiters(s string, i, to int) (Delimiters, *ParseError) {
 	name := s[i : i+3]
 	fail := func(field, off int, code, reason string) (Delimiters, *ParseError) {
-		return Delimiters{}, &ParseError{Segment: name, SegmentIndex: index, Sequence: 1, Field: field,
+		return Delimiters{}, &ParseError{Segment: name, SegmentIndex: 1, Sequence: 1, Field: field,
 			Offset: off, Code: code, Reason: reason}
 	}
 	if i+3 >= to || s[i+3] == '\r' || s[i+3] == '\n' {
@@ -194,31 +195,29 @@ func parseDelimiters(s string, i, to, index int) (Delimiters, *ParseError) {
 }
 
 // parseMessage parses the message in s[from:to]. Offsets in errors and
-// segments are relative to s. msgNo is the message number within a batch
-// (0 outside batches).
-func parseMessage(s string, from, to int, headerOnly bool, msgNo int) (*Message, *ParseError) {
+// segments are relative to s.
+func parseMessage(s string, from, to int, headerOnly bool) (*Message, *ParseError) {
 	if to-from > MaxMessageSize {
-		return nil, &ParseError{Offset: from, Message: msgNo, Code: CodeSegmentSequence, Reason: "message larger than MaxMessageSize"}
+		return nil, &ParseError{Offset: from, Code: CodeSegmentSequence, Reason: "message larger than MaxMessageSize"}
 	}
 	i := skipLeading(s, from, to)
 	if i >= to {
-		return nil, &ParseError{Offset: i, Message: msgNo, Code: CodeSegmentSequence, Reason: "message is empty"}
+		return nil, &ParseError{Offset: i, Code: CodeSegmentSequence, Reason: "message is empty"}
 	}
 	if to-i < 3 || s[i:i+3] != "MSH" {
-		e := &ParseError{SegmentIndex: 1, Sequence: 1, Offset: i, Message: msgNo, Code: CodeSegmentSequence}
+		e := &ParseError{SegmentIndex: 1, Sequence: 1, Offset: i, Code: CodeSegmentSequence}
 		switch e.Segment = lineID(s, i, to); e.Segment {
 		case "":
 			e.Reason = "message must start with an MSH segment; the first segment has no valid segment ID"
 		case "FHS", "BHS":
-			e.Reason = "message must start with an MSH segment, found batch envelope segment " + e.Segment + " (use ParseBatch)"
+			e.Reason = "message must start with an MSH segment, found batch envelope segment " + e.Segment + ": batch and file envelopes are not accepted, only a single message"
 		default:
 			e.Reason = "message must start with an MSH segment, found " + e.Segment
 		}
 		return nil, e
 	}
-	d, perr := parseDelimiters(s, i, to, 1)
+	d, perr := parseDelimiters(s, i, to)
 	if perr != nil {
-		perr.Message = msgNo
 		return nil, perr
 	}
 	fs := string(d.Field)
@@ -247,7 +246,7 @@ func parseMessage(s string, from, to int, headerOnly bool, msgNo int) (*Message,
 		line := s[start:stop]
 		index := len(m.segs) + 1
 		if len(line) < 3 || !isSegmentID(line[:3]) || (len(line) > 3 && line[3] != d.Field) {
-			e := &ParseError{SegmentIndex: index, Offset: start, Message: msgNo, Code: CodeSegmentSequence,
+			e := &ParseError{SegmentIndex: index, Offset: start, Code: CodeSegmentSequence,
 				Reason: "segment does not start with a segment ID (an upper-case letter and two upper-case letters or digits) followed by the field separator"}
 			return nil, e
 		}
@@ -256,13 +255,13 @@ func parseMessage(s string, from, to int, headerOnly bool, msgNo int) (*Message,
 			reason, seq := "", 1
 			switch name {
 			case "MSH":
-				reason, seq = "second MSH segment: the input holds more than one message (use ParseBatch)", 2
+				reason, seq = "second MSH segment: the input holds more than one message, and only a single message is accepted", 2
 			case "FHS", "BHS", "BTS", "FTS":
-				reason = "batch envelope segment " + name + " inside a message (use ParseBatch)"
+				reason = "batch envelope segment " + name + " inside a message: batch and file envelopes are not accepted"
 			}
 			if reason != "" {
 				return nil, &ParseError{Segment: name, SegmentIndex: index, Sequence: seq, Offset: start,
-					Message: msgNo, Code: CodeSegmentSequence, Reason: reason}
+					Code: CodeSegmentSequence, Reason: reason}
 			}
 		}
 		first := len(backing)
@@ -283,169 +282,12 @@ func parseMessage(s string, from, to int, headerOnly bool, msgNo int) (*Message,
 			cs = CharsetUnspecified
 		} else {
 			return nil, &ParseError{Segment: "MSH", SegmentIndex: 1, Sequence: 1, Field: 18,
-				Offset: m.segs[0].fieldOffset(18), Message: msgNo, Code: CodeTableValueNotFound,
+				Offset: m.segs[0].fieldOffset(18), Code: CodeTableValueNotFound,
 				Reason: "MSH-18 " + err.Error()[len("hl7: "):], Err: err}
 		}
 	}
 	m.charset = cs
 	return m, nil
-}
-
-// ParseBatch parses an HL7 batch or file: any number of messages, optionally
-// wrapped in a batch (BHS ... BTS) and/or a file (FHS ... FTS) envelope:
-//
-//	[FHS] { [BHS] { MSH ... } [BTS] } [FTS]
-//
-// Plain concatenated messages without any envelope are accepted too. The
-// envelope must be well formed: FHS only as the first segment, FTS only to
-// close an FHS and then nothing after it, BHS only when no batch is open,
-// BTS only to close an open batch, every non-envelope segment inside a
-// message started by MSH, and every open batch or file closed. When BTS-1
-// (batch message count) or FTS-1 (file batch count) holds a number, it must
-// match. Violations are reported as *ParseError with code 100, located by
-// the segment's position in the input.
-//
-// Each message is parsed as by Parse; an error in one of them is returned
-// with ParseError.Message set to its 1-based number, and segment positions
-// counted within that message. Envelope segments are not returned.
-func ParseBatch(data []byte) ([]*Message, error) {
-	s := string(data)
-	i := skipLeading(s, 0, len(s))
-	if i >= len(s) {
-		return nil, &ParseError{Offset: i, Code: CodeSegmentSequence, Reason: "batch is empty"}
-	}
-	var fs byte = '|'
-	if i+3 < len(s) && validDelimiterChar(s[i+3]) {
-		fs = s[i+3]
-	}
-	it := lines{s: s, pos: i, end: len(s), fs: fs}
-
-	var (
-		msgs                            []*Message
-		fileOpen, fileClosed, batchOpen bool
-		batches, batchMsgs              int
-		msgStart, msgEnd                = -1, -1
-		index                           int
-	)
-	fail := func(name string, off int, reason string) ([]*Message, error) {
-		return nil, &ParseError{Segment: name, SegmentIndex: index, Offset: off, Code: CodeSegmentSequence, Reason: reason}
-	}
-	closeMsg := func() error {
-		if msgStart < 0 {
-			return nil
-		}
-		m, err := parseMessage(s, msgStart, msgEnd, false, len(msgs)+1)
-		msgStart = -1
-		if err != nil {
-			return err
-		}
-		msgs = append(msgs, m)
-		batchMsgs++
-		return nil
-	}
-	checkCount := func(name string, start, stop, want int, what string) error {
-		seg := s[start:stop]
-		f := ""
-		if len(seg) > 4 {
-			f = nth(seg[4:], seg[3], 1)
-		}
-		if f == "" {
-			return nil
-		}
-		n, err := strconv.Atoi(strings.TrimSpace(f))
-		if err != nil || n == want {
-			return nil
-		}
-		return &ParseError{Segment: name, SegmentIndex: index, Field: 1, Offset: start + 4, Code: CodeSegmentSequence,
-			Reason: name + "-1 declares " + strconv.Itoa(n) + " " + what + ", found " + strconv.Itoa(want)}
-	}
-	for {
-		start, stop, ok := it.next()
-		if !ok {
-			break
-		}
-		index++
-		name := lineID(s, start, stop)
-		if name == "" || (stop-start > 3 && s[start+3] != it.fs && name != "FHS" && name != "BHS" && name != "MSH") {
-			return fail("", start, "segment does not start with a segment ID followed by the field separator")
-		}
-		if fileClosed {
-			return fail(name, start, "segment "+name+" after the file trailer FTS")
-		}
-		switch name {
-		case "FHS", "BHS":
-			if name == "FHS" && index != 1 {
-				return fail(name, start, "FHS (file header) must be the first segment")
-			}
-			if name == "BHS" && batchOpen {
-				return fail(name, start, "BHS (batch header) while a batch is still open (BTS missing)")
-			}
-			d, perr := parseDelimiters(s, start, stop, index)
-			if perr != nil {
-				return nil, perr
-			}
-			it.fs = d.Field
-			if err := closeMsg(); err != nil {
-				return nil, err
-			}
-			if name == "FHS" {
-				fileOpen = true
-			} else {
-				batchOpen, batches, batchMsgs = true, batches+1, 0
-			}
-		case "MSH":
-			if err := closeMsg(); err != nil {
-				return nil, err
-			}
-			if stop-start > 3 && validDelimiterChar(s[start+3]) {
-				it.fs = s[start+3]
-			}
-			msgStart, msgEnd = start, stop
-		case "BTS":
-			if !batchOpen {
-				return fail(name, start, "BTS (batch trailer) without an open batch (BHS missing)")
-			}
-			if err := closeMsg(); err != nil {
-				return nil, err
-			}
-			if err := checkCount(name, start, stop, batchMsgs, "messages"); err != nil {
-				return nil, err
-			}
-			batchOpen = false
-		case "FTS":
-			if !fileOpen {
-				return fail(name, start, "FTS (file trailer) without a file header (FHS missing)")
-			}
-			if batchOpen {
-				return fail(name, start, "FTS (file trailer) while a batch is still open (BTS missing)")
-			}
-			if err := closeMsg(); err != nil {
-				return nil, err
-			}
-			if batches > 0 {
-				if err := checkCount(name, start, stop, batches, "batches"); err != nil {
-					return nil, err
-				}
-			}
-			fileClosed = true
-		default:
-			if msgStart < 0 {
-				return fail(name, start, "segment "+name+" where an MSH (message header) was expected")
-			}
-			msgEnd = stop
-		}
-	}
-	if err := closeMsg(); err != nil {
-		return nil, err
-	}
-	index++
-	switch {
-	case batchOpen:
-		return fail("", len(s), "batch not closed: BTS (batch trailer) missing at end of input")
-	case fileOpen && !fileClosed:
-		return fail("", len(s), "file not closed: FTS (file trailer) missing at end of input")
-	}
-	return msgs, nil
 }
 
 // appendSeparators appends the offset of every c in line to dst. Fields are

@@ -21,7 +21,7 @@ func errSummary(err error) string {
 	if !errors.As(err, &pe) {
 		return "not a *ParseError: " + err.Error()
 	}
-	return fmt.Sprintf("code=%s seg=%q idx=%d seq=%d field=%d off=%d msg=%d", pe.Code, pe.Segment, pe.SegmentIndex, pe.Sequence, pe.Field, pe.Offset, pe.Message)
+	return fmt.Sprintf("code=%s seg=%q idx=%d seq=%d field=%d off=%d", pe.Code, pe.Segment, pe.SegmentIndex, pe.Sequence, pe.Field, pe.Offset)
 }
 
 func TestParseLineEndings(t *testing.T) {
@@ -56,25 +56,25 @@ func TestParseErrors(t *testing.T) {
 		in   string
 		want string
 	}{
-		{"", "code=100 seg=\"\" idx=0 seq=0 field=0 off=0 msg=0"},
-		{"\r\n \r", "code=100 seg=\"\" idx=0 seq=0 field=0 off=4 msg=0"},
-		{"M", "code=100 seg=\"\" idx=1 seq=1 field=0 off=0 msg=0"},
-		{"abc", "code=100 seg=\"\" idx=1 seq=1 field=0 off=0 msg=0"},
-		{"MSQ|||", "code=100 seg=\"MSQ\" idx=1 seq=1 field=0 off=0 msg=0"},
-		{"PID|1||123", "code=100 seg=\"PID\" idx=1 seq=1 field=0 off=0 msg=0"},
-		{"BHS|^~\\&|", "code=100 seg=\"BHS\" idx=1 seq=1 field=0 off=0 msg=0"},
-		{"\nEVN|A01", "code=100 seg=\"EVN\" idx=1 seq=1 field=0 off=1 msg=0"},
-		{"MSH", "code=101 seg=\"MSH\" idx=1 seq=1 field=1 off=3 msg=0"},
-		{"MSH\rPID|1", "code=101 seg=\"MSH\" idx=1 seq=1 field=1 off=3 msg=0"},
-		{"MSH|||", "code=101 seg=\"MSH\" idx=1 seq=1 field=2 off=4 msg=0"},
-		{"MSH|", "code=101 seg=\"MSH\" idx=1 seq=1 field=2 off=4 msg=0"},
-		{"MSH|^~^#|", "code=102 seg=\"MSH\" idx=1 seq=1 field=2 off=6 msg=0"},
-		{"MSH|^~\\|", "code=102 seg=\"MSH\" idx=1 seq=1 field=2 off=4 msg=0"},
-		{"MSH|^~\\&#!|", "code=102 seg=\"MSH\" idx=1 seq=1 field=2 off=4 msg=0"},
-		{"MSH|^~|&|", "code=102 seg=\"MSH\" idx=1 seq=1 field=2 off=4 msg=0"},
-		{"MSHA^~\\&|", "code=102 seg=\"MSH\" idx=1 seq=1 field=1 off=3 msg=0"},
-		{"MSH ^~\\&|", "code=102 seg=\"MSH\" idx=1 seq=1 field=1 off=3 msg=0"},
-		{"MSH|^~\\a|", "code=102 seg=\"MSH\" idx=1 seq=1 field=2 off=7 msg=0"},
+		{"", "code=100 seg=\"\" idx=0 seq=0 field=0 off=0"},
+		{"\r\n \r", "code=100 seg=\"\" idx=0 seq=0 field=0 off=4"},
+		{"M", "code=100 seg=\"\" idx=1 seq=1 field=0 off=0"},
+		{"abc", "code=100 seg=\"\" idx=1 seq=1 field=0 off=0"},
+		{"MSQ|||", "code=100 seg=\"MSQ\" idx=1 seq=1 field=0 off=0"},
+		{"PID|1||123", "code=100 seg=\"PID\" idx=1 seq=1 field=0 off=0"},
+		{"BHS|^~\\&|", "code=100 seg=\"BHS\" idx=1 seq=1 field=0 off=0"},
+		{"\nEVN|A01", "code=100 seg=\"EVN\" idx=1 seq=1 field=0 off=1"},
+		{"MSH", "code=101 seg=\"MSH\" idx=1 seq=1 field=1 off=3"},
+		{"MSH\rPID|1", "code=101 seg=\"MSH\" idx=1 seq=1 field=1 off=3"},
+		{"MSH|||", "code=101 seg=\"MSH\" idx=1 seq=1 field=2 off=4"},
+		{"MSH|", "code=101 seg=\"MSH\" idx=1 seq=1 field=2 off=4"},
+		{"MSH|^~^#|", "code=102 seg=\"MSH\" idx=1 seq=1 field=2 off=6"},
+		{"MSH|^~\\|", "code=102 seg=\"MSH\" idx=1 seq=1 field=2 off=4"},
+		{"MSH|^~\\&#!|", "code=102 seg=\"MSH\" idx=1 seq=1 field=2 off=4"},
+		{"MSH|^~|&|", "code=102 seg=\"MSH\" idx=1 seq=1 field=2 off=4"},
+		{"MSHA^~\\&|", "code=102 seg=\"MSH\" idx=1 seq=1 field=1 off=3"},
+		{"MSH ^~\\&|", "code=102 seg=\"MSH\" idx=1 seq=1 field=1 off=3"},
+		{"MSH|^~\\a|", "code=102 seg=\"MSH\" idx=1 seq=1 field=2 off=7"},
 		{"MSH|^~\\&||||", ok},
 		{"MSH|^~\\&", ok},
 		{"MSH|^~\\&#|", ok},
@@ -82,14 +82,14 @@ func TestParseErrors(t *testing.T) {
 		{"MSH#^~\\&#A", ok},
 		{"MSH|^~\\&|\rPID", ok},
 		{"MSH|^~\\&|\rZPD|1", ok},
-		{"MSH|^~\\&|\rpid|1", "code=100 seg=\"\" idx=2 seq=0 field=0 off=10 msg=0"},
-		{"MSH|^~\\&|\rPIDX|1", "code=100 seg=\"\" idx=2 seq=0 field=0 off=10 msg=0"},
-		{"MSH|^~\\&|\rPID^1", "code=100 seg=\"\" idx=2 seq=0 field=0 off=10 msg=0"},
-		{"MSH|^~\\&|\rPI", "code=100 seg=\"\" idx=2 seq=0 field=0 off=10 msg=0"},
-		{"MSH|^~\\&|\r PID|1", "code=100 seg=\"\" idx=2 seq=0 field=0 off=10 msg=0"},
-		{"MSH|^~\\&|\rPID|1\rMSH|^~\\&|", "code=100 seg=\"MSH\" idx=3 seq=2 field=0 off=16 msg=0"},
-		{"MSH|^~\\&|\rBTS|1", "code=100 seg=\"BTS\" idx=2 seq=1 field=0 off=10 msg=0"},
-		{"MSH|^~\\&|A|B|C|D|E|F|G|H|I|J|K|L|M|N|O|8859/2", "code=103 seg=\"MSH\" idx=1 seq=1 field=18 off=39 msg=0"},
+		{"MSH|^~\\&|\rpid|1", "code=100 seg=\"\" idx=2 seq=0 field=0 off=10"},
+		{"MSH|^~\\&|\rPIDX|1", "code=100 seg=\"\" idx=2 seq=0 field=0 off=10"},
+		{"MSH|^~\\&|\rPID^1", "code=100 seg=\"\" idx=2 seq=0 field=0 off=10"},
+		{"MSH|^~\\&|\rPI", "code=100 seg=\"\" idx=2 seq=0 field=0 off=10"},
+		{"MSH|^~\\&|\r PID|1", "code=100 seg=\"\" idx=2 seq=0 field=0 off=10"},
+		{"MSH|^~\\&|\rPID|1\rMSH|^~\\&|", "code=100 seg=\"MSH\" idx=3 seq=2 field=0 off=16"},
+		{"MSH|^~\\&|\rBTS|1", "code=100 seg=\"BTS\" idx=2 seq=1 field=0 off=10"},
+		{"MSH|^~\\&|A|B|C|D|E|F|G|H|I|J|K|L|M|N|O|8859/2", "code=103 seg=\"MSH\" idx=1 seq=1 field=18 off=39"},
 		{"MSH|^~\\&|A|B|C|D|E|F|G|H|I|J|K|L|M|N|O|8859/1", ok},
 		{"MSH|^~\\&|A|B|C|D|E|F|G|H|I|J|K|L|M|N|O|unicode utf-8~8859/2", ok},
 	}
@@ -386,10 +386,10 @@ func TestParseHeader(t *testing.T) {
 func TestValidateHeader(t *testing.T) {
 	tests := []struct{ in, want string }{
 		{adtCR, "<nil>"},
-		{"MSH|^~\\&|A|B|C|D|T||^A01|ID|P|2.5", "code=101 seg=\"MSH\" idx=1 seq=1 field=9 off=20 msg=0"},
-		{"MSH|^~\\&|A|B|C|D|T||ADT^A01||P|2.5", "code=101 seg=\"MSH\" idx=1 seq=1 field=10 off=28 msg=0"},
-		{"MSH|^~\\&|A|B|C|D|T||ADT^A01|ID||2.5", "code=101 seg=\"MSH\" idx=1 seq=1 field=11 off=31 msg=0"},
-		{"MSH|^~\\&|A|B|C|D|T||ADT^A01|ID|P", "code=101 seg=\"MSH\" idx=1 seq=1 field=12 off=0 msg=0"},
+		{"MSH|^~\\&|A|B|C|D|T||^A01|ID|P|2.5", "code=101 seg=\"MSH\" idx=1 seq=1 field=9 off=20"},
+		{"MSH|^~\\&|A|B|C|D|T||ADT^A01||P|2.5", "code=101 seg=\"MSH\" idx=1 seq=1 field=10 off=28"},
+		{"MSH|^~\\&|A|B|C|D|T||ADT^A01|ID||2.5", "code=101 seg=\"MSH\" idx=1 seq=1 field=11 off=31"},
+		{"MSH|^~\\&|A|B|C|D|T||ADT^A01|ID|P", "code=101 seg=\"MSH\" idx=1 seq=1 field=12 off=0"},
 	}
 	for _, tt := range tests {
 		m, err := Parse([]byte(tt.in))
@@ -572,19 +572,16 @@ func TestErrorsHaveNoPatientData(t *testing.T) {
 		"BHS|^~\\&|\rMSH|^~\\&|A\rBTS|7\r",
 	}
 	for _, in := range inputs {
-		_, err1 := Parse([]byte(in))
-		_, err2 := ParseBatch([]byte(in))
-		for _, err := range []error{err1, err2} {
-			if err == nil {
-				continue
-			}
-			if strings.Contains(err.Error(), "SECRET") {
-				t.Errorf("error for %q leaks content: %v", in, err)
-			}
-			var pe *ParseError
-			if errors.As(err, &pe) && strings.Contains(pe.Detail().Diagnostic, "SECRET") {
-				t.Errorf("ERR detail for %q leaks content", in)
-			}
+		_, err := Parse([]byte(in))
+		if err == nil {
+			continue
+		}
+		if strings.Contains(err.Error(), "SECRET") {
+			t.Errorf("error for %q leaks content: %v", in, err)
+		}
+		var pe *ParseError
+		if errors.As(err, &pe) && strings.Contains(pe.Detail().Diagnostic, "SECRET") {
+			t.Errorf("ERR detail for %q leaks content", in)
 		}
 	}
 }
@@ -597,7 +594,7 @@ func TestParseErrorString(t *testing.T) {
 		{ParseError{Code: "100", Reason: "message is empty"}, "hl7: (offset 0): message is empty [HL7 0357 100 Segment sequence error]"},
 		{ParseError{Segment: "MSH", SegmentIndex: 1, Field: 2, Offset: 4, Code: "102", Reason: "r"}, "hl7: segment 1 MSH-2 (offset 4): r [HL7 0357 102 Data type error]"},
 		{ParseError{SegmentIndex: 3, Field: 2, Offset: 9, Reason: "r"}, "hl7: segment 3 field 2 (offset 9): r"},
-		{ParseError{Segment: "PID", Message: 2, SegmentIndex: 3, Code: "999", Reason: "r"}, "hl7: message 2: segment 3 PID (offset 0): r [HL7 0357 999]"},
+		{ParseError{Segment: "PID", SegmentIndex: 3, Code: "999", Reason: "r"}, "hl7: segment 3 PID (offset 0): r [HL7 0357 999]"},
 	}
 	for _, tt := range tests {
 		if got := tt.e.Error(); got != tt.want {

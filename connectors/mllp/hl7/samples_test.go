@@ -53,44 +53,37 @@ func sampleFiles(t testing.TB) map[string][]byte {
 // outcome is what a sample file must give. The zero value means: Parse
 // succeeds.
 type outcome struct {
-	batch    int    // > 0: ParseBatch yields this many messages
-	parseErr string // errSummary of Parse's error, for batch files
-	batchErr string // errSummary of ParseBatch's error, for malformed batches
+	parseErr string // errSummary of Parse's error: batch files are refused
 	why      string
 }
 
 var sampleOutcomes = map[string]outcome{
-	"batch/python-hl7-sample_batch.hl7": {batch: 1,
-		parseErr: `code=100 seg="BHS" idx=1 seq=1 field=0 off=0 msg=0`},
-	"batch/python-hl7-sample_batch1.hl7": {batch: 2,
-		parseErr: `code=100 seg="BHS" idx=1 seq=1 field=0 off=0 msg=0`},
-	"batch/python-hl7-sample_batch2.hl7": {batch: 2,
-		parseErr: `code=100 seg="MSH" idx=7 seq=2 field=0 off=280 msg=0`,
+	"batch/python-hl7-sample_batch.hl7": {
+		parseErr: `code=100 seg="BHS" idx=1 seq=1 field=0 off=0`},
+	"batch/python-hl7-sample_batch1.hl7": {
+		parseErr: `code=100 seg="BHS" idx=1 seq=1 field=0 off=0`},
+	"batch/python-hl7-sample_batch2.hl7": {
+		parseErr: `code=100 seg="MSH" idx=7 seq=2 field=0 off=280`,
 		why:      "two messages without envelope: Parse sees a second MSH"},
-	"batch/python-hl7-sample_file1.hl7": {batch: 3,
-		parseErr: `code=100 seg="FHS" idx=1 seq=1 field=0 off=0 msg=0`},
-	"generic/npm-hl7-standard/batch.hl7": {batch: 2,
-		parseErr: `code=100 seg="FHS" idx=1 seq=1 field=0 off=0 msg=0`},
+	"batch/python-hl7-sample_file1.hl7": {
+		parseErr: `code=100 seg="FHS" idx=1 seq=1 field=0 off=0`},
+	"generic/npm-hl7-standard/batch.hl7": {
+		parseErr: `code=100 seg="FHS" idx=1 seq=1 field=0 off=0`},
 	"malformed/python-hl7-sample_bad_batch.hl7": {
-		parseErr: `code=100 seg="BHS" idx=1 seq=1 field=0 off=0 msg=0`,
-		batchErr: `code=100 seg="EVN" idx=2 seq=0 field=0 off=65 msg=0`,
-		why:      "BHS followed by EVN: segment where an MSH was expected"},
+		parseErr: `code=100 seg="BHS" idx=1 seq=1 field=0 off=0`,
+		why:      "BHS followed by EVN"},
 	"malformed/python-hl7-sample_bad_batch1.hl7": {
-		parseErr: `code=100 seg="BHS" idx=1 seq=1 field=0 off=0 msg=0`,
-		batchErr: `code=100 seg="BHS" idx=4 seq=0 field=0 off=183 msg=0`,
-		why:      "second BHS inside an open batch (inside a message)"},
+		parseErr: `code=100 seg="BHS" idx=1 seq=1 field=0 off=0`,
+		why:      "second BHS inside an open batch"},
 	"malformed/python-hl7-sample_bad_file.hl7": {
-		parseErr: `code=100 seg="FHS" idx=1 seq=1 field=0 off=0 msg=0`,
-		batchErr: `code=100 seg="EVN" idx=3 seq=0 field=0 off=132 msg=0`,
-		why:      "FHS, BHS, then EVN: segment where an MSH was expected"},
+		parseErr: `code=100 seg="FHS" idx=1 seq=1 field=0 off=0`,
+		why:      "FHS, BHS, then EVN"},
 	"malformed/python-hl7-sample_bad_file2.hl7": {
-		parseErr: `code=100 seg="FHS" idx=1 seq=1 field=0 off=0 msg=0`,
-		batchErr: `code=100 seg="FHS" idx=5 seq=0 field=0 off=250 msg=0`,
-		why:      "FHS nested inside a message: FHS must be the first segment"},
+		parseErr: `code=100 seg="FHS" idx=1 seq=1 field=0 off=0`,
+		why:      "FHS nested inside a message"},
 	"malformed/python-hl7-sample_bad_file3.hl7": {
-		parseErr: `code=100 seg="FHS" idx=1 seq=1 field=0 off=0 msg=0`,
-		batchErr: `code=100 seg="EVN" idx=2 seq=0 field=0 off=67 msg=0`,
-		why:      "FHS then EVN: segment where an MSH was expected"},
+		parseErr: `code=100 seg="FHS" idx=1 seq=1 field=0 off=0`,
+		why:      "FHS then EVN"},
 }
 
 // normalise is what Encode(Parse(x)) must equal: no byte order mark, no
@@ -158,7 +151,7 @@ func TestSamples(t *testing.T) {
 		m, err := Parse(data)
 		if want.parseErr != "" {
 			if got := errSummary(err); got != want.parseErr {
-				t.Errorf("Parse(%s):\n\tgot  %v\n\twant %v\n\t(%v)", name, got, want.parseErr, err)
+				t.Errorf("Parse(%s) (%s):\n\tgot  %v\n\twant %v\n\t(%v)", name, want.why, got, want.parseErr, err)
 			}
 		} else {
 			if err != nil {
@@ -177,42 +170,6 @@ func TestSamples(t *testing.T) {
 			m2, err := Parse(m.Encode())
 			if err != nil || !bytes.Equal(m2.Encode(), m.Encode()) {
 				t.Errorf("%s: Parse(Encode(m)) is not stable: %v", name, err)
-			}
-		}
-
-		msgs, err := ParseBatch(data)
-		switch {
-		case want.batchErr != "":
-			if got := errSummary(err); got != want.batchErr {
-				t.Errorf("ParseBatch(%s) (%s):\n\tgot  %v\n\twant %v\n\t(%v)", name, want.why, got, want.batchErr, err)
-			}
-		case err != nil:
-			t.Errorf("ParseBatch(%s): %v", name, err)
-		default:
-			wantN := want.batch
-			if wantN == 0 {
-				wantN = 1
-			}
-			if len(msgs) != wantN {
-				t.Errorf("ParseBatch(%s) = %d messages, want %d", name, len(msgs), wantN)
-			}
-			for i, bm := range msgs {
-				if bm.Segment("MSH") != bm.SegmentAt(1) {
-					t.Errorf("%s: batch message %d does not start with MSH", name, i+1)
-				}
-				for _, s := range bm.AllSegments() {
-					switch s.Name() {
-					case "FHS", "BHS", "BTS", "FTS":
-						t.Errorf("%s: batch message %d contains envelope segment %s", name, i+1, s.Name())
-					}
-				}
-				walkValues(t, bm)
-				if m2, err := Parse(bm.Encode()); err != nil || !bytes.Equal(m2.Encode(), bm.Encode()) {
-					t.Errorf("%s: message %d does not re-parse: %v", name, i+1, err)
-				}
-			}
-			if listed && want.batch == 0 && !bytes.Equal(msgs[0].Encode(), m.Encode()) {
-				t.Errorf("%s: ParseBatch and Parse disagree", name)
 			}
 		}
 	}
@@ -248,11 +205,11 @@ func TestFHIRConverterBadMSHVectors(t *testing.T) {
 		t.Fatalf("unexpected header %q", header)
 	}
 	want := map[string]string{
-		"M":                      `code=100 seg="" idx=1 seq=1 field=0 off=0 msg=0`,
-		"abc":                    `code=100 seg="" idx=1 seq=1 field=0 off=0 msg=0`,
-		"MSQ|||":                 `code=100 seg="MSQ" idx=1 seq=1 field=0 off=0 msg=0`,
-		"MSH|||":                 `code=101 seg="MSH" idx=1 seq=1 field=2 off=4 msg=0`,
-		"MSH|^~^#|":              `code=102 seg="MSH" idx=1 seq=1 field=2 off=6 msg=0`,
+		"M":                      `code=100 seg="" idx=1 seq=1 field=0 off=0`,
+		"abc":                    `code=100 seg="" idx=1 seq=1 field=0 off=0`,
+		"MSQ|||":                 `code=100 seg="MSQ" idx=1 seq=1 field=0 off=0`,
+		"MSH|||":                 `code=101 seg="MSH" idx=1 seq=1 field=2 off=4`,
+		"MSH|^~^#|":              `code=102 seg="MSH" idx=1 seq=1 field=2 off=6`,
 		"MSH|^~#&|NES|NINTENDO|": `<nil>`,
 	}
 	for _, r := range rows {
@@ -268,49 +225,6 @@ func TestFHIRConverterBadMSHVectors(t *testing.T) {
 	}
 	if len(rows) != len(want) {
 		t.Errorf("%d vectors, %d expectations", len(rows), len(want))
-	}
-}
-
-func TestParseBatchStructure(t *testing.T) {
-	msg := func(id string) string { return "MSH|^~\\&|A|B|C|D|T||ADT^A01|" + id + "|P|2.5\rPID|1\r" }
-	tests := []struct {
-		name, in string
-		want     string // message control IDs, or errSummary
-	}{
-		{"bare messages", msg("1") + msg("2"), "1,2"},
-		{"batch", "BHS|^~\\&\r" + msg("1") + msg("2") + "BTS|2\r", "1,2"},
-		{"empty batch", "BHS|^~\\&\rBTS|0\r", ""},
-		{"file of two batches", "FHS|^~\\&\rBHS|^~\\&\r" + msg("1") + "BTS|1\rBHS|^~\\&\r" + msg("2") + "BTS|1\rFTS|2\r", "1,2"},
-		{"file without batches", "FHS|^~\\&\r" + msg("1") + "FTS|\r", "1"},
-		{"counts not given", "BHS|^~\\&\r" + msg("1") + "BTS\r", "1"},
-		{"LF line ends", strings.ReplaceAll("BHS|^~\\&\r"+msg("1")+"BTS|1\r", "\r", "\n"), "1"},
-		{"empty", "", `code=100 seg="" idx=0 seq=0 field=0 off=0 msg=0`},
-		{"wrong batch count", "BHS|^~\\&\r" + msg("1") + "BTS|2\r", `code=100 seg="BTS" idx=4 seq=0 field=1 off=55 msg=0`},
-		{"wrong file count", "FHS|^~\\&\rBHS|^~\\&\r" + msg("1") + "BTS|1\rFTS|3\r", `code=100 seg="FTS" idx=6 seq=0 field=1 off=70 msg=0`},
-		{"missing BTS", "BHS|^~\\&\r" + msg("1"), `code=100 seg="" idx=4 seq=0 field=0 off=51 msg=0`},
-		{"missing FTS", "FHS|^~\\&\r" + msg("1"), `code=100 seg="" idx=4 seq=0 field=0 off=51 msg=0`},
-		{"BTS without BHS", msg("1") + "BTS|1\r", `code=100 seg="BTS" idx=3 seq=0 field=0 off=42 msg=0`},
-		{"FTS without FHS", msg("1") + "FTS|1\r", `code=100 seg="FTS" idx=3 seq=0 field=0 off=42 msg=0`},
-		{"FTS with open batch", "FHS|^~\\&\rBHS|^~\\&\r" + msg("1") + "FTS|1\r", `code=100 seg="FTS" idx=5 seq=0 field=0 off=60 msg=0`},
-		{"segment after FTS", "FHS|^~\\&\r" + msg("1") + "FTS|1\rPID|1\r", `code=100 seg="PID" idx=5 seq=0 field=0 off=57 msg=0`},
-		{"bad segment", msg("1") + "junk\r", `code=100 seg="" idx=3 seq=0 field=0 off=42 msg=0`},
-		{"bad BHS delimiters", "BHS|^~^&\r" + msg("1") + "BTS|1\r", `code=102 seg="BHS" idx=1 seq=1 field=2 off=6 msg=0`},
-		{"error inside message 2", msg("1") + "MSH|^~^&|\r", `code=102 seg="MSH" idx=1 seq=1 field=2 off=48 msg=2`},
-		{"charset error inside message", msg("1") + "MSH|^~\\&|A|B|C|D|E|F|G|H|I|J|K|L|M|N|O|8859/2\r", `code=103 seg="MSH" idx=1 seq=1 field=18 off=81 msg=2`},
-	}
-	for _, tt := range tests {
-		msgs, err := ParseBatch([]byte(tt.in))
-		got := errSummary(err)
-		if err == nil {
-			var ids []string
-			for _, m := range msgs {
-				ids = append(ids, m.ControlID())
-			}
-			got = strings.Join(ids, ",")
-		}
-		if got != tt.want {
-			t.Errorf("%s: ParseBatch(%q):\n\tgot  %v\n\twant %v\n\t(%v)", tt.name, tt.in, got, tt.want, err)
-		}
 	}
 }
 
@@ -369,8 +283,6 @@ func TestGolden(t *testing.T) {
 		{"generic/python-hl7/rep_sample_hl7.hl7", "python-hl7-repetitions.golden"},
 		{"generic/npm-hl7-standard/message2.hl7", "npm-ack-with-err.golden"},
 		{"generic/simple-hl7/adt.hl7", "simple-hl7-adt-a04.golden"},
-		{"generic/npm-hl7-standard/batch.hl7", "npm-batch.golden"},
-		{"batch/python-hl7-sample_file1.hl7", "python-hl7-file.golden"},
 	}
 	files := sampleFiles(t)
 	for _, g := range golden {
@@ -379,16 +291,14 @@ func TestGolden(t *testing.T) {
 			t.Errorf("sample %s not found", g.sample)
 			continue
 		}
-		msgs, err := ParseBatch(data)
+		m, err := Parse(data)
 		if err != nil {
 			t.Errorf("%s: %v", g.sample, err)
 			continue
 		}
 		var b strings.Builder
 		fmt.Fprintf(&b, "# Structure of %s/%s (go test -run TestGolden -update rewrites this file)\n", samplesDir, g.sample)
-		for _, m := range msgs {
-			dump(&b, m)
-		}
+		dump(&b, m)
 		path := filepath.Join("testdata", g.file)
 		if *update {
 			if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
@@ -432,13 +342,6 @@ func FuzzParse(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
-		if msgs, err := ParseBatch(data); err == nil {
-			for _, m := range msgs {
-				walkValues(t, m)
-			}
-		} else if _, ok := err.(*ParseError); !ok {
-			t.Fatalf("ParseBatch error %T is not *ParseError", err)
-		}
 		h, herr := ParseHeader(data)
 		m, err := Parse(data)
 		if err != nil {

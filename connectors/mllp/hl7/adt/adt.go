@@ -13,7 +13,6 @@ import (
 
 	"github.com/carehub/carehub/connectors/mllp/hl7"
 	"github.com/carehub/carehub/schemas/event"
-	"github.com/carehub/carehub/schemas/media"
 	"github.com/carehub/carehub/schemas/ods"
 )
 
@@ -141,12 +140,13 @@ func (mp *Mapper) Map(m *hl7.Message) (*Result, error) {
 		return res, nil
 	}
 	res.Type = evType
-	res.Event, err = encode(envelope{
-		SpecVersion: event.SpecVersion, ID: res.ID, Source: event.SourcePrefix + mp.source, Type: evType,
-		Time: formatTime(t), DataContentType: media.JSON, Data: d,
-	})
+	data, err := encodeData(d)
 	if err != nil {
 		return nil, err
+	}
+	ev := event.Event{ID: res.ID, Source: event.SourcePrefix + mp.source, Type: evType, Time: t.UTC(), Data: data}
+	if res.Event, err = ev.Marshal(); err != nil {
+		return nil, fmt.Errorf("adt: encoding event: %w", err)
 	}
 	return res, nil
 }
@@ -188,17 +188,8 @@ func uuid5(ns [16]byte, name string) string {
 	return string(b[:])
 }
 
-// The canonical event, field order as the schemas list them.
-type envelope struct {
-	SpecVersion     string `json:"specversion"`
-	ID              string `json:"id"`
-	Source          string `json:"source"`
-	Type            string `json:"type"`
-	Time            string `json:"time"`
-	DataContentType string `json:"datacontenttype"`
-	Data            *data  `json:"data"`
-}
-
+// data is the canonical event's data, field order as the schemas list
+// them; event.Event.Marshal writes the envelope around it.
 type data struct {
 	Patient       *patient       `json:"patient"`
 	MergedPatient *mergedPatient `json:"mergedPatient,omitempty"`
@@ -292,13 +283,13 @@ type destination struct {
 	Name string `json:"name,omitempty"`
 }
 
-func encode(env envelope) ([]byte, error) {
+func encodeData(d *data) ([]byte, error) {
 	var b bytes.Buffer
 	b.Grow(1024)
 	enc := json.NewEncoder(&b)
 	enc.SetEscapeHTML(false)
-	if err := enc.Encode(env); err != nil {
-		return nil, fmt.Errorf("adt: encoding event: %w", err)
+	if err := enc.Encode(d); err != nil {
+		return nil, fmt.Errorf("adt: encoding event data: %w", err)
 	}
 	return bytes.TrimSuffix(b.Bytes(), []byte{'\n'}), nil
 }

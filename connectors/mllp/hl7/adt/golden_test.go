@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"flag"
-	"fmt"
 	"os"
 	"path/filepath"
 	"sort"
@@ -38,7 +37,7 @@ func outcome(t testing.TB, mp *Mapper, payload []byte) []byte {
 		}
 		d := e.Detail()
 		return indent(t, map[string]any{"error": map[string]any{
-			"ack": e.Ack, "code": e.Code, "location": errLocation(d), "reason": e.Reason}})
+			"ack": e.Ack, "code": e.Code, "location": d.Location(), "reason": e.Reason}})
 	}
 	if res.Event == nil {
 		return indent(t, map[string]any{"trigger": res.Trigger, "id": res.ID, "skipped": res.Skipped})
@@ -49,19 +48,6 @@ func outcome(t testing.TB, mp *Mapper, payload []byte) []byte {
 	}
 	b.WriteByte('\n')
 	return b.Bytes()
-}
-
-// errLocation formats an ERR-2 location as an ACK carries it.
-func errLocation(d hl7.ErrDetail) string {
-	parts := []string{d.Segment}
-	for _, n := range []int{d.Sequence, d.Field, d.Repetition, d.Component} {
-		if n > 0 {
-			parts = append(parts, fmt.Sprint(n))
-		} else {
-			parts = append(parts, "")
-		}
-	}
-	return strings.TrimRight(strings.Join(parts, "^"), "^")
 }
 
 func indent(t testing.TB, v any) []byte {
