@@ -127,6 +127,15 @@ type SinkEnv struct {
 	Recipient string // the recipient's ODS code
 	Retry     Retry  // how to retry transient failures
 	Log       *zap.Logger
+
+	// The pull fields, set only for a sink whose configuration is a
+	// PullConfig (see feed.go): the recipient's feed, the authenticator of
+	// recipients' own keys (Organisation returns the recipient's ODS code),
+	// the consent re-check at read time, and the audit of reads.
+	Feed    Feed
+	Readers Authenticator
+	Consent ConsentCheck
+	Audit   ReadAudit
 }
 
 type permanent struct {

@@ -43,6 +43,7 @@ var statusText = map[int]string{
 	403: "Forbidden",
 	404: "Not Found",
 	409: "Conflict",
+	410: "Gone",
 	413: "Request Entity Too Large",
 	415: "Unsupported Media Type",
 	422: "Unprocessable Entity",

@@ -38,6 +38,7 @@ const (
 	Internal                    // a bug or unexpected failure on the hub's side
 	Malformed                   // the body cannot be parsed at all (not JSON, broken framing)
 	MediaType                   // a Content-Type the endpoint does not accept
+	Gone                        // what was asked for existed but is no longer kept (a feed's numbers past retention)
 )
 
 var kindNames = [...]string{
@@ -53,6 +54,7 @@ var kindNames = [...]string{
 	Internal:        "internal",
 	Malformed:       "malformed",
 	MediaType:       "media-type",
+	Gone:            "gone",
 }
 
 func (k Kind) String() string {
@@ -85,6 +87,8 @@ func (k Kind) HTTPStatus() int {
 		return 409
 	case Unavailable:
 		return 503
+	case Gone:
+		return 410
 	default:
 		return 500
 	}
@@ -124,6 +128,8 @@ func (k Kind) FHIRIssueCode() string {
 		return "conflict"
 	case Unavailable:
 		return "transient"
+	case Gone:
+		return "not-found"
 	default:
 		return "exception"
 	}

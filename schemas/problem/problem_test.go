@@ -40,6 +40,7 @@ var kindTable = []struct {
 	{problem.Internal, "internal", 500, "AR", "exception"},
 	{problem.Malformed, "malformed", 400, "AE", "structure"},
 	{problem.MediaType, "media-type", 415, "AR", "not-supported"},
+	{problem.Gone, "gone", 410, "AR", "not-found"},
 }
 
 // Kind is a local alias so the table reads compactly.

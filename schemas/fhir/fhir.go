@@ -1,0 +1,204 @@
+// Package fhir is the one mapping between carehub's canonical events and
+// FHIR R4 resources, used by every part that speaks FHIR: the FHIR source
+// (messages and Encounters in), the FHIR sink (messages and transactions
+// out) and the pull feed's FHIR rendering. It is vocabulary, like the event
+// schemas: it depends on no part of the flow.
+//
+// # Out: an event as resources
+//
+// Resources maps an event to the resources that carry its facts:
+//
+//	canonical                       FHIR R4
+//	data.patient                    Patient (NHS number identifier, generalPractitioner by ODS code)
+//	data.mergedPatient              Patient.link (type replaces) to the retired NHS number
+//	data.encounter                  Encounter (identifier, status, class, period, serviceProvider, location)
+//	data.transfer                   Encounter.location: from (completed), to (active)
+//	data.discharge.destination      Encounter.hospitalization.destination and dischargeDisposition
+//	data.discharge.summary[Reference] DocumentReference (LOINC 18842-5), its attachment inline or by URL
+//	data.carePlan                   CarePlan, its document as a DocumentReference (LOINC 18776-5)
+//	data.sensitivity                meta.security on the focus resource
+//	type                            MessageHeader.eventCoding (EventSystem)
+//	source                          MessageHeader.sender (ODS code)
+//
+// MessageBundle wraps them as a FHIR message (Bundle type message,
+// MessageHeader first) for $process-message; TransactionBundle as a
+// transaction of conditional updates; NotificationBundle as the Subscriptions
+// R5 Backport IG's R4 notification bundle (type history, a Parameters
+// subscription status first) for a pull feed.
+//
+// # In: a message or an Encounter as an event
+//
+// FromMessage reads a FHIR message Bundle and FromEncounter a lone
+// Encounter, and return the canonical CloudEvent (to be validated and made
+// durable by the hub) with a map from canonical JSON pointers back to the
+// elements they came from, so that a schema violation found later is still
+// reported against the FHIR element (Outcome.Locate). Every problem is a
+// *problem.Error whose violations point into the submitted resource;
+// OperationOutcome renders them with FHIRPath expressions and never a
+// value from the document.
+package fhir
+
+import (
+	"encoding/json"
+	"errors"
+	"strconv"
+	"strings"
+
+	"github.com/carehub/carehub/schemas/problem"
+)
+
+// Code systems and identifier systems.
+const (
+	SystemNHSNumber   = "https://fhir.nhs.uk/Id/nhs-number"
+	SystemODS         = "https://fhir.nhs.uk/Id/ods-organization-code"
+	SystemEvent       = "https://carehub.dev/fhir/CodeSystem/event-type"
+	SystemV2Event     = "http://terminology.hl7.org/CodeSystem/v2-0003"
+	SystemEncounterID = "https://carehub.dev/fhir/Id/encounter"
+	SystemCarePlanID  = "https://carehub.dev/fhir/Id/care-plan"
+	SystemWard        = "https://carehub.dev/fhir/Id/ward"
+	SystemRoom        = "https://carehub.dev/fhir/Id/room"
+	SystemBed         = "https://carehub.dev/fhir/Id/bed"
+	SystemClass       = "https://carehub.dev/fhir/CodeSystem/encounter-class"
+	SystemActCode     = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
+	SystemNullFlavor  = "http://terminology.hl7.org/CodeSystem/v3-NullFlavor"
+	SystemDestination = "https://carehub.dev/fhir/CodeSystem/discharge-destination-type"
+	SystemDisposition = "http://terminology.hl7.org/CodeSystem/discharge-disposition"
+	SystemAdmitSource = "https://carehub.dev/fhir/CodeSystem/admit-source"
+	SystemSensitivity = "https://carehub.dev/fhir/CodeSystem/sensitivity-category"
+	SystemViolation   = "https://carehub.dev/fhir/CodeSystem/violation-rule"
+	SystemLOINC       = "http://loinc.org"
+	SystemRedacted    = "https://carehub.dev/fhir/CodeSystem/redaction"
+
+	// ProfileNotification and ProfileStatus are the Subscriptions R5
+	// Backport IG's R4 profiles a feed's FHIR answer claims.
+	ProfileNotification = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-subscription-notification-r4"
+	ProfileStatus       = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-subscription-status-r4"
+)
+
+// LOINC document types.
+const (
+	LOINCDischargeSummary = "18842-5"
+	LOINCCarePlan         = "18776-5"
+)
+
+// Rules of FHIR mapping violations.
+const (
+	RuleStructure   = "fhir-structure"         // not the resource or shape expected
+	RuleRequired    = "fhir-required"          // an element carehub needs is missing
+	RuleUnsupported = "fhir-unsupported-event" // the message's event is not one carehub carries
+	RuleValue       = "fhir-value"             // a value is not what the element allows
+	RuleReference   = "fhir-reference"         // a reference that does not resolve inside the message
+	RuleSender      = "source-matches-credentials"
+	RuleNHSNumber   = "nhs-number"
+	RuleODS         = "ods-code"
+)
+
+// PathError is a *problem.Error whose violation pointers are JSON pointers
+// into a FHIR resource of type Root: OperationOutcome renders them as
+// FHIRPath expressions rooted at it ("Bundle.entry[1].resource.identifier").
+type PathError struct {
+	Root string
+	Err  *problem.Error
+}
+
+func (e *PathError) Error() string    { return e.Err.Error() }
+func (e *PathError) Unwrap() error    { return e.Err }
+func (e *PathError) FHIRRoot() string { return e.Root }
+
+// OperationOutcome renders err as a FHIR R4 OperationOutcome (JSON): one
+// issue per violation of the *problem.Error in err's chain, with severity
+// error, the code of its kind (problem.Kind.FHIRIssueCode), the violated
+// rule as details (SystemViolation), its public detail as diagnostics and,
+// when an error in the chain names the resource its pointers point into
+// (FHIRRoot() string, as PathError does), a FHIRPath expression locating
+// the element. Only public text is used: an error that is not a
+// *problem.Error becomes "internal error". A nil err renders one
+// informational issue.
+func OperationOutcome(err error) []byte {
+	return outcome(err, "")
+}
+
+// Informational renders a one-issue informational OperationOutcome with a
+// public text (for a positive answer).
+func Informational(text string) []byte {
+	b, _ := json.Marshal(map[string]any{"resourceType": "OperationOutcome",
+		"issue": []map[string]any{{"severity": "information", "code": "informational", "diagnostics": text}}})
+	return b
+}
+
+type outcomeIssue struct {
+	Severity    string   `json:"severity"`
+	Code        string   `json:"code"`
+	Details     *concept `json:"details,omitempty"`
+	Diagnostics string   `json:"diagnostics,omitempty"`
+	Expression  []string `json:"expression,omitempty"`
+}
+
+func outcome(err error, _ string) []byte {
+	out := struct {
+		ResourceType string         `json:"resourceType"`
+		Issue        []outcomeIssue `json:"issue"`
+	}{ResourceType: "OperationOutcome"}
+	var pe *problem.Error
+	switch {
+	case err == nil:
+		out.Issue = []outcomeIssue{{Severity: "information", Code: "informational", Diagnostics: "no problem found"}}
+	case !errors.As(err, &pe):
+		out.Issue = []outcomeIssue{{Severity: "error", Code: problem.Internal.FHIRIssueCode(), Diagnostics: "internal error"}}
+	default:
+		root := ""
+		var rooted interface{ FHIRRoot() string }
+		if errors.As(err, &rooted) {
+			root = rooted.FHIRRoot()
+		}
+		code := pe.Kind.FHIRIssueCode()
+		if pe.Kind == problem.Other {
+			code = problem.Internal.FHIRIssueCode()
+		}
+		for _, v := range pe.Violations {
+			is := outcomeIssue{Severity: "error", Code: code, Diagnostics: v.Detail}
+			if is.Diagnostics == "" {
+				is.Diagnostics = pe.Message
+			}
+			if v.Rule != "" {
+				is.Details = &concept{Coding: []coding{{System: SystemViolation, Code: v.Rule}}}
+			}
+			if x := FHIRPath(root, v.Pointer); x != "" {
+				is.Expression = []string{x}
+			}
+			out.Issue = append(out.Issue, is)
+		}
+		if len(out.Issue) == 0 {
+			out.Issue = []outcomeIssue{{Severity: "error", Code: code, Diagnostics: pe.Message}}
+		}
+	}
+	b, merr := json.Marshal(out)
+	if merr != nil { // cannot happen: every field is a string
+		return []byte(`{"resourceType":"OperationOutcome","issue":[{"severity":"fatal","code":"exception"}]}`)
+	}
+	return b
+}
+
+// FHIRPath turns a JSON pointer into a FHIRPath expression rooted at the
+// resource type root: "/entry/1/resource/identifier/0" becomes
+// "Bundle.entry[1].resource.identifier[0]". With no root the path is
+// relative.
+func FHIRPath(root, ptr string) string {
+	var b strings.Builder
+	b.WriteString(root)
+	if ptr == "" {
+		return b.String()
+	}
+	for _, seg := range strings.Split(ptr[1:], "/") {
+		seg = strings.ReplaceAll(strings.ReplaceAll(seg, "~1", "/"), "~0", "~")
+		if _, err := strconv.Atoi(seg); err == nil && seg != "" {
+			b.WriteString("[" + seg + "]")
+			continue
+		}
+		if b.Len() > 0 {
+			b.WriteByte('.')
+		}
+		b.WriteString(seg)
+	}
+	return b.String()
+}

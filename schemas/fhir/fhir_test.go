@@ -1,0 +1,335 @@
+package fhir_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"flag"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/carehub/carehub/schemas/event"
+	"github.com/carehub/carehub/schemas/fhir"
+	"github.com/carehub/carehub/schemas/problem"
+	"github.com/google/go-cmp/cmp"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files")
+
+// canary is the NHS number of every fixture here (999 test range): it may
+// appear in mapped resources, never in an error or an OperationOutcome.
+const canary = "9990500002"
+
+func read(t testing.TB, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func indent(t testing.TB, b []byte) []byte {
+	t.Helper()
+	var out bytes.Buffer
+	if err := json.Indent(&out, b, "", "  "); err != nil {
+		t.Fatalf("not JSON: %v", err)
+	}
+	out.WriteByte('\n')
+	return out.Bytes()
+}
+
+func golden(t *testing.T, path string, got []byte) {
+	t.Helper()
+	got = indent(t, got)
+	if *update {
+		if err := os.WriteFile(path, got, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	want := read(t, path)
+	if d := cmp.Diff(string(want), string(got)); d != "" {
+		t.Errorf("%s differs (-want +got; go test -update to accept):\n%s", path, d)
+	}
+}
+
+func examples(t *testing.T) map[string]*event.Event {
+	t.Helper()
+	v, err := event.NewValidator()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]*event.Event{}
+	files, _ := filepath.Glob("../../deploy/examples/*.json")
+	if len(files) < 8 {
+		t.Fatalf("found %d example events, want one per type", len(files))
+	}
+	for _, f := range files {
+		ev, err := v.Parse(read(t, f))
+		if err != nil {
+			t.Fatalf("%s: %v", f, err)
+		}
+		out[strings.TrimSuffix(filepath.Base(f), ".json")] = ev
+	}
+	return out
+}
+
+// TestOutGolden: each example event as a message Bundle and a transaction.
+func TestOutGolden(t *testing.T) {
+	for name, ev := range examples(t) {
+		t.Run(name, func(t *testing.T) {
+			msg, err := fhir.MessageBundle(ev, "RYJ", "http://127.0.0.1:9104/fhir")
+			if err != nil {
+				t.Fatal(err)
+			}
+			golden(t, filepath.Join("testdata", "out", name+".message.golden.json"), msg)
+			tx, err := fhir.TransactionBundle(ev)
+			if err != nil {
+				t.Fatal(err)
+			}
+			golden(t, filepath.Join("testdata", "out", name+".transaction.golden.json"), tx)
+		})
+	}
+}
+
+// TestRoundTrip: an event rendered as a FHIR message and read back is the
+// same event, for every field the mapping carries both ways.
+func TestRoundTrip(t *testing.T) {
+	v, _ := event.NewValidator()
+	for name, ev := range examples(t) {
+		t.Run(name, func(t *testing.T) {
+			msg, err := fhir.MessageBundle(ev, "RYJ", "http://127.0.0.1:9104/fhir")
+			if err != nil {
+				t.Fatal(err)
+			}
+			in, err := fhir.FromMessage(msg, ev.Publisher)
+			if err != nil {
+				t.Fatalf("FromMessage: %v\n%s", err, fhir.OperationOutcome(err))
+			}
+			back, err := v.Parse(in.Event)
+			if err != nil {
+				t.Fatalf("the event read back does not validate: %v", in.Locate(err))
+			}
+			var got, want map[string]any
+			_ = json.Unmarshal(back.Data, &got)
+			_ = json.Unmarshal(ev.Data, &want)
+			// Carried one way only: cancellation details and the list of
+			// changed fields (FHIR has no place for them in a message).
+			delete(want, "cancellation")
+			delete(want, "changed")
+			if d := cmp.Diff(want, got); d != "" {
+				t.Errorf("data after a round trip (-want +got):\n%s", d)
+			}
+			if back.Type != ev.Type || !back.Time.Equal(ev.Time) || back.Publisher != ev.Publisher {
+				t.Errorf("envelope: got %s %v %s, want %s %v %s", back.Type, back.Time, back.Publisher, ev.Type, ev.Time, ev.Publisher)
+			}
+		})
+	}
+}
+
+// ukMessage builds a FHIR message from HL7's own R4 example resources, with
+// what an English trust adds to them: an NHS number and registered GP on
+// the Patient, the sender's ODS code, and the encounter's period.
+func ukMessage(t testing.TB, eventCode string, encounterFile string, document string) []byte {
+	t.Helper()
+	var pat, enc map[string]any
+	_ = json.Unmarshal(read(t, "testdata/hl7-r4-examples/Patient-example.json"), &pat)
+	_ = json.Unmarshal(read(t, "testdata/hl7-r4-examples/"+encounterFile), &enc)
+	pat["identifier"] = append(pat["identifier"].([]any), map[string]any{"system": fhir.SystemNHSNumber, "value": canary})
+	pat["generalPractitioner"] = []any{map[string]any{"identifier": map[string]any{"system": fhir.SystemODS, "value": "A81001"}}}
+	enc["subject"] = map[string]any{"reference": "Patient/example"}
+	if enc["period"] == nil {
+		enc["period"] = map[string]any{"start": "2013-05-14T10:00:00+01:00", "end": "2013-05-14T12:20:00+01:00"}
+	}
+	entries := []any{
+		map[string]any{"fullUrl": "urn:uuid:0c3b0b9a-2f4c-4c2a-9b38-6d3c2c1f0a01", "resource": map[string]any{
+			"resourceType": "MessageHeader", "id": "0c3b0b9a-2f4c-4c2a-9b38-6d3c2c1f0a01",
+			"eventCoding": map[string]any{"system": fhir.SystemEvent, "code": eventCode},
+			"sender":      map[string]any{"identifier": map[string]any{"system": fhir.SystemODS, "value": "RX1"}},
+			"source":      map[string]any{"endpoint": "https://pas.rx1.example/fhir"},
+			"focus":       []any{map[string]any{"reference": "Encounter/" + enc["id"].(string)}},
+		}},
+		map[string]any{"fullUrl": "https://pas.rx1.example/fhir/Patient/example", "resource": pat},
+		map[string]any{"fullUrl": "https://pas.rx1.example/fhir/Encounter/" + enc["id"].(string), "resource": enc},
+	}
+	if document != "" {
+		var doc any
+		_ = json.Unmarshal(read(t, "testdata/hl7-r4-examples/"+document), &doc)
+		entries = append(entries, map[string]any{"fullUrl": "urn:uuid:1d4c7a6e-5b1f-4e4d-8a0a-3f2e1d0c9b02", "resource": doc})
+	}
+	b, _ := json.Marshal(map[string]any{"resourceType": "Bundle", "type": "message", "timestamp": "2013-05-14T12:30:00+01:00", "entry": entries})
+	return b
+}
+
+// TestInGolden: FHIR documents in, canonical events or OperationOutcomes
+// out. HL7's own examples are read as they are (the lone Encounters name
+// no NHS number, so each is refused, precisely) and as an English trust
+// sends them (ukMessage).
+func TestInGolden(t *testing.T) {
+	v, _ := event.NewValidator()
+	now := time.Date(2026, 11, 24, 10, 0, 0, 0, time.UTC)
+	type input struct {
+		name, kind string // kind: message or encounter
+		doc        []byte
+	}
+	var inputs []input
+	for _, f := range []string{"Encounter-example.json", "Encounter-f001.json", "Encounter-emerg.json"} {
+		inputs = append(inputs, input{"hl7-" + strings.TrimSuffix(f, ".json"), "encounter", read(t, "testdata/hl7-r4-examples/"+f)})
+	}
+	inputs = append(inputs,
+		input{"hl7-Bundle-message-patient-link", "message", read(t, "testdata/hl7-r4-examples/Bundle-10bb101f-a121-4264-a920-67be9cb82c74.json")},
+		input{"uk-discharge-f001-with-father-summary", "message", ukMessage(t, "discharge", "Encounter-f001.json", "Bundle-father.json")},
+		input{"uk-admission-emerg", "message", ukMessage(t, "admission", "Encounter-emerg.json", "")},
+	)
+	files, _ := filepath.Glob("testdata/in/*.json")
+	for _, f := range files {
+		if strings.HasSuffix(f, ".golden.json") {
+			continue
+		}
+		kind := "message"
+		if strings.Contains(f, "encounter") {
+			kind = "encounter"
+		}
+		inputs = append(inputs, input{strings.TrimSuffix(filepath.Base(f), ".json"), kind, read(t, f)})
+	}
+	for _, in := range inputs {
+		t.Run(in.name, func(t *testing.T) {
+			var got *fhir.Inbound
+			var err error
+			if in.kind == "encounter" {
+				got, err = fhir.FromEncounter(in.doc, "RX1", now)
+			} else {
+				got, err = fhir.FromMessage(in.doc, "RX1")
+			}
+			if err == nil {
+				if _, verr := v.Parse(got.Event); verr != nil {
+					err = got.Locate(verr)
+				}
+			}
+			path := filepath.Join("testdata", "in", in.name)
+			if err != nil {
+				oo := fhir.OperationOutcome(err)
+				if bytes.Contains(oo, []byte(canary)) || strings.Contains(err.Error(), canary) {
+					t.Errorf("the OperationOutcome or the error echoes the NHS number")
+				}
+				golden(t, path+".outcome.golden.json", oo)
+				return
+			}
+			golden(t, path+".event.golden.json", got.Event)
+		})
+	}
+}
+
+// TestOperationOutcomeNamesElements pins the FHIRPath of a few refusals.
+func TestOperationOutcomeNamesElements(t *testing.T) {
+	good := ukMessage(t, "discharge", "Encounter-f001.json", "")
+	mutate := func(f func(m map[string]any)) []byte {
+		var m map[string]any
+		_ = json.Unmarshal(good, &m)
+		f(m)
+		b, _ := json.Marshal(m)
+		return b
+	}
+	entry := func(m map[string]any, i int) map[string]any {
+		return m["entry"].([]any)[i].(map[string]any)["resource"].(map[string]any)
+	}
+	tests := []struct {
+		name string
+		doc  []byte
+		kind problem.Kind
+		want string // FHIRPath of the first issue
+	}{
+		{"not a bundle", []byte(`{"resourceType":"Patient"}`), problem.Invalid, "Bundle.resourceType"},
+		{"not JSON", []byte(`{"resourceType":`), problem.Malformed, ""},
+		{"a document, not a message", mutate(func(m map[string]any) { m["type"] = "document" }), problem.Invalid, "Bundle.type"},
+		{"unknown event", mutate(func(m map[string]any) {
+			entry(m, 0)["eventCoding"] = map[string]any{"system": "http://example.org/fhir/message-events", "code": "patient-link"}
+		}), problem.Invalid, "Bundle.entry[0].resource.eventCoding"},
+		{"sender is another organisation", mutate(func(m map[string]any) {
+			entry(m, 0)["sender"] = map[string]any{"identifier": map[string]any{"system": fhir.SystemODS, "value": "RYJ"}}
+		}), problem.Forbidden, "Bundle.entry[0].resource.sender.identifier.value"},
+		{"no sender", mutate(func(m map[string]any) { delete(entry(m, 0), "sender") }), problem.Invalid, "Bundle.entry[0].resource.sender"},
+		{"bad NHS number", mutate(func(m map[string]any) {
+			ids := entry(m, 1)["identifier"].([]any)
+			ids[len(ids)-1].(map[string]any)["value"] = "9990500003"
+		}), problem.Invalid, "Bundle.entry[1].resource.identifier[1].value"},
+		{"no timestamp", mutate(func(m map[string]any) { delete(m, "timestamp") }), problem.Invalid, "Bundle.timestamp"},
+		{"discharge without disposition", mutate(func(m map[string]any) {
+			delete(entry(m, 2)["hospitalization"].(map[string]any), "dischargeDisposition")
+		}), problem.Invalid, "Bundle.entry[2].resource.hospitalization"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := fhir.FromMessage(tc.doc, "RX1")
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			if k := problem.KindOf(err); k != tc.kind {
+				t.Errorf("kind: got %s, want %s", k, tc.kind)
+			}
+			var oo struct {
+				Issue []struct {
+					Code       string
+					Expression []string
+				}
+			}
+			if err := json.Unmarshal(fhir.OperationOutcome(err), &oo); err != nil || len(oo.Issue) == 0 {
+				t.Fatalf("OperationOutcome: %v", err)
+			}
+			got := ""
+			if len(oo.Issue[0].Expression) > 0 {
+				got = oo.Issue[0].Expression[0]
+			}
+			if got != tc.want {
+				t.Errorf("expression:\n\tgot  %q\n\twant %q", got, tc.want)
+			}
+		})
+	}
+}
+
+// TestNotificationBundle pins the feed's FHIR rendering.
+func TestNotificationBundle(t *testing.T) {
+	ev := examples(t)["discharge"]
+	now := time.Date(2026, 11, 24, 10, 0, 0, 0, time.UTC)
+	b, err := fhir.NotificationBundle(fhir.Subscription{Reference: "http://127.0.0.1:8080/v1/feeds/B82005", Topic: "https://carehub.dev/fhir/SubscriptionTopic/feed", Latest: 7},
+		[]fhir.Notification{{Number: 6, Time: now, Withheld: true}, {Number: 7, Time: now, Event: ev}}, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	golden(t, "testdata/notification.golden.json", b)
+}
+
+// FuzzFromMessage: any input is refused with a *problem.Error or read as an
+// event; nothing panics; no error echoes the input.
+func FuzzFromMessage(f *testing.F) {
+	f.Add(ukMessage(f, "discharge", "Encounter-f001.json", "Bundle-father.json"))
+	f.Add(ukMessage(f, "admission", "Encounter-emerg.json", ""))
+	f.Add(read(f, "testdata/hl7-r4-examples/Bundle-10bb101f-a121-4264-a920-67be9cb82c74.json"))
+	f.Add(read(f, "testdata/hl7-r4-examples/Encounter-f001.json"))
+	f.Add([]byte(`{"resourceType":"Bundle","type":"message","entry":[{"resource":{"resourceType":"MessageHeader"}}]}`))
+	f.Fuzz(func(t *testing.T, doc []byte) {
+		for _, fn := range []func() (*fhir.Inbound, error){
+			func() (*fhir.Inbound, error) { return fhir.FromMessage(doc, "RX1") },
+			func() (*fhir.Inbound, error) { return fhir.FromEncounter(doc, "RX1", time.Unix(0, 0)) },
+		} {
+			in, err := fn()
+			if err != nil {
+				var pe *problem.Error
+				if !errorsAs(err, &pe) {
+					t.Fatalf("not a *problem.Error: %T", err)
+				}
+				_ = fhir.OperationOutcome(err)
+				continue
+			}
+			if !json.Valid(in.Event) {
+				t.Fatalf("the event is not JSON")
+			}
+		}
+	})
+}
+
+func errorsAs(err error, target **problem.Error) bool { return errors.As(err, target) }

@@ -1,0 +1,532 @@
+package fhir
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/carehub/carehub/schemas/event"
+	"github.com/carehub/carehub/schemas/problem"
+	"github.com/google/uuid"
+)
+
+// namespace seeds the name-based UUIDs of emitted resources: the same event
+// always gives the same resource ids and fullUrls.
+var namespace = uuid.MustParse("6f6a1d0e-4f57-5bb5-9a0e-0c2a4b1f7e11")
+
+// Entry is one resource of an event, with the fullUrl it has in a Bundle.
+type Entry struct {
+	FullURL  string
+	Type     string // resource type
+	Resource map[string]any
+	// Match is the conditional-update query that finds the resource at a
+	// receiving server ("identifier=system|value"), for transactions.
+	Match string
+}
+
+// Resources is an event as FHIR R4 resources.
+type Resources struct {
+	Header  Entry   // the MessageHeader
+	Focus   *Entry  // the resource the event is about: Encounter, CarePlan or Patient
+	Entries []Entry // every resource but the header: Patient first, then the focus, then documents
+}
+
+// Code is the event-type code of an event type in SystemEvent: the short
+// name ("admission").
+func Code(eventType string) string { return event.ShortName(eventType) }
+
+func rid(eventID, kind string) string {
+	return uuid.NewSHA1(namespace, []byte(eventID+"\x00"+kind)).String()
+}
+
+// FromEvent maps an accepted event to its resources. It fails only on an
+// event whose data is not the shape of its type (problem.Internal).
+func FromEvent(ev *event.Event) (*Resources, error) {
+	var d Data
+	if err := json.Unmarshal(ev.Data, &d); err != nil || d.Patient == nil {
+		return nil, problem.New(problem.Internal, "event data does not have the shape of a carehub event")
+	}
+	r := &Resources{}
+	add := func(kind string, res map[string]any, match string) *Entry {
+		id := rid(ev.ID, kind)
+		res["id"] = id
+		r.Entries = append(r.Entries, Entry{FullURL: "urn:uuid:" + id, Type: res["resourceType"].(string), Resource: res, Match: match})
+		return &r.Entries[len(r.Entries)-1]
+	}
+	security := sensitivity(d.Sensitivity)
+	redacted := ev.Extensions[event.RedactedExtension] != nil
+
+	pat := patientResource(d.Patient, d.MergedPatient)
+	if security != nil {
+		pat["meta"] = meta{Security: security}
+	}
+	patient := add("Patient", pat, "identifier="+SystemNHSNumber+"|"+d.Patient.NHSNumber)
+	patientRef := reference{Reference: patient.FullURL, Type: "Patient"}
+	focus := 0 // index into r.Entries
+
+	typ := ev.Type
+	if d.Encounter != nil {
+		enc := encounterResource(ev, &d, patientRef)
+		if security != nil {
+			enc["meta"] = meta{Security: security}
+		}
+		add("Encounter", enc, "identifier="+SystemEncounterID+"|"+d.Encounter.ID)
+		focus = len(r.Entries) - 1
+	}
+	if d.CarePlan != nil {
+		cp := carePlanResource(d.CarePlan, patientRef)
+		if security != nil {
+			cp["meta"] = meta{Security: security}
+		}
+		add("CarePlan", cp, "identifier="+SystemCarePlanID+"|"+d.CarePlan.ID)
+		focus = len(r.Entries) - 1
+	}
+	var encounterRef *reference
+	if d.Encounter != nil {
+		encounterRef = &reference{Reference: r.Entries[1].FullURL, Type: "Encounter"}
+	}
+	if d.Discharge != nil && (d.Discharge.Summary != nil || d.Discharge.SummaryReference != nil) {
+		doc := documentResource(LOINCDischargeSummary, "Discharge summary", d.Discharge.Summary, d.Discharge.SummaryReference, patientRef, encounterRef)
+		if security != nil {
+			doc["meta"] = meta{Security: security}
+		}
+		add("DocumentReference", doc, "")
+	}
+	if d.CarePlan != nil && (d.CarePlan.Document != nil || d.CarePlan.DocumentReference != nil) {
+		doc := documentResource(LOINCCarePlan, "Care plan", d.CarePlan.Document, d.CarePlan.DocumentReference, patientRef, nil)
+		if security != nil {
+			doc["meta"] = meta{Security: security}
+		}
+		e := add("DocumentReference", doc, "")
+		r.Entries[focus].Resource["supportingInfo"] = []reference{{Reference: e.FullURL, Type: "DocumentReference"}}
+	}
+	r.Focus = &r.Entries[focus]
+
+	hdr := map[string]any{
+		"resourceType": "MessageHeader",
+		"eventCoding":  coding{System: SystemEvent, Code: Code(typ)},
+		"sender":       reference{Type: "Organization", Identifier: &identifier{System: SystemODS, Value: ev.Publisher}},
+		"source":       map[string]any{"name": "carehub", "endpoint": "urn:ods:" + ev.Publisher},
+		"focus":        []reference{{Reference: r.Focus.FullURL, Type: r.Focus.Type}},
+	}
+	if redacted {
+		// The consent decision withheld documents: say so, without them.
+		hdr["meta"] = meta{Security: []coding{{System: SystemRedacted, Code: event.RedactedDocuments, Display: "documents withheld: notification only"}}}
+	}
+	id := rid(ev.ID, "MessageHeader")
+	hdr["id"] = id
+	r.Header = Entry{FullURL: "urn:uuid:" + id, Type: "MessageHeader", Resource: hdr}
+	return r, nil
+}
+
+func sensitivity(cats []string) []coding {
+	if len(cats) == 0 {
+		return nil
+	}
+	out := make([]coding, len(cats))
+	for i, c := range cats {
+		out[i] = coding{System: SystemSensitivity, Code: c}
+	}
+	return out
+}
+
+func patientResource(p *Patient, merged *Merged) map[string]any {
+	ids := []identifier{{System: SystemNHSNumber, Value: p.NHSNumber}}
+	for _, i := range p.Identifier {
+		ids = append(ids, identifier(i))
+	}
+	res := map[string]any{"resourceType": "Patient", "identifier": ids}
+	if p.Name != nil {
+		n := map[string]any{"use": "usual"}
+		if p.Name.Text != "" {
+			n["text"] = p.Name.Text
+		}
+		if p.Name.Family != "" {
+			n["family"] = p.Name.Family
+		}
+		if len(p.Name.Given) > 0 {
+			n["given"] = p.Name.Given
+		}
+		if len(p.Name.Prefix) > 0 {
+			n["prefix"] = p.Name.Prefix
+		}
+		if len(p.Name.Suffix) > 0 {
+			n["suffix"] = p.Name.Suffix
+		}
+		res["name"] = []any{n}
+	}
+	if p.Gender != "" {
+		res["gender"] = p.Gender
+	}
+	if p.BirthDate != "" {
+		res["birthDate"] = p.BirthDate
+	}
+	if p.DeceasedDateTime != "" {
+		res["deceasedDateTime"] = p.DeceasedDateTime
+	}
+	if p.Address != nil {
+		a := map[string]any{"use": "home"}
+		if len(p.Address.Line) > 0 {
+			a["line"] = p.Address.Line
+		}
+		for k, v := range map[string]string{"city": p.Address.City, "district": p.Address.District, "postalCode": p.Address.PostalCode} {
+			if v != "" {
+				a[k] = v
+			}
+		}
+		res["address"] = []any{a}
+	}
+	if len(p.Telecom) > 0 {
+		res["telecom"] = p.Telecom
+	}
+	if p.GPPractice != "" {
+		res["generalPractitioner"] = []reference{{Type: "Organization", Identifier: &identifier{System: SystemODS, Value: p.GPPractice}}}
+	}
+	if merged != nil {
+		res["link"] = []any{map[string]any{
+			"other": reference{Type: "Patient", Identifier: &identifier{System: SystemNHSNumber, Value: merged.NHSNumber}},
+			"type":  "replaces",
+		}}
+	}
+	return res
+}
+
+// classCodes maps the canonical encounter class to v3 ActCode.
+var classCodes = map[string]string{
+	"inpatient": "IMP", "emergency": "EMER", "outpatient": "AMB", "day-case": "SS",
+	"maternity": "IMP", "preadmission": "PRENC", "other": "IMP",
+}
+
+// encounterStatus is the Encounter.status each event type implies.
+func encounterStatus(typ string) string {
+	switch typ {
+	case event.TypeDischarge:
+		return "finished"
+	case event.TypeAdmissionCancelled:
+		return "entered-in-error"
+	default:
+		return "in-progress"
+	}
+}
+
+// dispositionCodes maps a destination type to HL7's discharge-disposition.
+var dispositionCodes = map[string]string{
+	"home": "home", "care-home": "long", "nursing-home": "snf", "hospital": "other-hcf", "hospice": "oth", "other": "oth",
+}
+
+func encounterResource(ev *event.Event, d *Data, patient reference) map[string]any {
+	e := d.Encounter
+	ids := []identifier{{System: SystemEncounterID, Value: e.ID}}
+	for _, i := range e.Identifier {
+		ids = append(ids, identifier(i))
+	}
+	res := map[string]any{"resourceType": "Encounter", "identifier": ids, "status": encounterStatus(ev.Type), "subject": patient}
+	class := coding{System: SystemNullFlavor, Code: "UNK", Display: "unknown"}
+	if c, ok := classCodes[e.Class]; ok {
+		class = coding{System: SystemActCode, Code: c}
+	}
+	res["class"] = class
+	if e.Class != "" {
+		res["type"] = []concept{{Coding: []coding{{System: SystemClass, Code: e.Class}}}}
+	}
+	if e.Period != nil {
+		res["period"] = e.Period
+	}
+	if e.ServiceProvider != nil {
+		res["serviceProvider"] = reference{Type: "Organization", Identifier: &identifier{System: SystemODS, Value: e.ServiceProvider.ODS}, Display: e.ServiceProvider.Name}
+	}
+	if e.Specialty != "" {
+		res["serviceType"] = concept{Text: e.Specialty}
+	}
+	hosp := map[string]any{}
+	if e.AdmitSource != "" {
+		hosp["admitSource"] = concept{Coding: []coding{{System: SystemAdmitSource, Code: e.AdmitSource}}}
+	}
+	if d.Discharge != nil && d.Discharge.Destination != nil {
+		dst := d.Discharge.Destination
+		hosp["dischargeDisposition"] = concept{Coding: []coding{
+			{System: SystemDestination, Code: dst.Type},
+			{System: SystemDisposition, Code: dispositionCodes[dst.Type]},
+		}}
+		if dst.ODS != "" || dst.Name != "" {
+			ref := reference{Type: "Location", Display: dst.Name}
+			if dst.ODS != "" {
+				ref.Identifier = &identifier{System: SystemODS, Value: dst.ODS}
+			}
+			hosp["destination"] = ref
+		}
+	}
+	if len(hosp) > 0 {
+		res["hospitalization"] = hosp
+	}
+	var contained []any
+	var locs []any
+	addLoc := func(l *Location, status string, p *Period) {
+		if l.empty() {
+			return
+		}
+		id := "loc" + strconv.Itoa(len(contained)+1)
+		contained = append(contained, locationResource(id, l))
+		entry := map[string]any{"location": reference{Reference: "#" + id, Display: locationText(l)}, "status": status}
+		if p != nil {
+			entry["period"] = p
+		}
+		locs = append(locs, entry)
+	}
+	if d.Transfer != nil {
+		var from, to *Period
+		if d.Transfer.Time != "" {
+			from, to = &Period{End: d.Transfer.Time}, &Period{Start: d.Transfer.Time}
+		}
+		addLoc(d.Transfer.From, "completed", from)
+		addLoc(d.Transfer.To, "active", to)
+	} else if e.Location != nil {
+		status := "active"
+		if ev.Type == event.TypeDischarge {
+			status = "completed"
+		}
+		addLoc(e.Location, status, nil)
+	}
+	if len(contained) > 0 {
+		res["contained"] = contained
+		res["location"] = locs
+	}
+	return res
+}
+
+func locationResource(id string, l *Location) map[string]any {
+	res := map[string]any{"resourceType": "Location", "id": id}
+	var ids []identifier
+	for _, x := range []struct{ sys, v string }{{SystemODS, l.ODS}, {SystemWard, l.Ward}, {SystemRoom, l.Room}, {SystemBed, l.Bed}} {
+		if x.v != "" {
+			ids = append(ids, identifier{System: x.sys, Value: x.v})
+		}
+	}
+	if len(ids) > 0 {
+		res["identifier"] = ids
+	}
+	if l.Name != "" {
+		res["name"] = l.Name
+	}
+	return res
+}
+
+// locationText is a location in words, for a Reference's display.
+func locationText(l *Location) string {
+	if l.Name != "" {
+		return l.Name
+	}
+	var parts []string
+	for _, x := range []struct{ label, v string }{{"Ward", l.Ward}, {"Room", l.Room}, {"Bed", l.Bed}, {"Site", l.ODS}} {
+		if x.v != "" {
+			parts = append(parts, x.label+" "+x.v)
+		}
+	}
+	return strings.Join(parts, ", ")
+}
+
+func carePlanResource(c *CarePlan, patient reference) map[string]any {
+	res := map[string]any{
+		"resourceType": "CarePlan", "identifier": []identifier{{System: SystemCarePlanID, Value: c.ID}},
+		"status": c.Status, "intent": "plan", "subject": patient,
+	}
+	if c.Title != "" {
+		res["title"] = c.Title
+	}
+	if c.Period != nil {
+		res["period"] = c.Period
+	}
+	if c.Created != "" {
+		res["created"] = c.Created
+	}
+	if c.Author != nil {
+		res["author"] = reference{Type: "Organization", Identifier: &identifier{System: SystemODS, Value: c.Author.ODS}, Display: c.Author.Name}
+	}
+	return res
+}
+
+func documentResource(loinc, display string, a *Attachment, ref *DocumentRef, patient reference, encounter *reference) map[string]any {
+	res := map[string]any{
+		"resourceType": "DocumentReference", "status": "current",
+		"type":    concept{Coding: []coding{{System: SystemLOINC, Code: loinc, Display: display}}},
+		"subject": patient,
+	}
+	att := map[string]any{}
+	switch {
+	case a != nil:
+		att["contentType"] = a.ContentType
+		if a.Language != "" {
+			att["language"] = a.Language
+		}
+		if a.Title != "" {
+			att["title"] = a.Title
+			res["description"] = a.Title
+		}
+		if a.Creation != "" {
+			att["creation"] = a.Creation
+			res["date"] = instant(a.Creation)
+		}
+		if a.Text != "" {
+			att["data"] = base64.StdEncoding.EncodeToString([]byte(a.Text))
+		} else {
+			att["data"] = a.Data
+		}
+		if a.Size != nil {
+			att["size"] = *a.Size
+		}
+	case ref != nil:
+		att["contentType"] = ref.ContentType
+		att["url"] = ref.URL
+		if ref.Title != "" {
+			att["title"] = ref.Title
+			res["description"] = ref.Title
+		}
+		if ref.Size != nil {
+			att["size"] = *ref.Size
+		}
+	}
+	res["content"] = []any{map[string]any{"attachment": att}}
+	if encounter != nil {
+		res["context"] = map[string]any{"encounter": []reference{*encounter}}
+	}
+	return res
+}
+
+// instant returns an RFC 3339 time as a FHIR instant (it already is one).
+func instant(s string) string {
+	if t, err := time.Parse(time.RFC3339, s); err == nil {
+		return t.UTC().Format(time.RFC3339)
+	}
+	return s
+}
+
+// bundleEntry renders an Entry inside a Bundle.
+func bundleEntry(e Entry, extra map[string]any) map[string]any {
+	m := map[string]any{"fullUrl": e.FullURL, "resource": e.Resource}
+	for k, v := range extra {
+		m[k] = v
+	}
+	return m
+}
+
+// MessageBundle renders an event as a FHIR message (Bundle type message)
+// for $process-message: the MessageHeader first, naming destination (the
+// recipient's ODS code and endpoint), then the Patient, the focus and any
+// documents.
+func MessageBundle(ev *event.Event, recipient, endpoint string) ([]byte, error) {
+	r, err := FromEvent(ev)
+	if err != nil {
+		return nil, err
+	}
+	dst := map[string]any{"endpoint": endpoint}
+	if recipient != "" {
+		dst["receiver"] = reference{Type: "Organization", Identifier: &identifier{System: SystemODS, Value: recipient}}
+	}
+	r.Header.Resource["destination"] = []any{dst}
+	entries := []any{bundleEntry(r.Header, nil)}
+	for _, e := range r.Entries {
+		entries = append(entries, bundleEntry(e, nil))
+	}
+	return json.Marshal(map[string]any{
+		"resourceType": "Bundle", "id": rid(ev.ID, "Bundle"), "type": "message",
+		"identifier": identifier{System: "urn:ietf:rfc:3986", Value: "urn:uuid:" + rid(ev.ID, "Bundle")},
+		"timestamp":  ev.Time.UTC().Format(time.RFC3339),
+		"entry":      entries,
+	})
+}
+
+// TransactionBundle renders an event as a FHIR transaction: each resource a
+// conditional update on its business identifier (so an admission and the
+// discharge that follows update one Encounter), documents created.
+func TransactionBundle(ev *event.Event) ([]byte, error) {
+	r, err := FromEvent(ev)
+	if err != nil {
+		return nil, err
+	}
+	var entries []any
+	for _, e := range r.Entries {
+		req := map[string]any{"method": "POST", "url": e.Type}
+		if e.Match != "" {
+			req = map[string]any{"method": "PUT", "url": e.Type + "?" + e.Match}
+		}
+		entries = append(entries, bundleEntry(e, map[string]any{"request": req}))
+	}
+	return json.Marshal(map[string]any{
+		"resourceType": "Bundle", "type": "transaction", "timestamp": ev.Time.UTC().Format(time.RFC3339), "entry": entries,
+	})
+}
+
+// Notification is one numbered event of a feed, for NotificationBundle.
+type Notification struct {
+	Number   int64
+	Time     time.Time
+	Event    *event.Event // nil when the event is withheld: only its number is given
+	Withheld bool
+}
+
+// Subscription describes the feed a NotificationBundle comes from.
+type Subscription struct {
+	Reference string // the feed's URL, standing for the Subscription
+	Topic     string // a canonical URL naming what the feed carries
+	Latest    int64  // events-since-subscription-start: the feed's latest number
+}
+
+// NotificationBundle renders feed entries as the Subscriptions R5 Backport
+// IG's R4 notification bundle: Bundle type history; first entry a
+// Parameters resource (profile backport-subscription-status-r4) with the
+// subscription, topic, status, type event-notification,
+// events-since-subscription-start (the feed's latest number) and one
+// notification-event per entry (event-number, timestamp, focus); then each
+// event's resources. History bundles need request and response on every
+// entry (bdl-3, bdl-4): the status entry records a GET of $status, each
+// resource a POST or PUT (201 or 200).
+func NotificationBundle(sub Subscription, ns []Notification, now time.Time) ([]byte, error) {
+	params := []any{
+		map[string]any{"name": "subscription", "valueReference": reference{Reference: sub.Reference}},
+		map[string]any{"name": "topic", "valueCanonical": sub.Topic},
+		map[string]any{"name": "status", "valueCode": "active"},
+		map[string]any{"name": "type", "valueCode": "event-notification"},
+		map[string]any{"name": "events-since-subscription-start", "valueString": strconv.FormatInt(sub.Latest, 10)},
+	}
+	var entries []any
+	for _, n := range ns {
+		parts := []any{
+			map[string]any{"name": "event-number", "valueString": strconv.FormatInt(n.Number, 10)},
+			map[string]any{"name": "timestamp", "valueInstant": n.Time.UTC().Format(time.RFC3339Nano)},
+		}
+		if n.Event != nil && !n.Withheld {
+			r, err := FromEvent(n.Event)
+			if err != nil {
+				return nil, err
+			}
+			parts = append(parts, map[string]any{"name": "focus", "valueReference": reference{Reference: r.Focus.FullURL}})
+			for _, e := range r.Entries {
+				req := map[string]any{"method": "POST", "url": e.Type}
+				resp := map[string]any{"status": "201"}
+				if e.Match != "" {
+					req = map[string]any{"method": "PUT", "url": e.Type + "?" + e.Match}
+					resp = map[string]any{"status": "200"}
+				}
+				entries = append(entries, bundleEntry(e, map[string]any{"request": req, "response": resp}))
+			}
+		}
+		params = append(params, map[string]any{"name": "notification-event", "part": parts})
+	}
+	statusID := uuid.NewSHA1(namespace, []byte(sub.Reference+"\x00"+now.UTC().Format(time.RFC3339Nano))).String()
+	status := map[string]any{
+		"fullUrl": "urn:uuid:" + statusID,
+		"resource": map[string]any{
+			"resourceType": "Parameters", "id": statusID,
+			"meta": meta{Profile: []string{ProfileStatus}}, "parameter": params,
+		},
+		"request":  map[string]any{"method": "GET", "url": sub.Reference + "/$status"},
+		"response": map[string]any{"status": "200"},
+	}
+	return json.Marshal(map[string]any{
+		"resourceType": "Bundle", "id": statusID, "meta": meta{Profile: []string{ProfileNotification}},
+		"type": "history", "timestamp": now.UTC().Format(time.RFC3339Nano),
+		"entry": append([]any{status}, entries...),
+	})
+}
