@@ -8,6 +8,7 @@ package all
 import (
 	"github.com/carehub/carehub/connectors/cloudevents"
 	"github.com/carehub/carehub/connectors/connector"
+	"github.com/carehub/carehub/connectors/feed"
 	"github.com/carehub/carehub/connectors/mllp"
 	"github.com/carehub/carehub/connectors/webhook"
 )
@@ -21,6 +22,7 @@ var Sources = []connector.SourceFactory{
 // Sinks are the sink connectors: a recipient's delivery section.
 var Sinks = []connector.SinkFactory{
 	webhook.Factory, // signed POSTs (Standard Webhooks)
+	feed.Factory,    // a pull feed the recipient reads by number (GET /v1/feeds/{recipient})
 }
 
 // Registry returns the registry of every connector listed. It panics if

@@ -95,6 +95,12 @@ type SinkProbe struct {
 	// It returns a configuration of a sink that delivers to it, and a
 	// function that stops it.
 	Receiver func(behave func() Behaviour, got func(body []byte)) (cfg Config, stop func(), err error)
+	// Env, when set, returns the hub facilities the sink needs beside its
+	// configuration (the pull fields of SinkEnv: a feed whose appends are
+	// what the receiver answers, say), built over the same behave and got
+	// the suite passed to Receiver last. The suite adds Recipient, Retry
+	// and Log.
+	Env func(behave func() Behaviour, got func(body []byte)) SinkEnv
 }
 
 // Behaviour is how a probe's receiver answers a delivery.

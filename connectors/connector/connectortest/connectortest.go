@@ -295,8 +295,13 @@ func startSink(t *testing.T, f connector.SinkFactory) (connector.Sink, *receiver
 	if err := cfg.Validate(); err != nil {
 		t.Fatalf("%s: the probe's configuration does not validate: %v", f.Type, err)
 	}
-	s, err := f.New(cfg, connector.SinkEnv{Recipient: "A81001", Log: zap.NewNop(),
-		Retry: connector.Retry{MinBackoff: time.Millisecond, MaxBackoff: 10 * time.Millisecond}})
+	var env connector.SinkEnv
+	if f.Probe.Env != nil {
+		env = f.Probe.Env(behave, got)
+	}
+	env.Recipient, env.Log = "A81001", zap.NewNop()
+	env.Retry = connector.Retry{MinBackoff: time.Millisecond, MaxBackoff: 10 * time.Millisecond}
+	s, err := f.New(cfg, env)
 	if err != nil {
 		t.Fatalf("%s: New: %v", f.Type, err)
 	}

@@ -1,0 +1,298 @@
+package feed_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/carehub/carehub/connectors/connector"
+	"github.com/carehub/carehub/connectors/connector/connectortest"
+	"github.com/carehub/carehub/connectors/feed"
+	"github.com/carehub/carehub/schemas/problem"
+	"go.uber.org/zap"
+)
+
+type keys map[string]string
+
+func (k keys) Organisation(r *http.Request) (string, error) {
+	if o, ok := k[strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")]; ok {
+		return o, nil
+	}
+	return "", problem.New(problem.Unauthenticated, "an API key is required")
+}
+
+type harness struct {
+	feed  *feed.MemoryFeed
+	sink  *feed.Sink
+	url   string
+	mu    sync.Mutex
+	reads []connector.FeedRead
+	deny  map[string]bool // event ids the consent re-check withholds
+}
+
+func start(t *testing.T) *harness {
+	t.Helper()
+	h := &harness{feed: feed.NewMemoryFeed(), deny: map[string]bool{}}
+	cfg := feed.DefaultConfig()
+	cfg.APIKey = connector.SecretValue("b82005-key")
+	env := connector.SinkEnv{Recipient: "B82005", Log: zap.NewNop(), Feed: h.feed,
+		Readers: keys{"b82005-key": "B82005", "a81001-key": "A81001"},
+		Consent: connector.ConsentCheckFunc(func(_ context.Context, d connector.Delivery) (connector.Recheck, error) {
+			h.mu.Lock()
+			defer h.mu.Unlock()
+			if h.deny[d.EventID] {
+				return connector.Recheck{Rule: "directive:deny-organisation"}, nil
+			}
+			return connector.Recheck{Permitted: true, Rule: "relationship-confirmed", Body: d.Body}, nil
+		}),
+		Audit: connector.ReadAuditFunc(func(_ context.Context, r connector.FeedRead) error {
+			h.mu.Lock()
+			h.reads = append(h.reads, r)
+			h.mu.Unlock()
+			return nil
+		}),
+	}
+	s, err := feed.New(*cfg, env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.sink = s
+	mux := http.NewServeMux()
+	if err := s.RegisterHTTP(mux); err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(mux)
+	t.Cleanup(func() { h.feed.Close(); srv.Close() })
+	h.url = srv.URL
+	return h
+}
+
+func (h *harness) deliver(t *testing.T, id string) {
+	t.Helper()
+	if _, err := h.sink.Deliver(context.Background(), connector.Delivery{EventID: id, EventType: "org.carehub.discharge.v1",
+		Recipient: "B82005", PatientRef: "p1_x", Body: connectortest.Body(id)}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func get(t *testing.T, url, key, accept string, hdr ...string) (*http.Response, []byte) {
+	t.Helper()
+	req, _ := http.NewRequest("GET", url, nil)
+	if key != "" {
+		req.Header.Set("Authorization", "Bearer "+key)
+	}
+	if accept != "" {
+		req.Header.Set("Accept", accept)
+	}
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp, b
+}
+
+type page struct {
+	Events []struct {
+		Number   int64
+		Withheld bool
+		Event    struct{ ID string }
+	}
+	Latest, Oldest int64
+}
+
+func TestReadsByNumberOwnFeedOnly(t *testing.T) {
+	h := start(t)
+	for _, id := range []string{"e1", "e2", "e3"} {
+		h.deliver(t, id)
+	}
+	h.deliver(t, "e2") // a redelivery: nothing new
+	tests := []struct {
+		name, url, key string
+		status         int
+		numbers        []int64
+	}{
+		{"everything", "/v1/feeds/B82005", "b82005-key", 200, []int64{1, 2, 3}},
+		{"after 1, limit 1", "/v1/feeds/B82005?after=1&limit=1", "b82005-key", 200, []int64{2}},
+		{"nothing new", "/v1/feeds/B82005?after=3", "b82005-key", 200, nil},
+		{"another recipient's key", "/v1/feeds/B82005", "a81001-key", 403, nil},
+		{"another recipient's feed", "/v1/feeds/A81001", "b82005-key", 403, nil},
+		{"no key", "/v1/feeds/B82005", "", 401, nil},
+		{"bad after", "/v1/feeds/B82005?after=x", "b82005-key", 422, nil},
+		{"wait too long", "/v1/feeds/B82005?wait=2h", "b82005-key", 422, nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			resp, b := get(t, h.url+tc.url, tc.key, "")
+			if resp.StatusCode != tc.status {
+				t.Fatalf("status: got %d, want %d (%s)", resp.StatusCode, tc.status, b)
+			}
+			if tc.status != 200 {
+				return
+			}
+			var p page
+			if err := json.Unmarshal(b, &p); err != nil {
+				t.Fatal(err)
+			}
+			var got []int64
+			for _, e := range p.Events {
+				got = append(got, e.Number)
+			}
+			if !equal(got, tc.numbers) || p.Latest != 3 || p.Oldest != 1 {
+				t.Errorf("numbers %v latest %d oldest %d; want %v, 3, 1", got, p.Latest, p.Oldest, tc.numbers)
+			}
+		})
+	}
+	resp, b := get(t, h.url+"/v1/feeds/B82005/status", "b82005-key", "")
+	if resp.StatusCode != 200 || !strings.Contains(string(b), `"latest":3`) || !strings.Contains(string(b), `"oldest":1`) {
+		t.Errorf("status: %d %s", resp.StatusCode, b)
+	}
+}
+
+func equal(a, b []int64) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// TestLongPollAnswersWhenAnEventArrives: a reader waiting 30 s is
+// answered by the append, not by the end of its wait.
+func TestLongPollAnswersWhenAnEventArrives(t *testing.T) {
+	h := start(t)
+	done := make(chan page, 1)
+	go func() {
+		_, b := get(t, h.url+"/v1/feeds/B82005?after=0&wait=30s", "b82005-key", "")
+		var p page
+		_ = json.Unmarshal(b, &p)
+		done <- p
+	}()
+	select {
+	case p := <-done:
+		t.Fatalf("answered before any event: %+v", p)
+	case <-time.After(200 * time.Millisecond):
+	}
+	h.deliver(t, "late-1")
+	select {
+	case p := <-done:
+		if len(p.Events) != 1 || p.Events[0].Number != 1 || p.Events[0].Event.ID != "late-1" {
+			t.Errorf("got %+v, want event 1", p)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the long-poll was not answered when the event arrived")
+	}
+}
+
+// TestWithheldKeepsTheNumber: an event consent now withholds is served as
+// its number alone, and the read is audited with what was withheld.
+func TestWithheldKeepsTheNumber(t *testing.T) {
+	h := start(t)
+	h.deliver(t, "keep")
+	h.deliver(t, "withhold")
+	h.deny["withhold"] = true
+	_, b := get(t, h.url+"/v1/feeds/B82005", "b82005-key", "")
+	if strings.Contains(string(b), connectortest.Canary) && strings.Count(string(b), connectortest.Canary) != 1 {
+		t.Errorf("the withheld event's data was served")
+	}
+	var p page
+	_ = json.Unmarshal(b, &p)
+	if len(p.Events) != 2 || p.Events[1].Number != 2 || !p.Events[1].Withheld || p.Events[1].Event.ID != "" {
+		t.Fatalf("got %s", b)
+	}
+	if len(h.reads) != 1 || len(h.reads[0].Entries) != 2 || h.reads[0].Recipient != "B82005" || !h.reads[0].Entries[1].Withheld {
+		t.Errorf("audit: got %+v", h.reads)
+	}
+}
+
+// TestFHIRNotificationBundle: Accept application/fhir+json gives the
+// Subscriptions Backport IG's notification bundle.
+func TestFHIRNotificationBundle(t *testing.T) {
+	h := start(t)
+	h.deliver(t, "f1")
+	resp, b := get(t, h.url+"/v1/feeds/B82005", "b82005-key", "application/fhir+json")
+	if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "application/fhir+json" {
+		t.Fatalf("got %d %s", resp.StatusCode, resp.Header.Get("Content-Type"))
+	}
+	var bundle struct {
+		ResourceType, Type string
+		Entry              []struct {
+			Resource struct {
+				ResourceType string
+				Parameter    []struct {
+					Name        string
+					ValueString string
+					Part        []struct{ Name, ValueString string }
+				}
+			}
+		}
+	}
+	if err := json.Unmarshal(b, &bundle); err != nil {
+		t.Fatal(err)
+	}
+	if bundle.ResourceType != "Bundle" || bundle.Type != "history" || len(bundle.Entry) < 2 || bundle.Entry[0].Resource.ResourceType != "Parameters" {
+		t.Fatalf("not a notification bundle: %.300s", b)
+	}
+	var since, number string
+	for _, p := range bundle.Entry[0].Resource.Parameter {
+		if p.Name == "events-since-subscription-start" {
+			since = p.ValueString
+		}
+		if p.Name == "notification-event" && len(p.Part) > 0 {
+			number = p.Part[0].ValueString
+		}
+	}
+	if since != "1" || number != "1" {
+		t.Errorf("events-since-subscription-start %q, event-number %q; want 1, 1", since, number)
+	}
+	resp, b = get(t, h.url+"/v1/feeds/A81001", "b82005-key", "application/fhir+json")
+	if resp.StatusCode != 403 || !strings.Contains(string(b), "OperationOutcome") {
+		t.Errorf("another feed, asked in FHIR: %d %s", resp.StatusCode, b)
+	}
+}
+
+// TestStreamResumesFromLastEventID: an SSE client that says it has seen 1
+// gets 2 and 3, with the numbers as event ids.
+func TestStreamResumesFromLastEventID(t *testing.T) {
+	h := start(t)
+	for _, id := range []string{"s1", "s2"} {
+		h.deliver(t, id)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "GET", h.url+"/v1/feeds/B82005", nil)
+	req.Header.Set("Authorization", "Bearer b82005-key")
+	req.Header.Set("Accept", "text/event-stream")
+	req.Header.Set("Last-Event-ID", "1")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	var ids []string
+	h.deliver(t, "s3") // during the stream: it is sent whether the stream has started waiting or not
+	for sc.Scan() && len(ids) < 2 {
+		if id, ok := strings.CutPrefix(sc.Text(), "id: "); ok {
+			ids = append(ids, id)
+		}
+	}
+	if strings.Join(ids, ",") != "2,3" {
+		t.Errorf("ids: got %v, want 2,3", ids)
+	}
+}

@@ -1,0 +1,407 @@
+// Package feedlog is the hub's implementation of connector.Feed: one pull
+// recipient's durable, gapless, numbered log of delivered events.
+//
+// # Storage
+//
+// Each feed is a Kafka topic of one partition, carehub.feed.<ods>
+// (topic.Feed), with retention.ms=-1. An event's number is its offset plus
+// one: Kafka gives the records of one partition consecutive offsets (this
+// hub's producers are neither transactional nor compacting, so no control
+// record or compaction leaves a hole), so the numbers are gapless and
+// strictly increasing, and they are the same for every process and after
+// every restart because they are the broker's, not ours. Retention that
+// deletes old segments raises the partition's start offset: Oldest follows
+// it, and a Read from before it is refused (problem.Gone), never skipped.
+//
+// # One tailer per feed per process
+//
+// Every hub process follows each feed topic with one fetch loop (a kafka-go
+// Reader on the partition), which keeps an index of event ids to numbers,
+// the most recent entries (up to CacheEntries) and the latest number, and
+// closes a channel each time the log grows. Readers waiting for new entries
+// (a long-poll, a stream) wait on that channel: no broker fetch and no
+// goroutine per waiting reader. Reads of older entries than the cache holds
+// fetch them from the broker.
+//
+// # Exactly once per event id
+//
+// Delivery is at least once: after a crash or a rebalance the deliverer
+// hands the same event again. Append first catches up with the topic's end
+// (so the index includes what any process appended), returns the number an
+// event id already has, and only otherwise produces (acks from all
+// in-sync replicas) and waits for its own tailer to see the record. Appends
+// of one process are serialised per feed; two processes never append the
+// same event at once, because an event lives in one outbox partition and
+// one deliverer owns a partition at a time.
+//
+// Concurrency: mu guards every field below it; appendMu serialises Append.
+package feedlog
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/carehub/carehub/connectors/connector"
+	"github.com/carehub/carehub/internal/logging"
+	"github.com/carehub/carehub/schemas/problem"
+	"github.com/segmentio/kafka-go"
+	"go.uber.org/zap"
+)
+
+// Record header names. None holds patient data.
+const (
+	headerEventID   = "ce_id"
+	headerEventType = "ce_type"
+)
+
+// CacheEntries is how many of the latest entries each process keeps in
+// memory; older ones are read from the broker.
+const CacheEntries = 4096
+
+// Log is one recipient's feed.
+type Log struct {
+	recipient string
+	topic     string
+	log       *zap.Logger
+
+	appendMu sync.Mutex
+
+	mu      sync.Mutex
+	client  *kafka.Client
+	brokers []string
+	loaded  chan struct{} // closed once the tailer has caught up with the end seen at start
+	next    int64         // the offset the tailer reads next: the latest number
+	first   int64         // the partition's start offset when loaded: Oldest is first+1
+	ids     map[string]int64
+	cache   []connector.FeedEntry // the latest entries, consecutive numbers
+	changed chan struct{}         // closed and replaced whenever next grows
+	done    chan struct{}         // closed by Drain
+	drained bool
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+}
+
+// New returns the feed of a recipient stored in topic. It starts nothing:
+// Start does, once the broker is up.
+func New(recipient, topic string, log *zap.Logger) *Log {
+	return &Log{recipient: recipient, topic: topic, log: log.With(zap.String("recipient", recipient)),
+		loaded: make(chan struct{}), ids: map[string]int64{}, changed: make(chan struct{}), done: make(chan struct{})}
+}
+
+// Start follows the feed's topic on brokers.
+func (l *Log) Start(brokers []string) {
+	l.mu.Lock()
+	l.brokers = brokers
+	l.client = &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 10 * time.Second}
+	ctx, cancel := context.WithCancel(context.Background())
+	l.cancel = cancel
+	l.mu.Unlock()
+	l.wg.Add(1)
+	go l.tail(ctx)
+}
+
+// WaitLoaded returns once the feed has read everything its topic held when
+// it started, or ctx ends.
+func (l *Log) WaitLoaded(ctx context.Context) error {
+	select {
+	case <-l.loaded:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Drain makes every waiting reader answer: Done is closed and so is every
+// channel Changed returned. Appends go on.
+func (l *Log) Drain() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.drained {
+		l.drained = true
+		close(l.done)
+		close(l.changed)
+		l.changed = make(chan struct{})
+	}
+}
+
+// Close stops following the topic.
+func (l *Log) Close() {
+	l.Drain()
+	l.mu.Lock()
+	cancel := l.cancel
+	l.mu.Unlock()
+	if cancel != nil {
+		cancel()
+	}
+	l.wg.Wait()
+}
+
+func (l *Log) offsets(ctx context.Context) (first, end int64, err error) {
+	res, err := l.client.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{
+		l.topic: {kafka.FirstOffsetOf(0), kafka.LastOffsetOf(0)}}})
+	if err != nil {
+		return 0, 0, err
+	}
+	for _, p := range res.Topics[l.topic] {
+		if p.Partition == 0 {
+			if p.Error != nil {
+				return 0, 0, p.Error
+			}
+			return p.FirstOffset, p.LastOffset, nil
+		}
+	}
+	return 0, 0, errors.New("no offsets for the feed's partition")
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
+
+// tail follows the partition from its start.
+func (l *Log) tail(ctx context.Context) {
+	defer l.wg.Done()
+	var first, end int64
+	for {
+		var err error
+		if first, end, err = l.offsets(ctx); err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		l.log.Warn("feed offsets not available yet; retrying", logging.Err(err))
+		sleep(ctx, 500*time.Millisecond)
+	}
+	l.mu.Lock()
+	l.first, l.next = first, first
+	if end <= first {
+		close(l.loaded)
+	}
+	l.mu.Unlock()
+	r := kafka.NewReader(kafka.ReaderConfig{Brokers: l.brokers, Topic: l.topic, Partition: 0,
+		MinBytes: 1, MaxBytes: 10 << 20, MaxWait: 500 * time.Millisecond, StartOffset: first})
+	defer r.Close()
+	for {
+		m, err := r.FetchMessage(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			l.log.Warn("reading the feed; retrying", logging.Err(err))
+			sleep(ctx, 200*time.Millisecond)
+			continue
+		}
+		l.apply(m, end)
+	}
+}
+
+// entry decodes a record of the feed topic.
+func (l *Log) entry(m kafka.Message) connector.FeedEntry {
+	e := connector.FeedEntry{Number: m.Offset + 1, Time: m.Time.UTC(),
+		Delivery: connector.Delivery{Recipient: l.recipient, PatientRef: string(m.Key), Body: m.Value}}
+	for _, h := range m.Headers {
+		switch h.Key {
+		case headerEventID:
+			e.Delivery.EventID = string(h.Value)
+		case headerEventType:
+			e.Delivery.EventType = string(h.Value)
+		}
+	}
+	return e
+}
+
+func (l *Log) apply(m kafka.Message, loadedAt int64) {
+	e := l.entry(m)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if m.Offset < l.next {
+		return // seen (a reader restart re-reads)
+	}
+	if m.Offset > l.next {
+		// Records before this one were deleted by retention while we
+		// were not looking: the cache no longer runs on from here.
+		l.cache = nil
+	}
+	if e.Delivery.EventID != "" {
+		if _, dup := l.ids[e.Delivery.EventID]; !dup {
+			l.ids[e.Delivery.EventID] = e.Number
+		}
+	}
+	l.cache = append(l.cache, e)
+	if len(l.cache) > CacheEntries {
+		l.cache = append([]connector.FeedEntry(nil), l.cache[len(l.cache)-CacheEntries/2:]...)
+	}
+	l.next = m.Offset + 1
+	if l.next >= loadedAt {
+		select {
+		case <-l.loaded:
+		default:
+			close(l.loaded)
+			l.log.Info("feed loaded", zap.Int64("latest", l.next), zap.Int("events", len(l.ids)))
+		}
+	}
+	close(l.changed)
+	l.changed = make(chan struct{})
+}
+
+// waitNext waits until the tailer has read every offset below end.
+func (l *Log) waitNext(ctx context.Context, end int64) error {
+	for {
+		l.mu.Lock()
+		next, ch := l.next, l.changed
+		l.mu.Unlock()
+		if next >= end {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return problem.Wrap(problem.Unavailable, "the feed has not caught up", ctx.Err())
+		}
+	}
+}
+
+func (l *Log) ready(ctx context.Context) error {
+	select {
+	case <-l.loaded:
+		return nil
+	case <-ctx.Done():
+		return problem.Wrap(problem.Unavailable, "the feed is still loading", ctx.Err())
+	}
+}
+
+// Append implements connector.Feed.
+func (l *Log) Append(ctx context.Context, d connector.Delivery) (int64, error) {
+	if d.EventID == "" {
+		return 0, problem.New(problem.Internal, "appending an event without an id")
+	}
+	l.appendMu.Lock()
+	defer l.appendMu.Unlock()
+	if err := l.ready(ctx); err != nil {
+		return 0, err
+	}
+	_, end, err := l.offsets(ctx)
+	if err != nil {
+		return 0, problem.Wrap(problem.Unavailable, "reading the feed's end", err)
+	}
+	if err := l.waitNext(ctx, end); err != nil {
+		return 0, err
+	}
+	l.mu.Lock()
+	n, dup := l.ids[d.EventID]
+	l.mu.Unlock()
+	if dup {
+		return n, nil
+	}
+	res, err := l.client.Produce(ctx, &kafka.ProduceRequest{
+		Topic: l.topic, Partition: 0, RequiredAcks: kafka.RequireAll,
+		Records: kafka.NewRecordReader(kafka.Record{Key: kafka.NewBytes([]byte(d.PatientRef)), Value: kafka.NewBytes(d.Body), Time: time.Now(),
+			Headers: []kafka.Header{{Key: headerEventID, Value: []byte(d.EventID)}, {Key: headerEventType, Value: []byte(d.EventType)}}}),
+	})
+	if err == nil && res.Error != nil {
+		err = res.Error
+	}
+	if err != nil {
+		// Not a MessageTooLargeError's text: it may carry the record.
+		return 0, problem.Wrap(problem.Unavailable, "appending to the feed", errors.New(logging.Class(err)))
+	}
+	if err := l.waitNext(ctx, res.BaseOffset+1); err != nil {
+		return 0, err
+	}
+	return res.BaseOffset + 1, nil
+}
+
+// Read implements connector.Feed.
+func (l *Log) Read(ctx context.Context, after int64, max int) (connector.FeedPage, error) {
+	if err := l.ready(ctx); err != nil {
+		return connector.FeedPage{}, err
+	}
+	if max < 1 {
+		max = 1
+	}
+	l.mu.Lock()
+	page := connector.FeedPage{Latest: l.next}
+	if l.next > l.first {
+		page.Oldest = l.first + 1
+	}
+	if after < 0 {
+		after = 0
+	}
+	if after >= l.next {
+		l.mu.Unlock()
+		return page, nil
+	}
+	if after < l.first {
+		l.mu.Unlock()
+		return page, problem.New(problem.Gone, fmt.Sprintf("events numbered up to %d are no longer kept; the oldest available is %d", l.first, page.Oldest))
+	}
+	if len(l.cache) > 0 && after+1 >= l.cache[0].Number {
+		i := int(after + 1 - l.cache[0].Number)
+		j := min(i+max, len(l.cache))
+		page.Entries = append([]connector.FeedEntry(nil), l.cache[i:j]...)
+		l.mu.Unlock()
+		return page, nil
+	}
+	l.mu.Unlock()
+	entries, err := l.fetch(ctx, after, min(int64(max), page.Latest-after))
+	if err != nil {
+		return page, err
+	}
+	page.Entries = entries
+	return page, nil
+}
+
+// fetch reads n entries after number after from the broker.
+func (l *Log) fetch(ctx context.Context, after, n int64) ([]connector.FeedEntry, error) {
+	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	r := kafka.NewReader(kafka.ReaderConfig{Brokers: l.brokers, Topic: l.topic, Partition: 0,
+		MinBytes: 1, MaxBytes: 10 << 20, MaxWait: 200 * time.Millisecond})
+	defer r.Close()
+	if err := r.SetOffset(after); err != nil {
+		return nil, problem.Wrap(problem.Internal, "positioning the feed reader", err)
+	}
+	out := make([]connector.FeedEntry, 0, n)
+	for int64(len(out)) < n {
+		m, err := r.FetchMessage(ctx)
+		if err != nil {
+			if errors.Is(err, kafka.OffsetOutOfRange) {
+				return nil, problem.New(problem.Gone, "those events are no longer kept")
+			}
+			return nil, problem.Wrap(problem.Unavailable, "reading the feed", errors.New(logging.Class(err)))
+		}
+		if m.Offset < after {
+			continue
+		}
+		if m.Offset != after+int64(len(out)) {
+			return nil, problem.New(problem.Gone, "some of those events are no longer kept")
+		}
+		out = append(out, l.entry(m))
+	}
+	return out, nil
+}
+
+// Changed implements connector.Feed.
+func (l *Log) Changed(after int64) <-chan struct{} {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.next > after || l.drained {
+		c := make(chan struct{})
+		close(c)
+		return c
+	}
+	return l.changed
+}
+
+// Done implements connector.Feed.
+func (l *Log) Done() <-chan struct{} { return l.done }
+
+var _ connector.Feed = (*Log)(nil)
