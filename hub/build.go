@@ -8,8 +8,10 @@ import (
 	"github.com/carehub/carehub/consent"
 	"github.com/carehub/carehub/hub/auth"
 	"github.com/carehub/carehub/hub/config"
+	"github.com/carehub/carehub/hub/feedlog"
 	"github.com/carehub/carehub/hub/patientlist"
 	"github.com/carehub/carehub/hub/route"
+	"github.com/carehub/carehub/hub/topic"
 	"github.com/carehub/carehub/schemas/event"
 	"github.com/carehub/carehub/schemas/nhs"
 	"go.uber.org/zap"
@@ -28,6 +30,15 @@ type parts struct {
 	subs       *route.Subscriptions
 	sources    []connector.Source
 	recipients []recipient
+	readers    *auth.Keys              // pull recipients' own keys, each bound to its recipient
+	feeds      map[string]*feedlog.Log // pull recipients' feeds, by ODS code
+}
+
+// pullHooks are what the hub gives every pull sink beside its feed: they
+// reach parts that start later (the router, the publisher).
+type pullHooks struct {
+	consent connector.ConsentCheck
+	audit   connector.ReadAudit
 }
 
 // recipient is one push recipient and its sink.
@@ -37,14 +48,17 @@ type recipient struct {
 }
 
 // build makes the parts, reporting every problem it finds, joined.
-func build(cfg *config.Config, log *zap.Logger) (*parts, error) {
-	p := &parts{}
+func build(cfg *config.Config, log *zap.Logger, pull pullHooks) (*parts, error) {
+	p := &parts{feeds: map[string]*feedlog.Log{}}
 	var errs []error
 	fail := func(where string, err error) { errs = append(errs, fmt.Errorf("%s: %w", where, err)) }
 
 	var err error
 	if p.keys, err = apiKeys(cfg); err != nil {
 		fail("API keys", err)
+	}
+	if p.readers, err = readerKeys(cfg); err != nil {
+		fail("recipients' API keys", err)
 	}
 	if p.pseudo, err = pseudonymiser(cfg); err != nil {
 		fail("pseudonymKey", err)
@@ -69,8 +83,14 @@ func build(cfg *config.Config, log *zap.Logger) (*parts, error) {
 		p.sources = append(p.sources, s)
 	}
 	for i, r := range cfg.Recipients {
-		s, err := r.Sink.New(connector.SinkEnv{Recipient: r.ODS, Retry: cfg.Delivery,
-			Log: log.Named("deliver").With(zap.String("recipient", r.ODS))})
+		env := connector.SinkEnv{Recipient: r.ODS, Retry: cfg.Delivery,
+			Log: log.Named("deliver").With(zap.String("recipient", r.ODS))}
+		if _, ok := r.Sink.Config.(connector.PullConfig); ok && p.readers != nil {
+			f := feedlog.New(r.ODS, topic.Feed(r.ODS), log.Named("feed"))
+			p.feeds[r.ODS] = f
+			env.Feed, env.Readers, env.Consent, env.Audit = f, p.readers, pull.consent, pull.audit
+		}
+		s, err := r.Sink.New(env)
 		if err != nil {
 			fail(fmt.Sprintf("recipients[%d].%s", i, r.Sink.Type), err)
 			continue
@@ -108,6 +128,23 @@ func apiKeys(cfg *config.Config) (*auth.Keys, error) {
 			return nil, fmt.Errorf("admin: %w", err)
 		}
 		m[k] = auth.Admin
+	}
+	return auth.New(m)
+}
+
+// readerKeys maps each pull recipient's own key to the recipient.
+func readerKeys(cfg *config.Config) (*auth.Keys, error) {
+	m := map[string]string{}
+	for _, r := range cfg.Recipients {
+		pc, ok := r.Sink.Config.(connector.PullConfig)
+		if !ok {
+			continue
+		}
+		k, err := pc.ReaderKey().Reveal()
+		if err != nil {
+			return nil, fmt.Errorf("recipient %s: %w", r.ODS, err)
+		}
+		m[k] = r.ODS
 	}
 	return auth.New(m)
 }

@@ -109,6 +109,7 @@ type hub struct {
 
 	// trace, when set (tests), is told each start and stop step by name.
 	trace func(step string)
+	now   func() time.Time
 }
 
 type stop struct {
@@ -123,6 +124,9 @@ func Run(ctx context.Context, cfg *config.Config, log *zap.Logger, opts Options)
 }
 
 func run(ctx context.Context, h *hub, opts Options) error {
+	if h.now == nil {
+		h.now = time.Now
+	}
 	defer h.stopAll()
 	for _, step := range []struct {
 		name string
@@ -133,6 +137,7 @@ func run(ctx context.Context, h *hub, opts Options) error {
 		{"topics", h.createTopics},
 		{"publisher", h.startPublisher},
 		{"consent", h.loadConsent},
+		{"feeds", h.startFeeds},
 		{"router", h.startRouter},
 		{"http", h.startHTTP},
 		{"sources", h.startSources},
@@ -194,7 +199,10 @@ func (h *hub) stopAll() {
 
 // build makes every part that needs no broker.
 func (h *hub) build(context.Context) error {
-	p, err := build(h.cfg, h.log)
+	p, err := build(h.cfg, h.log, pullHooks{
+		consent: connector.ConsentCheckFunc(h.recheck),
+		audit:   connector.ReadAuditFunc(h.auditRead),
+	})
 	if err != nil {
 		return err
 	}
@@ -235,6 +243,11 @@ func (h *hub) createTopics(ctx context.Context) error {
 		recipients[i] = r.ODS
 	}
 	specs := topic.Specs(h.cfg.Kafka.Partitions, h.cfg.Kafka.ReplicationFactor, recipients)
+	var pull []string
+	for ods := range h.parts.feeds {
+		pull = append(pull, ods)
+	}
+	specs = append(specs, topic.FeedSpecs(h.cfg.Kafka.ReplicationFactor, pull)...)
 	if err := broker.EnsureTopics(ctx, h.brokers, specs); err != nil {
 		return fmt.Errorf("creating topics: %w", err)
 	}
@@ -363,6 +376,13 @@ func (h *hub) startHTTP(context.Context) error {
 			return fmt.Errorf("inputs[%d].%s: %w", i, h.cfg.Inputs[i].Type, err)
 		}
 	}
+	for _, r := range p.recipients {
+		if hs, ok := r.sink.(connector.HTTPSink); ok {
+			if err := hs.RegisterHTTP(h.mux); err != nil {
+				return fmt.Errorf("recipient %s: %w", r.ods, err)
+			}
+		}
+	}
 	ln, err := net.Listen("tcp", h.cfg.HTTP.Addr)
 	if err != nil {
 		return fmt.Errorf("listening on http.addr: %w", err)
@@ -370,6 +390,11 @@ func (h *hub) startHTTP(context.Context) error {
 	h.ln = ln
 	h.srv = &http.Server{Handler: h.mux, ReadHeaderTimeout: ReadHeaderTimeout, ReadTimeout: ReadTimeout,
 		ErrorLog: zap.NewStdLog(h.log.Named("http"))}
+	// Long-polls and streams of pull recipients answer and end when the
+	// drain begins, so that Shutdown need not wait for them.
+	for _, f := range p.feeds {
+		h.srv.RegisterOnShutdown(f.Drain)
+	}
 	h.srvErr = make(chan error, 1)
 	go func() { h.srvErr <- h.srv.Serve(ln) }()
 	h.onStop("http", func() {

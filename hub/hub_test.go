@@ -103,7 +103,7 @@ func TestRunStartsReadyAndDrainsInOrder(t *testing.T) {
 		t.Fatal("Run did not drain within 60s")
 	}
 	want := []string{
-		"start build", "start broker", "start topics", "start publisher", "start consent", "start router", "start http", "start sources",
+		"start build", "start broker", "start topics", "start publisher", "start consent", "start feeds", "start router", "start http", "start sources",
 		"stop sources", "stop http", "stop router", "stop consent", "stop publisher", "stop broker",
 	}
 	if got := st.list(); !slices.Equal(got, want) {
@@ -177,7 +177,7 @@ func TestAPartThatFailsToStartUndoesTheOthers(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "starting carehub: http: listening on http.addr") {
 		t.Fatalf("Run with http.addr taken: got %v, want an error naming the http step", err)
 	}
-	want := []string{"start build", "start broker", "start topics", "start publisher", "start consent", "start router", "start http",
+	want := []string{"start build", "start broker", "start topics", "start publisher", "start consent", "start feeds", "start router", "start http",
 		"stop router", "stop consent", "stop publisher", "stop broker"}
 	if got := st.list(); !slices.Equal(got, want) {
 		t.Errorf("steps:\n\tgot  %v\n\twant %v", got, want)

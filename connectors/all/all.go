@@ -9,6 +9,8 @@ import (
 	"github.com/carehub/carehub/connectors/cloudevents"
 	"github.com/carehub/carehub/connectors/connector"
 	"github.com/carehub/carehub/connectors/feed"
+	"github.com/carehub/carehub/connectors/fhirin"
+	"github.com/carehub/carehub/connectors/fhirout"
 	"github.com/carehub/carehub/connectors/mllp"
 	"github.com/carehub/carehub/connectors/webhook"
 )
@@ -17,11 +19,13 @@ import (
 var Sources = []connector.SourceFactory{
 	cloudevents.Factory, // POST /v1/events: CloudEvents JSON
 	mllp.Factory,        // HL7 v2 ADT over MLLP
+	fhirin.Factory,      // FHIR R4: POST /fhir/r4/$process-message and /fhir/r4/Encounter
 }
 
 // Sinks are the sink connectors: a recipient's delivery section.
 var Sinks = []connector.SinkFactory{
 	webhook.Factory, // signed POSTs (Standard Webhooks)
+	fhirout.Factory, // FHIR R4 messages ($process-message) or transactions
 	feed.Factory,    // a pull feed the recipient reads by number (GET /v1/feeds/{recipient})
 }
 

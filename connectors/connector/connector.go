@@ -109,6 +109,11 @@ type Delivery struct {
 type Outcome struct {
 	Attempts int
 	Status   int // the recipient's last status (HTTP), or 0
+	// Answer is the recipient's own account of a permanent rejection, as a
+	// JSON document (a FHIR OperationOutcome), or nil. The hub keeps it
+	// with the dead letter only: it may quote the payload, so it never
+	// reaches a log, an audit record or an error.
+	Answer string
 }
 
 // Sink is a sink connector: it delivers to one recipient.

@@ -13,12 +13,15 @@ import (
 const (
 	KindDecision = "decision"
 	KindDelivery = "delivery"
+	KindFeedRead = "feed-read" // a pull recipient read an event (or its number, withheld) from its feed
 )
 
 // Delivery outcomes.
 const (
 	Delivered    = "delivered"
 	DeadLettered = "dead-lettered"
+	Read         = "read"     // feed-read: the event was served
+	Withheld     = "withheld" // feed-read: consent re-checked at read time withheld it; only its number was served
 )
 
 // Record is one audit entry.
@@ -40,6 +43,8 @@ type Record struct {
 	Status       int       `json:"status,omitempty"`
 	Attempts     int       `json:"attempts,omitempty"`
 	Reason       string    `json:"reason,omitempty"`
+	Number       int64     `json:"number,omitempty"` // feed-read: the event's number in the recipient's feed
+	Via          string    `json:"via,omitempty"`    // feed-read: json, fhir or sse
 }
 
 // Marshal encodes r.
@@ -67,4 +72,7 @@ type DeadLetter struct {
 	Status    int             `json:"status,omitempty"`
 	Attempts  int             `json:"attempts"`
 	Event     json.RawMessage `json:"event"`
+	// Answer is the recipient's JSON answer to the rejection (a FHIR
+	// OperationOutcome), when it gave one.
+	Answer json.RawMessage `json:"answer,omitempty"`
 }

@@ -441,6 +441,9 @@ func (c *Config) Validate() error {
 			if err := r.Sink.Config.Validate(); err != nil {
 				errs = append(errs, prefixed(where+"."+r.Sink.Type, err)...)
 			}
+			if pc, ok := r.Sink.Config.(connector.PullConfig); ok && pc.ReaderKey().Set() {
+				checkKey(where+"."+r.Sink.Type+".apiKey", pc.ReaderKey())
+			}
 		}
 		if len(r.Subscriptions) == 0 {
 			bad("%s: at least one subscription is required", where)

@@ -81,6 +81,9 @@ func (d *Deliverer) Handle(msg *message.Message) error {
 		Time: rec.Time, Recipient: d.recipient, EventID: dl.EventID, EventType: dl.EventType,
 		Patient: key, Reason: reason, Status: out.Status, Attempts: out.Attempts, Event: json.RawMessage(msg.Payload),
 	}
+	if out.Answer != "" && json.Valid([]byte(out.Answer)) {
+		dead.Answer = json.RawMessage(out.Answer)
+	}
 	b, _ := json.Marshal(dead)
 	dm := message.NewMessage(watermill.NewUUID(), b)
 	dm.Metadata.Set(topic.MetaKey, d.recipient)

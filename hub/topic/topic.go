@@ -16,6 +16,7 @@ const (
 	Consent       = "carehub.consent"
 	Subscriptions = "carehub.subscriptions"
 	outboxPrefix  = "carehub.outbox."
+	feedPrefix    = "carehub.feed."
 )
 
 // Consumer groups.
@@ -26,6 +27,21 @@ const (
 
 // Outbox is the topic holding one recipient's consented copies, in order.
 func Outbox(ods string) string { return outboxPrefix + strings.ToLower(ods) }
+
+// Feed is the topic holding one pull recipient's feed: one partition,
+// whose offsets (plus one) are the feed's event numbers (hub/feedlog).
+func Feed(ods string) string { return feedPrefix + strings.ToLower(ods) }
+
+// FeedSpecs returns the feed topics of the pull recipients: one partition
+// each (the numbers are one partition's offsets), kept forever.
+func FeedSpecs(replication int, recipients []string) []broker.TopicSpec {
+	var specs []broker.TopicSpec
+	for _, r := range recipients {
+		specs = append(specs, broker.TopicSpec{Name: Feed(r), Partitions: 1, ReplicationFactor: replication,
+			Configs: map[string]string{"retention.ms": "-1"}})
+	}
+	return specs
+}
 
 // DeliverGroup is the consumer group of one recipient's deliverers.
 func DeliverGroup(ods string) string { return groupDeliverPrefix + strings.ToLower(ods) }

@@ -124,7 +124,7 @@ func TestRoundTrip(t *testing.T) {
 			if d := cmp.Diff(want, got); d != "" {
 				t.Errorf("data after a round trip (-want +got):\n%s", d)
 			}
-			if back.Type != ev.Type || !back.Time.Equal(ev.Time) || back.Publisher != ev.Publisher {
+			if back.ID != ev.ID || back.Type != ev.Type || !back.Time.Equal(ev.Time) || back.Publisher != ev.Publisher {
 				t.Errorf("envelope: got %s %v %s, want %s %v %s", back.Type, back.Time, back.Publisher, ev.Type, ev.Time, ev.Publisher)
 			}
 		})

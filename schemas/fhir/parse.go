@@ -606,7 +606,8 @@ func document(n node) (*Attachment, *DocumentRef) {
 // sender by ODS code (it must be org); a Patient with the NHS number; the
 // Encounter or CarePlan the event is about; and for a discharge the summary
 // as a DocumentReference or a FHIR document Bundle. Bundle.timestamp is the
-// event time; MessageHeader.id (else Bundle.identifier) its id.
+// event time; its id is Bundle.identifier when its system is SystemEventID
+// (as carehub sends), else MessageHeader.id, else Bundle.identifier.
 func FromMessage(raw []byte, org string) (*Inbound, error) {
 	root, err := decode(raw, "Bundle")
 	if err != nil {
@@ -660,7 +661,12 @@ func FromMessage(raw []byte, org string) (*Inbound, error) {
 			Message:    "this API key publishes as " + org + " only",
 			Violations: []problem.Violation{{Pointer: senderPtr, Rule: RuleSender, Detail: "MessageHeader.sender must be the organisation the credentials belong to"}}}}
 	}
-	in.ID = hdr.str("id")
+	if bid := root.get("identifier"); bid.str("system") == SystemEventID && bid.str("value") != "" {
+		in.ID = bid.str("value")
+		ptrs["/id"] = bid.get("value").ptr
+	} else {
+		in.ID = hdr.str("id")
+	}
 	if in.ID == "" {
 		in.ID = root.get("identifier").str("value")
 		ptrs["/id"] = root.get("identifier").ptr

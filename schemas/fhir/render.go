@@ -431,7 +431,7 @@ func MessageBundle(ev *event.Event, recipient, endpoint string) ([]byte, error) 
 	}
 	return json.Marshal(map[string]any{
 		"resourceType": "Bundle", "id": rid(ev.ID, "Bundle"), "type": "message",
-		"identifier": identifier{System: "urn:ietf:rfc:3986", Value: "urn:uuid:" + rid(ev.ID, "Bundle")},
+		"identifier": identifier{System: SystemEventID, Value: ev.ID},
 		"timestamp":  ev.Time.UTC().Format(time.RFC3339),
 		"entry":      entries,
 	})
@@ -454,7 +454,8 @@ func TransactionBundle(ev *event.Event) ([]byte, error) {
 		entries = append(entries, bundleEntry(e, map[string]any{"request": req}))
 	}
 	return json.Marshal(map[string]any{
-		"resourceType": "Bundle", "type": "transaction", "timestamp": ev.Time.UTC().Format(time.RFC3339), "entry": entries,
+		"resourceType": "Bundle", "type": "transaction", "identifier": identifier{System: SystemEventID, Value: ev.ID},
+		"timestamp": ev.Time.UTC().Format(time.RFC3339), "entry": entries,
 	})
 }
 
