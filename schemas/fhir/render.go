@@ -447,6 +447,15 @@ func TransactionBundle(ev *event.Event) ([]byte, error) {
 	}
 	var entries []any
 	for _, e := range r.Entries {
+		// The server assigns ids: a conditional update or a create
+		// carries none (references use the entries' urn:uuid fullUrls).
+		res := make(map[string]any, len(e.Resource))
+		for k, v := range e.Resource {
+			if k != "id" {
+				res[k] = v
+			}
+		}
+		e.Resource = res
 		req := map[string]any{"method": "POST", "url": e.Type}
 		if e.Match != "" {
 			req = map[string]any{"method": "PUT", "url": e.Type + "?" + e.Match}

