@@ -50,7 +50,7 @@ func TestInputValidation(t *testing.T) {
 		{"inputs: [{mllp: {source: RX1, tls: {cert: a.pem}}}]", []string{"inputs[0].mllp: tls: cert and key are both required"}},
 		{"inputs: [{mllp: {source: RX1, port: 2575}}]", []string{"inputs[0].mllp", "field port not found"}},
 		{"inputs: [{cloudevents: {maxBatchEvents: 0}}]", []string{"inputs[0].cloudevents: maxBatchEvents must be at least 1"}},
-		{"inputs: [{fhir: {}}]", []string{`inputs[0] (line 5): unknown input type "fhir": one of cloudevents, mllp`}},
+		{"inputs: [{hl7fhir: {}}]", []string{`inputs[0] (line 5): unknown input type "hl7fhir": one of cloudevents, fhir, mllp`}},
 		{"inputs: [{mllp: {source: RX1}, cloudevents: {}}]", []string{"an input is a map with one key"}},
 		// Every problem at once.
 		{"inputs: [{mllp: {addr: x, source: RX9, processingId: Q}}]", []string{"inputs[0].mllp: addr", "inputs[0].mllp.source", "inputs[0].mllp: processingId"}},
@@ -101,7 +101,7 @@ func TestRecipientSections(t *testing.T) {
 		yaml string
 		want string
 	}{
-		{"    webhok: {url: https://gp.example/, secret: {value: gp-secret-1}}\n", "field webhok not found: neither a recipient field nor a delivery type (webhook)"},
+		{"    webhok: {url: https://gp.example/, secret: {value: gp-secret-1}}\n", "field webhok not found: neither a recipient field nor a delivery type (feed, fhir, webhook)"},
 		{"    webhook: {url: https://gp.example/, secret: {value: gp-secret-1}, retries: 3}\n", "recipients[0].webhook (line 10): field retries not found"},
 		{"    webhook: {url: https://gp.example/, secret: {vault: x}}\n", "field vault not found"},
 	}
