@@ -14,7 +14,7 @@ import (
 	"go.uber.org/zap"
 )
 
-func startBroker(t *testing.T) []string {
+func startBroker(t testing.TB) []string {
 	t.Helper()
 	emb, err := broker.StartEmbedded(context.Background(), broker.EmbeddedConfig{DataDir: t.TempDir(), Addr: "127.0.0.1:0"})
 	if err != nil {
@@ -27,7 +27,7 @@ func startBroker(t *testing.T) []string {
 	return emb.Addrs()
 }
 
-func open(t *testing.T, brokers []string) *feedlog.Log {
+func open(t testing.TB, brokers []string) *feedlog.Log {
 	t.Helper()
 	l := feedlog.New("B82005", "carehub.feed.b82005", zap.NewNop())
 	l.Start(brokers)
