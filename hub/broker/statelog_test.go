@@ -390,3 +390,28 @@ func TestStartBelowFloor(t *testing.T) {
 		t.Fatal("RouteOK false above the hard floor")
 	}
 }
+
+// FuzzValidStateLogPrefix: on any bytes the parser stops at an entry
+// boundary, and an entry appended there is taken whole.
+func FuzzValidStateLogPrefix(f *testing.F) {
+	e1 := frame(`{"type":"commit","g":"g1","t":"events","o":10}`)
+	e2 := frame(`{"type":"meta","g":"g1","gen":3}`)
+	f.Add(join(e1, e2))
+	f.Add(join(e1, e2[:16], e1))
+	f.Add(e1[:9])
+	f.Add([]byte{})
+	f.Add([]byte{0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 1, 0})
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		valid := validStateLogPrefix(raw)
+		if valid < 0 || valid > len(raw) {
+			t.Fatalf("valid prefix %d of %d bytes", valid, len(raw))
+		}
+		if again := validStateLogPrefix(raw[:valid]); again != valid {
+			t.Fatalf("prefix of %d bytes parses to %d", valid, again)
+		}
+		next := join(raw[:valid:valid], e1)
+		if got := validStateLogPrefix(next); got != valid+len(e1) {
+			t.Fatalf("after appending an entry to the %d-byte prefix: %d, want %d", valid, got, valid+len(e1))
+		}
+	})
+}
