@@ -353,19 +353,21 @@ func (g *Guard) spaceLevel(sp Space) (Level, string) {
 }
 
 // Trip sets the guard to at least level until the process restarts, with
-// reason (safe to show and log, like Status.Reason). A second trip keeps
-// the worse level; its reason replaces the first only if it is worse.
-// Levels below LevelLow are raised to LevelLow.
+// reason (safe to show and log, like Status.Reason). Levels below LevelLow
+// are raised to LevelLow. A later trip counts (and is logged) only if its
+// level is worse than the earlier one's.
 func (g *Guard) Trip(level Level, reason string) {
 	level = max(level, LevelLow)
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if !g.tripped || level > g.tripLvl {
-		g.tripLvl, g.tripWhy = level, reason
+	if g.tripped && level <= g.tripLvl {
+		// Already tripped as badly: a disk that keeps failing writes
+		// must not flood the log.
+		return
 	}
-	g.tripped = true
+	g.tripped, g.tripLvl, g.tripWhy = true, level, reason
 	g.log.Error("disk guard tripped until restart",
-		zap.Stringer("level", g.tripLvl), zap.String("reason", reason))
+		zap.Stringer("level", level), zap.String("reason", reason))
 	g.publishLocked()
 }
 

@@ -330,6 +330,7 @@ func TestLogsTransitions(t *testing.T) {
 	d.set(10*gib, nil)
 	g.Check(ctx)
 	g.Trip(LevelLow, "broker write failed (no space left on device)")
+	g.Trip(LevelLow, "and again") // not logged: no worse
 	var got []string
 	for _, e := range logs.All() {
 		got = append(got, fmt.Sprintf("%s %s %v", e.Level, e.Message, e.ContextMap()["to"]))
