@@ -199,6 +199,8 @@ type hubOptions struct {
 	// brokers, when set, points the hub at another hub's broker instead
 	// of starting its own: the cluster mode.
 	brokers string
+	// webhookTimeout bounds one delivery attempt (default 2s).
+	webhookTimeout string
 }
 
 // startHub writes a configuration like deploy/examples/carehub.yaml with
@@ -207,6 +209,9 @@ func startHub(t *testing.T, o hubOptions) *hub {
 	t.Helper()
 	dir := t.TempDir()
 	h := &hub{t: t, dataDir: filepath.Join(dir, "data"), HTTP: freePort(t), Kafka: freePort(t), logs: &safeBuffer{}}
+	if o.webhookTimeout == "" {
+		o.webhookTimeout = "2s"
+	}
 	brokersYAML := ""
 	if o.brokers != "" {
 		h.Kafka = o.brokers
@@ -226,16 +231,16 @@ inputs:
 %srecipients:
   - ods: A81001
     role: gp-practice
-    webhook: {url: %q, secret: {value: demo-gp-secret}, timeout: 2s}
+    webhook: {url: %q, secret: {value: demo-gp-secret}, timeout: %s}
     subscriptions:
       - {id: a81001-registered-patients, basis: registered-gp, types: [admission, discharge, careplan, admission-cancelled, discharge-cancelled, patient-updated, patient-merged]}
   - ods: VM123
     role: social-care
-    webhook: {url: %q, secret: {value: demo-carehome-secret}, timeout: 2s}
+    webhook: {url: %q, secret: {value: demo-carehome-secret}, timeout: %s}
     subscriptions:
       - {id: vm123-discharges-to-us, basis: discharge-destination, types: [admission, discharge]}
 %sdelivery: {minBackoff: 20ms, maxBackoff: 200ms}
-`, h.HTTP, h.dataDir, h.Kafka, brokersYAML, o.inputsYAML, o.gp, o.careHome, o.recipientsYAML)
+`, h.HTTP, h.dataDir, h.Kafka, brokersYAML, o.inputsYAML, o.gp, o.webhookTimeout, o.careHome, o.webhookTimeout, o.recipientsYAML)
 	h.cfgPath = filepath.Join(dir, "carehub.yaml")
 	if err := os.WriteFile(h.cfgPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
@@ -498,6 +503,50 @@ func (h *hub) routerCaughtUp() bool {
 	return h.groupAtEnd("carehub-router", "carehub.events") &&
 		h.groupAtEnd("carehub-deliver-a81001", "carehub.outbox.a81001") &&
 		h.groupAtEnd("carehub-deliver-vm123", "carehub.outbox.vm123")
+}
+
+// lag describes how far the router and the two deliverers are behind.
+func (h *hub) lag() string {
+	var parts []string
+	for _, gt := range [][2]string{{"carehub-router", "carehub.events"}, {"carehub-deliver-a81001", "carehub.outbox.a81001"}, {"carehub-deliver-vm123", "carehub.outbox.vm123"}} {
+		end, committed := h.groupProgress(gt[0], gt[1])
+		parts = append(parts, fmt.Sprintf("%s %d/%d", gt[1], committed, end))
+	}
+	return strings.Join(parts, ", ")
+}
+
+// groupProgress sums a group's committed offsets and the topic's end offsets.
+func (h *hub) groupProgress(group, topic string) (end, committed int64) {
+	c := &kafka.Client{Addr: kafka.TCP(h.Kafka), Timeout: 10 * time.Second}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	md, err := c.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{topic}})
+	if err != nil || len(md.Topics) != 1 {
+		return -1, -1
+	}
+	var parts []int
+	var reqs []kafka.OffsetRequest
+	for _, p := range md.Topics[0].Partitions {
+		parts = append(parts, p.ID)
+		reqs = append(reqs, kafka.LastOffsetOf(p.ID))
+	}
+	ends, err := c.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{topic: reqs}})
+	if err != nil {
+		return -1, -1
+	}
+	cm, err := c.OffsetFetch(ctx, &kafka.OffsetFetchRequest{GroupID: group, Topics: map[string][]int{topic: parts}})
+	if err != nil {
+		return -1, -1
+	}
+	for _, p := range ends.Topics[topic] {
+		end += p.LastOffset
+	}
+	for _, p := range cm.Topics[topic] {
+		if p.CommittedOffset > 0 {
+			committed += p.CommittedOffset
+		}
+	}
+	return end, committed
 }
 
 func (h *hub) groupAtEnd(group, topic string) bool {

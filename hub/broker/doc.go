@@ -47,6 +47,25 @@
 // it. A system of record that must survive power loss belongs on a
 // replicated Kafka cluster.
 //
+// # Full disk
+//
+// StartEmbedded watches the free space of the filesystem holding DataDir
+// with a diskguard.Guard (Embedded.DiskGuard): below
+// EmbeddedConfig.MinFreeBytes the hub must refuse input, below
+// EmbeddedConfig.HardMinFreeBytes it must stop routing and deliveries too,
+// so that the broker never meets a full disk. The guard resumes by itself
+// when space returns.
+//
+// If the broker still fails a write to its data directory, the guard trips
+// until restart. A write that fails part-way through an entry of kfake's
+// group log (committed offsets) or producer-ID log leaves a torn entry, and
+// kfake appends later entries after it and discards them all at its next
+// start (TestKfakeGroupLogTornEntry). The embedded broker cuts the torn
+// entry as soon as kfake reports the failed write, before anything else is
+// appended, and at start cuts a torn tail an earlier run left; if a torn
+// entry cannot be cut, the guard goes critical, since every group write
+// after it would be lost at an unclean restart. See statelog.go.
+//
 // # Topic admin
 //
 // EnsureTopics creates missing topics (an existing topic is left exactly as

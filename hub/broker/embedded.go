@@ -10,7 +10,9 @@ import (
 	"strconv"
 	"sync"
 	"syscall"
+	"time"
 
+	"github.com/carehub/carehub/hub/diskguard"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"go.uber.org/zap"
 )
@@ -62,6 +64,29 @@ type EmbeddedConfig struct {
 	// debug output of the broker is dropped: it can describe requests in
 	// detail and carehub never logs event contents. Nil means no logging.
 	Logger *zap.Logger
+
+	// The disk guard (Embedded.DiskGuard) watches the free space of the
+	// filesystem holding DataDir; see package diskguard. The hub stops
+	// accepting input below MinFreeBytes and stops routing and deliveries
+	// below HardMinFreeBytes, so the broker never meets a full disk.
+
+	// MinFreeBytes is the floor of free space below which the hub refuses
+	// input. 0 means diskguard.DefaultMinFreeBytes (1 GiB); negative means
+	// no byte floor.
+	MinFreeBytes int64
+	// MinFreeFraction raises the floor to this fraction of the
+	// filesystem's size when that is larger, e.g. 0.05. 0 means none.
+	MinFreeFraction float64
+	// HardMinFreeBytes is the hard floor below which routing and
+	// deliveries stop too. 0 means diskguard.DefaultHardMinFreeBytes (256
+	// MiB); negative means none. It must not be above MinFreeBytes.
+	HardMinFreeBytes int64
+	// DiskCheckInterval is how often free space is measured. 0 means
+	// diskguard.DefaultInterval (1 s).
+	DiskCheckInterval time.Duration
+	// FreeSpace measures the filesystem; nil means diskguard.Statfs. Tests
+	// set it to drive the guard without filling a disk.
+	FreeSpace diskguard.SpaceFunc
 }
 
 // Embedded is a running embedded broker. Close it to flush it to disk and
@@ -71,6 +96,10 @@ type Embedded struct {
 	addrs   []string
 	lock    *os.File
 	dataDir string
+	guard   *diskguard.Guard
+	// stopGuard ends the guard's Run; guardDone is closed when it returned.
+	stopGuard context.CancelFunc
+	guardDone chan struct{}
 
 	closeOnce sync.Once
 	closeErr  error
@@ -116,11 +145,34 @@ func StartEmbedded(ctx context.Context, cfg EmbeddedConfig) (*Embedded, error) {
 	if err != nil {
 		return nil, err
 	}
+	log := cfg.Logger
+	if log == nil {
+		log = zap.NewNop()
+	}
+	log = log.With(zap.String("component", "embedded-broker"))
+	guard, err := diskguard.New(diskguard.Config{
+		Dir:              dataDir,
+		MinFreeBytes:     cfg.MinFreeBytes,
+		MinFreeFraction:  cfg.MinFreeFraction,
+		HardMinFreeBytes: cfg.HardMinFreeBytes,
+		Interval:         cfg.DiskCheckInterval,
+		Space:            cfg.FreeSpace,
+		Logger:           log,
+	})
+	if err != nil {
+		_ = lock.Close()
+		return nil, fmt.Errorf("broker: disk guard of %s: %w", dataDir, err)
+	}
+	kafkaDir := filepath.Join(dataDir, "kafka")
+	if err := repairStateLogs(kafkaDir, log); err != nil {
+		_ = lock.Close()
+		return nil, fmt.Errorf("broker: checking the state logs in %s: %w", kafkaDir, err)
+	}
 
 	opts := []kfake.Opt{
 		kfake.NumBrokers(1),
 		kfake.ClusterID(ClusterID),
-		kfake.DataDir(filepath.Join(dataDir, "kafka")),
+		kfake.DataDir(kafkaDir),
 		kfake.DefaultNumPartitions(int(partitions)),
 		// kfake always asks to listen on 127.0.0.1:<port>; listen on the
 		// configured address instead. It advertises the listener's address.
@@ -131,29 +183,40 @@ func StartEmbedded(ctx context.Context, cfg EmbeddedConfig) (*Embedded, error) {
 	if cfg.SyncWrites {
 		opts = append(opts, kfake.SyncWrites())
 	}
-	if cfg.Logger != nil {
-		opts = append(opts, kfake.WithLogger(zapKfakeLogger{cfg.Logger.With(zap.String("component", "embedded-broker"))}))
-	}
+	opts = append(opts, kfake.WithLogger(kfakeHook{log: log, dataDir: kafkaDir, guard: guard}))
 	cluster, err := kfake.NewCluster(opts...)
 	if err != nil {
 		_ = lock.Close()
 		return nil, fmt.Errorf("broker: start embedded broker on %s with data directory %s: %w", addr, dataDir, err)
 	}
+	guardCtx, stopGuard := context.WithCancel(context.Background())
 	e := &Embedded{
-		cluster: cluster,
-		addrs:   cluster.ListenAddrs(),
-		lock:    lock,
-		dataDir: dataDir,
+		cluster:   cluster,
+		addrs:     cluster.ListenAddrs(),
+		lock:      lock,
+		dataDir:   dataDir,
+		guard:     guard,
+		stopGuard: stopGuard,
+		guardDone: make(chan struct{}),
 	}
+	go func() {
+		defer close(e.guardDone)
+		_ = guard.Run(guardCtx)
+	}()
 	if err := ctx.Err(); err != nil {
 		_ = e.Close()
 		return nil, err
 	}
 	if cfg.Logger != nil {
+		st := guard.Status()
 		cfg.Logger.Info("embedded broker started",
 			zap.Strings("addrs", e.addrs),
 			zap.String("data_dir", dataDir),
-			zap.Bool("sync_writes", cfg.SyncWrites))
+			zap.Bool("sync_writes", cfg.SyncWrites),
+			zap.Uint64("disk_avail_bytes", st.Space.Avail),
+			zap.Uint64("disk_floor_bytes", st.Floor),
+			zap.Uint64("disk_hard_floor_bytes", st.HardFloor),
+			zap.Stringer("disk_level", st.Level))
 	}
 	return e, nil
 }
@@ -190,10 +253,22 @@ func (e *Embedded) Addrs() []string {
 	return append([]string(nil), e.addrs...)
 }
 
+// DiskGuard returns the guard watching the data directory's free space and
+// the broker's writes. It keeps its last state after Close.
+//
+// It trips (until restart) when the broker reports a failed write to the
+// data directory: at LevelLow when the failure left nothing behind or the
+// torn entry it left was cut, at LevelCritical when a torn entry could not
+// be cut, since every group write after it would be lost at an unclean
+// restart.
+func (e *Embedded) DiskGuard() *diskguard.Guard { return e.guard }
+
 // Close stops the broker, writes its state to disk and then releases the
 // data directory lock. It is safe to call more than once.
 func (e *Embedded) Close() error {
 	e.closeOnce.Do(func() {
+		e.stopGuard()
+		<-e.guardDone
 		e.cluster.Close()
 		// Closing the descriptor releases the flock.
 		if err := e.lock.Close(); err != nil {
@@ -201,17 +276,4 @@ func (e *Embedded) Close() error {
 		}
 	})
 	return e.closeErr
-}
-
-// zapKfakeLogger forwards kfake's warnings and errors to zap and drops the
-// rest (see EmbeddedConfig.Logger).
-type zapKfakeLogger struct{ l *zap.Logger }
-
-func (z zapKfakeLogger) Logf(level kfake.LogLevel, format string, args ...any) {
-	switch level {
-	case kfake.LogLevelError:
-		z.l.Error(fmt.Sprintf(format, args...))
-	case kfake.LogLevelWarn:
-		z.l.Warn(fmt.Sprintf(format, args...))
-	}
 }

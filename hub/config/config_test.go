@@ -10,6 +10,9 @@ import (
 	"github.com/carehub/carehub/connectors/all"
 	"github.com/carehub/carehub/connectors/cloudevents"
 	"github.com/carehub/carehub/connectors/connector"
+	"github.com/carehub/carehub/connectors/feed"
+	"github.com/carehub/carehub/connectors/fhirin"
+	"github.com/carehub/carehub/connectors/fhirout"
 	"github.com/carehub/carehub/connectors/mllp"
 	"github.com/carehub/carehub/connectors/webhook"
 	"github.com/carehub/carehub/hub/config"
@@ -58,6 +61,7 @@ func TestLoadExample(t *testing.T) {
 			{Type: "mllp", Config: &mllp.Config{Addr: "127.0.0.1:2575", Source: "RX1", MaxFrameBytes: 1048576, ReadTimeout: time.Minute,
 				IdleTimeout: 10 * time.Minute, DuplicateWindow: 24 * time.Hour, ProcessingID: "P", MaxDuplicates: mllp.DefaultMaxDuplicates,
 				MaxConns: mllp.DefaultMaxConns, DrainTimeout: mllp.DefaultDrainTimeout, ProcessTimeout: mllp.DefaultProcessTimeout}},
+			{Type: "fhir", Config: &fhirin.Config{Encounter: true}},
 		},
 		Recipients: []config.Recipient{
 			{
@@ -76,6 +80,17 @@ func TestLoadExample(t *testing.T) {
 				Subscriptions: []config.Subscription{{ID: "cn001-caseload", Basis: "patient-list",
 					Types:       []string{"admission", "transfer", "discharge", "admission-cancelled", "discharge-cancelled"},
 					PatientList: filepath.Join("..", "..", "deploy", "examples", "cn001-caseload.txt")}}, // relative to the file
+			},
+			{
+				ODS: "B82005", Name: "Example polling GP practice (demo)", Role: "gp-practice",
+				Sink: config.Sink{Type: "feed", Config: &feed.Config{APIKey: connector.SecretValue("demo-b82005-key"),
+					MaxEvents: 100, MaxWait: time.Minute, Heartbeat: 15 * time.Second}},
+				Subscriptions: []config.Subscription{{ID: "b82005-registered-patients", Basis: "registered-gp", Types: allTypes}},
+			},
+			{
+				ODS: "RYJ", Name: "Example hospital EPR (demo)", Role: "hospital",
+				Sink:          config.Sink{Type: "fhir", Config: &fhirout.Config{URL: "http://127.0.0.1:9104/fhir", Mode: "message", Timeout: 10 * time.Second}},
+				Subscriptions: []config.Subscription{{ID: "ryj-named-patients", Basis: "discharge-destination", Types: []string{"admission", "discharge"}}},
 			},
 		},
 		Delivery: connector.Retry{MinBackoff: 200 * time.Millisecond, MaxBackoff: 30 * time.Second},

@@ -67,8 +67,16 @@ func (in *Ingest) AcceptBatch(ctx context.Context, org string, raws []json.RawMe
 		return out
 	}
 	if err := in.publish(msgs...); err != nil {
-		for _, i := range idx {
-			out[i].Err = err
+		// Per-event truth: when the publisher says which records were not
+		// acknowledged, only those are answered "not durable"; the others
+		// are in the topic and will be delivered, so they are answered as
+		// accepted. Without that detail, every event is answered 503.
+		var partial interface{ FailedAt(int) bool }
+		perRecord := errors.As(err, &partial)
+		for j, i := range idx {
+			if !perRecord || partial.FailedAt(j) {
+				out[i].Err = err
+			}
 		}
 	}
 	return out

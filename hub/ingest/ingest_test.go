@@ -136,3 +136,65 @@ func TestAcceptBatchPublishesTheValidOnesTogether(t *testing.T) {
 		}
 	}
 }
+
+// partialErr is a publisher's report that some records of a publish were
+// not acknowledged (kafkawm.PublishError has the same method).
+type partialErr struct{ failed map[int]bool }
+
+func (e partialErr) Error() string       { return "kafka: 1 of 3 records not acknowledged" }
+func (e partialErr) FailedAt(i int) bool { return e.failed[i] }
+
+// partialPub acknowledges every record but those at failed.
+type partialPub struct {
+	pub
+	failed map[int]bool
+}
+
+func (p *partialPub) Publish(t string, msgs ...*message.Message) error {
+	for i, m := range msgs {
+		if !p.failed[i] {
+			p.sent = append(p.sent, m)
+		}
+	}
+	if len(p.failed) > 0 {
+		return partialErr{p.failed}
+	}
+	return nil
+}
+
+// TestBatchAnswersEachEventByWhatWasWritten pins issue 14's second defect:
+// when the broker wrote some records of a batch and failed others,
+// AcceptBatch answered every event 503, yet the written ones were in
+// carehub.events and reached recipients. Now an event is 503 only if its
+// own record was not acknowledged.
+func TestBatchAnswersEachEventByWhatWasWritten(t *testing.T) {
+	v, _ := event.NewValidator()
+	ps, _ := nhs.NewPseudonymiser([]byte("ingest-test-key-0123456789"))
+	p := &partialPub{failed: map[int]bool{1: true}} // the second valid event's record fails
+	in, err := New(v, ps, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := os.ReadFile("../../deploy/examples/discharge.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	withID := func(id string) json.RawMessage {
+		return json.RawMessage(strings.Replace(string(raw), "3f6b1c2e-8d4a-4e7b-9c1d-0a1b2c3d4e03", id, 1))
+	}
+	res := in.AcceptBatch(context.Background(), "RX1", []json.RawMessage{withID("a"), []byte(`{}`), withID("b"), withID("c")})
+	got := make([]string, len(res))
+	for i, r := range res {
+		got[i] = "ok"
+		if r.Err != nil {
+			got[i] = problem.KindOf(r.Err).String()
+		}
+	}
+	want := []string{"ok", "invalid", "unavailable", "ok"}
+	if strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Errorf("AcceptBatch answers:\n\tgot  %v\n\twant %v", got, want)
+	}
+	if len(p.sent) != 2 {
+		t.Errorf("records written: got %d, want 2", len(p.sent))
+	}
+}

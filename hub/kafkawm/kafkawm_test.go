@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -1176,5 +1177,130 @@ func TestPublishTopics(t *testing.T) {
 	}
 	if err := pub.PublishTopics(nil); err != nil {
 		t.Errorf("PublishTopics(nil): %v", err)
+	}
+}
+
+// TestPublishReportsWhichRecordsFailed pins issue 14's second defect at its
+// source: when the broker writes some records of a publish and refuses
+// others (seen with a full disk), the PublishError names exactly the
+// records that were not acknowledged, and reading the topic back finds the
+// others, so that the ingest can answer each event by its own record. The
+// broker (an in-memory kfake) refuses every produce to partition 1.
+func TestPublishReportsWhichRecordsFailed(t *testing.T) {
+	const topic = "partial"
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(2, topic))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.ControlKey(int16(kmsg.Produce), func(kreq kmsg.Request) (kmsg.Response, error, bool) {
+		c.KeepControl()
+		req := kreq.(*kmsg.ProduceRequest)
+		refuse := false
+		for _, rt := range req.Topics {
+			for _, rp := range rt.Partitions {
+				refuse = refuse || rp.Partition == 1
+			}
+		}
+		if !refuse {
+			return nil, nil, false // the cluster writes it
+		}
+		resp := req.ResponseKind().(*kmsg.ProduceResponse)
+		for _, rt := range req.Topics {
+			st := kmsg.NewProduceResponseTopic()
+			st.Topic = rt.Topic
+			for _, rp := range rt.Partitions {
+				sp := kmsg.NewProduceResponseTopicPartition()
+				sp.Partition = rp.Partition
+				sp.ErrorCode = kerr.InvalidRecord.Code // not retriable
+				st.Partitions = append(st.Partitions, sp)
+			}
+			resp.Topics = append(resp.Topics, st)
+		}
+		return resp, nil, true
+	})
+	pub, err := NewPublisher(PublisherConfig{Brokers: c.ListenAddrs()}, &captureLogger{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pub.Close()
+
+	// Keys that the publisher's partitioner sends to partition 0 or 1.
+	partitionOf := func(key string) int {
+		return (kafka.Murmur2Balancer{}).Balance(kafka.Message{Key: []byte(key)}, 0, 1)
+	}
+	var msgs []*message.Message
+	var want []int // positions that land on partition 1
+	perPartition := map[int]int{}
+	for i := 0; len(msgs) < 6; i++ {
+		key := fmt.Sprintf("patient-%d", i)
+		p := partitionOf(key)
+		if perPartition[p] == 3 {
+			continue
+		}
+		perPartition[p]++
+		m := message.NewMessage(watermill.NewUUID(), []byte("record"))
+		m.Metadata.Set(DefaultKeyMetadata, key)
+		if p == 1 {
+			want = append(want, len(msgs))
+		}
+		msgs = append(msgs, m)
+	}
+	err = pub.Publish(topic, msgs...)
+	var pe *PublishError
+	if !errors.As(err, &pe) {
+		t.Fatalf("Publish with partition 1 refusing: got %v, want a *PublishError", err)
+	}
+	if fmt.Sprint(pe.Failed) != fmt.Sprint(want) {
+		t.Errorf("Failed:\n\tgot  %v\n\twant %v (the records for partition 1)", pe.Failed, want)
+	}
+	for i := range msgs {
+		if pe.FailedAt(i) != slices.Contains(want, i) {
+			t.Errorf("FailedAt(%d) = %v", i, pe.FailedAt(i))
+		}
+	}
+	// Read the topic back: partition 0 holds the others, partition 1 nothing.
+	for p, n := range map[int]int{0: len(msgs) - len(want), 1: 0} {
+		conn, err := kafka.DialLeader(context.Background(), "tcp", c.ListenAddrs()[0], topic, p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		last, err := conn.ReadLastOffset()
+		conn.Close()
+		if err != nil || last != int64(n) {
+			t.Errorf("partition %d holds %d records (%v), want %d", p, last, err, n)
+		}
+	}
+}
+
+// TestPublishIsBoundedByWriteTimeout: with a broker that takes produce
+// requests and never answers them, Publish gives up after WriteTimeout and
+// says which records (all) were not acknowledged, instead of hanging
+// (issue 14, defect 6: publishing hung past 15 s while the broker was away).
+func TestPublishIsBoundedByWriteTimeout(t *testing.T) {
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "gone"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.ControlKey(int16(kmsg.Produce), func(kmsg.Request) (kmsg.Response, error, bool) {
+		c.KeepControl()
+		return nil, nil, true // never answered
+	})
+	pub, err := NewPublisher(PublisherConfig{Brokers: c.ListenAddrs(), WriteTimeout: 300 * time.Millisecond}, &captureLogger{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pub.Close()
+	done := make(chan error, 1)
+	go func() { done <- pub.Publish("gone", secretMessage(), secretMessage()) }()
+	select {
+	case err := <-done:
+		var pe *PublishError
+		if !errors.As(err, &pe) || len(pe.Failed) != 2 {
+			t.Errorf("Publish with the broker gone: got %v, want a PublishError for both records", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Publish with the broker gone did not return: WriteTimeout does not bound it")
 	}
 }

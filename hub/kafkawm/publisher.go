@@ -35,7 +35,24 @@ type PublisherConfig struct {
 	// KeyMetadata names the metadata field whose value becomes the record
 	// key (and is then not written as a header). Default "partition_key".
 	KeyMetadata string
+
+	// WriteTimeout bounds one Publish: past it, what is not acknowledged is
+	// reported failed (PublishError), so that a caller answering a sender
+	// can say "not durable, retry" instead of hanging while the broker is
+	// away. Default 10 s.
+	WriteTimeout time.Duration
 }
+
+// DefaultWriteTimeout is the default PublisherConfig.WriteTimeout.
+const DefaultWriteTimeout = 10 * time.Second
+
+const (
+	// publishAttempts bounds the writer's own retries of one batch.
+	publishAttempts = 3
+	// closeTimeout bounds Close's wait for batches still in flight: what is
+	// not acknowledged by then was never answered as durable.
+	closeTimeout = 5 * time.Second
+)
 
 // Publisher publishes watermill messages to Kafka. It is safe for concurrent
 // use.
@@ -44,6 +61,8 @@ type Publisher struct {
 	tr      *kafka.Transport
 	keyMeta string
 	logger  watermill.LoggerAdapter
+	timeout time.Duration
+	brokers string // for logs
 
 	mu     sync.RWMutex // held for reading by Publish, for writing by Close
 	closed bool
@@ -71,6 +90,12 @@ func NewPublisher(cfg PublisherConfig, logger watermill.LoggerAdapter) (*Publish
 	if cfg.KeyMetadata == "" {
 		cfg.KeyMetadata = DefaultKeyMetadata
 	}
+	if cfg.WriteTimeout < 0 {
+		return nil, errors.New("kafkawm: PublisherConfig.WriteTimeout is negative")
+	}
+	if cfg.WriteTimeout == 0 {
+		cfg.WriteTimeout = DefaultWriteTimeout
+	}
 	if logger == nil {
 		logger = watermill.NopLogger{}
 	}
@@ -88,8 +113,15 @@ func NewPublisher(cfg PublisherConfig, logger watermill.LoggerAdapter) (*Publish
 		AllowAutoTopicCreation: false,
 		Async:                  false,
 		Transport:              tr,
+		// A batch in flight when Publish gives up goes on in the writer's
+		// background: bound it too, so that Close does not wait for ten
+		// attempts of ten seconds each against a broker that is away.
+		WriteTimeout: cfg.WriteTimeout,
+		ReadTimeout:  cfg.WriteTimeout,
+		MaxAttempts:  publishAttempts,
 	}
-	return &Publisher{w: w, tr: tr, keyMeta: cfg.KeyMetadata, logger: logger}, nil
+	return &Publisher{w: w, tr: tr, keyMeta: cfg.KeyMetadata, logger: logger, timeout: cfg.WriteTimeout,
+		brokers: strings.Join(cfg.Brokers, ",")}, nil
 }
 
 // Publish writes msgs to topic and returns nil only once the broker has
@@ -131,7 +163,6 @@ func (p *Publisher) PublishTopics(byTopic map[string][]*message.Message) error {
 	if p.closed {
 		return ErrPublisherClosed
 	}
-	var pending []kafka.Message
 	var names []string
 	for topic, msgs := range byTopic {
 		if topic == "" {
@@ -140,44 +171,110 @@ func (p *Publisher) PublishTopics(byTopic map[string][]*message.Message) error {
 		if len(msgs) > 0 {
 			names = append(names, topic)
 		}
-		for _, m := range msgs {
+	}
+	sort.Strings(names)
+	var pending []kafka.Message
+	for _, topic := range names {
+		for _, m := range byTopic[topic] {
 			pending = append(pending, toKafka(topic, p.keyMeta, m))
 		}
 	}
 	if len(pending) == 0 {
 		return nil
 	}
-	sort.Strings(names)
 	return p.write(pending, strings.Join(names, ","))
 }
 
 // write produces pending, waiting out an unknown topic as Publish
-// describes. topic names the topics for logs and errors.
+// describes, for at most the publisher's WriteTimeout. topic names the
+// topics for logs and errors.
 //
 // p.mu must be held for reading.
 func (p *Publisher) write(pending []kafka.Message, topic string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), p.timeout)
+	defer cancel()
 	total := len(pending)
+	index := make([]int, len(pending)) // position of each pending record in the caller's list
+	for i := range index {
+		index[i] = i
+	}
 	deadline := time.Now().Add(unknownTopicWait)
 	for {
-		err := p.w.WriteMessages(context.Background(), pending...)
+		err := p.w.WriteMessages(ctx, pending...)
 		if err == nil {
 			return nil
 		}
-		failed, causes := failures(pending, err)
-		if !onlyUnknownTopic(causes) || time.Now().After(deadline) {
-			p.logger.Error("Kafka publish failed", errors.New(errorKind(causes[0])), watermill.LogFields{
+		failed, causes := failures(index, err)
+		if !onlyUnknownTopic(causes) || time.Now().After(deadline) || ctx.Err() != nil {
+			pe := &PublishError{Topic: topic, Failed: failed, Total: total, Brokers: p.brokers, causes: dedupe(causes)}
+			for _, c := range pe.causes {
+				pe.Causes = append(pe.Causes, errorKind(c))
+			}
+			p.logger.Error("Kafka publish failed", pe, watermill.LogFields{
 				"topic":    topic,
 				"failed":   len(failed),
 				"messages": total,
+				"brokers":  p.brokers,
 			})
-			return fmt.Errorf("kafkawm: publish to topic %q: %d of %d messages not acknowledged: %w",
-				topic, len(failed), total, errors.Join(dedupe(causes)...))
+			return pe
 		}
 		// The metadata cache has not seen the topic (yet): retry the
 		// messages that failed once it has refreshed.
-		pending = failed
+		retry := make([]kafka.Message, len(failed))
+		for i, f := range failed {
+			retry[i] = pending[indexOf(index, f)]
+		}
+		pending, index = retry, failed
 		time.Sleep(unknownTopicRetry)
 	}
+}
+
+func indexOf(index []int, v int) int {
+	for i, x := range index {
+		if x == v {
+			return i
+		}
+	}
+	return -1
+}
+
+// PublishError reports a publish of which some records, or all, were not
+// acknowledged: those at Failed (positions in the call's list of messages;
+// for PublishTopics, in the order the topics are sorted by name, then as
+// given) may or may not be in the topic; the others are. Its text names the
+// topics, counts, causes and brokers, never a record, and is safe to log
+// (logging.Safe).
+type PublishError struct {
+	Topic   string
+	Failed  []int
+	Total   int
+	Causes  []string // Kafka error names or error kinds
+	Brokers string
+
+	causes []error // Kafka errors (kafka.Error values) or sentinels, none carrying a record
+}
+
+// Unwrap returns the causes, so that errors.Is finds a Kafka error code
+// (kafka.MessageSizeTooLarge, kafka.UnknownTopicOrPartition, ...).
+func (e *PublishError) Unwrap() []error { return e.causes }
+
+func (e *PublishError) Error() string {
+	return fmt.Sprintf("kafka: publishing to %s: %d of %d records not acknowledged (%s) by %s",
+		e.Topic, len(e.Failed), e.Total, strings.Join(e.Causes, "; "), e.Brokers)
+}
+
+// SafeToLog marks the text safe to log (internal/logging.Safe).
+func (*PublishError) SafeToLog() {}
+
+// FailedAt reports whether the record at position i is among those not
+// acknowledged.
+func (e *PublishError) FailedAt(i int) bool {
+	for _, f := range e.Failed {
+		if f == i {
+			return true
+		}
+	}
+	return false
 }
 
 const (
@@ -190,16 +287,17 @@ const (
 	unknownTopicRetry = 100 * time.Millisecond
 )
 
-// failures returns the records of pending that err reports as not written,
-// and the causes, stripped of anything that can carry a record.
-func failures(pending []kafka.Message, err error) ([]kafka.Message, []error) {
+// failures returns the positions (from index) of the records that err
+// reports as not written, and the causes, stripped of anything that can
+// carry a record. An error that is not per record fails them all.
+func failures(index []int, err error) ([]int, []error) {
 	var werrs kafka.WriteErrors
-	if errors.As(err, &werrs) && len(werrs) == len(pending) {
-		var failed []kafka.Message
+	if errors.As(err, &werrs) && len(werrs) == len(index) {
+		var failed []int
 		var causes []error
 		for i, e := range werrs {
 			if e != nil {
-				failed = append(failed, pending[i])
+				failed = append(failed, index[i])
 				causes = append(causes, safeError(e))
 			}
 		}
@@ -207,7 +305,7 @@ func failures(pending []kafka.Message, err error) ([]kafka.Message, []error) {
 			return failed, causes
 		}
 	}
-	return pending, []error{safeError(err)}
+	return append([]int(nil), index...), []error{safeError(err)}
 }
 
 func onlyUnknownTopic(causes []error) bool {
@@ -240,7 +338,14 @@ func (p *Publisher) Close() error {
 		return nil
 	}
 	p.closed = true
-	err := p.w.Close()
+	done := make(chan error, 1)
+	go func() { done <- p.w.Close() }()
+	var err error
+	select {
+	case err = <-done:
+	case <-time.After(closeTimeout):
+		err = errors.New("batches still in flight abandoned (never acknowledged)")
+	}
 	p.tr.CloseIdleConnections()
 	if err != nil {
 		return fmt.Errorf("kafkawm: close publisher: %w", safeError(err))

@@ -10,6 +10,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/carehub/carehub/hub/broker"
+	"github.com/carehub/carehub/internal/logging"
 	"github.com/segmentio/kafka-go"
 )
 
@@ -328,7 +329,7 @@ func (sub *subscription) run(cgConfig kafka.ConsumerGroupConfig) {
 	sub.partitions = sub.readPartitionCount(sub.ctx)
 	cg, err := kafka.NewConsumerGroup(cgConfig)
 	if err != nil { // cannot happen: the config was validated by Subscribe
-		sub.logger.Error("Kafka consumer group not created", err, nil)
+		sub.logger.Error("Kafka consumer group not created", logging.SafeText("kafka: "+errorKind(err)), nil)
 		return
 	}
 	// Closing the group ends the current generation (its functions see
@@ -343,7 +344,7 @@ func (sub *subscription) run(cgConfig kafka.ConsumerGroupConfig) {
 				break
 			}
 			// kafka-go backs off before rejoining; just report.
-			sub.logger.Error("Kafka consumer group error, rejoining", errors.New(errorKind(err)), nil)
+			sub.logger.Error("Kafka consumer group error, rejoining", logging.SafeText("kafka: "+errorKind(err)), nil)
 			continue
 		}
 		sub.startGeneration(gen)
@@ -507,7 +508,9 @@ func (g *generation) commit() {
 		// every tick until the heartbeat ends the generation) at debug.
 		log := g.sub.logger.Debug
 		if g.commitFailures == 0 {
-			log = func(msg string, f watermill.LogFields) { g.sub.logger.Error(msg, errors.New(errorKind(err)), f) }
+			log = func(msg string, f watermill.LogFields) {
+				g.sub.logger.Error(msg, logging.SafeText("kafka: "+errorKind(err)), f)
+			}
 		}
 		g.commitFailures++
 		log("Kafka offset commit failed; it is retried, and uncommitted messages may be delivered again", watermill.LogFields{
@@ -576,7 +579,7 @@ func (g *generation) consume(genCtx context.Context, a kafka.PartitionAssignment
 	// so the generation need not wait for that: close it in the background.
 	defer func() { go r.Close() }()
 	if err := r.SetOffset(a.Offset); err != nil {
-		sub.logger.Error("Kafka reader setup failed", errors.New(errorKind(err)), watermill.LogFields{"partition": a.ID})
+		sub.logger.Error("Kafka reader setup failed", logging.SafeText("kafka: "+errorKind(err)), watermill.LogFields{"partition": a.ID})
 		<-fetchCtx.Done()
 		return
 	}
@@ -588,7 +591,7 @@ func (g *generation) consume(genCtx context.Context, a kafka.PartitionAssignment
 			if fetchCtx.Err() != nil {
 				return
 			}
-			sub.logger.Error("Kafka fetch failed, retrying", errors.New(errorKind(err)), watermill.LogFields{
+			sub.logger.Error("Kafka fetch failed, retrying", logging.SafeText("kafka: "+errorKind(err)), watermill.LogFields{
 				"partition": a.ID,
 				"backoff":   backoff.String(),
 			})

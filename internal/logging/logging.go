@@ -50,7 +50,8 @@ func Err(err error) zap.Field {
 	return zap.String("error", SafeError(err))
 }
 
-// SafeError returns text about err that is safe to log.
+// SafeError returns text about err that is safe to log: the public message
+// of a *problem.Error, the text of an error marked Safe, else its class.
 func SafeError(err error) string {
 	if err == nil {
 		return ""
@@ -59,8 +60,32 @@ func SafeError(err error) string {
 	if errors.As(err, &pe) {
 		return pe.Error()
 	}
+	var s Safe
+	if errors.As(err, &s) {
+		return s.Error()
+	}
 	return Class(err)
 }
+
+// Safe is an error whose whole text is known to be safe to log: it names
+// classes, counts, topics and addresses, never a value or a payload. Errors
+// from libraries whose text can carry data (a URL, a Kafka record) are
+// classified by the package that knows them and marked Safe, so that logs
+// say what went wrong ("kafka: Not Leader For Partition") instead of a Go
+// type ("error (*errors.errorString)").
+type Safe interface {
+	error
+	SafeToLog()
+}
+
+// SafeText returns an error with text marked Safe. text must hold no value
+// from a message, a request or a patient record.
+func SafeText(text string) error { return safeText(text) }
+
+type safeText string
+
+func (s safeText) Error() string { return string(s) }
+func (safeText) SafeToLog()      {}
 
 // Class names the kind of a transport or system error without its text.
 func Class(err error) string {

@@ -195,3 +195,23 @@ func TestNew(t *testing.T) {
 		t.Errorf("New(%q): got no error", "loud")
 	}
 }
+
+// TestSafeErrorsAreLoggedByTheirText pins issue 14's sixth defect: Kafka
+// errors reached the log as "error (*errors.errorString)", which told an
+// operator nothing. An error marked Safe is logged by its text, wrapped or
+// not; any other keeps being reduced to its class.
+func TestSafeErrorsAreLoggedByTheirText(t *testing.T) {
+	tests := []struct {
+		err  error
+		want string
+	}{
+		{logging.SafeText("kafka: Not Leader For Partition"), "kafka: Not Leader For Partition"},
+		{fmt.Errorf("publishing: %w", logging.SafeText("kafka: Request Timed Out")), "kafka: Request Timed Out"},
+		{errors.New("patient " + canary), "error (*errors.errorString)"},
+	}
+	for _, tt := range tests {
+		if got := logging.SafeError(tt.err); got != tt.want {
+			t.Errorf("SafeError(%v):\n\tgot  %q\n\twant %q", tt.err, got, tt.want)
+		}
+	}
+}

@@ -356,11 +356,17 @@ func (f Field) Rep(n int) Repetition {
 	return Repetition{nth(f.raw, delims(f.msg).Repetition, n), f.msg, false}
 }
 
-// Repetitions returns all repetitions (none for an empty field).
+// Repetitions returns all repetitions (none for an empty field), in one
+// pass over the field. Use it, not Rep in a loop, to visit every
+// repetition: Rep(n) scans from the field's start.
 func (f Field) Repetitions() []Repetition {
-	out := make([]Repetition, f.NumReps())
-	for i := range out {
-		out[i] = f.Rep(i + 1)
+	if f.lit {
+		return []Repetition{Repetition(f)}
+	}
+	parts := split(f.raw, delims(f.msg).Repetition)
+	out := make([]Repetition, len(parts))
+	for i, p := range parts {
+		out[i] = Repetition{p, f.msg, false}
 	}
 	return out
 }
@@ -407,11 +413,15 @@ func (r Repetition) Component(n int) Component {
 	return Component{nth(r.raw, delims(r.msg).Component, n), r.msg, false}
 }
 
-// Components returns all components.
+// Components returns all components, in one pass (see Repetitions).
 func (r Repetition) Components() []Component {
-	out := make([]Component, r.NumComponents())
-	for i := range out {
-		out[i] = r.Component(i + 1)
+	if r.lit {
+		return []Component{Component(r)}
+	}
+	parts := split(r.raw, delims(r.msg).Component)
+	out := make([]Component, len(parts))
+	for i, p := range parts {
+		out[i] = Component{p, r.msg, false}
 	}
 	return out
 }
@@ -454,11 +464,15 @@ func (c Component) Sub(n int) Subcomponent {
 	return Subcomponent{nth(c.raw, delims(c.msg).Subcomponent, n), c.msg, false}
 }
 
-// Subs returns all subcomponents.
+// Subs returns all subcomponents, in one pass (see Repetitions).
 func (c Component) Subs() []Subcomponent {
-	out := make([]Subcomponent, c.NumSubs())
-	for i := range out {
-		out[i] = c.Sub(i + 1)
+	if c.lit {
+		return []Subcomponent{Subcomponent(c)}
+	}
+	parts := split(c.raw, delims(c.msg).Subcomponent)
+	out := make([]Subcomponent, len(parts))
+	for i, p := range parts {
+		out[i] = Subcomponent{p, c.msg, false}
 	}
 	return out
 }
@@ -524,6 +538,14 @@ func count(s string, sep byte) int {
 		return 0
 	}
 	return strings.Count(s, string(sep)) + 1
+}
+
+// split returns the sep-separated parts of s (none for ""), in one pass.
+func split(s string, sep byte) []string {
+	if s == "" {
+		return nil
+	}
+	return strings.Split(s, string(sep))
 }
 
 // nth returns the n-th (1-based) sep-separated part of s, or "".
