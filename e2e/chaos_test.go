@@ -4,14 +4,20 @@ import (
 	"bytes"
 	"encoding/json"
 	"flag"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -33,9 +39,11 @@ var (
 )
 
 // TestChaos runs the real binary through a bad day, in turn: load with
-// SIGKILLs of the hub; receivers failing a third of their requests with
-// 5xx and timeouts while one receiver is down for most of the run; three
-// hubs on one broker, one killed, then the broker's owner. Publishers
+// SIGKILLs of the hub; its data directory (a small tmpfs where the machine
+// allows one) filled below the disk guard's hard floor and freed; three
+// hubs on one broker, one killed, then the broker's owner; throughout,
+// receivers fail a third of their requests with 5xx and timeouts, and one
+// receiver is down for most of the run. Publishers
 // behave like real ones: a request with no answer or a 503 is sent again
 // with the same event id, except that some 503s are abandoned, so that an
 // event answered 503 and never resent can be checked never to arrive. At
@@ -64,7 +72,9 @@ func TestChaos(t *testing.T) {
 	home := newChaosReceiver(t, "demo-carehome-secret", c.rnd(), 1.0/3)
 	home.down()
 
-	opts := hubOptions{gp: gp.URL, careHome: home.URL, webhookTimeout: chaosTimeout.String()}
+	disk := newChaosDisk(t)
+	opts := hubOptions{gp: gp.URL, careHome: home.URL, webhookTimeout: chaosTimeout.String(),
+		dataDir: disk.dataDir(), diskFloors: disk.floors()}
 	a := startHub(t, opts)
 	c.hubs = []*hub{a}
 	c.denyCareHome(a)
@@ -82,8 +92,16 @@ func TestChaos(t *testing.T) {
 	}
 	c.sleep(phase / 2)
 
-	t.Log("phase 3: three hubs on one broker; kill one, then the broker's owner")
-	opts.brokers = a.Kafka
+	t.Log("phase 3: the data directory fills below the disk guard's hard floor, then is freed")
+	disk.fillBelow(disk.hardMin)
+	waitFor(t, "the hub says its disk is full", 30*time.Second, func() bool { return strings.Contains(a.readyz(), "disk:") })
+	c.sleep(phase / 2) // publishers get 503s meanwhile; routing and deliveries are paused
+	disk.free()
+	waitFor(t, "the hub ready again once space returned", 30*time.Second, func() bool { return a.readyz() == "" })
+	c.sleep(phase / 2)
+
+	t.Log("phase 4: three hubs on one broker; kill one, then the broker's owner")
+	opts.brokers, opts.dataDir, opts.diskFloors = a.Kafka, "", ""
 	b := startHub(t, opts)
 	d := startHub(t, opts)
 	c.setHubs(a, b, d)
@@ -103,6 +121,78 @@ func TestChaos(t *testing.T) {
 	c.waitCaughtUp(a, gp, home)
 	c.settle(gp, home)
 	c.report(gp, home)
+}
+
+// chaosDisk is the filesystem of the first hub's data directory: a small
+// tmpfs where the machine allows mounting one (as root), else the
+// directory's own filesystem with the disk guard's floors set just below
+// its free space at the start, so that a ballast file crosses them.
+type chaosDisk struct {
+	t       *testing.T
+	mount   string
+	minFree uint64
+	hardMin uint64
+	ballast []string
+}
+
+func newChaosDisk(t *testing.T) *chaosDisk {
+	d := &chaosDisk{t: t, mount: t.TempDir()}
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=192m", "tmpfs", d.mount).CombinedOutput(); err == nil {
+		t.Cleanup(func() { _ = exec.Command("umount", "-l", d.mount).Run() })
+		d.minFree, d.hardMin = 64<<20, 24<<20
+		t.Logf("chaos: the data directory is a 192 MiB tmpfs")
+		return d
+	} else {
+		t.Logf("chaos: no tmpfs here (%s); the disk guard's floors are set below the free space of %s instead", strings.TrimSpace(string(out)), d.mount)
+	}
+	avail := d.avail()
+	if avail < 2<<30 {
+		t.Fatalf("chaos: %d MiB free where the data directory is: too little to run the disk phase", avail>>20)
+	}
+	d.minFree = avail - 768<<20
+	d.hardMin = d.minFree - 256<<20
+	return d
+}
+
+func (d *chaosDisk) dataDir() string { return filepath.Join(d.mount, "data") }
+
+func (d *chaosDisk) floors() string {
+	return fmt.Sprintf(", minFreeBytes: %d, hardMinFreeBytes: %d, diskCheckInterval: 100ms", d.minFree, d.hardMin)
+}
+
+func (d *chaosDisk) avail() uint64 {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(d.mount, &st); err != nil {
+		d.t.Fatal(err)
+	}
+	return st.Bavail * uint64(st.Bsize)
+}
+
+// fillBelow allocates a ballast file so that free space falls 4 MiB below
+// level.
+func (d *chaosDisk) fillBelow(level uint64) {
+	avail := d.avail()
+	if avail+4<<20 <= level {
+		return
+	}
+	size := int64(avail - level + 4<<20)
+	path := filepath.Join(d.mount, fmt.Sprintf("ballast-%d", len(d.ballast)))
+	f, err := os.Create(path)
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	defer f.Close()
+	if err := syscall.Fallocate(int(f.Fd()), 0, 0, size); err != nil {
+		d.t.Fatalf("allocating %d MiB of ballast: %v", size>>20, err)
+	}
+	d.ballast = append(d.ballast, path)
+}
+
+func (d *chaosDisk) free() {
+	for _, p := range d.ballast {
+		_ = os.Remove(p)
+	}
+	d.ballast = nil
 }
 
 // chaos is the suite's state: the hubs, the load and what each event got.

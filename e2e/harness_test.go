@@ -201,6 +201,11 @@ type hubOptions struct {
 	brokers string
 	// webhookTimeout bounds one delivery attempt (default 2s).
 	webhookTimeout string
+	// dataDir, when set, is the embedded broker's data directory (default:
+	// a fresh temporary one); diskFloors replaces the disk guard's floors
+	// (a YAML fragment inside kafka: {...}); kafkaYAML is added inside
+	// kafka: {...} (", publishTimeout: 2s").
+	dataDir, diskFloors, kafkaYAML string
 }
 
 // startHub writes a configuration like deploy/examples/carehub.yaml with
@@ -212,11 +217,21 @@ func startHub(t *testing.T, o hubOptions) *hub {
 	if o.webhookTimeout == "" {
 		o.webhookTimeout = "2s"
 	}
-	brokersYAML := ""
+	// The embedded broker's disk guard with floors a test machine has room
+	// for whatever else is on its disk (the defaults, 1 GiB and 256 MiB, are
+	// for a server).
+	brokersYAML := ", minFreeBytes: 67108864, hardMinFreeBytes: 16777216"
+	if o.diskFloors != "" {
+		brokersYAML = o.diskFloors
+	}
+	if o.dataDir != "" {
+		h.dataDir = o.dataDir
+	}
 	if o.brokers != "" {
 		h.Kafka = o.brokers
 		brokersYAML = fmt.Sprintf(", brokers: [%q], replicationFactor: 1", o.brokers)
 	}
+	brokersYAML += o.kafkaYAML
 	cfg := fmt.Sprintf(`
 http: {addr: %q, maxBodyBytes: 65536}
 dataDir: %q
@@ -503,6 +518,21 @@ func (h *hub) routerCaughtUp() bool {
 	return h.groupAtEnd("carehub-router", "carehub.events") &&
 		h.groupAtEnd("carehub-deliver-a81001", "carehub.outbox.a81001") &&
 		h.groupAtEnd("carehub-deliver-vm123", "carehub.outbox.vm123")
+}
+
+// readyz returns "" when the hub is ready, else /readyz's answer (the
+// reasons), or the error reaching it.
+func (h *hub) readyz() string {
+	resp, err := http.Get("http://" + h.HTTP + "/readyz")
+	if err != nil {
+		return err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode == http.StatusOK {
+		return ""
+	}
+	return string(b)
 }
 
 // lag describes how far the router and the two deliverers are behind.

@@ -328,3 +328,40 @@ func TestKcatReadsTheEventsTopic(t *testing.T) {
 		t.Errorf("the Kafka key must be a pseudonym, got %q", key)
 	}
 }
+
+// TestBrokerOutageIsVisibleAndBounded pins issue 14's sixth defect: with
+// the broker gone, other hubs kept /readyz at 200 and a publish got 503
+// after 7 s or hung past 15 s. Now a hub whose broker is unreachable says
+// so on /readyz, a publish answers 503 with Retry-After within the
+// configured publish timeout, and the hub is ready again once the broker
+// is back.
+func TestBrokerOutageIsVisibleAndBounded(t *testing.T) {
+	gp := newReceiver(t, "demo-gp-secret")
+	home := newReceiver(t, "demo-carehome-secret")
+	a := startHub(t, hubOptions{gp: gp.URL, careHome: home.URL})
+	b := startHub(t, hubOptions{gp: gp.URL, careHome: home.URL, brokers: a.Kafka, kafkaYAML: ", publishTimeout: 2s"})
+	if r := b.readyz(); r != "" {
+		t.Fatalf("the second hub is not ready: %s", r)
+	}
+	a.kill() // the broker's owner
+	waitFor(t, "the second hub says the broker is unreachable", 30*time.Second, func() bool {
+		return strings.Contains(b.readyz(), "broker: no broker answered")
+	})
+	ev, _ := json.Marshal(patientEvent(t, "admission", nhsNumber(9401), "A81001", ""))
+	req, _ := http.NewRequest("POST", "http://"+b.HTTP+"/v1/events", bytes.NewReader(ev))
+	req.Header.Set("Authorization", "Bearer demo-rx1-key")
+	req.Header.Set("Content-Type", "application/cloudevents+json")
+	resp, err := (&http.Client{Timeout: 60 * time.Second}).Do(req) // far above the 2 s bound: a hang fails here
+	if err != nil {
+		t.Fatalf("publishing with the broker away: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
+		t.Errorf("publishing with the broker away: got %d (Retry-After %q), want 503 with Retry-After", resp.StatusCode, resp.Header.Get("Retry-After"))
+	}
+	a.start()
+	waitFor(t, "the second hub ready again", 60*time.Second, func() bool { return b.readyz() == "" })
+	if !strings.Contains(b.logs.String(), `"error":"kafka: `) {
+		t.Errorf("the hub's logs name no Kafka error class (want \"kafka: ...\", not a Go type)")
+	}
+}

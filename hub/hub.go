@@ -40,7 +40,6 @@ import (
 	"net"
 	"net/http"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
@@ -52,11 +51,14 @@ import (
 	"github.com/carehub/carehub/hub/config"
 	"github.com/carehub/carehub/hub/consentstore"
 	"github.com/carehub/carehub/hub/deliver"
+	"github.com/carehub/carehub/hub/diskguard"
+	"github.com/carehub/carehub/hub/health"
 	"github.com/carehub/carehub/hub/ingest"
 	"github.com/carehub/carehub/hub/kafkawm"
 	"github.com/carehub/carehub/hub/route"
 	"github.com/carehub/carehub/hub/topic"
 	"github.com/carehub/carehub/internal/logging"
+	"github.com/carehub/carehub/schemas/problem"
 	"go.uber.org/zap"
 )
 
@@ -72,6 +74,9 @@ const (
 	DeliveryGrace = 3 * time.Second
 	// RouterCloseTimeout bounds stopping the router and deliverers.
 	RouterCloseTimeout = 15 * time.Second
+	// BrokerProbeInterval is how often /readyz's broker check asks a
+	// broker for metadata, and how long it waits for the answer.
+	BrokerProbeInterval = 2 * time.Second
 )
 
 // Options are the command-line overrides of the configuration.
@@ -103,12 +108,17 @@ type hub struct {
 	ln       net.Listener
 	srv      *http.Server
 	srvErr   chan error
-	ready    atomic.Bool
+	checks   *health.Checks
+	started  *health.Flag     // set once every part has started; cleared when the drain begins
+	disk     *diskguard.Guard // the embedded broker's; nil on a Kafka cluster
 	stops    []stop
 	stopping context.CancelFunc // ends in-flight deliveries' retries
 
 	// trace, when set (tests), is told each start and stop step by name.
 	trace func(step string)
+	// freeSpace, when set (tests), measures the data directory's
+	// filesystem for the disk guard instead of statfs.
+	freeSpace diskguard.SpaceFunc
 	now   func() time.Time
 }
 
@@ -127,6 +137,9 @@ func run(ctx context.Context, h *hub, opts Options) error {
 	if h.now == nil {
 		h.now = time.Now
 	}
+	h.checks = health.New()
+	h.started = health.NewFlag("starting")
+	h.checks.Add("started", h.started.Check)
 	defer h.stopAll()
 	for _, step := range []struct {
 		name string
@@ -150,7 +163,7 @@ func run(ctx context.Context, h *hub, opts Options) error {
 			return nil // stopped while starting
 		}
 	}
-	h.ready.Store(true)
+	h.started.Set(true, "")
 	h.log.Info("carehub ready", zap.String("http", h.ln.Addr().String()), zap.Strings("brokers", h.brokers),
 		zap.Int("recipients", len(h.cfg.Recipients)), zap.Int("sources", len(h.cfg.Sources)), zap.Int("inputs", len(h.cfg.Inputs)))
 	if opts.Ready != nil {
@@ -169,7 +182,7 @@ func run(ctx context.Context, h *hub, opts Options) error {
 	case err := <-h.wmErr:
 		runErr = fmt.Errorf("router stopped: %w", err)
 	}
-	h.ready.Store(false)
+	h.started.Set(false, "draining")
 	h.stopAll()
 	h.log.Info("stopped")
 	if runErr != nil && !errors.Is(runErr, http.ErrServerClosed) {
@@ -217,12 +230,18 @@ func (h *hub) startBroker(ctx context.Context) error {
 		h.log.Info("using Kafka cluster", zap.Strings("brokers", h.brokers))
 		return nil
 	}
+	k := h.cfg.Kafka
 	emb, err := broker.StartEmbedded(ctx, broker.EmbeddedConfig{
-		DataDir:    h.cfg.DataDir,
-		Addr:       h.cfg.Kafka.EmbeddedAddr,
-		Partitions: int32(h.cfg.Kafka.Partitions),
-		SyncWrites: h.cfg.Kafka.SyncWrites,
-		Logger:     h.log.Named("broker"),
+		DataDir:           h.cfg.DataDir,
+		Addr:              k.EmbeddedAddr,
+		Partitions:        int32(k.Partitions),
+		SyncWrites:        k.SyncWrites,
+		Logger:            h.log.Named("broker"),
+		MinFreeBytes:      k.MinFreeBytes,
+		MinFreeFraction:   k.MinFreeFraction,
+		HardMinFreeBytes:  k.HardMinFreeBytes,
+		DiskCheckInterval: k.DiskCheckInterval,
+		FreeSpace:         h.freeSpace,
 	})
 	if err != nil {
 		return fmt.Errorf("starting the embedded broker: %w", err)
@@ -233,6 +252,8 @@ func (h *hub) startBroker(ctx context.Context) error {
 		}
 	})
 	h.brokers = emb.Addrs()
+	h.disk = emb.DiskGuard()
+	h.checks.Add("disk", h.disk.OK)
 	h.log.Info("embedded broker started", zap.Strings("addrs", h.brokers), zap.String("data_dir", h.cfg.DataDir))
 	return nil
 }
@@ -251,13 +272,21 @@ func (h *hub) createTopics(ctx context.Context) error {
 	if err := broker.EnsureTopics(ctx, h.brokers, specs); err != nil {
 		return fmt.Errorf("creating topics: %w", err)
 	}
+	// From now on the hub is ready only while a broker answers.
+	probeCtx, stopProbe := context.WithCancel(context.WithoutCancel(ctx))
+	h.onStop("broker probe", stopProbe)
+	probe := health.StartProbe(probeCtx, BrokerProbeInterval, BrokerProbeInterval, func(ctx context.Context) error {
+		return broker.Ping(ctx, h.brokers, topic.Events)
+	})
+	h.checks.Add("broker", probe.Check)
 	return nil
 }
 
 func (h *hub) watermillLogger() watermill.LoggerAdapter { return kafkawm.NewLogger(h.log, false) }
 
 func (h *hub) startPublisher(context.Context) error {
-	pub, err := kafkawm.NewPublisher(kafkawm.PublisherConfig{Brokers: h.brokers, BatchTimeout: h.cfg.Kafka.Linger}, h.watermillLogger())
+	pub, err := kafkawm.NewPublisher(kafkawm.PublisherConfig{Brokers: h.brokers, BatchTimeout: h.cfg.Kafka.Linger,
+		WriteTimeout: h.cfg.Kafka.PublishTimeout}, h.watermillLogger())
 	if err != nil {
 		return fmt.Errorf("creating the publisher: %w", err)
 	}
@@ -296,6 +325,9 @@ func (h *hub) startRouter(ctx context.Context) error {
 		return fmt.Errorf("creating the watermill router: %w", err)
 	}
 	wm.AddMiddleware(middleware.Recoverer)
+	if h.disk != nil {
+		wm.AddMiddleware(pauseWhile(h.disk.RouteOK, h.disk.Changed, h.log))
+	}
 	subscriber := func(group string) (message.Subscriber, error) {
 		s, err := kafkawm.NewSubscriber(kafkawm.SubscriberConfig{Brokers: h.brokers, ConsumerGroup: group}, wlog)
 		if err != nil {
@@ -352,17 +384,18 @@ func (h *hub) startRouter(ctx context.Context) error {
 func (h *hub) startHTTP(context.Context) error {
 	p := h.parts
 	h.mux = http.NewServeMux()
-	h.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusOK) })
-	h.mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if !h.ready.Load() {
-			http.Error(w, "not ready", http.StatusServiceUnavailable)
-			return
-		}
-		w.WriteHeader(http.StatusOK)
-	})
+	h.checks.Register(h.mux)
 	in, err := ingest.New(p.validator, p.pseudo, h.pub)
 	if err != nil {
 		return fmt.Errorf("creating the ingest: %w", err)
+	}
+	if h.disk != nil {
+		in.SetGate(func() error {
+			if ok, why := h.disk.OK(); !ok {
+				return problem.New(problem.Unavailable, why+": retry later")
+			}
+			return nil
+		})
 	}
 	api := &admin.API{Auth: p.keys, Store: h.store, Pseudo: p.pseudo, Validator: p.validator, Router: h.router,
 		Disclosures: &admin.AuditReader{Brokers: h.brokers, Topic: topic.Audit}, Log: h.log.Named("admin"),
@@ -426,6 +459,39 @@ func (h *hub) startSources(ctx context.Context) error {
 		wg.Wait()
 	})
 	return nil
+}
+
+// pauseWhile holds every message of the router and the deliverers while ok
+// says no (the data directory below its hard floor), neither handling nor
+// acknowledging it, and lets it through once ok says yes again, waking on
+// changed. A message whose context ends meanwhile is nacked, to be
+// redelivered.
+func pauseWhile(ok func() (bool, string), changed func() <-chan struct{}, log *zap.Logger) message.HandlerMiddleware {
+	return func(next message.HandlerFunc) message.HandlerFunc {
+		return func(msg *message.Message) ([]*message.Message, error) {
+			logged := false
+			for {
+				wake := changed()
+				fine, why := ok()
+				if fine {
+					break
+				}
+				if !logged {
+					log.Warn("routing and deliveries paused", zap.String("reason", why))
+					logged = true
+				}
+				select {
+				case <-wake:
+				case <-msg.Context().Done():
+					return nil, problem.Wrap(problem.Unavailable, "paused: "+why, msg.Context().Err())
+				}
+			}
+			if logged {
+				log.Info("routing and deliveries resumed")
+			}
+			return next(msg)
+		}
+	}
 }
 
 // reloadLists reads the patient lists again on each signal from reload and

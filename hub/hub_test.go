@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -11,11 +12,16 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/carehub/carehub/connectors/all"
+	"github.com/carehub/carehub/hub/broker"
 	"github.com/carehub/carehub/hub/config"
+	"github.com/carehub/carehub/hub/diskguard"
+	"github.com/carehub/carehub/hub/topic"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
@@ -29,7 +35,7 @@ func testConfig(t *testing.T, inputs, recipients string) *config.Config {
 	y := fmt.Sprintf(`
 http: {addr: "127.0.0.1:0"}
 dataDir: %q
-kafka: {embeddedAddr: "127.0.0.1:0", partitions: 2}
+kafka: {embeddedAddr: "127.0.0.1:0", partitions: 2, minFreeBytes: 67108864, hardMinFreeBytes: 16777216}
 pseudonymKey: {value: hub-test-pseudonym-key-0123}
 admin: {apiKey: {value: hub-test-admin-key}}
 sources:
@@ -104,7 +110,7 @@ func TestRunStartsReadyAndDrainsInOrder(t *testing.T) {
 	}
 	want := []string{
 		"start build", "start broker", "start topics", "start publisher", "start consent", "start feeds", "start router", "start http", "start sources",
-		"stop sources", "stop http", "stop router", "stop consent", "stop publisher", "stop broker",
+		"stop sources", "stop http", "stop router", "stop consent", "stop publisher", "stop broker probe", "stop broker",
 	}
 	if got := st.list(); !slices.Equal(got, want) {
 		t.Errorf("steps:\n\tgot  %v\n\twant %v", got, want)
@@ -178,7 +184,7 @@ func TestAPartThatFailsToStartUndoesTheOthers(t *testing.T) {
 		t.Fatalf("Run with http.addr taken: got %v, want an error naming the http step", err)
 	}
 	want := []string{"start build", "start broker", "start topics", "start publisher", "start consent", "start feeds", "start router", "start http",
-		"stop router", "stop consent", "stop publisher", "stop broker"}
+		"stop router", "stop consent", "stop publisher", "stop broker probe", "stop broker"}
 	if got := st.list(); !slices.Equal(got, want) {
 		t.Errorf("steps:\n\tgot  %v\n\twant %v", got, want)
 	}
@@ -199,5 +205,139 @@ func TestAPartThatFailsToStartUndoesTheOthers(t *testing.T) {
 		}
 	case <-time.After(60 * time.Second):
 		t.Fatal("the second hub did not start and stop within 60s")
+	}
+}
+
+// TestDiskGuardStopsInputAndSaysWhy (issue 14, defect 3): below the data
+// directory's floor of free space the hub answers 503 with Retry-After and
+// the reason, /readyz is 503 with the same reason, and nothing is
+// published; once space returns it takes input again by itself.
+func TestDiskGuardStopsInputAndSaysWhy(t *testing.T) {
+	cfg := testConfig(t, "", "")
+	cfg.Kafka.MinFreeBytes, cfg.Kafka.HardMinFreeBytes = 64<<20, 16<<20
+	cfg.Kafka.DiskCheckInterval = 10 * time.Millisecond
+	var avail atomic.Uint64
+	avail.Store(1 << 30)
+	h := &hub{cfg: cfg, log: zap.NewNop(), freeSpace: func(string) (diskguard.Space, error) {
+		return diskguard.Space{Avail: avail.Load(), Total: 2 << 30}, nil
+	}}
+	ctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan string, 1)
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, h, Options{Ready: func(addr string, _ []string) { ready <- addr }}) }()
+	t.Cleanup(func() { cancel(); <-done })
+	var addr string
+	select {
+	case addr = <-ready:
+	case err := <-done:
+		t.Fatalf("Run: %v", err)
+	case <-time.After(60 * time.Second):
+		t.Fatal("not ready within 60s")
+	}
+	raw, err := os.ReadFile("../deploy/examples/discharge.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	publish := func() (int, string, string) {
+		req, _ := http.NewRequest("POST", "http://"+addr+"/v1/events", strings.NewReader(string(raw)))
+		req.Header.Set("Authorization", "Bearer hub-test-rx1-key")
+		req.Header.Set("Content-Type", "application/cloudevents+json")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, resp.Header.Get("Retry-After"), string(b)
+	}
+	readyz := func() (int, string) {
+		resp, err := http.Get("http://" + addr + "/readyz")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	waitReady := func(want int) string {
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			status, body := readyz()
+			if status == want {
+				return body
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("/readyz stayed %d (%s), want %d", status, body, want)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	waitReady(http.StatusOK)
+
+	avail.Store(32 << 20) // below the floor, above the hard floor
+	body := waitReady(http.StatusServiceUnavailable)
+	if !strings.Contains(body, "disk: data directory disk space low") {
+		t.Errorf("/readyz below the floor does not say why: %s", body)
+	}
+	status, retry, problemBody := publish()
+	if status != http.StatusServiceUnavailable || retry == "" || !strings.Contains(problemBody, "disk space low") {
+		t.Errorf("publishing below the floor: got %d (Retry-After %q) %s, want 503 with Retry-After and the reason", status, retry, problemBody)
+	}
+	before, err := broker.TopicEndOffsets(context.Background(), h.brokers, topic.Events)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := sum(before); n != 0 {
+		t.Errorf("carehub.events holds %d events after a refusal", n)
+	}
+
+	avail.Store(1 << 30) // space returns
+	waitReady(http.StatusOK)
+	if status, _, b := publish(); status != http.StatusAccepted {
+		t.Errorf("publishing once space returned: got %d %s, want 202", status, b)
+	}
+}
+
+func sum(m map[int]int64) int64 {
+	var n int64
+	for _, v := range m {
+		n += v
+	}
+	return n
+}
+
+// TestPauseWhileHoldsMessagesUntilItMayGoOn: below the hard floor the
+// router and deliverers handle nothing; they go on, in order, when space
+// returns, and a message whose context ends meanwhile is nacked.
+func TestPauseWhileHoldsMessagesUntilItMayGoOn(t *testing.T) {
+	var mu sync.Mutex
+	fine, changed := false, make(chan struct{})
+	ok := func() (bool, string) { mu.Lock(); defer mu.Unlock(); return fine, "data directory disk space critical" }
+	wake := func() <-chan struct{} { mu.Lock(); defer mu.Unlock(); return changed }
+	set := func(v bool) { mu.Lock(); fine = v; close(changed); changed = make(chan struct{}); mu.Unlock() }
+	handled := make(chan string, 2)
+	h := pauseWhile(ok, wake, zap.NewNop())(func(m *message.Message) ([]*message.Message, error) {
+		handled <- m.UUID
+		return nil, nil
+	})
+	done := make(chan error, 1)
+	go func() { _, err := h(message.NewMessage("m1", nil)); done <- err }()
+	select {
+	case id := <-handled:
+		t.Fatalf("%s was handled while paused", id)
+	case <-time.After(100 * time.Millisecond): // a bounded chance for a broken pause to show itself
+	}
+	set(true)
+	if err := <-done; err != nil || <-handled != "m1" {
+		t.Errorf("after resuming: %v", err)
+	}
+	set(false)
+	m := message.NewMessage("m2", nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	m.SetContext(ctx)
+	go func() { _, err := h(m); done <- err }()
+	cancel()
+	if err := <-done; err == nil {
+		t.Error("a paused message whose context ended was not nacked")
 	}
 }

@@ -65,7 +65,9 @@ func (hc HubConfig) YAML(pop *Population) []byte {
 	if len(hc.Brokers) > 0 {
 		fmt.Fprintf(&b, "kafka: {brokers: [%s], partitions: %d}\n", quoteList(hc.Brokers), hc.Partitions)
 	} else {
-		fmt.Fprintf(&b, "kafka: {embeddedAddr: %q, partitions: %d}\n", hc.EmbeddedAddr, hc.Partitions)
+		// Disk guard floors a benchmark machine has room for (the defaults
+		// are for a server).
+		fmt.Fprintf(&b, "kafka: {embeddedAddr: %q, partitions: %d, minFreeBytes: 67108864, hardMinFreeBytes: 16777216}\n", hc.EmbeddedAddr, hc.Partitions)
 	}
 	fmt.Fprintf(&b, "pseudonymKey: {value: %s}\n", pseudonymKey)
 	fmt.Fprintf(&b, "sources:\n  - {ods: %s, name: Bench hospital, apiKey: {value: %s}}\n", Source, SourceAPIKey)

@@ -501,3 +501,27 @@ func TestMeasureSyncWrites(t *testing.T) {
 			sync, perSingle, batches*batchLen, batchLen, batched, float64(batches*batchLen)/batched.Seconds())
 	}
 }
+
+// TestPing answers nil while the broker serves the topic, and a reason
+// safe to show once it is gone.
+func TestPing(t *testing.T) {
+	e := startTest(t, t.TempDir())
+	ctx := testCtx(t)
+	if err := EnsureTopics(ctx, e.Addrs(), []TopicSpec{{Name: "events", Partitions: 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := Ping(ctx, e.Addrs(), "events"); err != nil {
+		t.Errorf("Ping with the broker up: %v", err)
+	}
+	if err := Ping(ctx, e.Addrs(), "missing"); err == nil {
+		t.Error("Ping for a topic that does not exist: no error")
+	}
+	addrs := e.Addrs()
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+	err := Ping(ctx, addrs, "events")
+	if err == nil || !strings.Contains(err.Error(), "no broker answered") {
+		t.Errorf("Ping with the broker gone: got %v", err)
+	}
+}

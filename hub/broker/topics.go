@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"sort"
+	"syscall"
 	"time"
 
 	"github.com/segmentio/kafka-go"
@@ -184,4 +186,41 @@ func TopicEndOffsets(ctx context.Context, brokers []string, topic string) (map[i
 		return nil, errors.Join(errs...)
 	}
 	return out, nil
+}
+
+// Ping asks the brokers for the metadata of topic and reports whether one
+// answered with it. Its error is safe to show (a readiness reason): it
+// names the failure's class, never more.
+func Ping(ctx context.Context, brokers []string, topic string) error {
+	c, release := newAdminClient(brokers)
+	defer release()
+	ctx, cancel := withAdminTimeout(ctx)
+	defer cancel()
+	md, err := c.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{topic}})
+	switch {
+	case err != nil:
+		return errors.New("no broker answered (" + pingClass(err) + ")")
+	case len(md.Topics) != 1 || md.Topics[0].Error != nil:
+		return errors.New("the broker answered without the topic " + topic)
+	}
+	return nil
+}
+
+func pingClass(err error) string {
+	var kerr kafka.Error
+	switch {
+	case errors.As(err, &kerr):
+		return kerr.Title()
+	case errors.Is(err, context.DeadlineExceeded):
+		return "timeout"
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "connection refused"
+	case errors.Is(err, syscall.ECONNRESET):
+		return "connection reset"
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return "timeout"
+	}
+	return "network error"
 }

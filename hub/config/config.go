@@ -77,6 +77,21 @@ type Kafka struct {
 	// SyncWrites makes the embedded broker fsync every write before
 	// acknowledging it (survives power loss, not only a process kill).
 	SyncWrites bool `yaml:"syncWrites"`
+	// PublishTimeout bounds making one event (or batch) durable: past it
+	// the sender gets 503 with Retry-After (HL7 AR), and what was not
+	// acknowledged is not published.
+	PublishTimeout time.Duration `yaml:"publishTimeout"`
+
+	// The embedded broker's disk guard (package diskguard): below
+	// MinFreeBytes of free space in the data directory's filesystem (or
+	// MinFreeFraction of its size, if larger) the hub refuses input, below
+	// HardMinFreeBytes it pauses routing and deliveries too; both resume by
+	// themselves. 0 means the defaults (1 GiB, none, 256 MiB); negative
+	// turns a floor off.
+	MinFreeBytes      int64         `yaml:"minFreeBytes"`
+	MinFreeFraction   float64       `yaml:"minFreeFraction"`
+	HardMinFreeBytes  int64         `yaml:"hardMinFreeBytes"`
+	DiskCheckInterval time.Duration `yaml:"diskCheckInterval"`
 }
 
 // Admin holds the operator credentials.
@@ -134,6 +149,10 @@ const (
 	DefaultEmbeddedAddr = "127.0.0.1:9092"
 	DefaultPartitions   = 6
 	DefaultLinger       = 500 * time.Microsecond
+	// DefaultPublishTimeout is kafka.publishTimeout's default: a sender's
+	// own timeout (an HL7 engine's ACK timeout, an HTTP client's) is
+	// usually 30 s or more, so it hears 503 before it gives up.
+	DefaultPublishTimeout = 10 * time.Second
 )
 
 // Load reads and strictly decodes a YAML file, decodes its connector
@@ -292,6 +311,9 @@ func (c *Config) Defaults() {
 	if c.Kafka.Linger == 0 {
 		c.Kafka.Linger = DefaultLinger
 	}
+	if c.Kafka.PublishTimeout == 0 {
+		c.Kafka.PublishTimeout = DefaultPublishTimeout
+	}
 	if c.Kafka.ReplicationFactor == 0 {
 		if len(c.Kafka.Brokers) == 0 {
 			c.Kafka.ReplicationFactor = 1
@@ -341,8 +363,22 @@ func (c *Config) Validate() error {
 	}
 	if len(c.Kafka.Brokers) == 0 {
 		listen("kafka.embeddedAddr", c.Kafka.EmbeddedAddr)
-	} else if c.Kafka.SyncWrites {
-		bad("kafka.syncWrites applies to the embedded broker only, but kafka.brokers is set")
+	} else {
+		for _, f := range []struct {
+			name string
+			set  bool
+		}{
+			{"syncWrites", c.Kafka.SyncWrites}, {"minFreeBytes", c.Kafka.MinFreeBytes != 0},
+			{"minFreeFraction", c.Kafka.MinFreeFraction != 0}, {"hardMinFreeBytes", c.Kafka.HardMinFreeBytes != 0},
+			{"diskCheckInterval", c.Kafka.DiskCheckInterval != 0},
+		} {
+			if f.set {
+				bad("kafka.%s applies to the embedded broker only, but kafka.brokers is set", f.name)
+			}
+		}
+	}
+	if c.Kafka.PublishTimeout < 0 {
+		bad("kafka.publishTimeout must be positive")
 	}
 	if c.Kafka.Partitions < 1 {
 		bad("kafka.partitions must be at least 1")

@@ -49,6 +49,7 @@ func TestLoadExample(t *testing.T) {
 			Partitions:        6,
 			ReplicationFactor: 1, // default for the embedded broker
 			Linger:            config.DefaultLinger,
+			PublishTimeout:    config.DefaultPublishTimeout,
 		},
 		Pseudonym: connector.SecretValue("demo-pseudonym-key-change-me"),
 		Admin:     config.Admin{APIKey: connector.SecretValue("demo-admin-key")},
@@ -266,7 +267,7 @@ func TestValidateReportsEveryProblem(t *testing.T) {
 	const urlCanary = "9991234567" // a webhook URL may hold a token or an identifier: never echoed
 	bad := `
 http: {addr: "no-port", maxBodyBytes: 10}
-kafka: {partitions: -1, brokers: [k1:9092], syncWrites: true}
+kafka: {partitions: -1, brokers: [k1:9092], syncWrites: true, minFreeBytes: 1000}
 admin: {apiKey: {env: CAREHUB_TEST_UNSET_ADMIN_KEY}}
 sources:
   - {ods: rx1, apiKey: {value: a-key-123}}
@@ -295,6 +296,7 @@ delivery: {minBackoff: 10s, maxBackoff: 1s}
 		`http.addr "no-port"`,
 		"http.maxBodyBytes must be at least 1024",
 		"kafka.syncWrites applies to the embedded broker only",
+		"kafka.minFreeBytes applies to the embedded broker only",
 		"kafka.partitions must be at least 1",
 		"pseudonymKey: required",
 		"admin.apiKey: environment variable CAREHUB_TEST_UNSET_ADMIN_KEY is not set",

@@ -28,6 +28,23 @@ type Ingest struct {
 	validator *event.Validator
 	pseudo    *nhs.Pseudonymiser
 	pub       message.Publisher
+	gate      func() error // nil: always open
+}
+
+// SetGate makes Accept and AcceptBatch ask gate before publishing: a
+// non-nil error (a *problem.Error, usually of kind Unavailable, with a
+// reason safe to show) is the answer of every valid event, and nothing is
+// published; an invalid event still gets its own answer. The hub closes the gate
+// while its data directory's free space is below the floor. Call it before
+// the Ingest is in use.
+func (in *Ingest) SetGate(gate func() error) { in.gate = gate }
+
+// closed returns the gate's refusal, if any.
+func (in *Ingest) closed() error {
+	if in.gate == nil {
+		return nil
+	}
+	return in.gate()
 }
 
 // New builds an Ingest.
@@ -42,6 +59,9 @@ func New(v *event.Validator, p *nhs.Pseudonymiser, pub message.Publisher) (*Inge
 func (in *Ingest) Accept(ctx context.Context, org string, raw []byte) (connector.Accepted, error) {
 	msg, acc, err := in.prepare(ctx, org, raw)
 	if err != nil {
+		return connector.Accepted{}, err
+	}
+	if err := in.closed(); err != nil {
 		return connector.Accepted{}, err
 	}
 	if err := in.publish(msg); err != nil {
@@ -64,6 +84,12 @@ func (in *Ingest) AcceptBatch(ctx context.Context, org string, raws []json.RawMe
 		}
 	}
 	if len(msgs) == 0 {
+		return out
+	}
+	if err := in.closed(); err != nil {
+		for _, i := range idx {
+			out[i].Err = err
+		}
 		return out
 	}
 	if err := in.publish(msgs...); err != nil {

@@ -198,3 +198,28 @@ func TestBatchAnswersEachEventByWhatWasWritten(t *testing.T) {
 		t.Errorf("records written: got %d, want 2", len(p.sent))
 	}
 }
+
+// TestClosedGatePublishesNothing: while the gate is closed (the hub's disk
+// guard below its floor), every event is answered with the gate's reason,
+// of kind Unavailable, and nothing is published.
+func TestClosedGatePublishesNothing(t *testing.T) {
+	p := &pub{}
+	in, raw := setup(t, p)
+	in.SetGate(func() error {
+		return problem.New(problem.Unavailable, "data directory disk space low: retry later")
+	})
+	if _, err := in.Accept(context.Background(), "RX1", raw); problem.KindOf(err) != problem.Unavailable {
+		t.Errorf("Accept with the gate closed: got %v, want unavailable", err)
+	}
+	res := in.AcceptBatch(context.Background(), "RX1", []json.RawMessage{raw, []byte(`{}`)})
+	if problem.KindOf(res[0].Err) != problem.Unavailable || problem.KindOf(res[1].Err) != problem.Invalid {
+		t.Errorf("AcceptBatch with the gate closed: got %v, %v; want unavailable for the valid event, invalid for the other", res[0].Err, res[1].Err)
+	}
+	if len(p.sent) != 0 {
+		t.Errorf("published %d records with the gate closed", len(p.sent))
+	}
+	in.SetGate(func() error { return nil })
+	if _, err := in.Accept(context.Background(), "RX1", raw); err != nil {
+		t.Errorf("Accept with the gate open: %v", err)
+	}
+}
