@@ -119,7 +119,7 @@ type hub struct {
 	// freeSpace, when set (tests), measures the data directory's
 	// filesystem for the disk guard instead of statfs.
 	freeSpace diskguard.SpaceFunc
-	now   func() time.Time
+	now       func() time.Time
 }
 
 type stop struct {
