@@ -75,6 +75,11 @@ type SourceProbe struct {
 	// Document returns one message of the protocol sent by org, carrying id
 	// (as its event or message identifier) and a patient with nhsNumber.
 	Document func(org, id, nhsNumber string) []byte
+	// HeldDocument, when the protocol has messages that are acknowledged
+	// but not shared, returns one of them sent by org, with id and a patient
+	// with nhsNumber: the source must hand it to Ingest.Hold, never Accept.
+	// Nil when the protocol has none (the suite then checks nothing of Hold).
+	HeldDocument func(org, id, nhsNumber string) []byte
 	// Send sends doc to the running source s, whose HTTP routes (if any) are
 	// served at httpBase, authenticating with the API key key ("" for none),
 	// and returns the answer. An error means no answer came.
