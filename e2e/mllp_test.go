@@ -58,10 +58,10 @@ func canonical(t *testing.T, payload []byte) (string, []byte) {
 		t.Fatal(err)
 	}
 	res, err := mp.Map(m)
-	if err != nil || res.Event == nil {
-		t.Fatalf("mapping: %v", err)
+	if err != nil || len(res.Events) != 1 {
+		t.Fatalf("mapping: %v (held %+v)", err, res.Held)
 	}
-	return res.ID, res.Event
+	return res.ID, res.Events[0].JSON
 }
 
 // mllpSend sends messages over one connection and returns each

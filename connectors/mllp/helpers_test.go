@@ -316,6 +316,6 @@ func adtMessage(trigger, control, nhsNumber string, mshExtra ...string) []byte {
 	}
 	pv1 := "PV1|1|I|AMU^^12^RX1AB" + strings.Repeat("|", 16) + "ENC-0001"
 	return []byte(strings.Join([]string{msh, "EVN|" + trigger + "|20250314093500",
-		"PID|1||" + nhsNumber + "^^^NHS^NH~RX1-0001^^^RX1^MR||TESTPATIENT^ALEX||19380601|F",
+		"PID|1||" + nhsNumber + "^^^NHS^NH~RX1-0001^^^RX1^MR||TESTPATIENT^ALEX||19380601|F" + strings.Repeat("|", 24) + "01", // PID-32 01: verified
 		"PD1|||TEST SURGERY^^A81001", pv1}, "\r") + "\r")
 }
