@@ -199,6 +199,8 @@ type hubOptions struct {
 	// brokers, when set, points the hub at another hub's broker instead
 	// of starting its own: the cluster mode.
 	brokers string
+	// extraYAML is appended at the top level (a consent section, say).
+	extraYAML string
 }
 
 // startHub writes a configuration like deploy/examples/carehub.yaml with
@@ -228,14 +230,14 @@ inputs:
     role: gp-practice
     webhook: {url: %q, secret: {value: demo-gp-secret}, timeout: 2s}
     subscriptions:
-      - {id: a81001-registered-patients, basis: registered-gp, types: [admission, discharge, careplan, admission-cancelled, discharge-cancelled, patient-updated, patient-merged]}
+      - {id: a81001-registered-patients, basis: registered-gp, types: [admission, discharge, careplan, admission-cancelled, discharge-cancelled, patient-updated, patient-merged, discharge-pending, discharge-pending-cancelled]}
   - ods: VM123
     role: social-care
     webhook: {url: %q, secret: {value: demo-carehome-secret}, timeout: 2s}
     subscriptions:
-      - {id: vm123-discharges-to-us, basis: discharge-destination, types: [admission, discharge]}
+      - {id: vm123-discharges-to-us, basis: discharge-destination, types: [admission, discharge, discharge-pending, discharge-pending-cancelled]}
 %sdelivery: {minBackoff: 20ms, maxBackoff: 200ms}
-`, h.HTTP, h.dataDir, h.Kafka, brokersYAML, o.inputsYAML, o.gp, o.careHome, o.recipientsYAML)
+%s`, h.HTTP, h.dataDir, h.Kafka, brokersYAML, o.inputsYAML, o.gp, o.careHome, o.recipientsYAML, o.extraYAML)
 	h.cfgPath = filepath.Join(dir, "carehub.yaml")
 	if err := os.WriteFile(h.cfgPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
