@@ -12,6 +12,7 @@ import (
 	"time"
 	_ "time/tzdata" // Europe/London must resolve on machines without a zoneinfo database
 
+	"github.com/carehub/carehub/connectors/connector"
 	"github.com/carehub/carehub/connectors/mllp/hl7"
 	"github.com/carehub/carehub/schemas/event"
 	"github.com/carehub/carehub/schemas/nhs"
@@ -187,13 +188,13 @@ type Held struct {
 	LocalID string
 }
 
-// Reason codes of Held (the same words as connector.Held's reasons).
+// Reason codes of Held: connector.Held's reasons, defined once there.
 const (
-	HeldTriggerNotShared       = "trigger-not-shared"
-	HeldNoNHSNumber            = "no-nhs-number"
-	HeldNHSNumberUnverified    = "nhs-number-unverified"
-	HeldNHSNumberStatusMissing = "nhs-number-status-missing"
-	HeldLocalMerge             = "local-merge"
+	HeldTriggerNotShared       = connector.HeldTriggerNotShared
+	HeldNoNHSNumber            = connector.HeldNoNHSNumber
+	HeldNHSNumberUnverified    = connector.HeldNHSNumberUnverified
+	HeldNHSNumberStatusMissing = connector.HeldNHSNumberStatusMissing
+	HeldLocalMerge             = connector.HeldLocalMerge
 )
 
 // Details of Held, fixed public texts.

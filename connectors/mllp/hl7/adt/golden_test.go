@@ -325,3 +325,44 @@ func TestSharedSamples(t *testing.T) {
 		})
 	}
 }
+
+// TestREADMENamesEveryTrigger: the README's mapping table has a row for
+// every trigger the mapping shares and every one it holds by decision, and
+// names every held reason.
+func TestREADMENamesEveryTrigger(t *testing.T) {
+	b, err := os.ReadFile("../../../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(b)
+	start := strings.Index(s, "### What each message becomes")
+	end := strings.Index(s, "### Field by field")
+	if start < 0 || end < start {
+		t.Fatal("the README has no mapping table")
+	}
+	table := s[start:end]
+	var rows []string
+	for _, line := range strings.Split(table, "\n") {
+		if strings.HasPrefix(line, "| A") {
+			rows = append(rows, strings.SplitN(line[1:], "|", 2)[0])
+		}
+	}
+	all := Triggers()
+	for tr := range NotShared() {
+		all = append(all, tr)
+	}
+	for _, tr := range all {
+		found := false
+		for _, r := range rows {
+			found = found || strings.Contains(r, tr)
+		}
+		if !found {
+			t.Errorf("the README's mapping table has no row for %s", tr)
+		}
+	}
+	for _, reason := range []string{HeldTriggerNotShared, HeldNoNHSNumber, HeldNHSNumberUnverified, HeldNHSNumberStatusMissing, HeldLocalMerge} {
+		if !strings.Contains(s, "`"+reason+"`") {
+			t.Errorf("the README does not name the held reason %s", reason)
+		}
+	}
+}
