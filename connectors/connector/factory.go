@@ -28,6 +28,16 @@ type BoundConfig interface {
 	Organisations() []string
 }
 
+// LabellingConfig is implemented by a source configuration that labels
+// events with sensitivity categories of its own choosing (an MLLP
+// listener's treatment function mapping): the hub checks that the consent
+// policy counts each as sensitive, since a category it does not know
+// restricts nothing.
+type LabellingConfig interface {
+	Config
+	Labels() []string
+}
+
 // ListenerConfig is implemented by a configuration that listens on
 // addresses of its own: the hub checks that no two listeners share one.
 type ListenerConfig interface {

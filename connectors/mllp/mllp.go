@@ -252,6 +252,16 @@ func (c *Config) Validate() error {
 // its source only.
 func (c *Config) Organisations() []string { return []string{c.Source} }
 
+// Labels implements connector.LabellingConfig: the categories of the
+// sensitivity rules.
+func (c *Config) Labels() []string {
+	var out []string
+	for _, r := range c.Sensitivity {
+		out = append(out, r.Categories...)
+	}
+	return out
+}
+
 // ListenAddrs implements connector.ListenerConfig.
 func (c *Config) ListenAddrs() []string { return []string{c.Addr} }
 

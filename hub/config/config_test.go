@@ -444,3 +444,27 @@ func TestConsentPolicyIsValidated(t *testing.T) {
 		t.Fatalf("Parse with an invalid consent policy: got %v, want an error naming consent", err)
 	}
 }
+
+// TestSensitivityCategoriesMustBeSensitive: an MLLP listener's sensitivity
+// rule that names a category the consent policy does not count as
+// sensitive would label events to no effect: the configuration is refused.
+func TestSensitivityCategoriesMustBeSensitive(t *testing.T) {
+	b, err := os.ReadFile(examplePath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const example = "consent:\n  extraSensitiveCategories: [hiv, substance-misuse, termination-of-pregnancy]\n"
+	bad := strings.Replace(string(b), example, "consent:\n  extraSensitiveCategories: [hiv]\n", 1)
+	_, err = parse([]byte(bad))
+	for _, want := range []string{`inputs[1].mllp.sensitivity: category "substance-misuse" is not sensitive`, `category "termination-of-pregnancy"`} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("got %v, want an error with %s", err, want)
+		}
+	}
+	if err != nil && strings.Count(err.Error(), `"substance-misuse"`) != 1 {
+		t.Errorf("a category named by several rules is reported more than once: %v", err)
+	}
+	if _, err := parse(b); err != nil {
+		t.Errorf("the example: %v", err)
+	}
+}
