@@ -18,7 +18,7 @@ import (
 // with AA must never be one it then cannot publish.
 func FuzzMap(f *testing.F) {
 	var seeds []string
-	for _, pattern := range []string{"testdata/*.hl7", "testdata/invalid/*.hl7"} {
+	for _, pattern := range []string{"testdata/*.hl7", "testdata/invalid/*.hl7", "testdata/corpus/*.hl7"} {
 		m, _ := filepath.Glob(pattern)
 		seeds = append(seeds, m...)
 	}
