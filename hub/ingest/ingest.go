@@ -140,9 +140,6 @@ func (in *Ingest) Hold(ctx context.Context, org string, h connector.Held) error 
 	}
 	rec := held.Record{ID: h.ID, Source: org, Time: h.Time.UTC(), Received: in.now().UTC(), Trigger: h.Trigger,
 		Reason: h.Reason, Detail: h.Detail, Patient: key, ContentType: h.ContentType, Original: h.Original}
-	if h.Time.IsZero() {
-		rec.Time = time.Time{}
-	}
 	msg := message.NewMessage(h.ID, rec.Marshal())
 	msg.Metadata.Set(topic.MetaKey, key)
 	msg.Metadata.Set(topic.MetaHeldID, h.ID)
