@@ -95,6 +95,10 @@ type Event struct {
 	// "sexual-health", "mental-health", "safeguarding", "gender-identity", or
 	// any code the deployment configures).
 	Labels []string
+	// Confidential is true when the publisher marks the event's record
+	// protected (data.confidential; HL7 v2 PD1-12 Y): rules 4 and 10 treat
+	// it as a confidential directive would, for this event only.
+	Confidential bool
 	// HasDocument is true when the event carries a clinical document (inline
 	// or by reference), such as a discharge summary.
 	HasDocument bool

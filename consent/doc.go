@@ -50,7 +50,9 @@
 //	    (Relationship: registered-gp and discharge-destination must be named by the event)
 //	3   a deny-organisation for the recipient            deny    directive:deny-organisation (id)   -
 //	4   a confidential directive, and the request holds  deny    directive:confidential (id)        -
-//	    no basis in Policy.ConfidentialAllow
+//	    no basis in Policy.ConfidentialAllow; or, with
+//	    no such directive, a confidential event and no   deny    or event:confidential           -
+//	    basis in Policy.ConfidentialAllow
 //	5   the event carries a sensitive category, the      deny    policy:sensitive-category-gp-only  -
 //	    recipient is not the registered GP, and no
 //	    permit-organisation for the recipient lists that category
@@ -61,7 +63,8 @@
 //	8   a notification-only for the recipient's role,    permit  directive:notification-only (id)   notification-only
 //	    and no permit-organisation for the recipient
 //	9   a permit-organisation for the recipient          permit  directive:permit-organisation (id) -
-//	10  a confidential directive (row 4 let it through)  permit  policy:confidential-allowed (id)   -
+//	10  a confidential directive or a confidential       permit  policy:confidential-allowed (id)   -
+//	    event (row 4 let it through)
 //	11  otherwise                                        permit  relationship-confirmed             -
 //
 // The words of the table mean exactly this:
@@ -92,6 +95,12 @@
 //     event's discharge destination is the recipient; but registered-gp only
 //     if the recipient's Role is gp-practice. "The registered GP" in row 5 is
 //     a request that holds registered-gp, whatever basis the router asked on.
+//   - A confidential event: Event.Confidential, the publisher's own mark
+//     that the record is protected (an HL7 v2 PD1-12 protection indicator).
+//     It restricts that event exactly as a confidential directive restricts
+//     every event of the patient, and like one it is lifted by nothing but
+//     Policy.ConfidentialAllow. A decision names the directive when there is
+//     one (directive:confidential), else the event (event:confidential).
 //   - Sensitive: one of DefaultSensitiveCategories or the policy's
 //     ExtraSensitiveCategories. Labels are compared exactly (codes are
 //     lower-case; an event label that is not a valid code is an error).

@@ -13,6 +13,7 @@ import (
 const (
 	RuleDenyOrganisation    = "directive:deny-organisation"
 	RuleConfidential        = "directive:confidential"
+	RuleConfidentialEvent   = "event:confidential" // row 4 when the event, not a directive, is confidential
 	RuleSensitiveGPOnly     = "policy:sensitive-category-gp-only"
 	RuleDenyRole            = "directive:deny-role"
 	RuleNotificationOnly    = "directive:notification-only"
@@ -378,7 +379,10 @@ func (p *Policy) apply(req *Request) Decision {
 		return Decision{Effect: Deny, Rule: RuleDenyOrganisation, DirectiveID: denyOrg.ID}
 	}
 	// Row 4.
-	if conf != nil && !p.confidentialAllowed(req) {
+	if (conf != nil || req.Event.Confidential) && !p.confidentialAllowed(req) {
+		if conf == nil {
+			return Decision{Effect: Deny, Rule: RuleConfidentialEvent}
+		}
 		return Decision{Effect: Deny, Rule: RuleConfidential, DirectiveID: conf.ID}
 	}
 	// Row 5.
@@ -409,6 +413,9 @@ func (p *Policy) apply(req *Request) Decision {
 	// Row 10.
 	if conf != nil {
 		return Decision{Effect: Permit, Rule: RuleConfidentialAllowed, DirectiveID: conf.ID}
+	}
+	if req.Event.Confidential {
+		return Decision{Effect: Permit, Rule: RuleConfidentialAllowed}
 	}
 	// Row 11.
 	return Decision{Effect: Permit, Rule: RuleRelationshipConfirmed}

@@ -50,6 +50,10 @@ func ruleCases() []ruleCase {
 	noGP.GPPractice = ""
 	noDest := ev()
 	noDest.DischargeDestination = ""
+	confEv := ev()
+	confEv.Confidential = true
+	confMH := ev(mh)
+	confMH.Confidential = true
 	return []ruleCase{
 		// Row 1.
 		{row: 1, name: "unknown basis", req: req(ev(), hosp, hosR, "friend-of-a-friend"),
@@ -237,6 +241,32 @@ func ruleCases() []ruleCase {
 		{row: 9, name: "confidential, registered GP with a permit", req: req(ev(), gp1, gpP, regGP, confidential("c1"), permitOrg("p1", gp1)),
 			want: permit(consent.RulePermitOrganisation, "p1")},
 
+		// A confidential event: rows 4 and 10 without a directive.
+		{row: 4, name: "confidential event, discharge destination, default policy", req: req(confEv, home, socR, dest),
+			want: deny(consent.RuleConfidentialEvent, "")},
+		{row: 4, name: "confidential event is not lifted by a permit-organisation",
+			req:  req(confEv, home, socR, dest, permitOrg("p1", home)),
+			want: deny(consent.RuleConfidentialEvent, "")},
+		{row: 4, name: "confidential event and a confidential directive: the directive is named",
+			req:  req(confEv, comm, comR, list, confidential("c1")),
+			want: deny(consent.RuleConfidential, "c1")},
+		{row: 4, name: "confidential event, registered GP, zero policy allows nothing", policy: zero,
+			req:  req(confEv, gp1, gpP, regGP),
+			want: deny(consent.RuleConfidentialEvent, "")},
+		{row: 3, name: "deny-organisation beats a confidential event", req: req(confEv, gp1, gpP, regGP, denyOrg("d1", gp1)),
+			want: deny(consent.RuleDenyOrganisation, "d1")},
+		{row: 10, name: "confidential event, registered GP, default policy", req: req(confEv, gp1, gpP, regGP),
+			want: permit(consent.RuleConfidentialAllowed, "")},
+		{row: 10, name: "confidential event, a policy allowing discharge destinations", policy: destOK,
+			req:  req(confEv, home, socR, dest),
+			want: permit(consent.RuleConfidentialAllowed, "")},
+		{row: 5, name: "confidential sensitive event, destination allowed, still GP only", policy: destOK,
+			req:  req(confMH, home, socR, dest),
+			want: deny(consent.RuleSensitiveGPOnly, "")},
+		{row: 9, name: "confidential event let through, a permit-organisation names itself", policy: destOK,
+			req:  req(confEv, home, socR, dest, permitOrg("p1", home)),
+			want: permit(consent.RulePermitOrganisation, "p1")},
+
 		// Row 11.
 		{row: 11, name: "no directives", req: req(ev(), home, socR, dest), want: permit(consent.RuleRelationshipConfirmed, "")},
 		{row: 11, name: "registered GP", req: req(ev(), gp1, gpP, regGP), want: permit(consent.RuleRelationshipConfirmed, "")},
@@ -300,6 +330,22 @@ func docTableRows(t *testing.T) []docRow {
 	return rows
 }
 
+// docTableAlternatives reads the rule names a row gives on a continuation
+// line ("deny    or event:confidential").
+func docTableAlternatives(t *testing.T) []string {
+	t.Helper()
+	src, err := os.ReadFile("doc.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	re := regexp.MustCompile(`(?m)^//\t\s+.*?\s(deny|permit)\s+or (\S+)`)
+	var out []string
+	for _, m := range re.FindAllStringSubmatch(string(src), -1) {
+		out = append(out, m[2])
+	}
+	return out
+}
+
 // TestRuleNamesDocumented: every rule name a decision can carry appears in
 // the table, and no rule name can carry data (they are constants of this
 // vocabulary).
@@ -308,8 +354,11 @@ func TestRuleNamesDocumented(t *testing.T) {
 	for _, r := range docTableRows(t) {
 		doc[r.rule] = true
 	}
+	for _, r := range docTableAlternatives(t) {
+		doc[r] = true
+	}
 	for _, r := range []string{consent.RuleUnknownBasis, consent.RuleRelationshipUnconfirmed,
-		consent.RuleDenyOrganisation, consent.RuleConfidential, consent.RuleSensitiveGPOnly,
+		consent.RuleDenyOrganisation, consent.RuleConfidential, consent.RuleConfidentialEvent, consent.RuleSensitiveGPOnly,
 		consent.RuleDenyRole, consent.RuleNotificationOnly, consent.RulePermitOrganisation,
 		consent.RuleConfidentialAllowed, consent.RuleRelationshipConfirmed} {
 		if !doc[r] {

@@ -148,7 +148,7 @@ var oracleTable = []oracleRow{
 	// 4
 	{consent.Deny, "directive:confidential", false, func(f *oracleFacts) (bool, []consent.Directive) {
 		ds := f.of(consent.KindConfidential, nil)
-		if len(ds) == 0 {
+		if len(ds) == 0 && !f.req.Event.Confidential {
 			return false, nil
 		}
 		for _, b := range f.policy.ConfidentialAllow {
@@ -200,7 +200,7 @@ var oracleTable = []oracleRow{
 	// 10
 	{consent.Permit, "policy:confidential-allowed", false, func(f *oracleFacts) (bool, []consent.Directive) {
 		ds := f.of(consent.KindConfidential, nil)
-		return len(ds) > 0, ds
+		return len(ds) > 0 || f.req.Event.Confidential, ds
 	}},
 	// 11
 	{consent.Permit, "relationship-confirmed", false, func(*oracleFacts) (bool, []consent.Directive) { return true, nil }},
@@ -237,6 +237,9 @@ func oracle(p consent.Policy, r consent.Request) consent.Decision {
 			continue
 		}
 		d := consent.Decision{Effect: row.effect, Rule: row.rule, DirectiveID: named(ds)}
+		if row.rule == "directive:confidential" && len(ds) == 0 {
+			d.Rule = "event:confidential" // the event, not a directive, is confidential
+		}
 		if row.notify {
 			d.Obligations = []consent.Obligation{consent.NotificationOnly}
 		}
@@ -287,7 +290,7 @@ func generate(r *rand.Rand) genCase {
 
 	rec := consent.Recipient{ODS: pick(r, genOrgs), Role: pick(r, genRoles)}
 	e := consent.Event{ID: "ev", Type: "uk.carehub.discharge.v1", Publisher: "RXX", Time: day(r),
-		HasDocument: r.IntN(2) == 0, Labels: subset(r, genLabels, 2)}
+		HasDocument: r.IntN(2) == 0, Labels: subset(r, genLabels, 2), Confidential: r.IntN(6) == 0}
 	basis := pick(r, genBases)
 	if r.IntN(40) == 0 {
 		basis = "bogus"

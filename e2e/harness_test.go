@@ -206,6 +206,8 @@ type hubOptions struct {
 	// (a YAML fragment inside kafka: {...}); kafkaYAML is added inside
 	// kafka: {...} (", publishTimeout: 2s").
 	dataDir, diskFloors, kafkaYAML string
+	// extraYAML is appended at the top level (a consent section, say).
+	extraYAML string
 }
 
 // startHub writes a configuration like deploy/examples/carehub.yaml with
@@ -248,14 +250,14 @@ inputs:
     role: gp-practice
     webhook: {url: %q, secret: {value: demo-gp-secret}, timeout: %s}
     subscriptions:
-      - {id: a81001-registered-patients, basis: registered-gp, types: [admission, discharge, careplan, admission-cancelled, discharge-cancelled, patient-updated, patient-merged]}
+      - {id: a81001-registered-patients, basis: registered-gp, types: [admission, discharge, careplan, admission-cancelled, discharge-cancelled, patient-updated, patient-merged, discharge-pending, discharge-pending-cancelled]}
   - ods: VM123
     role: social-care
     webhook: {url: %q, secret: {value: demo-carehome-secret}, timeout: %s}
     subscriptions:
-      - {id: vm123-discharges-to-us, basis: discharge-destination, types: [admission, discharge]}
+      - {id: vm123-discharges-to-us, basis: discharge-destination, types: [admission, discharge, discharge-pending, discharge-pending-cancelled]}
 %sdelivery: {minBackoff: 20ms, maxBackoff: 200ms}
-`, h.HTTP, h.dataDir, h.Kafka, brokersYAML, o.inputsYAML, o.gp, o.webhookTimeout, o.careHome, o.webhookTimeout, o.recipientsYAML)
+%s`, h.HTTP, h.dataDir, h.Kafka, brokersYAML, o.inputsYAML, o.gp, o.webhookTimeout, o.careHome, o.webhookTimeout, o.recipientsYAML, o.extraYAML)
 	h.cfgPath = filepath.Join(dir, "carehub.yaml")
 	if err := os.WriteFile(h.cfgPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)

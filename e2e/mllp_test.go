@@ -58,10 +58,10 @@ func canonical(t *testing.T, payload []byte) (string, []byte) {
 		t.Fatal(err)
 	}
 	res, err := mp.Map(m)
-	if err != nil || res.Event == nil {
-		t.Fatalf("mapping: %v", err)
+	if err != nil || len(res.Events) != 1 {
+		t.Fatalf("mapping: %v (held %+v)", err, res.Held)
 	}
-	return res.ID, res.Event
+	return res.ID, res.Events[0].JSON
 }
 
 // mllpSend sends messages over one connection and returns each
@@ -240,14 +240,17 @@ func writeMessages(t *testing.T, payloads ...[]byte) []string {
 // TestMLLPPeerPythonHL7 sends with Debian's python3-hl7 mllp_send.
 func TestMLLPPeerPythonHL7(t *testing.T) {
 	requirePeer(t, "mllp_send (python3-hl7)", "apt-get install -y python3-hl7", lookPath("mllp_send"))
-	_, gp, home, addr := mllpHub(t)
+	h, gp, home, addr := mllpHub(t)
 	_, port, _ := net.SplitHostPort(addr)
 	nhs := nhsNumber(7301)
 	a01 := adtFixture(t, "adt_a01.hl7", nhs, newID("PY-A01"))
 	a03 := adtFixture(t, "adt_a03.hl7", nhs, newID("PY-A03"))
-	invalid := adtFixture(t, "adt_a08.hl7", nhs, newID("PY-BAD"))
-	invalid = bytes.Replace(invalid, []byte("PID|1||"+nhs+"^^^NHS^NH"), []byte("PID|1||"), 1) // no NHS number
-	files := writeMessages(t, a01, a03, invalid)
+	noNHS := adtFixture(t, "adt_a08.hl7", nhs, newID("PY-HELD"))
+	noNHS = bytes.Replace(noNHS, []byte("PID|1||"+nhs+"^^^NHS^NH"), []byte("PID|1||H1234^^^RX1^MR"), 1) // no NHS number: held
+	bad := nhs[:9] + string('0'+(nhs[9]-'0'+1)%10)
+	canaries.Store(bad, true)
+	invalid := bytes.Replace(adtFixture(t, "adt_a08.hl7", nhs, newID("PY-BAD")), []byte(nhs), []byte(bad), 1) // check digit
+	files := writeMessages(t, a01, a03, noNHS, invalid)
 	var codes []string
 	for _, f := range files {
 		out, err := exec.Command("mllp_send", "--loose", "--file", f, "--port", port, "127.0.0.1").CombinedOutput()
@@ -256,8 +259,11 @@ func TestMLLPPeerPythonHL7(t *testing.T) {
 		}
 		codes = append(codes, msa1(t, out))
 	}
-	if want := []string{"AA", "AA", "AE"}; !slices.Equal(codes, want) {
+	if want := []string{"AA", "AA", "AA", "AE"}; !slices.Equal(codes, want) {
 		t.Fatalf("mllp_send read %v, want %v", codes, want)
+	}
+	if n := h.endOffsets("carehub.held"); n != 1 {
+		t.Errorf("carehub.held holds %d records, want the one without an NHS number", n)
 	}
 	admID, _ := canonical(t, a01)
 	disID, _ := canonical(t, a03)
@@ -299,8 +305,8 @@ func TestMLLPPeersNode(t *testing.T) {
 			nhs := nhsNumber(7401 + 10*i)
 			a01 := adtFixture(t, "adt_a01.hl7", nhs, newID(client+"-A01"))
 			a03 := adtFixture(t, "adt_a03.hl7", nhs, newID(client+"-A03"))
-			unsupported := bytes.Replace(adtFixture(t, "adt_a08.hl7", nhs, newID(client+"-A17")), []byte("ADT^A08"), []byte("ADT^A17"), 1)
-			files := writeMessages(t, a01, a03, unsupported)
+			oru := bytes.Replace(adtFixture(t, "adt_a08.hl7", nhs, newID(client+"-ORU")), []byte("ADT^A08"), []byte("ORU^R01"), 1)
+			files := writeMessages(t, a01, a03, oru)
 			cmd := exec.Command("node", append([]string{filepath.Join("peers", "send.js"), client, port}, files...)...)
 			out, err := cmd.Output()
 			if err != nil {

@@ -53,6 +53,7 @@ import (
 	"github.com/carehub/carehub/hub/deliver"
 	"github.com/carehub/carehub/hub/diskguard"
 	"github.com/carehub/carehub/hub/health"
+	"github.com/carehub/carehub/hub/held"
 	"github.com/carehub/carehub/hub/ingest"
 	"github.com/carehub/carehub/hub/kafkawm"
 	"github.com/carehub/carehub/hub/route"
@@ -399,6 +400,7 @@ func (h *hub) startHTTP(context.Context) error {
 	}
 	api := &admin.API{Auth: p.keys, Store: h.store, Pseudo: p.pseudo, Validator: p.validator, Router: h.router,
 		Disclosures: &admin.AuditReader{Brokers: h.brokers, Topic: topic.Audit}, Log: h.log.Named("admin"),
+		Held:    &held.Reader{Brokers: h.brokers, Topic: topic.Held},
 		MaxBody: h.cfg.HTTP.MaxBodyBytes}
 	if err := api.Register(h.mux); err != nil {
 		return fmt.Errorf("registering the admin API: %w", err)

@@ -12,6 +12,12 @@
 //	discharge-cancelled.v1.json  data of org.carehub.discharge-cancelled.v1
 //	patient-updated.v1.json      data of org.carehub.patient-updated.v1
 //	patient-merged.v1.json       data of org.carehub.patient-merged.v1
+//	discharge-pending.v1.json    data of org.carehub.discharge-pending.v1
+//	discharge-pending-cancelled.v1.json
+//	                             data of org.carehub.discharge-pending-cancelled.v1
+//	transfer-cancelled.v1.json   data of org.carehub.transfer-cancelled.v1
+//	patient-class-changed.v1.json
+//	                             data of org.carehub.patient-class-changed.v1
 //	patient.v1.json              the patient (shared)
 //	common.v1.json               $defs: nhsNumber, odsCode, period, organisation,
 //	                             location, encounter, attachment, documentReference,

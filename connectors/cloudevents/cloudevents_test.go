@@ -94,6 +94,15 @@ func (f *fakeIngest) AcceptBatch(_ context.Context, org string, raws []json.RawM
 	return out
 }
 
+// Hold records the call: this source holds nothing, and a test that sees
+// the call fails.
+func (f *fakeIngest) Hold(_ context.Context, org string, h connector.Held) error {
+	f.mu.Lock()
+	f.calls = append(f.calls, call{"Hold", org, []string{h.ID}})
+	f.mu.Unlock()
+	return nil
+}
+
 func (f *fakeIngest) Calls() []call {
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -12,6 +12,13 @@
 // nothing was published and the source answers negatively with the error's
 // kind (problem.KindOf) mapped to its protocol.
 //
+// A well-formed message from an authenticated sender that carehub does not
+// share (an HL7 v2 trigger it does not map, a patient it cannot identify)
+// is recorded, never refused: the source hands it to Ingest.Hold, which
+// returns nil only once the held record is durable, and only then may the
+// source answer positively. Nothing held reaches a recipient; operators
+// list and count held records (the hub's GET /v1/held).
+//
 // # Sinks
 //
 // A sink connector delivers one event to one recipient. The delivery
@@ -39,7 +46,9 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"time"
 
+	"github.com/carehub/carehub/schemas/nhs"
 	"go.uber.org/zap"
 )
 
@@ -64,6 +73,63 @@ type Ingest interface {
 	// AcceptBatch validates every document, then makes all valid ones durable
 	// together. It returns one Result per document, in order.
 	AcceptBatch(ctx context.Context, org string, raws []json.RawMessage) []Result
+	// Hold records a message published by org that is acknowledged but not
+	// shared, and returns once the record is durable. On error nothing was
+	// recorded and the source answers negatively (the sender resends).
+	Hold(ctx context.Context, org string, h Held) error
+}
+
+// Held is a message a source acknowledges without publishing an event: it
+// is kept, with why, for an operator to release or resolve. Every field
+// but NHSNumber, LocalID and Original is metadata that is safe to log.
+type Held struct {
+	// ID identifies the message: stable for a resend of it (an HL7 v2
+	// message's is the event id it would have had). At most 256 bytes.
+	ID string
+	// Time is when the message says its event happened; zero if unknown.
+	Time time.Time
+	// Trigger names the kind of message, e.g. "ADT^A15": fixed vocabulary
+	// of the protocol, never a value from the message's content.
+	Trigger string
+	// Reason is one of the Held* reason codes.
+	Reason string
+	// Detail is a fixed public text saying why, for people.
+	Detail string
+	// NHSNumber is the patient's NHS number when the message carries one
+	// (the record is keyed by its pseudonym); else the zero Number.
+	NHSNumber nhs.Number
+	// LocalID is the sender's local identifier of the patient (a hospital
+	// number), used, pseudonymised, as the key when there is no NHS number.
+	LocalID string
+	// ContentType is the media type of Original (media.HL7v2, ...).
+	ContentType string
+	// Original is the message as received.
+	Original []byte
+}
+
+// Reasons a message is held (Held.Reason). They are a fixed vocabulary:
+// admin queries filter and count by them.
+const (
+	// HeldTriggerNotShared: a message type or trigger carehub does not
+	// share (the README lists the decision for each).
+	HeldTriggerNotShared = "trigger-not-shared"
+	// HeldNoNHSNumber: the patient has no NHS number (hospital number only:
+	// an unidentified A&E attendance, a number not yet traced).
+	HeldNoNHSNumber = "no-nhs-number"
+	// HeldNHSNumberUnverified: the sender says the NHS number is not
+	// verified (HL7 v2 PID-32 other than 01).
+	HeldNHSNumberUnverified = "nhs-number-unverified"
+	// HeldNHSNumberStatusMissing: the sender does not say whether the NHS
+	// number is verified, and the source requires it to.
+	HeldNHSNumberStatusMissing = "nhs-number-status-missing"
+	// HeldLocalMerge: a merge of two local records that retires no NHS
+	// number: recipients hold nothing under the retired record.
+	HeldLocalMerge = "local-merge"
+)
+
+// HeldReasons returns every reason code, in a fixed order.
+func HeldReasons() []string {
+	return []string{HeldTriggerNotShared, HeldNoNHSNumber, HeldNHSNumberUnverified, HeldNHSNumberStatusMissing, HeldLocalMerge}
 }
 
 // Authenticator maps a request's credentials to the organisation they belong

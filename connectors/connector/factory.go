@@ -28,6 +28,16 @@ type BoundConfig interface {
 	Organisations() []string
 }
 
+// LabellingConfig is implemented by a source configuration that labels
+// events with sensitivity categories of its own choosing (an MLLP
+// listener's treatment function mapping): the hub checks that the consent
+// policy counts each as sensitive, since a category it does not know
+// restricts nothing.
+type LabellingConfig interface {
+	Config
+	Labels() []string
+}
+
 // ListenerConfig is implemented by a configuration that listens on
 // addresses of its own: the hub checks that no two listeners share one.
 type ListenerConfig interface {
@@ -75,6 +85,11 @@ type SourceProbe struct {
 	// Document returns one message of the protocol sent by org, carrying id
 	// (as its event or message identifier) and a patient with nhsNumber.
 	Document func(org, id, nhsNumber string) []byte
+	// HeldDocument, when the protocol has messages that are acknowledged
+	// but not shared, returns one of them sent by org, with id and a patient
+	// with nhsNumber: the source must hand it to Ingest.Hold, never Accept.
+	// Nil when the protocol has none (the suite then checks nothing of Hold).
+	HeldDocument func(org, id, nhsNumber string) []byte
 	// Send sends doc to the running source s, whose HTTP routes (if any) are
 	// served at httpBase, authenticating with the API key key ("" for none),
 	// and returns the answer. An error means no answer came.

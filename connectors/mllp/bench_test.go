@@ -88,7 +88,7 @@ func BenchmarkRoundTrip(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	record := res.Event
+	record := res.Events[0].JSON
 
 	for _, conns := range []int{1, 8} {
 		b.Run(fmt.Sprintf("mllp/conns=%d", conns), func(b *testing.B) {

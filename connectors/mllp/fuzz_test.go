@@ -16,7 +16,7 @@ import (
 // nothing (enhanced mode asked for none) or one acknowledgement that parses,
 // is an ACK, and whose MSA-2 echoes the message's MSH-10 when it has one.
 func FuzzHandle(f *testing.F) {
-	for _, pattern := range []string{"hl7/adt/testdata/*.hl7", "hl7/adt/testdata/invalid/*.hl7"} {
+	for _, pattern := range []string{"hl7/adt/testdata/*.hl7", "hl7/adt/testdata/invalid/*.hl7", "hl7/adt/testdata/corpus/*.hl7"} {
 		files, _ := filepath.Glob(pattern)
 		for _, p := range files {
 			if b, err := os.ReadFile(p); err == nil {

@@ -34,6 +34,7 @@ var validator = func() *event.Validator {
 type fakeIngest struct {
 	mu      sync.Mutex
 	events  [][]byte
+	held    []connector.Held
 	fail    error
 	hold    chan struct{} // when set, Accept waits until it is closed
 	entered chan struct{} // when set, Accept signals it has started
@@ -75,8 +76,46 @@ func (f *fakeIngest) Accept(ctx context.Context, org string, raw []byte) (connec
 	return connector.Accepted{ID: ev.ID, Type: ev.Type}, nil
 }
 
+// AcceptBatch accepts each event as Accept does: all of them, or none when
+// one fails (the source answers the whole message negatively).
 func (f *fakeIngest) AcceptBatch(ctx context.Context, org string, raws []json.RawMessage) []connector.Result {
-	panic("not used")
+	out := make([]connector.Result, len(raws))
+	for i, raw := range raws {
+		acc, err := f.Accept(ctx, org, raw)
+		out[i] = connector.Result{Accepted: acc, Err: err}
+	}
+	return out
+}
+
+// Hold records a held message, with the same fail, hold and entered
+// controls as Accept.
+func (f *fakeIngest) Hold(ctx context.Context, org string, h connector.Held) error {
+	f.mu.Lock()
+	hold, entered, fail := f.hold, f.entered, f.fail
+	f.mu.Unlock()
+	if entered != nil {
+		entered <- struct{}{}
+	}
+	if hold != nil {
+		select {
+		case <-hold:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	if fail != nil {
+		return fail
+	}
+	f.mu.Lock()
+	f.held = append(f.held, h)
+	f.mu.Unlock()
+	return nil
+}
+
+func (f *fakeIngest) heldRecords() []connector.Held {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]connector.Held(nil), f.held...)
 }
 
 func (f *fakeIngest) published() [][]byte {
@@ -277,6 +316,6 @@ func adtMessage(trigger, control, nhsNumber string, mshExtra ...string) []byte {
 	}
 	pv1 := "PV1|1|I|AMU^^12^RX1AB" + strings.Repeat("|", 16) + "ENC-0001"
 	return []byte(strings.Join([]string{msh, "EVN|" + trigger + "|20250314093500",
-		"PID|1||" + nhsNumber + "^^^NHS^NH~RX1-0001^^^RX1^MR||TESTPATIENT^ALEX||19380601|F",
+		"PID|1||" + nhsNumber + "^^^NHS^NH~RX1-0001^^^RX1^MR||TESTPATIENT^ALEX||19380601|F" + strings.Repeat("|", 24) + "01", // PID-32 01: verified
 		"PD1|||TEST SURGERY^^A81001", pv1}, "\r") + "\r")
 }

@@ -57,6 +57,7 @@ import (
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -73,6 +74,7 @@ import (
 	"github.com/carehub/carehub/connectors/mllp/hl7"
 	"github.com/carehub/carehub/connectors/mllp/hl7/adt"
 	"github.com/carehub/carehub/internal/logging"
+	"github.com/carehub/carehub/schemas/media"
 	"github.com/carehub/carehub/schemas/ods"
 	"github.com/carehub/carehub/schemas/problem"
 	"go.uber.org/zap"
@@ -86,7 +88,7 @@ var Factory = connector.SourceFactory{
 	Type:    Type,
 	Default: func() connector.Config { return DefaultConfig() },
 	New:     func(cfg connector.Config) (connector.Source, error) { return New(*cfg.(*Config)) },
-	Probe:   &connector.SourceProbe{Config: probeConfig, Document: probeDocument, Send: probeSend},
+	Probe:   &connector.SourceProbe{Config: probeConfig, Document: probeDocument, HeldDocument: probeHeldDocument, Send: probeSend},
 }
 
 // Defaults of Config.
@@ -135,6 +137,16 @@ type Config struct {
 	// ODS code, tried in order (adt.Options.DestinationFields; default
 	// [PV1-37.1]).
 	DestinationFields []string `yaml:"destinationFields" json:"destinationFields,omitempty"`
+	// AllowUnverifiedNHSNumbers shares messages whose NHS number status
+	// (PID-32) says the number is not verified; by default they are held.
+	AllowUnverifiedNHSNumbers bool `yaml:"allowUnverifiedNHSNumbers" json:"allowUnverifiedNHSNumbers,omitempty"`
+	// AssumeVerifiedWithoutStatus takes an NHS number as verified when the
+	// message has no NHS number status (PID-32) at all; by default such
+	// messages are held.
+	AssumeVerifiedWithoutStatus bool `yaml:"assumeVerifiedWithoutStatus" json:"assumeVerifiedWithoutStatus,omitempty"`
+	// Sensitivity labels events with sensitivity categories by treatment
+	// function (PV1-10) or location (PV1-3, PV1-6) (adt.SensitivityRule).
+	Sensitivity []adt.SensitivityRule `yaml:"sensitivity" json:"sensitivity,omitempty"`
 	// TLS, when set, makes the listener speak TLS. With a client CA, a client
 	// certificate is required and must name Source (see the package
 	// documentation).
@@ -225,6 +237,11 @@ func (c *Config) Validate() error {
 			bad("destinationFields: %v", err)
 		}
 	}
+	for i, r := range c.Sensitivity {
+		if err := r.Validate(); err != nil {
+			bad("sensitivity[%d]: %v", i, err)
+		}
+	}
 	if c.TLS != nil && (c.TLS.Cert == "" || c.TLS.Key == "") {
 		bad("tls: cert and key are both required")
 	}
@@ -234,6 +251,16 @@ func (c *Config) Validate() error {
 // Organisations implements connector.BoundConfig: the listener speaks for
 // its source only.
 func (c *Config) Organisations() []string { return []string{c.Source} }
+
+// Labels implements connector.LabellingConfig: the categories of the
+// sensitivity rules.
+func (c *Config) Labels() []string {
+	var out []string
+	for _, r := range c.Sensitivity {
+		out = append(out, r.Categories...)
+	}
+	return out
+}
 
 // ListenAddrs implements connector.ListenerConfig.
 func (c *Config) ListenAddrs() []string { return []string{c.Addr} }
@@ -269,7 +296,7 @@ type Stats struct {
 	Frames        int64 // frames read
 	Accepted      int64 // messages made durable (AA/CA)
 	Duplicates    int64 // resends acknowledged without publishing
-	Skipped       int64 // messages acknowledged with nothing to publish
+	Held          int64 // messages acknowledged and held, not shared (Ingest.Hold)
 	Errors        int64 // messages answered AE/CE
 	Rejected      int64 // messages answered AR/CR
 	SkippedBytes  int64 // bytes outside frames
@@ -298,7 +325,7 @@ type Source struct {
 	ackSeq  atomic.Uint64
 	ackBase string
 	stats   struct {
-		connections, refused, frames, accepted, duplicates, skipped, errors, rejected, skippedBytes,
+		connections, refused, frames, accepted, duplicates, held, errors, rejected, skippedBytes,
 		oversized, timeouts, notAcked, writeFailures atomic.Int64
 	}
 	now func() time.Time // for tests
@@ -311,7 +338,9 @@ func New(cfg Config) (*Source, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("mllp: %w", err)
 	}
-	mapper, err := adt.NewMapper(adt.Options{Source: cfg.Source, DestinationFields: cfg.DestinationFields})
+	mapper, err := adt.NewMapper(adt.Options{Source: cfg.Source, DestinationFields: cfg.DestinationFields,
+		AllowUnverifiedNHSNumbers: cfg.AllowUnverifiedNHSNumbers, AssumeVerifiedWithoutStatus: cfg.AssumeVerifiedWithoutStatus,
+		Sensitivity: cfg.Sensitivity})
 	if err != nil {
 		return nil, fmt.Errorf("mllp: %w", err)
 	}
@@ -393,7 +422,7 @@ func (s *Source) Stats() Stats {
 	c := &s.stats
 	return Stats{
 		Connections: c.connections.Load(), Refused: c.refused.Load(), Frames: c.frames.Load(),
-		Accepted: c.accepted.Load(), Duplicates: c.duplicates.Load(), Skipped: c.skipped.Load(),
+		Accepted: c.accepted.Load(), Duplicates: c.duplicates.Load(), Held: c.held.Load(),
 		Errors: c.errors.Load(), Rejected: c.rejected.Load(), SkippedBytes: c.skippedBytes.Load(),
 		Oversized: c.oversized.Load(), Timeouts: c.timeouts.Load(), NotAcked: c.notAcked.Load(),
 		WriteFailures: c.writeFailures.Load(),
@@ -671,6 +700,7 @@ type outcome struct {
 	code   hl7.AckCode // original-mode code: AA, AE or AR
 	errs   []hl7.ErrDetail
 	reason string // for the log: fixed public text
+	held   string // the held reason code, when the message was held
 }
 
 // handle processes one message and returns the acknowledgement to send, or
@@ -697,6 +727,9 @@ func (s *Source) handle(ctx context.Context, payload []byte, log *zap.Logger) []
 	controlID := m.ControlID()
 	log = log.With(zap.String("control_id", safeControlID(controlID)), zap.String("trigger", m.Type().Trigger))
 	out, eventID, evType := s.process(ctx, m, payload)
+	if out.held != "" {
+		log = log.With(zap.String("held_reason", out.held))
+	}
 	s.count(out.code)
 	fields := []zap.Field{zap.String("ack", string(out.code)), zap.Int("bytes", len(payload))}
 	if eventID != "" {
@@ -793,44 +826,77 @@ func (s *Source) process(ctx context.Context, m *hl7.Message, payload []byte) (o
 		switch st {
 		case dupAlready:
 			s.stats.duplicates.Add(1)
-			return outcome{code: hl7.AckAA, reason: "duplicate of a message already accepted: not published again"}, res.ID, res.Type
+			return outcome{code: hl7.AckAA, reason: "duplicate of a message already accepted: not published again"}, res.ID, firstType(res)
 		case dupConflict:
 			return outcome{code: hl7.AckAR, reason: reasonReused, errs: []hl7.ErrDetail{{Segment: "MSH", Sequence: 1, Field: 10,
-				Code: hl7.CodeDuplicateKeyIdentifier, Diagnostic: reasonReused}}}, res.ID, res.Type
+				Code: hl7.CodeDuplicateKeyIdentifier, Diagnostic: reasonReused}}}, res.ID, firstType(res)
 		case dupWait:
 			select {
 			case <-e.done:
 				continue // see how the first copy went
 			case <-time.After(s.cfg.ProcessTimeout):
 				return outcome{code: hl7.AckAR, reason: reasonBusy, errs: []hl7.ErrDetail{{Segment: "MSH", Sequence: 1, Field: 10,
-					Code: hl7.CodeApplicationRecordLocked, Diagnostic: reasonBusy}}}, res.ID, res.Type
+					Code: hl7.CodeApplicationRecordLocked, Diagnostic: reasonBusy}}}, res.ID, firstType(res)
 			}
 		}
 		// dupProceed: this copy is the one to publish.
-		return s.publish(ctx, e, res)
+		return s.publish(ctx, e, res, payload)
 	}
 }
 
-// publish makes the event of a message durable (or, for a message that
-// has none, just acknowledges it) and records the outcome in the duplicate
-// memory, even if Ingest panics.
-func (s *Source) publish(ctx context.Context, e *entry, res *adt.Result) (out outcome, id, typ string) {
+// firstType is the type of a result's first event, for the log.
+func firstType(res *adt.Result) string {
+	if len(res.Events) == 0 {
+		return ""
+	}
+	return res.Events[0].Type
+}
+
+// publish makes the events of a message durable, or, for a message that
+// is not shared, its held record, and records the outcome in the duplicate
+// memory, even if Ingest panics. The answer is positive only once Ingest
+// has returned: AA means durable, whether shared or held.
+func (s *Source) publish(ctx context.Context, e *entry, res *adt.Result, payload []byte) (out outcome, id, typ string) {
 	durable := false
 	defer func() { s.dedupe.finish(e, durable, s.now()) }()
-	if res.Event == nil {
-		durable = true
-		s.stats.skipped.Add(1)
-		return outcome{code: hl7.AckAA, reason: res.Skipped}, res.ID, ""
-	}
 	pctx, cancel := context.WithTimeout(ctx, s.cfg.ProcessTimeout)
 	defer cancel()
-	acc, err := s.env.Ingest.Accept(pctx, s.cfg.Source, res.Event)
-	if err != nil {
-		return ingestError(err), res.ID, res.Type
+	if h := res.Held; h != nil {
+		err := s.env.Ingest.Hold(pctx, s.cfg.Source, connector.Held{
+			ID: res.ID, Time: res.Time, Trigger: "ADT^" + res.Trigger, Reason: h.Reason, Detail: h.Detail,
+			NHSNumber: h.NHSNumber, LocalID: h.LocalID, ContentType: media.HL7v2, Original: payload,
+		})
+		if err != nil {
+			return ingestError(err), res.ID, ""
+		}
+		durable = true
+		s.stats.held.Add(1)
+		return outcome{code: hl7.AckAA, reason: h.Detail, held: h.Reason}, res.ID, ""
+	}
+	if len(res.Events) == 1 {
+		acc, err := s.env.Ingest.Accept(pctx, s.cfg.Source, res.Events[0].JSON)
+		if err != nil {
+			return ingestError(err), res.ID, res.Events[0].Type
+		}
+		durable = true
+		s.stats.accepted.Add(1)
+		return outcome{code: hl7.AckAA}, acc.ID, acc.Type
+	}
+	// Several events (a swap): made durable together; the message is
+	// acknowledged only if every one is. A resend after a partial failure
+	// publishes them all again with the same ids, which recipients drop.
+	raws := make([]json.RawMessage, len(res.Events))
+	for i, ev := range res.Events {
+		raws[i] = ev.JSON
+	}
+	for _, r := range s.env.Ingest.AcceptBatch(pctx, s.cfg.Source, raws) {
+		if r.Err != nil {
+			return ingestError(r.Err), res.ID, res.Events[0].Type
+		}
 	}
 	durable = true
 	s.stats.accepted.Add(1)
-	return outcome{code: hl7.AckAA}, acc.ID, acc.Type
+	return outcome{code: hl7.AckAA}, res.ID, res.Events[0].Type
 }
 
 // Reasons given in ERR-7 and logs for refusals decided here.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -13,6 +14,7 @@ import (
 	"github.com/carehub/carehub/connectors/connector"
 	"github.com/carehub/carehub/connectors/mllp/frame"
 	"github.com/carehub/carehub/connectors/mllp/hl7"
+	"github.com/carehub/carehub/connectors/mllp/hl7/adt"
 	"github.com/carehub/carehub/schemas/problem"
 )
 
@@ -93,8 +95,14 @@ func TestACKMatrix(t *testing.T) {
 		{"no facility", edit(good("M4"), "|PAS|RX1|", "|PAS||"), nil, "AR", "103", "MSH^1^4", false},
 		{"training message on a production listener", edit(good("M5"), "|M5|P|", "|M5|T|"), nil, "AR", "202", "MSH^1^11", false},
 		{"not ADT", edit(good("M6"), "ADT^A01", "ORU^R01"), nil, "AR", "200", "MSH^1^9^^1", false},
-		{"unsupported trigger", edit(good("M7"), "ADT^A01", "ADT^A17"), nil, "AR", "201", "MSH^1^9^^2", false},
-		{"no NHS number", edit(good("M8"), "9991000003^^^NHS^NH~", ""), nil, "AE", "101", "PID^1^3", false},
+		// Regression: triggers carehub does not share and patients without a
+		// verified NHS number got AR 201 and AE 101, blocking a trust's whole
+		// ADT queue: they are held and acknowledged.
+		{"a trigger not shared is held", edit(good("M7"), "ADT^A01", "ADT^A15"), nil, "AA", "", "", false},
+		{"no NHS number is held", edit(good("M8"), "9991000003^^^NHS^NH~", ""), nil, "AA", "", "", false},
+		{"an unverified NHS number is held", edit(good("M8b"), "|F"+strings.Repeat("|", 24)+"01", "|F"+strings.Repeat("|", 24)+"02"), nil, "AA", "", "", false},
+		{"no NHS number status is held", edit(good("M8c"), "|F"+strings.Repeat("|", 24)+"01", "|F"), nil, "AA", "", "", false},
+		{"held, broker down", edit(good("M8d"), "ADT^A01", "ADT^A15"), problem.New(problem.Unavailable, "the held message could not be made durable; retry later"), "AR", "207", "", false},
 		{"bad check digit", edit(good("M9"), "9991000003", "9991000004"), nil, "AE", "102", "PID^1^3^1^1", false},
 		{"no visit number", edit(good("M10"), "ENC-0001", ""), nil, "AE", "101", "PV1^1^19^^1", false},
 		{"not HL7 at all", []byte("hello"), nil, "AE", "100", "^1", false},
@@ -148,7 +156,99 @@ func TestACKMatrix(t *testing.T) {
 			if got := len(in.published()); got != want {
 				t.Errorf("published %d events, want %d", got, want)
 			}
+			wantHeld := 0
+			if tc.fail == nil && strings.HasSuffix(tc.name, " is held") {
+				wantHeld = 1
+			}
+			if got := in.heldRecords(); len(got) != wantHeld {
+				t.Errorf("held %d messages, want %d", len(got), wantHeld)
+			} else if wantHeld == 1 && (!bytes.Equal(got[0].Original, tc.payload) || got[0].Reason == "" || got[0].ID == "") {
+				t.Errorf("held record %+v: want the original message, a reason and an id", got[0])
+			}
 		})
+	}
+}
+
+// TestHeldRecords: what a held message's record says, per reason, and that
+// a resend of a held message is acknowledged without holding it twice.
+func TestHeldRecords(t *testing.T) {
+	good := func(control string) []byte { return adtMessage("A01", control, "9991000003") }
+	edit := func(b []byte, old, new string) []byte { return []byte(strings.Replace(string(b), old, new, 1)) }
+	status := "|F" + strings.Repeat("|", 24) + "01"
+	tests := []struct {
+		name, reason, trigger string
+		payload               []byte
+		nhs, local            bool
+	}{
+		{"not shared", "trigger-not-shared", "ADT^A15", edit(good("H1"), "ADT^A01", "ADT^A15"), true, true},
+		{"no NHS number", "no-nhs-number", "ADT^A01", edit(good("H2"), "9991000003^^^NHS^NH~", ""), false, true},
+		{"unverified", "nhs-number-unverified", "ADT^A01", edit(good("H3"), status, "|F"+strings.Repeat("|", 24)+"NSTS03"), true, true},
+		{"no status", "nhs-number-status-missing", "ADT^A01", edit(good("H4"), status, "|F"), true, true},
+	}
+	in := &fakeIngest{}
+	r := start(t, Config{}, in)
+	c := dial(t, r.addr)
+	for i, tc := range tests {
+		if a := c.roundTrip(tc.payload); a.Code != "AA" {
+			t.Fatalf("%s: got %s, want AA", tc.name, a.Code)
+		}
+		h := in.heldRecords()[i]
+		if h.Reason != tc.reason || h.Trigger != tc.trigger || h.NHSNumber.IsZero() == tc.nhs || (h.LocalID != "") != tc.local ||
+			h.ContentType != "x-application/hl7-v2+er7" || h.Time.IsZero() || h.Detail == "" {
+			t.Errorf("%s: held %+v", tc.name, h)
+		}
+	}
+	// A resend of a held message within the duplicate window: AA, not held again.
+	if a := c.roundTrip(tests[0].payload); a.Code != "AA" {
+		t.Fatalf("resend: got %s", a.Code)
+	}
+	if n := len(in.heldRecords()); n != len(tests) {
+		t.Errorf("held %d records after a resend, want %d", n, len(tests))
+	}
+	if got := r.src.Stats().Held; got != int64(len(tests)) {
+		t.Errorf("Stats().Held = %d, want %d", got, len(tests))
+	}
+	if len(in.published()) != 0 {
+		t.Errorf("a held message was published")
+	}
+
+	// With allowUnverifiedNHSNumbers and assumeVerifiedWithoutStatus, the
+	// unverified and unstated numbers are shared.
+	in2 := &fakeIngest{}
+	r2 := start(t, Config{AllowUnverifiedNHSNumbers: true, AssumeVerifiedWithoutStatus: true}, in2)
+	c2 := dial(t, r2.addr)
+	for _, tc := range tests[2:] {
+		if a := c2.roundTrip(tc.payload); a.Code != "AA" {
+			t.Fatalf("%s, allowed: got %s", tc.name, a.Code)
+		}
+	}
+	if n, h := len(in2.published()), len(in2.heldRecords()); n != 2 || h != 0 {
+		t.Errorf("allowed: published %d, held %d; want 2 and 0", n, h)
+	}
+}
+
+// TestSwapPublishesTwoTransfers: an A17 makes two events durable before
+// its AA; if either fails, the answer is AR.
+func TestSwapPublishesTwoTransfers(t *testing.T) {
+	payload, err := os.ReadFile("hl7/adt/testdata/corpus/a17_swap.hl7")
+	if err != nil {
+		t.Fatal(err)
+	}
+	payload = bytes.ReplaceAll(payload, []byte("\n"), []byte("\r"))
+	in := &fakeIngest{}
+	r := start(t, Config{}, in)
+	c := dial(t, r.addr)
+	if a := c.roundTrip(payload); a.Code != "AA" {
+		t.Fatalf("got %s, want AA", a.Code)
+	}
+	if n := len(in.published()); n != 2 {
+		t.Fatalf("published %d events, want 2", n)
+	}
+	in.mu.Lock()
+	in.fail = problem.New(problem.Unavailable, "down")
+	in.mu.Unlock()
+	if a := c.roundTrip(bytes.Replace(payload, []byte("|UKC-"), []byte("|UKC-X"), 1)); a.Code != "AR" {
+		t.Errorf("with the broker down: got %s, want AR", a.Code)
 	}
 }
 
@@ -537,5 +637,31 @@ func TestPanicInIngest(t *testing.T) {
 	}
 	if n := len(in.published()); n != 1 {
 		t.Fatalf("published %d, want 1", n)
+	}
+}
+
+func TestConfigValidatesSensitivity(t *testing.T) {
+	tests := []struct {
+		name  string
+		rules []adt.SensitivityRule
+		want  string // in the error; "" for none
+	}{
+		{"good", []adt.SensitivityRule{{TreatmentFunction: "360", Categories: []string{"sexual-health"}}, {Location: "GIC", Categories: []string{"gender-identity"}}}, ""},
+		{"neither", []adt.SensitivityRule{{Categories: []string{"hiv"}}}, "sensitivity[0]: a rule names a treatmentFunction or a location"},
+		{"both", []adt.SensitivityRule{{TreatmentFunction: "360", Location: "GUM", Categories: []string{"hiv"}}}, "not both"},
+		{"no category", []adt.SensitivityRule{{TreatmentFunction: "360"}}, "at least one category"},
+		{"bad category", []adt.SensitivityRule{{TreatmentFunction: "360", Categories: []string{"Sexual Health"}}}, `category "Sexual Health"`},
+	}
+	for _, tt := range tests {
+		c := DefaultConfig()
+		c.Source = "RX1"
+		c.Sensitivity = tt.rules
+		err := c.Validate()
+		switch {
+		case tt.want == "" && err != nil:
+			t.Errorf("%s: %v", tt.name, err)
+		case tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)):
+			t.Errorf("%s: got %v, want an error with %q", tt.name, err, tt.want)
+		}
 	}
 }

@@ -28,7 +28,18 @@ func probeDocument(org, id, nhsNumber string) []byte {
 	return []byte(strings.Join([]string{
 		`MSH|^~\&|PAS|` + org + `|CAREHUB|CAREHUB|20261124100000||ADT^A01|` + id + `|P|2.4`,
 		"EVN|A01|20261124100000",
-		"PID|1||" + nhsNumber + "^^^NHS^NH||CONFORMANCE^TEST||19400101|F",
+		"PID|1||" + nhsNumber + "^^^NHS^NH||CONFORMANCE^TEST||19400101|F" + strings.Repeat("|", 24) + "01", // PID-32 01: verified
+		"PV1|1|I|AMU^^12^" + org + strings.Repeat("|", 16) + "ENC-" + id,
+	}, "\r") + "\r")
+}
+
+// probeHeldDocument is an A15 (pending transfer): a trigger carehub does
+// not share, acknowledged once held.
+func probeHeldDocument(org, id, nhsNumber string) []byte {
+	return []byte(strings.Join([]string{
+		`MSH|^~\&|PAS|` + org + `|CAREHUB|CAREHUB|20261124100000||ADT^A15|` + id + `|P|2.4`,
+		"EVN|A15|20261124100000",
+		"PID|1||" + nhsNumber + "^^^NHS^NH||CONFORMANCE^TEST||19400101|F" + strings.Repeat("|", 24) + "01",
 		"PV1|1|I|AMU^^12^" + org + strings.Repeat("|", 16) + "ENC-" + id,
 	}, "\r") + "\r")
 }

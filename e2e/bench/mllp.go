@@ -45,7 +45,7 @@ func (p *Population) HL7(buf []byte, ctrl string, seq uint64, now time.Time) []b
 // destination ODS, admission time, discharge time.
 const hl7Template = "MSH|^~\\&|BENCH|%s|CAREHUB|CAREHUB|%s||ADT^A03^ADT_A03|%s|P|2.4|||||GBR|UNICODE UTF-8|EN\r" +
 	"EVN|A03|%s|||C1234567^DOCTOR^TEST|%s\r" +
-	"PID|1||%s^^^NHS^NH||TESTPATIENT^ALEX^JO^^MS^^L||19380601|F|||1 Test Street^Flat 2^Testville^West Yorkshire^LS1 4AP^GBR^H\r" +
+	"PID|1||%s^^^NHS^NH||TESTPATIENT^ALEX^JO^^MS^^L||19380601|F|||1 Test Street^Flat 2^Testville^West Yorkshire^LS1 4AP^GBR^H|||||||||||||||||||||01\r" + // PID-32 01: NHS number verified
 	"PD1|||TEST SURGERY^^%s\r" +
 	"PV1|1|I|W7^^3^RX1AB^^^^^Ward 7|21|||C1234567^DOCTOR^TEST^^^Dr^^^GMC|||300||||54|||||ENC-%d^^^RX1^VN|||||||||||||||||85|%s|||||||%s|%s\r"
 

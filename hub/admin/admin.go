@@ -7,6 +7,8 @@
 //	DELETE /v1/patients/{nhsNumber}/consent       withdraw them all
 //	POST   /v1/decisions/explain                  decide an event for every candidate, publish nothing
 //	GET    /v1/patients/{nhsNumber}/disclosures   who received what about the patient, and what was withheld
+//	GET    /v1/held                               messages acknowledged but not shared (held.go)
+//	GET    /v1/held/counts                        how many, by reason and by source
 //
 // Consent bodies are FHIR R4 Consent resources (Content-Type
 // application/fhir+json) or the simple JSON form (application/json, a
@@ -64,6 +66,7 @@ type API struct {
 	Validator   *event.Validator
 	Router      *route.Router
 	Disclosures Disclosures
+	Held        HeldRecords
 	Log         *zap.Logger
 	MaxBody     int64
 }
@@ -81,7 +84,7 @@ func (a *API) Register(mux *http.ServeMux) error {
 	mux.HandleFunc("DELETE /v1/patients/{nhsNumber}/consent", a.admin(a.deleteConsent))
 	mux.HandleFunc("POST /v1/decisions/explain", a.admin(a.explain))
 	mux.HandleFunc("GET /v1/patients/{nhsNumber}/disclosures", a.admin(a.disclosures))
-	return nil
+	return a.registerHeld(mux)
 }
 
 func (a *API) admin(h http.HandlerFunc) http.HandlerFunc {

@@ -446,6 +446,17 @@ func (c *Config) Validate() error {
 				}
 			}
 		}
+		if l, ok := in.Config.(connector.LabellingConfig); ok {
+			if policy, err := c.Consent.Policy(); err == nil { // an invalid policy is reported below
+				reported := map[string]bool{}
+				for _, cat := range l.Labels() {
+					if !policy.Sensitive(cat) && !reported[cat] {
+						reported[cat] = true
+						bad("%s.sensitivity: category %q is not sensitive in the consent policy, so it would restrict nothing: add it to consent.extraSensitiveCategories", where, cat)
+					}
+				}
+			}
+		}
 		if l, ok := in.Config.(connector.ListenerConfig); ok {
 			for _, a := range l.ListenAddrs() {
 				if _, _, err := net.SplitHostPort(a); err == nil {

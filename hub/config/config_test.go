@@ -14,6 +14,7 @@ import (
 	"github.com/carehub/carehub/connectors/fhirin"
 	"github.com/carehub/carehub/connectors/fhirout"
 	"github.com/carehub/carehub/connectors/mllp"
+	"github.com/carehub/carehub/connectors/mllp/hl7/adt"
 	"github.com/carehub/carehub/connectors/webhook"
 	"github.com/carehub/carehub/hub/config"
 	"github.com/google/go-cmp/cmp"
@@ -40,7 +41,8 @@ func TestLoadExample(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Load(%s): %v", examplePath, err)
 	}
-	allTypes := []string{"admission", "discharge", "careplan", "admission-cancelled", "discharge-cancelled", "patient-updated", "patient-merged"}
+	allTypes := []string{"admission", "discharge", "careplan", "admission-cancelled", "discharge-cancelled", "patient-updated", "patient-merged",
+		"discharge-pending", "discharge-pending-cancelled"}
 	want := &config.Config{
 		HTTP:    config.HTTP{Addr: "127.0.0.1:8080", MaxBodyBytes: 1048576},
 		DataDir: "./data",
@@ -61,7 +63,8 @@ func TestLoadExample(t *testing.T) {
 			{Type: "cloudevents", Config: &cloudevents.Config{MaxBatchEvents: 1000}},
 			{Type: "mllp", Config: &mllp.Config{Addr: "127.0.0.1:2575", Source: "RX1", MaxFrameBytes: 1048576, ReadTimeout: time.Minute,
 				IdleTimeout: 10 * time.Minute, DuplicateWindow: 24 * time.Hour, ProcessingID: "P", MaxDuplicates: mllp.DefaultMaxDuplicates,
-				MaxConns: mllp.DefaultMaxConns, DrainTimeout: mllp.DefaultDrainTimeout, ProcessTimeout: mllp.DefaultProcessTimeout}},
+				MaxConns: mllp.DefaultMaxConns, DrainTimeout: mllp.DefaultDrainTimeout, ProcessTimeout: mllp.DefaultProcessTimeout,
+				Sensitivity: exampleSensitivity()}},
 			{Type: "fhir", Config: &fhirin.Config{Encounter: true}},
 		},
 		Recipients: []config.Recipient{
@@ -72,14 +75,16 @@ func TestLoadExample(t *testing.T) {
 			},
 			{
 				ODS: "VM123", Name: "Example Care Home (demo)", Role: "social-care",
-				Sink:          config.Sink{Type: "webhook", Config: &webhook.Config{URL: "http://127.0.0.1:9102/events", Secret: connector.SecretValue("demo-carehome-secret"), Timeout: 10 * time.Second}}, // timeout: default
-				Subscriptions: []config.Subscription{{ID: "vm123-discharges-to-us", Basis: "discharge-destination", Types: []string{"admission", "discharge"}}},
+				Sink: config.Sink{Type: "webhook", Config: &webhook.Config{URL: "http://127.0.0.1:9102/events", Secret: connector.SecretValue("demo-carehome-secret"), Timeout: 10 * time.Second}}, // timeout: default
+				Subscriptions: []config.Subscription{{ID: "vm123-discharges-to-us", Basis: "discharge-destination",
+					Types: []string{"admission", "discharge", "discharge-pending", "discharge-pending-cancelled"}}},
 			},
 			{
 				ODS: "CN001", Name: "Example community nursing team (demo)", Role: "community",
 				Sink: config.Sink{Type: "webhook", Config: &webhook.Config{URL: "http://127.0.0.1:9103/events", Secret: connector.SecretValue("demo-community-secret"), Timeout: 10 * time.Second}}, // timeout: default
 				Subscriptions: []config.Subscription{{ID: "cn001-caseload", Basis: "patient-list",
-					Types:       []string{"admission", "transfer", "discharge", "admission-cancelled", "discharge-cancelled"},
+					Types: []string{"admission", "transfer", "discharge", "admission-cancelled", "discharge-cancelled", "transfer-cancelled",
+						"patient-class-changed", "discharge-pending", "discharge-pending-cancelled"},
 					PatientList: filepath.Join("..", "..", "deploy", "examples", "cn001-caseload.txt")}}, // relative to the file
 			},
 			{
@@ -95,7 +100,8 @@ func TestLoadExample(t *testing.T) {
 			},
 		},
 		Delivery: connector.Retry{MinBackoff: 200 * time.Millisecond, MaxBackoff: 30 * time.Second},
-		Consent:  config.Consent{ConfidentialAllow: []string{"registered-gp"}},
+		Consent: config.Consent{ConfidentialAllow: []string{"registered-gp"},
+			ExtraSensitiveCategories: []string{"hiv", "substance-misuse", "termination-of-pregnancy"}},
 	}
 	if diff := cmp.Diff(want, got, ignore); diff != "" {
 		t.Errorf("Load(%s) (-want +got):\n%s", examplePath, diff)
@@ -415,14 +421,67 @@ func TestParseSecretForms(t *testing.T) {
 	}
 }
 
+// exampleSensitivity is the example deployment's sensitivity mapping: the
+// NHS treatment function codes of mental health, sexual health and
+// addiction services, and the demo trust's clinics for the services that
+// have no treatment function code of their own.
+func exampleSensitivity() []adt.SensitivityRule {
+	var out []adt.SensitivityRule
+	for _, r := range []struct {
+		code string
+		cats []string
+	}{
+		{"360", []string{"sexual-health"}}, {"504", []string{"sexual-health"}},
+		{"710", []string{"mental-health"}}, {"711", []string{"mental-health"}}, {"712", []string{"mental-health"}},
+		{"713", []string{"mental-health"}}, {"715", []string{"mental-health"}}, {"720", []string{"mental-health"}},
+		{"722", []string{"mental-health"}}, {"723", []string{"mental-health"}}, {"724", []string{"mental-health"}},
+		{"725", []string{"mental-health"}}, {"726", []string{"mental-health", "substance-misuse"}},
+		{"730", []string{"mental-health"}}, {"721", []string{"substance-misuse"}},
+	} {
+		out = append(out, adt.SensitivityRule{TreatmentFunction: r.code, Categories: r.cats})
+	}
+	return append(out,
+		adt.SensitivityRule{Location: "HIVCLINIC", Categories: []string{"hiv", "sexual-health"}},
+		adt.SensitivityRule{Location: "GIC", Categories: []string{"gender-identity"}},
+		adt.SensitivityRule{Location: "TOPCLINIC", Categories: []string{"termination-of-pregnancy", "sexual-health"}})
+}
+
 func TestConsentPolicyIsValidated(t *testing.T) {
 	b, err := os.ReadFile(examplePath)
 	if err != nil {
 		t.Fatal(err)
 	}
-	bad := string(b) + "\nconsent:\n  extraSensitiveCategories: [\"Not A Code\"]\n  confidentialAllow: [best-friend]\n"
+	const example = "consent:\n  extraSensitiveCategories: [hiv, substance-misuse, termination-of-pregnancy]\n"
+	if !strings.Contains(string(b), example) {
+		t.Fatalf("the example's consent section is not %q", example)
+	}
+	bad := strings.Replace(string(b), example, "consent:\n  extraSensitiveCategories: [\"Not A Code\"]\n  confidentialAllow: [best-friend]\n", 1)
 	_, err = parse([]byte(bad))
 	if err == nil || !strings.Contains(err.Error(), "consent:") {
 		t.Fatalf("Parse with an invalid consent policy: got %v, want an error naming consent", err)
+	}
+}
+
+// TestSensitivityCategoriesMustBeSensitive: an MLLP listener's sensitivity
+// rule that names a category the consent policy does not count as
+// sensitive would label events to no effect: the configuration is refused.
+func TestSensitivityCategoriesMustBeSensitive(t *testing.T) {
+	b, err := os.ReadFile(examplePath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const example = "consent:\n  extraSensitiveCategories: [hiv, substance-misuse, termination-of-pregnancy]\n"
+	bad := strings.Replace(string(b), example, "consent:\n  extraSensitiveCategories: [hiv]\n", 1)
+	_, err = parse([]byte(bad))
+	for _, want := range []string{`inputs[1].mllp.sensitivity: category "substance-misuse" is not sensitive`, `category "termination-of-pregnancy"`} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("got %v, want an error with %s", err, want)
+		}
+	}
+	if err != nil && strings.Count(err.Error(), `"substance-misuse"`) != 1 {
+		t.Errorf("a category named by several rules is reported more than once: %v", err)
+	}
+	if _, err := parse(b); err != nil {
+		t.Errorf("the example: %v", err)
 	}
 }

@@ -1,6 +1,7 @@
 package ingest
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -9,8 +10,11 @@ import (
 	"testing"
 
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/carehub/carehub/connectors/connector"
+	"github.com/carehub/carehub/hub/held"
 	"github.com/carehub/carehub/hub/topic"
 	"github.com/carehub/carehub/schemas/event"
+	"github.com/carehub/carehub/schemas/media"
 	"github.com/carehub/carehub/schemas/nhs"
 	"github.com/carehub/carehub/schemas/problem"
 )
@@ -136,6 +140,108 @@ func TestAcceptBatchPublishesTheValidOnesTogether(t *testing.T) {
 		}
 	}
 }
+
+// topicPub records what is published, on any topic.
+type topicPub struct {
+	sent map[string][]*message.Message
+	err  error
+}
+
+func (p *topicPub) Publish(t string, msgs ...*message.Message) error {
+	if p.err != nil {
+		return p.err
+	}
+	if p.sent == nil {
+		p.sent = map[string][]*message.Message{}
+	}
+	p.sent[t] = append(p.sent[t], msgs...)
+	return nil
+}
+func (p *topicPub) Close() error { return nil }
+
+func TestHoldWritesTheHeldTopicKeyedByAPseudonym(t *testing.T) {
+	v, _ := event.NewValidator()
+	ps, _ := nhs.NewPseudonymiser([]byte("ingest-test-key-0123456789"))
+	p := &topicPub{}
+	in, err := New(v, ps, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	original := []byte("MSH|^~\\&|PAS|RX1|||20250314||ADT^A15|C1|P|2.4\rPID|1||9990500002^^^NHS^NH~H123^^^RX1^MR\r")
+	base := connector.Held{ID: "id-1", Trigger: "ADT^A15", Reason: connector.HeldTriggerNotShared, Detail: "not shared",
+		ContentType: media.HL7v2, Original: original}
+	tests := []struct {
+		name    string
+		h       connector.Held
+		wantKey string
+	}{
+		{"NHS number", with(base, func(h *connector.Held) { h.NHSNumber = nhs.MustParse("9990500002"); h.LocalID = "H123" }),
+			ps.Pseudonym(nhs.MustParse("9990500002"))},
+		{"local identifier", with(base, func(h *connector.Held) { h.LocalID = "H123" }), ps.LocalPseudonym("RX1", "H123")},
+		{"neither", base, ps.LocalPseudonym("RX1", "message\x00id-1")},
+	}
+	for _, tt := range tests {
+		p.sent = nil
+		if err := in.Hold(context.Background(), "RX1", tt.h); err != nil {
+			t.Fatalf("%s: Hold: %v", tt.name, err)
+		}
+		msgs := p.sent[topic.Held]
+		if len(msgs) != 1 || len(p.sent) != 1 {
+			t.Fatalf("%s: published %v, want one record on %s", tt.name, p.sent, topic.Held)
+		}
+		m := msgs[0]
+		if got := m.Metadata.Get(topic.MetaKey); got != tt.wantKey {
+			t.Errorf("%s: key %q, want %q", tt.name, got, tt.wantKey)
+		}
+		for k, v := range m.Metadata {
+			if strings.Contains(v, "9990500002") || strings.Contains(v, "H123") {
+				t.Errorf("%s: header %s holds an identifier", tt.name, k)
+			}
+		}
+		rec, err := held.Unmarshal(m.Payload)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rec.ID != "id-1" || rec.Source != "RX1" || rec.Reason != connector.HeldTriggerNotShared || rec.Trigger != "ADT^A15" ||
+			rec.Patient != tt.wantKey || !bytes.Equal(rec.Original, original) || rec.Received.IsZero() {
+			t.Errorf("%s: record %+v", tt.name, rec)
+		}
+	}
+}
+
+func TestHoldRefusals(t *testing.T) {
+	v, _ := event.NewValidator()
+	ps, _ := nhs.NewPseudonymiser([]byte("ingest-test-key-0123456789"))
+	base := connector.Held{ID: "id-1", Trigger: "ADT^A15", Reason: connector.HeldNoNHSNumber, ContentType: media.HL7v2, Original: []byte("MSH|")}
+	tests := []struct {
+		name string
+		h    connector.Held
+		kind problem.Kind
+	}{
+		{"unknown reason", with(base, func(h *connector.Held) { h.Reason = "because" }), problem.Internal},
+		{"trigger with a value", with(base, func(h *connector.Held) { h.Trigger = "A15 9990500002 SMITH" }), problem.Internal},
+		{"no id", with(base, func(h *connector.Held) { h.ID = "" }), problem.Internal},
+		{"no original", with(base, func(h *connector.Held) { h.Original = nil }), problem.Internal},
+	}
+	for _, tt := range tests {
+		p := &topicPub{}
+		in, _ := New(v, ps, p)
+		err := in.Hold(context.Background(), "RX1", tt.h)
+		if problem.KindOf(err) != tt.kind || len(p.sent) != 0 {
+			t.Errorf("%s: got %v (%s) and %d topics written, want %s and nothing", tt.name, err, problem.KindOf(err), len(p.sent), tt.kind)
+		}
+		if err != nil && strings.Contains(err.Error(), "9990500002") {
+			t.Errorf("%s: the error holds the trigger's value", tt.name)
+		}
+	}
+	p := &topicPub{err: errors.New("broker down")}
+	in, _ := New(v, ps, p)
+	if err := in.Hold(context.Background(), "RX1", base); problem.KindOf(err) != problem.Unavailable {
+		t.Errorf("broker down: got %v, want Unavailable", err)
+	}
+}
+
+func with(h connector.Held, f func(*connector.Held)) connector.Held { f(&h); return h }
 
 // partialErr is a publisher's report that some records of a publish were
 // not acknowledged (kafkawm.PublishError has the same method).

@@ -146,7 +146,7 @@ func (r *Router) Decide(ctx context.Context, ev *event.Event, key string) ([]Ver
 	}
 	facts := consent.Event{
 		ID: ev.ID, Type: ev.Type, Publisher: ev.Publisher, Time: ev.Time,
-		Labels: ev.Labels, HasDocument: ev.HasDocument,
+		Labels: ev.Labels, HasDocument: ev.HasDocument, Confidential: ev.Confidential,
 		GPPractice: ev.Patient.GPPractice, DischargeDestination: ev.DischargeDestination,
 	}
 	out := make([]Verdict, 0, len(cands))

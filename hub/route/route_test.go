@@ -274,3 +274,41 @@ func TestOneProducePerEvent(t *testing.T) {
 		t.Errorf("published: got %d topics %v", len(p.sent), p.sent)
 	}
 }
+
+// TestConfidentialEventReachesOnlyTheGP: an event the publisher marks
+// confidential (data.confidential) is decided as confidential: with the
+// default policy, the registered GP gets it and the care home does not.
+func TestConfidentialEventReachesOnlyTheGP(t *testing.T) {
+	m := discharge(t)
+	m.Payload = []byte(strings.Replace(string(m.Payload), `"data":{`, `"data":{"confidential":true,`, 1))
+	pub := &fakePub{}
+	policy := consent.DefaultPolicy()
+	r, _ := New(subs(t), &policy, NoDirectives{}, pub, zap.NewNop())
+	if err := r.Handle(m); err != nil {
+		t.Fatal(err)
+	}
+	if got := len(pub.sent[topic.Outbox("A81001")]); got != 1 {
+		t.Errorf("copies for the GP: got %d, want 1", got)
+	}
+	if got := len(pub.sent[topic.Outbox("VM123")]); got != 0 {
+		t.Errorf("copies for the care home: got %d, want 0", got)
+	}
+	var rules []string
+	for _, a := range pub.sent[topic.Audit] {
+		rec, err := audit.Unmarshal(a.Payload)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rec.Recipient == "VM123" {
+			rules = append(rules, rec.Rule)
+		}
+	}
+	for _, r := range rules {
+		if r != consent.RuleConfidentialEvent {
+			t.Errorf("the care home's decision: rule %s, want %s", r, consent.RuleConfidentialEvent)
+		}
+	}
+	if len(rules) == 0 {
+		t.Error("no decision audited for the care home")
+	}
+}

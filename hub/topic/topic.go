@@ -15,6 +15,7 @@ const (
 	DLQ           = "carehub.dlq"
 	Consent       = "carehub.consent"
 	Subscriptions = "carehub.subscriptions"
+	Held          = "carehub.held"
 	outboxPrefix  = "carehub.outbox."
 	feedPrefix    = "carehub.feed."
 )
@@ -56,6 +57,8 @@ const (
 	MetaRecipient = "carehub_recipient"
 	MetaBasis     = "carehub_basis"
 	MetaRule      = "carehub_rule"
+	MetaHeldID    = "carehub_held_id"
+	MetaReason    = "carehub_held_reason"
 )
 
 // Specs returns the topics a hub needs, with their settings. Events, audit
@@ -63,6 +66,9 @@ const (
 // and subscriptions are compacted, in one partition each: every hub process
 // reads all of them anyway, and the router looks up the consent topic's end
 // offset before each decision (consentstore), one request per partition.
+// The held topic (messages acknowledged but not shared, with the original
+// message) is kept until an operator releases or resolves each record
+// (retention.ms=-1): nothing ages out unseen.
 // Outboxes keep everything until a
 // retention job deletes what every deliverer has committed (not yet built):
 // retention.ms=-1 so that a recipient that is down for weeks loses nothing.
@@ -73,6 +79,7 @@ func Specs(partitions, replication int, recipients []string) []broker.TopicSpec 
 		{Name: Events, Partitions: partitions, ReplicationFactor: replication, Configs: forever},
 		{Name: Audit, Partitions: partitions, ReplicationFactor: replication, Configs: forever},
 		{Name: DLQ, Partitions: partitions, ReplicationFactor: replication, Configs: forever},
+		{Name: Held, Partitions: partitions, ReplicationFactor: replication, Configs: forever},
 		{Name: Consent, Partitions: 1, ReplicationFactor: replication, Configs: compact},
 		{Name: Subscriptions, Partitions: 1, ReplicationFactor: replication, Configs: compact},
 	}

@@ -31,6 +31,11 @@ const (
 	TypeDischargeCancelled = "org.carehub.discharge-cancelled.v1"
 	TypePatientUpdated     = "org.carehub.patient-updated.v1"
 	TypePatientMerged      = "org.carehub.patient-merged.v1"
+
+	TypeDischargePending          = "org.carehub.discharge-pending.v1"
+	TypeDischargePendingCancelled = "org.carehub.discharge-pending-cancelled.v1"
+	TypeTransferCancelled         = "org.carehub.transfer-cancelled.v1"
+	TypePatientClassChanged       = "org.carehub.patient-class-changed.v1"
 )
 
 // typeSchemas maps each type to its schema file, in the order Types lists them.
@@ -43,6 +48,10 @@ var typeSchemas = []struct{ typ, file string }{
 	{TypeDischargeCancelled, "discharge-cancelled.v1.json"},
 	{TypePatientUpdated, "patient-updated.v1.json"},
 	{TypePatientMerged, "patient-merged.v1.json"},
+	{TypeDischargePending, "discharge-pending.v1.json"},
+	{TypeDischargePendingCancelled, "discharge-pending-cancelled.v1.json"},
+	{TypeTransferCancelled, "transfer-cancelled.v1.json"},
+	{TypePatientClassChanged, "patient-class-changed.v1.json"},
 }
 
 // typePrefix and typeSuffix surround a type's short name:
@@ -123,6 +132,8 @@ type Event struct {
 	EncounterID          string     // data.encounter.id, if any
 	DischargeDestination string     // data.discharge.destination.ods, if any
 	Labels               []string   // data.sensitivity: sensitivity categories
+	Confidential         bool       // data.confidential: the publisher marks the record protected
+	PreviousNHSNumber    nhs.Number // data.previousNhsNumber (patient-updated: a corrected NHS number)
 	HasDocument          bool       // a clinical document is attached, inline or by reference
 }
 
@@ -389,6 +400,15 @@ func (e *Event) readFacts(data map[string]any, vs []problem.Violation) []problem
 		}
 		e.MergedNHSNumber = n
 	}
+	if x, ok := data["previousNhsNumber"]; ok {
+		s, _ := x.(string)
+		n, err := nhs.Parse(s)
+		if err != nil {
+			vs = append(vs, nhsViolation("/data/previousNhsNumber", err))
+		}
+		e.PreviousNHSNumber = n
+	}
+	e.Confidential, _ = data["confidential"].(bool)
 	encounter, _ := data["encounter"].(map[string]any)
 	e.EncounterID, _ = encounter["id"].(string)
 	discharge, _ := data["discharge"].(map[string]any)

@@ -83,6 +83,10 @@ func TestExamples(t *testing.T) {
 		{"discharge-cancelled.json", factsView{TypeDischargeCancelled, "RX1", canary, "A81001", "", "ENC-0001", "", nil, false}},
 		{"patient-updated.json", factsView{TypePatientUpdated, "RX1", canary, "A81001", "", "", "", nil, false}},
 		{"patient-merged.json", factsView{TypePatientMerged, "RX1", canary, "A81001", canaryMerged, "", "", nil, false}},
+		{"discharge-pending.json", factsView{TypeDischargePending, "RX1", canary, "A81001", "", "ENC-0001", "VM123", nil, false}},
+		{"discharge-pending-cancelled.json", factsView{TypeDischargePendingCancelled, "RX1", canary, "A81001", "", "ENC-0001", "VM123", nil, false}},
+		{"transfer-cancelled.json", factsView{TypeTransferCancelled, "RX1", canary, "A81001", "", "ENC-0001", "", nil, false}},
+		{"patient-class-changed.json", factsView{TypePatientClassChanged, "RX1", canary, "A81001", "", "ENC-0001", "", nil, false}},
 	}
 	// Every example is in the table and every type has an example.
 	files, _ := filepath.Glob(filepath.Join(examplesDir, "*.json"))
@@ -138,6 +142,8 @@ func TestTypes(t *testing.T) {
 		"org.carehub.admission.v1", "org.carehub.transfer.v1", "org.carehub.discharge.v1",
 		"org.carehub.careplan.v1", "org.carehub.admission-cancelled.v1", "org.carehub.discharge-cancelled.v1",
 		"org.carehub.patient-updated.v1", "org.carehub.patient-merged.v1",
+		"org.carehub.discharge-pending.v1", "org.carehub.discharge-pending-cancelled.v1",
+		"org.carehub.transfer-cancelled.v1", "org.carehub.patient-class-changed.v1",
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("Types():\n\tgot  %q\n\twant %q", got, want)
@@ -940,6 +946,55 @@ func BenchmarkNotificationOnlyDischarge(b *testing.B) {
 	for b.Loop() {
 		if _, err := NotificationOnly(raw); err != nil {
 			b.Fatal(err)
+		}
+	}
+}
+
+// TestConfidentialAndPreviousNHSNumber: data.confidential and
+// data.previousNhsNumber become facts, on both the ingest and the router
+// paths; a previous number is checked like any NHS number.
+func TestConfidentialAndPreviousNHSNumber(t *testing.T) {
+	v := newValidator(t)
+	var doc map[string]any
+	_ = json.Unmarshal(readExample(t, "patient-updated.json"), &doc)
+	data := doc["data"].(map[string]any)
+	data["confidential"] = true
+	data["previousNhsNumber"] = canaryMerged
+	data["changed"] = []string{"nhsNumber"}
+	raw, _ := json.Marshal(doc)
+	e, err := v.Parse(raw)
+	if err != nil {
+		t.Fatalf("Parse: %v %+v", err, violationsOf(err))
+	}
+	out, _ := e.Marshal()
+	u, err := Unmarshal(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, got := range map[string]*Event{"Parse": e, "Unmarshal": u} {
+		if !got.Confidential || got.PreviousNHSNumber.Digits() != canaryMerged {
+			t.Errorf("%s: Confidential %v, PreviousNHSNumber set %v; want true, true", name, got.Confidential, !got.PreviousNHSNumber.IsZero())
+		}
+	}
+
+	tests := []struct {
+		name     string
+		previous string
+		rule     string
+	}{
+		{"check digit", canaryMerged[:9] + string('0'+(canaryMerged[9]-'0'+1)%10), "nhs-number-check-digit"},
+		{"the patient's own number", canary, RulePreviousSame},
+	}
+	for _, tt := range tests {
+		data["previousNhsNumber"] = tt.previous
+		raw, _ := json.Marshal(doc)
+		_, err := v.Parse(raw)
+		var found bool
+		for _, x := range violationsOf(err) {
+			found = found || x.Pointer == "/data/previousNhsNumber" && x.Rule == tt.rule
+		}
+		if !found {
+			t.Errorf("%s: got %v %+v, want %s at /data/previousNhsNumber", tt.name, err, violationsOf(err), tt.rule)
 		}
 	}
 }

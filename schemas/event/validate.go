@@ -40,6 +40,7 @@ const (
 	RuleDataShape       = "data-shape"                  // data cannot be read (NotificationOnly)
 	RuleNHSInEnvelope   = "nhs-number-in-envelope"      // id, subject or an extension holds the NHS number
 	RuleMergeSame       = "merge-same-patient"          // a merge names one NHS number twice
+	RulePreviousSame    = "previous-nhs-number-same"    // an update names the patient's NHS number as its previous one
 	RuleBatchArray      = "batch-array"                 // a batch is not a JSON array
 	RuleBatchNotEmpty   = "batch-not-empty"             // a batch holds no event
 	// nhs.RuleFormat and nhs.RuleCheckDigit are used for NHS numbers.
@@ -246,6 +247,9 @@ func (v *Validator) Parse(raw []byte) (*Event, error) {
 	if a, b := e.Patient.NHSNumber, e.MergedNHSNumber; !a.IsZero() && a == b {
 		dataVs = append(dataVs, problem.Violation{Pointer: "/data/mergedPatient/nhsNumber", Rule: RuleMergeSame, Detail: "the merged patient's NHS number must differ from the surviving patient's"})
 	}
+	if a, b := e.Patient.NHSNumber, e.PreviousNHSNumber; !a.IsZero() && a == b {
+		dataVs = append(dataVs, problem.Violation{Pointer: "/data/previousNhsNumber", Rule: RulePreviousSame, Detail: "the previous NHS number must differ from the patient's"})
+	}
 	sortViolations(dataVs)
 	vs = append(vs, dataVs...)
 	vs = append(vs, e.envelopeLeaks()...)
@@ -262,7 +266,7 @@ func (v *Validator) Parse(raw []byte) (*Event, error) {
 // logs and indexes as metadata (id, subject, extensions).
 func (e *Event) envelopeLeaks() []problem.Violation {
 	var vs []problem.Violation
-	for _, n := range []nhs.Number{e.Patient.NHSNumber, e.MergedNHSNumber} {
+	for _, n := range []nhs.Number{e.Patient.NHSNumber, e.MergedNHSNumber, e.PreviousNHSNumber} {
 		if n.IsZero() {
 			continue
 		}

@@ -22,6 +22,9 @@ const (
 	FHIR = "application/fhir+json"
 	// Problem is an RFC 9457 problem document.
 	Problem = "application/problem+json"
+	// HL7v2 is an HL7 version 2 message in its pipe-and-hat encoding (ER7),
+	// as FHIR names it: what a held MLLP message holds.
+	HL7v2 = "x-application/hl7-v2+er7"
 )
 
 // Of returns the media type of a Content-Type header value, lower-cased

@@ -463,3 +463,28 @@ func TestSynthetic(t *testing.T) {
 		t.Errorf("Synthetic gave only %d distinct numbers for 2000 seeds", len(seen))
 	}
 }
+
+func TestLocalPseudonym(t *testing.T) {
+	// Vectors computed independently:
+	//   printf 'local\0RX1\0RX1-0001' | openssl dgst -sha256 -hmac carehub-test-key-0123456789
+	// and the first 32 hex digits prefixed with l1_.
+	p, err := NewPseudonymiser([]byte("carehub-test-key-0123456789"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct{ org, id, want string }{
+		{"RX1", "RX1-0001", "l1_0e53da76e65eee0675fbdc778c0008c3"},
+		{"RX2", "RX1-0001", "l1_520acaebb378c0b34f193d8166ef437c"},
+		{"RX1", "", ""},
+	}
+	for _, tt := range tests {
+		if got := p.LocalPseudonym(tt.org, tt.id); got != tt.want {
+			t.Errorf("LocalPseudonym(%s, %s):\n\tgot  %s\n\twant %s", tt.org, tt.id, got, tt.want)
+		}
+	}
+	// A local identifier made of an NHS number's digits never gets the
+	// NHS number's pseudonym.
+	if p.LocalPseudonym("RX1", "9434765919") == p.Pseudonym(MustParse("9434765919")) {
+		t.Error("a local pseudonym equals an NHS number's")
+	}
+}

@@ -73,3 +73,33 @@ func (p *Pseudonymiser) Pseudonym(n Number) string {
 	p.pool.Put(m)
 	return string(out[:])
 }
+
+// LocalPseudonymPrefix starts every pseudonym of a local identifier (see
+// LocalPseudonym). Its prefix differs from PseudonymPrefix, so the two
+// kinds can never be mistaken for one another.
+const LocalPseudonymPrefix = "l1_"
+
+// LocalPseudonym returns a keyed pseudonym of a local identifier (a
+// hospital number) within the organisation org: "l1_" followed by the first
+// 32 lower-case hex digits of HMAC-SHA256(key, "local", org, id), the parts
+// separated by NUL bytes. It keys records about a patient known only by a
+// local identifier (a message held because it carries no NHS number), so
+// that one patient's records share a partition and no identifier reaches a
+// Kafka key. It returns "" when id is empty.
+func (p *Pseudonymiser) LocalPseudonym(org, id string) string {
+	if id == "" {
+		return ""
+	}
+	m := p.pool.Get().(*macState)
+	m.h.Reset()
+	m.h.Write([]byte("local\x00"))
+	m.h.Write([]byte(org))
+	m.h.Write([]byte{0})
+	m.h.Write([]byte(id))
+	m.h.Sum(m.sum[:0])
+	var out [PseudonymLen]byte
+	copy(out[:], LocalPseudonymPrefix)
+	hex.Encode(out[len(LocalPseudonymPrefix):], m.sum[:16])
+	p.pool.Put(m)
+	return string(out[:])
+}

@@ -9,7 +9,9 @@
 // messages of its protocol through the probe, and checks the ack contract
 // of package connector: a positive answer only after Accept returned nil,
 // never before; a negative answer when Accept fails; nothing accepted from
-// an unauthenticated sender.
+// an unauthenticated sender. A probe with a HeldDocument (a message the
+// protocol acknowledges without sharing) is held to the same contract
+// through Hold.
 //
 // Sinks: RunSink starts the probe's receiver, whose answers the suite sets,
 // builds the sink from the configuration the probe returns, and checks the
@@ -98,10 +100,12 @@ func startSource(t *testing.T, f connector.SourceFactory, in connector.Ingest) f
 	}
 }
 
-// Ingest is the suite's controllable connector.Ingest.
+// Ingest is the suite's controllable connector.Ingest. Its fail and block
+// settings apply to Accept and Hold alike.
 type Ingest struct {
 	mu       sync.Mutex
 	accepted []string
+	held     []connector.Held
 	fail     error
 	block    chan struct{} // when set, Accept waits for it to close
 	entered  chan struct{} // signalled when Accept is entered
@@ -146,6 +150,37 @@ func (in *Ingest) Accept(ctx context.Context, org string, raw []byte) (connector
 	in.accepted = append(in.accepted, org)
 	in.mu.Unlock()
 	return connector.Accepted{ID: ce.ID, Type: ce.Type}, nil
+}
+
+// Hold implements connector.Ingest.
+func (in *Ingest) Hold(ctx context.Context, org string, h connector.Held) error {
+	in.mu.Lock()
+	fail, block := in.fail, in.block
+	in.mu.Unlock()
+	select {
+	case in.entered <- struct{}{}:
+	default:
+	}
+	if block != nil {
+		select {
+		case <-block:
+		case <-ctx.Done():
+			return problem.Wrap(problem.Unavailable, "stopped", ctx.Err())
+		}
+	}
+	if fail != nil {
+		return fail
+	}
+	in.mu.Lock()
+	in.held = append(in.held, h)
+	in.mu.Unlock()
+	return nil
+}
+
+func (in *Ingest) heldCount() int {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	return len(in.held)
 }
 
 // AcceptBatch implements connector.Ingest.
@@ -241,6 +276,10 @@ func RunSource(t *testing.T, f connector.SourceFactory) {
 		}
 	})
 
+	if f.Probe.HeldDocument != nil {
+		runHeld(t, f, ctx)
+	}
+
 	t.Run("unauthenticated sender: nothing accepted", func(t *testing.T) {
 		in := newIngest()
 		send := startSource(t, f, in)
@@ -251,6 +290,87 @@ func RunSource(t *testing.T, f connector.SourceFactory) {
 		}
 		if n := in.count(); n != 0 {
 			t.Errorf("Accept succeeded %d times for an unauthenticated sender", n)
+		}
+	})
+}
+
+// runHeld checks the ack contract for messages a source acknowledges
+// without sharing: Hold, not Accept; a positive answer only once Hold
+// returned nil; a negative one when it failed.
+func runHeld(t *testing.T, f connector.SourceFactory, ctx func(*testing.T) context.Context) {
+	seq := 0
+	doc := func() []byte {
+		seq++
+		return f.Probe.HeldDocument(Organisation, fmt.Sprintf("conformance-held-%d", seq), Canary)
+	}
+	t.Run("held: positive answer once held, nothing accepted", func(t *testing.T) {
+		in := newIngest()
+		send := startSource(t, f, in)
+		a, err := send(ctx(t), doc(), key)
+		if err != nil || !a.Positive {
+			t.Fatalf("Send: got %+v, %v; want a positive answer", a, err)
+		}
+		if n, m := in.heldCount(), in.count(); n != 1 || m != 0 {
+			t.Errorf("Hold calls %d, Accept calls %d: want 1 and 0", n, m)
+		}
+		in.mu.Lock()
+		h := in.held[0]
+		in.mu.Unlock()
+		if h.ID == "" || h.Reason == "" || len(h.Original) == 0 {
+			t.Errorf("the held record lacks its id, reason or original: id %q reason %q, %d bytes", h.ID, h.Reason, len(h.Original))
+		}
+		for _, s := range []string{h.ID, h.Trigger, h.Reason, h.Detail} {
+			if strings.Contains(s, Canary) {
+				t.Errorf("held metadata carries the patient's NHS number: %q", s)
+			}
+		}
+	})
+	t.Run("held: negative answer when Hold fails", func(t *testing.T) {
+		in := newIngest()
+		in.set(problem.New(problem.Unavailable, "refused by the suite"), nil)
+		send := startSource(t, f, in)
+		a, err := send(ctx(t), doc(), key)
+		if err != nil {
+			t.Fatalf("Send: %v; want a negative answer, not a broken connection", err)
+		}
+		if a.Positive {
+			t.Errorf("got a positive answer (%s) though Hold failed", a.Detail)
+		}
+	})
+	t.Run("held: no positive answer before Hold returns", func(t *testing.T) {
+		in := newIngest()
+		release := make(chan struct{})
+		in.set(nil, release)
+		send := startSource(t, f, in)
+		answered := make(chan Answer, 1)
+		d := doc()
+		go func() {
+			a, _ := send(context.Background(), d, key)
+			answered <- a
+		}()
+		select {
+		case <-in.entered:
+		case a := <-answered:
+			close(release)
+			t.Fatalf("answered %+v before Hold was called", a)
+		case <-time.After(20 * time.Second):
+			close(release)
+			t.Fatalf("Hold was never called")
+		}
+		select {
+		case a := <-answered:
+			close(release)
+			t.Fatalf("answered %+v while Hold had not returned", a)
+		case <-time.After(300 * time.Millisecond):
+		}
+		close(release)
+		select {
+		case a := <-answered:
+			if !a.Positive {
+				t.Errorf("after Hold returned nil: got %+v, want positive", a)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatalf("no answer after Hold returned")
 		}
 	})
 }

@@ -1,6 +1,7 @@
 package connectortest
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"os"
@@ -16,7 +17,7 @@ import (
 // source directly, with the Ingest it was registered with.
 type fakeSource struct {
 	in     connector.Ingest
-	broken string // "", "ack-before-accept", "ack-despite-failure", "accept-unauthenticated"
+	broken string // "", "ack-before-accept", "ack-despite-failure", "accept-unauthenticated", "ack-despite-hold-failure", "held-accepted"
 }
 
 func (s *fakeSource) Register(env connector.Env) error               { s.in = env.Ingest; return nil }
@@ -29,6 +30,20 @@ func (s *fakeSource) send(ctx context.Context, doc []byte, key string) (Answer, 
 			return Answer{Detail: "401"}, nil
 		}
 		org = Stranger
+	}
+	if bytes.Contains(doc, []byte(`"held":true`)) {
+		switch s.broken {
+		case "held-accepted":
+			_, _ = s.in.Accept(ctx, org, doc)
+			return Answer{Positive: true, Detail: "AA"}, nil
+		case "ack-despite-hold-failure":
+			_ = s.in.Hold(ctx, org, connector.Held{ID: "h", Reason: "trigger-not-shared", Original: doc})
+			return Answer{Positive: true, Detail: "AA"}, nil
+		}
+		if err := s.in.Hold(ctx, org, connector.Held{ID: "h", Reason: "trigger-not-shared", Original: doc}); err != nil {
+			return Answer{Detail: "AR"}, nil
+		}
+		return Answer{Positive: true, Detail: "AA"}, nil
 	}
 	switch s.broken {
 	case "ack-before-accept":
@@ -57,6 +72,10 @@ func sourceFactory(broken string) connector.SourceFactory {
 			Config: func(string) connector.Config { return fakeConfig{} },
 			Document: func(org, id, nhs string) []byte {
 				b, _ := json.Marshal(map[string]any{"id": id, "source": org, "data": map[string]string{"nhsNumber": nhs}})
+				return b
+			},
+			HeldDocument: func(org, id, nhs string) []byte {
+				b, _ := json.Marshal(map[string]any{"id": id, "source": org, "held": true, "data": map[string]string{"nhsNumber": nhs}})
 				return b
 			},
 			Send: func(ctx context.Context, s connector.Source, _, key string, doc []byte) (Answer, error) {
@@ -140,6 +159,8 @@ func TestSuiteFailsBrokenFakes(t *testing.T) {
 		{"ack-before-accept", "before Accept"},
 		{"ack-despite-failure", "though Accept failed"},
 		{"accept-unauthenticated", "unauthenticated sender"},
+		{"ack-despite-hold-failure", "though Hold failed"},
+		{"held-accepted", "Accept calls 1"},
 		{"sink:transient-is-permanent", "Deliver returned"},
 	}
 	for _, tc := range tests {

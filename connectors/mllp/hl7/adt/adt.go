@@ -7,12 +7,15 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 	_ "time/tzdata" // Europe/London must resolve on machines without a zoneinfo database
 
+	"github.com/carehub/carehub/connectors/connector"
 	"github.com/carehub/carehub/connectors/mllp/hl7"
 	"github.com/carehub/carehub/schemas/event"
+	"github.com/carehub/carehub/schemas/nhs"
 	"github.com/carehub/carehub/schemas/ods"
 )
 
@@ -38,14 +41,72 @@ type Options struct {
 	// code counts. Nil means DefaultDestinationFields. A PAS that carries
 	// the code in a Z-segment is configured here, e.g. ["ZU9-2.1", "PV1-37.1"].
 	DestinationFields []string
+
+	// AllowUnverifiedNHSNumbers shares events whose NHS number the sender
+	// says is not verified (PID-32 an NHS number status other than 01).
+	// False (the default) holds them.
+	AllowUnverifiedNHSNumbers bool
+	// AssumeVerifiedWithoutStatus treats an NHS number as verified when the
+	// message carries no NHS number status in PID-32 at all (a feed that
+	// sends only traced numbers and no status). False (the default) holds
+	// such messages, unless AllowUnverifiedNHSNumbers is set.
+	AssumeVerifiedWithoutStatus bool
+
+	// Sensitivity labels events with sensitivity categories by the
+	// treatment function (PV1-10) or location (PV1-3, PV1-6) of the
+	// message; see SensitivityRule.
+	Sensitivity []SensitivityRule
+}
+
+// SensitivityRule gives the categories of a treatment function code or a
+// location. Exactly one of TreatmentFunction and Location is set.
+type SensitivityRule struct {
+	// TreatmentFunction is compared with PV1-10.1 (hospital service: the
+	// NHS Data Dictionary treatment function code, e.g. 360), exactly.
+	TreatmentFunction string `yaml:"treatmentFunction,omitempty" json:"treatmentFunction,omitempty"`
+	// Location is compared, ignoring case, with the point of care (PL.1)
+	// and the facility (PL.4, an ODS site code) of PV1-3 and PV1-6.
+	Location string `yaml:"location,omitempty" json:"location,omitempty"`
+	// Categories are the sensitivity category codes the event gets
+	// (lower-case words joined by '-', e.g. sexual-health).
+	Categories []string `yaml:"categories" json:"categories"`
+}
+
+// Validate reports what is wrong with the rule.
+func (r SensitivityRule) Validate() error {
+	var errs []error
+	switch {
+	case r.TreatmentFunction == "" && r.Location == "":
+		errs = append(errs, errors.New("a rule names a treatmentFunction or a location"))
+	case r.TreatmentFunction != "" && r.Location != "":
+		errs = append(errs, errors.New("a rule names a treatmentFunction or a location, not both"))
+	}
+	for _, v := range []string{r.TreatmentFunction, r.Location} {
+		if len(v) > 64 || strings.TrimSpace(v) != v {
+			errs = append(errs, errors.New("a code is at most 64 characters, without spaces around it"))
+		}
+	}
+	if len(r.Categories) == 0 {
+		errs = append(errs, errors.New("a rule gives at least one category"))
+	}
+	for _, c := range r.Categories {
+		if !isCode(c) {
+			errs = append(errs, fmt.Errorf("category %q: lower-case letters and digits in words joined by '-'", c))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // Mapper maps parsed ADT messages to canonical events. It is immutable and
 // safe for concurrent use.
 type Mapper struct {
-	source string
-	loc    *time.Location
-	dest   []hl7.Path
+	source     string
+	loc        *time.Location
+	dest       []hl7.Path
+	unverified bool // Options.AllowUnverifiedNHSNumbers
+	unstated   bool // Options.AssumeVerifiedWithoutStatus
+	byFunction map[string][]string
+	byLocation map[string][]string // upper-case location code
 }
 
 // NewMapper validates o and returns a Mapper.
@@ -53,7 +114,19 @@ func NewMapper(o Options) (*Mapper, error) {
 	if !ods.Valid(o.Source) {
 		return nil, fmt.Errorf("adt: Options.Source %q is not an ODS code", o.Source)
 	}
-	mp := &Mapper{source: o.Source, loc: o.Location}
+	mp := &Mapper{source: o.Source, loc: o.Location, unverified: o.AllowUnverifiedNHSNumbers, unstated: o.AssumeVerifiedWithoutStatus,
+		byFunction: map[string][]string{}, byLocation: map[string][]string{}}
+	for i, r := range o.Sensitivity {
+		if err := r.Validate(); err != nil {
+			return nil, fmt.Errorf("adt: Options.Sensitivity[%d]: %w", i, err)
+		}
+		if r.TreatmentFunction != "" {
+			mp.byFunction[r.TreatmentFunction] = append(mp.byFunction[r.TreatmentFunction], r.Categories...)
+		} else {
+			k := strings.ToUpper(r.Location)
+			mp.byLocation[k] = append(mp.byLocation[k], r.Categories...)
+		}
+	}
 	if mp.loc == nil {
 		loc, err := time.LoadLocation("Europe/London")
 		if err != nil {
@@ -78,29 +151,64 @@ func NewMapper(o Options) (*Mapper, error) {
 // Source returns the ODS code events are published as.
 func (mp *Mapper) Source() string { return mp.source }
 
-// Result is a mapped message.
+// Result is a mapped message: the events to publish, or why it is held.
 type Result struct {
 	// Trigger is the trigger event, e.g. "A01".
 	Trigger string
-	// ID is the CloudEvents id (see EventID), set even when nothing is
-	// published.
+	// ID is the message's id (see EventID): the id of its first event, and
+	// of its held record when it is held.
 	ID string
-	// Type is the CloudEvents type; empty when nothing is published.
-	Type string
-	// Event is the CloudEvents JSON document (structured mode); nil when
-	// the message is acknowledged without publishing anything (Skipped).
-	Event []byte
-	// Skipped says, in a fixed public text, why nothing is published.
-	Skipped string
+	// Events are the events to publish, in order: one for most triggers,
+	// two for A17 (a swap is two transfers); none when Held is set.
+	Events []Event
+	// Held is set when the message is acknowledged without publishing
+	// anything: it is recorded with this reason instead.
+	Held *Held
+	// Time is the message's event time (EVN-6, EVN-2, MSH-7); zero when a
+	// held message has none that reads.
+	Time time.Time
 }
 
-// Texts of Result.Skipped.
+// Event is one canonical event of a message.
+type Event struct {
+	ID   string // the CloudEvents id
+	Type string // the CloudEvents type
+	JSON []byte // the CloudEvents JSON document (structured mode)
+}
+
+// Held says why a message is not shared, and who it is about as far as
+// the message says (for the held record's key).
+type Held struct {
+	Reason string // a connector.Held reason code
+	Detail string // a fixed public text
+	// NHSNumber is the patient's NHS number when the message has a valid
+	// one (an unverified number, an unshared trigger); else zero.
+	NHSNumber nhs.Number
+	// LocalID is the sender's local identifier of the patient (PID-3).
+	LocalID string
+}
+
+// Reason codes of Held: connector.Held's reasons, defined once there.
 const (
-	SkippedMergeLocal = "merge of local records only: the merged record holds no NHS number of its own"
+	HeldTriggerNotShared       = connector.HeldTriggerNotShared
+	HeldNoNHSNumber            = connector.HeldNoNHSNumber
+	HeldNHSNumberUnverified    = connector.HeldNHSNumberUnverified
+	HeldNHSNumberStatusMissing = connector.HeldNHSNumberStatusMissing
+	HeldLocalMerge             = connector.HeldLocalMerge
+)
+
+// Details of Held, fixed public texts.
+const (
+	detailNoNHS          = "the patient has no NHS number (PID-3, PID-2): held until the patient is identified"
+	detailUnverified     = "the NHS number status (PID-32) says the number is not verified"
+	detailStatusMissing  = "the message gives no NHS number status (PID-32), and this listener shares verified numbers only"
+	detailLocalMerge     = "merge of local records only: the merged record holds no NHS number of its own"
+	detailTriggerDefault = "this ADT trigger is not one carehub shares"
 )
 
 // Map maps one ADT message. The error is an *Error for any message that
-// cannot be mapped; its Ack says whether to answer AE or AR.
+// cannot be mapped; its Ack says whether to answer AE or AR. A message that
+// maps to nothing shared is not an error: Result.Held says why.
 func (mp *Mapper) Map(m *hl7.Message) (*Result, error) {
 	if err := m.ValidateHeader(); err != nil {
 		var pe *hl7.ParseError
@@ -116,37 +224,46 @@ func (mp *Mapper) Map(m *hl7.Message) (*Result, error) {
 	if typ.Code != "ADT" {
 		return nil, rejected(hl7.CodeUnsupportedMessageType, "MSH", 9, 1, reasonNotADT)
 	}
-	trigger := typ.Trigger
+	trigger := strings.ToUpper(strings.TrimSpace(typ.Trigger))
 	if trigger == "" {
-		trigger = strings.TrimSpace(m.Segment("EVN").Field(1).String())
+		trigger = strings.ToUpper(strings.TrimSpace(m.Segment("EVN").Field(1).String()))
 	}
+	res := &Result{Trigger: trigger, ID: mp.EventID(m)}
+	x := &mapping{mp: mp, m: m, trigger: trigger}
 	mapFn, ok := triggers[trigger]
 	if !ok {
-		return nil, rejected(hl7.CodeUnsupportedEventCode, "MSH", 9, 2, reasonTrigger)
+		res.Held = x.notShared()
+		res.Time, _ = x.eventTime() // best effort: an unshared message is not refused for its time
+		return res, nil
 	}
-	x := &mapping{mp: mp, m: m, trigger: trigger}
 	t, err := x.eventTime()
 	if err != nil {
 		return nil, err
 	}
-	x.time = t
-	res := &Result{Trigger: trigger, ID: mp.EventID(m)}
-	evType, d, skipped, err := mapFn(x)
+	x.time, res.Time = t, t
+	outs, err := mapFn(x)
 	if err != nil {
 		return nil, err
 	}
-	if skipped != "" {
-		res.Skipped = skipped
+	if x.held != nil {
+		res.Held = x.held
 		return res, nil
 	}
-	res.Type = evType
-	data, err := encodeData(d)
-	if err != nil {
-		return nil, err
-	}
-	ev := event.Event{ID: res.ID, Source: event.SourcePrefix + mp.source, Type: evType, Time: t.UTC(), Data: data}
-	if res.Event, err = ev.Marshal(); err != nil {
-		return nil, fmt.Errorf("adt: encoding event: %w", err)
+	for i, o := range outs {
+		id := res.ID
+		if i > 0 {
+			id = mp.eventIDN(m, i+1)
+		}
+		data, err := encodeData(o.data)
+		if err != nil {
+			return nil, err
+		}
+		ev := event.Event{ID: id, Source: event.SourcePrefix + mp.source, Type: o.typ, Time: t.UTC(), Data: data}
+		b, err := ev.Marshal()
+		if err != nil {
+			return nil, fmt.Errorf("adt: encoding event: %w", err)
+		}
+		res.Events = append(res.Events, Event{ID: id, Type: o.typ, JSON: b})
 	}
 	return res, nil
 }
@@ -165,6 +282,14 @@ func (mp *Mapper) EventID(m *hl7.Message) string {
 	msh := m.Segment("MSH")
 	return uuid5(eventIDNamespace, mp.source+"\x00"+msh.Field(3).Component(1).String()+"\x00"+
 		msh.Field(4).Component(1).String()+"\x00"+m.ControlID())
+}
+
+// eventIDN is the id of a message's n-th event (n > 1; A17 carries two):
+// EventID's name with n appended.
+func (mp *Mapper) eventIDN(m *hl7.Message, n int) string {
+	msh := m.Segment("MSH")
+	return uuid5(eventIDNamespace, mp.source+"\x00"+msh.Field(3).Component(1).String()+"\x00"+
+		msh.Field(4).Component(1).String()+"\x00"+m.ControlID()+"\x00"+strconv.Itoa(n))
 }
 
 func uuid5(ns [16]byte, name string) string {
@@ -191,11 +316,21 @@ func uuid5(ns [16]byte, name string) string {
 // data is the canonical event's data, field order as the schemas list
 // them; event.Event.Marshal writes the envelope around it.
 type data struct {
-	Patient       *patient       `json:"patient"`
-	MergedPatient *mergedPatient `json:"mergedPatient,omitempty"`
-	Encounter     *encounter     `json:"encounter,omitempty"`
-	Transfer      *transfer      `json:"transfer,omitempty"`
-	Discharge     *discharge     `json:"discharge,omitempty"`
+	Patient           *patient       `json:"patient"`
+	PreviousNHSNumber string         `json:"previousNhsNumber,omitempty"`
+	MergedPatient     *mergedPatient `json:"mergedPatient,omitempty"`
+	Encounter         *encounter     `json:"encounter,omitempty"`
+	Transfer          *transfer      `json:"transfer,omitempty"`
+	ClassChange       *classChange   `json:"classChange,omitempty"`
+	Discharge         *discharge     `json:"discharge,omitempty"`
+	Changed           []string       `json:"changed,omitempty"`
+	Sensitivity       []string       `json:"sensitivity,omitempty"`
+	Confidential      bool           `json:"confidential,omitempty"`
+}
+
+type classChange struct {
+	From string `json:"from"`
+	To   string `json:"to"`
 }
 
 type patient struct {
@@ -274,7 +409,8 @@ type transfer struct {
 }
 
 type discharge struct {
-	Destination *destination `json:"destination"`
+	Destination  *destination `json:"destination,omitempty"`
+	ExpectedTime string       `json:"expectedTime,omitempty"`
 }
 
 type destination struct {

@@ -19,7 +19,7 @@ func msg(segs ...string) []byte { return []byte(strings.Join(segs, "\r") + "\r")
 
 const (
 	testMSH = `MSH|^~\&|PAS|RX1|CAREHUB|CAREHUB|20250314093500||ADT^%s|CTRL-1|P|2.4`
-	testPID = `PID|1||9991000003^^^NHS^NH||TESTPATIENT^ALEX`
+	testPID = `PID|1||9991000003^^^NHS^NH||TESTPATIENT^ALEX|||||||||||||||||||||||||||01` // PID-32 01: verified
 )
 
 func mustMap(t *testing.T, mp *Mapper, payload []byte) (*Result, error) {
@@ -196,25 +196,36 @@ func TestDestination(t *testing.T) {
 		return strings.Join(f, "|")
 	}
 	tests := []struct {
-		name   string
-		pv1    string
-		pv2    string
-		fields []string
-		want   destination
+		name     string
+		pv1      string
+		pv2      string
+		fields   []string
+		want     destination
+		expected bool // an expected destination (A01, A16), not the actual one (A03)
 	}{
-		{"nothing", pv1("", ""), "", nil, destination{Type: "other"}},
-		{"ITK: PV1-37 destination code home", pv1("3", "19"), "", nil, destination{Type: "home"}},
-		{"code in PV1-36, ODS in PV1-37", pv1("85", "VM123"), "", nil, destination{Type: "care-home", ODS: "VM123"}},
-		{"hospice", pv1("88", "VM999"), "", nil, destination{Type: "hospice", ODS: "VM999"}},
-		{"care home code without ODS", pv1("", "54"), "", nil, destination{Type: "other", Name: "NHS run care home"}},
-		{"ODS without a code", pv1("", "VM123"), "", nil, destination{Type: "other", ODS: "VM123"}},
-		{"discharge method in PV1-36 is not a destination", pv1("1", ""), "", nil, destination{Type: "other"}},
-		{"US table 0112 code is not an NHS code", pv1("01", ""), "", nil, destination{Type: "other"}},
-		{"lower-case is not an ODS code", pv1("85", "vm123"), "", nil, destination{Type: "other", Name: "non-NHS care home"}},
-		{"PV1-37 as CWE with the code first", pv1("", "54&NHS run care home&NHSDD"), "", nil, destination{Type: "other", Name: "NHS run care home"}},
-		{"expected disposition in PV2-27", pv1("", "VM123"), "PV2" + strings.Repeat("|", 27) + "85", nil, destination{Type: "care-home", ODS: "VM123"}},
-		{"ODS from a configured Z-segment", pv1("85", ""), "ZU9||VM777", []string{"ZU9-2", "PV1-37.1"}, destination{Type: "care-home", ODS: "VM777"}},
-		{"configured paths replace the default", pv1("85", "VM123"), "", []string{"ZU9-2"}, destination{Type: "other", Name: "non-NHS care home"}},
+		{"nothing", pv1("", ""), "", nil, destination{Type: "other"}, false},
+		{"ITK: PV1-37 destination code home", pv1("3", "19"), "", nil, destination{Type: "home"}, false},
+		{"code in PV1-36, ODS in PV1-37", pv1("85", "VM123"), "", nil, destination{Type: "care-home", ODS: "VM123"}, false},
+		{"hospice", pv1("88", "VM999"), "", nil, destination{Type: "hospice", ODS: "VM999"}, false},
+		{"care home code without ODS", pv1("", "54"), "", nil, destination{Type: "other", Name: "NHS run care home"}, false},
+		{"ODS without a code", pv1("", "VM123"), "", nil, destination{Type: "other", ODS: "VM123"}, false},
+		{"discharge method in PV1-36 is not a destination", pv1("1", ""), "", nil, destination{Type: "other"}, false},
+		{"US table 0112 code is not an NHS code", pv1("01", ""), "", nil, destination{Type: "other"}, false},
+		{"lower-case is not an ODS code", pv1("85", "vm123"), "", nil, destination{Type: "other", Name: "non-NHS care home"}, false},
+		{"PV1-37 as CWE with the code first", pv1("", "54&NHS run care home&NHSDD"), "", nil, destination{Type: "other", Name: "NHS run care home"}, false},
+		{"expected disposition in PV2-27", pv1("", "VM123"), "PV2" + strings.Repeat("|", 27) + "85", nil, destination{Type: "care-home", ODS: "VM123"}, false},
+		{"ODS from a configured Z-segment", pv1("85", ""), "ZU9||VM777", []string{"ZU9-2", "PV1-37.1"}, destination{Type: "care-home", ODS: "VM777"}, false},
+		{"configured paths replace the default", pv1("85", "VM123"), "", []string{"ZU9-2"}, destination{Type: "other", Name: "non-NHS care home"}, false},
+		// Regression: PV1-36 19 (usual place of residence) beside PV1-37.1
+		// VM123 gave type home with an organisation; the kind of place must
+		// never contradict the organisation named.
+		{"home code beside an organisation", pv1("19", "VM123"), "", nil, destination{Type: "other", ODS: "VM123", Name: "usual place of residence"}, false},
+		{"ITK code-only care home", pv1("3", "85"), "", nil, destination{Type: "other", Name: "non-NHS care home"}, false},
+		{"ITK code-only care home, organisation in a Z-segment", pv1("3", "85"), "ZU9||VM777", []string{"ZU9-2", "PV1-37.1"}, destination{Type: "care-home", ODS: "VM777"}, false},
+		{"discharge: PV1-36 wins over the expected PV2-27", pv1("88", "VM999"), "PV2" + strings.Repeat("|", 27) + "85", nil, destination{Type: "hospice", ODS: "VM999"}, false},
+		// Regression: on an admission or a pending discharge, PV2-27 (the
+		// expected disposition) lost to a PV1-36 left over from a past stay.
+		{"expected: PV2-27 wins over PV1-36", pv1("19", "VM123"), "PV2" + strings.Repeat("|", 27) + "85", nil, destination{Type: "care-home", ODS: "VM123"}, true},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -231,7 +242,7 @@ func TestDestination(t *testing.T) {
 				t.Fatal(err)
 			}
 			x := &mapping{mp: mp, m: m, trigger: "A03"}
-			got, err := x.destination()
+			got, err := x.destination(tc.expected)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -279,17 +290,17 @@ func TestParseUNICODE(t *testing.T) {
 // in EVN-1 only.
 func TestTriggerFromEVN(t *testing.T) {
 	res, err := mustMap(t, newTestMapper(t), msg(strings.Replace(testMSH, "%s", "", 1), "EVN|A28|20250101", testPID))
-	if err != nil || res.Trigger != "A28" || res.Type != "org.carehub.patient-updated.v1" {
+	if err != nil || res.Trigger != "A28" || len(res.Events) != 1 || res.Events[0].Type != "org.carehub.patient-updated.v1" {
 		t.Fatalf("got %+v, %v", res, err)
 	}
 }
 
-// TestSameNHSNumberMergeIsSkipped: a merge of two local records of one
-// patient retires no NHS number, so nothing is published.
-func TestSameNHSNumberMergeIsSkipped(t *testing.T) {
+// TestSameNHSNumberMergeIsHeld: a merge of two local records of one
+// patient retires no NHS number, so nothing is published: it is held.
+func TestSameNHSNumberMergeIsHeld(t *testing.T) {
 	res, err := mustMap(t, newTestMapper(t), msg(strings.Replace(testMSH, "%s", "A40", 1), "EVN|A40|20250101", testPID,
 		"MRG|9991000003^^^NHS^NH~OLD-1^^^RX1^MR"))
-	if err != nil || res.Event != nil || res.Skipped != SkippedMergeLocal {
+	if err != nil || len(res.Events) != 0 || res.Held == nil || res.Held.Reason != HeldLocalMerge {
 		t.Fatalf("got %+v, %v", res, err)
 	}
 }
@@ -315,7 +326,12 @@ func TestTooLongValues(t *testing.T) {
 func TestSharedSamplesWithNHSNumber(t *testing.T) {
 	dir := publicSamplesDir
 	names, _ := filepath.Glob(filepath.Join(dir, "generic", "*", "*"))
-	mp := newTestMapper(t)
+	// The samples give no NHS number status (PID-32): take the numbers
+	// added here as verified, so that the rest of the mapping runs.
+	mp, err := NewMapper(Options{Source: "RX1", AssumeVerifiedWithoutStatus: true})
+	if err != nil {
+		t.Fatal(err)
+	}
 	n := 0
 	for _, p := range names {
 		payload, err := os.ReadFile(p)
@@ -345,9 +361,11 @@ func TestSharedSamplesWithNHSNumber(t *testing.T) {
 			got := outcome(t, mp, []byte(strings.Join(lines, "\r")))
 			golden := filepath.Join("testdata", "shared-with-nhs-number", strings.NewReplacer("/", "_", ".hl7", "", ".adm", "").Replace(rel)+".golden.json")
 			checkGolden(t, golden, got)
-			if res, err := mustMap(t, mp, []byte(strings.Join(lines, "\r"))); err == nil && res.Event != nil {
-				if _, err := validator.Parse(res.Event); err != nil {
-					t.Errorf("the canonical event fails validation: %v", err)
+			if res, err := mustMap(t, mp, []byte(strings.Join(lines, "\r"))); err == nil {
+				for _, ev := range res.Events {
+					if _, err := validator.Parse(ev.JSON); err != nil {
+						t.Errorf("the canonical event fails validation: %v", err)
+					}
 				}
 			}
 		})

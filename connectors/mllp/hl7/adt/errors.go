@@ -96,34 +96,35 @@ func (e *Error) Unwrap() error {
 // The reasons, fixed public texts. Tests check that every Error carries one
 // of them, so that no value can slip into an error by accident.
 const (
-	reasonNotADT           = "only ADT messages are accepted here"
-	reasonTrigger          = "this ADT trigger event is not mapped to a carehub event"
-	reasonVersion          = "only HL7 version 2 messages are accepted"
-	reasonNoTime           = "no event time: EVN-6, EVN-2 and MSH-7 are all empty"
-	reasonBadTime          = "not a valid HL7 date/time (YYYYMMDD[HHMM[SS[.S]]][+/-ZZZZ])"
-	reasonNoSegment        = "a segment this trigger event requires is missing"
-	reasonOneMerge         = "only one PID/MRG pair per A40 message is supported"
-	reasonNoNHS            = "no NHS number: no PID-3 identifier of type NH or assigning authority NHS"
-	reasonNHSFormat        = "NHS number is not ten digits"
-	reasonNHSCheck         = "NHS number fails the modulus 11 check digit test"
-	reasonNHSTwo           = "two different NHS numbers for one patient"
-	reasonGPFormat         = "registered GP practice is not an ODS code (3 to 9 capital letters and digits)"
-	reasonNoEncounter      = "no encounter identifier (PV1-19 visit number)"
-	reasonEncounterFormat  = "encounter identifier must be 1 to 64 printable ASCII characters without spaces"
-	reasonBirthDate        = "date of birth is not a valid date"
-	reasonGender           = "administrative sex is not a known code (M, F, O, U, A, N or NHS 0, 1, 2, 9)"
-	reasonTooLong          = "value is longer than the canonical event allows"
-	reasonNoLocation       = "the location is empty (a transfer needs where from and where to)"
-	reasonMergedNHSInvalid = "the merged patient's NHS number is invalid"
-	reasonHeader           = "message header field missing"
+	reasonNotADT             = "only ADT messages are accepted here"
+	reasonVersion            = "only HL7 version 2 messages are accepted"
+	reasonNoTime             = "no event time: EVN-6, EVN-2 and MSH-7 are all empty"
+	reasonBadTime            = "not a valid HL7 date/time (YYYYMMDD[HHMM[SS[.S]]][+/-ZZZZ])"
+	reasonNoSegment          = "a segment this trigger event requires is missing"
+	reasonOneMerge           = "only one PID/MRG pair per A40 message is supported"
+	reasonNHSFormat          = "NHS number is not ten digits"
+	reasonNHSCheck           = "NHS number fails the modulus 11 check digit test"
+	reasonNHSTwo             = "two different NHS numbers for one patient"
+	reasonGPFormat           = "registered GP practice is not an ODS code (3 to 9 capital letters and digits)"
+	reasonNoEncounter        = "no encounter identifier (PV1-19 visit number)"
+	reasonEncounterFormat    = "encounter identifier must be 1 to 64 printable ASCII characters without spaces"
+	reasonBirthDate          = "date of birth is not a valid date"
+	reasonGender             = "administrative sex is not a known code (M, F, O, U, A, N or NHS 0, 1, 2, 9)"
+	reasonTooLong            = "value is longer than the canonical event allows"
+	reasonNoLocation         = "the location is empty (a transfer needs where from and where to)"
+	reasonMergedNHSInvalid   = "the merged patient's NHS number is invalid"
+	reasonHeader             = "message header field missing"
+	reasonNoClass            = "no patient class (PV1-2): a change of class needs the class it changed to"
+	reasonSwapTwo            = "a swap (A17) names exactly two patients, each with a PID segment"
+	reasonPreviousNHSInvalid = "the previous NHS number (MRG-1) is invalid"
 )
 
 // reasons lists every reason, for tests.
 var reasons = []string{
-	reasonNotADT, reasonTrigger, reasonVersion, reasonNoTime, reasonBadTime, reasonNoSegment, reasonOneMerge,
-	reasonNoNHS, reasonNHSFormat, reasonNHSCheck, reasonNHSTwo, reasonGPFormat, reasonNoEncounter,
+	reasonNotADT, reasonVersion, reasonNoTime, reasonBadTime, reasonNoSegment, reasonOneMerge,
+	reasonNHSFormat, reasonNHSCheck, reasonNHSTwo, reasonGPFormat, reasonNoEncounter,
 	reasonEncounterFormat, reasonBirthDate, reasonGender, reasonTooLong, reasonNoLocation, reasonMergedNHSInvalid,
-	reasonHeader,
+	reasonHeader, reasonNoClass, reasonSwapTwo, reasonPreviousNHSInvalid,
 }
 
 func invalid(code, seg string, field, rep, comp int, reason string) *Error {

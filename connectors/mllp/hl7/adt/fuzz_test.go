@@ -18,7 +18,7 @@ import (
 // with AA must never be one it then cannot publish.
 func FuzzMap(f *testing.F) {
 	var seeds []string
-	for _, pattern := range []string{"testdata/*.hl7", "testdata/invalid/*.hl7"} {
+	for _, pattern := range []string{"testdata/*.hl7", "testdata/invalid/*.hl7", "testdata/corpus/*.hl7"} {
 		m, _ := filepath.Glob(pattern)
 		seeds = append(seeds, m...)
 	}
@@ -59,21 +59,29 @@ func FuzzMap(f *testing.F) {
 			return
 		}
 		again, err := mp.Map(m)
-		if err != nil || again.ID != res.ID || !bytes.Equal(again.Event, res.Event) {
+		if err != nil || again.ID != res.ID || len(again.Events) != len(res.Events) || (again.Held == nil) != (res.Held == nil) {
 			t.Fatalf("Map is not deterministic")
 		}
-		if res.Event == nil {
-			if res.Skipped == "" {
-				t.Fatalf("no event and no reason to skip")
+		if res.Held != nil {
+			if len(res.Events) != 0 || res.Held.Reason == "" || res.Held.Detail == "" {
+				t.Fatalf("held with events, or without a reason: %+v", res)
 			}
 			return
 		}
-		ev, err := validator.Parse(res.Event)
-		if err != nil {
-			t.Fatalf("the canonical event fails validation: %v\n%s", err, res.Event)
+		if len(res.Events) == 0 {
+			t.Fatalf("no event and no reason to hold")
 		}
-		if ev.ID != res.ID || ev.Type != res.Type || ev.Publisher != "RX1" {
-			t.Fatalf("envelope: id %s type %s publisher %s; result %s %s", ev.ID, ev.Type, ev.Publisher, res.ID, res.Type)
+		for i, out := range res.Events {
+			if !bytes.Equal(again.Events[i].JSON, out.JSON) {
+				t.Fatalf("Map is not deterministic")
+			}
+			ev, err := validator.Parse(out.JSON)
+			if err != nil {
+				t.Fatalf("the canonical event fails validation: %v\n%s", err, out.JSON)
+			}
+			if ev.ID != out.ID || ev.Type != out.Type || ev.Publisher != "RX1" || (i == 0 && out.ID != res.ID) {
+				t.Fatalf("envelope: id %s type %s publisher %s; result %s %s", ev.ID, ev.Type, ev.Publisher, out.ID, out.Type)
+			}
 		}
 	})
 }

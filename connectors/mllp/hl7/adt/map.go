@@ -3,6 +3,8 @@ package adt
 import (
 	"errors"
 	"regexp"
+	"slices"
+	"sort"
 	"strings"
 	"time"
 
@@ -19,160 +21,504 @@ type mapping struct {
 	m       *hl7.Message
 	trigger string
 	time    time.Time
+	// g is the segment group being mapped: the message's first PID, PD1,
+	// PV1 and PV2 (A17 has two groups).
+	g group
+	// held is set by the first rule that keeps the message from being
+	// shared (no NHS number, not verified, a local merge).
+	held *Held
 }
 
-type mapFunc func(x *mapping) (evType string, d *data, skipped string, err error)
+// group is one patient's segments: PID and the PD1, PV1 and PV2 after it.
+type group struct {
+	pid, pd1, pv1, pv2 *hl7.Segment
+	seq                int // 1 for the first group, 2 for the second
+}
 
-// triggers maps each supported trigger event to its mapping. See doc.go
-// for the decisions behind each.
+// output is one event a message maps to.
+type output struct {
+	typ  string
+	data *data
+}
+
+type mapFunc func(x *mapping) ([]output, error)
+
+// triggers maps each shared trigger event to its mapping. See doc.go for
+// the decisions behind each, and notShared for the triggers held.
 var triggers = map[string]mapFunc{
 	"A01": admission, // admit/visit notification
 	"A04": admission, // register a patient: an attendance (ED, outpatient) has begun
+	"A06": admission, // change an outpatient (or ED attendance) to an inpatient: now admitted
+	"A07": classChanged,
 	"A02": transferred,
-	"A12": transferred, // cancel transfer: back from PV1-6 to PV1-3
-	"A21": leave,       // patient goes on a leave of absence
-	"A22": leave,       // patient returns from a leave of absence
+	"A12": transferCancelled, // cancel transfer
+	"A17": swapped,           // swap patients: two transfers
+	"A21": leave,             // patient goes on a leave of absence
+	"A22": leave,             // patient returns from a leave of absence
+	"A52": transferCancelled, // cancel leave of absence
+	"A53": transferCancelled, // cancel patient returns from leave of absence
 	"A03": discharged,
+	"A16": dischargePending,
+	"A25": dischargePendingCancelled,
 	"A11": cancelled(event.TypeAdmissionCancelled),
 	"A13": cancelled(event.TypeDischargeCancelled),
 	"A05": updated, // pre-admit: no encounter has begun; the person is known
 	"A08": updated,
 	"A28": updated,
 	"A31": updated,
+	"A47": identifierChanged,
 	"A40": merged,
+	"A34": merged, // merge patient information, patient ID only (HL7 2.3; A40 since)
+	"A36": merged, // merge patient information, patient ID and account number
+	"A39": merged, // merge person, patient ID
 }
 
-// Triggers returns the supported trigger events, sorted.
+// Triggers returns the shared trigger events, sorted.
 func Triggers() []string {
-	return []string{"A01", "A02", "A03", "A04", "A05", "A08", "A11", "A12", "A13", "A21", "A22", "A28", "A31", "A40"}
+	out := make([]string, 0, len(triggers))
+	for t := range triggers {
+		out = append(out, t)
+	}
+	sort.Strings(out)
+	return out
 }
 
-func admission(x *mapping) (string, *data, string, error) {
+// notShared gives, for each ADT trigger carehub decided not to share, the
+// reason held with it (a fixed public text; the README's table says the
+// same). A trigger in neither table is held as detailTriggerDefault.
+var notShared = map[string]string{
+	"A09": "patient departing (tracking): a movement inside the hospital that changes no one's care",
+	"A10": "patient arriving (tracking): a movement inside the hospital that changes no one's care",
+	"A14": "pending admission: nothing has happened yet; the admission follows as A01",
+	"A15": "pending transfer: a bed plan inside the hospital; the transfer follows as A02",
+	"A18": "merge patient information (retired in HL7 2.3.1): send A40",
+	"A19": "patient query: not a notification",
+	"A20": "bed status update: about a bed, not a patient",
+	"A23": "delete a patient record: recipients keep their own records; an operator decides",
+	"A24": "link patient information: the sender's own record linkage",
+	"A26": "cancel pending transfer: the pending transfer (A15) was not shared",
+	"A27": "cancel pending admission: the pending admission (A14) was not shared",
+	"A29": "delete person information: recipients keep their own records; an operator decides",
+	"A30": "merge person information (retired): send A40",
+	"A32": "cancel patient arriving (tracking): tracking is not shared",
+	"A33": "cancel patient departing (tracking): tracking is not shared",
+	"A35": "merge account number only: accounts are not shared",
+	"A37": "unlink patient information: the sender's own record linkage",
+	"A38": "cancel pre-admission: the pre-admission shared the demographics only, which stand",
+	"A41": "merge account: accounts are not shared",
+	"A42": "merge visit: an operator decides which encounter recipients keep",
+	"A43": "move patient information (identifier list): an operator reviews before anything is shared",
+	"A44": "move account information: accounts are not shared",
+	"A45": "move visit information: an encounter moved between patients; an operator reviews before anything is shared",
+	"A46": "change patient ID (retired in HL7 2.3.1): send A47",
+	"A48": "change alternate patient ID: not an identifier carehub shares",
+	"A49": "change patient account number: accounts are not shared",
+	"A50": "change visit number: an operator reviews before anything is shared",
+	"A51": "change alternate visit ID: not an identifier carehub shares",
+	"A54": "change attending doctor: staffing inside the hospital",
+	"A55": "cancel change attending doctor: staffing inside the hospital",
+	"A60": "update allergy information: clinical detail outside the events carehub shares",
+	"A61": "change consulting doctor: staffing inside the hospital",
+	"A62": "cancel change consulting doctor: staffing inside the hospital",
+}
+
+// NotShared returns the ADT triggers carehub decided not to share, sorted,
+// with the reason each is held.
+func NotShared() map[string]string {
+	out := make(map[string]string, len(notShared))
+	for k, v := range notShared {
+		out[k] = v
+	}
+	return out
+}
+
+// notShared holds a message of a trigger carehub does not share, keyed by
+// whatever identifies its patient (best effort: nothing is refused here).
+func (x *mapping) notShared() *Held {
+	h := &Held{Reason: HeldTriggerNotShared, Detail: notShared[x.trigger]}
+	if h.Detail == "" {
+		h.Detail = detailTriggerDefault
+	}
+	if pid := x.m.Segment("PID"); pid != nil {
+		h.NHSNumber, _ = nhsNumber(pid, 3)
+		if h.NHSNumber.IsZero() {
+			h.NHSNumber, _ = nhsNumberPID2(pid)
+		}
+		h.LocalID = localID(pid)
+	}
+	return h
+}
+
+// hold records the first reason the message cannot be shared.
+func (x *mapping) hold(h *Held) {
+	if x.held == nil {
+		x.held = h
+	}
+}
+
+// firstGroup is the message's first PID, PD1, PV1 and PV2.
+func (x *mapping) firstGroup() group {
+	return group{pid: x.m.Segment("PID"), pd1: x.m.Segment("PD1"), pv1: x.m.Segment("PV1"), pv2: x.m.Segment("PV2"), seq: 1}
+}
+
+func admission(x *mapping) ([]output, error) {
+	x.g = x.firstGroup()
 	p, err := x.patient()
 	if err != nil {
-		return "", nil, "", err
+		return nil, err
 	}
 	enc, err := x.encounter(true, false)
 	if err != nil {
-		return "", nil, "", err
+		return nil, err
 	}
 	d := &data{Patient: p, Encounter: enc}
-	if dest, err := x.destination(); err != nil {
-		return "", nil, "", err
+	if dest, err := x.destination(true); err != nil {
+		return nil, err
 	} else if dest != nil {
 		d.Discharge = &discharge{Destination: dest}
 	}
-	return event.TypeAdmission, d, "", nil
+	return x.one(event.TypeAdmission, d)
 }
 
-func discharged(x *mapping) (string, *data, string, error) {
+// one finishes the data of a message's one event: its sensitivity and
+// confidentiality.
+func (x *mapping) one(typ string, d *data) ([]output, error) {
+	x.label(d)
+	return []output{{typ, d}}, nil
+}
+
+func classChanged(x *mapping) ([]output, error) {
+	x.g = x.firstGroup()
 	p, err := x.patient()
 	if err != nil {
-		return "", nil, "", err
+		return nil, err
+	}
+	enc, err := x.encounter(false, false)
+	if err != nil {
+		return nil, err
+	}
+	if enc.Class == "" {
+		return nil, invalid(hl7.CodeRequiredFieldMissing, "PV1", 2, 0, 0, reasonNoClass)
+	}
+	// A07 changes an inpatient to an outpatient: the class before is
+	// inpatient by the trigger's definition.
+	return x.one(event.TypePatientClassChanged, &data{Patient: p, Encounter: enc,
+		ClassChange: &classChange{From: "inpatient", To: enc.Class}})
+}
+
+func discharged(x *mapping) ([]output, error) {
+	x.g = x.firstGroup()
+	p, err := x.patient()
+	if err != nil {
+		return nil, err
 	}
 	enc, err := x.encounter(false, true)
 	if err != nil {
-		return "", nil, "", err
+		return nil, err
 	}
-	dest, err := x.destination()
+	dest, err := x.destination(false)
 	if err != nil {
-		return "", nil, "", err
+		return nil, err
 	}
 	if dest == nil {
 		dest = &destination{Type: "other"}
 	}
-	return event.TypeDischarge, &data{Patient: p, Encounter: enc, Discharge: &discharge{Destination: dest}}, "", nil
+	return x.one(event.TypeDischarge, &data{Patient: p, Encounter: enc, Discharge: &discharge{Destination: dest}})
 }
 
-func transferred(x *mapping) (string, *data, string, error) {
+func dischargePending(x *mapping) ([]output, error) {
+	x.g = x.firstGroup()
 	p, err := x.patient()
 	if err != nil {
-		return "", nil, "", err
+		return nil, err
 	}
 	enc, err := x.encounter(false, false)
 	if err != nil {
-		return "", nil, "", err
+		return nil, err
 	}
-	pv1 := x.m.Segment("PV1")
-	from, err := x.location(pv1, 6)
+	dest, err := x.destination(true)
 	if err != nil {
-		return "", nil, "", err
+		return nil, err
 	}
-	to, err := x.location(pv1, 3)
+	dis := &discharge{Destination: dest}
+	if v := strings.TrimSpace(x.g.pv2.Field(9).Component(1).String()); v != "" {
+		t, ok := parseTS(v, x.mp.loc, 8)
+		if !ok {
+			return nil, invalid(hl7.CodeDataType, "PV2", 9, 0, 0, reasonBadTime)
+		}
+		dis.ExpectedTime = formatTime(t)
+	}
+	d := &data{Patient: p, Encounter: enc}
+	if dis.Destination != nil || dis.ExpectedTime != "" {
+		d.Discharge = dis
+	}
+	return x.one(event.TypeDischargePending, d)
+}
+
+func dischargePendingCancelled(x *mapping) ([]output, error) {
+	x.g = x.firstGroup()
+	p, err := x.patient()
 	if err != nil {
-		return "", nil, "", err
+		return nil, err
+	}
+	enc, err := x.encounter(false, false)
+	if err != nil {
+		return nil, err
+	}
+	d := &data{Patient: p, Encounter: enc}
+	dest, err := x.destination(true)
+	if err != nil {
+		return nil, err
+	}
+	if dest != nil {
+		d.Discharge = &discharge{Destination: dest}
+	}
+	return x.one(event.TypeDischargePendingCancelled, d)
+}
+
+func transferred(x *mapping) ([]output, error) {
+	x.g = x.firstGroup()
+	d, err := x.transfer(nil)
+	if err != nil {
+		return nil, err
+	}
+	return x.one(event.TypeTransfer, d)
+}
+
+// transfer maps the current group's move from PV1-6 to PV1-3. A missing
+// PV1-6 is taken from otherTo when given (a swap: each patient moves to
+// where the other was).
+func (x *mapping) transfer(otherTo *location) (*data, error) {
+	p, err := x.patient()
+	if err != nil {
+		return nil, err
+	}
+	enc, err := x.encounter(false, false)
+	if err != nil {
+		return nil, err
+	}
+	from, err := x.location(x.g.pv1, 6)
+	if err != nil {
+		return nil, err
+	}
+	to, err := x.location(x.g.pv1, 3)
+	if err != nil {
+		return nil, err
 	}
 	if from == nil {
-		return "", nil, "", invalid(hl7.CodeRequiredFieldMissing, "PV1", 6, 0, 0, reasonNoLocation)
+		from = otherTo
+	}
+	if from == nil {
+		return nil, invalid(hl7.CodeRequiredFieldMissing, "PV1", 6, 0, 0, reasonNoLocation)
 	}
 	if to == nil {
-		return "", nil, "", invalid(hl7.CodeRequiredFieldMissing, "PV1", 3, 0, 0, reasonNoLocation)
+		return nil, invalid(hl7.CodeRequiredFieldMissing, "PV1", 3, 0, 0, reasonNoLocation)
 	}
-	return event.TypeTransfer, &data{Patient: p, Encounter: enc,
-		Transfer: &transfer{From: from, To: to, Time: formatTime(x.time)}}, "", nil
+	return &data{Patient: p, Encounter: enc, Transfer: &transfer{From: from, To: to, Time: formatTime(x.time)}}, nil
+}
+
+// swapped maps A17: two patients swap beds. Each PID/PV1 group is one
+// patient's transfer from PV1-6 (where they were) to PV1-3 (where they
+// are now); a group without PV1-6 came from where the other patient is
+// now. The message is shared whole or held whole.
+func swapped(x *mapping) ([]output, error) {
+	pids := x.m.Segments("PID")
+	if len(pids) != 2 {
+		return nil, &Error{Ack: hl7.AckAE, Code: hl7.CodeSegmentSequence, Segment: "PID", Reason: reasonSwapTwo}
+	}
+	var groups [2]group
+	for i := range groups {
+		groups[i] = group{pid: pids[i], seq: i + 1}
+	}
+	// PD1, PV1 and PV2 belong to the PID before them.
+	cur := -1
+	for _, s := range x.m.AllSegments() {
+		switch s.Name() {
+		case "PID":
+			cur++
+		case "PD1":
+			if cur >= 0 && groups[cur].pd1 == nil {
+				groups[cur].pd1 = s
+			}
+		case "PV1":
+			if cur >= 0 && groups[cur].pv1 == nil {
+				groups[cur].pv1 = s
+			}
+		case "PV2":
+			if cur >= 0 && groups[cur].pv2 == nil {
+				groups[cur].pv2 = s
+			}
+		}
+	}
+	var tos [2]*location
+	for i, g := range groups {
+		to, err := (&mapping{mp: x.mp, m: x.m, g: g}).location(g.pv1, 3)
+		if err != nil {
+			return nil, inGroup(err, g.seq)
+		}
+		tos[i] = to
+	}
+	var outs []output
+	for i, g := range groups {
+		x.g = g
+		d, err := x.transfer(tos[1-i])
+		if err != nil {
+			return nil, inGroup(err, g.seq)
+		}
+		x.label(d)
+		outs = append(outs, output{event.TypeTransfer, d})
+	}
+	return outs, nil
+}
+
+// inGroup points an error in the second patient's segments at them
+// (ERR-2 segment sequence 2).
+func inGroup(err error, seq int) error {
+	var e *Error
+	if seq > 1 && errors.As(err, &e) {
+		switch e.Segment {
+		case "PID", "PD1", "PV1", "PV2":
+			e.Sequence = seq
+		}
+	}
+	return err
+}
+
+// transferCancelled maps A12 (cancel transfer) and A52, A53 (cancel a
+// leave of absence, cancel a return from one): the patient did not move
+// from transfer.from to transfer.to, and is at transfer.from. For A12,
+// PV1-3 is where the patient is again and PV1-6 the location of the
+// cancelled transfer.
+func transferCancelled(x *mapping) ([]output, error) {
+	x.g = x.firstGroup()
+	p, err := x.patient()
+	if err != nil {
+		return nil, err
+	}
+	enc, err := x.encounter(false, false)
+	if err != nil {
+		return nil, err
+	}
+	ward, err := x.location(x.g.pv1, 3)
+	if err != nil {
+		return nil, err
+	}
+	if ward == nil {
+		return nil, invalid(hl7.CodeRequiredFieldMissing, "PV1", 3, 0, 0, reasonNoLocation)
+	}
+	away := &location{Name: leaveOfAbsence}
+	t := &transfer{From: ward, To: away, Time: formatTime(x.time)}
+	switch x.trigger {
+	case "A12":
+		cancelledTo, err := x.location(x.g.pv1, 6)
+		if err != nil {
+			return nil, err
+		}
+		if cancelledTo == nil {
+			return nil, invalid(hl7.CodeRequiredFieldMissing, "PV1", 6, 0, 0, reasonNoLocation)
+		}
+		t.To = cancelledTo
+	case "A53": // the return from leave (A22: leave → ward) did not happen
+		t.From, t.To = away, ward
+	}
+	return x.one(event.TypeTransferCancelled, &data{Patient: p, Encounter: enc, Transfer: t})
 }
 
 // leaveOfAbsence is the location of a patient on leave (A21) or coming back
 // from it (A22).
 const leaveOfAbsence = "leave of absence"
 
-func leave(x *mapping) (string, *data, string, error) {
+func leave(x *mapping) ([]output, error) {
+	x.g = x.firstGroup()
 	p, err := x.patient()
 	if err != nil {
-		return "", nil, "", err
+		return nil, err
 	}
 	enc, err := x.encounter(false, false)
 	if err != nil {
-		return "", nil, "", err
+		return nil, err
 	}
-	ward, err := x.location(x.m.Segment("PV1"), 3)
+	ward, err := x.location(x.g.pv1, 3)
 	if err != nil {
-		return "", nil, "", err
+		return nil, err
 	}
 	if ward == nil {
-		return "", nil, "", invalid(hl7.CodeRequiredFieldMissing, "PV1", 3, 0, 0, reasonNoLocation)
+		return nil, invalid(hl7.CodeRequiredFieldMissing, "PV1", 3, 0, 0, reasonNoLocation)
 	}
 	away := &location{Name: leaveOfAbsence}
 	t := &transfer{From: ward, To: away, Time: formatTime(x.time)}
 	if x.trigger == "A22" {
 		t.From, t.To = away, ward
 	}
-	return event.TypeTransfer, &data{Patient: p, Encounter: enc, Transfer: t}, "", nil
+	return x.one(event.TypeTransfer, &data{Patient: p, Encounter: enc, Transfer: t})
 }
 
 func cancelled(evType string) mapFunc {
-	return func(x *mapping) (string, *data, string, error) {
+	return func(x *mapping) ([]output, error) {
+		x.g = x.firstGroup()
 		p, err := x.patient()
 		if err != nil {
-			return "", nil, "", err
+			return nil, err
 		}
 		enc, err := x.encounter(false, false)
 		if err != nil {
-			return "", nil, "", err
+			return nil, err
 		}
-		return evType, &data{Patient: p, Encounter: enc}, "", nil
+		return x.one(evType, &data{Patient: p, Encounter: enc})
 	}
 }
 
-func updated(x *mapping) (string, *data, string, error) {
+func updated(x *mapping) ([]output, error) {
+	x.g = x.firstGroup()
 	p, err := x.patient()
 	if err != nil {
-		return "", nil, "", err
+		return nil, err
 	}
-	return event.TypePatientUpdated, &data{Patient: p}, "", nil
+	return x.one(event.TypePatientUpdated, &data{Patient: p})
 }
 
-func merged(x *mapping) (string, *data, string, error) {
-	if len(x.m.Segments("PID")) > 1 || len(x.m.Segments("MRG")) > 1 {
-		return "", nil, "", rejected(hl7.CodeApplicationInternalError, "PID", 0, 0, reasonOneMerge)
-	}
+// identifierChanged maps A47 (change patient identifier list): PID holds
+// the identifiers as they now are, MRG-1 the one that was wrong. When that
+// was an NHS number other than the patient's, recipients must re-file what
+// they hold under it: previousNhsNumber says which.
+func identifierChanged(x *mapping) ([]output, error) {
+	x.g = x.firstGroup()
 	p, err := x.patient()
 	if err != nil {
-		return "", nil, "", err
+		return nil, err
 	}
 	mrg := x.m.Segment("MRG")
 	if mrg == nil {
-		return "", nil, "", &Error{Ack: hl7.AckAE, Code: hl7.CodeSegmentSequence, Segment: "MRG", Reason: reasonNoSegment}
+		return nil, &Error{Ack: hl7.AckAE, Code: hl7.CodeSegmentSequence, Segment: "MRG", Reason: reasonNoSegment}
+	}
+	old, err := nhsNumber(mrg, 1)
+	if err != nil {
+		var e *Error
+		if errors.As(err, &e) {
+			e.Reason = reasonPreviousNHSInvalid
+		}
+		return nil, err
+	}
+	d := &data{Patient: p, Changed: []string{"identifier"}}
+	if !old.IsZero() && old.Digits() != p.NHSNumber {
+		d.PreviousNHSNumber = old.Digits()
+		d.Changed = []string{"nhsNumber"}
+	}
+	return x.one(event.TypePatientUpdated, d)
+}
+
+func merged(x *mapping) ([]output, error) {
+	if len(x.m.Segments("PID")) > 1 || len(x.m.Segments("MRG")) > 1 {
+		return nil, rejected(hl7.CodeApplicationInternalError, "PID", 0, 0, reasonOneMerge)
+	}
+	x.g = x.firstGroup()
+	p, err := x.patient()
+	if err != nil {
+		return nil, err
+	}
+	mrg := x.m.Segment("MRG")
+	if mrg == nil {
+		return nil, &Error{Ack: hl7.AckAE, Code: hl7.CodeSegmentSequence, Segment: "MRG", Reason: reasonNoSegment}
 	}
 	n, err := nhsNumber(mrg, 1)
 	if err != nil {
@@ -180,16 +526,57 @@ func merged(x *mapping) (string, *data, string, error) {
 		if errors.As(err, &e) {
 			e.Reason = reasonMergedNHSInvalid
 		}
-		return "", nil, "", err
+		return nil, err
 	}
-	if n.IsZero() || n.Digits() == p.NHSNumber {
-		return "", nil, SkippedMergeLocal, nil
+	if x.held == nil && (n.IsZero() || n.Digits() == p.NHSNumber) {
+		x.hold(&Held{Reason: HeldLocalMerge, Detail: detailLocalMerge, NHSNumber: nhs.MustParse(p.NHSNumber), LocalID: localID(x.g.pid)})
+		return nil, nil
 	}
 	mergedP := &mergedPatient{NHSNumber: n.Digits()}
 	if mergedP.Identifier, err = identifiers(mrg, 1); err != nil {
-		return "", nil, "", err
+		return nil, err
 	}
-	return event.TypePatientMerged, &data{Patient: p, MergedPatient: mergedP}, "", nil
+	return x.one(event.TypePatientMerged, &data{Patient: p, MergedPatient: mergedP})
+}
+
+// label sets the data's sensitivity categories, from the configured
+// treatment functions (PV1-10.1) and locations (PV1-3, PV1-6: point of
+// care and facility), and its confidentiality, from PD1-12 (protection
+// indicator) Y. Every event of a message gets them, whatever its type: a
+// demographics update sent from a sexual health clinic's PAS still says
+// the patient is known there.
+func (x *mapping) label(d *data) {
+	// PD1-12 protects the patient's record; PV2-22 (visit protection
+	// indicator) this visit.
+	if strings.EqualFold(strings.TrimSpace(x.g.pd1.Field(12).Component(1).String()), "Y") ||
+		strings.EqualFold(strings.TrimSpace(x.g.pv2.Field(22).Component(1).String()), "Y") {
+		d.Confidential = true
+	}
+	var cats []string
+	add := func(cs []string) {
+		for _, c := range cs {
+			if !slices.Contains(cats, c) {
+				cats = append(cats, c)
+			}
+		}
+	}
+	if f := strings.TrimSpace(x.g.pv1.Field(10).Component(1).String()); f != "" {
+		add(x.mp.byFunction[f])
+	}
+	if len(x.mp.byLocation) > 0 {
+		for _, field := range []int{3, 6} {
+			r := x.g.pv1.Field(field).Rep(1)
+			for _, comp := range []int{1, 4} {
+				if v := strings.ToUpper(strings.TrimSpace(r.Component(comp).Sub(1).String())); v != "" {
+					add(x.mp.byLocation[v])
+				}
+			}
+		}
+	}
+	if len(cats) > 0 {
+		sort.Strings(cats)
+		d.Sensitivity = cats
+	}
 }
 
 // eventTime is EVN-6 (event occurred), else EVN-2 (recorded), else MSH-7.
@@ -214,14 +601,25 @@ func (x *mapping) eventTime() (time.Time, error) {
 }
 
 func (x *mapping) segment(name string) (*hl7.Segment, error) {
-	s := x.m.Segment(name)
+	var s *hl7.Segment
+	switch name {
+	case "PID":
+		s = x.g.pid
+	case "PV1":
+		s = x.g.pv1
+	default:
+		s = x.m.Segment(name)
+	}
 	if s == nil {
 		return nil, &Error{Ack: hl7.AckAE, Code: hl7.CodeSegmentSequence, Segment: name, Reason: reasonNoSegment}
 	}
 	return s, nil
 }
 
-// patient maps PID and PD1.
+// patient maps the group's PID and PD1. A patient without an NHS number, or
+// whose number the sender says is not verified, is mapped all the same (so
+// that a message wrong in other ways still gets AE), and the message is
+// held.
 func (x *mapping) patient() (*patient, error) {
 	pid, err := x.segment("PID")
 	if err != nil {
@@ -231,11 +629,28 @@ func (x *mapping) patient() (*patient, error) {
 	if err != nil {
 		return nil, err
 	}
-	if n.IsZero() {
-		return nil, invalid(hl7.CodeRequiredFieldMissing, "PID", 3, 0, 0, reasonNoNHS)
+	n2, err := nhsNumberPID2(pid)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case n.IsZero():
+		n = n2
+	case !n2.IsZero() && n2 != n:
+		return nil, invalid(hl7.CodeDataType, "PID", 2, 0, 1, reasonNHSTwo)
 	}
 	p := &patient{NHSNumber: n.Digits()}
-	if p.GPPractice, err = gpPractice(x.m.Segment("PD1")); err != nil {
+	switch status := nhsNumberStatus(pid); {
+	case n.IsZero():
+		x.hold(&Held{Reason: HeldNoNHSNumber, Detail: detailNoNHS, LocalID: localID(pid)})
+	case status == statusVerified || x.mp.unverified:
+	case status == statusNone && x.mp.unstated:
+	case status == statusNone:
+		x.hold(&Held{Reason: HeldNHSNumberStatusMissing, Detail: detailStatusMissing, NHSNumber: n, LocalID: localID(pid)})
+	default:
+		x.hold(&Held{Reason: HeldNHSNumberUnverified, Detail: detailUnverified, NHSNumber: n, LocalID: localID(pid)})
+	}
+	if p.GPPractice, err = gpPractice(x.g.pd1); err != nil {
 		return nil, err
 	}
 	if p.Identifier, err = identifiers(pid, 3); err != nil {
@@ -272,6 +687,81 @@ func (x *mapping) patient() (*patient, error) {
 		return nil, err
 	}
 	return p, nil
+}
+
+// NHS number statuses, from PID-32 (identity reliability code): HL7 UK
+// sends the NHS Data Dictionary NHS number status indicator code, as 01
+// to 08 or with the NSTS prefix of HL7 table 0445 (NSTS01 ...).
+const (
+	statusNone       = iota // no status in PID-32
+	statusVerified          // 01: number present and verified
+	statusUnverified        // 02 to 08: present but not traced, trace required, ...
+)
+
+func nhsNumberStatus(pid *hl7.Segment) int {
+	status := statusNone
+	for _, rep := range pid.Field(32).Repetitions() {
+		v := strings.ToUpper(strings.TrimSpace(rep.Component(1).String()))
+		v = strings.TrimPrefix(v, "NSTS")
+		switch v {
+		case "01":
+			return statusVerified
+		case "02", "03", "04", "05", "06", "07", "08":
+			status = statusUnverified
+		}
+		// Other codes of table 0445 (AL alias, UD unknown date of birth,
+		// ...) say nothing about the NHS number.
+	}
+	return status
+}
+
+// localID is the sender's local identifier of the patient: PID-3's first
+// repetition of type MR, else its first that is not an NHS number.
+func localID(pid *hl7.Segment) string {
+	var first string
+	for _, rep := range pid.Field(3).Repetitions() {
+		v := strings.TrimSpace(rep.Component(1).String())
+		typ := strings.ToUpper(strings.TrimSpace(rep.Component(5).String()))
+		auth := strings.ToUpper(strings.TrimSpace(rep.Component(4).Sub(1).String()))
+		if v == "" || typ == "NH" || auth == "NHS" {
+			continue
+		}
+		if typ == "MR" {
+			return v
+		}
+		if first == "" {
+			first = v
+		}
+	}
+	return first
+}
+
+// nhsNumberPID2 reads PID-2 (patient ID, external), where HL7 v2.3 and
+// older feeds put the NHS number: a value typed NH or assigned by NHS, or
+// a bare ten digits (spaces and hyphens dropped). A value that is neither
+// is another external identifier, not an error.
+func nhsNumberPID2(pid *hl7.Segment) (nhs.Number, error) {
+	rep := pid.Field(2).Rep(1)
+	v := strings.TrimSpace(rep.Component(1).String())
+	if v == "" {
+		return nhs.Number{}, nil
+	}
+	typ := strings.ToUpper(strings.TrimSpace(rep.Component(5).String()))
+	auth := strings.ToUpper(strings.TrimSpace(rep.Component(4).Sub(1).String()))
+	digits := strings.NewReplacer(" ", "", "-", "").Replace(v)
+	if typ != "NH" && auth != "NHS" && (typ != "" || auth != "" || len(digits) != 10 || !allDigits(digits)) {
+		return nhs.Number{}, nil
+	}
+	n, err := nhs.ParseLoose(v)
+	if err != nil {
+		reason := reasonNHSFormat
+		var pe *problem.Error
+		if errors.As(err, &pe) && len(pe.Violations) == 1 && pe.Violations[0].Rule == nhs.RuleCheckDigit {
+			reason = reasonNHSCheck
+		}
+		return nhs.Number{}, invalid(hl7.CodeDataType, "PID", 2, 0, 1, reason)
+	}
+	return n, nil
 }
 
 // nhsNumber finds the NHS number among the identifiers of seg's field
@@ -661,15 +1151,28 @@ var destinationCodes = map[string]struct{ typ, name string }{
 }
 
 // destination works out where the patient is discharged to (A03), or is
-// expected to go (A01, A04). The kind of place comes from the first NHS
-// discharge destination code found in PV1-37.1 (discharged to location, as
-// NHS ITK messages carry it), PV1-36.1 (discharge disposition) or PV2-27.1
-// (expected discharge disposition); the organisation from the first value
-// shaped like an ODS code at the configured DestinationFields (PV1-37.1 by
-// default). Nil when neither is known.
-func (x *mapping) destination() (*destination, error) {
+// expected to go (A01, A04, A06, A16, A25).
+//
+// The organisation is the first value shaped like an ODS code at the
+// configured DestinationFields (PV1-37.1 by default). The kind of place is
+// the first NHS Data Dictionary discharge destination code found: for a
+// discharge, in PV1-37.1 (discharged to location, where NHS ITK messages
+// put a code-only destination), then PV1-36.1 (discharge disposition),
+// then PV2-27.1 (expected discharge disposition); for an expected
+// destination, PV2-27.1 first. The kind never contradicts the
+// organisation: a code that names no organisational kind (19 usual place
+// of residence, 29 temporary residence, ...) beside a named organisation
+// gives type other, with the code's words as name, and a care home,
+// nursing home, hospital or hospice code without an organisation gives
+// type other named in words (the schema requires an organisation for
+// those). Nil when neither is known.
+func (x *mapping) destination(expected bool) (*destination, error) {
+	order := []hl7.Path{pathPV1_37, pathPV1_36, pathPV2_27}
+	if expected {
+		order = []hl7.Path{pathPV2_27, pathPV1_37, pathPV1_36}
+	}
 	var code string
-	for _, p := range []hl7.Path{pathPV1_37, pathPV1_36, pathPV2_27} {
+	for _, p := range order {
 		if v := strings.TrimSpace(x.m.Lookup(p).String()); destinationCodes[v].typ != "" {
 			code = v
 			break
@@ -686,19 +1189,33 @@ func (x *mapping) destination() (*destination, error) {
 		return nil, nil
 	}
 	d := &destination{Type: "other", ODS: org}
-	if code != "" {
-		dc := destinationCodes[code]
-		d.Type = dc.typ
-		if org == "" && d.Type != "home" {
-			d.Name = dc.name
-		}
+	if code == "" {
+		return d, nil
 	}
-	if org == "" && d.Type != "home" && d.Type != "other" {
-		// The schema requires the organisation for these kinds of place;
-		// without it, say what kind of place it is in words.
-		d.Type = "other"
+	dc := destinationCodes[code]
+	switch {
+	case org != "" && organisational(dc.typ):
+		d.Type = dc.typ
+	case org != "":
+		// A named organisation and a code of no organisational kind: the
+		// organisation stands, the code is kept in words.
+		d.Name = dc.name
+	case dc.typ == "home":
+		d.Type = "home"
+	default:
+		d.Name = dc.name
 	}
 	return d, nil
+}
+
+// organisational reports whether a destination type names an organisation
+// (the schema requires its ODS code).
+func organisational(typ string) bool {
+	switch typ {
+	case "care-home", "nursing-home", "hospital", "hospice":
+		return true
+	}
+	return false
 }
 
 var (
