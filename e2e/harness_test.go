@@ -171,6 +171,7 @@ type hub struct {
 	cmd     *exec.Cmd
 	logs    *safeBuffer
 	exited  chan error
+	args    []string // more flags for carehub serve
 }
 
 type safeBuffer struct {
@@ -273,7 +274,7 @@ inputs:
 func (h *hub) start() {
 	t := h.t
 	t.Helper()
-	h.cmd = exec.Command(binary, "serve", "--config", h.cfgPath, "--log-level", "debug")
+	h.cmd = exec.Command(binary, append([]string{"serve", "--config", h.cfgPath, "--log-level", "debug"}, h.args...)...)
 	h.cmd.Stdout = h.logs
 	h.cmd.Stderr = h.logs
 	if err := h.cmd.Start(); err != nil {

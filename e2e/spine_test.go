@@ -3,10 +3,13 @@ package e2e
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
+	"net"
 	"net/http"
 	"os/exec"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -364,4 +367,44 @@ func TestBrokerOutageIsVisibleAndBounded(t *testing.T) {
 	if !strings.Contains(b.logs.String(), `"error":"kafka: `) {
 		t.Errorf("the hub's logs name no Kafka error class (want \"kafka: ...\", not a Go type)")
 	}
+}
+
+// TestSIGTERMEndsTheProcessWithinTheStopTimeout pins issue 14's first
+// defect's tail: the drain timed out, yet the process lived on until
+// SIGKILL. Here a client holds a request open by sending its body a byte at
+// a time while the hub is told to stop; the process exits, well within
+// --stop-timeout (the watchdog behind it is tested in cmd/carehub).
+func TestSIGTERMEndsTheProcessWithinTheStopTimeout(t *testing.T) {
+	h, _, _ := hubWithReceivers(t)
+	h.stop()
+	h.args = []string{"--stop-timeout", "2s"}
+	h.start()
+	nc, err := net.Dial("tcp", h.HTTP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	fmt.Fprintf(nc, "POST /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer demo-rx1-key\r\nContent-Type: application/cloudevents+json\r\nContent-Length: 100000\r\n\r\n{")
+	stopTrickle := make(chan struct{})
+	defer close(stopTrickle)
+	go func() {
+		for {
+			select {
+			case <-stopTrickle:
+				return
+			case <-time.After(200 * time.Millisecond): // the slow client's pace
+				if _, err := nc.Write([]byte(" ")); err != nil {
+					return
+				}
+			}
+		}
+	}()
+	_ = h.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-h.exited:
+	case <-time.After(60 * time.Second): // far above 2 s plus the start of the drain: a hang fails here
+		_ = h.cmd.Process.Kill()
+		t.Fatalf("the hub did not exit after SIGTERM\n%s", tail(h.logs.String(), 2000))
+	}
+	h.cmd = nil
 }

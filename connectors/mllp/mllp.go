@@ -54,9 +54,12 @@ package mllp
 
 import (
 	"context"
+	"crypto/hmac"
+	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -100,6 +103,7 @@ const (
 	DefaultDuplicateWindow = 24 * time.Hour
 	DefaultMaxDuplicates   = 200_000
 	DefaultMaxConns        = 256
+	DefaultMaxConnsPerPeer = 16
 	DefaultDrainTimeout    = 20 * time.Second
 	DefaultProcessTimeout  = 30 * time.Second
 	DefaultProcessingID    = "P"
@@ -154,9 +158,14 @@ type Config struct {
 
 	// MaxDuplicates caps the messages remembered (default 200,000).
 	MaxDuplicates int `yaml:"-" json:"-"`
-	// MaxConns caps concurrent connections; more are closed at once
-	// (default 256).
-	MaxConns int `yaml:"-" json:"-"`
+	// MaxConns caps the listener's concurrent connections; more are closed
+	// at once (default 256).
+	MaxConns int `yaml:"maxConnections" json:"maxConnections"`
+	// MaxConnsPerPeer caps the concurrent connections from one remote
+	// address (default 16), so that one peer holding idle connections
+	// cannot take every slot. A PAS or integration engine uses one to a
+	// few per route.
+	MaxConnsPerPeer int `yaml:"maxConnectionsPerPeer" json:"maxConnectionsPerPeer"`
 	// DrainTimeout bounds shutdown (default 20s).
 	DrainTimeout time.Duration `yaml:"-" json:"-"`
 	// ProcessTimeout bounds making one message durable (default 30s).
@@ -202,6 +211,9 @@ func (c *Config) applyDefaults() {
 	if c.MaxConns == 0 {
 		c.MaxConns = DefaultMaxConns
 	}
+	if c.MaxConnsPerPeer == 0 {
+		c.MaxConnsPerPeer = DefaultMaxConnsPerPeer
+	}
 	if c.ProcessingID == "" {
 		c.ProcessingID = DefaultProcessingID
 	}
@@ -224,8 +236,11 @@ func (c *Config) Validate() error {
 	if c.ReadTimeout < 0 || c.IdleTimeout < 0 || c.DuplicateWindow < 0 || c.DrainTimeout < 0 || c.ProcessTimeout < 0 {
 		bad("readTimeout, idleTimeout and duplicateWindow (and the timeouts) must be positive")
 	}
-	if c.MaxDuplicates < 0 || c.MaxConns < 0 {
-		bad("the duplicate memory and the connection limit must be positive")
+	if c.MaxDuplicates < 0 || c.MaxConns < 0 || c.MaxConnsPerPeer < 0 {
+		bad("the duplicate memory and the connection limits must be positive")
+	}
+	if c.MaxConnsPerPeer > c.MaxConns {
+		bad("maxConnectionsPerPeer must not exceed maxConnections")
 	}
 	switch c.ProcessingID {
 	case "P", "T", "D":
@@ -292,7 +307,7 @@ func (t *TLS) load() (*tls.Config, error) {
 // Stats counts what a Source has seen.
 type Stats struct {
 	Connections   int64 // connections accepted
-	Refused       int64 // connections closed at once: MaxConns reached
+	Refused       int64 // connections closed at once: MaxConns or MaxConnsPerPeer reached
 	Frames        int64 // frames read
 	Accepted      int64 // messages made durable (AA/CA)
 	Duplicates    int64 // resends acknowledged without publishing
@@ -319,6 +334,7 @@ type Source struct {
 
 	mu       sync.Mutex // guards conns and draining
 	conns    map[*conn]struct{}
+	perPeer  map[string]int // open connections by remote host
 	draining bool
 	wg       sync.WaitGroup
 
@@ -345,7 +361,7 @@ func New(cfg Config) (*Source, error) {
 		return nil, fmt.Errorf("mllp: %w", err)
 	}
 	s := &Source{
-		cfg: cfg, mapper: mapper, conns: map[*conn]struct{}{},
+		cfg: cfg, mapper: mapper, conns: map[*conn]struct{}{}, perPeer: map[string]int{},
 		dedupe:  newDedupe(cfg.DuplicateWindow, cfg.MaxDuplicates),
 		ackBase: "CH" + strconv.FormatInt(time.Now().UnixMilli(), 36) + "-",
 		now:     time.Now,
@@ -470,19 +486,25 @@ func (s *Source) acceptLoop(ctx context.Context) error {
 		}
 		delay = 0
 		s.stats.connections.Add(1)
-		c := &conn{s: s, nc: nc}
+		c := &conn{s: s, nc: nc, peer: peerOf(nc)}
 		s.mu.Lock()
-		if s.draining || len(s.conns) >= s.cfg.MaxConns {
+		full, peerFull := len(s.conns) >= s.cfg.MaxConns, s.perPeer[c.peer] >= s.cfg.MaxConnsPerPeer
+		if s.draining || full || peerFull {
 			draining := s.draining
 			s.mu.Unlock()
 			_ = nc.Close()
 			if !draining {
 				s.stats.refused.Add(1)
-				s.log.Warn("MLLP connection refused: too many connections", zap.Int("max", s.cfg.MaxConns))
+				if full {
+					s.log.Warn("MLLP connection refused: too many connections", zap.Int("max", s.cfg.MaxConns))
+				} else {
+					s.log.Warn("MLLP connection refused: too many connections from one peer", zap.Int("max_per_peer", s.cfg.MaxConnsPerPeer))
+				}
 			}
 			continue
 		}
 		s.conns[c] = struct{}{}
+		s.perPeer[c.peer]++
 		s.wg.Add(1)
 		s.mu.Unlock()
 		go func() {
@@ -490,9 +512,22 @@ func (s *Source) acceptLoop(ctx context.Context) error {
 			c.serve(ctx)
 			s.mu.Lock()
 			delete(s.conns, c)
+			if s.perPeer[c.peer]--; s.perPeer[c.peer] <= 0 {
+				delete(s.perPeer, c.peer)
+			}
 			s.mu.Unlock()
 		}()
 	}
+}
+
+// peerOf returns the remote host of a connection (its address without the
+// port).
+func peerOf(nc net.Conn) string {
+	addr := nc.RemoteAddr().String()
+	if host, _, err := net.SplitHostPort(addr); err == nil {
+		return host
+	}
+	return addr
 }
 
 func isTemporary(err error) bool {
@@ -520,10 +555,26 @@ func (s *Source) drain() {
 			_ = c.nc.Close()
 		}
 		s.mu.Unlock()
-		<-done
+		// A handler still busy (making a message durable, bounded by
+		// ProcessTimeout) is not waited for past a short grace: the
+		// process is stopping, and nothing unacknowledged was promised.
+		// Regression (issue 14): the drain timed out, yet the process
+		// lived on until SIGKILL.
+		select {
+		case <-done:
+		case <-time.After(abandonAfter):
+			s.mu.Lock()
+			n := len(s.conns)
+			s.mu.Unlock()
+			s.log.Warn("MLLP handlers abandoned at shutdown", zap.Int("connections", n))
+		}
 	}
 	s.log.Info("MLLP listener stopped", zap.String("addr", s.ln.Addr().String()))
 }
+
+// abandonAfter is how long the drain waits, after DrainTimeout and closing
+// every connection, for handlers still at work.
+const abandonAfter = 2 * time.Second
 
 // conn is one connection.
 //
@@ -532,8 +583,9 @@ func (s *Source) drain() {
 // once stopped is true every deadline set is in the past, so a drain can
 // never be overridden by a deadline set just after it.
 type conn struct {
-	s  *Source
-	nc net.Conn
+	s    *Source
+	nc   net.Conn
+	peer string // the remote host, for the per-peer limit
 
 	mu      sync.Mutex
 	stopped bool
@@ -580,10 +632,19 @@ func (c *conn) Read(p []byte) (int, error) {
 			}
 		}
 		switch {
-		case s > e: // a frame started and has not ended
+		case s > e && e >= 0: // a frame ended and the next started in these bytes
 			c.inFrame = true
 			c.frameStart = c.s.now()
 			c.setReadDeadline(c.frameStart.Add(c.s.cfg.ReadTimeout))
+		case s > e && !c.inFrame: // a frame started
+			c.inFrame = true
+			c.frameStart = c.s.now()
+			c.setReadDeadline(c.frameStart.Add(c.s.cfg.ReadTimeout))
+		case s > e:
+			// Another start block inside an unfinished frame: the frame
+			// reader starts over, but the deadline does not. Regression
+			// (issue 14): a new start block every 20 s kept a frame open
+			// well past ReadTimeout.
 		case e > s:
 			c.inFrame = false
 		}
@@ -725,7 +786,7 @@ func (s *Source) handle(ctx context.Context, payload []byte, log *zap.Logger) []
 	}
 	msh := m.Segment("MSH")
 	controlID := m.ControlID()
-	log = log.With(zap.String("control_id", safeControlID(controlID)), zap.String("trigger", m.Type().Trigger))
+	log = log.With(zap.String("control_id_hash", controlIDHash(controlID)), zap.String("trigger", m.Type().Trigger))
 	out, eventID, evType := s.process(ctx, m, payload)
 	if out.held != "" {
 		log = log.With(zap.String("held_reason", out.held))
@@ -945,19 +1006,23 @@ func bodyDigest(m *hl7.Message) [sha256.Size]byte {
 	return d
 }
 
-// safeControlID returns MSH-10 for a log line if it looks like a control
-// ID (up to 64 printable characters without spaces), else a placeholder: a
-// sender that shifts its fields could put anything there.
-func safeControlID(s string) string {
-	if len(s) == 0 || len(s) > 64 {
-		return "(unprintable)"
-	}
-	for i := 0; i < len(s); i++ {
-		if s[i] <= ' ' || s[i] > '~' {
-			return "(unprintable)"
-		}
-	}
-	return s
+// controlIDKey keys the hash of control IDs in logs; it is drawn once per
+// process, so a hash cannot be turned back into the control ID by trying
+// candidates (a sender can put anything in MSH-10, an NHS number included).
+var controlIDKey = func() []byte {
+	k := make([]byte, 32)
+	_, _ = rand.Read(k)
+	return k
+}()
+
+// controlIDHash returns what a log line says of MSH-10: a keyed hash, the
+// same for the same control ID within one process (so the lines of a
+// message and of its resends go together), never the value itself.
+// Regression (issue 14): an NHS number sent as MSH-10 reached two log lines.
+func controlIDHash(s string) string {
+	m := hmac.New(sha256.New, controlIDKey)
+	m.Write([]byte(s))
+	return hex.EncodeToString(m.Sum(nil)[:8])
 }
 
 var _ connector.Source = (*Source)(nil)

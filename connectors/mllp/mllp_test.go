@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand"
+	"net"
 	"os"
 	"strings"
 	"sync"
@@ -513,6 +514,24 @@ func TestHostilePeers(t *testing.T) {
 			t.Fatal("a frame that never ends kept the connection open")
 		}
 	})
+	t.Run("a new start block now and then", func(t *testing.T) {
+		// Regression (issue 14): a new start block every 20 s kept a frame
+		// open well past the 60 s ReadTimeout. Here: one every 100 ms
+		// against a 300 ms ReadTimeout.
+		c := dial(t, r.addr)
+		go func() {
+			for i := 0; i < 30; i++ {
+				_ = c.nc.SetWriteDeadline(time.Now().Add(time.Second))
+				if _, err := c.nc.Write([]byte{frame.StartBlock, 'M', 'S', 'H'}); err != nil {
+					return
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+		}()
+		if !c.closedByServer(2500 * time.Millisecond) {
+			t.Fatal("start blocks trickled in kept an unfinished frame open past ReadTimeout")
+		}
+	})
 	t.Run("idle connection", func(t *testing.T) {
 		c := dial(t, r.addr)
 		start := time.Now()
@@ -594,7 +613,7 @@ func TestDrain(t *testing.T) {
 }
 
 func TestMaxConns(t *testing.T) {
-	r := start(t, Config{MaxConns: 2}, &fakeIngest{})
+	r := start(t, Config{MaxConns: 2, MaxConnsPerPeer: 2}, &fakeIngest{})
 	a, b := dial(t, r.addr), dial(t, r.addr)
 	waitFor(t, "two connections", 5*time.Second, func() bool { return r.src.Stats().Connections == 2 })
 	third := dial(t, r.addr)
@@ -605,6 +624,41 @@ func TestMaxConns(t *testing.T) {
 		if ack := c.roundTrip(adtMessage("A08", "MC", "9991000003")); ack.Code != "AA" {
 			t.Fatalf("got %s", ack.Code)
 		}
+	}
+}
+
+// TestMaxConnsPerPeer pins part of issue 14's fifth defect: 260 idle
+// connections from one peer used up the listener's fixed limit of 256 and
+// every other sender was reset. A peer is now held to its own limit, and
+// the other slots stay open for other senders.
+func TestMaxConnsPerPeer(t *testing.T) {
+	r := start(t, Config{MaxConns: 10, MaxConnsPerPeer: 2}, &fakeIngest{})
+	a, b := dial(t, r.addr), dial(t, r.addr)
+	waitFor(t, "two connections", 5*time.Second, func() bool { return r.src.Stats().Connections == 2 })
+	third := dial(t, r.addr)
+	if !third.closedByServer(5 * time.Second) {
+		t.Fatal("a third connection from one peer was kept")
+	}
+	// The same limit, seen from another address of this machine, is not
+	// used up: 127.0.0.2 is another peer.
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}, Timeout: 5 * time.Second}
+	nc, err := d.Dial("tcp", r.addr)
+	if err != nil {
+		t.Fatalf("another peer could not connect: %v", err)
+	}
+	other := &client{t: t, nc: nc, r: frame.NewReader(nc, frame.ReaderOptions{})}
+	t.Cleanup(func() { nc.Close() })
+	if ack := other.roundTrip(adtMessage("A08", "PP1", "9991000003")); ack.Code != "AA" {
+		t.Fatalf("another peer: got %s", ack.Code)
+	}
+	for _, c := range []*client{a, b} {
+		if ack := c.roundTrip(adtMessage("A08", "PP2", "9991000003")); ack.Code != "AA" {
+			t.Fatalf("got %s", ack.Code)
+		}
+	}
+	if _, err := New(Config{Source: "RX1", MaxConns: 2, MaxConnsPerPeer: 3}); err == nil ||
+		!strings.Contains(err.Error(), "maxConnectionsPerPeer must not exceed maxConnections") {
+		t.Errorf("a per-peer limit above the listener's: got %v", err)
 	}
 }
 
@@ -663,5 +717,34 @@ func TestConfigValidatesSensitivity(t *testing.T) {
 		case tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)):
 			t.Errorf("%s: got %v, want an error with %q", tt.name, err, tt.want)
 		}
+	}
+}
+
+// TestControlIDIsNotLogged pins part of issue 14's fifth defect: an NHS
+// number sent as MSH-10 reached two log lines, because the control ID was
+// logged as sent. Logs now carry a keyed hash of it, the same for a resend.
+func TestControlIDIsNotLogged(t *testing.T) {
+	in := &fakeIngest{}
+	r := start(t, Config{}, in)
+	c := dial(t, r.addr)
+	const asControlID = "9991000011" // an NHS number where the control ID goes
+	msg := adtMessage("A08", asControlID, "9991000003")
+	for i := 0; i < 2; i++ {
+		if ack := c.roundTrip(msg); ack.Code != "AA" {
+			t.Fatalf("got %s", ack.Code)
+		}
+	}
+	hashes := map[any]bool{}
+	for _, e := range r.logs.All() {
+		line := fmt.Sprint(e.Message, e.ContextMap())
+		if strings.Contains(line, asControlID) {
+			t.Errorf("a log line holds the control ID: %s", line)
+		}
+		if h, ok := e.ContextMap()["control_id_hash"]; ok {
+			hashes[h] = true
+		}
+	}
+	if len(hashes) != 1 {
+		t.Errorf("control ID hashes logged for one message sent twice: %v, want one", hashes)
 	}
 }
