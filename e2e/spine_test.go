@@ -408,3 +408,37 @@ func TestSIGTERMEndsTheProcessWithinTheStopTimeout(t *testing.T) {
 	}
 	h.cmd = nil
 }
+
+// TestInvalidUTF8AndWrongMediaTypesAreRefused pins parts of issue 14's
+// fifth defect: a family name with bytes \xff\xfe got 202 and was
+// delivered as invalid JSON; POST /v1/decisions/explain ignored
+// Content-Type. Each path now refuses invalid UTF-8 (400, naming the byte
+// offset) and a body of the wrong media type (415), and publishes nothing.
+func TestInvalidUTF8AndWrongMediaTypesAreRefused(t *testing.T) {
+	h, gp, _ := hubWithReceivers(t)
+	nhs := nhsNumber(9501)
+	ev, _ := json.Marshal(patientEvent(t, "admission", nhs, "A81001", ""))
+	bad := bytes.Replace(ev, []byte(`"TESTPATIENT"`), []byte("\"TEST\xff\xfePATIENT\""), 1)
+	if bytes.Equal(bad, ev) {
+		t.Fatal("the example has no TESTPATIENT to spoil")
+	}
+	if status, body := h.publish("demo-rx1-key", "application/cloudevents+json", bad); status != 400 || !strings.Contains(string(body), "UTF-8") {
+		t.Errorf("an event with invalid UTF-8: got %d %s, want 400 naming UTF-8", status, body)
+	}
+	consent := []byte("{\"directives\":[{\"id\":\"x\",\"kind\":\"deny-role\",\"role\":\"social-care\",\"recorded\":\"2026-11-24T10:00:00Z\",\"recordedBy\":\"RX1\xff\"}]}")
+	if status, body := h.admin("PUT", "/v1/patients/"+nhs+"/consent", "application/json", consent, ""); status != 400 || !strings.Contains(string(body), "UTF-8") {
+		t.Errorf("a consent body with invalid UTF-8: got %d %s, want 400 naming UTF-8", status, body)
+	}
+	if status, body := h.admin("POST", "/v1/decisions/explain", "text/plain", ev, ""); status != http.StatusUnsupportedMediaType {
+		t.Errorf("explain with text/plain: got %d %s, want 415", status, body)
+	}
+	if status, body := h.admin("POST", "/v1/decisions/explain", "application/cloudevents+json", ev, ""); status != http.StatusOK {
+		t.Errorf("explain with the event's media type: got %d %s, want 200", status, body)
+	}
+	if n := h.endOffsets("carehub.events"); n != 0 {
+		t.Errorf("carehub.events holds %d events, want none", n)
+	}
+	if n := len(gp.deliveries()); n != 0 {
+		t.Errorf("the GP received %d deliveries, want none", n)
+	}
+}

@@ -16,7 +16,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"mime"
 	"net/http"
 
@@ -123,14 +122,9 @@ func (s *Source) serve(w http.ResponseWriter, r *http.Request) {
 			"Content-Type must be "+media.CloudEvent+" or "+media.CloudEventBatch))
 		return
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.env.MaxBodyBytes))
+	body, err := problemhttp.ReadBody(w, r, s.env.MaxBodyBytes)
 	if err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			problemhttp.Write(w, problem.New(problem.TooLarge, "the body exceeds the limit of this endpoint"))
-			return
-		}
-		problemhttp.Write(w, problem.New(problem.Malformed, "the body could not be read"))
+		problemhttp.Write(w, err)
 		return
 	}
 	if mt != media.CloudEventBatch {

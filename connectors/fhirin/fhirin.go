@@ -18,7 +18,6 @@ package fhirin
 import (
 	"context"
 	"errors"
-	"io"
 	"net/http"
 	"time"
 
@@ -27,6 +26,7 @@ import (
 	"github.com/carehub/carehub/schemas/fhir"
 	"github.com/carehub/carehub/schemas/media"
 	"github.com/carehub/carehub/schemas/problem"
+	"github.com/carehub/carehub/schemas/problem/problemhttp"
 	"go.uber.org/zap"
 )
 
@@ -121,14 +121,9 @@ func (s *Source) handle(encounter bool) http.HandlerFunc {
 			fail(w, problem.New(problem.MediaType, "Content-Type must be "+media.FHIR))
 			return
 		}
-		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.env.MaxBodyBytes))
+		body, err := problemhttp.ReadBody(w, r, s.env.MaxBodyBytes)
 		if err != nil {
-			var mbe *http.MaxBytesError
-			if errors.As(err, &mbe) {
-				fail(w, problem.New(problem.TooLarge, "the body exceeds the limit of this endpoint"))
-				return
-			}
-			fail(w, problem.New(problem.Malformed, "the body could not be read"))
+			fail(w, err)
 			return
 		}
 		var in *fhir.Inbound

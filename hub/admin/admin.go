@@ -25,7 +25,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"io"
 	"mime"
 	"net/http"
 	"strings"
@@ -137,15 +136,7 @@ func (a *API) patient(r *http.Request) (nhs.Number, string, error) {
 }
 
 func (a *API) body(w http.ResponseWriter, r *http.Request) ([]byte, error) {
-	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, a.MaxBody))
-	if err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			return nil, problem.New(problem.TooLarge, "the body exceeds the limit of this endpoint")
-		}
-		return nil, problem.New(problem.Malformed, "the body could not be read")
-	}
-	return b, nil
+	return problemhttp.ReadBody(w, r, a.MaxBody)
 }
 
 func (a *API) putConsent(w http.ResponseWriter, r *http.Request) {
@@ -250,6 +241,12 @@ type Explanation struct {
 }
 
 func (a *API) explain(w http.ResponseWriter, r *http.Request) {
+	// The body is an event, as published: structured mode. Regression
+	// (issue 14): explain ignored Content-Type.
+	if !media.Is(r.Header.Get("Content-Type"), media.CloudEvent) {
+		a.fail(w, r, problem.New(problem.MediaType, "Content-Type must be "+media.CloudEvent))
+		return
+	}
 	b, err := a.body(w, r)
 	if err != nil {
 		a.fail(w, r, err)

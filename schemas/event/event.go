@@ -219,6 +219,19 @@ func writeString(b *bytes.Buffer, s string) {
 	b.WriteByte('"')
 }
 
+// firstInvalidUTF8 returns the offset of b's first byte that does not
+// start a valid UTF-8 sequence.
+func firstInvalidUTF8(b []byte) int {
+	for i := 0; i < len(b); {
+		r, size := utf8.DecodeRune(b[i:])
+		if r == utf8.RuneError && size <= 1 {
+			return i
+		}
+		i += size
+	}
+	return len(b)
+}
+
 func firstByte(b []byte) byte {
 	for _, c := range b {
 		switch c {
@@ -300,6 +313,13 @@ type decoded struct {
 // The json package's error text can quote the input, so only the byte
 // offset is kept as the private cause.
 func decode(b []byte) (*decoded, error) {
+	// JSON text is UTF-8 (RFC 8259). encoding/json would quietly replace
+	// invalid bytes by U+FFFD, so that the event made durable, its id
+	// included, differs from the one sent. Regression (issue 14): a name
+	// with bytes \xff\xfe got 202 and was delivered as invalid JSON.
+	if !utf8.Valid(b) {
+		return nil, problem.New(problem.Malformed, "event is not valid UTF-8 (at byte "+strconv.Itoa(firstInvalidUTF8(b))+")")
+	}
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.UseNumber()
 	var env map[string]any

@@ -998,3 +998,23 @@ func TestConfidentialAndPreviousNHSNumber(t *testing.T) {
 		}
 	}
 }
+
+// TestInvalidUTF8IsRefused pins part of issue 14's fifth defect: a family
+// name with bytes \xff\xfe got 202 and was delivered as invalid JSON, and
+// invalid bytes in id were replaced silently, so that the 202 and the
+// webhook-id differed from what was sent. Invalid UTF-8 is now refused
+// (malformed, 400) with the byte offset, never the bytes.
+func TestInvalidUTF8IsRefused(t *testing.T) {
+	v := newValidator(t)
+	raw := string(readExample(t, "discharge.json"))
+	tests := []struct{ name, in string }{
+		{"in a name", strings.Replace(raw, `"TESTPATIENT"`, "\"TEST\xff\xfePATIENT\"", 1)},
+		{"in the id", strings.Replace(raw, `"3f6b1c2e-8d4a-4e7b-9c1d-0a1b2c3d4e03"`, "\"3f6b1c2e\xc3\"", 1)},
+	}
+	for _, tt := range tests {
+		_, err := v.Parse([]byte(tt.in))
+		if problem.KindOf(err) != problem.Malformed || !strings.Contains(err.Error(), "not valid UTF-8 (at byte") {
+			t.Errorf("%s: got %v, want malformed, not valid UTF-8 at a byte offset", tt.name, err)
+		}
+	}
+}

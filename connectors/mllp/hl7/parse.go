@@ -4,6 +4,7 @@ import (
 	"math/bits"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 )
 
 const utf8BOM = "\xEF\xBB\xBF"
@@ -287,7 +288,47 @@ func parseMessage(s string, from, to int, headerOnly bool) (*Message, *ParseErro
 		}
 	}
 	m.charset = cs
+	if cs == CharsetUTF8 && !headerOnly {
+		if err := m.checkUTF8(); err != nil {
+			return nil, err
+		}
+	}
 	return m, nil
+}
+
+// checkUTF8 refuses a message that declares UTF-8 (MSH-18) and is not:
+// read on, its bad bytes would become U+FFFD, so that what recipients get
+// differs from what was sent without anyone being told. The error names
+// the segment and field of the first invalid byte, never the bytes.
+// Regression (issue 14): invalid UTF-8 was accepted and passed on altered.
+func (m *Message) checkUTF8() *ParseError {
+	for i := range m.segs {
+		seg := &m.segs[i]
+		if utf8.ValidString(seg.raw) {
+			continue
+		}
+		bad := 0
+		for bad < len(seg.raw) {
+			r, size := utf8.DecodeRuneInString(seg.raw[bad:])
+			if r == utf8.RuneError && size <= 1 {
+				break
+			}
+			bad += size
+		}
+		field := 0
+		for n, sep := range seg.seps {
+			if int(sep) < bad {
+				field = n + 1
+			}
+		}
+		if seg.header {
+			field++ // MSH-1 is the field separator itself
+		}
+		return &ParseError{Segment: seg.name, SegmentIndex: seg.index, Sequence: seg.Sequence(), Field: field,
+			Offset: seg.offset + bad, Code: CodeDataType,
+			Reason: "the message declares UTF-8 in MSH-18 but this field is not valid UTF-8"}
+	}
+	return nil
 }
 
 // appendSeparators appends the offset of every c in line to dst. Fields are

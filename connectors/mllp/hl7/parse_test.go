@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"unicode/utf8"
 )
 
 const adtCR = "MSH|^~\\&|PAS|RX1|HUB|CAREHUB|20240102120000||ADT^A01^ADT_A01|MSG0001|P|2.4\r" +
@@ -519,18 +520,18 @@ func TestCharsetDecoding(t *testing.T) {
 	tests := []struct {
 		charset, value, want string
 	}{
-		{"", "Zo\xc3\xab", "Zoë"},                         // UTF-8 passthrough
-		{"", "Zo\xeb", "Zoë"},                             // undeclared: invalid UTF-8 read as ISO-8859-1
-		{"", "Zo\\Xeb\\", "Zoë"},                          // hex byte, not UTF-8: ISO-8859-1
-		{"", "Zo\\Xc3ab\\", "Zoë"},                        // hex bytes forming UTF-8
-		{"ASCII", "Zo\xeb", "Zoë"},                        // mislabelled 8-bit text degrades gracefully
-		{"8859/1", "Zo\xeb", "Zoë"},                       // ISO-8859-1
-		{"8859/1", "Zo\\XEB\\", "Zoë"},                    // hex under ISO-8859-1
-		{"8859/1", "Zo\\Xc3ab\\", "ZoÃ«"},                 // each byte is a character
-		{"8859/1", "\xa4", "¤"},                           // currency sign
-		{"8859/15", "\xa4 \xbd", "€ œ"},                   // Latin-9 differences
-		{"UNICODE UTF-8", "Zo\xc3\xab", "Zoë"},            // declared UTF-8
-		{"UNICODE UTF-8", "Zo\xeb", "Zo\uFFFD"},           // invalid UTF-8 replaced
+		{"", "Zo\xc3\xab", "Zoë"},              // UTF-8 passthrough
+		{"", "Zo\xeb", "Zoë"},                  // undeclared: invalid UTF-8 read as ISO-8859-1
+		{"", "Zo\\Xeb\\", "Zoë"},               // hex byte, not UTF-8: ISO-8859-1
+		{"", "Zo\\Xc3ab\\", "Zoë"},             // hex bytes forming UTF-8
+		{"ASCII", "Zo\xeb", "Zoë"},             // mislabelled 8-bit text degrades gracefully
+		{"8859/1", "Zo\xeb", "Zoë"},            // ISO-8859-1
+		{"8859/1", "Zo\\XEB\\", "Zoë"},         // hex under ISO-8859-1
+		{"8859/1", "Zo\\Xc3ab\\", "ZoÃ«"},      // each byte is a character
+		{"8859/1", "\xa4", "¤"},                // currency sign
+		{"8859/15", "\xa4 \xbd", "€ œ"},        // Latin-9 differences
+		{"UNICODE UTF-8", "Zo\xc3\xab", "Zoë"}, // declared UTF-8
+		// Declared UTF-8 with invalid bytes is refused: TestDeclaredUTF8MustBeUTF8.
 		{"UNICODE UTF-8", "\\Xe282ac\\", "€"},             // hex UTF-8
 		{"UTF-8", "\\Xeb\\", "ë"},                         // Escape()'s output decodes in UTF-8 messages too
 		{"8859/1~UNICODE UTF-8", "Zo\xeb", "Zoë"},         // first repetition is the default
@@ -624,6 +625,41 @@ func TestAppendSeparators(t *testing.T) {
 					t.Fatalf("appendSeparators(%q, %q) = %v, want %v", s, c, got, want)
 				}
 			}
+		}
+	}
+}
+
+// TestDeclaredUTF8MustBeUTF8 pins part of issue 14's fifth defect: invalid
+// UTF-8 was accepted and passed on altered (replaced by U+FFFD). A message
+// that declares UTF-8 in MSH-18 and holds invalid bytes is refused (102) at
+// the field that holds them; without a declaration, 8-bit text is still read
+// as ISO-8859-1.
+func TestDeclaredUTF8MustBeUTF8(t *testing.T) {
+	const head = "MSH|^~\\&|PAS|RX1|CAREHUB|CAREHUB|20261124100000||ADT^A08|C1|P|2.4||||||"
+	tests := []struct {
+		name, msg, want string
+	}{
+		{"declared, valid", head + "UNICODE UTF-8\rPID|1||9990000018^^^NHS^NH||ZO\xc3\x8b^ALEX\r", ""},
+		{"declared, invalid in PID-5", head + "UNICODE UTF-8\rPID|1||9990000018^^^NHS^NH||\xff\xfeSMITH^ALEX\r",
+			`code=102 seg="PID" idx=2 seq=1 field=5`},
+		{"declared as UNICODE (ITK), invalid", head + "UNICODE\rPID|1||9990000018^^^NHS^NH||SMITH^\xc3\r",
+			`code=102 seg="PID" idx=2 seq=1 field=5`},
+		{"not declared, 8-bit", head + "\rPID|1||9990000018^^^NHS^NH||\xc9MILE^ALEX\r", ""},
+	}
+	for _, tt := range tests {
+		m, err := Parse([]byte(tt.msg))
+		got := ""
+		if err != nil {
+			got = errSummary(err)
+		}
+		if tt.want == "" && err != nil || tt.want != "" && !strings.HasPrefix(got, tt.want) {
+			t.Errorf("%s:\n\tgot  %s\n\twant %s", tt.name, got, tt.want)
+		}
+		if err != nil && strings.ContainsAny(err.Error(), "\xff\xfe\xc3") {
+			t.Errorf("%s: the error echoes the bytes: %q", tt.name, err.Error())
+		}
+		if err == nil && !utf8.ValidString(m.Segment("PID").Field(5).String()) {
+			t.Errorf("%s: PID-5 is not UTF-8 text", tt.name)
 		}
 	}
 }
