@@ -7,6 +7,13 @@
 // patient's events stay in one partition, in order, and no raw identifier
 // reaches a key or a header), and produced with acks from all in-sync
 // replicas. Accept returns only after that acknowledgement.
+//
+// With a Memory (WithMemory; the hub gives it a dedup.Store), an event is
+// identified by (source, id): a retry of an event accepted within the
+// duplicate window is answered as accepted and not published again, and an
+// id reused for other content is refused with a Conflict (409). The event is
+// published before it is remembered, so that a failure between the two can
+// cause a duplicate (dropped by recipients by webhook-id), never a loss.
 package ingest
 
 import (
@@ -16,67 +23,156 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/carehub/carehub/connectors/connector"
+	"github.com/carehub/carehub/hub/dedup"
 	"github.com/carehub/carehub/hub/topic"
+	"github.com/carehub/carehub/internal/logging"
 	"github.com/carehub/carehub/schemas/event"
 	"github.com/carehub/carehub/schemas/media"
 	"github.com/carehub/carehub/schemas/nhs"
 	"github.com/carehub/carehub/schemas/problem"
+	"go.uber.org/zap"
 )
+
+// Memory remembers the events accepted within a window by (source, id), in
+// Kafka: *dedup.Store.
+type Memory interface {
+	ClaimAll(ctx context.Context, sources, ids []string, digests []dedup.Digest) ([]dedup.Claim, error)
+	Abandon(c dedup.Claim)
+	Record(ctx context.Context, cs ...dedup.Claim) error
+}
 
 // Ingest validates and publishes events.
 type Ingest struct {
 	validator *event.Validator
 	pseudo    *nhs.Pseudonymiser
 	pub       message.Publisher
+	mem       Memory
+	log       *zap.Logger
 }
 
-// New builds an Ingest.
+// New builds an Ingest. Without WithMemory it does not recognise retries.
 func New(v *event.Validator, p *nhs.Pseudonymiser, pub message.Publisher) (*Ingest, error) {
 	if v == nil || p == nil || pub == nil {
 		return nil, errors.New("ingest: validator, pseudonymiser and publisher are required")
 	}
-	return &Ingest{validator: v, pseudo: p, pub: pub}, nil
+	return &Ingest{validator: v, pseudo: p, pub: pub, log: zap.NewNop()}, nil
+}
+
+// WithMemory makes the Ingest recognise events by (source, id): an event
+// accepted before with the same content is answered as accepted again
+// (Accepted.Duplicate) and not published; with other content it is refused
+// (problem.Conflict, 409). log hears of records that could not be written.
+func (in *Ingest) WithMemory(m Memory, log *zap.Logger) *Ingest {
+	in.mem = m
+	if log != nil {
+		in.log = log
+	}
+	return in
+}
+
+// RuleIDReused is the rule of the Conflict answered for an id reused.
+const RuleIDReused = "event-id-reused"
+
+func conflict() error {
+	return &problem.Error{
+		Kind:    problem.Conflict,
+		Message: "this source already published a different event with this id",
+		Violations: []problem.Violation{{Pointer: "/id", Rule: RuleIDReused,
+			Detail: "an event with this source and id was accepted with different content: give each event its own id, and resend a retry unchanged"}},
+	}
 }
 
 // Accept implements connector.Ingest.
 func (in *Ingest) Accept(ctx context.Context, org string, raw []byte) (connector.Accepted, error) {
-	msg, acc, err := in.prepare(ctx, org, raw)
-	if err != nil {
-		return connector.Accepted{}, err
-	}
-	if err := in.publish(msg); err != nil {
-		return connector.Accepted{}, err
-	}
-	return acc, nil
+	res := in.AcceptBatch(ctx, org, []json.RawMessage{raw})[0]
+	return res.Accepted, res.Err
 }
 
-// AcceptBatch implements connector.Ingest.
+// AcceptBatch implements connector.Ingest. With a Memory, the valid events
+// are claimed together after one catch-up with it; the new ones are
+// published together, then recorded together; an event accepted before is
+// answered Duplicate, and one listed twice in the batch shares the fate of
+// its first listing.
 func (in *Ingest) AcceptBatch(ctx context.Context, org string, raws []json.RawMessage) []connector.Result {
 	out := make([]connector.Result, len(raws))
 	var msgs []*message.Message
 	var idx []int
+	var sources, ids []string
+	var digests []dedup.Digest
 	for i, raw := range raws {
 		msg, acc, err := in.prepare(ctx, org, raw)
 		out[i] = connector.Result{Accepted: acc, Err: err}
 		if err == nil {
 			msgs = append(msgs, msg)
 			idx = append(idx, i)
+			sources = append(sources, msg.Metadata.Get(topic.MetaSource))
+			ids = append(ids, acc.ID)
+			digests = append(digests, dedup.DigestOf(msg.Payload))
 		}
 	}
 	if len(msgs) == 0 {
 		return out
 	}
-	if err := in.publish(msgs...); err != nil {
+	if in.mem == nil {
+		if err := in.publish(msgs...); err != nil {
+			for _, i := range idx {
+				out[i].Err = err
+			}
+		}
+		return out
+	}
+	claims, err := in.mem.ClaimAll(ctx, sources, ids, digests)
+	if err != nil {
+		err = problem.Wrap(problem.Unavailable, "the hub cannot tell a retry from a new event right now; retry later", err)
 		for _, i := range idx {
 			out[i].Err = err
+		}
+		return out
+	}
+	var fresh []*message.Message
+	var held []dedup.Claim
+	for j, c := range claims {
+		if c.State == dedup.New {
+			fresh = append(fresh, msgs[j])
+			held = append(held, c)
+		}
+	}
+	var pubErr error
+	if len(fresh) > 0 {
+		if pubErr = in.publish(fresh...); pubErr != nil {
+			for _, c := range held {
+				in.mem.Abandon(c)
+			}
+		} else if err := in.mem.Record(ctx, held...); err != nil {
+			// The events are durable: answer so. Only a retry sent to
+			// another process could now publish one again.
+			in.log.Warn("accepted events not recorded in Kafka: this process remembers them, others may not",
+				zap.Int("events", len(held)), logging.Err(err))
+		}
+	}
+	for j, c := range claims {
+		i := idx[j]
+		first := c
+		if c.RepeatOf > 0 {
+			first = claims[c.RepeatOf-1]
+		}
+		switch {
+		case c.State == dedup.Conflict || first.State == dedup.Conflict:
+			out[i].Err = conflict()
+		case first.State == dedup.New && pubErr != nil:
+			out[i].Err = pubErr
+		case c.State == dedup.Duplicate:
+			out[i].Duplicate = true
 		}
 	}
 	return out
 }
 
 // Message builds the Kafka message for a validated event: the CloudEvents
-// JSON as value (structured mode), the pseudonym as key, and the
-// non-identifying attributes as headers.
+// JSON as value (structured mode, content-type application/cloudevents+json),
+// the pseudonym as key, and the non-identifying attributes as headers, as the
+// CloudEvents Kafka binding names them (ce_specversion, ce_id, ce_type,
+// ce_source).
 func Message(ev *event.Event, key string) (*message.Message, error) {
 	body, err := ev.Marshal()
 	if err != nil {
@@ -84,6 +180,7 @@ func Message(ev *event.Event, key string) (*message.Message, error) {
 	}
 	msg := message.NewMessage(ev.ID, body)
 	msg.Metadata.Set(topic.MetaKey, key)
+	msg.Metadata.Set(topic.MetaSpecVersion, event.SpecVersion)
 	msg.Metadata.Set(topic.MetaEventID, ev.ID)
 	msg.Metadata.Set(topic.MetaEventType, ev.Type)
 	msg.Metadata.Set(topic.MetaSource, ev.Source)
