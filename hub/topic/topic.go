@@ -43,9 +43,9 @@ const (
 	MetaEventID     = "ce_id"
 	MetaEventType   = "ce_type"
 	MetaSource      = "ce_source"
-	MetaRecipient = "carehub_recipient"
-	MetaBasis     = "carehub_basis"
-	MetaRule      = "carehub_rule"
+	MetaRecipient   = "carehub_recipient"
+	MetaBasis       = "carehub_basis"
+	MetaRule        = "carehub_rule"
 )
 
 // Specs returns the topics a hub needs, with their settings. Events, audit
