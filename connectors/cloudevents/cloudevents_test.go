@@ -733,3 +733,41 @@ func TestNeitherModeNamesTheModes(t *testing.T) {
 		}
 	}
 }
+
+// FuzzBinaryMode: no header value or body makes the binary mode panic, and
+// whatever it passes to the Ingest is one JSON object whose data is the body.
+func FuzzBinaryMode(f *testing.F) {
+	f.Add("b-1", "trace%20%E2%82%AC", "application/json", []byte(`{"patient":{"nhsNumber":"`+canary+`"}}`))
+	f.Add(`"quoted"`, "100%", "application/json; charset=utf-8", []byte(`[]`))
+	f.Add("%C0%A0", "", "text/plain", []byte(`not json`))
+	f.Fuzz(func(t *testing.T, id, ext, ctype string, body []byte) {
+		h := newHarness(t, cloudevents.Config{})
+		hdr := http.Header{}
+		hdr.Set("ce-specversion", "1.0")
+		hdr.Set("ce-id", id)
+		hdr.Set("ce-source", "urn:ods:RX1")
+		hdr.Set("ce-type", "org.carehub.admission.v1")
+		hdr.Set("ce-carehubtrace", ext)
+		if ctype != "" {
+			hdr.Set("Content-Type", ctype)
+		}
+		res := h.postHeaders(t, hdr, body)
+		for _, c := range h.ingest.Calls() {
+			var doc map[string]json.RawMessage
+			if err := json.Unmarshal([]byte(c.raws[0]), &doc); err != nil {
+				t.Fatalf("the Ingest got a document that is not a JSON object: %q", c.raws[0])
+			}
+			if !bytes.Equal(bytes.TrimSpace(doc["data"]), bytes.TrimSpace(body)) && json.Valid(body) {
+				var a, b any
+				_ = json.Unmarshal(doc["data"], &a)
+				_ = json.Unmarshal(body, &b)
+				if fmt.Sprint(a) != fmt.Sprint(b) {
+					t.Fatalf("data %s, want the body %s", doc["data"], body)
+				}
+			}
+		}
+		if res.status == http.StatusAccepted && len(h.ingest.Calls()) != 1 {
+			t.Fatalf("202 without one Ingest call")
+		}
+	})
+}
