@@ -352,7 +352,7 @@ func TestSameIDFromTwoSourcesIsTwoEvents(t *testing.T) {
 		}
 	}
 	want := map[row]bool{
-		{"RX1", id, event.TypeAdmission, "A81001", "permit", "delivered"}: true,
+		{"RX1", id, event.TypeAdmission, "A81001", "permit", "delivered"}:  true,
 		{"VM123", id, event.TypeCarePlan, "A81001", "permit", "delivered"}: true,
 	}
 	for _, r := range rows {
