@@ -126,11 +126,15 @@
 // # FHIR
 //
 // ToFHIR and ConsentFromFHIR map one patient's directives to one FHIR R4
-// Consent: status active; scope patient-privacy; category LOINC 59284-0;
-// patient by NHS number (https://fhir.nhs.uk/Id/nhs-number); policyRule
-// https://carehub.dev/fhir/CodeSystem/sharing-policy#direct-care; a root
-// provision of type permit (the base: share as the policy allows) and one
-// nested provision per directive, whose id is the directive's id:
+// Consent.
+//
+// ToFHIR writes: status active; scope patient-privacy; category LOINC
+// 59284-0; patient by NHS number (https://fhir.nhs.uk/Id/nhs-number); policy
+// uri PolicyURI and policyRule v3-ActCode OPTIN (the base: share as carehub's
+// policy allows; FHIR's invariant ppc-1 wants one of the two); dateTime, the
+// latest Recorded; and a root provision, with no type (R4: "not permitted in
+// root rule"), whose nested provisions are the directives, one each, with the
+// directive's id:
 //
 //	kind                  nested provision
 //	deny-organisation     type deny, actor (role IRCP, reference.identifier ODS code)
@@ -141,12 +145,69 @@
 //
 // Period is provision.period. Recorded and RecordedBy are the extensions
 // directive-recorded (valueDateTime) and directive-recorded-by
-// (valueString) under https://carehub.dev/fhir/StructureDefinition/; on the
-// way in, the Consent's dateTime and its organization's ODS code stand in for
-// provisions without them. Categories may also arrive in provision.class. A
-// period bound given as a date only is read as the whole of that day in
-// UK time. The evaluation of provision.period against the event's time, not
-// the time of access, is carehub's reading (see Time).
+// (valueString) under https://carehub.dev/fhir/StructureDefinition/.
+//
+// ConsentFromFHIR reads that form and the forms EPRs and HL7's own examples
+// write, each element with this meaning:
+//
+//   - policyRule: v3-ActCode OPTIN or OPTINR (or carehub's
+//     sharing-policy#direct-care) is an opt-in, a base permit: carehub's
+//     policy applies, and the provisions are exceptions to it. OPTOUT or
+//     OPTOUTE is an opt-out, a base deny: it becomes a deny-role directive
+//     for every role (ids opt-out-<role>), so nothing is shared but what a
+//     permit for an organisation lets through, and that still within
+//     carehub's policy (the relationship must be confirmed; sensitive
+//     categories need a permit that lists them). Another policy rule is
+//     refused. Without a policy rule, a root provision's type states the
+//     base, and with neither the base is a permit.
+//   - policy: a uri other than PolicyURI names rules carehub does not know,
+//     and is refused, not ignored; an authority alone is documentation.
+//   - The root provision: its period bounds the whole Consent, the base
+//     and every nested provision (each nested period is cut to it; one
+//     outside it is refused, as it could never apply). A type on it must
+//     agree with the policy rule. A root provision that names an actor, a
+//     security label or a class (HL7's pkb example) is itself a provision,
+//     read as a nested one is.
+//   - A provision without a type is an exception to the base: a deny under
+//     an opt-in, a permit under an opt-out.
+//   - A provision without an id gets a stable generated one: "fhir-" and 16
+//     hex digits of a SHA-256 of what it says (kind, organisation, role,
+//     categories, period), so the same provision sent again keeps its id;
+//     two provisions that say the same thing are one directive.
+//   - actor: role v3-ParticipationType IRCP or PRCP (a recipient; any other
+//     role is refused); the organisation by identifier in the ODS system, or
+//     by a literal reference whose id is an ODS code (Organization/RX1, or an
+//     absolute URL ending so, as the ODS FHIR API and Spine Directory Service
+//     name organisations; letters taken as upper case, an id of digits only
+//     is a local record number). A reference carehub cannot resolve (another
+//     server's id, a contained resource, another resource type) is refused.
+//     A provision naming several organisations is one directive per
+//     organisation (ids <id>.<ODS code> when the provision has an id).
+//   - action: consentaction access or disclose (sharing events with the
+//     recipient is all carehub controls); any other action is refused.
+//   - securityLabel and class: carehub's sensitivity-category codes; HL7's
+//     sensitivity codes, mapped (v3-ActCode PSY, BH, PSYTHPN mental-health;
+//     SEX, STD sexual-health; SDV safeguarding; GENDER gender-identity; HIV
+//     hiv; ETH, SUD substance-misuse; SPI mental-health and substance-misuse;
+//     and the v3-Confidentiality codes PSY, SDV, HIV, ETH likewise); the
+//     normal confidentiality levels (v3-Confidentiality N, L, M, U), meaning
+//     events without a sensitive category, which is what a permit without
+//     categories covers; and in class, content-class#document. Any other
+//     label is refused. Categories restrict permits only: a deny with a label
+//     is refused (carehub withholds an organisation's events all or
+//     nothing), and so is a provision mixing normal and sensitive labels.
+//   - patient: by NHS number, which must be the patient addressed; a patient
+//     given only otherwise (a literal reference to a record carehub does not
+//     hold, a display, a local identifier) is taken to be that patient.
+//   - dateTime and the first organization carehub can identify stand in for
+//     the recorded extensions of provisions without them (a date alone is
+//     the start of that day in the UK).
+//
+// Refused, saying why: purpose, code, data, dataPeriod, nested provisions
+// deeper than one level, modifier extensions, implicitRules, a status other
+// than active. A period bound given as a date only is the whole of that day
+// in UK time. The evaluation of provision.period against the event's time,
+// not the time of access, is carehub's reading (see Time).
 //
 // # Concurrency
 //

@@ -100,17 +100,17 @@ func ExampleConsentFromFHIR() {
 	    {"id": "no-rrk", "type": "deny", "actor": [{
 	      "role": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP"}]},
 	      "reference": {"identifier": {"system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": "RRK"}}}]},
-	    {"id": "s-flag", "type": "deny", "action": [{"text": "access"}]}
+	    {"id": "research", "type": "permit", "purpose": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "HRESCH"}]}
 	  ]}}`)
 	_, err := consent.ConsentFromFHIR(raw, patient)
 	fmt.Println(string(consent.OperationOutcome(err)))
 
 	raw = []byte(string(raw[:len(raw)-len(`,
-	    {"id": "s-flag", "type": "deny", "action": [{"text": "access"}]}
+	    {"id": "research", "type": "permit", "purpose": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "HRESCH"}]}
 	  ]}}`)]) + `]}}`)
 	ds, err := consent.ConsentFromFHIR(raw, patient)
 	fmt.Println(len(ds), ds[0].Kind, ds[0].Organisation, ds[0].RecordedBy, err)
 	// Output:
-	// {"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"invalid","details":{"coding":[{"system":"https://carehub.dev/fhir/CodeSystem/violation-rule","code":"fhir-unsupported-element"}]},"diagnostics":"carehub cannot honour provision.action: a directive covers all sharing of events","expression":["Consent.provision.provision[1].action"]}]}
+	// {"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"invalid","details":{"coding":[{"system":"https://carehub.dev/fhir/CodeSystem/violation-rule","code":"fhir-unsupported-element"}]},"diagnostics":"carehub cannot honour provision.purpose","expression":["Consent.provision.provision[1].purpose"]}]}
 	// 1 deny-organisation RRK X26 <nil>
 }

@@ -17,22 +17,30 @@ import (
 
 // FHIR systems and URLs of the Consent mapping (see the package documentation).
 const (
-	systemODS         = "https://fhir.nhs.uk/Id/ods-organization-code"
-	systemNHSNumber   = "https://fhir.nhs.uk/Id/nhs-number"
-	systemScope       = "http://terminology.hl7.org/CodeSystem/consentscope"
-	systemLOINC       = "http://loinc.org"
-	systemParticipant = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
-	systemCategory    = "https://carehub.dev/fhir/CodeSystem/sensitivity-category"
-	systemContent     = "https://carehub.dev/fhir/CodeSystem/content-class"
-	systemPolicy      = "https://carehub.dev/fhir/CodeSystem/sharing-policy"
-	systemViolation   = "https://carehub.dev/fhir/CodeSystem/violation-rule"
-	extRecorded       = "https://carehub.dev/fhir/StructureDefinition/directive-recorded"
-	extRecordedBy     = "https://carehub.dev/fhir/StructureDefinition/directive-recorded-by"
-	extRecipientRole  = "https://carehub.dev/fhir/StructureDefinition/recipient-role"
+	systemODS             = "https://fhir.nhs.uk/Id/ods-organization-code"
+	systemNHSNumber       = "https://fhir.nhs.uk/Id/nhs-number"
+	systemScope           = "http://terminology.hl7.org/CodeSystem/consentscope"
+	systemLOINC           = "http://loinc.org"
+	systemParticipant     = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
+	systemCategory        = "https://carehub.dev/fhir/CodeSystem/sensitivity-category"
+	systemContent         = "https://carehub.dev/fhir/CodeSystem/content-class"
+	systemPolicy          = "https://carehub.dev/fhir/CodeSystem/sharing-policy"
+	systemActCode         = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
+	systemConfidentiality = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality"
+	systemAction          = "http://terminology.hl7.org/CodeSystem/consentaction"
+	// PolicyURI names carehub's sharing policy in Consent.policy.uri: a
+	// Consent may name it, and no other.
+	PolicyURI        = "https://carehub.dev/fhir/policy/direct-care"
+	systemViolation  = "https://carehub.dev/fhir/CodeSystem/violation-rule"
+	extRecorded      = "https://carehub.dev/fhir/StructureDefinition/directive-recorded"
+	extRecordedBy    = "https://carehub.dev/fhir/StructureDefinition/directive-recorded-by"
+	extRecipientRole = "https://carehub.dev/fhir/StructureDefinition/recipient-role"
 
 	codePatientPrivacy = "patient-privacy"
 	codeConsentLOINC   = "59284-0"
-	codeRecipient      = "IRCP"
+	codeRecipient      = "IRCP" // information recipient
+	codePrimary        = "PRCP" // primary information recipient
+	codeOptIn          = "OPTIN"
 	codeDocument       = "document"
 	codePolicy         = "direct-care"
 )
@@ -80,6 +88,12 @@ type (
 		Class         []fhirCoding    `json:"class,omitempty"`
 		Provision     []fhirProvision `json:"provision,omitempty"`
 	}
+	fhirPolicy struct {
+		URI string `json:"uri"`
+	}
+	fhirRootProvision struct {
+		Provision []fhirProvision `json:"provision,omitempty"`
+	}
 	fhirConsent struct {
 		ResourceType string                `json:"resourceType"`
 		Status       string                `json:"status"`
@@ -87,8 +101,9 @@ type (
 		Category     []fhirCodeableConcept `json:"category"`
 		Patient      fhirReference         `json:"patient"`
 		DateTime     string                `json:"dateTime,omitempty"`
+		Policy       []fhirPolicy          `json:"policy"`
 		PolicyRule   fhirCodeableConcept   `json:"policyRule"`
-		Provision    fhirProvision         `json:"provision"`
+		Provision    *fhirRootProvision    `json:"provision,omitempty"`
 	}
 )
 
@@ -116,15 +131,18 @@ func ToFHIR(ds []Directive, patient nhs.Number) ([]byte, error) {
 		Category: []fhirCodeableConcept{{Coding: []fhirCoding{
 			{System: systemLOINC, Code: codeConsentLOINC}}}},
 		Patient: fhirReference{Type: "Patient", Identifier: fhirIdentifier{System: systemNHSNumber, Value: patient.Digits()}},
+		Policy:  []fhirPolicy{{URI: PolicyURI}},
 		PolicyRule: fhirCodeableConcept{Coding: []fhirCoding{
-			{System: systemPolicy, Code: codePolicy, Display: "carehub direct care sharing policy"}}},
-		Provision: fhirProvision{Type: "permit"},
+			{System: systemActCode, Code: codeOptIn, Display: "opt-in"}}},
 	}
 	var latest time.Time
 	for i := range ds {
 		d := &ds[i]
 		if d.Recorded.After(latest) {
 			latest = d.Recorded
+		}
+		if c.Provision == nil {
+			c.Provision = &fhirRootProvision{}
 		}
 		c.Provision.Provision = append(c.Provision.Provision, provisionOf(d))
 	}
@@ -182,33 +200,6 @@ type fhirError struct {
 
 func (e *fhirError) Error() string { return e.err.Error() }
 func (e *fhirError) Unwrap() error { return e.err }
-
-// ConsentFromFHIR reads a FHIR R4 Consent resource (JSON) holding a patient's
-// directives, in the mapping the package documentation describes, and checks
-// that it is about patient: the patient the caller is acting for (a Consent
-// about anyone else is refused).
-//
-// Anything the mapping cannot honour exactly is refused rather than ignored:
-// a provision element carehub does not apply (action, purpose, data,
-// dataPeriod, code, deeper nesting), a modifier extension, another policy
-// rule, an actor that is not an information recipient named by ODS code. An
-// ignored restriction could share what its author meant to withhold.
-//
-// Errors are *problem.Error (TooLarge, Malformed or Invalid) listing every
-// problem found; OperationOutcome renders them with FHIRPath expressions.
-// No error text holds a value from the document.
-func ConsentFromFHIR(raw []byte, patient nhs.Number) ([]Directive, error) {
-	if err := strictJSON(raw); err != nil {
-		return nil, err
-	}
-	p := &fhirParser{}
-	ds := p.consent(json.RawMessage(raw), patient)
-	if len(p.vs) > 0 {
-		return nil, &fhirError{root: "Consent", err: &problem.Error{Kind: problem.Invalid,
-			Message: "the FHIR Consent is invalid or asks for what carehub cannot honour", Violations: p.vs}}
-	}
-	return ds, nil
-}
 
 type fhirParser struct {
 	vs []problem.Violation
@@ -375,28 +366,6 @@ func (p *fhirParser) identifier(raw json.RawMessage, ptr, system, what string) (
 	return p.str(m["value"], ptr+"/value")
 }
 
-// reference reads a logical Reference by identifier.
-func (p *fhirParser) reference(raw json.RawMessage, ptr, typ, system, what string) (string, bool) {
-	m, ok := p.object(raw, ptr, []string{"identifier", "type"}, []string{"id", "extension", "display"},
-		map[string]string{"reference": what + " must be given by identifier, not by a literal reference"})
-	if !ok {
-		return "", false
-	}
-	if m["type"] != nil {
-		if t, ok := p.str(m["type"], ptr+"/type"); !ok || t != typ {
-			if ok {
-				p.bad(ptr+"/type", VFHIRValue, what+" must be a reference to a "+typ)
-			}
-			return "", false
-		}
-	}
-	if m["identifier"] == nil {
-		p.bad(ptr+"/identifier", VRequired, what+" must be given by identifier")
-		return "", false
-	}
-	return p.identifier(m["identifier"], ptr+"/identifier", system, what)
-}
-
 var london = sync.OnceValues(func() (*time.Location, error) { return time.LoadLocation("Europe/London") })
 
 // dateTime reads a FHIR dateTime. A full date-time must carry an offset. A
@@ -437,384 +406,6 @@ func (p *fhirParser) dateTime(raw json.RawMessage, ptr string, dateOnly byte) (t
 		p.bad(ptr, VFHIRValue, "expected a date-time with seconds and a time-zone offset")
 	}
 	return time.Time{}, false
-}
-
-func (p *fhirParser) consent(raw json.RawMessage, patient nhs.Number) []Directive {
-	m, ok := p.object(raw, "",
-		[]string{"resourceType", "status", "scope", "category", "patient", "dateTime", "organization", "policyRule", "provision"},
-		[]string{"id", "meta", "text", "language", "contained", "extension", "identifier", "performer",
-			"sourceAttachment", "sourceReference", "policy", "verification"},
-		map[string]string{
-			"implicitRules":     "carehub cannot honour implicit rules",
-			"modifierExtension": "carehub cannot honour modifier extensions",
-		})
-	if !ok {
-		return nil
-	}
-	if rt, ok := p.str(m["resourceType"], "/resourceType"); ok && rt != "Consent" {
-		p.bad("/resourceType", VFHIRValue, "expected a Consent resource")
-		return nil
-	} else if !ok {
-		return nil
-	}
-	if s, ok := p.str(m["status"], "/status"); ok && s != "active" {
-		p.bad("/status", VFHIRValue, "status must be active: send the directives that remain in force, and none to revoke them all")
-	}
-	if m["scope"] == nil {
-		p.bad("/scope", VRequired, "scope is required")
-	} else if cs, ok := p.codeableConcept(m["scope"], "/scope"); ok && !hasCoding(cs, systemScope, codePatientPrivacy) {
-		p.bad("/scope", VFHIRValue, "scope must be patient-privacy ("+systemScope+")")
-	}
-	if m["category"] == nil {
-		p.bad("/category", VRequired, "category is required")
-	} else {
-		p.array(m["category"], "/category")
-	}
-	p.patient(m["patient"], patient)
-	if m["policyRule"] != nil {
-		if cs, ok := p.codeableConcept(m["policyRule"], "/policyRule"); ok {
-			for i, c := range cs {
-				if c.System != systemPolicy || c.Code != codePolicy {
-					p.bad("/policyRule/coding/"+strconv.Itoa(i), VFHIRUnsupported,
-						"carehub applies its own sharing policy ("+systemPolicy+"#"+codePolicy+"); another policy rule would change what the provisions mean")
-				}
-			}
-		}
-	}
-	var fallback struct {
-		recorded   time.Time
-		recordedBy string
-	}
-	if m["dateTime"] != nil {
-		fallback.recorded, _ = p.dateTime(m["dateTime"], "/dateTime", 's') // a date alone: the start of that day
-	}
-	if m["organization"] != nil {
-		if refs, ok := p.array(m["organization"], "/organization"); ok {
-			for i, r := range refs {
-				// Only the first organisation is used, as the recorder of
-				// provisions that do not name their own.
-				ods, ok := p.reference(r, "/organization/"+strconv.Itoa(i), "Organization", systemODS, "an organization")
-				if ok && fallback.recordedBy == "" {
-					fallback.recordedBy = ods
-				}
-			}
-		}
-	}
-	if m["provision"] == nil {
-		p.bad("/provision", VRequired, "a provision of type permit is required: it states carehub's base rule (share as the sharing policy allows); the directives are its nested provisions")
-		return nil
-	}
-	rootOnly := "the root provision states the base rule only; put each directive in a nested provision"
-	root, ok := p.object(m["provision"], "/provision", []string{"type", "provision"}, []string{"id", "extension"},
-		map[string]string{"period": rootOnly, "actor": rootOnly, "action": rootOnly, "securityLabel": rootOnly,
-			"purpose": rootOnly, "class": rootOnly, "code": rootOnly, "dataPeriod": rootOnly, "data": rootOnly,
-			"modifierExtension": "carehub cannot honour modifier extensions"})
-	if !ok {
-		return nil
-	}
-	if root["type"] == nil {
-		p.bad("/provision/type", VRequired, "the root provision must be of type permit (the base rule)")
-	} else if t, ok := p.str(root["type"], "/provision/type"); ok && t != "permit" {
-		p.bad("/provision/type", VFHIRValue, "the root provision must be of type permit (the base rule); record a confidential patient as a nested deny provision with no actor")
-	}
-	if root["provision"] == nil {
-		return nil
-	}
-	nested, ok := p.array(root["provision"], "/provision/provision")
-	if !ok {
-		return nil
-	}
-	if len(nested) > MaxDirectives {
-		p.bad("/provision/provision", VTooMany, "a patient holds at most "+strconv.Itoa(MaxDirectives)+" directives")
-		return nil
-	}
-	ds := make([]Directive, 0, len(nested))
-	for i, raw := range nested {
-		ptr := "/provision/provision/" + strconv.Itoa(i)
-		d, ok := p.provision(raw, ptr, fallback.recorded, fallback.recordedBy)
-		if !ok {
-			continue
-		}
-		for j := range ds {
-			if ds[j].ID == d.ID {
-				p.bad(ptr+"/id", VUniqueID, "two provisions share this id")
-			}
-		}
-		ds = append(ds, d)
-	}
-	return ds
-}
-
-func hasCoding(cs []fhirCoding, system, code string) bool {
-	for _, c := range cs {
-		if c.System == system && c.Code == code {
-			return true
-		}
-	}
-	return false
-}
-
-func (p *fhirParser) patient(raw json.RawMessage, want nhs.Number) {
-	if raw == nil {
-		p.bad("/patient", VRequired, "the patient is required, identified by NHS number")
-		return
-	}
-	m, ok := p.object(raw, "/patient", []string{"identifier", "type"}, []string{"id", "extension", "display", "reference"}, nil)
-	if !ok {
-		return
-	}
-	if m["type"] != nil {
-		if t, ok := p.str(m["type"], "/patient/type"); ok && t != "Patient" {
-			p.bad("/patient/type", VFHIRValue, "the patient must be a reference to a Patient")
-		}
-	}
-	if m["identifier"] == nil {
-		p.bad("/patient/identifier", VRequired, "the patient must be identified by NHS number")
-		return
-	}
-	v, ok := p.identifier(m["identifier"], "/patient/identifier", systemNHSNumber, "the patient")
-	if !ok {
-		return
-	}
-	n, err := nhs.Parse(v)
-	if err != nil {
-		p.bad("/patient/identifier/value", VNHSNumber, "the patient's NHS number is not a valid NHS number")
-		return
-	}
-	if want.IsZero() || n != want {
-		p.bad("/patient/identifier/value", VPatientSwitch, "the Consent is about a different patient from the one addressed")
-	}
-}
-
-// provision reads one nested provision as one directive.
-func (p *fhirParser) provision(raw json.RawMessage, ptr string, recorded time.Time, recordedBy string) (Directive, bool) {
-	start := len(p.vs)
-	m, ok := p.object(raw, ptr,
-		[]string{"id", "extension", "type", "period", "actor", "securityLabel", "class"}, nil,
-		map[string]string{
-			"action":            "carehub cannot honour provision.action: a directive covers all sharing of events",
-			"purpose":           "carehub cannot honour provision.purpose",
-			"code":              "carehub cannot honour provision.code",
-			"data":              "carehub cannot honour provision.data",
-			"dataPeriod":        "carehub cannot honour provision.dataPeriod: give the period in provision.period, which carehub judges against the event's time",
-			"provision":         "carehub reads one level of nested provisions, one directive each; deeper nesting is not supported",
-			"modifierExtension": "carehub cannot honour modifier extensions",
-		})
-	if !ok {
-		return Directive{}, false
-	}
-	var d Directive
-	locs := map[string]string{"": ptr}
-	if m["id"] == nil {
-		p.bad(ptr+"/id", VRequired, "each nested provision needs an id: it is the directive's id")
-	} else {
-		d.ID, _ = p.str(m["id"], ptr+"/id")
-		locs["/id"] = ptr + "/id"
-	}
-
-	// Extensions.
-	var haveRecorded, haveRecordedBy, haveRole bool
-	if m["extension"] != nil {
-		exts, _ := p.array(m["extension"], ptr+"/extension")
-		for i, e := range exts {
-			eptr := ptr + "/extension/" + strconv.Itoa(i)
-			var probe struct {
-				URL string `json:"url"`
-			}
-			if json.Unmarshal(e, &probe) != nil || probe.URL == "" {
-				p.bad(eptr+"/url", VRequired, "an extension needs a url")
-				continue
-			}
-			switch probe.URL {
-			case extRecorded, extRecordedBy, extRecipientRole:
-			default:
-				continue // not ours, and a plain extension may be ignored
-			}
-			valueKey := map[string]string{extRecorded: "valueDateTime", extRecordedBy: "valueString", extRecipientRole: "valueCode"}[probe.URL]
-			em, ok := p.object(e, eptr, []string{"url", valueKey}, []string{"id"}, nil)
-			if !ok {
-				continue
-			}
-			if em[valueKey] == nil {
-				p.bad(eptr+"/"+valueKey, VRequired, "this extension takes a "+valueKey)
-				continue
-			}
-			vptr := eptr + "/" + valueKey
-			switch probe.URL {
-			case extRecorded:
-				if haveRecorded {
-					p.bad(eptr, VDuplicate, "the recorded extension is given twice")
-				}
-				haveRecorded = true
-				d.Recorded, _ = p.dateTime(em[valueKey], vptr, 0)
-				locs["/recorded"] = vptr
-			case extRecordedBy:
-				if haveRecordedBy {
-					p.bad(eptr, VDuplicate, "the recorded-by extension is given twice")
-				}
-				haveRecordedBy = true
-				d.RecordedBy, _ = p.str(em[valueKey], vptr)
-				locs["/recordedBy"] = vptr
-			case extRecipientRole:
-				if haveRole {
-					p.bad(eptr, VDuplicate, "the recipient-role extension is given twice")
-				}
-				haveRole = true
-				role, _ := p.str(em[valueKey], vptr)
-				d.Role = Role(role)
-				locs["/role"] = vptr
-			}
-		}
-	}
-	if !haveRecorded {
-		if recorded.IsZero() {
-			p.bad(ptr, VRequired, "when the directive was recorded is required: the directive-recorded extension, or the Consent's dateTime")
-		}
-		d.Recorded = recorded
-		locs["/recorded"] = "/dateTime"
-	}
-	if !haveRecordedBy {
-		if recordedBy == "" {
-			p.bad(ptr, VRequired, "who recorded the directive is required: the directive-recorded-by extension, or the Consent's organization by ODS code")
-		}
-		d.RecordedBy = recordedBy
-		locs["/recordedBy"] = "/organization/0/identifier/value"
-	}
-
-	// Type.
-	var typ string
-	if m["type"] == nil {
-		p.bad(ptr+"/type", VRequired, "a nested provision needs a type, permit or deny")
-	} else if typ, ok = p.str(m["type"], ptr+"/type"); ok && typ != "permit" && typ != "deny" {
-		p.bad(ptr+"/type", VFHIRValue, "type is permit or deny")
-	}
-
-	// Period.
-	if m["period"] != nil {
-		pm, ok := p.object(m["period"], ptr+"/period", []string{"start", "end"}, []string{"id", "extension"}, nil)
-		if ok {
-			if pm["start"] != nil {
-				if t, ok := p.dateTime(pm["start"], ptr+"/period/start", 's'); ok {
-					d.Period.Start = &t
-				}
-				locs["/period/start"] = ptr + "/period/start"
-			}
-			if pm["end"] != nil {
-				if t, ok := p.dateTime(pm["end"], ptr+"/period/end", 'e'); ok {
-					d.Period.End = &t
-				}
-				locs["/period/end"] = ptr + "/period/end"
-			}
-		}
-	}
-
-	// Actor.
-	if m["actor"] != nil {
-		actors, ok := p.array(m["actor"], ptr+"/actor")
-		if ok && len(actors) > 1 {
-			p.bad(ptr+"/actor", VFHIRMapping, "name one organisation per provision: one directive each")
-		} else if ok {
-			aptr := ptr + "/actor/0"
-			am, ok := p.object(actors[0], aptr, []string{"role", "reference"}, []string{"id", "extension"}, nil)
-			if ok {
-				if am["role"] == nil {
-					p.bad(aptr+"/role", VRequired, "an actor needs a role (IRCP, information recipient)")
-				} else if cs, ok := p.codeableConcept(am["role"], aptr+"/role"); ok {
-					for i, c := range cs {
-						if c.System != systemParticipant || c.Code != codeRecipient {
-							p.bad(aptr+"/role/coding/"+strconv.Itoa(i), VFHIRUnsupported,
-								"carehub directives name recipients only: the actor's role must be IRCP ("+systemParticipant+")")
-						}
-					}
-				}
-				if am["reference"] == nil {
-					p.bad(aptr+"/reference", VRequired, "an actor needs a reference to an organisation by ODS code")
-				} else if ods, ok := p.reference(am["reference"], aptr+"/reference", "Organization", systemODS, "the organisation"); ok {
-					d.Organisation = ods
-					locs["/organisation"] = aptr + "/reference/identifier/value"
-				}
-			}
-		}
-	}
-
-	// Security labels and classes: categories, and the document class.
-	document := false
-	catsAt := ""
-	readCodes := func(key string, allowDocument bool) {
-		if m[key] == nil {
-			return
-		}
-		cs, ok := p.codingList(m[key], ptr+"/"+key)
-		if !ok {
-			return
-		}
-		for i, c := range cs {
-			cptr := ptr + "/" + key + "/" + strconv.Itoa(i)
-			switch {
-			case c.System == systemCategory:
-				locs["/categories/"+strconv.Itoa(len(d.Categories))] = cptr + "/code"
-				d.Categories = append(d.Categories, c.Code)
-				if catsAt == "" {
-					catsAt = cptr
-				}
-			case allowDocument && c.System == systemContent && c.Code == codeDocument:
-				document = true
-			default:
-				p.bad(cptr, VFHIRUnsupported, "carehub understands categories in "+systemCategory+
-					" and, in class, the document class of "+systemContent)
-			}
-		}
-	}
-	readCodes("securityLabel", false)
-	readCodes("class", true)
-	if catsAt != "" {
-		locs["/categories"] = catsAt
-	}
-
-	if len(p.vs) > start {
-		return Directive{}, false
-	}
-
-	// Kind, from the shape of the provision.
-	hasOrg, hasRole := d.Organisation != "", haveRole
-	switch {
-	case hasOrg && hasRole:
-		p.bad(ptr, VTargetOneOf, "a provision names an organisation (actor) or a role (recipient-role extension), not both")
-	case typ == "permit" && document:
-		p.bad(ptr+"/class", VFHIRMapping, "a permit provision cannot be limited to documents; to share notifications only, use a deny provision with the document class")
-	case typ == "permit" && !hasOrg:
-		p.bad(ptr, VFHIRMapping, "a permit provision names the organisation it permits (actor); role-level permits are not supported")
-	case typ == "permit":
-		d.Kind = KindPermitOrganisation
-	case len(d.Categories) > 0:
-		p.bad(catsAt, VFHIRMapping, "only a permit provision takes categories")
-	case document && (hasOrg || hasRole):
-		d.Kind = KindNotificationOnly
-	case document:
-		p.bad(ptr, VFHIRMapping, "a notification-only provision names an organisation (actor) or a role (recipient-role extension)")
-	case hasOrg:
-		d.Kind = KindDenyOrganisation
-	case hasRole:
-		d.Kind = KindDenyRole
-	default:
-		d.Kind = KindConfidential
-	}
-	if len(p.vs) > start {
-		return Directive{}, false
-	}
-	locs["/kind"] = ptr + "/type"
-
-	// The directive's own rules, re-pointed into the FHIR document.
-	var vs []problem.Violation
-	d.violations("", &vs)
-	for _, v := range vs {
-		at, ok := locs[v.Pointer]
-		if !ok {
-			at = ptr
-		}
-		p.bad(at, v.Rule, v.Detail)
-	}
-	return d, len(p.vs) == start
 }
 
 // OperationOutcome renders err as a FHIR R4 OperationOutcome (JSON): one

@@ -68,8 +68,8 @@ func TestChaos(t *testing.T) {
 
 	// The GP fails a third of its requests throughout; the care home is
 	// down from the start until the end of the last phase.
-	gp := newChaosReceiver(t, "demo-gp-secret", c.rnd(), 1.0/3)
-	home := newChaosReceiver(t, "demo-carehome-secret", c.rnd(), 1.0/3)
+	gp := newChaosReceiver(t, "whsec_Y2FyZWh1Yi1kZW1vLXNlY3JldC1ncC1BODEwMDE=", c.rnd(), 1.0/3)
+	home := newChaosReceiver(t, "whsec_Y2FyZWh1Yi1kZW1vLXNlY3JldC1jYXJlaG9tZS1WTTEyMw==", c.rnd(), 1.0/3)
 	home.down()
 
 	disk := newChaosDisk(t)

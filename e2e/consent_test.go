@@ -203,8 +203,8 @@ func TestNotificationOnlyDirectiveStripsTheSummary(t *testing.T) {
 // one broker (the second in cluster mode), so the router that takes an event
 // is often not the process that recorded the change.
 func TestConsentChangeAppliesToTheVeryNextEvent(t *testing.T) {
-	gp := newReceiver(t, "demo-gp-secret")
-	home := newReceiver(t, "demo-carehome-secret")
+	gp := newReceiver(t, "whsec_Y2FyZWh1Yi1kZW1vLXNlY3JldC1ncC1BODEwMDE=")
+	home := newReceiver(t, "whsec_Y2FyZWh1Yi1kZW1vLXNlY3JldC1jYXJlaG9tZS1WTTEyMw==")
 	a := startHub(t, hubOptions{gp: gp.URL, careHome: home.URL})
 	b := startHub(t, hubOptions{gp: gp.URL, careHome: home.URL, brokers: a.Kafka})
 	a.waitGroupMembers("carehub-router", 2)

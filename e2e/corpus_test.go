@@ -108,9 +108,9 @@ func exampleSection(t *testing.T, key string) string {
 // to a sexual health clinic reaches the GP only.
 func TestMLLPCorpus(t *testing.T) {
 	corpus := loadCorpus(t)
-	gp := newReceiver(t, "demo-gp-secret")
-	home := newReceiver(t, "demo-carehome-secret")
-	community := newReceiver(t, "demo-community-secret")
+	gp := newReceiver(t, "whsec_Y2FyZWh1Yi1kZW1vLXNlY3JldC1ncC1BODEwMDE=")
+	home := newReceiver(t, "whsec_Y2FyZWh1Yi1kZW1vLXNlY3JldC1jYXJlaG9tZS1WTTEyMw==")
+	community := newReceiver(t, "whsec_Y2FyZWh1Yi1kZW1vLXNlY3JldC1jb21tdW5pdHktQ04wMDE=")
 
 	// The confidential patient is on the community team's caseload: only
 	// the confidentiality keeps the visit from it.
@@ -131,7 +131,7 @@ func TestMLLPCorpus(t *testing.T) {
 			addr, exampleSection(t, "mllp.sensitivity")),
 		recipientsYAML: fmt.Sprintf(`  - ods: CN001
     role: community
-    webhook: {url: %q, secret: {value: demo-community-secret}, timeout: 2s}
+    webhook: {url: %q, secret: {value: whsec_Y2FyZWh1Yi1kZW1vLXNlY3JldC1jb21tdW5pdHktQ04wMDE=}, timeout: 2s}
     subscriptions:
       - {id: cn001-caseload, basis: patient-list, patientList: %q, types: [admission, transfer, discharge]}
 `, community.URL, list),

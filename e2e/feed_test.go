@@ -99,8 +99,8 @@ func (c *feedClient) ids() map[string]int {
 // mid-delivery and restarted, and the client resumes from its number,
 // missing nothing and receiving nothing twice.
 func TestFeedSurvivesAKilledHub(t *testing.T) {
-	gp := newReceiver(t, "demo-gp-secret")
-	home := newReceiver(t, "demo-carehome-secret")
+	gp := newReceiver(t, "whsec_Y2FyZWh1Yi1kZW1vLXNlY3JldC1ncC1BODEwMDE=")
+	home := newReceiver(t, "whsec_Y2FyZWh1Yi1kZW1vLXNlY3JldC1jYXJlaG9tZS1WTTEyMw==")
 	h := startHub(t, hubOptions{gp: gp.URL, careHome: home.URL, recipientsYAML: feedRecipient})
 	c := &feedClient{t: t}
 	var published []string
@@ -153,8 +153,8 @@ func TestFeedSurvivesAKilledHub(t *testing.T) {
 // as soon as an event is routed to the feed, not when its wait ends; another
 // recipient's feed is refused.
 func TestFeedLongPollAnsweredWhenRouted(t *testing.T) {
-	gp := newReceiver(t, "demo-gp-secret")
-	home := newReceiver(t, "demo-carehome-secret")
+	gp := newReceiver(t, "whsec_Y2FyZWh1Yi1kZW1vLXNlY3JldC1ncC1BODEwMDE=")
+	home := newReceiver(t, "whsec_Y2FyZWh1Yi1kZW1vLXNlY3JldC1jYXJlaG9tZS1WTTEyMw==")
 	h := startHub(t, hubOptions{gp: gp.URL, careHome: home.URL, recipientsYAML: feedRecipient})
 
 	for _, tc := range []struct {

@@ -169,8 +169,8 @@ func (h *hub) postFHIR(t *testing.T, path, key string, body []byte) (int, []byte
 // OperationOutcome with the dead letter.
 func TestFHIRInAndOut(t *testing.T) {
 	srv := startFHIRServer(t, "ryj-token-0123456789")
-	gp := newReceiver(t, "demo-gp-secret")
-	home := newReceiver(t, "demo-carehome-secret")
+	gp := newReceiver(t, "whsec_Y2FyZWh1Yi1kZW1vLXNlY3JldC1ncC1BODEwMDE=")
+	home := newReceiver(t, "whsec_Y2FyZWh1Yi1kZW1vLXNlY3JldC1jYXJlaG9tZS1WTTEyMw==")
 	dir := t.TempDir()
 	tokenFile := filepath.Join(dir, "ryj-token")
 	_ = os.WriteFile(tokenFile, []byte("ryj-token-0123456789\n"), 0o600)
@@ -309,8 +309,8 @@ func mustRead(t *testing.T, name string) []byte {
 // TestOneAdmissionThreeWays: the same admission sent as CloudEvents JSON,
 // as HL7 v2 over MLLP and as a FHIR message gives the same canonical event.
 func TestOneAdmissionThreeWays(t *testing.T) {
-	gp := newReceiver(t, "demo-gp-secret")
-	home := newReceiver(t, "demo-carehome-secret")
+	gp := newReceiver(t, "whsec_Y2FyZWh1Yi1kZW1vLXNlY3JldC1ncC1BODEwMDE=")
+	home := newReceiver(t, "whsec_Y2FyZWh1Yi1kZW1vLXNlY3JldC1jYXJlaG9tZS1WTTEyMw==")
 	addr := freePort(t)
 	h := startHub(t, hubOptions{gp: gp.URL, careHome: home.URL,
 		inputsYAML: fmt.Sprintf("  - mllp: {addr: %q, source: RX1, readTimeout: 10s, idleTimeout: 60s}\n  - fhir: {}\n", addr)})

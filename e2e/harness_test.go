@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/carehub/carehub/connectors/webhook"
+	"github.com/carehub/carehub/schemas/event"
 	"github.com/carehub/carehub/schemas/nhs"
 	"github.com/segmentio/kafka-go"
 )
@@ -61,6 +62,7 @@ type delivery struct {
 	WebhookID string
 	Patient   string
 	ID        string
+	Source    string
 	Type      string
 	Body      []byte
 	Verified  bool
@@ -106,14 +108,14 @@ func (r *receiver) serve(w http.ResponseWriter, req *http.Request) {
 	err := webhook.Verify(r.key, req.Header, body, time.Now(), 5*time.Minute)
 	r.mu.Lock()
 	status := r.status
-	var ce struct{ ID, Type string }
+	var ce struct{ ID, Source, Type string }
 	_ = json.Unmarshal(body, &ce)
 	if status == 0 || status/100 == 2 {
 		if err != nil {
 			status = http.StatusUnauthorized
 		} else {
 			r.got = append(r.got, delivery{WebhookID: req.Header.Get(webhook.HeaderID), Patient: req.Header.Get(webhook.HeaderPatient),
-				ID: ce.ID, Type: ce.Type, Body: body, Verified: true})
+				ID: ce.ID, Source: ce.Source, Type: ce.Type, Body: body, Verified: true})
 		}
 	}
 	r.mu.Unlock()
@@ -137,6 +139,12 @@ func (r *receiver) deliveries() []delivery {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return append([]delivery(nil), r.got...)
+}
+
+// wellIdentified reports whether d carries the webhook-id of its event:
+// event.DeliveryID of its source and id.
+func (d delivery) wellIdentified() bool {
+	return d.Source != "" && d.WebhookID == event.DeliveryID(d.Source, d.ID)
 }
 
 func (r *receiver) ids() []string {
@@ -249,12 +257,12 @@ inputs:
 %srecipients:
   - ods: A81001
     role: gp-practice
-    webhook: {url: %q, secret: {value: demo-gp-secret}, timeout: %s}
+    webhook: {url: %q, secret: {value: whsec_Y2FyZWh1Yi1kZW1vLXNlY3JldC1ncC1BODEwMDE=}, timeout: %s}
     subscriptions:
       - {id: a81001-registered-patients, basis: registered-gp, types: [admission, discharge, careplan, admission-cancelled, discharge-cancelled, patient-updated, patient-merged, discharge-pending, discharge-pending-cancelled]}
   - ods: VM123
     role: social-care
-    webhook: {url: %q, secret: {value: demo-carehome-secret}, timeout: %s}
+    webhook: {url: %q, secret: {value: whsec_Y2FyZWh1Yi1kZW1vLXNlY3JldC1jYXJlaG9tZS1WTTEyMw==}, timeout: %s}
     subscriptions:
       - {id: vm123-discharges-to-us, basis: discharge-destination, types: [admission, discharge, discharge-pending, discharge-pending-cancelled]}
 %sdelivery: {minBackoff: 20ms, maxBackoff: 200ms}

@@ -17,7 +17,7 @@ import (
 // home's receiver.
 func TestListenVerifiesAndPrintsDeliveries(t *testing.T) {
 	addr := freePort(t)
-	cmd := exec.Command(binary, "listen", "--addr", addr, "--secret", "demo-carehome-secret")
+	cmd := exec.Command(binary, "listen", "--addr", addr, "--secret", "whsec_Y2FyZWh1Yi1kZW1vLXNlY3JldC1jYXJlaG9tZS1WTTEyMw==")
 	stdout, _ := cmd.StdoutPipe()
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
@@ -38,7 +38,7 @@ func TestListenVerifiesAndPrintsDeliveries(t *testing.T) {
 	output := func() string { mu.Lock(); defer mu.Unlock(); return strings.Join(lines, "\n") }
 	waitFor(t, "listen to start", 20*time.Second, func() bool { return strings.Contains(output(), "listening on") })
 
-	gp := newReceiver(t, "demo-gp-secret")
+	gp := newReceiver(t, "whsec_Y2FyZWh1Yi1kZW1vLXNlY3JldC1ncC1BODEwMDE=")
 	h := startHub(t, hubOptions{gp: gp.URL, careHome: "http://" + addr + "/events"})
 	nhs := nhsNumber(9501)
 	ev := patientEvent(t, "discharge", nhs, "A81001", "VM123")

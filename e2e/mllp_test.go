@@ -23,8 +23,8 @@ import (
 // listener bound to RX1, and returns the listener's address.
 func mllpHub(t *testing.T) (*hub, *receiver, *receiver, string) {
 	t.Helper()
-	gp := newReceiver(t, "demo-gp-secret")
-	home := newReceiver(t, "demo-carehome-secret")
+	gp := newReceiver(t, "whsec_Y2FyZWh1Yi1kZW1vLXNlY3JldC1ncC1BODEwMDE=")
+	home := newReceiver(t, "whsec_Y2FyZWh1Yi1kZW1vLXNlY3JldC1jYXJlaG9tZS1WTTEyMw==")
 	addr := freePort(t)
 	h := startHub(t, hubOptions{gp: gp.URL, careHome: home.URL,
 		inputsYAML: fmt.Sprintf("  - mllp: {addr: %q, source: RX1, readTimeout: 10s, idleTimeout: 60s}\n", addr)})

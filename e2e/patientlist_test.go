@@ -17,9 +17,9 @@ import (
 // not on it does not; consent still decides for listed patients; and no
 // number from the list reaches the logs.
 func TestPatientListReachesTheTeamWhoseCaseloadHoldsThePatient(t *testing.T) {
-	gp := newReceiver(t, "demo-gp-secret")
-	home := newReceiver(t, "demo-carehome-secret")
-	team := newReceiver(t, "demo-team-secret")
+	gp := newReceiver(t, "whsec_Y2FyZWh1Yi1kZW1vLXNlY3JldC1ncC1BODEwMDE=")
+	home := newReceiver(t, "whsec_Y2FyZWh1Yi1kZW1vLXNlY3JldC1jYXJlaG9tZS1WTTEyMw==")
+	team := newReceiver(t, "whsec_Y2FyZWh1Yi1kZW1vLXNlY3JldC10ZWFtLUNOMDAx")
 	onList, spaced, denying, notOnList := nhsNumber(21001), nhsNumber(21002), nhsNumber(21003), nhsNumber(21004)
 	list := filepath.Join(t.TempDir(), "caseload.txt")
 	content := fmt.Sprintf("# caseload\n%s\n%s %s %s\r\n\n%s\n", onList, spaced[:3], spaced[3:6], spaced[6:], denying)
@@ -28,7 +28,7 @@ func TestPatientListReachesTheTeamWhoseCaseloadHoldsThePatient(t *testing.T) {
 	}
 	h := startHub(t, hubOptions{gp: gp.URL, careHome: home.URL, recipientsYAML: fmt.Sprintf(`  - ods: CN001
     role: community
-    webhook: {url: %q, secret: {value: demo-team-secret}, timeout: 2s}
+    webhook: {url: %q, secret: {value: whsec_Y2FyZWh1Yi1kZW1vLXNlY3JldC10ZWFtLUNOMDAx}, timeout: 2s}
     subscriptions:
       - {id: cn001-caseload, basis: patient-list, patientList: %q, types: [admission, discharge]}
 `, team.URL, list)})
@@ -81,9 +81,9 @@ func TestPatientListReachesTheTeamWhoseCaseloadHoldsThePatient(t *testing.T) {
 // without a restart; a list that no longer reads is reported (by line, not
 // by content) and the previous list stays in force.
 func TestPatientListReloadsOnSIGHUP(t *testing.T) {
-	gp := newReceiver(t, "demo-gp-secret")
-	home := newReceiver(t, "demo-carehome-secret")
-	team := newReceiver(t, "demo-team-secret")
+	gp := newReceiver(t, "whsec_Y2FyZWh1Yi1kZW1vLXNlY3JldC1ncC1BODEwMDE=")
+	home := newReceiver(t, "whsec_Y2FyZWh1Yi1kZW1vLXNlY3JldC1jYXJlaG9tZS1WTTEyMw==")
+	team := newReceiver(t, "whsec_Y2FyZWh1Yi1kZW1vLXNlY3JldC10ZWFtLUNOMDAx")
 	first, added, later := nhsNumber(22001), nhsNumber(22002), nhsNumber(22003)
 	list := filepath.Join(t.TempDir(), "caseload.txt")
 	write := func(content string) {
@@ -95,7 +95,7 @@ func TestPatientListReloadsOnSIGHUP(t *testing.T) {
 	write(first + "\n")
 	h := startHub(t, hubOptions{gp: gp.URL, careHome: home.URL, recipientsYAML: fmt.Sprintf(`  - ods: CN001
     role: community
-    webhook: {url: %q, secret: {value: demo-team-secret}, timeout: 2s}
+    webhook: {url: %q, secret: {value: whsec_Y2FyZWh1Yi1kZW1vLXNlY3JldC10ZWFtLUNOMDAx}, timeout: 2s}
     subscriptions:
       - {id: cn001-caseload, basis: patient-list, patientList: %q, types: [discharge]}
 `, team.URL, list)})

@@ -17,8 +17,8 @@ import (
 // hubWithReceivers starts a GP receiver, a care-home receiver and a hub that
 // delivers to them.
 func hubWithReceivers(t *testing.T) (*hub, *receiver, *receiver) {
-	gp := newReceiver(t, "demo-gp-secret")
-	home := newReceiver(t, "demo-carehome-secret")
+	gp := newReceiver(t, "whsec_Y2FyZWh1Yi1kZW1vLXNlY3JldC1ncC1BODEwMDE=")
+	home := newReceiver(t, "whsec_Y2FyZWh1Yi1kZW1vLXNlY3JldC1jYXJlaG9tZS1WTTEyMw==")
 	h := startHub(t, hubOptions{gp: gp.URL, careHome: home.URL})
 	return h, gp, home
 }
@@ -37,7 +37,7 @@ func TestAdmissionThenDischargeReachGPAndCareHomeInOrder(t *testing.T) {
 			t.Errorf("deliveries:\n\tgot  %v\n\twant %v", got, want)
 		}
 		for _, d := range r.deliveries() {
-			if !d.Verified || d.WebhookID != d.ID {
+			if !d.Verified || !d.wellIdentified() {
 				t.Errorf("delivery %s: verified=%v webhook-id=%q", d.ID, d.Verified, d.WebhookID)
 			}
 			if d.Patient == "" || strings.Contains(d.Patient, nhs) {
@@ -283,7 +283,7 @@ func TestKilledHubDeliversEveryAcceptedEventAfterRestart(t *testing.T) {
 			return true
 		})
 		for _, d := range r.deliveries() {
-			if d.WebhookID != d.ID {
+			if !d.wellIdentified() {
 				t.Errorf("%s: a delivery of %s came with webhook-id %s", name, d.ID, d.WebhookID)
 			}
 		}
@@ -339,8 +339,8 @@ func TestKcatReadsTheEventsTopic(t *testing.T) {
 // configured publish timeout, and the hub is ready again once the broker
 // is back.
 func TestBrokerOutageIsVisibleAndBounded(t *testing.T) {
-	gp := newReceiver(t, "demo-gp-secret")
-	home := newReceiver(t, "demo-carehome-secret")
+	gp := newReceiver(t, "whsec_Y2FyZWh1Yi1kZW1vLXNlY3JldC1ncC1BODEwMDE=")
+	home := newReceiver(t, "whsec_Y2FyZWh1Yi1kZW1vLXNlY3JldC1jYXJlaG9tZS1WTTEyMw==")
 	a := startHub(t, hubOptions{gp: gp.URL, careHome: home.URL})
 	b := startHub(t, hubOptions{gp: gp.URL, careHome: home.URL, brokers: a.Kafka, kafkaYAML: ", publishTimeout: 2s"})
 	if r := b.readyz(); r != "" {

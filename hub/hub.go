@@ -14,8 +14,10 @@
 //  2. the broker: the embedded one (with its data directory locked), or the
 //     cluster's addresses;
 //  3. the topics, created if missing;
-//  4. the publisher, and the consent store, which loads every directive
-//     before anything is routed;
+//  4. the publisher; the consent store, which loads every directive before
+//     anything is routed; and the memory of accepted events (package dedup),
+//     which loads every event accepted within the duplicate window before
+//     anything is accepted;
 //  5. the router and one deliverer per recipient, under one watermill
 //     Router;
 //  6. the HTTP API (admin routes, then each source's routes), and each
@@ -28,8 +30,8 @@
 // listener its messages in flight); the HTTP server stops accepting and
 // answers the requests in flight; in-flight deliveries get DeliveryGrace to
 // finish, then their retries end; the router and deliverers stop (what did
-// not finish stays uncommitted and is redelivered); the consent store, the
-// publisher and the embedded broker close. Everything that could publish
+// not finish stays uncommitted and is redelivered); the memory of accepted
+// events, the consent store, the publisher and the embedded broker close. Everything that could publish
 // has stopped before the publisher closes.
 package hub
 
@@ -50,6 +52,7 @@ import (
 	"github.com/carehub/carehub/hub/broker"
 	"github.com/carehub/carehub/hub/config"
 	"github.com/carehub/carehub/hub/consentstore"
+	"github.com/carehub/carehub/hub/dedup"
 	"github.com/carehub/carehub/hub/deliver"
 	"github.com/carehub/carehub/hub/diskguard"
 	"github.com/carehub/carehub/hub/health"
@@ -101,6 +104,7 @@ type hub struct {
 	brokers  []string
 	pub      *kafkawm.Publisher
 	store    *consentstore.Store
+	accepted *dedup.Store
 	router   *route.Router
 	wm       *message.Router
 	wmErr    chan error
@@ -151,6 +155,7 @@ func run(ctx context.Context, h *hub, opts Options) error {
 		{"topics", h.createTopics},
 		{"publisher", h.startPublisher},
 		{"consent", h.loadConsent},
+		{"accepted", h.loadAccepted},
 		{"feeds", h.startFeeds},
 		{"router", h.startRouter},
 		{"http", h.startHTTP},
@@ -270,6 +275,7 @@ func (h *hub) createTopics(ctx context.Context) error {
 		pull = append(pull, ods)
 	}
 	specs = append(specs, topic.FeedSpecs(h.cfg.Kafka.ReplicationFactor, pull)...)
+	specs = append(specs, topic.AcceptedSpec(h.cfg.Kafka.ReplicationFactor, h.cfg.Ingest.DuplicateWindow))
 	if err := broker.EnsureTopics(ctx, h.brokers, specs); err != nil {
 		return fmt.Errorf("creating topics: %w", err)
 	}
@@ -307,6 +313,23 @@ func (h *hub) loadConsent(ctx context.Context) error {
 	h.onStop("consent", func() { _ = store.Close() })
 	if err := store.WaitLoaded(ctx); err != nil {
 		return fmt.Errorf("loading consent directives: %w", err)
+	}
+	return nil
+}
+
+// loadAccepted opens the memory of accepted events and waits until it holds
+// every event accepted within the duplicate window: nothing is accepted
+// before, so that no retry of an event accepted before a restart is
+// published again.
+func (h *hub) loadAccepted(ctx context.Context) error {
+	s, err := dedup.Open(h.brokers, topic.Accepted, h.cfg.Ingest.DuplicateWindow, h.log.Named("accepted"))
+	if err != nil {
+		return fmt.Errorf("opening the memory of accepted events: %w", err)
+	}
+	h.accepted = s
+	h.onStop("accepted", func() { _ = s.Close() })
+	if err := s.WaitLoaded(ctx); err != nil {
+		return fmt.Errorf("loading accepted events: %w", err)
 	}
 	return nil
 }
@@ -398,6 +421,7 @@ func (h *hub) startHTTP(context.Context) error {
 			return nil
 		})
 	}
+	in.WithMemory(h.accepted, h.log.Named("ingest"))
 	api := &admin.API{Auth: p.keys, Store: h.store, Pseudo: p.pseudo, Validator: p.validator, Router: h.router,
 		Disclosures: &admin.AuditReader{Brokers: h.brokers, Topic: topic.Audit}, Log: h.log.Named("admin"),
 		Held:    &held.Reader{Brokers: h.brokers, Topic: topic.Held},

@@ -46,7 +46,7 @@ inputs:
 %srecipients:
   - ods: A81001
     role: gp-practice
-    webhook: {url: "http://127.0.0.1:9/events", secret: {value: hub-test-gp-secret}}
+    webhook: {url: "http://127.0.0.1:9/events", secret: {value: whsec_Z3Atc2VjcmV0LTEtZm9yLXRoZS1jb25maWctdGVzdHM=}}
     subscriptions: [{basis: registered-gp, types: [discharge]}]
 %s`, filepath.Join(dir, "data"), inputs, recipients)
 	c, err := config.Parse([]byte(y), all.Registry())
@@ -109,8 +109,8 @@ func TestRunStartsReadyAndDrainsInOrder(t *testing.T) {
 		t.Fatal("Run did not drain within 60s")
 	}
 	want := []string{
-		"start build", "start broker", "start topics", "start publisher", "start consent", "start feeds", "start router", "start http", "start sources",
-		"stop sources", "stop http", "stop router", "stop consent", "stop publisher", "stop broker probe", "stop broker",
+		"start build", "start broker", "start topics", "start publisher", "start consent", "start accepted", "start feeds", "start router", "start http", "start sources",
+		"stop sources", "stop http", "stop router", "stop accepted", "stop consent", "stop publisher", "stop broker probe", "stop broker",
 	}
 	if got := st.list(); !slices.Equal(got, want) {
 		t.Errorf("steps:\n\tgot  %v\n\twant %v", got, want)
@@ -134,7 +134,7 @@ func TestBuildReportsEveryProblemBeforeTheBroker(t *testing.T) {
 		filepath.Join(dir, "none.pem"), filepath.Join(dir, "none.key"))
 	cfg := testConfig(t, tls, fmt.Sprintf(`  - ods: CN001
     role: community
-    webhook: {url: "http://127.0.0.1:9/events", secret: {value: hub-test-cn-secret}}
+    webhook: {url: "http://127.0.0.1:9/events", secret: {value: whsec_Z3Atc2VjcmV0LTEtZm9yLXRoZS1jb25maWctdGVzdHM=}}
     subscriptions:
       - {id: bad-list, basis: patient-list, patientList: %q, types: [discharge]}
       - {id: no-list, basis: patient-list, patientList: %q, types: [admission]}
@@ -183,8 +183,8 @@ func TestAPartThatFailsToStartUndoesTheOthers(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "starting carehub: http: listening on http.addr") {
 		t.Fatalf("Run with http.addr taken: got %v, want an error naming the http step", err)
 	}
-	want := []string{"start build", "start broker", "start topics", "start publisher", "start consent", "start feeds", "start router", "start http",
-		"stop router", "stop consent", "stop publisher", "stop broker probe", "stop broker"}
+	want := []string{"start build", "start broker", "start topics", "start publisher", "start consent", "start accepted", "start feeds", "start router", "start http",
+		"stop router", "stop accepted", "stop consent", "stop publisher", "stop broker probe", "stop broker"}
 	if got := st.list(); !slices.Equal(got, want) {
 		t.Errorf("steps:\n\tgot  %v\n\twant %v", got, want)
 	}

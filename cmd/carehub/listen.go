@@ -22,7 +22,7 @@ func listen(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fs := flag.NewFlagSet("listen", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	addr := fs.String("addr", "127.0.0.1:9102", "address to listen on")
-	secret := fs.String("secret", "", "the recipient's webhook secret (as configured in the hub)")
+	secret := fs.String("secret", "", "the recipient's webhook secret as configured in the hub: whsec_ and base64 (Standard Webhooks)")
 	path := fs.String("path", "/events", "the path deliveries are posted to")
 	tolerance := fs.Duration("tolerance", 5*time.Minute, "accepted distance of webhook-timestamp from now")
 	if err := fs.Parse(args); err != nil {
@@ -33,7 +33,7 @@ func listen(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 	key, err := webhook.DecodeSecret(*secret)
 	if err != nil {
-		return err
+		return fmt.Errorf("listen: --secret: %w", err)
 	}
 	var mu sync.Mutex
 	printf := func(format string, a ...any) {

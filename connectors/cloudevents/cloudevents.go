@@ -1,9 +1,19 @@
 // Package cloudevents is the source connector for CloudEvents over HTTP:
-// POST /v1/events with an API key that belongs to one source organisation.
+// POST /v1/events with an API key that belongs to one source organisation,
+// in any of the three content modes of the CloudEvents HTTP protocol binding:
 //
-//	Content-Type: application/cloudevents+json        one event  → 202, or a problem document
-//	Content-Type: application/cloudevents-batch+json  many events → 202 when all are accepted,
-//	                                                   else 207 with one result per event
+//	structured  Content-Type: application/cloudevents+json        one event  → 202, or a problem document
+//	batched     Content-Type: application/cloudevents-batch+json  many events → 202 when all are accepted,
+//	                                                              else 207 with one result per event
+//	binary      ce-specversion, ce-id, ce-source, ce-type, ce-time (and any other attribute) as
+//	            ce- headers; Content-Type: application/json (the datacontenttype); the data as
+//	            the body → as structured mode
+//
+// A binary-mode request is turned into the structured-mode document it
+// stands for and validated by the same rules, so both modes give the same
+// canonical event. A request that is in none of the modes (no ce- header and
+// a Content-Type that is not an event format, such as plain
+// application/json) is answered 415 with a problem that names the three.
 //
 // The answer is positive only once the event is durable in Kafka (see the
 // ack contract in connectors/connector). A negative answer is an RFC 9457 problem
@@ -16,8 +26,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"mime"
 	"net/http"
+	"strings"
 
 	"github.com/carehub/carehub/connectors/connector"
 	"github.com/carehub/carehub/internal/logging"
@@ -101,12 +111,36 @@ func (s *Source) Run(ctx context.Context, _ connector.Env) error {
 	return nil
 }
 
+// The content modes of the CloudEvents HTTP binding.
+const (
+	modeStructured = "structured"
+	modeBatched    = "batched"
+	modeBinary     = "binary"
+)
+
+// notAnEvent is the problem's text for a request in none of the modes.
+const notAnEvent = "the request is not a CloudEvent in any content mode of the CloudEvents HTTP binding: " +
+	"send structured mode (Content-Type: " + media.CloudEvent + ", the whole event as the body), " +
+	"batched mode (Content-Type: " + media.CloudEventBatch + ", a JSON array of events), " +
+	"or binary mode (the attributes as ce-specversion, ce-id, ce-source, ce-type and ce-time headers, " +
+	"Content-Type: " + media.JSON + ", the data as the body)"
+
+// accepted is the answer to one accepted event. Duplicate is true when the
+// event had been accepted before (a retry): nothing was published again.
+type accepted struct {
+	ID        string `json:"id"`
+	Type      string `json:"type"`
+	Status    string `json:"status"`
+	Duplicate bool   `json:"duplicate,omitempty"`
+}
+
 // BatchResult is one entry of a batch answer.
 type BatchResult struct {
-	Index   int              `json:"index"`
-	ID      string           `json:"id,omitempty"`
-	Status  int              `json:"status"`
-	Problem *problem.Details `json:"problem,omitempty"`
+	Index     int              `json:"index"`
+	ID        string           `json:"id,omitempty"`
+	Status    int              `json:"status"`
+	Duplicate bool             `json:"duplicate,omitempty"`
+	Problem   *problem.Details `json:"problem,omitempty"`
 }
 
 func (s *Source) serve(w http.ResponseWriter, r *http.Request) {
@@ -116,10 +150,21 @@ func (s *Source) serve(w http.ResponseWriter, r *http.Request) {
 		problemhttp.Write(w, err)
 		return
 	}
-	mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
-	if err != nil || (mt != media.CloudEvent && mt != media.CloudEventBatch && mt != "application/json") {
-		problemhttp.Write(w, problem.New(problem.MediaType,
-			"Content-Type must be "+media.CloudEvent+" or "+media.CloudEventBatch))
+	ctype := r.Header.Get("Content-Type")
+	mt := media.Of(ctype)
+	mode := ""
+	switch {
+	case mt == media.CloudEvent:
+		mode = modeStructured
+	case mt == media.CloudEventBatch:
+		mode = modeBatched
+	case strings.HasPrefix(mt, "application/cloudevents"):
+		// Another event format (+xml, +avro, ...): not binary mode either.
+	case hasBinaryHeaders(r.Header) && (mt != "" || ctype == ""):
+		mode = modeBinary
+	}
+	if mode == "" {
+		problemhttp.Write(w, problem.New(problem.MediaType, notAnEvent))
 		return
 	}
 	body, err := problemhttp.ReadBody(w, r, s.env.MaxBodyBytes)
@@ -127,16 +172,23 @@ func (s *Source) serve(w http.ResponseWriter, r *http.Request) {
 		problemhttp.Write(w, err)
 		return
 	}
-	if mt != media.CloudEventBatch {
+	if mode == modeBinary {
+		if body, err = binaryEvent(r.Header, ctype, body); err != nil {
+			log.Info("event refused", zap.String("source", org), zap.String("mode", mode), logging.Err(err))
+			problemhttp.Write(w, err)
+			return
+		}
+	}
+	if mode != modeBatched {
 		acc, err := s.env.Ingest.Accept(r.Context(), org, body)
 		if err != nil {
-			log.Info("event refused", zap.String("source", org), zap.Int("bytes", len(body)), logging.Err(err))
+			log.Info("event refused", zap.String("source", org), zap.String("mode", mode), zap.Int("bytes", len(body)), logging.Err(err))
 			problemhttp.Write(w, err)
 			return
 		}
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(http.StatusAccepted)
-		_ = json.NewEncoder(w).Encode(map[string]string{"id": acc.ID, "type": acc.Type, "status": "accepted"})
+		_ = json.NewEncoder(w).Encode(accepted{ID: acc.ID, Type: acc.Type, Status: "accepted", Duplicate: acc.Duplicate})
 		return
 	}
 	raws, err := event.ParseBatch(body)
@@ -152,7 +204,7 @@ func (s *Source) serve(w http.ResponseWriter, r *http.Request) {
 	out := make([]BatchResult, len(results))
 	all := true
 	for i, res := range results {
-		out[i] = BatchResult{Index: i, ID: res.ID, Status: http.StatusAccepted}
+		out[i] = BatchResult{Index: i, ID: res.ID, Status: http.StatusAccepted, Duplicate: res.Duplicate}
 		if res.Err != nil {
 			all = false
 			d := problem.DetailsOf(res.Err)

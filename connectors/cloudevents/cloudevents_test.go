@@ -16,6 +16,7 @@ import (
 
 	"github.com/carehub/carehub/connectors/cloudevents"
 	"github.com/carehub/carehub/connectors/connector"
+	cevent "github.com/carehub/carehub/schemas/event"
 	"github.com/carehub/carehub/schemas/media"
 	"github.com/carehub/carehub/schemas/problem"
 	"github.com/google/go-cmp/cmp"
@@ -200,6 +201,9 @@ func TestRejectedBeforeIngest(t *testing.T) {
 		{"admin key", "Bearer admin-key", media.CloudEvent, event("e1"), 403, "forbidden"},
 		{"no key, wrong type too", "", "text/plain", "hello", 401, "unauthenticated"},
 		{"text/plain", "Bearer " + goodKey, "text/plain", event("e1"), 415, "media-type"},
+		// Regression: plain application/json was taken as structured mode.
+		{"application/json without ce- headers", "Bearer " + goodKey, "application/json", event("e1"), 415, "media-type"},
+		{"another event format", "Bearer " + goodKey, "application/cloudevents+xml", "<event/>", 415, "media-type"},
 		{"no content type", "Bearer " + goodKey, "", event("e1"), 415, "media-type"},
 		{"broken content type", "Bearer " + goodKey, "application/", event("e1"), 415, "media-type"},
 		{"form", "Bearer " + goodKey, "application/x-www-form-urlencoded", "a=b", 415, "media-type"},
@@ -249,7 +253,7 @@ func TestBatchProblemNamesRule(t *testing.T) {
 }
 
 func TestSingleAccepted(t *testing.T) {
-	for _, ctype := range []string{media.CloudEvent, media.CloudEvent + "; charset=utf-8", "application/json"} {
+	for _, ctype := range []string{media.CloudEvent, media.CloudEvent + "; charset=utf-8", "Application/CloudEvents+JSON"} {
 		h := newHarness(t, cloudevents.Config{})
 		body := event("evt-1")
 		res := h.post(t, "Bearer "+goodKey, ctype, []byte(body))
@@ -516,4 +520,263 @@ func TestRunReturnsWhenContextEnds(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("Run did not return within 5s of cancel")
 	}
+}
+
+// postHeaders posts body with every header in h and the good key.
+func (h *harness) postHeaders(t *testing.T, hdr http.Header, body []byte) response {
+	t.Helper()
+	r := httptest.NewRequest(http.MethodPost, "/v1/events", bytes.NewReader(body))
+	for k, vs := range hdr {
+		for _, v := range vs {
+			r.Header.Add(k, v)
+		}
+	}
+	r.Header.Set("Authorization", "Bearer "+goodKey)
+	w := httptest.NewRecorder()
+	h.mux.ServeHTTP(w, r)
+	res := w.Result()
+	b, _ := io.ReadAll(res.Body)
+	return response{status: res.StatusCode, ctype: res.Header.Get("Content-Type"), body: b}
+}
+
+// binaryOf returns the headers and body of ev in binary mode, as the
+// CloudEvents SDKs send it: every attribute but data as a ce- header (string
+// values percent-encoded where needed), and the data as the body.
+func binaryOf(t *testing.T, ev string) (http.Header, []byte) {
+	t.Helper()
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal([]byte(ev), &m); err != nil {
+		t.Fatal(err)
+	}
+	h := http.Header{}
+	h.Set("Content-Type", "application/json; charset=utf-8")
+	for k, v := range m {
+		switch k {
+		case "data":
+			continue
+		case "datacontenttype":
+			var s string
+			_ = json.Unmarshal(v, &s)
+			h.Set("Content-Type", s)
+			continue
+		}
+		var s string
+		if json.Unmarshal(v, &s) != nil {
+			s = string(v) // a number or boolean: its canonical string
+		}
+		h.Set("ce-"+k, percentEncode(s))
+	}
+	return h, m["data"]
+}
+
+// percentEncode encodes as the HTTP binding's section 3.1.3.2 says.
+func percentEncode(s string) string {
+	var b strings.Builder
+	for _, c := range []byte(s) {
+		if c <= ' ' || c == '"' || c == '%' || c >= 0x7f {
+			fmt.Fprintf(&b, "%%%02X", c)
+			continue
+		}
+		b.WriteByte(c)
+	}
+	return b.String()
+}
+
+// TestBinaryModeSameEvent posts each event in structured and in binary mode:
+// both must reach the Ingest as documents that the validator reads as the
+// same canonical event.
+func TestBinaryModeSameEvent(t *testing.T) {
+	v, err := cevent.NewValidator()
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := `{"patient":{"nhsNumber":"9990500002","gpPractice":"A81001"},"encounter":{"id":"E1"},` +
+		`"discharge":{"destination":{"type":"care-home","ods":"VM123"}}}`
+	events := []string{
+		`{"specversion":"1.0","id":"b-1","source":"urn:ods:RX1","type":"org.carehub.discharge.v1",` +
+			`"time":"2026-11-24T10:00:00Z","data":` + data + `}`,
+		// Every optional attribute, non-ASCII and reserved characters
+		// (percent-encoded in headers), an extension, a time with an offset.
+		`{"specversion":"1.0","id":"b 2 \"quoted\" 100% €😀","source":"urn:ods:RX1","type":"org.carehub.discharge.v1",` +
+			`"subject":"encounter E1","time":"2026-11-24T10:00:00.123+01:00","datacontenttype":"application/json",` +
+			`"dataschema":"https://carehub.dev/schemas/discharge.v1.json","traceparent":"00-abc-def-01","data":` + data + `}`,
+	}
+	for _, ev := range events {
+		h := newHarness(t, cloudevents.Config{})
+		if res := h.post(t, "Bearer "+goodKey, media.CloudEvent, []byte(ev)); res.status != http.StatusAccepted {
+			t.Fatalf("structured POST(%s): %d %s", ev, res.status, res.body)
+		}
+		hdr, body := binaryOf(t, ev)
+		if res := h.postHeaders(t, hdr, body); res.status != http.StatusAccepted {
+			t.Fatalf("binary POST(%s): %d %s", ev, res.status, res.body)
+		}
+		calls := h.ingest.Calls()
+		if len(calls) != 2 {
+			t.Fatalf("Ingest calls: got %d, want 2", len(calls))
+		}
+		var canon [2]string
+		for i, c := range calls {
+			e, err := v.Parse([]byte(c.raws[0]))
+			if err != nil {
+				t.Fatalf("call %d (%s): the document does not validate: %v\n%s", i, c.method, err, c.raws[0])
+			}
+			b, err := e.Marshal()
+			if err != nil {
+				t.Fatal(err)
+			}
+			canon[i] = string(b)
+		}
+		if canon[0] != canon[1] {
+			t.Errorf("canonical event of %s:\n\tstructured %s\n\tbinary     %s", ev, canon[0], canon[1])
+		}
+	}
+}
+
+func TestBinaryModeHeaderValues(t *testing.T) {
+	tests := []struct {
+		header string
+		want   string // the subject read; "" means refused
+	}{
+		{"plain", "plain"},
+		{"Euro%20%E2%82%AC%20%F0%9F%98%80", "Euro € 😀"}, // the binding's own example
+		{"lower%2fcase%2Fhex", "lower/case/hex"},
+		{`"quoted \"value\""`, `quoted "value"`}, // older senders quote
+		{"100%", "100%"},                         // a bare %, as the JavaScript SDK sends it
+		{"%C0%A0", ""},                           // overlong UTF-8: must be rejected
+		{"%FF", ""},
+		{"tab%09", ""}, // a control character
+	}
+	for _, tt := range tests {
+		h := newHarness(t, cloudevents.Config{})
+		hdr, body := binaryOf(t, `{"specversion":"1.0","id":"h-1","source":"urn:ods:RX1","type":"org.carehub.admission.v1",`+
+			`"time":"2026-11-24T10:00:00Z","data":{"patient":{"nhsNumber":"`+canary+`"}}}`)
+		hdr.Set("ce-subject", tt.header)
+		res := h.postHeaders(t, hdr, body)
+		calls := h.ingest.Calls()
+		if tt.want == "" {
+			if res.status != http.StatusUnprocessableEntity || len(calls) != 0 {
+				t.Errorf("ce-subject %q: got %d and %d Ingest calls, want 422 and none", tt.header, res.status, len(calls))
+			}
+			d := problemOf(t, tt.header, res)
+			if len(d.Violations) != 1 || d.Violations[0].Pointer != "/subject" || d.Violations[0].Rule != cloudevents.RuleBinaryHeaderEncoding {
+				t.Errorf("ce-subject %q violations:\n\tgot  %+v\n\twant one at /subject, rule %s", tt.header, d.Violations, cloudevents.RuleBinaryHeaderEncoding)
+			}
+			continue
+		}
+		if res.status != http.StatusAccepted || len(calls) != 1 {
+			t.Fatalf("ce-subject %q: got %d %s", tt.header, res.status, res.body)
+		}
+		var got struct{ Subject string }
+		if err := json.Unmarshal([]byte(calls[0].raws[0]), &got); err != nil || got.Subject != tt.want {
+			t.Errorf("ce-subject %q:\n\tgot  %q (%v)\n\twant %q", tt.header, got.Subject, err, tt.want)
+		}
+	}
+}
+
+// TestBinaryModeRefused covers binary-mode requests refused before the
+// Ingest. Regression: binary mode used to be answered 422 "id, source, type
+// missing", since the headers were not read at all.
+func TestBinaryModeRefused(t *testing.T) {
+	good := `{"specversion":"1.0","id":"r-1","source":"urn:ods:RX1","type":"org.carehub.admission.v1",` +
+		`"time":"2026-11-24T10:00:00Z","data":{"patient":{"nhsNumber":"` + canary + `"}}}`
+	tests := []struct {
+		name   string
+		edit   func(h http.Header, body *[]byte)
+		status int
+		kind   string
+		ptr    string
+		rule   string
+	}{
+		{"ce-datacontenttype", func(h http.Header, _ *[]byte) { h.Set("ce-datacontenttype", "application/json") },
+			422, "invalid", "/datacontenttype", cloudevents.RuleBinaryDataContentType},
+		{"ce-data", func(h http.Header, _ *[]byte) { h.Set("ce-data", "{}") },
+			422, "invalid", "/data", cloudevents.RuleBinaryDataHeader},
+		{"ce-id twice", func(h http.Header, _ *[]byte) { h.Add("ce-id", "r-2") },
+			422, "invalid", "/id", cloudevents.RuleBinaryHeaderTwice},
+		{"XML data", func(h http.Header, _ *[]byte) { h.Set("Content-Type", "application/xml") },
+			415, "media-type", "/datacontenttype", cloudevents.RuleBinaryMediaType},
+		{"body not JSON", func(_ http.Header, b *[]byte) { *b = []byte(`{"patient":`) },
+			400, "malformed", "/data", "cloudevents-data"},
+	}
+	for _, tt := range tests {
+		h := newHarness(t, cloudevents.Config{})
+		hdr, body := binaryOf(t, good)
+		tt.edit(hdr, &body)
+		res := h.postHeaders(t, hdr, body)
+		if res.status != tt.status {
+			t.Errorf("POST(%s) status:\n\tgot  %d\n\twant %d\n%s", tt.name, res.status, tt.status, res.body)
+		}
+		d := problemOf(t, tt.name, res)
+		if got, want := d.Type, problem.TypeBase+tt.kind; got != want {
+			t.Errorf("POST(%s) problem type:\n\tgot  %q\n\twant %q", tt.name, got, want)
+		}
+		if len(d.Violations) != 1 || d.Violations[0].Pointer != tt.ptr || d.Violations[0].Rule != tt.rule {
+			t.Errorf("POST(%s) violations:\n\tgot  %+v\n\twant one at %s, rule %s", tt.name, d.Violations, tt.ptr, tt.rule)
+		}
+		if calls := h.ingest.Calls(); len(calls) != 0 {
+			t.Errorf("POST(%s): the Ingest was called", tt.name)
+		}
+		h.assertNoLeak(t, tt.name, res)
+	}
+	// Missing attributes reach the validator, which names each: the
+	// document the binary mode builds has no id.
+	h := newHarness(t, cloudevents.Config{})
+	hdr, body := binaryOf(t, good)
+	hdr.Del("ce-id")
+	if res := h.postHeaders(t, hdr, body); res.status != http.StatusAccepted {
+		t.Fatalf("POST(no ce-id): %d", res.status)
+	}
+	if raw := h.ingest.Calls()[0].raws[0]; strings.Contains(raw, `"id"`) {
+		t.Errorf("POST(no ce-id): the document holds an id: %s", raw)
+	}
+}
+
+// TestNeitherModeNamesTheModes: a request that is no CloudEvent gets a
+// problem that says how to send one.
+func TestNeitherModeNamesTheModes(t *testing.T) {
+	h := newHarness(t, cloudevents.Config{})
+	d := problemOf(t, "application/json", h.post(t, "Bearer "+goodKey, "application/json", []byte(event("e1"))))
+	for _, want := range []string{"structured mode", media.CloudEvent, "batched mode", media.CloudEventBatch, "binary mode", "ce-specversion"} {
+		if !strings.Contains(d.Detail, want) {
+			t.Errorf("problem detail %q does not mention %q", d.Detail, want)
+		}
+	}
+}
+
+// FuzzBinaryMode: no header value or body makes the binary mode panic, and
+// whatever it passes to the Ingest is one JSON object whose data is the body.
+func FuzzBinaryMode(f *testing.F) {
+	f.Add("b-1", "trace%20%E2%82%AC", "application/json", []byte(`{"patient":{"nhsNumber":"`+canary+`"}}`))
+	f.Add(`"quoted"`, "100%", "application/json; charset=utf-8", []byte(`[]`))
+	f.Add("%C0%A0", "", "text/plain", []byte(`not json`))
+	f.Fuzz(func(t *testing.T, id, ext, ctype string, body []byte) {
+		h := newHarness(t, cloudevents.Config{})
+		hdr := http.Header{}
+		hdr.Set("ce-specversion", "1.0")
+		hdr.Set("ce-id", id)
+		hdr.Set("ce-source", "urn:ods:RX1")
+		hdr.Set("ce-type", "org.carehub.admission.v1")
+		hdr.Set("ce-carehubtrace", ext)
+		if ctype != "" {
+			hdr.Set("Content-Type", ctype)
+		}
+		res := h.postHeaders(t, hdr, body)
+		for _, c := range h.ingest.Calls() {
+			var doc map[string]json.RawMessage
+			if err := json.Unmarshal([]byte(c.raws[0]), &doc); err != nil {
+				t.Fatalf("the Ingest got a document that is not a JSON object: %q", c.raws[0])
+			}
+			if !bytes.Equal(bytes.TrimSpace(doc["data"]), bytes.TrimSpace(body)) && json.Valid(body) {
+				var a, b any
+				_ = json.Unmarshal(doc["data"], &a)
+				_ = json.Unmarshal(body, &b)
+				if fmt.Sprint(a) != fmt.Sprint(b) {
+					t.Fatalf("data %s, want the body %s", doc["data"], body)
+				}
+			}
+		}
+		if res.status == http.StatusAccepted && len(h.ingest.Calls()) != 1 {
+			t.Fatalf("202 without one Ingest call")
+		}
+	})
 }

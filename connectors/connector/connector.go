@@ -48,6 +48,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/carehub/carehub/schemas/event"
 	"github.com/carehub/carehub/schemas/nhs"
 	"go.uber.org/zap"
 )
@@ -56,6 +57,10 @@ import (
 type Accepted struct {
 	ID   string `json:"id"`
 	Type string `json:"type"`
+	// Duplicate is true when an event with the same source and id and the
+	// same content had already been accepted (a sender's retry): nothing was
+	// published again, and the sender gets the same positive answer.
+	Duplicate bool `json:"duplicate,omitempty"`
 }
 
 // Result is the outcome for one event of a batch.
@@ -69,6 +74,12 @@ type Ingest interface {
 	// Accept validates one CloudEvents JSON document published by the
 	// organisation org (an ODS code established by authentication) and returns
 	// once it is durable. On error nothing was published.
+	//
+	// An event is identified by its source and id together. The same event
+	// accepted again within the hub's duplicate window (a sender's retry) is
+	// answered as accepted, with Accepted.Duplicate set, and not published
+	// again; the same source and id with other content is an error of kind
+	// problem.Conflict.
 	Accept(ctx context.Context, org string, raw []byte) (Accepted, error)
 	// AcceptBatch validates every document, then makes all valid ones durable
 	// together. It returns one Result per document, in order.
@@ -164,12 +175,19 @@ type Source interface {
 
 // Delivery is one event for one recipient.
 type Delivery struct {
-	EventID    string
-	EventType  string
-	Recipient  string // ODS code
-	PatientRef string // keyed pseudonym of the NHS number, never the number
-	Body       []byte // the CloudEvents JSON document to deliver
+	EventID     string
+	EventSource string // the CloudEvents source: urn:ods:<publisher>
+	EventType   string
+	Recipient   string // ODS code
+	PatientRef  string // keyed pseudonym of the NHS number, never the number
+	Body        []byte // the CloudEvents JSON document to deliver
 }
+
+// DeliveryID is the identifier of the delivered event that a sink sends its
+// recipient to drop redeliveries by (the webhook-id of a webhook): the same
+// for every delivery of one event, and different for two events that share an
+// id but not a source (event.DeliveryID).
+func (d Delivery) DeliveryID() string { return event.DeliveryID(d.EventSource, d.EventID) }
 
 // Outcome describes a finished delivery.
 type Outcome struct {

@@ -27,17 +27,21 @@ import (
 const (
 	urlCanary  = "9991234567"
 	bodyCanary = "9997654321"
-	secret     = "gp-secret-for-tests"
-	eventID    = "evt-0001"
+	secret     = "whsec_Z3Atc2VjcmV0LWZvci10ZXN0cy0wMTIzNDU2Nzg5" // whsec_ and base64 of 30 bytes
+	eventID    = "evt 0001/é"                                     // a space and a non-ASCII letter: ce-id is percent-encoded
+	// webhookID is event.DeliveryID("urn:ods:RX1", eventID), computed with
+	// Python's uuid.uuid5.
+	webhookID  = "449a8c81-0326-52fe-ab20-c0743d6c8742"
 	patientRef = "pseud-7f3a"
 )
 
 var delivery = connector.Delivery{
-	EventID:    eventID,
-	EventType:  "org.carehub.discharge.v1",
-	Recipient:  "A81001",
-	PatientRef: patientRef,
-	Body:       []byte(`{"specversion":"1.0","id":"evt-0001","data":{"patient":{"nhsNumber":"` + bodyCanary + `"}}}`),
+	EventID:     eventID,
+	EventSource: "urn:ods:RX1",
+	EventType:   "org.carehub.discharge.v1",
+	Recipient:   "A81001",
+	PatientRef:  patientRef,
+	Body:        []byte(`{"specversion":"1.0","id":"evt-0001","data":{"patient":{"nhsNumber":"` + bodyCanary + `"}}}`),
 }
 
 // received is one request as the recipient saw it.
@@ -132,8 +136,12 @@ func assertNoLeak(t *testing.T, err error, logs *observer.ObservedLogs) {
 func checkSigned(t *testing.T, i int, r received) {
 	t.Helper()
 	for _, h := range []struct{ name, want string }{
-		{webhook.HeaderID, eventID},
-		{webhook.HeaderIdempotent, eventID},
+		{webhook.HeaderID, webhookID},
+		{webhook.HeaderIdempotent, webhookID},
+		{webhook.HeaderSpecVersion, "1.0"},
+		{webhook.HeaderEventID, "evt%200001/%C3%A9"},
+		{webhook.HeaderSource, "urn:ods:RX1"},
+		{webhook.HeaderType, "org.carehub.discharge.v1"},
 		{webhook.HeaderPatient, patientRef},
 		{webhook.HeaderEventType, "org.carehub.discharge.v1"},
 		{webhook.HeaderRecipient, "A81001"},
@@ -146,7 +154,7 @@ func checkSigned(t *testing.T, i int, r received) {
 	if string(r.body) != string(delivery.Body) {
 		t.Errorf("request %d body:\n\tgot  %s\n\twant %s", i, r.body, delivery.Body)
 	}
-	if err := webhook.Verify([]byte(secret), r.header, r.body, time.Now(), time.Minute); err != nil {
+	if err := webhook.Verify(secretKey(t), r.header, r.body, time.Now(), time.Minute); err != nil {
 		t.Errorf("request %d: Verify with the configured secret: %v", i, err)
 	}
 }
@@ -167,11 +175,21 @@ func TestDeliverFirstTime(t *testing.T) {
 		t.Fatalf("requests received:\n\tgot  %d\n\twant 1", len(reqs))
 	}
 	checkSigned(t, 1, reqs[0])
-	// A whsec_-less secret is used as its bytes; a different secret must fail.
+	// A different secret must fail.
 	if err := webhook.Verify([]byte("other-secret"), reqs[0].header, reqs[0].body, time.Now(), time.Minute); err == nil {
 		t.Error("Verify with another secret succeeded")
 	}
 	assertNoLeak(t, err, logs)
+}
+
+// secretKey is the signing key of secret.
+func secretKey(t *testing.T) []byte {
+	t.Helper()
+	k, err := webhook.DecodeSecret(secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
 }
 
 func TestDeliverWhsecSecret(t *testing.T) {
@@ -217,11 +235,11 @@ func TestDeliverRetriesResign(t *testing.T) {
 		var secs int64
 		fmt.Sscan(ts, &secs)
 		// Verified as a receiver would at the moment of signing.
-		if err := webhook.Verify([]byte(secret), r.header, r.body, time.Unix(secs, 0), time.Second); err != nil {
+		if err := webhook.Verify(secretKey(t), r.header, r.body, time.Unix(secs, 0), time.Second); err != nil {
 			t.Errorf("request %d: Verify: %v", i+1, err)
 		}
-		if got := r.header.Get(webhook.HeaderID); got != eventID {
-			t.Errorf("request %d webhook-id:\n\tgot  %q\n\twant %q (the same on every attempt)", i+1, got, eventID)
+		if got := r.header.Get(webhook.HeaderID); got != webhookID {
+			t.Errorf("request %d webhook-id:\n\tgot  %q\n\twant %q (the same on every attempt)", i+1, got, webhookID)
 		}
 		if string(r.body) != string(delivery.Body) {
 			t.Errorf("request %d body:\n\tgot  %s\n\twant %s", i+1, r.body, delivery.Body)
@@ -635,4 +653,31 @@ func TestDeliverConcurrent(t *testing.T) {
 		}
 	}
 	assertNoLeak(t, nil, logs)
+}
+
+// TestDeliverWebhookIDIsSourceAndID: the same event id published by two
+// organisations is two events. Regression: webhook-id was the event id alone,
+// so a receiver that drops duplicates by it dropped the second publisher's
+// event.
+func TestDeliverWebhookIDIsSourceAndID(t *testing.T) {
+	rc := newRecipient(t, statuses(204, 204, 204))
+	s, _ := newSink(t, rc.url(), nil)
+	for _, src := range []string{"urn:ods:RX1", "urn:ods:VM123", "urn:ods:RX1"} {
+		d := delivery
+		d.EventSource = src
+		if _, err := s.Deliver(context.Background(), d); err != nil {
+			t.Fatalf("Deliver(%s): %v", src, err)
+		}
+	}
+	reqs := rc.received()
+	id := func(i int) string { return reqs[i].header.Get(webhook.HeaderID) }
+	if id(0) == id(1) {
+		t.Errorf("webhook-id of %s and urn:ods:VM123 with the same event id: both %s", "urn:ods:RX1", id(0))
+	}
+	if id(0) != id(2) {
+		t.Errorf("webhook-id of one event delivered twice:\n\tgot  %s and %s\n\twant the same", id(0), id(2))
+	}
+	if got := reqs[1].header.Get(webhook.HeaderSource); got != "urn:ods:VM123" {
+		t.Errorf("ce-source:\n\tgot  %q\n\twant urn:ods:VM123", got)
+	}
 }

@@ -1,16 +1,27 @@
 // Package webhook is the sink connector that POSTs each event to a
 // recipient's HTTPS endpoint, signed per the Standard Webhooks convention.
 //
-// Each request carries:
+// Each request is the event in the CloudEvents structured mode (Content-Type
+// application/cloudevents+json) and carries:
 //
-//	webhook-id:        the event id (also Idempotency-Key): the same event is
-//	                   always sent with the same id, so a receiver can drop duplicates
+//	webhook-id:        the event's delivery id (connector.Delivery.DeliveryID, a UUID
+//	                   of its source and id; also Idempotency-Key): every delivery of
+//	                   one event carries the same, so a receiver can drop duplicates,
+//	                   and two publishers' events that share an id carry two
 //	webhook-timestamp: Unix seconds of this attempt
 //	webhook-signature: "v1," + base64(HMAC-SHA256(secret, id + "." + timestamp + "." + body))
+//	ce-specversion, ce-id, ce-source, ce-type: the event's attributes, as the HTTP
+//	                   binding's binary mode names them (it allows them in structured
+//	                   mode too, section 3.2.3), percent-encoded
 //	carehub-patient:   the keyed pseudonym of the patient (never the NHS number)
 //
-// A secret starting "whsec_" is base64 after the prefix (the Standard Webhooks
-// form); any other secret is used as its bytes.
+// The secret is in the Standard Webhooks form: "whsec_" and the base64
+// (standard alphabet, padded) of at least 24 random bytes, which is what the
+// specification's libraries load (new Webhook(secret) in every language). A
+// secret in any other form is refused by Validate, so that a hub never signs
+// with a key its recipients' libraries cannot load. Make one with
+//
+//	echo "whsec_$(openssl rand -base64 32)"
 //
 // Retries: whether an answer is worth retrying is decided in one function,
 // Retryable. Transient failures are retried with capped, jittered
@@ -36,6 +47,7 @@ import (
 
 	"github.com/carehub/carehub/connectors/connector"
 	"github.com/carehub/carehub/internal/logging"
+	"github.com/carehub/carehub/schemas/event"
 	"github.com/carehub/carehub/schemas/media"
 	"github.com/hashicorp/go-cleanhttp"
 	"github.com/hashicorp/go-retryablehttp"
@@ -51,6 +63,11 @@ const (
 	HeaderEventType  = "carehub-event-type"
 	HeaderRecipient  = "carehub-recipient"
 	HeaderIdempotent = "Idempotency-Key"
+
+	HeaderSpecVersion = "ce-specversion"
+	HeaderEventID     = "ce-id"
+	HeaderSource      = "ce-source"
+	HeaderType        = "ce-type"
 )
 
 // Type is the connector's type: the key of a recipient's section.
@@ -91,8 +108,6 @@ func (c *Config) Validate() error {
 	}
 	if v, err := c.Secret.Reveal(); err != nil {
 		errs = append(errs, fmt.Errorf("secret: %w", err))
-	} else if len(v) < 8 {
-		errs = append(errs, errors.New("secret: must be at least 8 bytes"))
 	} else if _, err := DecodeSecret(v); err != nil {
 		errs = append(errs, fmt.Errorf("secret: %w", err))
 	}
@@ -242,14 +257,19 @@ func (s *Sink) Deliver(ctx context.Context, d connector.Delivery) (connector.Out
 	if err != nil {
 		return out, connector.Permanent("building request", err)
 	}
+	id := d.DeliveryID()
 	req.Header.Set("Content-Type", media.CloudEvent)
-	req.Header.Set(HeaderIdempotent, d.EventID)
-	req.Header.Set(HeaderID, d.EventID)
+	req.Header.Set(HeaderIdempotent, id)
+	req.Header.Set(HeaderID, id)
+	req.Header.Set(HeaderSpecVersion, event.SpecVersion)
+	req.Header.Set(HeaderEventID, event.EncodeHeaderValue(d.EventID))
+	req.Header.Set(HeaderSource, event.EncodeHeaderValue(d.EventSource))
+	req.Header.Set(HeaderType, event.EncodeHeaderValue(d.EventType))
 	req.Header.Set(HeaderPatient, d.PatientRef)
 	req.Header.Set(HeaderEventType, d.EventType)
 	req.Header.Set(HeaderRecipient, d.Recipient)
 	req.Header.Set("User-Agent", "carehub-webhook/1")
-	s.sign(req.Header, d.EventID, d.Body)
+	s.sign(req.Header, id, d.Body)
 	resp, err := s.client.Do(req)
 	out.Attempts = attempts
 	if err != nil {
@@ -274,16 +294,35 @@ func (s *Sink) Deliver(ctx context.Context, d connector.Delivery) (connector.Out
 // attemptsKey is the context key of Deliver's attempt counter.
 type attemptsKey struct{}
 
-// DecodeSecret returns the signing key for a configured secret.
+// SecretPrefix starts every secret in the Standard Webhooks form.
+const SecretPrefix = "whsec_"
+
+// MinSecretBytes is the shortest signing key accepted: the lower bound the
+// Standard Webhooks specification gives (24 to 64 bytes).
+const MinSecretBytes = 24
+
+// HowToMakeSecret says how to make a secret of the accepted form.
+const HowToMakeSecret = `make one with: echo "whsec_$(openssl rand -base64 32)"`
+
+// DecodeSecret returns the signing key of a secret in the Standard Webhooks
+// form: SecretPrefix and the base64 (standard alphabet, with padding) of at
+// least MinSecretBytes bytes. Anything else is an error that says how to make
+// a secret, and never holds the secret itself: the official libraries
+// (new Webhook(secret)) would not load it, so the recipient could not verify
+// a single delivery.
 func DecodeSecret(secret string) ([]byte, error) {
-	if rest, ok := strings.CutPrefix(secret, "whsec_"); ok {
-		b, err := base64.StdEncoding.DecodeString(rest)
-		if err != nil {
-			return nil, errors.New("webhook: a whsec_ secret must be base64 after the prefix")
-		}
-		return b, nil
+	rest, ok := strings.CutPrefix(secret, SecretPrefix)
+	if !ok {
+		return nil, errors.New("a webhook secret is whsec_ followed by base64, the Standard Webhooks form its libraries load; " + HowToMakeSecret)
 	}
-	return []byte(secret), nil
+	b, err := base64.StdEncoding.Strict().DecodeString(rest)
+	if err != nil {
+		return nil, errors.New("a webhook secret is whsec_ followed by base64 (standard alphabet, with = padding); " + HowToMakeSecret)
+	}
+	if len(b) < MinSecretBytes {
+		return nil, fmt.Errorf("a webhook secret holds at least %d bytes after base64 decoding (the Standard Webhooks minimum); %s", MinSecretBytes, HowToMakeSecret)
+	}
+	return b, nil
 }
 
 func (s *Sink) sign(h http.Header, id string, body []byte) {

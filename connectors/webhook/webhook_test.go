@@ -104,19 +104,36 @@ func TestDecodeSecret(t *testing.T) {
 	tests := []struct {
 		secret  string
 		want    string
-		wantErr bool
+		wantErr string // "" means valid
 	}{
-		{"whsec_c2VjcmV0LWtleQ==", "secret-key", false},
-		{"plain-secret", "plain-secret", false},
-		{"whsec_!!not base64!!", "", true},
-		{"WHSEC_c2VjcmV0LWtleQ==", "WHSEC_c2VjcmV0LWtleQ==", false}, // the prefix is case-sensitive
+		{"whsec_Y29uZm9ybWFuY2Utc3VpdGUtc2VjcmV0", "conformance-suite-secret", ""},
+		{"whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=", "0123456789abcdef0123456789abcdef", ""},
+		// Regression: raw secrets such as the old demo-gp-secret were used as
+		// their bytes, and the official libraries throw on them in new Webhook().
+		{"demo-gp-secret", "", "whsec_ followed by base64"},
+		{"WHSEC_Y29uZm9ybWFuY2Utc3VpdGUtc2VjcmV0", "", "whsec_ followed by base64"}, // the prefix is case-sensitive
+		{"Y29uZm9ybWFuY2Utc3VpdGUtc2VjcmV0", "", "whsec_ followed by base64"},       // base64 without the prefix
+		{"whsec_!!not base64!!", "", "standard alphabet"},
+		{"whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY", "", "standard alphabet"}, // padding missing
+		{"whsec_-_-_Y29uZm9ybWFuY2Utc3VpdGUtc2Vj", "", "standard alphabet"},            // URL alphabet
+		{"whsec_c2VjcmV0LWtleQ==", "", "at least 24 bytes"},                            // 10 bytes
+		{"whsec_", "", "at least 24 bytes"},
 	}
 	for _, tt := range tests {
 		got, err := webhook.DecodeSecret(tt.secret)
-		if (err != nil) != tt.wantErr || string(got) != tt.want {
-			t.Errorf("DecodeSecret(%q):\n\tgot  %q, %v\n\twant %q, error %v", tt.secret, got, err, tt.want, tt.wantErr)
+		switch {
+		case tt.wantErr == "" && (err != nil || string(got) != tt.want):
+			t.Errorf("DecodeSecret(%q):\n\tgot  %q, %v\n\twant %q", tt.secret, got, err, tt.want)
+		case tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)):
+			t.Errorf("DecodeSecret(%q):\n\tgot  %q, %v\n\twant an error containing %q", tt.secret, got, err, tt.wantErr)
 		}
-		if err != nil && strings.Contains(err.Error(), tt.secret) {
+		if err == nil {
+			continue
+		}
+		if !strings.Contains(err.Error(), "openssl rand -base64 32") {
+			t.Errorf("DecodeSecret(%q): the error does not say how to make a secret: %v", tt.secret, err)
+		}
+		if rest := strings.TrimPrefix(tt.secret, "whsec_"); rest != "" && strings.Contains(err.Error(), rest) {
 			t.Errorf("DecodeSecret(%q): the error echoes the secret: %v", tt.secret, err)
 		}
 	}
@@ -265,7 +282,7 @@ func TestBackoffRetryAfter(t *testing.T) {
 
 func TestNew(t *testing.T) {
 	const canary = "9991234567"
-	good := webhook.Config{URL: "https://gp.example/events", Secret: connector.SecretValue("gp-secret-1")}
+	good := webhook.Config{URL: "https://gp.example/events", Secret: connector.SecretValue("whsec_Z3Atc2VjcmV0LTEtZm9yLXRoZS1uZXctdGVzdA==")}
 	tests := []struct {
 		name    string
 		edit    func(c *webhook.Config, r *connector.Retry)
@@ -278,7 +295,8 @@ func TestNew(t *testing.T) {
 		{"ftp URL", func(c *webhook.Config, r *connector.Retry) { c.URL = "ftp://gp.example/?nhs=" + canary }, "absolute http or https URL"},
 		{"no host", func(c *webhook.Config, r *connector.Retry) { c.URL = "https:///events?nhs=" + canary }, "absolute http or https URL"},
 		{"unparsable URL", func(c *webhook.Config, r *connector.Retry) { c.URL = "https://gp.example/%zz?nhs=" + canary }, "absolute http or https URL"},
-		{"short secret", func(c *webhook.Config, r *connector.Retry) { c.Secret = connector.SecretValue("1234567") }, "at least 8 bytes"},
+		{"short secret", func(c *webhook.Config, r *connector.Retry) { c.Secret = connector.SecretValue("whsec_MTIzNDU2Nw==") }, "at least 24 bytes"},
+		{"raw secret", func(c *webhook.Config, r *connector.Retry) { c.Secret = connector.SecretValue("gp-secret-1") }, "whsec_ followed by base64"},
 		{"bad whsec", func(c *webhook.Config, r *connector.Retry) { c.Secret = connector.SecretValue("whsec_not*base64") }, "base64"},
 		{"min above max", func(c *webhook.Config, r *connector.Retry) {
 			r.MinBackoff, r.MaxBackoff = time.Second, time.Millisecond

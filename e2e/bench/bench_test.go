@@ -227,9 +227,10 @@ func TestReceiverVerifiesSignatures(t *testing.T) {
 	post := func(key []byte) int {
 		ts := strconvNow()
 		req, _ := http.NewRequest("POST", rc.URL, bytes.NewReader(body))
-		req.Header.Set(webhook.HeaderID, "s-0")
+		req.Header.Set(webhook.HeaderID, "a-uuid-of-source-and-id")
+		req.Header.Set(webhook.HeaderEventID, "s-0")
 		req.Header.Set(webhook.HeaderTimestamp, ts)
-		req.Header.Set(webhook.HeaderSignature, "v1,"+webhook.Signature(key, "s-0", ts, body))
+		req.Header.Set(webhook.HeaderSignature, "v1,"+webhook.Signature(key, "a-uuid-of-source-and-id", ts, body))
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
 			t.Fatal(err)

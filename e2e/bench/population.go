@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"encoding/base64"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -83,8 +84,10 @@ func NewPopulation(patients, gps, homes, teams int) (*Population, error) {
 }
 
 func (p *Population) add(r Recipient) {
-	r.Secret = "bench-secret-" + r.ODS
-	r.key = []byte(r.Secret)
+	// The Standard Webhooks form (whsec_ and base64 of at least 24 bytes),
+	// the only one the hub's webhook connector accepts.
+	r.key = []byte("carehub-bench-recipient-secret-" + r.ODS)
+	r.Secret = "whsec_" + base64.StdEncoding.EncodeToString(r.key)
 	p.byODS[r.ODS] = len(p.Recipients)
 	p.Recipients = append(p.Recipients, r)
 }

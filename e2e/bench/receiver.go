@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/carehub/carehub/connectors/webhook"
+	"github.com/carehub/carehub/schemas/event"
 )
 
 // receivers serve every synthetic recipient's webhook: POST /r/<ODS>. Each
@@ -182,7 +183,10 @@ func (r *receivers) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		return
 	}
 	if t != nil {
-		t.markDelivered(req.Header.Get(webhook.HeaderID), idx)
+		// The event id is the ce-id header (webhook-id is a UUID of the
+		// event's source and id, the same for every delivery of it).
+		id, _ := event.DecodeHeaderValue(req.Header.Get(webhook.HeaderEventID))
+		t.markDelivered(id, idx)
 	}
 	w.WriteHeader(http.StatusNoContent)
 }

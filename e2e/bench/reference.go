@@ -12,6 +12,7 @@ import (
 
 	"github.com/carehub/carehub/connectors/webhook"
 	"github.com/carehub/carehub/hub/broker"
+	"github.com/carehub/carehub/schemas/event"
 	"github.com/carehub/carehub/schemas/media"
 	"github.com/segmentio/kafka-go"
 )
@@ -111,13 +112,19 @@ func (r *reference) post(ctx context.Context, rc *Recipient, id string, key, bod
 		}
 		ts := strconv.FormatInt(time.Now().Unix(), 10)
 		req.Header.Set("Content-Type", media.CloudEvent)
-		req.Header.Set(webhook.HeaderIdempotent, id)
-		req.Header.Set(webhook.HeaderID, id)
+		// The headers the hub's webhook sink sends (connectors/webhook).
+		wid := event.DeliveryID(event.SourcePrefix+Source, id)
+		req.Header.Set(webhook.HeaderIdempotent, wid)
+		req.Header.Set(webhook.HeaderID, wid)
+		req.Header.Set(webhook.HeaderSpecVersion, event.SpecVersion)
+		req.Header.Set(webhook.HeaderEventID, event.EncodeHeaderValue(id))
+		req.Header.Set(webhook.HeaderSource, event.SourcePrefix+Source)
+		req.Header.Set(webhook.HeaderType, event.TypeDischarge)
 		req.Header.Set(webhook.HeaderPatient, string(key))
 		req.Header.Set(webhook.HeaderEventType, "org.carehub.discharge.v1")
 		req.Header.Set(webhook.HeaderRecipient, rc.ODS)
 		req.Header.Set(webhook.HeaderTimestamp, ts)
-		req.Header.Set(webhook.HeaderSignature, "v1,"+webhook.Signature(rc.key, id, ts, body))
+		req.Header.Set(webhook.HeaderSignature, "v1,"+webhook.Signature(rc.key, wid, ts, body))
 		resp, err := r.client.Do(req)
 		if err == nil {
 			resp.Body.Close()

@@ -92,10 +92,15 @@ func (a *AuditReader) For(ctx context.Context, patient string) ([]Disclosure, er
 }
 
 // Report joins decision and delivery records into disclosure lines, in the
-// order of the decisions.
+// order of the decisions. An event is identified by its publisher and id
+// together (two publishers may use one id), so a delivery is joined to the
+// permit for the same publisher, event id and recipient. A delivery record
+// written before delivery records named their publisher is joined on event
+// id and recipient only when a single permit fits.
 func Report(recs []audit.Record) []Disclosure {
 	var out []Disclosure
-	index := map[string]int{} // event id + recipient → line of the permit that produced the copy
+	index := map[string]int{}    // publisher + event id + recipient → line of the permit that produced the copy
+	legacy := map[string][]int{} // event id + recipient → lines of such permits, for records without a publisher
 	for _, r := range recs {
 		switch r.Kind {
 		case audit.KindDecision:
@@ -105,13 +110,21 @@ func Report(recs []audit.Record) []Disclosure {
 				Obligations: r.Obligations, DecidedAt: r.Time, Withheld: r.Effect != "permit",
 				Subscription: r.Subscription,
 			}
-			k := r.EventID + "\x00" + r.Recipient
+			k := r.Publisher + "\x00" + r.EventID + "\x00" + r.Recipient
 			if _, seen := index[k]; !seen && !d.Withheld {
 				index[k] = len(out)
+				lk := r.EventID + "\x00" + r.Recipient
+				legacy[lk] = append(legacy[lk], len(out))
 			}
 			out = append(out, d)
 		case audit.KindDelivery:
-			if i, ok := index[r.EventID+"\x00"+r.Recipient]; ok {
+			i, ok := index[r.Publisher+"\x00"+r.EventID+"\x00"+r.Recipient]
+			if !ok && r.Publisher == "" {
+				if lines := legacy[r.EventID+"\x00"+r.Recipient]; len(lines) == 1 {
+					i, ok = lines[0], true
+				}
+			}
+			if ok {
 				out[i].Outcome, out[i].OutcomeAt, out[i].OutcomeNote = r.Outcome, r.Time, r.Reason
 			}
 		}

@@ -11,13 +11,13 @@ import (
 func TestReportJoinsDecisionsAndOutcomes(t *testing.T) {
 	t0 := time.Date(2026, 11, 24, 10, 0, 0, 0, time.UTC)
 	recs := []audit.Record{
-		{Time: t0, Kind: audit.KindDecision, EventID: "e1", EventType: "discharge", Recipient: "A81001", Effect: "permit", Rule: "relationship-confirmed"},
-		{Time: t0, Kind: audit.KindDecision, EventID: "e1", EventType: "discharge", Recipient: "VM123", Effect: "deny", Rule: "directive:deny-role", Directive: "no-sc"},
-		{Time: t0.Add(time.Second), Kind: audit.KindDelivery, EventID: "e1", Recipient: "A81001", Outcome: audit.Delivered},
-		{Time: t0.Add(2 * time.Second), Kind: audit.KindDecision, EventID: "e2", Recipient: "A81001", Effect: "permit", Rule: "relationship-confirmed"},
-		{Time: t0.Add(3 * time.Second), Kind: audit.KindDelivery, EventID: "e2", Recipient: "A81001", Outcome: audit.DeadLettered, Reason: "recipient answered 400"},
+		{Time: t0, Kind: audit.KindDecision, Publisher: "RX1", EventID: "e1", EventType: "discharge", Recipient: "A81001", Effect: "permit", Rule: "relationship-confirmed"},
+		{Time: t0, Kind: audit.KindDecision, Publisher: "RX1", EventID: "e1", EventType: "discharge", Recipient: "VM123", Effect: "deny", Rule: "directive:deny-role", Directive: "no-sc"},
+		{Time: t0.Add(time.Second), Kind: audit.KindDelivery, Publisher: "RX1", EventID: "e1", Recipient: "A81001", Outcome: audit.Delivered},
+		{Time: t0.Add(2 * time.Second), Kind: audit.KindDecision, Publisher: "RX1", EventID: "e2", Recipient: "A81001", Effect: "permit", Rule: "relationship-confirmed"},
+		{Time: t0.Add(3 * time.Second), Kind: audit.KindDelivery, Publisher: "RX1", EventID: "e2", Recipient: "A81001", Outcome: audit.DeadLettered, Reason: "recipient answered 400"},
 		// A delivery whose decision is not in the report (older than the scan) is ignored.
-		{Time: t0, Kind: audit.KindDelivery, EventID: "e0", Recipient: "A81001", Outcome: audit.Delivered},
+		{Time: t0, Kind: audit.KindDelivery, Publisher: "RX1", EventID: "e0", Recipient: "A81001", Outcome: audit.Delivered},
 	}
 	got := Report(recs)
 	type line struct {
@@ -38,5 +38,37 @@ func TestReportJoinsDecisionsAndOutcomes(t *testing.T) {
 	}
 	if got[1].Directive != "no-sc" || got[2].OutcomeNote == "" {
 		t.Errorf("Report lost the directive or the dead-letter reason: %+v", got)
+	}
+}
+
+// TestReportTellsPublishersApart: a VM123 care plan and an RX1 admission
+// with the same event id are two events. Regression: the report joined
+// deliveries on the event id alone, and put the care plan's dead letter on
+// the admission's line.
+func TestReportTellsPublishersApart(t *testing.T) {
+	t0 := time.Date(2026, 11, 24, 10, 0, 0, 0, time.UTC)
+	recs := []audit.Record{
+		{Time: t0, Kind: audit.KindDecision, Publisher: "RX1", EventID: "0001", EventType: "admission", Recipient: "A81001", Effect: "permit", Rule: "relationship-confirmed"},
+		{Time: t0, Kind: audit.KindDecision, Publisher: "VM123", EventID: "0001", EventType: "careplan", Recipient: "A81001", Effect: "permit", Rule: "relationship-confirmed"},
+		{Time: t0.Add(time.Second), Kind: audit.KindDelivery, Publisher: "VM123", EventID: "0001", Recipient: "A81001", Outcome: audit.DeadLettered, Reason: "recipient answered 400"},
+		{Time: t0.Add(2 * time.Second), Kind: audit.KindDelivery, Publisher: "RX1", EventID: "0001", Recipient: "A81001", Outcome: audit.Delivered},
+		// Records from before deliveries named their publisher: joined when
+		// only one permit fits, left pending when two do.
+		{Time: t0, Kind: audit.KindDecision, Publisher: "RX1", EventID: "0002", EventType: "admission", Recipient: "A81001", Effect: "permit", Rule: "relationship-confirmed"},
+		{Time: t0.Add(time.Second), Kind: audit.KindDelivery, EventID: "0002", Recipient: "A81001", Outcome: audit.Delivered},
+		{Time: t0.Add(3 * time.Second), Kind: audit.KindDelivery, EventID: "0001", Recipient: "A81001", Outcome: audit.Delivered},
+	}
+	type line struct{ Publisher, Event, Type, Outcome string }
+	var got []line
+	for _, d := range Report(recs) {
+		got = append(got, line{d.Publisher, d.EventID, d.EventType, d.Outcome})
+	}
+	want := []line{
+		{"RX1", "0001", "admission", "delivered"},
+		{"VM123", "0001", "careplan", "dead-lettered"},
+		{"RX1", "0002", "admission", "delivered"},
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("Report (-want +got):\n%s", diff)
 	}
 }

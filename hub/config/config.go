@@ -53,6 +53,17 @@ type Config struct {
 	Recipients []Recipient      `yaml:"recipients"`
 	Delivery   connector.Retry  `yaml:"delivery"`
 	Consent    Consent          `yaml:"consent"`
+	Ingest     Ingest           `yaml:"ingest"`
+}
+
+// Ingest is how the hub takes events from every source.
+type Ingest struct {
+	// DuplicateWindow is how long the hub remembers each accepted event's
+	// (source, id) and content: within it, the same event again (a retry)
+	// is answered as accepted and not published twice, and the same id
+	// with other content is refused. Default 24h (as MLLP's duplicate
+	// window).
+	DuplicateWindow time.Duration `yaml:"duplicateWindow"`
 }
 
 // HTTP is the API listener, shared by the admin API and every HTTP source.
@@ -153,6 +164,8 @@ const (
 	// own timeout (an HL7 engine's ACK timeout, an HTTP client's) is
 	// usually 30 s or more, so it hears 503 before it gives up.
 	DefaultPublishTimeout = 10 * time.Second
+	// DefaultDuplicateWindow is Ingest.DuplicateWindow's default.
+	DefaultDuplicateWindow = 24 * time.Hour
 )
 
 // Load reads and strictly decodes a YAML file, decodes its connector
@@ -321,6 +334,9 @@ func (c *Config) Defaults() {
 			c.Kafka.ReplicationFactor = 3
 		}
 	}
+	if c.Ingest.DuplicateWindow == 0 {
+		c.Ingest.DuplicateWindow = DefaultDuplicateWindow
+	}
 	if c.Consent.ConfidentialAllow == nil {
 		c.Consent.ConfidentialAllow = []string{string(consent.BasisRegisteredGP)}
 	}
@@ -385,6 +401,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Kafka.Linger < 0 || c.Kafka.Linger > time.Second {
 		bad("kafka.linger must be between 0 and 1s")
+	}
+	if c.Ingest.DuplicateWindow < time.Minute {
+		bad("ingest.duplicateWindow must be at least 1m (it is how long a publisher's retry is recognised)")
 	}
 	if !c.Pseudonym.Set() {
 		bad("pseudonymKey: required (the key of the HMAC that pseudonymises NHS numbers)")

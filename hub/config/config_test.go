@@ -63,25 +63,25 @@ func TestLoadExample(t *testing.T) {
 			{Type: "cloudevents", Config: &cloudevents.Config{MaxBatchEvents: 1000}},
 			{Type: "mllp", Config: &mllp.Config{Addr: "127.0.0.1:2575", Source: "RX1", MaxFrameBytes: 1048576, ReadTimeout: time.Minute,
 				IdleTimeout: 10 * time.Minute, DuplicateWindow: 24 * time.Hour, ProcessingID: "P", MaxDuplicates: mllp.DefaultMaxDuplicates,
-				MaxConns: mllp.DefaultMaxConns, DrainTimeout: mllp.DefaultDrainTimeout, ProcessTimeout: mllp.DefaultProcessTimeout,
+				MaxConns: mllp.DefaultMaxConns, MaxConnsPerPeer: mllp.DefaultMaxConnsPerPeer, DrainTimeout: mllp.DefaultDrainTimeout, ProcessTimeout: mllp.DefaultProcessTimeout,
 				Sensitivity: exampleSensitivity()}},
 			{Type: "fhir", Config: &fhirin.Config{Encounter: true}},
 		},
 		Recipients: []config.Recipient{
 			{
 				ODS: "A81001", Name: "Example GP practice (demo)", Role: "gp-practice",
-				Sink:          config.Sink{Type: "webhook", Config: &webhook.Config{URL: "http://127.0.0.1:9101/events", Secret: connector.SecretValue("demo-gp-secret"), Timeout: 10 * time.Second}}, // timeout: default
+				Sink:          config.Sink{Type: "webhook", Config: &webhook.Config{URL: "http://127.0.0.1:9101/events", Secret: connector.SecretValue("whsec_Y2FyZWh1Yi1kZW1vLXNlY3JldC1ncC1BODEwMDE="), Timeout: 10 * time.Second}}, // timeout: default
 				Subscriptions: []config.Subscription{{ID: "a81001-registered-patients", Basis: "registered-gp", Types: allTypes}},
 			},
 			{
 				ODS: "VM123", Name: "Example Care Home (demo)", Role: "social-care",
-				Sink: config.Sink{Type: "webhook", Config: &webhook.Config{URL: "http://127.0.0.1:9102/events", Secret: connector.SecretValue("demo-carehome-secret"), Timeout: 10 * time.Second}}, // timeout: default
+				Sink: config.Sink{Type: "webhook", Config: &webhook.Config{URL: "http://127.0.0.1:9102/events", Secret: connector.SecretValue("whsec_Y2FyZWh1Yi1kZW1vLXNlY3JldC1jYXJlaG9tZS1WTTEyMw=="), Timeout: 10 * time.Second}}, // timeout: default
 				Subscriptions: []config.Subscription{{ID: "vm123-discharges-to-us", Basis: "discharge-destination",
 					Types: []string{"admission", "discharge", "discharge-pending", "discharge-pending-cancelled"}}},
 			},
 			{
 				ODS: "CN001", Name: "Example community nursing team (demo)", Role: "community",
-				Sink: config.Sink{Type: "webhook", Config: &webhook.Config{URL: "http://127.0.0.1:9103/events", Secret: connector.SecretValue("demo-community-secret"), Timeout: 10 * time.Second}}, // timeout: default
+				Sink: config.Sink{Type: "webhook", Config: &webhook.Config{URL: "http://127.0.0.1:9103/events", Secret: connector.SecretValue("whsec_Y2FyZWh1Yi1kZW1vLXNlY3JldC1jb21tdW5pdHktQ04wMDE="), Timeout: 10 * time.Second}}, // timeout: default
 				Subscriptions: []config.Subscription{{ID: "cn001-caseload", Basis: "patient-list",
 					Types: []string{"admission", "transfer", "discharge", "admission-cancelled", "discharge-cancelled", "transfer-cancelled",
 						"patient-class-changed", "discharge-pending", "discharge-pending-cancelled"},
@@ -102,6 +102,7 @@ func TestLoadExample(t *testing.T) {
 		Delivery: connector.Retry{MinBackoff: 200 * time.Millisecond, MaxBackoff: 30 * time.Second},
 		Consent: config.Consent{ConfidentialAllow: []string{"registered-gp"},
 			ExtraSensitiveCategories: []string{"hiv", "substance-misuse", "termination-of-pregnancy"}},
+		Ingest: config.Ingest{DuplicateWindow: 24 * time.Hour},
 	}
 	if diff := cmp.Diff(want, got, ignore); diff != "" {
 		t.Errorf("Load(%s) (-want +got):\n%s", examplePath, diff)
@@ -119,7 +120,7 @@ func TestLoad(t *testing.T) {
 	yml := minimal + `
   - ods: CN001
     role: community
-    webhook: {url: "https://cn.example/", secret: {value: cn-secret-123}}
+    webhook: {url: "https://cn.example/", secret: {value: whsec_Z3Atc2VjcmV0LTEtZm9yLXRoZS1jb25maWctdGVzdHM=}}
     subscriptions: [{basis: patient-list, patientList: list.txt, types: [discharge]}]
 `
 	path := filepath.Join(dir, "carehub.yaml")
@@ -152,7 +153,7 @@ inputs:
 recipients:
   - ods: A81001
     role: gp-practice
-    webhook: {url: "https://gp.example/events", secret: {value: gp-secret-1}}
+    webhook: {url: "https://gp.example/events", secret: {value: whsec_Z3Atc2VjcmV0LTEtZm9yLXRoZS1jb25maWctdGVzdHM=}}
     subscriptions:
       - basis: registered-gp
         types: [admission]
@@ -292,6 +293,7 @@ recipients:
     role: community
     webhook: {url: "https://b.example/", secret: {}}
 delivery: {minBackoff: 10s, maxBackoff: 1s}
+ingest: {duplicateWindow: 10s}
 `
 	_, err := parse([]byte(bad))
 	if err == nil {
@@ -304,6 +306,7 @@ delivery: {minBackoff: 10s, maxBackoff: 1s}
 		"kafka.syncWrites applies to the embedded broker only",
 		"kafka.minFreeBytes applies to the embedded broker only",
 		"kafka.partitions must be at least 1",
+		"ingest.duplicateWindow must be at least 1m",
 		"pseudonymKey: required",
 		"admin.apiKey: environment variable CAREHUB_TEST_UNSET_ADMIN_KEY is not set",
 		`sources[0].ods "rx1": not an ODS code`,
@@ -312,7 +315,7 @@ delivery: {minBackoff: 10s, maxBackoff: 1s}
 		"sources[2].apiKey: give only one of value, file and env",
 		`recipients[0].role "dentist"`,
 		"recipients[0].webhook: url: an absolute http or https URL is required",
-		"recipients[0].webhook: secret: must be at least 8 bytes",
+		"recipients[0].webhook: secret: a webhook secret is whsec_ followed by base64, the Standard Webhooks form its libraries load; make one with: echo \"whsec_$(openssl rand -base64 32)\"",
 		`recipients[0].subscriptions[0].basis: unknown basis "postcode"`,
 		`recipients[0].subscriptions[0].types: unknown event type "birthday"`,
 		`recipients[0].subscriptions[1].id "s1": used twice`,

@@ -101,8 +101,8 @@ func TestRecipientSections(t *testing.T) {
 		yaml string
 		want string
 	}{
-		{"    webhok: {url: https://gp.example/, secret: {value: gp-secret-1}}\n", "field webhok not found: neither a recipient field nor a delivery type (feed, fhir, webhook)"},
-		{"    webhook: {url: https://gp.example/, secret: {value: gp-secret-1}, retries: 3}\n", "recipients[0].webhook (line 10): field retries not found"},
+		{"    webhok: {url: https://gp.example/, secret: {value: whsec_Z3Atc2VjcmV0LTEtZm9yLXRoZS1jb25maWctdGVzdHM=}}\n", "field webhok not found: neither a recipient field nor a delivery type (feed, fhir, webhook)"},
+		{"    webhook: {url: https://gp.example/, secret: {value: whsec_Z3Atc2VjcmV0LTEtZm9yLXRoZS1jb25maWctdGVzdHM=}, retries: 3}\n", "recipients[0].webhook (line 10): field retries not found"},
 		{"    webhook: {url: https://gp.example/, secret: {vault: x}}\n", "field vault not found"},
 	}
 	for _, tc := range tests {

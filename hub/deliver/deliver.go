@@ -12,6 +12,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"strings"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
@@ -20,6 +21,7 @@ import (
 	"github.com/carehub/carehub/hub/audit"
 	"github.com/carehub/carehub/hub/topic"
 	"github.com/carehub/carehub/internal/logging"
+	"github.com/carehub/carehub/schemas/event"
 	"github.com/carehub/carehub/schemas/problem"
 	"go.uber.org/zap"
 )
@@ -52,15 +54,29 @@ func (d *Deliverer) Handle(msg *message.Message) error {
 
 	key := msg.Metadata.Get(topic.MetaKey)
 	dl := connector.Delivery{
-		EventID:    msg.Metadata.Get(topic.MetaEventID),
-		EventType:  msg.Metadata.Get(topic.MetaEventType),
-		Recipient:  d.recipient,
-		PatientRef: key,
-		Body:       msg.Payload,
+		EventID:     msg.Metadata.Get(topic.MetaEventID),
+		EventSource: msg.Metadata.Get(topic.MetaSource),
+		EventType:   msg.Metadata.Get(topic.MetaEventType),
+		Recipient:   d.recipient,
+		PatientRef:  key,
+		Body:        msg.Payload,
+	}
+	if dl.EventSource == "" || dl.EventID == "" {
+		// A copy without the headers (written by another producer): the
+		// event itself names its source and id, which together identify it.
+		ev, err := event.Unmarshal(msg.Payload)
+		if err != nil {
+			return problem.Wrap(problem.Internal, "decoding an outbox copy without ce_source or ce_id", err)
+		}
+		dl.EventID, dl.EventSource = ev.ID, ev.Source
+		if dl.EventType == "" {
+			dl.EventType = ev.Type
+		}
 	}
 	rec := audit.Record{
 		Kind: audit.KindDelivery, EventID: dl.EventID, EventType: dl.EventType,
-		Patient: key, Recipient: d.recipient, Basis: msg.Metadata.Get(topic.MetaBasis),
+		Publisher: strings.TrimPrefix(dl.EventSource, event.SourcePrefix),
+		Patient:   key, Recipient: d.recipient, Basis: msg.Metadata.Get(topic.MetaBasis),
 	}
 	out, err := d.sink.Deliver(ctx, dl)
 	rec.Time, rec.Status, rec.Attempts = d.now().UTC(), out.Status, out.Attempts

@@ -43,6 +43,7 @@ func outboxMessage() *message.Message {
 	m := message.NewMessage("ev-1", []byte(`{"id":"ev-1","data":{"patient":{"nhsNumber":"`+canary+`"}}}`))
 	m.Metadata.Set(topic.MetaKey, "p1_test")
 	m.Metadata.Set(topic.MetaEventID, "ev-1")
+	m.Metadata.Set(topic.MetaSource, "urn:ods:RX1")
 	m.Metadata.Set(topic.MetaEventType, "org.carehub.discharge.v1")
 	m.Metadata.Set(topic.MetaBasis, "registered-gp")
 	return m
@@ -99,7 +100,8 @@ func TestHandleOutcomes(t *testing.T) {
 					t.Fatalf("audit records: got %d, want 1", len(recs))
 				}
 				rec, _ := audit.Unmarshal(recs[0].Payload)
-				if rec.Outcome != tc.wantAudit || rec.Status != tc.wantStatus || rec.Patient != "p1_test" || rec.Basis != "registered-gp" {
+				if rec.Outcome != tc.wantAudit || rec.Status != tc.wantStatus || rec.Patient != "p1_test" || rec.Basis != "registered-gp" ||
+					rec.EventID != "ev-1" || rec.Publisher != "RX1" {
 					t.Errorf("audit record:\n\tgot  %+v\n\twant outcome %s status %d", rec, tc.wantAudit, tc.wantStatus)
 				}
 			}
@@ -142,5 +144,45 @@ func TestPublishFailureIsRetried(t *testing.T) {
 	d, _ := New(context.Background(), "A81001", sink, &pub{err: errors.New("broker down")}, zap.NewNop())
 	if err := d.Handle(outboxMessage()); err == nil {
 		t.Errorf("Handle succeeded though the dead letter could not be written: the event would be lost")
+	}
+}
+
+// TestDeliveryCarriesSource: the sink is told the event's source with its
+// id, from the outbox headers or, for a copy without them, from the event;
+// the delivery's audit record names the publisher, so that the disclosure
+// report joins it to the right decision (events are identified by source
+// and id together).
+func TestDeliveryCarriesSource(t *testing.T) {
+	withHeaders := outboxMessage()
+	bare := message.NewMessage("x", []byte(`{"specversion":"1.0","id":"ev-2","source":"urn:ods:VM123",`+
+		`"type":"org.carehub.careplan.v1","time":"2026-11-24T10:00:00Z","data":{"patient":{"nhsNumber":"`+canary+`"}}}`))
+	bare.Metadata.Set(topic.MetaKey, "p1_test")
+	tests := []struct {
+		name                 string
+		msg                  *message.Message
+		id, source, typ, org string
+	}{
+		{"headers", withHeaders, "ev-1", "urn:ods:RX1", "org.carehub.discharge.v1", "RX1"},
+		{"no headers", bare, "ev-2", "urn:ods:VM123", "org.carehub.careplan.v1", "VM123"},
+	}
+	for _, tc := range tests {
+		var got connector.Delivery
+		sink := connector.SinkFunc(func(_ context.Context, d connector.Delivery) (connector.Outcome, error) {
+			got = d
+			return connector.Outcome{Attempts: 1, Status: 204}, nil
+		})
+		p := &pub{}
+		d, _ := New(context.Background(), "A81001", sink, p, zap.NewNop())
+		if err := d.Handle(tc.msg); err != nil {
+			t.Fatalf("Handle(%s): %v", tc.name, err)
+		}
+		if got.EventID != tc.id || got.EventSource != tc.source || got.EventType != tc.typ {
+			t.Errorf("Handle(%s) delivery:\n\tgot  id %q source %q type %q\n\twant id %q source %q type %q",
+				tc.name, got.EventID, got.EventSource, got.EventType, tc.id, tc.source, tc.typ)
+		}
+		rec, _ := audit.Unmarshal(p.sent[topic.Audit][0].Payload)
+		if rec.Publisher != tc.org || rec.EventID != tc.id {
+			t.Errorf("Handle(%s) audit record:\n\tgot  publisher %q event %q\n\twant publisher %q event %q", tc.name, rec.Publisher, rec.EventID, tc.org, tc.id)
+		}
 	}
 }

@@ -8,6 +8,13 @@
 // reaches a key or a header), and produced with acks from all in-sync
 // replicas. Accept returns only after that acknowledgement.
 //
+// With a Memory (WithMemory; the hub gives it a dedup.Store), an event is
+// identified by (source, id): a retry of an event accepted within the
+// duplicate window is answered as accepted and not published again, and an
+// id reused for other content is refused with a Conflict (409). The event is
+// published before it is remembered, so that a failure between the two can
+// cause a duplicate (dropped by recipients by webhook-id), never a loss.
+//
 // Hold writes a message a source acknowledges without sharing to
 // carehub.held (package held), keyed the same way (or by the pseudonym of
 // the sender's local identifier when the patient has no NHS number), also
@@ -25,29 +32,42 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/carehub/carehub/connectors/connector"
+	"github.com/carehub/carehub/hub/dedup"
 	"github.com/carehub/carehub/hub/held"
 	"github.com/carehub/carehub/hub/topic"
+	"github.com/carehub/carehub/internal/logging"
 	"github.com/carehub/carehub/schemas/event"
 	"github.com/carehub/carehub/schemas/media"
 	"github.com/carehub/carehub/schemas/nhs"
 	"github.com/carehub/carehub/schemas/problem"
+	"go.uber.org/zap"
 )
+
+// Memory remembers the events accepted within a window by (source, id), in
+// Kafka: *dedup.Store.
+type Memory interface {
+	ClaimAll(ctx context.Context, sources, ids []string, digests []dedup.Digest) ([]dedup.Claim, error)
+	Abandon(c dedup.Claim)
+	Record(ctx context.Context, cs ...dedup.Claim) error
+}
 
 // Ingest validates and publishes events.
 type Ingest struct {
 	validator *event.Validator
 	pseudo    *nhs.Pseudonymiser
 	pub       message.Publisher
+	mem       Memory
+	log       *zap.Logger
 	gate      func() error // nil: always open
 	now       func() time.Time
 }
 
-// SetGate makes Accept and AcceptBatch ask gate before publishing: a
+// SetGate makes Accept, AcceptBatch and Hold ask gate before publishing: a
 // non-nil error (a *problem.Error, usually of kind Unavailable, with a
 // reason safe to show) is the answer of every valid event, and nothing is
-// published; an invalid event still gets its own answer. The hub closes the gate
-// while its data directory's free space is below the floor. Call it before
-// the Ingest is in use.
+// published; an invalid event still gets its own answer. The hub closes the
+// gate while its data directory's free space is below the floor. Call it
+// before the Ingest is in use.
 func (in *Ingest) SetGate(gate func() error) { in.gate = gate }
 
 // closed returns the gate's refusal, if any.
@@ -58,40 +78,64 @@ func (in *Ingest) closed() error {
 	return in.gate()
 }
 
-// New builds an Ingest.
+// New builds an Ingest. Without WithMemory it does not recognise retries.
 func New(v *event.Validator, p *nhs.Pseudonymiser, pub message.Publisher) (*Ingest, error) {
 	if v == nil || p == nil || pub == nil {
 		return nil, errors.New("ingest: validator, pseudonymiser and publisher are required")
 	}
-	return &Ingest{validator: v, pseudo: p, pub: pub, now: time.Now}, nil
+	return &Ingest{validator: v, pseudo: p, pub: pub, log: zap.NewNop(), now: time.Now}, nil
+}
+
+// WithMemory makes the Ingest recognise events by (source, id): an event
+// accepted before with the same content is answered as accepted again
+// (Accepted.Duplicate) and not published; with other content it is refused
+// (problem.Conflict, 409). log hears of records that could not be written.
+func (in *Ingest) WithMemory(m Memory, log *zap.Logger) *Ingest {
+	in.mem = m
+	if log != nil {
+		in.log = log
+	}
+	return in
+}
+
+// RuleIDReused is the rule of the Conflict answered for an id reused.
+const RuleIDReused = "event-id-reused"
+
+func conflict() error {
+	return &problem.Error{
+		Kind:    problem.Conflict,
+		Message: "this source already published a different event with this id",
+		Violations: []problem.Violation{{Pointer: "/id", Rule: RuleIDReused,
+			Detail: "an event with this source and id was accepted with different content: give each event its own id, and resend a retry unchanged"}},
+	}
 }
 
 // Accept implements connector.Ingest.
 func (in *Ingest) Accept(ctx context.Context, org string, raw []byte) (connector.Accepted, error) {
-	msg, acc, err := in.prepare(ctx, org, raw)
-	if err != nil {
-		return connector.Accepted{}, err
-	}
-	if err := in.closed(); err != nil {
-		return connector.Accepted{}, err
-	}
-	if err := in.publish(msg); err != nil {
-		return connector.Accepted{}, err
-	}
-	return acc, nil
+	res := in.AcceptBatch(ctx, org, []json.RawMessage{raw})[0]
+	return res.Accepted, res.Err
 }
 
-// AcceptBatch implements connector.Ingest.
+// AcceptBatch implements connector.Ingest. With a Memory, the valid events
+// are claimed together after one catch-up with it; the new ones are
+// published together, then recorded together; an event accepted before is
+// answered Duplicate, and one listed twice in the batch shares the fate of
+// its first listing.
 func (in *Ingest) AcceptBatch(ctx context.Context, org string, raws []json.RawMessage) []connector.Result {
 	out := make([]connector.Result, len(raws))
 	var msgs []*message.Message
 	var idx []int
+	var sources, ids []string
+	var digests []dedup.Digest
 	for i, raw := range raws {
 		msg, acc, err := in.prepare(ctx, org, raw)
 		out[i] = connector.Result{Accepted: acc, Err: err}
 		if err == nil {
 			msgs = append(msgs, msg)
 			idx = append(idx, i)
+			sources = append(sources, msg.Metadata.Get(topic.MetaSource))
+			ids = append(ids, acc.ID)
+			digests = append(digests, dedup.DigestOf(msg.Payload))
 		}
 	}
 	if len(msgs) == 0 {
@@ -103,25 +147,95 @@ func (in *Ingest) AcceptBatch(ctx context.Context, org string, raws []json.RawMe
 		}
 		return out
 	}
-	if err := in.publish(msgs...); err != nil {
-		// Per-event truth: when the publisher says which records were not
-		// acknowledged, only those are answered "not durable"; the others
-		// are in the topic and will be delivered, so they are answered as
-		// accepted. Without that detail, every event is answered 503.
-		var partial interface{ FailedAt(int) bool }
-		perRecord := errors.As(err, &partial)
-		for j, i := range idx {
-			if !perRecord || partial.FailedAt(j) {
-				out[i].Err = err
+	if in.mem == nil {
+		if err := in.publish(msgs...); err != nil {
+			failed := failedRecords(err)
+			for j, i := range idx {
+				if failed(j) {
+					out[i].Err = err
+				}
 			}
+		}
+		return out
+	}
+	claims, err := in.mem.ClaimAll(ctx, sources, ids, digests)
+	if err != nil {
+		err = problem.Wrap(problem.Unavailable, "the hub cannot tell a retry from a new event right now; retry later", err)
+		for _, i := range idx {
+			out[i].Err = err
+		}
+		return out
+	}
+	var fresh []*message.Message
+	var claimed []dedup.Claim
+	freshAt := map[int]int{} // position in claims → position in fresh
+	for j, c := range claims {
+		if c.State == dedup.New {
+			freshAt[j] = len(fresh)
+			fresh = append(fresh, msgs[j])
+			claimed = append(claimed, c)
+		}
+	}
+	var pubErr error
+	failed := func(int) bool { return false }
+	if len(fresh) > 0 {
+		if pubErr = in.publish(fresh...); pubErr != nil {
+			failed = failedRecords(pubErr)
+		}
+		var written []dedup.Claim
+		for k, c := range claimed {
+			if failed(k) {
+				in.mem.Abandon(c)
+			} else {
+				written = append(written, c)
+			}
+		}
+		if len(written) > 0 {
+			if err := in.mem.Record(ctx, written...); err != nil {
+				// The events are durable: answer so. Only a retry sent to
+				// another process could now publish one again.
+				in.log.Warn("accepted events not recorded in Kafka: this process remembers them, others may not",
+					zap.Int("events", len(written)), logging.Err(err))
+			}
+		}
+	}
+	for j, c := range claims {
+		i := idx[j]
+		fj := j
+		if c.RepeatOf > 0 {
+			fj = c.RepeatOf - 1
+		}
+		first := claims[fj]
+		switch {
+		case c.State == dedup.Conflict || first.State == dedup.Conflict:
+			out[i].Err = conflict()
+		case first.State == dedup.New && pubErr != nil && failed(freshAt[fj]):
+			out[i].Err = pubErr
+		case c.State == dedup.Duplicate:
+			out[i].Duplicate = true
 		}
 	}
 	return out
 }
 
+// failedRecords tells, for a failed publish, which records were not
+// acknowledged. Per-event truth: when the publisher says which (a
+// kafkawm.PublishError), only those events are answered "not durable"; the
+// others are in the topic and will be delivered, so they are answered as
+// accepted. Without that detail, every record counts as failed.
+func failedRecords(err error) func(int) bool {
+	var partial interface{ FailedAt(int) bool }
+	if errors.As(err, &partial) {
+		return partial.FailedAt
+	}
+	return func(int) bool { return true }
+}
+
 // Message builds the Kafka message for a validated event: the CloudEvents
-// JSON as value (structured mode), the pseudonym as key, and the
-// non-identifying attributes as headers.
+// JSON as value (structured mode, content-type application/cloudevents+json),
+// the pseudonym as key, and the non-identifying attributes as headers, as the
+// CloudEvents Kafka binding names them (ce_specversion, ce_id, ce_type,
+// ce_source).
 func Message(ev *event.Event, key string) (*message.Message, error) {
 	body, err := ev.Marshal()
 	if err != nil {
@@ -129,6 +243,7 @@ func Message(ev *event.Event, key string) (*message.Message, error) {
 	}
 	msg := message.NewMessage(ev.ID, body)
 	msg.Metadata.Set(topic.MetaKey, key)
+	msg.Metadata.Set(topic.MetaSpecVersion, event.SpecVersion)
 	msg.Metadata.Set(topic.MetaEventID, ev.ID)
 	msg.Metadata.Set(topic.MetaEventType, ev.Type)
 	msg.Metadata.Set(topic.MetaSource, ev.Source)
@@ -155,6 +270,13 @@ func (in *Ingest) prepare(ctx context.Context, org string, raw []byte) (*message
 	}
 	msg.SetContext(ctx)
 	return msg, acc, nil
+}
+
+func (in *Ingest) publish(msgs ...*message.Message) error {
+	if err := in.pub.Publish(topic.Events, msgs...); err != nil {
+		return problem.Wrap(problem.Unavailable, "the event could not be made durable; retry later", err)
+	}
+	return nil
 }
 
 // Hold implements connector.Held: it checks the record's metadata, keys it
@@ -214,13 +336,6 @@ func checkHeld(h connector.Held) error {
 	}
 	if len(vs) > 0 {
 		return &problem.Error{Kind: problem.Internal, Message: "the source described a held message wrongly", Violations: vs}
-	}
-	return nil
-}
-
-func (in *Ingest) publish(msgs ...*message.Message) error {
-	if err := in.pub.Publish(topic.Events, msgs...); err != nil {
-		return problem.Wrap(problem.Unavailable, "the event could not be made durable; retry later", err)
 	}
 	return nil
 }

@@ -209,7 +209,7 @@ func (r *Router) Plan(msg *message.Message) (*Plan, error) {
 			body = thin
 		}
 		out := message.NewMessage(ev.ID, body)
-		for _, k := range []string{topic.MetaKey, topic.MetaEventID, topic.MetaEventType, topic.MetaSource, "content-type"} {
+		for _, k := range []string{topic.MetaKey, topic.MetaSpecVersion, topic.MetaEventID, topic.MetaEventType, topic.MetaSource, "content-type"} {
 			if val := msg.Metadata.Get(k); val != "" {
 				out.Metadata.Set(k, val)
 			}

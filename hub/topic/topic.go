@@ -3,7 +3,9 @@
 package topic
 
 import (
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/carehub/carehub/hub/broker"
 )
@@ -18,6 +20,9 @@ const (
 	Held          = "carehub.held"
 	outboxPrefix  = "carehub.outbox."
 	feedPrefix    = "carehub.feed."
+	// Accepted holds the (source, id) and content digest of every event
+	// accepted within the duplicate window (package dedup).
+	Accepted = "carehub.accepted"
 )
 
 // Consumer groups.
@@ -50,15 +55,16 @@ func DeliverGroup(ods string) string { return groupDeliverPrefix + strings.ToLow
 // Message metadata (Kafka header) names. None holds patient data: the key is
 // the patient's keyed pseudonym.
 const (
-	MetaKey       = "partition_key"
-	MetaEventID   = "ce_id"
-	MetaEventType = "ce_type"
-	MetaSource    = "ce_source"
-	MetaRecipient = "carehub_recipient"
-	MetaBasis     = "carehub_basis"
-	MetaRule      = "carehub_rule"
-	MetaHeldID    = "carehub_held_id"
-	MetaReason    = "carehub_held_reason"
+	MetaKey         = "partition_key"
+	MetaSpecVersion = "ce_specversion"
+	MetaEventID     = "ce_id"
+	MetaEventType   = "ce_type"
+	MetaSource      = "ce_source"
+	MetaRecipient   = "carehub_recipient"
+	MetaBasis       = "carehub_basis"
+	MetaRule        = "carehub_rule"
+	MetaHeldID      = "carehub_held_id"
+	MetaReason      = "carehub_held_reason"
 )
 
 // Specs returns the topics a hub needs, with their settings. Events, audit
@@ -87,4 +93,14 @@ func Specs(partitions, replication int, recipients []string) []broker.TopicSpec 
 		specs = append(specs, broker.TopicSpec{Name: Outbox(r), Partitions: partitions, ReplicationFactor: replication, Configs: forever})
 	}
 	return specs
+}
+
+// AcceptedSpec returns the settings of the Accepted topic for a duplicate
+// window: one partition (every process reads all of it, and looks up its end
+// offset before each acceptance, one request per partition), compacted by
+// (source, id), and records deleted once older than the window.
+func AcceptedSpec(replication int, window time.Duration) broker.TopicSpec {
+	return broker.TopicSpec{Name: Accepted, Partitions: 1, ReplicationFactor: replication, Configs: map[string]string{
+		"cleanup.policy": "compact,delete", "retention.ms": strconv.FormatInt(window.Milliseconds(), 10),
+	}}
 }

@@ -1,0 +1,143 @@
+package ingest
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/carehub/carehub/hub/broker"
+	"github.com/carehub/carehub/hub/dedup"
+	"github.com/carehub/carehub/hub/topic"
+	"github.com/carehub/carehub/schemas/problem"
+	"go.uber.org/zap/zaptest"
+)
+
+// memory opens a dedup store on a fresh embedded broker.
+func memory(t *testing.T) *dedup.Store {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	emb, err := broker.StartEmbedded(ctx, broker.EmbeddedConfig{DataDir: t.TempDir(), Addr: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { emb.Close() })
+	if err := broker.EnsureTopics(ctx, emb.Addrs(), []broker.TopicSpec{topic.AcceptedSpec(1, time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	s, err := dedup.Open(emb.Addrs(), topic.Accepted, time.Hour, zaptest.NewLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	if err := s.WaitLoaded(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// edit returns raw with its JSON changed by f.
+func edit(t *testing.T, raw []byte, f func(m map[string]any)) []byte {
+	t.Helper()
+	var m map[string]any
+	if err := json.Unmarshal(raw, &m); err != nil {
+		t.Fatal(err)
+	}
+	f(m)
+	b, err := json.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// TestRetryPublishesOnce: a publisher that retries after a timeout gets its
+// positive answer again and nothing is published twice; the same id with
+// other content is a conflict; the same id from another source is another
+// event.
+func TestRetryPublishesOnce(t *testing.T) {
+	p := &pub{}
+	in, raw := setup(t, p)
+	in.WithMemory(memory(t), zaptest.NewLogger(t))
+	ctx := context.Background()
+
+	first, err := in.Accept(ctx, "RX1", raw)
+	if err != nil || first.Duplicate {
+		t.Fatalf("Accept (first): got %+v, %v", first, err)
+	}
+	// The retry: the same event, written differently (whitespace, member
+	// order): the canonical event is the same.
+	retry := edit(t, raw, func(map[string]any) {})
+	again, err := in.Accept(ctx, "RX1", retry)
+	if err != nil || !again.Duplicate || again.ID != first.ID {
+		t.Fatalf("Accept (retry): got %+v, %v; want the same id, duplicate", again, err)
+	}
+	if len(p.sent) != 1 {
+		t.Fatalf("published %d messages for one event sent twice, want 1", len(p.sent))
+	}
+	changed := edit(t, raw, func(m map[string]any) { m["time"] = "2025-03-18T15:05:00Z" })
+	_, err = in.Accept(ctx, "RX1", changed)
+	if problem.KindOf(err) != problem.Conflict || problem.DetailsOf(err).Status != 409 {
+		t.Fatalf("Accept (same id, other content): got %v, want a 409 conflict", err)
+	}
+	var pe *problem.Error
+	if !errors.As(err, &pe) || len(pe.Violations) != 1 || pe.Violations[0].Pointer != "/id" || pe.Violations[0].Rule != RuleIDReused {
+		t.Errorf("conflict violations: got %+v, want one at /id, rule %s", err, RuleIDReused)
+	}
+	if strings.Contains(err.Error(), "9990500002") {
+		t.Errorf("the conflict names the NHS number: %v", err)
+	}
+	if len(p.sent) != 1 {
+		t.Fatalf("published %d messages after a conflict, want 1", len(p.sent))
+	}
+}
+
+// TestFailedPublishIsNotRemembered: an event the broker did not take was
+// not accepted: its retry is published.
+func TestFailedPublishIsNotRemembered(t *testing.T) {
+	p := &pub{err: errors.New("down")}
+	in, raw := setup(t, p)
+	in.WithMemory(memory(t), zaptest.NewLogger(t))
+	if _, err := in.Accept(context.Background(), "RX1", raw); problem.KindOf(err) != problem.Unavailable {
+		t.Fatalf("Accept with the broker down: got %v, want unavailable", err)
+	}
+	p.err = nil
+	acc, err := in.Accept(context.Background(), "RX1", raw)
+	if err != nil || acc.Duplicate || len(p.sent) != 1 {
+		t.Fatalf("the retry once the broker is back: got %+v, %v and %d published; want one new event published", acc, err, len(p.sent))
+	}
+}
+
+func TestBatchRetriesAndRepeats(t *testing.T) {
+	p := &pub{}
+	in, raw := setup(t, p)
+	in.WithMemory(memory(t), zaptest.NewLogger(t))
+	ctx := context.Background()
+	if _, err := in.Accept(ctx, "RX1", raw); err != nil {
+		t.Fatal(err)
+	}
+	other := edit(t, raw, func(m map[string]any) { m["id"] = "batch-2" })
+	otherChanged := edit(t, other, func(m map[string]any) { m["time"] = "2025-03-18T15:05:00Z" })
+	res := in.AcceptBatch(ctx, "RX1", []json.RawMessage{raw, other, other, otherChanged})
+	type got struct {
+		dup  bool
+		kind problem.Kind
+	}
+	want := []got{
+		{true, problem.Other},     // accepted before
+		{false, problem.Other},    // new
+		{true, problem.Other},     // listed twice: once published
+		{false, problem.Conflict}, // listed again with other content
+	}
+	for i, r := range res {
+		if g := (got{r.Duplicate, problem.KindOf(r.Err)}); g != want[i] {
+			t.Errorf("result %d:\n\tgot  %+v (%v)\n\twant %+v", i, g, r.Err, want[i])
+		}
+	}
+	if len(p.sent) != 2 {
+		t.Errorf("published %d messages, want 2 (the first Accept and batch-2 once)", len(p.sent))
+	}
+}
