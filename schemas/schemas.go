@@ -12,10 +12,13 @@
 //	discharge-cancelled.v1.json  data of org.carehub.discharge-cancelled.v1
 //	patient-updated.v1.json      data of org.carehub.patient-updated.v1
 //	patient-merged.v1.json       data of org.carehub.patient-merged.v1
+//	notification.v1.json         data of a notification-only copy (any type; carehubform notification)
+//	withheld-notice.v1.json      data of org.carehub.withheld-notice.v1 (issued by the hub)
+//	registration-ended.v1.json   data of org.carehub.registration-ended.v1 (issued by the hub)
 //	patient.v1.json              the patient (shared)
 //	common.v1.json               $defs: nhsNumber, odsCode, period, organisation,
 //	                             location, encounter, attachment, documentReference,
-//	                             sensitivity, ...
+//	                             sensitivity, fullRecord, ...
 //
 // Each file's $id is URL(name), e.g. https://carehub.dev/schemas/patient.v1.json,
 // and files reference one another by relative URI ("patient.v1.json",

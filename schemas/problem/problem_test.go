@@ -40,6 +40,8 @@ var kindTable = []struct {
 	{problem.Internal, "internal", 500, "AR", "exception"},
 	{problem.Malformed, "malformed", 400, "AE", "structure"},
 	{problem.MediaType, "media-type", 415, "AR", "not-supported"},
+	{problem.Precondition, "precondition-failed", 412, "AR", "conflict"},
+	{problem.PreconditionRequired, "precondition-required", 428, "AR", "conflict"},
 }
 
 // Kind is a local alias so the table reads compactly.
