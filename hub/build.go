@@ -8,6 +8,7 @@ import (
 	"github.com/carehub/carehub/consent"
 	"github.com/carehub/carehub/hub/auth"
 	"github.com/carehub/carehub/hub/config"
+	"github.com/carehub/carehub/hub/deliver"
 	"github.com/carehub/carehub/hub/patientlist"
 	"github.com/carehub/carehub/hub/route"
 	"github.com/carehub/carehub/schemas/event"
@@ -23,6 +24,8 @@ import (
 type parts struct {
 	keys       *auth.Keys
 	pseudo     *nhs.Pseudonymiser
+	sealer     *route.Sealer
+	gate       *deliver.Gate // every sink's consent re-check; given the router once it runs
 	validator  *event.Validator
 	policy     consent.Policy
 	subs       *route.Subscriptions
@@ -49,6 +52,12 @@ func build(cfg *config.Config, log *zap.Logger) (*parts, error) {
 	if p.pseudo, err = pseudonymiser(cfg); err != nil {
 		fail("pseudonymKey", err)
 	}
+	if k, err := cfg.Pseudonym.Reveal(); err == nil {
+		if p.sealer, err = route.NewSealer([]byte(k)); err != nil {
+			fail("pseudonymKey", err)
+		}
+	}
+	p.gate = &deliver.Gate{}
 	if p.validator, err = event.NewValidator(); err != nil {
 		fail("compiling the event schemas", err)
 	}
@@ -69,7 +78,7 @@ func build(cfg *config.Config, log *zap.Logger) (*parts, error) {
 		p.sources = append(p.sources, s)
 	}
 	for i, r := range cfg.Recipients {
-		s, err := r.Sink.New(connector.SinkEnv{Recipient: r.ODS, Retry: cfg.Delivery,
+		s, err := r.Sink.New(connector.SinkEnv{Recipient: r.ODS, Retry: cfg.Delivery, Consent: p.gate,
 			Log: log.Named("deliver").With(zap.String("recipient", r.ODS))})
 		if err != nil {
 			fail(fmt.Sprintf("recipients[%d].%s", i, r.Sink.Type), err)
@@ -108,6 +117,13 @@ func apiKeys(cfg *config.Config) (*auth.Keys, error) {
 			return nil, fmt.Errorf("admin: %w", err)
 		}
 		m[k] = auth.Admin
+	}
+	for _, o := range cfg.Admin.Operators {
+		k, err := o.APIKey.Reveal()
+		if err != nil {
+			return nil, fmt.Errorf("admin operator %s: %w", o.ID, err)
+		}
+		m[k] = auth.OperatorPrincipal(o.ID)
 	}
 	return auth.New(m)
 }

@@ -104,7 +104,7 @@ func TestRunStartsReadyAndDrainsInOrder(t *testing.T) {
 	}
 	want := []string{
 		"start build", "start broker", "start topics", "start publisher", "start consent", "start router", "start http", "start sources",
-		"stop sources", "stop http", "stop router", "stop consent", "stop publisher", "stop broker",
+		"start retention", "stop retention", "stop sources", "stop http", "stop router", "stop patient index", "stop consent", "stop publisher", "stop broker",
 	}
 	if got := st.list(); !slices.Equal(got, want) {
 		t.Errorf("steps:\n\tgot  %v\n\twant %v", got, want)
@@ -178,7 +178,7 @@ func TestAPartThatFailsToStartUndoesTheOthers(t *testing.T) {
 		t.Fatalf("Run with http.addr taken: got %v, want an error naming the http step", err)
 	}
 	want := []string{"start build", "start broker", "start topics", "start publisher", "start consent", "start router", "start http",
-		"stop router", "stop consent", "stop publisher", "stop broker"}
+		"stop router", "stop patient index", "stop consent", "stop publisher", "stop broker"}
 	if got := st.list(); !slices.Equal(got, want) {
 		t.Errorf("steps:\n\tgot  %v\n\twant %v", got, want)
 	}

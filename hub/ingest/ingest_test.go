@@ -7,8 +7,10 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/carehub/carehub/hub/audit"
 	"github.com/carehub/carehub/hub/topic"
 	"github.com/carehub/carehub/schemas/event"
 	"github.com/carehub/carehub/schemas/nhs"
@@ -16,20 +18,28 @@ import (
 )
 
 type pub struct {
-	sent []*message.Message
-	err  error
+	sent  []*message.Message
+	audit []*message.Message
+	err   error
 }
 
 func (p *pub) Publish(t string, msgs ...*message.Message) error {
-	if t != topic.Events {
-		return errors.New("wrong topic " + t)
-	}
 	if p.err != nil {
 		return p.err
 	}
-	p.sent = append(p.sent, msgs...)
+	switch t {
+	case topic.Events:
+		p.sent = append(p.sent, msgs...)
+	case topic.Audit:
+		p.audit = append(p.audit, msgs...)
+	default:
+		return errors.New("wrong topic " + t)
+	}
 	return nil
 }
+
+// now is the clock of the tests: three days after the example events.
+var now = time.Date(2025, 3, 21, 12, 0, 0, 0, time.UTC)
 func (p *pub) Close() error { return nil }
 
 func setup(t *testing.T, p *pub) (*Ingest, []byte) {
@@ -42,7 +52,7 @@ func setup(t *testing.T, p *pub) (*Ingest, []byte) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	in, err := New(v, ps, p)
+	in, err := New(v, ps, p, Options{MaxFutureSkew: 5 * time.Minute, FlagOlderThan: 7 * 24 * time.Hour, Now: func() time.Time { return now }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -133,6 +143,55 @@ func TestAcceptBatchPublishesTheValidOnesTogether(t *testing.T) {
 	for i, r := range in2.AcceptBatch(context.Background(), "RX1", []json.RawMessage{raw, json.RawMessage(second)}) {
 		if problem.KindOf(r.Err) != problem.Unavailable {
 			t.Errorf("result %d with the broker down: got %v, want unavailable", i, r.Err)
+		}
+	}
+}
+
+// TestEventTimeBounds pins finding 7 of issue 11: events dated 1970 and
+// 2099 were accepted, and the event time chooses which directive periods
+// apply. Too far in the future is refused with the rule; long past is
+// accepted and flagged in the audit.
+func TestEventTimeBounds(t *testing.T) {
+	for _, tt := range []struct {
+		time    string
+		refused bool
+		flagged bool
+	}{
+		{"2099-01-01T00:00:00Z", true, false},
+		{"2025-03-21T12:04:59Z", false, false}, // within the skew
+		{"2025-03-21T12:05:01Z", true, false},
+		{"2025-03-18T14:05:00Z", false, false}, // three days old
+		{"1970-01-01T00:00:00Z", false, true},
+		{"2025-03-14T11:59:59Z", false, true}, // just over seven days
+	} {
+		p := &pub{}
+		in, raw := setup(t, p)
+		var m map[string]any
+		_ = json.Unmarshal(raw, &m)
+		m["time"] = tt.time
+		raw, _ = json.Marshal(m)
+		_, err := in.Accept(context.Background(), "RX1", raw)
+		if tt.refused {
+			var pe *problem.Error
+			if !errors.As(err, &pe) || pe.Kind != problem.Invalid || len(pe.Violations) != 1 || pe.Violations[0].Rule != RuleEventTimeFuture || pe.Violations[0].Pointer != "/time" {
+				t.Errorf("%s: got %v, want Invalid at /time by %s", tt.time, err, RuleEventTimeFuture)
+			}
+			if len(p.sent)+len(p.audit) != 0 {
+				t.Errorf("%s: published a refused event", tt.time)
+			}
+			continue
+		}
+		if err != nil || len(p.sent) != 1 {
+			t.Fatalf("%s: got %v, %d published", tt.time, err, len(p.sent))
+		}
+		if (len(p.audit) == 1) != tt.flagged {
+			t.Errorf("%s: %d audit records, want flagged %v", tt.time, len(p.audit), tt.flagged)
+		}
+		for _, a := range p.audit {
+			r, _ := audit.Unmarshal(a.Payload)
+			if r.Kind != audit.KindReceived || len(r.Flags) != 1 || r.Flags[0] != audit.FlagEventTimeOld || r.Patient != p.sent[0].Metadata.Get(topic.MetaKey) {
+				t.Errorf("%s: audit record %+v", tt.time, r)
+			}
 		}
 	}
 }

@@ -3,10 +3,21 @@
 package topic
 
 import (
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/carehub/carehub/hub/broker"
 )
+
+// RetentionConfigs are the topic configs that keep records for d (for
+// ever when d is 0).
+func RetentionConfigs(d time.Duration) map[string]string {
+	if d <= 0 {
+		return map[string]string{"retention.ms": "-1"}
+	}
+	return map[string]string{"retention.ms": strconv.FormatInt(d.Milliseconds(), 10)}
+}
 
 // The topics.
 const (
@@ -15,6 +26,7 @@ const (
 	DLQ           = "carehub.dlq"
 	Consent       = "carehub.consent"
 	Subscriptions = "carehub.subscriptions"
+	Patients      = "carehub.patients"
 	outboxPrefix  = "carehub.outbox."
 )
 
@@ -40,24 +52,40 @@ const (
 	MetaRecipient = "carehub_recipient"
 	MetaBasis     = "carehub_basis"
 	MetaRule      = "carehub_rule"
+	// MetaForm is the form of an outbox copy (full, notification, notice).
+	MetaForm = "carehub_form"
+	// MetaDecision is the sealed routing decision of an outbox copy
+	// (route.Sealer): opaque, and readable only with the hub's key.
+	MetaDecision = "carehub_decision"
+	// MetaAbout is, on a notice, the id of the event it is about.
+	MetaAbout = "carehub_about"
 )
 
-// Specs returns the topics a hub needs, with their settings. Events, audit
-// and the dead-letter topic are systems of record (retention.ms=-1); consent
-// and subscriptions are compacted, in one partition each: every hub process
-// reads all of them anyway, and the router looks up the consent topic's end
-// offset before each decision (consentstore), one request per partition.
-// Outboxes keep everything until a
-// retention job deletes what every deliverer has committed (not yet built):
-// retention.ms=-1 so that a recipient that is down for weeks loses nothing.
-func Specs(partitions, replication int, recipients []string) []broker.TopicSpec {
+// Retention is how long the topics kept by time keep their records.
+type Retention struct {
+	Events time.Duration // carehub.events
+	Audit  time.Duration // carehub.audit
+}
+
+// Specs returns the topics a hub needs, with their settings. Events and
+// audit are kept for the configured retention (retention.ms; years by
+// default). Outboxes and the dead-letter topic are never cut by time
+// (retention.ms=-1: a recipient that is down for weeks loses nothing);
+// package retention deletes from them what is delivered or resolved, once
+// a window has passed. Consent, the patient index and subscriptions are
+// compacted, in one partition each: every hub process reads all of them
+// anyway, and the router looks up the consent topic's and the patient
+// index's end offsets before each decision (ktable), one request per
+// partition.
+func Specs(partitions, replication int, recipients []string, r Retention) []broker.TopicSpec {
 	forever := map[string]string{"retention.ms": "-1"}
 	compact := map[string]string{"cleanup.policy": "compact", "retention.ms": "-1"}
 	specs := []broker.TopicSpec{
-		{Name: Events, Partitions: partitions, ReplicationFactor: replication, Configs: forever},
-		{Name: Audit, Partitions: partitions, ReplicationFactor: replication, Configs: forever},
+		{Name: Events, Partitions: partitions, ReplicationFactor: replication, Configs: RetentionConfigs(r.Events)},
+		{Name: Audit, Partitions: partitions, ReplicationFactor: replication, Configs: RetentionConfigs(r.Audit)},
 		{Name: DLQ, Partitions: partitions, ReplicationFactor: replication, Configs: forever},
 		{Name: Consent, Partitions: 1, ReplicationFactor: replication, Configs: compact},
+		{Name: Patients, Partitions: 1, ReplicationFactor: replication, Configs: compact},
 		{Name: Subscriptions, Partitions: 1, ReplicationFactor: replication, Configs: compact},
 	}
 	for _, r := range recipients {
