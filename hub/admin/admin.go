@@ -512,4 +512,3 @@ func (a *API) resolveDeadLetter(w http.ResponseWriter, r *http.Request) {
 		zap.String("event_id", l.EventID), zap.String("operator", operator(r)))
 	w.WriteHeader(http.StatusNoContent)
 }
-

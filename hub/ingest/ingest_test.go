@@ -40,6 +40,7 @@ func (p *pub) Publish(t string, msgs ...*message.Message) error {
 
 // now is the clock of the tests: three days after the example events.
 var now = time.Date(2025, 3, 21, 12, 0, 0, 0, time.UTC)
+
 func (p *pub) Close() error { return nil }
 
 func setup(t *testing.T, p *pub) (*Ingest, []byte) {

@@ -105,7 +105,7 @@ type Event struct {
 	Type            string // one of Types()
 	Subject         string // optional; may identify the encounter: never log it
 	Time            time.Time
-	DataContentType string          // "application/json", or "" if the sender omitted it
+	DataContentType string // "application/json", or "" if the sender omitted it
 	// DataSchema is the dataschema attribute of a form the hub made
 	// (Notification, the notices); "" for an event as published.
 	DataSchema string
@@ -115,17 +115,17 @@ type Event struct {
 	Extensions map[string]json.RawMessage
 
 	// Facts from the data.
-	Publisher            string     // ODS code of the publisher, from Source
-	Patient              Patient    // data.patient
-	MergedNHSNumber      nhs.Number // data.mergedPatient.nhsNumber (patient-merged only)
-	EncounterID          string     // data.encounter.id, if any
+	Publisher       string     // ODS code of the publisher, from Source
+	Patient         Patient    // data.patient
+	MergedNHSNumber nhs.Number // data.mergedPatient.nhsNumber (patient-merged only)
+	EncounterID     string     // data.encounter.id, if any
 	// Ref names the reference the event is about, by its type's rule
 	// (TypeRule.Ref): "encounter:" + the encounter id, "careplan:" + the
 	// care plan id, or "" for an event about the patient only.
-	Ref string
-	DischargeDestination string     // data.discharge.destination.ods, if any
-	Labels               []string   // data.sensitivity: sensitivity categories
-	HasDocument          bool       // a clinical document is attached, inline or by reference
+	Ref                  string
+	DischargeDestination string   // data.discharge.destination.ods, if any
+	Labels               []string // data.sensitivity: sensitivity categories
+	HasDocument          bool     // a clinical document is attached, inline or by reference
 }
 
 // Patient is what an event says about its patient that routing needs.
