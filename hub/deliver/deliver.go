@@ -176,7 +176,13 @@ func (d *Deliverer) Handle(msg *message.Message) error {
 			return d.publishAudit(rec)
 		}
 		if rule, ok := connector.IsWithheld(err); ok {
-			return d.withheld(rec, rule, "")
+			// The sink's re-check withheld it between attempts: name the
+			// directive and versions that decided, as they stand now.
+			directive := ""
+			if again, versions, err := d.gate.recheck(ctx, dl); err == nil && !again.Permit && again.Rule == rule {
+				directive, rec.DirectiveVersions = again.Directive, versions
+			}
+			return d.withheld(rec, rule, directive)
 		}
 		if errors.Is(err, connector.ErrConsentChanged) && reshapes < maxReshapes {
 			continue
