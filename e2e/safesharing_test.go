@@ -560,6 +560,34 @@ func TestIssue11RetentionRemovesWhatIsNoLongerNeeded(t *testing.T) {
 		first, end := s.offsets("carehub.dlq")
 		return end > 0 && first == end
 	})
+	// Events and audit are kept by time: years by default.
+	eightYears := strconv.FormatInt((8 * 365 * 24 * time.Hour).Milliseconds(), 10)
+	for _, name := range []string{"carehub.events", "carehub.audit"} {
+		if got := s.topicConfig(name, "retention.ms"); got != eightYears {
+			t.Errorf("%s retention.ms = %q, want %s (8 years)", name, got, eightYears)
+		}
+	}
+}
+
+// topicConfig reads one config of a topic.
+func (s *safeHub) topicConfig(topic, name string) string {
+	s.t.Helper()
+	c := &kafka.Client{Addr: kafka.TCP(s.Kafka), Timeout: 10 * time.Second}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	res, err := c.DescribeConfigs(ctx, &kafka.DescribeConfigsRequest{Resources: []kafka.DescribeConfigRequestResource{
+		{ResourceType: kafka.ResourceTypeTopic, ResourceName: topic, ConfigNames: []string{name}}}})
+	if err != nil {
+		s.t.Fatalf("describing %s: %v", topic, err)
+	}
+	for _, r := range res.Resources {
+		for _, e := range r.ConfigEntries {
+			if e.ConfigName == name {
+				return e.ConfigValue
+			}
+		}
+	}
+	return ""
 }
 
 // TestIssue11EventTimeIsBounded pins finding 7: the publisher's time

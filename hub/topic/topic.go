@@ -10,6 +10,10 @@ import (
 	"github.com/carehub/carehub/hub/broker"
 )
 
+// SweptSegmentBytes is the segment size of the topics the retention sweep
+// deletes from (outboxes, dead letters).
+const SweptSegmentBytes = 16 << 20
+
 // RetentionConfigs are the topic configs that keep records for d (for
 // ever when d is 0).
 func RetentionConfigs(d time.Duration) map[string]string {
@@ -78,7 +82,10 @@ type Retention struct {
 // index's end offsets before each decision (ktable), one request per
 // partition.
 func Specs(partitions, replication int, recipients []string, r Retention) []broker.TopicSpec {
-	forever := map[string]string{"retention.ms": "-1"}
+	// Swept topics roll segments small and often: Kafka removes a
+	// segment's file only once every record in it is deleted, so the
+	// bytes of a deleted copy stay on disk until its segment rolls.
+	forever := map[string]string{"retention.ms": "-1", "segment.bytes": strconv.Itoa(SweptSegmentBytes), "segment.ms": "3600000"}
 	compact := map[string]string{"cleanup.policy": "compact", "retention.ms": "-1"}
 	specs := []broker.TopicSpec{
 		{Name: Events, Partitions: partitions, ReplicationFactor: replication, Configs: RetentionConfigs(r.Events)},
