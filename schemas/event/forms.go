@@ -244,7 +244,7 @@ const WithheldNoticeText = "A discharge to your organisation was withheld by the
 // id is derived from the event's id and the recipient, so a re-routed event
 // gives the same notice.
 func WithheldNotice(about *Event, recipient, contact string, issued time.Time) (Notice, error) {
-	id := derivedID(about.ID, "withheld-notice", recipient)
+	id := derivedID(about.Source, about.ID, "withheld-notice", recipient)
 	data, _ := json.Marshal(map[string]any{
 		"withheld": map[string]any{"type": about.Type, "eventId": about.ID},
 		"contact":  FullRecord{ODS: about.Publisher, EventID: about.ID, Contact: contact},
@@ -263,7 +263,7 @@ func WithheldNotice(about *Event, recipient, contact string, issued time.Time) (
 // happened. It carries nothing of the event itself (not the new practice,
 // nothing clinical).
 func RegistrationEnded(about *Event, previous string) (Notice, error) {
-	id := derivedID(about.ID, "registration-ended", previous)
+	id := derivedID(about.Source, about.ID, "registration-ended", previous)
 	data, err := pick(about.Data, ThinCommon)
 	if err != nil {
 		return Notice{}, err
