@@ -241,7 +241,7 @@ const WithheldNoticeText = "A discharge to your organisation was withheld by the
 // withheld event's type and id (so the publisher can find the patient when
 // the recipient calls), the publisher and its contact, and the text above;
 // its time is when the hub issued it, not when the discharge happened. Its
-// id is derived from the event's id and the recipient, so a re-routed event
+// id is derived from the event's source and id and the recipient, so a re-routed event
 // gives the same notice.
 func WithheldNotice(about *Event, recipient, contact string, issued time.Time) (Notice, error) {
 	id := derivedID(about.Source, about.ID, "withheld-notice", recipient)
