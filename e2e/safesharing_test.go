@@ -44,12 +44,16 @@ func startSafeHub(t *testing.T, extra string, listed ...string) *safeHub {
 	}
 	h := &hub{t: t, dataDir: filepath.Join(dir, "data"), HTTP: freePort(t), Kafka: freePort(t), logs: &safeBuffer{}}
 	all := "[admission, transfer, discharge, careplan, admission-cancelled, discharge-cancelled, patient-updated, patient-merged]"
+	admin := "admin: {apiKey: {value: demo-admin-key}}"
+	if strings.HasPrefix(extra, "admin:") {
+		admin = ""
+	}
 	cfg := fmt.Sprintf(`
 http: {addr: %q, maxBodyBytes: 65536}
 dataDir: %q
 kafka: {embeddedAddr: %q, partitions: 3}
 pseudonymKey: {value: e2e-pseudonym-key-0123456789}
-admin: {apiKey: {value: demo-admin-key}}
+%s
 sources:
   - {ods: RX1, apiKey: {value: demo-rx1-key}}
   - {ods: VM123, apiKey: {value: demo-vm123-key}}
@@ -74,7 +78,7 @@ recipients:
     webhook: {url: %q, secret: {value: demo-community-secret}, timeout: 2s}
     subscriptions: [{id: cn001-caseload, basis: patient-list, patientList: %q, types: %s}]
 delivery: {minBackoff: 20ms, maxBackoff: 200ms}
-%s`, h.HTTP, h.dataDir, h.Kafka, s.mllp, s.gp.URL, all, s.gp2.URL, all, s.home.URL, s.team.URL, list, all, extra)
+%s`, h.HTTP, h.dataDir, h.Kafka, admin, s.mllp, s.gp.URL, all, s.gp2.URL, all, s.home.URL, s.team.URL, list, all, extra)
 	h.cfgPath = filepath.Join(dir, "carehub.yaml")
 	if err := os.WriteFile(h.cfgPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
@@ -114,6 +118,10 @@ func (s *safeHub) call(method, path, contentType string, body []byte, headers ma
 	s.t.Helper()
 	req, _ := http.NewRequest(method, "http://"+s.HTTP+path, bytes.NewReader(body))
 	req.Header.Set("Authorization", "Bearer demo-admin-key")
+	if k := headers["Authorization"]; k != "" {
+		req.Header.Set("Authorization", k)
+		delete(headers, "Authorization")
+	}
 	if contentType != "" {
 		req.Header.Set("Content-Type", contentType)
 	}
@@ -515,6 +523,44 @@ func TestIssue11EveryLookAndChangeIsAudited(t *testing.T) {
 	}
 	if delivery["form"] != "full" {
 		t.Errorf("the delivery record does not say which form was delivered: %v", delivery)
+	}
+}
+
+// TestIssue11OperatorsAreNamedInTheAudit: with a key per operator, the
+// audit names who read and who changed a patient's directives.
+func TestIssue11OperatorsAreNamedInTheAudit(t *testing.T) {
+	nhs := nhsNumber(110651)
+	s := startSafeHub(t, `admin:
+  apiKey: {value: demo-admin-key}
+  operators:
+    - {id: ig-lead, apiKey: {value: ig-lead-key-0001}}
+    - {id: caldicott.guardian, apiKey: {value: caldicott-key-0002}}
+`)
+	as := func(key string) map[string]string { return map[string]string{"Authorization": "Bearer " + key} }
+	b, _ := json.Marshal(map[string]any{"directives": []any{map[string]any{"id": "no-home", "kind": "deny-organisation", "organisation": "VM123",
+		"recorded": time.Now().UTC().Format(time.RFC3339Nano), "recordedBy": "ig-lead"}}})
+	if status, body, _ := s.call("PUT", "/v1/patients/"+nhs+"/consent", "application/json", b, as("ig-lead-key-0001")); status != 200 {
+		t.Fatalf("PUT as ig-lead: %d %s", status, body)
+	}
+	if status, body, _ := s.call("GET", "/v1/patients/"+nhs+"/consent", "", nil, as("caldicott-key-0002")); status != 200 {
+		t.Fatalf("GET as the Caldicott Guardian: %d %s", status, body)
+	}
+	if status, _, _ := s.call("GET", "/v1/patients/"+nhs+"/consent", "", nil, as("demo-rx1-key")); status != 403 {
+		t.Errorf("a source's key on the admin API: %d, want 403", status)
+	}
+	var changed, read string
+	for _, r := range s.auditRecords() {
+		switch r["kind"] {
+		case "consent-change":
+			changed = fmt.Sprint(r["actor"])
+		case "access":
+			if r["action"] == "consent-read" {
+				read = fmt.Sprint(r["actor"])
+			}
+		}
+	}
+	if changed != "ig-lead" || read != "caldicott.guardian" {
+		t.Errorf("the audit names %q for the change and %q for the read, want ig-lead and caldicott.guardian", changed, read)
 	}
 }
 
