@@ -123,6 +123,27 @@
 // not yet been routed. Recorded is used only to supersede, never as a start.
 // A request without an event time is an error.
 //
+// # Follow-ups, merges and the re-check at delivery
+//
+// Three compositions of a Decider answer what one decision cannot:
+//
+//   - FollowUp decides an event that follows earlier events on the same
+//     encounter or care plan (Relation: continues, updates, corrects) given
+//     what those did for the recipient (Original): the earlier events'
+//     sensitivity categories apply to the follow-up; a correction goes to
+//     nobody that did not receive what it corrects
+//     (follow-up:original-not-received); an update to nobody that was
+//     withheld the earlier events and received none of them
+//     (follow-up:original-withheld).
+//   - Merged decides for a patient whose record absorbed others: each
+//     number's directives decide apart, and a deny from any wins.
+//   - Recheck is the decision at the moment of delivery: the request
+//     decided again with the directives then; a copy now denied is not
+//     delivered, and one routed as a notification stays one.
+//
+// Each is a pure function of its inputs, checked against the oracle in
+// followup_property_test.go.
+//
 // # FHIR
 //
 // ToFHIR and ConsentFromFHIR map one patient's directives to one FHIR R4

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/carehub/carehub/connectors/webhook"
+	"github.com/carehub/carehub/schemas/event"
 )
 
 // chaosTimeout is the hubs' webhook timeout in the chaos suite; a
@@ -531,6 +532,16 @@ func (c *chaos) report(gp, home *chaosReceiver) {
 			t.Errorf("%s: %d accepted and permitted events never arrived", r.ods, n)
 		}
 		c.mu.Lock()
+		r.rc.mu.Lock()
+		if len(r.rc.notices) > 0 {
+			t.Logf("chaos: %s: %d content-free withheld notices", r.ods, len(r.rc.notices))
+		}
+		for id := range r.rc.notices {
+			if e, ok := c.events[id]; !ok || e.outcome != "accepted" || r.ods != "VM123" || !e.patient.deniedB {
+				t.Errorf("%s: a withheld notice for %s, which is not an accepted event withheld from it", r.ods, id)
+			}
+		}
+		r.rc.mu.Unlock()
 		for id := range firsts {
 			e, ok := c.events[id]
 			switch {
@@ -575,18 +586,21 @@ func (c *chaos) report(gp, home *chaosReceiver) {
 // on purpose (503s and answers slower than the hub's timeout) and can be
 // taken down and brought back on the same address.
 type chaosReceiver struct {
-	t      *testing.T
-	key    []byte
-	URL    string
-	addr   string
-	fail   float64
-	rndMu  sync.Mutex
-	rnd    *rand.Rand
-	srvMu  sync.Mutex
-	srv    *http.Server
-	mu     sync.Mutex
-	got    []chaosDelivery
-	failed atomic.Int64
+	t     *testing.T
+	key   []byte
+	URL   string
+	addr  string
+	fail  float64
+	rndMu sync.Mutex
+	rnd   *rand.Rand
+	srvMu sync.Mutex
+	srv   *http.Server
+	mu    sync.Mutex
+	got   []chaosDelivery
+	// notices are the content-free withheld notices received, by the id
+	// of the event they say was withheld.
+	notices map[string]int
+	failed  atomic.Int64
 }
 
 type chaosDelivery struct {
@@ -658,10 +672,23 @@ func (r *chaosReceiver) serve(w http.ResponseWriter, req *http.Request) {
 		w.WriteHeader(http.StatusServiceUnavailable)
 		return
 	}
-	var ce struct{ ID string }
+	var ce struct {
+		ID, Type string
+		Data     struct{ Withheld struct{ EventID string } }
+	}
 	_ = json.Unmarshal(body, &ce)
 	r.mu.Lock()
-	r.got = append(r.got, chaosDelivery{id: ce.ID, webhookID: req.Header.Get(webhook.HeaderID), n: len(r.got)})
+	if ce.Type == event.TypeWithheldNotice {
+		if r.notices == nil {
+			r.notices = map[string]int{}
+		}
+		r.notices[ce.Data.Withheld.EventID]++
+		if bytes.Contains(body, []byte(`"nhsNumber"`)) || req.Header.Get("carehub-patient") != "" {
+			r.t.Errorf("chaos receiver: a withheld notice names the patient: %s", body)
+		}
+	} else {
+		r.got = append(r.got, chaosDelivery{id: ce.ID, webhookID: req.Header.Get(webhook.HeaderID), n: len(r.got)})
+	}
 	r.mu.Unlock()
 	w.WriteHeader(http.StatusNoContent)
 }

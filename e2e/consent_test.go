@@ -18,8 +18,19 @@ import (
 // admin calls the admin API.
 func (h *hub) admin(method, path, contentType string, body []byte, accept string) (int, []byte) {
 	h.t.Helper()
+	status, b, _ := h.adminAs("demo-admin-key", method, path, contentType, body, accept, nil)
+	return status, b
+}
+
+// adminAs calls the admin API with a key and extra headers, and returns
+// the answer's headers too.
+func (h *hub) adminAs(key, method, path, contentType string, body []byte, accept string, headers map[string]string) (int, []byte, http.Header) {
+	h.t.Helper()
 	req, _ := http.NewRequest(method, "http://"+h.HTTP+path, bytes.NewReader(body))
-	req.Header.Set("Authorization", "Bearer demo-admin-key")
+	req.Header.Set("Authorization", "Bearer "+key)
+	for k, v := range headers {
+		req.Header.Set(k, v)
+	}
 	if contentType != "" {
 		req.Header.Set("Content-Type", contentType)
 	}
@@ -32,10 +43,21 @@ func (h *hub) admin(method, path, contentType string, body []byte, accept string
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, b
+	return resp.StatusCode, b, resp.Header
 }
 
-// putConsent records simple-form directives for a patient.
+// etag reads the patient's directives and returns their ETag.
+func (h *hub) etag(nhs string) string {
+	h.t.Helper()
+	status, body, hdr := h.adminAs("demo-admin-key", "GET", "/v1/patients/"+nhs+"/consent", "", nil, "", nil)
+	if status != 200 || hdr.Get("ETag") == "" {
+		h.t.Fatalf("GET consent: %d %s, ETag %q", status, body, hdr.Get("ETag"))
+	}
+	return hdr.Get("ETag")
+}
+
+// putConsent records simple-form directives for a patient, replacing the
+// set it reads first (If-Match: the ETag read).
 func (h *hub) putConsent(nhs string, directives ...map[string]any) {
 	h.t.Helper()
 	for _, d := range directives {
@@ -47,7 +69,8 @@ func (h *hub) putConsent(nhs string, directives ...map[string]any) {
 		}
 	}
 	b, _ := json.Marshal(map[string]any{"directives": directives})
-	status, body := h.admin("PUT", "/v1/patients/"+nhs+"/consent", "application/json", b, "")
+	status, body, _ := h.adminAs("demo-admin-key", "PUT", "/v1/patients/"+nhs+"/consent", "application/json", b, "",
+		map[string]string{"If-Match": h.etag(nhs)})
 	if status != 200 {
 		h.t.Fatalf("PUT consent: got %d %s, want 200", status, body)
 	}
@@ -188,8 +211,8 @@ func TestNotificationOnlyDirectiveStripsTheSummary(t *testing.T) {
 	if summary(hm) != nil {
 		t.Errorf("the care home's notification-only copy carries the discharge summary")
 	}
-	if hm["carehubredacted"] != "documents" {
-		t.Errorf("the notification-only copy does not say documents were withheld: %v", hm["carehubredacted"])
+	if hm["carehubform"] != "notification" || hm["dataschema"] != "https://carehub.dev/schemas/notification.v1.json" {
+		t.Errorf("the notification-only copy does not name its form: %v %v", hm["carehubform"], hm["dataschema"])
 	}
 	dec := decisionsFor(h.auditFor(id))
 	if d := dec["VM123"]; d.Effect != "permit" || !slices.Contains(d.Obligations, "notification-only") {
@@ -251,17 +274,25 @@ func TestExplainDecidesWithoutPublishing(t *testing.T) {
 	}
 	var out struct {
 		Candidates []struct {
-			Recipient, Effect, Rule, Directive string
-			WouldDeliver                       bool
+			Recipient, Effect, Rule, Directive, Notice string
+			WouldDeliver                               bool
 		}
 	}
 	_ = json.Unmarshal(body, &out)
 	got := map[string]string{}
+	notices := map[string]string{}
 	for _, c := range out.Candidates {
+		if c.Notice != "" {
+			notices[c.Recipient] = c.Notice
+			continue
+		}
 		got[c.Recipient] = fmt.Sprintf("%s %v %s", c.Effect, c.WouldDeliver, c.Directive)
 	}
 	if want := map[string]string{"A81001": "permit true ", "VM123": "deny false no-home"}; fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("explain:\n\tgot  %v\n\twant %v", got, want)
+	}
+	if notices["VM123"] != "withheld-notice" {
+		t.Errorf("explain does not show the content-free notice to the care home: %v", notices)
 	}
 	if n := h.endOffsets("carehub.events"); n != 0 {
 		t.Errorf("explain published %d events", n)
@@ -299,7 +330,8 @@ func TestConsentAPIValidatesAndRoundTripsFHIR(t *testing.T) {
 	var bundleOrConsent map[string]any
 	_ = json.Unmarshal(fhir, &bundleOrConsent)
 	if bundleOrConsent["resourceType"] == "Consent" {
-		if status, body = h.admin("PUT", "/v1/patients/"+nhs+"/consent", "application/fhir+json", fhir, ""); status != 200 {
+		if status, body, _ = h.adminAs("demo-admin-key", "PUT", "/v1/patients/"+nhs+"/consent", "application/fhir+json", fhir, "",
+			map[string]string{"If-Match": h.etag(nhs)}); status != 200 {
 			t.Errorf("PUT back the FHIR we served: got %d %s", status, body)
 		}
 	}
@@ -308,7 +340,8 @@ func TestConsentAPIValidatesAndRoundTripsFHIR(t *testing.T) {
 		t.Errorf("GET simple: got %d %s", status, body)
 	}
 	// Withdraw.
-	if status, body = h.admin("DELETE", "/v1/patients/"+nhs+"/consent", "", nil, ""); status != 204 {
+	if status, body, _ = h.adminAs("demo-admin-key", "DELETE", "/v1/patients/"+nhs+"/consent", "", nil, "",
+		map[string]string{"If-Match": h.etag(nhs)}); status != 204 {
 		t.Errorf("DELETE: got %d %s", status, body)
 	}
 	status, body = h.admin("GET", "/v1/patients/"+nhs+"/consent", "", nil, "")
@@ -354,7 +387,10 @@ func TestConsentCLI(t *testing.T) {
 	if out, err := run("", "explain", "--file", evFile); err != nil || !strings.Contains(out, `"deny"`) {
 		t.Errorf("consent explain: %v\n%s", err, out)
 	}
-	if out, err := run("", "delete", "--nhs", nhs); err != nil || !strings.Contains(out, "done") {
+	if out, err := run("", "delete", "--nhs", nhs); err == nil || !strings.Contains(out, "428") {
+		t.Errorf("consent delete without --if-match: %v\n%s", err, out)
+	}
+	if out, err := run("", "delete", "--nhs", nhs, "--if-match", "1"); err != nil || !strings.Contains(out, "done") {
 		t.Errorf("consent delete: %v\n%s", err, out)
 	}
 	if out, err := run("", "get", "--nhs", "123"); err == nil {

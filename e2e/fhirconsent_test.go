@@ -106,12 +106,15 @@ func TestFHIRConsentsAsEPRsAndHL7WriteThem(t *testing.T) {
 			t.Errorf("directives read from the Consent:\n\tgot  %q\n\twant %q", got, wantDirectives[nhs])
 		}
 		// What GET answers is valid FHIR, and records the same directives.
-		status, fhir := h.admin("GET", "/v1/patients/"+nhs+"/consent", "", nil, "application/fhir+json")
-		if status != 200 {
-			t.Fatalf("GET as FHIR: %d %s", status, fhir)
+		// The GET's ETag goes back as If-Match: the patient has
+		// directives now, and a PUT must show it read them.
+		status, fhir, hdr := h.adminAs("demo-admin-key", "GET", "/v1/patients/"+nhs+"/consent", "", nil, "application/fhir+json", nil)
+		if status != 200 || hdr.Get("ETag") == "" {
+			t.Fatalf("GET as FHIR: %d %s, ETag %q", status, fhir, hdr.Get("ETag"))
 		}
 		validFHIR(t, "GET as FHIR", fhir)
-		if status, body := h.admin("PUT", "/v1/patients/"+nhs+"/consent", "application/fhir+json", fhir, ""); status != 200 {
+		if status, body, _ := h.adminAs("demo-admin-key", "PUT", "/v1/patients/"+nhs+"/consent", "application/fhir+json", fhir, "",
+			map[string]string{"If-Match": hdr.Get("ETag")}); status != 200 {
 			t.Errorf("PUT back what GET answered: got %d %s", status, body)
 		}
 		if got := simple(nhs); !slices.Equal(got, wantDirectives[nhs]) {

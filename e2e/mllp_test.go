@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"github.com/carehub/carehub/schemas/event"
 	"net"
 	"os"
 	"os/exec"
@@ -168,15 +169,27 @@ func TestMLLPCancelledAdmissionReachesGP(t *testing.T) {
 	if got := gp.ids(); !slices.Equal(got, []string{admID, canID}) {
 		t.Fatalf("GP deliveries %v, want %v", got, []string{admID, canID})
 	}
+	// A correction carries what a recipient needs to correct its record:
+	// the patient's identifiers, the encounter, the cancellation.
+	ce, err := event.Unmarshal(canEvent)
+	if err != nil {
+		t.Fatal(err)
+	}
+	correction, err := ce.Full()
+	if err != nil {
+		t.Fatal(err)
+	}
 	if d := gp.deliveries()[1]; d.Type != "org.carehub.admission-cancelled.v1" {
 		t.Errorf("GP: second delivery is %s", d.Type)
 	} else {
-		sameEvent(t, "cancellation", d.Body, canEvent)
+		sameEvent(t, "cancellation", d.Body, correction)
 	}
 	waitFor(t, "all events routed", 30*time.Second, func() bool { return h.routerCaughtUp() })
-	// The care home subscribes to admissions and discharges only.
-	if got := home.ids(); !slices.Equal(got, []string{admID}) {
-		t.Errorf("care home deliveries %v, want only the admission", got)
+	// The care home subscribes to admissions and discharges only, but it
+	// received the admission: its cancellation follows it (issue 11).
+	waitFor(t, "the care home receives the cancellation", 30*time.Second, func() bool { return len(home.deliveries()) >= 2 })
+	if got := home.ids(); !slices.Equal(got, []string{admID, canID}) {
+		t.Errorf("care home deliveries %v, want the admission and its cancellation", got)
 	}
 }
 

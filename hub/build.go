@@ -8,6 +8,7 @@ import (
 	"github.com/carehub/carehub/consent"
 	"github.com/carehub/carehub/hub/auth"
 	"github.com/carehub/carehub/hub/config"
+	"github.com/carehub/carehub/hub/deliver"
 	"github.com/carehub/carehub/hub/feedlog"
 	"github.com/carehub/carehub/hub/patientlist"
 	"github.com/carehub/carehub/hub/route"
@@ -25,6 +26,8 @@ import (
 type parts struct {
 	keys       *auth.Keys
 	pseudo     *nhs.Pseudonymiser
+	sealer     *route.Sealer
+	gate       *deliver.Gate // every sink's consent re-check; given the router once it runs
 	validator  *event.Validator
 	policy     consent.Policy
 	subs       *route.Subscriptions
@@ -34,11 +37,11 @@ type parts struct {
 	feeds      map[string]*feedlog.Log // pull recipients' feeds, by ODS code
 }
 
-// pullHooks are what the hub gives every pull sink beside its feed: they
-// reach parts that start later (the router, the publisher).
+// pullHooks are what the hub gives every pull sink beside its feed and the
+// consent re-check every sink has (parts.gate): they reach parts that start
+// later (the publisher).
 type pullHooks struct {
-	consent connector.ConsentCheck
-	audit   connector.ReadAudit
+	audit connector.ReadAudit
 }
 
 // recipient is one push recipient and its sink.
@@ -63,6 +66,12 @@ func build(cfg *config.Config, log *zap.Logger, pull pullHooks) (*parts, error) 
 	if p.pseudo, err = pseudonymiser(cfg); err != nil {
 		fail("pseudonymKey", err)
 	}
+	if k, err := cfg.Pseudonym.Reveal(); err == nil {
+		if p.sealer, err = route.NewSealer([]byte(k)); err != nil {
+			fail("pseudonymKey", err)
+		}
+	}
+	p.gate = &deliver.Gate{}
 	if p.validator, err = event.NewValidator(); err != nil {
 		fail("compiling the event schemas", err)
 	}
@@ -83,12 +92,12 @@ func build(cfg *config.Config, log *zap.Logger, pull pullHooks) (*parts, error) 
 		p.sources = append(p.sources, s)
 	}
 	for i, r := range cfg.Recipients {
-		env := connector.SinkEnv{Recipient: r.ODS, Retry: cfg.Delivery,
+		env := connector.SinkEnv{Recipient: r.ODS, Retry: cfg.Delivery, Consent: p.gate,
 			Log: log.Named("deliver").With(zap.String("recipient", r.ODS))}
 		if _, ok := r.Sink.Config.(connector.PullConfig); ok && p.readers != nil {
 			f := feedlog.New(r.ODS, topic.Feed(r.ODS), log.Named("feed"))
 			p.feeds[r.ODS] = f
-			env.Feed, env.Readers, env.Consent, env.Audit = f, p.readers, pull.consent, pull.audit
+			env.Feed, env.Readers, env.Audit = f, p.readers, pull.audit
 		}
 		s, err := r.Sink.New(env)
 		if err != nil {
@@ -128,6 +137,13 @@ func apiKeys(cfg *config.Config) (*auth.Keys, error) {
 			return nil, fmt.Errorf("admin: %w", err)
 		}
 		m[k] = auth.Admin
+	}
+	for _, o := range cfg.Admin.Operators {
+		k, err := o.APIKey.Reveal()
+		if err != nil {
+			return nil, fmt.Errorf("admin operator %s: %w", o.ID, err)
+		}
+		m[k] = auth.OperatorPrincipal(o.ID)
 	}
 	return auth.New(m)
 }

@@ -14,14 +14,16 @@
 //  2. the broker: the embedded one (with its data directory locked), or the
 //     cluster's addresses;
 //  3. the topics, created if missing;
-//  4. the publisher; the consent store, which loads every directive before
-//     anything is routed; and the memory of accepted events (package dedup),
-//     which loads every event accepted within the duplicate window before
-//     anything is accepted;
+//  4. the publisher; the consent store and the patient index, which load
+//     every directive and every patient's record before anything is routed;
+//     and the memory of accepted events (package dedup), which loads every
+//     event accepted within the duplicate window before anything is
+//     accepted;
 //  5. the router and one deliverer per recipient, under one watermill
 //     Router;
 //  6. the HTTP API (admin routes, then each source's routes), and each
-//     source's Run; then the hub is ready (/readyz answers 200).
+//     source's Run, and the retention sweeper; then the hub is ready
+//     (/readyz answers 200).
 //
 // # Stop
 //
@@ -59,6 +61,8 @@ import (
 	"github.com/carehub/carehub/hub/held"
 	"github.com/carehub/carehub/hub/ingest"
 	"github.com/carehub/carehub/hub/kafkawm"
+	"github.com/carehub/carehub/hub/patientindex"
+	"github.com/carehub/carehub/hub/retention"
 	"github.com/carehub/carehub/hub/route"
 	"github.com/carehub/carehub/hub/topic"
 	"github.com/carehub/carehub/internal/logging"
@@ -105,6 +109,7 @@ type hub struct {
 	pub      *kafkawm.Publisher
 	store    *consentstore.Store
 	accepted *dedup.Store
+	index    *patientindex.Index
 	router   *route.Router
 	wm       *message.Router
 	wmErr    chan error
@@ -160,6 +165,7 @@ func run(ctx context.Context, h *hub, opts Options) error {
 		{"router", h.startRouter},
 		{"http", h.startHTTP},
 		{"sources", h.startSources},
+		{"retention", h.startRetention},
 	} {
 		h.note("start " + step.name)
 		if err := step.fn(ctx); err != nil {
@@ -218,10 +224,7 @@ func (h *hub) stopAll() {
 
 // build makes every part that needs no broker.
 func (h *hub) build(context.Context) error {
-	p, err := build(h.cfg, h.log, pullHooks{
-		consent: connector.ConsentCheckFunc(h.recheck),
-		audit:   connector.ReadAuditFunc(h.auditRead),
-	})
+	p, err := build(h.cfg, h.log, pullHooks{audit: connector.ReadAuditFunc(h.auditRead)})
 	if err != nil {
 		return err
 	}
@@ -269,7 +272,8 @@ func (h *hub) createTopics(ctx context.Context) error {
 	for i, r := range h.cfg.Recipients {
 		recipients[i] = r.ODS
 	}
-	specs := topic.Specs(h.cfg.Kafka.Partitions, h.cfg.Kafka.ReplicationFactor, recipients)
+	ret := topic.Retention{Events: h.cfg.Retention.Events.D(), Audit: h.cfg.Retention.Audit.D()}
+	specs := topic.Specs(h.cfg.Kafka.Partitions, h.cfg.Kafka.ReplicationFactor, recipients, ret)
 	var pull []string
 	for ods := range h.parts.feeds {
 		pull = append(pull, ods)
@@ -278,6 +282,15 @@ func (h *hub) createTopics(ctx context.Context) error {
 	specs = append(specs, topic.AcceptedSpec(h.cfg.Kafka.ReplicationFactor, h.cfg.Ingest.DuplicateWindow))
 	if err := broker.EnsureTopics(ctx, h.brokers, specs); err != nil {
 		return fmt.Errorf("creating topics: %w", err)
+	}
+	// A retention changed since the topics were created applies too.
+	for _, t := range []struct {
+		name string
+		d    time.Duration
+	}{{topic.Events, ret.Events}, {topic.Audit, ret.Audit}} {
+		if err := broker.SetTopicConfigs(ctx, h.brokers, t.name, topic.RetentionConfigs(t.d)); err != nil {
+			return fmt.Errorf("setting the retention of %s: %w", t.name, err)
+		}
 	}
 	// From now on the hub is ready only while a broker answers.
 	probeCtx, stopProbe := context.WithCancel(context.WithoutCancel(ctx))
@@ -302,17 +315,26 @@ func (h *hub) startPublisher(context.Context) error {
 	return nil
 }
 
-// loadConsent opens the consent store and waits until every directive is
-// loaded: nothing is routed before.
+// loadConsent opens the consent store and the patient index and waits
+// until every directive and record is loaded: nothing is routed before.
 func (h *hub) loadConsent(ctx context.Context) error {
-	store, err := consentstore.Open(h.brokers, topic.Consent, h.log.Named("consent"))
+	store, err := consentstore.Open(h.brokers, topic.Consent, topic.Audit, h.log.Named("consent"))
 	if err != nil {
 		return fmt.Errorf("opening the consent store: %w", err)
 	}
 	h.store = store
 	h.onStop("consent", func() { _ = store.Close() })
+	index, err := patientindex.Open(h.brokers, topic.Patients, h.cfg.Retention.FollowUps.D(), h.log.Named("patients"))
+	if err != nil {
+		return fmt.Errorf("opening the patient index: %w", err)
+	}
+	h.index = index
+	h.onStop("patient index", func() { _ = index.Close() })
 	if err := store.WaitLoaded(ctx); err != nil {
 		return fmt.Errorf("loading consent directives: %w", err)
+	}
+	if err := index.WaitLoaded(ctx); err != nil {
+		return fmt.Errorf("loading the patient index: %w", err)
 	}
 	return nil
 }
@@ -338,11 +360,20 @@ func (h *hub) loadAccepted(ctx context.Context) error {
 // recipient on its outbox, under one watermill Router.
 func (h *hub) startRouter(ctx context.Context) error {
 	p := h.parts
-	rt, err := route.New(p.subs, &p.policy, h.store, h.pub, h.log.Named("router"))
+	contacts := map[string]string{}
+	for _, s := range h.cfg.Sources {
+		if s.Contact != "" {
+			contacts[s.ODS] = s.Contact
+		}
+	}
+	rt, err := route.New(route.Config{Subscriptions: p.subs, Decider: &p.policy, Directives: h.store, Index: h.index,
+		Publisher: h.pub, Pseudonym: p.pseudo.Pseudonym, Sealer: p.sealer, Contacts: contacts,
+		WithheldNotice: route.WithheldNotice(h.cfg.Consent.WithheldDischarge), Log: h.log.Named("router")})
 	if err != nil {
 		return fmt.Errorf("creating the router: %w", err)
 	}
 	h.router = rt
+	p.gate.Set(rt)
 	wlog := h.watermillLogger()
 	wm, err := message.NewRouter(message.RouterConfig{CloseTimeout: RouterCloseTimeout}, wlog)
 	if err != nil {
@@ -370,7 +401,7 @@ func (h *hub) startRouter(ctx context.Context) error {
 	deliveries, stopDeliveries := context.WithCancel(context.WithoutCancel(ctx))
 	h.stopping = stopDeliveries
 	for _, r := range p.recipients {
-		d, err := deliver.New(deliveries, r.ods, r.sink, h.pub, h.log.Named("deliver"))
+		d, err := deliver.New(deliveries, r.ods, r.sink, p.gate, h.pub, h.log.Named("deliver"))
 		if err != nil {
 			stopDeliveries()
 			return fmt.Errorf("recipient %s: %w", r.ods, err)
@@ -409,7 +440,8 @@ func (h *hub) startHTTP(context.Context) error {
 	p := h.parts
 	h.mux = http.NewServeMux()
 	h.checks.Register(h.mux)
-	in, err := ingest.New(p.validator, p.pseudo, h.pub)
+	in, err := ingest.New(p.validator, p.pseudo, h.pub, ingest.Options{
+		MaxFutureSkew: h.cfg.Events.MaxFutureSkew.D(), FlagOlderThan: h.cfg.Events.FlagOlderThan.D()})
 	if err != nil {
 		return fmt.Errorf("creating the ingest: %w", err)
 	}
@@ -423,7 +455,8 @@ func (h *hub) startHTTP(context.Context) error {
 	}
 	in.WithMemory(h.accepted, h.log.Named("ingest"))
 	api := &admin.API{Auth: p.keys, Store: h.store, Pseudo: p.pseudo, Validator: p.validator, Router: h.router,
-		Disclosures: &admin.AuditReader{Brokers: h.brokers, Topic: topic.Audit}, Log: h.log.Named("admin"),
+		Disclosures: &admin.AuditReader{Brokers: h.brokers, Topic: topic.Audit}, Family: h.index,
+		DeadLetters: &admin.DeadLetters{Brokers: h.brokers}, Publisher: h.pub, Log: h.log.Named("admin"),
 		Held:    &held.Reader{Brokers: h.brokers, Topic: topic.Held},
 		MaxBody: h.cfg.HTTP.MaxBodyBytes}
 	if err := api.Register(h.mux); err != nil {
@@ -518,6 +551,25 @@ func pauseWhile(ok func() (bool, string), changed func() <-chan struct{}, log *z
 			return next(msg)
 		}
 	}
+}
+
+// startRetention runs the retention sweeper until the drain.
+func (h *hub) startRetention(ctx context.Context) error {
+	recipients := make([]string, len(h.cfg.Recipients))
+	for i, r := range h.cfg.Recipients {
+		recipients[i] = r.ODS
+	}
+	s := retention.New(retention.Config{Brokers: h.brokers, Recipients: recipients,
+		OutboxWindow: h.cfg.Retention.OutboxWindow.D(), DeadLetterWindow: h.cfg.Retention.DeadLetterWindow.D(),
+		Interval: h.cfg.Retention.SweepInterval.D(), Index: h.index, Log: h.log.Named("retention")})
+	rctx, stopRetention := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); s.Run(rctx) }()
+	h.onStop("retention", func() {
+		stopRetention()
+		<-done
+	})
+	return nil
 }
 
 // reloadLists reads the patient lists again on each signal from reload and

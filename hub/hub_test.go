@@ -110,7 +110,7 @@ func TestRunStartsReadyAndDrainsInOrder(t *testing.T) {
 	}
 	want := []string{
 		"start build", "start broker", "start topics", "start publisher", "start consent", "start accepted", "start feeds", "start router", "start http", "start sources",
-		"stop sources", "stop http", "stop router", "stop accepted", "stop consent", "stop publisher", "stop broker probe", "stop broker",
+		"start retention", "stop retention", "stop sources", "stop http", "stop router", "stop accepted", "stop patient index", "stop consent", "stop publisher", "stop broker probe", "stop broker",
 	}
 	if got := st.list(); !slices.Equal(got, want) {
 		t.Errorf("steps:\n\tgot  %v\n\twant %v", got, want)
@@ -184,7 +184,7 @@ func TestAPartThatFailsToStartUndoesTheOthers(t *testing.T) {
 		t.Fatalf("Run with http.addr taken: got %v, want an error naming the http step", err)
 	}
 	want := []string{"start build", "start broker", "start topics", "start publisher", "start consent", "start accepted", "start feeds", "start router", "start http",
-		"stop router", "stop accepted", "stop consent", "stop publisher", "stop broker probe", "stop broker"}
+		"stop router", "stop accepted", "stop patient index", "stop consent", "stop publisher", "stop broker probe", "stop broker"}
 	if got := st.list(); !slices.Equal(got, want) {
 		t.Errorf("steps:\n\tgot  %v\n\twant %v", got, want)
 	}

@@ -7,59 +7,16 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/carehub/carehub/connectors/connector"
-	"github.com/carehub/carehub/consent"
 	"github.com/carehub/carehub/hub/audit"
 	"github.com/carehub/carehub/hub/topic"
-	"github.com/carehub/carehub/schemas/event"
 	"github.com/carehub/carehub/schemas/problem"
 )
 
 // What the hub gives pull sinks (connector.SinkEnv's pull fields) besides
-// their feeds: the consent re-check at read time and the audit of reads.
-
-// recheckRule is the rule of a re-check that finds no subscription of the
-// recipient matching the event any more.
-const recheckNoSubscription = "no-matching-subscription"
-
-// recheck implements connector.ConsentCheck with the router's own decision
-// (route.Router.Decide): the event is decided again for every candidate,
-// after catching up with every consent change acknowledged before the call,
-// and the recipient's verdict is the one that would produce its copy now.
-// A notification-only obligation gives the event without its documents.
-//
-// Issue 11 brings a delivery-time re-check into hub/deliver; this is the
-// same decision, taken when a pull recipient reads.
-func (h *hub) recheck(ctx context.Context, d connector.Delivery) (connector.Recheck, error) {
-	if h.router == nil {
-		return connector.Recheck{}, problem.New(problem.Unavailable, "the router has not started")
-	}
-	ev, err := event.Unmarshal(d.Body)
-	if err != nil {
-		return connector.Recheck{}, problem.Wrap(problem.Internal, "decoding a feed entry", err)
-	}
-	verdicts, err := h.router.Decide(ctx, ev, d.PatientRef)
-	if err != nil {
-		return connector.Recheck{}, err
-	}
-	rule := recheckNoSubscription
-	for _, v := range verdicts {
-		if v.Subscription.Recipient.ODS != d.Recipient {
-			continue
-		}
-		rule = v.Decision.Rule
-		if !v.Copy {
-			continue
-		}
-		body := d.Body
-		if v.Decision.Has(consent.NotificationOnly) {
-			if body, err = ev.NotificationOnly(); err != nil {
-				return connector.Recheck{}, problem.Wrap(problem.Internal, "removing documents for a notification-only read", err)
-			}
-		}
-		return connector.Recheck{Permitted: true, Rule: v.Decision.Rule, Body: body}, nil
-	}
-	return connector.Recheck{Rule: rule}, nil
-}
+// their feeds: the audit of reads. Consent at read time is the same re-check
+// every sink has (deliver.Gate, SinkEnv.Consent): a feed stores each copy's
+// form and sealed routing decision with it, and hands them back when it
+// serves the copy.
 
 // auditRead implements connector.ReadAudit: one feed-read record per
 // number served, keyed by the patient's pseudonym, made durable before the

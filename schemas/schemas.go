@@ -18,10 +18,13 @@
 //	transfer-cancelled.v1.json   data of org.carehub.transfer-cancelled.v1
 //	patient-class-changed.v1.json
 //	                             data of org.carehub.patient-class-changed.v1
+//	notification.v1.json         data of a notification-only copy (any type; carehubform notification)
+//	withheld-notice.v1.json      data of org.carehub.withheld-notice.v1 (issued by the hub)
+//	registration-ended.v1.json   data of org.carehub.registration-ended.v1 (issued by the hub)
 //	patient.v1.json              the patient (shared)
 //	common.v1.json               $defs: nhsNumber, odsCode, period, organisation,
 //	                             location, encounter, attachment, documentReference,
-//	                             sensitivity, ...
+//	                             sensitivity, fullRecord, ...
 //
 // Each file's $id is URL(name), e.g. https://carehub.dev/schemas/patient.v1.json,
 // and files reference one another by relative URI ("patient.v1.json",

@@ -18,8 +18,9 @@ func TestEveryFileCompiles(t *testing.T) {
 	want := []string{
 		"admission-cancelled.v1.json", "admission.v1.json", "careplan.v1.json", "common.v1.json",
 		"discharge-cancelled.v1.json", "discharge-pending-cancelled.v1.json", "discharge-pending.v1.json",
-		"discharge.v1.json", "patient-class-changed.v1.json", "patient-merged.v1.json",
-		"patient-updated.v1.json", "patient.v1.json", "transfer-cancelled.v1.json", "transfer.v1.json",
+		"discharge.v1.json", "notification.v1.json", "patient-class-changed.v1.json", "patient-merged.v1.json",
+		"patient-updated.v1.json", "patient.v1.json", "registration-ended.v1.json", "transfer-cancelled.v1.json",
+		"transfer.v1.json", "withheld-notice.v1.json",
 	}
 	if got := Files(); strings.Join(got, " ") != strings.Join(want, " ") {
 		t.Errorf("Files():\n\tgot  %q\n\twant %q", got, want)

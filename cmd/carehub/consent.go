@@ -19,15 +19,22 @@ import (
 const consentUsage = `carehub consent: record and inspect patients' consent directives (admin API client).
 
 Usage:
-  carehub consent put         --nhs NUMBER --file FILE   record directives (FHIR Consent or simple JSON; replaces the set)
-  carehub consent get         --nhs NUMBER [--fhir]      show directives
-  carehub consent delete      --nhs NUMBER               withdraw every directive
+  carehub consent put         --nhs NUMBER --file FILE [--if-match VERSION]
+                                                         record directives (FHIR Consent or simple JSON; replaces the set)
+  carehub consent get         --nhs NUMBER [--fhir]      show directives (and, on standard error, their ETag)
+  carehub consent delete      --nhs NUMBER --if-match VERSION
+                                                         withdraw every directive
   carehub consent explain     --file EVENT.json          who would receive this event, and why (publishes nothing)
   carehub consent disclosures --nhs NUMBER               who received what about the patient, and what was withheld
 
 Common flags: --hub URL (default $CAREHUB_URL or http://127.0.0.1:8080),
 --key KEY (default $CAREHUB_ADMIN_KEY). --nhs - reads the NHS number from
 standard input, keeping it out of shell history and the process list.
+
+A patient who has directives is changed only against the version read:
+--if-match takes the version "consent get" showed (or the ETag, "v3"); the
+simple form's "version" member does the same. A change against an older
+version is refused (412): read again and reapply.
 `
 
 func consentCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -43,6 +50,7 @@ func consentCmd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	nhsArg := fs.String("nhs", "", "the patient's NHS number, or - to read it from standard input")
 	file := fs.String("file", "", "the document to send")
 	fhir := fs.Bool("fhir", false, "ask for FHIR R4 Consent resources")
+	ifMatch := fs.String("if-match", "", "the version (or ETag) of the directives the change is made against")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
 	}
@@ -81,7 +89,10 @@ func consentCmd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return b, ct, nil
 	}
 	patientPath := func(tail string) string { return "/v1/patients/" + url.PathEscape(nhs) + tail }
-	c := &adminClient{base: strings.TrimRight(*hubURL, "/"), key: *key, out: stdout}
+	c := &adminClient{base: strings.TrimRight(*hubURL, "/"), key: *key, out: stdout, errOut: stderr}
+	if v := strings.Trim(strings.TrimPrefix(*ifMatch, "W/"), `"`); v != "" {
+		c.ifMatch = `"v` + strings.TrimPrefix(v, "v") + `"`
+	}
 	switch sub {
 	case "put":
 		if err := needNHS(); err != nil {
@@ -128,7 +139,9 @@ func envOr(name, def string) string {
 
 type adminClient struct {
 	base, key string
+	ifMatch   string // sent as If-Match when set
 	out       io.Writer
+	errOut    io.Writer
 }
 
 // do sends the request and prints the answer's body, indented. A non-2xx
@@ -148,6 +161,9 @@ func (c *adminClient) do(ctx context.Context, method, path, contentType string, 
 	if fhir {
 		req.Header.Set("Accept", "application/fhir+json")
 	}
+	if c.ifMatch != "" && (method == http.MethodPut || method == http.MethodDelete) {
+		req.Header.Set("If-Match", c.ifMatch)
+	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return fmt.Errorf("calling the hub: %w", err)
@@ -159,6 +175,9 @@ func (c *adminClient) do(ctx context.Context, method, path, contentType string, 
 		b = append(pretty.Bytes(), '\n')
 	}
 	_, _ = c.out.Write(b)
+	if et := resp.Header.Get("ETag"); et != "" && c.errOut != nil {
+		fmt.Fprintln(c.errOut, "ETag:", et)
+	}
 	if resp.StatusCode/100 != 2 {
 		return fmt.Errorf("the hub answered %s", resp.Status)
 	}

@@ -29,6 +29,27 @@
 // retries transient failures itself, within the hub's Retry bounds, without
 // end unless Retry.MaxAttempts says otherwise, until ctx ends.
 //
+// # Consent holds until the moment of delivery
+//
+// A patient may change their directives while a copy waits in an outbox
+// (the recipient was down) or between two attempts. The hub re-checks
+// every copy just before it calls Deliver; a sink re-checks before every
+// later attempt, and a sink that hands copies over later than Deliver (a
+// pull feed serving copies when a GP system reads them) re-checks at that
+// moment, by calling SinkEnv.Consent.Recheck with the Delivery as it was
+// given (its Decision field is the hub's sealed routing decision). The
+// answer is the same decision function the router used, on the patient's
+// directives as they are then, after the same freshness barrier:
+//
+//   - Verdict.Permit false: do not hand the copy over; return
+//     Withheld(v.Rule). The hub audits it as withheld, with the rule.
+//   - Verdict.Body differs from the body in hand (a directive recorded
+//     since makes it a notification): do not hand over what you hold;
+//     hand over Verdict.Body, or return ErrConsentChanged and the hub
+//     prepares the copy again.
+//   - an error: no answer (the consent store is unreachable): hand
+//     nothing over; treat it as a transient failure.
+//
 // # Factories and the registration list
 //
 // Each connector package declares one factory (SourceFactory or
@@ -179,8 +200,14 @@ type Delivery struct {
 	EventSource string // the CloudEvents source: urn:ods:<publisher>
 	EventType   string
 	Recipient   string // ODS code
-	PatientRef  string // keyed pseudonym of the NHS number, never the number
+	PatientRef  string // keyed pseudonym of the NHS number, never the number; "" for a content-free notice
 	Body        []byte // the CloudEvents JSON document to deliver
+	// Form is the form of Body: full, notification or notice.
+	Form string
+	// Decision is the hub's sealed routing decision of the copy: opaque
+	// to sinks, passed back unchanged to Consent.Recheck. A sink that
+	// stores copies to serve later stores it with them.
+	Decision string
 }
 
 // DeliveryID is the identifier of the delivered event that a sink sends its
@@ -217,14 +244,73 @@ type SinkEnv struct {
 	Retry     Retry  // how to retry transient failures
 	Log       *zap.Logger
 
+	// Consent re-checks a copy against the patient's directives as they
+	// are now (see "Consent holds until the moment of delivery" above).
+	// The hub always sets it; it may be called before the hub has
+	// started, and answers with an error until it can decide.
+	Consent Consent
+
 	// The pull fields, set only for a sink whose configuration is a
 	// PullConfig (see feed.go): the recipient's feed, the authenticator of
 	// recipients' own keys (Organisation returns the recipient's ODS code),
-	// the consent re-check at read time, and the audit of reads.
+	// and the audit of reads. A pull sink re-checks consent with Consent
+	// when it serves a copy, as a push sink does when it sends one.
 	Feed    Feed
 	Readers Authenticator
-	Consent ConsentCheck
 	Audit   ReadAudit
+}
+
+// Consent is the hub's re-check of a copy at the moment it is handed over.
+type Consent interface {
+	// Recheck decides d again with the patient's directives as they are
+	// now. It never returns Permit with an error.
+	Recheck(ctx context.Context, d Delivery) (Verdict, error)
+}
+
+// ConsentFunc adapts a function to a Consent.
+type ConsentFunc func(ctx context.Context, d Delivery) (Verdict, error)
+
+// Recheck calls f.
+func (f ConsentFunc) Recheck(ctx context.Context, d Delivery) (Verdict, error) { return f(ctx, d) }
+
+// Verdict is the answer of a re-check.
+type Verdict struct {
+	// Permit: the copy may be handed over, as Body.
+	Permit bool
+	// Body is what to hand over: the copy's body, or its narrower form.
+	Body []byte
+	// Form is the form of Body.
+	Form string
+	// Rule is the rule that decided; Directive the patient directive it
+	// applied, if any. Neither holds patient data.
+	Rule, Directive string
+}
+
+// AlwaysPermit is a Consent that permits every copy as it is: for tests
+// and tools that deliver outside a hub, never for a hub's recipients.
+var AlwaysPermit = ConsentFunc(func(_ context.Context, d Delivery) (Verdict, error) {
+	return Verdict{Permit: true, Body: d.Body, Form: d.Form, Rule: "always-permit"}, nil
+})
+
+// ErrConsentChanged is returned by a sink that stopped because a re-check
+// changed the copy's form: the hub prepares the copy again.
+var ErrConsentChanged = errors.New("the patient's consent changed the form of this copy; prepare it again")
+
+type withheld struct{ rule string }
+
+func (w *withheld) Error() string { return "withheld by consent: " + w.rule }
+
+// Withheld marks a copy that a re-check withheld; rule is the rule that
+// decided (safe to show: rules hold no patient data).
+func Withheld(rule string) error { return &withheld{rule: rule} }
+
+// IsWithheld reports whether err is Withheld, and the rule.
+func IsWithheld(err error) (string, bool) {
+	var w *withheld
+	if errors.As(err, &w) {
+		return w.rule, true
+	}
+	return "", false
 }
 
 type permanent struct {

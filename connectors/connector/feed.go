@@ -75,32 +75,6 @@ type FeedPage struct {
 	Oldest  int64 // the lowest number still readable; 0 when empty
 }
 
-// Recheck is the consent decision for one event just before it reaches its
-// recipient.
-type Recheck struct {
-	// Permitted says whether the event may still be given to the recipient.
-	Permitted bool
-	// Rule names the rule that decided (for the audit trail).
-	Rule string
-	// Body is what to give the recipient when permitted: the delivery's
-	// body, or a notification-only form of it when an obligation says so.
-	Body []byte
-}
-
-// ConsentCheck re-decides consent for a delivery at the moment it is
-// served, so that a directive recorded after the event was routed (a
-// patient who objects) is honoured by a recipient that reads later. It fails
-// closed: on error, serve nothing.
-type ConsentCheck interface {
-	Recheck(ctx context.Context, d Delivery) (Recheck, error)
-}
-
-// ConsentCheckFunc adapts a function to a ConsentCheck.
-type ConsentCheckFunc func(ctx context.Context, d Delivery) (Recheck, error)
-
-// Recheck calls f.
-func (f ConsentCheckFunc) Recheck(ctx context.Context, d Delivery) (Recheck, error) { return f(ctx, d) }
-
 // FeedRead is what one read of a feed gave its recipient, for the audit
 // trail: who read, and which numbers it was given or had withheld.
 type FeedRead struct {

@@ -339,12 +339,12 @@ func (s *Sink) take(ctx context.Context, who, via string, entries []connector.Fe
 		if err != nil {
 			return nil, problem.Wrap(problem.Unavailable, "consent could not be checked; retry", err)
 		}
-		out[i] = served{entry: e, body: rc.Body, withheld: !rc.Permitted}
-		if !rc.Permitted {
+		out[i] = served{entry: e, body: rc.Body, withheld: !rc.Permit}
+		if !rc.Permit {
 			out[i].body = nil
 		}
 		rec.Entries[i] = connector.FeedReadEntry{Number: e.Number, EventID: e.Delivery.EventID, EventType: e.Delivery.EventType,
-			PatientRef: e.Delivery.PatientRef, Withheld: !rc.Permitted, Rule: rc.Rule}
+			PatientRef: e.Delivery.PatientRef, Withheld: !rc.Permit, Rule: rc.Rule}
 	}
 	if len(entries) > 0 {
 		if err := s.env.Audit.Record(ctx, rec); err != nil {

@@ -44,13 +44,13 @@ func start(t *testing.T) *harness {
 	cfg.APIKey = connector.SecretValue("b82005-key")
 	env := connector.SinkEnv{Recipient: "B82005", Log: zap.NewNop(), Feed: h.feed,
 		Readers: keys{"b82005-key": "B82005", "a81001-key": "A81001"},
-		Consent: connector.ConsentCheckFunc(func(_ context.Context, d connector.Delivery) (connector.Recheck, error) {
+		Consent: connector.ConsentFunc(func(_ context.Context, d connector.Delivery) (connector.Verdict, error) {
 			h.mu.Lock()
 			defer h.mu.Unlock()
 			if h.deny[d.EventID] {
-				return connector.Recheck{Rule: "directive:deny-organisation"}, nil
+				return connector.Verdict{Rule: "directive:deny-organisation"}, nil
 			}
-			return connector.Recheck{Permitted: true, Rule: "relationship-confirmed", Body: d.Body}, nil
+			return connector.Verdict{Permit: true, Rule: "relationship-confirmed", Body: d.Body}, nil
 		}),
 		Audit: connector.ReadAuditFunc(func(_ context.Context, r connector.FeedRead) error {
 			h.mu.Lock()

@@ -28,10 +28,7 @@ func probeEnv(behave func() connector.Behaviour, got func([]byte)) connector.Sin
 	return connector.SinkEnv{
 		Feed:    f,
 		Readers: probeReaders{},
-		Consent: connector.ConsentCheckFunc(func(_ context.Context, d connector.Delivery) (connector.Recheck, error) {
-			return connector.Recheck{Permitted: true, Rule: "probe", Body: d.Body}, nil
-		}),
-		Audit: connector.ReadAuditFunc(func(context.Context, connector.FeedRead) error { return nil }),
+		Audit:   connector.ReadAuditFunc(func(context.Context, connector.FeedRead) error { return nil }),
 	}
 }
 

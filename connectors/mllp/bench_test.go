@@ -45,7 +45,7 @@ func startBenchHub(b *testing.B) *benchHub {
 		b.Fatal(err)
 	}
 	brokers := emb.Addrs()
-	if err := broker.EnsureTopics(ctx, brokers, topic.Specs(6, 1, nil)); err != nil {
+	if err := broker.EnsureTopics(ctx, brokers, topic.Specs(6, 1, nil, topic.Retention{})); err != nil {
 		b.Fatal(err)
 	}
 	pub, err := kafkawm.NewPublisher(kafkawm.PublisherConfig{Brokers: brokers}, kafkawm.NewLogger(zap.NewNop(), false))
@@ -56,7 +56,7 @@ func startBenchHub(b *testing.B) *benchHub {
 	if err != nil {
 		b.Fatal(err)
 	}
-	in, err := ingest.New(validator, pseudo, pub)
+	in, err := ingest.New(validator, pseudo, pub, ingest.Options{})
 	if err != nil {
 		b.Fatal(err)
 	}

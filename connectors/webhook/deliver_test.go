@@ -104,7 +104,7 @@ func newSink(t *testing.T, url string, edit func(*webhook.Config, *connector.Ret
 	if edit != nil {
 		edit(&cfg, &retry)
 	}
-	s, err := webhook.New(cfg, connector.SinkEnv{Recipient: "A81001", Retry: retry, Log: zap.New(core)})
+	s, err := webhook.New(cfg, connector.SinkEnv{Recipient: "A81001", Retry: retry, Log: zap.New(core), Consent: connector.AlwaysPermit})
 	if err != nil {
 		t.Fatal(err)
 	}

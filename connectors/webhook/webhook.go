@@ -27,9 +27,17 @@
 // Retryable. Transient failures are retried with capped, jittered
 // exponential backoff (honouring Retry-After) without end, until the context
 // ends; a permanent rejection is returned as connector.Permanent.
+//
+// Consent: before every retry the sink asks the hub (SinkEnv.Consent)
+// whether the patient's directives still permit the copy. A copy now
+// withheld is not sent again (connector.Withheld); a copy that must now go
+// as a notification is not sent in full (connector.ErrConsentChanged: the
+// hub prepares it again). A content-free notice (carehub-patient empty) is
+// sent without the header.
 package webhook
 
 import (
+	"bytes"
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
@@ -119,10 +127,11 @@ func (c *Config) Validate() error {
 
 // Sink delivers to one webhook endpoint.
 type Sink struct {
-	url    string
-	secret []byte
-	client *retryablehttp.Client
-	now    func() time.Time
+	url     string
+	secret  []byte
+	client  *retryablehttp.Client
+	consent connector.Consent
+	now     func() time.Time
 }
 
 // New validates cfg and the hub's retry bounds and builds the sink.
@@ -135,13 +144,16 @@ func New(cfg Config, env connector.SinkEnv) (*Sink, error) {
 	if err := errors.Join(cfg.Validate(), retry.Validate()); err != nil {
 		return nil, fmt.Errorf("webhook: %w", err)
 	}
+	if env.Consent == nil {
+		return nil, errors.New("webhook: the hub's consent re-check (SinkEnv.Consent) is required")
+	}
 	raw, _ := cfg.Secret.Reveal()
 	secret, _ := DecodeSecret(raw)
 	log := env.Log
 	if log == nil {
 		log = zap.NewNop()
 	}
-	s := &Sink{url: cfg.URL, secret: secret, now: time.Now}
+	s := &Sink{url: cfg.URL, secret: secret, consent: env.Consent, now: time.Now}
 	c := retryablehttp.NewClient()
 	c.HTTPClient = &http.Client{
 		Timeout:   cfg.Timeout,
@@ -176,6 +188,19 @@ func New(cfg Config, env connector.SinkEnv) (*Sink, error) {
 	// "giving up" error embeds the URL.
 	c.ErrorHandler = retryablehttp.PassthroughErrorHandler
 	c.PrepareRetry = func(req *http.Request) error {
+		// Consent holds until the moment of delivery: ask again before
+		// every retry.
+		if d, ok := req.Context().Value(deliveryKey{}).(connector.Delivery); ok {
+			v, err := s.consent.Recheck(req.Context(), d)
+			switch {
+			case err != nil:
+				return fmt.Errorf("re-checking consent: %w", err)
+			case !v.Permit:
+				return connector.Withheld(v.Rule)
+			case !bytes.Equal(v.Body, d.Body):
+				return connector.ErrConsentChanged
+			}
+		}
 		// Re-sign each attempt: receivers reject stale timestamps.
 		body, err := req.GetBody()
 		if err != nil {
@@ -253,7 +278,8 @@ func clamp(d, min, max time.Duration) time.Duration {
 func (s *Sink) Deliver(ctx context.Context, d connector.Delivery) (connector.Outcome, error) {
 	var out connector.Outcome
 	attempts := 0
-	req, err := retryablehttp.NewRequestWithContext(context.WithValue(ctx, attemptsKey{}, &attempts), http.MethodPost, s.url, d.Body)
+	rctx := context.WithValue(context.WithValue(ctx, attemptsKey{}, &attempts), deliveryKey{}, d)
+	req, err := retryablehttp.NewRequestWithContext(rctx, http.MethodPost, s.url, d.Body)
 	if err != nil {
 		return out, connector.Permanent("building request", err)
 	}
@@ -265,7 +291,9 @@ func (s *Sink) Deliver(ctx context.Context, d connector.Delivery) (connector.Out
 	req.Header.Set(HeaderEventID, event.EncodeHeaderValue(d.EventID))
 	req.Header.Set(HeaderSource, event.EncodeHeaderValue(d.EventSource))
 	req.Header.Set(HeaderType, event.EncodeHeaderValue(d.EventType))
-	req.Header.Set(HeaderPatient, d.PatientRef)
+	if d.PatientRef != "" {
+		req.Header.Set(HeaderPatient, d.PatientRef)
+	}
 	req.Header.Set(HeaderEventType, d.EventType)
 	req.Header.Set(HeaderRecipient, d.Recipient)
 	req.Header.Set("User-Agent", "carehub-webhook/1")
@@ -273,6 +301,15 @@ func (s *Sink) Deliver(ctx context.Context, d connector.Delivery) (connector.Out
 	resp, err := s.client.Do(req)
 	out.Attempts = attempts
 	if err != nil {
+		if resp != nil {
+			resp.Body.Close()
+		}
+		if _, ok := connector.IsWithheld(err); ok {
+			return out, err
+		}
+		if errors.Is(err, connector.ErrConsentChanged) {
+			return out, err
+		}
 		if ctx.Err() != nil {
 			return out, fmt.Errorf("delivering: %w", ctx.Err())
 		}
@@ -293,6 +330,9 @@ func (s *Sink) Deliver(ctx context.Context, d connector.Delivery) (connector.Out
 
 // attemptsKey is the context key of Deliver's attempt counter.
 type attemptsKey struct{}
+
+// deliveryKey is the context key of the Delivery being sent.
+type deliveryKey struct{}
 
 // SecretPrefix starts every secret in the Standard Webhooks form.
 const SecretPrefix = "whsec_"

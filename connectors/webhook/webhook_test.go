@@ -306,7 +306,7 @@ func TestNew(t *testing.T) {
 	for _, tt := range tests {
 		cfg, retry := good, connector.Retry{}
 		tt.edit(&cfg, &retry)
-		s, err := webhook.New(cfg, connector.SinkEnv{Retry: retry, Log: zap.NewNop()})
+		s, err := webhook.New(cfg, connector.SinkEnv{Retry: retry, Log: zap.NewNop(), Consent: connector.AlwaysPermit})
 		switch {
 		case tt.wantErr == "" && (err != nil || s == nil):
 			t.Errorf("New(%s):\n\tgot  %v\n\twant a sink", tt.name, err)

@@ -94,6 +94,7 @@ func checks(f Features) []check {
 		cs = append(cs,
 			check{"rule-table", checkRuleTable},
 			check{"refuses-invalid-requests", checkRefusesInvalid},
+			check{"follow-ups-merges-rechecks", checkComposed},
 		)
 	}
 	return cs
@@ -385,6 +386,105 @@ func checkRefusesInvalid(t testing.TB, f Features, nd NewDecider) {
 		if err == nil {
 			t.Errorf("%s: decided %s by %q; want an error and no decision (fail closed)", c.name, dec.Effect, dec.Rule)
 		}
+	}
+}
+
+func checkComposed(t testing.TB, f Features, nd NewDecider) {
+	t.Helper()
+	for _, c := range composed() {
+		d := nd(c.policy)
+		var dec consent.Decision
+		var err error
+		func() {
+			defer func() {
+				if p := recover(); p != nil {
+					err = fmt.Errorf("panic: %v", p)
+				}
+			}()
+			dec, err = consent.FollowUp(context.Background(), consent.Merged{Decider: d, Others: c.others}, c.req, c.rel, c.orig)
+			if err == nil && c.later != nil {
+				q := c.req
+				q.Directives = c.later
+				var now consent.Decision
+				now, err = consent.FollowUp(context.Background(), consent.Merged{Decider: d, Others: c.others}, q, c.rel, c.orig)
+				dec = consent.Recheck(dec, now)
+			}
+		}()
+		if err != nil {
+			t.Errorf("%s: %v", c.name, err)
+			continue
+		}
+		if dec.Effect != c.want.Effect || !reflect.DeepEqual(normal(dec.Obligations), normal(c.want.Obligations)) {
+			t.Errorf("%s:\n\tgot  %s %v by %q\n\twant %s %v", c.name, dec.Effect, dec.Obligations, dec.Rule, c.want.Effect, c.want.Obligations)
+			continue
+		}
+		if f.RuleNames && (dec.Rule != c.want.Rule || dec.DirectiveID != c.want.DirectiveID) {
+			t.Errorf("%s:\n\tgot  rule %q directive %q\n\twant rule %q directive %q", c.name, dec.Rule, dec.DirectiveID, c.want.Rule, c.want.DirectiveID)
+		}
+	}
+}
+
+// composedCase is a decision the hub composes from several: a follow-up
+// (rel, orig), of a merged patient (others), re-checked at delivery with
+// the directives then (later; nil: not re-checked).
+type composedCase struct {
+	name   string
+	policy consent.Policy
+	req    consent.Request
+	rel    consent.Relation
+	orig   consent.Original
+	others [][]consent.Directive
+	later  []consent.Directive
+	want   consent.Decision
+}
+
+// composed holds cases of the findings these compositions answer.
+func composed() []composedCase {
+	def := consent.DefaultPolicy()
+	denyHome := directive("dir-h", consent.KindDenyOrganisation, home, "")
+	yesHome := directive("dir-i", consent.KindPermitOrganisation, home, "")
+	noSocial := directive("dir-j", consent.KindDenyRole, "", socR)
+	thinHome := directive("dir-k", consent.KindNotificationOnly, home, "")
+	received := consent.Original{Received: true, Basis: dest}
+	cancel := event()
+	cancel.DischargeDestination = "" // a cancellation names no destination
+	return []composedCase{
+		{name: "a correction to a recipient that never received the original", policy: def,
+			req: request(cancel, home, socR, dest), rel: consent.Corrects, orig: consent.Original{Withheld: true},
+			want: deny(consent.RuleOriginalNotReceived, "")},
+		{name: "a correction to the recipient of the original, named by it only", policy: def,
+			req: request(cancel, home, socR, dest), rel: consent.Corrects, orig: received,
+			want: permit(consent.RuleRelationshipConfirmed, "", nil)},
+		{name: "a correction carries the original's sensitivity", policy: def,
+			req: request(cancel, home, socR, dest), rel: consent.Corrects, orig: consent.Original{Received: true, Basis: dest, Labels: []string{mh}},
+			want: deny(consent.RuleSensitiveGPOnly, "")},
+		{name: "a correction is still decided by today's directives", policy: def,
+			req: request(cancel, home, socR, dest, denyHome), rel: consent.Corrects, orig: received,
+			want: deny(consent.RuleDenyOrganisation, "dir-h")},
+		{name: "an update to a recipient withheld the original", policy: def,
+			req: request(event(), home, socR, dest), rel: consent.Updates, orig: consent.Original{Withheld: true},
+			want: deny(consent.RuleOriginalWithheld, "")},
+		{name: "a continuation carries the earlier sensitivity", policy: def,
+			req: request(event(), home, socR, dest, yesHome), rel: consent.Continues, orig: consent.Original{Labels: []string{mh}},
+			want: deny(consent.RuleSensitiveGPOnly, "")},
+		{name: "the retired number's deny applies after a merge", policy: def,
+			req: request(event(), home, socR, dest, yesHome), others: [][]consent.Directive{{denyHome}},
+			want: deny(consent.RuleDenyOrganisation, "dir-h")},
+		{name: "a permit under one number does not lift a deny-role under the other", policy: def,
+			req: request(event(), home, socR, dest, yesHome), others: [][]consent.Directive{{noSocial}},
+			want: deny(consent.RuleDenyRole, "dir-j")},
+		{name: "notification-only under the retired number", policy: def,
+			req: request(event(), home, socR, dest), others: [][]consent.Directive{{thinHome}},
+			want: permit(consent.RuleNotificationOnly, "dir-k", no)},
+		{name: "a deny recorded after routing withholds the queued copy", policy: def,
+			req: request(event(), home, socR, dest), later: []consent.Directive{denyHome},
+			want: deny(consent.RuleDenyOrganisation, "dir-h")},
+		{name: "a thin copy stays thin when the directive is withdrawn", policy: def,
+			req: request(event(), home, socR, dest, thinHome), later: []consent.Directive{},
+			want: permit(consent.RuleRelationshipConfirmed, "", no)},
+		{name: "a queued copy made thin by a directive recorded since", policy: def,
+			req: request(event(), home, socR, dest), later: []consent.Directive{thinHome},
+			want: permit(consent.RuleNotificationOnly, "dir-k", no)},
 	}
 }
 

@@ -1,21 +1,30 @@
 // Package admin serves the hub's operator API: patients' consent
-// directives, decision explanations and disclosure reports. Every route
-// needs the admin key.
+// directives, decision explanations, disclosure reports and dead letters.
+// Every route needs the admin key or an operator's key (admin.operators),
+// and every look at a patient's record and every change is audited with
+// the operator's id (audit.KindAccess, audit.KindConsentChange) before it
+// is answered: a read that cannot be audited is not answered.
 //
-//	PUT    /v1/patients/{nhsNumber}/consent       record the patient's directives (replaces the set)
-//	GET    /v1/patients/{nhsNumber}/consent       read them
-//	DELETE /v1/patients/{nhsNumber}/consent       withdraw them all
+//	PUT    /v1/patients/{nhsNumber}/consent       record the patient's directives (replaces the set; If-Match)
+//	GET    /v1/patients/{nhsNumber}/consent       read them (ETag)
+//	DELETE /v1/patients/{nhsNumber}/consent       withdraw them all (If-Match)
 //	POST   /v1/decisions/explain                  decide an event for every candidate, publish nothing
-//	GET    /v1/patients/{nhsNumber}/disclosures   who received what about the patient, and what was withheld
+//	GET    /v1/patients/{nhsNumber}/disclosures   who received what about the patient (every merged number), what was
+//	                                              withheld and why, consent changes, and who looked
+//	GET    /v1/deadletters                        dead letters (?recipient=ODS), without their copies
+//	POST   /v1/deadletters/{partition}/{offset}/replay   put the copy back in the recipient's outbox
+//	POST   /v1/deadletters/{partition}/{offset}/dismiss  close it without delivery
 //	GET    /v1/held                               messages acknowledged but not shared (held.go)
 //	GET    /v1/held/counts                        how many, by reason and by source
 //
 // Consent bodies are FHIR R4 Consent resources (Content-Type
 // application/fhir+json) or the simple JSON form (application/json, a
 // consent.PatientConsent). GET answers in the form the Accept header asks
-// for, simple JSON by default. Errors about FHIR requests, or requests that
-// accept FHIR, are OperationOutcome resources; the others are RFC 9457
-// problem documents.
+// for, simple JSON by default, with the ETag "v<version>"; a PUT or DELETE
+// of a patient who has directives must send it back in If-Match (or the
+// version in the simple form's body): a stale one gets 412, none 428.
+// Errors about FHIR requests, or requests that accept FHIR, are
+// OperationOutcome resources; the others are RFC 9457 problem documents.
 //
 // The NHS number appears in the path because that is how an operator names
 // a patient; it is pseudonymised at once and never logged.
@@ -27,10 +36,18 @@ import (
 	"errors"
 	"mime"
 	"net/http"
+	"strconv"
 	"strings"
+	"time"
 
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/carehub/carehub/consent"
+	"github.com/carehub/carehub/hub/audit"
+	"github.com/carehub/carehub/hub/consentstore"
+	"github.com/carehub/carehub/hub/deadletter"
 	"github.com/carehub/carehub/hub/route"
+	"github.com/carehub/carehub/hub/topic"
 	"github.com/carehub/carehub/internal/logging"
 	"github.com/carehub/carehub/schemas/event"
 	"github.com/carehub/carehub/schemas/media"
@@ -43,18 +60,28 @@ import (
 // Store is the consent directive store the API writes and reads.
 type Store interface {
 	Get(ctx context.Context, patient string) (consent.PatientConsent, bool, error)
-	Put(ctx context.Context, patient string, pc consent.PatientConsent) (consent.PatientConsent, error)
-	Delete(ctx context.Context, patient string) error
+	Put(ctx context.Context, patient string, ch consentstore.Change) (consent.PatientConsent, error)
 }
 
-// Disclosures lists the audit records about one patient.
+// Disclosures returns the audit records about the given numbers.
 type Disclosures interface {
-	For(ctx context.Context, patient string) ([]Disclosure, error)
+	For(ctx context.Context, patients ...string) ([]audit.Record, error)
 }
 
-// Authorizer checks the admin key.
+// Family finds a patient's merged numbers (patientindex.Index).
+type Family interface {
+	Sync(ctx context.Context) error
+	Family(key string) []string
+}
+
+// Authorizer says which operator a request comes from.
 type Authorizer interface {
-	RequireAdmin(r *http.Request) error
+	Operator(r *http.Request) (string, error)
+}
+
+// DeadLetters reads the dead-letter topic.
+type DeadLetters struct {
+	Brokers []string
 }
 
 // API is the admin API.
@@ -66,34 +93,84 @@ type API struct {
 	Router      *route.Router
 	Disclosures Disclosures
 	Held        HeldRecords
-	Log         *zap.Logger
-	MaxBody     int64
+	Family      Family
+	DeadLetters *DeadLetters
+	// Publisher writes audit records, replays and resolutions.
+	Publisher message.Publisher
+	Log       *zap.Logger
+	MaxBody   int64
+	now       func() time.Time
 }
 
 // Register adds the routes to mux.
 func (a *API) Register(mux *http.ServeMux) error {
-	if a.Auth == nil || a.Store == nil || a.Pseudo == nil || a.Validator == nil || a.Router == nil || a.Disclosures == nil || a.Log == nil {
+	if a.Auth == nil || a.Store == nil || a.Pseudo == nil || a.Validator == nil || a.Router == nil || a.Disclosures == nil ||
+		a.Family == nil || a.DeadLetters == nil || a.Publisher == nil || a.Log == nil {
 		return errors.New("admin: every API field is required")
 	}
 	if a.MaxBody == 0 {
 		a.MaxBody = 1 << 20
+	}
+	if a.now == nil {
+		a.now = time.Now
 	}
 	mux.HandleFunc("PUT /v1/patients/{nhsNumber}/consent", a.admin(a.putConsent))
 	mux.HandleFunc("GET /v1/patients/{nhsNumber}/consent", a.admin(a.getConsent))
 	mux.HandleFunc("DELETE /v1/patients/{nhsNumber}/consent", a.admin(a.deleteConsent))
 	mux.HandleFunc("POST /v1/decisions/explain", a.admin(a.explain))
 	mux.HandleFunc("GET /v1/patients/{nhsNumber}/disclosures", a.admin(a.disclosures))
+	mux.HandleFunc("GET /v1/deadletters", a.admin(a.listDeadLetters))
+	mux.HandleFunc("POST /v1/deadletters/{partition}/{offset}/{action}", a.admin(a.resolveDeadLetter))
 	return a.registerHeld(mux)
 }
 
+// operatorKey is the context key of the request's operator id.
+type operatorKey struct{}
+
+func operator(r *http.Request) string { s, _ := r.Context().Value(operatorKey{}).(string); return s }
+
 func (a *API) admin(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		if err := a.Auth.RequireAdmin(r); err != nil {
+		op, err := a.Auth.Operator(r)
+		if err != nil {
 			a.fail(w, r, err)
 			return
 		}
-		h(w, r)
+		h(w, r.WithContext(context.WithValue(r.Context(), operatorKey{}, op)))
 	}
+}
+
+// access audits a look at a patient's record, before it is answered.
+func (a *API) access(r *http.Request, patient, action, eventID string) error {
+	rec := audit.Record{Time: a.now().UTC(), Kind: audit.KindAccess, Patient: patient, Actor: operator(r), Action: action, EventID: eventID}
+	m := message.NewMessage(watermill.NewUUID(), rec.Marshal())
+	m.Metadata.Set(topic.MetaKey, patient)
+	m.Metadata.Set(topic.MetaEventID, eventID)
+	if err := a.Publisher.Publish(topic.Audit, m); err != nil {
+		return problem.Wrap(problem.Unavailable, "the access could not be audited, so it is not answered; retry", err)
+	}
+	return nil
+}
+
+// ETag is the entity tag of a patient's directives at version v.
+func ETag(v int64) string { return `"v` + strconv.FormatInt(v, 10) + `"` }
+
+// ifMatch reads If-Match: "*", or one entity tag "v<version>" (weak or
+// strong). ok is false when the header is absent.
+func ifMatch(r *http.Request) (version *int64, any, ok bool, err error) {
+	h := strings.TrimSpace(r.Header.Get("If-Match"))
+	if h == "" {
+		return nil, false, false, nil
+	}
+	if h == "*" {
+		return nil, true, true, nil
+	}
+	tag := strings.TrimPrefix(h, "W/")
+	if n, e := strconv.ParseInt(strings.TrimSuffix(strings.TrimPrefix(tag, `"v`), `"`), 10, 64); e == nil && strings.HasPrefix(tag, `"v`) && strings.HasSuffix(tag, `"`) && n >= 0 {
+		return &n, false, true, nil
+	}
+	// A tag this hub never issued matches no version.
+	return nil, false, true, problem.New(problem.Precondition, "If-Match names no version of the patient's directives (send the ETag a GET answered)")
 }
 
 func wantsFHIR(r *http.Request) bool {
@@ -145,6 +222,11 @@ func (a *API) putConsent(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
+	ver, anyVer, given, err := ifMatch(r)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
 	b, err := a.body(w, r)
 	if err != nil {
 		a.fail(w, r, err)
@@ -165,11 +247,18 @@ func (a *API) putConsent(w http.ResponseWriter, r *http.Request) {
 			a.fail(w, r, err)
 			return
 		}
+		// The version in the body is the version the change was made
+		// against, when If-Match does not say.
+		if !given && pc.Version > 0 {
+			v := pc.Version
+			ver = &v
+		}
 	default:
 		a.fail(w, r, problem.New(problem.MediaType, "Content-Type must be "+media.FHIR+" or "+media.JSON))
 		return
 	}
-	stored, err := a.Store.Put(r.Context(), key, pc)
+	stored, err := a.Store.Put(r.Context(), key, consentstore.Change{Directives: pc.Directives, IfVersion: ver, IfExists: anyVer,
+		Actor: operator(r), Action: audit.ActionConsentChange})
 	if err != nil {
 		if problem.KindOf(err) == problem.Other {
 			err = problem.Wrap(problem.Unavailable, "the directives could not be made durable; retry", err)
@@ -177,7 +266,8 @@ func (a *API) putConsent(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
-	a.Log.Info("consent recorded", zap.Int("directives", len(stored.Directives)), zap.Int64("version", stored.Version))
+	a.Log.Info("consent recorded", zap.Int("directives", len(stored.Directives)), zap.Int64("version", stored.Version),
+		zap.String("operator", operator(r)))
 	a.writeConsent(w, r, n, stored)
 }
 
@@ -192,6 +282,10 @@ func (a *API) getConsent(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, problem.Wrap(problem.Unavailable, "the directives could not be read; retry", err))
 		return
 	}
+	if err := a.access(r, key, audit.ActionConsentRead, ""); err != nil {
+		a.fail(w, r, err)
+		return
+	}
 	if pc.Directives == nil {
 		pc.Directives = []consent.Directive{}
 	}
@@ -199,6 +293,7 @@ func (a *API) getConsent(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *API) writeConsent(w http.ResponseWriter, r *http.Request, n nhs.Number, pc consent.PatientConsent) {
+	w.Header().Set("ETag", ETag(pc.Version))
 	if strings.Contains(r.Header.Get("Accept"), media.FHIR) {
 		b, err := consent.ToFHIR(pc.Directives, n)
 		if err != nil {
@@ -219,11 +314,20 @@ func (a *API) deleteConsent(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
-	if err := a.Store.Delete(r.Context(), key); err != nil {
-		a.fail(w, r, problem.Wrap(problem.Unavailable, "the withdrawal could not be made durable; retry", err))
+	ver, anyVer, _, err := ifMatch(r)
+	if err != nil {
+		a.fail(w, r, err)
 		return
 	}
-	a.Log.Info("consent withdrawn")
+	if _, err := a.Store.Put(r.Context(), key, consentstore.Change{Directives: []consent.Directive{}, IfVersion: ver, IfExists: anyVer,
+		Actor: operator(r), Action: audit.ActionConsentWithdraw}); err != nil {
+		if problem.KindOf(err) == problem.Other {
+			err = problem.Wrap(problem.Unavailable, "the withdrawal could not be made durable; retry", err)
+		}
+		a.fail(w, r, err)
+		return
+	}
+	a.Log.Info("consent withdrawn", zap.String("operator", operator(r)))
 	w.WriteHeader(http.StatusNoContent)
 }
 
@@ -238,6 +342,12 @@ type Explanation struct {
 	Directive    string   `json:"directive,omitempty"`
 	Obligations  []string `json:"obligations,omitempty"`
 	Delivered    bool     `json:"wouldDeliver"`
+	// Form is the form of the copy that would be delivered.
+	Form string `json:"form,omitempty"`
+	// FollowUp: the candidate received an earlier event on the encounter.
+	FollowUp bool `json:"earlierRecipient,omitempty"`
+	// Notice is the kind of notice the hub would issue instead of a copy.
+	Notice string `json:"notice,omitempty"`
 }
 
 func (a *API) explain(w http.ResponseWriter, r *http.Request) {
@@ -257,22 +367,31 @@ func (a *API) explain(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
-	verdicts, err := a.Router.Decide(r.Context(), ev, a.Pseudo.Pseudonym(ev.Patient.NHSNumber))
+	key := a.Pseudo.Pseudonym(ev.Patient.NHSNumber)
+	dec, err := a.Router.Decide(r.Context(), ev, key)
 	if err != nil {
 		a.fail(w, r, err)
 		return
 	}
+	if err := a.access(r, key, audit.ActionExplain, ev.ID); err != nil {
+		a.fail(w, r, err)
+		return
+	}
 	out := struct {
-		EventID    string        `json:"eventId"`
-		EventType  string        `json:"eventType"`
-		Candidates []Explanation `json:"candidates"`
-	}{EventID: ev.ID, EventType: ev.Type, Candidates: []Explanation{}}
-	for _, v := range verdicts {
+		EventID           string                   `json:"eventId"`
+		EventType         string                   `json:"eventType"`
+		DirectiveVersions []audit.DirectiveVersion `json:"directiveVersions,omitempty"`
+		Candidates        []Explanation            `json:"candidates"`
+	}{EventID: ev.ID, EventType: ev.Type, DirectiveVersions: dec.Versions, Candidates: []Explanation{}}
+	for _, v := range dec.Verdicts {
 		e := Explanation{
 			Recipient: v.Subscription.Recipient.ODS, Role: string(v.Subscription.Recipient.Role),
 			Subscription: v.Subscription.ID, Basis: string(v.Subscription.Basis),
 			Effect: string(v.Decision.Effect), Rule: v.Decision.Rule, Directive: v.Decision.DirectiveID,
-			Delivered: v.Copy,
+			Delivered: v.Copy, FollowUp: v.FollowUp, Notice: v.Notice,
+		}
+		if v.Copy {
+			e.Form = string(v.Form)
 		}
 		for _, o := range v.Decision.Obligations {
 			e.Obligations = append(e.Obligations, string(o))
@@ -283,22 +402,113 @@ func (a *API) explain(w http.ResponseWriter, r *http.Request) {
 	_ = json.NewEncoder(w).Encode(out)
 }
 
+// disclosures answers everything the audit holds about the patient: every
+// number merged with the patient's included.
 func (a *API) disclosures(w http.ResponseWriter, r *http.Request) {
 	_, key, err := a.patient(r)
 	if err != nil {
 		a.fail(w, r, err)
 		return
 	}
-	ds, err := a.Disclosures.For(r.Context(), key)
+	if err := a.Family.Sync(r.Context()); err != nil {
+		a.fail(w, r, problem.Wrap(problem.Unavailable, "the patient index could not be read; retry", err))
+		return
+	}
+	family := a.Family.Family(key)
+	if err := a.access(r, key, audit.ActionDisclosuresRead, ""); err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	recs, err := a.Disclosures.For(r.Context(), family...)
 	if err != nil {
 		a.fail(w, r, problem.Wrap(problem.Unavailable, "the audit trail could not be read; retry", err))
 		return
 	}
-	if ds == nil {
-		ds = []Disclosure{}
+	h := Histories(recs)
+	w.Header().Set("Content-Type", media.JSON)
+	_ = json.NewEncoder(w).Encode(struct {
+		// Numbers are the pseudonyms of the patient's numbers: the one
+		// asked about (or the one it was merged into) first.
+		Numbers []string `json:"numbers"`
+		History
+	}{family, h})
+}
+
+func (a *API) listDeadLetters(w http.ResponseWriter, r *http.Request) {
+	entries, err := deadletter.Read(r.Context(), a.DeadLetters.Brokers, topic.DLQ)
+	if err != nil {
+		a.fail(w, r, problem.Wrap(problem.Unavailable, "the dead letters could not be read; retry", err))
+		return
+	}
+	ls := deadletter.Letters(entries, r.URL.Query().Get("recipient"))
+	if ls == nil {
+		ls = []deadletter.Letter{}
+	}
+	seen := map[string]bool{}
+	for _, l := range ls {
+		if l.Patient != "" && !seen[l.Patient] {
+			seen[l.Patient] = true
+			if err := a.access(r, l.Patient, audit.ActionDeadLetterList, l.EventID); err != nil {
+				a.fail(w, r, err)
+				return
+			}
+		}
 	}
 	w.Header().Set("Content-Type", media.JSON)
 	_ = json.NewEncoder(w).Encode(struct {
-		Disclosures []Disclosure `json:"disclosures"`
-	}{ds})
+		DeadLetters []deadletter.Letter `json:"deadLetters"`
+	}{ls})
+}
+
+func (a *API) resolveDeadLetter(w http.ResponseWriter, r *http.Request) {
+	part, err1 := strconv.Atoi(r.PathValue("partition"))
+	off, err2 := strconv.ParseInt(r.PathValue("offset"), 10, 64)
+	if err1 != nil || err2 != nil || part < 0 || off < 0 {
+		a.fail(w, r, problem.Violated("/path", "dead-letter-address", "the path names a dead letter by partition and offset, as the list gives them"))
+		return
+	}
+	action := map[string]string{"replay": deadletter.Replayed, "dismiss": deadletter.Dismissed}[r.PathValue("action")]
+	if action == "" {
+		a.fail(w, r, problem.New(problem.NotFound, "the action is replay or dismiss"))
+		return
+	}
+	var body struct {
+		Note string `json:"note"`
+	}
+	if b, err := a.body(w, r); err != nil {
+		a.fail(w, r, err)
+		return
+	} else if len(strings.TrimSpace(string(b))) > 0 {
+		if err := json.Unmarshal(b, &body); err != nil || len(body.Note) > 200 {
+			a.fail(w, r, problem.Violated("/note", "note", "the body is {\"note\": \"...\"}, at most 200 characters"))
+			return
+		}
+	}
+	entries, err := deadletter.Read(r.Context(), a.DeadLetters.Brokers, topic.DLQ)
+	if err != nil {
+		a.fail(w, r, problem.Wrap(problem.Unavailable, "the dead letters could not be read; retry", err))
+		return
+	}
+	l, err := deadletter.Find(entries, part, off)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	act := audit.ActionDeadLetterReplay
+	if action == deadletter.Dismissed {
+		act = audit.ActionDeadLetterClose
+	}
+	if l.Patient != "" {
+		if err := a.access(r, l.Patient, act, l.EventID); err != nil {
+			a.fail(w, r, err)
+			return
+		}
+	}
+	if err := deadletter.Resolve(a.Publisher, l, action, operator(r), body.Note, a.now()); err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	a.Log.Info("dead letter resolved", zap.String("action", action), zap.String("recipient", l.Recipient),
+		zap.String("event_id", l.EventID), zap.String("operator", operator(r)))
+	w.WriteHeader(http.StatusNoContent)
 }

@@ -11,38 +11,96 @@ import (
 )
 
 // Disclosure is one line of a patient's disclosure report: an event and a
-// recipient, whether it was shared or withheld and why, and what became of
-// the delivery.
+// recipient, whether it was shared or withheld and why, in which form, and
+// what became of the delivery.
 type Disclosure struct {
-	EventID      string    `json:"eventId"`
-	EventType    string    `json:"eventType"`
-	Publisher    string    `json:"publisher,omitempty"`
-	Recipient    string    `json:"recipient"`
-	Basis        string    `json:"basis,omitempty"`
-	Decision     string    `json:"decision"` // permit or deny
-	Rule         string    `json:"rule"`
-	Directive    string    `json:"directive,omitempty"`
-	Obligations  []string  `json:"obligations,omitempty"`
-	DecidedAt    time.Time `json:"decidedAt"`
-	Outcome      string    `json:"outcome,omitempty"` // delivered, dead-lettered, or empty while pending
-	OutcomeAt    time.Time `json:"outcomeAt,omitzero"`
-	OutcomeNote  string    `json:"outcomeReason,omitempty"`
-	Withheld     bool      `json:"withheld"`
-	Subscription string    `json:"subscription,omitempty"`
+	EventID     string   `json:"eventId"`
+	EventType   string   `json:"eventType"`
+	Publisher   string   `json:"publisher,omitempty"`
+	Recipient   string   `json:"recipient"`
+	Basis       string   `json:"basis,omitempty"`
+	Decision    string   `json:"decision"` // permit or deny
+	Rule        string   `json:"rule"`
+	Directive   string   `json:"directive,omitempty"`
+	Obligations []string `json:"obligations,omitempty"`
+	// Form is the form of the copy (full, notification, notice): the form
+	// delivered once there is an outcome.
+	Form string `json:"form,omitempty"`
+	// Relation is how the event follows earlier events on its encounter.
+	Relation string `json:"relation,omitempty"`
+	// About names the event a notice was issued about.
+	About string `json:"about,omitempty"`
+	// DirectiveVersions are the versions of the patient's directives that
+	// decided (of each number, for a merged patient).
+	DirectiveVersions []audit.DirectiveVersion `json:"directiveVersions,omitempty"`
+	DecidedAt         time.Time                `json:"decidedAt"`
+	// Outcome: delivered, withheld (by the re-check at the moment of
+	// delivery), dead-lettered, or empty while pending.
+	Outcome     string    `json:"outcome,omitempty"`
+	OutcomeAt   time.Time `json:"outcomeAt,omitzero"`
+	OutcomeNote string    `json:"outcomeReason,omitempty"`
+	// OutcomeRule is the rule of a withholding at delivery.
+	OutcomeRule string `json:"outcomeRule,omitempty"`
+	Withheld    bool   `json:"withheld"`
+	// Patient is the pseudonym of the number the event was about (one of
+	// the patient's numbers, after a merge).
+	Patient      string `json:"patient,omitempty"`
+	Subscription string `json:"subscription,omitempty"`
+}
+
+// ConsentChange is one change of a patient's directives: who, when, before
+// and after.
+type ConsentChange struct {
+	Time    time.Time           `json:"time"`
+	Patient string              `json:"patient"`
+	Actor   string              `json:"actor"`
+	Action  string              `json:"action"`
+	Before  *audit.ConsentState `json:"before,omitempty"`
+	After   *audit.ConsentState `json:"after,omitempty"`
+	// Outcome is "conflict" for a change that lost to another made at the
+	// same time (it did not take effect).
+	Outcome string `json:"outcome,omitempty"`
+}
+
+// Access is one look at the patient's record through the admin API.
+type Access struct {
+	Time    time.Time `json:"time"`
+	Patient string    `json:"patient"`
+	Actor   string    `json:"actor"`
+	Action  string    `json:"action"`
+	EventID string    `json:"eventId,omitempty"`
+}
+
+// Received is an accepted event the hub flagged (an event time long past).
+type Received struct {
+	Time      time.Time `json:"time"`
+	Patient   string    `json:"patient"`
+	EventID   string    `json:"eventId"`
+	EventType string    `json:"eventType"`
+	Flags     []string  `json:"flags"`
+}
+
+// History is everything the audit holds about a patient's numbers.
+type History struct {
+	Disclosures    []Disclosure    `json:"disclosures"`
+	ConsentChanges []ConsentChange `json:"consentChanges"`
+	Accesses       []Access        `json:"accesses"`
+	Received       []Received      `json:"received"`
 }
 
 // AuditReader builds disclosure reports from the carehub.audit topic. Audit
 // records are keyed by the patient pseudonym with the murmur2 partitioner,
-// so one patient's records sit in one partition: the reader scans only that
-// partition. (At scale this wants an index; the scan is linear in the
-// partition's size.)
+// so one number's records sit in one partition: the reader scans only the
+// partitions of the numbers asked for. (At scale this wants an index; the
+// scan is linear in the partition's size.)
 type AuditReader struct {
 	Brokers []string
 	Topic   string
 }
 
-// For implements Disclosures.
-func (a *AuditReader) For(ctx context.Context, patient string) ([]Disclosure, error) {
+// For implements Disclosures: the records of every number in patients,
+// in time order.
+func (a *AuditReader) For(ctx context.Context, patients ...string) ([]audit.Record, error) {
 	client := &kafka.Client{Addr: kafka.TCP(a.Brokers...), Timeout: 10 * time.Second}
 	md, err := client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{a.Topic}})
 	if err != nil || len(md.Topics) != 1 || len(md.Topics[0].Partitions) == 0 {
@@ -53,7 +111,25 @@ func (a *AuditReader) For(ctx context.Context, patient string) ([]Disclosure, er
 		parts = append(parts, p.ID)
 	}
 	sort.Ints(parts)
-	part := (kafka.Murmur2Balancer{}).Balance(kafka.Message{Key: []byte(patient)}, parts...)
+	want := map[string]bool{}
+	byPart := map[int]bool{}
+	for _, p := range patients {
+		want[p] = true
+		byPart[(kafka.Murmur2Balancer{}).Balance(kafka.Message{Key: []byte(p)}, parts...)] = true
+	}
+	var recs []audit.Record
+	for part := range byPart {
+		rs, err := a.scan(ctx, client, part, want)
+		if err != nil {
+			return nil, err
+		}
+		recs = append(recs, rs...)
+	}
+	sort.SliceStable(recs, func(i, j int) bool { return recs[i].Time.Before(recs[j].Time) })
+	return recs, nil
+}
+
+func (a *AuditReader) scan(ctx context.Context, client *kafka.Client, part int, want map[string]bool) ([]audit.Record, error) {
 	res, err := client.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{
 		a.Topic: {kafka.FirstOffsetOf(part), kafka.LastOffsetOf(part)}}})
 	if err != nil {
@@ -79,8 +155,8 @@ func (a *AuditReader) For(ctx context.Context, patient string) ([]Disclosure, er
 		if err != nil {
 			return nil, fmt.Errorf("reading audit records: %w", err)
 		}
-		if string(m.Key) == patient {
-			if rec, err := audit.Unmarshal(m.Value); err == nil && rec.Patient == patient {
+		if want[string(m.Key)] {
+			if rec, err := audit.Unmarshal(m.Value); err == nil && want[rec.Patient] {
 				recs = append(recs, rec)
 			}
 		}
@@ -88,7 +164,7 @@ func (a *AuditReader) For(ctx context.Context, patient string) ([]Disclosure, er
 			break
 		}
 	}
-	return Report(recs), nil
+	return recs, nil
 }
 
 // Report joins decision and delivery records into disclosure lines, in the
@@ -98,7 +174,17 @@ func (a *AuditReader) For(ctx context.Context, patient string) ([]Disclosure, er
 // written before delivery records named their publisher is joined on event
 // id and recipient only when a single permit fits.
 func Report(recs []audit.Record) []Disclosure {
-	var out []Disclosure
+	return Histories(recs).Disclosures
+}
+
+// Histories sorts a patient's audit records into the report: disclosure
+// lines (decisions joined with their delivery outcomes), consent changes,
+// accesses and flagged events. A delivery joins its decision by publisher,
+// event id and recipient (events are identified by source and id); a
+// delivery record without a publisher (written before the hub recorded one)
+// joins by event id and recipient only when a single permit fits.
+func Histories(recs []audit.Record) History {
+	h := History{Disclosures: []Disclosure{}, ConsentChanges: []ConsentChange{}, Accesses: []Access{}, Received: []Received{}}
 	index := map[string]int{}    // publisher + event id + recipient → line of the permit that produced the copy
 	legacy := map[string][]int{} // event id + recipient → lines of such permits, for records without a publisher
 	for _, r := range recs {
@@ -108,15 +194,16 @@ func Report(recs []audit.Record) []Disclosure {
 				EventID: r.EventID, EventType: r.EventType, Publisher: r.Publisher, Recipient: r.Recipient,
 				Basis: r.Basis, Decision: r.Effect, Rule: r.Rule, Directive: r.Directive,
 				Obligations: r.Obligations, DecidedAt: r.Time, Withheld: r.Effect != "permit",
-				Subscription: r.Subscription,
+				Subscription: r.Subscription, Form: r.Form, Relation: r.Relation, About: r.About,
+				DirectiveVersions: r.DirectiveVersions, Patient: r.Patient,
 			}
 			k := r.Publisher + "\x00" + r.EventID + "\x00" + r.Recipient
 			if _, seen := index[k]; !seen && !d.Withheld {
-				index[k] = len(out)
+				index[k] = len(h.Disclosures)
 				lk := r.EventID + "\x00" + r.Recipient
-				legacy[lk] = append(legacy[lk], len(out))
+				legacy[lk] = append(legacy[lk], len(h.Disclosures))
 			}
-			out = append(out, d)
+			h.Disclosures = append(h.Disclosures, d)
 		case audit.KindDelivery:
 			i, ok := index[r.Publisher+"\x00"+r.EventID+"\x00"+r.Recipient]
 			if !ok && r.Publisher == "" {
@@ -125,9 +212,29 @@ func Report(recs []audit.Record) []Disclosure {
 				}
 			}
 			if ok {
-				out[i].Outcome, out[i].OutcomeAt, out[i].OutcomeNote = r.Outcome, r.Time, r.Reason
+				d := &h.Disclosures[i]
+				d.Outcome, d.OutcomeAt, d.OutcomeNote = r.Outcome, r.Time, r.Reason
+				if r.Form != "" {
+					d.Form = r.Form
+				}
+				if r.Outcome == audit.Withheld {
+					d.Withheld, d.OutcomeRule = true, r.Rule
+					if r.Directive != "" {
+						d.Directive = r.Directive
+					}
+					if len(r.DirectiveVersions) > 0 {
+						d.DirectiveVersions = r.DirectiveVersions
+					}
+				}
 			}
+		case audit.KindConsentChange:
+			h.ConsentChanges = append(h.ConsentChanges, ConsentChange{Time: r.Time, Patient: r.Patient, Actor: r.Actor,
+				Action: r.Action, Before: r.Before, After: r.After, Outcome: r.Outcome})
+		case audit.KindAccess:
+			h.Accesses = append(h.Accesses, Access{Time: r.Time, Patient: r.Patient, Actor: r.Actor, Action: r.Action, EventID: r.EventID})
+		case audit.KindReceived:
+			h.Received = append(h.Received, Received{Time: r.Time, Patient: r.Patient, EventID: r.EventID, EventType: r.EventType, Flags: r.Flags})
 		}
 	}
-	return out
+	return h
 }

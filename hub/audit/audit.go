@@ -1,50 +1,121 @@
 // Package audit defines the records carehub writes to the carehub.audit
-// topic: one per routing decision (permit or deny, and the rule that decided)
-// and one per delivery outcome. Records are keyed by the patient's keyed
-// pseudonym and never hold an NHS number, a name or a payload.
+// topic: one per routing decision (permit or deny, the rule that decided,
+// the form of the copy and the version of the patient's directives that
+// decided), one per delivery outcome (delivered, withheld at the moment of
+// delivery, dead-lettered), one per consent change (who, when, before and
+// after), one per look at a patient's record through the admin API (who
+// and what), and one per accepted event with a flag (an event time older
+// than the deployment's bound). Records are keyed by the patient's keyed
+// pseudonym and never hold an NHS number, a name or a payload. The topic
+// is append-only and kept for years (retention.audit).
 package audit
 
 import (
 	"encoding/json"
 	"time"
+
+	"github.com/carehub/carehub/consent"
 )
 
 // Kinds of record.
 const (
-	KindDecision = "decision"
-	KindDelivery = "delivery"
-	KindFeedRead = "feed-read" // a pull recipient read an event (or its number, withheld) from its feed
+	KindDecision      = "decision"
+	KindDelivery      = "delivery"
+	KindFeedRead      = "feed-read" // a pull recipient read an event (or its number, withheld) from its feed
+	KindConsentChange = "consent-change"
+	KindAccess        = "access"
+	KindReceived      = "received"
 )
 
 // Delivery outcomes.
 const (
 	Delivered    = "delivered"
 	DeadLettered = "dead-lettered"
-	Read         = "read"     // feed-read: the event was served
-	Withheld     = "withheld" // feed-read: consent re-checked at read time withheld it; only its number was served
+	// Withheld: the copy was routed, but the patient's directives at the
+	// moment of delivery (or, for a feed, of reading) deny it; it was not
+	// sent (a feed served only its number).
+	Withheld = "withheld"
+	Read     = "read" // feed-read: the event was served
+)
+
+// Actions of access and consent-change records.
+const (
+	ActionConsentRead      = "consent-read"
+	ActionConsentChange    = "consent-change"
+	ActionConsentWithdraw  = "consent-withdraw"
+	ActionExplain          = "explain"
+	ActionDisclosuresRead  = "disclosures-read"
+	ActionDeadLetterList   = "dead-letters-read"
+	ActionDeadLetterReplay = "dead-letter-replay"
+	ActionDeadLetterClose  = "dead-letter-resolve"
+)
+
+// Flags of received records.
+const (
+	// FlagEventTimeOld: the event's time is older than events.flagOlderThan
+	// when it was accepted (a PAS catching up after an outage, or a clock
+	// that is wrong).
+	FlagEventTimeOld = "event-time-old"
 )
 
 // Record is one audit entry.
 type Record struct {
 	Time         time.Time `json:"time"`
 	Kind         string    `json:"kind"`
-	EventID      string    `json:"eventId"`
-	EventType    string    `json:"eventType"`
+	EventID      string    `json:"eventId,omitempty"`
+	EventType    string    `json:"eventType,omitempty"`
 	Publisher    string    `json:"publisher,omitempty"`
 	Patient      string    `json:"patient"` // keyed pseudonym
-	Recipient    string    `json:"recipient"`
+	Recipient    string    `json:"recipient,omitempty"`
 	Subscription string    `json:"subscription,omitempty"`
 	Basis        string    `json:"basis,omitempty"`
 	Effect       string    `json:"effect,omitempty"`
 	Rule         string    `json:"rule,omitempty"`
 	Directive    string    `json:"directive,omitempty"` // id of the directive that decided, if any
 	Obligations  []string  `json:"obligations,omitempty"`
-	Outcome      string    `json:"outcome,omitempty"`
-	Status       int       `json:"status,omitempty"`
-	Attempts     int       `json:"attempts,omitempty"`
-	Reason       string    `json:"reason,omitempty"`
-	Number       int64     `json:"number,omitempty"` // feed-read: the event's number in the recipient's feed
-	Via          string    `json:"via,omitempty"`    // feed-read: json, fhir or sse
+	// Form is the form of the copy: full, notification or notice (a
+	// permit's copy in a decision record; what was sent in a delivery
+	// record).
+	Form string `json:"form,omitempty"`
+	// DirectiveVersions are the versions of the patient's directives that
+	// decided: the patient's own first, then those of each number merged
+	// into it (0: none recorded).
+	DirectiveVersions []DirectiveVersion `json:"directiveVersions,omitempty"`
+	// Relation is how the event follows earlier events on its encounter
+	// or care plan (continues, updates, corrects), when it does.
+	Relation string `json:"relation,omitempty"`
+	// About names the event a notice (registration-ended, withheld notice)
+	// was issued about.
+	About    string `json:"about,omitempty"`
+	Outcome  string `json:"outcome,omitempty"`
+	Status   int    `json:"status,omitempty"`
+	Attempts int    `json:"attempts,omitempty"`
+	Reason   string `json:"reason,omitempty"`
+	Number   int64  `json:"number,omitempty"` // feed-read: the event's number in the recipient's feed
+	Via      string `json:"via,omitempty"`    // feed-read: json, fhir or sse
+	// Flags of a received record.
+	Flags []string `json:"flags,omitempty"`
+	// Actor is who looked or changed (access and consent-change records):
+	// the operator the admin API key belongs to.
+	Actor string `json:"actor,omitempty"`
+	// Action is what the actor did.
+	Action string `json:"action,omitempty"`
+	// Before and After are the patient's directives before and after a
+	// consent change.
+	Before *ConsentState `json:"before,omitempty"`
+	After  *ConsentState `json:"after,omitempty"`
+}
+
+// DirectiveVersion is the version of one patient number's directives.
+type DirectiveVersion struct {
+	Patient string `json:"patient"` // keyed pseudonym
+	Version int64  `json:"version"`
+}
+
+// ConsentState is a patient's directives at one version.
+type ConsentState struct {
+	Version    int64               `json:"version"`
+	Directives []consent.Directive `json:"directives"`
 }
 
 // Marshal encodes r.
@@ -61,18 +132,38 @@ func Unmarshal(b []byte) (Record, error) {
 }
 
 // DeadLetter is the value written to carehub.dlq: the delivery that was
-// permanently rejected, with the reason, so it can be replayed.
+// permanently rejected, with the reason, so it can be replayed. A record of
+// the same topic and key with Resolution set closes an earlier dead letter
+// (replayed or dismissed by an operator); the retention sweep removes dead
+// letters once resolved and a window has passed.
 type DeadLetter struct {
 	Time      time.Time       `json:"time"`
 	Recipient string          `json:"recipient"`
 	EventID   string          `json:"eventId"`
-	EventType string          `json:"eventType"`
-	Patient   string          `json:"patient"`
-	Reason    string          `json:"reason"`
+	EventType string          `json:"eventType,omitempty"`
+	Patient   string          `json:"patient,omitempty"`
+	Reason    string          `json:"reason,omitempty"`
 	Status    int             `json:"status,omitempty"`
-	Attempts  int             `json:"attempts"`
-	Event     json.RawMessage `json:"event"`
+	Attempts  int             `json:"attempts,omitempty"`
+	Event     json.RawMessage `json:"event,omitempty"`
 	// Answer is the recipient's JSON answer to the rejection (a FHIR
 	// OperationOutcome), when it gave one.
 	Answer json.RawMessage `json:"answer,omitempty"`
+	// Decision is the sealed routing decision of the copy (see
+	// route.Sealer), kept so that a replay is re-checked like any copy.
+	Decision string `json:"decision,omitempty"`
+	// Form is the form of the copy; Basis why the recipient got it.
+	Form  string `json:"form,omitempty"`
+	Basis string `json:"basis,omitempty"`
+	// Resolution, on a resolution record, says what closed the dead
+	// letter at Offset of the same partition.
+	Resolution *Resolution `json:"resolution,omitempty"`
+}
+
+// Resolution closes a dead letter.
+type Resolution struct {
+	Offset int64  `json:"offset"`
+	Action string `json:"action"` // replayed or dismissed
+	Actor  string `json:"actor"`
+	Note   string `json:"note,omitempty"`
 }

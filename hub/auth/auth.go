@@ -23,10 +23,19 @@ type entry struct {
 	principal string
 }
 
-// Admin is the principal of the admin key.
-const Admin = "admin"
+// OperatorPrefix starts the principal of an operator's key (an ODS code
+// never holds a ':'). Admin is the principal of the admin key: the
+// operator "admin".
+const (
+	OperatorPrefix = "operator:"
+	Admin          = OperatorPrefix + "admin"
+)
 
-// New builds the set. principals maps each key to an ODS code or Admin.
+// OperatorPrincipal is the principal of the operator id's key.
+func OperatorPrincipal(id string) string { return OperatorPrefix + id }
+
+// New builds the set. principals maps each key to an ODS code (a source)
+// or an OperatorPrincipal (Admin included).
 func New(principals map[string]string) (*Keys, error) {
 	k := &Keys{}
 	for key, p := range principals {
@@ -67,20 +76,29 @@ func (k *Keys) Organisation(r *http.Request) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if p == Admin {
+	if strings.HasPrefix(p, OperatorPrefix) {
 		return "", problem.New(problem.Forbidden, "the admin key cannot publish events")
 	}
 	return p, nil
 }
 
-// RequireAdmin reports an error unless the request carries the admin key.
-func (k *Keys) RequireAdmin(r *http.Request) error {
+// Operator returns the id of the operator whose key the request carries,
+// or an error if it carries none.
+func (k *Keys) Operator(r *http.Request) (string, error) {
 	p, err := k.Principal(r)
 	if err != nil {
-		return err
+		return "", err
 	}
-	if p != Admin {
-		return problem.New(problem.Forbidden, "this operation needs the admin key")
+	id, ok := strings.CutPrefix(p, OperatorPrefix)
+	if !ok {
+		return "", problem.New(problem.Forbidden, "this operation needs the admin key or an operator's key")
 	}
-	return nil
+	return id, nil
+}
+
+// RequireAdmin reports an error unless the request carries the admin key
+// or an operator's key.
+func (k *Keys) RequireAdmin(r *http.Request) error {
+	_, err := k.Operator(r)
+	return err
 }

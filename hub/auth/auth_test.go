@@ -16,13 +16,14 @@ const (
 	rx1Key   = "rx1-key-4d2c9a"
 	vmKey    = "vm123-key-77b1e0"
 	adminKey = "admin-key-c0ffee"
+	opKey    = "operator-key-beef01"
 	// unknownKey is presented but not configured; it must never be echoed.
 	unknownKey = "stolen-key-9991234567"
 )
 
 func keys(t *testing.T) *auth.Keys {
 	t.Helper()
-	k, err := auth.New(map[string]string{rx1Key: "RX1", vmKey: "VM123", adminKey: auth.Admin})
+	k, err := auth.New(map[string]string{rx1Key: "RX1", vmKey: "VM123", adminKey: auth.Admin, opKey: auth.OperatorPrincipal("ig-lead")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -46,7 +47,7 @@ func TestKeys(t *testing.T) {
 		header       string // "" means no Authorization header
 		principal    outcome
 		organisation outcome
-		admin        outcome // principal unused: "admin" on success
+		admin        outcome // the operator id
 	}{
 		{"", fail(unauth), fail(unauth), fail(unauth)},
 		{"Bearer " + rx1Key, ok("RX1"), ok("RX1"), fail(forbid)},
@@ -54,7 +55,8 @@ func TestKeys(t *testing.T) {
 		{"bearer " + rx1Key, ok("RX1"), ok("RX1"), fail(forbid)}, // the scheme is case-insensitive
 		{"BEARER " + rx1Key, ok("RX1"), ok("RX1"), fail(forbid)},
 		{"Bearer  " + rx1Key + " ", ok("RX1"), ok("RX1"), fail(forbid)}, // surrounding spaces are trimmed
-		{"Bearer " + adminKey, ok(auth.Admin), fail(forbid), ok(auth.Admin)},
+		{"Bearer " + adminKey, ok(auth.Admin), fail(forbid), ok("admin")},
+		{"Bearer " + opKey, ok("operator:ig-lead"), fail(forbid), ok("ig-lead")},
 		{"Bearer " + unknownKey, fail(unauth), fail(unauth), fail(unauth)},
 		{"Basic " + rx1Key, fail(unauth), fail(unauth), fail(unauth)},
 		{"Token " + unknownKey, fail(unauth), fail(unauth), fail(unauth)},
@@ -94,12 +96,11 @@ func TestKeys(t *testing.T) {
 		check("Principal", p, err, tt.principal)
 		p, err = k.Organisation(r)
 		check("Organisation", p, err, tt.organisation)
-		err = k.RequireAdmin(r)
-		p = ""
-		if err == nil {
-			p = auth.Admin
+		p, err = k.Operator(r)
+		check("Operator", p, err, tt.admin)
+		if err2 := k.RequireAdmin(r); (err2 == nil) != (err == nil) {
+			t.Errorf("RequireAdmin(%q) = %v, Operator gave %v", tt.header, err2, err)
 		}
-		check("RequireAdmin", p, err, tt.admin)
 	}
 }
 

@@ -30,6 +30,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"time"
 
@@ -54,6 +55,8 @@ type Config struct {
 	Delivery   connector.Retry  `yaml:"delivery"`
 	Consent    Consent          `yaml:"consent"`
 	Ingest     Ingest           `yaml:"ingest"`
+	Events     Events           `yaml:"events"`
+	Retention  Retention        `yaml:"retention"`
 }
 
 // Ingest is how the hub takes events from every source.
@@ -64,6 +67,39 @@ type Ingest struct {
 	// with other content is refused. Default 24h (as MLLP's duplicate
 	// window).
 	DuplicateWindow time.Duration `yaml:"duplicateWindow"`
+}
+
+// Events bounds the time an event says it happened (CloudEvents time): a
+// decision judges directive periods against it.
+type Events struct {
+	// MaxFutureSkew: an event dated later than now plus this is refused
+	// (422, HL7 AE) with the rule event-time-future. Default 5m.
+	MaxFutureSkew Duration `yaml:"maxFutureSkew"`
+	// FlagOlderThan: an event dated earlier than now minus this is
+	// accepted (a PAS catching up after an outage is normal) and flagged
+	// in the audit (event-time-old). Default 3d.
+	FlagOlderThan Duration `yaml:"flagOlderThan"`
+}
+
+// Retention says how long each kind of record is kept.
+type Retention struct {
+	// Events: carehub.events (retention.ms). Default 8y.
+	Events Duration `yaml:"events"`
+	// Audit: carehub.audit (retention.ms). Default 8y.
+	Audit Duration `yaml:"audit"`
+	// OutboxWindow: a copy is removed from its outbox once every
+	// deliverer of the recipient has committed past it and this long has
+	// passed since. Default 7d.
+	OutboxWindow Duration `yaml:"outboxWindow"`
+	// DeadLetterWindow: a dead letter is removed this long after it was
+	// resolved (replayed or dismissed). Default 30d.
+	DeadLetterWindow Duration `yaml:"deadLetterWindow"`
+	// FollowUps: how long the patient index remembers who received events
+	// about an encounter or care plan after its last event (corrections
+	// and updates follow the original for that long). Default 2y.
+	FollowUps Duration `yaml:"followUps"`
+	// SweepInterval: how often the removals run. Default 1h.
+	SweepInterval Duration `yaml:"sweepInterval"`
 }
 
 // HTTP is the API listener, shared by the admin API and every HTTP source.
@@ -105,8 +141,19 @@ type Kafka struct {
 	DiskCheckInterval time.Duration `yaml:"diskCheckInterval"`
 }
 
-// Admin holds the operator credentials.
+// Admin holds the operator credentials. Every call of the admin API is
+// made by an operator, whose id the audit records: apiKey is the operator
+// "admin"; each of operators has its own id and key.
 type Admin struct {
+	APIKey    connector.Secret `yaml:"apiKey"`
+	Operators []Operator       `yaml:"operators"`
+}
+
+// Operator is one person or system using the admin API.
+type Operator struct {
+	// ID names the operator in audit records: 1 to 64 letters, digits,
+	// '-', '.', '_' or '@' (an NHS smartcard UUID, an email address).
+	ID     string           `yaml:"id"`
 	APIKey connector.Secret `yaml:"apiKey"`
 }
 
@@ -115,6 +162,11 @@ type Source struct {
 	ODS    string           `yaml:"ods"`
 	Name   string           `yaml:"name"`
 	APIKey connector.Secret `yaml:"apiKey"`
+	// Contact tells a recipient of a notification-only copy, or of a
+	// withheld notice, how to ask this publisher for the full record
+	// (a phone number, an address, a URL). Optional; at most 200
+	// characters.
+	Contact string `yaml:"contact"`
 }
 
 // Subscription says which events a recipient wants and on what basis.
@@ -136,6 +188,11 @@ type Consent struct {
 	// ConfidentialAllow lists the bases on which a confidential patient's
 	// events are still shared. Default: [registered-gp].
 	ConfidentialAllow []string `yaml:"confidentialAllow"`
+	// WithheldDischarge is what the organisation a patient is discharged
+	// to receives when consent withholds the discharge from it: notice (a
+	// content-free notice to contact the discharging ward; the default)
+	// or none.
+	WithheldDischarge string `yaml:"withheldDischarge"`
 }
 
 // Policy returns the consent policy this section configures, validated.
@@ -166,6 +223,16 @@ const (
 	DefaultPublishTimeout = 10 * time.Second
 	// DefaultDuplicateWindow is Ingest.DuplicateWindow's default.
 	DefaultDuplicateWindow = 24 * time.Hour
+
+	DefaultMaxFutureSkew    = Duration(5 * time.Minute)
+	DefaultFlagOlderThan    = Duration(3 * Day)
+	DefaultEventsRetention  = Duration(8 * Year)
+	DefaultAuditRetention   = Duration(8 * Year)
+	DefaultOutboxWindow     = Duration(7 * Day)
+	DefaultDeadLetterWindow = Duration(30 * Day)
+	DefaultFollowUps        = Duration(2 * Year)
+	DefaultSweepInterval    = Duration(time.Hour)
+	DefaultWithheld         = "notice"
 )
 
 // Load reads and strictly decodes a YAML file, decodes its connector
@@ -340,6 +407,22 @@ func (c *Config) Defaults() {
 	if c.Consent.ConfidentialAllow == nil {
 		c.Consent.ConfidentialAllow = []string{string(consent.BasisRegisteredGP)}
 	}
+	if c.Consent.WithheldDischarge == "" {
+		c.Consent.WithheldDischarge = DefaultWithheld
+	}
+	for _, d := range []struct {
+		v   *Duration
+		def Duration
+	}{
+		{&c.Events.MaxFutureSkew, DefaultMaxFutureSkew}, {&c.Events.FlagOlderThan, DefaultFlagOlderThan},
+		{&c.Retention.Events, DefaultEventsRetention}, {&c.Retention.Audit, DefaultAuditRetention},
+		{&c.Retention.OutboxWindow, DefaultOutboxWindow}, {&c.Retention.DeadLetterWindow, DefaultDeadLetterWindow},
+		{&c.Retention.FollowUps, DefaultFollowUps}, {&c.Retention.SweepInterval, DefaultSweepInterval},
+	} {
+		if *d.v == 0 {
+			*d.v = d.def
+		}
+	}
 	c.Delivery = c.Delivery.WithDefaults()
 	for i := range c.Recipients {
 		for j := range c.Recipients[i].Subscriptions {
@@ -420,6 +503,7 @@ func (c *Config) Validate() error {
 			keys[v] = "admin.apiKey"
 		}
 	}
+	operators := map[string]bool{"admin": c.Admin.APIKey.Set()}
 	checkKey := func(where string, s connector.Secret) {
 		v, err := s.Reveal()
 		if err != nil {
@@ -434,6 +518,16 @@ func (c *Config) Validate() error {
 		}
 		keys[v] = where
 	}
+	for i, o := range c.Admin.Operators {
+		where := fmt.Sprintf("admin.operators[%d]", i)
+		if !operatorID.MatchString(o.ID) || tenDigits.MatchString(o.ID) {
+			bad("%s.id: 1 to 64 letters, digits, '-', '.', '_' or '@', not ten digits", where)
+		} else if operators[o.ID] {
+			bad("%s.id %q: used twice (the apiKey is the operator admin)", where, o.ID)
+		}
+		operators[o.ID] = true
+		checkKey(where+".apiKey", o.APIKey)
+	}
 	sources := map[string]bool{}
 	for i, s := range c.Sources {
 		where := fmt.Sprintf("sources[%d]", i)
@@ -445,6 +539,9 @@ func (c *Config) Validate() error {
 		}
 		sources[s.ODS] = true
 		checkKey(where+".apiKey", s.APIKey)
+		if len(s.Contact) > 200 {
+			bad("%s.contact: at most 200 characters", where)
+		}
 	}
 	if len(c.Inputs) == 0 {
 		bad("inputs: at least one is required, or nothing can publish: for POST /v1/events write\n  inputs:\n    - cloudevents: {}")
@@ -542,11 +639,39 @@ func (c *Config) Validate() error {
 	if _, err := c.Consent.Policy(); err != nil {
 		bad("consent: %v", err)
 	}
+	if w := c.Consent.WithheldDischarge; w != "notice" && w != "none" {
+		bad("consent.withheldDischarge %q: notice or none", w)
+	}
+	for _, d := range []struct {
+		name string
+		v    Duration
+		min  time.Duration
+	}{
+		{"events.maxFutureSkew", c.Events.MaxFutureSkew, time.Second},
+		{"events.flagOlderThan", c.Events.FlagOlderThan, time.Minute},
+		{"retention.events", c.Retention.Events, Day},
+		{"retention.audit", c.Retention.Audit, Day},
+		{"retention.outboxWindow", c.Retention.OutboxWindow, 0},
+		{"retention.deadLetterWindow", c.Retention.DeadLetterWindow, 0},
+		{"retention.followUps", c.Retention.FollowUps, Day},
+		{"retention.sweepInterval", c.Retention.SweepInterval, 100 * time.Millisecond},
+	} {
+		if d.v.D() < d.min || d.v < 0 {
+			bad("%s: at least %v", d.name, Duration(d.min))
+		}
+	}
 	if err := c.Delivery.Validate(); err != nil {
 		errs = append(errs, prefixed("delivery", err)...)
 	}
 	return errors.Join(errs...)
 }
+
+// operatorID is the shape of an operator id; ten digits (an NHS number's
+// shape) are refused by the check after it.
+var (
+	operatorID = regexp.MustCompile(`^[A-Za-z0-9._@-]{1,64}$`)
+	tenDigits  = regexp.MustCompile(`^[0-9]{10}$`)
+)
 
 // prefixed returns each of err's joined errors prefixed with where.
 func prefixed(where string, err error) []error {

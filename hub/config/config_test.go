@@ -54,9 +54,10 @@ func TestLoadExample(t *testing.T) {
 			PublishTimeout:    config.DefaultPublishTimeout,
 		},
 		Pseudonym: connector.SecretValue("demo-pseudonym-key-change-me"),
-		Admin:     config.Admin{APIKey: connector.SecretValue("demo-admin-key")},
+		Admin: config.Admin{APIKey: connector.SecretValue("demo-admin-key"),
+			Operators: []config.Operator{{ID: "ig-lead", APIKey: connector.SecretValue("demo-ig-lead-key")}}},
 		Sources: []config.Source{
-			{ODS: "RX1", Name: "Example NHS Trust (demo)", APIKey: connector.SecretValue("demo-rx1-key")},
+			{ODS: "RX1", Name: "Example NHS Trust (demo)", APIKey: connector.SecretValue("demo-rx1-key"), Contact: "Records team, 0300 000 0000 (demo)"},
 			{ODS: "VM123", Name: "Example Care Home digital social care record (demo)", APIKey: connector.SecretValue("demo-vm123-key")},
 		},
 		Inputs: []config.Input{
@@ -101,8 +102,13 @@ func TestLoadExample(t *testing.T) {
 		},
 		Delivery: connector.Retry{MinBackoff: 200 * time.Millisecond, MaxBackoff: 30 * time.Second},
 		Consent: config.Consent{ConfidentialAllow: []string{"registered-gp"},
-			ExtraSensitiveCategories: []string{"hiv", "substance-misuse", "termination-of-pregnancy"}},
+			ExtraSensitiveCategories: []string{"hiv", "substance-misuse", "termination-of-pregnancy"},
+			WithheldDischarge:        "notice"},
 		Ingest: config.Ingest{DuplicateWindow: 24 * time.Hour},
+		Events: config.Events{MaxFutureSkew: config.Duration(5 * time.Minute), FlagOlderThan: config.Duration(3 * config.Day)},
+		Retention: config.Retention{Events: config.Duration(8 * config.Year), Audit: config.Duration(8 * config.Year),
+			OutboxWindow: config.Duration(7 * config.Day), DeadLetterWindow: config.Duration(30 * config.Day),
+			FollowUps: config.Duration(2 * config.Year), SweepInterval: config.Duration(time.Hour)},
 	}
 	if diff := cmp.Diff(want, got, ignore); diff != "" {
 		t.Errorf("Load(%s) (-want +got):\n%s", examplePath, diff)
@@ -456,7 +462,7 @@ func TestConsentPolicyIsValidated(t *testing.T) {
 	}
 	const example = "consent:\n  extraSensitiveCategories: [hiv, substance-misuse, termination-of-pregnancy]\n"
 	if !strings.Contains(string(b), example) {
-		t.Fatalf("the example's consent section is not %q", example)
+		t.Fatalf("the example's consent section does not start %q", example)
 	}
 	bad := strings.Replace(string(b), example, "consent:\n  extraSensitiveCategories: [\"Not A Code\"]\n  confidentialAllow: [best-friend]\n", 1)
 	_, err = parse([]byte(bad))
@@ -486,5 +492,38 @@ func TestSensitivityCategoriesMustBeSensitive(t *testing.T) {
 	}
 	if _, err := parse(b); err != nil {
 		t.Errorf("the example: %v", err)
+	}
+}
+
+func TestIssue11SettingsAreValidated(t *testing.T) {
+	b, err := os.ReadFile(examplePath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct{ from, to, want string }{
+		{"withheldDischarge: notice", "withheldDischarge: shout", "consent.withheldDischarge"},
+		{"maxFutureSkew: 5m", "maxFutureSkew: 500ms", "events.maxFutureSkew"},
+		{"followUps: 2y", "followUps: 2h", "retention.followUps"},
+		{"audit: 8y", "audit: eight years", "not a duration"},
+		{"id: ig-lead", "id: \"9990000018\"", "admin.operators[0].id"},
+		{"apiKey: {value: demo-ig-lead-key}", "apiKey: {value: demo-rx1-key}", "already used"},
+	} {
+		bad := strings.Replace(string(b), tt.from, tt.to, 1)
+		if bad == string(b) {
+			t.Fatalf("%s not in the example", tt.from)
+		}
+		if _, err := parse([]byte(bad)); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%s: got %v, want an error naming %s", tt.to, err, tt.want)
+		}
+	}
+	for _, tt := range []struct {
+		in   string
+		want time.Duration
+		out  string
+	}{{"8y", 8 * config.Year, "8y"}, {"2w", 2 * config.Week, "2w"}, {"30d", 30 * config.Day, "30d"}, {"90s", 90 * time.Second, "1m30s"}, {"72h", 3 * config.Day, "3d"}} {
+		d, err := config.ParseDuration(tt.in)
+		if err != nil || d.D() != tt.want || d.String() != tt.out {
+			t.Errorf("ParseDuration(%q) = %v (%s), %v; want %v (%s)", tt.in, d.D(), d, err, tt.want, tt.out)
+		}
 	}
 }

@@ -1,24 +1,43 @@
 // Package deliver consumes one recipient's outbox, in order, and hands each
-// event to the recipient's sink connector.
+// copy to the recipient's sink connector, once the patient's consent has
+// been re-checked at that moment.
 //
-// Outcomes: delivered → audited and committed; permanently rejected → written
-// to carehub.dlq with its reason, audited, committed, and delivery goes on;
-// anything else (the recipient is down, the hub is stopping) → not committed,
-// redelivered later in the same order. A recipient that is down delays only
-// its own outbox: each recipient has its own consumer group and goroutines.
+// Outcomes: delivered → audited (with the form delivered and the directive
+// versions that permitted it) and committed; withheld by the re-check →
+// not sent, audited as withheld with the rule, committed; permanently
+// rejected → written to carehub.dlq with its reason, audited, committed,
+// and delivery goes on; anything else (the recipient is down, the consent
+// store cannot answer, the hub is stopping) → not committed, redelivered
+// later in the same order. A recipient that is down delays only its own
+// outbox: each recipient has its own consumer group and goroutines.
+//
+// # The re-check
+//
+// Gate is the hub's connector.Consent. Just before a copy is handed to the
+// sink, Handle asks it; the sink asks it again before every retry (the
+// connector contract), and a sink that serves copies later (a pull feed)
+// asks it when it serves them. Gate decides the copy's sealed routing
+// decision again with the patient's directives as they are then
+// (route.Router.Recheck: the same decision function, after the same
+// freshness barrier as routing): a copy now denied is not sent; a copy now
+// under the notification-only obligation goes in that form.
 package deliver
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/carehub/carehub/connectors/connector"
+	"github.com/carehub/carehub/consent"
 	"github.com/carehub/carehub/hub/audit"
+	"github.com/carehub/carehub/hub/route"
 	"github.com/carehub/carehub/hub/topic"
 	"github.com/carehub/carehub/internal/logging"
 	"github.com/carehub/carehub/schemas/event"
@@ -26,10 +45,71 @@ import (
 	"go.uber.org/zap"
 )
 
+// Rechecker decides a copy again (route.Router implements it).
+type Rechecker interface {
+	Recheck(ctx context.Context, key, sealed string) (consent.Decision, route.Sealed, []audit.DirectiveVersion, error)
+	Narrow(body []byte) ([]byte, error)
+}
+
+// RuleUndecidable is the rule of a copy withheld because it carries no
+// routing decision to re-check (a copy written by something other than
+// the router).
+const RuleUndecidable = "recheck:no-routing-decision"
+
+// Gate is the hub's connector.Consent. It is built before the router (the
+// sinks that hold it are built first) and answers with an error, so that
+// nothing is sent, until Set gives it the router.
+type Gate struct {
+	r atomic.Pointer[Rechecker]
+}
+
+// Set gives the gate the router it re-checks with.
+func (g *Gate) Set(r Rechecker) { g.r.Store(&r) }
+
+// Recheck implements connector.Consent.
+func (g *Gate) Recheck(ctx context.Context, d connector.Delivery) (connector.Verdict, error) {
+	v, _, err := g.recheck(ctx, d)
+	return v, err
+}
+
+func (g *Gate) recheck(ctx context.Context, d connector.Delivery) (connector.Verdict, []audit.DirectiveVersion, error) {
+	if d.Form == string(event.FormNotice) && d.Decision == "" {
+		// A content-free notice: nothing about the patient to withhold.
+		return connector.Verdict{Permit: true, Body: d.Body, Form: d.Form, Rule: route.RuleWithheldNotice}, nil, nil
+	}
+	if d.Decision == "" {
+		return connector.Verdict{Permit: false, Rule: RuleUndecidable}, nil, nil
+	}
+	p := g.r.Load()
+	if p == nil {
+		return connector.Verdict{}, nil, problem.New(problem.Unavailable, "the consent re-check is not ready")
+	}
+	r := *p
+	dec, _, versions, err := r.Recheck(ctx, d.PatientRef, d.Decision)
+	if err != nil {
+		return connector.Verdict{}, nil, err
+	}
+	if !dec.Permitted() {
+		return connector.Verdict{Permit: false, Rule: dec.Rule, Directive: dec.DirectiveID}, versions, nil
+	}
+	v := connector.Verdict{Permit: true, Body: d.Body, Form: d.Form, Rule: dec.Rule, Directive: dec.DirectiveID}
+	if dec.Has(consent.NotificationOnly) && d.Form == string(event.FormFull) {
+		thin, err := r.Narrow(d.Body)
+		if err != nil {
+			return connector.Verdict{}, nil, problem.Wrap(problem.Internal, "making the notification-only form of a copy", err)
+		}
+		v.Body, v.Form = thin, string(event.FormNotification)
+	}
+	return v, versions, nil
+}
+
+var _ connector.Consent = (*Gate)(nil)
+
 // Deliverer delivers one recipient's outbox.
 type Deliverer struct {
 	recipient string
 	sink      connector.Sink
+	gate      *Gate
 	pub       message.Publisher
 	log       *zap.Logger
 	stop      context.Context // ends in-flight retries when the hub stops
@@ -38,13 +118,17 @@ type Deliverer struct {
 
 // New builds a Deliverer. stop ends in-flight deliveries (they are then
 // redelivered after restart).
-func New(stop context.Context, recipient string, sink connector.Sink, pub message.Publisher, log *zap.Logger) (*Deliverer, error) {
-	if recipient == "" || sink == nil || pub == nil || log == nil || stop == nil {
-		return nil, errors.New("deliver: recipient, sink, publisher, logger and stop context are required")
+func New(stop context.Context, recipient string, sink connector.Sink, gate *Gate, pub message.Publisher, log *zap.Logger) (*Deliverer, error) {
+	if recipient == "" || sink == nil || gate == nil || pub == nil || log == nil || stop == nil {
+		return nil, errors.New("deliver: recipient, sink, gate, publisher, logger and stop context are required")
 	}
-	return &Deliverer{recipient: recipient, sink: sink, pub: pub, stop: stop,
+	return &Deliverer{recipient: recipient, sink: sink, gate: gate, pub: pub, stop: stop,
 		log: log.With(zap.String("recipient", recipient)), now: time.Now}, nil
 }
+
+// maxReshapes bounds how often one copy is prepared again because its
+// form changed while it was being delivered.
+const maxReshapes = 3
 
 // Handle is the watermill handler for the recipient's outbox topic.
 func (d *Deliverer) Handle(msg *message.Message) error {
@@ -60,6 +144,8 @@ func (d *Deliverer) Handle(msg *message.Message) error {
 		Recipient:   d.recipient,
 		PatientRef:  key,
 		Body:        msg.Payload,
+		Form:        msg.Metadata.Get(topic.MetaForm),
+		Decision:    msg.Metadata.Get(topic.MetaDecision),
 	}
 	if dl.EventSource == "" || dl.EventID == "" {
 		// A copy without the headers (written by another producer): the
@@ -73,29 +159,75 @@ func (d *Deliverer) Handle(msg *message.Message) error {
 			dl.EventType = ev.Type
 		}
 	}
+	if dl.Form == "" {
+		dl.Form = string(event.FormFull)
+	}
+	if dl.EventType == event.TypeWithheldNotice {
+		dl.PatientRef = "" // no pseudonym goes with a content-free notice
+	}
 	rec := audit.Record{
-		Kind: audit.KindDelivery, EventID: dl.EventID, EventType: dl.EventType,
+		Kind: audit.KindDelivery, EventID: dl.EventID, EventType: dl.EventType, About: msg.Metadata.Get(topic.MetaAbout),
 		Publisher: strings.TrimPrefix(dl.EventSource, event.SourcePrefix),
 		Patient:   key, Recipient: d.recipient, Basis: msg.Metadata.Get(topic.MetaBasis),
 	}
-	out, err := d.sink.Deliver(ctx, dl)
-	rec.Time, rec.Status, rec.Attempts = d.now().UTC(), out.Status, out.Attempts
-	if err == nil {
-		rec.Outcome = audit.Delivered
-		d.log.Info("delivered", zap.String("event_id", dl.EventID), zap.String("event_type", dl.EventType),
-			zap.Int("attempts", out.Attempts), zap.Int("status", out.Status))
-		return d.publishAudit(rec)
+	for reshapes := 0; ; reshapes++ {
+		v, versions, err := d.gate.recheck(ctx, dl)
+		if err != nil {
+			d.log.Info("delivery postponed: consent could not be re-checked", zap.String("event_id", dl.EventID), logging.Err(err))
+			return problem.Wrap(problem.Unavailable, "re-checking consent before delivery", err)
+		}
+		rec.DirectiveVersions = versions
+		if !v.Permit {
+			return d.withheld(rec, v.Rule, v.Directive)
+		}
+		send := dl
+		send.Body, send.Form = v.Body, v.Form
+		out, err := d.sink.Deliver(ctx, send)
+		rec.Time, rec.Status, rec.Attempts, rec.Form = d.now().UTC(), out.Status, out.Attempts, send.Form
+		if err == nil {
+			rec.Outcome = audit.Delivered
+			d.log.Info("delivered", zap.String("event_id", dl.EventID), zap.String("event_type", dl.EventType),
+				zap.String("form", send.Form), zap.Int("attempts", out.Attempts), zap.Int("status", out.Status))
+			return d.publishAudit(rec)
+		}
+		if rule, ok := connector.IsWithheld(err); ok {
+			// The sink's re-check withheld it between attempts: name the
+			// directive and versions that decided, as they stand now.
+			directive := ""
+			if again, versions, err := d.gate.recheck(ctx, dl); err == nil && !again.Permit && again.Rule == rule {
+				directive, rec.DirectiveVersions = again.Directive, versions
+			}
+			return d.withheld(rec, rule, directive)
+		}
+		if errors.Is(err, connector.ErrConsentChanged) && reshapes < maxReshapes {
+			continue
+		}
+		reason, permanent := connector.IsPermanent(err)
+		if !permanent {
+			d.log.Info("delivery postponed", zap.String("event_id", dl.EventID),
+				zap.Int("attempts", out.Attempts), logging.Err(err))
+			return problem.Wrap(problem.Unavailable, "delivery postponed", err)
+		}
+		return d.deadLetter(rec, send, reason, out)
 	}
-	reason, permanent := connector.IsPermanent(err)
-	if !permanent {
-		d.log.Info("delivery postponed", zap.String("event_id", dl.EventID),
-			zap.Int("attempts", out.Attempts), logging.Err(err))
-		return problem.Wrap(problem.Unavailable, "delivery postponed", err)
-	}
+}
+
+// withheld audits a copy the re-check withheld: it was not sent.
+func (d *Deliverer) withheld(rec audit.Record, rule, directive string) error {
+	rec.Time, rec.Outcome, rec.Rule, rec.Directive, rec.Effect = d.now().UTC(), audit.Withheld, rule, directive, string(consent.Deny)
+	d.log.Info("withheld at delivery", zap.String("event_id", rec.EventID), zap.String("rule", rule))
+	return d.publishAudit(rec)
+}
+
+func (d *Deliverer) deadLetter(rec audit.Record, sent connector.Delivery, reason string, out connector.Outcome) error {
 	rec.Outcome, rec.Reason = audit.DeadLettered, reason
 	dead := audit.DeadLetter{
-		Time: rec.Time, Recipient: d.recipient, EventID: dl.EventID, EventType: dl.EventType,
-		Patient: key, Reason: reason, Status: out.Status, Attempts: out.Attempts, Event: json.RawMessage(msg.Payload),
+		Time: rec.Time, Recipient: d.recipient, EventID: sent.EventID, EventType: sent.EventType,
+		Patient: rec.Patient, Reason: reason, Status: out.Status, Attempts: out.Attempts, Event: json.RawMessage(sent.Body),
+		Decision: sent.Decision, Form: sent.Form, Basis: rec.Basis,
+	}
+	if !json.Valid(sent.Body) || bytes.TrimSpace(sent.Body) == nil {
+		dead.Event = nil
 	}
 	if out.Answer != "" && json.Valid([]byte(out.Answer)) {
 		dead.Answer = json.RawMessage(out.Answer)
@@ -103,12 +235,12 @@ func (d *Deliverer) Handle(msg *message.Message) error {
 	b, _ := json.Marshal(dead)
 	dm := message.NewMessage(watermill.NewUUID(), b)
 	dm.Metadata.Set(topic.MetaKey, d.recipient)
-	dm.Metadata.Set(topic.MetaEventID, dl.EventID)
+	dm.Metadata.Set(topic.MetaEventID, sent.EventID)
 	dm.Metadata.Set(topic.MetaRecipient, d.recipient)
 	if err := d.pub.Publish(topic.DLQ, dm); err != nil {
 		return problem.Wrap(problem.Unavailable, "publishing a dead letter", err)
 	}
-	d.log.Warn("dead-lettered", zap.String("event_id", dl.EventID), zap.String("reason", reason), zap.Int("status", out.Status))
+	d.log.Warn("dead-lettered", zap.String("event_id", sent.EventID), zap.String("reason", reason), zap.Int("status", out.Status))
 	return d.publishAudit(rec)
 }
 

@@ -11,7 +11,9 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/carehub/carehub/connectors/connector"
+	"github.com/carehub/carehub/consent"
 	"github.com/carehub/carehub/hub/audit"
+	"github.com/carehub/carehub/hub/route"
 	"github.com/carehub/carehub/hub/topic"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
@@ -39,6 +41,34 @@ func (p *pub) Close() error { return nil }
 
 const canary = "9990000018"
 
+// rechecker answers re-checks with dec (permit by default).
+type rechecker struct {
+	mu    sync.Mutex
+	dec   consent.Decision
+	calls int
+	err   error
+}
+
+func (r *rechecker) Recheck(context.Context, string, string) (consent.Decision, route.Sealed, []audit.DirectiveVersion, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.calls++
+	if r.dec.Effect == "" {
+		return consent.Decision{Effect: consent.Permit, Rule: "relationship-confirmed"}, route.Sealed{}, []audit.DirectiveVersion{{Patient: "p1_test", Version: 4}}, r.err
+	}
+	return r.dec, route.Sealed{}, []audit.DirectiveVersion{{Patient: "p1_test", Version: 5}}, r.err
+}
+
+func (r *rechecker) Narrow([]byte) ([]byte, error) { return []byte(`{"thin":true}`), nil }
+
+func gate(r Rechecker) *Gate {
+	g := &Gate{}
+	if r != nil {
+		g.Set(r)
+	}
+	return g
+}
+
 func outboxMessage() *message.Message {
 	m := message.NewMessage("ev-1", []byte(`{"id":"ev-1","data":{"patient":{"nhsNumber":"`+canary+`"}}}`))
 	m.Metadata.Set(topic.MetaKey, "p1_test")
@@ -46,6 +76,8 @@ func outboxMessage() *message.Message {
 	m.Metadata.Set(topic.MetaSource, "urn:ods:RX1")
 	m.Metadata.Set(topic.MetaEventType, "org.carehub.discharge.v1")
 	m.Metadata.Set(topic.MetaBasis, "registered-gp")
+	m.Metadata.Set(topic.MetaForm, "full")
+	m.Metadata.Set(topic.MetaDecision, "sealed-decision")
 	return m
 }
 
@@ -72,7 +104,7 @@ func TestHandleOutcomes(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			core, logs := observer.New(zap.DebugLevel)
 			p := &pub{}
-			d, err := New(context.Background(), "A81001", tc.sink, p, zap.New(core))
+			d, err := New(context.Background(), "A81001", tc.sink, gate(&rechecker{}), p, zap.New(core))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -101,7 +133,7 @@ func TestHandleOutcomes(t *testing.T) {
 				}
 				rec, _ := audit.Unmarshal(recs[0].Payload)
 				if rec.Outcome != tc.wantAudit || rec.Status != tc.wantStatus || rec.Patient != "p1_test" || rec.Basis != "registered-gp" ||
-					rec.EventID != "ev-1" || rec.Publisher != "RX1" {
+					rec.EventID != "ev-1" || rec.Publisher != "RX1" || rec.Form != "full" || len(rec.DirectiveVersions) != 1 {
 					t.Errorf("audit record:\n\tgot  %+v\n\twant outcome %s status %d", rec, tc.wantAudit, tc.wantStatus)
 				}
 			}
@@ -123,7 +155,7 @@ func TestStopEndsInFlightRetries(t *testing.T) {
 		<-ctx.Done()
 		return connector.Outcome{}, ctx.Err()
 	})
-	d, _ := New(stop, "A81001", sink, &pub{}, zap.NewNop())
+	d, _ := New(stop, "A81001", sink, gate(&rechecker{}), &pub{}, zap.NewNop())
 	done := make(chan error, 1)
 	go func() { done <- d.Handle(outboxMessage()) }()
 	cancel()
@@ -141,7 +173,7 @@ func TestPublishFailureIsRetried(t *testing.T) {
 	sink := connector.SinkFunc(func(context.Context, connector.Delivery) (connector.Outcome, error) {
 		return connector.Outcome{Status: 400}, connector.Permanent("recipient answered 400", nil)
 	})
-	d, _ := New(context.Background(), "A81001", sink, &pub{err: errors.New("broker down")}, zap.NewNop())
+	d, _ := New(context.Background(), "A81001", sink, gate(&rechecker{}), &pub{err: errors.New("broker down")}, zap.NewNop())
 	if err := d.Handle(outboxMessage()); err == nil {
 		t.Errorf("Handle succeeded though the dead letter could not be written: the event would be lost")
 	}
@@ -157,6 +189,7 @@ func TestDeliveryCarriesSource(t *testing.T) {
 	bare := message.NewMessage("x", []byte(`{"specversion":"1.0","id":"ev-2","source":"urn:ods:VM123",`+
 		`"type":"org.carehub.careplan.v1","time":"2026-11-24T10:00:00Z","data":{"patient":{"nhsNumber":"`+canary+`"}}}`))
 	bare.Metadata.Set(topic.MetaKey, "p1_test")
+	bare.Metadata.Set(topic.MetaDecision, "sealed-decision")
 	tests := []struct {
 		name                 string
 		msg                  *message.Message
@@ -172,7 +205,7 @@ func TestDeliveryCarriesSource(t *testing.T) {
 			return connector.Outcome{Attempts: 1, Status: 204}, nil
 		})
 		p := &pub{}
-		d, _ := New(context.Background(), "A81001", sink, p, zap.NewNop())
+		d, _ := New(context.Background(), "A81001", sink, gate(&rechecker{}), p, zap.NewNop())
 		if err := d.Handle(tc.msg); err != nil {
 			t.Fatalf("Handle(%s): %v", tc.name, err)
 		}
@@ -184,5 +217,101 @@ func TestDeliveryCarriesSource(t *testing.T) {
 		if rec.Publisher != tc.org || rec.EventID != tc.id {
 			t.Errorf("Handle(%s) audit record:\n\tgot  publisher %q event %q\n\twant publisher %q event %q", tc.name, rec.Publisher, rec.EventID, tc.org, tc.id)
 		}
+	}
+}
+
+// TestRecheckAtDelivery pins finding 2 of issue 11: a directive recorded
+// after routing did not stop a queued copy. The re-check decides; the
+// sink's own answers about consent are honoured too.
+func TestRecheckAtDelivery(t *testing.T) {
+	deny := consent.Decision{Effect: consent.Deny, Rule: consent.RuleDenyOrganisation, DirectiveID: "no-home"}
+	thin := consent.Decision{Effect: consent.Permit, Rule: consent.RuleNotificationOnly, Obligations: []consent.Obligation{consent.NotificationOnly}}
+	tests := []struct {
+		name      string
+		r         *rechecker
+		unset     bool
+		edit      func(*message.Message)
+		sink      func(n *int) connector.SinkFunc
+		wantErr   bool
+		wantSends int
+		wantOut   string
+		wantRule  string
+		wantBody  string
+	}{
+		{name: "denied now: not sent", r: &rechecker{dec: deny}, wantOut: audit.Withheld, wantRule: consent.RuleDenyOrganisation},
+		{name: "thin now: sent thin", r: &rechecker{dec: thin}, wantSends: 1, wantOut: audit.Delivered, wantBody: `{"thin":true}`},
+		{name: "the store cannot answer: postponed", r: &rechecker{err: errors.New("broker down")}, wantErr: true},
+		{name: "no router yet: postponed", unset: true, wantErr: true},
+		{name: "no routing decision: withheld", r: &rechecker{}, edit: func(m *message.Message) { m.Metadata.Set(topic.MetaDecision, "") },
+			wantOut: audit.Withheld, wantRule: RuleUndecidable},
+		{name: "a content-free notice goes without a decision", r: &rechecker{dec: deny}, edit: func(m *message.Message) {
+			m.Metadata.Set(topic.MetaDecision, "")
+			m.Metadata.Set(topic.MetaForm, "notice")
+		}, wantSends: 1, wantOut: audit.Delivered},
+		{name: "withheld by the sink's re-check between attempts", r: &rechecker{}, sink: func(n *int) connector.SinkFunc {
+			return func(context.Context, connector.Delivery) (connector.Outcome, error) {
+				*n++
+				return connector.Outcome{Attempts: 3}, connector.Withheld(consent.RuleDenyRole)
+			}
+		}, wantSends: 1, wantOut: audit.Withheld, wantRule: consent.RuleDenyRole},
+		{name: "the form changed between attempts: prepared again", r: &rechecker{}, sink: func(n *int) connector.SinkFunc {
+			return func(context.Context, connector.Delivery) (connector.Outcome, error) {
+				*n++
+				if *n == 1 {
+					return connector.Outcome{}, connector.ErrConsentChanged
+				}
+				return connector.Outcome{Status: 204}, nil
+			}
+		}, wantSends: 2, wantOut: audit.Delivered},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			p := &pub{}
+			sends := 0
+			var body []byte
+			sink := connector.SinkFunc(func(_ context.Context, dl connector.Delivery) (connector.Outcome, error) {
+				sends++
+				body = dl.Body
+				return connector.Outcome{Status: 204, Attempts: 1}, nil
+			})
+			if tc.sink != nil {
+				sink = tc.sink(&sends)
+			}
+			var g *Gate
+			if tc.unset {
+				g = gate(nil)
+			} else {
+				g = gate(tc.r)
+			}
+			d, _ := New(context.Background(), "A81001", sink, g, p, zap.NewNop())
+			m := outboxMessage()
+			if tc.edit != nil {
+				tc.edit(m)
+			}
+			err := d.Handle(m)
+			if (err != nil) != tc.wantErr {
+				t.Fatalf("Handle: %v, want error %v", err, tc.wantErr)
+			}
+			if sends != tc.wantSends {
+				t.Errorf("sink called %d times, want %d", sends, tc.wantSends)
+			}
+			if tc.wantBody != "" && string(body) != tc.wantBody {
+				t.Errorf("sent %s, want %s", body, tc.wantBody)
+			}
+			recs := p.sent[topic.Audit]
+			if tc.wantOut == "" {
+				if len(recs) != 0 {
+					t.Errorf("audited %d records", len(recs))
+				}
+				return
+			}
+			if len(recs) != 1 {
+				t.Fatalf("audit records: %d", len(recs))
+			}
+			rec, _ := audit.Unmarshal(recs[0].Payload)
+			if rec.Outcome != tc.wantOut || rec.Rule != tc.wantRule {
+				t.Errorf("audit: %+v, want outcome %s rule %s", rec, tc.wantOut, tc.wantRule)
+			}
+		})
 	}
 }

@@ -55,6 +55,11 @@ import (
 const (
 	headerEventID   = "ce_id"
 	headerEventType = "ce_type"
+	headerSource    = "ce_source"
+	// The copy's form and sealed routing decision (topic.MetaForm,
+	// topic.MetaDecision): the consent re-check at read time needs them.
+	headerForm     = "carehub_form"
+	headerDecision = "carehub_decision"
 )
 
 // CacheEntries is how many of the latest entries each process keeps in
@@ -213,6 +218,12 @@ func (l *Log) entry(m kafka.Message) connector.FeedEntry {
 			e.Delivery.EventID = string(h.Value)
 		case headerEventType:
 			e.Delivery.EventType = string(h.Value)
+		case headerSource:
+			e.Delivery.EventSource = string(h.Value)
+		case headerForm:
+			e.Delivery.Form = string(h.Value)
+		case headerDecision:
+			e.Delivery.Decision = string(h.Value)
 		}
 	}
 	return e
@@ -304,7 +315,9 @@ func (l *Log) Append(ctx context.Context, d connector.Delivery) (int64, error) {
 	res, err := l.client.Produce(ctx, &kafka.ProduceRequest{
 		Topic: l.topic, Partition: 0, RequiredAcks: kafka.RequireAll,
 		Records: kafka.NewRecordReader(kafka.Record{Key: kafka.NewBytes([]byte(d.PatientRef)), Value: kafka.NewBytes(d.Body), Time: time.Now(),
-			Headers: []kafka.Header{{Key: headerEventID, Value: []byte(d.EventID)}, {Key: headerEventType, Value: []byte(d.EventType)}}}),
+			Headers: []kafka.Header{{Key: headerEventID, Value: []byte(d.EventID)}, {Key: headerEventType, Value: []byte(d.EventType)},
+				{Key: headerSource, Value: []byte(d.EventSource)}, {Key: headerForm, Value: []byte(d.Form)},
+				{Key: headerDecision, Value: []byte(d.Decision)}}}),
 	})
 	if err == nil && res.Error != nil {
 		err = res.Error

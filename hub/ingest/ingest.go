@@ -19,6 +19,16 @@
 // carehub.held (package held), keyed the same way (or by the pseudonym of
 // the sender's local identifier when the patient has no NHS number), also
 // with acks from all in-sync replicas before it returns.
+//
+// # Event time
+//
+// The event's time (CloudEvents time) decides which of the patient's
+// directive periods apply, so it is bounded: an event dated more than
+// Options.MaxFutureSkew after now is refused (problem.Invalid at /time,
+// rule event-time-future: HTTP 422, HL7 AE); an event dated more than
+// Options.FlagOlderThan before now is accepted (a PAS catching up after an
+// outage is normal) and an audit record of kind received with the flag
+// event-time-old is written with it, in the same produce.
 package ingest
 
 import (
@@ -30,8 +40,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/carehub/carehub/connectors/connector"
+	"github.com/carehub/carehub/hub/audit"
 	"github.com/carehub/carehub/hub/dedup"
 	"github.com/carehub/carehub/hub/held"
 	"github.com/carehub/carehub/hub/topic"
@@ -51,6 +63,17 @@ type Memory interface {
 	Record(ctx context.Context, cs ...dedup.Claim) error
 }
 
+// RuleEventTimeFuture is the rule of an event dated too far in the future.
+const RuleEventTimeFuture = "event-time-future"
+
+// Options bound the event time. A zero bound is no bound.
+type Options struct {
+	MaxFutureSkew time.Duration
+	FlagOlderThan time.Duration
+	// Now is the clock (time.Now when nil).
+	Now func() time.Time
+}
+
 // Ingest validates and publishes events.
 type Ingest struct {
 	validator *event.Validator
@@ -59,7 +82,7 @@ type Ingest struct {
 	mem       Memory
 	log       *zap.Logger
 	gate      func() error // nil: always open
-	now       func() time.Time
+	opts      Options
 }
 
 // SetGate makes Accept, AcceptBatch and Hold ask gate before publishing: a
@@ -79,11 +102,17 @@ func (in *Ingest) closed() error {
 }
 
 // New builds an Ingest. Without WithMemory it does not recognise retries.
-func New(v *event.Validator, p *nhs.Pseudonymiser, pub message.Publisher) (*Ingest, error) {
+func New(v *event.Validator, p *nhs.Pseudonymiser, pub message.Publisher, opts Options) (*Ingest, error) {
 	if v == nil || p == nil || pub == nil {
 		return nil, errors.New("ingest: validator, pseudonymiser and publisher are required")
 	}
-	return &Ingest{validator: v, pseudo: p, pub: pub, log: zap.NewNop(), now: time.Now}, nil
+	if opts.MaxFutureSkew < 0 || opts.FlagOlderThan < 0 {
+		return nil, errors.New("ingest: negative event time bounds")
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	return &Ingest{validator: v, pseudo: p, pub: pub, log: zap.NewNop(), opts: opts}, nil
 }
 
 // WithMemory makes the Ingest recognise events by (source, id): an event
@@ -123,19 +152,19 @@ func (in *Ingest) Accept(ctx context.Context, org string, raw []byte) (connector
 // its first listing.
 func (in *Ingest) AcceptBatch(ctx context.Context, org string, raws []json.RawMessage) []connector.Result {
 	out := make([]connector.Result, len(raws))
-	var msgs []*message.Message
+	var msgs []prepared
 	var idx []int
 	var sources, ids []string
 	var digests []dedup.Digest
 	for i, raw := range raws {
-		msg, acc, err := in.prepare(ctx, org, raw)
+		p, acc, err := in.prepare(ctx, org, raw)
 		out[i] = connector.Result{Accepted: acc, Err: err}
 		if err == nil {
-			msgs = append(msgs, msg)
+			msgs = append(msgs, p)
 			idx = append(idx, i)
-			sources = append(sources, msg.Metadata.Get(topic.MetaSource))
+			sources = append(sources, p.msg.Metadata.Get(topic.MetaSource))
 			ids = append(ids, acc.ID)
-			digests = append(digests, dedup.DigestOf(msg.Payload))
+			digests = append(digests, dedup.DigestOf(p.msg.Payload))
 		}
 	}
 	if len(msgs) == 0 {
@@ -148,7 +177,7 @@ func (in *Ingest) AcceptBatch(ctx context.Context, org string, raws []json.RawMe
 		return out
 	}
 	if in.mem == nil {
-		if err := in.publish(msgs...); err != nil {
+		if err := in.publish(msgs); err != nil {
 			failed := failedRecords(err)
 			for j, i := range idx {
 				if failed(j) {
@@ -166,7 +195,7 @@ func (in *Ingest) AcceptBatch(ctx context.Context, org string, raws []json.RawMe
 		}
 		return out
 	}
-	var fresh []*message.Message
+	var fresh []prepared
 	var claimed []dedup.Claim
 	freshAt := map[int]int{} // position in claims → position in fresh
 	for j, c := range claims {
@@ -179,7 +208,7 @@ func (in *Ingest) AcceptBatch(ctx context.Context, org string, raws []json.RawMe
 	var pubErr error
 	failed := func(int) bool { return false }
 	if len(fresh) > 0 {
-		if pubErr = in.publish(fresh...); pubErr != nil {
+		if pubErr = in.publish(fresh); pubErr != nil {
 			failed = failedRecords(pubErr)
 		}
 		var written []dedup.Claim
@@ -251,28 +280,66 @@ func Message(ev *event.Event, key string) (*message.Message, error) {
 	return msg, nil
 }
 
-func (in *Ingest) prepare(ctx context.Context, org string, raw []byte) (*message.Message, connector.Accepted, error) {
+// prepared is one event ready to publish, with its audit record if it is
+// flagged.
+type prepared struct {
+	msg  *message.Message
+	flag *message.Message
+}
+
+func (in *Ingest) prepare(ctx context.Context, org string, raw []byte) (prepared, connector.Accepted, error) {
 	ev, err := in.validator.Parse(raw)
 	if err != nil {
-		return nil, connector.Accepted{}, err
+		return prepared{}, connector.Accepted{}, err
 	}
 	acc := connector.Accepted{ID: ev.ID, Type: ev.Type}
 	if ev.Publisher != org {
-		return nil, acc, &problem.Error{
+		return prepared{}, acc, &problem.Error{
 			Kind:       problem.Forbidden,
 			Message:    "this API key publishes as urn:ods:" + org + " only",
 			Violations: []problem.Violation{{Pointer: "/source", Rule: "source-matches-credentials"}},
 		}
 	}
-	msg, err := Message(ev, in.pseudo.Pseudonym(ev.Patient.NHSNumber))
+	now := in.opts.Now()
+	if s := in.opts.MaxFutureSkew; s > 0 && ev.Time.After(now.Add(s)) {
+		detail := "the event time is more than " + s.String() + " in the future: check the sender's clock and time zone"
+		return prepared{}, acc, &problem.Error{Kind: problem.Invalid, Message: detail,
+			Violations: []problem.Violation{{Pointer: "/time", Rule: RuleEventTimeFuture, Detail: detail}}}
+	}
+	key := in.pseudo.Pseudonym(ev.Patient.NHSNumber)
+	msg, err := Message(ev, key)
 	if err != nil {
-		return nil, acc, err
+		return prepared{}, acc, err
 	}
 	msg.SetContext(ctx)
-	return msg, acc, nil
+	p := prepared{msg: msg}
+	if o := in.opts.FlagOlderThan; o > 0 && ev.Time.Before(now.Add(-o)) {
+		rec := audit.Record{Time: now.UTC(), Kind: audit.KindReceived, EventID: ev.ID, EventType: ev.Type, Publisher: ev.Publisher,
+			Patient: key, Flags: []string{audit.FlagEventTimeOld}, Reason: "event time older than " + o.String() + " when accepted"}
+		p.flag = message.NewMessage(watermill.NewUUID(), rec.Marshal())
+		p.flag.Metadata.Set(topic.MetaKey, key)
+		p.flag.Metadata.Set(topic.MetaEventID, ev.ID)
+	}
+	return p, acc, nil
 }
 
-func (in *Ingest) publish(msgs ...*message.Message) error {
+// publish writes the events to carehub.events with acks from all in-sync
+// replicas. The audit records of flagged events are written first: an
+// event is never durable without its flag. A failure reports, through
+// failedRecords, which of ps were not written.
+func (in *Ingest) publish(ps []prepared) error {
+	var msgs, flags []*message.Message
+	for _, p := range ps {
+		msgs = append(msgs, p.msg)
+		if p.flag != nil {
+			flags = append(flags, p.flag)
+		}
+	}
+	if len(flags) > 0 {
+		if err := in.pub.Publish(topic.Audit, flags...); err != nil {
+			return problem.Wrap(problem.Unavailable, "the event could not be made durable; retry later", err)
+		}
+	}
 	if err := in.pub.Publish(topic.Events, msgs...); err != nil {
 		return problem.Wrap(problem.Unavailable, "the event could not be made durable; retry later", err)
 	}
@@ -297,7 +364,7 @@ func (in *Ingest) Hold(ctx context.Context, org string, h connector.Held) error 
 	if key == "" {
 		key = in.pseudo.LocalPseudonym(org, "message\x00"+h.ID)
 	}
-	rec := held.Record{ID: h.ID, Source: org, Time: h.Time.UTC(), Received: in.now().UTC(), Trigger: h.Trigger,
+	rec := held.Record{ID: h.ID, Source: org, Time: h.Time.UTC(), Received: in.opts.Now().UTC(), Trigger: h.Trigger,
 		Reason: h.Reason, Detail: h.Detail, Patient: key, ContentType: h.ContentType, Original: h.Original}
 	msg := message.NewMessage(h.ID, rec.Marshal())
 	msg.Metadata.Set(topic.MetaKey, key)

@@ -8,9 +8,11 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/carehub/carehub/connectors/connector"
+	"github.com/carehub/carehub/hub/audit"
 	"github.com/carehub/carehub/hub/held"
 	"github.com/carehub/carehub/hub/topic"
 	"github.com/carehub/carehub/schemas/event"
@@ -20,20 +22,29 @@ import (
 )
 
 type pub struct {
-	sent []*message.Message
-	err  error
+	sent  []*message.Message
+	audit []*message.Message
+	err   error
 }
 
 func (p *pub) Publish(t string, msgs ...*message.Message) error {
-	if t != topic.Events {
-		return errors.New("wrong topic " + t)
-	}
 	if p.err != nil {
 		return p.err
 	}
-	p.sent = append(p.sent, msgs...)
+	switch t {
+	case topic.Events:
+		p.sent = append(p.sent, msgs...)
+	case topic.Audit:
+		p.audit = append(p.audit, msgs...)
+	default:
+		return errors.New("wrong topic " + t)
+	}
 	return nil
 }
+
+// now is the clock of the tests: three days after the example events.
+var now = time.Date(2025, 3, 21, 12, 0, 0, 0, time.UTC)
+
 func (p *pub) Close() error { return nil }
 
 func setup(t *testing.T, p *pub) (*Ingest, []byte) {
@@ -46,7 +57,7 @@ func setup(t *testing.T, p *pub) (*Ingest, []byte) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	in, err := New(v, ps, p)
+	in, err := New(v, ps, p, Options{MaxFutureSkew: 5 * time.Minute, FlagOlderThan: 7 * 24 * time.Hour, Now: func() time.Time { return now }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -163,7 +174,7 @@ func TestHoldWritesTheHeldTopicKeyedByAPseudonym(t *testing.T) {
 	v, _ := event.NewValidator()
 	ps, _ := nhs.NewPseudonymiser([]byte("ingest-test-key-0123456789"))
 	p := &topicPub{}
-	in, err := New(v, ps, p)
+	in, err := New(v, ps, p, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -225,7 +236,7 @@ func TestHoldRefusals(t *testing.T) {
 	}
 	for _, tt := range tests {
 		p := &topicPub{}
-		in, _ := New(v, ps, p)
+		in, _ := New(v, ps, p, Options{})
 		err := in.Hold(context.Background(), "RX1", tt.h)
 		if problem.KindOf(err) != tt.kind || len(p.sent) != 0 {
 			t.Errorf("%s: got %v (%s) and %d topics written, want %s and nothing", tt.name, err, problem.KindOf(err), len(p.sent), tt.kind)
@@ -235,7 +246,7 @@ func TestHoldRefusals(t *testing.T) {
 		}
 	}
 	p := &topicPub{err: errors.New("broker down")}
-	in, _ := New(v, ps, p)
+	in, _ := New(v, ps, p, Options{})
 	if err := in.Hold(context.Background(), "RX1", base); problem.KindOf(err) != problem.Unavailable {
 		t.Errorf("broker down: got %v, want Unavailable", err)
 	}
@@ -277,7 +288,7 @@ func TestBatchAnswersEachEventByWhatWasWritten(t *testing.T) {
 	v, _ := event.NewValidator()
 	ps, _ := nhs.NewPseudonymiser([]byte("ingest-test-key-0123456789"))
 	p := &partialPub{failed: map[int]bool{1: true}} // the second valid event's record fails
-	in, err := New(v, ps, p)
+	in, err := New(v, ps, p, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -327,5 +338,54 @@ func TestClosedGatePublishesNothing(t *testing.T) {
 	in.SetGate(func() error { return nil })
 	if _, err := in.Accept(context.Background(), "RX1", raw); err != nil {
 		t.Errorf("Accept with the gate open: %v", err)
+	}
+}
+
+// TestEventTimeBounds pins finding 7 of issue 11: events dated 1970 and
+// 2099 were accepted, and the event time chooses which directive periods
+// apply. Too far in the future is refused with the rule; long past is
+// accepted and flagged in the audit.
+func TestEventTimeBounds(t *testing.T) {
+	for _, tt := range []struct {
+		time    string
+		refused bool
+		flagged bool
+	}{
+		{"2099-01-01T00:00:00Z", true, false},
+		{"2025-03-21T12:04:59Z", false, false}, // within the skew
+		{"2025-03-21T12:05:01Z", true, false},
+		{"2025-03-18T14:05:00Z", false, false}, // three days old
+		{"1970-01-01T00:00:00Z", false, true},
+		{"2025-03-14T11:59:59Z", false, true}, // just over seven days
+	} {
+		p := &pub{}
+		in, raw := setup(t, p)
+		var m map[string]any
+		_ = json.Unmarshal(raw, &m)
+		m["time"] = tt.time
+		raw, _ = json.Marshal(m)
+		_, err := in.Accept(context.Background(), "RX1", raw)
+		if tt.refused {
+			var pe *problem.Error
+			if !errors.As(err, &pe) || pe.Kind != problem.Invalid || len(pe.Violations) != 1 || pe.Violations[0].Rule != RuleEventTimeFuture || pe.Violations[0].Pointer != "/time" {
+				t.Errorf("%s: got %v, want Invalid at /time by %s", tt.time, err, RuleEventTimeFuture)
+			}
+			if len(p.sent)+len(p.audit) != 0 {
+				t.Errorf("%s: published a refused event", tt.time)
+			}
+			continue
+		}
+		if err != nil || len(p.sent) != 1 {
+			t.Fatalf("%s: got %v, %d published", tt.time, err, len(p.sent))
+		}
+		if (len(p.audit) == 1) != tt.flagged {
+			t.Errorf("%s: %d audit records, want flagged %v", tt.time, len(p.audit), tt.flagged)
+		}
+		for _, a := range p.audit {
+			r, _ := audit.Unmarshal(a.Payload)
+			if r.Kind != audit.KindReceived || len(r.Flags) != 1 || r.Flags[0] != audit.FlagEventTimeOld || r.Patient != p.sent[0].Metadata.Get(topic.MetaKey) {
+				t.Errorf("%s: audit record %+v", tt.time, r)
+			}
+		}
 	}
 }

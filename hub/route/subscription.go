@@ -83,12 +83,16 @@ func NewSubscriptions(subs []Subscription) (*Subscriptions, error) {
 	return s, errors.Join(errs...)
 }
 
-// Match returns the candidates for ev, about the patient with pseudonym
-// key: each subscription whose type list holds the event's type and whose
-// basis holds for the event. The event itself names the registered GP
-// practice and the discharge destination; a patient list holds the patient
+// Of returns the subscriptions of one recipient.
+func (s *Subscriptions) Of(ods string) []*Subscription { return s.byRecipient[ods] }
+
+// Match returns the candidates for ev, about the patient known by the
+// pseudonyms keys (the patient's number, and any merged with it): each
+// subscription whose type list holds the event's type and whose basis
+// holds for the event. The event itself names the registered GP practice
+// and the discharge destination; a patient list holds one of the numbers
 // or not. A publisher is never a candidate for its own events.
-func (s *Subscriptions) Match(ev *event.Event, key string) []Candidate {
+func (s *Subscriptions) Match(ev *event.Event, keys ...string) []Candidate {
 	var out []Candidate
 	try := func(ods string, basis consent.Basis) {
 		if ods == "" || ods == ev.Publisher {
@@ -102,9 +106,14 @@ func (s *Subscriptions) Match(ev *event.Event, key string) []Candidate {
 	}
 	try(ev.Patient.GPPractice, consent.BasisRegisteredGP)
 	try(ev.DischargeDestination, consent.BasisDischargeDestination)
-	if key != "" {
+	seen := map[*Subscription]bool{}
+	for _, key := range keys {
+		if key == "" {
+			continue
+		}
 		for _, sub := range s.byPatient[key] {
-			if sub.Recipient.ODS != ev.Publisher && sub.Types[ev.Type] {
+			if sub.Recipient.ODS != ev.Publisher && sub.Types[ev.Type] && !seen[sub] {
+				seen[sub] = true
 				out = append(out, Candidate{Subscription: sub})
 			}
 		}

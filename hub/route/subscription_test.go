@@ -10,7 +10,6 @@ import (
 	"github.com/carehub/carehub/consent"
 	"github.com/carehub/carehub/hub/patientlist"
 	"github.com/carehub/carehub/schemas/event"
-	"go.uber.org/zap"
 )
 
 func listSubs(t *testing.T) *Subscriptions {
@@ -111,14 +110,12 @@ func TestPatientListDecidedByPolicy(t *testing.T) {
 			consent.Deny, "directive:deny-role"},
 	}
 	for _, tt := range tests {
-		r, err := New(listSubs(t), &policy, tt.dirs, &fakePub{}, zap.NewNop())
+		r := newRouter(t, listSubs(t), &policy, tt.dirs, &fakePub{})
+		dec, err := r.Decide(context.Background(), ev, "p1_bob")
 		if err != nil {
 			t.Fatal(err)
 		}
-		v, err := r.Decide(context.Background(), ev, "p1_bob")
-		if err != nil {
-			t.Fatal(err)
-		}
+		v := dec.Verdicts
 		if len(v) != 1 || v[0].Subscription.ID != "team" || v[0].Decision.Effect != tt.want || v[0].Decision.Rule != tt.rule || v[0].Copy != (tt.want == consent.Permit) {
 			t.Errorf("%s: got %+v, want one verdict for team: %v by %s", tt.name, v, tt.want, tt.rule)
 		}
@@ -128,17 +125,14 @@ func TestPatientListDecidedByPolicy(t *testing.T) {
 // TestSetSubscriptionsAppliesToTheNextEvent: swapped subscriptions (patient
 // lists reloaded) decide every event after the call; nil is ignored.
 func TestSetSubscriptionsAppliesToTheNextEvent(t *testing.T) {
-	r, err := New(listSubs(t), consent.Relationship{}, NoDirectives{}, &fakePub{}, zap.NewNop())
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := newRouter(t, listSubs(t), consent.Relationship{}, NoDirectives{}, &fakePub{})
 	ev := &event.Event{ID: "e1", Type: event.TypeDischarge, Publisher: "RX1", Time: time.Date(2026, 11, 24, 9, 0, 0, 0, time.UTC)}
 	count := func() int {
-		v, err := r.Decide(context.Background(), ev, "p1_carol")
+		dec, err := r.Decide(context.Background(), ev, "p1_carol")
 		if err != nil {
 			t.Fatal(err)
 		}
-		return len(v)
+		return len(dec.Verdicts)
 	}
 	if got := count(); got != 0 {
 		t.Fatalf("before: got %d verdicts for a patient on no list, want 0", got)

@@ -10,6 +10,19 @@ import (
 	"github.com/carehub/carehub/hub/broker"
 )
 
+// SweptSegmentBytes is the segment size of the topics the retention sweep
+// deletes from (outboxes, dead letters).
+const SweptSegmentBytes = 16 << 20
+
+// RetentionConfigs are the topic configs that keep records for d (for
+// ever when d is 0).
+func RetentionConfigs(d time.Duration) map[string]string {
+	if d <= 0 {
+		return map[string]string{"retention.ms": "-1"}
+	}
+	return map[string]string{"retention.ms": strconv.FormatInt(d.Milliseconds(), 10)}
+}
+
 // The topics.
 const (
 	Events        = "carehub.events"
@@ -18,6 +31,7 @@ const (
 	Consent       = "carehub.consent"
 	Subscriptions = "carehub.subscriptions"
 	Held          = "carehub.held"
+	Patients      = "carehub.patients"
 	outboxPrefix  = "carehub.outbox."
 	feedPrefix    = "carehub.feed."
 	// Accepted holds the (source, id) and content digest of every event
@@ -65,28 +79,47 @@ const (
 	MetaRule        = "carehub_rule"
 	MetaHeldID      = "carehub_held_id"
 	MetaReason      = "carehub_held_reason"
+	// MetaForm is the form of an outbox copy (full, notification, notice).
+	MetaForm = "carehub_form"
+	// MetaDecision is the sealed routing decision of an outbox copy
+	// (route.Sealer): opaque, and readable only with the hub's key.
+	MetaDecision = "carehub_decision"
+	// MetaAbout is, on a notice, the id of the event it is about.
+	MetaAbout = "carehub_about"
 )
 
-// Specs returns the topics a hub needs, with their settings. Events, audit
-// and the dead-letter topic are systems of record (retention.ms=-1); consent
-// and subscriptions are compacted, in one partition each: every hub process
-// reads all of them anyway, and the router looks up the consent topic's end
-// offset before each decision (consentstore), one request per partition.
-// The held topic (messages acknowledged but not shared, with the original
-// message) is kept until an operator releases or resolves each record
-// (retention.ms=-1): nothing ages out unseen.
-// Outboxes keep everything until a
-// retention job deletes what every deliverer has committed (not yet built):
-// retention.ms=-1 so that a recipient that is down for weeks loses nothing.
-func Specs(partitions, replication int, recipients []string) []broker.TopicSpec {
-	forever := map[string]string{"retention.ms": "-1"}
+// Retention is how long the topics kept by time keep their records.
+type Retention struct {
+	Events time.Duration // carehub.events
+	Audit  time.Duration // carehub.audit
+}
+
+// Specs returns the topics a hub needs, with their settings. Events and
+// audit are kept for the configured retention (retention.ms; years by
+// default). Outboxes and the dead-letter topic are never cut by time
+// (retention.ms=-1: a recipient that is down for weeks loses nothing);
+// package retention deletes from them what is delivered or resolved, once
+// a window has passed. The held topic (messages acknowledged but not
+// shared, with the original message) is kept until an operator releases or
+// resolves each record (retention.ms=-1): nothing ages out unseen.
+// Consent, the patient index and subscriptions are
+// compacted, in one partition each: every hub process reads all of them
+// anyway, and the router looks up the consent topic's and the patient
+// index's end offsets before each decision (ktable), one request per
+// partition.
+func Specs(partitions, replication int, recipients []string, r Retention) []broker.TopicSpec {
+	// Swept topics roll segments small and often: Kafka removes a
+	// segment's file only once every record in it is deleted, so the
+	// bytes of a deleted copy stay on disk until its segment rolls.
+	forever := map[string]string{"retention.ms": "-1", "segment.bytes": strconv.Itoa(SweptSegmentBytes), "segment.ms": "3600000"}
 	compact := map[string]string{"cleanup.policy": "compact", "retention.ms": "-1"}
 	specs := []broker.TopicSpec{
-		{Name: Events, Partitions: partitions, ReplicationFactor: replication, Configs: forever},
-		{Name: Audit, Partitions: partitions, ReplicationFactor: replication, Configs: forever},
+		{Name: Events, Partitions: partitions, ReplicationFactor: replication, Configs: RetentionConfigs(r.Events)},
+		{Name: Audit, Partitions: partitions, ReplicationFactor: replication, Configs: RetentionConfigs(r.Audit)},
 		{Name: DLQ, Partitions: partitions, ReplicationFactor: replication, Configs: forever},
 		{Name: Held, Partitions: partitions, ReplicationFactor: replication, Configs: forever},
 		{Name: Consent, Partitions: 1, ReplicationFactor: replication, Configs: compact},
+		{Name: Patients, Partitions: 1, ReplicationFactor: replication, Configs: compact},
 		{Name: Subscriptions, Partitions: 1, ReplicationFactor: replication, Configs: compact},
 	}
 	for _, r := range recipients {

@@ -23,8 +23,12 @@
 // topic (no schema validation) but extracts the same facts as Parse: the
 // publisher, the patient's NHS number and GP practice, the encounter, the
 // discharge destination, the sensitivity labels and whether a clinical
-// document is attached. A delivery under the consent obligation
-// "notification-only" sends NotificationOnly(value) instead of value.
+// document is attached. A copy goes in a Form: Full (the event; for a
+// correction, its allow-list) or, under the consent obligation
+// "notification-only", Notification: one allow-list for every type (the
+// patient's identifiers, the encounter or care plan id, how to ask for the
+// full record). TypeRule, one entry per type, says which reference an event
+// is about, what each form keeps and how it follows earlier events.
 //
 // # Errors
 //

@@ -104,11 +104,6 @@ const (
 
 	// SourcePrefix starts every source: the publisher's ODS code follows.
 	SourcePrefix = "urn:ods:"
-
-	// RedactedExtension is the extension attribute NotificationOnly sets,
-	// with the value RedactedDocuments, when it removed clinical documents.
-	RedactedExtension = "carehubredacted"
-	RedactedDocuments = "documents"
 )
 
 // Event is one accepted event: the envelope's attributes, the data as JSON,
@@ -119,17 +114,24 @@ type Event struct {
 	Type            string // one of Types()
 	Subject         string // optional; may identify the encounter: never log it
 	Time            time.Time
-	DataContentType string          // "application/json", or "" if the sender omitted it
-	Data            json.RawMessage // compact JSON object
+	DataContentType string // "application/json", or "" if the sender omitted it
+	// DataSchema is the dataschema attribute of a form the hub made
+	// (Notification, the notices); "" for an event as published.
+	DataSchema string
+	Data       json.RawMessage // compact JSON object
 	// Extensions holds the CloudEvents extension attributes as sent, by
 	// name; each value is a JSON string, number or boolean.
 	Extensions map[string]json.RawMessage
 
 	// Facts from the data.
-	Publisher            string     // ODS code of the publisher, from Source
-	Patient              Patient    // data.patient
-	MergedNHSNumber      nhs.Number // data.mergedPatient.nhsNumber (patient-merged only)
-	EncounterID          string     // data.encounter.id, if any
+	Publisher       string     // ODS code of the publisher, from Source
+	Patient         Patient    // data.patient
+	MergedNHSNumber nhs.Number // data.mergedPatient.nhsNumber (patient-merged only)
+	EncounterID     string     // data.encounter.id, if any
+	// Ref names the reference the event is about, by its type's rule
+	// (TypeRule.Ref): "encounter:" + the encounter id, "careplan:" + the
+	// care plan id, or "" for an event about the patient only.
+	Ref                  string
 	DischargeDestination string     // data.discharge.destination.ods, if any
 	Labels               []string   // data.sensitivity: sensitivity categories
 	Confidential         bool       // data.confidential: the publisher marks the record protected
@@ -149,7 +151,7 @@ var (
 
 // Marshal returns the canonical envelope: compact JSON with the attributes
 // in a fixed order (specversion, id, source, type, subject, time,
-// datacontenttype, extensions by name, data), time in RFC 3339, and
+// datacontenttype, dataschema if set, extensions by name, data), time in RFC 3339, and
 // datacontenttype always "application/json". It is built from the fields,
 // so it reflects any change made to them.
 func (e *Event) Marshal() ([]byte, error) {
@@ -171,6 +173,10 @@ func (e *Event) Marshal() ([]byte, error) {
 	b.WriteString(`,"time":"`)
 	b.WriteString(e.Time.Format(time.RFC3339Nano))
 	b.WriteString(`","datacontenttype":"` + media.JSON + `"`)
+	if e.DataSchema != "" {
+		b.WriteString(`,"dataschema":`)
+		writeString(&b, e.DataSchema)
+	}
 	if len(e.Extensions) > 0 {
 		names := make([]string, 0, len(e.Extensions))
 		for k := range e.Extensions {
@@ -262,6 +268,7 @@ func Unmarshal(b []byte) (*Event, error) {
 	e.Type, vs = requiredString(env, "type", vs)
 	e.Subject, vs = stringAttr(env, "subject", vs)
 	e.DataContentType, vs = stringAttr(env, "datacontenttype", vs)
+	e.DataSchema, vs = stringAttr(env, "dataschema", vs)
 	var ts string
 	if ts, vs = requiredString(env, "time", vs); ts != "" {
 		if e.Time, err = time.Parse(time.RFC3339, ts); err != nil {
@@ -431,6 +438,11 @@ func (e *Event) readFacts(data map[string]any, vs []problem.Violation) []problem
 	e.Confidential, _ = data["confidential"].(bool)
 	encounter, _ := data["encounter"].(map[string]any)
 	e.EncounterID, _ = encounter["id"].(string)
+	if r := typeRules[e.Type]; r.Ref != "" {
+		if id, _ := lookup(data, r.Ref).(string); id != "" {
+			e.Ref = r.RefKind + ":" + id
+		}
+	}
 	discharge, _ := data["discharge"].(map[string]any)
 	destination, _ := discharge["destination"].(map[string]any)
 	e.DischargeDestination, _ = destination["ods"].(string)
@@ -446,6 +458,19 @@ func (e *Event) readFacts(data map[string]any, vs []problem.Violation) []problem
 	e.HasDocument = discharge["summary"] != nil || discharge["summaryReference"] != nil ||
 		carePlan["document"] != nil || carePlan["documentReference"] != nil
 	return vs
+}
+
+// lookup returns the value at a JSON pointer within data, or nil.
+func lookup(data map[string]any, pointer string) any {
+	var v any = data
+	for _, k := range strings.Split(strings.TrimPrefix(pointer, "/"), "/") {
+		m, ok := v.(map[string]any)
+		if !ok {
+			return nil
+		}
+		v = m[k]
+	}
+	return v
 }
 
 // nhsViolation re-points an error from nhs.Parse at the field it came from.

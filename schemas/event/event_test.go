@@ -152,10 +152,13 @@ func TestTypes(t *testing.T) {
 	if Types()[0] != want[0] {
 		t.Error("Types returned a shared slice")
 	}
-	// Every schema file but the shared ones belongs to a type.
+	// Every schema file but the shared ones and those of the forms the
+	// hub makes belongs to a type.
 	n := 0
 	for _, f := range schemas.Files() {
-		if f != "common.v1.json" && f != "patient.v1.json" {
+		switch f {
+		case "common.v1.json", "patient.v1.json", NotificationSchema, WithheldNoticeSchema, RegistrationEndedSchema:
+		default:
 			n++
 		}
 	}
@@ -645,70 +648,6 @@ func TestMarshalRejectsIncompleteEvents(t *testing.T) {
 	}
 }
 
-func TestNotificationOnly(t *testing.T) {
-	v := newValidator(t)
-	for _, tt := range []struct {
-		file     string
-		redacted bool
-		gone     []string // texts that must not survive
-	}{
-		{"discharge.json", true, []string{`"summary"`, "SYNTHETIC TEST DATA"}},
-		{"careplan.json", true, []string{`"document"`, "SYNTHETIC TEST DATA"}},
-		{"admission.json", false, nil},
-		{"patient-merged.json", false, nil},
-	} {
-		raw := readExample(t, tt.file)
-		out, err := NotificationOnly(raw)
-		if err != nil {
-			t.Fatalf("NotificationOnly(%s): %v", tt.file, err)
-		}
-		for _, s := range tt.gone {
-			if bytes.Contains(out, []byte(s)) {
-				t.Errorf("NotificationOnly(%s) still holds %s", tt.file, s)
-			}
-		}
-		// Still a valid event for the same patient, now without a document.
-		e, err := v.Parse(out)
-		if err != nil {
-			t.Fatalf("Parse(NotificationOnly(%s)): %v %v", tt.file, err, violationsOf(err))
-		}
-		orig, _ := v.Parse(raw)
-		wantView := view(orig)
-		wantView.HasDocument = false
-		if got := view(e); !reflect.DeepEqual(got, wantView) {
-			t.Errorf("NotificationOnly(%s) facts:\n\tgot  %+v\n\twant %+v", tt.file, got, wantView)
-		}
-		got := string(e.Extensions[RedactedExtension])
-		if want := map[bool]string{true: `"documents"`, false: ""}[tt.redacted]; got != want {
-			t.Errorf("NotificationOnly(%s) carehubredacted = %s, want %s", tt.file, got, want)
-		}
-		if !tt.redacted {
-			canon, _ := orig.Marshal()
-			if !bytes.Equal(out, canon) {
-				t.Errorf("NotificationOnly(%s) changed an event without documents:\n\tgot  %s\n\twant %s", tt.file, out, canon)
-			}
-		}
-		// Idempotent.
-		again, err := NotificationOnly(out)
-		if err != nil || !bytes.Equal(again, out) {
-			t.Errorf("NotificationOnly not idempotent for %s", tt.file)
-		}
-	}
-	// A summary by reference goes too.
-	raw := edit(t, "discharge.json", func(m map[string]any) {
-		d := obj(m, "data", "discharge")
-		delete(d, "summary")
-		d["summaryReference"] = map[string]any{"url": "https://docs.example.nhs.uk/d/1", "contentType": "application/pdf"}
-	})
-	out, err := NotificationOnly(raw)
-	if err != nil || bytes.Contains(out, []byte("docs.example.nhs.uk")) || !bytes.Contains(out, []byte(`"carehubredacted":"documents"`)) {
-		t.Errorf("NotificationOnly with summaryReference: %s, %v", out, err)
-	}
-	if _, err := NotificationOnly([]byte(`{"nope"`)); problem.KindOf(err) != problem.Malformed {
-		t.Errorf("NotificationOnly(garbage) = %v, want malformed", err)
-	}
-}
-
 func TestParseBatch(t *testing.T) {
 	ev := string(readExample(t, "admission.json"))
 	tests := []struct {
@@ -874,8 +813,10 @@ func FuzzParse(f *testing.F) {
 		if !reflect.DeepEqual(view(e), view(e2)) || !reflect.DeepEqual(view(e), view(u)) {
 			t.Fatalf("facts differ: %+v %+v %+v", view(e), view(e2), view(u))
 		}
-		if _, err := NotificationOnly(out); err != nil {
-			t.Fatalf("NotificationOnly of an accepted event: %v", err)
+		for _, f := range []Form{FormFull, FormNotification} {
+			if _, err := e.Shape(f, ""); err != nil {
+				t.Fatalf("Shape(%s) of an accepted event: %v", f, err)
+			}
 		}
 	})
 }
@@ -940,11 +881,14 @@ func BenchmarkMarshalDischarge(b *testing.B) {
 	}
 }
 
-func BenchmarkNotificationOnlyDischarge(b *testing.B) {
-	raw := readExample(b, "discharge.json")
+func BenchmarkNotificationDischarge(b *testing.B) {
+	e, err := Unmarshal(readExample(b, "discharge.json"))
+	if err != nil {
+		b.Fatal(err)
+	}
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, err := NotificationOnly(raw); err != nil {
+		if _, err := e.Notification(""); err != nil {
 			b.Fatal(err)
 		}
 	}

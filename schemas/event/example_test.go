@@ -63,16 +63,19 @@ func ExampleValidator_Parse_invalid() {
 	// /data/patient/nhsNumber nhs-number-check-digit
 }
 
-func ExampleNotificationOnly() {
+func ExampleEvent_Notification() {
 	raw, err := os.ReadFile("../../deploy/examples/discharge.json")
 	if err != nil {
 		panic(err)
 	}
-	thin, err := event.NotificationOnly(raw)
+	e, err := event.Unmarshal(raw)
 	if err != nil {
 		panic(err)
 	}
-	e, _ := event.Unmarshal(thin)
-	fmt.Println(e.HasDocument, string(e.Extensions[event.RedactedExtension]))
-	// Output: false "documents"
+	thin, err := e.Notification("0300 000 0000 (records team)")
+	if err != nil {
+		panic(err)
+	}
+	fmt.Println(string(thin))
+	// Output: {"specversion":"1.0","id":"3f6b1c2e-8d4a-4e7b-9c1d-0a1b2c3d4e03","source":"urn:ods:RX1","type":"org.carehub.discharge.v1","time":"2025-03-18T14:05:00Z","datacontenttype":"application/json","dataschema":"https://carehub.dev/schemas/notification.v1.json","carehubform":"notification","data":{"encounter":{"id":"ENC-0001"},"fullRecord":{"ods":"RX1","eventId":"3f6b1c2e-8d4a-4e7b-9c1d-0a1b2c3d4e03","contact":"0300 000 0000 (records team)"},"patient":{"nhsNumber":"9990500002"}}}
 }

@@ -56,7 +56,7 @@ func FromEvent(ev *event.Event) (*Resources, error) {
 		return &r.Entries[len(r.Entries)-1]
 	}
 	security := sensitivity(d.Sensitivity)
-	redacted := ev.Extensions[event.RedactedExtension] != nil
+	redacted := string(ev.Extensions[event.FormExtension]) == `"`+string(event.FormNotification)+`"`
 
 	pat := patientResource(d.Patient, d.MergedPatient)
 	if security != nil {
@@ -113,7 +113,7 @@ func FromEvent(ev *event.Event) (*Resources, error) {
 	}
 	if redacted {
 		// The consent decision withheld documents: say so, without them.
-		hdr["meta"] = meta{Security: []coding{{System: SystemRedacted, Code: event.RedactedDocuments, Display: "documents withheld: notification only"}}}
+		hdr["meta"] = meta{Security: []coding{{System: SystemRedacted, Code: string(event.FormNotification), Display: "notification only: the full record is withheld"}}}
 	}
 	id := rid(ev.ID, "MessageHeader")
 	hdr["id"] = id

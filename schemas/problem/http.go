@@ -44,9 +44,11 @@ var statusText = map[int]string{
 	404: "Not Found",
 	409: "Conflict",
 	410: "Gone",
+	412: "Precondition Failed",
 	413: "Request Entity Too Large",
 	415: "Unsupported Media Type",
 	422: "Unprocessable Entity",
+	428: "Precondition Required",
 	500: "Internal Server Error",
 	503: "Service Unavailable",
 }

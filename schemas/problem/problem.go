@@ -26,35 +26,39 @@ type Kind int
 
 // The kinds. Append only.
 const (
-	Other           Kind = iota // unclassified; treated as an internal error
-	Invalid                     // the content breaks a rule: fix it and resend
-	Unsupported                 // a type or media type the hub does not accept
-	Unauthenticated             // no or unknown credentials
-	Forbidden                   // credentials valid, action not allowed (e.g. publishing as another organisation)
-	TooLarge                    // the body or frame exceeds a configured limit
-	NotFound                    // the addressed resource does not exist
-	Conflict                    // the request conflicts with current state
-	Unavailable                 // a transient failure (broker down, shutting down): retry later
-	Internal                    // a bug or unexpected failure on the hub's side
-	Malformed                   // the body cannot be parsed at all (not JSON, broken framing)
-	MediaType                   // a Content-Type the endpoint does not accept
-	Gone                        // what was asked for existed but is no longer kept (a feed's numbers past retention)
+	Other                Kind = iota // unclassified; treated as an internal error
+	Invalid                          // the content breaks a rule: fix it and resend
+	Unsupported                      // a type or media type the hub does not accept
+	Unauthenticated                  // no or unknown credentials
+	Forbidden                        // credentials valid, action not allowed (e.g. publishing as another organisation)
+	TooLarge                         // the body or frame exceeds a configured limit
+	NotFound                         // the addressed resource does not exist
+	Conflict                         // the request conflicts with current state
+	Unavailable                      // a transient failure (broker down, shutting down): retry later
+	Internal                         // a bug or unexpected failure on the hub's side
+	Malformed                        // the body cannot be parsed at all (not JSON, broken framing)
+	MediaType                        // a Content-Type the endpoint does not accept
+	Gone                             // what was asked for existed but is no longer kept (a feed's numbers past retention)
+	Precondition                     // a precondition (If-Match) does not hold: the resource changed since it was read
+	PreconditionRequired             // the change needs a precondition (If-Match) and none was given
 )
 
 var kindNames = [...]string{
-	Other:           "other",
-	Invalid:         "invalid",
-	Unsupported:     "unsupported",
-	Unauthenticated: "unauthenticated",
-	Forbidden:       "forbidden",
-	TooLarge:        "too-large",
-	NotFound:        "not-found",
-	Conflict:        "conflict",
-	Unavailable:     "unavailable",
-	Internal:        "internal",
-	Malformed:       "malformed",
-	MediaType:       "media-type",
-	Gone:            "gone",
+	Other:                "other",
+	Invalid:              "invalid",
+	Unsupported:          "unsupported",
+	Unauthenticated:      "unauthenticated",
+	Forbidden:            "forbidden",
+	TooLarge:             "too-large",
+	NotFound:             "not-found",
+	Conflict:             "conflict",
+	Unavailable:          "unavailable",
+	Internal:             "internal",
+	Malformed:            "malformed",
+	MediaType:            "media-type",
+	Gone:                 "gone",
+	Precondition:         "precondition-failed",
+	PreconditionRequired: "precondition-required",
 }
 
 func (k Kind) String() string {
@@ -89,6 +93,10 @@ func (k Kind) HTTPStatus() int {
 		return 503
 	case Gone:
 		return 410
+	case Precondition:
+		return 412
+	case PreconditionRequired:
+		return 428
 	default:
 		return 500
 	}
@@ -124,7 +132,7 @@ func (k Kind) FHIRIssueCode() string {
 		return "too-costly"
 	case NotFound:
 		return "not-found"
-	case Conflict:
+	case Conflict, Precondition, PreconditionRequired:
 		return "conflict"
 	case Unavailable:
 		return "transient"

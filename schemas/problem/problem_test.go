@@ -41,6 +41,8 @@ var kindTable = []struct {
 	{problem.Malformed, "malformed", 400, "AE", "structure"},
 	{problem.MediaType, "media-type", 415, "AR", "not-supported"},
 	{problem.Gone, "gone", 410, "AR", "not-found"},
+	{problem.Precondition, "precondition-failed", 412, "AR", "conflict"},
+	{problem.PreconditionRequired, "precondition-required", 428, "AR", "conflict"},
 }
 
 // Kind is a local alias so the table reads compactly.

@@ -17,7 +17,9 @@
 // builds the sink from the configuration the probe returns, and checks the
 // delivery contract: nil once delivered; transient failures retried until
 // delivered; a rejection reported as connector.Permanent; a cancelled
-// context ends the retries with a non-permanent error; no payload in errors.
+// context ends the retries with a non-permanent error; no payload in errors;
+// and consent re-checked before every retry (SinkEnv.Consent): a copy the
+// re-check withholds, or makes narrower, is never handed over.
 //
 // The suite is tested itself: feeding it broken fakes must make it fail
 // (connectortest_test.go).
@@ -27,6 +29,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -402,7 +405,7 @@ func (r *receiver) Received() [][]byte {
 
 // startSink starts the probe's receiver and builds a sink delivering to it,
 // retrying within milliseconds.
-func startSink(t *testing.T, f connector.SinkFactory) (connector.Sink, *receiver) {
+func startSink(t *testing.T, f connector.SinkFactory, consent ...connector.Consent) (connector.Sink, *receiver) {
 	t.Helper()
 	r := &receiver{}
 	behave := func() Behaviour { r.mu.Lock(); defer r.mu.Unlock(); return r.b }
@@ -418,6 +421,10 @@ func startSink(t *testing.T, f connector.SinkFactory) (connector.Sink, *receiver
 	var env connector.SinkEnv
 	if f.Probe.Env != nil {
 		env = f.Probe.Env(behave, got)
+	}
+	env.Consent = connector.AlwaysPermit
+	if len(consent) > 0 {
+		env.Consent = consent[0]
 	}
 	env.Recipient, env.Log = "A81001", zap.NewNop()
 	env.Retry = connector.Retry{MinBackoff: time.Millisecond, MaxBackoff: 10 * time.Millisecond}
@@ -510,6 +517,76 @@ func RunSink(t *testing.T, f connector.SinkFactory) {
 		noCanary(t, err)
 		if strings.Contains(reason, Canary) {
 			t.Errorf("the dead-letter reason carries payload data: %q", reason)
+		}
+	})
+
+	// A patient withholds the copy while the recipient is down: when it
+	// is back, the copy must not be handed over.
+	t.Run("consent is re-checked before a retry", func(t *testing.T) {
+		for _, change := range []string{"withheld", "narrower"} {
+			var mu sync.Mutex
+			verdict := func(d connector.Delivery) connector.Verdict {
+				return connector.Verdict{Permit: true, Body: d.Body, Rule: "test-permit"}
+			}
+			rechecks := 0
+			c := connector.ConsentFunc(func(_ context.Context, d connector.Delivery) (connector.Verdict, error) {
+				mu.Lock()
+				defer mu.Unlock()
+				rechecks++
+				return verdict(d), nil
+			})
+			s, r := startSink(t, f, c)
+			r.Behave(Transient)
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			done := make(chan error, 1)
+			go func() { _, err := s.Deliver(ctx, delivery("recheck-1")); done <- err }()
+			time.Sleep(100 * time.Millisecond) // a few failed attempts
+			mu.Lock()
+			if change == "withheld" {
+				verdict = func(connector.Delivery) connector.Verdict {
+					return connector.Verdict{Permit: false, Rule: "test-deny"}
+				}
+			} else {
+				verdict = func(connector.Delivery) connector.Verdict {
+					return connector.Verdict{Permit: true, Body: []byte(`{"thin":true}`), Rule: "test-thin"}
+				}
+			}
+			at := rechecks
+			mu.Unlock()
+			// An attempt re-checked before the change may still be in
+			// flight (the one race no re-check can close); once a
+			// re-check has run since, none is: the recipient comes back.
+			for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(time.Millisecond) {
+				mu.Lock()
+				n := rechecks
+				mu.Unlock()
+				if n > at || time.Now().After(deadline) {
+					break
+				}
+			}
+			r.Behave(Accept)
+			var err error
+			select {
+			case err = <-done:
+			case <-ctx.Done():
+				t.Fatalf("%s: Deliver did not return", change)
+			}
+			cancel()
+			if got := r.Received(); len(got) != 0 {
+				t.Errorf("%s: the receiver got the copy after the re-check changed it (%d bodies)", change, len(got))
+			}
+			if change == "withheld" {
+				if rule, ok := connector.IsWithheld(err); !ok || rule != "test-deny" {
+					t.Errorf("withheld: Deliver returned %v, want connector.Withheld with the rule", err)
+				}
+			} else if !errors.Is(err, connector.ErrConsentChanged) {
+				t.Errorf("narrower: Deliver returned %v, want connector.ErrConsentChanged", err)
+			}
+			mu.Lock()
+			if rechecks == 0 {
+				t.Errorf("%s: the sink never called SinkEnv.Consent.Recheck", change)
+			}
+			mu.Unlock()
 		}
 	})
 

@@ -86,11 +86,22 @@ func sourceFactory(broken string) connector.SourceFactory {
 }
 
 // fakeSink delivers to the probe's in-memory receiver.
-func fakeSink(behave func() Behaviour, got func([]byte), broken string) connector.Sink {
+func fakeSink(behave func() Behaviour, got func([]byte), broken string, consent connector.Consent) connector.Sink {
 	return connector.SinkFunc(func(ctx context.Context, d connector.Delivery) (connector.Outcome, error) {
 		out := connector.Outcome{}
 		for {
 			out.Attempts++
+			if out.Attempts > 1 && broken != "no-recheck" {
+				v, err := consent.Recheck(ctx, d)
+				switch {
+				case err != nil:
+					return out, err
+				case !v.Permit:
+					return out, connector.Withheld(v.Rule)
+				case string(v.Body) != string(d.Body):
+					return out, connector.ErrConsentChanged
+				}
+			}
 			b := behave()
 			switch {
 			case b == Accept:
@@ -122,9 +133,9 @@ func sinkFactory(broken string) connector.SinkFactory {
 	return connector.SinkFactory{
 		Type:    "fake",
 		Default: func() connector.Config { return fakeSinkConfig{} },
-		New: func(c connector.Config, _ connector.SinkEnv) (connector.Sink, error) {
+		New: func(c connector.Config, env connector.SinkEnv) (connector.Sink, error) {
 			fc := c.(fakeSinkConfig)
-			return fakeSink(fc.behave, fc.got, broken), nil
+			return fakeSink(fc.behave, fc.got, broken, env.Consent), nil
 		},
 		Probe: &connector.SinkProbe{
 			Receiver: func(behave func() Behaviour, got func([]byte)) (connector.Config, func(), error) {
@@ -162,6 +173,7 @@ func TestSuiteFailsBrokenFakes(t *testing.T) {
 		{"ack-despite-hold-failure", "though Hold failed"},
 		{"held-accepted", "Accept calls 1"},
 		{"sink:transient-is-permanent", "Deliver returned"},
+		{"sink:no-recheck", "after the re-check changed it"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.broken, func(t *testing.T) {

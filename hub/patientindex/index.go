@@ -1,0 +1,340 @@
+// Package patientindex is the router's durable memory of each patient:
+// which recipients received, and which were withheld, events about each
+// encounter and care plan; the patient's last registered GP practice named
+// by an event; and which NHS numbers were merged into which. It is what
+// lets a correction follow the original (to everyone who received it, to
+// nobody who was withheld it), a change of GP tell the previous practice,
+// and a merge carry both numbers' wishes, without scanning the audit trail
+// per event.
+//
+// Records live in the compacted topic carehub.patients, keyed by the
+// patient's keyed pseudonym; every hub process loads them all (package
+// ktable) and follows the topic. The router writes a patient's record in
+// the same produce as the event's outbox copies and audit records, and
+// then applies it here at once (Commit), so the patient's next event sees
+// it; another process, after a rebalance, sees it once Sync returns.
+// Every record carries a sequence number: a record older than the one held
+// is never applied, so a write seen late cannot undo a newer one.
+//
+// # How long it is kept
+//
+// A reference (an encounter, a care plan) is kept for the retention given
+// to Open (retention.followUps, two years by default) after the last event
+// on it: a correction arriving later goes to nobody, and is audited so.
+// Expired references are dropped when the record is next written and are
+// never read; Sweep deletes the records of patients whose references have
+// all expired and whose GP practice was last seen as long ago. Merges are
+// kept as long as the records of both numbers are: the record of a number
+// merged into another, or that absorbed one, is never swept.
+//
+// # Cost
+//
+// Every process holds every record in memory: about 200 bytes per
+// reference plus 50 per recipient that received an event on it.
+package patientindex
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/carehub/carehub/hub/ktable"
+	"github.com/carehub/carehub/hub/topic"
+	"github.com/segmentio/kafka-go"
+	"go.uber.org/zap"
+)
+
+// Record is one patient number's entry.
+type Record struct {
+	// Seq increases by one with every write of the record.
+	Seq int64 `json:"seq"`
+	// MergedInto is the pseudonym of the record this number was merged
+	// into (retired by an A40); "" if it was not.
+	MergedInto string `json:"mergedInto,omitempty"`
+	// Merged are the pseudonyms of the numbers merged into this one, in
+	// the order of the merges.
+	Merged []string `json:"merged,omitempty"`
+	// GP is the registered GP practice the patient's latest event named,
+	// and GPSeen when.
+	GP     string    `json:"gp,omitempty"`
+	GPSeen time.Time `json:"gpSeen,omitzero"`
+	// Refs are the patient's encounters and care plans, by event.Event.Ref.
+	Refs map[string]*Ref `json:"refs,omitempty"`
+}
+
+// Ref is what events on one reference did.
+type Ref struct {
+	// Last is when the last event on the reference was routed.
+	Last time.Time `json:"last"`
+	// Labels are the sensitivity categories of every event on it.
+	Labels []string `json:"labels,omitempty"`
+	// Recipients are the recipients that received at least one event on
+	// it, by ODS code.
+	Recipients map[string]*Receipt `json:"recipients,omitempty"`
+	// Withheld are the recipients that were denied an event on it and
+	// received none, by ODS code, with the rule of the last deny.
+	Withheld map[string]string `json:"withheld,omitempty"`
+}
+
+// Receipt is what one recipient received on a reference.
+type Receipt struct {
+	Basis string   `json:"basis"`
+	Types []string `json:"types"`
+	// Form is the fullest form it received (full or notification).
+	Form string `json:"form"`
+}
+
+// Clone returns a deep copy of r.
+func (r Record) Clone() Record {
+	out := r
+	out.Merged = slices.Clone(r.Merged)
+	if r.Refs != nil {
+		out.Refs = make(map[string]*Ref, len(r.Refs))
+		for k, v := range r.Refs {
+			out.Refs[k] = v.clone()
+		}
+	}
+	return out
+}
+
+func (f *Ref) clone() *Ref {
+	c := &Ref{Last: f.Last, Labels: slices.Clone(f.Labels)}
+	if f.Recipients != nil {
+		c.Recipients = make(map[string]*Receipt, len(f.Recipients))
+		for k, v := range f.Recipients {
+			r := *v
+			r.Types = slices.Clone(v.Types)
+			c.Recipients[k] = &r
+		}
+	}
+	if f.Withheld != nil {
+		c.Withheld = make(map[string]string, len(f.Withheld))
+		for k, v := range f.Withheld {
+			c.Withheld[k] = v
+		}
+	}
+	return c
+}
+
+// MetaSeq is the header of a tombstone written by Sweep: the sequence
+// number of the record it deletes. A tombstone older than the record held
+// is ignored.
+const MetaSeq = "carehub_seq"
+
+// Index is the in-memory view of carehub.patients. mu guards recs.
+type Index struct {
+	t         *ktable.Table
+	log       *zap.Logger
+	retention time.Duration
+	now       func() time.Time
+
+	mu   sync.Mutex
+	recs map[string]*Record
+}
+
+// Open starts following topic and returns at once; WaitLoaded tells when
+// everything is loaded. References with no event for retention are
+// forgotten.
+func Open(brokers []string, topic string, retention time.Duration, log *zap.Logger) (*Index, error) {
+	if retention <= 0 {
+		return nil, errors.New("patientindex: the retention must be positive")
+	}
+	x := &Index{log: log, retention: retention, now: time.Now, recs: map[string]*Record{}}
+	t, err := ktable.Open(ktable.Config{Brokers: brokers, Topic: topic, Log: log, Apply: x.apply})
+	if err != nil {
+		return nil, fmt.Errorf("patientindex: %w", err)
+	}
+	x.t = t
+	return x, nil
+}
+
+// NewMemory returns an index that keeps records in memory only, for tests
+// and tools: Sync does nothing and Message's records are never read back.
+func NewMemory(retention time.Duration) *Index {
+	return &Index{retention: retention, now: time.Now, recs: map[string]*Record{}, log: zap.NewNop()}
+}
+
+func (x *Index) apply(m kafka.Message) {
+	key := string(m.Key)
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	cur := x.recs[key]
+	if m.Value == nil {
+		seq := int64(-1)
+		for _, h := range m.Headers {
+			if h.Key == MetaSeq {
+				seq, _ = strconv.ParseInt(string(h.Value), 10, 64)
+			}
+		}
+		if cur == nil || seq < 0 || cur.Seq <= seq {
+			delete(x.recs, key)
+		}
+		return
+	}
+	var r Record
+	if err := json.Unmarshal(m.Value, &r); err != nil {
+		x.log.Error("unreadable patient index record: ignored", zap.Int("partition", m.Partition), zap.Int64("offset", m.Offset))
+		return
+	}
+	if cur != nil && r.Seq <= cur.Seq {
+		return
+	}
+	x.recs[key] = &r
+}
+
+// WaitLoaded blocks until every record is loaded or ctx ends.
+func (x *Index) WaitLoaded(ctx context.Context) error {
+	if x.t == nil {
+		return nil
+	}
+	return x.t.WaitLoaded(ctx)
+}
+
+// Sync returns once every record written before the call is applied.
+func (x *Index) Sync(ctx context.Context) error {
+	if x.t == nil {
+		return nil
+	}
+	return x.t.Sync(ctx)
+}
+
+// Get returns a copy of the record of key (the zero Record when none),
+// without references that have expired.
+func (x *Index) Get(key string) Record {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	r := x.recs[key]
+	if r == nil {
+		return Record{}
+	}
+	out := r.Clone()
+	x.prune(&out)
+	return out
+}
+
+// prune drops expired references from r.
+func (x *Index) prune(r *Record) {
+	cut := x.now().Add(-x.retention)
+	for k, f := range r.Refs {
+		if f.Last.Before(cut) {
+			delete(r.Refs, k)
+		}
+	}
+}
+
+// Family returns key's merged family: the surviving number (following
+// MergedInto) first, then every number merged into it, directly or through
+// another, in the order of the merges. A number never merged is its own
+// family.
+func (x *Index) Family(key string) []string {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	root := key
+	seen := map[string]bool{root: true}
+	for {
+		r := x.recs[root]
+		if r == nil || r.MergedInto == "" || seen[r.MergedInto] {
+			break
+		}
+		root = r.MergedInto
+		seen[root] = true
+	}
+	out := []string{root}
+	in := map[string]bool{root: true}
+	for i := 0; i < len(out); i++ {
+		if r := x.recs[out[i]]; r != nil {
+			for _, m := range r.Merged {
+				if !in[m] {
+					in[m] = true
+					out = append(out, m)
+				}
+			}
+		}
+	}
+	if !in[key] { // a cycle or a stale pointer: keep the asked number in
+		out = append(out, key)
+	}
+	return out
+}
+
+// Message returns the watermill message that writes rec as key's record
+// (rec.Seq must already be the next sequence number); the router publishes
+// it with the event's copies.
+func (x *Index) Message(key string, rec Record) (*message.Message, error) {
+	x.prune(&rec)
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return nil, err
+	}
+	m := message.NewMessage(key+"/"+strconv.FormatInt(rec.Seq, 10), b)
+	m.Metadata.Set(topic.MetaKey, key)
+	return m, nil
+}
+
+// Commit applies rec as key's record now, once the router's produce that
+// wrote it was acknowledged. A record older than the one held is ignored.
+func (x *Index) Commit(key string, rec Record) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if cur := x.recs[key]; cur != nil && rec.Seq <= cur.Seq {
+		return
+	}
+	c := rec.Clone()
+	x.recs[key] = &c
+}
+
+// Sweep deletes the records of patients with nothing left to remember:
+// every reference expired, the GP practice seen longer ago than the
+// retention, and no merge. It returns how many it deleted.
+func (x *Index) Sweep(ctx context.Context) (int, error) {
+	if x.t == nil {
+		return 0, nil
+	}
+	cut := x.now().Add(-x.retention)
+	var msgs []kafka.Message
+	x.mu.Lock()
+	for key, r := range x.recs {
+		if r.MergedInto != "" || len(r.Merged) > 0 || (r.GP != "" && !r.GPSeen.Before(cut)) {
+			continue
+		}
+		live := false
+		for _, f := range r.Refs {
+			if !f.Last.Before(cut) {
+				live = true
+				break
+			}
+		}
+		if !live {
+			msgs = append(msgs, kafka.Message{Key: []byte(key), Headers: []kafka.Header{{Key: MetaSeq, Value: []byte(strconv.FormatInt(r.Seq, 10))}}})
+		}
+	}
+	x.mu.Unlock()
+	if len(msgs) == 0 {
+		return 0, nil
+	}
+	if err := x.t.Write(ctx, msgs...); err != nil {
+		return 0, err
+	}
+	return len(msgs), nil
+}
+
+// Len returns how many records are held.
+func (x *Index) Len() int {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return len(x.recs)
+}
+
+// Close stops following the topic.
+func (x *Index) Close() error {
+	if x.t == nil {
+		return nil
+	}
+	return x.t.Close()
+}

@@ -1,0 +1,145 @@
+package patientindex
+
+import (
+	"context"
+	"slices"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/carehub/carehub/hub/broker"
+	"github.com/carehub/carehub/hub/topic"
+	"github.com/segmentio/kafka-go"
+	"go.uber.org/zap/zaptest"
+)
+
+func open(t *testing.T) (*Index, []string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	emb, err := broker.StartEmbedded(ctx, broker.EmbeddedConfig{DataDir: t.TempDir(), Addr: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { emb.Close() })
+	if err := broker.EnsureTopics(ctx, emb.Addrs(), topic.Specs(1, 1, nil, topic.Retention{})); err != nil {
+		t.Fatal(err)
+	}
+	return openOn(t, emb.Addrs()), emb.Addrs()
+}
+
+func openOn(t *testing.T, brokers []string) *Index {
+	t.Helper()
+	x, err := Open(brokers, topic.Patients, 24*time.Hour, zaptest.NewLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { x.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := x.WaitLoaded(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return x
+}
+
+func write(t *testing.T, brokers []string, x *Index, key string, r Record) {
+	t.Helper()
+	m, err := x.Message(key, r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := &kafka.Writer{Addr: kafka.TCP(brokers...), Topic: topic.Patients, Balancer: &kafka.Murmur2Balancer{}, RequiredAcks: kafka.RequireAll, BatchTimeout: time.Millisecond}
+	defer w.Close()
+	if err := w.WriteMessages(context.Background(), kafka.Message{Key: []byte(key), Value: m.Payload}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestAnOlderRecordNeverUndoesANewerOne: the router applies its record at
+// once (Commit); the same record, and older ones, read back later from the
+// topic, change nothing.
+func TestAnOlderRecordNeverUndoesANewerOne(t *testing.T) {
+	x, brokers := open(t)
+	now := time.Now().UTC()
+	r1 := Record{Seq: 1, GP: "A81001", GPSeen: now}
+	r2 := Record{Seq: 2, GP: "A81002", GPSeen: now}
+	x.Commit("p1_a", r2)
+	write(t, brokers, x, "p1_a", r1)
+	write(t, brokers, x, "p1_a", r2)
+	if err := x.Sync(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got := x.Get("p1_a"); got.GP != "A81002" || got.Seq != 2 {
+		t.Errorf("after an older record: %+v", got)
+	}
+	// A fresh process reads the same.
+	if got := openOn(t, brokers).Get("p1_a"); got.GP != "A81002" {
+		t.Errorf("reloaded: %+v", got)
+	}
+}
+
+func TestFamily(t *testing.T) {
+	x := NewMemory(time.Hour)
+	x.Commit("p1_s", Record{Seq: 1, Merged: []string{"p1_r1", "p1_r2"}})
+	x.Commit("p1_r1", Record{Seq: 1, MergedInto: "p1_s", Merged: []string{"p1_rr"}})
+	x.Commit("p1_r2", Record{Seq: 1, MergedInto: "p1_s"})
+	x.Commit("p1_rr", Record{Seq: 1, MergedInto: "p1_r1"})
+	want := []string{"p1_s", "p1_r1", "p1_r2", "p1_rr"}
+	for _, k := range want {
+		if got := x.Family(k); !slices.Equal(got, want) {
+			t.Errorf("Family(%s) = %v, want %v", k, got, want)
+		}
+	}
+	if got := x.Family("p1_other"); !slices.Equal(got, []string{"p1_other"}) {
+		t.Errorf("an unmerged number: %v", got)
+	}
+	// A cycle (a bad record) ends.
+	x.Commit("p1_c1", Record{Seq: 1, MergedInto: "p1_c2"})
+	x.Commit("p1_c2", Record{Seq: 1, MergedInto: "p1_c1"})
+	if got := x.Family("p1_c1"); len(got) == 0 || !slices.Contains(got, "p1_c1") {
+		t.Errorf("a cycle: %v", got)
+	}
+}
+
+// TestRetention: references expire a retention after their last event;
+// Sweep deletes patients with nothing left, but never a merge, and never a
+// record written after the sweep looked.
+func TestRetention(t *testing.T) {
+	x, brokers := open(t)
+	clock := time.Now().UTC()
+	x.now = func() time.Time { return clock }
+	old := clock.Add(-48 * time.Hour)
+	x.Commit("p1_old", Record{Seq: 3, Refs: map[string]*Ref{"encounter:E1": {Last: old}}})
+	x.Commit("p1_new", Record{Seq: 1, Refs: map[string]*Ref{"encounter:E2": {Last: clock}}})
+	x.Commit("p1_merged", Record{Seq: 1, MergedInto: "p1_new", Refs: map[string]*Ref{"encounter:E3": {Last: old}}})
+	if got := x.Get("p1_old"); len(got.Refs) != 0 {
+		t.Errorf("an expired reference is read: %+v", got.Refs)
+	}
+	if got := x.Get("p1_new"); len(got.Refs) != 1 {
+		t.Errorf("a live reference is not read: %+v", got.Refs)
+	}
+	n, err := x.Sweep(context.Background())
+	if err != nil || n != 1 {
+		t.Fatalf("Sweep: %d %v, want 1 record deleted", n, err)
+	}
+	if err := x.Sync(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if x.Len() != 2 {
+		t.Errorf("after the sweep: %d records, want 2", x.Len())
+	}
+	// A tombstone older than the record held is ignored.
+	x.Commit("p1_back", Record{Seq: 5})
+	w := &kafka.Writer{Addr: kafka.TCP(brokers...), Topic: topic.Patients, Balancer: &kafka.Murmur2Balancer{}, RequiredAcks: kafka.RequireAll, BatchTimeout: time.Millisecond}
+	defer w.Close()
+	if err := w.WriteMessages(context.Background(), kafka.Message{Key: []byte("p1_back"), Headers: []kafka.Header{{Key: MetaSeq, Value: []byte(strconv.Itoa(4))}}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := x.Sync(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got := x.Get("p1_back"); got.Seq != 5 {
+		t.Errorf("a stale tombstone deleted a newer record")
+	}
+}
