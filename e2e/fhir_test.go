@@ -359,3 +359,70 @@ func TestOneAdmissionThreeWays(t *testing.T) {
 		}
 	}
 }
+
+// TestFHIRGoldenFilesValidate: every FHIR document the mapping in
+// schemas/fhir emits, as its golden files pin it (the message and the
+// transaction of every example and variant event, one per event type at
+// least; the feed's notification bundle; the OperationOutcomes of
+// refusals), passes @medplum/core's validateResource. A copy broken on
+// purpose (a classHistory entry without its required period) is refused,
+// so that the check can fail.
+func TestFHIRGoldenFilesValidate(t *testing.T) {
+	requireFHIRPeers(t)
+	dir := filepath.Join("..", "schemas", "fhir", "testdata")
+	var files []string
+	for _, pat := range []string{"out/*.golden.json", "notification.golden.json", "in/*.outcome.golden.json"} {
+		m, _ := filepath.Glob(filepath.Join(dir, pat))
+		files = append(files, m...)
+	}
+	for _, typ := range event.Types() {
+		for _, kind := range []string{"message", "transaction"} {
+			f := filepath.Join(dir, "out", event.ShortName(typ)+"."+kind+".golden.json")
+			if _, err := os.Stat(f); err != nil {
+				t.Errorf("no golden %s of %s: %v", kind, typ, err)
+			}
+		}
+	}
+	out, err := execCommand("node", append([]string{filepath.Join("peers", "fhir.js"), "validate"}, files...)...)
+	if err != nil {
+		t.Errorf("validateResource refused what carehub emits:\n%s", out)
+	}
+	for _, f := range files {
+		if !bytes.Contains(out, []byte("ok "+f+"\n")) {
+			t.Errorf("%s: not validated (output:\n%s)", f, out)
+		}
+	}
+
+	var broken map[string]any
+	if err := json.Unmarshal(mustReadFile(t, filepath.Join(dir, "out", "patient-class-changed.message.golden.json")), &broken); err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, e := range broken["entry"].([]any) {
+		res := e.(map[string]any)["resource"].(map[string]any)
+		if h, ok := res["classHistory"].([]any); ok {
+			delete(h[0].(map[string]any), "period")
+			found = true
+		}
+	}
+	if !found {
+		t.Fatal("the class change's golden message has no classHistory")
+	}
+	b, _ := json.Marshal(broken)
+	bad := filepath.Join(t.TempDir(), "broken.json")
+	if err := os.WriteFile(bad, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := execCommand("node", filepath.Join("peers", "fhir.js"), "validate", bad); err == nil || !bytes.Contains(out, []byte("classHistory[0].period")) {
+		t.Errorf("validateResource accepted a classHistory entry without its period (%v):\n%s", err, out)
+	}
+}
+
+func mustReadFile(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
