@@ -359,3 +359,193 @@ func TestOneAdmissionThreeWays(t *testing.T) {
 		}
 	}
 }
+
+// TestFHIRGoldenFilesValidate: every FHIR document the mapping in
+// schemas/fhir emits, as its golden files pin it (the message and the
+// transaction of every example and variant event, one per event type at
+// least; the feed's notification bundle; the OperationOutcomes of
+// refusals), passes @medplum/core's validateResource. A copy broken on
+// purpose (a classHistory entry without its required period) is refused,
+// so that the check can fail.
+func TestFHIRGoldenFilesValidate(t *testing.T) {
+	requireFHIRPeers(t)
+	dir := filepath.Join("..", "schemas", "fhir", "testdata")
+	var files []string
+	for _, pat := range []string{"out/*.golden.json", "notification.golden.json", "in/*.outcome.golden.json"} {
+		m, _ := filepath.Glob(filepath.Join(dir, pat))
+		files = append(files, m...)
+	}
+	for _, typ := range event.Types() {
+		for _, kind := range []string{"message", "transaction"} {
+			f := filepath.Join(dir, "out", event.ShortName(typ)+"."+kind+".golden.json")
+			if _, err := os.Stat(f); err != nil {
+				t.Errorf("no golden %s of %s: %v", kind, typ, err)
+			}
+		}
+	}
+	out, err := execCommand("node", append([]string{filepath.Join("peers", "fhir.js"), "validate"}, files...)...)
+	if err != nil {
+		t.Errorf("validateResource refused what carehub emits:\n%s", out)
+	}
+	for _, f := range files {
+		if !bytes.Contains(out, []byte("ok "+f+"\n")) {
+			t.Errorf("%s: not validated (output:\n%s)", f, out)
+		}
+	}
+
+	var broken map[string]any
+	if err := json.Unmarshal(mustReadFile(t, filepath.Join(dir, "out", "patient-class-changed.message.golden.json")), &broken); err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, e := range broken["entry"].([]any) {
+		res := e.(map[string]any)["resource"].(map[string]any)
+		if h, ok := res["classHistory"].([]any); ok {
+			delete(h[0].(map[string]any), "period")
+			found = true
+		}
+	}
+	if !found {
+		t.Fatal("the class change's golden message has no classHistory")
+	}
+	b, _ := json.Marshal(broken)
+	bad := filepath.Join(t.TempDir(), "broken.json")
+	if err := os.WriteFile(bad, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := execCommand("node", filepath.Join("peers", "fhir.js"), "validate", bad); err == nil || !bytes.Contains(out, []byte("classHistory[0].period")) {
+		t.Errorf("validateResource accepted a classHistory entry without its period (%v):\n%s", err, out)
+	}
+}
+
+func mustReadFile(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// TestFHIROutNewEventTypes: the ADT feed's newer events (a pending
+// discharge and its cancellation, a transfer and its cancellation, a class
+// change, an NHS number correction), the new ones sent in as FHIR
+// messages, reach FHIR servers nobody here wrote,
+// as messages (each checked by the server with validateResource) and as
+// transactions, and leave the state the mapping promises: one Patient,
+// re-filed under the corrected NHS number with the old one kept as an old
+// identifier, and one Encounter whose location history the cancelled
+// transfer corrected.
+func TestFHIROutNewEventTypes(t *testing.T) {
+	msgSrv := startFHIRServer(t, "ryj-token-0123456789")
+	txSrv := startFHIRServer(t, "ral-token-0123456789")
+	gp := newReceiver(t, gpSecret)
+	home := newReceiver(t, careHomeSecret)
+	old, now := nhsNumber(16001), nhsNumber(16002)
+	list := filepath.Join(t.TempDir(), "list.txt")
+	_ = os.WriteFile(list, []byte(old+"\n"+now+"\n"), 0o600)
+	types := "[admission, transfer, discharge-pending, discharge-pending-cancelled, transfer-cancelled, patient-class-changed, patient-updated]"
+	h := startHub(t, hubOptions{gp: gp.URL, careHome: home.URL, inputsYAML: "  - fhir: {}\n", recipientsYAML: fmt.Sprintf(`  - ods: RYJ
+    role: hospital
+    fhir: {url: %q, mode: message, token: {value: ryj-token-0123456789}}
+    subscriptions:
+      - {id: ryj-list, basis: patient-list, patientList: %q, types: %s}
+  - ods: RAL
+    role: hospital
+    fhir: {url: %q, mode: transaction, token: {value: ral-token-0123456789}}
+    subscriptions:
+      - {id: ral-list, basis: patient-list, patientList: %q, types: %s}
+`, msgSrv.URL, list, types, txSrv.URL, list, types)})
+
+	delivered := func(ids ...string) func() bool {
+		return func() bool {
+			done := map[string]int{}
+			for _, m := range h.records("carehub.audit") {
+				var r struct{ Kind, Recipient, Outcome, EventID string }
+				_ = json.Unmarshal(m.Value, &r)
+				if r.Kind == "delivery" && r.Outcome == "delivered" && (r.Recipient == "RYJ" || r.Recipient == "RAL") {
+					done[r.EventID]++
+				}
+			}
+			for _, id := range ids {
+				if done[id] < 2 {
+					return false
+				}
+			}
+			return true
+		}
+	}
+	// One patient's encounter, in order (one key, one partition); the new
+	// types come in as FHIR messages (as carehub renders them), the rest as
+	// CloudEvents.
+	v, _ := event.NewValidator()
+	var ids []string
+	for _, kind := range []string{"admission", "discharge-pending", "discharge-pending-cancelled", "transfer", "patient-class-changed", "transfer-cancelled"} {
+		ev := patientEvent(t, kind, old, "A81001", "")
+		ids = append(ids, ev["id"].(string))
+		if kind == "admission" || kind == "transfer" {
+			h.mustPublish("demo-rx1-key", ev)
+			continue
+		}
+		b, _ := json.Marshal(ev)
+		parsed, err := v.Parse(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		msg, err := fhir.MessageBundle(parsed, "", "https://pas.rx1.example/fhir")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if status, b := h.postFHIR(t, "/fhir/r4/$process-message", "demo-rx1-key", msg); status != http.StatusAccepted {
+			t.Fatalf("%s as a FHIR message: %d %s", kind, status, b)
+		}
+	}
+	waitFor(t, "the encounter's events at both FHIR servers", 90*time.Second, delivered(ids...))
+	// Then the NHS number is corrected (keyed by the new number: published
+	// once the rest is there, so that the order is known).
+	upd := patientEvent(t, "patient-updated", now, "A81001", "")
+	set(upd, "data/previousNhsNumber", old)
+	set(upd, "data/changed", []any{"nhsNumber"})
+	h.mustPublish("demo-rx1-key", upd)
+	waitFor(t, "the NHS number correction at both FHIR servers", 60*time.Second, delivered(upd["id"].(string)))
+
+	for _, m := range h.records("carehub.dlq") {
+		var d struct{ Recipient, Reason string }
+		_ = json.Unmarshal(m.Value, &d)
+		if d.Recipient == "RYJ" || d.Recipient == "RAL" {
+			t.Errorf("dead letter for %s: %s", d.Recipient, d.Reason)
+		}
+	}
+	// Message mode: each message was validated and its resources stored.
+	if n := len(msgSrv.search(t, "Encounter")); n != len(ids) {
+		t.Errorf("the message server holds %d Encounters, want one per encounter event (%d)", n, len(ids))
+	}
+	// Transaction mode: the state the events leave.
+	pats := txSrv.search(t, "Patient")
+	if len(pats) != 1 {
+		t.Fatalf("the transaction server holds %d Patients, want 1 (re-filed, not doubled)", len(pats))
+	}
+	var gotIDs []string
+	for _, id := range pats[0]["identifier"].([]any) {
+		m := id.(map[string]any)
+		if m["system"] == fhir.SystemNHSNumber {
+			gotIDs = append(gotIDs, fmt.Sprintf("%v:%v", m["use"], m["value"]))
+		}
+	}
+	if want := []string{"<nil>:" + now, "old:" + old}; !cmp.Equal(gotIDs, want) {
+		t.Errorf("Patient NHS numbers:\n\tgot  %v\n\twant %v", gotIDs, want)
+	}
+	encs := txSrv.search(t, "Encounter")
+	if len(encs) != 1 {
+		t.Fatalf("the transaction server holds %d Encounters, want 1 (updated by each event)", len(encs))
+	}
+	e := encs[0]
+	locs, _ := e["location"].([]any)
+	if e["status"] != "in-progress" || len(locs) != 1 || locs[0].(map[string]any)["status"] != "active" {
+		t.Errorf("after the cancelled transfer the Encounter is %v with locations %v, want in-progress with one active location", e["status"], locs)
+	}
+	exts, _ := e["extension"].([]any)
+	if len(exts) != 1 || exts[0].(map[string]any)["url"] != fhir.ExtCancelledTransfer {
+		t.Errorf("the Encounter's extensions: %v, want the cancelled transfer's", exts)
+	}
+}

@@ -97,7 +97,7 @@ func TestLoadExample(t *testing.T) {
 			{
 				ODS: "RYJ", Name: "Example hospital EPR (demo)", Role: "hospital",
 				Sink:          config.Sink{Type: "fhir", Config: &fhirout.Config{URL: "http://127.0.0.1:9104/fhir", Mode: "message", Timeout: 10 * time.Second}},
-				Subscriptions: []config.Subscription{{ID: "ryj-named-patients", Basis: "discharge-destination", Types: []string{"admission", "discharge"}}},
+				Subscriptions: []config.Subscription{{ID: "ryj-named-patients", Basis: "discharge-destination", Types: []string{"admission", "discharge", "discharge-pending", "discharge-pending-cancelled"}}},
 			},
 		},
 		Delivery: connector.Retry{MinBackoff: 200 * time.Millisecond, MaxBackoff: 30 * time.Second},
@@ -368,7 +368,8 @@ func TestValidateSmallChecks(t *testing.T) {
 		{"webhook url without host", func(c *config.Config) { hook(c.Recipients[0]).URL = "https:///events" }, "recipients[0].webhook: url"},
 		{"every event type known", func(c *config.Config) {
 			c.Recipients[0].Subscriptions[0].Types = []string{"admission", "transfer", "discharge", "careplan",
-				"admission-cancelled", "discharge-cancelled", "patient-updated", "patient-merged"}
+				"admission-cancelled", "discharge-cancelled", "patient-updated", "patient-merged",
+				"discharge-pending", "discharge-pending-cancelled", "transfer-cancelled", "patient-class-changed"}
 		}, ""},
 		{"equal backoffs", func(c *config.Config) { c.Delivery.MinBackoff, c.Delivery.MaxBackoff = time.Second, time.Second }, ""},
 		{"patient list", func(c *config.Config) { listSub(c, "patient-list", "caseload.txt") }, ""},

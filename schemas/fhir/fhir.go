@@ -11,14 +11,36 @@
 //	canonical                       FHIR R4
 //	data.patient                    Patient (NHS number identifier, generalPractitioner by ODS code)
 //	data.mergedPatient              Patient.link (type replaces) to the retired NHS number
+//	data.previousNhsNumber          Patient.identifier with use old (the NHS number corrected)
 //	data.encounter                  Encounter (identifier, status, class, period, serviceProvider, location)
 //	data.transfer                   Encounter.location: from (completed), to (active)
 //	data.discharge.destination      Encounter.hospitalization.destination and dischargeDisposition
+//	data.discharge.expectedTime     Encounter extension ExtPlannedEndDate (R5's plannedEndDate)
 //	data.discharge.summary[Reference] DocumentReference (LOINC 18842-5), its attachment inline or by URL
 //	data.carePlan                   CarePlan, its document as a DocumentReference (LOINC 18776-5)
-//	data.sensitivity                meta.security on the focus resource
-//	type                            MessageHeader.eventCoding (EventSystem)
+//	data.classChange                Encounter.class (to) and classHistory (from, ended at the event's time; to, from then)
+//	data.sensitivity                meta.security (SystemSensitivity) on the Patient and the focus
+//	data.confidential               meta.security (SystemConfidentiality R; N when false) on the same resources
+//	type                            MessageHeader.eventCoding (SystemEvent: the short name, e.g. discharge-pending)
 //	source                          MessageHeader.sender (ODS code)
+//
+// Every event's Encounter is in-progress but a discharge's (finished) and a
+// cancelled admission's (entered-in-error). By event type:
+//
+//	discharge-pending               hospitalization.destination and dischargeDisposition: where the patient
+//	                                is expected to go; ExtPlannedEndDate: when
+//	discharge-pending-cancelled     likewise the destination that was expected, and no planned end: the
+//	                                MessageHeader's event says the plan is withdrawn
+//	transfer-cancelled              the location history corrected: transfer.from active; transfer.to not
+//	                                in Encounter.location (R4's location status has no entered-in-error)
+//	                                but named by ExtCancelledTransfer (location, recorded: transfer.time)
+//	patient-class-changed           Encounter.class is the class now; classHistory the class before and now
+//	patient-updated (A47)           the corrected number as an old identifier; a transaction matches the
+//	                                Patient by the old number, so the receiver's record is re-filed
+//
+// encounter.location is the active location; on a transfer, when the
+// encounter keeps another place for the patient (the bed held during a
+// leave of absence), that place is a location with status reserved.
 //
 // MessageBundle wraps them as a FHIR message (Bundle type message,
 // MessageHeader first) for $process-message; TransactionBundle as a
@@ -29,10 +51,19 @@
 // # In: a message or an Encounter as an event
 //
 // FromMessage reads a FHIR message Bundle and FromEncounter a lone
-// Encounter, and return the canonical CloudEvent (to be validated and made
-// durable by the hub) with a map from canonical JSON pointers back to the
-// elements they came from, so that a schema violation found later is still
-// reported against the FHIR element (Outcome.Locate). Every problem is a
+// Encounter, each the inverse of the mapping above (a message's event is
+// its eventCoding, in SystemEvent or as an HL7 v2 trigger: A16 pending
+// discharge, A25 its cancellation, A12, A52 and A53 cancelled transfers,
+// A07 a class change, A47 a patient update), and return the canonical
+// CloudEvent (to be validated and made durable by the hub) with a map from
+// canonical JSON pointers back to the elements they came from, so that a
+// schema violation found later is still reported against the FHIR element
+// (Inbound.Locate). They read confidentiality from meta.security in
+// SystemConfidentiality on any of the resources (R, V or REDACTED:
+// confidential; N, U, L or M: not), as the Personal Demographics Service
+// labels a Patient. A lone Encounter is an admission, a discharge or a
+// cancelled admission by its status, as before: the other event types
+// need a message, whose event says which. Every problem is a
 // *problem.Error whose violations point into the submitted resource;
 // OperationOutcome renders them with FHIRPath expressions and never a
 // value from the document.
@@ -70,10 +101,35 @@ const (
 	SystemLOINC       = "http://loinc.org"
 	SystemRedacted    = "https://carehub.dev/fhir/CodeSystem/redaction"
 
+	// SystemConfidentiality is HL7's v3 Confidentiality code system, as
+	// the NHS's Personal Demographics Service labels Patients with it
+	// (meta.security: U unrestricted, R restricted, V very restricted).
+	SystemConfidentiality = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality"
+
 	// ProfileNotification and ProfileStatus are the Subscriptions R5
 	// Backport IG's R4 profiles a feed's FHIR answer claims.
 	ProfileNotification = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-subscription-notification-r4"
 	ProfileStatus       = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-subscription-status-r4"
+)
+
+// v3 Confidentiality codes carehub writes: R for data.confidential true,
+// N for an explicit false. Read back, R, V and REDACTED are confidential;
+// N, U, L and M are not.
+const (
+	ConfidentialityRestricted = "R"
+	ConfidentialityNormal     = "N"
+)
+
+// Extensions. ExtPlannedEndDate is HL7's cross-version extension for R5's
+// Encounter.plannedEndDate in R4 (hl7.fhir.uv.xver-r5.r4): R4 has no
+// element for when a stay is expected to end. ExtCancelledTransfer is
+// carehub's: on an Encounter whose transfer was cancelled, the location
+// the patient did not move to (sub-extension location, a Reference to a
+// contained Location) and when the cancellation was recorded
+// (sub-extension recorded, a dateTime).
+const (
+	ExtPlannedEndDate    = "http://hl7.org/fhir/5.0/StructureDefinition/extension-Encounter.plannedEndDate"
+	ExtCancelledTransfer = "https://carehub.dev/fhir/StructureDefinition/cancelled-transfer"
 )
 
 // LOINC document types.

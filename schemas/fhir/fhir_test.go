@@ -57,30 +57,66 @@ func golden(t *testing.T, path string, got []byte) {
 	}
 }
 
+// examples are the example events of the deployment, one of each type
+// at least (checked here, so that a new type cannot go unmapped).
 func examples(t *testing.T) map[string]*event.Event {
+	t.Helper()
+	out := parseEvents(t, "../../deploy/examples/*.json", "")
+	seen := map[string]bool{}
+	for _, ev := range out {
+		seen[ev.Type] = true
+	}
+	for _, typ := range event.Types() {
+		if !seen[typ] {
+			t.Errorf("no example event of type %s in deploy/examples", typ)
+		}
+	}
+	return out
+}
+
+// variants are events with the fields and shapes the examples leave out
+// (testdata/events/SOURCES.md), named "variant-" and the file's name.
+func variants(t *testing.T) map[string]*event.Event {
+	t.Helper()
+	out := parseEvents(t, "testdata/events/*.json", "variant-")
+	if len(out) == 0 {
+		t.Fatal("no variant events in testdata/events")
+	}
+	return out
+}
+
+// everyEvent is examples and variants.
+func everyEvent(t *testing.T) map[string]*event.Event {
+	t.Helper()
+	out := examples(t)
+	for k, v := range variants(t) {
+		out[k] = v
+	}
+	return out
+}
+
+func parseEvents(t *testing.T, pattern, prefix string) map[string]*event.Event {
 	t.Helper()
 	v, err := event.NewValidator()
 	if err != nil {
 		t.Fatal(err)
 	}
 	out := map[string]*event.Event{}
-	files, _ := filepath.Glob("../../deploy/examples/*.json")
-	if len(files) < 8 {
-		t.Fatalf("found %d example events, want one per type", len(files))
-	}
+	files, _ := filepath.Glob(pattern)
 	for _, f := range files {
 		ev, err := v.Parse(read(t, f))
 		if err != nil {
 			t.Fatalf("%s: %v", f, err)
 		}
-		out[strings.TrimSuffix(filepath.Base(f), ".json")] = ev
+		out[prefix+strings.TrimSuffix(filepath.Base(f), ".json")] = ev
 	}
 	return out
 }
 
-// TestOutGolden: each example event as a message Bundle and a transaction.
+// TestOutGolden: each example and variant event as a message Bundle and a
+// transaction.
 func TestOutGolden(t *testing.T) {
-	for name, ev := range examples(t) {
+	for name, ev := range everyEvent(t) {
 		t.Run(name, func(t *testing.T) {
 			msg, err := fhir.MessageBundle(ev, "RYJ", "http://127.0.0.1:9104/fhir")
 			if err != nil {
@@ -97,10 +133,11 @@ func TestOutGolden(t *testing.T) {
 }
 
 // TestRoundTrip: an event rendered as a FHIR message and read back is the
-// same event, for every field the mapping carries both ways.
+// same event, for every field the mapping carries both ways, for every
+// example and variant.
 func TestRoundTrip(t *testing.T) {
 	v, _ := event.NewValidator()
-	for name, ev := range examples(t) {
+	for name, ev := range everyEvent(t) {
 		t.Run(name, func(t *testing.T) {
 			msg, err := fhir.MessageBundle(ev, "RYJ", "http://127.0.0.1:9104/fhir")
 			if err != nil {
@@ -262,6 +299,51 @@ func TestOperationOutcomeNamesElements(t *testing.T) {
 			delete(entry(m, 2)["hospitalization"].(map[string]any), "dischargeDisposition")
 		}), problem.Invalid, "Bundle.entry[2].resource.hospitalization"},
 	}
+	// The new event types, refused as carehub itself renders them but for
+	// one element.
+	rendered := func(name string, f func(m map[string]any)) []byte {
+		ev := examples(t)[name]
+		b, err := fhir.MessageBundle(ev, "", "https://epr.example/fhir")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var m map[string]any
+		_ = json.Unmarshal(b, &m)
+		f(m)
+		b, _ = json.Marshal(m)
+		return b
+	}
+	tests = append(tests, []struct {
+		name string
+		doc  []byte
+		kind problem.Kind
+		want string
+	}{
+		{"pending discharge: a planned end date without a time", rendered("discharge-pending", func(m map[string]any) {
+			entry(m, 2)["extension"].([]any)[0].(map[string]any)["valueDateTime"] = "2025-03-18"
+		}), problem.Invalid, "Bundle.entry[2].resource.extension[0]"},
+		{"cancelled transfer: no location not moved to", rendered("transfer-cancelled", func(m map[string]any) {
+			delete(entry(m, 2), "extension")
+		}), problem.Invalid, "Bundle.entry[2].resource.extension"},
+		{"cancelled transfer: the location not moved to does not resolve", rendered("transfer-cancelled", func(m map[string]any) {
+			x := entry(m, 2)["extension"].([]any)[0].(map[string]any)["extension"].([]any)[0].(map[string]any)
+			x["valueReference"] = map[string]any{"reference": "#nowhere"}
+		}), problem.Invalid, "Bundle.entry[2].resource.extension[0]"},
+		{"cancelled transfer: no active location", rendered("transfer-cancelled", func(m map[string]any) {
+			delete(entry(m, 2), "location")
+		}), problem.Invalid, "Bundle.entry[2].resource.location"},
+		{"class change: no history", rendered("patient-class-changed", func(m map[string]any) {
+			delete(entry(m, 2), "classHistory")
+		}), problem.Invalid, "Bundle.entry[2].resource.classHistory"},
+		{"class change: the class before in no known system", rendered("patient-class-changed", func(m map[string]any) {
+			h := entry(m, 2)["classHistory"].([]any)[0].(map[string]any)
+			h["class"] = map[string]any{"system": "http://example.org/classes", "code": "X"}
+		}), problem.Invalid, "Bundle.entry[2].resource.classHistory[0].class"},
+		{"corrected NHS number fails its check digit", rendered("patient-updated", func(m map[string]any) {
+			p := entry(m, 1)
+			p["identifier"] = append(p["identifier"].([]any), map[string]any{"use": "old", "system": fhir.SystemNHSNumber, "value": "9990500003"})
+		}), problem.Invalid, "Bundle.entry[1].resource.identifier[1].value"},
+	}...)
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := fhir.FromMessage(tc.doc, "RX1")
@@ -291,6 +373,61 @@ func TestOperationOutcomeNamesElements(t *testing.T) {
 	}
 }
 
+// TestLocateNewElements: a schema violation in what a message of a new
+// event type gave is reported against the FHIR element it came from.
+func TestLocateNewElements(t *testing.T) {
+	v, _ := event.NewValidator()
+	tests := []struct {
+		name  string
+		event string
+		edit  func(m map[string]any)
+		want  string // FHIRPath of the first issue
+	}{
+		{"class before not a carehub class", "patient-class-changed", func(m map[string]any) {
+			h := resource(m, 2)["classHistory"].([]any)[0].(map[string]any)
+			h["class"] = map[string]any{"system": fhir.SystemClass, "code": "ward-round"}
+		}, "Bundle.entry[2].resource.classHistory[0].class"},
+		{"location not moved to named too long", "transfer-cancelled", func(m map[string]any) {
+			loc := resource(m, 2)["contained"].([]any)[1].(map[string]any)
+			loc["name"] = strings.Repeat("x", 201)
+		}, "Bundle.entry[2].resource.extension[0].extension[0]"},
+		{"the destination expected has no ODS code", "discharge-pending", func(m map[string]any) {
+			delete(resource(m, 2)["hospitalization"].(map[string]any), "destination")
+		}, "Bundle.entry[2].resource.hospitalization.dischargeDisposition"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			b, err := fhir.MessageBundle(examples(t)[tc.event], "", "https://epr.example/fhir")
+			if err != nil {
+				t.Fatal(err)
+			}
+			var m map[string]any
+			_ = json.Unmarshal(b, &m)
+			tc.edit(m)
+			b, _ = json.Marshal(m)
+			in, err := fhir.FromMessage(b, "RX1")
+			if err != nil {
+				t.Fatalf("FromMessage: %s", fhir.OperationOutcome(err))
+			}
+			_, verr := v.Parse(in.Event)
+			if verr == nil {
+				t.Fatal("the event validates")
+			}
+			var oo struct {
+				Issue []struct{ Expression []string }
+			}
+			_ = json.Unmarshal(fhir.OperationOutcome(in.Locate(verr)), &oo)
+			if len(oo.Issue) == 0 || len(oo.Issue[0].Expression) == 0 || oo.Issue[0].Expression[0] != tc.want {
+				t.Errorf("expression:\n\tgot  %v\n\twant %q", oo.Issue, tc.want)
+			}
+		})
+	}
+}
+
+func resource(m map[string]any, i int) map[string]any {
+	return m["entry"].([]any)[i].(map[string]any)["resource"].(map[string]any)
+}
+
 // TestNotificationBundle pins the feed's FHIR rendering.
 func TestNotificationBundle(t *testing.T) {
 	ev := examples(t)["discharge"]
@@ -311,6 +448,15 @@ func FuzzFromMessage(f *testing.F) {
 	f.Add(read(f, "testdata/hl7-r4-examples/Bundle-10bb101f-a121-4264-a920-67be9cb82c74.json"))
 	f.Add(read(f, "testdata/hl7-r4-examples/Encounter-f001.json"))
 	f.Add([]byte(`{"resourceType":"Bundle","type":"message","entry":[{"resource":{"resourceType":"MessageHeader"}}]}`))
+	// Every message carehub renders (one per example and variant) and
+	// every FHIR input of the golden tests.
+	seeds, _ := filepath.Glob("testdata/out/*.message.golden.json")
+	inputs, _ := filepath.Glob("testdata/in/*.json")
+	for _, p := range append(seeds, inputs...) {
+		if strings.HasSuffix(p, ".message.golden.json") || !strings.HasSuffix(p, ".golden.json") {
+			f.Add(read(f, p))
+		}
+	}
 	f.Fuzz(func(t *testing.T, doc []byte) {
 		for _, fn := range []func() (*fhir.Inbound, error){
 			func() (*fhir.Inbound, error) { return fhir.FromMessage(doc, "RX1") },

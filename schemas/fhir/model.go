@@ -12,9 +12,14 @@ type Data struct {
 	Discharge     *Discharge    `json:"discharge,omitempty"`
 	Transfer      *Transfer     `json:"transfer,omitempty"`
 	CarePlan      *CarePlan     `json:"carePlan,omitempty"`
+	ClassChange   *ClassChange  `json:"classChange,omitempty"`
 	Cancellation  *Cancellation `json:"cancellation,omitempty"`
 	Changed       []string      `json:"changed,omitempty"`
 	Sensitivity   []string      `json:"sensitivity,omitempty"`
+	Confidential  *bool         `json:"confidential,omitempty"`
+	// PreviousNHSNumber is data.previousNhsNumber (patient-updated): the
+	// NHS number the patient had until a correction.
+	PreviousNHSNumber string `json:"previousNhsNumber,omitempty"`
 }
 
 // Patient is data.patient.
@@ -89,6 +94,14 @@ type Location struct {
 
 func (l *Location) empty() bool { return l == nil || *l == Location{} }
 
+// same reports whether l and o name the same place (both may be nil).
+func (l *Location) same(o *Location) bool {
+	if l == nil || o == nil {
+		return l.empty() && o.empty()
+	}
+	return *l == *o
+}
+
 // Encounter is data.encounter.
 type Encounter struct {
 	ID              string        `json:"id"`
@@ -127,9 +140,11 @@ type DocumentRef struct {
 	Size        *int64 `json:"size,omitempty"`
 }
 
-// Discharge is data.discharge.
+// Discharge is data.discharge. ExpectedTime is the discharge-pending
+// event's expected time.
 type Discharge struct {
 	Destination      *Destination `json:"destination,omitempty"`
+	ExpectedTime     string       `json:"expectedTime,omitempty"`
 	Summary          *Attachment  `json:"summary,omitempty"`
 	SummaryReference *DocumentRef `json:"summaryReference,omitempty"`
 }
@@ -153,6 +168,13 @@ type CarePlan struct {
 	DocumentReference *DocumentRef  `json:"documentReference,omitempty"`
 }
 
+// ClassChange is data.classChange (patient-class-changed): the encounter
+// class before and after.
+type ClassChange struct {
+	From string `json:"from"`
+	To   string `json:"to"`
+}
+
 // Cancellation is data.cancellation.
 type Cancellation struct {
 	Reason  string `json:"reason,omitempty"`
@@ -173,6 +195,7 @@ type concept struct {
 }
 
 type identifier struct {
+	Use    string `json:"use,omitempty"`
 	System string `json:"system,omitempty"`
 	Value  string `json:"value,omitempty"`
 }

@@ -129,12 +129,34 @@ func decode(raw []byte, want string) (node, error) {
 func codings(n node) []node { return n.list("coding") }
 
 // v2Events maps HL7 v2 trigger events (as FHIR messages name them) to
-// event types.
+// event types, as the HL7 v2 ADT source maps them (connectors/mllp/hl7/adt).
 var v2Events = map[string]string{
-	"A01": event.TypeAdmission, "A04": event.TypeAdmission, "A02": event.TypeTransfer, "A03": event.TypeDischarge,
+	"A01": event.TypeAdmission, "A04": event.TypeAdmission, "A06": event.TypeAdmission,
+	"A02": event.TypeTransfer, "A21": event.TypeTransfer, "A22": event.TypeTransfer,
+	"A03": event.TypeDischarge,
 	"A11": event.TypeAdmissionCancelled, "A13": event.TypeDischargeCancelled,
-	"A08": event.TypePatientUpdated, "A28": event.TypePatientUpdated, "A31": event.TypePatientUpdated,
+	"A12": event.TypeTransferCancelled, "A52": event.TypeTransferCancelled, "A53": event.TypeTransferCancelled,
+	"A16": event.TypeDischargePending, "A25": event.TypeDischargePendingCancelled,
+	"A07": event.TypePatientClassChanged,
+	"A05": event.TypePatientUpdated, "A08": event.TypePatientUpdated, "A28": event.TypePatientUpdated,
+	"A31": event.TypePatientUpdated, "A47": event.TypePatientUpdated,
 	"A40": event.TypePatientMerged,
+}
+
+// encounterTypes are the event types whose message carries an Encounter.
+var encounterTypes = map[string]bool{
+	event.TypeAdmission: true, event.TypeTransfer: true, event.TypeDischarge: true,
+	event.TypeAdmissionCancelled: true, event.TypeDischargeCancelled: true,
+	event.TypeDischargePending: true, event.TypeDischargePendingCancelled: true,
+	event.TypeTransferCancelled: true, event.TypePatientClassChanged: true,
+}
+
+// destinationTypes are the event types whose data may name a discharge
+// destination (hospitalization.destination and dischargeDisposition):
+// where the patient went, is expected to go or was expected to go.
+var destinationTypes = map[string]bool{
+	event.TypeAdmission: true, event.TypeTransfer: true, event.TypeDischarge: true,
+	event.TypeDischargePending: true, event.TypeDischargePendingCancelled: true,
 }
 
 // eventType reads MessageHeader.eventCoding.
@@ -229,6 +251,8 @@ func (r *reader) patient(p node, ix refIndex, ptrs map[string]string) *Patient {
 	for _, id := range p.list("identifier") {
 		sys, val := id.str("system"), id.str("value")
 		switch {
+		case sys == SystemNHSNumber && id.str("use") == "old":
+			// A number the patient had (previousNHS reads it).
 		case sys == SystemNHSNumber:
 			n, err := nhs.ParseLoose(val)
 			if err != nil {
@@ -328,6 +352,32 @@ func (r *reader) patient(p node, ix refIndex, ptrs map[string]string) *Patient {
 	return out
 }
 
+// previousNHS reads the NHS number a Patient was known by until a
+// correction: an identifier in the NHS number system with use old that is
+// not the patient's number now.
+func (r *reader) previousNHS(p node, current string, ptrs map[string]string) string {
+	for _, id := range p.list("identifier") {
+		if id.str("system") != SystemNHSNumber || id.str("use") != "old" {
+			continue
+		}
+		n, err := nhs.ParseLoose(id.str("value"))
+		if err != nil {
+			rule := RuleNHSNumber
+			var pe *problem.Error
+			if errors.As(err, &pe) && len(pe.Violations) == 1 {
+				rule = pe.Violations[0].Rule
+			}
+			r.bad(id.get("value").ptr, rule, "the previous NHS number (identifier use old) is not valid (ten digits with a modulus 11 check digit)")
+			return ""
+		}
+		if n.Digits() != current {
+			ptrs["/data/previousNhsNumber"] = id.get("value").ptr
+			return n.Digits()
+		}
+	}
+	return ""
+}
+
 func strs(n node, k string) []string {
 	var out []string
 	for _, x := range n.list(k) {
@@ -343,6 +393,35 @@ var classFromActCode = map[string]string{
 	"IMP": "inpatient", "ACUTE": "inpatient", "NONAC": "inpatient", "EMER": "emergency",
 	"AMB": "outpatient", "VR": "outpatient", "HH": "outpatient", "FLD": "outpatient",
 	"SS": "day-case", "PRENC": "preadmission", "OBSENC": "inpatient",
+}
+
+// classOf reads a canonical encounter class from a Coding: carehub's own
+// code, a v3 ActCode, or the v3 NullFlavor (unknown). ok is false for a
+// coding of none of these systems.
+func classOf(c node) (string, bool) {
+	switch c.str("system") {
+	case SystemClass:
+		return c.str("code"), true
+	case SystemActCode:
+		if v, ok := classFromActCode[c.str("code")]; ok {
+			return v, true
+		}
+		return "other", true
+	case SystemNullFlavor:
+		return "unknown", true
+	}
+	return "", false
+}
+
+// extensions returns the extensions of a node with the given URL.
+func extensions(n node, url string) []node {
+	var out []node
+	for _, x := range n.list("extension") {
+		if x.str("url") == url {
+			out = append(out, x)
+		}
+	}
+	return out
 }
 
 // destinationFromCode maps discharge disposition codes to destination types.
@@ -479,7 +558,20 @@ func (r *reader) encounter(e node, typ string, ix refIndex, d *Data, ptrs map[st
 		}
 	}
 	locs := e.list("location")
-	if typ == event.TypeTransfer {
+	byStatus := func(status ...string) (node, bool) {
+		var found node
+		ok := false
+		for _, l := range locs {
+			for _, s := range status {
+				if l.str("status") == s {
+					found, ok = l, true
+				}
+			}
+		}
+		return found, ok
+	}
+	switch typ {
+	case event.TypeTransfer:
 		t := &Transfer{}
 		for _, l := range locs {
 			switch l.str("status") {
@@ -497,19 +589,77 @@ func (r *reader) encounter(e node, typ string, ix refIndex, d *Data, ptrs map[st
 			r.bad(e.get("location").ptr, RuleRequired, "a transfer needs the location left (status completed) and the location entered (status active)")
 		}
 		d.Transfer = t
-	} else if len(locs) > 0 {
-		l := locs[len(locs)-1]
-		for _, c := range locs {
-			if c.str("status") == "active" {
-				l = c
+		// The encounter is where the patient now is, unless it keeps
+		// another place for them (reserved: a bed held during leave).
+		enc.Location = t.To
+		if p, ok := ptrs["/data/transfer/to"]; ok {
+			ptrs["/data/encounter/location"] = p
+		}
+		if l, ok := byStatus("reserved"); ok {
+			enc.Location = location(l.get("location"), e, ix)
+			ptrs["/data/encounter/location"] = l.ptr
+		}
+	case event.TypeTransferCancelled:
+		// The location history as corrected: the patient is at the active
+		// location; the one they did not move to is named by the
+		// cancelled-transfer extension.
+		t := &Transfer{}
+		ptrs["/data/transfer"] = e.get("location").ptr
+		if l, ok := byStatus("active", ""); ok {
+			t.From = location(l.get("location"), e, ix)
+			ptrs["/data/transfer/from"] = l.ptr
+		}
+		if t.From == nil {
+			r.bad(e.get("location").ptr, RuleRequired, "a cancelled transfer needs the location the patient is at (Encounter.location with status active)")
+		}
+		xs := extensions(e, ExtCancelledTransfer)
+		for _, x := range xs {
+			for _, sub := range x.list("extension") {
+				switch sub.str("url") {
+				case "location":
+					t.To = location(sub.get("valueReference"), e, ix)
+					ptrs["/data/transfer/to"] = sub.ptr
+				case "recorded":
+					t.Time = dateTime(sub.str("valueDateTime"))
+					ptrs["/data/transfer/time"] = sub.ptr
+				}
 			}
 		}
-		enc.Location = location(l.get("location"), e, ix)
-		ptrs["/data/encounter/location"] = l.ptr
+		if t.To == nil {
+			at := e.get("extension").ptr
+			if len(xs) > 0 {
+				at = xs[0].ptr
+			}
+			r.bad(at, RuleRequired, "a cancelled transfer needs the location the patient did not move to (extension "+ExtCancelledTransfer+", sub-extension location)")
+		}
+		d.Transfer = t
+		enc.Location = t.From
+		if p, ok := ptrs["/data/transfer/from"]; ok {
+			ptrs["/data/encounter/location"] = p
+		}
+		if l, ok := byStatus("reserved"); ok {
+			enc.Location = location(l.get("location"), e, ix)
+			ptrs["/data/encounter/location"] = l.ptr
+		}
+	default:
+		if len(locs) > 0 {
+			l := locs[len(locs)-1]
+			for _, c := range locs {
+				if c.str("status") == "active" {
+					l = c
+				}
+			}
+			enc.Location = location(l.get("location"), e, ix)
+			ptrs["/data/encounter/location"] = l.ptr
+		}
 	}
 	d.Encounter = enc
 
-	// Where the patient goes (or is expected to go).
+	if typ == event.TypePatientClassChanged {
+		r.classChange(e, enc, d, ptrs)
+	}
+
+	// Where the patient goes (or is, or was, expected to go).
 	var dst *Destination
 	if dd := hosp.get("dischargeDisposition"); dd.present() {
 		dst = &Destination{Type: "other"}
@@ -538,12 +688,67 @@ func (r *reader) encounter(e node, typ string, ix refIndex, d *Data, ptrs map[st
 		}
 	}
 	ptrs["/data/discharge"] = hosp.ptr
-	if dst != nil && typ != event.TypeAdmissionCancelled && typ != event.TypeDischargeCancelled {
+	if dst != nil && destinationTypes[typ] {
 		d.Discharge = &Discharge{Destination: dst}
+	}
+	if typ == event.TypeDischargePending {
+		// When the discharge is expected: R5's Encounter.plannedEndDate,
+		// by its R4 cross-version extension.
+		for _, x := range extensions(e, ExtPlannedEndDate) {
+			if t := dateTime(x.str("valueDateTime")); t != "" {
+				if d.Discharge == nil {
+					d.Discharge = &Discharge{}
+				}
+				d.Discharge.ExpectedTime = t
+				ptrs["/data/discharge/expectedTime"] = x.get("valueDateTime").ptr
+				break
+			}
+			r.bad(x.ptr, RuleValue, "the planned end date must be a dateTime with a time and an offset")
+		}
 	}
 	if typ == event.TypeDischarge && dst == nil {
 		r.bad(hosp.ptr, RuleRequired, "a discharge needs hospitalization.dischargeDisposition (where the patient went)")
 	}
+}
+
+// classChange reads a class change: the class now is Encounter.class (as
+// read into enc), the class before the last Encounter.classHistory entry
+// that ended (else the one before the last).
+func (r *reader) classChange(e node, enc *Encounter, d *Data, ptrs map[string]string) {
+	hist := e.list("classHistory")
+	ptrs["/data/classChange"] = e.get("classHistory").ptr
+	ptrs["/data/classChange/to"] = e.get("class").ptr
+	var before node
+	for _, h := range hist {
+		if h.get("period").str("end") != "" {
+			before = h
+		}
+	}
+	if !before.present() && len(hist) >= 2 {
+		before = hist[len(hist)-2]
+	}
+	cc := &ClassChange{To: enc.Class}
+	if cc.To == "" {
+		cc.To, _ = classOf(e.get("class"))
+	}
+	if before.present() {
+		if c, ok := classOf(before.get("class")); ok && c != "" {
+			cc.From = c
+			ptrs["/data/classChange/from"] = before.get("class").ptr
+		} else {
+			r.bad(before.get("class").ptr, RuleValue, "the class before must be a v3 ActCode ("+SystemActCode+") or a carehub class ("+SystemClass+")")
+			return
+		}
+	}
+	if cc.From == "" {
+		r.bad(e.get("classHistory").ptr, RuleRequired, "a class change needs Encounter.classHistory with the class before (its period ended)")
+		return
+	}
+	if cc.To == "" {
+		r.bad(e.get("class").ptr, RuleRequired, "a class change needs Encounter.class (the class now)")
+		return
+	}
+	d.ClassChange = cc
 }
 
 // document reads a DocumentReference, or a FHIR document Bundle, as an
@@ -649,7 +854,7 @@ func FromMessage(raw []byte, org string) (*Inbound, error) {
 
 	typ, ok := eventType(hdr.get("eventCoding"))
 	if !ok {
-		r.bad(hdr.get("eventCoding").ptr, RuleUnsupported, "eventCoding must name an event carehub carries ("+SystemEvent+": admission, transfer, discharge, careplan, admission-cancelled, discharge-cancelled, patient-updated, patient-merged; or an HL7 v2 trigger in "+SystemV2Event+")")
+		r.bad(hdr.get("eventCoding").ptr, RuleUnsupported, "eventCoding must name an event carehub carries ("+SystemEvent+": "+strings.Join(event.ShortNames(), ", ")+"; or an HL7 v2 trigger in "+SystemV2Event+")")
 		return nil, fail()
 	}
 	sender, senderPtr := r.odsOf(hdr.get("sender"), ix, true, "MessageHeader.sender")
@@ -721,8 +926,8 @@ func FromMessage(raw []byte, org string) (*Inbound, error) {
 		return nil, fail()
 	}
 	d.Patient = r.patient(patient, ix, ptrs)
-	switch typ {
-	case event.TypeAdmission, event.TypeTransfer, event.TypeDischarge, event.TypeAdmissionCancelled, event.TypeDischargeCancelled:
+	switch {
+	case encounterTypes[typ]:
 		enc := pick("Encounter")
 		if !enc.present() {
 			r.bad(root.get("entry").ptr, RuleRequired, "an encounter event must carry the Encounter")
@@ -738,7 +943,7 @@ func FromMessage(raw []byte, org string) (*Inbound, error) {
 				ptrs["/data/discharge/summary"] = b.ptr
 			}
 		}
-	case event.TypeCarePlan:
+	case typ == event.TypeCarePlan:
 		cp := pick("CarePlan")
 		if !cp.present() {
 			r.bad(root.get("entry").ptr, RuleRequired, "a care plan event must carry the CarePlan")
@@ -749,7 +954,9 @@ func FromMessage(raw []byte, org string) (*Inbound, error) {
 			d.CarePlan.Document, d.CarePlan.DocumentReference = document(doc)
 			ptrs["/data/carePlan/document"], ptrs["/data/carePlan/documentReference"] = doc.ptr, doc.ptr
 		}
-	case event.TypePatientMerged:
+	case typ == event.TypePatientUpdated:
+		d.PreviousNHSNumber = r.previousNHS(patient, d.Patient.NHSNumber, ptrs)
+	case typ == event.TypePatientMerged:
 		for _, l := range patient.list("link") {
 			if l.str("type") != "replaces" {
 				continue
@@ -778,6 +985,7 @@ func FromMessage(raw []byte, org string) (*Inbound, error) {
 		}
 	}
 	d.Sensitivity = labels(root, hdr, focus, patient)
+	d.Confidential = confidentiality(ptrs, root, hdr, focus, patient)
 	if len(r.vs) > 0 {
 		return nil, fail()
 	}
@@ -831,6 +1039,34 @@ func labels(ns ...node) []string {
 		}
 	}
 	sort.Strings(out)
+	return out
+}
+
+// confidentiality reads data.confidential from meta.security codings in
+// v3 Confidentiality: R (restricted), V (very restricted) or REDACTED on
+// any of the resources make the event confidential; otherwise N, U, L or
+// M say explicitly that it is not; with none of these it is unsaid.
+func confidentiality(ptrs map[string]string, ns ...node) *bool {
+	var out *bool
+	for _, n := range ns {
+		for _, s := range n.get("meta").list("security") {
+			if s.str("system") != SystemConfidentiality {
+				continue
+			}
+			switch s.str("code") {
+			case "R", "V", "REDACTED":
+				yes := true
+				ptrs["/data/confidential"] = s.ptr
+				return &yes
+			case "N", "U", "L", "M":
+				if out == nil {
+					no := false
+					out = &no
+					ptrs["/data/confidential"] = s.ptr
+				}
+			}
+		}
+	}
 	return out
 }
 
@@ -924,6 +1160,7 @@ func FromEncounter(raw []byte, org string, now time.Time) (*Inbound, error) {
 		}
 	}
 	d.Sensitivity = labels(enc)
+	d.Confidential = confidentiality(ptrs, enc, patient)
 	in.ID = uuid.NewSHA1(namespace, append([]byte(org+"\x00"), raw...)).String()
 	return in.finish(org, typ, when, d)
 }

@@ -55,14 +55,20 @@ func FromEvent(ev *event.Event) (*Resources, error) {
 		r.Entries = append(r.Entries, Entry{FullURL: "urn:uuid:" + id, Type: res["resourceType"].(string), Resource: res, Match: match})
 		return &r.Entries[len(r.Entries)-1]
 	}
-	security := sensitivity(d.Sensitivity)
+	security := securityLabels(d.Sensitivity, d.Confidential)
 	redacted := string(ev.Extensions[event.FormExtension]) == `"`+string(event.FormNotification)+`"`
 
-	pat := patientResource(d.Patient, d.MergedPatient)
+	pat := patientResource(d.Patient, d.MergedPatient, d.PreviousNHSNumber)
 	if security != nil {
 		pat["meta"] = meta{Security: security}
 	}
-	patient := add("Patient", pat, "identifier="+SystemNHSNumber+"|"+d.Patient.NHSNumber)
+	// A corrected NHS number finds the record the receiver holds under the
+	// number it replaces, so that the record is re-filed, not doubled.
+	match := d.Patient.NHSNumber
+	if d.PreviousNHSNumber != "" {
+		match = d.PreviousNHSNumber
+	}
+	patient := add("Patient", pat, "identifier="+SystemNHSNumber+"|"+match)
 	patientRef := reference{Reference: patient.FullURL, Type: "Patient"}
 	focus := 0 // index into r.Entries
 
@@ -121,21 +127,32 @@ func FromEvent(ev *event.Event) (*Resources, error) {
 	return r, nil
 }
 
-func sensitivity(cats []string) []coding {
-	if len(cats) == 0 {
-		return nil
+// securityLabels are the meta.security codings of an event's resources:
+// its sensitivity categories, then its confidentiality (v3-Confidentiality
+// R, restricted, for a record the publisher protects; N, normal, when the
+// event says explicitly that it is not protected).
+func securityLabels(cats []string, confidential *bool) []coding {
+	var out []coding
+	for _, c := range cats {
+		out = append(out, coding{System: SystemSensitivity, Code: c})
 	}
-	out := make([]coding, len(cats))
-	for i, c := range cats {
-		out[i] = coding{System: SystemSensitivity, Code: c}
+	switch {
+	case confidential == nil:
+	case *confidential:
+		out = append(out, coding{System: SystemConfidentiality, Code: ConfidentialityRestricted, Display: "restricted"})
+	default:
+		out = append(out, coding{System: SystemConfidentiality, Code: ConfidentialityNormal, Display: "normal"})
 	}
 	return out
 }
 
-func patientResource(p *Patient, merged *Merged) map[string]any {
+func patientResource(p *Patient, merged *Merged, previousNHS string) map[string]any {
 	ids := []identifier{{System: SystemNHSNumber, Value: p.NHSNumber}}
+	if previousNHS != "" {
+		ids = append(ids, identifier{Use: "old", System: SystemNHSNumber, Value: previousNHS})
+	}
 	for _, i := range p.Identifier {
-		ids = append(ids, identifier(i))
+		ids = append(ids, identifier{System: i.System, Value: i.Value})
 	}
 	res := map[string]any{"resourceType": "Patient", "identifier": ids}
 	if p.Name != nil {
@@ -199,7 +216,31 @@ var classCodes = map[string]string{
 	"maternity": "IMP", "preadmission": "PRENC", "other": "IMP",
 }
 
-// encounterStatus is the Encounter.status each event type implies.
+// classCoding is Encounter.class for a canonical class: its v3 ActCode,
+// or the v3 NullFlavor UNK when the class is unknown.
+func classCoding(class string) coding {
+	if c, ok := classCodes[class]; ok {
+		return coding{System: SystemActCode, Code: c}
+	}
+	return coding{System: SystemNullFlavor, Code: "UNK", Display: "unknown"}
+}
+
+// historyCoding is Encounter.classHistory.class for a canonical class. The
+// history has one coding per entry (and no type beside it), so a class
+// that shares its ActCode with another (maternity and other are IMP, as
+// inpatient is) keeps carehub's own code there.
+func historyCoding(class string) coding {
+	switch class {
+	case "maternity", "other":
+		return coding{System: SystemClass, Code: class}
+	}
+	return classCoding(class)
+}
+
+// encounterStatus is the Encounter.status each event type implies: the
+// encounter of every event but a discharge (finished) and a cancelled
+// admission (entered-in-error) is going on (in-progress), pending
+// discharges, cancelled transfers and class changes included.
 func encounterStatus(typ string) string {
 	switch typ {
 	case event.TypeDischarge:
@@ -216,20 +257,41 @@ var dispositionCodes = map[string]string{
 	"home": "home", "care-home": "long", "nursing-home": "snf", "hospital": "other-hcf", "hospice": "oth", "other": "oth",
 }
 
+// extension is a FHIR Extension, as emitted.
+type extension struct {
+	URL            string      `json:"url"`
+	Extension      []extension `json:"extension,omitempty"`
+	ValueDateTime  string      `json:"valueDateTime,omitempty"`
+	ValueReference *reference  `json:"valueReference,omitempty"`
+}
+
 func encounterResource(ev *event.Event, d *Data, patient reference) map[string]any {
 	e := d.Encounter
 	ids := []identifier{{System: SystemEncounterID, Value: e.ID}}
 	for _, i := range e.Identifier {
-		ids = append(ids, identifier(i))
+		ids = append(ids, identifier{System: i.System, Value: i.Value})
 	}
 	res := map[string]any{"resourceType": "Encounter", "identifier": ids, "status": encounterStatus(ev.Type), "subject": patient}
-	class := coding{System: SystemNullFlavor, Code: "UNK", Display: "unknown"}
-	if c, ok := classCodes[e.Class]; ok {
-		class = coding{System: SystemActCode, Code: c}
+	class := e.Class
+	if class == "" && d.ClassChange != nil {
+		class = d.ClassChange.To
 	}
-	res["class"] = class
-	if e.Class != "" {
-		res["type"] = []concept{{Coding: []coding{{System: SystemClass, Code: e.Class}}}}
+	res["class"] = classCoding(class)
+	if class != "" {
+		res["type"] = []concept{{Coding: []coding{{System: SystemClass, Code: class}}}}
+	}
+	if cc := d.ClassChange; cc != nil {
+		// The class before ended when the event happened; the class now
+		// began then.
+		at := ev.Time.UTC().Format(time.RFC3339)
+		before := Period{End: at}
+		if e.Period != nil && e.Period.Start != "" {
+			before.Start = e.Period.Start
+		}
+		res["classHistory"] = []any{
+			map[string]any{"class": historyCoding(cc.From), "period": before},
+			map[string]any{"class": historyCoding(cc.To), "period": Period{Start: at}},
+		}
 	}
 	if e.Period != nil {
 		res["period"] = e.Period
@@ -240,11 +302,15 @@ func encounterResource(ev *event.Event, d *Data, patient reference) map[string]a
 	if e.Specialty != "" {
 		res["serviceType"] = concept{Text: e.Specialty}
 	}
+	var exts []extension
 	hosp := map[string]any{}
 	if e.AdmitSource != "" {
 		hosp["admitSource"] = concept{Coding: []coding{{System: SystemAdmitSource, Code: e.AdmitSource}}}
 	}
 	if d.Discharge != nil && d.Discharge.Destination != nil {
+		// Where the patient went (a discharge), is expected to go (an
+		// admission, a transfer, a pending discharge) or was expected to
+		// go (a cancelled pending discharge).
 		dst := d.Discharge.Destination
 		hosp["dischargeDisposition"] = concept{Coding: []coding{
 			{System: SystemDestination, Code: dst.Type},
@@ -258,31 +324,69 @@ func encounterResource(ev *event.Event, d *Data, patient reference) map[string]a
 			hosp["destination"] = ref
 		}
 	}
+	if d.Discharge != nil && d.Discharge.ExpectedTime != "" {
+		exts = append(exts, extension{URL: ExtPlannedEndDate, ValueDateTime: d.Discharge.ExpectedTime})
+	}
 	if len(hosp) > 0 {
 		res["hospitalization"] = hosp
 	}
 	var contained []any
+	var places []*Location // the contained Locations, in order
 	var locs []any
+	contain := func(l *Location) reference {
+		i := 0
+		for i < len(places) && !places[i].same(l) {
+			i++
+		}
+		id := "loc" + strconv.Itoa(i+1)
+		if i == len(places) { // one contained Location per place
+			places = append(places, l)
+			contained = append(contained, locationResource(id, l))
+		}
+		return reference{Reference: "#" + id, Display: locationText(l)}
+	}
 	addLoc := func(l *Location, status string, p *Period) {
 		if l.empty() {
 			return
 		}
-		id := "loc" + strconv.Itoa(len(contained)+1)
-		contained = append(contained, locationResource(id, l))
-		entry := map[string]any{"location": reference{Reference: "#" + id, Display: locationText(l)}, "status": status}
+		entry := map[string]any{"location": contain(l), "status": status}
 		if p != nil {
 			entry["period"] = p
 		}
 		locs = append(locs, entry)
 	}
-	if d.Transfer != nil {
-		var from, to *Period
-		if d.Transfer.Time != "" {
-			from, to = &Period{End: d.Transfer.Time}, &Period{Start: d.Transfer.Time}
+	switch t := d.Transfer; {
+	case t != nil && ev.Type == event.TypeTransferCancelled:
+		// The location history corrected: the patient is where they were
+		// (active); the location they did not move to is not in it (R4 has
+		// no entered-in-error status for a location), and is named by the
+		// cancelled-transfer extension, with when the cancellation was
+		// recorded.
+		addLoc(t.From, "active", nil)
+		if !e.Location.empty() && !e.Location.same(t.From) {
+			addLoc(e.Location, "reserved", nil)
 		}
-		addLoc(d.Transfer.From, "completed", from)
-		addLoc(d.Transfer.To, "active", to)
-	} else if e.Location != nil {
+		if !t.To.empty() {
+			to := contain(t.To)
+			x := extension{URL: ExtCancelledTransfer, Extension: []extension{{URL: "location", ValueReference: &to}}}
+			if t.Time != "" {
+				x.Extension = append(x.Extension, extension{URL: "recorded", ValueDateTime: t.Time})
+			}
+			exts = append(exts, x)
+		}
+	case t != nil:
+		var from, to *Period
+		if t.Time != "" {
+			from, to = &Period{End: t.Time}, &Period{Start: t.Time}
+		}
+		addLoc(t.From, "completed", from)
+		addLoc(t.To, "active", to)
+		// A location the encounter keeps that the patient is not at (the
+		// bed held during a leave of absence) is reserved.
+		if !e.Location.empty() && !e.Location.same(t.To) {
+			addLoc(e.Location, "reserved", nil)
+		}
+	case e.Location != nil:
 		status := "active"
 		if ev.Type == event.TypeDischarge {
 			status = "completed"
@@ -291,7 +395,12 @@ func encounterResource(ev *event.Event, d *Data, patient reference) map[string]a
 	}
 	if len(contained) > 0 {
 		res["contained"] = contained
+	}
+	if len(locs) > 0 {
 		res["location"] = locs
+	}
+	if len(exts) > 0 {
+		res["extension"] = exts
 	}
 	return res
 }
