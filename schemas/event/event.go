@@ -346,12 +346,15 @@ func decode(b []byte) (*decoded, error) {
 	if env == nil { // the input was null
 		return nil, problem.New(problem.Malformed, "event is not a JSON object")
 	}
-	rest := b[dec.InputOffset():]
-	if firstByte(rest) != 0 {
+	// Only JSON whitespace may follow. (Regression, found by FuzzParse: a
+	// NUL byte after the object read as "nothing follows", and scan, which
+	// needs valid JSON, ran off the end of the trailing bytes.)
+	end := int(dec.InputOffset())
+	if len(bytes.TrimLeft(b[end:], " \t\r\n")) != 0 {
 		return nil, problem.New(problem.Malformed, "event is followed by more data")
 	}
 	d := &decoded{env: env}
-	s := scan(b)
+	s := scan(b[:end])
 	d.dup, d.hasDup = s.dup, s.hasDup
 	if s.dataEnd > 0 {
 		d.data = b[s.dataStart:s.dataEnd]

@@ -601,6 +601,10 @@ func TestUnmarshal(t *testing.T) {
 		{"NHS number not a string", edit(t, "discharge.json", func(m map[string]any) { obj(m, "data", "patient")["nhsNumber"] = 9990500002 }),
 			problem.Invalid, []at{{"/data/patient/nhsNumber", nhs.RuleFormat}}},
 		{"trailing garbage", append(readExample(t, "discharge.json"), "{}"...), problem.Malformed, nil},
+		// Regression (found by FuzzParse): a NUL byte after the object read
+		// as the end of the input, and the duplicate-key scan ran off the
+		// end of what followed (a panic).
+		{"NUL then garbage", append(readExample(t, "discharge.json"), "\x00d/json\",\"id\":\"x"...), problem.Malformed, nil},
 	}
 	for _, tt := range tests {
 		_, err := Unmarshal(tt.raw)

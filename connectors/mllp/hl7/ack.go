@@ -101,10 +101,16 @@ func NewACK(orig *Message, code AckCode, controlID string, now time.Time, errs .
 		}
 		// The acknowledgement is plain ASCII; echo the character set only if
 		// it is one we know, so that the ACK itself always parses.
+		var set Charset
 		if cs := wireSafe(h.Field(18).Rep(1).Raw()); cs != "" {
-			if _, err := LookupCharset(cs); err == nil {
-				charset = cs
+			if c, err := LookupCharset(cs); err == nil {
+				charset, set = cs, c
 			}
+		}
+		// What is copied must be valid in the declared character set,
+		// even when the original's own bytes were not (it is then refused).
+		for _, f := range []*string{&sendApp, &sendFac, &recvApp, &recvFac, &origID, &trigger, &procID, &version} {
+			*f = validIn(set, *f)
 		}
 	}
 	ver := parseVersion(nth(version, d.Component, 1))
@@ -232,6 +238,16 @@ func num(n int) string {
 
 // wireSafe drops control characters (CR, LF, MLLP framing bytes) from a raw
 // value copied into an acknowledgement.
+// validIn drops from s the bytes that are not UTF-8 when the acknowledgement
+// declares UTF-8 (Parse refuses a message that breaks its declaration). A
+// sender's other bytes are echoed as sent, so that it can match MSA-2.
+func validIn(set Charset, s string) string {
+	if set == CharsetUTF8 {
+		return strings.ToValidUTF8(s, "")
+	}
+	return s
+}
+
 func wireSafe(s string) string {
 	for i := 0; i < len(s); i++ {
 		if s[i] < ' ' || s[i] == 0x7F {

@@ -205,3 +205,35 @@ func TestACKTimeWithSignDelimiter(t *testing.T) {
 		}
 	}
 }
+
+// TestACKOfAMessageBreakingItsUTF8DeclarationParses pins a bug FuzzHandle
+// found: a message declaring UNICODE UTF-8 whose MSH-12 (or MSH-10) held a
+// byte that is not UTF-8 was refused (AE 102) with an acknowledgement that
+// echoed the byte under the same declaration, so the sender could not parse
+// the refusal. The echoed fields now drop such bytes; a sender's other
+// bytes (an ASCII declaration broken by a Latin-1 letter) are echoed as
+// sent, so that MSA-2 still matches its MSH-10.
+func TestACKOfAMessageBreakingItsUTF8DeclarationParses(t *testing.T) {
+	tests := []struct {
+		name, msh string
+		wantMSA2  string
+	}{
+		{"UTF-8, bad version", "MSH|^~\\&|PAS|RX1|||20261205||ADT^A03|RX1-0003|P|\xc3.4||||||UNICODE UTF-8\r", "RX1-0003"},
+		{"UTF-8, bad control ID", "MSH|^~\\&|PAS|RX1|||20261205||ADT^A03|RX1-\xe8003|P|2.4||||||UNICODE UTF-8\r", "RX1-003"},
+		{"ASCII, Latin-1 control ID", "MSH|^~\\&|PAS|RX1|||20261205||ADT^A03|U\xe8C-0040|P|2.4||||||ASCII\r", "U\xe8C-0040"},
+	}
+	for _, tt := range tests {
+		m, err := ParseHeader([]byte(tt.msh))
+		if err != nil {
+			t.Fatalf("%s: ParseHeader: %v", tt.name, err)
+		}
+		ack, err := Parse(NewACK(m, AckAE, "ack-1", fixedTime, ErrDetail{Code: CodeDataType}))
+		if err != nil {
+			t.Errorf("%s: the acknowledgement does not parse: %v", tt.name, err)
+			continue
+		}
+		if got := ack.Segment("MSA").Field(2).Raw(); got != tt.wantMSA2 {
+			t.Errorf("%s: MSA-2 %q, want %q", tt.name, got, tt.wantMSA2)
+		}
+	}
+}

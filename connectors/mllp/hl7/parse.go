@@ -171,6 +171,13 @@ func parseDelimiters(s string, i, to int) (Delimiters, *ParseError) {
 		k++
 	}
 	enc := s[j:k]
+	// A LF that does not end the segment would be kept in MSH-2 as text
+	// (see Parse): MSH-2 holds the encoding characters and nothing else.
+	// (Regression, found by FuzzParse: MSH-2 read back with the LF and the
+	// bytes after it.)
+	if k < to && s[k] == '\n' && !(&lines{s: s, end: to, fs: fs}).lfBreaks(k) {
+		return fail(2, k, CodeDataType, name+"-2 (encoding characters) must be followed by the field separator or the end of the segment")
+	}
 	switch {
 	case len(enc) == 0:
 		return fail(2, j, CodeRequiredFieldMissing, name+"-2 (encoding characters) is missing")

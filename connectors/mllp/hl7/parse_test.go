@@ -93,6 +93,10 @@ func TestParseErrors(t *testing.T) {
 		{"MSH|^~\\&|A|B|C|D|E|F|G|H|I|J|K|L|M|N|O|8859/2", "code=103 seg=\"MSH\" idx=1 seq=1 field=18 off=39"},
 		{"MSH|^~\\&|A|B|C|D|E|F|G|H|I|J|K|L|M|N|O|8859/1", ok},
 		{"MSH|^~\\&|A|B|C|D|E|F|G|H|I|J|K|L|M|N|O|unicode utf-8~8859/2", ok},
+		// Regression (found by FuzzParse): a LF that does not end the
+		// segment was kept in MSH-2 with the bytes after it.
+		{"MSH!\"#$%\n0\xfd000", "code=102 seg=\"MSH\" idx=1 seq=1 field=2 off=8"},
+		{"MSH|^~\\&\nPID|1", ok},
 	}
 	for _, tt := range tests {
 		m, err := Parse([]byte(tt.in))

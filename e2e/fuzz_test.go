@@ -1,0 +1,109 @@
+package e2e
+
+import (
+	"bufio"
+	"flag"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+)
+
+var fuzzTime = flag.Duration("fuzz.time", 0, "run every fuzz target of the repository for this long (CI: 3s each)")
+
+// fuzzTarget is one func FuzzX in a package of the repository.
+type fuzzTarget struct {
+	dir, name string // package directory relative to the repository root; FuzzX
+}
+
+var fuzzFunc = regexp.MustCompile(`^func (Fuzz\w+)\(\w+ \*testing\.F\)`)
+
+// fuzzTargets finds every fuzz target under root, by reading the test
+// files: a new target is fuzzed without anyone listing it.
+func fuzzTargets(t *testing.T, root string) []fuzzTarget {
+	t.Helper()
+	var out []fuzzTarget
+	err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() && (d.Name() == "node_modules" || d.Name() == "testdata" || strings.HasPrefix(d.Name(), ".")) && path != root {
+			return filepath.SkipDir
+		}
+		if d.IsDir() || !strings.HasSuffix(path, "_test.go") {
+			return nil
+		}
+		f, err := os.Open(path)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		sc := bufio.NewScanner(f)
+		for sc.Scan() {
+			if m := fuzzFunc.FindStringSubmatch(sc.Text()); m != nil {
+				rel, _ := filepath.Rel(root, filepath.Dir(path))
+				out = append(out, fuzzTarget{dir: rel, name: m[1]})
+			}
+		}
+		return sc.Err()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].dir+out[i].name < out[j].dir+out[j].name })
+	return out
+}
+
+// TestFuzzCorporaAreCommitted: every fuzz target has a corpus in the
+// repository (testdata/fuzz/FuzzX beside it, as go test -fuzz writes it),
+// so that plain go test replays what earlier fuzzing found, on every clone.
+func TestFuzzCorporaAreCommitted(t *testing.T) {
+	targets := fuzzTargets(t, "..")
+	if len(targets) < 10 {
+		t.Fatalf("found %d fuzz targets: the search is broken", len(targets))
+	}
+	for _, ft := range targets {
+		entries, err := os.ReadDir(filepath.Join("..", ft.dir, "testdata", "fuzz", ft.name))
+		if err != nil || len(entries) == 0 {
+			t.Errorf("%s %s: no committed corpus in testdata/fuzz/%s (run go test -fuzz=%s and copy the cache's inputs, see README \"Development\")",
+				ft.dir, ft.name, ft.name, ft.name)
+		}
+	}
+}
+
+// TestFuzzTargetsBriefly runs go test -fuzz on every fuzz target of the
+// repository for -fuzz.time each (3s under CI), one after another on one
+// worker. A failure prints go test's report, with the input it wrote to
+// testdata/fuzz: commit it with the fix, as the regression test.
+func TestFuzzTargetsBriefly(t *testing.T) {
+	d := *fuzzTime
+	if d == 0 && os.Getenv("CI") != "" {
+		d = 3 * time.Second
+	}
+	if d == 0 {
+		t.Skip("fuzzing runs under CI (CI set) or with -fuzz.time=3s")
+	}
+	if testing.Short() {
+		t.Skip("-short")
+	}
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		t.Fatalf("go is not on PATH: %v", err)
+	}
+	for _, ft := range fuzzTargets(t, "..") {
+		t.Run(ft.dir+"/"+ft.name, func(t *testing.T) {
+			cmd := exec.Command(goBin, "test", "-run=^$", "-fuzz=^"+ft.name+"$", "-fuzztime="+d.String(),
+				"-fuzzminimizetime=0", "-parallel=1", "./"+filepath.ToSlash(ft.dir))
+			cmd.Dir = ".."
+			out, err := cmd.CombinedOutput()
+			if err != nil {
+				t.Errorf("go test -fuzz=%s ./%s: %v\n%s", ft.name, ft.dir, err, tail(string(out), 4000))
+			}
+		})
+	}
+}
