@@ -10,6 +10,7 @@ import (
 	"github.com/carehub/carehub/consent"
 	"github.com/carehub/carehub/hub/audit"
 	"github.com/carehub/carehub/hub/broker"
+	"github.com/carehub/carehub/hub/broker/brokertest"
 	"github.com/carehub/carehub/schemas/problem"
 	"github.com/segmentio/kafka-go"
 	"go.uber.org/zap/zaptest"
@@ -21,21 +22,9 @@ const (
 )
 
 func startBroker(t *testing.T) []string {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	emb, err := broker.StartEmbedded(ctx, broker.EmbeddedConfig{DataDir: t.TempDir(), Addr: "127.0.0.1:0"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { emb.Close() })
-	if err := broker.EnsureTopics(ctx, emb.Addrs(), []broker.TopicSpec{
-		{Name: testTopic, Partitions: 1, ReplicationFactor: 1, Configs: map[string]string{"cleanup.policy": "compact"}},
-		{Name: auditTopic, Partitions: 3, ReplicationFactor: 1},
-	}); err != nil {
-		t.Fatal(err)
-	}
-	return emb.Addrs()
+	return brokertest.Start(t,
+		broker.TopicSpec{Name: testTopic, Partitions: 1, ReplicationFactor: 1, Configs: map[string]string{"cleanup.policy": "compact"}},
+		broker.TopicSpec{Name: auditTopic, Partitions: 3, ReplicationFactor: 1})
 }
 
 func open(t *testing.T, brokers []string) *Store {

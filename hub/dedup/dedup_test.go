@@ -8,25 +8,14 @@ import (
 	"testing"
 	"time"
 
-	"github.com/carehub/carehub/hub/broker"
+	"github.com/carehub/carehub/hub/broker/brokertest"
 	"github.com/carehub/carehub/hub/topic"
 	"github.com/segmentio/kafka-go"
 	"go.uber.org/zap/zaptest"
 )
 
 func startBroker(t *testing.T, window time.Duration) []string {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	emb, err := broker.StartEmbedded(ctx, broker.EmbeddedConfig{DataDir: t.TempDir(), Addr: "127.0.0.1:0"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { emb.Close() })
-	if err := broker.EnsureTopics(ctx, emb.Addrs(), []broker.TopicSpec{topic.AcceptedSpec(1, window)}); err != nil {
-		t.Fatal(err)
-	}
-	return emb.Addrs()
+	return brokertest.Start(t, topic.AcceptedSpec(1, window))
 }
 
 func open(t *testing.T, brokers []string, window time.Duration) *Store {

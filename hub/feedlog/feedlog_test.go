@@ -9,22 +9,14 @@ import (
 
 	"github.com/carehub/carehub/connectors/connector"
 	"github.com/carehub/carehub/hub/broker"
+	"github.com/carehub/carehub/hub/broker/brokertest"
 	"github.com/carehub/carehub/hub/feedlog"
 	"github.com/carehub/carehub/schemas/problem"
 	"go.uber.org/zap"
 )
 
 func startBroker(t testing.TB) []string {
-	t.Helper()
-	emb, err := broker.StartEmbedded(context.Background(), broker.EmbeddedConfig{DataDir: t.TempDir(), Addr: "127.0.0.1:0"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = emb.Close() })
-	if err := broker.EnsureTopics(context.Background(), emb.Addrs(), []broker.TopicSpec{{Name: "carehub.feed.b82005", Partitions: 1, ReplicationFactor: 1}}); err != nil {
-		t.Fatal(err)
-	}
-	return emb.Addrs()
+	return brokertest.Start(t, broker.TopicSpec{Name: "carehub.feed.b82005", Partitions: 1, ReplicationFactor: 1})
 }
 
 func open(t testing.TB, brokers []string) *feedlog.Log {

@@ -26,8 +26,8 @@
 //
 // Until the initial load is complete, Sync fails with ErrNotLoaded.
 //
-// (hub/consentstore follows carehub.consent the same way with its own copy
-// of this logic, written first; this package is the shared form.)
+// hub/ktable builds a table with a writer on it (the consent store, the
+// patient index); hub/dedup follows carehub.accepted with it directly.
 package follow
 
 import (

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/carehub/carehub/hub/broker"
+	"github.com/carehub/carehub/hub/broker/brokertest"
 	"github.com/carehub/carehub/hub/dedup"
 	"github.com/carehub/carehub/hub/topic"
 	"github.com/carehub/carehub/schemas/problem"
@@ -20,15 +20,8 @@ func memory(t *testing.T) *dedup.Store {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	emb, err := broker.StartEmbedded(ctx, broker.EmbeddedConfig{DataDir: t.TempDir(), Addr: "127.0.0.1:0"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { emb.Close() })
-	if err := broker.EnsureTopics(ctx, emb.Addrs(), []broker.TopicSpec{topic.AcceptedSpec(1, time.Hour)}); err != nil {
-		t.Fatal(err)
-	}
-	s, err := dedup.Open(emb.Addrs(), topic.Accepted, time.Hour, zaptest.NewLogger(t))
+	brokers := brokertest.Start(t, topic.AcceptedSpec(1, time.Hour))
+	s, err := dedup.Open(brokers, topic.Accepted, time.Hour, zaptest.NewLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}

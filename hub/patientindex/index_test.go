@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/carehub/carehub/hub/broker"
+	"github.com/carehub/carehub/hub/broker/brokertest"
 	"github.com/carehub/carehub/hub/topic"
 	"github.com/segmentio/kafka-go"
 	"go.uber.org/zap/zaptest"
@@ -15,17 +15,8 @@ import (
 
 func open(t *testing.T) (*Index, []string) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	emb, err := broker.StartEmbedded(ctx, broker.EmbeddedConfig{DataDir: t.TempDir(), Addr: "127.0.0.1:0"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { emb.Close() })
-	if err := broker.EnsureTopics(ctx, emb.Addrs(), topic.Specs(1, 1, nil, topic.Retention{})); err != nil {
-		t.Fatal(err)
-	}
-	return openOn(t, emb.Addrs()), emb.Addrs()
+	brokers := brokertest.Start(t, topic.Specs(1, 1, nil, topic.Retention{})...)
+	return openOn(t, brokers), brokers
 }
 
 func openOn(t *testing.T, brokers []string) *Index {

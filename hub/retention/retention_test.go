@@ -11,6 +11,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/carehub/carehub/hub/audit"
 	"github.com/carehub/carehub/hub/broker"
+	"github.com/carehub/carehub/hub/broker/brokertest"
 	"github.com/carehub/carehub/hub/deadletter"
 	"github.com/carehub/carehub/hub/topic"
 	"github.com/segmentio/kafka-go"
@@ -18,18 +19,7 @@ import (
 )
 
 func startBroker(t *testing.T) []string {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	emb, err := broker.StartEmbedded(ctx, broker.EmbeddedConfig{DataDir: t.TempDir(), Addr: "127.0.0.1:0"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { emb.Close() })
-	if err := broker.EnsureTopics(ctx, emb.Addrs(), topic.Specs(1, 1, []string{"VM123"}, topic.Retention{})); err != nil {
-		t.Fatal(err)
-	}
-	return emb.Addrs()
+	return brokertest.Start(t, topic.Specs(1, 1, []string{"VM123"}, topic.Retention{})...)
 }
 
 func produce(t *testing.T, brokers []string, name string, msgs ...kafka.Message) {
