@@ -158,7 +158,7 @@ func TestParsePatientConsent(t *testing.T) {
 				t.Errorf("%s: violations (-want +got):\n%s", tt.name, diff)
 			}
 		}
-		if strings.Contains(err.Error(), canary) || strings.Contains(problem.Public(err), canary) || strings.Contains(string(consent.OperationOutcome(err)), canary) {
+		if strings.Contains(err.Error(), canary) || strings.Contains(problem.Public(err), canary) || strings.Contains(string(problem.OperationOutcome(err)), canary) {
 			t.Errorf("%s: the error text carries a value from the input: %v", tt.name, err)
 		}
 	}

@@ -7,6 +7,7 @@ import (
 
 	"github.com/carehub/carehub/consent"
 	"github.com/carehub/carehub/schemas/nhs"
+	"github.com/carehub/carehub/schemas/problem"
 )
 
 // A discharge carrying mental health information, and the candidates the
@@ -103,7 +104,7 @@ func ExampleConsentFromFHIR() {
 	    {"id": "research", "type": "permit", "purpose": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "HRESCH"}]}
 	  ]}}`)
 	_, err := consent.ConsentFromFHIR(raw, patient)
-	fmt.Println(string(consent.OperationOutcome(err)))
+	fmt.Println(string(problem.OperationOutcome(err)))
 
 	raw = []byte(string(raw[:len(raw)-len(`,
 	    {"id": "research", "type": "permit", "purpose": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "HRESCH"}]}

@@ -2,7 +2,6 @@ package consent
 
 import (
 	"encoding/json"
-	"errors"
 	"maps"
 	"slices"
 	"strconv"
@@ -31,7 +30,6 @@ const (
 	// PolicyURI names carehub's sharing policy in Consent.policy.uri: a
 	// Consent may name it, and no other.
 	PolicyURI        = "https://carehub.dev/fhir/policy/direct-care"
-	systemViolation  = "https://carehub.dev/fhir/CodeSystem/violation-rule"
 	extRecorded      = "https://carehub.dev/fhir/StructureDefinition/directive-recorded"
 	extRecordedBy    = "https://carehub.dev/fhir/StructureDefinition/directive-recorded-by"
 	extRecipientRole = "https://carehub.dev/fhir/StructureDefinition/recipient-role"
@@ -200,6 +198,10 @@ type fhirError struct {
 
 func (e *fhirError) Error() string { return e.err.Error() }
 func (e *fhirError) Unwrap() error { return e.err }
+
+// FHIRRoot implements problem.FHIRRooted: the violations point into a
+// Consent, so problem.OperationOutcome locates them by FHIRPath.
+func (e *fhirError) FHIRRoot() string { return e.root }
 
 type fhirParser struct {
 	vs []problem.Violation
@@ -406,85 +408,4 @@ func (p *fhirParser) dateTime(raw json.RawMessage, ptr string, dateOnly byte) (t
 		p.bad(ptr, VFHIRValue, "expected a date-time with seconds and a time-zone offset")
 	}
 	return time.Time{}, false
-}
-
-// OperationOutcome renders err as a FHIR R4 OperationOutcome (JSON): one
-// issue per violation of a *problem.Error in err's chain, with severity
-// error, the code of its Kind (problem.Kind.FHIRIssueCode), the violated rule
-// as details, its public detail as diagnostics and, for errors from
-// ConsentFromFHIR, a FHIRPath expression locating the element
-// ("Consent.provision.provision[1].actor[0]"). Only public text is used:
-// an error that is not a *problem.Error becomes "internal error". A nil err
-// renders a single informational issue.
-func OperationOutcome(err error) []byte {
-	type issue struct {
-		Severity    string               `json:"severity"`
-		Code        string               `json:"code"`
-		Details     *fhirCodeableConcept `json:"details,omitempty"`
-		Diagnostics string               `json:"diagnostics,omitempty"`
-		Expression  []string             `json:"expression,omitempty"`
-	}
-	out := struct {
-		ResourceType string  `json:"resourceType"`
-		Issue        []issue `json:"issue"`
-	}{ResourceType: "OperationOutcome"}
-	var pe *problem.Error
-	switch {
-	case err == nil:
-		out.Issue = []issue{{Severity: "information", Code: "informational", Diagnostics: "no problem found"}}
-	case !errors.As(err, &pe):
-		out.Issue = []issue{{Severity: "error", Code: problem.Internal.FHIRIssueCode(), Diagnostics: "internal error"}}
-	default:
-		root := ""
-		var fe *fhirError
-		if errors.As(err, &fe) {
-			root = fe.root
-		}
-		code := pe.Kind.FHIRIssueCode()
-		if pe.Kind == problem.Other {
-			code = problem.Internal.FHIRIssueCode()
-		}
-		for _, v := range pe.Violations {
-			is := issue{Severity: "error", Code: code, Diagnostics: v.Detail}
-			if v.Rule != "" {
-				is.Details = &fhirCodeableConcept{Coding: []fhirCoding{{System: systemViolation, Code: v.Rule}}}
-			}
-			if x := fhirPath(root, v.Pointer); x != "" {
-				is.Expression = []string{x}
-			}
-			out.Issue = append(out.Issue, is)
-		}
-		if len(out.Issue) == 0 {
-			out.Issue = []issue{{Severity: "error", Code: code, Diagnostics: pe.Message}}
-		}
-	}
-	b, merr := json.Marshal(out)
-	if merr != nil { // cannot happen: every field is a string
-		return []byte(`{"resourceType":"OperationOutcome","issue":[{"severity":"fatal","code":"exception"}]}`)
-	}
-	return b
-}
-
-// fhirPath turns a JSON pointer into a FHIRPath expression rooted at the
-// resource type root: "/provision/provision/1/actor/0" becomes
-// "Consent.provision.provision[1].actor[0]". With no root the path is
-// relative ("directives[2].kind").
-func fhirPath(root, ptr string) string {
-	var b strings.Builder
-	b.WriteString(root)
-	if ptr == "" {
-		return b.String()
-	}
-	for _, seg := range strings.Split(ptr[1:], "/") {
-		seg = strings.ReplaceAll(strings.ReplaceAll(seg, "~1", "/"), "~0", "~")
-		if _, err := strconv.Atoi(seg); err == nil && seg != "" {
-			b.WriteString("[" + seg + "]")
-			continue
-		}
-		if b.Len() > 0 {
-			b.WriteByte('.')
-		}
-		b.WriteString(seg)
-	}
-	return b.String()
 }

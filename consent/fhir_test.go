@@ -90,7 +90,7 @@ func TestToFHIRGolden(t *testing.T) {
 
 		back, err := consent.ConsentFromFHIR(out, patientA)
 		if err != nil {
-			t.Fatalf("%s: reading back: %v\n%s", f, err, consent.OperationOutcome(err))
+			t.Fatalf("%s: reading back: %v\n%s", f, err, problem.OperationOutcome(err))
 		}
 		if diff := cmp.Diff(pc.Directives, back, cmpopts.EquateEmpty()); diff != "" {
 			t.Errorf("%s: round trip (-before +after):\n%s", f, diff)
@@ -113,7 +113,7 @@ func TestConsentFromFHIRGolden(t *testing.T) {
 		}
 		ds, err := consent.ConsentFromFHIR(raw, patientA)
 		if err != nil {
-			t.Fatalf("%s: %v\n%s", f, err, consent.OperationOutcome(err))
+			t.Fatalf("%s: %v\n%s", f, err, problem.OperationOutcome(err))
 		}
 		out, err := json.Marshal(ds)
 		if err != nil {
@@ -148,7 +148,7 @@ func TestConsentFromFHIRInvalid(t *testing.T) {
 		if ds != nil {
 			t.Errorf("%s: directives returned with an error", f)
 		}
-		oo := consent.OperationOutcome(err)
+		oo := problem.OperationOutcome(err)
 		noCanary(t, f+": the outcome", string(oo))
 		noCanary(t, f+": the error", err.Error())
 		golden(t, strings.TrimSuffix(f, ".json")+".outcome.golden.json", indent(t, oo))
@@ -207,7 +207,7 @@ func TestFHIRRoundTripRandom(t *testing.T) {
 		}
 		back, err := consent.ConsentFromFHIR(out, patientA)
 		if err != nil {
-			t.Fatalf("ConsentFromFHIR(ToFHIR(%s)): %v\n%s", jsonString(ds), err, consent.OperationOutcome(err))
+			t.Fatalf("ConsentFromFHIR(ToFHIR(%s)): %v\n%s", jsonString(ds), err, problem.OperationOutcome(err))
 		}
 		if diff := cmp.Diff(ds, back, cmpopts.EquateEmpty()); diff != "" {
 			t.Fatalf("round trip of %s (-before +after):\n%s", jsonString(ds), diff)
@@ -229,7 +229,7 @@ func TestOperationOutcome(t *testing.T) {
 			`{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"invalid","details":{"coding":[{"system":"https://carehub.dev/fhir/CodeSystem/violation-rule","code":"required"}]},"diagnostics":"a directive needs an id","expression":["id"]}]}`},
 	}
 	for _, tt := range tests {
-		if got := string(consent.OperationOutcome(tt.err)); got != tt.want {
+		if got := string(problem.OperationOutcome(tt.err)); got != tt.want {
 			t.Errorf("%s:\n\tgot  %s\n\twant %s", tt.name, got, tt.want)
 		}
 	}
@@ -249,7 +249,7 @@ func FuzzConsentFromFHIR(f *testing.F) {
 	f.Fuzz(func(t *testing.T, raw []byte) {
 		ds, err := consent.ConsentFromFHIR(raw, patientA)
 		if err != nil {
-			oo := string(consent.OperationOutcome(err))
+			oo := string(problem.OperationOutcome(err))
 			if !json.Valid([]byte(oo)) {
 				t.Fatalf("OperationOutcome is not JSON: %s", oo)
 			}

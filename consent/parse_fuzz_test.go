@@ -37,7 +37,7 @@ func FuzzParsePatientConsent(f *testing.F) {
 			default:
 				t.Fatalf("kind %v: %v", k, err)
 			}
-			texts := err.Error() + problem.Public(err) + string(consent.OperationOutcome(err))
+			texts := err.Error() + problem.Public(err) + string(problem.OperationOutcome(err))
 			for _, run := range digitRun.FindAllString(string(raw), -1) {
 				if strings.Contains(texts, run) {
 					t.Fatalf("the error repeats %q from the input: %s", run, texts)

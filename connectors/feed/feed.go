@@ -232,7 +232,7 @@ func fail(w http.ResponseWriter, r *http.Request, err error) {
 		w.Header().Set("Retry-After", "5")
 	}
 	w.WriteHeader(status)
-	_, _ = w.Write(fhir.OperationOutcome(err))
+	_, _ = w.Write(problem.OperationOutcome(err))
 }
 
 func (d *dispatcher) handle(status bool) http.HandlerFunc {

@@ -106,7 +106,7 @@ func answer(w http.ResponseWriter, status int, body []byte) {
 }
 
 func fail(w http.ResponseWriter, err error) {
-	answer(w, problem.DetailsOf(err).Status, fhir.OperationOutcome(err))
+	answer(w, problem.DetailsOf(err).Status, problem.OperationOutcome(err))
 }
 
 func (s *Source) handle(encounter bool) http.HandlerFunc {

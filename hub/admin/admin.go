@@ -190,7 +190,7 @@ func (a *API) fail(w http.ResponseWriter, r *http.Request, err error) {
 	status := problem.DetailsOf(err).Status
 	w.Header().Set("Content-Type", media.FHIR)
 	w.WriteHeader(status)
-	_, _ = w.Write(consent.OperationOutcome(err))
+	_, _ = w.Write(problem.OperationOutcome(err))
 }
 
 func (a *API) patient(r *http.Request) (nhs.Number, string, error) {

@@ -71,9 +71,6 @@ package fhir
 
 import (
 	"encoding/json"
-	"errors"
-	"strconv"
-	"strings"
 
 	"github.com/carehub/carehub/schemas/problem"
 )
@@ -97,7 +94,7 @@ const (
 	SystemDisposition = "http://terminology.hl7.org/CodeSystem/discharge-disposition"
 	SystemAdmitSource = "https://carehub.dev/fhir/CodeSystem/admit-source"
 	SystemSensitivity = "https://carehub.dev/fhir/CodeSystem/sensitivity-category"
-	SystemViolation   = "https://carehub.dev/fhir/CodeSystem/violation-rule"
+	SystemViolation   = problem.FHIRViolationSystem
 	SystemLOINC       = "http://loinc.org"
 	SystemRedacted    = "https://carehub.dev/fhir/CodeSystem/redaction"
 
@@ -162,100 +159,10 @@ func (e *PathError) Error() string    { return e.Err.Error() }
 func (e *PathError) Unwrap() error    { return e.Err }
 func (e *PathError) FHIRRoot() string { return e.Root }
 
-// OperationOutcome renders err as a FHIR R4 OperationOutcome (JSON): one
-// issue per violation of the *problem.Error in err's chain, with severity
-// error, the code of its kind (problem.Kind.FHIRIssueCode), the violated
-// rule as details (SystemViolation), its public detail as diagnostics and,
-// when an error in the chain names the resource its pointers point into
-// (FHIRRoot() string, as PathError does), a FHIRPath expression locating
-// the element. Only public text is used: an error that is not a
-// *problem.Error becomes "internal error". A nil err renders one
-// informational issue.
-func OperationOutcome(err error) []byte {
-	return outcome(err, "")
-}
-
 // Informational renders a one-issue informational OperationOutcome with a
 // public text (for a positive answer).
 func Informational(text string) []byte {
 	b, _ := json.Marshal(map[string]any{"resourceType": "OperationOutcome",
 		"issue": []map[string]any{{"severity": "information", "code": "informational", "diagnostics": text}}})
 	return b
-}
-
-type outcomeIssue struct {
-	Severity    string   `json:"severity"`
-	Code        string   `json:"code"`
-	Details     *concept `json:"details,omitempty"`
-	Diagnostics string   `json:"diagnostics,omitempty"`
-	Expression  []string `json:"expression,omitempty"`
-}
-
-func outcome(err error, _ string) []byte {
-	out := struct {
-		ResourceType string         `json:"resourceType"`
-		Issue        []outcomeIssue `json:"issue"`
-	}{ResourceType: "OperationOutcome"}
-	var pe *problem.Error
-	switch {
-	case err == nil:
-		out.Issue = []outcomeIssue{{Severity: "information", Code: "informational", Diagnostics: "no problem found"}}
-	case !errors.As(err, &pe):
-		out.Issue = []outcomeIssue{{Severity: "error", Code: problem.Internal.FHIRIssueCode(), Diagnostics: "internal error"}}
-	default:
-		root := ""
-		var rooted interface{ FHIRRoot() string }
-		if errors.As(err, &rooted) {
-			root = rooted.FHIRRoot()
-		}
-		code := pe.Kind.FHIRIssueCode()
-		if pe.Kind == problem.Other {
-			code = problem.Internal.FHIRIssueCode()
-		}
-		for _, v := range pe.Violations {
-			is := outcomeIssue{Severity: "error", Code: code, Diagnostics: v.Detail}
-			if is.Diagnostics == "" {
-				is.Diagnostics = pe.Message
-			}
-			if v.Rule != "" {
-				is.Details = &concept{Coding: []coding{{System: SystemViolation, Code: v.Rule}}}
-			}
-			if x := FHIRPath(root, v.Pointer); x != "" {
-				is.Expression = []string{x}
-			}
-			out.Issue = append(out.Issue, is)
-		}
-		if len(out.Issue) == 0 {
-			out.Issue = []outcomeIssue{{Severity: "error", Code: code, Diagnostics: pe.Message}}
-		}
-	}
-	b, merr := json.Marshal(out)
-	if merr != nil { // cannot happen: every field is a string
-		return []byte(`{"resourceType":"OperationOutcome","issue":[{"severity":"fatal","code":"exception"}]}`)
-	}
-	return b
-}
-
-// FHIRPath turns a JSON pointer into a FHIRPath expression rooted at the
-// resource type root: "/entry/1/resource/identifier/0" becomes
-// "Bundle.entry[1].resource.identifier[0]". With no root the path is
-// relative.
-func FHIRPath(root, ptr string) string {
-	var b strings.Builder
-	b.WriteString(root)
-	if ptr == "" {
-		return b.String()
-	}
-	for _, seg := range strings.Split(ptr[1:], "/") {
-		seg = strings.ReplaceAll(strings.ReplaceAll(seg, "~1", "/"), "~0", "~")
-		if _, err := strconv.Atoi(seg); err == nil && seg != "" {
-			b.WriteString("[" + seg + "]")
-			continue
-		}
-		if b.Len() > 0 {
-			b.WriteByte('.')
-		}
-		b.WriteString(seg)
-	}
-	return b.String()
 }

@@ -145,7 +145,7 @@ func TestRoundTrip(t *testing.T) {
 			}
 			in, err := fhir.FromMessage(msg, ev.Publisher)
 			if err != nil {
-				t.Fatalf("FromMessage: %v\n%s", err, fhir.OperationOutcome(err))
+				t.Fatalf("FromMessage: %v\n%s", err, problem.OperationOutcome(err))
 			}
 			back, err := v.Parse(in.Event)
 			if err != nil {
@@ -249,7 +249,7 @@ func TestInGolden(t *testing.T) {
 			}
 			path := filepath.Join("testdata", "in", in.name)
 			if err != nil {
-				oo := fhir.OperationOutcome(err)
+				oo := problem.OperationOutcome(err)
 				if bytes.Contains(oo, []byte(canary)) || strings.Contains(err.Error(), canary) {
 					t.Errorf("the OperationOutcome or the error echoes the NHS number")
 				}
@@ -359,7 +359,7 @@ func TestOperationOutcomeNamesElements(t *testing.T) {
 					Expression []string
 				}
 			}
-			if err := json.Unmarshal(fhir.OperationOutcome(err), &oo); err != nil || len(oo.Issue) == 0 {
+			if err := json.Unmarshal(problem.OperationOutcome(err), &oo); err != nil || len(oo.Issue) == 0 {
 				t.Fatalf("OperationOutcome: %v", err)
 			}
 			got := ""
@@ -407,7 +407,7 @@ func TestLocateNewElements(t *testing.T) {
 			b, _ = json.Marshal(m)
 			in, err := fhir.FromMessage(b, "RX1")
 			if err != nil {
-				t.Fatalf("FromMessage: %s", fhir.OperationOutcome(err))
+				t.Fatalf("FromMessage: %s", problem.OperationOutcome(err))
 			}
 			_, verr := v.Parse(in.Event)
 			if verr == nil {
@@ -416,7 +416,7 @@ func TestLocateNewElements(t *testing.T) {
 			var oo struct {
 				Issue []struct{ Expression []string }
 			}
-			_ = json.Unmarshal(fhir.OperationOutcome(in.Locate(verr)), &oo)
+			_ = json.Unmarshal(problem.OperationOutcome(in.Locate(verr)), &oo)
 			if len(oo.Issue) == 0 || len(oo.Issue[0].Expression) == 0 || oo.Issue[0].Expression[0] != tc.want {
 				t.Errorf("expression:\n\tgot  %v\n\twant %q", oo.Issue, tc.want)
 			}
@@ -468,7 +468,7 @@ func FuzzFromMessage(f *testing.F) {
 				if !errorsAs(err, &pe) {
 					t.Fatalf("not a *problem.Error: %T", err)
 				}
-				_ = fhir.OperationOutcome(err)
+				_ = problem.OperationOutcome(err)
 				continue
 			}
 			if !json.Valid(in.Event) {
