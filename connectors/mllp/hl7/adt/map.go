@@ -390,21 +390,9 @@ func inGroup(err error, seq int) error {
 // PV1-3 is where the patient is again and PV1-6 the location of the
 // cancelled transfer.
 func transferCancelled(x *mapping) ([]output, error) {
-	x.g = x.firstGroup()
-	p, err := x.patient()
+	p, enc, ward, err := x.onWard()
 	if err != nil {
 		return nil, err
-	}
-	enc, err := x.encounter(false, false)
-	if err != nil {
-		return nil, err
-	}
-	ward, err := x.location(x.g.pv1, 3)
-	if err != nil {
-		return nil, err
-	}
-	if ward == nil {
-		return nil, invalid(hl7.CodeRequiredFieldMissing, "PV1", 3, 0, 0, reasonNoLocation)
 	}
 	away := &location{Name: leaveOfAbsence}
 	t := &transfer{From: ward, To: away, Time: formatTime(x.time)}
@@ -424,26 +412,37 @@ func transferCancelled(x *mapping) ([]output, error) {
 	return x.one(event.TypeTransferCancelled, &data{Patient: p, Encounter: enc, Transfer: t})
 }
 
+// onWard reads, from the first PID/PV1 group, the patient, the stay and the
+// ward the patient is on (PV1-3, required): what a leave or a cancelled
+// transfer moves the patient from or back to.
+func (x *mapping) onWard() (*patient, *encounter, *location, error) {
+	x.g = x.firstGroup()
+	p, err := x.patient()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	enc, err := x.encounter(false, false)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	ward, err := x.location(x.g.pv1, 3)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if ward == nil {
+		return nil, nil, nil, invalid(hl7.CodeRequiredFieldMissing, "PV1", 3, 0, 0, reasonNoLocation)
+	}
+	return p, enc, ward, nil
+}
+
 // leaveOfAbsence is the location of a patient on leave (A21) or coming back
 // from it (A22).
 const leaveOfAbsence = "leave of absence"
 
 func leave(x *mapping) ([]output, error) {
-	x.g = x.firstGroup()
-	p, err := x.patient()
+	p, enc, ward, err := x.onWard()
 	if err != nil {
 		return nil, err
-	}
-	enc, err := x.encounter(false, false)
-	if err != nil {
-		return nil, err
-	}
-	ward, err := x.location(x.g.pv1, 3)
-	if err != nil {
-		return nil, err
-	}
-	if ward == nil {
-		return nil, invalid(hl7.CodeRequiredFieldMissing, "PV1", 3, 0, 0, reasonNoLocation)
 	}
 	away := &location{Name: leaveOfAbsence}
 	t := &transfer{From: ward, To: away, Time: formatTime(x.time)}
