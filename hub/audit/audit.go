@@ -163,7 +163,10 @@ type DeadLetter struct {
 // Resolution closes a dead letter.
 type Resolution struct {
 	Offset int64  `json:"offset"`
-	Action string `json:"action"` // replayed or dismissed
+	Action string `json:"action"` // replayed, withheld (consent denied it at replay) or dismissed
 	Actor  string `json:"actor"`
-	Note   string `json:"note,omitempty"`
+	// Note is the operator's reason for a dismissal.
+	Note string `json:"note,omitempty"`
+	// Rule is the consent rule that withheld the copy at replay.
+	Rule string `json:"rule,omitempty"`
 }

@@ -9,9 +9,11 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/carehub/carehub/consent"
 	"github.com/carehub/carehub/hub/audit"
 	"github.com/carehub/carehub/hub/broker"
 	"github.com/carehub/carehub/hub/deadletter"
+	"github.com/carehub/carehub/hub/route"
 	"github.com/carehub/carehub/hub/topic"
 	"github.com/segmentio/kafka-go"
 	"go.uber.org/zap/zaptest"
@@ -151,6 +153,13 @@ func (p *pub) Publish(name string, msgs ...*message.Message) error {
 }
 func (p *pub) Close() error { return p.w.Close() }
 
+// permitNow is a re-check that permits every copy.
+type permitNow struct{}
+
+func (permitNow) Recheck(context.Context, string, string) (consent.Decision, route.Sealed, []audit.DirectiveVersion, error) {
+	return consent.Decision{Effect: consent.Permit, Rule: "test:permit"}, route.Sealed{}, nil, nil
+}
+
 // TestDeadLettersAreDeletedOnceResolvedAndTheWindowPassed: a dead letter
 // is kept until it is resolved and the window has passed; an unresolved
 // one keeps everything after it.
@@ -172,11 +181,16 @@ func TestDeadLettersAreDeletedOnceResolvedAndTheWindowPassed(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		l, err := deadletter.Find(entries, 0, int64(i))
+		l, err := deadletter.Find(entries, deadletter.ID(0, int64(i)))
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := deadletter.Resolve(p, l, action, "ig-lead", "", time.Now()); err != nil {
+		if action == deadletter.Replayed {
+			_, err = deadletter.Replay(ctx, p, permitNow{}, []deadletter.Letter{l}, "ig-lead", time.Now())
+		} else {
+			err = deadletter.Resolve(p, l, "ig-lead", "the care home was told by phone", time.Now())
+		}
+		if err != nil {
 			t.Fatal(err)
 		}
 	}
