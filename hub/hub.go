@@ -457,7 +457,7 @@ func (h *hub) startHTTP(context.Context) error {
 	api := &admin.API{Auth: p.keys, Store: h.store, Pseudo: p.pseudo, Validator: p.validator, Router: h.router,
 		Disclosures: &admin.AuditReader{Brokers: h.brokers, Topic: topic.Audit}, Family: h.index,
 		DeadLetters: &admin.DeadLetters{Brokers: h.brokers}, Publisher: h.pub, Log: h.log.Named("admin"),
-		Held:    &held.Reader{Brokers: h.brokers, Topic: topic.Held},
+		Held: &held.Reader{Brokers: h.brokers, Topic: topic.Held}, Ingest: in, Releasers: releasers(p.sources),
 		MaxBody: h.cfg.HTTP.MaxBodyBytes}
 	if err := api.Register(h.mux); err != nil {
 		return fmt.Errorf("registering the admin API: %w", err)
@@ -497,6 +497,17 @@ func (h *hub) startHTTP(context.Context) error {
 		}
 	})
 	return nil
+}
+
+// releasers are the sources that can read a held message again.
+func releasers(sources []connector.Source) []connector.Releaser {
+	var out []connector.Releaser
+	for _, s := range sources {
+		if r, ok := s.(connector.Releaser); ok {
+			out = append(out, r)
+		}
+	}
+	return out
 }
 
 // startSources runs every source until the drain. They answer what is in

@@ -46,6 +46,7 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/carehub/carehub/connectors/connector"
 	"github.com/carehub/carehub/consent"
 	"github.com/carehub/carehub/hub/audit"
 	"github.com/carehub/carehub/hub/consentstore"
@@ -96,6 +97,10 @@ type API struct {
 	Router      *route.Router
 	Disclosures Disclosures
 	Held        HeldRecords
+	// Ingest takes released held messages in; Releasers are the sources
+	// that can read a held original again (connector.Releaser).
+	Ingest      connector.Ingest
+	Releasers   []connector.Releaser
 	Family      Family
 	DeadLetters *DeadLetters
 	// Publisher writes audit records, replays and resolutions.

@@ -48,6 +48,10 @@ const (
 	ActionDeadLetterList   = "dead-letters-read"
 	ActionDeadLetterReplay = "dead-letter-replay"
 	ActionDeadLetterClose  = "dead-letter-resolve"
+	ActionHeldRead         = "held-read"    // held messages listed with their originals
+	ActionHeldRelease      = "held-release" // a held message taken in again
+	ActionHeldResolve      = "held-resolve" // a held message closed without sharing, with a reason
+	ActionBackfill         = "backfill"     // a backfill started, run or resumed for a recipient
 )
 
 // Flags of received records.
