@@ -51,6 +51,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
 	"github.com/carehub/carehub/connectors/connector"
 	"github.com/carehub/carehub/hub/admin"
+	"github.com/carehub/carehub/hub/backfill"
 	"github.com/carehub/carehub/hub/broker"
 	"github.com/carehub/carehub/hub/config"
 	"github.com/carehub/carehub/hub/consentstore"
@@ -459,6 +460,11 @@ func (h *hub) startHTTP(context.Context) error {
 		DeadLetters: &admin.DeadLetters{Brokers: h.brokers}, Publisher: h.pub, Log: h.log.Named("admin"),
 		Held: &held.Reader{Brokers: h.brokers, Topic: topic.Held}, Ingest: in, Releasers: releasers(p.sources),
 		MaxBody: h.cfg.HTTP.MaxBodyBytes}
+	bf, err := backfill.New(backfill.Config{Brokers: h.brokers, Router: h.router, Publisher: h.pub, Log: h.log.Named("backfill")})
+	if err != nil {
+		return fmt.Errorf("creating the backfill runner: %w", err)
+	}
+	api.Backfills = bf
 	if err := api.Register(h.mux); err != nil {
 		return fmt.Errorf("registering the admin API: %w", err)
 	}
@@ -487,6 +493,9 @@ func (h *hub) startHTTP(context.Context) error {
 	for _, f := range p.feeds {
 		h.srv.RegisterOnShutdown(f.Drain)
 	}
+	// Backfills running in requests stop at their committed position
+	// (interrupted, to be resumed) when the drain begins.
+	h.srv.RegisterOnShutdown(bf.Drain)
 	h.srvErr = make(chan error, 1)
 	go func() { h.srvErr <- h.srv.Serve(ln) }()
 	h.onStop("http", func() {

@@ -19,6 +19,9 @@
 //	GET    /v1/held/counts                        how many, by reason and by source
 //	POST   /v1/held/{id}/release                  take the original in again, as if received now
 //	DELETE /v1/held/{id}                          resolve without sharing, with a reason
+//	POST   /v1/backfills                          a backfill of one recipient since a date (backfill.go)
+//	GET    /v1/backfills[/{id}]                   backfills and how far each got
+//	POST   /v1/backfills/{id}/run                 run (or resume) it, streaming progress
 //
 // Consent bodies are FHIR R4 Consent resources (Content-Type
 // application/fhir+json) or the simple JSON form (application/json, a
@@ -99,8 +102,10 @@ type API struct {
 	Held        HeldRecords
 	// Ingest takes released held messages in; Releasers are the sources
 	// that can read a held original again (connector.Releaser).
-	Ingest      connector.Ingest
-	Releasers   []connector.Releaser
+	Ingest    connector.Ingest
+	Releasers []connector.Releaser
+	// Backfills, when set, serves /v1/backfills (backfill.go).
+	Backfills   Backfills
 	Family      Family
 	DeadLetters *DeadLetters
 	// Publisher writes audit records, replays and resolutions.
@@ -132,6 +137,7 @@ func (a *API) Register(mux *http.ServeMux) error {
 	mux.HandleFunc("POST /v1/decisions/explain", a.admin(a.explain))
 	mux.HandleFunc("GET /v1/patients/{nhsNumber}/disclosures", a.admin(a.disclosures))
 	a.registerDLQ(mux)
+	a.registerBackfills(mux)
 	return a.registerHeld(mux)
 }
 

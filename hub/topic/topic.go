@@ -37,6 +37,9 @@ const (
 	// Accepted holds the (source, id) and content digest of every event
 	// accepted within the duplicate window (package dedup).
 	Accepted = "carehub.accepted"
+	// Backfills holds each backfill job and its committed position
+	// (package backfill), compacted by job id.
+	Backfills = "carehub.backfills"
 )
 
 // Consumer groups.
@@ -121,6 +124,7 @@ func Specs(partitions, replication int, recipients []string, r Retention) []brok
 		{Name: Consent, Partitions: 1, ReplicationFactor: replication, Configs: compact},
 		{Name: Patients, Partitions: 1, ReplicationFactor: replication, Configs: compact},
 		{Name: Subscriptions, Partitions: 1, ReplicationFactor: replication, Configs: compact},
+		{Name: Backfills, Partitions: 1, ReplicationFactor: replication, Configs: compact},
 	}
 	for _, r := range recipients {
 		specs = append(specs, broker.TopicSpec{Name: Outbox(r), Partitions: partitions, ReplicationFactor: replication, Configs: forever})
