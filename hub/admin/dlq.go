@@ -160,6 +160,12 @@ type replayAnswer struct {
 }
 
 func (a *API) replay(w http.ResponseWriter, r *http.Request, ls []deadletter.Letter) {
+	for _, l := range ls {
+		if !a.Router.HasRecipient(l.Recipient) {
+			a.fail(w, r, problem.New(problem.Conflict, "the hub no longer routes to "+l.Recipient+": nothing would deliver the copy; resolve the dead letter instead"))
+			return
+		}
+	}
 	out, err := deadletter.Replay(r.Context(), a.Publisher, a.Router, ls, operator(r), a.now())
 	if err != nil {
 		a.fail(w, r, err)
