@@ -581,7 +581,8 @@ func (h *hub) startRetention(ctx context.Context) error {
 	}
 	s := retention.New(retention.Config{Brokers: h.brokers, Recipients: recipients,
 		OutboxWindow: h.cfg.Retention.OutboxWindow.D(), DeadLetterWindow: h.cfg.Retention.DeadLetterWindow.D(),
-		Interval: h.cfg.Retention.SweepInterval.D(), Index: h.index, Log: h.log.Named("retention")})
+		HeldWindow: h.cfg.Retention.HeldWindow.D(),
+		Interval:   h.cfg.Retention.SweepInterval.D(), Index: h.index, Log: h.log.Named("retention")})
 	rctx, stopRetention := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() { defer close(done); s.Run(rctx) }()

@@ -250,6 +250,29 @@ func Find(recs []Located, source, id string) (Located, string, *Closed, error) {
 	return Located{}, "", nil, ErrAmbiguous
 }
 
+// Deletable returns, per partition, the offset below which every record
+// may be deleted: held messages closed (released or resolved) at least
+// window before now, and the records that closed them. A message still
+// open, or closed too recently, keeps itself and everything after it in
+// its partition. recs are in partition and offset order (Reader.All).
+func Deletable(recs []Located, now time.Time, window time.Duration) map[int]int64 {
+	closed := closings(recs)
+	out := map[int]int64{}
+	blocked := map[int]bool{}
+	for _, r := range recs {
+		if blocked[r.Partition] {
+			continue
+		}
+		c := closed[key(r.Record)]
+		if c == nil || now.Sub(c.Time) < window {
+			blocked[r.Partition] = true
+			continue
+		}
+		out[r.Partition] = r.Offset + 1
+	}
+	return out
+}
+
 // Errors of Find.
 var (
 	ErrNotFound  = fmt.Errorf("held: no held message with that id")
