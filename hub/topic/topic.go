@@ -104,7 +104,8 @@ type Retention struct {
 // package retention deletes from them what is delivered or resolved, once
 // a window has passed. The held topic (messages acknowledged but not
 // shared, with the original message) is kept until an operator releases or
-// resolves each record (retention.ms=-1): nothing ages out unseen.
+// resolves each record (retention.ms=-1): nothing ages out unseen; package
+// retention deletes closed ones once a window has passed.
 // Consent, the patient index and subscriptions are
 // compacted, in one partition each: every hub process reads all of them
 // anyway, and the router looks up the consent topic's and the patient
