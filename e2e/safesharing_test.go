@@ -579,28 +579,26 @@ func TestIssue11RetentionRemovesWhatIsNoLongerNeeded(t *testing.T) {
 		return end > 0 && first == end
 	})
 	var list struct {
-		DeadLetters []struct {
-			Partition int
-			Offset    int64
-			EventID   string
+		Items []struct {
+			ID      string
+			EventID string
 		}
 	}
 	waitFor(t, "the dead letter listed", 30*time.Second, func() bool {
-		status, body, _ := s.call("GET", "/v1/deadletters?recipient=VM123", "", nil, nil)
-		list.DeadLetters = nil
+		status, body, _ := s.call("GET", "/v1/dlq?recipient=VM123", "", nil, nil)
+		list.Items = nil
 		_ = json.Unmarshal(body, &list)
-		return status == 200 && len(list.DeadLetters) == 1
+		return status == 200 && len(list.Items) == 1
 	})
 	if first, end := s.offsets("carehub.dlq"); first != 0 || end == 0 {
 		t.Fatalf("an unresolved dead letter was deleted (dlq %d..%d)", first, end)
 	}
-	dl := list.DeadLetters[0]
+	dl := list.Items[0]
 	if dl.EventID != id {
 		t.Errorf("dead letter %+v, want the discharge", dl)
 	}
-	path := "/v1/deadletters/" + strconv.Itoa(dl.Partition) + "/" + strconv.FormatInt(dl.Offset, 10) + "/dismiss"
-	if status, body, _ := s.call("POST", path, "application/json", []byte(`{"note":"care home record updated by phone"}`), nil); status != 204 {
-		t.Fatalf("dismissing the dead letter: %d %s", status, body)
+	if status, body, _ := s.call("DELETE", "/v1/dlq/"+dl.ID, "application/json", []byte(`{"reason":"care home record updated by phone"}`), nil); status != 204 {
+		t.Fatalf("resolving the dead letter: %d %s", status, body)
 	}
 	waitFor(t, "the resolved dead letter deleted", 30*time.Second, func() bool {
 		first, end := s.offsets("carehub.dlq")

@@ -51,6 +51,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
 	"github.com/carehub/carehub/connectors/connector"
 	"github.com/carehub/carehub/hub/admin"
+	"github.com/carehub/carehub/hub/backfill"
 	"github.com/carehub/carehub/hub/broker"
 	"github.com/carehub/carehub/hub/config"
 	"github.com/carehub/carehub/hub/consentstore"
@@ -457,8 +458,13 @@ func (h *hub) startHTTP(context.Context) error {
 	api := &admin.API{Auth: p.keys, Store: h.store, Pseudo: p.pseudo, Validator: p.validator, Router: h.router,
 		Disclosures: &admin.AuditReader{Brokers: h.brokers, Topic: topic.Audit}, Family: h.index,
 		DeadLetters: &admin.DeadLetters{Brokers: h.brokers}, Publisher: h.pub, Log: h.log.Named("admin"),
-		Held:    &held.Reader{Brokers: h.brokers, Topic: topic.Held},
+		Held: &held.Reader{Brokers: h.brokers, Topic: topic.Held}, Ingest: in, Releasers: releasers(p.sources),
 		MaxBody: h.cfg.HTTP.MaxBodyBytes}
+	bf, err := backfill.New(backfill.Config{Brokers: h.brokers, Router: h.router, Publisher: h.pub, Log: h.log.Named("backfill")})
+	if err != nil {
+		return fmt.Errorf("creating the backfill runner: %w", err)
+	}
+	api.Backfills = bf
 	if err := api.Register(h.mux); err != nil {
 		return fmt.Errorf("registering the admin API: %w", err)
 	}
@@ -487,6 +493,9 @@ func (h *hub) startHTTP(context.Context) error {
 	for _, f := range p.feeds {
 		h.srv.RegisterOnShutdown(f.Drain)
 	}
+	// Backfills running in requests stop at their committed position
+	// (interrupted, to be resumed) when the drain begins.
+	h.srv.RegisterOnShutdown(bf.Drain)
 	h.srvErr = make(chan error, 1)
 	go func() { h.srvErr <- h.srv.Serve(ln) }()
 	h.onStop("http", func() {
@@ -497,6 +506,17 @@ func (h *hub) startHTTP(context.Context) error {
 		}
 	})
 	return nil
+}
+
+// releasers are the sources that can read a held message again.
+func releasers(sources []connector.Source) []connector.Releaser {
+	var out []connector.Releaser
+	for _, s := range sources {
+		if r, ok := s.(connector.Releaser); ok {
+			out = append(out, r)
+		}
+	}
+	return out
 }
 
 // startSources runs every source until the drain. They answer what is in
@@ -561,7 +581,8 @@ func (h *hub) startRetention(ctx context.Context) error {
 	}
 	s := retention.New(retention.Config{Brokers: h.brokers, Recipients: recipients,
 		OutboxWindow: h.cfg.Retention.OutboxWindow.D(), DeadLetterWindow: h.cfg.Retention.DeadLetterWindow.D(),
-		Interval: h.cfg.Retention.SweepInterval.D(), Index: h.index, Log: h.log.Named("retention")})
+		HeldWindow: h.cfg.Retention.HeldWindow.D(),
+		Interval:   h.cfg.Retention.SweepInterval.D(), Index: h.index, Log: h.log.Named("retention")})
 	rctx, stopRetention := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() { defer close(done); s.Run(rctx) }()

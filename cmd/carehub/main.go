@@ -3,6 +3,7 @@
 //	carehub serve  --config FILE [--data-dir DIR]   run the hub
 //	carehub listen --addr HOST:PORT --secret S       a recipient for trying things out
 //	carehub consent put|get|delete|explain|disclosures   operate on consent directives
+//	carehub replay --recipient ODS --since DATE      backfill a newly subscribed recipient
 package main
 
 import (
@@ -23,6 +24,7 @@ Usage:
   carehub listen --addr 127.0.0.1:9102 --secret SECRET
   carehub bench  [--scenario NAME | --suite] [--duration 20s] [--rate N|max] [--out FILE]
   carehub consent put|get|delete|explain|disclosures ...
+  carehub replay --recipient VM123 --since 2026-11-01 [--rate N]
 
 Run "carehub COMMAND -h" for a command's flags.
 `
@@ -52,6 +54,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return benchCommand(ctx, args[1:], stdout, stderr)
 	case "consent":
 		return consentCmd(ctx, args[1:], stdout, stderr)
+	case "replay":
+		return replay(ctx, args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil

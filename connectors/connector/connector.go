@@ -164,6 +164,50 @@ func HeldReasons() []string {
 	return []string{HeldTriggerNotShared, HeldNoNHSNumber, HeldNHSNumberUnverified, HeldNHSNumberStatusMissing, HeldLocalMerge}
 }
 
+// Releaser is implemented by a source whose held messages an operator can
+// release once the reason they were held no longer holds: the trigger is
+// now shared (a newer carehub), the source's settings now share it (say,
+// allowUnverifiedNHSNumbers), or the operator has traced the patient and
+// gives the NHS number (HeldMessage.NHSNumber).
+//
+// Reread maps the held original exactly as the source maps a message it
+// receives now, with its current settings, and publishes nothing: the hub
+// then takes Reread.Events in through Ingest.AcceptBatch as the org that
+// sent the message, so they are validated, deduplicated by (source, id)
+// and routed like any input. Reread returns ErrNotMine when the message is
+// not one this source reads (another organisation, another media type);
+// Reread.Held when the message would still be held, with the reason; and
+// an error of kind problem.Invalid, with a public text, when it cannot be
+// mapped (an NHS number given that the message contradicts).
+type Releaser interface {
+	Reread(ctx context.Context, m HeldMessage) (Reread, error)
+}
+
+// HeldMessage is a held original, as Ingest.Hold recorded it.
+type HeldMessage struct {
+	Org         string // the ODS code of the organisation that sent it
+	ContentType string // Held.ContentType
+	Original    []byte
+	// NHSNumber, when not zero, is the patient's NHS number as an operator
+	// traced and verified it: for a message without one, it is the
+	// patient's; for a message whose number was not verified, it must be
+	// that number, which is then taken as verified. A message about more
+	// than one patient, or naming another number, is refused.
+	NHSNumber nhs.Number
+}
+
+// Reread is what a held message becomes when read again.
+type Reread struct {
+	// Events are the CloudEvents JSON documents it maps to, in order.
+	Events []json.RawMessage
+	// Held, when set, says why it would still be held (Events is empty).
+	Held *Held
+}
+
+// ErrNotMine is returned by Releaser.Reread for a message the source does
+// not read.
+var ErrNotMine = errors.New("connector: not a message this source reads")
+
 // Authenticator maps a request's credentials to the organisation they belong
 // to. It returns a *problem.Error of kind Unauthenticated when there are none
 // or they are unknown.

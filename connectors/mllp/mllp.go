@@ -1026,3 +1026,57 @@ func controlIDHash(s string) string {
 }
 
 var _ connector.Source = (*Source)(nil)
+
+// Reread implements connector.Releaser: it maps a message this listener
+// held, as it maps a message received now (the listener's current
+// settings; with the NHS number an operator traced, when given), and
+// publishes nothing. The listener's own duplicate memory is not consulted:
+// the hub's memory of accepted events recognises an event accepted before.
+func (s *Source) Reread(_ context.Context, hm connector.HeldMessage) (connector.Reread, error) {
+	if hm.Org != s.cfg.Source || hm.ContentType != media.HL7v2 {
+		return connector.Reread{}, connector.ErrNotMine
+	}
+	m, err := adt.Parse(hm.Original)
+	if err != nil {
+		return connector.Reread{}, problem.New(problem.Invalid, "the held message no longer parses as HL7 v2")
+	}
+	msh := m.Segment("MSH")
+	if !s.sender(msh.Field(4).Component(1).String()) {
+		return connector.Reread{}, problem.Violated("/original/MSH-4", "hl7-"+hl7.CodeTableValueNotFound, reasonSender)
+	}
+	if pid := strings.TrimSpace(msh.Field(11).Component(1).String()); pid != "" && pid != s.cfg.ProcessingID {
+		return connector.Reread{}, problem.Violated("/original/MSH-11", "hl7-"+hl7.CodeUnsupportedProcessingID, reasonProcessing)
+	}
+	var res *adt.Result
+	if hm.NHSNumber.IsZero() {
+		res, err = s.mapper.Map(m)
+	} else {
+		res, err = s.mapper.MapConfirmed(m, hm.NHSNumber)
+	}
+	if err != nil {
+		var e *adt.Error
+		if errors.As(err, &e) {
+			d := e.Detail()
+			ptr := "/original"
+			if d.Segment != "" {
+				ptr += "/" + d.Segment
+				if d.Field > 0 {
+					ptr += "-" + strconv.Itoa(d.Field)
+				}
+			}
+			return connector.Reread{}, problem.Violated(ptr, "hl7-"+e.Code, e.Reason)
+		}
+		return connector.Reread{}, problem.Wrap(problem.Internal, "mapping a held message", err)
+	}
+	if h := res.Held; h != nil {
+		return connector.Reread{Held: &connector.Held{ID: res.ID, Time: res.Time, Trigger: "ADT^" + res.Trigger, Reason: h.Reason,
+			Detail: h.Detail, ContentType: media.HL7v2}}, nil
+	}
+	out := connector.Reread{}
+	for _, ev := range res.Events {
+		out.Events = append(out.Events, ev.JSON)
+	}
+	return out, nil
+}
+
+var _ connector.Releaser = (*Source)(nil)

@@ -11,11 +11,17 @@
 //	POST   /v1/decisions/explain                  decide an event for every candidate, publish nothing
 //	GET    /v1/patients/{nhsNumber}/disclosures   who received what about the patient (every merged number), what was
 //	                                              withheld and why, consent changes, and who looked
-//	GET    /v1/deadletters                        dead letters (?recipient=ODS), without their copies
-//	POST   /v1/deadletters/{partition}/{offset}/replay   put the copy back in the recipient's outbox
-//	POST   /v1/deadletters/{partition}/{offset}/dismiss  close it without delivery
+//	GET    /v1/dlq                                dead letters, filtered and paged, without their copies (dlq.go)
+//	POST   /v1/dlq/{id}/replay                    decide again as of now; if permitted, back to the outbox
+//	POST   /v1/dlq/replay?recipient=ODS           the same for all of one recipient's, in order
+//	DELETE /v1/dlq/{id}                           resolve without delivery, with a reason
 //	GET    /v1/held                               messages acknowledged but not shared (held.go)
 //	GET    /v1/held/counts                        how many, by reason and by source
+//	POST   /v1/held/{id}/release                  take the original in again, as if received now
+//	DELETE /v1/held/{id}                          resolve without sharing, with a reason
+//	POST   /v1/backfills                          a backfill of one recipient since a date (backfill.go)
+//	GET    /v1/backfills[/{id}]                   backfills and how far each got
+//	POST   /v1/backfills/{id}/run                 run (or resume) it, streaming progress
 //
 // Consent bodies are FHIR R4 Consent resources (Content-Type
 // application/fhir+json) or the simple JSON form (application/json, a
@@ -38,14 +44,15 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/carehub/carehub/connectors/connector"
 	"github.com/carehub/carehub/consent"
 	"github.com/carehub/carehub/hub/audit"
 	"github.com/carehub/carehub/hub/consentstore"
-	"github.com/carehub/carehub/hub/deadletter"
 	"github.com/carehub/carehub/hub/route"
 	"github.com/carehub/carehub/hub/topic"
 	"github.com/carehub/carehub/internal/logging"
@@ -93,6 +100,12 @@ type API struct {
 	Router      *route.Router
 	Disclosures Disclosures
 	Held        HeldRecords
+	// Ingest takes released held messages in; Releasers are the sources
+	// that can read a held original again (connector.Releaser).
+	Ingest    connector.Ingest
+	Releasers []connector.Releaser
+	// Backfills, when set, serves /v1/backfills (backfill.go).
+	Backfills   Backfills
 	Family      Family
 	DeadLetters *DeadLetters
 	// Publisher writes audit records, replays and resolutions.
@@ -100,6 +113,10 @@ type API struct {
 	Log       *zap.Logger
 	MaxBody   int64
 	now       func() time.Time
+
+	// dlqMu serialises this process's changes to dead letters (a replay
+	// and a resolution of the same one); heldMu those to held messages.
+	dlqMu, heldMu sync.Mutex
 }
 
 // Register adds the routes to mux.
@@ -119,8 +136,8 @@ func (a *API) Register(mux *http.ServeMux) error {
 	mux.HandleFunc("DELETE /v1/patients/{nhsNumber}/consent", a.admin(a.deleteConsent))
 	mux.HandleFunc("POST /v1/decisions/explain", a.admin(a.explain))
 	mux.HandleFunc("GET /v1/patients/{nhsNumber}/disclosures", a.admin(a.disclosures))
-	mux.HandleFunc("GET /v1/deadletters", a.admin(a.listDeadLetters))
-	mux.HandleFunc("POST /v1/deadletters/{partition}/{offset}/{action}", a.admin(a.resolveDeadLetter))
+	a.registerDLQ(mux)
+	a.registerBackfills(mux)
 	return a.registerHeld(mux)
 }
 
@@ -432,83 +449,4 @@ func (a *API) disclosures(w http.ResponseWriter, r *http.Request) {
 		Numbers []string `json:"numbers"`
 		History
 	}{family, h})
-}
-
-func (a *API) listDeadLetters(w http.ResponseWriter, r *http.Request) {
-	entries, err := deadletter.Read(r.Context(), a.DeadLetters.Brokers, topic.DLQ)
-	if err != nil {
-		a.fail(w, r, problem.Wrap(problem.Unavailable, "the dead letters could not be read; retry", err))
-		return
-	}
-	ls := deadletter.Letters(entries, r.URL.Query().Get("recipient"))
-	if ls == nil {
-		ls = []deadletter.Letter{}
-	}
-	seen := map[string]bool{}
-	for _, l := range ls {
-		if l.Patient != "" && !seen[l.Patient] {
-			seen[l.Patient] = true
-			if err := a.access(r, l.Patient, audit.ActionDeadLetterList, l.EventID); err != nil {
-				a.fail(w, r, err)
-				return
-			}
-		}
-	}
-	w.Header().Set("Content-Type", media.JSON)
-	_ = json.NewEncoder(w).Encode(struct {
-		DeadLetters []deadletter.Letter `json:"deadLetters"`
-	}{ls})
-}
-
-func (a *API) resolveDeadLetter(w http.ResponseWriter, r *http.Request) {
-	part, err1 := strconv.Atoi(r.PathValue("partition"))
-	off, err2 := strconv.ParseInt(r.PathValue("offset"), 10, 64)
-	if err1 != nil || err2 != nil || part < 0 || off < 0 {
-		a.fail(w, r, problem.Violated("/path", "dead-letter-address", "the path names a dead letter by partition and offset, as the list gives them"))
-		return
-	}
-	action := map[string]string{"replay": deadletter.Replayed, "dismiss": deadletter.Dismissed}[r.PathValue("action")]
-	if action == "" {
-		a.fail(w, r, problem.New(problem.NotFound, "the action is replay or dismiss"))
-		return
-	}
-	var body struct {
-		Note string `json:"note"`
-	}
-	if b, err := a.body(w, r); err != nil {
-		a.fail(w, r, err)
-		return
-	} else if len(strings.TrimSpace(string(b))) > 0 {
-		if err := json.Unmarshal(b, &body); err != nil || len(body.Note) > 200 {
-			a.fail(w, r, problem.Violated("/note", "note", "the body is {\"note\": \"...\"}, at most 200 characters"))
-			return
-		}
-	}
-	entries, err := deadletter.Read(r.Context(), a.DeadLetters.Brokers, topic.DLQ)
-	if err != nil {
-		a.fail(w, r, problem.Wrap(problem.Unavailable, "the dead letters could not be read; retry", err))
-		return
-	}
-	l, err := deadletter.Find(entries, part, off)
-	if err != nil {
-		a.fail(w, r, err)
-		return
-	}
-	act := audit.ActionDeadLetterReplay
-	if action == deadletter.Dismissed {
-		act = audit.ActionDeadLetterClose
-	}
-	if l.Patient != "" {
-		if err := a.access(r, l.Patient, act, l.EventID); err != nil {
-			a.fail(w, r, err)
-			return
-		}
-	}
-	if err := deadletter.Resolve(a.Publisher, l, action, operator(r), body.Note, a.now()); err != nil {
-		a.fail(w, r, err)
-		return
-	}
-	a.Log.Info("dead letter resolved", zap.String("action", action), zap.String("recipient", l.Recipient),
-		zap.String("event_id", l.EventID), zap.String("operator", operator(r)))
-	w.WriteHeader(http.StatusNoContent)
 }

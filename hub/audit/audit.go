@@ -48,6 +48,10 @@ const (
 	ActionDeadLetterList   = "dead-letters-read"
 	ActionDeadLetterReplay = "dead-letter-replay"
 	ActionDeadLetterClose  = "dead-letter-resolve"
+	ActionHeldRead         = "held-read"    // held messages listed with their originals
+	ActionHeldRelease      = "held-release" // a held message taken in again
+	ActionHeldResolve      = "held-resolve" // a held message closed without sharing, with a reason
+	ActionBackfill         = "backfill"     // a backfill started, run or resumed for a recipient
 )
 
 // Flags of received records.
@@ -163,7 +167,10 @@ type DeadLetter struct {
 // Resolution closes a dead letter.
 type Resolution struct {
 	Offset int64  `json:"offset"`
-	Action string `json:"action"` // replayed or dismissed
+	Action string `json:"action"` // replayed, withheld (consent denied it at replay) or dismissed
 	Actor  string `json:"actor"`
-	Note   string `json:"note,omitempty"`
+	// Note is the operator's reason for a dismissal.
+	Note string `json:"note,omitempty"`
+	// Rule is the consent rule that withheld the copy at replay.
+	Rule string `json:"rule,omitempty"`
 }

@@ -94,6 +94,9 @@ type Retention struct {
 	// DeadLetterWindow: a dead letter is removed this long after it was
 	// resolved (replayed or dismissed). Default 30d.
 	DeadLetterWindow Duration `yaml:"deadLetterWindow"`
+	// HeldWindow: a held message (its original included) is removed this
+	// long after it was released or resolved. Default 30d.
+	HeldWindow Duration `yaml:"heldWindow"`
 	// FollowUps: how long the patient index remembers who received events
 	// about an encounter or care plan after its last event (corrections
 	// and updates follow the original for that long). Default 2y.
@@ -230,6 +233,7 @@ const (
 	DefaultAuditRetention   = Duration(8 * Year)
 	DefaultOutboxWindow     = Duration(7 * Day)
 	DefaultDeadLetterWindow = Duration(30 * Day)
+	DefaultHeldWindow       = Duration(30 * Day)
 	DefaultFollowUps        = Duration(2 * Year)
 	DefaultSweepInterval    = Duration(time.Hour)
 	DefaultWithheld         = "notice"
@@ -417,6 +421,7 @@ func (c *Config) Defaults() {
 		{&c.Events.MaxFutureSkew, DefaultMaxFutureSkew}, {&c.Events.FlagOlderThan, DefaultFlagOlderThan},
 		{&c.Retention.Events, DefaultEventsRetention}, {&c.Retention.Audit, DefaultAuditRetention},
 		{&c.Retention.OutboxWindow, DefaultOutboxWindow}, {&c.Retention.DeadLetterWindow, DefaultDeadLetterWindow},
+		{&c.Retention.HeldWindow, DefaultHeldWindow},
 		{&c.Retention.FollowUps, DefaultFollowUps}, {&c.Retention.SweepInterval, DefaultSweepInterval},
 	} {
 		if *d.v == 0 {
@@ -653,6 +658,7 @@ func (c *Config) Validate() error {
 		{"retention.audit", c.Retention.Audit, Day},
 		{"retention.outboxWindow", c.Retention.OutboxWindow, 0},
 		{"retention.deadLetterWindow", c.Retention.DeadLetterWindow, 0},
+		{"retention.heldWindow", c.Retention.HeldWindow, 0},
 		{"retention.followUps", c.Retention.FollowUps, Day},
 		{"retention.sweepInterval", c.Retention.SweepInterval, 100 * time.Millisecond},
 	} {

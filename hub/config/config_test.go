@@ -107,7 +107,7 @@ func TestLoadExample(t *testing.T) {
 		Ingest: config.Ingest{DuplicateWindow: 24 * time.Hour},
 		Events: config.Events{MaxFutureSkew: config.Duration(5 * time.Minute), FlagOlderThan: config.Duration(3 * config.Day)},
 		Retention: config.Retention{Events: config.Duration(8 * config.Year), Audit: config.Duration(8 * config.Year),
-			OutboxWindow: config.Duration(7 * config.Day), DeadLetterWindow: config.Duration(30 * config.Day),
+			OutboxWindow: config.Duration(7 * config.Day), DeadLetterWindow: config.Duration(30 * config.Day), HeldWindow: config.Duration(30 * config.Day),
 			FollowUps: config.Duration(2 * config.Year), SweepInterval: config.Duration(time.Hour)},
 	}
 	if diff := cmp.Diff(want, got, ignore); diff != "" {

@@ -1,37 +1,50 @@
 // Package deadletter reads and resolves the dead letters of carehub.dlq:
-// copies a recipient rejected for good. An operator replays one (it goes
-// back to the recipient's outbox, and is re-checked against the patient's
-// consent when it is delivered, like any copy) or dismisses it; either way
-// a resolution record, appended to the same partition, closes it. Package
-// retention deletes dead letters once resolved and a window has passed.
+// copies a recipient rejected for good. An operator lists them (List:
+// filtered by recipient, time, reason and state, a page at a time),
+// replays them (Replay: each is decided again with the patient's
+// directives as they are now, and only a copy still permitted goes back to
+// the recipient's outbox, where the deliverer re-checks it once more; a
+// copy now denied is audited as withheld and not sent), or resolves one
+// without delivery, with a reason (Resolve). Each closes the dead letter
+// with a resolution record, appended to the same partition and naming the
+// operator; each is audited with the operator's id. Package retention
+// deletes dead letters once resolved and a window has passed.
 //
 // Dead letters and their resolutions are keyed by the recipient's ODS
-// code, so one recipient's are in one partition, in order. A resolution
-// names the offset of the dead letter it closes.
+// code, so one recipient's are in one partition, in the order they were
+// dead-lettered; a resolution names the offset of the dead letter it
+// closes. A dead letter's ID is "<partition>-<offset>".
 package deadletter
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"sort"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/carehub/carehub/consent"
 	"github.com/carehub/carehub/hub/audit"
 	"github.com/carehub/carehub/hub/broker"
+	"github.com/carehub/carehub/hub/route"
 	"github.com/carehub/carehub/hub/topic"
 	"github.com/carehub/carehub/schemas/event"
+	"github.com/carehub/carehub/schemas/media"
 	"github.com/carehub/carehub/schemas/problem"
 	"github.com/segmentio/kafka-go"
 )
 
 // Actions of a resolution.
 const (
-	Replayed  = "replayed"
-	Dismissed = "dismissed"
+	Replayed  = "replayed"  // put back in the outbox by an operator
+	Withheld  = "withheld"  // an operator's replay found consent now denies it: not sent
+	Dismissed = "dismissed" // resolved by an operator without delivery, with a reason
 )
 
 // Entry is one record of the dead-letter topic: a dead letter, or a
@@ -42,8 +55,10 @@ type Entry struct {
 	audit.DeadLetter
 }
 
-// Letter is a dead letter and, once resolved, its resolution.
+// Letter is a dead letter and, once resolved, its resolution. It never
+// holds the copy itself (the payload) in JSON.
 type Letter struct {
+	ID         string    `json:"id"`
 	Partition  int       `json:"partition"`
 	Offset     int64     `json:"offset"`
 	Time       time.Time `json:"time"`
@@ -53,18 +68,22 @@ type Letter struct {
 	Patient    string    `json:"patient,omitempty"`
 	Reason     string    `json:"reason,omitempty"`
 	Status     int       `json:"status,omitempty"`
+	Attempts   int       `json:"attempts,omitempty"`
 	Form       string    `json:"form,omitempty"`
 	Resolution *Resolved `json:"resolution,omitempty"`
 
 	dl audit.DeadLetter
 }
 
-// Resolved says how and when a dead letter was closed.
+// Resolved says how, by whom and when a dead letter was closed.
 type Resolved struct {
-	Action string    `json:"action"`
-	Actor  string    `json:"actor"`
-	Note   string    `json:"note,omitempty"`
-	Time   time.Time `json:"time"`
+	Action string `json:"action"` // replayed, withheld or dismissed
+	Actor  string `json:"actor"`
+	// Reason is the operator's reason for a dismissal.
+	Reason string `json:"reason,omitempty"`
+	// Rule is the consent rule that withheld it at replay.
+	Rule string    `json:"rule,omitempty"`
+	Time time.Time `json:"time"`
 }
 
 // Read returns every record of the topic from each partition's log start,
@@ -109,12 +128,13 @@ func Read(ctx context.Context, brokers []string, name string) ([]Entry, error) {
 }
 
 // Letters joins dead letters with their resolutions. With recipient set,
-// only that recipient's.
+// only that recipient's. They are in topic order: by partition, then
+// offset (one recipient's in the order they were dead-lettered).
 func Letters(entries []Entry, recipient string) []Letter {
 	res := map[[2]int64]Resolved{}
 	for _, e := range entries {
 		if r := e.Resolution; r != nil {
-			res[[2]int64{int64(e.Partition), r.Offset}] = Resolved{Action: r.Action, Actor: r.Actor, Note: r.Note, Time: e.Time}
+			res[[2]int64{int64(e.Partition), r.Offset}] = Resolved{Action: r.Action, Actor: r.Actor, Reason: r.Note, Rule: r.Rule, Time: e.Time}
 		}
 	}
 	var out []Letter
@@ -122,8 +142,9 @@ func Letters(entries []Entry, recipient string) []Letter {
 		if e.Resolution != nil || (recipient != "" && e.Recipient != recipient) {
 			continue
 		}
-		l := Letter{Partition: e.Partition, Offset: e.Offset, Time: e.Time, Recipient: e.Recipient, EventID: e.EventID,
-			EventType: e.EventType, Patient: e.Patient, Reason: e.Reason, Status: e.Status, Form: e.Form, dl: e.DeadLetter}
+		l := Letter{ID: ID(e.Partition, e.Offset), Partition: e.Partition, Offset: e.Offset, Time: e.Time, Recipient: e.Recipient,
+			EventID: e.EventID, EventType: e.EventType, Patient: e.Patient, Reason: e.Reason, Status: e.Status,
+			Attempts: e.Attempts, Form: e.Form, dl: e.DeadLetter}
 		if r, ok := res[[2]int64{int64(e.Partition), e.Offset}]; ok {
 			l.Resolution = &r
 		}
@@ -132,59 +153,359 @@ func Letters(entries []Entry, recipient string) []Letter {
 	return out
 }
 
-// Find returns the dead letter at partition and offset.
-func Find(entries []Entry, partition int, offset int64) (Letter, error) {
+// ID names the dead letter at partition and offset of carehub.dlq, as the
+// API shows it: "<partition>-<offset>".
+func ID(partition int, offset int64) string {
+	return strconv.Itoa(partition) + "-" + strconv.FormatInt(offset, 10)
+}
+
+// ParseID reads an ID.
+func ParseID(s string) (partition int, offset int64, ok bool) {
+	p, o, found := strings.Cut(s, "-")
+	if !found {
+		return 0, 0, false
+	}
+	pn, err1 := strconv.Atoi(p)
+	on, err2 := strconv.ParseInt(o, 10, 64)
+	if err1 != nil || err2 != nil || pn < 0 || on < 0 || ID(pn, on) != s {
+		return 0, 0, false
+	}
+	return pn, on, true
+}
+
+// Find returns the dead letter with the given ID.
+func Find(entries []Entry, id string) (Letter, error) {
+	part, off, ok := ParseID(id)
+	if !ok {
+		return Letter{}, problem.Violated("/path/id", "dead-letter-id", "a dead letter's id is <partition>-<offset>, as the list gives it")
+	}
 	for _, l := range Letters(entries, "") {
-		if l.Partition == partition && l.Offset == offset {
+		if l.Partition == part && l.Offset == off {
 			return l, nil
 		}
 	}
-	return Letter{}, problem.New(problem.NotFound, "no dead letter at that partition and offset")
+	return Letter{}, problem.New(problem.NotFound, "no dead letter with that id")
 }
 
-// Resolve closes l: for Replayed it first puts the copy back in the
-// recipient's outbox, with its sealed routing decision, so that it is
-// re-checked against the patient's consent when it is delivered. Both are
-// published with pub; the resolution last, so that a dead letter is never
-// closed without its replay.
-func Resolve(pub message.Publisher, l Letter, action, actor, note string, now time.Time) error {
+// States a listing selects.
+const (
+	StateOpen     = "open"     // not yet resolved (the default)
+	StateResolved = "resolved" // replayed, withheld at replay, or resolved by an operator
+	StateAll      = "all"
+)
+
+// Limits of a listing.
+const (
+	DefaultLimit = 100
+	MaxLimit     = 1000
+)
+
+// Query selects dead letters.
+type Query struct {
+	Recipient string // an ODS code; "" for every recipient
+	// Reason selects the dead letters whose reason contains it, ignoring
+	// case ("HTTP 400", "OperationOutcome"); "" for all.
+	Reason string
+	// Since and Until bound when the letters were dead-lettered
+	// (Since <= time < Until); zero for no bound.
+	Since, Until time.Time
+	State        string // StateOpen (default), StateResolved or StateAll
+	Limit        int    // 1 to MaxLimit; DefaultLimit when 0
+	After        string // the cursor of the previous page (Page.Next)
+}
+
+// Page is one page of a listing, oldest first.
+type Page struct {
+	Items []Letter `json:"items"`
+	// Next is the cursor of the following page; empty on the last.
+	Next string `json:"next,omitempty"`
+	// Total is how many dead letters match the query, over every page.
+	Total int `json:"total"`
+}
+
+// ErrCursor is returned for a cursor that List did not make.
+var ErrCursor = errors.New("deadletter: the cursor is not one this listing returned")
+
+// List pages through the dead letters q selects, oldest first (by the time
+// they were dead-lettered, then by place in the topic).
+func List(entries []Entry, q Query) (Page, error) {
+	after, err := parseCursor(q.After)
+	if err != nil {
+		return Page{}, err
+	}
+	limit := q.Limit
+	if limit <= 0 {
+		limit = DefaultLimit
+	}
+	state := q.State
+	if state == "" {
+		state = StateOpen
+	}
+	reason := strings.ToLower(q.Reason)
+	var sel []Letter
+	for _, l := range Letters(entries, q.Recipient) {
+		switch {
+		case state == StateOpen && l.Resolution != nil, state == StateResolved && l.Resolution == nil:
+		case reason != "" && !strings.Contains(strings.ToLower(l.Reason), reason):
+		case !q.Since.IsZero() && l.Time.Before(q.Since), !q.Until.IsZero() && !l.Time.Before(q.Until):
+		default:
+			sel = append(sel, l)
+		}
+	}
+	sort.SliceStable(sel, func(i, j int) bool { return sel[i].before(sel[j]) })
+	p := Page{Items: []Letter{}, Total: len(sel)}
+	for _, l := range sel {
+		if after != nil && !after.before(l) {
+			continue
+		}
+		if len(p.Items) == limit {
+			last := p.Items[len(p.Items)-1]
+			p.Next = cursorOf(last)
+			break
+		}
+		p.Items = append(p.Items, l)
+	}
+	return p, nil
+}
+
+func (l Letter) before(m Letter) bool {
+	if !l.Time.Equal(m.Time) {
+		return l.Time.Before(m.Time)
+	}
+	if l.Partition != m.Partition {
+		return l.Partition < m.Partition
+	}
+	return l.Offset < m.Offset
+}
+
+// A cursor is the place of a page's last item: its time, partition and
+// offset, base64url-encoded. It holds no patient data.
+func cursorOf(l Letter) string {
+	s := strconv.FormatInt(l.Time.UnixNano(), 10) + "." + strconv.Itoa(l.Partition) + "." + strconv.FormatInt(l.Offset, 10)
+	return base64.RawURLEncoding.EncodeToString([]byte(s))
+}
+
+func parseCursor(c string) (*Letter, error) {
+	if c == "" {
+		return nil, nil
+	}
+	b, err := base64.RawURLEncoding.DecodeString(c)
+	if err != nil {
+		return nil, ErrCursor
+	}
+	parts := strings.Split(string(b), ".")
+	if len(parts) != 3 {
+		return nil, ErrCursor
+	}
+	ns, err1 := strconv.ParseInt(parts[0], 10, 64)
+	p, err2 := strconv.Atoi(parts[1])
+	o, err3 := strconv.ParseInt(parts[2], 10, 64)
+	if err1 != nil || err2 != nil || err3 != nil || p < 0 || o < 0 {
+		return nil, ErrCursor
+	}
+	return &Letter{Time: time.Unix(0, ns).UTC(), Partition: p, Offset: o}, nil
+}
+
+// Rechecker decides a copy again with the patient's directives as they
+// are now (route.Router implements it): the same decision function,
+// freshness barrier and follow-up context as routing and delivery.
+type Rechecker interface {
+	Recheck(ctx context.Context, key, sealed string) (consent.Decision, route.Sealed, []audit.DirectiveVersion, error)
+}
+
+// RuleUndecidable is the rule of a dead letter withheld at replay because
+// it carries no routing decision to re-check.
+const RuleUndecidable = "recheck:no-routing-decision"
+
+// Outcomes of a replay.
+const (
+	// Requeued: consent as of now permits the copy; it is back in the
+	// recipient's outbox (and is re-checked once more when delivered).
+	Requeued = "requeued"
+	// WithheldNow: consent as of now denies the copy; it was not put back,
+	// and the dead letter is closed (Resolution.Action Withheld).
+	WithheldNow = "withheld"
+)
+
+// Outcome is what a replay did with one dead letter.
+type Outcome struct {
+	ID        string `json:"id"`
+	EventID   string `json:"eventId"`
+	EventType string `json:"eventType,omitempty"`
+	Recipient string `json:"recipient"`
+	Outcome   string `json:"outcome"`
+	// Form is the form the copy will be delivered in: narrower than when
+	// it was dead-lettered if a directive recorded since says so.
+	Form      string `json:"form,omitempty"`
+	Rule      string `json:"rule,omitempty"`
+	Directive string `json:"directive,omitempty"`
+}
+
+// Replay re-decides each dead letter of ls with the patient's directives
+// as they are now, then, in the order given: puts every copy still
+// permitted back in its recipient's outbox (with its sealed routing
+// decision, so the deliverer re-checks it once more), and audits each copy
+// now denied as withheld (not sent); then audits the operator's action on
+// each (kind access, action dead-letter-replay, the actor); then closes
+// each dead letter with a resolution naming the actor (Replayed, or
+// Withheld with the rule). Copies are written before the audit and the
+// audit before the resolutions, so that no dead letter is closed without
+// its replay or its audit; a failure part-way leaves the letters open (a
+// second replay may then put a copy back twice: recipients drop it by its
+// webhook-id). Letters already resolved are refused (problem.Conflict)
+// before anything is written.
+func Replay(ctx context.Context, pub message.Publisher, rc Rechecker, ls []Letter, actor string, now time.Time) ([]Outcome, error) {
+	now = now.UTC()
+	for _, l := range ls {
+		if l.Resolution != nil {
+			return nil, problem.New(problem.Conflict, "the dead letter "+l.ID+" is already resolved")
+		}
+		if len(l.dl.Event) == 0 {
+			return nil, problem.New(problem.Conflict, "the dead letter "+l.ID+" holds no copy to replay")
+		}
+	}
+	out := make([]Outcome, 0, len(ls))
+	outboxes := map[string][]*message.Message{}
+	var order []string // outbox topics in the order first written
+	var audits, resolutions []*message.Message
+	for _, l := range ls {
+		r := Outcome{ID: l.ID, EventID: l.EventID, EventType: l.EventType, Recipient: l.Recipient}
+		permit, form, rule, directive, versions, err := decide(ctx, rc, l)
+		if err != nil {
+			return nil, err
+		}
+		res := audit.Resolution{Offset: l.Offset, Action: Replayed, Actor: actor}
+		if permit {
+			r.Outcome, r.Form = Requeued, form
+			t := topic.Outbox(l.Recipient)
+			if _, ok := outboxes[t]; !ok {
+				order = append(order, t)
+			}
+			outboxes[t] = append(outboxes[t], requeue(l))
+		} else {
+			r.Outcome, r.Rule, r.Directive = WithheldNow, rule, directive
+			res.Action, res.Rule = Withheld, rule
+			rec := audit.Record{Time: now, Kind: audit.KindDelivery, EventID: l.EventID, EventType: l.EventType, Patient: l.Patient,
+				Recipient: l.Recipient, Basis: l.dl.Basis, Outcome: audit.Withheld, Effect: string(consent.Deny), Rule: rule,
+				Directive: directive, DirectiveVersions: versions, Actor: actor, Action: audit.ActionDeadLetterReplay,
+				Reason: "re-checked when an operator replayed the dead letter " + l.ID}
+			audits = append(audits, auditMessage(rec))
+		}
+		audits = append(audits, auditMessage(audit.Record{Time: now, Kind: audit.KindAccess, Patient: l.Patient, EventID: l.EventID,
+			EventType: l.EventType, Recipient: l.Recipient, Actor: actor, Action: audit.ActionDeadLetterReplay, Outcome: r.Outcome}))
+		resolutions = append(resolutions, resolution(l, res, now))
+		out = append(out, r)
+	}
+	for _, t := range order {
+		if err := pub.Publish(t, outboxes[t]...); err != nil {
+			return nil, problem.Wrap(problem.Unavailable, "the copies could not be put back in the outbox; retry", err)
+		}
+	}
+	if err := pub.Publish(topic.Audit, audits...); err != nil {
+		return nil, problem.Wrap(problem.Unavailable, "the replay could not be audited; retry", err)
+	}
+	if err := pub.Publish(topic.DLQ, resolutions...); err != nil {
+		return nil, problem.Wrap(problem.Unavailable, "the resolutions could not be recorded; retry", err)
+	}
+	return out, nil
+}
+
+// decide re-checks a dead letter's copy as of now.
+func decide(ctx context.Context, rc Rechecker, l Letter) (permit bool, form, rule, directive string, versions []audit.DirectiveVersion, err error) {
+	form = l.Form
+	if form == "" {
+		form = string(event.FormFull)
+	}
+	if l.dl.Decision == "" {
+		if form == string(event.FormNotice) {
+			// A content-free notice: nothing about a patient to withhold.
+			return true, form, "", "", nil, nil
+		}
+		return false, form, RuleUndecidable, "", nil, nil
+	}
+	d, _, versions, err := rc.Recheck(ctx, l.Patient, l.dl.Decision)
+	if err != nil {
+		if problem.KindOf(err) == problem.Other {
+			err = problem.Wrap(problem.Unavailable, "consent could not be re-checked; retry", err)
+		}
+		return false, form, "", "", nil, err
+	}
+	if !d.Permitted() {
+		return false, form, d.Rule, d.DirectiveID, versions, nil
+	}
+	if d.Has(consent.NotificationOnly) && form == string(event.FormFull) {
+		form = string(event.FormNotification)
+	}
+	return true, form, d.Rule, d.DirectiveID, versions, nil
+}
+
+// requeue is the outbox copy of a dead letter, as the router wrote it.
+func requeue(l Letter) *message.Message {
+	m := message.NewMessage(l.EventID, []byte(l.dl.Event))
+	key := l.Patient
+	if l.EventType == event.TypeWithheldNotice || key == "" {
+		key = l.EventID
+	}
+	m.Metadata.Set(topic.MetaKey, key)
+	m.Metadata.Set(topic.MetaSpecVersion, event.SpecVersion)
+	m.Metadata.Set(topic.MetaEventID, l.EventID)
+	m.Metadata.Set(topic.MetaEventType, l.EventType)
+	if src := sourceOf(l.dl.Event); src != "" {
+		m.Metadata.Set(topic.MetaSource, src)
+	}
+	m.Metadata.Set("content-type", media.CloudEvent)
+	m.Metadata.Set(topic.MetaRecipient, l.Recipient)
+	m.Metadata.Set(topic.MetaBasis, l.dl.Basis)
+	m.Metadata.Set(topic.MetaForm, l.Form)
+	if l.dl.Decision != "" {
+		m.Metadata.Set(topic.MetaDecision, l.dl.Decision)
+	}
+	return m
+}
+
+// sourceOf reads the CloudEvents source of a copy.
+func sourceOf(body []byte) string {
+	var ce struct {
+		Source string `json:"source"`
+	}
+	_ = json.Unmarshal(body, &ce)
+	return ce.Source
+}
+
+// Resolve closes a dead letter without delivering it: an operator's
+// decision, with the operator's reason (required). It audits the action
+// (kind access, action dead-letter-resolve, the actor and the reason) and
+// then appends the resolution.
+func Resolve(pub message.Publisher, l Letter, actor, reason string, now time.Time) error {
 	if l.Resolution != nil {
 		return problem.New(problem.Conflict, "the dead letter is already resolved")
 	}
-	switch action {
-	case Replayed:
-		if len(l.dl.Event) == 0 {
-			return problem.New(problem.Conflict, "the dead letter holds no copy to replay")
-		}
-		m := message.NewMessage(l.EventID, []byte(l.dl.Event))
-		key := l.Patient
-		if l.EventType == event.TypeWithheldNotice || key == "" {
-			key = l.EventID
-		}
-		m.Metadata.Set(topic.MetaKey, key)
-		m.Metadata.Set(topic.MetaEventID, l.EventID)
-		m.Metadata.Set(topic.MetaEventType, l.EventType)
-		m.Metadata.Set(topic.MetaRecipient, l.Recipient)
-		m.Metadata.Set(topic.MetaBasis, l.dl.Basis)
-		m.Metadata.Set(topic.MetaForm, l.Form)
-		m.Metadata.Set(topic.MetaDecision, l.dl.Decision)
-		if err := pub.Publish(topic.Outbox(l.Recipient), m); err != nil {
-			return problem.Wrap(problem.Unavailable, "the copy could not be put back in the outbox; retry", err)
-		}
-	case Dismissed:
-	default:
-		return errors.New("deadletter: unknown action")
+	now = now.UTC()
+	rec := audit.Record{Time: now, Kind: audit.KindAccess, Patient: l.Patient, EventID: l.EventID, EventType: l.EventType,
+		Recipient: l.Recipient, Actor: actor, Action: audit.ActionDeadLetterClose, Reason: reason}
+	if err := pub.Publish(topic.Audit, auditMessage(rec)); err != nil {
+		return problem.Wrap(problem.Unavailable, "the resolution could not be audited; retry", err)
 	}
-	r := audit.DeadLetter{Time: now.UTC(), Recipient: l.Recipient, EventID: l.EventID,
-		Resolution: &audit.Resolution{Offset: l.Offset, Action: action, Actor: actor, Note: note}}
-	b, _ := json.Marshal(r)
-	m := message.NewMessage(watermill.NewUUID(), b)
-	m.Metadata.Set(topic.MetaKey, l.Recipient)
-	m.Metadata.Set(topic.MetaEventID, l.EventID)
+	m := resolution(l, audit.Resolution{Offset: l.Offset, Action: Dismissed, Actor: actor, Note: reason}, now)
 	if err := pub.Publish(topic.DLQ, m); err != nil {
 		return problem.Wrap(problem.Unavailable, "the resolution could not be recorded; retry", err)
 	}
 	return nil
+}
+
+func resolution(l Letter, r audit.Resolution, now time.Time) *message.Message {
+	b, _ := json.Marshal(audit.DeadLetter{Time: now, Recipient: l.Recipient, EventID: l.EventID, Resolution: &r})
+	m := message.NewMessage(watermill.NewUUID(), b)
+	m.Metadata.Set(topic.MetaKey, l.Recipient)
+	m.Metadata.Set(topic.MetaEventID, l.EventID)
+	return m
+}
+
+func auditMessage(rec audit.Record) *message.Message {
+	m := message.NewMessage(watermill.NewUUID(), rec.Marshal())
+	m.Metadata.Set(topic.MetaKey, rec.Patient)
+	m.Metadata.Set(topic.MetaEventID, rec.EventID)
+	return m
 }
 
 // Deletable returns, per partition, the offset below which every record

@@ -13,6 +13,13 @@
 // GET /v1/held/counts). It scans the topic on each call: the held topic is
 // an operator's work queue, small next to the events; at scale it wants an
 // index.
+//
+// An operator closes a held message by releasing it (its original was
+// taken in again and published) or resolving it (a decision, with a
+// reason, not to share it). Either way a resolution record is appended to
+// the topic under the same key (so in the same partition), naming the
+// message by (source, id) and the operator: the topic stays the one
+// account of what was held and what became of it.
 package held
 
 import (
@@ -42,6 +49,35 @@ type Record struct {
 	Patient     string    `json:"patient"` // the record's key: a pseudonym, never an identifier
 	ContentType string    `json:"contentType"`
 	Original    []byte    `json:"original"` // the message as received (base64 in JSON)
+	// Resolution, on a resolution record, closes the held message with
+	// the same Source and ID (Original is then empty; Received is when it
+	// was closed).
+	Resolution *Resolution `json:"resolution,omitempty"`
+}
+
+// Actions of a resolution.
+const (
+	Released = "released" // taken in again and published
+	Resolved = "resolved" // an operator decided not to share it, with a reason
+)
+
+// Resolution says what became of a held message, and who decided.
+type Resolution struct {
+	Action string `json:"action"`
+	Actor  string `json:"actor"`
+	// Reason is the operator's, for Resolved.
+	Reason string `json:"reason,omitempty"`
+	// Events are the ids of the events a release published.
+	Events []string `json:"events,omitempty"`
+	// NHSNumberGiven: the operator gave the patient's NHS number on
+	// release (the number itself is in no record).
+	NHSNumberGiven bool `json:"nhsNumberGiven,omitempty"`
+}
+
+// Closing is the resolution record closing the held message r.
+func Closing(r Record, res Resolution, now time.Time) Record {
+	return Record{ID: r.ID, Source: r.Source, Time: r.Time, Received: now.UTC(), Trigger: r.Trigger, Reason: r.Reason,
+		Patient: r.Patient, ContentType: r.ContentType, Resolution: &res}
 }
 
 // Marshal encodes r.
@@ -76,7 +112,22 @@ type Item struct {
 	// MessageBase64 its bytes; set only when the query asks for it.
 	Message       string `json:"message,omitempty"`
 	MessageBase64 string `json:"messageBase64,omitempty"`
+	// State is open, released or resolved; Closed says by whom and when.
+	State  string  `json:"state"`
+	Closed *Closed `json:"closed,omitempty"`
 }
+
+// Closed is how a held message was closed.
+type Closed struct {
+	Resolution
+	Time time.Time `json:"time"`
+}
+
+// States of a held message, as a listing selects them.
+const (
+	StateOpen = "open"
+	StateAll  = "all"
+)
 
 // Query selects held records.
 type Query struct {
@@ -88,6 +139,9 @@ type Query struct {
 	After string
 	// WithMessage includes the original messages.
 	WithMessage bool
+	// State is StateOpen (the default: the operator's work queue),
+	// Released, Resolved or StateAll.
+	State string
 }
 
 // Limits of a listing.
@@ -105,11 +159,14 @@ type Page struct {
 	Total int `json:"total"`
 }
 
-// Counts is how many messages are held, by reason and by source.
+// Counts is how many messages are held and still open, by reason and by
+// source, and how many were closed.
 type Counts struct {
 	Total    int            `json:"total"`
 	ByReason map[string]int `json:"byReason"`
 	BySource map[string]int `json:"bySource"`
+	Released int            `json:"released"`
+	Resolved int            `json:"resolved"`
 }
 
 // List pages through the records selected by q. Records are identified by
@@ -124,9 +181,15 @@ func List(recs []Located, q Query) (Page, error) {
 	if limit <= 0 {
 		limit = DefaultLimit
 	}
+	state := q.State
+	if state == "" {
+		state = StateOpen
+	}
+	closed := closings(recs)
 	var sel []Located
 	for _, r := range unique(recs) {
-		if (q.Source == "" || r.Source == q.Source) && (q.Reason == "" || r.Reason == q.Reason) {
+		st := stateOf(closed, r.Record)
+		if (q.Source == "" || r.Source == q.Source) && (q.Reason == "" || r.Reason == q.Reason) && (state == StateAll || state == st) {
 			sel = append(sel, r)
 		}
 	}
@@ -140,20 +203,103 @@ func List(recs []Located, q Query) (Page, error) {
 			p.Next = cursorOf(p.Items[len(p.Items)-1])
 			break
 		}
-		p.Items = append(p.Items, r.item(q.WithMessage))
+		it := r.item(q.WithMessage)
+		it.State = stateOf(closed, r.Record)
+		it.Closed = closed[key(r.Record)]
+		p.Items = append(p.Items, it)
 	}
 	return p, nil
 }
 
-// Count counts the records, each (source, id) once.
+// Count counts the records, each (source, id) once: the open ones by
+// reason and by source, the closed ones by how.
 func Count(recs []Located) Counts {
 	c := Counts{ByReason: map[string]int{}, BySource: map[string]int{}}
+	closed := closings(recs)
 	for _, r := range unique(recs) {
-		c.Total++
-		c.ByReason[r.Reason]++
-		c.BySource[r.Source]++
+		switch stateOf(closed, r.Record) {
+		case Released:
+			c.Released++
+		case Resolved:
+			c.Resolved++
+		default:
+			c.Total++
+			c.ByReason[r.Reason]++
+			c.BySource[r.Source]++
+		}
 	}
 	return c
+}
+
+// Find returns the held message with the given id (and source, when
+// given), its state, and how it was closed.
+func Find(recs []Located, source, id string) (Located, string, *Closed, error) {
+	closed := closings(recs)
+	var found []Located
+	for _, r := range unique(recs) {
+		if r.ID == id && (source == "" || r.Source == source) {
+			found = append(found, r)
+		}
+	}
+	switch len(found) {
+	case 0:
+		return Located{}, "", nil, ErrNotFound
+	case 1:
+		return found[0], stateOf(closed, found[0].Record), closed[key(found[0].Record)], nil
+	}
+	return Located{}, "", nil, ErrAmbiguous
+}
+
+// Deletable returns, per partition, the offset below which every record
+// may be deleted: held messages closed (released or resolved) at least
+// window before now, and the records that closed them. A message still
+// open, or closed too recently, keeps itself and everything after it in
+// its partition. recs are in partition and offset order (Reader.All).
+func Deletable(recs []Located, now time.Time, window time.Duration) map[int]int64 {
+	closed := closings(recs)
+	out := map[int]int64{}
+	blocked := map[int]bool{}
+	for _, r := range recs {
+		if blocked[r.Partition] {
+			continue
+		}
+		c := closed[key(r.Record)]
+		if c == nil || now.Sub(c.Time) < window {
+			blocked[r.Partition] = true
+			continue
+		}
+		out[r.Partition] = r.Offset + 1
+	}
+	return out
+}
+
+// Errors of Find.
+var (
+	ErrNotFound  = fmt.Errorf("held: no held message with that id")
+	ErrAmbiguous = fmt.Errorf("held: messages of two sources have that id")
+)
+
+func key(r Record) string { return r.Source + "\x00" + r.ID }
+
+// closings are the resolutions of recs by (source, id): the first one
+// recorded wins.
+func closings(recs []Located) map[string]*Closed {
+	out := map[string]*Closed{}
+	for _, r := range recs {
+		if r.Resolution != nil {
+			if _, ok := out[key(r.Record)]; !ok {
+				out[key(r.Record)] = &Closed{Resolution: *r.Resolution, Time: r.Received}
+			}
+		}
+	}
+	return out
+}
+
+func stateOf(closed map[string]*Closed, r Record) string {
+	if c := closed[key(r)]; c != nil {
+		return c.Action
+	}
+	return StateOpen
 }
 
 // Located is a record and where it sits in the topic.
@@ -188,13 +334,14 @@ func (r Located) item(withMessage bool) Item {
 	return it
 }
 
-// unique keeps the first record of each (source, id), in topic order.
+// unique keeps the first record of each (source, id), in topic order;
+// resolution records are not held messages.
 func unique(recs []Located) []Located {
 	seen := make(map[string]bool, len(recs))
 	out := make([]Located, 0, len(recs))
 	for _, r := range recs {
-		k := r.Source + "\x00" + r.ID
-		if seen[k] {
+		k := key(r.Record)
+		if seen[k] || r.Resolution != nil {
 			continue
 		}
 		seen[k] = true

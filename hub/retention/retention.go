@@ -8,6 +8,9 @@
 //   - from carehub.dlq, dead letters resolved (replayed or dismissed) at
 //     least DeadLetterWindow ago, with their resolutions; an unresolved
 //     dead letter keeps itself and every later record of its partition;
+//   - from carehub.held, messages released or resolved at least HeldWindow
+//     ago (their originals are patient data), with the records that
+//     closed them; an open one keeps every later record of its partition;
 //   - from the patient index, patients with nothing left to remember
 //     (patientindex.Index.Sweep).
 //
@@ -29,6 +32,7 @@ import (
 
 	"github.com/carehub/carehub/hub/broker"
 	"github.com/carehub/carehub/hub/deadletter"
+	"github.com/carehub/carehub/hub/held"
 	"github.com/carehub/carehub/hub/topic"
 	"github.com/carehub/carehub/internal/logging"
 	"go.uber.org/zap"
@@ -40,6 +44,7 @@ type Config struct {
 	Recipients       []string // ODS codes
 	OutboxWindow     time.Duration
 	DeadLetterWindow time.Duration
+	HeldWindow       time.Duration
 	Interval         time.Duration
 	// Index is swept too when set.
 	Index interface {
@@ -75,6 +80,8 @@ type Report struct {
 	Outbox map[string]int64
 	// DeadLetters is how many dead-letter records were removed.
 	DeadLetters int64
+	// Held is how many records of carehub.held were removed.
+	Held int64
 	// Patients is how many patient index records were deleted.
 	Patients int
 }
@@ -115,14 +122,17 @@ func (s *Sweeper) Sweep(ctx context.Context) (Report, error) {
 	n, err := s.sweepDeadLetters(ctx, now)
 	keep(err)
 	rep.DeadLetters = n
+	n, err = s.sweepHeld(ctx, now)
+	keep(err)
+	rep.Held = n
 	if s.cfg.Index != nil {
 		p, err := s.cfg.Index.Sweep(ctx)
 		keep(err)
 		rep.Patients = p
 	}
-	if total := sum(rep.Outbox); total > 0 || rep.DeadLetters > 0 || rep.Patients > 0 {
+	if total := sum(rep.Outbox); total > 0 || rep.DeadLetters > 0 || rep.Held > 0 || rep.Patients > 0 {
 		s.cfg.Log.Info("retention sweep", zap.Int64("outbox_records", total), zap.Int64("dead_letter_records", rep.DeadLetters),
-			zap.Int("patient_index_records", rep.Patients))
+			zap.Int64("held_records", rep.Held), zap.Int("patient_index_records", rep.Patients))
 	}
 	return rep, firstErr
 }
@@ -173,6 +183,30 @@ func (s *Sweeper) sweepOutbox(ctx context.Context, recipient string, now time.Ti
 		}
 	}
 	if err := broker.DeleteRecords(ctx, s.cfg.Brokers, t, below); err != nil {
+		return 0, err
+	}
+	return n, nil
+}
+
+// sweepHeld removes held messages closed at least the window ago.
+func (s *Sweeper) sweepHeld(ctx context.Context, now time.Time) (int64, error) {
+	recs, err := (&held.Reader{Brokers: s.cfg.Brokers, Topic: topic.Held}).All(ctx)
+	if err != nil {
+		return 0, err
+	}
+	first, _, err := broker.Offsets(ctx, s.cfg.Brokers, topic.Held)
+	if err != nil {
+		return 0, err
+	}
+	below := broker.PartitionOffsets{}
+	var n int64
+	for p, o := range held.Deletable(recs, now, s.cfg.HeldWindow) {
+		if o > first[p] {
+			below[p] = o
+			n += o - first[p]
+		}
+	}
+	if err := broker.DeleteRecords(ctx, s.cfg.Brokers, topic.Held, below); err != nil {
 		return 0, err
 	}
 	return n, nil

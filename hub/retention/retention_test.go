@@ -9,10 +9,13 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/carehub/carehub/consent"
 	"github.com/carehub/carehub/hub/audit"
 	"github.com/carehub/carehub/hub/broker"
 	"github.com/carehub/carehub/hub/broker/brokertest"
 	"github.com/carehub/carehub/hub/deadletter"
+	"github.com/carehub/carehub/hub/held"
+	"github.com/carehub/carehub/hub/route"
 	"github.com/carehub/carehub/hub/topic"
 	"github.com/segmentio/kafka-go"
 	"go.uber.org/zap/zaptest"
@@ -141,6 +144,13 @@ func (p *pub) Publish(name string, msgs ...*message.Message) error {
 }
 func (p *pub) Close() error { return p.w.Close() }
 
+// permitNow is a re-check that permits every copy.
+type permitNow struct{}
+
+func (permitNow) Recheck(context.Context, string, string) (consent.Decision, route.Sealed, []audit.DirectiveVersion, error) {
+	return consent.Decision{Effect: consent.Permit, Rule: "test:permit"}, route.Sealed{}, nil, nil
+}
+
 // TestDeadLettersAreDeletedOnceResolvedAndTheWindowPassed: a dead letter
 // is kept until it is resolved and the window has passed; an unresolved
 // one keeps everything after it.
@@ -162,11 +172,16 @@ func TestDeadLettersAreDeletedOnceResolvedAndTheWindowPassed(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		l, err := deadletter.Find(entries, 0, int64(i))
+		l, err := deadletter.Find(entries, deadletter.ID(0, int64(i)))
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := deadletter.Resolve(p, l, action, "ig-lead", "", time.Now()); err != nil {
+		if action == deadletter.Replayed {
+			_, err = deadletter.Replay(ctx, p, permitNow{}, []deadletter.Letter{l}, "ig-lead", time.Now())
+		} else {
+			err = deadletter.Resolve(p, l, "ig-lead", "the care home was told by phone", time.Now())
+		}
+		if err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -195,5 +210,38 @@ func TestDeadLettersAreDeletedOnceResolvedAndTheWindowPassed(t *testing.T) {
 	now = now.Add(2 * time.Hour)
 	if rep, err := s.Sweep(ctx); err != nil || rep.DeadLetters != 4 {
 		t.Errorf("after resolving the last: %+v %v, want it and the three resolutions removed", rep, err)
+	}
+}
+
+// TestHeldMessagesAreDeletedOnceClosedAndTheWindowPassed: a held message
+// (its original is patient data) is kept until it is released or resolved
+// and the window has passed; an open one keeps everything after it.
+func TestHeldMessagesAreDeletedOnceClosedAndTheWindowPassed(t *testing.T) {
+	brokers := startBroker(t)
+	ctx := context.Background()
+	now := time.Now()
+	var recs []held.Record
+	for i := range 3 {
+		recs = append(recs, held.Record{ID: "h" + strconv.Itoa(i), Source: "RX1", Received: now, Trigger: "ADT^A04", Reason: "no-nhs-number",
+			Patient: "l1_x", ContentType: "x-application/hl7-v2+er7", Original: []byte("MSH|...")})
+	}
+	closeOf := func(r held.Record, action string) held.Record {
+		return held.Closing(r, held.Resolution{Action: action, Actor: "ig-lead"}, now)
+	}
+	var msgs []kafka.Message
+	for _, r := range []held.Record{recs[0], recs[1], recs[2], closeOf(recs[0], held.Released), closeOf(recs[1], held.Resolved)} {
+		msgs = append(msgs, kafka.Message{Key: []byte(r.Patient), Value: r.Marshal()})
+	}
+	produce(t, brokers, topic.Held, msgs...)
+	s := New(Config{Brokers: brokers, DeadLetterWindow: time.Hour, HeldWindow: time.Hour, Log: zaptest.NewLogger(t), Now: func() time.Time { return now }})
+	if rep, err := s.Sweep(ctx); err != nil || rep.Held != 0 {
+		t.Fatalf("inside the window: %+v %v", rep, err)
+	}
+	now = now.Add(time.Hour)
+	if rep, err := s.Sweep(ctx); err != nil || rep.Held != 2 {
+		t.Fatalf("after the window: %+v %v, want the two closed messages removed", rep, err)
+	}
+	if got := firstOffset(t, brokers, topic.Held); got != 2 {
+		t.Errorf("log start %d, want 2: the open message stays, with what follows it", got)
 	}
 }

@@ -626,6 +626,13 @@ func (r *Router) Plan(msg *message.Message) (*Plan, error) {
 	if err != nil {
 		return nil, err
 	}
+	return r.planOf(msg, ev, key, dec, nil)
+}
+
+// planOf makes the outbox copies, audit records and patient index records
+// of a decided event; mark, when set, completes each audit record.
+func (r *Router) planOf(msg *message.Message, ev *event.Event, key string, dec *Decided, mark func(*audit.Record)) (*Plan, error) {
+	var err error
 	plan := &Plan{Outbox: map[string][]*message.Message{}, commit: dec.Updates}
 	bodies := map[event.Form][]byte{} // each form made at most once per event
 	now := r.now().UTC()
@@ -673,6 +680,9 @@ func (r *Router) Plan(msg *message.Message) (*Plan, error) {
 		}
 		if v.Copy {
 			rec.Form = string(v.Form)
+		}
+		if mark != nil {
+			mark(&rec)
 		}
 		plan.Audit = append(plan.Audit, auditMessage(rec, key))
 		if !v.Copy {

@@ -37,6 +37,9 @@ const (
 	// Accepted holds the (source, id) and content digest of every event
 	// accepted within the duplicate window (package dedup).
 	Accepted = "carehub.accepted"
+	// Backfills holds each backfill job and its committed position
+	// (package backfill), compacted by job id.
+	Backfills = "carehub.backfills"
 )
 
 // Consumer groups.
@@ -101,7 +104,8 @@ type Retention struct {
 // package retention deletes from them what is delivered or resolved, once
 // a window has passed. The held topic (messages acknowledged but not
 // shared, with the original message) is kept until an operator releases or
-// resolves each record (retention.ms=-1): nothing ages out unseen.
+// resolves each record (retention.ms=-1): nothing ages out unseen; package
+// retention deletes closed ones once a window has passed.
 // Consent, the patient index and subscriptions are
 // compacted, in one partition each: every hub process reads all of them
 // anyway, and the router looks up the consent topic's and the patient
@@ -121,6 +125,7 @@ func Specs(partitions, replication int, recipients []string, r Retention) []brok
 		{Name: Consent, Partitions: 1, ReplicationFactor: replication, Configs: compact},
 		{Name: Patients, Partitions: 1, ReplicationFactor: replication, Configs: compact},
 		{Name: Subscriptions, Partitions: 1, ReplicationFactor: replication, Configs: compact},
+		{Name: Backfills, Partitions: 1, ReplicationFactor: replication, Configs: compact},
 	}
 	for _, r := range recipients {
 		specs = append(specs, broker.TopicSpec{Name: Outbox(r), Partitions: partitions, ReplicationFactor: replication, Configs: forever})

@@ -209,7 +209,22 @@ const (
 // Map maps one ADT message. The error is an *Error for any message that
 // cannot be mapped; its Ack says whether to answer AE or AR. A message that
 // maps to nothing shared is not an error: Result.Held says why.
-func (mp *Mapper) Map(m *hl7.Message) (*Result, error) {
+func (mp *Mapper) Map(m *hl7.Message) (*Result, error) { return mp.mapMessage(m, nhs.Number{}) }
+
+// MapConfirmed maps a held message again with the patient's NHS number as
+// an operator traced and verified it: for a message without an NHS number
+// it is the patient's; for one whose number was not verified (or had no
+// status) it must be that number, which is then taken as verified. A
+// message naming another number, or about two patients (A17), is an
+// *Error (AE). Everything else is mapped as Map maps it.
+func (mp *Mapper) MapConfirmed(m *hl7.Message, n nhs.Number) (*Result, error) {
+	if n.IsZero() {
+		return nil, errors.New("adt: MapConfirmed needs an NHS number")
+	}
+	return mp.mapMessage(m, n)
+}
+
+func (mp *Mapper) mapMessage(m *hl7.Message, confirmed nhs.Number) (*Result, error) {
 	if err := m.ValidateHeader(); err != nil {
 		var pe *hl7.ParseError
 		if errors.As(err, &pe) {
@@ -229,7 +244,7 @@ func (mp *Mapper) Map(m *hl7.Message) (*Result, error) {
 		trigger = strings.ToUpper(strings.TrimSpace(m.Segment("EVN").Field(1).String()))
 	}
 	res := &Result{Trigger: trigger, ID: mp.EventID(m)}
-	x := &mapping{mp: mp, m: m, trigger: trigger}
+	x := &mapping{mp: mp, m: m, trigger: trigger, confirmed: confirmed}
 	mapFn, ok := triggers[trigger]
 	if !ok {
 		res.Held = x.notShared()

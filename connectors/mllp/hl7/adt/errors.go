@@ -117,6 +117,8 @@ const (
 	reasonNoClass            = "no patient class (PV1-2): a change of class needs the class it changed to"
 	reasonSwapTwo            = "a swap (A17) names exactly two patients, each with a PID segment"
 	reasonPreviousNHSInvalid = "the previous NHS number (MRG-1) is invalid"
+	reasonConfirmedOther     = "the NHS number given on release is not the one the message names"
+	reasonConfirmedTwo       = "an NHS number given on release applies to a message about one patient"
 )
 
 // reasons lists every reason, for tests.
@@ -124,7 +126,7 @@ var reasons = []string{
 	reasonNotADT, reasonVersion, reasonNoTime, reasonBadTime, reasonNoSegment, reasonOneMerge,
 	reasonNHSFormat, reasonNHSCheck, reasonNHSTwo, reasonGPFormat, reasonNoEncounter,
 	reasonEncounterFormat, reasonBirthDate, reasonGender, reasonTooLong, reasonNoLocation, reasonMergedNHSInvalid,
-	reasonHeader, reasonNoClass, reasonSwapTwo, reasonPreviousNHSInvalid,
+	reasonHeader, reasonNoClass, reasonSwapTwo, reasonPreviousNHSInvalid, reasonConfirmedOther, reasonConfirmedTwo,
 }
 
 func invalid(code, seg string, field, rep, comp int, reason string) *Error {

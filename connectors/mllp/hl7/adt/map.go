@@ -27,6 +27,9 @@ type mapping struct {
 	// held is set by the first rule that keeps the message from being
 	// shared (no NHS number, not verified, a local merge).
 	held *Held
+	// confirmed is the patient's NHS number as an operator traced and
+	// verified it (MapConfirmed); zero when mapping a message as received.
+	confirmed nhs.Number
 }
 
 // group is one patient's segments: PID and the PD1, PV1 and PV2 after it.
@@ -638,8 +641,18 @@ func (x *mapping) patient() (*patient, error) {
 	case !n2.IsZero() && n2 != n:
 		return nil, invalid(hl7.CodeDataType, "PID", 2, 0, 1, reasonNHSTwo)
 	}
+	status := nhsNumberStatus(pid)
+	if !x.confirmed.IsZero() {
+		switch {
+		case x.g.seq > 1 || len(x.m.Segments("PID")) > 1:
+			return nil, invalid(hl7.CodeDataType, "PID", 3, 0, 1, reasonConfirmedTwo)
+		case !n.IsZero() && n != x.confirmed:
+			return nil, invalid(hl7.CodeDataType, "PID", 3, 0, 1, reasonConfirmedOther)
+		}
+		n, status = x.confirmed, statusVerified
+	}
 	p := &patient{NHSNumber: n.Digits()}
-	switch status := nhsNumberStatus(pid); {
+	switch {
 	case n.IsZero():
 		x.hold(&Held{Reason: HeldNoNHSNumber, Detail: detailNoNHS, LocalID: localID(pid)})
 	case status == statusVerified || x.mp.unverified:

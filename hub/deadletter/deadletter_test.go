@@ -1,0 +1,228 @@
+package deadletter
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/carehub/carehub/consent"
+	"github.com/carehub/carehub/hub/audit"
+	"github.com/carehub/carehub/hub/route"
+	"github.com/carehub/carehub/hub/topic"
+	"github.com/carehub/carehub/schemas/event"
+	"github.com/carehub/carehub/schemas/problem"
+)
+
+var t0 = time.Date(2026, 11, 2, 9, 0, 0, 0, time.UTC)
+
+// entries: three dead letters of VM123 (one resolved), one of A81001.
+func entries() []Entry {
+	dl := func(p int, o int64, rcpt, id, reason string, at time.Duration) Entry {
+		return Entry{Partition: p, Offset: o, DeadLetter: audit.DeadLetter{Time: t0.Add(at), Recipient: rcpt, EventID: id,
+			EventType: event.TypeDischarge, Patient: "p1_" + id, Reason: reason, Status: 400,
+			Event: json.RawMessage(`{"specversion":"1.0","id":"` + id + `","source":"urn:ods:RX1"}`), Decision: "sealed-" + id, Form: "full", Basis: "discharge-destination"}}
+	}
+	return []Entry{
+		dl(1, 0, "VM123", "ev-1", "recipient answered HTTP 400", 0),
+		dl(1, 1, "VM123", "ev-2", "recipient answered HTTP 422", time.Hour),
+		dl(1, 2, "VM123", "ev-3", "recipient answered HTTP 400", 2*time.Hour),
+		{Partition: 1, Offset: 3, DeadLetter: audit.DeadLetter{Time: t0.Add(3 * time.Hour), Recipient: "VM123", EventID: "ev-2",
+			Resolution: &audit.Resolution{Offset: 1, Action: Dismissed, Actor: "ig-lead", Note: "told by phone"}}},
+		dl(2, 0, "A81001", "ev-4", "recipient answered HTTP 410", 30*time.Minute),
+	}
+}
+
+func ids(ls []Letter) []string {
+	var out []string
+	for _, l := range ls {
+		out = append(out, l.ID)
+	}
+	return out
+}
+
+func TestList(t *testing.T) {
+	tests := []struct {
+		name string
+		q    Query
+		want []string
+		more bool
+	}{
+		{"open, oldest first", Query{}, []string{"1-0", "2-0", "1-2"}, false},
+		{"one recipient", Query{Recipient: "VM123"}, []string{"1-0", "1-2"}, false},
+		{"resolved", Query{State: StateResolved}, []string{"1-1"}, false},
+		{"all", Query{State: StateAll, Recipient: "VM123"}, []string{"1-0", "1-1", "1-2"}, false},
+		{"reason, ignoring case", Query{Reason: "http 400"}, []string{"1-0", "1-2"}, false},
+		{"since", Query{Since: t0.Add(time.Minute)}, []string{"2-0", "1-2"}, false},
+		{"until (exclusive)", Query{Until: t0.Add(2 * time.Hour)}, []string{"1-0", "2-0"}, false},
+		{"a page", Query{Limit: 2}, []string{"1-0", "2-0"}, true},
+	}
+	for _, tt := range tests {
+		p, err := List(entries(), tt.q)
+		if err != nil {
+			t.Fatalf("%s: %v", tt.name, err)
+		}
+		if got := ids(p.Items); !slices.Equal(got, tt.want) || (p.Next != "") != tt.more {
+			t.Errorf("%s:\n\tgot  %v next %q\n\twant %v more %v", tt.name, got, p.Next, tt.want, tt.more)
+		}
+	}
+	p, _ := List(entries(), Query{Limit: 2})
+	p2, err := List(entries(), Query{Limit: 2, After: p.Next})
+	if err != nil || !slices.Equal(ids(p2.Items), []string{"1-2"}) || p2.Next != "" || p2.Total != 3 {
+		t.Errorf("second page: %v %q %d %v", ids(p2.Items), p2.Next, p2.Total, err)
+	}
+	if _, err := List(entries(), Query{After: "not-a-cursor"}); !errors.Is(err, ErrCursor) {
+		t.Errorf("a bad cursor: %v", err)
+	}
+	all, _ := List(entries(), Query{State: StateAll})
+	for _, l := range all.Items {
+		if l.ID == "1-1" && (l.Resolution == nil || l.Resolution.Reason != "told by phone" || l.Resolution.Actor != "ig-lead") {
+			t.Errorf("the resolved letter: %+v", l.Resolution)
+		}
+	}
+	b, _ := json.Marshal(all)
+	if strings.Contains(string(b), "specversion") || strings.Contains(string(b), "sealed") {
+		t.Errorf("a listing carries a copy or its decision: %s", b)
+	}
+}
+
+func TestParseID(t *testing.T) {
+	for _, tt := range []struct {
+		in   string
+		p    int
+		o    int64
+		okay bool
+	}{{"1-2", 1, 2, true}, {"0-0", 0, 0, true}, {"1-02", 0, 0, false}, {"-1-2", 0, 0, false}, {"1", 0, 0, false}, {"a-b", 0, 0, false}, {"1-2-3", 0, 0, false}} {
+		p, o, ok := ParseID(tt.in)
+		if ok != tt.okay || (ok && (p != tt.p || o != tt.o)) {
+			t.Errorf("ParseID(%q):\n\tgot  %d %d %v\n\twant %d %d %v", tt.in, p, o, ok, tt.p, tt.o, tt.okay)
+		}
+	}
+}
+
+// rechecker answers by the sealed decision: "sealed-ev-3" is now denied.
+type rechecker struct{ calls []string }
+
+func (r *rechecker) Recheck(_ context.Context, key, sealed string) (consent.Decision, route.Sealed, []audit.DirectiveVersion, error) {
+	r.calls = append(r.calls, sealed)
+	switch sealed {
+	case "sealed-ev-3":
+		return consent.Decision{Effect: consent.Deny, Rule: "directive:deny-organisation", DirectiveID: "no-home"}, route.Sealed{},
+			[]audit.DirectiveVersion{{Patient: key, Version: 2}}, nil
+	case "sealed-ev-4":
+		return consent.Decision{Effect: consent.Permit, Rule: "r", Obligations: []consent.Obligation{consent.NotificationOnly}}, route.Sealed{}, nil, nil
+	case "sealed-down":
+		return consent.Decision{}, route.Sealed{}, nil, errors.New("consent store unreachable")
+	}
+	return consent.Decision{Effect: consent.Permit, Rule: "r"}, route.Sealed{}, nil, nil
+}
+
+type capture struct{ got map[string][]*message.Message }
+
+func (c *capture) Publish(t string, msgs ...*message.Message) error {
+	if c.got == nil {
+		c.got = map[string][]*message.Message{}
+	}
+	c.got[t] = append(c.got[t], msgs...)
+	return nil
+}
+func (c *capture) Close() error { return nil }
+
+func TestReplayDecidesAgainAsOfNow(t *testing.T) {
+	ls := Letters(entries(), "")
+	open := []Letter{ls[0], ls[2], ls[3]} // ev-1 (permitted), ev-3 (now denied), ev-4 (now notification-only)
+	var pub capture
+	rc := &rechecker{}
+	out, err := Replay(context.Background(), &pub, rc, open, "ig-lead", t0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := []string{}
+	for _, o := range out {
+		got = append(got, o.EventID+":"+o.Outcome+":"+o.Form+":"+o.Rule)
+	}
+	want := []string{"ev-1:requeued:full:", "ev-3:withheld::directive:deny-organisation", "ev-4:requeued:notification:"}
+	if !slices.Equal(got, want) {
+		t.Errorf("outcomes:\n\tgot  %v\n\twant %v", got, want)
+	}
+	var requeued []string
+	for _, m := range pub.got[topic.Outbox("VM123")] {
+		requeued = append(requeued, m.Metadata.Get(topic.MetaEventID))
+		if m.Metadata.Get(topic.MetaDecision) == "" || m.Metadata.Get(topic.MetaSource) != "urn:ods:RX1" {
+			t.Errorf("a requeued copy lacks its sealed decision or source: %v", m.Metadata)
+		}
+	}
+	if !slices.Equal(requeued, []string{"ev-1"}) || len(pub.got[topic.Outbox("A81001")]) != 1 {
+		t.Errorf("outboxes: VM123 %v, A81001 %d; want ev-1 and one", requeued, len(pub.got[topic.Outbox("A81001")]))
+	}
+	var withheld, access int
+	for _, m := range pub.got[topic.Audit] {
+		rec, _ := audit.Unmarshal(m.Payload)
+		switch {
+		case rec.Kind == audit.KindDelivery && rec.Outcome == audit.Withheld:
+			withheld++
+			if rec.EventID != "ev-3" || rec.Actor != "ig-lead" || rec.Directive != "no-home" || len(rec.DirectiveVersions) != 1 {
+				t.Errorf("the withheld record: %+v", rec)
+			}
+		case rec.Kind == audit.KindAccess && rec.Action == audit.ActionDeadLetterReplay && rec.Actor == "ig-lead":
+			access++
+		}
+	}
+	if withheld != 1 || access != 3 {
+		t.Errorf("audit: %d withheld, %d replays by the operator; want 1 and 3", withheld, access)
+	}
+	var actions []string
+	for _, m := range pub.got[topic.DLQ] {
+		var d audit.DeadLetter
+		_ = json.Unmarshal(m.Payload, &d)
+		actions = append(actions, d.Resolution.Action+"@"+d.Recipient)
+	}
+	if !slices.Equal(actions, []string{"replayed@VM123", "withheld@VM123", "replayed@A81001"}) {
+		t.Errorf("resolutions: %v", actions)
+	}
+
+	// A resolved letter is refused before anything is written; so is a
+	// replay when consent cannot answer.
+	pub = capture{}
+	if _, err := Replay(context.Background(), &pub, rc, []Letter{ls[0], ls[1]}, "ig-lead", t0); problem.KindOf(err) != problem.Conflict || len(pub.got) != 0 {
+		t.Errorf("replaying a resolved letter: %v, wrote %v", err, pub.got)
+	}
+	down := ls[0]
+	down.dl.Decision = "sealed-down"
+	if _, err := Replay(context.Background(), &pub, rc, []Letter{down}, "ig-lead", t0); problem.KindOf(err) != problem.Unavailable || len(pub.got) != 0 {
+		t.Errorf("consent down: %v, wrote %v", err, pub.got)
+	}
+	// A copy without a routing decision is not sent, unless it is a
+	// content-free notice.
+	none, notice := ls[0], ls[0]
+	none.dl.Decision, notice.dl.Decision, notice.Form, notice.EventType = "", "", string(event.FormNotice), event.TypeWithheldNotice
+	out, err = Replay(context.Background(), &pub, rc, []Letter{none, notice}, "ig-lead", t0)
+	if err != nil || out[0].Outcome != WithheldNow || out[0].Rule != RuleUndecidable || out[1].Outcome != Requeued {
+		t.Errorf("undecidable and notice: %+v %v", out, err)
+	}
+	if k := pub.got[topic.Outbox("VM123")][0].Metadata.Get(topic.MetaKey); k != notice.EventID {
+		t.Errorf("a notice is keyed by %q, want its own id (no pseudonym)", k)
+	}
+}
+
+func TestResolve(t *testing.T) {
+	ls := Letters(entries(), "VM123")
+	var pub capture
+	if err := Resolve(&pub, ls[0], "ig-lead", "the care home re-keyed it by hand", t0); err != nil {
+		t.Fatal(err)
+	}
+	rec, _ := audit.Unmarshal(pub.got[topic.Audit][0].Payload)
+	var d audit.DeadLetter
+	_ = json.Unmarshal(pub.got[topic.DLQ][0].Payload, &d)
+	if rec.Actor != "ig-lead" || rec.Action != audit.ActionDeadLetterClose || rec.Reason != "the care home re-keyed it by hand" ||
+		d.Resolution.Offset != 0 || d.Resolution.Action != Dismissed || d.Resolution.Note != "the care home re-keyed it by hand" {
+		t.Errorf("audit %+v, resolution %+v", rec, d.Resolution)
+	}
+	if err := Resolve(&pub, ls[1], "ig-lead", "again", t0); problem.KindOf(err) != problem.Conflict {
+		t.Errorf("resolving a resolved letter: %v", err)
+	}
+}
