@@ -337,6 +337,14 @@ func (d *Deliverer) write(ctx context.Context, topic, what, eventID string, m *m
 			}
 			return nil
 		}
+		stopped := func() error {
+			d.log.Warn("writing failed; the hub is stopping: the copy will be delivered again after restart",
+				zap.String("record", what), zap.String("event_id", eventID), zap.Int("attempt", n), logging.Err(err))
+			return problem.Wrap(problem.Unavailable, "writing the "+what+" (the hub stopped first)", err)
+		}
+		if ctx.Err() != nil {
+			return stopped()
+		}
 		wait := retry.Delay(d.writeRetry, n)
 		d.log.Warn("writing failed; retrying", zap.String("record", what), zap.String("event_id", eventID),
 			zap.Int("attempt", n), zap.Duration("wait", wait), logging.Err(err))
@@ -344,7 +352,7 @@ func (d *Deliverer) write(ctx context.Context, topic, what, eventID string, m *m
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return problem.Wrap(problem.Unavailable, "writing the "+what+" (the hub stopped first)", err)
+			return stopped()
 		case <-t.C:
 		}
 	}
