@@ -29,6 +29,23 @@
 // retries transient failures itself, within the hub's Retry bounds, without
 // end unless Retry.MaxAttempts says otherwise, until ctx ends.
 //
+// The end of Deliver's ctx means "stop": the hub is draining (or the
+// recipient's outbox moved to another process). It does not mean "abort":
+//
+//   - an attempt already under way (a request on the wire, a frame sent)
+//     finishes, bounded by the sink's own per-attempt timeout, not by ctx,
+//     and its answer counts: if the recipient accepted it, Deliver returns
+//     nil. A recipient that has read a copy must get to answer, else the
+//     hub, not knowing, sends it again after the restart;
+//   - no further attempt starts, and a wait between attempts ends at once;
+//   - a Deliver that stops without delivering returns an error that is not
+//     Permanent (the hub delivers the copy again later).
+//
+// The hub bounds the whole drain (carehub serve --stop-timeout). Package
+// connectors/connector/retry implements these rules, and the consent
+// re-check below, once: an HTTP client (go-retryablehttp) and a loop for
+// any other protocol. The conformance suite checks them.
+//
 // # Consent holds until the moment of delivery
 //
 // A patient may change their directives while a copy waits in an outbox

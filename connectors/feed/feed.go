@@ -33,7 +33,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"math/rand/v2"
 	"net/http"
 	"strconv"
 	"strings"
@@ -41,6 +40,7 @@ import (
 	"time"
 
 	"github.com/carehub/carehub/connectors/connector"
+	"github.com/carehub/carehub/connectors/connector/retry"
 	"github.com/carehub/carehub/internal/logging"
 	"github.com/carehub/carehub/schemas/event"
 	"github.com/carehub/carehub/schemas/fhir"
@@ -148,47 +148,30 @@ func New(cfg Config, env connector.SinkEnv) (*Sink, error) {
 	return &Sink{cfg: cfg, env: env, retry: retry, log: log, now: time.Now}, nil
 }
 
-// Deliver implements connector.Sink: the event is delivered once it is in
-// the feed. Transient failures are retried with capped, jittered backoff.
-func (s *Sink) Deliver(ctx context.Context, d connector.Delivery) (connector.Outcome, error) {
-	var out connector.Outcome
-	for {
-		out.Attempts++
-		n, err := s.env.Feed.Append(ctx, d)
-		if err == nil {
-			s.log.Debug("appended to the feed", zap.String("event_id", d.EventID), zap.Int64("number", n))
-			return out, nil
-		}
-		if _, ok := connector.IsPermanent(err); ok {
-			return out, err
-		}
-		if k := problem.KindOf(err); k == problem.Internal || k == problem.Invalid {
-			return out, connector.Permanent("the feed refused the event: "+problem.Public(err), err)
-		}
-		if s.retry.MaxAttempts > 0 && out.Attempts >= s.retry.MaxAttempts {
-			return out, fmt.Errorf("appending to the feed: gave up after %d attempts: %s", out.Attempts, problem.Public(err))
-		}
-		wait := backoff(s.retry, out.Attempts)
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return out, fmt.Errorf("appending to the feed: %w", ctx.Err())
-		case <-t.C:
-		}
-	}
-}
+// AppendTimeout bounds one append to the feed. A stop of the hub does not
+// cut an append short: this does.
+const AppendTimeout = 30 * time.Second
 
-func backoff(r connector.Retry, attempt int) time.Duration {
-	bound := float64(r.MinBackoff) * math.Pow(2, float64(attempt-1))
-	if bound > float64(r.MaxBackoff) || math.IsInf(bound, 0) {
-		bound = float64(r.MaxBackoff)
-	}
-	span := int64(bound) - int64(r.MinBackoff)
-	if span <= 0 {
-		return r.MinBackoff
-	}
-	return r.MinBackoff + time.Duration(rand.Int64N(span+1))
+// Deliver implements connector.Sink: the event is delivered once it is in
+// the feed. Transient failures are retried with capped, jittered backoff,
+// consent re-checked before each retry (connectors/connector/retry); when
+// ctx ends, an append under way finishes and no other starts.
+func (s *Sink) Deliver(ctx context.Context, d connector.Delivery) (connector.Outcome, error) {
+	loop := retry.Loop{Retry: s.retry, Consent: s.env.Consent, AttemptTimeout: AppendTimeout}
+	n, err := loop.Do(ctx, d, func(ctx context.Context, d connector.Delivery) error {
+		num, err := s.env.Feed.Append(ctx, d)
+		switch {
+		case err == nil:
+			s.log.Debug("appended to the feed", zap.String("event_id", d.EventID), zap.Int64("number", num))
+			return nil
+		case problem.KindOf(err) == problem.Internal || problem.KindOf(err) == problem.Invalid:
+			if _, ok := connector.IsPermanent(err); !ok {
+				return connector.Permanent("the feed refused the event: "+problem.Public(err), err)
+			}
+		}
+		return err
+	})
+	return connector.Outcome{Attempts: n}, err
 }
 
 // dispatchers holds the routes of each mux: feeds share two patterns.

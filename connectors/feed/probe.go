@@ -60,10 +60,20 @@ func NewMemoryFeed() *MemoryFeed {
 	return &MemoryFeed{ids: map[string]int64{}, changed: make(chan struct{}), done: make(chan struct{})}
 }
 
-// Append implements connector.Feed.
-func (f *MemoryFeed) Append(_ context.Context, d connector.Delivery) (int64, error) {
+// Append implements connector.Feed. Like the hub's feed, it gives up when
+// ctx ends: the probe's receiver may hold an append (the conformance suite
+// does, to check that a stop lets an append under way finish).
+func (f *MemoryFeed) Append(ctx context.Context, d connector.Delivery) (int64, error) {
 	if f.behave != nil {
-		switch f.behave() {
+		answered := make(chan connector.Behaviour, 1)
+		go func() { answered <- f.behave() }()
+		var b connector.Behaviour
+		select {
+		case b = <-answered:
+		case <-ctx.Done():
+			return 0, problem.Wrap(problem.Unavailable, "appending to the feed", ctx.Err())
+		}
+		switch b {
 		case connector.Transient:
 			return 0, problem.New(problem.Unavailable, "the feed is unavailable")
 		case connector.Reject:

@@ -10,13 +10,16 @@
 // file or the environment) and/or mutual TLS (a client certificate, and the
 // CA that signed the server's).
 //
-// Retries follow the webhook sink's rules, decided in one function
-// (Retryable): no answer, 408, 429 (Retry-After honoured), 5xx are retried
-// with capped, jittered backoff without end; any other non-2xx is a
-// permanent rejection (connector.Permanent), whose reason names the status
-// and the OperationOutcome's issue codes, and whose OperationOutcome itself
-// travels in connector.Outcome.Answer to the dead letter. Logs carry the
-// method, host and attempts only; never a body or a diagnostics text.
+// Retries and stopping follow the connector contract through the shared
+// HTTP client (connectors/connector/retry), as the webhook's do: no answer,
+// 408, 429 (Retry-After honoured) and 5xx are retried with capped, jittered
+// backoff without end, consent is re-checked before every retry, and a stop
+// lets a request already sent finish (within Config.Timeout) but starts no
+// other. Any other non-2xx is a permanent rejection (connector.Permanent),
+// whose reason names the status and the OperationOutcome's issue codes, and
+// whose OperationOutcome itself travels in connector.Outcome.Answer to the
+// dead letter. Logs carry the method, host and attempts only; never a body
+// or a diagnostics text.
 package fhirout
 
 import (
@@ -27,24 +30,18 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"math"
-	"math/rand/v2"
 	"net/http"
 	"net/url"
 	"os"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/carehub/carehub/connectors/connector"
-	"github.com/carehub/carehub/internal/logging"
+	"github.com/carehub/carehub/connectors/connector/retry"
 	"github.com/carehub/carehub/schemas/event"
 	"github.com/carehub/carehub/schemas/fhir"
 	"github.com/carehub/carehub/schemas/media"
 	"github.com/hashicorp/go-cleanhttp"
-	"github.com/hashicorp/go-retryablehttp"
-	"go.uber.org/zap"
 )
 
 // Type is the connector's type: the key of a recipient's section.
@@ -126,7 +123,7 @@ type Sink struct {
 	endpoint  string // where bundles are POSTed
 	token     string
 	recipient string
-	client    *retryablehttp.Client
+	client    *retry.HTTP
 }
 
 // New validates cfg, reads its certificate files and builds the sink.
@@ -137,9 +134,12 @@ func New(cfg Config, env connector.SinkEnv) (*Sink, error) {
 	if cfg.Mode == "" {
 		cfg.Mode = ModeMessage
 	}
-	retry := env.Retry.WithDefaults()
-	if err := errors.Join(cfg.Validate(), retry.Validate()); err != nil {
+	bounds := env.Retry.WithDefaults()
+	if err := errors.Join(cfg.Validate(), bounds.Validate()); err != nil {
 		return nil, fmt.Errorf("fhir: %w", err)
+	}
+	if env.Consent == nil {
+		return nil, errors.New("fhir: the hub's consent re-check (SinkEnv.Consent) is required")
 	}
 	s := &Sink{cfg: cfg, recipient: env.Recipient, endpoint: strings.TrimRight(cfg.URL, "/")}
 	if cfg.Mode == ModeMessage {
@@ -171,89 +171,14 @@ func New(cfg Config, env connector.SinkEnv) (*Sink, error) {
 		}
 		transport.TLSClientConfig = tc
 	}
-	log := env.Log
-	if log == nil {
-		log = zap.NewNop()
+	client, err := retry.NewHTTP(retry.HTTPConfig{Retry: bounds, Consent: env.Consent, Timeout: cfg.Timeout,
+		Transport: transport, Log: env.Log})
+	if err != nil {
+		return nil, fmt.Errorf("fhir: %w", err)
 	}
-	c := retryablehttp.NewClient()
-	c.HTTPClient = &http.Client{Timeout: cfg.Timeout, Transport: transport,
-		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
-	c.Logger = logging.NewRetryable(log)
-	c.RetryWaitMin, c.RetryWaitMax = retry.MinBackoff, retry.MaxBackoff
-	c.RetryMax = math.MaxInt32
-	if retry.MaxAttempts > 0 {
-		c.RetryMax = retry.MaxAttempts - 1
-	}
-	c.CheckRetry = func(ctx context.Context, resp *http.Response, err error) (bool, error) {
-		if ctx.Err() != nil {
-			return false, ctx.Err()
-		}
-		status := 0
-		if resp != nil {
-			status = resp.StatusCode
-		}
-		return Retryable(status, err), nil
-	}
-	c.Backoff = backoff
-	c.RequestLogHook = func(_ retryablehttp.Logger, r *http.Request, _ int) {
-		if n, ok := r.Context().Value(attemptsKey{}).(*int); ok {
-			*n++
-		}
-	}
-	c.ErrorHandler = retryablehttp.PassthroughErrorHandler // its own error embeds the URL
-	s.client = c
+	s.client = client
 	return s, nil
 }
-
-// Retryable decides, in one place, whether an attempt that ended with this
-// status (0: no response) or error is worth retrying.
-func Retryable(status int, err error) bool {
-	switch {
-	case err != nil:
-		return true // no answer: the server may be down
-	case status >= 200 && status < 300:
-		return false // delivered
-	case status == http.StatusTooManyRequests, status == http.StatusRequestTimeout:
-		return true // asked to slow down, or timed out reading
-	case status >= 500:
-		return true // the server's fault, usually passing
-	default:
-		return false // 3xx (not followed) or 4xx: the server rejects this bundle; a retry cannot help
-	}
-}
-
-func backoff(min, max time.Duration, attempt int, resp *http.Response) time.Duration {
-	if resp != nil && (resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable) {
-		if secs, err := strconv.Atoi(strings.TrimSpace(resp.Header.Get("Retry-After"))); err == nil && secs >= 0 {
-			return max64(min, minDur(time.Duration(secs)*time.Second, max))
-		}
-	}
-	bound := float64(min) * math.Pow(2, float64(attempt))
-	if bound > float64(max) || math.IsInf(bound, 0) {
-		bound = float64(max)
-	}
-	span := int64(bound) - int64(min)
-	if span <= 0 {
-		return min
-	}
-	return min + time.Duration(rand.Int64N(span+1))
-}
-
-func max64(a, b time.Duration) time.Duration {
-	if a > b {
-		return a
-	}
-	return b
-}
-
-func minDur(a, b time.Duration) time.Duration {
-	if a < b {
-		return a
-	}
-	return b
-}
-
-type attemptsKey struct{}
 
 // Deliver implements connector.Sink.
 func (s *Sink) Deliver(ctx context.Context, d connector.Delivery) (connector.Outcome, error) {
@@ -271,41 +196,25 @@ func (s *Sink) Deliver(ctx context.Context, d connector.Delivery) (connector.Out
 	if err != nil {
 		return out, connector.Permanent("the event cannot be rendered as FHIR", err)
 	}
-	attempts := 0
-	req, err := retryablehttp.NewRequestWithContext(context.WithValue(ctx, attemptsKey{}, &attempts), http.MethodPost, s.endpoint, body)
-	if err != nil {
-		return out, connector.Permanent("building the request", err)
-	}
-	req.Header.Set("Content-Type", media.FHIR)
-	req.Header.Set("Accept", media.FHIR)
-	req.Header.Set("User-Agent", "carehub-fhir/1")
-	req.Header.Set("X-Request-ID", d.EventID)
+	h := http.Header{}
+	h.Set("Content-Type", media.FHIR)
+	h.Set("Accept", media.FHIR)
+	h.Set("User-Agent", "carehub-fhir/1")
+	h.Set("X-Request-ID", d.EventID)
 	if s.token != "" {
-		req.Header.Set("Authorization", "Bearer "+s.token)
+		h.Set("Authorization", "Bearer "+s.token)
 	}
-	resp, err := s.client.Do(req)
-	out.Attempts = attempts
-	if err != nil {
-		if ctx.Err() != nil {
-			return out, fmt.Errorf("delivering: %w", ctx.Err())
+	ans, err := s.client.Do(ctx, d, retry.Request{URL: s.endpoint, Header: h, Body: body})
+	out.Attempts, out.Status = ans.Attempts, ans.Status
+	if _, permanent := connector.IsPermanent(err); permanent && ans.Status != 0 {
+		reason := fmt.Sprintf("recipient answered %d", ans.Status)
+		if codes, ok := outcomeCodes(ans.Body); ok {
+			out.Answer = string(bytes.TrimSpace(ans.Body))
+			reason += " with an OperationOutcome (" + codes + ")"
 		}
-		return out, fmt.Errorf("delivering: %s", logging.Class(err))
+		return out, connector.Permanent(reason, nil)
 	}
-	answer, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-	resp.Body.Close()
-	out.Status = resp.StatusCode
-	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
-		return out, nil
-	}
-	if Retryable(resp.StatusCode, nil) {
-		return out, fmt.Errorf("delivering: gave up after %d attempts, last status %d", attempts, resp.StatusCode)
-	}
-	reason := fmt.Sprintf("recipient answered %d", resp.StatusCode)
-	if codes, ok := outcomeCodes(answer); ok {
-		out.Answer = string(bytes.TrimSpace(answer))
-		reason += " with an OperationOutcome (" + codes + ")"
-	}
-	return out, connector.Permanent(reason, nil)
+	return out, err
 }
 
 // outcomeCodes reads an OperationOutcome's issue severities and codes (value

@@ -463,22 +463,86 @@ func TestDeliverCancel(t *testing.T) {
 		})
 		checkCancel(t, s, logs, answered)
 	})
-	t.Run("during a request", func(t *testing.T) {
-		rc := newRecipient(t, func(n int, w http.ResponseWriter, r *http.Request) {
-			if n == 1 {
-				w.WriteHeader(503)
-				return
+}
+
+// TestDeliverStopLetsTheAttemptFinish pins a duplicate POST: the hub's
+// drain cancelled Deliver's context while a POST was in flight; the
+// recipient had already read the event, the request was cancelled, the copy
+// was not committed, and after the restart it was POSTed again (the same
+// webhook-id twice, e2e TestRetriedPostPublishesOnce). A stop now lets the
+// attempt on the wire finish and counts its answer; it starts no other.
+func TestDeliverStopLetsTheAttemptFinish(t *testing.T) {
+	for _, tt := range []struct {
+		name   string
+		answer int
+	}{
+		{"accepted after the stop: delivered", 204},
+		{"failed after the stop: not retried", 503},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			release := make(chan struct{})
+			rc := newRecipient(t, func(n int, w http.ResponseWriter, r *http.Request) {
+				if n == 1 {
+					w.WriteHeader(503)
+					return
+				}
+				select {
+				case <-release:
+				case <-r.Context().Done(): // the client gave up on the request
+					return
+				}
+				w.WriteHeader(tt.answer)
+			})
+			s, logs := newSink(t, rc.url(), func(c *webhook.Config, r *connector.Retry) { c.Timeout = time.Minute })
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			type result struct {
+				out connector.Outcome
+				err error
 			}
-			<-r.Context().Done() // hang until the client gives up
+			done := make(chan result, 1)
+			go func() {
+				out, err := s.Deliver(ctx, delivery)
+				done <- result{out, err}
+			}()
+			waitArrivals(t, rc, 2) // the second attempt is on the wire, held
+			cancel()
+			// A sink that aborts its request returns now; give it a
+			// bounded chance to show itself before the recipient answers.
+			select {
+			case r := <-done:
+				close(release)
+				t.Fatalf("Deliver returned (%+v, %v) while its attempt was on the wire: the stop aborted it", r.out, r.err)
+			case <-time.After(300 * time.Millisecond):
+			}
+			close(release)
+			var r result
+			select {
+			case r = <-done:
+			case <-time.After(10 * time.Second):
+				t.Fatal("Deliver did not return once the recipient answered")
+			}
+			if r.out.Attempts != 2 || r.out.Status != tt.answer {
+				t.Errorf("Deliver outcome:\n\tgot  %+v\n\twant 2 attempts, status %d", r.out, tt.answer)
+			}
+			if tt.answer == 204 {
+				if r.err != nil {
+					t.Errorf("Deliver: %v; want delivered: the recipient accepted the attempt", r.err)
+				}
+			} else {
+				if !errors.Is(r.err, context.Canceled) {
+					t.Errorf("Deliver:\n\tgot  %v\n\twant an error wrapping context.Canceled", r.err)
+				}
+				if _, perm := connector.IsPermanent(r.err); perm {
+					t.Errorf("Deliver: the error %v is permanent", r.err)
+				}
+			}
+			if n := len(rc.received()); n != 2 {
+				t.Errorf("requests received:\n\tgot  %d\n\twant 2 (none after the stop)", n)
+			}
+			assertNoLeak(t, r.err, logs)
 		})
-		s, logs := newSink(t, rc.url(), func(c *webhook.Config, r *connector.Retry) { c.Timeout = time.Minute })
-		inFlight := make(chan struct{})
-		go func() {
-			waitArrivals(t, rc, 2)
-			close(inFlight)
-		}()
-		checkCancel(t, s, logs, inFlight)
-	})
+	}
 }
 
 // checkCancel starts a delivery, cancels its context once ready is closed,

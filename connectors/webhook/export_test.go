@@ -10,5 +10,5 @@ func SetNow(s *Sink, now func() time.Time) { s.now = now }
 
 // WrapTransport wraps the sink's HTTP transport, so tests can watch attempts.
 func WrapTransport(s *Sink, wrap func(http.RoundTripper) http.RoundTripper) {
-	s.client.HTTPClient.Transport = wrap(s.client.HTTPClient.Transport)
+	s.client.WrapTransport(wrap)
 }

@@ -23,10 +23,15 @@
 //
 //	echo "whsec_$(openssl rand -base64 32)"
 //
-// Retries: whether an answer is worth retrying is decided in one function,
-// Retryable. Transient failures are retried with capped, jittered
-// exponential backoff (honouring Retry-After) without end, until the context
-// ends; a permanent rejection is returned as connector.Permanent.
+// Retries and stopping follow the connector contract through the shared
+// HTTP client (connectors/connector/retry): no answer, 408, 429 and 5xx are
+// retried with capped, jittered exponential backoff (honouring Retry-After)
+// without end; any other answer but 2xx is a permanent rejection
+// (connector.Permanent), redirects included (they are not followed). Each
+// attempt is signed afresh. When the hub stops, a POST already sent is let
+// finish (within Config.Timeout) and its answer counts; no further attempt
+// starts, and the event is delivered again after the restart, with the same
+// webhook-id.
 //
 // Consent: before every retry the sink asks the hub (SinkEnv.Consent)
 // whether the patient's directives still permit the copy. A copy now
@@ -37,7 +42,6 @@
 package webhook
 
 import (
-	"bytes"
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
@@ -45,8 +49,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math"
-	"math/rand/v2"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -54,12 +56,9 @@ import (
 	"time"
 
 	"github.com/carehub/carehub/connectors/connector"
-	"github.com/carehub/carehub/internal/logging"
+	"github.com/carehub/carehub/connectors/connector/retry"
 	"github.com/carehub/carehub/schemas/event"
 	"github.com/carehub/carehub/schemas/media"
-	"github.com/hashicorp/go-cleanhttp"
-	"github.com/hashicorp/go-retryablehttp"
-	"go.uber.org/zap"
 )
 
 // Header names.
@@ -127,11 +126,10 @@ func (c *Config) Validate() error {
 
 // Sink delivers to one webhook endpoint.
 type Sink struct {
-	url     string
-	secret  []byte
-	client  *retryablehttp.Client
-	consent connector.Consent
-	now     func() time.Time
+	url    string
+	secret []byte
+	client *retry.HTTP
+	now    func() time.Time
 }
 
 // New validates cfg and the hub's retry bounds and builds the sink.
@@ -140,8 +138,8 @@ func New(cfg Config, env connector.SinkEnv) (*Sink, error) {
 	if cfg.Timeout == 0 {
 		cfg.Timeout = DefaultTimeout
 	}
-	retry := env.Retry.WithDefaults()
-	if err := errors.Join(cfg.Validate(), retry.Validate()); err != nil {
+	bounds := env.Retry.WithDefaults()
+	if err := errors.Join(cfg.Validate(), bounds.Validate()); err != nil {
 		return nil, fmt.Errorf("webhook: %w", err)
 	}
 	if env.Consent == nil {
@@ -149,190 +147,35 @@ func New(cfg Config, env connector.SinkEnv) (*Sink, error) {
 	}
 	raw, _ := cfg.Secret.Reveal()
 	secret, _ := DecodeSecret(raw)
-	log := env.Log
-	if log == nil {
-		log = zap.NewNop()
+	client, err := retry.NewHTTP(retry.HTTPConfig{Retry: bounds, Consent: env.Consent, Timeout: cfg.Timeout, Log: env.Log})
+	if err != nil {
+		return nil, fmt.Errorf("webhook: %w", err)
 	}
-	s := &Sink{url: cfg.URL, secret: secret, consent: env.Consent, now: time.Now}
-	c := retryablehttp.NewClient()
-	c.HTTPClient = &http.Client{
-		Timeout:   cfg.Timeout,
-		Transport: cleanhttp.DefaultPooledTransport(),
-		// Redirects are not followed (see Retryable): the 3xx is the answer.
-		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-	}
-	c.Logger = logging.NewRetryable(log)
-	c.RetryWaitMin = retry.MinBackoff
-	c.RetryWaitMax = retry.MaxBackoff
-	c.RetryMax = math.MaxInt32
-	if retry.MaxAttempts > 0 {
-		c.RetryMax = retry.MaxAttempts - 1
-	}
-	c.CheckRetry = func(ctx context.Context, resp *http.Response, err error) (bool, error) {
-		if ctx.Err() != nil {
-			return false, ctx.Err()
-		}
-		status := 0
-		if resp != nil {
-			status = resp.StatusCode
-		}
-		return Retryable(status, err), nil
-	}
-	c.Backoff = Backoff
-	c.RequestLogHook = func(_ retryablehttp.Logger, r *http.Request, _ int) {
-		if n, ok := r.Context().Value(attemptsKey{}).(*int); ok {
-			*n++ // called on Deliver's goroutine, once before each attempt
-		}
-	}
-	// Return the last response or error as is: retryablehttp's own
-	// "giving up" error embeds the URL.
-	c.ErrorHandler = retryablehttp.PassthroughErrorHandler
-	c.PrepareRetry = func(req *http.Request) error {
-		// Consent holds until the moment of delivery: ask again before
-		// every retry.
-		if d, ok := req.Context().Value(deliveryKey{}).(connector.Delivery); ok {
-			v, err := s.consent.Recheck(req.Context(), d)
-			switch {
-			case err != nil:
-				return fmt.Errorf("re-checking consent: %w", err)
-			case !v.Permit:
-				return connector.Withheld(v.Rule)
-			case !bytes.Equal(v.Body, d.Body):
-				return connector.ErrConsentChanged
-			}
-		}
-		// Re-sign each attempt: receivers reject stale timestamps.
-		body, err := req.GetBody()
-		if err != nil {
-			return err
-		}
-		b, err := io.ReadAll(body)
-		if err != nil {
-			return err
-		}
-		s.sign(req.Header, req.Header.Get(HeaderID), b)
-		return nil
-	}
-	s.client = c
-	return s, nil
-}
-
-// Retryable decides, in one place, whether a delivery attempt that ended
-// with this status (0 when there was no response) or error is worth retrying.
-func Retryable(status int, err error) bool {
-	switch {
-	case err != nil:
-		// No answer: connection refused or reset, DNS, timeout. The
-		// recipient may be down; its outbox keeps the backlog.
-		return true
-	case status >= 200 && status < 300:
-		return false // delivered
-	case status == http.StatusTooManyRequests:
-		return true // asked to slow down (Retry-After honoured by Backoff)
-	case status == http.StatusRequestTimeout:
-		return true // the receiver timed out reading: the request may succeed
-	case status >= 500:
-		return true // the receiver's fault, usually passing
-	case status >= 300 && status < 400:
-		return false // redirects are not followed for signed deliveries: a configuration error
-	default:
-		return false // any other 4xx: the receiver rejects this event; a retry cannot help
-	}
-}
-
-// Backoff is capped exponential backoff with full jitter between min and
-// the exponential bound; Retry-After on a 429 or 503 is honoured, capped at max.
-func Backoff(min, max time.Duration, attempt int, resp *http.Response) time.Duration {
-	if resp != nil && (resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable) {
-		if s := resp.Header.Get("Retry-After"); s != "" {
-			if secs, err := strconv.Atoi(strings.TrimSpace(s)); err == nil && secs >= 0 {
-				return clamp(time.Duration(secs)*time.Second, min, max)
-			}
-			if t, err := http.ParseTime(s); err == nil {
-				return clamp(time.Until(t), min, max)
-			}
-		}
-	}
-	bound := float64(min) * math.Pow(2, float64(attempt))
-	if bound > float64(max) || math.IsInf(bound, 0) || math.IsNaN(bound) {
-		bound = float64(max)
-	}
-	span := int64(bound) - int64(min)
-	if span <= 0 {
-		return min
-	}
-	return min + time.Duration(rand.Int64N(span+1))
-}
-
-func clamp(d, min, max time.Duration) time.Duration {
-	if d < min {
-		return min
-	}
-	if d > max {
-		return max
-	}
-	return d
+	return &Sink{url: cfg.URL, secret: secret, client: client, now: time.Now}, nil
 }
 
 // Deliver implements connector.Sink.
 func (s *Sink) Deliver(ctx context.Context, d connector.Delivery) (connector.Outcome, error) {
-	var out connector.Outcome
-	attempts := 0
-	rctx := context.WithValue(context.WithValue(ctx, attemptsKey{}, &attempts), deliveryKey{}, d)
-	req, err := retryablehttp.NewRequestWithContext(rctx, http.MethodPost, s.url, d.Body)
-	if err != nil {
-		return out, connector.Permanent("building request", err)
-	}
 	id := d.DeliveryID()
-	req.Header.Set("Content-Type", media.CloudEvent)
-	req.Header.Set(HeaderIdempotent, id)
-	req.Header.Set(HeaderID, id)
-	req.Header.Set(HeaderSpecVersion, event.SpecVersion)
-	req.Header.Set(HeaderEventID, event.EncodeHeaderValue(d.EventID))
-	req.Header.Set(HeaderSource, event.EncodeHeaderValue(d.EventSource))
-	req.Header.Set(HeaderType, event.EncodeHeaderValue(d.EventType))
+	h := http.Header{}
+	h.Set("Content-Type", media.CloudEvent)
+	h.Set(HeaderIdempotent, id)
+	h.Set(HeaderID, id)
+	h.Set(HeaderSpecVersion, event.SpecVersion)
+	h.Set(HeaderEventID, event.EncodeHeaderValue(d.EventID))
+	h.Set(HeaderSource, event.EncodeHeaderValue(d.EventSource))
+	h.Set(HeaderType, event.EncodeHeaderValue(d.EventType))
 	if d.PatientRef != "" {
-		req.Header.Set(HeaderPatient, d.PatientRef)
+		h.Set(HeaderPatient, d.PatientRef)
 	}
-	req.Header.Set(HeaderEventType, d.EventType)
-	req.Header.Set(HeaderRecipient, d.Recipient)
-	req.Header.Set("User-Agent", "carehub-webhook/1")
-	s.sign(req.Header, id, d.Body)
-	resp, err := s.client.Do(req)
-	out.Attempts = attempts
-	if err != nil {
-		if resp != nil {
-			resp.Body.Close()
-		}
-		if _, ok := connector.IsWithheld(err); ok {
-			return out, err
-		}
-		if errors.Is(err, connector.ErrConsentChanged) {
-			return out, err
-		}
-		if ctx.Err() != nil {
-			return out, fmt.Errorf("delivering: %w", ctx.Err())
-		}
-		return out, fmt.Errorf("delivering: %s", logging.Class(err))
-	}
-	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
-	resp.Body.Close()
-	out.Status = resp.StatusCode
-	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
-		return out, nil
-	}
-	if Retryable(resp.StatusCode, nil) {
-		// Only reached when MaxAttempts bounds the retries.
-		return out, fmt.Errorf("delivering: gave up after %d attempts, last status %d", attempts, resp.StatusCode)
-	}
-	return out, connector.Permanent(fmt.Sprintf("recipient answered %d", resp.StatusCode), nil)
+	h.Set(HeaderEventType, d.EventType)
+	h.Set(HeaderRecipient, d.Recipient)
+	h.Set("User-Agent", "carehub-webhook/1")
+	ans, err := s.client.Do(ctx, d, retry.Request{URL: s.url, Header: h, Body: d.Body,
+		// Each attempt is signed afresh: receivers reject stale timestamps.
+		Sign: func(h http.Header, body []byte) { s.sign(h, id, body) }})
+	return connector.Outcome{Attempts: ans.Attempts, Status: ans.Status}, err
 }
-
-// attemptsKey is the context key of Deliver's attempt counter.
-type attemptsKey struct{}
-
-// deliveryKey is the context key of the Delivery being sent.
-type deliveryKey struct{}
 
 // SecretPrefix starts every secret in the Standard Webhooks form.
 const SecretPrefix = "whsec_"

@@ -35,13 +35,23 @@ type Disclosure struct {
 	DirectiveVersions []audit.DirectiveVersion `json:"directiveVersions,omitempty"`
 	DecidedAt         time.Time                `json:"decidedAt"`
 	// Outcome: delivered, withheld (by the re-check at the moment of
-	// delivery), dead-lettered, or empty while pending.
+	// delivery), dead-lettered; sending while the copy is being handed
+	// over (or when the hub stopped before it could record the outcome:
+	// the recipient may have it); empty while pending. Once delivered, a
+	// line stays delivered: a later redelivery of the same copy that ends
+	// otherwise (withheld, rejected as a duplicate) does not undo a
+	// disclosure.
 	Outcome     string    `json:"outcome,omitempty"`
 	OutcomeAt   time.Time `json:"outcomeAt,omitzero"`
 	OutcomeNote string    `json:"outcomeReason,omitempty"`
 	// OutcomeRule is the rule of a withholding at delivery.
 	OutcomeRule string `json:"outcomeRule,omitempty"`
-	Withheld    bool   `json:"withheld"`
+	// SentAt is when the copy was first handed to the recipient's
+	// connector (its first sending record). A line with SentAt may have
+	// reached the recipient whatever its outcome says: a copy withheld
+	// after a first attempt that timed out, say.
+	SentAt   time.Time `json:"sentAt,omitzero"`
+	Withheld bool      `json:"withheld"`
 	// Patient is the pseudonym of the number the event was about (one of
 	// the patient's numbers, after a merge).
 	Patient      string `json:"patient,omitempty"`
@@ -211,20 +221,33 @@ func Histories(recs []audit.Record) History {
 					i, ok = lines[0], true
 				}
 			}
-			if ok {
-				d := &h.Disclosures[i]
-				d.Outcome, d.OutcomeAt, d.OutcomeNote = r.Outcome, r.Time, r.Reason
-				if r.Form != "" {
-					d.Form = r.Form
+			if !ok {
+				break
+			}
+			d := &h.Disclosures[i]
+			switch {
+			case r.Outcome == audit.Sending:
+				if d.SentAt.IsZero() {
+					d.SentAt = r.Time
 				}
-				if r.Outcome == audit.Withheld {
-					d.Withheld, d.OutcomeRule = true, r.Rule
-					if r.Directive != "" {
-						d.Directive = r.Directive
-					}
-					if len(r.DirectiveVersions) > 0 {
-						d.DirectiveVersions = r.DirectiveVersions
-					}
+				if d.Outcome == "" {
+					d.Outcome, d.OutcomeAt = r.Outcome, r.Time
+				}
+				continue
+			case d.Outcome == audit.Delivered:
+				continue // a disclosure is not undone by a later redelivery's outcome
+			}
+			d.Outcome, d.OutcomeAt, d.OutcomeNote = r.Outcome, r.Time, r.Reason
+			if r.Form != "" {
+				d.Form = r.Form
+			}
+			if r.Outcome == audit.Withheld {
+				d.Withheld, d.OutcomeRule = true, r.Rule
+				if r.Directive != "" {
+					d.Directive = r.Directive
+				}
+				if len(r.DirectiveVersions) > 0 {
+					d.DirectiveVersions = r.DirectiveVersions
 				}
 			}
 		case audit.KindConsentChange:

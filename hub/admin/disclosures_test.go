@@ -72,3 +72,47 @@ func TestReportTellsPublishersApart(t *testing.T) {
 		t.Errorf("Report (-want +got):\n%s", diff)
 	}
 }
+
+// TestReportSendingRecords: a sending record (written before a copy is
+// handed to a push recipient) marks the line as possibly disclosed: it
+// shows while no outcome follows (the hub stopped before it could write
+// one), it is kept as SentAt when a withholding follows, and a delivery,
+// once recorded, is not undone by a later redelivery's outcome.
+func TestReportSendingRecords(t *testing.T) {
+	t0 := time.Date(2026, 11, 24, 10, 0, 0, 0, time.UTC)
+	at := func(s int) time.Time { return t0.Add(time.Duration(s) * time.Second) }
+	permit := func(id string) audit.Record {
+		return audit.Record{Time: t0, Kind: audit.KindDecision, Publisher: "RX1", EventID: id, Recipient: "A81001", Effect: "permit", Rule: "relationship-confirmed"}
+	}
+	delivery := func(s int, id, outcome string) audit.Record {
+		return audit.Record{Time: at(s), Kind: audit.KindDelivery, Publisher: "RX1", EventID: id, Recipient: "A81001", Outcome: outcome, Rule: "r"}
+	}
+	recs := []audit.Record{
+		permit("sent"), delivery(1, "sent", audit.Sending), delivery(2, "sent", audit.Delivered),
+		permit("unknown"), delivery(1, "unknown", audit.Sending),
+		permit("withheld"), delivery(1, "withheld", audit.Sending), delivery(5, "withheld", audit.Sending), delivery(6, "withheld", audit.Withheld),
+		permit("again"), delivery(1, "again", audit.Sending), delivery(2, "again", audit.Delivered),
+		delivery(7, "again", audit.Sending), delivery(8, "again", audit.Withheld), delivery(9, "again", audit.DeadLettered),
+		permit("pending"),
+	}
+	type line struct {
+		Event, Outcome string
+		OutcomeAt      time.Time
+		SentAt         time.Time
+		Withheld       bool
+	}
+	var got []line
+	for _, d := range Report(recs) {
+		got = append(got, line{d.EventID, d.Outcome, d.OutcomeAt, d.SentAt, d.Withheld})
+	}
+	want := []line{
+		{"sent", audit.Delivered, at(2), at(1), false},
+		{"unknown", audit.Sending, at(1), at(1), false},
+		{"withheld", audit.Withheld, at(6), at(1), true},
+		{"again", audit.Delivered, at(2), at(1), false},
+		{"pending", "", time.Time{}, time.Time{}, false},
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("Report (-want +got):\n%s", diff)
+	}
+}

@@ -1,8 +1,9 @@
 // Package audit defines the records carehub writes to the carehub.audit
 // topic: one per routing decision (permit or deny, the rule that decided,
 // the form of the copy and the version of the patient's directives that
-// decided), one per delivery outcome (delivered, withheld at the moment of
-// delivery, dead-lettered), one per consent change (who, when, before and
+// decided), one before each handover to a push recipient (sending) and one
+// per delivery outcome (delivered, withheld at the moment of delivery,
+// dead-lettered), one per consent change (who, when, before and
 // after), one per look at a patient's record through the admin API (who
 // and what), and one per accepted event with a flag (an event time older
 // than the deployment's bound). Records are keyed by the patient's keyed
@@ -29,6 +30,13 @@ const (
 
 // Delivery outcomes.
 const (
+	// Sending: written, durably, before a copy is handed to a push
+	// recipient's connector; from then on it may reach the recipient. The
+	// outcome record follows; a sending record without one (the hub
+	// stopped or crashed before it could write the outcome) means the
+	// recipient may have the copy. A pull feed writes none: its reads are
+	// audited before they are answered.
+	Sending      = "sending"
 	Delivered    = "delivered"
 	DeadLettered = "dead-lettered"
 	// Withheld: the copy was routed, but the patient's directives at the

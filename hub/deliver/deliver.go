@@ -11,6 +11,39 @@
 // later in the same order. A recipient that is down delays only its own
 // outbox: each recipient has its own consumer group and goroutines.
 //
+// # Delivery and its audit are separate steps
+//
+// Once a recipient has accepted a copy, nothing sends it again for the
+// sake of a record: a write that fails after the handover (the outcome's
+// audit record, a dead letter) is retried in process, with capped backoff
+// (WriteRetryMin to WriteRetryMax), until it succeeds, while the outbox
+// waits behind it. Logs say which record, the event id, the attempt and
+// the error's class, never a payload.
+//
+// The audit trail never holds less than what was disclosed. Before a copy
+// is handed to a push recipient's sink, a delivery record with outcome
+// "sending" is written (write ahead: it is durable before the first byte
+// can leave), and the outcome record follows. If the hub stops, or
+// crashes, after the handover and before the outcome is written, the
+// sending record stands: the copy may have reached the recipient, and the
+// trail says so. The copy is then not committed and is delivered again
+// after the restart (the recipient drops the duplicate by its delivery id,
+// the webhook-id), and its outcome is written then; if the patient's
+// directives withhold it by then, the withheld record follows the sending
+// record, and the disclosure report shows both. A sending record costs one
+// more write per handover; a hub that cannot write it sends nothing (the
+// copy waits, as for a consent store that cannot answer). A pull feed's
+// append discloses nothing (its reads are audited before they are
+// answered): it writes no sending record.
+//
+// # Stopping
+//
+// The deliverer's stop context (and the copy's own, which ends when its
+// partition stops) ends the sink's Deliver context, with the meaning the
+// connector contract gives it: an attempt under way finishes and counts,
+// none starts after. A copy delivered during the stop is audited and
+// committed like any other.
+//
 // # The re-check
 //
 // Gate is the hub's connector.Consent. Just before a copy is handed to the
@@ -35,6 +68,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/carehub/carehub/connectors/connector"
+	"github.com/carehub/carehub/connectors/connector/retry"
 	"github.com/carehub/carehub/consent"
 	"github.com/carehub/carehub/hub/audit"
 	"github.com/carehub/carehub/hub/route"
@@ -112,18 +146,33 @@ type Deliverer struct {
 	gate      *Gate
 	pub       message.Publisher
 	log       *zap.Logger
-	stop      context.Context // ends in-flight retries when the hub stops
+	stop      context.Context // stops in-flight deliveries when the hub stops (see connector.Sink)
 	now       func() time.Time
+	// push: the sink hands copies to the recipient when it delivers them
+	// (not a pull feed, whose reads are audited as they are served): a
+	// sending record precedes every handover.
+	push bool
+	// writeRetry paces the retries of a record write (audit, dead letter).
+	writeRetry connector.Retry
 }
 
-// New builds a Deliverer. stop ends in-flight deliveries (they are then
-// redelivered after restart).
+// Bounds of the retries of a record write.
+const (
+	WriteRetryMin = 100 * time.Millisecond
+	WriteRetryMax = 5 * time.Second
+)
+
+// New builds a Deliverer. The end of stop stops in-flight deliveries: an
+// attempt under way finishes, none starts after, and a copy not delivered
+// is redelivered after restart.
 func New(stop context.Context, recipient string, sink connector.Sink, gate *Gate, pub message.Publisher, log *zap.Logger) (*Deliverer, error) {
 	if recipient == "" || sink == nil || gate == nil || pub == nil || log == nil || stop == nil {
 		return nil, errors.New("deliver: recipient, sink, gate, publisher, logger and stop context are required")
 	}
+	_, pull := sink.(connector.HTTPSink)
 	return &Deliverer{recipient: recipient, sink: sink, gate: gate, pub: pub, stop: stop,
-		log: log.With(zap.String("recipient", recipient)), now: time.Now}, nil
+		log: log.With(zap.String("recipient", recipient)), now: time.Now, push: !pull,
+		writeRetry: connector.Retry{MinBackoff: WriteRetryMin, MaxBackoff: WriteRetryMax}}, nil
 }
 
 // maxReshapes bounds how often one copy is prepared again because its
@@ -178,17 +227,39 @@ func (d *Deliverer) Handle(msg *message.Message) error {
 		}
 		rec.DirectiveVersions = versions
 		if !v.Permit {
-			return d.withheld(rec, v.Rule, v.Directive)
+			return d.withheld(ctx, rec, v.Rule, v.Directive)
 		}
 		send := dl
 		send.Body, send.Form = v.Body, v.Form
+		if ctx.Err() != nil {
+			return problem.Wrap(problem.Unavailable, "delivery postponed: the hub is stopping", ctx.Err())
+		}
+		if d.push {
+			// Write ahead: from the first attempt on, the copy may reach
+			// the recipient, so the audit trail says so before it can.
+			sending := rec
+			sending.Time, sending.Outcome, sending.Form = d.now().UTC(), audit.Sending, send.Form
+			if err := d.writeAudit(ctx, sending); err != nil {
+				return err // nothing sent: the copy is redelivered
+			}
+		}
+		// A stop while the sink delivers lets the attempt under way finish
+		// (connector.Sink): say why the drain waits.
+		stopping := context.AfterFunc(ctx, func() {
+			d.log.Info("stopping: letting the delivery attempt under way finish", zap.String("event_id", dl.EventID))
+		})
 		out, err := d.sink.Deliver(ctx, send)
+		stopping()
 		rec.Time, rec.Status, rec.Attempts, rec.Form = d.now().UTC(), out.Status, out.Attempts, send.Form
 		if err == nil {
 			rec.Outcome = audit.Delivered
 			d.log.Info("delivered", zap.String("event_id", dl.EventID), zap.String("event_type", dl.EventType),
 				zap.String("form", send.Form), zap.Int("attempts", out.Attempts), zap.Int("status", out.Status))
-			return d.publishAudit(rec)
+			// The recipient has it: whatever happens now, it is not sent
+			// again for the audit's sake. The write is retried until it
+			// succeeds or the hub stops (then the sending record stands,
+			// and the copy is redelivered after restart).
+			return d.writeAudit(ctx, rec)
 		}
 		if rule, ok := connector.IsWithheld(err); ok {
 			// The sink's re-check withheld it between attempts: name the
@@ -197,7 +268,7 @@ func (d *Deliverer) Handle(msg *message.Message) error {
 			if again, versions, err := d.gate.recheck(ctx, dl); err == nil && !again.Permit && again.Rule == rule {
 				directive, rec.DirectiveVersions = again.Directive, versions
 			}
-			return d.withheld(rec, rule, directive)
+			return d.withheld(ctx, rec, rule, directive)
 		}
 		if errors.Is(err, connector.ErrConsentChanged) && reshapes < maxReshapes {
 			continue
@@ -208,18 +279,18 @@ func (d *Deliverer) Handle(msg *message.Message) error {
 				zap.Int("attempts", out.Attempts), logging.Err(err))
 			return problem.Wrap(problem.Unavailable, "delivery postponed", err)
 		}
-		return d.deadLetter(rec, send, reason, out)
+		return d.deadLetter(ctx, rec, send, reason, out)
 	}
 }
 
 // withheld audits a copy the re-check withheld: it was not sent.
-func (d *Deliverer) withheld(rec audit.Record, rule, directive string) error {
+func (d *Deliverer) withheld(ctx context.Context, rec audit.Record, rule, directive string) error {
 	rec.Time, rec.Outcome, rec.Rule, rec.Directive, rec.Effect = d.now().UTC(), audit.Withheld, rule, directive, string(consent.Deny)
 	d.log.Info("withheld at delivery", zap.String("event_id", rec.EventID), zap.String("rule", rule))
-	return d.publishAudit(rec)
+	return d.writeAudit(ctx, rec)
 }
 
-func (d *Deliverer) deadLetter(rec audit.Record, sent connector.Delivery, reason string, out connector.Outcome) error {
+func (d *Deliverer) deadLetter(ctx context.Context, rec audit.Record, sent connector.Delivery, reason string, out connector.Outcome) error {
 	rec.Outcome, rec.Reason = audit.DeadLettered, reason
 	dead := audit.DeadLetter{
 		Time: rec.Time, Recipient: d.recipient, EventID: sent.EventID, EventType: sent.EventType,
@@ -237,19 +308,52 @@ func (d *Deliverer) deadLetter(rec audit.Record, sent connector.Delivery, reason
 	dm.Metadata.Set(topic.MetaKey, d.recipient)
 	dm.Metadata.Set(topic.MetaEventID, sent.EventID)
 	dm.Metadata.Set(topic.MetaRecipient, d.recipient)
-	if err := d.pub.Publish(topic.DLQ, dm); err != nil {
-		return problem.Wrap(problem.Unavailable, "publishing a dead letter", err)
+	if err := d.write(ctx, topic.DLQ, "dead letter", sent.EventID, dm); err != nil {
+		return err
 	}
 	d.log.Warn("dead-lettered", zap.String("event_id", sent.EventID), zap.String("reason", reason), zap.Int("status", out.Status))
-	return d.publishAudit(rec)
+	return d.writeAudit(ctx, rec)
 }
 
-func (d *Deliverer) publishAudit(rec audit.Record) error {
+// writeAudit writes rec to carehub.audit (see write).
+func (d *Deliverer) writeAudit(ctx context.Context, rec audit.Record) error {
 	m := message.NewMessage(watermill.NewUUID(), rec.Marshal())
 	m.Metadata.Set(topic.MetaKey, rec.Patient)
 	m.Metadata.Set(topic.MetaEventID, rec.EventID)
-	if err := d.pub.Publish(topic.Audit, m); err != nil {
-		return problem.Wrap(problem.Unavailable, "publishing an audit record", err)
+	return d.write(ctx, topic.Audit, "audit record ("+rec.Outcome+")", rec.EventID, m)
+}
+
+// write publishes m to topic, retrying in process with capped backoff until
+// it succeeds or ctx ends (the hub stops; it is tried once even then): a
+// record that cannot be written never sends a copy to its recipient again.
+// On a stop it returns an error, and the copy is redelivered after restart.
+// Logs name the record, the event id, the attempt and the error's class.
+func (d *Deliverer) write(ctx context.Context, topic, what, eventID string, m *message.Message) error {
+	for n := 1; ; n++ {
+		err := d.pub.Publish(topic, m)
+		if err == nil {
+			if n > 1 {
+				d.log.Info("written after retries", zap.String("record", what), zap.String("event_id", eventID), zap.Int("attempts", n))
+			}
+			return nil
+		}
+		stopped := func() error {
+			d.log.Warn("writing failed; the hub is stopping: the copy will be delivered again after restart",
+				zap.String("record", what), zap.String("event_id", eventID), zap.Int("attempt", n), logging.Err(err))
+			return problem.Wrap(problem.Unavailable, "writing the "+what+" (the hub stopped first)", err)
+		}
+		if ctx.Err() != nil {
+			return stopped()
+		}
+		wait := retry.Delay(d.writeRetry, n)
+		d.log.Warn("writing failed; retrying", zap.String("record", what), zap.String("event_id", eventID),
+			zap.Int("attempt", n), zap.Duration("wait", wait), logging.Err(err))
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return stopped()
+		case <-t.C:
+		}
 	}
-	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"net/http"
 	"strings"
 	"sync"
 	"testing"
@@ -15,21 +16,34 @@ import (
 	"github.com/carehub/carehub/hub/audit"
 	"github.com/carehub/carehub/hub/route"
 	"github.com/carehub/carehub/hub/topic"
+	"github.com/carehub/carehub/schemas/problem"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 )
 
+// pub is a message.Publisher that keeps what it is given; fail, when set,
+// decides per message whether a publish fails (a broker away, a full disk).
 type pub struct {
-	mu   sync.Mutex
-	sent map[string][]*message.Message
-	err  error
+	mu    sync.Mutex
+	sent  map[string][]*message.Message
+	err   error
+	fail  func(topic string, m *message.Message) error
+	tries int
 }
 
 func (p *pub) Publish(t string, msgs ...*message.Message) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.tries++
 	if p.err != nil {
 		return p.err
+	}
+	if p.fail != nil {
+		for _, m := range msgs {
+			if err := p.fail(t, m); err != nil {
+				return err
+			}
+		}
 	}
 	if p.sent == nil {
 		p.sent = map[string][]*message.Message{}
@@ -123,13 +137,21 @@ func TestHandleOutcomes(t *testing.T) {
 				}
 			}
 			recs := p.sent[topic.Audit]
+			if len(recs) == 0 {
+				t.Fatalf("no audit record: want a sending record before the sink is called")
+			}
+			if rec, _ := audit.Unmarshal(recs[0].Payload); rec.Outcome != audit.Sending || rec.EventID != "ev-1" || rec.Patient != "p1_test" ||
+				rec.Recipient != "A81001" || rec.Form != "full" || rec.Kind != audit.KindDelivery {
+				t.Errorf("the first audit record:\n\tgot  %+v\n\twant a sending record of ev-1 to A81001", rec)
+			}
+			recs = recs[1:]
 			if tc.wantAudit == "" {
 				if len(recs) != 0 {
-					t.Errorf("audited %d records for an undelivered event; want none until it is delivered", len(recs))
+					t.Errorf("audited %d outcomes for an undelivered event; want none until it is delivered", len(recs))
 				}
 			} else {
 				if len(recs) != 1 {
-					t.Fatalf("audit records: got %d, want 1", len(recs))
+					t.Fatalf("audit records after the sending record: got %d, want 1", len(recs))
 				}
 				rec, _ := audit.Unmarshal(recs[0].Payload)
 				if rec.Outcome != tc.wantAudit || rec.Status != tc.wantStatus || rec.Patient != "p1_test" || rec.Basis != "registered-gp" ||
@@ -169,16 +191,6 @@ func TestStopEndsInFlightRetries(t *testing.T) {
 	}
 }
 
-func TestPublishFailureIsRetried(t *testing.T) {
-	sink := connector.SinkFunc(func(context.Context, connector.Delivery) (connector.Outcome, error) {
-		return connector.Outcome{Status: 400}, connector.Permanent("recipient answered 400", nil)
-	})
-	d, _ := New(context.Background(), "A81001", sink, gate(&rechecker{}), &pub{err: errors.New("broker down")}, zap.NewNop())
-	if err := d.Handle(outboxMessage()); err == nil {
-		t.Errorf("Handle succeeded though the dead letter could not be written: the event would be lost")
-	}
-}
-
 // TestDeliveryCarriesSource: the sink is told the event's source with its
 // id, from the outbox headers or, for a copy without them, from the event;
 // the delivery's audit record names the publisher, so that the disclosure
@@ -213,7 +225,8 @@ func TestDeliveryCarriesSource(t *testing.T) {
 			t.Errorf("Handle(%s) delivery:\n\tgot  id %q source %q type %q\n\twant id %q source %q type %q",
 				tc.name, got.EventID, got.EventSource, got.EventType, tc.id, tc.source, tc.typ)
 		}
-		rec, _ := audit.Unmarshal(p.sent[topic.Audit][0].Payload)
+		recs := p.sent[topic.Audit]
+		rec, _ := audit.Unmarshal(recs[len(recs)-1].Payload)
 		if rec.Publisher != tc.org || rec.EventID != tc.id {
 			t.Errorf("Handle(%s) audit record:\n\tgot  publisher %q event %q\n\twant publisher %q event %q", tc.name, rec.Publisher, rec.EventID, tc.org, tc.id)
 		}
@@ -298,7 +311,10 @@ func TestRecheckAtDelivery(t *testing.T) {
 			if tc.wantBody != "" && string(body) != tc.wantBody {
 				t.Errorf("sent %s, want %s", body, tc.wantBody)
 			}
-			recs := p.sent[topic.Audit]
+			recs, sending := outcomes(p.sent[topic.Audit])
+			if sending != tc.wantSends {
+				t.Errorf("sending records: %d, want one before each call of the sink (%d)", sending, tc.wantSends)
+			}
 			if tc.wantOut == "" {
 				if len(recs) != 0 {
 					t.Errorf("audited %d records", len(recs))
@@ -313,5 +329,177 @@ func TestRecheckAtDelivery(t *testing.T) {
 				t.Errorf("audit: %+v, want outcome %s rule %s", rec, tc.wantOut, tc.wantRule)
 			}
 		})
+	}
+}
+
+// outcomes splits audit records into the outcome records and the number of
+// sending records.
+func outcomes(msgs []*message.Message) ([]*message.Message, int) {
+	var out []*message.Message
+	sending := 0
+	for _, m := range msgs {
+		if rec, _ := audit.Unmarshal(m.Payload); rec.Outcome == audit.Sending {
+			sending++
+			continue
+		}
+		out = append(out, m)
+	}
+	return out, sending
+}
+
+// failing fails the first n publishes that match, then lets them through.
+func failing(n int, match func(topic string, rec audit.Record) bool) func(string, *message.Message) error {
+	return func(t string, m *message.Message) error {
+		rec, _ := audit.Unmarshal(m.Payload)
+		if n > 0 && match(t, rec) {
+			n--
+			return errors.New("kafka: publishing to " + t + ": 1 of 1 records not acknowledged (Kafka Storage Error)")
+		}
+		return nil
+	}
+}
+
+func auditOutcome(outcome string) func(string, audit.Record) bool {
+	return func(t string, rec audit.Record) bool { return t == topic.Audit && rec.Outcome == outcome }
+}
+
+// TestRecordWritesRetryNotDeliveries pins defect 4 of issue 14: a delivery
+// succeeded, the audit write after it failed (the disk was full), the
+// handler returned an error, and the copy was POSTed again 100 ms later:
+// one event reached the GP 222 times in 23 s. A record that cannot be
+// written is retried in process; the sink is called once, and each record
+// is written once.
+func TestRecordWritesRetryNotDeliveries(t *testing.T) {
+	tests := []struct {
+		name     string
+		fail     func(string, *message.Message) error
+		sink     connector.SinkFunc
+		wantOut  string
+		wantDLQ  int
+		failures int
+	}{
+		{"the delivered record fails 5 times", failing(5, auditOutcome(audit.Delivered)), delivered, audit.Delivered, 0, 5},
+		{"the sending record fails 3 times", failing(3, auditOutcome(audit.Sending)), delivered, audit.Delivered, 0, 3},
+		{"the dead letter fails 4 times", failing(4, func(t string, _ audit.Record) bool { return t == topic.DLQ }), rejected, audit.DeadLettered, 1, 4},
+		{"the dead-lettered record fails 2 times", failing(2, auditOutcome(audit.DeadLettered)), rejected, audit.DeadLettered, 1, 2},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			core, logs := observer.New(zap.DebugLevel)
+			p := &pub{fail: tc.fail}
+			calls := 0
+			sink := connector.SinkFunc(func(ctx context.Context, dl connector.Delivery) (connector.Outcome, error) {
+				calls++
+				return tc.sink(ctx, dl)
+			})
+			d, _ := New(context.Background(), "A81001", sink, gate(&rechecker{}), p, zap.New(core))
+			d.writeRetry = connector.Retry{MinBackoff: time.Millisecond, MaxBackoff: 2 * time.Millisecond}
+			// As the subscriber does: a copy whose handler fails is
+			// handed over again, until it succeeds.
+			handled := 0
+			for ; handled < 20; handled++ {
+				if err := d.Handle(outboxMessage()); err == nil {
+					break
+				}
+			}
+			if handled != 0 {
+				t.Errorf("Handle failed %d times; want the writes retried within it until they succeed", handled)
+			}
+			if calls != 1 {
+				t.Errorf("the sink was called %d times, want 1: a failed write must not deliver the copy again", calls)
+			}
+			recs, sending := outcomes(p.sent[topic.Audit])
+			if sending != 1 || len(recs) != 1 {
+				t.Fatalf("audit records: %d sending and %d outcomes, want 1 and 1", sending, len(recs))
+			}
+			if rec, _ := audit.Unmarshal(recs[0].Payload); rec.Outcome != tc.wantOut {
+				t.Errorf("the outcome record: got %q, want %q", rec.Outcome, tc.wantOut)
+			}
+			if n := len(p.sent[topic.DLQ]); n != tc.wantDLQ {
+				t.Errorf("dead letters: got %d, want %d", n, tc.wantDLQ)
+			}
+			if n := logs.FilterMessage("writing failed; retrying").Len(); n != tc.failures {
+				t.Errorf("retry log lines: got %d, want %d (one per failed write)", n, tc.failures)
+			}
+			noCanary(t, logs)
+		})
+	}
+}
+
+func delivered(context.Context, connector.Delivery) (connector.Outcome, error) {
+	return connector.Outcome{Attempts: 1, Status: 204}, nil
+}
+
+func rejected(context.Context, connector.Delivery) (connector.Outcome, error) {
+	return connector.Outcome{Attempts: 1, Status: 400}, connector.Permanent("recipient answered 400", nil)
+}
+
+func noCanary(t *testing.T, logs *observer.ObservedLogs) {
+	t.Helper()
+	for _, e := range logs.All() {
+		b, _ := json.Marshal(e.ContextMap())
+		if strings.Contains(string(b)+e.Message, canary) {
+			t.Errorf("a log line holds the canary: %s %s", e.Message, b)
+		}
+	}
+}
+
+// TestStopBeforeTheAuditIsWritten: the recipient has the copy, the audit
+// write keeps failing, and the hub stops. The sending record written
+// before the handover stands (the recipient may have the copy: the trail
+// says so); Handle fails, so the copy is not committed and is delivered
+// again after the restart, with its outcome then.
+func TestStopBeforeTheAuditIsWritten(t *testing.T) {
+	stop, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	p := &pub{fail: func(t string, m *message.Message) error {
+		if rec, _ := audit.Unmarshal(m.Payload); t == topic.Audit && rec.Outcome == audit.Delivered {
+			cancel() // the hub stops while the write fails
+			return errors.New("kafka: broker unreachable")
+		}
+		return nil
+	}}
+	calls := 0
+	sink := connector.SinkFunc(func(ctx context.Context, dl connector.Delivery) (connector.Outcome, error) {
+		calls++
+		return delivered(ctx, dl)
+	})
+	d, _ := New(stop, "A81001", sink, gate(&rechecker{}), p, zap.NewNop())
+	d.writeRetry = connector.Retry{MinBackoff: time.Hour, MaxBackoff: time.Hour} // only the stop ends the wait
+	done := make(chan error, 1)
+	go func() { done <- d.Handle(outboxMessage()) }()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatalf("Handle returned nil though the delivered record was never written: the copy would be committed unaudited")
+		}
+		if problem.KindOf(err) != problem.Unavailable {
+			t.Errorf("Handle: %v; want a transient error (the copy is redelivered)", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("Handle did not return after the stop: the write's retries must end with the hub")
+	}
+	recs, sending := outcomes(p.sent[topic.Audit])
+	if calls != 1 || sending != 1 || len(recs) != 0 {
+		t.Errorf("got %d sink calls, %d sending records, %d outcomes; want 1, 1, 0", calls, sending, len(recs))
+	}
+}
+
+// pullSink is a sink whose recipient reads over the hub's API (a feed).
+type pullSink struct{ connector.SinkFunc }
+
+func (pullSink) RegisterHTTP(*http.ServeMux) error { return nil }
+
+// TestPullSinkWritesNoSendingRecord: appending to a feed discloses nothing
+// (a read does, and is audited before it is answered).
+func TestPullSinkWritesNoSendingRecord(t *testing.T) {
+	p := &pub{}
+	d, _ := New(context.Background(), "A81001", pullSink{delivered}, gate(&rechecker{}), p, zap.NewNop())
+	if err := d.Handle(outboxMessage()); err != nil {
+		t.Fatal(err)
+	}
+	recs, sending := outcomes(p.sent[topic.Audit])
+	if sending != 0 || len(recs) != 1 {
+		t.Errorf("audit records of a pull sink's append: %d sending and %d outcomes, want 0 and 1", sending, len(recs))
 	}
 }

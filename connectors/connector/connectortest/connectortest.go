@@ -16,10 +16,13 @@
 // Sinks: RunSink starts the probe's receiver, whose answers the suite sets,
 // builds the sink from the configuration the probe returns, and checks the
 // delivery contract: nil once delivered; transient failures retried until
-// delivered; a rejection reported as connector.Permanent; a cancelled
-// context ends the retries with a non-permanent error; no payload in errors;
-// and consent re-checked before every retry (SinkEnv.Consent): a copy the
-// re-check withholds, or makes narrower, is never handed over.
+// delivered; a rejection reported as connector.Permanent; no payload in
+// errors; consent re-checked before every retry (SinkEnv.Consent): a copy
+// the re-check withholds, or makes narrower, is never handed over; and the
+// stop (Deliver's context ends): a wait between attempts ends at once with a
+// non-permanent error, and an attempt under way is let finish (the probe's
+// receiver holds it while the suite cancels) and its answer counts, with no
+// attempt after it.
 //
 // The suite is tested itself: feeding it broken fakes must make it fail
 // (connectortest_test.go).
@@ -390,9 +393,12 @@ const (
 
 // receiver is the probe's receiver as the suite sees it.
 type receiver struct {
-	mu  sync.Mutex
-	b   Behaviour
-	got [][]byte
+	mu    sync.Mutex
+	b     Behaviour
+	got   [][]byte
+	calls int           // attempts that reached the receiver
+	hold  chan struct{} // when set, an attempt waits for it to close before it is answered
+	held  chan struct{} // signalled when an attempt starts to wait on hold
 }
 
 func (r *receiver) Behave(b Behaviour) { r.mu.Lock(); r.b = b; r.mu.Unlock() }
@@ -403,14 +409,56 @@ func (r *receiver) Received() [][]byte {
 	return append([][]byte(nil), r.got...)
 }
 
-// startSink starts the probe's receiver and builds a sink delivering to it,
-// retrying within milliseconds.
-func startSink(t *testing.T, f connector.SinkFactory, consent ...connector.Consent) (connector.Sink, *receiver) {
+// Calls is the number of attempts that reached the receiver.
+func (r *receiver) Calls() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.calls
+}
+
+// Hold makes every attempt wait, once it has reached the receiver, until
+// the returned channel is closed; Held is signalled as each starts to wait.
+func (r *receiver) Hold() chan struct{} {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.hold, r.held = make(chan struct{}), make(chan struct{}, 16)
+	return r.hold
+}
+
+// behave is what the probe's receiver asks, once per attempt that reaches
+// it (after it has read the request): it blocks while the suite holds
+// attempts.
+func (r *receiver) behave() Behaviour {
+	r.mu.Lock()
+	r.calls++
+	hold, held := r.hold, r.held
+	r.mu.Unlock()
+	if hold != nil {
+		select {
+		case held <- struct{}{}:
+		default:
+		}
+		<-hold
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.b
+}
+
+// sinkOptions are how the suite builds a sink: the consent re-check
+// (default connector.AlwaysPermit) and the retry bounds (default: retries
+// within milliseconds).
+type sinkOptions struct {
+	consent connector.Consent
+	retry   connector.Retry
+}
+
+// startSink starts the probe's receiver and builds a sink delivering to it.
+func startSink(t *testing.T, f connector.SinkFactory, o sinkOptions) (connector.Sink, *receiver) {
 	t.Helper()
 	r := &receiver{}
-	behave := func() Behaviour { r.mu.Lock(); defer r.mu.Unlock(); return r.b }
 	got := func(b []byte) { r.mu.Lock(); r.got = append(r.got, append([]byte(nil), b...)); r.mu.Unlock() }
-	cfg, stop, err := f.Probe.Receiver(behave, got)
+	cfg, stop, err := f.Probe.Receiver(r.behave, got)
 	if err != nil {
 		t.Fatalf("%s: starting the probe's receiver: %v", f.Type, err)
 	}
@@ -420,14 +468,17 @@ func startSink(t *testing.T, f connector.SinkFactory, consent ...connector.Conse
 	}
 	var env connector.SinkEnv
 	if f.Probe.Env != nil {
-		env = f.Probe.Env(behave, got)
+		env = f.Probe.Env(r.behave, got)
 	}
 	env.Consent = connector.AlwaysPermit
-	if len(consent) > 0 {
-		env.Consent = consent[0]
+	if o.consent != nil {
+		env.Consent = o.consent
 	}
 	env.Recipient, env.Log = "A81001", zap.NewNop()
 	env.Retry = connector.Retry{MinBackoff: time.Millisecond, MaxBackoff: 10 * time.Millisecond}
+	if o.retry != (connector.Retry{}) {
+		env.Retry = o.retry
+	}
 	s, err := f.New(cfg, env)
 	if err != nil {
 		t.Fatalf("%s: New: %v", f.Type, err)
@@ -463,7 +514,7 @@ func RunSink(t *testing.T, f connector.SinkFactory) {
 	}
 
 	t.Run("delivered", func(t *testing.T) {
-		s, r := startSink(t, f)
+		s, r := startSink(t, f, sinkOptions{})
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		defer cancel()
 		out, err := s.Deliver(ctx, delivery("ok-1"))
@@ -479,7 +530,7 @@ func RunSink(t *testing.T, f connector.SinkFactory) {
 	})
 
 	t.Run("transient failures are retried until delivered", func(t *testing.T) {
-		s, r := startSink(t, f)
+		s, r := startSink(t, f, sinkOptions{})
 		r.Behave(Transient)
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		defer cancel()
@@ -505,7 +556,7 @@ func RunSink(t *testing.T, f connector.SinkFactory) {
 	})
 
 	t.Run("a rejection is permanent", func(t *testing.T) {
-		s, r := startSink(t, f)
+		s, r := startSink(t, f, sinkOptions{})
 		r.Behave(Reject)
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		defer cancel()
@@ -535,7 +586,7 @@ func RunSink(t *testing.T, f connector.SinkFactory) {
 				rechecks++
 				return verdict(d), nil
 			})
-			s, r := startSink(t, f, c)
+			s, r := startSink(t, f, sinkOptions{consent: c})
 			r.Behave(Transient)
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			done := make(chan error, 1)
@@ -590,13 +641,22 @@ func RunSink(t *testing.T, f connector.SinkFactory) {
 		}
 	})
 
+	// The hub stops while the recipient is down: the sink is waiting to
+	// retry. The wait ends at once, no attempt starts, and the copy is not
+	// dead-lettered: it is delivered after the restart.
 	t.Run("cancelling ends retries, not permanently", func(t *testing.T) {
-		s, r := startSink(t, f)
+		s, r := startSink(t, f, sinkOptions{retry: connector.Retry{MinBackoff: time.Minute, MaxBackoff: time.Minute}})
 		r.Behave(Transient)
 		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
 		done := make(chan error, 1)
 		go func() { _, err := s.Deliver(ctx, delivery("cancel-1")); done <- err }()
-		time.AfterFunc(200*time.Millisecond, cancel)
+		for deadline := time.Now().Add(20 * time.Second); r.Calls() == 0; time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("no attempt reached the receiver")
+			}
+		}
+		cancel()
 		select {
 		case err := <-done:
 			if err == nil {
@@ -606,8 +666,75 @@ func RunSink(t *testing.T, f connector.SinkFactory) {
 				t.Errorf("a cancelled delivery was reported permanent: it would be dead-lettered")
 			}
 			noCanary(t, err)
-		case <-time.After(20 * time.Second):
-			t.Fatalf("Deliver did not return after its context was cancelled")
+		case <-time.After(10 * time.Second):
+			t.Fatalf("Deliver did not return after its context was cancelled: a wait between attempts (here a minute) must end at once")
+		}
+		if n := r.Calls(); n != 1 {
+			t.Errorf("attempts that reached the receiver: got %d, want 1 (none after the cancel)", n)
+		}
+	})
+
+	// The hub stops while an attempt is on the wire: the recipient has
+	// read it and is about to answer. Cutting the attempt short would lose
+	// the answer, and the copy would be sent again after the restart (a
+	// duplicate). The attempt finishes and its answer counts; no other
+	// starts.
+	t.Run("a stop lets the attempt under way finish", func(t *testing.T) {
+		for _, then := range []Behaviour{Accept, Transient} {
+			name := map[Behaviour]string{Accept: "accepted", Transient: "failed"}[then]
+			s, r := startSink(t, f, sinkOptions{})
+			release := r.Hold()
+			ctx, cancel := context.WithCancel(context.Background())
+			type result struct {
+				out connector.Outcome
+				err error
+			}
+			done := make(chan result, 1)
+			go func() { out, err := s.Deliver(ctx, delivery("stop-"+name)); done <- result{out, err} }()
+			select {
+			case <-r.held:
+			case res := <-done:
+				cancel()
+				t.Fatalf("%s: Deliver returned (%v) before its attempt reached the receiver", name, res.err)
+			case <-time.After(20 * time.Second):
+				cancel()
+				t.Fatalf("%s: no attempt reached the receiver", name)
+			}
+			cancel()
+			// A sink that aborts its attempt returns now: give it a
+			// bounded chance to show itself.
+			select {
+			case res := <-done:
+				close(release)
+				t.Fatalf("%s: Deliver returned (%v) while its attempt was held by the receiver: a stop must let an attempt under way finish", name, res.err)
+			case <-time.After(300 * time.Millisecond):
+			}
+			r.Behave(then)
+			close(release)
+			var res result
+			select {
+			case res = <-done:
+			case <-time.After(20 * time.Second):
+				t.Fatalf("%s: Deliver did not return once the held attempt was answered", name)
+			}
+			noCanary(t, res.err)
+			if then == Accept {
+				if res.err != nil {
+					t.Errorf("accepted: Deliver returned %v; want nil: the recipient accepted the attempt under way", res.err)
+				}
+				if got := r.Received(); len(got) != 1 {
+					t.Errorf("accepted: received %d bodies, want 1", len(got))
+				}
+			} else {
+				if res.err == nil {
+					t.Errorf("failed: Deliver returned nil though the recipient failed the attempt")
+				} else if _, permanent := connector.IsPermanent(res.err); permanent {
+					t.Errorf("failed: the stopped delivery was reported permanent (%v): it would be dead-lettered", res.err)
+				}
+			}
+			if n := r.Calls(); n != 1 {
+				t.Errorf("%s: attempts that reached the receiver: got %d, want 1 (none after the stop)", name, n)
+			}
 		}
 	})
 }

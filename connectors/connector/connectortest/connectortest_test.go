@@ -85,14 +85,18 @@ func sourceFactory(broken string) connector.SourceFactory {
 	}
 }
 
-// fakeSink delivers to the probe's in-memory receiver.
-func fakeSink(behave func() Behaviour, got func([]byte), broken string, consent connector.Consent) connector.Sink {
+// fakeSink delivers to the probe's in-memory receiver. Correct, it lets
+// an attempt under way finish when ctx ends, and starts none after.
+func fakeSink(behave func() Behaviour, got func([]byte), broken string, env connector.SinkEnv) connector.Sink {
 	return connector.SinkFunc(func(ctx context.Context, d connector.Delivery) (connector.Outcome, error) {
 		out := connector.Outcome{}
 		for {
+			if ctx.Err() != nil && broken != "backoff-ignores-stop" {
+				return out, ctx.Err()
+			}
 			out.Attempts++
 			if out.Attempts > 1 && broken != "no-recheck" {
-				v, err := consent.Recheck(ctx, d)
+				v, err := env.Consent.Recheck(ctx, d)
 				switch {
 				case err != nil:
 					return out, err
@@ -102,7 +106,18 @@ func fakeSink(behave func() Behaviour, got func([]byte), broken string, consent 
 					return out, connector.ErrConsentChanged
 				}
 			}
-			b := behave()
+			var b Behaviour
+			if broken == "abort-on-stop" {
+				answered := make(chan Behaviour, 1)
+				go func() { answered <- behave() }()
+				select {
+				case b = <-answered:
+				case <-ctx.Done():
+					return out, ctx.Err()
+				}
+			} else {
+				b = behave()
+			}
 			switch {
 			case b == Accept:
 				got(d.Body)
@@ -112,10 +127,17 @@ func fakeSink(behave func() Behaviour, got func([]byte), broken string, consent 
 			case broken == "transient-is-permanent":
 				return out, connector.Permanent("failed: "+string(d.Body), nil)
 			}
+			if broken == "backoff-ignores-stop" {
+				if ctx.Err() != nil {
+					return out, ctx.Err()
+				}
+				time.Sleep(env.Retry.MinBackoff)
+				continue
+			}
 			select {
 			case <-ctx.Done():
 				return out, ctx.Err()
-			case <-time.After(5 * time.Millisecond):
+			case <-time.After(env.Retry.MinBackoff):
 			}
 		}
 	})
@@ -135,7 +157,7 @@ func sinkFactory(broken string) connector.SinkFactory {
 		Default: func() connector.Config { return fakeSinkConfig{} },
 		New: func(c connector.Config, env connector.SinkEnv) (connector.Sink, error) {
 			fc := c.(fakeSinkConfig)
-			return fakeSink(fc.behave, fc.got, broken, env.Consent), nil
+			return fakeSink(fc.behave, fc.got, broken, env), nil
 		},
 		Probe: &connector.SinkProbe{
 			Receiver: func(behave func() Behaviour, got func([]byte)) (connector.Config, func(), error) {
@@ -174,6 +196,8 @@ func TestSuiteFailsBrokenFakes(t *testing.T) {
 		{"held-accepted", "Accept calls 1"},
 		{"sink:transient-is-permanent", "Deliver returned"},
 		{"sink:no-recheck", "after the re-check changed it"},
+		{"sink:abort-on-stop", "a stop must let an attempt under way finish"},
+		{"sink:backoff-ignores-stop", "must end at once"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.broken, func(t *testing.T) {
