@@ -74,20 +74,19 @@ func (m *Metrics) WatchKafka(cfg KafkaConfig) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	m.reg.MustRegister(&kafkaCollector{cfg: cfg, m: m, client: &kafka.Client{Addr: kafka.TCP(cfg.Brokers...), Timeout: cfg.Timeout},
-		dlq: map[int]*dlqPartition{}})
+	m.reg.MustRegister(&kafkaCollector{cfg: cfg, m: m, dlq: map[int]*dlqPartition{}})
 }
 
 // kafkaCollector answers each scrape from Kafka. mu serialises look-ups
-// and guards last and dlq.
+// and guards last, dlq and client.
 type kafkaCollector struct {
-	cfg    KafkaConfig
-	m      *Metrics
-	client *kafka.Client
+	cfg KafkaConfig
+	m   *Metrics
 
-	mu   sync.Mutex
-	last *kafkaSnapshot
-	dlq  map[int]*dlqPartition // what has been read of carehub.dlq, by partition
+	mu     sync.Mutex
+	last   *kafkaSnapshot
+	dlq    map[int]*dlqPartition // what has been read of carehub.dlq, by partition
+	client *kafka.Client         // of the look-up in progress
 }
 
 // dlqPartition is what has been read of one partition of carehub.dlq:
@@ -162,6 +161,11 @@ func (c *kafkaCollector) snapshot() *kafkaSnapshot {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.Timeout)
 	defer cancel()
+	// A client of its own for each look-up: no metadata cached since the
+	// last hides an outbox created a moment ago.
+	tr := &kafka.Transport{}
+	defer tr.CloseIdleConnections()
+	c.client = &kafka.Client{Addr: kafka.TCP(c.cfg.Brokers...), Timeout: c.cfg.Timeout, Transport: tr}
 	s, err := c.lookUp(ctx)
 	if err != nil {
 		c.cfg.Log.Warn("metrics: Kafka offsets not read", logging.Err(err))
