@@ -359,12 +359,12 @@ func checkAlertRulesNameExportedSeries(t *testing.T, s scrape) {
 }
 
 // TestAlertRulesPassPromtool: Prometheus's own checker accepts the example
-// alert rules, and their unit tests (carehub-alerts.test.yml: each alert
+// configuration and alert rules, and the rules' unit tests (carehub-alerts.test.yml: each alert
 // fires when it should and stays quiet when it should) pass.
 func TestAlertRulesPassPromtool(t *testing.T) {
 	requirePeer(t, "promtool (Prometheus)", "apt-get install -y --no-install-recommends prometheus", lookPath("promtool"))
 	dir := filepath.Join("..", "deploy", "prometheus")
-	for _, args := range [][]string{{"check", "rules", "carehub-alerts.yml"}, {"test", "rules", "carehub-alerts.test.yml"}} {
+	for _, args := range [][]string{{"check", "config", "prometheus.yml"}, {"check", "rules", "carehub-alerts.yml"}, {"test", "rules", "carehub-alerts.test.yml"}} {
 		cmd := exec.Command("promtool", args...)
 		cmd.Dir = dir
 		out, err := cmd.CombinedOutput()
