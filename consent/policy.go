@@ -23,6 +23,18 @@ const (
 	// RuleRelationshipUnconfirmed and RuleRelationshipConfirmed.
 )
 
+// Rules returns every rule the deciders of this package decide by
+// (Relationship, Policy, FollowUp), in the order of the rule table, then
+// FollowUp's: the vocabulary that audit records and metrics key on. A
+// rule added to a decider is added here.
+func Rules() []string {
+	return []string{
+		RuleUnknownBasis, RuleRelationshipUnconfirmed, RuleDenyOrganisation, RuleConfidential, RuleConfidentialEvent,
+		RuleSensitiveGPOnly, RuleDenyRole, RuleNotificationOnly, RulePermitOrganisation, RuleConfidentialAllowed,
+		RuleRelationshipConfirmed, RuleOriginalNotReceived, RuleOriginalWithheld,
+	}
+}
+
 // The sensitive categories every deployment has. Policy.ExtraSensitiveCategories
 // adds to them; nothing removes them.
 const (

@@ -372,6 +372,32 @@ func TestRuleNamesDocumented(t *testing.T) {
 	}
 }
 
+// TestRulesListsEveryRule: Rules is the vocabulary metrics bound their rule
+// label by (a rule missing from it is counted as "other"): every rule of
+// the rule table, of its cases and of FollowUp is in it, once.
+func TestRulesListsEveryRule(t *testing.T) {
+	listed := map[string]bool{}
+	for _, r := range consent.Rules() {
+		if listed[r] {
+			t.Errorf("Rules lists %q twice", r)
+		}
+		listed[r] = true
+	}
+	want := []string{consent.RuleOriginalNotReceived, consent.RuleOriginalWithheld}
+	for _, r := range docTableRows(t) {
+		want = append(want, r.rule)
+	}
+	want = append(want, docTableAlternatives(t)...)
+	for _, c := range ruleCases() {
+		want = append(want, c.want.Rule)
+	}
+	for _, r := range want {
+		if !listed[r] {
+			t.Errorf("rule %q is not in Rules()", r)
+		}
+	}
+}
+
 func TestEvaluateErrors(t *testing.T) {
 	p := consent.DefaultPolicy()
 	good := func() consent.Request {

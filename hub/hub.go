@@ -62,6 +62,7 @@ import (
 	"github.com/carehub/carehub/hub/held"
 	"github.com/carehub/carehub/hub/ingest"
 	"github.com/carehub/carehub/hub/kafkawm"
+	"github.com/carehub/carehub/hub/metrics"
 	"github.com/carehub/carehub/hub/patientindex"
 	"github.com/carehub/carehub/hub/retention"
 	"github.com/carehub/carehub/hub/route"
@@ -115,7 +116,11 @@ type hub struct {
 	wm       *message.Router
 	wmErr    chan error
 	mux      *http.ServeMux
-	env      connector.Env // what every source is given
+	envs     []connector.Env // what each source is given, by input
+	metrics  *metrics.Metrics
+	handlers map[string]*message.Handler // the router and each deliverer, by name
+	running  *health.Running             // the router and each deliverer
+	feedsRun *health.Running             // each pull recipient's feed
 	ln       net.Listener
 	srv      *http.Server
 	srvErr   chan error
@@ -151,6 +156,9 @@ func run(ctx context.Context, h *hub, opts Options) error {
 	h.checks = health.New()
 	h.started = health.NewFlag("starting")
 	h.checks.Add("started", h.started.Check)
+	h.running, h.feedsRun = health.NewRunning(), health.NewRunning()
+	h.metrics = metrics.New()
+	h.metrics.WatchReadiness(h.checks)
 	defer h.stopAll()
 	for _, step := range []struct {
 		name string
@@ -300,6 +308,7 @@ func (h *hub) createTopics(ctx context.Context) error {
 		return broker.Ping(ctx, h.brokers, topic.Events)
 	})
 	h.checks.Add("broker", probe.Check)
+	h.metrics.WatchKafka(metrics.KafkaConfig{Brokers: h.brokers, Log: h.log.Named("metrics")})
 	return nil
 }
 
@@ -331,6 +340,15 @@ func (h *hub) loadConsent(ctx context.Context) error {
 	}
 	h.index = index
 	h.onStop("patient index", func() { _ = index.Close() })
+	h.checks.Add("consent", func() (bool, string) {
+		switch {
+		case !store.Loaded():
+			return false, "consent directives not loaded yet"
+		case !index.Loaded():
+			return false, "the patient index is not loaded yet"
+		}
+		return true, ""
+	})
 	if err := store.WaitLoaded(ctx); err != nil {
 		return fmt.Errorf("loading consent directives: %w", err)
 	}
@@ -369,7 +387,7 @@ func (h *hub) startRouter(ctx context.Context) error {
 	}
 	rt, err := route.New(route.Config{Subscriptions: p.subs, Decider: &p.policy, Directives: h.store, Index: h.index,
 		Publisher: h.pub, Pseudonym: p.pseudo.Pseudonym, Sealer: p.sealer, Contacts: contacts,
-		WithheldNotice: route.WithheldNotice(h.cfg.Consent.WithheldDischarge), Log: h.log.Named("router")})
+		WithheldNotice: route.WithheldNotice(h.cfg.Consent.WithheldDischarge), Observer: h.metrics, Log: h.log.Named("router")})
 	if err != nil {
 		return fmt.Errorf("creating the router: %w", err)
 	}
@@ -395,7 +413,7 @@ func (h *hub) startRouter(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	wm.AddConsumerHandler("route", topic.Events, evSub, rt.Handle)
+	handlers := map[string]*message.Handler{"router": wm.AddConsumerHandler("route", topic.Events, evSub, rt.Handle)}
 
 	// In-flight deliveries retry until this ends: DeliveryGrace after the
 	// drain begins, not when ctx ends.
@@ -407,12 +425,13 @@ func (h *hub) startRouter(ctx context.Context) error {
 			stopDeliveries()
 			return fmt.Errorf("recipient %s: %w", r.ods, err)
 		}
+		d.Observe(h.metrics.Deliverer(r.ods))
 		sub, err := subscriber(topic.DeliverGroup(r.ods))
 		if err != nil {
 			stopDeliveries()
 			return err
 		}
-		wm.AddConsumerHandler("deliver-"+r.ods, topic.Outbox(r.ods), sub, d.Handle)
+		handlers["deliverer "+r.ods] = wm.AddConsumerHandler("deliver-"+r.ods, topic.Outbox(r.ods), sub, d.Handle)
 	}
 
 	h.wmErr = make(chan error, 1)
@@ -428,6 +447,13 @@ func (h *hub) startRouter(ctx context.Context) error {
 	})
 	select {
 	case <-wm.Running():
+		// Each handler runs until the drain: one that stops before (its
+		// subscription ended) makes the hub unready, naming it.
+		for name, hd := range handlers {
+			h.running.Watch(name, hd.Stopped())
+		}
+		h.handlers = handlers
+		h.checks.Add("deliverers", h.running.Check)
 		return nil
 	case err := <-h.wmErr:
 		return fmt.Errorf("starting the router: %w", err)
@@ -441,6 +467,7 @@ func (h *hub) startHTTP(context.Context) error {
 	p := h.parts
 	h.mux = http.NewServeMux()
 	h.checks.Register(h.mux)
+	h.mux.Handle("GET /metrics", h.metrics.Handler())
 	in, err := ingest.New(p.validator, p.pseudo, h.pub, ingest.Options{
 		MaxFutureSkew: h.cfg.Events.MaxFutureSkew.D(), FlagOlderThan: h.cfg.Events.FlagOlderThan.D()})
 	if err != nil {
@@ -468,9 +495,12 @@ func (h *hub) startHTTP(context.Context) error {
 	if err := api.Register(h.mux); err != nil {
 		return fmt.Errorf("registering the admin API: %w", err)
 	}
-	h.env = connector.Env{Ingest: in, Auth: p.keys, Mux: h.mux, MaxBodyBytes: h.cfg.HTTP.MaxBodyBytes, Log: h.log.Named("ingest")}
 	for i, s := range p.sources {
-		if err := s.Register(h.env); err != nil {
+		// Each input's messages are counted as its own (metrics).
+		typ := h.cfg.Inputs[i].Type
+		h.envs = append(h.envs, connector.Env{Ingest: h.metrics.Ingest(in, typ), Refusals: h.metrics.Refusals(typ),
+			Auth: p.keys, Mux: h.mux, MaxBodyBytes: h.cfg.HTTP.MaxBodyBytes, Log: h.log.Named("ingest")})
+		if err := s.Register(h.envs[i]); err != nil {
 			return fmt.Errorf("inputs[%d].%s: %w", i, h.cfg.Inputs[i].Type, err)
 		}
 	}
@@ -528,7 +558,7 @@ func (h *hub) startSources(ctx context.Context) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := s.Run(srcCtx, h.env); err != nil {
+			if err := s.Run(srcCtx, h.envs[i]); err != nil {
 				h.log.Error("source connector stopped", zap.String("input", h.cfg.Inputs[i].Type), logging.Err(err))
 			}
 		}()

@@ -341,3 +341,66 @@ func TestPauseWhileHoldsMessagesUntilItMayGoOn(t *testing.T) {
 		t.Error("a paused message whose context ended was not nacked")
 	}
 }
+
+// TestReadyzNamesAStoppedDelivererOrFeed: a deliverer or a pull
+// recipient's feed that stops while the hub runs makes it unready, and
+// /readyz and /metrics name it.
+func TestReadyzNamesAStoppedDelivererOrFeed(t *testing.T) {
+	cfg := testConfig(t, "", `  - ods: B82005
+    role: gp-practice
+    feed: {apiKey: {value: hub-test-b82005-key}}
+    subscriptions: [{basis: registered-gp, types: [discharge]}]
+`)
+	h := &hub{cfg: cfg, log: zap.NewNop()}
+	ctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan string, 1)
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, h, Options{Ready: func(addr string, _ []string) { ready <- addr }}) }()
+	t.Cleanup(func() { cancel(); <-done })
+	var addr string
+	select {
+	case addr = <-ready:
+	case err := <-done:
+		t.Fatalf("Run: %v", err)
+	case <-time.After(60 * time.Second):
+		t.Fatal("not ready within 60s")
+	}
+	get := func(path string) (int, string) {
+		resp, err := http.Get("http://" + addr + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	waitFor := func(what string, cond func() bool) {
+		t.Helper()
+		for deadline := time.Now().Add(20 * time.Second); !cond(); time.Sleep(10 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out waiting for %s", what)
+			}
+		}
+	}
+	if status, body := get("/readyz"); status != http.StatusOK {
+		t.Fatalf("/readyz once started: %d %s", status, body)
+	}
+	if _, body := get("/metrics"); !strings.Contains(body, `carehub_readiness_check{check="deliverers"} 1`) ||
+		!strings.Contains(body, `carehub_readiness_check{check="feeds"} 1`) || !strings.Contains(body, `carehub_readiness_check{check="consent"} 1`) {
+		t.Errorf("/metrics does not report the deliverers, feeds and consent checks passing:\n%s", body)
+	}
+
+	h.handlers["deliverer A81001"].Stop()
+	waitFor("/readyz to name the stopped deliverer", func() bool {
+		status, body := get("/readyz")
+		return status == http.StatusServiceUnavailable && strings.Contains(body, "deliverers: not running: deliverer A81001")
+	})
+	h.parts.feeds["B82005"].Close()
+	waitFor("/readyz to name the stopped feed", func() bool {
+		_, body := get("/readyz")
+		return strings.Contains(body, "feeds: not running: feed B82005")
+	})
+	if _, body := get("/metrics"); !strings.Contains(body, "carehub_ready 0") || !strings.Contains(body, `carehub_readiness_check{check="deliverers"} 0`) {
+		t.Errorf("/metrics does not report the hub unready:\n%s", body)
+	}
+}

@@ -52,6 +52,21 @@ func (h *hub) startFeeds(ctx context.Context) error {
 		h.onStop("feed "+ods, f.Close)
 	}
 	for ods, f := range h.parts.feeds {
+		// A feed serves what it has read of its topic: it follows it
+		// until the drain.
+		h.feedsRun.WatchFunc("feed "+ods, func() bool {
+			select {
+			case <-f.Stopped():
+				return false
+			default:
+				return f.Loaded()
+			}
+		})
+	}
+	if len(h.parts.feeds) > 0 {
+		h.checks.Add("feeds", h.feedsRun.Check)
+	}
+	for ods, f := range h.parts.feeds {
 		if err := f.WaitLoaded(ctx); err != nil {
 			return fmt.Errorf("loading the feed of %s: %w", ods, err)
 		}

@@ -146,8 +146,13 @@ type BatchResult struct {
 func (s *Source) serve(w http.ResponseWriter, r *http.Request) {
 	log := s.env.Log
 	org, err := s.env.Auth.Organisation(r)
-	if err != nil {
+	// refuse answers a request refused here, before Ingest.
+	refuse := func(err error) {
+		s.env.Refuse(r.Context(), org, problem.KindOf(err))
 		problemhttp.Write(w, err)
+	}
+	if err != nil {
+		refuse(err)
 		return
 	}
 	ctype := r.Header.Get("Content-Type")
@@ -164,18 +169,18 @@ func (s *Source) serve(w http.ResponseWriter, r *http.Request) {
 		mode = modeBinary
 	}
 	if mode == "" {
-		problemhttp.Write(w, problem.New(problem.MediaType, notAnEvent))
+		refuse(problem.New(problem.MediaType, notAnEvent))
 		return
 	}
 	body, err := problemhttp.ReadBody(w, r, s.env.MaxBodyBytes)
 	if err != nil {
-		problemhttp.Write(w, err)
+		refuse(err)
 		return
 	}
 	if mode == modeBinary {
 		if body, err = binaryEvent(r.Header, ctype, body); err != nil {
 			log.Info("event refused", zap.String("source", org), zap.String("mode", mode), logging.Err(err))
-			problemhttp.Write(w, err)
+			refuse(err)
 			return
 		}
 	}
@@ -193,11 +198,11 @@ func (s *Source) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	raws, err := event.ParseBatch(body)
 	if err != nil {
-		problemhttp.Write(w, err)
+		refuse(err)
 		return
 	}
 	if len(raws) > s.cfg.MaxBatchEvents {
-		problemhttp.Write(w, problem.New(problem.TooLarge, "the batch holds more events than this endpoint accepts"))
+		refuse(problem.New(problem.TooLarge, "the batch holds more events than this endpoint accepts"))
 		return
 	}
 	results := s.env.Ingest.AcceptBatch(r.Context(), org, raws)

@@ -10,7 +10,9 @@
 // (acks from all in-sync replicas), and only then may the source answer the
 // sender positively (HTTP 202, HL7 MSA|AA). When Accept returns an error,
 // nothing was published and the source answers negatively with the error's
-// kind (problem.KindOf) mapped to its protocol.
+// kind (problem.KindOf) mapped to its protocol. A message the source refuses
+// itself, before Ingest (unauthenticated, unparseable), it reports with
+// Env.Refuse, so that the hub counts every refusal once.
 //
 // A well-formed message from an authenticated sender that carehub does not
 // share (an HL7 v2 trigger it does not map, a patient it cannot identify)
@@ -88,6 +90,7 @@ import (
 
 	"github.com/carehub/carehub/schemas/event"
 	"github.com/carehub/carehub/schemas/nhs"
+	"github.com/carehub/carehub/schemas/problem"
 	"go.uber.org/zap"
 )
 
@@ -232,10 +235,33 @@ type Authenticator interface {
 	Organisation(r *http.Request) (string, error)
 }
 
+// Refusals hears of the messages a source refuses itself, before it hands
+// anything to Ingest: a sender it cannot authenticate, a request in no
+// content mode it speaks, a message it cannot parse or map. The hub counts
+// them (its /metrics) beside the refusals of Ingest, which counts its own.
+// A source reports each message it refuses itself once, after answering
+// or while answering, and never one that Ingest refused. org is the
+// organisation the message came from as far as the source knows it (the
+// authenticated one, or the one a listener is bound to), "" when it does
+// not; kind classifies the refusal as the answer did. Neither may carry
+// anything from the message.
+type Refusals interface {
+	Refused(ctx context.Context, org string, kind problem.Kind)
+}
+
+// RefusalsFunc adapts a function to a Refusals.
+type RefusalsFunc func(ctx context.Context, org string, kind problem.Kind)
+
+// Refused calls f.
+func (f RefusalsFunc) Refused(ctx context.Context, org string, kind problem.Kind) { f(ctx, org, kind) }
+
 // Env is what a source is given to run.
 type Env struct {
 	Ingest Ingest
-	Auth   Authenticator
+	// Refusals, when set, hears of the messages the source refuses before
+	// Ingest (call Env.Refuse, which does nothing when it is not set).
+	Refusals Refusals
+	Auth     Authenticator
 	// Mux is the hub's HTTP API; HTTP-based sources add their routes here
 	// in Register (they must not block before registering).
 	Mux *http.ServeMux
@@ -243,6 +269,14 @@ type Env struct {
 	// (http.maxBodyBytes): an HTTP source reads no more, and answers 413.
 	MaxBodyBytes int64
 	Log          *zap.Logger
+}
+
+// Refuse tells e.Refusals, when set, of a message the source refused
+// before Ingest.
+func (e Env) Refuse(ctx context.Context, org string, kind problem.Kind) {
+	if e.Refusals != nil {
+		e.Refusals.Refused(ctx, org, kind)
+	}
 }
 
 // Source is a source connector.

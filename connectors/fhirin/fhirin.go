@@ -113,17 +113,22 @@ func (s *Source) handle(encounter bool) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		log := s.env.Log
 		org, err := s.env.Auth.Organisation(r)
-		if err != nil {
+		// refuse answers a request refused here, before Ingest.
+		refuse := func(err error) {
+			s.env.Refuse(r.Context(), org, problem.KindOf(err))
 			fail(w, err)
+		}
+		if err != nil {
+			refuse(err)
 			return
 		}
 		if !media.Is(r.Header.Get("Content-Type"), media.FHIR, media.JSON) {
-			fail(w, problem.New(problem.MediaType, "Content-Type must be "+media.FHIR))
+			refuse(problem.New(problem.MediaType, "Content-Type must be "+media.FHIR))
 			return
 		}
 		body, err := problemhttp.ReadBody(w, r, s.env.MaxBodyBytes)
 		if err != nil {
-			fail(w, err)
+			refuse(err)
 			return
 		}
 		var in *fhir.Inbound
@@ -134,7 +139,7 @@ func (s *Source) handle(encounter bool) http.HandlerFunc {
 		}
 		if err != nil {
 			log.Info("FHIR refused", zap.String("source", org), zap.Int("bytes", len(body)), logging.Err(err))
-			fail(w, err)
+			refuse(err)
 			return
 		}
 		acc, err := s.env.Ingest.Accept(r.Context(), org, in.Event)

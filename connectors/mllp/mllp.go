@@ -696,6 +696,7 @@ func (c *conn) serve(ctx context.Context) {
 			s.stats.oversized.Add(1)
 			s.stats.errors.Add(1)
 			log.Warn("MLLP frame too large", zap.Int("max_bytes", s.cfg.MaxFrameBytes))
+			s.env.Refuse(ctx, s.cfg.Source, problem.TooLarge)
 			ack := hl7.NewACK(nil, hl7.AckAE, s.nextAckID(), s.now(), hl7.ErrDetail{
 				Code: hl7.CodeValueTooLong, Diagnostic: "the message exceeds the maximum frame size of " + strconv.Itoa(s.cfg.MaxFrameBytes) + " bytes"})
 			if !c.write(ack, log) {
@@ -762,6 +763,15 @@ type outcome struct {
 	errs   []hl7.ErrDetail
 	reason string // for the log: fixed public text
 	held   string // the held reason code, when the message was held
+	// here is true for a refusal decided by the source itself, before
+	// Ingest, and kind classifies it (for Env.Refuse).
+	here bool
+	kind problem.Kind
+}
+
+// refused is an outcome refused by the source itself, before Ingest.
+func refused(code hl7.AckCode, kind problem.Kind, reason string, d hl7.ErrDetail) outcome {
+	return outcome{code: code, reason: reason, errs: []hl7.ErrDetail{d}, here: true, kind: kind}
 }
 
 // handle processes one message and returns the acknowledgement to send, or
@@ -780,6 +790,11 @@ func (s *Source) handle(ctx context.Context, payload []byte, log *zap.Logger) []
 		}
 		hdr, _ := hl7.ParseHeader(payload)
 		s.count(code)
+		kind := problem.Malformed
+		if code == hl7.AckAR {
+			kind = problem.Unsupported
+		}
+		s.env.Refuse(ctx, s.cfg.Source, kind)
 		log.Info("HL7 message refused", zap.String("ack", string(code)), zap.String("err_code", d.Code),
 			zap.String("reason", d.Diagnostic), zap.Int("bytes", len(payload)))
 		return hl7.NewACK(hdr, code, s.nextAckID(), s.now(), d)
@@ -788,6 +803,9 @@ func (s *Source) handle(ctx context.Context, payload []byte, log *zap.Logger) []
 	controlID := m.ControlID()
 	log = log.With(zap.String("control_id_hash", controlIDHash(controlID)), zap.String("trigger", m.Type().Trigger))
 	out, eventID, evType := s.process(ctx, m, payload)
+	if out.here {
+		s.env.Refuse(ctx, s.cfg.Source, out.kind)
+	}
 	if out.held != "" {
 		log = log.With(zap.String("held_reason", out.held))
 	}
@@ -861,23 +879,27 @@ func (s *Source) count(code hl7.AckCode) {
 func (s *Source) process(ctx context.Context, m *hl7.Message, payload []byte) (outcome, string, string) {
 	msh := m.Segment("MSH")
 	if !s.sender(msh.Field(4).Component(1).String()) {
-		return outcome{code: hl7.AckAR, reason: reasonSender, errs: []hl7.ErrDetail{{Segment: "MSH", Sequence: 1, Field: 4,
-			Code: hl7.CodeTableValueNotFound, Diagnostic: reasonSender}}}, "", ""
+		return refused(hl7.AckAR, problem.Forbidden, reasonSender, hl7.ErrDetail{Segment: "MSH", Sequence: 1, Field: 4,
+			Code: hl7.CodeTableValueNotFound, Diagnostic: reasonSender}), "", ""
 	}
 	if pid := strings.TrimSpace(msh.Field(11).Component(1).String()); pid != s.cfg.ProcessingID {
 		if pid != "" { // an empty MSH-11 is reported by the mapping (101)
-			return outcome{code: hl7.AckAR, reason: reasonProcessing, errs: []hl7.ErrDetail{{Segment: "MSH", Sequence: 1, Field: 11,
-				Code: hl7.CodeUnsupportedProcessingID, Diagnostic: reasonProcessing}}}, "", ""
+			return refused(hl7.AckAR, problem.Unsupported, reasonProcessing, hl7.ErrDetail{Segment: "MSH", Sequence: 1, Field: 11,
+				Code: hl7.CodeUnsupportedProcessingID, Diagnostic: reasonProcessing}), "", ""
 		}
 	}
 	res, err := s.mapper.Map(m)
 	if err != nil {
 		var e *adt.Error
 		if errors.As(err, &e) {
-			return outcome{code: e.Ack, reason: e.Reason, errs: []hl7.ErrDetail{e.Detail()}}, "", ""
+			kind := problem.Invalid
+			if e.Ack != hl7.AckAE {
+				kind = problem.Unsupported
+			}
+			return refused(e.Ack, kind, e.Reason, e.Detail()), "", ""
 		}
-		return outcome{code: hl7.AckAR, reason: "internal error", errs: []hl7.ErrDetail{{Code: hl7.CodeApplicationInternalError,
-			Diagnostic: "internal error"}}}, "", ""
+		return refused(hl7.AckAR, problem.Internal, "internal error", hl7.ErrDetail{Code: hl7.CodeApplicationInternalError,
+			Diagnostic: "internal error"}), "", ""
 	}
 
 	key := res.ID
@@ -889,15 +911,15 @@ func (s *Source) process(ctx context.Context, m *hl7.Message, payload []byte) (o
 			s.stats.duplicates.Add(1)
 			return outcome{code: hl7.AckAA, reason: "duplicate of a message already accepted: not published again"}, res.ID, firstType(res)
 		case dupConflict:
-			return outcome{code: hl7.AckAR, reason: reasonReused, errs: []hl7.ErrDetail{{Segment: "MSH", Sequence: 1, Field: 10,
-				Code: hl7.CodeDuplicateKeyIdentifier, Diagnostic: reasonReused}}}, res.ID, firstType(res)
+			return refused(hl7.AckAR, problem.Conflict, reasonReused, hl7.ErrDetail{Segment: "MSH", Sequence: 1, Field: 10,
+				Code: hl7.CodeDuplicateKeyIdentifier, Diagnostic: reasonReused}), res.ID, firstType(res)
 		case dupWait:
 			select {
 			case <-e.done:
 				continue // see how the first copy went
 			case <-time.After(s.cfg.ProcessTimeout):
-				return outcome{code: hl7.AckAR, reason: reasonBusy, errs: []hl7.ErrDetail{{Segment: "MSH", Sequence: 1, Field: 10,
-					Code: hl7.CodeApplicationRecordLocked, Diagnostic: reasonBusy}}}, res.ID, firstType(res)
+				return refused(hl7.AckAR, problem.Unavailable, reasonBusy, hl7.ErrDetail{Segment: "MSH", Sequence: 1, Field: 10,
+					Code: hl7.CodeApplicationRecordLocked, Diagnostic: reasonBusy}), res.ID, firstType(res)
 			}
 		}
 		// dupProceed: this copy is the one to publish.

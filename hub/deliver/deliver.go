@@ -139,6 +139,28 @@ func (g *Gate) recheck(ctx context.Context, d connector.Delivery) (connector.Ver
 
 var _ connector.Consent = (*Gate)(nil)
 
+// Observer is told of each delivery outcome (hub/metrics counts them). It
+// must not block.
+type Observer interface {
+	// Outcome: a copy for recipient ended as audit.Delivered,
+	// audit.Withheld or audit.DeadLettered (told once the outcome is
+	// audited), or was Postponed (a transient failure: it is redelivered).
+	Outcome(recipient, outcome string)
+	// Latency: a copy was handed to recipient d after the hub accepted its
+	// event (told for copies that carry topic.MetaAccepted).
+	Latency(recipient string, d time.Duration)
+}
+
+// Postponed is the Observer outcome of a copy not delivered yet: the
+// recipient is down, consent could not be re-checked, or the hub is
+// stopping. It is delivered later, in order.
+const Postponed = "postponed"
+
+type noObserver struct{}
+
+func (noObserver) Outcome(string, string)        {}
+func (noObserver) Latency(string, time.Duration) {}
+
 // Deliverer delivers one recipient's outbox.
 type Deliverer struct {
 	recipient string
@@ -146,6 +168,7 @@ type Deliverer struct {
 	gate      *Gate
 	pub       message.Publisher
 	log       *zap.Logger
+	obs       Observer
 	stop      context.Context // stops in-flight deliveries when the hub stops (see connector.Sink)
 	now       func() time.Time
 	// push: the sink hands copies to the recipient when it delivers them
@@ -171,8 +194,16 @@ func New(stop context.Context, recipient string, sink connector.Sink, gate *Gate
 	}
 	_, pull := sink.(connector.HTTPSink)
 	return &Deliverer{recipient: recipient, sink: sink, gate: gate, pub: pub, stop: stop,
-		log: log.With(zap.String("recipient", recipient)), now: time.Now, push: !pull,
+		log: log.With(zap.String("recipient", recipient)), obs: noObserver{}, now: time.Now, push: !pull,
 		writeRetry: connector.Retry{MinBackoff: WriteRetryMin, MaxBackoff: WriteRetryMax}}, nil
+}
+
+// Observe makes d tell o of every outcome. Call it before d is in use.
+func (d *Deliverer) Observe(o Observer) *Deliverer {
+	if o != nil {
+		d.obs = o
+	}
+	return d
 }
 
 // maxReshapes bounds how often one copy is prepared again because its
@@ -223,6 +254,7 @@ func (d *Deliverer) Handle(msg *message.Message) error {
 		v, versions, err := d.gate.recheck(ctx, dl)
 		if err != nil {
 			d.log.Info("delivery postponed: consent could not be re-checked", zap.String("event_id", dl.EventID), logging.Err(err))
+			d.obs.Outcome(d.recipient, Postponed)
 			return problem.Wrap(problem.Unavailable, "re-checking consent before delivery", err)
 		}
 		rec.DirectiveVersions = versions
@@ -252,6 +284,9 @@ func (d *Deliverer) Handle(msg *message.Message) error {
 		stopping()
 		rec.Time, rec.Status, rec.Attempts, rec.Form = d.now().UTC(), out.Status, out.Attempts, send.Form
 		if err == nil {
+			if at, perr := time.Parse(time.RFC3339Nano, msg.Metadata.Get(topic.MetaAccepted)); perr == nil {
+				d.obs.Latency(d.recipient, max(rec.Time.Sub(at), 0))
+			}
 			rec.Outcome = audit.Delivered
 			d.log.Info("delivered", zap.String("event_id", dl.EventID), zap.String("event_type", dl.EventType),
 				zap.String("form", send.Form), zap.Int("attempts", out.Attempts), zap.Int("status", out.Status))
@@ -277,6 +312,7 @@ func (d *Deliverer) Handle(msg *message.Message) error {
 		if !permanent {
 			d.log.Info("delivery postponed", zap.String("event_id", dl.EventID),
 				zap.Int("attempts", out.Attempts), logging.Err(err))
+			d.obs.Outcome(d.recipient, Postponed)
 			return problem.Wrap(problem.Unavailable, "delivery postponed", err)
 		}
 		return d.deadLetter(ctx, rec, send, reason, out)
@@ -320,7 +356,13 @@ func (d *Deliverer) writeAudit(ctx context.Context, rec audit.Record) error {
 	m := message.NewMessage(watermill.NewUUID(), rec.Marshal())
 	m.Metadata.Set(topic.MetaKey, rec.Patient)
 	m.Metadata.Set(topic.MetaEventID, rec.EventID)
-	return d.write(ctx, topic.Audit, "audit record ("+rec.Outcome+")", rec.EventID, m)
+	if err := d.write(ctx, topic.Audit, "audit record ("+rec.Outcome+")", rec.EventID, m); err != nil {
+		return err
+	}
+	if rec.Outcome != audit.Sending {
+		d.obs.Outcome(d.recipient, rec.Outcome)
+	}
+	return nil
 }
 
 // write publishes m to topic, retrying in process with capped backoff until

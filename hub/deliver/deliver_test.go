@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -501,5 +502,90 @@ func TestPullSinkWritesNoSendingRecord(t *testing.T) {
 	recs, sending := outcomes(p.sent[topic.Audit])
 	if sending != 0 || len(recs) != 1 {
 		t.Errorf("audit records of a pull sink's append: %d sending and %d outcomes, want 0 and 1", sending, len(recs))
+	}
+}
+
+// observed records what a Deliverer tells its Observer.
+type observed struct {
+	mu        sync.Mutex
+	outcomes  []string
+	latencies []time.Duration
+}
+
+func (o *observed) Outcome(recipient, outcome string) {
+	o.mu.Lock()
+	o.outcomes = append(o.outcomes, recipient+" "+outcome)
+	o.mu.Unlock()
+}
+
+func (o *observed) Latency(_ string, d time.Duration) {
+	o.mu.Lock()
+	o.latencies = append(o.latencies, d)
+	o.mu.Unlock()
+}
+
+// TestObserverHearsEachOutcome: every outcome is told once it is durable
+// (audited), a postponement when the copy is left for later, and the time
+// from acceptance for a delivered copy that carries it.
+func TestObserverHearsEachOutcome(t *testing.T) {
+	accepted := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	ok := func(context.Context, connector.Delivery) (connector.Outcome, error) {
+		return connector.Outcome{Attempts: 1, Status: 204}, nil
+	}
+	tests := []struct {
+		name         string
+		sink         connector.SinkFunc
+		check        *rechecker
+		auditFails   bool
+		accepted     string // topic.MetaAccepted, "" for none
+		wantOutcomes []string
+		wantLatency  []time.Duration
+	}{
+		{"delivered", ok, &rechecker{}, false, accepted.Format(time.RFC3339Nano), []string{"A81001 delivered"}, []time.Duration{90 * time.Second}},
+		{"delivered, accepted time unknown", ok, &rechecker{}, false, "", []string{"A81001 delivered"}, nil},
+		{"delivered, accepted time not a time", ok, &rechecker{}, false, canary, []string{"A81001 delivered"}, nil},
+		{"withheld", ok, &rechecker{dec: consent.Decision{Effect: consent.Deny, Rule: "directive:deny-organisation"}}, false, "", []string{"A81001 withheld"}, nil},
+		{"dead-lettered", func(context.Context, connector.Delivery) (connector.Outcome, error) {
+			return connector.Outcome{Attempts: 1, Status: 400}, connector.Permanent("recipient answered 400", nil)
+		}, &rechecker{}, false, "", []string{"A81001 dead-lettered"}, nil},
+		{"postponed: recipient down", func(context.Context, connector.Delivery) (connector.Outcome, error) {
+			return connector.Outcome{Attempts: 3}, errors.New("connection refused")
+		}, &rechecker{}, false, "", []string{"A81001 postponed"}, nil},
+		{"postponed: consent not re-checked", ok, &rechecker{err: errors.New("store down")}, false, "", []string{"A81001 postponed"}, nil},
+		{"audit not durable: nothing told", ok, &rechecker{}, true, "", nil, nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			p := &pub{}
+			if tc.auditFails {
+				p.err = errors.New("broker down")
+			}
+			stop := context.Background()
+			if tc.auditFails {
+				// Record writes are retried until the hub stops: stop it.
+				var cancel context.CancelFunc
+				stop, cancel = context.WithTimeout(stop, 100*time.Millisecond)
+				defer cancel()
+			}
+			d, err := New(stop, "A81001", tc.sink, gate(tc.check), p, zap.NewNop())
+			if err != nil {
+				t.Fatal(err)
+			}
+			d.writeRetry = connector.Retry{MinBackoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond}
+			d.now = func() time.Time { return accepted.Add(90 * time.Second) }
+			var o observed
+			d.Observe(&o)
+			m := outboxMessage()
+			if tc.accepted != "" {
+				m.Metadata.Set(topic.MetaAccepted, tc.accepted)
+			}
+			_ = d.Handle(m)
+			if !slices.Equal(o.outcomes, tc.wantOutcomes) {
+				t.Errorf("outcomes:\n\tgot  %q\n\twant %q", o.outcomes, tc.wantOutcomes)
+			}
+			if !slices.Equal(o.latencies, tc.wantLatency) {
+				t.Errorf("latencies:\n\tgot  %v\n\twant %v", o.latencies, tc.wantLatency)
+			}
+		})
 	}
 }

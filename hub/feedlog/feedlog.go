@@ -84,6 +84,7 @@ type Log struct {
 	cache   []connector.FeedEntry // the latest entries, consecutive numbers
 	changed chan struct{}         // closed and replaced whenever next grows
 	done    chan struct{}         // closed by Drain
+	stopped chan struct{}         // closed when the tailer returns
 	drained bool
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
@@ -93,8 +94,13 @@ type Log struct {
 // Start does, once the broker is up.
 func New(recipient, topic string, log *zap.Logger) *Log {
 	return &Log{recipient: recipient, topic: topic, log: log.With(zap.String("recipient", recipient)),
-		loaded: make(chan struct{}), ids: map[string]int64{}, changed: make(chan struct{}), done: make(chan struct{})}
+		loaded: make(chan struct{}), ids: map[string]int64{}, changed: make(chan struct{}), done: make(chan struct{}),
+		stopped: make(chan struct{})}
 }
+
+// Stopped is closed when the feed stops following its topic (Close): from
+// then on nothing appended by another process is served.
+func (l *Log) Stopped() <-chan struct{} { return l.stopped }
 
 // Start follows the feed's topic on brokers.
 func (l *Log) Start(brokers []string) {
@@ -116,6 +122,17 @@ func (l *Log) WaitLoaded(ctx context.Context) error {
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
+	}
+}
+
+// Loaded reports whether the feed has read everything its topic held when
+// it started.
+func (l *Log) Loaded() bool {
+	select {
+	case <-l.loaded:
+		return true
+	default:
+		return false
 	}
 }
 
@@ -173,6 +190,7 @@ func sleep(ctx context.Context, d time.Duration) {
 // tail follows the partition from its start.
 func (l *Log) tail(ctx context.Context) {
 	defer l.wg.Done()
+	defer close(l.stopped)
 	var first, end int64
 	for {
 		var err error

@@ -23,6 +23,8 @@ import (
 	"encoding/json"
 	"net/http"
 	"sort"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -49,9 +51,15 @@ func (c *Checks) Add(name string, check Check) {
 	c.mu.Unlock()
 }
 
-// Ready runs every check and returns the reasons of those that fail,
-// sorted by name; none means ready.
-func (c *Checks) Ready() []string {
+// Result is the answer of one check.
+type Result struct {
+	Name   string
+	OK     bool
+	Reason string // why not, when not OK
+}
+
+// Results runs every check and returns their answers, sorted by name.
+func (c *Checks) Results() []Result {
 	c.mu.Lock()
 	names := make([]string, 0, len(c.checks))
 	for n := range c.checks {
@@ -63,10 +71,21 @@ func (c *Checks) Ready() []string {
 	}
 	c.mu.Unlock()
 	sort.Strings(names)
+	out := make([]Result, len(names))
+	for i, n := range names {
+		ok, why := checks[n]()
+		out[i] = Result{Name: n, OK: ok, Reason: why}
+	}
+	return out
+}
+
+// Ready runs every check and returns the reasons of those that fail,
+// sorted by name; none means ready.
+func (c *Checks) Ready() []string {
 	var reasons []string
-	for _, n := range names {
-		if ok, why := checks[n](); !ok {
-			reasons = append(reasons, n+": "+why)
+	for _, r := range c.Results() {
+		if !r.OK {
+			reasons = append(reasons, r.Name+": "+r.Reason)
 		}
 	}
 	return reasons
@@ -152,3 +171,67 @@ func StartProbe(ctx context.Context, interval, timeout time.Duration, probe func
 
 // Check implements Check.
 func (p *Probe) Check() (bool, string) { return p.flag.Check() }
+
+// Running is a check over parts that run for as long as the process does
+// (the router, each recipient's deliverer, each pull recipient's feed): it
+// fails while any watched part is not running, naming the parts. A part that
+// is stopped on purpose while the process runs (a recipient removed) is
+// forgotten first.
+type Running struct {
+	mu    sync.Mutex
+	parts map[string]func() (running bool)
+}
+
+// NewRunning returns a check with nothing to watch: it passes.
+func NewRunning() *Running { return &Running{parts: map[string]func() bool{}} }
+
+// Watch watches the part called name: it has stopped once stopped is
+// closed. A nil channel never closes.
+func (r *Running) Watch(name string, stopped <-chan struct{}) {
+	r.WatchFunc(name, func() bool {
+		select {
+		case <-stopped:
+			return false
+		default:
+			return true
+		}
+	})
+}
+
+// WatchFunc watches the part called name by asking running.
+func (r *Running) WatchFunc(name string, running func() bool) {
+	r.mu.Lock()
+	r.parts[name] = running
+	r.mu.Unlock()
+}
+
+// Forget stops watching the part called name.
+func (r *Running) Forget(name string) {
+	r.mu.Lock()
+	delete(r.parts, name)
+	r.mu.Unlock()
+}
+
+// maxNamed bounds how many stopped parts a reason names.
+const maxNamed = 5
+
+// Check implements Check.
+func (r *Running) Check() (bool, string) {
+	r.mu.Lock()
+	var stopped []string
+	for name, running := range r.parts {
+		if !running() {
+			stopped = append(stopped, name)
+		}
+	}
+	r.mu.Unlock()
+	if len(stopped) == 0 {
+		return true, ""
+	}
+	sort.Strings(stopped)
+	why := "not running: " + strings.Join(stopped[:min(len(stopped), maxNamed)], ", ")
+	if len(stopped) > maxNamed {
+		why += " and " + strconv.Itoa(len(stopped)-maxNamed) + " more"
+	}
+	return false, why
+}

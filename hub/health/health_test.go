@@ -108,3 +108,42 @@ func TestProbeFollowsItsLastAnswer(t *testing.T) {
 	fail.Store(true)
 	wait(false)
 }
+
+func TestRunning(t *testing.T) {
+	r := NewRunning()
+	check := func() (bool, string) { return r.Check() }
+	stopped := map[string]chan struct{}{}
+	stop := func(name string) { close(stopped[name]) }
+	watch := func(names ...string) {
+		for _, n := range names {
+			stopped[n] = make(chan struct{})
+			r.Watch(n, stopped[n])
+		}
+	}
+	tests := []struct {
+		name   string
+		change func()
+		wantOK bool
+		want   string
+	}{
+		{"nothing watched", func() {}, true, ""},
+		{"all running", func() { watch("route", "deliver A81001", "deliver VM123") }, true, ""},
+		{"one stopped", func() { stop("deliver VM123") }, false, "not running: deliver VM123"},
+		{"two stopped, sorted", func() { stop("route") }, false, "not running: deliver VM123, route"},
+		{"forgotten", func() { r.Forget("route"); r.Forget("deliver VM123") }, true, ""},
+		{"a nil channel never stops", func() { r.Watch("feed B82005", nil) }, true, ""},
+		{"many stopped, bounded", func() {
+			for _, n := range []string{"a", "b", "c", "d", "e", "f", "g"} {
+				watch(n)
+				stop(n)
+			}
+		}, false, "not running: a, b, c, d, e and 2 more"},
+	}
+	for _, tt := range tests {
+		tt.change()
+		ok, why := check()
+		if ok != tt.wantOK || why != tt.want {
+			t.Errorf("%s:\n\tgot  %v %q\n\twant %v %q", tt.name, ok, why, tt.wantOK, tt.want)
+		}
+	}
+}

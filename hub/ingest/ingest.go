@@ -311,6 +311,7 @@ func (in *Ingest) prepare(ctx context.Context, org string, raw []byte) (prepared
 	if err != nil {
 		return prepared{}, acc, err
 	}
+	msg.Metadata.Set(topic.MetaAccepted, now.UTC().Format(time.RFC3339Nano))
 	msg.SetContext(ctx)
 	p := prepared{msg: msg}
 	if o := in.opts.FlagOlderThan; o > 0 && ev.Time.Before(now.Add(-o)) {

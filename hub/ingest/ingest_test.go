@@ -88,6 +88,9 @@ func TestAcceptKeysByPseudonymAndCarriesNoIdentifierInHeaders(t *testing.T) {
 			t.Errorf("metadata %s holds the NHS number", k)
 		}
 	}
+	if got, want := m.Metadata.Get(topic.MetaAccepted), now.Format(time.RFC3339Nano); got != want {
+		t.Errorf("accepted time: got %q, want %q", got, want)
+	}
 }
 
 func TestAcceptRefusals(t *testing.T) {

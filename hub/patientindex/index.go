@@ -196,6 +196,10 @@ func (x *Index) WaitLoaded(ctx context.Context) error {
 	return x.t.WaitLoaded(ctx)
 }
 
+// Loaded reports whether every record there was when the index opened is
+// loaded.
+func (x *Index) Loaded() bool { return x.t == nil || x.t.Loaded() }
+
 // Sync returns once every record written before the call is applied.
 func (x *Index) Sync(ctx context.Context) error {
 	if x.t == nil {

@@ -136,7 +136,16 @@ type Config struct {
 	// Contacts says, by publisher ODS code, how a recipient of a
 	// notification asks for the full record (optional).
 	Contacts map[string]string
+	// Observer, when set, is told of each event routed (hub/metrics).
+	Observer Observer
 	Log      *zap.Logger
+}
+
+// Observer is told of each event Handle routed, with its verdicts, once
+// everything it produced is durable (so a redelivered event is told again
+// only if it is routed again). It must not block.
+type Observer interface {
+	Routed(verdicts []Verdict)
 }
 
 // Router routes events.
@@ -187,6 +196,8 @@ type Plan struct {
 	Index  []*message.Message
 	// commit are the patient index records to apply once published.
 	commit map[string]patientindex.Record
+	// verdicts are the decisions, for the Observer.
+	verdicts []Verdict
 }
 
 // Handle is the watermill handler for carehub.events.
@@ -196,6 +207,7 @@ func (r *Router) Handle(msg *message.Message) error {
 		return err
 	}
 	if len(plan.Audit) == 0 && len(plan.Outbox) == 0 && len(plan.Index) == 0 {
+		r.observe(plan)
 		return nil
 	}
 	if tp, ok := r.cfg.Publisher.(TopicsPublisher); ok {
@@ -228,7 +240,14 @@ func (r *Router) Handle(msg *message.Message) error {
 	for k, rec := range plan.commit {
 		r.cfg.Index.Commit(k, rec)
 	}
+	r.observe(plan)
 	return nil
+}
+
+func (r *Router) observe(plan *Plan) {
+	if r.cfg.Observer != nil {
+		r.cfg.Observer.Routed(plan.verdicts)
+	}
 }
 
 // Notice kinds of a Verdict.
@@ -633,7 +652,7 @@ func (r *Router) Plan(msg *message.Message) (*Plan, error) {
 // of a decided event; mark, when set, completes each audit record.
 func (r *Router) planOf(msg *message.Message, ev *event.Event, key string, dec *Decided, mark func(*audit.Record)) (*Plan, error) {
 	var err error
-	plan := &Plan{Outbox: map[string][]*message.Message{}, commit: dec.Updates}
+	plan := &Plan{Outbox: map[string][]*message.Message{}, commit: dec.Updates, verdicts: dec.Verdicts}
 	bodies := map[event.Form][]byte{} // each form made at most once per event
 	now := r.now().UTC()
 	for _, v := range dec.Verdicts {
@@ -701,6 +720,12 @@ func (r *Router) planOf(msg *message.Message, ev *event.Event, key string, dec *
 		out.Metadata.Set(topic.MetaForm, string(v.Form))
 		if v.Notice != "" {
 			out.Metadata.Set(topic.MetaAbout, ev.ID)
+		}
+		// Live copies carry when the event was accepted, for the
+		// accepted-to-delivered latency; a backfill's copies (mark set)
+		// do not: that latency would be the age of the backfill.
+		if at := msg.Metadata.Get(topic.MetaAccepted); at != "" && mark == nil {
+			out.Metadata.Set(topic.MetaAccepted, at)
 		}
 		if v.Notice != NoticeWithheld {
 			sealed, err := r.cfg.Sealer.Seal(Sealed{Request: v.Request, Relation: v.Relation, Original: v.Original, Decision: d, Form: string(v.Form)})

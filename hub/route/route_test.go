@@ -674,3 +674,54 @@ func TestConfidentialEventReachesOnlyTheGP(t *testing.T) {
 		t.Errorf("the care home's decisions: got rules %v, want %v", rules, want)
 	}
 }
+
+// routedTo records what a Router tells its Observer.
+type routedTo struct {
+	mu    sync.Mutex
+	calls [][]string // per event routed: effect rule, per verdict
+}
+
+func (o *routedTo) Routed(vs []Verdict) {
+	var got []string
+	for _, v := range vs {
+		got = append(got, string(v.Decision.Effect)+" "+v.Decision.Rule)
+	}
+	o.mu.Lock()
+	o.calls = append(o.calls, got)
+	o.mu.Unlock()
+}
+
+// TestObserverHearsDecisionsOnceDurable: the Observer hears each event's
+// verdicts once its copies and records are published, not when publishing
+// fails (the event is redelivered and routed again); and the accepted time
+// travels from the event to each copy.
+func TestObserverHearsDecisionsOnceDurable(t *testing.T) {
+	var o routedTo
+	pub := &fakePub{err: errors.New("broker down")}
+	r := newRouter(t, subs(t), consent.Relationship{}, &fakeDirectives{}, pub, func(c *Config) { c.Observer = &o })
+	m := discharge(t)
+	m.Metadata.Set(topic.MetaAccepted, "2026-12-01T10:00:00.123456789Z")
+	if err := r.Handle(m); err == nil {
+		t.Fatal("Handle succeeded with a broken publisher")
+	}
+	if len(o.calls) != 0 {
+		t.Fatalf("told of an event whose copies were not published: %v", o.calls)
+	}
+	pub.err = nil
+	if err := r.Handle(m); err != nil {
+		t.Fatal(err)
+	}
+	// The example discharge names A81001 as the GP and VM123 as the
+	// destination.
+	want := [][]string{{"permit relationship-confirmed", "permit relationship-confirmed"}}
+	if len(o.calls) != 1 || !slices.Equal(o.calls[0], want[0]) {
+		t.Errorf("told:\n\tgot  %q\n\twant %q", o.calls, want)
+	}
+	for _, topicName := range []string{topic.Outbox("A81001"), topic.Outbox("VM123")} {
+		for _, c := range pub.sent[topicName] {
+			if got := c.Metadata.Get(topic.MetaAccepted); got != "2026-12-01T10:00:00.123456789Z" {
+				t.Errorf("%s copy: accepted time %q, want the event's", topicName, got)
+			}
+		}
+	}
+}

@@ -89,6 +89,11 @@ const (
 	MetaDecision = "carehub_decision"
 	// MetaAbout is, on a notice, the id of the event it is about.
 	MetaAbout = "carehub_about"
+	// MetaAccepted is when the hub accepted the event (RFC 3339, UTC, to
+	// the nanosecond): set by ingest on carehub.events, copied by the router
+	// onto outbox copies, read by the deliverer for the accepted→delivered
+	// latency.
+	MetaAccepted = "carehub_accepted"
 )
 
 // Retention is how long the topics kept by time keep their records.

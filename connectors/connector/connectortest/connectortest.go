@@ -8,8 +8,9 @@
 // against a fake connector.Ingest that the suite controls, sends it real
 // messages of its protocol through the probe, and checks the ack contract
 // of package connector: a positive answer only after Accept returned nil,
-// never before; a negative answer when Accept fails; nothing accepted from
-// an unauthenticated sender. A probe with a HeldDocument (a message the
+// never before; a negative answer when Accept fails (and no report of it to
+// Env.Refusals: Ingest counts its own refusals); nothing accepted from an
+// unauthenticated sender, and its refusal reported to Env.Refusals. A probe with a HeldDocument (a message the
 // protocol acknowledges without sharing) is held to the same contract
 // through Hold.
 //
@@ -71,9 +72,28 @@ func (keys) Organisation(r *http.Request) (string, error) {
 	return Organisation, nil
 }
 
+// refusals records what a source reports to Env.Refusals.
+type refusals struct {
+	mu    sync.Mutex
+	kinds []problem.Kind
+}
+
+func (r *refusals) Refused(_ context.Context, _ string, kind problem.Kind) {
+	r.mu.Lock()
+	r.kinds = append(r.kinds, kind)
+	r.mu.Unlock()
+}
+
+func (r *refusals) count() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.kinds)
+}
+
 // startSource builds the source from its factory's probe and runs it
-// against in, with its HTTP routes (if any) on a test server.
-func startSource(t *testing.T, f connector.SourceFactory, in connector.Ingest) func(ctx context.Context, doc []byte, key string) (Answer, error) {
+// against in, with its HTTP routes (if any) on a test server. What it
+// refuses before Ingest is reported to refused (nil: nobody listens).
+func startSource(t *testing.T, f connector.SourceFactory, in connector.Ingest, refused ...*refusals) func(ctx context.Context, doc []byte, key string) (Answer, error) {
 	t.Helper()
 	cfg := f.Probe.Config(Organisation)
 	if err := cfg.Validate(); err != nil {
@@ -85,6 +105,9 @@ func startSource(t *testing.T, f connector.SourceFactory, in connector.Ingest) f
 	}
 	mux := http.NewServeMux()
 	env := connector.Env{Ingest: in, Auth: keys{}, Mux: mux, MaxBodyBytes: 1 << 20, Log: zap.NewNop()}
+	if len(refused) > 0 {
+		env.Refusals = refused[0]
+	}
 	if err := src.Register(env); err != nil {
 		t.Fatalf("%s: Register: %v", f.Type, err)
 	}
@@ -232,13 +255,17 @@ func RunSource(t *testing.T, f connector.SourceFactory) {
 		t.Run("negative answer when Accept fails: "+kind.String(), func(t *testing.T) {
 			in := newIngest()
 			in.set(problem.New(kind, "refused by the suite"), nil)
-			send := startSource(t, f, in)
+			var refused refusals
+			send := startSource(t, f, in, &refused)
 			a, err := send(ctx(t), doc(), key)
 			if err != nil {
 				t.Fatalf("Send: %v; want a negative answer, not a broken connection", err)
 			}
 			if a.Positive {
 				t.Errorf("got a positive answer (%s) though Accept failed with %s", a.Detail, kind)
+			}
+			if n := refused.count(); n != 0 {
+				t.Errorf("reported %d refusals to Env.Refusals for a message Ingest refused (Ingest counts its own), want 0", n)
 			}
 		})
 	}
@@ -288,7 +315,8 @@ func RunSource(t *testing.T, f connector.SourceFactory) {
 
 	t.Run("unauthenticated sender: nothing accepted", func(t *testing.T) {
 		in := newIngest()
-		send := startSource(t, f, in)
+		var refused refusals
+		send := startSource(t, f, in, &refused)
 		seq++
 		a, err := send(ctx(t), f.Probe.Document(Stranger, fmt.Sprintf("conformance-%d", seq), Canary), "")
 		if err == nil && a.Positive {
@@ -296,6 +324,11 @@ func RunSource(t *testing.T, f connector.SourceFactory) {
 		}
 		if n := in.count(); n != 0 {
 			t.Errorf("Accept succeeded %d times for an unauthenticated sender", n)
+		}
+		if err == nil && !a.Positive && in.count() == 0 {
+			if n := refused.count(); n != 1 {
+				t.Errorf("refusals of the unauthenticated sender reported to Env.Refusals: got %d, want 1", n)
+			}
 		}
 	})
 }

@@ -11,22 +11,30 @@ import (
 	"time"
 
 	"github.com/carehub/carehub/connectors/connector"
+	"github.com/carehub/carehub/schemas/problem"
 )
 
 // fakeSource is an in-memory "protocol": the probe's Send calls the
 // source directly, with the Ingest it was registered with.
 type fakeSource struct {
 	in     connector.Ingest
-	broken string // "", "ack-before-accept", "ack-despite-failure", "accept-unauthenticated", "ack-despite-hold-failure", "held-accepted"
+	env    connector.Env
+	broken string // "", "ack-before-accept", "ack-despite-failure", "accept-unauthenticated", "ack-despite-hold-failure", "held-accepted", "refusal-unreported", "ingest-refusal-reported"
 }
 
-func (s *fakeSource) Register(env connector.Env) error               { s.in = env.Ingest; return nil }
+func (s *fakeSource) Register(env connector.Env) error {
+	s.in, s.env = env.Ingest, env
+	return nil
+}
 func (s *fakeSource) Run(ctx context.Context, _ connector.Env) error { <-ctx.Done(); return nil }
 
 func (s *fakeSource) send(ctx context.Context, doc []byte, key string) (Answer, error) {
 	org := Organisation
 	if key == "" {
 		if s.broken != "accept-unauthenticated" {
+			if s.broken != "refusal-unreported" {
+				s.env.Refuse(ctx, "", problem.Unauthenticated)
+			}
 			return Answer{Detail: "401"}, nil
 		}
 		org = Stranger
@@ -54,6 +62,9 @@ func (s *fakeSource) send(ctx context.Context, doc []byte, key string) (Answer, 
 		return Answer{Positive: true, Detail: "202"}, nil
 	}
 	if _, err := s.in.Accept(ctx, org, doc); err != nil {
+		if s.broken == "ingest-refusal-reported" {
+			s.env.Refuse(ctx, org, problem.KindOf(err))
+		}
 		return Answer{Detail: "4xx"}, nil
 	}
 	return Answer{Positive: true, Detail: "202"}, nil
@@ -194,6 +205,8 @@ func TestSuiteFailsBrokenFakes(t *testing.T) {
 		{"accept-unauthenticated", "unauthenticated sender"},
 		{"ack-despite-hold-failure", "though Hold failed"},
 		{"held-accepted", "Accept calls 1"},
+		{"refusal-unreported", "reported to Env.Refusals: got 0, want 1"},
+		{"ingest-refusal-reported", "for a message Ingest refused"},
 		{"sink:transient-is-permanent", "Deliver returned"},
 		{"sink:no-recheck", "after the re-check changed it"},
 		{"sink:abort-on-stop", "a stop must let an attempt under way finish"},
