@@ -16,6 +16,7 @@
 //	POST   /v1/deadletters/{partition}/{offset}/dismiss  close it without delivery
 //	GET    /v1/held                               messages acknowledged but not shared (held.go)
 //	GET    /v1/held/counts                        how many, by reason and by source
+//	/v1/recipients, /v1/subscriptions            recipients, subscriptions, pauses and patient lists (recipients.go)
 //
 // Consent bodies are FHIR R4 Consent resources (Content-Type
 // application/fhir+json) or the simple JSON form (application/json, a
@@ -95,6 +96,9 @@ type API struct {
 	Held        HeldRecords
 	Family      Family
 	DeadLetters *DeadLetters
+	// Recipients, when set, serves recipients, subscriptions and patient
+	// lists (recipients.go).
+	Recipients *Recipients
 	// Publisher writes audit records, replays and resolutions.
 	Publisher message.Publisher
 	Log       *zap.Logger
@@ -121,6 +125,9 @@ func (a *API) Register(mux *http.ServeMux) error {
 	mux.HandleFunc("GET /v1/patients/{nhsNumber}/disclosures", a.admin(a.disclosures))
 	mux.HandleFunc("GET /v1/deadletters", a.admin(a.listDeadLetters))
 	mux.HandleFunc("POST /v1/deadletters/{partition}/{offset}/{action}", a.admin(a.resolveDeadLetter))
+	if err := a.registerRecipients(mux); err != nil {
+		return err
+	}
 	return a.registerHeld(mux)
 }
 
