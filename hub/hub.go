@@ -529,7 +529,7 @@ func (h *hub) startHTTP(context.Context) error {
 		Disclosures: &admin.AuditReader{Brokers: h.brokers, Topic: topic.Audit}, Family: h.index,
 		DeadLetters: &admin.DeadLetters{Brokers: h.brokers}, Publisher: h.pub, Log: h.log.Named("admin"),
 		Held: &held.Reader{Brokers: h.brokers, Topic: topic.Held},
-		Recipients: &admin.Recipients{Directory: h.dir, Keys: h.keys, Readers: h.readers,
+		Recipients: &admin.Recipients{Directory: h.dir, Keys: h.keys, Readers: h.readers, Settle: h.fleet.reconcile,
 			Status: func(ctx context.Context, ods string) admin.RecipientStatus {
 				delivering, why := h.fleet.Delivering(ods)
 				st := admin.RecipientStatus{Delivering: delivering, NotDelivering: why}

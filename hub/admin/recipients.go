@@ -30,6 +30,17 @@ type Recipients struct {
 	// Status tells whether this process delivers to the recipient now,
 	// and measures its backlog.
 	Status func(ctx context.Context, ods string) RecipientStatus
+	// Settle, when set, returns once this process runs what the directory
+	// holds (a recipient created is delivering, one paused has stopped):
+	// called after each change, before the answer. Other processes follow
+	// as soon as they read the change.
+	Settle func(ctx context.Context)
+}
+
+func (rs *Recipients) settle(ctx context.Context) {
+	if rs.Settle != nil {
+		rs.Settle(ctx)
+	}
 }
 
 // RecipientStatus is a recipient's state as this process sees it.
@@ -179,6 +190,7 @@ func (a *API) createRecipient(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
+	a.Recipients.settle(r.Context())
 	a.writeRecipient(w, http.StatusCreated, rc)
 }
 
@@ -222,6 +234,7 @@ func (a *API) putRecipient(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
+	a.Recipients.settle(r.Context())
 	a.writeRecipient(w, http.StatusOK, rc)
 }
 
@@ -240,6 +253,7 @@ func (a *API) deleteRecipient(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
+	a.Recipients.settle(r.Context())
 	w.WriteHeader(http.StatusNoContent)
 }
 
@@ -315,6 +329,7 @@ func (a *API) pauseRecipient(pause bool) http.HandlerFunc {
 			a.fail(w, r, err)
 			return
 		}
+		a.Recipients.settle(r.Context())
 		a.Log.Info(map[bool]string{true: "recipient paused", false: "recipient resumed"}[pause], zap.String("recipient", o),
 			zap.String("operator", operator(r)))
 		a.writeStatus(w, r, rc)
@@ -384,6 +399,7 @@ func (a *API) putSubscription(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
+	a.Recipients.settle(r.Context())
 	w.Header().Set("ETag", ETag(s.Version))
 	code := http.StatusOK
 	if id == "" {
@@ -403,5 +419,6 @@ func (a *API) deleteSubscription(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
+	a.Recipients.settle(r.Context())
 	w.WriteHeader(http.StatusNoContent)
 }
