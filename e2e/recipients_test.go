@@ -322,6 +322,24 @@ func TestRecipientsAndSubscriptionsThroughTheAdminAPI(t *testing.T) {
 	if dec := routed(id); dec["VM456"].Recipient != "" {
 		t.Errorf("a discharge after the recipient was deleted was decided for VM456")
 	}
+	// A pull recipient created at run time: its feed and its routes.
+	feedEntry := []byte(`{"ods": "B82006", "role": "gp-practice", "feed": {"apiKey": {"value": "demo-b82006-key"}},
+	  "subscriptions": [{"id": "b82006-registered-patients", "basis": "registered-gp", "types": ["discharge"]}]}`)
+	if status, _ := h.api(admin, "POST", "/v1/recipients", "application/json", feedEntry, nil, nil); status != 201 {
+		t.Fatalf("POST a feed recipient: %d", status)
+	}
+	ev := patientEvent(t, "discharge", nhsNumber(32006), "B82006", "")
+	h.mustPublish("demo-rx1-key", ev)
+	waitFor(t, "the new feed holds the discharge", 60*time.Second, func() bool {
+		status, b := h.readFeed(t, "/v1/feeds/B82006?after=0", "demo-b82006-key", "")
+		var page feedPage
+		_ = json.Unmarshal(b, &page)
+		return status == 200 && len(page.Events) == 1 && page.Events[0].id() == ev["id"]
+	})
+	if status, _ := h.readFeed(t, "/v1/feeds/B82006?after=0", "demo-b82005-key", ""); status != 401 {
+		t.Errorf("another key reading the new feed: %d, want 401", status)
+	}
+
 	waitFor(t, "every change audited", 20*time.Second, func() bool { return len(h.auditOfKind("recipient-change")) >= 6 })
 	var actions []string
 	for _, r := range h.auditOfKind("recipient-change") {
@@ -449,6 +467,19 @@ func TestAResidentAddedThroughTheAPIReceivesTheirNextDischarge(t *testing.T) {
 	slices.Sort(want)
 	if !slices.Equal(changes, want) {
 		t.Errorf("list-change audit:\n\tgot  %v\n\twant %v", changes, want)
+	}
+	var report struct {
+		ListChanges []struct{ Recipient, Actor, Action string }
+	}
+	if status, _ := h.api("demo-admin-key", "GET", "/v1/patients/"+resident+"/disclosures", "", nil, nil, &report); status != 200 {
+		t.Fatalf("disclosures: %d", status)
+	}
+	var seen []string
+	for _, c := range report.ListChanges {
+		seen = append(seen, c.Action+" "+c.Recipient+" by "+c.Actor)
+	}
+	if want := []string{"patient-list-add VM123 by VM123", "patient-list-remove VM123 by admin"}; !slices.Equal(seen, want) {
+		t.Errorf("the resident's disclosures report, list changes:\n\tgot  %v\n\twant %v", seen, want)
 	}
 	for _, m := range h.records("carehub.subscriptions") {
 		if strings.Contains(string(m.Key)+string(m.Value), resident) || strings.Contains(string(m.Key)+string(m.Value), other) {

@@ -77,16 +77,18 @@ func TestLoadExample(t *testing.T) {
 			{
 				ODS: "VM123", Name: "Example Care Home (demo)", Role: "social-care",
 				Sink: config.Sink{Type: "webhook", Config: &webhook.Config{URL: "http://127.0.0.1:9102/events", Secret: connector.SecretValue("whsec_Y2FyZWh1Yi1kZW1vLXNlY3JldC1jYXJlaG9tZS1WTTEyMw=="), Timeout: 10 * time.Second}}, // timeout: default
-				Subscriptions: []config.Subscription{{ID: "vm123-discharges-to-us", Basis: "discharge-destination",
-					Types: []string{"admission", "discharge", "discharge-pending", "discharge-pending-cancelled"}}},
+				Subscriptions: []config.Subscription{
+					{ID: "vm123-residents", Basis: "patient-list", Types: []string{"admission", "transfer", "discharge", "admission-cancelled",
+						"discharge-cancelled", "transfer-cancelled", "discharge-pending", "discharge-pending-cancelled"}},
+					{ID: "vm123-discharges-to-us", Basis: "discharge-destination",
+						Types: []string{"admission", "discharge", "discharge-pending", "discharge-pending-cancelled"}}},
 			},
 			{
-				ODS: "CN001", Name: "Example community nursing team (demo)", Role: "community",
+				ODS: "CN001", Name: "Example community nursing team (demo)", Role: "community", APIKey: connector.SecretValue("demo-cn001-key"),
 				Sink: config.Sink{Type: "webhook", Config: &webhook.Config{URL: "http://127.0.0.1:9103/events", Secret: connector.SecretValue("whsec_Y2FyZWh1Yi1kZW1vLXNlY3JldC1jb21tdW5pdHktQ04wMDE="), Timeout: 10 * time.Second}}, // timeout: default
 				Subscriptions: []config.Subscription{{ID: "cn001-caseload", Basis: "patient-list",
 					Types: []string{"admission", "transfer", "discharge", "admission-cancelled", "discharge-cancelled", "transfer-cancelled",
-						"patient-class-changed", "discharge-pending", "discharge-pending-cancelled"},
-					PatientList: filepath.Join("..", "..", "deploy", "examples", "cn001-caseload.txt")}}, // relative to the file
+						"patient-class-changed", "discharge-pending", "discharge-pending-cancelled"}}},
 			},
 			{
 				ODS: "B82005", Name: "Example polling GP practice (demo)", Role: "gp-practice",

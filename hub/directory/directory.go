@@ -58,6 +58,7 @@
 package directory
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -593,11 +594,75 @@ func redacted(r *config.Recipient) json.RawMessage {
 			}
 		}
 	})
-	b, err := json.Marshal(tree)
-	if err != nil {
+	var b bytes.Buffer
+	if err := ordered(&b, tree, entryOrder); err != nil {
 		return nil
 	}
-	return b
+	return b.Bytes()
+}
+
+// entryOrder is the order an entry's members are shown in, as the
+// configuration file's examples write them; the delivery section comes
+// before the subscriptions, other members in name order.
+var entryOrder = []string{"ods", "name", "role", "apiKey", "", "subscriptions"}
+
+// subscriptionOrder is the order of a subscription's members.
+var subscriptionOrder = []string{"id", "basis", "types", "patientList", ""}
+
+// ordered writes an entry's tree as JSON, its members in order (the
+// unnamed place "" holds the members order does not name, sorted).
+func ordered(b *bytes.Buffer, m map[string]any, order []string) error {
+	var keys []string
+	named := map[string]bool{}
+	for _, k := range order {
+		named[k] = true
+	}
+	for _, k := range order {
+		if k == "" {
+			for _, other := range slices.Sorted(maps.Keys(m)) {
+				if !named[other] {
+					keys = append(keys, other)
+				}
+			}
+			continue
+		}
+		if _, ok := m[k]; ok {
+			keys = append(keys, k)
+		}
+	}
+	b.WriteByte('{')
+	for i, k := range keys {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		kb, _ := json.Marshal(k)
+		b.Write(kb)
+		b.WriteByte(':')
+		if subs, ok := m[k].([]any); ok && k == "subscriptions" && slices.Equal(order, entryOrder) {
+			b.WriteByte('[')
+			for j, s := range subs {
+				if j > 0 {
+					b.WriteByte(',')
+				}
+				sm, ok := s.(map[string]any)
+				if !ok {
+					return errors.New("a subscription is not an object")
+				}
+				if err := ordered(b, sm, subscriptionOrder); err != nil {
+					return err
+				}
+			}
+			b.WriteByte(']')
+			continue
+		}
+		vb, err := json.Marshal(m[k])
+		if err != nil {
+			return err
+		}
+		b.Write(vb)
+	}
+	b.WriteByte('}')
+	return nil
 }
 
 // forSecrets calls visit with every secret of an entry's tree: the
