@@ -71,6 +71,22 @@ type fleet struct {
 	// feeds), rebuilt whole when they change: a ServeMux cannot forget a
 	// route.
 	httpSinks atomic.Pointer[http.ServeMux]
+	// state is what reconcile last left, read by the readiness check and
+	// the status page without waiting for a reconcile in progress.
+	state atomic.Pointer[fleetState]
+}
+
+// fleetState is the fleet's members as reconcile left them.
+type fleetState struct {
+	members map[string]memberState
+}
+
+// memberState is one member as reconcile left it: why it does not
+// deliver ("" when it does), and the deliverer's stopped channel.
+type memberState struct {
+	paused  bool
+	why     string
+	stopped <-chan struct{}
 }
 
 // member is one recipient in this process.
@@ -92,6 +108,7 @@ type running struct {
 func newFleet(h *hub, wm *message.Router, ctx context.Context) *fleet {
 	f := &fleet{h: h, wm: wm, ctx: ctx, members: map[string]*member{}, feeds: map[string]*feedlog.Log{}}
 	f.httpSinks.Store(http.NewServeMux())
+	f.state.Store(&fleetState{})
 	return f
 }
 
@@ -188,6 +205,28 @@ func (f *fleet) reconcile(ctx context.Context) {
 	if routes {
 		f.rebuildRoutes()
 	}
+	f.publishState()
+}
+
+// publishState records the members' state for check and Delivering.
+// f.mu must be held.
+func (f *fleet) publishState() {
+	st := &fleetState{members: map[string]memberState{}}
+	for ods, m := range f.members {
+		ms := memberState{paused: m.paused}
+		switch {
+		case m.paused:
+			ms.why = "paused"
+		case m.err != nil:
+			ms.why = problem.Public(problemOf(m.err))
+		case m.run == nil:
+			ms.why = "not started"
+		default:
+			ms.stopped = m.run.handler.Stopped()
+		}
+		st.members[ods] = ms
+	}
+	f.state.Store(st)
 }
 
 // problemOf keeps errors of this package's making (topics, feeds) and of
@@ -332,22 +371,20 @@ func (f *fleet) stop() {
 }
 
 // check is the readiness check "deliverers": every recipient of the
-// directory that is not paused has its deliverer running here.
+// directory that is not paused has its deliverer running here. It never
+// waits for a reconcile in progress.
 func (f *fleet) check() (bool, string) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
+	st := f.state.Load()
 	var bad []string
-	for _, ods := range slices.Sorted(maps.Keys(f.members)) {
-		m := f.members[ods]
+	for _, ods := range slices.Sorted(maps.Keys(st.members)) {
+		m := st.members[ods]
 		switch {
 		case m.paused:
-		case m.err != nil:
-			bad = append(bad, ods+": "+problem.Public(problemOf(m.err)))
-		case m.run == nil:
-			bad = append(bad, ods+": not started")
+		case m.why != "":
+			bad = append(bad, ods+": "+m.why)
 		default:
 			select {
-			case <-m.run.handler.Stopped():
+			case <-m.stopped:
 				bad = append(bad, ods+": its deliverer stopped")
 			default:
 			}
@@ -360,20 +397,19 @@ func (f *fleet) check() (bool, string) {
 }
 
 // Delivering reports whether this process runs the recipient's
-// deliverer now (for the recipient's status).
+// deliverer now, and if not, why (for the recipient's status).
 func (f *fleet) Delivering(ods string) (bool, string) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	m := f.members[ods]
+	m, ok := f.state.Load().members[ods]
 	switch {
-	case m == nil:
+	case !ok:
 		return false, "not started yet"
-	case m.paused:
-		return false, "paused"
-	case m.err != nil:
-		return false, problem.Public(problemOf(m.err))
-	case m.run == nil:
-		return false, "not started"
+	case m.why != "":
+		return false, m.why
+	}
+	select {
+	case <-m.stopped:
+		return false, "its deliverer stopped"
+	default:
 	}
 	return true, ""
 }

@@ -56,7 +56,14 @@ func (d *Directory) Create(ctx context.Context, body []byte, actor string) (Reci
 	if err != nil {
 		return Recipient{}, err
 	}
-	return d.commit(ctx, change{ods: r.ODS, prev: prev, tree: tree, r: r, actor: actor, action: audit.ActionRecipientCreate})
+	// A recipient of the configuration file deleted and created again
+	// through the API keeps the digest of the file's entry: the file,
+	// unchanged, does not replace it at the next start.
+	seed := ""
+	if prev != nil {
+		seed = prev.seed
+	}
+	return d.commit(ctx, change{ods: r.ODS, prev: prev, tree: tree, r: r, seed: seed, actor: actor, action: audit.ActionRecipientCreate})
 }
 
 // Replace replaces a recipient's entry (PUT), made against pre. A secret
