@@ -172,34 +172,59 @@ func (f *fleet) reconcile(ctx context.Context) {
 		routes = true
 		f.h.log.Info("recipient stopped: deleted", zap.String("recipient", ods))
 	}
+	// What is new or changed is built, its topics created in one request.
+	var rebuild []directory.Recipient
 	for _, ods := range slices.Sorted(maps.Keys(want)) {
-		r := want[ods]
-		m := f.members[ods]
-		if m == nil || m.version != r.Version || m.sink == nil {
-			if m != nil {
-				f.stopDeliverer(ods, m)
-			}
-			sink, err := f.build(ctx, r)
-			m = &member{version: r.Version, sink: sink, err: err}
-			f.members[ods] = m
-			routes = true
-			if err != nil {
-				f.h.log.Error("recipient not started", zap.String("recipient", ods), zap.Int64("version", r.Version),
-					zap.String("reason", problem.Public(problemOf(err))))
-			}
+		if m := f.members[ods]; m == nil || m.version != want[ods].Version || m.sink == nil {
+			rebuild = append(rebuild, want[ods])
 		}
-		m.paused = r.Paused != nil
+	}
+	topicsErr := f.ensureTopics(ctx, rebuild)
+	for _, r := range rebuild {
+		if m := f.members[r.ODS]; m != nil {
+			f.stopDeliverer(r.ODS, m)
+		}
+		var sink connector.Sink
+		err := topicsErr
+		if err == nil {
+			sink, err = f.build(ctx, r)
+		}
+		f.members[r.ODS] = &member{version: r.Version, sink: sink, err: err}
+		routes = true
+		if err != nil {
+			f.h.log.Error("recipient not started", zap.String("recipient", r.ODS), zap.Int64("version", r.Version),
+				zap.String("reason", problem.Public(problemOf(err))))
+		}
+	}
+	// Deliverers stopped and started; those started run together.
+	var started []string
+	for _, ods := range slices.Sorted(maps.Keys(want)) {
+		m := f.members[ods]
+		m.paused = want[ods].Paused != nil
 		switch {
 		case m.sink == nil:
 		case m.paused && m.run != nil:
 			f.stopDeliverer(ods, m)
 			f.h.log.Info("recipient paused: deliveries stopped", zap.String("recipient", ods))
 		case !m.paused && m.run == nil:
-			if m.err = f.startDeliverer(ods, m); m.err == nil {
-				f.h.log.Info("recipient delivering", zap.String("recipient", ods), zap.Int64("version", r.Version))
-			} else {
+			if m.err = f.addDeliverer(ods, m); m.err != nil {
 				f.h.log.Error("recipient's deliverer not started", zap.String("recipient", ods), logging.Err(m.err))
+				continue
 			}
+			started = append(started, ods)
+		}
+	}
+	if len(started) > 0 {
+		err := f.wm.RunHandlers(context.WithoutCancel(f.ctx))
+		for _, ods := range started {
+			m := f.members[ods]
+			if err != nil {
+				m.run.cancel()
+				_ = m.run.sub.Close()
+				m.run, m.err = nil, fmt.Errorf("starting the deliverer: %w", err)
+				continue
+			}
+			f.h.log.Info("recipient delivering", zap.String("recipient", ods), zap.Int64("version", m.version))
 		}
 	}
 	if routes {
@@ -239,15 +264,12 @@ func problemOf(err error) error {
 	return problem.Wrap(problem.Internal, err.Error(), err)
 }
 
-// build makes a recipient's sink: its topics first (created if missing),
-// then, for a pull recipient, its feed (loaded), then the sink.
+// build makes a recipient's sink: for a pull recipient, its feed (loaded)
+// first. Its topics exist (ensureTopics).
 // f.mu must be held.
 func (f *fleet) build(ctx context.Context, r directory.Recipient) (connector.Sink, error) {
 	if r.Err != nil {
 		return nil, r.Err
-	}
-	if err := f.h.ensureTopics(ctx, r.Config); err != nil {
-		return nil, err
 	}
 	ods, cfg := r.ODS, f.h.cfg
 	env := connector.SinkEnv{Recipient: ods, Retry: cfg.Delivery, Consent: f.h.parts.gate,
@@ -278,9 +300,10 @@ func (f *fleet) build(ctx context.Context, r directory.Recipient) (connector.Sin
 	return s, nil
 }
 
-// startDeliverer subscribes the recipient's deliverer to its outbox.
+// addDeliverer adds the recipient's deliverer to the watermill Router: it
+// consumes the recipient's outbox once the Router runs its new handlers.
 // f.mu must be held.
-func (f *fleet) startDeliverer(ods string, m *member) error {
+func (f *fleet) addDeliverer(ods string, m *member) error {
 	dctx, cancel := context.WithCancel(f.ctx)
 	d, err := deliver.New(dctx, ods, m.sink, f.h.parts.gate, f.h.pub, f.h.log.Named("deliver"))
 	if err != nil {
@@ -294,12 +317,40 @@ func (f *fleet) startDeliverer(ods string, m *member) error {
 	}
 	f.seq++
 	h := f.wm.AddConsumerHandler(fmt.Sprintf("deliver-%s-%d", ods, f.seq), topic.Outbox(ods), sub, d.Handle)
-	if err := f.wm.RunHandlers(context.WithoutCancel(f.ctx)); err != nil {
-		cancel()
-		_ = sub.Close()
-		return fmt.Errorf("starting the deliverer: %w", err)
-	}
 	m.run = &running{handler: h, sub: sub, cancel: cancel}
+	return nil
+}
+
+// ensureTopics creates the topics of the recipients that this process has
+// not seen created (the configuration file's were, at start), in one
+// request. f.mu must be held.
+func (f *fleet) ensureTopics(ctx context.Context, rs []directory.Recipient) error {
+	k := f.h.cfg.Kafka
+	var specs []broker.TopicSpec
+	var names []string
+	for _, r := range rs {
+		if r.Err != nil {
+			continue
+		}
+		want := []broker.TopicSpec{topic.OutboxSpec(k.Partitions, k.ReplicationFactor, r.ODS)}
+		if _, pull := r.Config.Sink.Config.(connector.PullConfig); pull {
+			want = append(want, topic.FeedSpecs(k.ReplicationFactor, []string{r.ODS})...)
+		}
+		for _, s := range want {
+			if !f.h.made[s.Name] {
+				specs, names = append(specs, s), append(names, s.Name)
+			}
+		}
+	}
+	if len(specs) == 0 {
+		return nil
+	}
+	if err := broker.EnsureTopics(ctx, f.h.brokers, specs); err != nil {
+		return problem.Wrap(problem.Unavailable, "the recipient's topics could not be created", err)
+	}
+	for _, n := range names {
+		f.h.made[n] = true
+	}
 	return nil
 }
 

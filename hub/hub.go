@@ -122,8 +122,9 @@ type hub struct {
 	index    *patientindex.Index
 	dir      *directory.Directory
 	fleet    *fleet
-	keys     *auth.Live // the file's keys and recipients' own keys
-	readers  *auth.Live // pull recipients' reader keys
+	keys     *auth.Live      // the file's keys and recipients' own keys
+	readers  *auth.Live      // pull recipients' reader keys
+	made     map[string]bool // topics created at start (the fleet creates the others; guarded by fleet.mu after start)
 	router   *route.Router
 	wm       *message.Router
 	wmErr    chan error
@@ -299,6 +300,10 @@ func (h *hub) createTopics(ctx context.Context) error {
 	specs = append(specs, topic.AcceptedSpec(h.cfg.Kafka.ReplicationFactor, h.cfg.Ingest.DuplicateWindow))
 	if err := broker.EnsureTopics(ctx, h.brokers, specs); err != nil {
 		return fmt.Errorf("creating topics: %w", err)
+	}
+	h.made = map[string]bool{}
+	for _, s := range specs {
+		h.made[s.Name] = true
 	}
 	// A retention changed since the topics were created applies too.
 	for _, t := range []struct {

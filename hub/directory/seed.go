@@ -32,14 +32,21 @@ import (
 // whose subscription id or API key another recipient (created through the
 // admin API) already has is an error that names it.
 func (d *Directory) Seed(ctx context.Context, recipients []config.Recipient) error {
+	// One catch-up for all: an entry unchanged since it was last written
+	// (every entry, at most starts) needs nothing more.
+	if err := d.Sync(ctx); err != nil {
+		return err
+	}
 	var errs []error
 	for i, r := range recipients {
-		var err error
-		for range 5 {
-			// Another process seeding the same entry at the same moment
-			// wins the race; look again.
-			if err = d.seedOne(ctx, r); problem.KindOf(err) != problem.Precondition {
-				break
+		tree, seed, err := fileEntry(r)
+		if err == nil && !d.unchanged(r.ODS, seed) {
+			for range 5 {
+				// Another process seeding the same entry at the same
+				// moment wins the race; look again.
+				if err = d.seedOne(ctx, r.ODS, tree, seed); problem.KindOf(err) != problem.Precondition {
+					break
+				}
 			}
 		}
 		if err != nil {
@@ -49,15 +56,16 @@ func (d *Directory) Seed(ctx context.Context, recipients []config.Recipient) err
 	return errors.Join(errs...)
 }
 
-func (d *Directory) seedOne(ctx context.Context, r config.Recipient) error {
+// fileEntry returns a recipient's entry as the file gives it, without its
+// list file (which seeds the list, not the entry), and its digest.
+func fileEntry(r config.Recipient) (map[string]any, string, error) {
 	tree, err := r.Entry()
 	if err != nil {
-		return err
+		return nil, "", err
 	}
 	if tree == nil {
-		return errors.New("the recipient was not read from a configuration file")
+		return nil, "", errors.New("the recipient was not read from a configuration file")
 	}
-	// The list file seeds the list, not the entry.
 	if subs, ok := tree["subscriptions"].([]any); ok {
 		for _, s := range subs {
 			if m, ok := s.(map[string]any); ok {
@@ -67,28 +75,40 @@ func (d *Directory) seedOne(ctx context.Context, r config.Recipient) error {
 	}
 	b, err := json.Marshal(tree)
 	if err != nil {
-		return err
+		return nil, "", err
 	}
 	sum := sha256.Sum256(b)
-	seed := hex.EncodeToString(sum[:])
+	return tree, hex.EncodeToString(sum[:]), nil
+}
 
+// unchanged reports whether the file's entry is the one last written for
+// the recipient, and says what stands.
+func (d *Directory) unchanged(ods, seed string) bool {
+	prev := d.state(ods)
+	if prev == nil || prev.seed != seed {
+		return false
+	}
+	switch {
+	case prev.deleted:
+		d.cfg.Log.Warn("a recipient in the configuration file was deleted through the admin API, and stays deleted while its entry in the file is unchanged",
+			zap.String("recipient", ods))
+	case prev.actor != audit.ActorConfig:
+		d.cfg.Log.Info("a recipient keeps the changes made through the admin API (its entry in the configuration file is unchanged)",
+			zap.String("recipient", ods), zap.Int64("version", prev.version), zap.String("actor", prev.actor))
+	}
+	return true
+}
+
+func (d *Directory) seedOne(ctx context.Context, ods string, tree map[string]any, seed string) error {
 	d.writeMu.Lock()
 	defer d.writeMu.Unlock()
 	if err := d.Sync(ctx); err != nil {
 		return err
 	}
-	prev := d.state(r.ODS)
-	if prev != nil && prev.seed == seed {
-		switch {
-		case prev.deleted:
-			d.cfg.Log.Warn("a recipient in the configuration file was deleted through the admin API, and stays deleted while its entry in the file is unchanged",
-				zap.String("recipient", r.ODS))
-		case prev.actor != audit.ActorConfig:
-			d.cfg.Log.Info("a recipient keeps the changes made through the admin API (its entry in the configuration file is unchanged)",
-				zap.String("recipient", r.ODS), zap.Int64("version", prev.version), zap.String("actor", prev.actor))
-		}
+	if d.unchanged(ods, seed) {
 		return nil
 	}
+	prev := d.state(ods)
 	dec, err := decodeStored(tree, d.cfg.Registry)
 	if err != nil {
 		return err
@@ -105,9 +125,9 @@ func (d *Directory) seedOne(ctx context.Context, r config.Recipient) error {
 		action = audit.ActionRecipientUpdate
 		if prev.actor != audit.ActorConfig {
 			d.cfg.Log.Warn("a recipient's entry in the configuration file changed: it replaces the changes made through the admin API",
-				zap.String("recipient", r.ODS), zap.Int64("version", prev.version), zap.String("actor", prev.actor))
+				zap.String("recipient", ods), zap.Int64("version", prev.version), zap.String("actor", prev.actor))
 		}
 	}
-	_, err = d.commit(ctx, change{ods: r.ODS, prev: prev, tree: tree, r: dec, seed: seed, actor: audit.ActorConfig, action: action})
+	_, err = d.commit(ctx, change{ods: ods, prev: prev, tree: tree, r: dec, seed: seed, actor: audit.ActorConfig, action: action})
 	return err
 }
