@@ -104,10 +104,19 @@ func DecodeRecipient(b []byte, reg *connector.Registry) (*Recipient, error) {
 	return &r, nil
 }
 
-// yamlProblem is the text of a decoding error without the "yaml: " prefix
-// and without line numbers of a re-encoded fragment.
+// quoted is a value go.yaml.in/yaml/v3 quotes in a type error ("cannot
+// unmarshal !!str `whsec_Y...` into ..."): up to ten characters of it,
+// which may be the start of a secret.
+var quoted = regexp.MustCompile("`[^`]*`")
+
+// scrub replaces the values a decoding error quotes.
+func scrub(msg string) string { return quoted.ReplaceAllString(msg, "a value") }
+
+// yamlProblem is the text of a decoding error without the "yaml: " prefix,
+// without line numbers of a re-encoded fragment, and without the values it
+// quotes.
 func yamlProblem(err error) string {
-	msg := strings.TrimPrefix(err.Error(), "yaml: ")
+	msg := scrub(strings.TrimPrefix(err.Error(), "yaml: "))
 	msg = strings.TrimPrefix(msg, "unmarshal errors:\n  ")
 	if rest, ok := strings.CutPrefix(msg, "line "); ok {
 		if _, after, ok := strings.Cut(rest, ": "); ok {
@@ -141,7 +150,7 @@ func (r *Recipient) decodeSink(reg *connector.Registry, withLines bool) []FieldE
 		}
 		cfg := f.Default()
 		if err := connector.DecodeStrict(e.node, cfg); err != nil {
-			errs = append(errs, FieldError{Field: "." + e.key, Line: line(e.line), Text: ": " + err.Error()})
+			errs = append(errs, FieldError{Field: "." + e.key, Line: line(e.line), Text: ": " + scrub(err.Error())})
 			continue
 		}
 		r.Sink = Sink{Type: e.key, Config: cfg, factory: f}

@@ -82,6 +82,10 @@ func TestDecodeRecipientRefusesWhatTheFileRefuses(t *testing.T) {
 		{"unknown field in the sink", `{"ods": "VM456", "role": "social-care", "webhook": {"retries": 3}}`,
 			[][2]string{{"/webhook", "field retries not found"}}},
 		{"duplicate key", `{"ods": "VM456", "ods": "VM457"}`, [][2]string{{"", "already defined"}}},
+		// A secret given as a string, not an object: the type error
+		// names no part of it.
+		{"a secret as a string", `{"ods": "VM456", "role": "social-care", "webhook": {"url": "https://x.example/", "secret": "` + secretCanary + `"}}`,
+			[][2]string{{"/webhook", "cannot unmarshal !!str a value into"}}},
 	}
 	for _, tt := range tests {
 		_, err := config.DecodeRecipient([]byte(tt.body), reg)
@@ -90,6 +94,9 @@ func TestDecodeRecipientRefusesWhatTheFileRefuses(t *testing.T) {
 			continue
 		}
 		checkProblems(t, tt.name, fieldErrors(err), tt.want)
+		if strings.Contains(err.Error(), secretCanary[:7]) {
+			t.Errorf("DecodeRecipient(%s): the error quotes the secret: %v", tt.name, err)
+		}
 	}
 
 	checks := []struct {
