@@ -640,14 +640,9 @@ func pauseWhile(ok func() (bool, string), changed func() <-chan struct{}, log *z
 
 // startRetention runs the retention sweeper until the drain.
 func (h *hub) startRetention(ctx context.Context) error {
-	recipients := func() []string {
-		var out []string
-		for _, r := range h.dir.Recipients() {
-			out = append(out, r.ODS)
-		}
-		return out
-	}
-	s := retention.New(retention.Config{Brokers: h.brokers, Live: recipients,
+	// Every recipient's outbox, a deleted recipient's too: its delivered
+	// copies go after the window as any.
+	s := retention.New(retention.Config{Brokers: h.brokers, Live: h.dir.Known,
 		OutboxWindow: h.cfg.Retention.OutboxWindow.D(), DeadLetterWindow: h.cfg.Retention.DeadLetterWindow.D(),
 		Interval: h.cfg.Retention.SweepInterval.D(), Index: h.index, Log: h.log.Named("retention")})
 	rctx, stopRetention := context.WithCancel(ctx)

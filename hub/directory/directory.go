@@ -493,6 +493,14 @@ func (d *Directory) Recipients() []Recipient {
 	return out
 }
 
+// Known returns the ODS code of every recipient the directory has held,
+// the deleted included (whose outboxes the retention sweep still visits).
+func (d *Directory) Known() []string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return slices.Sorted(maps.Keys(d.recipients))
+}
+
 // view is a recipient's snapshot. d.mu must be held.
 func (d *Directory) view(ods string, st *state) Recipient {
 	r := Recipient{ODS: ods, Version: st.version, Updated: st.updated, Actor: st.actor, Config: st.recipient, Err: st.err}
