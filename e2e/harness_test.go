@@ -180,6 +180,7 @@ type hub struct {
 	logs    *safeBuffer
 	exited  chan error
 	args    []string // more flags for carehub serve
+	env     []string // more environment variables
 }
 
 type safeBuffer struct {
@@ -217,6 +218,11 @@ type hubOptions struct {
 	dataDir, diskFloors, kafkaYAML string
 	// extraYAML is appended at the top level (a consent section, say).
 	extraYAML string
+	// careHomeSubscriptions, when set, replaces the care home VM123's
+	// subscriptions (YAML list entries, each starting "      - ").
+	careHomeSubscriptions string
+	// env is added to the hub process's environment.
+	env []string
 }
 
 // startHub writes a configuration like deploy/examples/carehub.yaml with
@@ -227,6 +233,11 @@ func startHub(t *testing.T, o hubOptions) *hub {
 	h := &hub{t: t, dataDir: filepath.Join(dir, "data"), HTTP: freePort(t), Kafka: freePort(t), logs: &safeBuffer{}}
 	if o.webhookTimeout == "" {
 		o.webhookTimeout = "2s"
+	}
+	h.env = o.env
+	homeSubs := "      - {id: vm123-discharges-to-us, basis: discharge-destination, types: [admission, discharge, discharge-pending, discharge-pending-cancelled]}\n"
+	if o.careHomeSubscriptions != "" {
+		homeSubs = o.careHomeSubscriptions
 	}
 	// The embedded broker's disk guard with floors a test machine has room
 	// for whatever else is on its disk (the defaults, 1 GiB and 256 MiB, are
@@ -264,9 +275,8 @@ inputs:
     role: social-care
     webhook: {url: %q, secret: {value: whsec_Y2FyZWh1Yi1kZW1vLXNlY3JldC1jYXJlaG9tZS1WTTEyMw==}, timeout: %s}
     subscriptions:
-      - {id: vm123-discharges-to-us, basis: discharge-destination, types: [admission, discharge, discharge-pending, discharge-pending-cancelled]}
-%sdelivery: {minBackoff: 20ms, maxBackoff: 200ms}
-%s`, h.HTTP, h.dataDir, h.Kafka, brokersYAML, o.inputsYAML, o.gp, o.webhookTimeout, o.careHome, o.webhookTimeout, o.recipientsYAML, o.extraYAML)
+%s%sdelivery: {minBackoff: 20ms, maxBackoff: 200ms}
+%s`, h.HTTP, h.dataDir, h.Kafka, brokersYAML, o.inputsYAML, o.gp, o.webhookTimeout, o.careHome, o.webhookTimeout, homeSubs, o.recipientsYAML, o.extraYAML)
 	h.cfgPath = filepath.Join(dir, "carehub.yaml")
 	if err := os.WriteFile(h.cfgPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
@@ -285,6 +295,9 @@ func (h *hub) start() {
 	h.cmd = exec.Command(binary, append([]string{"serve", "--config", h.cfgPath, "--log-level", "debug"}, h.args...)...)
 	h.cmd.Stdout = h.logs
 	h.cmd.Stderr = h.logs
+	if len(h.env) > 0 {
+		h.cmd.Env = append(os.Environ(), h.env...)
+	}
 	if err := h.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

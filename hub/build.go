@@ -3,6 +3,7 @@ package hub
 import (
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/carehub/carehub/connectors/connector"
 	"github.com/carehub/carehub/consent"
@@ -23,18 +24,22 @@ import (
 // certificates are read here), every connector constructed, every schema
 // compiled. Building them touches no broker and no port, so that every
 // problem is reported at once, before the broker starts.
+//
+// Recipients are not kept here: they are run from the recipient directory
+// (hub/directory), which the configuration file seeds (fleet.go). Their
+// sinks are built here once all the same, so that a recipient of the file
+// that cannot be built (a certificate that does not read) stops the start.
 type parts struct {
-	keys       *auth.Keys
-	pseudo     *nhs.Pseudonymiser
-	sealer     *route.Sealer
-	gate       *deliver.Gate // every sink's consent re-check; given the router once it runs
-	validator  *event.Validator
-	policy     consent.Policy
-	subs       *route.Subscriptions
-	sources    []connector.Source
-	recipients []recipient
-	readers    *auth.Keys              // pull recipients' own keys, each bound to its recipient
-	feeds      map[string]*feedlog.Log // pull recipients' feeds, by ODS code
+	keys      *auth.Keys        // the file's keys: sources, the admin, operators
+	keyMap    map[string]string // the same, key → principal, to which recipients' keys are added (auth.Live)
+	pseudo    *nhs.Pseudonymiser
+	sealer    *route.Sealer
+	gate      *deliver.Gate // every sink's consent re-check; given the router once it runs
+	validator *event.Validator
+	policy    consent.Policy
+	sources   []connector.Source
+	// lists are the patient lists the file names, by recipient.
+	lists map[string][]nhs.Number
 }
 
 // pullHooks are what the hub gives every pull sink beside its feed and the
@@ -44,24 +49,17 @@ type pullHooks struct {
 	audit connector.ReadAudit
 }
 
-// recipient is one push recipient and its sink.
-type recipient struct {
-	ods  string
-	sink connector.Sink
-}
-
 // build makes the parts, reporting every problem it finds, joined.
 func build(cfg *config.Config, log *zap.Logger, pull pullHooks) (*parts, error) {
-	p := &parts{feeds: map[string]*feedlog.Log{}}
+	p := &parts{}
 	var errs []error
 	fail := func(where string, err error) { errs = append(errs, fmt.Errorf("%s: %w", where, err)) }
 
 	var err error
-	if p.keys, err = apiKeys(cfg); err != nil {
+	if p.keyMap, err = apiKeys(cfg); err != nil {
 		fail("API keys", err)
-	}
-	if p.readers, err = readerKeys(cfg); err != nil {
-		fail("recipients' API keys", err)
+	} else if p.keys, err = auth.New(p.keyMap); err != nil {
+		fail("API keys", err)
 	}
 	if p.pseudo, err = pseudonymiser(cfg); err != nil {
 		fail("pseudonymKey", err)
@@ -78,10 +76,8 @@ func build(cfg *config.Config, log *zap.Logger, pull pullHooks) (*parts, error) 
 	if p.policy, err = cfg.Consent.Policy(); err != nil {
 		fail("consent", err)
 	}
-	if p.pseudo != nil {
-		if p.subs, err = subscriptions(cfg, p.pseudo, log); err != nil {
-			errs = append(errs, err)
-		}
+	if p.lists, err = readLists(cfg, log); err != nil {
+		errs = append(errs, err)
 	}
 	for i, in := range cfg.Inputs {
 		s, err := in.New()
@@ -91,20 +87,15 @@ func build(cfg *config.Config, log *zap.Logger, pull pullHooks) (*parts, error) 
 		}
 		p.sources = append(p.sources, s)
 	}
+	readers := auth.NewLive(&auth.Keys{})
 	for i, r := range cfg.Recipients {
-		env := connector.SinkEnv{Recipient: r.ODS, Retry: cfg.Delivery, Consent: p.gate,
-			Log: log.Named("deliver").With(zap.String("recipient", r.ODS))}
-		if _, ok := r.Sink.Config.(connector.PullConfig); ok && p.readers != nil {
-			f := feedlog.New(r.ODS, topic.Feed(r.ODS), log.Named("feed"))
-			p.feeds[r.ODS] = f
-			env.Feed, env.Readers, env.Audit = f, p.readers, pull.audit
+		env := connector.SinkEnv{Recipient: r.ODS, Retry: cfg.Delivery, Consent: p.gate, Log: log.Named("deliver")}
+		if _, ok := r.Sink.Config.(connector.PullConfig); ok {
+			env.Feed, env.Readers, env.Audit = feedlog.New(r.ODS, topic.Feed(r.ODS), log.Named("feed")), readers, pull.audit
 		}
-		s, err := r.Sink.New(env)
-		if err != nil {
+		if _, err := r.Sink.New(env); err != nil {
 			fail(fmt.Sprintf("recipients[%d].%s", i, r.Sink.Type), err)
-			continue
 		}
-		p.recipients = append(p.recipients, recipient{ods: r.ODS, sink: s})
 	}
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
@@ -120,9 +111,9 @@ func pseudonymiser(cfg *config.Config) (*nhs.Pseudonymiser, error) {
 	return nhs.NewPseudonymiser([]byte(k))
 }
 
-// apiKeys maps every source's key to its organisation, and the admin key
-// to the admin principal.
-func apiKeys(cfg *config.Config) (*auth.Keys, error) {
+// apiKeys maps every source's key to its organisation, and the admin's
+// and operators' keys to their operator principals.
+func apiKeys(cfg *config.Config) (map[string]string, error) {
 	m := map[string]string{}
 	for _, s := range cfg.Sources {
 		k, err := s.APIKey.Reveal()
@@ -145,58 +136,29 @@ func apiKeys(cfg *config.Config) (*auth.Keys, error) {
 		}
 		m[k] = auth.OperatorPrincipal(o.ID)
 	}
-	return auth.New(m)
+	return m, nil
 }
 
-// readerKeys maps each pull recipient's own key to the recipient.
-func readerKeys(cfg *config.Config) (*auth.Keys, error) {
-	m := map[string]string{}
-	for _, r := range cfg.Recipients {
-		pc, ok := r.Sink.Config.(connector.PullConfig)
-		if !ok {
-			continue
-		}
-		k, err := pc.ReaderKey().Reveal()
-		if err != nil {
-			return nil, fmt.Errorf("recipient %s: %w", r.ODS, err)
-		}
-		m[k] = r.ODS
-	}
-	return auth.New(m)
-}
-
-// subscriptions builds the router's subscription index from the
-// configuration, reading each patient list and keeping only its pseudonyms.
-// Every list that does not read is reported.
-func subscriptions(cfg *config.Config, pseudo *nhs.Pseudonymiser, log *zap.Logger) (*route.Subscriptions, error) {
-	var subs []route.Subscription
+// readLists reads every patient list file the configuration names, by
+// recipient (one list per recipient), keeping the numbers only until the
+// directory has their pseudonyms. Every list that does not read is
+// reported.
+func readLists(cfg *config.Config, log *zap.Logger) (map[string][]nhs.Number, error) {
+	out := map[string][]nhs.Number{}
 	var errs []error
 	for i, r := range cfg.Recipients {
-		for j, s := range r.Subscriptions {
-			types := map[string]bool{}
-			for _, t := range s.Types {
-				if typ, ok := event.TypeNamed(t); ok {
-					types[typ] = true
-				}
-			}
-			sub := route.Subscription{
-				ID: s.ID, Recipient: consent.Recipient{ODS: r.ODS, Role: consent.Role(r.Role)},
-				Basis: consent.Basis(s.Basis), Types: types,
-			}
-			if s.PatientList != "" {
-				set, err := patientlist.Load(s.PatientList, pseudo)
-				if err != nil {
-					errs = append(errs, fmt.Errorf("recipients[%d].subscriptions[%d].patientList: %w", i, j, err))
-					continue
-				}
-				sub.Patients = set
-				log.Info("patient list loaded", zap.String("subscription", s.ID), zap.String("recipient", r.ODS), zap.Int("patients", len(set)))
-			}
-			subs = append(subs, sub)
+		file := r.PatientListFile()
+		if file == "" {
+			continue
 		}
+		ns, err := patientlist.ReadFile(file)
+		if err != nil {
+			j := slices.IndexFunc(r.Subscriptions, func(s config.Subscription) bool { return s.PatientList != "" })
+			errs = append(errs, fmt.Errorf("recipients[%d].subscriptions[%d].patientList: %w", i, j, err))
+			continue
+		}
+		out[r.ODS] = ns
+		log.Info("patient list loaded", zap.String("recipient", r.ODS), zap.Int("patients", len(ns)))
 	}
-	if len(errs) > 0 {
-		return nil, errors.Join(errs...)
-	}
-	return route.NewSubscriptions(subs)
+	return out, errors.Join(errs...)
 }

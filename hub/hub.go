@@ -19,9 +19,14 @@
 //     and the memory of accepted events (package dedup), which loads every
 //     event accepted within the duplicate window before anything is
 //     accepted;
-//  5. the router and one deliverer per recipient, under one watermill
-//     Router;
-//  6. the HTTP API (admin routes, then each source's routes), and each
+//  5. the recipient directory (package directory: recipients,
+//     subscriptions, pauses, patient lists), loaded, then seeded from the
+//     configuration file and its patient list files;
+//  6. the router, and, under the same watermill Router, one deliverer per
+//     recipient of the directory that is not paused, with each pull
+//     recipient's feed (fleet.go: the deliverers follow the directory
+//     from then on);
+//  7. the HTTP API (admin routes, then each source's routes), and each
 //     source's Run, and the retention sweeper; then the hub is ready
 //     (/readyz answers 200).
 //
@@ -33,7 +38,7 @@
 // answers the requests in flight; in-flight deliveries get DeliveryGrace to
 // finish, then their retries end; the router and deliverers stop (what did
 // not finish stays uncommitted and is redelivered); the memory of accepted
-// events, the consent store, the publisher and the embedded broker close. Everything that could publish
+// events, the recipient directory, the consent store, the publisher and the embedded broker close. Everything that could publish
 // has stopped before the publisher closes.
 package hub
 
@@ -41,8 +46,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
+	"slices"
 	"sync"
 	"time"
 
@@ -51,12 +58,13 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
 	"github.com/carehub/carehub/connectors/connector"
 	"github.com/carehub/carehub/hub/admin"
+	"github.com/carehub/carehub/hub/auth"
 	"github.com/carehub/carehub/hub/backfill"
 	"github.com/carehub/carehub/hub/broker"
 	"github.com/carehub/carehub/hub/config"
 	"github.com/carehub/carehub/hub/consentstore"
 	"github.com/carehub/carehub/hub/dedup"
-	"github.com/carehub/carehub/hub/deliver"
+	"github.com/carehub/carehub/hub/directory"
 	"github.com/carehub/carehub/hub/diskguard"
 	"github.com/carehub/carehub/hub/health"
 	"github.com/carehub/carehub/hub/held"
@@ -68,6 +76,7 @@ import (
 	"github.com/carehub/carehub/hub/route"
 	"github.com/carehub/carehub/hub/topic"
 	"github.com/carehub/carehub/internal/logging"
+	"github.com/carehub/carehub/schemas/nhs"
 	"github.com/carehub/carehub/schemas/problem"
 	"go.uber.org/zap"
 )
@@ -94,9 +103,10 @@ type Options struct {
 	// Ready, when set, is called once the hub serves and routes, with the
 	// HTTP address and the broker addresses.
 	Ready func(httpAddr string, brokers []string)
-	// Reload, when set, asks the hub to read its patient lists again
-	// (carehub serve sends on it for SIGHUP). A list that no longer reads
-	// is reported and the previous lists stay in force.
+	// Reload, when set, asks the hub to read its patient list files again
+	// (carehub serve sends on it for SIGHUP) and to write each list that
+	// changed to the recipient directory, for every process. A list that
+	// no longer reads is reported and the previous lists stay in force.
 	Reload <-chan struct{}
 }
 
@@ -112,15 +122,18 @@ type hub struct {
 	store    *consentstore.Store
 	accepted *dedup.Store
 	index    *patientindex.Index
+	dir      *directory.Directory
+	fleet    *fleet
+	keys     *auth.Live      // the file's keys and recipients' own keys
+	readers  *auth.Live      // pull recipients' reader keys
+	made     map[string]bool // topics created at start (the fleet creates the others; guarded by fleet.mu after start)
 	router   *route.Router
 	wm       *message.Router
 	wmErr    chan error
 	mux      *http.ServeMux
 	envs     []connector.Env // what each source is given, by input
 	metrics  *metrics.Metrics
-	handlers map[string]*message.Handler // the router and each deliverer, by name
-	running  *health.Running             // the router and each deliverer
-	feedsRun *health.Running             // each pull recipient's feed
+	running  *health.Running // the router's handler (the fleet watches the deliverers)
 	ln       net.Listener
 	srv      *http.Server
 	srvErr   chan error
@@ -156,7 +169,7 @@ func run(ctx context.Context, h *hub, opts Options) error {
 	h.checks = health.New()
 	h.started = health.NewFlag("starting")
 	h.checks.Add("started", h.started.Check)
-	h.running, h.feedsRun = health.NewRunning(), health.NewRunning()
+	h.running = health.NewRunning()
 	h.metrics = metrics.New()
 	h.metrics.WatchReadiness(h.checks)
 	defer h.stopAll()
@@ -170,7 +183,7 @@ func run(ctx context.Context, h *hub, opts Options) error {
 		{"publisher", h.startPublisher},
 		{"consent", h.loadConsent},
 		{"accepted", h.loadAccepted},
-		{"feeds", h.startFeeds},
+		{"recipients", h.loadRecipients},
 		{"router", h.startRouter},
 		{"http", h.startHTTP},
 		{"sources", h.startSources},
@@ -186,7 +199,7 @@ func run(ctx context.Context, h *hub, opts Options) error {
 	}
 	h.started.Set(true, "")
 	h.log.Info("carehub ready", zap.String("http", h.ln.Addr().String()), zap.Strings("brokers", h.brokers),
-		zap.Int("recipients", len(h.cfg.Recipients)), zap.Int("sources", len(h.cfg.Sources)), zap.Int("inputs", len(h.cfg.Inputs)))
+		zap.Int("recipients", len(h.dir.Recipients())), zap.Int("sources", len(h.cfg.Sources)), zap.Int("inputs", len(h.cfg.Inputs)))
 	if opts.Ready != nil {
 		opts.Ready(h.ln.Addr().String(), h.brokers)
 	}
@@ -238,6 +251,7 @@ func (h *hub) build(context.Context) error {
 		return err
 	}
 	h.parts = p
+	h.keys, h.readers = auth.NewLive(p.keys), auth.NewLive(&auth.Keys{})
 	return nil
 }
 
@@ -284,13 +298,19 @@ func (h *hub) createTopics(ctx context.Context) error {
 	ret := topic.Retention{Events: h.cfg.Retention.Events.D(), Audit: h.cfg.Retention.Audit.D()}
 	specs := topic.Specs(h.cfg.Kafka.Partitions, h.cfg.Kafka.ReplicationFactor, recipients, ret)
 	var pull []string
-	for ods := range h.parts.feeds {
-		pull = append(pull, ods)
+	for _, r := range h.cfg.Recipients {
+		if _, ok := r.Sink.Config.(connector.PullConfig); ok {
+			pull = append(pull, r.ODS)
+		}
 	}
 	specs = append(specs, topic.FeedSpecs(h.cfg.Kafka.ReplicationFactor, pull)...)
 	specs = append(specs, topic.AcceptedSpec(h.cfg.Kafka.ReplicationFactor, h.cfg.Ingest.DuplicateWindow))
 	if err := broker.EnsureTopics(ctx, h.brokers, specs); err != nil {
 		return fmt.Errorf("creating topics: %w", err)
+	}
+	h.made = map[string]bool{}
+	for _, s := range specs {
+		h.made[s.Name] = true
 	}
 	// A retention changed since the topics were created applies too.
 	for _, t := range []struct {
@@ -375,8 +395,61 @@ func (h *hub) loadAccepted(ctx context.Context) error {
 	return nil
 }
 
-// startRouter starts the router on carehub.events and one deliverer per
-// recipient on its outbox, under one watermill Router.
+// loadRecipients opens the recipient directory, waits until it is loaded,
+// and seeds it from the configuration file: its recipients, and its patient
+// list files (directory.Directory.Seed and SeedList say which wins).
+func (h *hub) loadRecipients(ctx context.Context) error {
+	reg := h.cfg.Registry()
+	if reg == nil {
+		return errors.New("the configuration was not decoded with a connector registry")
+	}
+	key, err := h.cfg.Pseudonym.Reveal()
+	if err != nil {
+		return err
+	}
+	dir, err := directory.Open(directory.Config{Brokers: h.brokers, Topic: topic.Subscriptions, AuditTopic: topic.Audit,
+		Registry: reg, PseudonymKey: []byte(key), Pseudonym: h.parts.pseudo.Pseudonym, Reserved: h.parts.keys.Lookup,
+		Prepare: h.ensureTopics, Log: h.log.Named("recipients")})
+	if err != nil {
+		return fmt.Errorf("opening the recipient directory: %w", err)
+	}
+	h.dir = dir
+	h.onStop("recipients", func() { _ = dir.Close() })
+	h.checks.Add("subscriptions", func() (bool, string) {
+		if dir.Loaded() {
+			return true, ""
+		}
+		return false, "the recipients, subscriptions and patient lists (carehub.subscriptions) are not loaded yet"
+	})
+	if err := dir.WaitLoaded(ctx); err != nil {
+		return fmt.Errorf("loading the recipient directory: %w", err)
+	}
+	if err := dir.Seed(ctx, h.cfg.Recipients); err != nil {
+		return fmt.Errorf("applying the configuration file's recipients: %w", err)
+	}
+	return h.seedLists(ctx, h.parts.lists)
+}
+
+// seedLists writes the patient lists read from files to the directory,
+// each only if it changed since it was last written.
+func (h *hub) seedLists(ctx context.Context, lists map[string][]nhs.Number) error {
+	var errs []error
+	for _, ods := range slices.Sorted(maps.Keys(lists)) {
+		wrote, err := h.dir.SeedList(ctx, ods, lists[ods])
+		if err != nil {
+			errs = append(errs, fmt.Errorf("the patient list of %s: %w", ods, err))
+			continue
+		}
+		if wrote {
+			h.log.Info("patient list file applied", zap.String("recipient", ods), zap.Int("patients", len(lists[ods])))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// startRouter starts the router on carehub.events and, under the same
+// watermill Router, the fleet: one deliverer per recipient of the
+// directory that is not paused.
 func (h *hub) startRouter(ctx context.Context) error {
 	p := h.parts
 	contacts := map[string]string{}
@@ -385,7 +458,7 @@ func (h *hub) startRouter(ctx context.Context) error {
 			contacts[s.ODS] = s.Contact
 		}
 	}
-	rt, err := route.New(route.Config{Subscriptions: p.subs, Decider: &p.policy, Directives: h.store, Index: h.index,
+	rt, err := route.New(route.Config{Subscriptions: h.dir.Subscriptions(), Source: h.dir, Decider: &p.policy, Directives: h.store, Index: h.index,
 		Publisher: h.pub, Pseudonym: p.pseudo.Pseudonym, Sealer: p.sealer, Contacts: contacts,
 		WithheldNotice: route.WithheldNotice(h.cfg.Consent.WithheldDischarge), Observer: h.metrics, Log: h.log.Named("router")})
 	if err != nil {
@@ -413,53 +486,55 @@ func (h *hub) startRouter(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	handlers := map[string]*message.Handler{"router": wm.AddConsumerHandler("route", topic.Events, evSub, rt.Handle)}
+	routeHandler := wm.AddConsumerHandler("route", topic.Events, evSub, rt.Handle)
 
 	// In-flight deliveries retry until this ends: DeliveryGrace after the
 	// drain begins, not when ctx ends.
 	deliveries, stopDeliveries := context.WithCancel(context.WithoutCancel(ctx))
 	h.stopping = stopDeliveries
-	for _, r := range p.recipients {
-		d, err := deliver.New(deliveries, r.ods, r.sink, p.gate, h.pub, h.log.Named("deliver"))
-		if err != nil {
-			stopDeliveries()
-			return fmt.Errorf("recipient %s: %w", r.ods, err)
-		}
-		d.Observe(h.metrics.Deliverer(r.ods))
-		sub, err := subscriber(topic.DeliverGroup(r.ods))
-		if err != nil {
-			stopDeliveries()
-			return err
-		}
-		handlers["deliverer "+r.ods] = wm.AddConsumerHandler("deliver-"+r.ods, topic.Outbox(r.ods), sub, d.Handle)
-	}
 
 	h.wmErr = make(chan error, 1)
 	go func() { h.wmErr <- wm.Run(context.WithoutCancel(ctx)) }()
 	h.wm = wm
+	h.fleet = newFleet(h, wm, deliveries)
+	fleetCtx, stopFleet := context.WithCancel(context.WithoutCancel(ctx))
+	fleetDone := make(chan struct{})
 	h.onStop("router", func() {
+		stopFleet()
+		<-fleetDone
 		grace := time.AfterFunc(DeliveryGrace, stopDeliveries)
 		defer grace.Stop()
 		defer stopDeliveries()
 		if err := wm.Close(); err != nil {
 			h.log.Warn("closing the router", logging.Err(err))
 		}
+		h.fleet.stop()
 	})
 	select {
 	case <-wm.Running():
-		// Each handler runs until the drain: one that stops before (its
-		// subscription ended) makes the hub unready, naming it.
-		for name, hd := range handlers {
-			h.running.Watch(name, hd.Stopped())
-		}
-		h.handlers = handlers
-		h.checks.Add("deliverers", h.running.Check)
-		return nil
+		// The router's handler runs until the drain: if it stops before
+		// (its subscription ended), the hub is unready, naming it.
+		h.running.Watch("router", routeHandler.Stopped())
 	case err := <-h.wmErr:
+		close(fleetDone)
 		return fmt.Errorf("starting the router: %w", err)
 	case <-ctx.Done():
+		close(fleetDone)
 		return nil
 	}
+	h.fleet.reconcile(ctx)
+	h.checks.Add("deliverers", func() (bool, string) {
+		if ok, why := h.running.Check(); !ok {
+			return false, why
+		}
+		return h.fleet.check()
+	})
+	h.checks.Add("feeds", h.fleet.checkFeeds)
+	go func() {
+		defer close(fleetDone)
+		h.fleet.run(fleetCtx)
+	}()
+	return nil
 }
 
 // startHTTP registers the health, admin and source routes and serves them.
@@ -482,10 +557,21 @@ func (h *hub) startHTTP(context.Context) error {
 		})
 	}
 	in.WithMemory(h.accepted, h.log.Named("ingest"))
-	api := &admin.API{Auth: p.keys, Store: h.store, Pseudo: p.pseudo, Validator: p.validator, Router: h.router,
+	api := &admin.API{Auth: h.keys, Store: h.store, Pseudo: p.pseudo, Validator: p.validator, Router: h.router,
 		Disclosures: &admin.AuditReader{Brokers: h.brokers, Topic: topic.Audit}, Family: h.index,
 		DeadLetters: &admin.DeadLetters{Brokers: h.brokers}, Publisher: h.pub, Log: h.log.Named("admin"),
 		Held: &held.Reader{Brokers: h.brokers, Topic: topic.Held}, Ingest: in, Releasers: releasers(p.sources),
+		Recipients: &admin.Recipients{Directory: h.dir, Keys: h.keys, Readers: h.readers, Settle: h.fleet.reconcile,
+			Status: func(ctx context.Context, ods string) admin.RecipientStatus {
+				delivering, why := h.fleet.Delivering(ods)
+				st := admin.RecipientStatus{Delivering: delivering, NotDelivering: why}
+				if b, err := directory.ReadBacklog(ctx, h.brokers, ods); err == nil {
+					st.Backlog = &b
+				} else {
+					st.BacklogError = "the backlog could not be read: " + problem.Public(problem.Wrap(problem.Unavailable, "broker unavailable", err))
+				}
+				return st
+			}},
 		MaxBody: h.cfg.HTTP.MaxBodyBytes}
 	bf, err := backfill.New(backfill.Config{Brokers: h.brokers, Router: h.router, Publisher: h.pub, Log: h.log.Named("backfill")})
 	if err != nil {
@@ -504,25 +590,23 @@ func (h *hub) startHTTP(context.Context) error {
 			return fmt.Errorf("inputs[%d].%s: %w", i, h.cfg.Inputs[i].Type, err)
 		}
 	}
-	for _, r := range p.recipients {
-		if hs, ok := r.sink.(connector.HTTPSink); ok {
-			if err := hs.RegisterHTTP(h.mux); err != nil {
-				return fmt.Errorf("recipient %s: %w", r.ods, err)
-			}
-		}
-	}
 	ln, err := net.Listen("tcp", h.cfg.HTTP.Addr)
 	if err != nil {
 		return fmt.Errorf("listening on http.addr: %w", err)
 	}
 	h.ln = ln
-	h.srv = &http.Server{Handler: h.mux, ReadHeaderTimeout: ReadHeaderTimeout, ReadTimeout: ReadTimeout,
+	// Pull recipients' routes come and go with the directory: they are
+	// served first when one matches, and the hub's own routes otherwise.
+	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !h.fleet.serve(w, r) {
+			h.mux.ServeHTTP(w, r)
+		}
+	})
+	h.srv = &http.Server{Handler: handler, ReadHeaderTimeout: ReadHeaderTimeout, ReadTimeout: ReadTimeout,
 		ErrorLog: zap.NewStdLog(h.log.Named("http"))}
 	// Long-polls and streams of pull recipients answer and end when the
 	// drain begins, so that Shutdown need not wait for them.
-	for _, f := range p.feeds {
-		h.srv.RegisterOnShutdown(f.Drain)
-	}
+	h.srv.RegisterOnShutdown(h.fleet.drainFeeds)
 	// Backfills running in requests stop at their committed position
 	// (interrupted, to be resumed) when the drain begins.
 	h.srv.RegisterOnShutdown(bf.Drain)
@@ -605,11 +689,9 @@ func pauseWhile(ok func() (bool, string), changed func() <-chan struct{}, log *z
 
 // startRetention runs the retention sweeper until the drain.
 func (h *hub) startRetention(ctx context.Context) error {
-	recipients := make([]string, len(h.cfg.Recipients))
-	for i, r := range h.cfg.Recipients {
-		recipients[i] = r.ODS
-	}
-	s := retention.New(retention.Config{Brokers: h.brokers, Recipients: recipients,
+	// Every recipient's outbox, a deleted recipient's too: its delivered
+	// copies go after the window as any.
+	s := retention.New(retention.Config{Brokers: h.brokers, Live: h.dir.Known,
 		OutboxWindow: h.cfg.Retention.OutboxWindow.D(), DeadLetterWindow: h.cfg.Retention.DeadLetterWindow.D(),
 		HeldWindow: h.cfg.Retention.HeldWindow.D(),
 		Interval:   h.cfg.Retention.SweepInterval.D(), Index: h.index, Log: h.log.Named("retention")})
@@ -623,8 +705,10 @@ func (h *hub) startRetention(ctx context.Context) error {
 	return nil
 }
 
-// reloadLists reads the patient lists again on each signal from reload and
-// swaps the router's subscriptions, or keeps the old ones if any list fails.
+// reloadLists reads the patient list files again on each signal from
+// reload and writes each list that changed to the directory, where every
+// process reads it; if any list fails to read, none is written and the
+// previous lists stay in force.
 func (h *hub) reloadLists(ctx context.Context, reload <-chan struct{}) {
 	for {
 		select {
@@ -632,12 +716,15 @@ func (h *hub) reloadLists(ctx context.Context, reload <-chan struct{}) {
 			return
 		case <-reload:
 		}
-		subs, err := subscriptions(h.cfg, h.parts.pseudo, h.log)
+		lists, err := readLists(h.cfg, h.log)
 		if err != nil {
 			h.log.Error("patient lists not reloaded: the previous lists stay in force", logging.Err(err))
 			continue
 		}
-		h.router.SetSubscriptions(subs)
+		if err := h.seedLists(ctx, lists); err != nil {
+			h.log.Error("patient lists not reloaded: the previous lists stay in force", logging.Err(err))
+			continue
+		}
 		h.log.Info("patient lists reloaded")
 	}
 }

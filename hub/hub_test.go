@@ -109,8 +109,8 @@ func TestRunStartsReadyAndDrainsInOrder(t *testing.T) {
 		t.Fatal("Run did not drain within 60s")
 	}
 	want := []string{
-		"start build", "start broker", "start topics", "start publisher", "start consent", "start accepted", "start feeds", "start router", "start http", "start sources",
-		"start retention", "stop retention", "stop sources", "stop http", "stop router", "stop accepted", "stop patient index", "stop consent", "stop publisher", "stop broker probe", "stop broker",
+		"start build", "start broker", "start topics", "start publisher", "start consent", "start accepted", "start recipients", "start router", "start http", "start sources",
+		"start retention", "stop retention", "stop sources", "stop http", "stop router", "stop recipients", "stop accepted", "stop patient index", "stop consent", "stop publisher", "stop broker probe", "stop broker",
 	}
 	if got := st.list(); !slices.Equal(got, want) {
 		t.Errorf("steps:\n\tgot  %v\n\twant %v", got, want)
@@ -137,6 +137,10 @@ func TestBuildReportsEveryProblemBeforeTheBroker(t *testing.T) {
     webhook: {url: "http://127.0.0.1:9/events", secret: {value: whsec_Z3Atc2VjcmV0LTEtZm9yLXRoZS1jb25maWctdGVzdHM=}}
     subscriptions:
       - {id: bad-list, basis: patient-list, patientList: %q, types: [discharge]}
+  - ods: CN002
+    role: community
+    webhook: {url: "http://127.0.0.1:9/events", secret: {value: whsec_Z3Atc2VjcmV0LTEtZm9yLXRoZS1jb25maWctdGVzdHM=}}
+    subscriptions:
       - {id: no-list, basis: patient-list, patientList: %q, types: [admission]}
 `, badList, filepath.Join(dir, "missing.txt")))
 
@@ -148,7 +152,7 @@ func TestBuildReportsEveryProblemBeforeTheBroker(t *testing.T) {
 	for _, want := range []string{
 		"starting carehub: build",
 		"recipients[1].subscriptions[0].patientList: patient list " + badList + ": line 3: the check digit is wrong",
-		"recipients[1].subscriptions[1].patientList:", "no such file or directory",
+		"recipients[2].subscriptions[0].patientList:", "no such file or directory",
 		"inputs[2].mllp: mllp: tls: loading cert and key",
 	} {
 		if !strings.Contains(err.Error(), want) {
@@ -183,8 +187,8 @@ func TestAPartThatFailsToStartUndoesTheOthers(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "starting carehub: http: listening on http.addr") {
 		t.Fatalf("Run with http.addr taken: got %v, want an error naming the http step", err)
 	}
-	want := []string{"start build", "start broker", "start topics", "start publisher", "start consent", "start accepted", "start feeds", "start router", "start http",
-		"stop router", "stop accepted", "stop patient index", "stop consent", "stop publisher", "stop broker probe", "stop broker"}
+	want := []string{"start build", "start broker", "start topics", "start publisher", "start consent", "start accepted", "start recipients", "start router", "start http",
+		"stop router", "stop recipients", "stop accepted", "stop patient index", "stop consent", "stop publisher", "stop broker probe", "stop broker"}
 	if got := st.list(); !slices.Equal(got, want) {
 		t.Errorf("steps:\n\tgot  %v\n\twant %v", got, want)
 	}
@@ -390,15 +394,19 @@ func TestReadyzNamesAStoppedDelivererOrFeed(t *testing.T) {
 		t.Errorf("/metrics does not report the deliverers, feeds and consent checks passing:\n%s", body)
 	}
 
-	h.handlers["deliverer A81001"].Stop()
+	h.fleet.mu.Lock()
+	h.fleet.members["A81001"].run.handler.Stop()
+	h.fleet.mu.Unlock()
 	waitFor("/readyz to name the stopped deliverer", func() bool {
 		status, body := get("/readyz")
-		return status == http.StatusServiceUnavailable && strings.Contains(body, "deliverers: not running: deliverer A81001")
+		return status == http.StatusServiceUnavailable && strings.Contains(body, "deliverers: not delivering to A81001: its deliverer stopped")
 	})
-	h.parts.feeds["B82005"].Close()
+	h.fleet.mu.Lock()
+	h.fleet.feeds["B82005"].Close()
+	h.fleet.mu.Unlock()
 	waitFor("/readyz to name the stopped feed", func() bool {
 		_, body := get("/readyz")
-		return strings.Contains(body, "feeds: not running: feed B82005")
+		return strings.Contains(body, "feeds: not serving B82005: its feed stopped following its topic")
 	})
 	if _, body := get("/metrics"); !strings.Contains(body, "carehub_ready 0") || !strings.Contains(body, `carehub_readiness_check{check="deliverers"} 0`) {
 		t.Errorf("/metrics does not report the hub unready:\n%s", body)

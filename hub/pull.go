@@ -2,7 +2,6 @@ package hub
 
 import (
 	"context"
-	"fmt"
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -40,36 +39,6 @@ func (h *hub) auditRead(_ context.Context, r connector.FeedRead) error {
 	}
 	if err := h.pub.Publish(topic.Audit, msgs...); err != nil {
 		return problem.Wrap(problem.Unavailable, "publishing feed-read audit records", err)
-	}
-	return nil
-}
-
-// startFeeds follows every pull recipient's feed and waits until each has
-// read its topic: nothing is appended or served before.
-func (h *hub) startFeeds(ctx context.Context) error {
-	for ods, f := range h.parts.feeds {
-		f.Start(h.brokers)
-		h.onStop("feed "+ods, f.Close)
-	}
-	for ods, f := range h.parts.feeds {
-		// A feed serves what it has read of its topic: it follows it
-		// until the drain.
-		h.feedsRun.WatchFunc("feed "+ods, func() bool {
-			select {
-			case <-f.Stopped():
-				return false
-			default:
-				return f.Loaded()
-			}
-		})
-	}
-	if len(h.parts.feeds) > 0 {
-		h.checks.Add("feeds", h.feedsRun.Check)
-	}
-	for ods, f := range h.parts.feeds {
-		if err := f.WaitLoaded(ctx); err != nil {
-			return fmt.Errorf("loading the feed of %s: %w", ods, err)
-		}
 	}
 	return nil
 }

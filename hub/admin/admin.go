@@ -22,6 +22,7 @@
 //	POST   /v1/backfills                          a backfill of one recipient since a date (backfill.go)
 //	GET    /v1/backfills[/{id}]                   backfills and how far each got
 //	POST   /v1/backfills/{id}/run                 run (or resume) it, streaming progress
+//	/v1/recipients, /v1/subscriptions            recipients, subscriptions, pauses and patient lists (recipients.go)
 //
 // Consent bodies are FHIR R4 Consent resources (Content-Type
 // application/fhir+json) or the simple JSON form (application/json, a
@@ -108,6 +109,9 @@ type API struct {
 	Backfills   Backfills
 	Family      Family
 	DeadLetters *DeadLetters
+	// Recipients, when set, serves recipients, subscriptions and patient
+	// lists (recipients.go).
+	Recipients *Recipients
 	// Publisher writes audit records, replays and resolutions.
 	Publisher message.Publisher
 	Log       *zap.Logger
@@ -138,6 +142,9 @@ func (a *API) Register(mux *http.ServeMux) error {
 	mux.HandleFunc("GET /v1/patients/{nhsNumber}/disclosures", a.admin(a.disclosures))
 	a.registerDLQ(mux)
 	a.registerBackfills(mux)
+	if err := a.registerRecipients(mux); err != nil {
+		return err
+	}
 	return a.registerHeld(mux)
 }
 

@@ -96,6 +96,19 @@ type History struct {
 	ConsentChanges []ConsentChange `json:"consentChanges"`
 	Accesses       []Access        `json:"accesses"`
 	Received       []Received      `json:"received"`
+	// ListChanges say who put the patient on a recipient's patient list,
+	// or took them off it (a care home's residents, a team's caseload):
+	// the reason such a recipient received the patient's events.
+	ListChanges []ListChange `json:"listChanges"`
+}
+
+// ListChange is the patient added to or removed from a recipient's list.
+type ListChange struct {
+	Time      time.Time `json:"time"`
+	Patient   string    `json:"patient"`
+	Recipient string    `json:"recipient"`
+	Actor     string    `json:"actor"`
+	Action    string    `json:"action"` // patient-list-add or patient-list-remove
 }
 
 // AuditReader builds disclosure reports from the carehub.audit topic. Audit
@@ -194,7 +207,7 @@ func Report(recs []audit.Record) []Disclosure {
 // delivery record without a publisher (written before the hub recorded one)
 // joins by event id and recipient only when a single permit fits.
 func Histories(recs []audit.Record) History {
-	h := History{Disclosures: []Disclosure{}, ConsentChanges: []ConsentChange{}, Accesses: []Access{}, Received: []Received{}}
+	h := History{Disclosures: []Disclosure{}, ConsentChanges: []ConsentChange{}, Accesses: []Access{}, Received: []Received{}, ListChanges: []ListChange{}}
 	index := map[string]int{}    // publisher + event id + recipient → line of the permit that produced the copy
 	legacy := map[string][]int{} // event id + recipient → lines of such permits, for records without a publisher
 	for _, r := range recs {
@@ -255,6 +268,8 @@ func Histories(recs []audit.Record) History {
 				Action: r.Action, Before: r.Before, After: r.After, Outcome: r.Outcome})
 		case audit.KindAccess:
 			h.Accesses = append(h.Accesses, Access{Time: r.Time, Patient: r.Patient, Actor: r.Actor, Action: r.Action, EventID: r.EventID})
+		case audit.KindListChange:
+			h.ListChanges = append(h.ListChanges, ListChange{Time: r.Time, Patient: r.Patient, Recipient: r.Recipient, Actor: r.Actor, Action: r.Action})
 		case audit.KindReceived:
 			h.Received = append(h.Received, Received{Time: r.Time, Patient: r.Patient, EventID: r.EventID, EventType: r.EventType, Flags: r.Flags})
 		}

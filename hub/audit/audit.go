@@ -5,9 +5,13 @@
 // per delivery outcome (delivered, withheld at the moment of delivery,
 // dead-lettered), one per consent change (who, when, before and
 // after), one per look at a patient's record through the admin API (who
-// and what), and one per accepted event with a flag (an event time older
-// than the deployment's bound). Records are keyed by the patient's keyed
-// pseudonym and never hold an NHS number, a name or a payload. The topic
+// and what), one per accepted event with a flag (an event time older
+// than the deployment's bound), one per change to a recipient or its
+// subscriptions (who, before and after, secrets hidden), and one per
+// patient added to or removed from a recipient's patient list (who, whom
+// by pseudonym, which list). Records are keyed by the patient's keyed
+// pseudonym (recipient changes by RecipientKey) and never hold an NHS
+// number, a name or a payload. The topic
 // is append-only and kept for years (retention.audit).
 package audit
 
@@ -26,6 +30,14 @@ const (
 	KindConsentChange = "consent-change"
 	KindAccess        = "access"
 	KindReceived      = "received"
+	// KindRecipientChange: an operator (or the configuration file at
+	// start-up) created, changed, deleted, paused or resumed a recipient
+	// or one of its subscriptions. Keyed by RecipientKey, not a patient.
+	KindRecipientChange = "recipient-change"
+	// KindListChange: a patient was added to or removed from a
+	// recipient's patient list, by the recipient itself, an operator or
+	// the configuration file. Keyed by the patient's pseudonym.
+	KindListChange = "list-change"
 )
 
 // Delivery outcomes.
@@ -60,7 +72,29 @@ const (
 	ActionHeldRelease      = "held-release" // a held message taken in again
 	ActionHeldResolve      = "held-resolve" // a held message closed without sharing, with a reason
 	ActionBackfill         = "backfill"     // a backfill started, run or resumed for a recipient
+
+	// Actions of recipient-change records.
+	ActionRecipientCreate    = "recipient-create"
+	ActionRecipientUpdate    = "recipient-update"
+	ActionRecipientDelete    = "recipient-delete"
+	ActionRecipientPause     = "recipient-pause"
+	ActionRecipientResume    = "recipient-resume"
+	ActionSubscriptionCreate = "subscription-create"
+	ActionSubscriptionUpdate = "subscription-update"
+	ActionSubscriptionDelete = "subscription-delete"
+
+	// Actions of list-change records.
+	ActionListAdd    = "patient-list-add"
+	ActionListRemove = "patient-list-remove"
 )
+
+// ActorConfig is the actor of changes the hub makes from its
+// configuration file at start-up (or on SIGHUP, for patient list files).
+const ActorConfig = "config"
+
+// RecipientKey is the Kafka key of a recipient-change record: records
+// about one recipient share a partition, in order.
+func RecipientKey(ods string) string { return "recipient/" + ods }
 
 // Flags of received records.
 const (
@@ -116,6 +150,17 @@ type Record struct {
 	// consent change.
 	Before *ConsentState `json:"before,omitempty"`
 	After  *ConsentState `json:"after,omitempty"`
+	// RecipientChange is what a recipient-change record changed.
+	RecipientChange *RecipientChange `json:"recipientChange,omitempty"`
+}
+
+// RecipientChange is a recipient's entry before and after a change: its
+// configuration entry (secrets hidden) at each version.
+type RecipientChange struct {
+	FromVersion int64           `json:"fromVersion"`
+	ToVersion   int64           `json:"toVersion"`
+	Before      json.RawMessage `json:"before,omitempty"`
+	After       json.RawMessage `json:"after,omitempty"`
 }
 
 // DirectiveVersion is the version of one patient number's directives.

@@ -1,6 +1,12 @@
 // Package auth maps API keys to the organisation (ODS code) they belong to.
 // Keys are held only as SHA-256 digests and compared in constant time; a key
 // never reaches a log or an error.
+//
+// A key's principal is a source's ODS code (it publishes as that
+// organisation), an operator (OperatorPrincipal: the admin API), or a
+// recipient (RecipientPrincipal: the recipient's own key, which changes its
+// patient list and nothing else). Live holds a set that the hub replaces
+// when recipients created through the admin API bring keys of their own.
 package auth
 
 import (
@@ -9,6 +15,7 @@ import (
 	"errors"
 	"net/http"
 	"strings"
+	"sync/atomic"
 
 	"github.com/carehub/carehub/schemas/problem"
 )
@@ -33,6 +40,12 @@ const (
 
 // OperatorPrincipal is the principal of the operator id's key.
 func OperatorPrincipal(id string) string { return OperatorPrefix + id }
+
+// RecipientPrefix starts the principal of a recipient's own key.
+const RecipientPrefix = "recipient:"
+
+// RecipientPrincipal is the principal of the recipient's own key.
+func RecipientPrincipal(ods string) string { return RecipientPrefix + ods }
 
 // New builds the set. principals maps each key to an ODS code (a source)
 // or an OperatorPrincipal (Admin included).
@@ -79,8 +92,52 @@ func (k *Keys) Organisation(r *http.Request) (string, error) {
 	if strings.HasPrefix(p, OperatorPrefix) {
 		return "", problem.New(problem.Forbidden, "the admin key cannot publish events")
 	}
+	if strings.HasPrefix(p, RecipientPrefix) {
+		return "", problem.New(problem.Forbidden, "a recipient's own key cannot publish events: publish with the organisation's source key")
+	}
 	return p, nil
 }
+
+// Lookup returns the principal key belongs to, if any: to check that a new
+// key is not already someone else's.
+func (k *Keys) Lookup(key string) (string, bool) {
+	d := sha256.Sum256([]byte(key))
+	found := ""
+	for _, e := range k.entries {
+		if subtle.ConstantTimeCompare(d[:], e.digest[:]) == 1 {
+			found = e.principal
+		}
+	}
+	return found, found != ""
+}
+
+// Live is a set of keys that can be replaced while requests use it. It
+// answers as the Keys last stored.
+type Live struct {
+	p atomic.Pointer[Keys]
+}
+
+// NewLive returns a Live set holding k.
+func NewLive(k *Keys) *Live {
+	l := &Live{}
+	l.Store(k)
+	return l
+}
+
+// Store replaces the set.
+func (l *Live) Store(k *Keys) { l.p.Store(k) }
+
+// Keys returns the set in force.
+func (l *Live) Keys() *Keys { return l.p.Load() }
+
+// Principal is Keys.Principal of the set in force.
+func (l *Live) Principal(r *http.Request) (string, error) { return l.Keys().Principal(r) }
+
+// Organisation is Keys.Organisation of the set in force.
+func (l *Live) Organisation(r *http.Request) (string, error) { return l.Keys().Organisation(r) }
+
+// Operator is Keys.Operator of the set in force.
+func (l *Live) Operator(r *http.Request) (string, error) { return l.Keys().Operator(r) }
 
 // Operator returns the id of the operator whose key the request carries,
 // or an error if it carries none.

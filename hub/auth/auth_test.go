@@ -17,13 +17,15 @@ const (
 	vmKey    = "vm123-key-77b1e0"
 	adminKey = "admin-key-c0ffee"
 	opKey    = "operator-key-beef01"
+	homeKey  = "vm123-own-key-5e5e5e" // the care home's own key as a recipient
 	// unknownKey is presented but not configured; it must never be echoed.
 	unknownKey = "stolen-key-9991234567"
 )
 
 func keys(t *testing.T) *auth.Keys {
 	t.Helper()
-	k, err := auth.New(map[string]string{rx1Key: "RX1", vmKey: "VM123", adminKey: auth.Admin, opKey: auth.OperatorPrincipal("ig-lead")})
+	k, err := auth.New(map[string]string{rx1Key: "RX1", vmKey: "VM123", adminKey: auth.Admin, opKey: auth.OperatorPrincipal("ig-lead"),
+		homeKey: auth.RecipientPrincipal("VM123")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -57,6 +59,7 @@ func TestKeys(t *testing.T) {
 		{"Bearer  " + rx1Key + " ", ok("RX1"), ok("RX1"), fail(forbid)}, // surrounding spaces are trimmed
 		{"Bearer " + adminKey, ok(auth.Admin), fail(forbid), ok("admin")},
 		{"Bearer " + opKey, ok("operator:ig-lead"), fail(forbid), ok("ig-lead")},
+		{"Bearer " + homeKey, ok("recipient:VM123"), fail(forbid), fail(forbid)}, // a recipient's key publishes nothing
 		{"Bearer " + unknownKey, fail(unauth), fail(unauth), fail(unauth)},
 		{"Basic " + rx1Key, fail(unauth), fail(unauth), fail(unauth)},
 		{"Token " + unknownKey, fail(unauth), fail(unauth), fail(unauth)},
@@ -85,7 +88,7 @@ func TestKeys(t *testing.T) {
 				t.Errorf("%s(%q):\n\tgot  %+v (%v)\n\twant %+v", fn, tt.header, got, err, want)
 			}
 			if err != nil {
-				for _, secret := range []string{rx1Key, vmKey, adminKey, unknownKey} {
+				for _, secret := range []string{rx1Key, vmKey, adminKey, homeKey, unknownKey} {
 					if strings.Contains(err.Error(), secret) {
 						t.Errorf("%s(%q): the error %q holds a key", fn, tt.header, err)
 					}
@@ -144,5 +147,31 @@ func TestEmptyKeys(t *testing.T) {
 	r.Header.Set("Authorization", "Bearer "+rx1Key)
 	if _, err := k.Principal(r); problem.KindOf(err) != problem.Unauthenticated {
 		t.Errorf("Principal with no keys:\n\tgot  %v\n\twant an Unauthenticated error", err)
+	}
+}
+
+// TestLiveAnswersWithTheSetLastStored: a key added while the hub runs (a
+// recipient created through the admin API) is known from the next
+// request on; a key removed is not.
+func TestLiveAnswersWithTheSetLastStored(t *testing.T) {
+	l := auth.NewLive(keys(t))
+	r := httptest.NewRequest("POST", "/", nil)
+	r.Header.Set("Authorization", "Bearer new-recipient-key-1")
+	if _, err := l.Principal(r); problem.KindOf(err) != problem.Unauthenticated {
+		t.Fatalf("Principal before the key was added: got %v, want Unauthenticated", err)
+	}
+	k, err := auth.New(map[string]string{rx1Key: "RX1", "new-recipient-key-1": auth.RecipientPrincipal("VM456")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Store(k)
+	if p, err := l.Principal(r); err != nil || p != "recipient:VM456" {
+		t.Errorf("Principal after the key was added:\n\tgot  %q, %v\n\twant recipient:VM456", p, err)
+	}
+	if p, ok := l.Keys().Lookup(rx1Key); !ok || p != "RX1" {
+		t.Errorf("Lookup(rx1 key): got %q, %v", p, ok)
+	}
+	if _, ok := l.Keys().Lookup(vmKey); ok {
+		t.Errorf("Lookup found a key no longer in the set")
 	}
 }

@@ -27,17 +27,17 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/carehub/carehub/connectors/connector"
 	"github.com/carehub/carehub/consent"
-	"github.com/carehub/carehub/hub/route"
-	"github.com/carehub/carehub/schemas/event"
 	"github.com/carehub/carehub/schemas/ods"
 	"go.yaml.in/yaml/v3"
 )
@@ -57,6 +57,8 @@ type Config struct {
 	Ingest     Ingest           `yaml:"ingest"`
 	Events     Events           `yaml:"events"`
 	Retention  Retention        `yaml:"retention"`
+
+	reg *connector.Registry // the registry the connector sections were decoded with
 }
 
 // Ingest is how the hub takes events from every source.
@@ -178,8 +180,12 @@ type Subscription struct {
 	Basis string   `yaml:"basis" json:"basis"`
 	Types []string `yaml:"types" json:"types"`
 	// PatientList is the file of the recipient's patients (one NHS number
-	// per line; see package patientlist), for basis patient-list only. The
-	// hub reads it at start-up and again when it is sent SIGHUP.
+	// per line; see package patientlist), for basis patient-list only, and
+	// optional: without it the recipient's list is managed through the
+	// admin API (PUT and POST /v1/recipients/{ods}/patients). The hub reads
+	// it at start-up and again when it is sent SIGHUP, and writes it to the
+	// recipient's list when it changed (hub/directory). A recipient has one
+	// list: every patient-list subscription of it uses the same.
 	PatientList string `yaml:"patientList,omitempty" json:"patientList,omitempty"`
 }
 
@@ -300,6 +306,7 @@ func decode(b []byte, reg *connector.Registry) (*Config, error) {
 	if err := c.decodeConnectors(reg); err != nil {
 		return nil, err
 	}
+	c.reg = reg
 	c.Defaults()
 	return &c, nil
 }
@@ -349,28 +356,9 @@ func (c *Config) decodeConnectors(reg *connector.Registry) error {
 		in.Config, in.factory = cfg, f
 	}
 	for i := range c.Recipients {
-		r := &c.Recipients[i]
-		where := fmt.Sprintf("recipients[%d]", i)
-		for _, e := range r.extra {
-			f, ok := reg.Sink(e.key)
-			switch {
-			case !ok:
-				errs = append(errs, fmt.Errorf("%s (line %d): field %s not found: neither a recipient field nor a delivery type (%s)",
-					where, e.line, e.key, strings.Join(reg.SinkTypes(), ", ")))
-				continue
-			case r.Sink.Type != "":
-				errs = append(errs, fmt.Errorf("%s (line %d): %s: a recipient has one delivery section, and %s is already given",
-					where, e.line, e.key, r.Sink.Type))
-				continue
-			}
-			cfg := f.Default()
-			if err := connector.DecodeStrict(e.node, cfg); err != nil {
-				errs = append(errs, fmt.Errorf("%s.%s (line %d): %w", where, e.key, e.line, err))
-				continue
-			}
-			r.Sink = Sink{Type: e.key, Config: cfg, factory: f}
+		for _, e := range c.Recipients[i].decodeSink(reg, true) {
+			errs = append(errs, fmt.Errorf("recipients[%d]%w", i, e))
 		}
-		r.extra = nil
 	}
 	return errors.Join(errs...)
 }
@@ -430,12 +418,7 @@ func (c *Config) Defaults() {
 	}
 	c.Delivery = c.Delivery.WithDefaults()
 	for i := range c.Recipients {
-		for j := range c.Recipients[i].Subscriptions {
-			s := &c.Recipients[i].Subscriptions[j]
-			if s.ID == "" {
-				s.ID = fmt.Sprintf("%s-%s", c.Recipients[i].ODS, s.Basis)
-			}
-		}
+		c.Recipients[i].defaults()
 	}
 }
 
@@ -523,6 +506,16 @@ func (c *Config) Validate() error {
 		}
 		keys[v] = where
 	}
+	// A recipient's keys are checked by Recipient.Check; here only that
+	// no other part of the file uses them.
+	dupKey := func(where string, s connector.Secret) {
+		if v, err := s.Reveal(); err == nil {
+			if prev, dup := keys[v]; dup {
+				bad("%s: the same API key is already used by %s", where, prev)
+			}
+			keys[v] = where
+		}
+	}
 	for i, o := range c.Admin.Operators {
 		where := fmt.Sprintf("admin.operators[%d]", i)
 		if !operatorID.MatchString(o.ID) || tenDigits.MatchString(o.ID) {
@@ -590,55 +583,26 @@ func (c *Config) Validate() error {
 	subIDs := map[string]bool{}
 	for i, r := range c.Recipients {
 		where := fmt.Sprintf("recipients[%d]", i)
-		if !ods.Valid(r.ODS) {
-			bad("%s.ods %q: not an ODS code", where, r.ODS)
+		for _, e := range r.Check() {
+			errs = append(errs, fmt.Errorf("%s%w", where, e))
 		}
-		if recipients[r.ODS] {
+		if recipients[r.ODS] && ods.Valid(r.ODS) {
 			bad("%s.ods %q: listed twice", where, r.ODS)
 		}
 		recipients[r.ODS] = true
-		if !consent.Role(r.Role).Valid() {
-			bad("%s.role %q: one of %s", where, r.Role, strings.Join(consent.RoleNames(), ", "))
+		keyFields := r.Keys()
+		for _, field := range slices.Sorted(maps.Keys(keyFields)) {
+			dupKey(where+field, keyFields[field])
 		}
-		switch {
-		case r.Sink.Type == "":
-			bad("%s: a delivery section is required (how the recipient receives events)", where)
-		case r.Sink.Config == nil:
-			bad("%s.%s: not decoded: build configurations with Load or Parse", where, r.Sink.Type)
-		default:
-			if err := r.Sink.Config.Validate(); err != nil {
-				errs = append(errs, prefixed(where+"."+r.Sink.Type, err)...)
-			}
-			if pc, ok := r.Sink.Config.(connector.PullConfig); ok && pc.ReaderKey().Set() {
-				checkKey(where+"."+r.Sink.Type+".apiKey", pc.ReaderKey())
-			}
-		}
-		if len(r.Subscriptions) == 0 {
-			bad("%s: at least one subscription is required", where)
-		}
+		mine := map[string]bool{}
 		for j, s := range r.Subscriptions {
-			sw := fmt.Sprintf("%s.subscriptions[%d]", where, j)
-			if subIDs[s.ID] {
-				bad("%s.id %q: used twice", sw, s.ID)
+			if subIDs[s.ID] && !mine[s.ID] {
+				bad("%s.subscriptions[%d].id %q: used twice", where, j, s.ID)
 			}
-			subIDs[s.ID] = true
-			if err := route.CheckBasis(consent.Basis(s.Basis)); err != nil {
-				bad("%s.basis: %v", sw, err)
-			}
-			switch {
-			case s.Basis == string(consent.BasisPatientList) && s.PatientList == "":
-				bad("%s.patientList: a patient-list subscription needs the file of its patients", sw)
-			case s.Basis != string(consent.BasisPatientList) && s.PatientList != "":
-				bad("%s.patientList: only a patient-list subscription has one", sw)
-			}
-			if len(s.Types) == 0 {
-				bad("%s.types: at least one event type is required", sw)
-			}
-			for _, t := range s.Types {
-				if _, ok := event.TypeNamed(t); !ok {
-					bad("%s.types: unknown event type %q: one of %s", sw, t, strings.Join(event.ShortNames(), ", "))
-				}
-			}
+			mine[s.ID] = true
+		}
+		for id := range mine {
+			subIDs[id] = true
 		}
 	}
 	if _, err := c.Consent.Policy(); err != nil {

@@ -31,7 +31,7 @@ func hook(r config.Recipient) *webhook.Config { return r.Sink.Config.(*webhook.C
 
 // ignore leaves out what go-cmp cannot see into: the factories the
 // sections were decoded by.
-var ignore = cmpopts.IgnoreUnexported(config.Input{}, config.Recipient{}, config.Sink{})
+var ignore = cmpopts.IgnoreUnexported(config.Config{}, config.Input{}, config.Recipient{}, config.Sink{})
 
 // The example deployment's file, relative to this package's directory.
 const examplePath = "../../deploy/examples/carehub.yaml"
@@ -77,16 +77,18 @@ func TestLoadExample(t *testing.T) {
 			{
 				ODS: "VM123", Name: "Example Care Home (demo)", Role: "social-care",
 				Sink: config.Sink{Type: "webhook", Config: &webhook.Config{URL: "http://127.0.0.1:9102/events", Secret: connector.SecretValue("whsec_Y2FyZWh1Yi1kZW1vLXNlY3JldC1jYXJlaG9tZS1WTTEyMw=="), Timeout: 10 * time.Second}}, // timeout: default
-				Subscriptions: []config.Subscription{{ID: "vm123-discharges-to-us", Basis: "discharge-destination",
-					Types: []string{"admission", "discharge", "discharge-pending", "discharge-pending-cancelled"}}},
+				Subscriptions: []config.Subscription{
+					{ID: "vm123-residents", Basis: "patient-list", Types: []string{"admission", "transfer", "discharge", "admission-cancelled",
+						"discharge-cancelled", "transfer-cancelled", "discharge-pending", "discharge-pending-cancelled"}},
+					{ID: "vm123-discharges-to-us", Basis: "discharge-destination",
+						Types: []string{"admission", "discharge", "discharge-pending", "discharge-pending-cancelled"}}},
 			},
 			{
-				ODS: "CN001", Name: "Example community nursing team (demo)", Role: "community",
+				ODS: "CN001", Name: "Example community nursing team (demo)", Role: "community", APIKey: connector.SecretValue("demo-cn001-key"),
 				Sink: config.Sink{Type: "webhook", Config: &webhook.Config{URL: "http://127.0.0.1:9103/events", Secret: connector.SecretValue("whsec_Y2FyZWh1Yi1kZW1vLXNlY3JldC1jb21tdW5pdHktQ04wMDE="), Timeout: 10 * time.Second}}, // timeout: default
 				Subscriptions: []config.Subscription{{ID: "cn001-caseload", Basis: "patient-list",
 					Types: []string{"admission", "transfer", "discharge", "admission-cancelled", "discharge-cancelled", "transfer-cancelled",
-						"patient-class-changed", "discharge-pending", "discharge-pending-cancelled"},
-					PatientList: filepath.Join("..", "..", "deploy", "examples", "cn001-caseload.txt")}}, // relative to the file
+						"patient-class-changed", "discharge-pending", "discharge-pending-cancelled"}}},
 			},
 			{
 				ODS: "B82005", Name: "Example polling GP practice (demo)", Role: "gp-practice",
@@ -373,8 +375,28 @@ func TestValidateSmallChecks(t *testing.T) {
 		}, ""},
 		{"equal backoffs", func(c *config.Config) { c.Delivery.MinBackoff, c.Delivery.MaxBackoff = time.Second, time.Second }, ""},
 		{"patient list", func(c *config.Config) { listSub(c, "patient-list", "caseload.txt") }, ""},
-		{"patient list missing", func(c *config.Config) { listSub(c, "patient-list", "") },
-			"recipients[0].subscriptions[0].patientList: a patient-list subscription needs the file of its patients"},
+		{"patient list through the API", func(c *config.Config) { listSub(c, "patient-list", "") }, ""},
+		{"two patient list files", func(c *config.Config) {
+			listSub(c, "patient-list", "a.txt")
+			c.Recipients[0].Subscriptions = append(c.Recipients[0].Subscriptions,
+				config.Subscription{ID: "second", Basis: "patient-list", Types: []string{"discharge"}, PatientList: "b.txt"})
+		}, "recipients[0].subscriptions[1].patientList: a recipient has one patient list, and another subscription names another file"},
+		{"one file for two subscriptions", func(c *config.Config) {
+			listSub(c, "patient-list", "a.txt")
+			c.Recipients[0].Subscriptions = append(c.Recipients[0].Subscriptions,
+				config.Subscription{ID: "second", Basis: "patient-list", Types: []string{"discharge"}, PatientList: "a.txt"})
+		}, ""},
+		{"subscription id not for a path", func(c *config.Config) { c.Recipients[0].Subscriptions[0].ID = "a/b" },
+			"recipients[0].subscriptions[0].id: 1 to 64 letters, digits, '-', '.' or '_'"},
+		{"recipient key too short", func(c *config.Config) { c.Recipients[0].APIKey = connector.SecretValue("short") },
+			"recipients[0].apiKey: API keys must be at least 8 bytes"},
+		{"recipient key used by a source", func(c *config.Config) { c.Recipients[0].APIKey = connector.SecretValue("rx1-key-123") },
+			"recipients[0].apiKey: the same API key is already used by sources[0].apiKey"},
+		{"subscription id of another recipient", func(c *config.Config) {
+			other := c.Recipients[0]
+			other.ODS = "A81002"
+			c.Recipients = append(c.Recipients, other)
+		}, `recipients[1].subscriptions[0].id "A81001-registered-gp": used twice`},
 		{"patient list on another basis", func(c *config.Config) { listSub(c, "registered-gp", "caseload.txt") },
 			"recipients[0].subscriptions[0].patientList: only a patient-list subscription has one"},
 		{"care relationships not matched yet", func(c *config.Config) { listSub(c, "care-relationship", "") },

@@ -57,8 +57,13 @@ type Recipient struct {
 	Role          string
 	Subscriptions []Subscription
 	Sink          Sink
+	// APIKey is the recipient's own key (optional): with it the recipient
+	// changes its own patient list through the admin API
+	// (/v1/recipients/{ods}/patients). It cannot publish.
+	APIKey connector.Secret
 
-	extra []section // keys that are not recipient fields: sink sections, or mistakes
+	extra []section  // keys that are not recipient fields: sink sections, or mistakes
+	node  *yaml.Node // the entry as written, for Entry
 }
 
 // Sink is a recipient's delivery section.
@@ -85,10 +90,11 @@ type section struct {
 
 // recipientFields are the recipient's own fields, decoded strictly.
 type recipientFields struct {
-	ODS           string         `yaml:"ods" json:"ods"`
-	Name          string         `yaml:"name,omitempty" json:"name,omitempty"`
-	Role          string         `yaml:"role" json:"role"`
-	Subscriptions []Subscription `yaml:"subscriptions" json:"subscriptions"`
+	ODS           string           `yaml:"ods" json:"ods"`
+	Name          string           `yaml:"name,omitempty" json:"name,omitempty"`
+	Role          string           `yaml:"role" json:"role"`
+	APIKey        connector.Secret `yaml:"apiKey,omitempty" json:"apiKey,omitempty"`
+	Subscriptions []Subscription   `yaml:"subscriptions" json:"subscriptions"`
 }
 
 // UnmarshalYAML decodes the recipient's own fields strictly and keeps
@@ -102,7 +108,7 @@ func (r *Recipient) UnmarshalYAML(n *yaml.Node) error {
 	var extra []section
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		switch k := n.Content[i].Value; k {
-		case "ods", "name", "role", "subscriptions":
+		case "ods", "name", "role", "apiKey", "subscriptions":
 			own.Content = append(own.Content, n.Content[i], n.Content[i+1])
 		default:
 			extra = append(extra, section{key: k, node: n.Content[i+1], line: n.Content[i].Line})
@@ -112,7 +118,7 @@ func (r *Recipient) UnmarshalYAML(n *yaml.Node) error {
 	if err := connector.DecodeStrict(own, &f); err != nil {
 		return fmt.Errorf("line %d: %w", n.Line, err)
 	}
-	*r = Recipient{ODS: f.ODS, Name: f.Name, Role: f.Role, Subscriptions: f.Subscriptions, extra: extra}
+	*r = Recipient{ODS: f.ODS, Name: f.Name, Role: f.Role, APIKey: f.APIKey, Subscriptions: f.Subscriptions, extra: extra, node: n}
 	return nil
 }
 
@@ -122,6 +128,9 @@ func (r Recipient) fields() map[string]any {
 	m := map[string]any{"ods": r.ODS, "role": r.Role, "subscriptions": r.Subscriptions}
 	if r.Name != "" {
 		m["name"] = r.Name
+	}
+	if r.APIKey.Set() {
+		m["apiKey"] = r.APIKey
 	}
 	if r.Sink.Type != "" {
 		m[r.Sink.Type] = r.Sink.Config

@@ -40,8 +40,11 @@ import (
 
 // Config says what to sweep and how long to keep it.
 type Config struct {
-	Brokers          []string
-	Recipients       []string // ODS codes
+	Brokers    []string
+	Recipients []string // ODS codes
+	// Live, when set, gives the recipients at each sweep instead (the
+	// recipient directory's).
+	Live             func() []string
 	OutboxWindow     time.Duration
 	DeadLetterWindow time.Duration
 	HeldWindow       time.Duration
@@ -112,7 +115,11 @@ func (s *Sweeper) Sweep(ctx context.Context) (Report, error) {
 			firstErr = err
 		}
 	}
-	for _, r := range s.cfg.Recipients {
+	recipients := s.cfg.Recipients
+	if s.cfg.Live != nil {
+		recipients = s.cfg.Live()
+	}
+	for _, r := range recipients {
 		n, err := s.sweepOutbox(ctx, r, now)
 		keep(err)
 		if n > 0 {

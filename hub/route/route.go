@@ -121,13 +121,26 @@ const (
 	RuleWithheldNotice = "policy:withheld-discharge-notice"
 )
 
+// SubscriptionSource holds subscriptions that change while the hub runs
+// (the recipient directory, hub/directory). Sync returns once every change
+// acknowledged before the call is visible to Subscriptions.
+type SubscriptionSource interface {
+	Sync(ctx context.Context) error
+	Subscriptions() *Subscriptions
+}
+
 // Config is what a Router is built from.
 type Config struct {
 	Subscriptions *Subscriptions
-	Decider       consent.Decider
-	Directives    Directives
-	Index         Index
-	Publisher     message.Publisher
+	// Source, when set, supplies the subscriptions instead: the router
+	// catches up with it before deciding each event, as it does with the
+	// directives, so that a recipient, subscription or patient list
+	// changed before an event was accepted applies to it.
+	Source     SubscriptionSource
+	Decider    consent.Decider
+	Directives Directives
+	Index      Index
+	Publisher  message.Publisher
 	// Pseudonym pseudonymises an NHS number (the retired number of a merge).
 	Pseudonym func(nhs.Number) string
 	Sealer    *Sealer
@@ -292,10 +305,13 @@ type Decided struct {
 // and decides each, after catching up with every consent change and
 // patient index record acknowledged before the call. It publishes nothing.
 func (r *Router) Decide(ctx context.Context, ev *event.Event, key string) (*Decided, error) {
-	if err := r.sync(ctx); err != nil {
+	if err := r.sync(ctx, true); err != nil {
 		return nil, err
 	}
 	subs := r.subs.Load()
+	if r.cfg.Source != nil {
+		subs = r.cfg.Source.Subscriptions()
+	}
 	out := &Decided{Event: ev, Key: key, Updates: map[string]patientindex.Record{}}
 
 	// The patient's numbers: its family, and for a merge the retired
@@ -475,13 +491,20 @@ func (r *Router) Decide(ctx context.Context, ev *event.Event, key string) (*Deci
 
 // sync is the freshness barrier of routing and of the re-check: it
 // returns once every consent change and patient index record acknowledged
-// before the call is applied (both looked up at once).
-func (r *Router) sync(ctx context.Context) error {
+// before the call is applied, and, for routing (subs), every change to the
+// subscriptions (all looked up at once).
+func (r *Router) sync(ctx context.Context, subs bool) error {
 	idx := make(chan error, 1)
 	go func() { idx <- r.cfg.Index.Sync(ctx) }()
-	err := errors.Join(r.cfg.Directives.Sync(ctx), <-idx)
+	src := make(chan error, 1)
+	if subs && r.cfg.Source != nil {
+		go func() { src <- r.cfg.Source.Sync(ctx) }()
+	} else {
+		src <- nil
+	}
+	err := errors.Join(r.cfg.Directives.Sync(ctx), <-idx, <-src)
 	if err != nil {
-		return problem.Wrap(problem.Unavailable, "catching up with consent directives and the patient index", err)
+		return problem.Wrap(problem.Unavailable, "catching up with consent directives, the patient index and the subscriptions", err)
 	}
 	return nil
 }
@@ -768,7 +791,7 @@ func (r *Router) Recheck(ctx context.Context, key, sealed string) (consent.Decis
 	if err != nil {
 		return consent.Decision{}, Sealed{}, nil, err
 	}
-	if err := r.sync(ctx); err != nil {
+	if err := r.sync(ctx, false); err != nil {
 		return consent.Decision{}, s, nil, err
 	}
 	family := r.cfg.Index.Family(key)

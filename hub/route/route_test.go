@@ -18,6 +18,7 @@ import (
 	"github.com/carehub/carehub/hub/topic"
 	"github.com/carehub/carehub/schemas/event"
 	"github.com/carehub/carehub/schemas/nhs"
+	"github.com/carehub/carehub/schemas/problem"
 	"go.uber.org/zap"
 )
 
@@ -723,5 +724,72 @@ func TestObserverHearsDecisionsOnceDurable(t *testing.T) {
 				t.Errorf("%s copy: accepted time %q, want the event's", topicName, got)
 			}
 		}
+	}
+}
+
+// fakeSource is a SubscriptionSource whose subscriptions change when it
+// syncs, as the recipient directory's do when it reads a change.
+type fakeSource struct {
+	mu     sync.Mutex
+	now    *Subscriptions
+	next   *Subscriptions // what a Sync makes current
+	syncs  int
+	failed error
+}
+
+func (f *fakeSource) Sync(context.Context) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.syncs++
+	if f.failed != nil {
+		return f.failed
+	}
+	if f.next != nil {
+		f.now, f.next = f.next, nil
+	}
+	return nil
+}
+
+func (f *fakeSource) Subscriptions() *Subscriptions {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.now
+}
+
+// TestSubscriptionsFromASourceAreCaughtUpWithBeforeEachEvent: with a
+// Source, the router catches up with it before deciding each event and
+// decides with what it then holds (a recipient created through the admin
+// API just before the event was accepted receives it); when the source
+// cannot catch up, the event fails closed. The re-check at delivery does
+// not wait for it.
+func TestSubscriptionsFromASourceAreCaughtUpWithBeforeEachEvent(t *testing.T) {
+	withNew, err := NewSubscriptions([]Subscription{
+		{ID: "new-home", Recipient: consent.Recipient{ODS: "VM456", Role: consent.RoleSocialCare}, Basis: consent.BasisRegisteredGP, Types: all},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := &fakeSource{now: subs(t), next: withNew}
+	pub := &fakePub{}
+	r := newRouter(t, subs(t), consent.Relationship{}, &fakeDirectives{}, pub, func(c *Config) { c.Source = src })
+	if err := r.Handle(example(t, "discharge", func(m map[string]any) {
+		data(m)["patient"].(map[string]any)["gpPractice"] = "VM456"
+	})); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(pub.sent["carehub.outbox.vm456"]); n != 1 || src.syncs != 1 {
+		t.Errorf("a recipient the source holds after its sync: %d copies after %d syncs, want 1 after 1", n, src.syncs)
+	}
+	src.failed = errors.New("directory unreachable")
+	if err := r.Handle(discharge(t)); problem.KindOf(err) != problem.Unavailable {
+		t.Errorf("Handle with a source that cannot catch up: got %v, want Unavailable", err)
+	}
+	syncs := src.syncs
+	copyMsg := pub.sent["carehub.outbox.vm456"][0]
+	if _, _, _, err := r.Recheck(context.Background(), copyMsg.Metadata.Get(topic.MetaKey), copyMsg.Metadata.Get(topic.MetaDecision)); err != nil {
+		t.Errorf("Recheck with the source down: %v", err)
+	}
+	if src.syncs != syncs {
+		t.Errorf("Recheck caught up with the subscriptions")
 	}
 }

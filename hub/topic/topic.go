@@ -25,10 +25,12 @@ func RetentionConfigs(d time.Duration) map[string]string {
 
 // The topics.
 const (
-	Events        = "carehub.events"
-	Audit         = "carehub.audit"
-	DLQ           = "carehub.dlq"
-	Consent       = "carehub.consent"
+	Events  = "carehub.events"
+	Audit   = "carehub.audit"
+	DLQ     = "carehub.dlq"
+	Consent = "carehub.consent"
+	// Subscriptions holds the recipient directory: recipients with their
+	// subscriptions, pauses and patient lists (package directory).
 	Subscriptions = "carehub.subscriptions"
 	Held          = "carehub.held"
 	Patients      = "carehub.patients"
@@ -117,10 +119,7 @@ type Retention struct {
 // index's end offsets before each decision (ktable), one request per
 // partition.
 func Specs(partitions, replication int, recipients []string, r Retention) []broker.TopicSpec {
-	// Swept topics roll segments small and often: Kafka removes a
-	// segment's file only once every record in it is deleted, so the
-	// bytes of a deleted copy stay on disk until its segment rolls.
-	forever := map[string]string{"retention.ms": "-1", "segment.bytes": strconv.Itoa(SweptSegmentBytes), "segment.ms": "3600000"}
+	forever := sweptConfigs()
 	compact := map[string]string{"cleanup.policy": "compact", "retention.ms": "-1"}
 	specs := []broker.TopicSpec{
 		{Name: Events, Partitions: partitions, ReplicationFactor: replication, Configs: RetentionConfigs(r.Events)},
@@ -133,9 +132,23 @@ func Specs(partitions, replication int, recipients []string, r Retention) []brok
 		{Name: Backfills, Partitions: 1, ReplicationFactor: replication, Configs: compact},
 	}
 	for _, r := range recipients {
-		specs = append(specs, broker.TopicSpec{Name: Outbox(r), Partitions: partitions, ReplicationFactor: replication, Configs: forever})
+		specs = append(specs, OutboxSpec(partitions, replication, r))
 	}
 	return specs
+}
+
+// sweptConfigs are the configs of the topics the retention sweep deletes
+// from. They roll segments small and often: Kafka removes a segment's file
+// only once every record in it is deleted, so the bytes of a deleted copy
+// stay on disk until its segment rolls.
+func sweptConfigs() map[string]string {
+	return map[string]string{"retention.ms": "-1", "segment.bytes": strconv.Itoa(SweptSegmentBytes), "segment.ms": "3600000"}
+}
+
+// OutboxSpec is the outbox topic of one recipient (a recipient created
+// through the admin API gets it when it is created).
+func OutboxSpec(partitions, replication int, ods string) broker.TopicSpec {
+	return broker.TopicSpec{Name: Outbox(ods), Partitions: partitions, ReplicationFactor: replication, Configs: sweptConfigs()}
 }
 
 // AcceptedSpec returns the settings of the Accepted topic for a duplicate
