@@ -59,7 +59,7 @@ const (
 type fleet struct {
 	h   *hub
 	wm  *message.Router
-	ctx context.Context // the deliveries' context: ends DeliveryGrace after the drain begins
+	ctx context.Context // the deliveries' context: ends when the drain reaches the router
 
 	mu      sync.Mutex
 	members map[string]*member

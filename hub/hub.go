@@ -35,11 +35,13 @@
 // When Run's context ends (SIGTERM) it drains in the reverse order: not
 // ready; the sources stop taking input and answer what they hold (an MLLP
 // listener its messages in flight); the HTTP server stops accepting and
-// answers the requests in flight; in-flight deliveries get DeliveryGrace to
-// finish, then their retries end; the router and deliverers stop (what did
-// not finish stays uncommitted and is redelivered); the memory of accepted
-// events, the recipient directory, the consent store, the publisher and the embedded broker close. Everything that could publish
-// has stopped before the publisher closes.
+// answers the requests in flight; every deliverer is told to stop, and each
+// sink lets the attempt already on the wire finish and starts no other
+// (connector.Sink); the router and deliverers stop, committing what was
+// delivered (what did not finish stays uncommitted and is redelivered);
+// the memory of accepted events, the recipient directory, the consent
+// store, the publisher and the embedded broker close. Everything that
+// could publish has stopped before the publisher closes.
 package hub
 
 import (
@@ -88,9 +90,6 @@ const (
 	ReadTimeout       = 60 * time.Second
 	// ShutdownTimeout bounds answering the HTTP requests in flight.
 	ShutdownTimeout = 20 * time.Second
-	// DeliveryGrace is how long in-flight deliveries may finish before
-	// their retries end (they are redelivered after a restart).
-	DeliveryGrace = 3 * time.Second
 	// RouterCloseTimeout bounds stopping the router and deliverers.
 	RouterCloseTimeout = 15 * time.Second
 	// BrokerProbeInterval is how often /readyz's broker check asks a
@@ -488,8 +487,8 @@ func (h *hub) startRouter(ctx context.Context) error {
 	}
 	routeHandler := wm.AddConsumerHandler("route", topic.Events, evSub, rt.Handle)
 
-	// In-flight deliveries retry until this ends: DeliveryGrace after the
-	// drain begins, not when ctx ends.
+	// Deliveries stop when the drain reaches the router, not when ctx
+	// ends (the sources and the HTTP server drain first).
 	deliveries, stopDeliveries := context.WithCancel(context.WithoutCancel(ctx))
 	h.stopping = stopDeliveries
 
@@ -502,9 +501,13 @@ func (h *hub) startRouter(ctx context.Context) error {
 	h.onStop("router", func() {
 		stopFleet()
 		<-fleetDone
-		grace := time.AfterFunc(DeliveryGrace, stopDeliveries)
-		defer grace.Stop()
-		defer stopDeliveries()
+		// Told now, each deliverer's attempt on the wire finishes and is
+		// acknowledged while its subscription waits for it (the
+		// subscriber waits half its rebalance timeout); nothing new
+		// starts. Regression (TestStopMidDeliveryDeliversOnce): told only
+		// a grace period later, an attempt answered during the drain
+		// was left unacknowledged and sent again after the restart.
+		stopDeliveries()
 		if err := wm.Close(); err != nil {
 			h.log.Warn("closing the router", logging.Err(err))
 		}
