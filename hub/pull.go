@@ -3,6 +3,7 @@ package hub
 import (
 	"context"
 	"fmt"
+	"sync"
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -90,9 +91,15 @@ func (h *hub) auditRead(_ context.Context, r connector.FeedRead) error {
 // startFeeds follows every pull recipient's feed and waits until each has
 // read its topic: nothing is appended or served before.
 func (h *hub) startFeeds(ctx context.Context) error {
-	for ods, f := range h.parts.feeds {
+	if len(h.parts.feeds) > 0 {
+		closers := make([]func(), 0, len(h.parts.feeds))
+		for _, f := range h.parts.feeds {
+			closers = append(closers, f.Close)
+		}
+		h.onStop("feeds", func() { closeAll(closers) })
+	}
+	for _, f := range h.parts.feeds {
 		f.Start(h.brokers)
-		h.onStop("feed "+ods, f.Close)
 	}
 	for ods, f := range h.parts.feeds {
 		if err := f.WaitLoaded(ctx); err != nil {
@@ -100,4 +107,20 @@ func (h *hub) startFeeds(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// closeAll runs every close at once and returns when all have. A feed's
+// Close waits for its tailer's kafka-go Reader to end the fetch it is in
+// (up to the Reader's MaxWait): one after another, a hub with a hundred
+// pull recipients took about 20 s to stop.
+func closeAll(closers []func()) {
+	var wg sync.WaitGroup
+	for _, c := range closers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c()
+		}()
+	}
+	wg.Wait()
 }
