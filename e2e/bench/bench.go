@@ -826,6 +826,9 @@ func (r *runner) feedCapacity(ctx context.Context, label, rowID string, res *Res
 // the same topics raw (the reference), while the hub idles otherwise.
 func (r *runner) feedRead(ctx context.Context, label string, res *Result, h hubHandle, pop *Population) {
 	f, fc := res.Feed, r.feeds
+	if _, hwm, ok := h.stats(); ok {
+		f.LivePeakRSSBytes = hwm
+	}
 	r.progressf("[%s] %d clients read their feeds from the start", label, len(fc.feeds))
 	c0, s0, ok := cpuNow(h)
 	n, took, latest, err := fc.readAll(ctx)
@@ -841,7 +844,7 @@ func (r *runner) feedRead(ctx context.Context, label string, res *Result, h hubH
 		f.ReadCPUMsPer1k = (c1 - c0 + s1 - s0).Seconds() * 1e6 / float64(n)
 	}
 	if _, hwm, ok := h.stats(); ok {
-		res.PeakRSSBytes = hwm // the live phase's or the read's, whichever was higher
+		res.PeakRSSBytes = hwm // the live phases' or the read's, whichever was higher
 	}
 	fc.fill(f)
 	if f.Gaps+f.Repeats > 0 {

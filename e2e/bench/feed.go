@@ -50,6 +50,10 @@ type FeedResult struct {
 	Repeats  int64 `json:"repeats"`
 	Withheld int64 `json:"withheld"`
 
+	// The hub's peak RSS (VmHWM) once the live phases were over, before
+	// the read from the start; the row's peak_rss_bytes includes the read.
+	LivePeakRSSBytes int64 `json:"live_peak_rss_bytes"`
+
 	// Reading every feed from the start, every client at once, no wait.
 	ReadEvents     int64   `json:"read_events"`
 	ReadS          float64 `json:"read_s"`

@@ -119,7 +119,8 @@ func (rep *Report) WriteTable(w io.Writer) error {
 			}
 			fmt.Fprintf(w, "  every feed read again from 0: %d events in %.2fs, %.0f/s (hub and bench CPU %.0f ms/1k); kafka-go consuming the same topics raw: %.0f/s (%.0f ms/1k); feed / raw %.2f\n",
 				f.ReadEvents, f.ReadS, f.ReadEventsPerS, f.ReadCPUMsPer1k, f.RawEventsPerS, f.RawCPUMsPer1k, r.Ratio)
-			fmt.Fprintf(w, "  numbers missing %d, repeated %d; withheld %d\n", f.Gaps, f.Repeats, f.Withheld)
+			fmt.Fprintf(w, "  hub peak RSS %.0f MB after the live phases, %.0f MB after the read; numbers missing %d, repeated %d; withheld %d\n",
+				mb(f.LivePeakRSSBytes), mb(r.PeakRSSBytes), f.Gaps, f.Repeats, f.Withheld)
 		}
 	}
 	if len(rep.Targets) > 0 {
