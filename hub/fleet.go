@@ -417,10 +417,12 @@ func (f *fleet) stop() {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.stopped = true
+	closers := make([]func(), 0, len(f.feeds))
 	for ods, fl := range f.feeds {
-		fl.Close()
+		closers = append(closers, fl.Close)
 		delete(f.feeds, ods)
 	}
+	closeAll(closers) // at once: each waits for its tailer's fetch to end
 }
 
 // check is the readiness check "deliverers": every recipient of the

@@ -2,6 +2,7 @@ package hub
 
 import (
 	"context"
+	"sync"
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -41,4 +42,20 @@ func (h *hub) auditRead(_ context.Context, r connector.FeedRead) error {
 		return problem.Wrap(problem.Unavailable, "publishing feed-read audit records", err)
 	}
 	return nil
+}
+
+// closeAll runs every close at once and returns when all have. A feed's
+// Close waits for its tailer's kafka-go Reader to end the fetch it is in
+// (up to the Reader's MaxWait): one after another, a hub with a hundred
+// pull recipients took about 20 s to stop.
+func closeAll(closers []func()) {
+	var wg sync.WaitGroup
+	for _, c := range closers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c()
+		}()
+	}
+	wg.Wait()
 }

@@ -25,13 +25,16 @@ const benchUsage = `carehub bench: measure throughput, latency and scale against
 
 Starts a hub on the embedded broker (as a separate process: this binary's
 "serve"), synthetic recipients that verify signatures, and a synthetic
-population (NHS numbers from the 999 test range); publishes; and measures the
-same load on a plain kafka-go produce, consume and HTTP POST path against the
-same broker, in the same run. Prints a table; --out writes JSON. Exits 1 only
-if accepted events were lost.
+population (NHS numbers from the 999 test range); publishes (CloudEvents
+batches or single events, HL7 v2 over MLLP, FHIR R4 messages); and measures
+the same load on a plain kafka-go produce, consume and HTTP POST path against
+the same broker, in the same run. The feed and longpoll scenarios deliver to
+pull recipients whose clients read their feeds, and compare reading a feed
+with consuming its topic raw with kafka-go. Prints a table; --out writes
+JSON. Exits 1 only if accepted events were lost.
 
   carehub bench --suite --out bench.json              every scenario
-  carehub bench --scenario latency --duration 10s     one scenario
+  carehub bench --scenario latency --duration 10s     one scenario (or several: feed,longpoll)
   carehub bench --scenario fanout --print-config      the hub configuration, for --target
                                                       (fanout also writes the patient lists it names)
 
@@ -46,11 +49,11 @@ func benchCommand(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		fs.PrintDefaults()
 	}
 	var o bench.Options
-	scenario := fs.String("scenario", bench.Throughput, "scenario: "+strings.Join(bench.Scenarios(), ", "))
+	scenario := fs.String("scenario", bench.Throughput, "scenarios, comma-separated: "+strings.Join(bench.Scenarios(), ", "))
 	suite := fs.Bool("suite", false, "run every scenario")
 	fs.DurationVar(&o.Duration, "duration", 0, "publishing time of each phase (default 20s)")
-	rate := fs.String("rate", "", `events per second, or "max" (default: 500 for latency and isolation, max otherwise)`)
-	ingest := fs.String("ingest", "", "ingest paths, one row each: batch, single, mllp (default: all three; backlog: batch)")
+	rate := fs.String("rate", "", `events per second, or "max" (default: 500 for latency, isolation and longpoll, max otherwise)`)
+	ingest := fs.String("ingest", "", "ingest paths, one row each: batch, single, mllp, fhir (default: all four for throughput and latency; batch, single, mllp for fanout and isolation; batch for backlog, feed, longpoll)")
 	out := fs.String("out", "", "write the report as JSON to this file")
 	fs.IntVar(&o.BatchSize, "batch-size", 0, "events per batch request (default 100)")
 	fs.IntVar(&o.Publishers, "publishers", 0, "concurrent publishing requests or MLLP connections (default 4 for batches, 32 or 64 for single requests and MLLP)")
@@ -61,6 +64,9 @@ func benchCommand(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	fs.IntVar(&o.Partitions, "partitions", 0, "partitions of every topic (default 6)")
 	fs.IntVar(&o.FanoutPartitions, "fanout-partitions", 0, "partitions of every topic in the fanout scenario (default 2)")
 	fs.IntVar(&o.BacklogEvents, "backlog", 0, "events queued for the down recipient in the backlog scenario (default 100000)")
+	fs.IntVar(&o.FeedClients, "feed-clients", 0, "pull recipients of the longpoll scenario, one long-polling client on each feed (default 100)")
+	fs.IntVar(&o.FeedLimit, "feed-limit", 0, "page limit of every feed request, at most 1000 (default 1000)")
+	fs.DurationVar(&o.FeedWait, "feed-wait", 0, "long-poll wait of the feed clients' requests, at most 60s (default 30s)")
 	fs.IntVar(&o.MaxInFlight, "max-in-flight", 0, "at most this many events published but not yet delivered, when publishing as fast as possible (default 2000)")
 	fs.DurationVar(&o.DrainTimeout, "drain-timeout", 0, "after publishing, give up when no delivery arrived for this long (default 60s)")
 	fs.DurationVar(&o.StartTimeout, "start-timeout", 0, "bound on a hub's start and warm-up (default 5m)")
@@ -91,7 +97,7 @@ func benchCommand(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if *suite {
 		o.Scenarios = bench.Scenarios()
 	} else {
-		o.Scenarios = []string{*scenario}
+		o.Scenarios = splitList(*scenario)
 	}
 	switch r := strings.TrimSpace(*rate); r {
 	case "":

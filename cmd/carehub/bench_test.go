@@ -23,7 +23,7 @@ import (
 // nothing and that the JSON holds every field. It asserts no speed.
 func TestBenchSuiteCompletes(t *testing.T) {
 	if testing.Short() {
-		t.Skip("builds carehub and runs the bench suite (about 40 s)")
+		t.Skip("builds carehub and runs the bench suite (about a minute)")
 	}
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "carehub")
@@ -37,7 +37,7 @@ func TestBenchSuiteCompletes(t *testing.T) {
 	defer func() { benchExit = os.Exit }()
 
 	out := filepath.Join(dir, "bench.json")
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	var stdout, stderr bytes.Buffer
 	err := run(ctx, []string{"bench", "--suite", "--ingest", "batch", "--duration", "1s",
@@ -46,7 +46,8 @@ func TestBenchSuiteCompletes(t *testing.T) {
 	if err != nil || exitCode != -1 {
 		t.Fatalf("bench: %v (exit %d)\nstdout:\n%s\nstderr (tail):\n%s", err, exitCode, stdout.String(), benchTail(stderr.String(), 4000))
 	}
-	for _, want := range []string{"scenario", "throughput", "latency", "fanout", "isolation", "backlog", "deliveries/s"} {
+	for _, want := range []string{"scenario", "throughput", "latency", "fanout", "isolation", "backlog", "feed", "longpoll", "deliveries/s",
+		"feed/batch: 1 client on its feed", "longpoll/batch: 100 clients, each on its own feed", "kafka-go consuming the same topics raw"} {
 		if !strings.Contains(stdout.String(), want) {
 			t.Errorf("the table lacks %q:\n%s", want, stdout.String())
 		}
@@ -102,6 +103,40 @@ func TestBenchSuiteCompletes(t *testing.T) {
 	if bl := rep.Scenarios[4]["backlog"]; bl == nil {
 		t.Errorf("the backlog row has no backlog details")
 	}
+	// The feed rows: clients read their feeds live, then from the start,
+	// beside kafka-go reading the same topics raw; every number once.
+	for i, clients := range map[int]float64{5: 1, 6: 100} {
+		f, _ := rep.Scenarios[i]["feed"].(map[string]any)
+		if f == nil {
+			t.Errorf("row %v has no feed details", rep.Scenarios[i]["scenario"])
+			continue
+		}
+		if f["clients"] != clients {
+			t.Errorf("row %v: %v clients, want %v", rep.Scenarios[i]["scenario"], f["clients"], clients)
+		}
+		for _, k := range []string{"polls", "read_events", "read_events_per_s", "raw_events", "raw_events_per_s"} {
+			if v, _ := f[k].(float64); v <= 0 {
+				t.Errorf("row %v: feed.%s = %v, want > 0", rep.Scenarios[i]["scenario"], k, f[k])
+			}
+		}
+		if f["read_events"] != f["raw_events"] {
+			t.Errorf("row %v: the clients read %v events from the start, kafka-go %v", rep.Scenarios[i]["scenario"], f["read_events"], f["raw_events"])
+		}
+		for _, k := range []string{"gaps", "repeats", "errors"} {
+			if v, _ := f[k].(float64); v != 0 {
+				t.Errorf("row %v: feed.%s = %v, want 0", rep.Scenarios[i]["scenario"], k, v)
+			}
+		}
+		if v, _ := rep.Scenarios[i]["ratio"].(float64); v <= 0 {
+			t.Errorf("row %v: no feed / raw ratio", rep.Scenarios[i]["scenario"])
+		}
+	}
+	// The longpoll row also publishes as fast as possible after its fixed rate.
+	if f, _ := rep.Scenarios[6]["feed"].(map[string]any); f != nil {
+		if v, _ := f["max_events_per_s"].(float64); v <= 0 {
+			t.Errorf("longpoll: max_events_per_s = %v", f["max_events_per_s"])
+		}
+	}
 	if len(rep.Targets) == 0 {
 		t.Errorf("no targets reported")
 	}
@@ -148,6 +183,9 @@ func TestBenchRefusesBadFlags(t *testing.T) {
 		{"bench", "--ingest", "pigeon", "--in-process"},
 		{"bench", "--rate", "fast"},
 		{"bench", "--batch-size", "5000", "--in-process"},
+		{"bench", "--scenario", "feed", "--feed-limit", "5000", "--in-process"},
+		{"bench", "--scenario", "longpoll", "--feed-wait", "2m", "--in-process"},
+		{"bench", "--scenario", "longpoll", "--feed-clients", "200", "--patients", "100", "--in-process"},
 	} {
 		var stdout, stderr bytes.Buffer
 		err := run(context.Background(), args, &stdout, &stderr)
@@ -157,10 +195,12 @@ func TestBenchRefusesBadFlags(t *testing.T) {
 	}
 }
 
-// TestBenchMLLPRow runs one short row through the hub's MLLP listener.
-func TestBenchMLLPRow(t *testing.T) {
+// TestBenchIngestRows runs one short row through each ingest path that
+// is not a CloudEvents request: the hub's MLLP listener and its FHIR
+// $process-message route. Every accepted event must reach both recipients.
+func TestBenchIngestRows(t *testing.T) {
 	if testing.Short() {
-		t.Skip("builds carehub and runs a bench row")
+		t.Skip("builds carehub and runs bench rows")
 	}
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "carehub")
@@ -169,35 +209,42 @@ func TestBenchMLLPRow(t *testing.T) {
 	if err := build.Run(); err != nil {
 		t.Fatalf("building carehub: %v", err)
 	}
-	out := filepath.Join(dir, "bench.json")
-	var stdout, stderr bytes.Buffer
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	err := run(ctx, []string{"bench", "--scenario", "latency", "--ingest", "mllp", "--duration", "1s", "--rate", "200",
-		"--patients", "200", "--hub-binary", bin, "--out", out, "--quiet"}, &stdout, &stderr)
-	if err != nil {
-		t.Fatalf("bench: %v\n%s\n%s", err, stdout.String(), benchTail(stderr.String(), 3000))
-	}
-	b, err := os.ReadFile(out)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var rep struct {
-		Scenarios []struct {
-			Ingest            string  `json:"ingest"`
-			HubEventsAccepted int64   `json:"hub_events_accepted"`
-			HubDeliveries     int64   `json:"hub_deliveries"`
-			Lost              int64   `json:"lost"`
-			Refused           int64   `json:"refused"`
-			P99Ms             float64 `json:"p99_ms"`
-		} `json:"scenarios"`
-	}
-	if err := json.Unmarshal(b, &rep); err != nil || len(rep.Scenarios) != 1 {
-		t.Fatalf("%v\n%s", err, b)
-	}
-	r := rep.Scenarios[0]
-	if r.Ingest != "mllp" || r.HubEventsAccepted == 0 || r.HubDeliveries != 2*r.HubEventsAccepted || r.Lost != 0 || r.Refused != 0 {
-		t.Errorf("mllp row: %+v", r)
+	for _, ingest := range []string{bench.IngestMLLP, bench.IngestFHIR} {
+		t.Run(ingest, func(t *testing.T) {
+			out := filepath.Join(dir, ingest+".json")
+			var stdout, stderr bytes.Buffer
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			err := run(ctx, []string{"bench", "--scenario", "latency", "--ingest", ingest, "--duration", "1s", "--rate", "200",
+				"--patients", "200", "--hub-binary", bin, "--out", out, "--quiet"}, &stdout, &stderr)
+			if err != nil {
+				t.Fatalf("bench: %v\n%s\n%s", err, stdout.String(), benchTail(stderr.String(), 3000))
+			}
+			b, err := os.ReadFile(out)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var rep struct {
+				Scenarios []struct {
+					Ingest                  string  `json:"ingest"`
+					HubEventsAccepted       int64   `json:"hub_events_accepted"`
+					HubEventsPerS           float64 `json:"hub_events_per_s"`
+					HubDeliveries           int64   `json:"hub_deliveries"`
+					ReferenceDeliveriesPerS float64 `json:"reference_deliveries_per_s"`
+					Lost                    int64   `json:"lost"`
+					Refused                 int64   `json:"refused"`
+					P99Ms                   float64 `json:"p99_ms"`
+				} `json:"scenarios"`
+			}
+			if err := json.Unmarshal(b, &rep); err != nil || len(rep.Scenarios) != 1 {
+				t.Fatalf("%v\n%s", err, b)
+			}
+			r := rep.Scenarios[0]
+			if r.Ingest != ingest || r.HubEventsAccepted == 0 || r.HubEventsPerS <= 0 || r.HubDeliveries != 2*r.HubEventsAccepted ||
+				r.Lost != 0 || r.Refused != 0 || r.P99Ms <= 0 || r.ReferenceDeliveriesPerS <= 0 {
+				t.Errorf("%s row: %+v", ingest, r)
+			}
+		})
 	}
 }
 

@@ -26,18 +26,28 @@ const (
 	Fanout     = "fanout"     // 1,000 recipients subscribed, each event to 3 of them
 	Isolation  = "isolation"  // as latency, with one recipient down for the whole run
 	Backlog    = "backlog"    // one recipient down while events queue for it, then back: drain rate
+	Feed       = "feed"       // one pull recipient, one client reading its feed as fast as it can
+	Longpoll   = "longpoll"   // 100 pull recipients, a long-polling client on each feed, 500 events/s
 )
 
 // Scenarios lists every scenario in suite order.
-func Scenarios() []string { return []string{Throughput, Latency, Fanout, Isolation, Backlog} }
+func Scenarios() []string {
+	return []string{Throughput, Latency, Fanout, Isolation, Backlog, Feed, Longpoll}
+}
+
+// isFeed reports whether a scenario's recipients are pull recipients read
+// by feed clients.
+func isFeed(scenario string) bool { return scenario == Feed || scenario == Longpoll }
 
 // Options configure a run. Zero values take the defaults named.
 type Options struct {
 	// Scenarios to run, in order. Default: throughput.
 	Scenarios []string
 	// Ingest paths to run each scenario through, one row each (IngestBatch,
-	// IngestSingle, IngestMLLP). Default: all three, except backlog, which
-	// queues through batches only.
+	// IngestSingle, IngestMLLP, IngestFHIR). Default: all four for
+	// throughput and latency, which measure ingest; batch, single and MLLP
+	// for fanout and isolation, which measure routing and delivery; batch
+	// for backlog, feed and longpoll.
 	Ingest []string
 	// Duration of each phase's publishing. Default 20s.
 	Duration time.Duration
@@ -64,6 +74,14 @@ type Options struct {
 	// BacklogEvents is the number of events queued for the down recipient
 	// in the backlog scenario. Default 100,000.
 	BacklogEvents int
+	// FeedClients is the number of pull recipients of the longpoll
+	// scenario, each with one long-polling client on its own feed (default
+	// 100). FeedLimit is the page limit of every feed request (default
+	// 1000, the most a feed gives) and FeedWait the long-poll wait of the
+	// live requests (default 30s).
+	FeedClients int
+	FeedLimit   int
+	FeedWait    time.Duration
 	// MaxInFlight bounds, when publishing as fast as possible, the events
 	// published but not yet delivered everywhere (default 2,000): a run
 	// then measures the sustained end-to-end rate instead of the size of a
@@ -133,7 +151,7 @@ func (o *Options) defaults() error {
 	}
 	for _, in := range o.Ingest {
 		if !slices.Contains(IngestPaths(), in) {
-			return fmt.Errorf("bench: unknown ingest path %q (batch, single or mllp)", in)
+			return fmt.Errorf("bench: unknown ingest path %q (%s)", in, strings.Join(IngestPaths(), ", "))
 		}
 	}
 	def := func(v *int, d int) {
@@ -152,7 +170,21 @@ func (o *Options) defaults() error {
 	def(&o.Partitions, 6)
 	def(&o.FanoutPartitions, 2)
 	def(&o.BacklogEvents, 100000)
+	def(&o.FeedClients, 100)
+	def(&o.FeedLimit, 1000)
 	def(&o.MaxInFlight, 2000)
+	if o.FeedWait <= 0 {
+		o.FeedWait = 30 * time.Second
+	}
+	if o.FeedLimit > 1000 {
+		return errors.New("bench: a feed gives at most 1000 events per request")
+	}
+	if o.FeedWait > time.Minute {
+		return errors.New("bench: the feed wait is at most 60s (the generated configuration's maxWait)")
+	}
+	if slices.Contains(o.Scenarios, Longpoll) && o.FeedClients > o.Patients {
+		return fmt.Errorf("bench: %d feed clients need at least as many patients (%d)", o.FeedClients, o.Patients)
+	}
 	if o.BatchSize > 1000 {
 		return errors.New("bench: the hub accepts at most 1000 events per batch")
 	}
@@ -192,10 +224,13 @@ func (o *Options) rowsFor(scenario string) []string {
 	if len(o.Ingest) > 0 {
 		return o.Ingest
 	}
-	if scenario == Backlog {
-		return []string{IngestBatch}
+	switch scenario {
+	case Throughput, Latency:
+		return IngestPaths()
+	case Fanout, Isolation:
+		return []string{IngestBatch, IngestSingle, IngestMLLP}
 	}
-	return IngestPaths()
+	return []string{IngestBatch}
 }
 
 // rateFor is the publishing rate of a scenario (0: as fast as possible).
@@ -205,7 +240,7 @@ func (o *Options) rateFor(scenario string) float64 {
 		return 0
 	case o.Rate > 0:
 		return o.Rate
-	case scenario == Latency || scenario == Isolation:
+	case scenario == Latency || scenario == Isolation || scenario == Longpoll:
 		return 500
 	}
 	return 0
@@ -236,6 +271,16 @@ func (o *Options) partitionsFor(scenario string) int {
 func (o *Options) population(scenario string) (pop *Population, down int, err error) {
 	down = -1
 	switch scenario {
+	case Feed, Longpoll:
+		// GP practices that read feeds, and no care home recipients:
+		// each event goes to one feed.
+		n := 1
+		if scenario == Longpoll {
+			n = o.FeedClients
+		}
+		if pop, err = NewPopulation(o.Patients, n, 0, 0); err == nil {
+			pop.PullGPs()
+		}
 	case Fanout:
 		// A third each of GP practices, care homes and community teams
 		// with patient lists: every event goes to one of each.
@@ -305,7 +350,9 @@ func ScenarioConfig(o Options, scenario, hubAddr string) ([]byte, error) {
 		if rc.Down {
 			a = da
 		}
-		rc.URL = "http://" + a + "/r/" + rc.ODS
+		if !rc.Pull {
+			rc.URL = "http://" + a + "/r/" + rc.ODS
+		}
 	}
 	hc := HubConfig{HTTPAddr: hubAddr, MLLPAddr: o.TargetMLLP, Brokers: o.Brokers, EmbeddedAddr: "127.0.0.1:9092", DataDir: "./bench-data",
 		Partitions: o.partitionsFor(scenario), MinBackoff: 100 * time.Millisecond, MaxBackoff: 2 * time.Second}
@@ -334,7 +381,11 @@ type Result struct {
 	HubDeliveriesPerS       float64 `json:"hub_deliveries_per_s"`
 	ReferenceEventsPerS     float64 `json:"reference_events_per_s"`
 	ReferenceDeliveriesPerS float64 `json:"reference_deliveries_per_s"`
-	// Ratio is hub_deliveries_per_s / reference_deliveries_per_s.
+	// Ratio is hub_deliveries_per_s / reference_deliveries_per_s. In the
+	// feed rows the reference is the raw consume rate of the feed topics,
+	// and the ratio is feed.read_events_per_s / reference_deliveries_per_s:
+	// reading the same records through the feed API against reading them
+	// raw (hub_deliveries_per_s is the live rate, bounded by publishing).
 	Ratio float64 `json:"ratio"`
 
 	// Latency from the acknowledgement of an event (202) to its receipt by
@@ -373,6 +424,7 @@ type Result struct {
 	ReferenceError string `json:"reference_error,omitempty"`
 
 	Backlog *BacklogResult `json:"backlog,omitempty"`
+	Feed    *FeedResult    `json:"feed,omitempty"`
 	Notes   []string       `json:"notes,omitempty"`
 }
 
@@ -489,6 +541,16 @@ type runner struct {
 	work string
 	run  string
 	rows int
+	// feeds are the current row's feed clients (feed rows only).
+	feeds *feedClients
+}
+
+// use makes t the tracker that receivers and feed clients report to.
+func (r *runner) use(t *tracker) {
+	r.recv.current.Store(t)
+	if r.feeds != nil {
+		r.feeds.current.Store(t)
+	}
 }
 
 func (r *runner) progressf(format string, a ...any) {
@@ -578,6 +640,9 @@ func (r *runner) row(ctx context.Context, sc, ingest string) (res *Result, err e
 	rate := o.rateFor(sc)
 	res = &Result{Scenario: sc, Ingest: ingest, Recipients: len(pop.Recipients), Fanout: pop.Fanout(), Partitions: partitions,
 		Rate: rate, BatchSize: 1, Publishers: o.publishers(ingest, rate)}
+	if isFeed(sc) {
+		res.Feed = &FeedResult{Limit: o.FeedLimit, WaitS: o.FeedWait.Seconds()}
+	}
 	if ingest == IngestBatch {
 		res.BatchSize = o.BatchSize
 	}
@@ -604,9 +669,19 @@ func (r *runner) row(ctx context.Context, sc, ingest string) (res *Result, err e
 		upNow[i] = !rc.Down
 		intended[i] = !rc.Down || sc == Backlog
 	}
+	if res.Feed != nil {
+		r.feeds = newFeedClients(h.httpAddr(), pop, o.FeedLimit, o.FeedWait)
+		res.Feed.Clients = len(r.feeds.feeds)
+		r.feeds.start(ctx)
+		defer func() {
+			r.feeds.stop()
+			r.feeds = nil
+		}()
+	}
 	var ing ingester
 	var problem func() string
-	if ingest == IngestMLLP {
+	switch ingest {
+	case IngestMLLP:
 		mi, err := newMLLPIngester(h.mllpAddr(), res.Publishers)
 		if err != nil {
 			return nil, err
@@ -614,8 +689,14 @@ func (r *runner) row(ctx context.Context, sc, ingest string) (res *Result, err e
 		defer mi.close()
 		ing, problem = mi, mi.problem
 		res.Notes = append(res.Notes, "mllp: the hub maps each ADT^A03 to a discharge without the inline summary (smaller than the HTTP rows' events); the reference produces the HTTP rows' events one at a time")
-	} else {
-		hi := newHTTPIngester(h.httpAddr(), o.TargetKey, ingest == IngestBatch)
+	default:
+		var hi *httpIngester
+		if ingest == IngestFHIR {
+			hi = newFHIRIngester(h.httpAddr(), o.TargetKey)
+			res.Notes = append(res.Notes, "fhir: one FHIR message Bundle per request (the same discharge, about 3.4 times the CloudEvent's size, built by the bench with the hub's own mapping); the reference produces the HTTP rows' events one at a time")
+		} else {
+			hi = newHTTPIngester(h.httpAddr(), o.TargetKey, ingest == IngestBatch)
+		}
 		if o.Target == "" {
 			hi.key = SourceAPIKey
 		}
@@ -636,7 +717,7 @@ func (r *runner) row(ctx context.Context, sc, ingest string) (res *Result, err e
 	// The measured phase.
 	cpu0, self0, statsOK := cpuNow(h)
 	t := newTracker(fmt.Sprintf("bench-%s-%s-h-", r.run, rowID), pop, intended)
-	r.recv.current.Store(t)
+	r.use(t)
 	if sc == Backlog {
 		if err := r.backlogHub(ctx, label, res, t, ing, spec, pop, down); err != nil {
 			return nil, err
@@ -644,6 +725,9 @@ func (r *runner) row(ctx context.Context, sc, ingest string) (res *Result, err e
 	} else {
 		if rate <= 0 {
 			spec.maxOutstanding = int64(o.MaxInFlight) * 2
+			if res.Feed != nil {
+				spec.maxOutstanding = int64(o.MaxInFlight) * int64(pop.Fanout())
+			}
 		}
 		r.phase(ctx, label+" hub", t, ing, spec)
 		out := t.collect(nil)
@@ -668,6 +752,17 @@ func (r *runner) row(ctx context.Context, sc, ingest string) (res *Result, err e
 	}
 	if h.kind() == ProcessInProcess {
 		res.Notes = append(res.Notes, "in-process hub: CPU and RSS include the load generator and receivers")
+	}
+	if res.Feed != nil {
+		if rate > 0 {
+			r.feedCapacity(ctx, label, rowID, res, h, pop, intended, ing, spec)
+		}
+		r.feeds.stop()
+		if p := r.feeds.problem(); p != "" {
+			res.Notes = append(res.Notes, "feed clients: "+p)
+		}
+		r.feedRead(ctx, label, res, h, pop)
+		return res, nil
 	}
 
 	// The reference, against the same broker.
@@ -695,10 +790,101 @@ func (r *runner) row(ctx context.Context, sc, ingest string) (res *Result, err e
 	return res, nil
 }
 
+// feedCapacity follows a feed row's live phase at a fixed rate (the
+// longpoll scenario's, for the wake-up latency of clients that wait) with
+// a second live phase publishing as fast as possible (at most MaxInFlight
+// events not yet received): the rate the clients can be served at.
+func (r *runner) feedCapacity(ctx context.Context, label, rowID string, res *Result, h hubHandle, pop *Population, intended []bool, ing ingester, spec loadSpec) {
+	f := res.Feed
+	t := newTracker(fmt.Sprintf("bench-%s-%s-c-", r.run, rowID), pop, intended)
+	r.use(t)
+	spec.rate = 0
+	spec.maxOutstanding = int64(r.o.MaxInFlight) * int64(pop.Fanout())
+	c0, s0, ok := cpuNow(h)
+	r.phase(ctx, label+" hub, as fast as possible", t, ing, spec)
+	c1, s1, _ := cpuNow(h)
+	out := t.collect(nil)
+	ms := func(ns int64) float64 { return float64(ns) / 1e6 }
+	if out.lastDeliv > 0 {
+		f.MaxEventsPerS = float64(out.delivered) / (float64(out.lastDeliv) / 1e9)
+	}
+	f.MaxDeliveries = out.delivered
+	f.MaxP50Ms, f.MaxP99Ms = ms(percentile(out.latencies, 0.5)), ms(percentile(out.latencies, 0.99))
+	if ok && out.delivered > 0 {
+		f.MaxCPUMsPer1k = (c1 - c0).Seconds() * 1e6 / float64(out.delivered)
+		f.MaxTotalCPUMsPer1k = (c1 - c0 + s1 - s0).Seconds() * 1e6 / float64(out.delivered)
+	}
+	res.Lost += out.lost
+	res.Missing += out.missing
+	res.Refused += out.refused
+	res.Duplicates += out.duplicates
+	res.Misrouted += out.misrouted
+}
+
+// feedRead follows a feed row's live phase: the clients read their whole
+// feeds again from the start, as fast as they can, and then kafka-go reads
+// the same topics raw (the reference), while the hub idles otherwise.
+func (r *runner) feedRead(ctx context.Context, label string, res *Result, h hubHandle, pop *Population) {
+	f, fc := res.Feed, r.feeds
+	if _, hwm, ok := h.stats(); ok {
+		f.LivePeakRSSBytes = hwm
+	}
+	r.progressf("[%s] %d clients read their feeds from the start", label, len(fc.feeds))
+	c0, s0, ok := cpuNow(h)
+	n, took, latest, err := fc.readAll(ctx)
+	c1, s1, _ := cpuNow(h)
+	f.ReadEvents, f.ReadS = n, took.Seconds()
+	if took > 0 {
+		f.ReadEventsPerS = float64(n) / took.Seconds()
+	}
+	if err != nil {
+		f.ReadError = firstLine(err.Error())
+	}
+	if ok && n > 0 {
+		f.ReadCPUMsPer1k = (c1 - c0 + s1 - s0).Seconds() * 1e6 / float64(n)
+	}
+	if _, hwm, ok := h.stats(); ok {
+		res.PeakRSSBytes = hwm // the live phases' or the read's, whichever was higher
+	}
+	fc.fill(f)
+	if f.Gaps+f.Repeats > 0 {
+		res.Notes = append(res.Notes, fmt.Sprintf("feed numbers: %d missing, %d repeated: the feed's guarantee broke", f.Gaps, f.Repeats))
+	}
+	switch {
+	case r.o.NoReference:
+	case len(h.brokers()) == 0:
+		res.ReferenceError = "no broker address for the raw consume"
+	default:
+		r.progressf("[%s] kafka-go reads the same %d feed topics raw", label, len(fc.feeds))
+		c0, s0, ok := cpuNow(h)
+		rn, rtook, err := rawConsume(ctx, h.brokers(), pop, fc.feeds, latest)
+		c1, s1, _ := cpuNow(h)
+		f.RawEvents, f.RawS = rn, rtook.Seconds()
+		res.ReferenceDeliveries = rn
+		if rtook > 0 {
+			f.RawEventsPerS = float64(rn) / rtook.Seconds()
+			res.ReferenceDeliveriesPerS = f.RawEventsPerS
+		}
+		if err != nil {
+			res.ReferenceError = firstLine(err.Error())
+		}
+		if ok && rn > 0 {
+			res.ReferenceCPUSeconds = (c1 - c0 + s1 - s0).Seconds()
+			f.RawCPUMsPer1k = res.ReferenceCPUSeconds * 1e6 / float64(rn)
+			res.ReferenceCPUMsPer1k = f.RawCPUMsPer1k
+		}
+		if f.RawEventsPerS > 0 {
+			res.Ratio = f.ReadEventsPerS / f.RawEventsPerS
+		}
+	}
+	r.progressf("[%s] done: live %.0f events/s to %d clients (p50 %.1f ms, p99 %.1f ms); read %.0f/s, raw %.0f/s, ratio %.2f; lost %d",
+		label, res.HubDeliveriesPerS, f.Clients, res.P50Ms, res.P99Ms, f.ReadEventsPerS, f.RawEventsPerS, res.Ratio, res.Lost)
+}
+
 // warmup publishes enough events to reach every recipient, in the row's
 // requests, and waits for their delivery.
 func (r *runner) warmup(ctx context.Context, t *tracker, ing ingester, recipients int, spec loadSpec) error {
-	r.recv.current.Store(t)
+	r.use(t)
 	n := int64(max(200, 2*recipients))
 	drive(ctx, t, ing, loadSpec{count: n, batch: spec.batch, publishers: spec.publishers})
 	if t.accepted.Load() == 0 {

@@ -20,6 +20,7 @@ import (
 	"github.com/carehub/carehub/hub/config"
 	"github.com/carehub/carehub/hub/patientlist"
 	"github.com/carehub/carehub/schemas/event"
+	"github.com/carehub/carehub/schemas/fhir"
 	"github.com/carehub/carehub/schemas/nhs"
 )
 
@@ -139,10 +140,193 @@ func TestHubConfigParses(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: %v\n%s", sc, err, b)
 		}
-		want := map[string]int{Throughput: 30, Latency: 30, Isolation: 30, Fanout: 1000, Backlog: 21}[sc]
+		want := map[string]int{Throughput: 30, Latency: 30, Isolation: 30, Fanout: 1000, Backlog: 21, Feed: 1, Longpoll: 100}[sc]
 		if len(cfg.Recipients) != want {
 			t.Errorf("%s: %d recipients, want %d", sc, len(cfg.Recipients), want)
 		}
+		// The feed scenarios' recipients are pull recipients, each with
+		// its own key; the others' have webhooks.
+		for _, r := range cfg.Recipients {
+			if got, want := r.Sink.Type, map[bool]string{true: "feed", false: "webhook"}[isFeed(sc)]; got != want {
+				t.Errorf("%s: recipient %s has a %s section, want %s", sc, r.ODS, got, want)
+				break
+			}
+		}
+		var inputs []string
+		for _, in := range cfg.Inputs {
+			inputs = append(inputs, in.Type)
+		}
+		if want := "cloudevents fhir mllp"; strings.Join(inputs, " ") != want {
+			t.Errorf("%s: inputs %v, want %s", sc, inputs, want)
+		}
+	}
+}
+
+// TestFHIRMessagesMapToTheSameDischarge: the FHIR ingest path's messages,
+// read as the hub reads them (fhir.FromMessage, then schema validation),
+// are the CloudEvents path's discharge: same id, patient, GP practice,
+// destination and type, so the rows route alike and deliveries match.
+func TestFHIRMessagesMapToTheSameDischarge(t *testing.T) {
+	pop, _ := NewPopulation(1000, 20, 10, 0)
+	v, err := event.NewValidator()
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	for seq := uint64(0); seq < 300; seq += 11 {
+		msg, err := pop.FHIR("bench-f-", seq, now, "http://127.0.0.1:8080"+RouteFHIRMessage)
+		if err != nil {
+			t.Fatal(err)
+		}
+		in, err := fhir.FromMessage(msg, Source)
+		if err != nil {
+			t.Fatalf("event %d: the hub would refuse the message: %v", seq, err)
+		}
+		got, err := v.Parse(in.Event)
+		if err != nil {
+			t.Fatalf("event %d: the mapped event does not validate: %v", seq, err)
+		}
+		want, err := v.Parse(pop.Event(nil, "bench-f-", seq, now))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.ID != want.ID || got.Type != want.Type || got.Publisher != want.Publisher || got.Patient != want.Patient ||
+			got.DischargeDestination != want.DischargeDestination || got.HasDocument != want.HasDocument {
+			t.Fatalf("event %d:\n\tgot  %s %s %s %v %s doc=%v\n\twant %s %s %s %v %s doc=%v", seq,
+				got.ID, got.Type, got.Publisher, got.Patient, got.DischargeDestination, got.HasDocument,
+				want.ID, want.Type, want.Publisher, want.Patient, want.DischargeDestination, want.HasDocument)
+		}
+	}
+}
+
+// TestFeedPopulation: without care homes, every event goes to its
+// patient's GP practice alone, discharged to a care home nobody
+// subscribes for; PullGPs gives each practice its own feed key.
+func TestFeedPopulation(t *testing.T) {
+	pop, err := NewPopulation(500, 100, 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pop.PullGPs()
+	keys := map[string]bool{}
+	for _, rc := range pop.Recipients {
+		if !rc.Pull || rc.FeedKey == "" || keys[rc.FeedKey] {
+			t.Fatalf("%s: pull %v, key %q (unique keys: %v)", rc.ODS, rc.Pull, rc.FeedKey, !keys[rc.FeedKey])
+		}
+		keys[rc.FeedKey] = true
+	}
+	v, err := event.NewValidator()
+	if err != nil {
+		t.Fatal(err)
+	}
+	per := map[int]int{}
+	for seq := uint64(0); seq < 500; seq++ {
+		p := pop.planOf(seq)
+		if p.n != 1 || pop.Fanout() != 1 {
+			t.Fatalf("event %d: plan %v, want the GP practice alone", seq, p)
+		}
+		per[int(p.r[0])]++
+		if seq%50 == 0 {
+			ev, err := v.Parse(pop.Event(nil, "x-", seq, time.Now()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ev.DischargeDestination != UnsubscribedHome || ev.Patient.GPPractice != pop.Recipients[p.r[0]].ODS {
+				t.Fatalf("event %d: GP %s, destination %s", seq, ev.Patient.GPPractice, ev.DischargeDestination)
+			}
+		}
+	}
+	if len(per) != 100 {
+		t.Errorf("events reach %d of 100 practices", len(per))
+	}
+}
+
+// fakeFeed serves GET /v1/feeds/{ods} for one recipient from a list of
+// numbered event ids, as the hub's JSON form does, honouring after and
+// limit; skip and repeat number entries it gets wrong on purpose.
+func fakeFeed(t *testing.T, ods, key string, ids []string, skip, repeat int64) *httptest.Server {
+	return httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/v1/feeds/"+ods || r.Header.Get("Authorization") != "Bearer "+key {
+			w.WriteHeader(http.StatusForbidden)
+			return
+		}
+		after, _ := strconv.ParseInt(r.URL.Query().Get("after"), 10, 64)
+		limit, _ := strconv.Atoi(r.URL.Query().Get("limit"))
+		var b strings.Builder
+		b.WriteString(`{"events":[`)
+		n := 0
+		for num := after + 1; num <= int64(len(ids)) && n < limit; num++ {
+			if num == skip {
+				continue
+			}
+			if n > 0 {
+				b.WriteByte(',')
+			}
+			if num == repeat+1 && after < repeat {
+				b.WriteString(`{"number":` + strconv.FormatInt(repeat, 10) + `,"event":{"id":"` + ids[repeat-1] + `"}},`)
+			}
+			b.WriteString(`{"number":` + strconv.FormatInt(num, 10) + `,"event":{"id":"` + ids[num-1] + `","data":{"id":"not-this"}}}`)
+			n++
+		}
+		b.WriteString(`],"latest":` + strconv.Itoa(len(ids)) + `,"oldest":1}`)
+		_, _ = w.Write([]byte(b.String()))
+	}))
+}
+
+// TestFeedClientsReadAndCheckNumbers: a client reads its feed by number
+// with its recipient's key, records each event's receipt, and counts a
+// number skipped or given twice; reading from the start gets every entry.
+func TestFeedClientsReadAndCheckNumbers(t *testing.T) {
+	pop, _ := NewPopulation(10, 1, 0, 0)
+	pop.PullGPs()
+	var ids []string
+	for seq := uint64(0); seq < 25; seq++ {
+		ids = append(ids, eventID("f-", seq))
+	}
+	for _, tc := range []struct {
+		name                string
+		skip, repeat        int64
+		gaps, repeats, want int64
+	}{
+		{"clean", 0, 0, 0, 0, 25},
+		{"a gap", 7, 0, 1, 0, 24},
+		{"a repeat", 0, 12, 0, 1, 25},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := fakeFeed(t, pop.Recipients[0].ODS, pop.Recipients[0].FeedKey, ids, tc.skip, tc.repeat)
+			defer srv.Close()
+			fc := newFeedClients(strings.TrimPrefix(srv.URL, "http://"), pop, 10, time.Second)
+			tr := newTracker("f-", pop, []bool{true})
+			seq := tr.take(25)
+			tr.markSent(seq, 25)
+			for i := uint64(0); i < 25; i++ {
+				tr.markAccepted(seq+i, tr.now())
+			}
+			fc.current.Store(tr)
+			fc.start(context.Background())
+			deadline := time.Now().Add(10 * time.Second)
+			for fc.after[0].Load() < 25 && time.Now().Before(deadline) {
+				time.Sleep(5 * time.Millisecond)
+			}
+			fc.stop()
+			if got := tr.delivered.Load(); got != tc.want {
+				t.Errorf("delivered: got %d, want %d", got, tc.want)
+			}
+			if fc.gaps.Load() != tc.gaps || fc.repeats.Load() != tc.repeats || tr.duplicates.Load() != 0 {
+				t.Errorf("gaps %d repeats %d duplicates %d, want %d, %d, 0", fc.gaps.Load(), fc.repeats.Load(), tr.duplicates.Load(), tc.gaps, tc.repeats)
+			}
+			n, _, latest, err := fc.readAll(context.Background())
+			if err != nil || n != tc.want || latest[0] != 25 {
+				t.Errorf("reading from the start: %d events, latest %v, %v; want %d and 25", n, latest, err, tc.want)
+			}
+		})
+	}
+	// Another key is refused, and the client says so.
+	srv := fakeFeed(t, pop.Recipients[0].ODS, "another-key", ids, 0, 0)
+	defer srv.Close()
+	fc := newFeedClients(strings.TrimPrefix(srv.URL, "http://"), pop, 10, time.Second)
+	if _, _, _, err := fc.readAll(context.Background()); err == nil || !strings.Contains(err.Error(), "403") {
+		t.Errorf("a refused read: %v", err)
 	}
 }
 
@@ -351,6 +535,7 @@ func TestTargetsAreReportedNotEnforced(t *testing.T) {
 		{Scenario: Latency, Ingest: IngestBatch, Rate: 500, P99Ms: 40},
 		{Scenario: Fanout, Ingest: IngestBatch, HubDeliveriesPerS: 900},
 		{Scenario: Isolation, Ingest: IngestBatch, P99Ms: 60},
+		{Scenario: Longpoll, Ingest: IngestBatch, Rate: 500, P99Ms: 120, Feed: &FeedResult{Clients: 100, MaxDeliveries: 10}},
 	}
 	got := map[string]bool{}
 	for _, tg := range targets(rows) {
@@ -362,6 +547,7 @@ func TestTargetsAreReportedNotEnforced(t *testing.T) {
 		"latency p99 accepted to delivered":                true,
 		"fanout deliveries per second / throughput's":      true,
 		"isolation others' p99 / latency's p99":            false,
+		"longpoll p99 accepted to long-poll answered":      false,
 	}
 	for k, v := range want {
 		if m, ok := got[k]; !ok || m != v {
@@ -370,7 +556,8 @@ func TestTargetsAreReportedNotEnforced(t *testing.T) {
 	}
 	var buf bytes.Buffer
 	rep := &Report{Scenarios: rows, Targets: targets(rows)}
-	if err := rep.WriteTable(&buf); err != nil || !strings.Contains(buf.String(), "throughput") {
+	if err := rep.WriteTable(&buf); err != nil || !strings.Contains(buf.String(), "throughput") ||
+		!strings.Contains(buf.String(), "longpoll/batch: 100 clients, each on its own feed") || !strings.Contains(buf.String(), "as fast as possible") {
 		t.Fatalf("table: %v\n%s", err, buf.String())
 	}
 }

@@ -16,8 +16,19 @@
 // Scenarios (Scenarios): throughput (as fast as possible), latency (500
 // events/s), fanout (1,000 recipients), isolation (latency with one
 // recipient down), backlog (one recipient down while events queue for it,
-// then its drain rate). Each runs through every ingest path as a separate
-// row: HTTP batches, single HTTP requests, and HL7 v2 ADT^A03 over MLLP.
+// then its drain rate), feed (one pull recipient whose client reads its
+// feed as fast as it can) and longpoll (100 pull recipients, a client
+// long-polling each feed, at 500 events/s and then as fast as possible).
+// Each runs through ingest paths as separate rows: HTTP batches, single
+// HTTP requests, HL7 v2 ADT^A03 over MLLP and FHIR R4 messages to
+// $process-message (Options.Ingest says which, by scenario).
+//
+// The feed rows' reference is not the push path but the raw consume of the
+// same feed topics: after the live phase the clients read their whole feeds
+// again from number 0, and kafka-go Readers read the same topics from their
+// first offset, so the ratio says what reading through the feed API (HTTP,
+// the recipient's key, the consent re-check and the audit of each read)
+// costs against reading the records raw (FeedResult).
 //
 // Run returns a Report: per row, events and deliveries per second on both
 // paths and their ratio, latency percentiles over every delivery, the hub

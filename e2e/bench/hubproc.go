@@ -39,10 +39,12 @@ const (
 )
 
 // HubConfig is the hub configuration the bench runs a scenario against:
-// the synthetic hospital as the only source, and every recipient of pop
-// with one subscription (registered-gp for GP practices,
-// discharge-destination for care homes, patient-list for community teams,
-// whose lists Population.WriteLists must have written) to discharges.
+// the synthetic hospital as the only source (CloudEvents, FHIR and, with
+// MLLPAddr, HL7 v2 inputs), and every recipient of pop with one
+// subscription (registered-gp for GP practices, discharge-destination for
+// care homes, patient-list for community teams, whose lists
+// Population.WriteLists must have written) to discharges. A pull recipient
+// gets a feed section with its own key instead of a webhook.
 type HubConfig struct {
 	HTTPAddr     string
 	MLLPAddr     string // the HL7 v2 MLLP listener, for the synthetic hospital; empty: none
@@ -52,6 +54,9 @@ type HubConfig struct {
 	Partitions   int
 	MinBackoff   time.Duration
 	MaxBackoff   time.Duration
+	// FeedMaxEvents is the pull recipients' largest page (feed maxEvents).
+	// Default 1000, the most the feed allows.
+	FeedMaxEvents int
 }
 
 // YAML renders the configuration for pop.
@@ -71,14 +76,23 @@ func (hc HubConfig) YAML(pop *Population) []byte {
 	}
 	fmt.Fprintf(&b, "pseudonymKey: {value: %s}\n", pseudonymKey)
 	fmt.Fprintf(&b, "sources:\n  - {ods: %s, name: Bench hospital, apiKey: {value: %s}}\n", Source, SourceAPIKey)
-	b.WriteString("inputs:\n  - cloudevents: {maxBatchEvents: 1000}\n")
+	b.WriteString("inputs:\n  - cloudevents: {maxBatchEvents: 1000}\n  - fhir: {}\n")
 	if hc.MLLPAddr != "" {
 		fmt.Fprintf(&b, "  - mllp: {addr: %q, source: %s}\n", hc.MLLPAddr, Source)
 	}
 	b.WriteString("recipients:\n")
+	maxEvents := hc.FeedMaxEvents
+	if maxEvents <= 0 {
+		maxEvents = 1000
+	}
 	for _, r := range pop.Recipients {
-		fmt.Fprintf(&b, "  - ods: %s\n    role: %s\n    webhook: {url: %q, secret: {value: %s}, timeout: 10s}\n",
-			r.ODS, r.Role, r.URL, r.Secret)
+		if r.Pull {
+			fmt.Fprintf(&b, "  - ods: %s\n    role: %s\n    feed: {apiKey: {value: %s}, maxEvents: %d, maxWait: 60s}\n",
+				r.ODS, r.Role, r.FeedKey, maxEvents)
+		} else {
+			fmt.Fprintf(&b, "  - ods: %s\n    role: %s\n    webhook: {url: %q, secret: {value: %s}, timeout: 10s}\n",
+				r.ODS, r.Role, r.URL, r.Secret)
+		}
 		list := ""
 		if r.PatientList != "" {
 			list = fmt.Sprintf(", patientList: %q", r.PatientList)

@@ -21,10 +21,11 @@ const (
 	IngestBatch  = "batch"  // POST /v1/events, application/cloudevents-batch+json
 	IngestSingle = "single" // POST /v1/events, one application/cloudevents+json event per request
 	IngestMLLP   = "mllp"   // HL7 v2 ADT^A03 over MLLP, one message at a time per connection
+	IngestFHIR   = "fhir"   // POST /fhir/r4/$process-message, one FHIR R4 message Bundle per request
 )
 
 // IngestPaths lists the ingest paths.
-func IngestPaths() []string { return []string{IngestBatch, IngestSingle, IngestMLLP} }
+func IngestPaths() []string { return []string{IngestBatch, IngestSingle, IngestMLLP, IngestFHIR} }
 
 // ingester publishes a phase's events and records in the tracker when each
 // was accepted (the moment the publisher holds the positive answer).
@@ -34,11 +35,14 @@ type ingester interface {
 	publish(ctx context.Context, t *tracker, seq uint64, n int) error
 }
 
-// httpIngester publishes to a hub's POST /v1/events.
+// httpIngester publishes to a hub's POST /v1/events (CloudEvents JSON, one
+// event or a batch per request) or, with fhir, to POST
+// /fhir/r4/$process-message (one FHIR message Bundle per request).
 type httpIngester struct {
 	url    string
 	key    string
 	batch  bool
+	fhir   bool
 	client *http.Client
 	pool   sync.Pool
 	// firstErr is reported once: a refusal is a bench or hub bug.
@@ -49,6 +53,15 @@ func newHTTPIngester(httpAddr, key string, batch bool) *httpIngester {
 	tr := &http.Transport{MaxIdleConns: 1024, MaxIdleConnsPerHost: 1024, IdleConnTimeout: 90 * time.Second, DisableCompression: true}
 	return &httpIngester{url: "http://" + httpAddr + "/v1/events", key: key, batch: batch,
 		client: &http.Client{Transport: tr, Timeout: 2 * time.Minute}}
+}
+
+// RouteFHIRMessage is the hub's FHIR message route (connectors/fhirin).
+const RouteFHIRMessage = "/fhir/r4/$process-message"
+
+func newFHIRIngester(httpAddr, key string) *httpIngester {
+	h := newHTTPIngester(httpAddr, key, false)
+	h.url, h.fhir = "http://"+httpAddr+RouteFHIRMessage, true
+	return h
 }
 
 func (h *httpIngester) publish(ctx context.Context, t *tracker, seq uint64, n int) error {
@@ -63,11 +76,19 @@ func (h *httpIngester) publish(ctx context.Context, t *tracker, seq uint64, n in
 	buf := (*bp)[:0]
 	now := time.Now()
 	ctype := "application/cloudevents+json"
-	if h.batch {
+	if h.fhir {
+		b, err := t.pop.FHIR(t.prefix, seq, now, h.url)
+		if err != nil {
+			t.markRefused(seq)
+			h.note(err.Error())
+			return nil
+		}
+		buf, ctype = append(buf, b...), "application/fhir+json"
+	} else if h.batch {
 		ctype = "application/cloudevents-batch+json"
 		buf = append(buf, '[')
 	}
-	for i := 0; i < n; i++ {
+	for i := 0; i < n && !h.fhir; i++ {
 		if i > 0 {
 			buf = append(buf, ',')
 		}

@@ -33,7 +33,7 @@ const (
 func (p *Population) HL7(buf []byte, ctrl string, seq uint64, now time.Time) []byte {
 	pt := p.patient(seq)
 	gp := p.Recipients[p.gpOf(pt)].ODS
-	home := p.Recipients[p.homeOf(pt)].ODS
+	home := p.homeODS(pt)
 	ts := now.UTC().Format("20060102150405") + "+0000"
 	start := now.Add(-72*time.Hour).UTC().Format("20060102150405") + "+0000"
 	return fmt.Appendf(buf, hl7Template, Source, ts, ctrl, ts, ts, p.nhs[pt], gp, seq, home, start, ts)

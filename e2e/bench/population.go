@@ -20,6 +20,11 @@ const Source = "RX1"
 // community team whose patient list holds the patient.
 const maxFanout = 3
 
+// UnsubscribedHome is the care home a population without care homes (the
+// feed scenarios) discharges every patient to: no recipient subscribes for
+// it, so each event goes to the patient's GP practice alone.
+const UnsubscribedHome = "VM99999"
+
 // Recipient is one synthetic recipient: a GP practice, a care home or a
 // community team, with a webhook served by the bench's receivers.
 type Recipient struct {
@@ -32,6 +37,10 @@ type Recipient struct {
 	Down bool
 	// URL is the webhook URL written into the hub's configuration.
 	URL string
+	// Pull: the recipient has no webhook; it reads its feed
+	// (GET /v1/feeds/<ODS>) with its own API key, FeedKey.
+	Pull    bool
+	FeedKey string
 	// PatientList is the file of a community team's patients (WriteLists).
 	PatientList string
 }
@@ -60,11 +69,13 @@ type Population struct {
 }
 
 // NewPopulation builds patients patients spread over gps GP practices,
-// homes care homes and teams community teams (none: events go to two
-// recipients, not three).
+// homes care homes and teams community teams. With no teams events go to
+// two recipients, not three; with no care homes either, every patient is
+// discharged to UnsubscribedHome and each event goes to its GP practice
+// alone.
 func NewPopulation(patients, gps, homes, teams int) (*Population, error) {
-	if patients < 1 || gps < 1 || homes < 1 || teams < 0 {
-		return nil, fmt.Errorf("bench: a population needs at least one patient, GP practice and care home")
+	if patients < 1 || gps < 1 || homes < 0 || teams < 0 {
+		return nil, fmt.Errorf("bench: a population needs at least one patient and one GP practice")
 	}
 	if patients > 900000 {
 		return nil, fmt.Errorf("bench: at most 900000 patients (the 999 test range)")
@@ -92,6 +103,15 @@ func (p *Population) add(r Recipient) {
 	p.Recipients = append(p.Recipients, r)
 }
 
+// PullGPs makes every GP practice a pull recipient: no webhook, a feed read
+// with its own key.
+func (p *Population) PullGPs() {
+	for i := 0; i < p.GPs; i++ {
+		rc := &p.Recipients[i]
+		rc.Pull, rc.FeedKey = true, "bench-feed-key-"+rc.ODS
+	}
+}
+
 // Patients is the number of patients.
 func (p *Population) Patients() int { return len(p.nhs) }
 
@@ -102,11 +122,23 @@ func (p *Population) patient(seq uint64) int { return int(seq % uint64(len(p.nhs
 // gpOf and homeOf spread patients over practices and homes independently.
 func (p *Population) gpOf(patient int) int { return patient % p.GPs }
 
+// homeOf is -1 when the population has no care homes.
 func (p *Population) homeOf(patient int) int {
 	if p.fixedHome >= 0 {
 		return p.fixedHome
 	}
+	if p.CareHomes == 0 {
+		return -1
+	}
 	return p.GPs + (patient/p.GPs+patient*7)%p.CareHomes
+}
+
+// homeODS is the ODS code of the care home patient is discharged to.
+func (p *Population) homeODS(patient int) string {
+	if h := p.homeOf(patient); h >= 0 {
+		return p.Recipients[h].ODS
+	}
+	return UnsubscribedHome
 }
 
 // teamOf returns the community team whose list holds patient, spread
@@ -119,23 +151,31 @@ func (p *Population) teamOf(patient int) int {
 }
 
 // planOf returns the recipients event seq is meant for: the patient's GP
-// practice, the care home the patient is discharged to and the community
-// team whose list holds the patient.
+// practice, the care home the patient is discharged to (when it is a
+// recipient) and the community team whose list holds the patient (when
+// there are teams), in that order.
 func (p *Population) planOf(seq uint64) plan {
 	pt := p.patient(seq)
-	pl := plan{r: [maxFanout]int32{int32(p.gpOf(pt)), int32(p.homeOf(pt))}, n: 2}
+	pl := plan{r: [maxFanout]int32{int32(p.gpOf(pt))}, n: 1}
+	if h := p.homeOf(pt); h >= 0 {
+		pl.r[pl.n], pl.n = int32(h), pl.n+1
+	}
 	if t := p.teamOf(pt); t >= 0 {
-		pl.r[2], pl.n = int32(t), 3
+		pl.r[pl.n], pl.n = int32(t), pl.n+1
 	}
 	return pl
 }
 
 // Fanout is the number of recipients each event goes to.
 func (p *Population) Fanout() int {
-	if p.Teams > 0 {
-		return 3
+	n := 1
+	if p.CareHomes > 0 || p.fixedHome >= 0 {
+		n++
 	}
-	return 2
+	if p.Teams > 0 {
+		n++
+	}
+	return n
 }
 
 // WriteLists writes each community team's patient list (one NHS number per
@@ -179,7 +219,7 @@ func eventID(prefix string, seq uint64) string {
 func (p *Population) Event(buf []byte, prefix string, seq uint64, now time.Time) []byte {
 	pt := p.patient(seq)
 	gp := p.Recipients[p.gpOf(pt)].ODS
-	home := p.Recipients[p.homeOf(pt)].ODS
+	home := p.homeODS(pt)
 	ts := now.UTC().Format(time.RFC3339)
 	start := now.Add(-72 * time.Hour).UTC().Format(time.RFC3339)
 	return fmt.Appendf(buf, eventTemplate, prefix, seq, Source, ts, p.nhs[pt], gp, seq, start, ts, home, ts)

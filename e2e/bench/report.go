@@ -15,6 +15,10 @@ const (
 	TargetFanoutFraction = 0.8       // fanout: of throughput's delivery rate
 	TargetPeakRSS        = 512 << 20 // every scenario
 	TargetIsolation      = 1.2       // isolation p99 within this of latency's
+	// TargetLongPollMs: issue 12 asks that a long-poll be answered within
+	// 100 ms of the event's routing; the bench measures from the 202,
+	// before routing, so the target it checks is the stricter one.
+	TargetLongPollMs = 100.0
 )
 
 // targets checks each row against the issue's targets.
@@ -50,6 +54,9 @@ func targets(rows []Result) []Target {
 				add(r, "deliveries per second / throughput's", fmt.Sprintf(">= %.1f", TargetFanoutFraction),
 					fmt.Sprintf("%.2f (%.0f / %.0f)", f, r.HubDeliveriesPerS, t.HubDeliveriesPerS), f >= TargetFanoutFraction)
 			}
+		case Longpoll:
+			add(r, "p99 accepted to long-poll answered", fmt.Sprintf("<= %.0f ms at %.0f/s, %d clients", TargetLongPollMs, r.Rate, r.Recipients),
+				fmt.Sprintf("%.1f ms", r.P99Ms), r.P99Ms <= TargetLongPollMs)
 		case Isolation:
 			if l := find(Latency, r.Ingest); l != nil && l.P99Ms > 0 {
 				f := r.P99Ms / l.P99Ms
@@ -95,6 +102,26 @@ func (rep *Report) WriteTable(w io.Writer) error {
 			fmt.Fprintf(w, "\nbacklog/%s: %d events queued in %.1fs; back after %.1fs; drained in %.1fs: hub %.0f/s, reference %.0f/s; others' p99 while down %.1f ms\n",
 				r.Ingest, b.Events, b.QueueS, b.ResumeS, b.DrainS, b.HubDrainPerS, b.ReferenceDrainPerS, b.OthersP99WhileDownMs)
 		}
+		if f := r.Feed; f != nil {
+			who := fmt.Sprintf("%d clients, each on its own feed", f.Clients)
+			if f.Clients == 1 {
+				who = "1 client on its feed"
+			}
+			rate := "as fast as possible"
+			if r.Rate > 0 {
+				rate = fmt.Sprintf("at %.0f/s", r.Rate)
+			}
+			fmt.Fprintf(w, "\n%s/%s: %s (pages of up to %d, wait %.0fs; %d polls, %d empty).\n", r.Scenario, r.Ingest, who, f.Limit, f.WaitS, f.Polls, f.EmptyPolls)
+			fmt.Fprintf(w, "  live, publishing %s: %.0f events/s received, 202 to receipt p50 %.1f ms, p99 %.1f ms\n", rate, r.HubDeliveriesPerS, r.P50Ms, r.P99Ms)
+			if f.MaxDeliveries > 0 {
+				fmt.Fprintf(w, "  live, as fast as possible: %.0f events/s received, p50 %.1f ms, p99 %.1f ms; hub CPU %.0f ms/1k, with the bench's %.0f\n",
+					f.MaxEventsPerS, f.MaxP50Ms, f.MaxP99Ms, f.MaxCPUMsPer1k, f.MaxTotalCPUMsPer1k)
+			}
+			fmt.Fprintf(w, "  every feed read again from 0: %d events in %.2fs, %.0f/s (hub and bench CPU %.0f ms/1k); kafka-go consuming the same topics raw: %.0f/s (%.0f ms/1k); feed / raw %.2f\n",
+				f.ReadEvents, f.ReadS, f.ReadEventsPerS, f.ReadCPUMsPer1k, f.RawEventsPerS, f.RawCPUMsPer1k, r.Ratio)
+			fmt.Fprintf(w, "  hub peak RSS %.0f MB after the live phases, %.0f MB after the read; numbers missing %d, repeated %d; withheld %d\n",
+				mb(f.LivePeakRSSBytes), mb(r.PeakRSSBytes), f.Gaps, f.Repeats, f.Withheld)
+		}
 	}
 	if len(rep.Targets) > 0 {
 		fmt.Fprintln(w)
@@ -118,6 +145,9 @@ func (rep *Report) WriteTable(w io.Writer) error {
 		}
 		if r.ReferenceError != "" {
 			notes = append(notes, fmt.Sprintf("%s/%s: reference: %s", r.Scenario, r.Ingest, r.ReferenceError))
+		}
+		if r.Feed != nil && r.Feed.ReadError != "" {
+			notes = append(notes, fmt.Sprintf("%s/%s: reading the feeds from the start: %s", r.Scenario, r.Ingest, r.Feed.ReadError))
 		}
 		if r.Refused+r.Duplicates+r.Misrouted+r.BadSignatures > 0 {
 			notes = append(notes, fmt.Sprintf("%s/%s: refused %d, duplicates %d, misrouted %d, bad signatures %d",
