@@ -1,18 +1,14 @@
 package directory
 
 import (
-	"crypto/aes"
-	"crypto/cipher"
-	"crypto/hkdf"
-	"crypto/rand"
-	"crypto/sha256"
-	"encoding/base64"
 	"errors"
+	"fmt"
 	"reflect"
 	"strconv"
 	"strings"
 
 	"github.com/carehub/carehub/connectors/connector"
+	"github.com/carehub/carehub/hub/seal"
 )
 
 // sealer seals a recipient's entry (its delivery section holds secrets: a
@@ -22,26 +18,15 @@ import (
 // binds each sealed entry to its record's key and version, so that a
 // sealed entry copied to another recipient or version does not open.
 type sealer struct {
-	aead cipher.AEAD
+	box *seal.Box
 }
 
 func newSealer(pseudonymKey []byte) (*sealer, error) {
-	if len(pseudonymKey) < 16 {
-		return nil, errors.New("directory: the pseudonym key is too short to derive a sealing key")
-	}
-	k, err := hkdf.Key(sha256.New, pseudonymKey, nil, "carehub recipient directory v1", 32)
+	box, err := seal.New(pseudonymKey, "carehub recipient directory v1")
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("directory: %w", err)
 	}
-	block, err := aes.NewCipher(k)
-	if err != nil {
-		return nil, err
-	}
-	aead, err := cipher.NewGCM(block)
-	if err != nil {
-		return nil, err
-	}
-	return &sealer{aead: aead}, nil
+	return &sealer{box: box}, nil
 }
 
 func additional(key string, version int64) []byte {
@@ -49,11 +34,7 @@ func additional(key string, version int64) []byte {
 }
 
 func (s *sealer) seal(plain []byte, key string, version int64) (string, error) {
-	nonce := make([]byte, s.aead.NonceSize(), s.aead.NonceSize()+len(plain)+s.aead.Overhead())
-	if _, err := rand.Read(nonce); err != nil {
-		return "", err
-	}
-	return base64.RawStdEncoding.EncodeToString(s.aead.Seal(nonce, nonce, plain, additional(key, version))), nil
+	return s.box.Seal(plain, additional(key, version))
 }
 
 // errSealed is why an entry sealed by a hub with another pseudonym key (or
@@ -61,11 +42,7 @@ func (s *sealer) seal(plain []byte, key string, version int64) (string, error) {
 var errSealed = errors.New("the recipient's entry does not open with this hub's pseudonym key (a hub with another key wrote it, or it is damaged)")
 
 func (s *sealer) open(text, key string, version int64) ([]byte, error) {
-	b, err := base64.RawStdEncoding.DecodeString(text)
-	if err != nil || len(b) < s.aead.NonceSize() {
-		return nil, errSealed
-	}
-	plain, err := s.aead.Open(nil, b[:s.aead.NonceSize()], b[s.aead.NonceSize():], additional(key, version))
+	plain, err := s.box.Open(text, additional(key, version))
 	if err != nil {
 		return nil, errSealed
 	}

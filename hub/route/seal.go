@@ -1,16 +1,11 @@
 package route
 
 import (
-	"crypto/aes"
-	"crypto/cipher"
-	"crypto/hkdf"
-	"crypto/rand"
-	"crypto/sha256"
-	"encoding/base64"
 	"encoding/json"
-	"errors"
+	"fmt"
 
 	"github.com/carehub/carehub/consent"
+	"github.com/carehub/carehub/hub/seal"
 	"github.com/carehub/carehub/schemas/problem"
 )
 
@@ -35,27 +30,16 @@ type Sealed struct {
 
 // Sealer seals and opens routing decisions. It is safe for concurrent use.
 type Sealer struct {
-	aead cipher.AEAD
+	box *seal.Box
 }
 
 // NewSealer derives the sealing key from the pseudonym key.
 func NewSealer(pseudonymKey []byte) (*Sealer, error) {
-	if len(pseudonymKey) < 16 {
-		return nil, errors.New("route: the pseudonym key is too short to derive a sealing key")
-	}
-	k, err := hkdf.Key(sha256.New, pseudonymKey, nil, "carehub routing decision v1", 32)
+	box, err := seal.New(pseudonymKey, "carehub routing decision v1")
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("route: %w", err)
 	}
-	block, err := aes.NewCipher(k)
-	if err != nil {
-		return nil, err
-	}
-	aead, err := cipher.NewGCM(block)
-	if err != nil {
-		return nil, err
-	}
-	return &Sealer{aead: aead}, nil
+	return &Sealer{box: box}, nil
 }
 
 // Seal returns s sealed, as base64 text for a header. The request's
@@ -66,21 +50,13 @@ func (x *Sealer) Seal(s Sealed) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	nonce := make([]byte, x.aead.NonceSize(), x.aead.NonceSize()+len(b)+x.aead.Overhead())
-	if _, err := rand.Read(nonce); err != nil {
-		return "", err
-	}
-	return base64.RawStdEncoding.EncodeToString(x.aead.Seal(nonce, nonce, b, nil)), nil
+	return x.box.Seal(b, nil)
 }
 
 // Open returns the decision sealed in text. A text that was not sealed by
 // this key (forged, damaged, or from a hub with another key) is an error.
 func (x *Sealer) Open(text string) (Sealed, error) {
-	b, err := base64.RawStdEncoding.DecodeString(text)
-	if err != nil || len(b) < x.aead.NonceSize() {
-		return Sealed{}, problem.New(problem.Internal, "a sealed routing decision is not readable")
-	}
-	plain, err := x.aead.Open(nil, b[:x.aead.NonceSize()], b[x.aead.NonceSize():], nil)
+	plain, err := x.box.Open(text, nil)
 	if err != nil {
 		return Sealed{}, problem.New(problem.Internal, "a sealed routing decision does not open with this hub's key")
 	}
