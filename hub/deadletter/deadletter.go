@@ -18,7 +18,6 @@ package deadletter
 
 import (
 	"context"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -278,32 +277,19 @@ func (l Letter) before(m Letter) bool {
 	return l.Offset < m.Offset
 }
 
-// A cursor is the place of a page's last item: its time, partition and
-// offset, base64url-encoded. It holds no patient data.
 func cursorOf(l Letter) string {
-	s := strconv.FormatInt(l.Time.UnixNano(), 10) + "." + strconv.Itoa(l.Partition) + "." + strconv.FormatInt(l.Offset, 10)
-	return base64.RawURLEncoding.EncodeToString([]byte(s))
+	return topic.Place{Time: l.Time, Partition: l.Partition, Offset: l.Offset}.Cursor()
 }
 
 func parseCursor(c string) (*Letter, error) {
-	if c == "" {
-		return nil, nil
-	}
-	b, err := base64.RawURLEncoding.DecodeString(c)
+	p, err := topic.ParseCursor(c)
 	if err != nil {
 		return nil, ErrCursor
 	}
-	parts := strings.Split(string(b), ".")
-	if len(parts) != 3 {
-		return nil, ErrCursor
+	if p == nil {
+		return nil, nil
 	}
-	ns, err1 := strconv.ParseInt(parts[0], 10, 64)
-	p, err2 := strconv.Atoi(parts[1])
-	o, err3 := strconv.ParseInt(parts[2], 10, 64)
-	if err1 != nil || err2 != nil || err3 != nil || p < 0 || o < 0 {
-		return nil, ErrCursor
-	}
-	return &Letter{Time: time.Unix(0, ns).UTC(), Partition: p, Offset: o}, nil
+	return &Letter{Time: p.Time, Partition: p.Partition, Offset: p.Offset}, nil
 }
 
 // Rechecker decides a copy again with the patient's directives as they

@@ -29,11 +29,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"sort"
-	"strconv"
-	"strings"
 	"time"
 	"unicode/utf8"
 
+	"github.com/carehub/carehub/hub/topic"
 	"github.com/segmentio/kafka-go"
 )
 
@@ -353,32 +352,21 @@ func unique(recs []Located) []Located {
 // A cursor is the position of the last item of a page: received time,
 // partition and offset, base64url-encoded. It holds no patient data.
 func cursorOf(it Item) string {
-	s := strconv.FormatInt(it.Received.UnixNano(), 10) + "." + strconv.Itoa(it.Partition) + "." + strconv.FormatInt(it.Offset, 10)
-	return base64.RawURLEncoding.EncodeToString([]byte(s))
+	return topic.Place{Time: it.Received, Partition: it.Partition, Offset: it.Offset}.Cursor()
 }
 
 // ErrCursor is returned for a cursor that List did not make.
 var ErrCursor = fmt.Errorf("held: the cursor is not one this listing returned")
 
 func parseCursor(c string) (*Located, error) {
-	if c == "" {
-		return nil, nil
-	}
-	b, err := base64.RawURLEncoding.DecodeString(c)
+	p, err := topic.ParseCursor(c)
 	if err != nil {
 		return nil, ErrCursor
 	}
-	parts := strings.Split(string(b), ".")
-	if len(parts) != 3 {
-		return nil, ErrCursor
+	if p == nil {
+		return nil, nil
 	}
-	ns, err1 := strconv.ParseInt(parts[0], 10, 64)
-	p, err2 := strconv.Atoi(parts[1])
-	o, err3 := strconv.ParseInt(parts[2], 10, 64)
-	if err1 != nil || err2 != nil || err3 != nil || p < 0 || o < 0 {
-		return nil, ErrCursor
-	}
-	return &Located{Record: Record{Received: time.Unix(0, ns).UTC()}, Partition: p, Offset: o}, nil
+	return &Located{Record: Record{Received: p.Time}, Partition: p.Partition, Offset: p.Offset}, nil
 }
 
 // Reader reads the held topic.
