@@ -479,26 +479,37 @@ func updated(x *mapping) ([]output, error) {
 	return x.one(event.TypePatientUpdated, &data{Patient: p})
 }
 
+// patientAndMRG reads, from the first PID group, the patient, and the NHS
+// number MRG-1 names (zero when it names none); an MRG-1 that is not a
+// valid NHS number is refused with reason.
+func (x *mapping) patientAndMRG(reason string) (*patient, nhs.Number, error) {
+	x.g = x.firstGroup()
+	p, err := x.patient()
+	if err != nil {
+		return nil, nhs.Number{}, err
+	}
+	mrg := x.m.Segment("MRG")
+	if mrg == nil {
+		return nil, nhs.Number{}, &Error{Ack: hl7.AckAE, Code: hl7.CodeSegmentSequence, Segment: "MRG", Reason: reasonNoSegment}
+	}
+	n, err := nhsNumber(mrg, 1)
+	if err != nil {
+		var e *Error
+		if errors.As(err, &e) {
+			e.Reason = reason
+		}
+		return nil, nhs.Number{}, err
+	}
+	return p, n, nil
+}
+
 // identifierChanged maps A47 (change patient identifier list): PID holds
 // the identifiers as they now are, MRG-1 the one that was wrong. When that
 // was an NHS number other than the patient's, recipients must re-file what
 // they hold under it: previousNhsNumber says which.
 func identifierChanged(x *mapping) ([]output, error) {
-	x.g = x.firstGroup()
-	p, err := x.patient()
+	p, old, err := x.patientAndMRG(reasonPreviousNHSInvalid)
 	if err != nil {
-		return nil, err
-	}
-	mrg := x.m.Segment("MRG")
-	if mrg == nil {
-		return nil, &Error{Ack: hl7.AckAE, Code: hl7.CodeSegmentSequence, Segment: "MRG", Reason: reasonNoSegment}
-	}
-	old, err := nhsNumber(mrg, 1)
-	if err != nil {
-		var e *Error
-		if errors.As(err, &e) {
-			e.Reason = reasonPreviousNHSInvalid
-		}
 		return nil, err
 	}
 	d := &data{Patient: p, Changed: []string{"identifier"}}
@@ -513,21 +524,8 @@ func merged(x *mapping) ([]output, error) {
 	if len(x.m.Segments("PID")) > 1 || len(x.m.Segments("MRG")) > 1 {
 		return nil, rejected(hl7.CodeApplicationInternalError, "PID", 0, 0, reasonOneMerge)
 	}
-	x.g = x.firstGroup()
-	p, err := x.patient()
+	p, n, err := x.patientAndMRG(reasonMergedNHSInvalid)
 	if err != nil {
-		return nil, err
-	}
-	mrg := x.m.Segment("MRG")
-	if mrg == nil {
-		return nil, &Error{Ack: hl7.AckAE, Code: hl7.CodeSegmentSequence, Segment: "MRG", Reason: reasonNoSegment}
-	}
-	n, err := nhsNumber(mrg, 1)
-	if err != nil {
-		var e *Error
-		if errors.As(err, &e) {
-			e.Reason = reasonMergedNHSInvalid
-		}
 		return nil, err
 	}
 	if x.held == nil && (n.IsZero() || n.Digits() == p.NHSNumber) {
@@ -535,7 +533,7 @@ func merged(x *mapping) ([]output, error) {
 		return nil, nil
 	}
 	mergedP := &mergedPatient{NHSNumber: n.Digits()}
-	if mergedP.Identifier, err = identifiers(mrg, 1); err != nil {
+	if mergedP.Identifier, err = identifiers(x.m.Segment("MRG"), 1); err != nil {
 		return nil, err
 	}
 	return x.one(event.TypePatientMerged, &data{Patient: p, MergedPatient: mergedP})
