@@ -97,13 +97,68 @@ func TestFuzzTargetsBriefly(t *testing.T) {
 	}
 	for _, ft := range fuzzTargets(t, "..") {
 		t.Run(ft.dir+"/"+ft.name, func(t *testing.T) {
-			cmd := exec.Command(goBin, "test", "-run=^$", "-fuzz=^"+ft.name+"$", "-fuzztime="+d.String(),
-				"-fuzzminimizetime=0", "-parallel=1", "./"+filepath.ToSlash(ft.dir))
-			cmd.Dir = ".."
-			out, err := cmd.CombinedOutput()
+			fuzz := func() (string, error) {
+				cmd := exec.Command(goBin, "test", "-run=^$", "-fuzz=^"+ft.name+"$", "-fuzztime="+d.String(),
+					"-fuzzminimizetime=0", "-parallel=1", "./"+filepath.ToSlash(ft.dir))
+				cmd.Dir = ".."
+				out, err := cmd.CombinedOutput()
+				return string(out), err
+			}
+			out, err := fuzz()
+			if err != nil && deadlineRace(out) {
+				// Go's fuzzing coordinator can report its own -fuzztime
+				// deadline as a failure of the target (golang/go#75804,
+				// fixed in Go 1.27): nothing was found, no input written.
+				// Fuzz once more; a finding always writes its input.
+				t.Logf("go test -fuzz=%s ended on its own deadline (golang/go#75804); fuzzing again", ft.name)
+				out, err = fuzz()
+				if err != nil && deadlineRace(out) {
+					t.Logf("go test -fuzz=%s ended on its own deadline twice, finding nothing", ft.name)
+					return
+				}
+			}
 			if err != nil {
-				t.Errorf("go test -fuzz=%s ./%s: %v\n%s", ft.name, ft.dir, err, tail(string(out), 4000))
+				t.Errorf("go test -fuzz=%s ./%s: %v\n%s", ft.name, ft.dir, err, tail(out, 4000))
 			}
 		})
+	}
+}
+
+// deadlineRace reports whether go test -fuzz failed with nothing but its own
+// deadline: "context deadline exceeded", and no input written, no panic, no
+// message from the target.
+func deadlineRace(out string) bool {
+	if !strings.Contains(out, "context deadline exceeded") || strings.Contains(out, "Failing input written") ||
+		strings.Contains(out, "panic:") {
+		return false
+	}
+	for _, line := range strings.Split(out, "\n") {
+		if strings.Contains(line, "_test.go:") { // a t.Error or t.Fatal of the target
+			return false
+		}
+	}
+	return true
+}
+
+// TestDeadlineRaceIsToldFromAFinding pins the classification that lets
+// TestFuzzTargetsBriefly survive golang/go#75804 (a fresh-clone CI run
+// failed FuzzValid with a bare "context deadline exceeded") without
+// hiding a real finding.
+func TestDeadlineRaceIsToldFromAFinding(t *testing.T) {
+	tests := []struct {
+		name string
+		out  string
+		want bool
+	}{
+		{"the coordinator's own deadline", "fuzz: elapsed: 3s, execs: 169154 (0/sec), new interesting: 0 (total: 35)\n--- FAIL: FuzzValid (3.05s)\n    context deadline exceeded\nFAIL\nexit status 1\n", true},
+		{"a finding", "--- FAIL: FuzzParse (0.02s)\n    --- FAIL: FuzzParse (0.00s)\n        parse_test.go:23: round trip\n    Failing input written to testdata/fuzz/FuzzParse/c3d4\n    context deadline exceeded\n", false},
+		{"a panic", "--- FAIL: FuzzParse (0.02s)\npanic: runtime error: index out of range [254] with length 254\ncontext deadline exceeded\n", false},
+		{"a target's error near the deadline", "--- FAIL: FuzzHandle (3.01s)\n        fuzz_test.go:49: MSA-2 differs\n    context deadline exceeded\n", false},
+		{"a build failure", "# github.com/carehub/carehub/schemas/ods\nods.go:3:1: syntax error\nFAIL\n", false},
+	}
+	for _, tt := range tests {
+		if got := deadlineRace(tt.out); got != tt.want {
+			t.Errorf("%s: got %v, want %v", tt.name, got, tt.want)
+		}
 	}
 }
