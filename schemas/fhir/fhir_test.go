@@ -479,3 +479,29 @@ func FuzzFromMessage(f *testing.F) {
 }
 
 func errorsAs(err error, target **problem.Error) bool { return errors.As(err, target) }
+
+// TestDischargeSummaryWithoutDestination pins a crash FuzzFromMessage
+// found: a discharge message whose Encounter names no discharge
+// destination, with a DocumentReference (the summary) beside it, made
+// FromMessage dereference a nil discharge. It is now answered as any
+// incomplete discharge: a problem, at the Encounter.
+func TestDischargeSummaryWithoutDestination(t *testing.T) {
+	var m map[string]any
+	if err := json.Unmarshal(read(t, "testdata/out/discharge.message.golden.json"), &m); err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range m["entry"].([]any) {
+		r := e.(map[string]any)["resource"].(map[string]any)
+		if r["resourceType"] == "Encounter" {
+			delete(r, "hospitalization")
+		}
+	}
+	b, _ := json.Marshal(m)
+	_, err := fhir.FromMessage(b, "RX1")
+	if err == nil {
+		t.Fatal("a discharge without its destination was accepted")
+	}
+	if k := problem.KindOf(err); k != problem.Invalid {
+		t.Errorf("kind %v (%v), want Invalid", k, err)
+	}
+}

@@ -935,6 +935,12 @@ func FromMessage(raw []byte, org string) (*Inbound, error) {
 		}
 		r.encounter(enc, typ, ix, d, ptrs)
 		if typ == event.TypeDischarge {
+			// Regression (found by FuzzFromMessage): an Encounter without
+			// a discharge destination left d.Discharge nil, and a
+			// DocumentReference beside it crashed the mapping.
+			if d.Discharge == nil {
+				d.Discharge = &Discharge{}
+			}
 			if doc := pick("DocumentReference"); doc.present() {
 				d.Discharge.Summary, d.Discharge.SummaryReference = document(doc)
 				ptrs["/data/discharge/summary"], ptrs["/data/discharge/summaryReference"] = doc.ptr, doc.ptr
