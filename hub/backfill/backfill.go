@@ -9,10 +9,14 @@
 // recipient, the date, who started it, the range of carehub.events it
 // covers and how far it got. The range is fixed when the job is created:
 // per partition of carehub.events, from the first event accepted at or
-// after Since to the router's committed offset at that moment. Every event
+// after Since to the end of the topic at that moment, once the router has
+// committed that far (Create waits up to RouterWait for it). Every event
 // in the range was routed live before the job existed; every event after
 // it is routed live by the router with the subscriptions as they are then,
 // so the new recipient gets it that way, and nothing is decided twice.
+// (Taking the router's committed offset as it stood would leave out an
+// event the router had routed, with the subscriptions before, but not yet
+// committed: the new recipient would never get it.)
 //
 // # Running, interrupting, resuming
 //
@@ -157,7 +161,13 @@ type Config struct {
 	Publisher message.Publisher
 	Log       *zap.Logger
 	Now       func() time.Time
+	// RouterWait bounds how long Create waits for the router to commit
+	// every event accepted before the job (DefaultRouterWait when zero).
+	RouterWait time.Duration
 }
+
+// DefaultRouterWait is Config.RouterWait's default.
+const DefaultRouterWait = 30 * time.Second
 
 // Runner creates and runs jobs.
 type Runner struct {
@@ -176,6 +186,9 @@ func New(cfg Config) (*Runner, error) {
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	if cfg.RouterWait <= 0 {
+		cfg.RouterWait = DefaultRouterWait
 	}
 	host, _ := os.Hostname()
 	return &Runner{cfg: cfg, self: host + ":" + strconv.Itoa(os.Getpid()) + ":" + randomID()[:8], running: map[string]context.CancelFunc{}}, nil
@@ -253,15 +266,15 @@ func (r *Runner) Create(ctx context.Context, recipient string, since time.Time, 
 	for p := range start {
 		parts = append(parts, p)
 	}
-	routed, err := broker.Committed(ctx, r.cfg.Brokers, topic.GroupRouter, topic.Events, parts)
+	ends, err := r.routedToEnd(ctx, parts)
 	if err != nil {
-		return Job{}, false, problem.Wrap(problem.Unavailable, "reading the router's position; retry", err)
+		return Job{}, false, err
 	}
 	now := r.cfg.Now().UTC()
 	j := Job{ID: "bf-" + randomID()[:16], Recipient: recipient, Since: since, Created: now, CreatedBy: actor, State: Pending,
 		Start: map[int]int64{}, End: map[int]int64{}, Position: map[int]int64{}, Updated: now}
 	for p, s := range start {
-		e := max(routed[p], s) // nothing routed yet in p: the router takes all of it
+		e := max(ends[p], s)
 		j.Start[p], j.End[p], j.Position[p] = s, e, s
 		j.Total += e - s
 	}
@@ -271,6 +284,42 @@ func (r *Runner) Create(ctx context.Context, recipient string, since time.Time, 
 	r.cfg.Log.Info("backfill created", zap.String("job", j.ID), zap.String("recipient", recipient), zap.Int64("events", j.Total),
 		zap.String("operator", actor))
 	return j, true, nil
+}
+
+// routedToEnd returns the end of carehub.events now, once the router has
+// committed every event before it: each of them was routed with the
+// subscriptions as they were before the job. A router that does not get
+// there within RouterWait is answered Unavailable.
+func (r *Runner) routedToEnd(ctx context.Context, parts []int) (map[int]int64, error) {
+	_, ends, err := broker.Offsets(ctx, r.cfg.Brokers, topic.Events)
+	if err != nil {
+		return nil, problem.Wrap(problem.Unavailable, "reading the end of carehub.events; retry", err)
+	}
+	deadline := time.Now().Add(r.cfg.RouterWait)
+	for {
+		routed, err := broker.Committed(ctx, r.cfg.Brokers, topic.GroupRouter, topic.Events, parts)
+		if err != nil {
+			return nil, problem.Wrap(problem.Unavailable, "reading the router's position; retry", err)
+		}
+		behind := int64(0)
+		for _, p := range parts {
+			behind += max(ends[p]-routed[p], 0)
+		}
+		if behind == 0 {
+			return ends, nil
+		}
+		if time.Now().After(deadline) {
+			return nil, problem.New(problem.Unavailable, "the router is "+strconv.FormatInt(behind, 10)+
+				" events behind: a backfill starts once it has routed every event accepted before it; retry")
+		}
+		t := time.NewTimer(100 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, problem.Wrap(problem.Unavailable, "waiting for the router; retry", ctx.Err())
+		case <-t.C:
+		}
+	}
 }
 
 // Options of a run.
