@@ -160,9 +160,11 @@ func TestARecipientCreatedOnOneProcessReceivesAnEventRoutedByAnother(t *testing.
 	if d := vm456.deliveries()[0]; !d.Verified || !d.wellIdentified() {
 		t.Errorf("the delivery to VM456 is not signed with its secret or not identified: %+v", d)
 	}
-	if !a.logged(`"delivered"`, `"recipient":"VM456"`, id) {
-		t.Errorf("a did not log delivering %s to VM456", id)
-	}
+	// a logs the delivery once VM456 has answered, a moment after it
+	// received it.
+	waitFor(t, "a to log the delivery to VM456", 20*time.Second, func() bool {
+		return a.logged(`"delivered"`, `"recipient":"VM456"`, id)
+	})
 	var creates []string
 	for _, r := range a.auditOfKind("recipient-change") {
 		creates = append(creates, fmt.Sprintf("%v %v by %v", r["action"], r["recipient"], r["actor"]))
