@@ -1,7 +1,6 @@
 package hub
 
 import (
-	"context"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -33,19 +32,7 @@ func TestTheFleetFollowsTheDirectory(t *testing.T) {
 	defer rcv.Close()
 	cfg := testConfig(t, "", "")
 	h := &hub{cfg: cfg, log: zap.NewNop()}
-	ctx, cancel := context.WithCancel(context.Background())
-	ready := make(chan string, 1)
-	done := make(chan error, 1)
-	go func() { done <- run(ctx, h, Options{Ready: func(addr string, _ []string) { ready <- addr }}) }()
-	t.Cleanup(func() { cancel(); <-done })
-	var addr string
-	select {
-	case addr = <-ready:
-	case err := <-done:
-		t.Fatalf("Run: %v", err)
-	case <-time.After(60 * time.Second):
-		t.Fatal("not ready within 60s")
-	}
+	addr := runReady(t, h)
 	call := func(method, path, key, body string, hdr ...string) (int, string) {
 		t.Helper()
 		req, _ := http.NewRequest(method, "http://"+addr+path, strings.NewReader(body))

@@ -225,19 +225,7 @@ func TestDiskGuardStopsInputAndSaysWhy(t *testing.T) {
 	h := &hub{cfg: cfg, log: zap.NewNop(), freeSpace: func(string) (diskguard.Space, error) {
 		return diskguard.Space{Avail: avail.Load(), Total: 2 << 30}, nil
 	}}
-	ctx, cancel := context.WithCancel(context.Background())
-	ready := make(chan string, 1)
-	done := make(chan error, 1)
-	go func() { done <- run(ctx, h, Options{Ready: func(addr string, _ []string) { ready <- addr }}) }()
-	t.Cleanup(func() { cancel(); <-done })
-	var addr string
-	select {
-	case addr = <-ready:
-	case err := <-done:
-		t.Fatalf("Run: %v", err)
-	case <-time.After(60 * time.Second):
-		t.Fatal("not ready within 60s")
-	}
+	addr := runReady(t, h)
 	raw, err := os.ReadFile("../deploy/examples/discharge.json")
 	if err != nil {
 		t.Fatal(err)
@@ -356,19 +344,7 @@ func TestReadyzNamesAStoppedDelivererOrFeed(t *testing.T) {
     subscriptions: [{basis: registered-gp, types: [discharge]}]
 `)
 	h := &hub{cfg: cfg, log: zap.NewNop()}
-	ctx, cancel := context.WithCancel(context.Background())
-	ready := make(chan string, 1)
-	done := make(chan error, 1)
-	go func() { done <- run(ctx, h, Options{Ready: func(addr string, _ []string) { ready <- addr }}) }()
-	t.Cleanup(func() { cancel(); <-done })
-	var addr string
-	select {
-	case addr = <-ready:
-	case err := <-done:
-		t.Fatalf("Run: %v", err)
-	case <-time.After(60 * time.Second):
-		t.Fatal("not ready within 60s")
-	}
+	addr := runReady(t, h)
 	get := func(path string) (int, string) {
 		resp, err := http.Get("http://" + addr + path)
 		if err != nil {
@@ -411,4 +387,24 @@ func TestReadyzNamesAStoppedDelivererOrFeed(t *testing.T) {
 	if _, body := get("/metrics"); !strings.Contains(body, "carehub_ready 0") || !strings.Contains(body, `carehub_readiness_check{check="deliverers"} 0`) {
 		t.Errorf("/metrics does not report the hub unready:\n%s", body)
 	}
+}
+
+// runReady runs h until the test ends and returns its HTTP address once it
+// is ready; the test fails if it is not within a minute.
+func runReady(t *testing.T, h *hub) string {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan string, 1)
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, h, Options{Ready: func(addr string, _ []string) { ready <- addr }}) }()
+	t.Cleanup(func() { cancel(); <-done })
+	select {
+	case addr := <-ready:
+		return addr
+	case err := <-done:
+		t.Fatalf("Run: %v", err)
+	case <-time.After(60 * time.Second):
+		t.Fatal("not ready within 60s")
+	}
+	return ""
 }
