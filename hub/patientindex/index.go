@@ -46,6 +46,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/carehub/carehub/hub/ktable"
 	"github.com/carehub/carehub/hub/topic"
+	"github.com/carehub/carehub/schemas/event"
 	"github.com/segmentio/kafka-go"
 	"go.uber.org/zap"
 )
@@ -88,6 +89,38 @@ type Receipt struct {
 	Types []string `json:"types"`
 	// Form is the fullest form it received (full or notification).
 	Form string `json:"form"`
+}
+
+// Receive records that ods received a copy of an event of type typ on the
+// reference, on basis, in form: its receipt gains the type, keeps the
+// fullest form it was sent (a later full copy makes it full), and it is no
+// longer counted as withheld. Live routing and backfills record receipts
+// this one way, which corrections then follow.
+func (f *Ref) Receive(ods, basis, form, typ string) {
+	rc := f.Recipients[ods]
+	if rc == nil {
+		rc = &Receipt{Basis: basis, Form: form}
+		if f.Recipients == nil {
+			f.Recipients = map[string]*Receipt{}
+		}
+		f.Recipients[ods] = rc
+	}
+	if !slices.Contains(rc.Types, typ) {
+		rc.Types = append(rc.Types, typ)
+	}
+	if form == string(event.FormFull) {
+		rc.Form = string(event.FormFull)
+	}
+	delete(f.Withheld, ods)
+}
+
+// Withhold records that an event on the reference was denied to ods by
+// rule (callers record it only for a recipient that received none).
+func (f *Ref) Withhold(ods, rule string) {
+	if f.Withheld == nil {
+		f.Withheld = map[string]string{}
+	}
+	f.Withheld[ods] = rule
 }
 
 // Clone returns a deep copy of r.

@@ -134,3 +134,23 @@ func TestRetention(t *testing.T) {
 		t.Errorf("a stale tombstone deleted a newer record")
 	}
 }
+
+// TestReceiveKeepsTheFullestFormAndEndsAWithholding: a receipt gains each
+// type once, becomes full once a full copy is sent (a later notification
+// does not make it thinner: corrections follow what was received), and a
+// recipient that receives an event is no longer counted as withheld.
+func TestReceiveKeepsTheFullestFormAndEndsAWithholding(t *testing.T) {
+	var f Ref
+	f.Withhold("VM123", "directive:deny-organisation")
+	f.Receive("VM123", "discharge-destination", "notification", "org.carehub.admission.v1")
+	f.Receive("VM123", "discharge-destination", "full", "org.carehub.discharge.v1")
+	f.Receive("VM123", "discharge-destination", "notification", "org.carehub.discharge.v1")
+	got := f.Recipients["VM123"]
+	if got == nil || got.Form != "full" || got.Basis != "discharge-destination" ||
+		!slices.Equal(got.Types, []string{"org.carehub.admission.v1", "org.carehub.discharge.v1"}) {
+		t.Errorf("receipt: got %+v", got)
+	}
+	if _, ok := f.Withheld["VM123"]; ok {
+		t.Errorf("still withheld after receiving: %v", f.Withheld)
+	}
+}

@@ -2,7 +2,6 @@ package route
 
 import (
 	"context"
-	"slices"
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/carehub/carehub/hub/audit"
@@ -117,31 +116,14 @@ func (r *Router) backfillIndex(dec *Decided, ods string) map[string]patientindex
 			continue
 		}
 		if v.Copy {
-			rc := f.Recipients[ods]
-			if rc == nil {
-				rc = &patientindex.Receipt{Basis: string(v.Subscription.Basis), Form: string(v.Form)}
-				if f.Recipients == nil {
-					f.Recipients = map[string]*patientindex.Receipt{}
-				}
-				f.Recipients[ods] = rc
-			}
-			if !slices.Contains(rc.Types, ev.Type) {
-				rc.Types = append(rc.Types, ev.Type)
-			}
-			if v.Form == event.FormFull {
-				rc.Form = string(event.FormFull)
-			}
-			delete(f.Withheld, ods)
+			f.Receive(ods, string(v.Subscription.Basis), string(v.Form), ev.Type)
 			changed = true
 		}
 	}
 	if !changed && f.Recipients[ods] == nil {
 		for _, v := range dec.Verdicts {
 			if v.Notice == "" && !v.Decision.Permitted() && !followUpRule(v.Decision.Rule) {
-				if f.Withheld == nil {
-					f.Withheld = map[string]string{}
-				}
-				f.Withheld[ods] = v.Decision.Rule
+				f.Withhold(ods, v.Decision.Rule)
 				changed = true
 			}
 		}

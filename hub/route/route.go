@@ -440,32 +440,14 @@ func (r *Router) Decide(ctx context.Context, ev *event.Event, key string) (*Deci
 			if v.Notice != "" {
 				continue
 			}
-			ods := v.Subscription.Recipient.ODS
 			if v.Copy {
-				rc := f.Recipients[ods]
-				if rc == nil {
-					rc = &patientindex.Receipt{Basis: string(v.Subscription.Basis), Form: string(v.Form)}
-					if f.Recipients == nil {
-						f.Recipients = map[string]*patientindex.Receipt{}
-					}
-					f.Recipients[ods] = rc
-				}
-				if !slices.Contains(rc.Types, ev.Type) {
-					rc.Types = append(rc.Types, ev.Type)
-				}
-				if v.Form == event.FormFull {
-					rc.Form = string(event.FormFull)
-				}
-				delete(f.Withheld, ods)
+				f.Receive(v.Subscription.Recipient.ODS, string(v.Subscription.Basis), string(v.Form), ev.Type)
 			}
 		}
 		for _, v := range out.Verdicts {
 			ods := v.Subscription.Recipient.ODS
 			if v.Notice == "" && !v.Decision.Permitted() && !sent[ods] && f.Recipients[ods] == nil && !followUpRule(v.Decision.Rule) {
-				if f.Withheld == nil {
-					f.Withheld = map[string]string{}
-				}
-				f.Withheld[ods] = v.Decision.Rule
+				f.Withhold(ods, v.Decision.Rule)
 			}
 		}
 		changed = true
