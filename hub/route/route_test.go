@@ -987,3 +987,55 @@ func TestFollowUpCandidates(t *testing.T) {
 		})
 	}
 }
+
+// TestMergeRoutedLateStillBindsTheDelivery shows what covers, and what
+// does not, the ordering window of merges (README, "Merges"): a merge is
+// keyed by the surviving number, an event under the retired number by the
+// retired one, so the router can decide that event before it has routed
+// the merge, with the retired number's directives alone; the surviving
+// number's deny of the care home does not stop the routing. The re-check
+// at delivery reads the patient index after its freshness barrier: once
+// the merge is routed, the copy still waiting in the care home's outbox is
+// decided with both numbers' directives and withheld.
+func TestMergeRoutedLateStillBindsTheDelivery(t *testing.T) {
+	dirs := &fakeDirectives{}
+	pub := &fakePub{}
+	r := newRouter(t, subs(t), &policy, dirs, pub)
+	retired, _ := nhs.Parse("9990500010")
+	dirs.set(patientKey(), consent.Directive{ID: "no-home", Kind: consent.KindDenyOrganisation, Organisation: "VM123",
+		Recorded: time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC), RecordedBy: "x"})
+
+	// The discharge under the retired number, routed first.
+	if err := r.Handle(example(t, "discharge", func(m map[string]any) {
+		m["id"] = "dis-retired"
+		data(m)["patient"].(map[string]any)["nhsNumber"] = retired.Digits()
+	})); err != nil {
+		t.Fatal(err)
+	}
+	sent := pub.take()
+	if got, want := copies(sent, "dis-retired"), []string{"a81001", "vm123"}; !slices.Equal(got, want) {
+		t.Fatalf("the discharge routed before the merge went to:\n\tgot  %v\n\twant %v (the window: the surviving number's deny is not known yet)", got, want)
+	}
+	home := sent["carehub.outbox.vm123"][0]
+	key, sealed := home.Metadata.Get(topic.MetaKey), home.Metadata.Get(topic.MetaDecision)
+	if key != testPseudo.Pseudonym(retired) {
+		t.Fatalf("the copy is keyed %q, want the retired number's pseudonym", key)
+	}
+
+	// The merge, routed after it.
+	if err := r.Handle(example(t, "patient-merged", func(m map[string]any) {
+		m["id"] = "merge"
+		data(m)["mergedPatient"].(map[string]any)["nhsNumber"] = retired.Digits()
+	})); err != nil {
+		t.Fatal(err)
+	}
+	pub.take()
+
+	d, _, versions, err := r.Recheck(context.Background(), key, sealed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.Permitted() || d.DirectiveID != "no-home" || len(versions) != 2 {
+		t.Errorf("the re-check at delivery after the merge: %+v with %d numbers' directives; want deny by no-home with both numbers'", d, len(versions))
+	}
+}
