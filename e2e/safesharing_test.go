@@ -4,7 +4,10 @@ package e2e
 // each on the built binary with real signed HTTP receivers. Every test here
 // failed on the commit the issue was filed against (e03ca9e) and passes
 // after; this file uses only what the harness of that commit has, so it
-// can be run there to see it (see the integrator's note).
+// can be run there to see it (see the integrator's note). The audit of the
+// issue added two checks: the ERR of the MLLP future-time refusal
+// (TestIssue11EventTimeIsBounded) and the relationship index across a
+// restart (TestIssue11RelationshipsSurviveARestart).
 
 import (
 	"bytes"
@@ -12,6 +15,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -21,6 +25,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/carehub/carehub/connectors/mllp/frame"
+	"github.com/carehub/carehub/connectors/mllp/hl7"
 	"github.com/segmentio/kafka-go"
 )
 
@@ -650,8 +656,20 @@ func TestIssue11EventTimeIsBounded(t *testing.T) {
 	}
 	a01 := adtFixture(t, "adt_a01.hl7", nhs, newID("A01-2099"))
 	a01 = bytes.ReplaceAll(a01, []byte("2025031409"), []byte("2099031409"))
-	if got := mllpSend(t, s.mllp, a01); !slices.Equal(got, []string{"AE"}) {
-		t.Errorf("an A01 dated 2099 over MLLP: %v, want AE", got)
+	// The acknowledgement names the rule, as the HTTP answer does: MSA-1
+	// AE, and an ERR (ERR-3 207 application internal error, ERR-4 E)
+	// whose ERR-7 names the field and the rule event-time-future (README,
+	// "Acknowledgements").
+	ack := mllpAck(t, s.mllp, a01)
+	errSeg := ack.Segment("ERR")
+	if got := ack.Segment("MSA").Field(1).String(); got != "AE" || errSeg == nil {
+		t.Fatalf("an A01 dated 2099 over MLLP: MSA-1 %q, ERR present %v; want AE with an ERR", got, errSeg != nil)
+	}
+	type errFields struct{ code, severity, diagnostic string }
+	got := errFields{errSeg.Field(3).Component(1).String(), errSeg.Field(4).String(), errSeg.Field(7).String()}
+	want := errFields{"207", "E", "/time (event-time-future)"}
+	if got.code != want.code || got.severity != want.severity || !strings.Contains(got.diagnostic, want.diagnostic) {
+		t.Errorf("the ERR of an A01 dated 2099:\n\tgot  %+v\n\twant %+v (ERR-7 containing the diagnostic)", got, want)
 	}
 	old := patientEvent(t, "discharge", nhs, "A81001", "VM123")
 	old["time"] = "1970-01-01T00:00:00Z"
@@ -709,4 +727,124 @@ func TestIssue11WithheldDischargePolicy(t *testing.T) {
 			}
 		})
 	}
+}
+
+// mllpAck sends one message over MLLP and returns its acknowledgement,
+// parsed, checking that MSA-2 echoes MSH-10.
+func mllpAck(t *testing.T, addr string, payload []byte) *hl7.Message {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+	if err := frame.WriteFrame(c, payload); err != nil {
+		t.Fatal(err)
+	}
+	b, err := frame.NewReader(c, frame.ReaderOptions{}).ReadFrame()
+	if err != nil {
+		t.Fatalf("reading the acknowledgement: %v", err)
+	}
+	ack, err := hl7.Parse(b)
+	if err != nil {
+		t.Fatalf("the acknowledgement does not parse: %v", err)
+	}
+	orig, _ := hl7.ParseHeader(payload)
+	if got, want := ack.Segment("MSA").Field(2).String(), orig.ControlID(); got != want {
+		t.Errorf("MSA-2 %q, want %q", got, want)
+	}
+	return ack
+}
+
+// TestIssue11RelationshipsSurviveARestart pins an audit finding of issue
+// 11: that the relationship index is durable was tested only in process.
+// An admission is routed (to the GP and, by its destination, the care
+// home; withheld from the community team by a directive for that stay),
+// the hub stops (SIGTERM, and SIGKILL: no drain) and starts again on the
+// same data directory, and the cancellation must reach exactly the
+// admission's recipients: the care home, which does not subscribe to
+// cancellations, through the index alone; not the team, which subscribes
+// to every type but never received the admission. The admission must not
+// be routed again after the restart (its decisions are not audited twice):
+// the index is what remembered it, not a second pass over the events.
+func TestIssue11RelationshipsSurviveARestart(t *testing.T) {
+	for i, stop := range []string{"SIGTERM", "SIGKILL"} {
+		t.Run(stop, func(t *testing.T) {
+			nhs := nhsNumber(111001 + i)
+			s := startSafeHub(t, "", nhs)
+			// The team may not hear of this stay: a deny that ends before
+			// the cancellation's time (2025-03-14T11:00Z) and after the
+			// admission's (09:35Z).
+			s.record(nhs, map[string]any{"id": "team-not-this-stay", "kind": "deny-organisation", "organisation": "CN001",
+				"period": map[string]any{"end": "2025-03-14T10:00:00Z"}})
+			adm := patientEvent(t, "admission", nhs, "A81001", "VM123")
+			set(adm, "data/encounter/id", "ENC-RESTART")
+			admID := s.publishOK(adm)
+			waitFor(t, "the admission routed and delivered", 30*time.Second, s.settled)
+			admittedTo := recipientsOf(s, admID)
+			if want := []string{"A81001", "VM123"}; !slices.Equal(admittedTo, want) {
+				t.Fatalf("the admission went to %v, want %v", admittedTo, want)
+			}
+			decided := s.decisionCount(admID)
+
+			switch stop {
+			case "SIGTERM":
+				s.stop()
+			case "SIGKILL":
+				s.kill()
+			}
+			s.start()
+
+			cancel := patientEvent(t, "admission-cancelled", nhs, "A81001", "")
+			set(cancel, "data/encounter/id", "ENC-RESTART")
+			cancelID := s.publishOK(cancel)
+			waitFor(t, "the cancellation routed and delivered", 30*time.Second, s.settled)
+			if got := recipientsOf(s, cancelID); !slices.Equal(got, admittedTo) {
+				t.Errorf("after a %s and a restart the cancellation went to:\n\tgot  %v\n\twant %v (the admission's recipients)", stop, got, admittedTo)
+			}
+			if n := s.decisionCount(admID); n != decided {
+				t.Errorf("the admission was decided %d times in all, %d before the restart: it was routed again", n, decided)
+			}
+			if d := s.decisionsOn(cancelID)["CN001"]; d["rule"] != "follow-up:original-not-received" {
+				t.Errorf("the team's decision on the cancellation: %v, want deny follow-up:original-not-received", d)
+			}
+		})
+	}
+}
+
+// recipientsOf returns, sorted, the organisations that received event id.
+func recipientsOf(s *safeHub, id string) []string {
+	var out []string
+	for ods, r := range map[string]*receiver{"A81001": s.gp, "A81002": s.gp2, "VM123": s.home, "CN001": s.team} {
+		if slices.Contains(r.ids(), id) {
+			out = append(out, ods)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// decisionCount returns how many routing decisions on event id are
+// audited.
+func (s *safeHub) decisionCount(id string) int {
+	n := 0
+	for _, r := range s.auditRecords() {
+		if r["kind"] == "decision" && r["eventId"] == id {
+			n++
+		}
+	}
+	return n
+}
+
+// decisionsOn returns the audited routing decisions on event id, by
+// recipient (the last one of each).
+func (s *safeHub) decisionsOn(id string) map[string]map[string]any {
+	out := map[string]map[string]any{}
+	for _, r := range s.auditRecords() {
+		if r["kind"] == "decision" && r["eventId"] == id {
+			out[fmt.Sprint(r["recipient"])] = r
+		}
+	}
+	return out
 }

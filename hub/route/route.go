@@ -12,10 +12,12 @@
 // ones on the same encounter or care plan (event.TypeRule.FollowUp), the
 // recipients the patient index says received those:
 //
-//   - a correction (admission-cancelled, discharge-cancelled) goes to the
+//   - a correction (admission-cancelled, discharge-cancelled,
+//     discharge-pending-cancelled, transfer-cancelled) goes to the
 //     recipients that received what it corrects, whatever they subscribe
 //     to, and to nobody else;
-//   - an update (transfer) goes to its subscribers and to every recipient
+//   - an update (transfer, patient-class-changed) goes to its subscribers
+//     and to every recipient
 //     that received an earlier event on the encounter, and to nobody who
 //     was withheld those and received none;
 //   - every event on an encounter or care plan is decided with the

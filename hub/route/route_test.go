@@ -15,6 +15,7 @@ import (
 	"github.com/carehub/carehub/consent"
 	"github.com/carehub/carehub/hub/audit"
 	"github.com/carehub/carehub/hub/patientindex"
+	"github.com/carehub/carehub/hub/patientlist"
 	"github.com/carehub/carehub/hub/topic"
 	"github.com/carehub/carehub/schemas/event"
 	"github.com/carehub/carehub/schemas/nhs"
@@ -791,5 +792,250 @@ func TestSubscriptionsFromASourceAreCaughtUpWithBeforeEachEvent(t *testing.T) {
 	}
 	if src.syncs != syncs {
 		t.Errorf("Recheck caught up with the subscriptions")
+	}
+}
+
+// followUpSubs are the subscriptions of TestFollowUpCandidates: the GP
+// takes every type; two care homes take admissions and discharges as the
+// discharge destination only (no transfers, no class changes, no
+// cancellations); a community team takes every type for the patients on
+// its list, the test patient among them.
+func followUpSubs(t testing.TB) *Subscriptions {
+	t.Helper()
+	two := map[string]bool{event.TypeAdmission: true, event.TypeDischarge: true}
+	s, err := NewSubscriptions([]Subscription{
+		{ID: "gp", Recipient: consent.Recipient{ODS: "A81001", Role: consent.RoleGPPractice}, Basis: consent.BasisRegisteredGP, Types: all},
+		{ID: "home", Recipient: consent.Recipient{ODS: "VM123", Role: consent.RoleSocialCare}, Basis: consent.BasisDischargeDestination, Types: two},
+		{ID: "home2", Recipient: consent.Recipient{ODS: "VM456", Role: consent.RoleSocialCare}, Basis: consent.BasisDischargeDestination, Types: two},
+		{ID: "team", Recipient: consent.Recipient{ODS: "CN001", Role: consent.RoleCommunity}, Basis: consent.BasisPatientList, Types: all,
+			Patients: patientlist.Set{patientKey(): {}}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// TestFollowUpCandidates: the router's follow-up candidates, over the
+// patient index (not the pure consent.FollowUp alone). Each case routes
+// earlier events on encounter ENC-0001 and then the follow-up, and checks
+// who got a copy of the follow-up and how each named recipient's decision
+// on it was audited.
+func TestFollowUpCandidates(t *testing.T) {
+	toHome := func(ods string) func(m map[string]any) {
+		return func(m map[string]any) {
+			data(m)["discharge"] = map[string]any{"destination": map[string]any{"type": "care-home", "ods": ods}}
+		}
+	}
+	noDestination := func(m map[string]any) { delete(data(m), "discharge") }
+	deny := func(ods string, end *time.Time) consent.Directive {
+		return consent.Directive{ID: "no-" + ods, Kind: consent.KindDenyOrganisation, Organisation: ods,
+			Recorded: time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC), RecordedBy: "x", Period: consent.Period{End: end}}
+	}
+	// Before the transfer's time (2025-03-15T16:10Z), after the
+	// admission's (2025-03-14T09:35Z).
+	endOfStayDeny := time.Date(2025, 3, 15, 0, 0, 0, 0, time.UTC)
+
+	type step struct {
+		example string
+		edit    func(m map[string]any)
+		before  []consent.Directive // the patient's directives from this step on (nil: unchanged)
+	}
+	type decision struct{ effect, rule, relation string }
+	tests := []struct {
+		name  string
+		steps []step // the last is the follow-up checked
+		want  []string
+		// decided: recipient -> its audited decision on the follow-up
+		// ("" effect: no decision at all, the recipient was not a candidate).
+		decided map[string]decision
+	}{
+		{
+			name: "a transfer reaches an earlier recipient that does not subscribe to transfers",
+			steps: []step{
+				{example: "admission"},
+				{example: "transfer"},
+			},
+			want: []string{"a81001", "cn001", "vm123"},
+			decided: map[string]decision{
+				"VM123": {"permit", consent.RuleRelationshipConfirmed, "updates"},
+			},
+		},
+		{
+			name: "a transfer does not reach a recipient that was withheld the encounter",
+			steps: []step{
+				// The team was denied the admission by a directive that has
+				// ended by the transfer's time: the transfer alone would be
+				// permitted, the encounter's withholding decides.
+				{example: "admission", before: []consent.Directive{deny("CN001", &endOfStayDeny)}},
+				{example: "transfer"},
+			},
+			want: []string{"a81001", "vm123"},
+			decided: map[string]decision{
+				"CN001": {"deny", consent.RuleOriginalWithheld, "updates"},
+			},
+		},
+		{
+			name: "a correction is withheld from an original recipient the patient has since denied",
+			steps: []step{
+				{example: "admission"},
+				{example: "admission-cancelled", before: []consent.Directive{deny("VM123", nil)}},
+			},
+			want: []string{"a81001", "cn001"},
+			decided: map[string]decision{
+				"VM123": {"deny", "directive:deny-organisation", "corrects"},
+			},
+		},
+		{
+			name: "discharge-cancelled reaches only those who got the discharge",
+			steps: []step{
+				// The admission goes to VM123 (and the team is denied it);
+				// the discharge to VM456 (and, the directive over, to the
+				// team): its cancellation goes to the GP, VM456 and the
+				// team, not to VM123, which got the admission only.
+				{example: "admission", before: []consent.Directive{deny("CN001", &endOfStayDeny)}},
+				{example: "discharge", edit: toHome("VM456")},
+				{example: "discharge-cancelled"},
+			},
+			want: []string{"a81001", "cn001", "vm456"},
+			decided: map[string]decision{
+				"VM123": {},
+				"VM456": {"permit", consent.RuleRelationshipConfirmed, "corrects"},
+			},
+		},
+		{
+			name: "transfer-cancelled reaches only those who got the transfer",
+			steps: []step{
+				{example: "admission"},
+				// VM123 got the admission, was denied the transfer, and
+				// the deny is lifted before the cancellation: it gets no
+				// cancellation of a transfer it never heard of.
+				{example: "transfer", before: []consent.Directive{deny("VM123", nil)}},
+				{example: "transfer-cancelled", before: []consent.Directive{}},
+			},
+			want: []string{"a81001", "cn001"},
+			decided: map[string]decision{
+				"VM123": {},
+			},
+		},
+		{
+			name: "patient-class-changed (updates) reaches the original recipients",
+			steps: []step{
+				{example: "admission"},
+				{example: "patient-class-changed"},
+			},
+			want: []string{"a81001", "cn001", "vm123"},
+			decided: map[string]decision{
+				"VM123": {"permit", consent.RuleRelationshipConfirmed, "updates"},
+			},
+		},
+		{
+			name: "without an earlier event on the encounter an update goes by subscription only",
+			steps: []step{
+				{example: "admission", edit: func(m map[string]any) {
+					data(m)["encounter"].(map[string]any)["id"] = "ENC-OTHER"
+				}},
+				{example: "patient-class-changed"},
+			},
+			want: []string{"a81001", "cn001"},
+			decided: map[string]decision{
+				"VM123": {},
+			},
+		},
+		{
+			name: "a continuing event goes by subscription only, not to earlier recipients",
+			steps: []step{
+				{example: "admission"},
+				{example: "discharge-pending", edit: noDestination},
+			},
+			want: []string{"a81001", "cn001"},
+			decided: map[string]decision{
+				"VM123": {},
+			},
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			dirs := &fakeDirectives{}
+			pub := &fakePub{}
+			r := newRouter(t, followUpSubs(t), &policy, dirs, pub)
+			var last string
+			for i, s := range tc.steps {
+				if s.before != nil {
+					dirs.set(patientKey(), s.before...)
+				}
+				m := example(t, s.example, s.edit)
+				if err := r.Handle(m); err != nil {
+					t.Fatalf("step %d (%s): %v", i, s.example, err)
+				}
+				last = m.UUID
+				sent := pub.take()
+				if i == len(tc.steps)-1 {
+					if got := copies(sent, last); !slices.Equal(got, tc.want) {
+						t.Errorf("%s went to:\n\tgot  %v\n\twant %v", s.example, got, tc.want)
+					}
+					typ := m.Metadata.Get(topic.MetaEventType)
+					got := decisions(sent)
+					for ods, want := range tc.decided {
+						d := got[ods+" "+typ]
+						if g := (decision{d.Effect, d.Rule, d.Relation}); g != want {
+							t.Errorf("%s's decision on %s:\n\tgot  %+v\n\twant %+v", ods, s.example, g, want)
+						}
+					}
+				}
+			}
+		})
+	}
+}
+
+// TestMergeRoutedLateStillBindsTheDelivery shows what covers, and what
+// does not, the ordering window of merges (README, "Merges"): a merge is
+// keyed by the surviving number, an event under the retired number by the
+// retired one, so the router can decide that event before it has routed
+// the merge, with the retired number's directives alone; the surviving
+// number's deny of the care home does not stop the routing. The re-check
+// at delivery reads the patient index after its freshness barrier: once
+// the merge is routed, the copy still waiting in the care home's outbox is
+// decided with both numbers' directives and withheld.
+func TestMergeRoutedLateStillBindsTheDelivery(t *testing.T) {
+	dirs := &fakeDirectives{}
+	pub := &fakePub{}
+	r := newRouter(t, subs(t), &policy, dirs, pub)
+	retired, _ := nhs.Parse("9990500010")
+	dirs.set(patientKey(), consent.Directive{ID: "no-home", Kind: consent.KindDenyOrganisation, Organisation: "VM123",
+		Recorded: time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC), RecordedBy: "x"})
+
+	// The discharge under the retired number, routed first.
+	if err := r.Handle(example(t, "discharge", func(m map[string]any) {
+		m["id"] = "dis-retired"
+		data(m)["patient"].(map[string]any)["nhsNumber"] = retired.Digits()
+	})); err != nil {
+		t.Fatal(err)
+	}
+	sent := pub.take()
+	if got, want := copies(sent, "dis-retired"), []string{"a81001", "vm123"}; !slices.Equal(got, want) {
+		t.Fatalf("the discharge routed before the merge went to:\n\tgot  %v\n\twant %v (the window: the surviving number's deny is not known yet)", got, want)
+	}
+	home := sent["carehub.outbox.vm123"][0]
+	key, sealed := home.Metadata.Get(topic.MetaKey), home.Metadata.Get(topic.MetaDecision)
+	if key != testPseudo.Pseudonym(retired) {
+		t.Fatalf("the copy is keyed %q, want the retired number's pseudonym", key)
+	}
+
+	// The merge, routed after it.
+	if err := r.Handle(example(t, "patient-merged", func(m map[string]any) {
+		m["id"] = "merge"
+		data(m)["mergedPatient"].(map[string]any)["nhsNumber"] = retired.Digits()
+	})); err != nil {
+		t.Fatal(err)
+	}
+	pub.take()
+
+	d, _, versions, err := r.Recheck(context.Background(), key, sealed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.Permitted() || d.DirectiveID != "no-home" || len(versions) != 2 {
+		t.Errorf("the re-check at delivery after the merge: %+v with %d numbers' directives; want deny by no-home with both numbers'", d, len(versions))
 	}
 }

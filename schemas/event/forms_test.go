@@ -6,6 +6,7 @@ import (
 	"flag"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"sort"
 	"strings"
@@ -295,5 +296,147 @@ func golden(t *testing.T, path string, got []byte) {
 	}
 	if !bytes.Equal(pretty.Bytes(), want) {
 		t.Errorf("%s differs from the golden file:\n\tgot  %s\n\twant %s", path, pretty.Bytes(), want)
+	}
+}
+
+// TestREADMEDescribesEveryTypeRule: the README's two tables of what each
+// event type does, "What each recipient receives" (full and
+// notification-only forms) and "Corrections and follow-ups" (relations),
+// have a row for every type the hub accepts, and each row says what
+// typeRules says: the notification-only column names exactly the type's
+// Thin fields, the full column exactly its Full allow-list (or "the event
+// as published" when it has none), and the type sits in the row of its
+// FollowUp relation, a correction naming exactly the types it corrects
+// (TypeRule.Of) in parentheses, or "any" when it corrects any event. A row
+// for a type the hub does not know fails too. It pins an audit finding of
+// issue 11: four types added later had no row in either table.
+func TestREADMEDescribesEveryTypeRule(t *testing.T) {
+	b, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	readme := string(b)
+	section := func(from, to string) string {
+		i := strings.Index(readme, from)
+		j := strings.Index(readme[i+1:], to)
+		if i < 0 || j < 0 {
+			t.Fatalf("the README has no section %q followed by %q", from, to)
+		}
+		return readme[i : i+1+j]
+	}
+	// rows returns the cells of the table rows of a section, by first cell.
+	rows := func(sec string) map[string][]string {
+		out := map[string][]string{}
+		for _, line := range strings.Split(sec, "\n") {
+			if !strings.HasPrefix(line, "| ") || strings.HasPrefix(line, "|---") {
+				continue
+			}
+			cells := strings.Split(strings.Trim(line, "|"), " | ")
+			for i := range cells {
+				cells[i] = strings.TrimSpace(cells[i])
+			}
+			out[cells[0]] = cells[1:]
+		}
+		return out
+	}
+	dotted := func(pointers []string) []string {
+		out := make([]string, len(pointers))
+		for i, p := range pointers {
+			out[i] = strings.ReplaceAll(strings.TrimPrefix(p, "/"), "/", ".")
+		}
+		slices.Sort(out)
+		return out
+	}
+	ticked := regexp.MustCompile("`([^`]*)`")
+	names := func(cell string) []string {
+		var out []string
+		for _, m := range ticked.FindAllStringSubmatch(cell, -1) {
+			out = append(out, m[1])
+		}
+		slices.Sort(out)
+		return slices.Compact(out)
+	}
+
+	forms := rows(section("### What each recipient receives", "### Corrections and follow-ups"))
+	relations := rows(section("### Corrections and follow-ups", "\n### "))
+	known := map[string]bool{}
+	for _, typ := range Types() {
+		known[ShortName(typ)] = true
+	}
+	for typ := range typeRules {
+		if !known[ShortName(typ)] {
+			t.Errorf("typeRules has %s, which Types() does not list", typ)
+		}
+	}
+	// relationOf: the relation row each type sits in, and what its
+	// parentheses say.
+	relationOf, corrected := map[string][]string{}, map[string]string{}
+	item := regexp.MustCompile("`([a-z-]+)`(?: \\(([^)]*)\\))?")
+	for rel, cells := range relations {
+		if rel == "relation" || len(cells) == 0 {
+			continue
+		}
+		for _, m := range item.FindAllStringSubmatch(cells[0], -1) {
+			relationOf[m[1]] = append(relationOf[m[1]], rel)
+			corrected[m[1]] = m[2]
+			if !known[m[1]] {
+				t.Errorf("the README's relation table has a row for %s, which is not an event type", m[1])
+			}
+		}
+	}
+	for row := range forms {
+		short := strings.Trim(row, "`")
+		if row != "event type" && !known[short] && !strings.Contains(row, "(hub notice)") {
+			t.Errorf("the README's forms table has a row for %s, which is not an event type", row)
+		}
+	}
+
+	for _, typ := range Types() {
+		short := ShortName(typ)
+		r := typeRules[typ]
+		cells, ok := forms["`"+short+"`"]
+		switch {
+		case !ok:
+			t.Errorf("the README's forms table has no row for %s", short)
+		case len(cells) != 2:
+			t.Errorf("the README's forms row for %s has %d cells, want 3", short, len(cells)+1)
+		default:
+			full, thin := cells[0], cells[1]
+			if r.Full == nil {
+				if !strings.HasPrefix(full, "the event as published") {
+					t.Errorf("README, full form of %s:\n\tgot  %q\n\twant the event as published", short, full)
+				}
+			} else if got, want := names(full), dotted(r.Full); !slices.Equal(got, want) {
+				t.Errorf("README, full form of %s:\n\tgot  %q\n\twant %q", short, got, want)
+			}
+			if got, want := names(thin), dotted(r.Thin); !slices.Equal(got, want) {
+				t.Errorf("README, notification-only form of %s:\n\tgot  %q\n\twant %q", short, got, want)
+			}
+			if len(r.Thin) == 0 && thin != "nothing more" {
+				t.Errorf("README, notification-only form of %s: got %q, want nothing more", short, thin)
+			}
+		}
+		if got, want := relationOf[short], []string{r.FollowUp.String()}; !slices.Equal(got, want) {
+			t.Errorf("README, relation of %s:\n\tgot  %q\n\twant %q", short, got, want)
+			continue
+		}
+		if r.FollowUp != Corrects {
+			continue
+		}
+		paren := corrected[short]
+		if r.Of == nil {
+			if !strings.HasPrefix(paren, "any ") {
+				t.Errorf("README, what %s corrects: got %q, want any earlier event", short, paren)
+			}
+			continue
+		}
+		var want []string
+		for _, o := range r.Of {
+			want = append(want, ShortName(o))
+		}
+		slices.Sort(want)
+		if got := names(paren); !slices.Equal(got, want) {
+			t.Errorf("README, what %s corrects:\n\tgot  %q\n\twant %q", short, got, want)
+		}
 	}
 }
