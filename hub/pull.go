@@ -29,7 +29,7 @@ func (h *hub) auditRead(_ context.Context, r connector.FeedRead) error {
 	now := h.now().UTC()
 	for _, e := range r.Entries {
 		rec := audit.Record{Time: now, Kind: audit.KindFeedRead, EventID: e.EventID, EventType: e.EventType,
-			Patient: e.PatientRef, Recipient: r.Recipient, Outcome: audit.Read, Rule: e.Rule, Number: e.Number, Via: r.Via}
+			Publisher: e.Publisher, Patient: e.PatientRef, Recipient: r.Recipient, Outcome: audit.Read, Rule: e.Rule, Number: e.Number, Via: r.Via}
 		if e.Withheld {
 			rec.Outcome = audit.Withheld
 		}
