@@ -103,9 +103,9 @@ type Log struct {
 	mu      sync.Mutex
 	client  *kafka.Client
 	brokers []string
-	loaded  chan struct{} // closed once the tailer has caught up with the end seen at start
-	next    int64         // the offset the tailer reads next: the latest number
-	first   int64         // the partition's start offset when loaded: Oldest is first+1
+	loaded  chan struct{}         // closed once the tailer has caught up with the end seen at start
+	next    int64                 // the offset the tailer reads next: the latest number
+	first   int64                 // the partition's start offset when loaded: Oldest is first+1
 	ids     map[string]int64      // number by event.Identity(source, id)
 	cache   []connector.FeedEntry // the latest entries, consecutive numbers
 	changed chan struct{}         // closed and replaced whenever next grows
