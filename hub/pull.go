@@ -2,6 +2,7 @@ package hub
 
 import (
 	"context"
+	"strings"
 	"sync"
 	"time"
 
@@ -11,6 +12,7 @@ import (
 	"github.com/carehub/carehub/hub/audit"
 	"github.com/carehub/carehub/hub/topic"
 	"github.com/carehub/carehub/internal/logging"
+	"github.com/carehub/carehub/schemas/event"
 	"github.com/carehub/carehub/schemas/problem"
 	"go.uber.org/zap"
 )
@@ -22,8 +24,10 @@ import (
 // serves the copy.
 
 // auditRead implements connector.ReadAudit: one feed-read record per
-// number served, keyed by the patient's pseudonym, made durable before the
-// reader is answered.
+// number served, keyed by the patient's pseudonym, with the event's
+// publisher (its ODS code, as the deliverers' records have it) so that two
+// publishers' events with one id stay apart, made durable before the reader
+// is answered.
 func (h *hub) auditRead(_ context.Context, r connector.FeedRead) error {
 	if h.pub == nil {
 		return problem.New(problem.Unavailable, "the publisher has not started")
@@ -32,7 +36,7 @@ func (h *hub) auditRead(_ context.Context, r connector.FeedRead) error {
 	now := h.now().UTC()
 	for _, e := range r.Entries {
 		rec := audit.Record{Time: now, Kind: audit.KindFeedRead, EventID: e.EventID, EventType: e.EventType,
-			Publisher: e.Publisher, Patient: e.PatientRef, Recipient: r.Recipient, Outcome: audit.Read, Rule: e.Rule, Number: e.Number, Via: r.Via}
+			Publisher: strings.TrimPrefix(e.Publisher, event.SourcePrefix), Patient: e.PatientRef, Recipient: r.Recipient, Outcome: audit.Read, Rule: e.Rule, Number: e.Number, Via: r.Via}
 		if e.Withheld {
 			rec.Outcome = audit.Withheld
 		}

@@ -97,7 +97,7 @@ type FeedReadEntry struct {
 	Number     int64
 	EventID    string
 	EventType  string
-	Publisher  string // the event's source: with EventID, the event's identity
+	Publisher  string // the event's source (Delivery.EventSource): with EventID, the event's identity
 	PatientRef string
 	Withheld   bool   // the consent re-check refused it: only its number was served
 	Rule       string // the re-check's rule
