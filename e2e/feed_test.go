@@ -369,3 +369,37 @@ func TestFeedRechecksConsentAtRead(t *testing.T) {
 		t.Errorf("feed-read audit record: got %+v, want outcome withheld, event %s from RX1, a deny-organisation rule", rec, ev["id"])
 	}
 }
+
+// TestFeedRetentionThroughTheHub: the running hub's sweep removes the
+// entries a client acknowledged (read after 2) once the window has passed,
+// keeps the one it did not, and a read from before the new start is 410
+// Gone with a problem document.
+func TestFeedRetentionThroughTheHub(t *testing.T) {
+	gp := newReceiver(t, "whsec_Y2FyZWh1Yi1kZW1vLXNlY3JldC1ncC1BODEwMDE=")
+	home := newReceiver(t, "whsec_Y2FyZWh1Yi1kZW1vLXNlY3JldC1jYXJlaG9tZS1WTTEyMw==")
+	h := startHub(t, hubOptions{gp: gp.URL, careHome: home.URL, recipientsYAML: feedRecipient,
+		extraYAML: "retention: {outboxWindow: 1ms, sweepInterval: 100ms}\n"})
+	for i := range 3 {
+		h.mustPublish("demo-rx1-key", patientEvent(t, "admission", nhsNumber(16000+i), "B82005", ""))
+	}
+	waitFor(t, "three events in the feed", 30*time.Second, func() bool { return h.feedLatest(t) == 3 })
+	if status, b := h.readFeed(t, "/v1/feeds/B82005?after=2", "demo-b82005-key", ""); status != 200 {
+		t.Fatalf("read after 2: %d %s", status, b)
+	}
+	oldest := func() int64 {
+		_, b := h.readFeed(t, "/v1/feeds/B82005/status", "demo-b82005-key", "")
+		var s struct{ Latest, Oldest int64 }
+		_ = json.Unmarshal(b, &s)
+		return s.Oldest
+	}
+	waitFor(t, "the acknowledged entries removed", 30*time.Second, func() bool { return oldest() == 3 })
+	status, b := h.readFeed(t, "/v1/feeds/B82005?after=0", "demo-b82005-key", "")
+	if status != http.StatusGone || !bytes.Contains(b, []byte(`"status":410`)) || bytes.Contains(b, []byte(`"number"`)) {
+		t.Errorf("read from before the oldest: %d %s, want 410 with a problem document", status, b)
+	}
+	status, b = h.readFeed(t, "/v1/feeds/B82005?after=2", "demo-b82005-key", "")
+	var p feedPage
+	if err := json.Unmarshal(b, &p); err != nil || status != 200 || len(p.Events) != 1 || p.Events[0].Number != 3 || p.Oldest != 3 {
+		t.Errorf("read after 2: %d %s, want the unacknowledged number 3, oldest 3", status, b)
+	}
+}
