@@ -39,7 +39,8 @@ type PullConfig interface {
 //   - an event, by its source and id together (Delivery.EventSource and
 //     Delivery.EventID: two publishers may use one id), is appended at most
 //     once: appending it again (a redelivery after a crash) returns the
-//     number it already has;
+//     number it already has (the hub's feed has one window, a rebalance
+//     during an append, where it can get a second number: hub/feedlog);
 //   - the oldest numbers may be dropped by retention: Oldest says which is
 //     the first still readable, and Read refuses older ones (problem.Gone)
 //     rather than skip them silently.

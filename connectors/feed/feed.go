@@ -22,7 +22,10 @@
 // (connector.ConsentCheck): one the patient has since withheld is served as
 // its number alone ({"number":N,"withheld":true}), so the numbers stay
 // gapless and the reader knows it missed nothing. Every read is audited
-// (connector.ReadAudit) before it is answered. A key reads its own
+// (connector.ReadAudit) before it is answered. A read after N (or a stream
+// resumed with Last-Event-ID N) acknowledges 1..N (connector.Feed's
+// Acknowledge): the hub may remove acknowledged entries after its retention
+// window, and a read from before the oldest kept is 410 Gone. A key reads its own
 // recipient's feed only: any other is 403.
 package feed
 

@@ -4,7 +4,8 @@
 // # Storage
 //
 // Each feed is a Kafka topic of one partition, carehub.feed.<ods>
-// (topic.Feed), with retention.ms=-1. An event's number is its offset plus
+// (topic.Feed), with retention.ms=-1: only the retention sweep removes
+// records, and only acknowledged ones (below). An event's number is its offset plus
 // one: Kafka gives the records of one partition consecutive offsets (this
 // hub's producers are neither transactional nor compacting, so no control
 // record or compaction leaves a hole), so the numbers are gapless and
@@ -33,9 +34,14 @@
 // (so the index includes what any process appended), returns the number the
 // event already has, and only otherwise produces (acks from all
 // in-sync replicas) and waits for its own tailer to see the record. Appends
-// of one process are serialised per feed; two processes never append the
-// same event at once, because an event lives in one outbox partition and
-// one deliverer owns a partition at a time.
+// of one process are serialised per feed. An event lives in one outbox
+// partition and one deliverer owns a partition at a time, with one window:
+// a rebalance that moves the partition while its former owner is between
+// its check and its produce's acknowledgement lets the new owner, which
+// redelivers from the last commit, check before that record lands. The
+// event then has two numbers; the index keeps the first, and both are
+// served (README "The guarantee the numbers give" says so to clients, who
+// drop the second by source and id).
 //
 // # Acknowledgement and retention
 //
@@ -105,7 +111,7 @@ type Log struct {
 	brokers []string
 	loaded  chan struct{}         // closed once the tailer has caught up with the end seen at start
 	next    int64                 // the offset the tailer reads next: the latest number
-	first   int64                 // the partition's start offset when loaded: Oldest is first+1
+	first   int64                 // the partition's start offset as last seen: Oldest is first+1
 	ids     map[string]int64      // number by event.Identity(source, id)
 	cache   []connector.FeedEntry // the latest entries, consecutive numbers
 	changed chan struct{}         // closed and replaced whenever next grows
