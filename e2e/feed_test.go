@@ -1,7 +1,9 @@
 package e2e
 
 import (
+	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -219,5 +221,185 @@ func validateFHIR(t *testing.T, docs map[string][]byte) {
 	out, err := execCommand("node", args...)
 	if err != nil {
 		t.Errorf("validateResource refused what carehub emits:\n%s", out)
+	}
+}
+
+// feedReadRecord is a feed-read audit record.
+type feedReadRecord struct {
+	Kind, EventID, Publisher, Recipient, Outcome, Rule, Via string
+	Number                                                  int64
+}
+
+// feedReads returns the feed-read audit records of recipient.
+func (h *hub) feedReads(recipient string) []feedReadRecord {
+	var out []feedReadRecord
+	for _, m := range h.records("carehub.audit") {
+		var r feedReadRecord
+		if json.Unmarshal(m.Value, &r) == nil && r.Kind == "feed-read" && r.Recipient == recipient {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// feedLatest returns the feed's latest number from its status.
+func (h *hub) feedLatest(t *testing.T) int64 {
+	t.Helper()
+	status, b := h.readFeed(t, "/v1/feeds/B82005/status", "demo-b82005-key", "")
+	var s struct{ Latest int64 }
+	if status != 200 || json.Unmarshal(b, &s) != nil {
+		return -1
+	}
+	return s.Latest
+}
+
+// TestFeedStreamThroughTheHub: an SSE client of the running binary that
+// says it has seen 1 (Last-Event-ID) gets 2, 3, ... as they are routed,
+// with the numbers as ids, and keep-alive comments while nothing arrives.
+func TestFeedStreamThroughTheHub(t *testing.T) {
+	gp := newReceiver(t, "whsec_Y2FyZWh1Yi1kZW1vLXNlY3JldC1ncC1BODEwMDE=")
+	home := newReceiver(t, "whsec_Y2FyZWh1Yi1kZW1vLXNlY3JldC1jYXJlaG9tZS1WTTEyMw==")
+	h := startHub(t, hubOptions{gp: gp.URL, careHome: home.URL,
+		recipientsYAML: strings.Replace(feedRecipient, "heartbeat: 1s", "heartbeat: 200ms", 1)})
+	var ids []string
+	publish := func() {
+		ev := patientEvent(t, "admission", nhsNumber(14000+len(ids)), "B82005", "")
+		h.mustPublish("demo-rx1-key", ev)
+		ids = append(ids, ev["id"].(string))
+	}
+	publish()
+	waitFor(t, "the first event in the feed", 30*time.Second, func() bool { return h.feedLatest(t) == 1 })
+
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+h.HTTP+"/v1/feeds/B82005", nil)
+	req.Header.Set("Authorization", "Bearer demo-b82005-key")
+	req.Header.Set("Accept", "text/event-stream")
+	req.Header.Set("Last-Event-ID", "1")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream") {
+		t.Fatalf("stream: %d %s", resp.StatusCode, resp.Header.Get("Content-Type"))
+	}
+	publish()
+	publish()
+	type sse struct{ id, data string }
+	var got []sse
+	heartbeats := 0
+	sc := bufio.NewScanner(resp.Body)
+	var cur sse
+	for (len(got) < 2 || heartbeats == 0) && sc.Scan() {
+		line := sc.Text()
+		switch {
+		case line == ": heartbeat":
+			heartbeats++
+		case strings.HasPrefix(line, "id: "):
+			cur.id = strings.TrimPrefix(line, "id: ")
+		case strings.HasPrefix(line, "data: "):
+			cur.data = strings.TrimPrefix(line, "data: ")
+		case line == "" && cur.id != "":
+			got = append(got, cur)
+			cur = sse{}
+		}
+	}
+	if err := sc.Err(); err != nil && len(got) < 2 {
+		t.Fatalf("reading the stream: %v (got %+v)", err, got)
+	}
+	if len(got) != 2 || got[0].id != "2" || got[1].id != "3" {
+		t.Fatalf("stream ids: got %+v, want 2 then 3", got)
+	}
+	for i, e := range got {
+		var entry feedEntry
+		if err := json.Unmarshal([]byte(e.data), &entry); err != nil || entry.id() != ids[i+1] {
+			t.Errorf("stream event %s: got %s, want the event %s", e.id, e.data, ids[i+1])
+		}
+	}
+	if heartbeats == 0 {
+		t.Error("no heartbeat comment on an idle stream")
+	}
+	waitFor(t, "the streamed reads audited", 20*time.Second, func() bool {
+		n := 0
+		for _, r := range h.feedReads("B82005") {
+			if r.Via == "sse" && (r.Number == 2 || r.Number == 3) {
+				n++
+			}
+		}
+		return n == 2
+	})
+}
+
+// TestFeedRechecksConsentAtRead: an event already in B82005's feed, whose
+// patient then records a deny-organisation B82005 directive, is served as
+// withheld (its number, no data), and the read is audited as withheld.
+func TestFeedRechecksConsentAtRead(t *testing.T) {
+	gp := newReceiver(t, "whsec_Y2FyZWh1Yi1kZW1vLXNlY3JldC1ncC1BODEwMDE=")
+	home := newReceiver(t, "whsec_Y2FyZWh1Yi1kZW1vLXNlY3JldC1jYXJlaG9tZS1WTTEyMw==")
+	h := startHub(t, hubOptions{gp: gp.URL, careHome: home.URL, recipientsYAML: feedRecipient})
+	patient := nhsNumber(15001)
+	ev := patientEvent(t, "admission", patient, "B82005", "")
+	h.mustPublish("demo-rx1-key", ev)
+	waitFor(t, "the event in the feed", 30*time.Second, func() bool { return h.feedLatest(t) == 1 })
+
+	h.putConsent(patient, map[string]any{"id": "no-b82005", "kind": "deny-organisation", "organisation": "B82005"})
+	status, b := h.readFeed(t, "/v1/feeds/B82005?after=0", "demo-b82005-key", "")
+	var p feedPage
+	if err := json.Unmarshal(b, &p); err != nil || status != 200 {
+		t.Fatalf("feed read: %d %s", status, b)
+	}
+	if len(p.Events) != 1 || p.Events[0].Number != 1 || !p.Events[0].Withheld || len(p.Events[0].Event) != 0 {
+		t.Fatalf("feed read after the directive: got %s, want number 1 withheld with no event", b)
+	}
+	if bytes.Contains(b, []byte(patient)) || bytes.Contains(b, []byte(ev["id"].(string))) {
+		t.Errorf("the withheld entry carries the event: %s", b)
+	}
+	var rec feedReadRecord
+	waitFor(t, "the withheld read audited", 20*time.Second, func() bool {
+		for _, r := range h.feedReads("B82005") {
+			if r.Number == 1 {
+				rec = r
+				return true
+			}
+		}
+		return false
+	})
+	if rec.Outcome != "withheld" || rec.EventID != ev["id"] || rec.Publisher != "RX1" || !strings.Contains(rec.Rule, "deny-organisation") {
+		t.Errorf("feed-read audit record: got %+v, want outcome withheld, event %s from RX1, a deny-organisation rule", rec, ev["id"])
+	}
+}
+
+// TestFeedRetentionThroughTheHub: the running hub's sweep removes the
+// entries a client acknowledged (read after 2) once the window has passed,
+// keeps the one it did not, and a read from before the new start is 410
+// Gone with a problem document.
+func TestFeedRetentionThroughTheHub(t *testing.T) {
+	gp := newReceiver(t, "whsec_Y2FyZWh1Yi1kZW1vLXNlY3JldC1ncC1BODEwMDE=")
+	home := newReceiver(t, "whsec_Y2FyZWh1Yi1kZW1vLXNlY3JldC1jYXJlaG9tZS1WTTEyMw==")
+	h := startHub(t, hubOptions{gp: gp.URL, careHome: home.URL, recipientsYAML: feedRecipient,
+		extraYAML: "retention: {outboxWindow: 1ms, sweepInterval: 100ms}\n"})
+	for i := range 3 {
+		h.mustPublish("demo-rx1-key", patientEvent(t, "admission", nhsNumber(16000+i), "B82005", ""))
+	}
+	waitFor(t, "three events in the feed", 30*time.Second, func() bool { return h.feedLatest(t) == 3 })
+	if status, b := h.readFeed(t, "/v1/feeds/B82005?after=2", "demo-b82005-key", ""); status != 200 {
+		t.Fatalf("read after 2: %d %s", status, b)
+	}
+	oldest := func() int64 {
+		_, b := h.readFeed(t, "/v1/feeds/B82005/status", "demo-b82005-key", "")
+		var s struct{ Latest, Oldest int64 }
+		_ = json.Unmarshal(b, &s)
+		return s.Oldest
+	}
+	waitFor(t, "the acknowledged entries removed", 30*time.Second, func() bool { return oldest() == 3 })
+	status, b := h.readFeed(t, "/v1/feeds/B82005?after=0", "demo-b82005-key", "")
+	if status != http.StatusGone || !bytes.Contains(b, []byte(`"status":410`)) || bytes.Contains(b, []byte(`"number"`)) {
+		t.Errorf("read from before the oldest: %d %s, want 410 with a problem document", status, b)
+	}
+	status, b = h.readFeed(t, "/v1/feeds/B82005?after=2", "demo-b82005-key", "")
+	var p feedPage
+	if err := json.Unmarshal(b, &p); err != nil || status != 200 || len(p.Events) != 1 || p.Events[0].Number != 3 || p.Oldest != 3 {
+		t.Errorf("read after 2: %d %s, want the unacknowledged number 3, oldest 3", status, b)
 	}
 }

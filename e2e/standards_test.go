@@ -300,13 +300,24 @@ func TestRetriedPostPublishesOnce(t *testing.T) {
 // TestSameIDFromTwoSourcesIsTwoEvents: a VM123 care plan and an RX1
 // admission with the same id are two events: two deliveries with different
 // webhook-ids, and two rows in the patient's disclosures, each with its own
-// outcome. Regression: webhook-id was the id alone, and the disclosure report
-// put one event's delivery on the other's row.
+// outcome; and two entries of a pull recipient's feed, each read audited
+// with its publisher. Regressions: webhook-id was the id alone, and the
+// disclosure report put one event's delivery on the other's row; the feed
+// de-duplicated on the id alone, so the pull recipient got one of the two.
 func TestSameIDFromTwoSourcesIsTwoEvents(t *testing.T) {
 	requireNodePeers(t, "standardwebhooks", "cloudevents")
 	gp, home := startOfficialReceiver(t, gpSecret), startOfficialReceiver(t, careHomeSecret)
-	h := startHub(t, hubOptions{gp: gp.URL, careHome: home.URL})
 	patient := nhsNumber(9301)
+	list := filepath.Join(t.TempDir(), "b82005-list.txt")
+	if err := os.WriteFile(list, []byte(patient+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	h := startHub(t, hubOptions{gp: gp.URL, careHome: home.URL, recipientsYAML: fmt.Sprintf(`  - ods: B82005
+    role: gp-practice
+    feed: {apiKey: {value: demo-b82005-key}}
+    subscriptions:
+      - {id: b82005-list, basis: patient-list, patientList: %q, types: [admission, careplan]}
+`, list)})
 	id := newID("shared")
 	adm := patientEvent(t, "admission", patient, "A81001", "")
 	adm["id"] = id
@@ -363,6 +374,37 @@ func TestSameIDFromTwoSourcesIsTwoEvents(t *testing.T) {
 	}
 	if len(want) > 0 {
 		t.Errorf("disclosure rows missing: %v (got %+v)", want, rows)
+	}
+
+	// The pull recipient reads both, each with its own source.
+	c := &feedClient{t: t}
+	waitFor(t, "both events in B82005's feed", 60*time.Second, func() bool { c.poll(h, "1s"); return len(c.got) >= 2 })
+	if len(c.got) != 2 {
+		t.Fatalf("B82005's feed: got %d entries, want 2", len(c.got))
+	}
+	sources := map[string]bool{}
+	for _, e := range c.got {
+		var ce struct{ ID, Source string }
+		if err := json.Unmarshal(e.Event, &ce); err != nil || ce.ID != id {
+			t.Errorf("feed entry %d: %s, want the event %s", e.Number, e.Event, id)
+		}
+		sources[ce.Source] = true
+	}
+	if !sources["urn:ods:RX1"] || !sources["urn:ods:VM123"] {
+		t.Errorf("feed entries' sources: got %v, want urn:ods:RX1 and urn:ods:VM123", sources)
+	}
+	var reads map[string]int64
+	waitFor(t, "both reads audited", 20*time.Second, func() bool {
+		reads = map[string]int64{}
+		for _, r := range h.feedReads("B82005") {
+			if r.EventID == id {
+				reads[r.Publisher] = r.Number
+			}
+		}
+		return len(reads) == 2
+	})
+	if reads["RX1"] == 0 || reads["VM123"] == 0 || reads["RX1"] == reads["VM123"] {
+		t.Errorf("feed-read audit records by publisher: got %v, want RX1 and VM123 at two numbers", reads)
 	}
 }
 

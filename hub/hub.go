@@ -696,8 +696,8 @@ func (h *hub) startRetention(ctx context.Context) error {
 	// copies go after the window as any.
 	s := retention.New(retention.Config{Brokers: h.brokers, Live: h.dir.Known,
 		OutboxWindow: h.cfg.Retention.OutboxWindow.D(), DeadLetterWindow: h.cfg.Retention.DeadLetterWindow.D(),
-		HeldWindow: h.cfg.Retention.HeldWindow.D(),
-		Interval:   h.cfg.Retention.SweepInterval.D(), Index: h.index, Log: h.log.Named("retention")})
+		HeldWindow: h.cfg.Retention.HeldWindow.D(), Feeds: h.pullFeeds, Trimmed: h.feedTrimmed,
+		Interval: h.cfg.Retention.SweepInterval.D(), Index: h.index, Log: h.log.Named("retention")})
 	rctx, stopRetention := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() { defer close(done); s.Run(rctx) }()

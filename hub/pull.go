@@ -2,14 +2,19 @@ package hub
 
 import (
 	"context"
+	"strings"
 	"sync"
+	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/carehub/carehub/connectors/connector"
 	"github.com/carehub/carehub/hub/audit"
 	"github.com/carehub/carehub/hub/topic"
+	"github.com/carehub/carehub/internal/logging"
+	"github.com/carehub/carehub/schemas/event"
 	"github.com/carehub/carehub/schemas/problem"
+	"go.uber.org/zap"
 )
 
 // What the hub gives pull sinks (connector.SinkEnv's pull fields) besides
@@ -19,8 +24,10 @@ import (
 // serves the copy.
 
 // auditRead implements connector.ReadAudit: one feed-read record per
-// number served, keyed by the patient's pseudonym, made durable before the
-// reader is answered.
+// number served, keyed by the patient's pseudonym, with the event's
+// publisher (its ODS code, as the deliverers' records have it) so that two
+// publishers' events with one id stay apart, made durable before the reader
+// is answered.
 func (h *hub) auditRead(_ context.Context, r connector.FeedRead) error {
 	if h.pub == nil {
 		return problem.New(problem.Unavailable, "the publisher has not started")
@@ -29,7 +36,7 @@ func (h *hub) auditRead(_ context.Context, r connector.FeedRead) error {
 	now := h.now().UTC()
 	for _, e := range r.Entries {
 		rec := audit.Record{Time: now, Kind: audit.KindFeedRead, EventID: e.EventID, EventType: e.EventType,
-			Patient: e.PatientRef, Recipient: r.Recipient, Outcome: audit.Read, Rule: e.Rule, Number: e.Number, Via: r.Via}
+			Publisher: strings.TrimPrefix(e.Publisher, event.SourcePrefix), Patient: e.PatientRef, Recipient: r.Recipient, Outcome: audit.Read, Rule: e.Rule, Number: e.Number, Via: r.Via}
 		if e.Withheld {
 			rec.Outcome = audit.Withheld
 		}
@@ -42,6 +49,40 @@ func (h *hub) auditRead(_ context.Context, r connector.FeedRead) error {
 		return problem.Wrap(problem.Unavailable, "publishing feed-read audit records", err)
 	}
 	return nil
+}
+
+// pullFeeds returns the recipients whose feeds this process keeps: the
+// retention sweep removes what each has acknowledged (hub/retention).
+func (h *hub) pullFeeds() []string {
+	if h.fleet == nil {
+		return nil
+	}
+	h.fleet.mu.Lock()
+	defer h.fleet.mu.Unlock()
+	out := make([]string, 0, len(h.fleet.feeds))
+	for ods := range h.fleet.feeds {
+		out = append(out, ods)
+	}
+	return out
+}
+
+// feedTrimmed tells a feed the sweep removed some of its records, so that
+// its Oldest moves at once rather than at its next StartRefresh.
+func (h *hub) feedTrimmed(ods string) {
+	if h.fleet == nil {
+		return
+	}
+	h.fleet.mu.Lock()
+	fl := h.fleet.feeds[ods]
+	h.fleet.mu.Unlock()
+	if fl == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := fl.Refresh(ctx); err != nil {
+		h.log.Warn("reading a trimmed feed's start", zap.String("recipient", ods), logging.Err(err))
+	}
 }
 
 // closeAll runs every close at once and returns when all have. A feed's

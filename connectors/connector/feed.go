@@ -36,14 +36,17 @@ type PullConfig interface {
 //   - every event appended gets the next number: 1, 2, 3, ... with no gap,
 //     strictly increasing, never reused, the same in every hub process, and
 //     the same after a restart, a crash or a rebalance;
-//   - an event (by Delivery.EventID) is appended at most once: appending it
-//     again (a redelivery after a crash) returns the number it already has;
+//   - an event, by its source and id together (Delivery.EventSource and
+//     Delivery.EventID: two publishers may use one id), is appended at most
+//     once: appending it again (a redelivery after a crash) returns the
+//     number it already has (the hub's feed has one window, a rebalance
+//     during an append, where it can get a second number: hub/feedlog);
 //   - the oldest numbers may be dropped by retention: Oldest says which is
 //     the first still readable, and Read refuses older ones (problem.Gone)
 //     rather than skip them silently.
 type Feed interface {
-	// Append makes d durable in the feed and returns its number; if an
-	// event with d.EventID is already there it returns that number and
+	// Append makes d durable in the feed and returns its number; if the
+	// event (d.EventSource, d.EventID) is already there it returns that number and
 	// appends nothing. On error nothing new is readable; the caller
 	// retries (a problem.Unavailable error) or gives up.
 	Append(ctx context.Context, d Delivery) (int64, error)
@@ -59,6 +62,13 @@ type Feed interface {
 	// Done is closed when the hub stops serving readers (it is draining):
 	// long-polls and streams must answer and end.
 	Done() <-chan struct{}
+	// Acknowledge records, durably and for every hub process, that the
+	// recipient holds every entry numbered up to n (it asked for what
+	// follows n). Acknowledged entries become eligible for retention once
+	// the window has passed; unacknowledged ones are kept. It never moves
+	// the acknowledgement back: a lower n than one already recorded does
+	// nothing.
+	Acknowledge(ctx context.Context, n int64) error
 }
 
 // FeedEntry is one numbered event of a feed.
@@ -88,6 +98,7 @@ type FeedReadEntry struct {
 	Number     int64
 	EventID    string
 	EventType  string
+	Publisher  string // the event's source (Delivery.EventSource): with EventID, the event's identity
 	PatientRef string
 	Withheld   bool   // the consent re-check refused it: only its number was served
 	Rule       string // the re-check's rule

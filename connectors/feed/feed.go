@@ -22,7 +22,10 @@
 // (connector.ConsentCheck): one the patient has since withheld is served as
 // its number alone ({"number":N,"withheld":true}), so the numbers stay
 // gapless and the reader knows it missed nothing. Every read is audited
-// (connector.ReadAudit) before it is answered. A key reads its own
+// (connector.ReadAudit) before it is answered. A read after N (or a stream
+// resumed with Last-Event-ID N) acknowledges 1..N (connector.Feed's
+// Acknowledge): the hub may remove acknowledged entries after its retention
+// window, and a read from before the oldest kept is 410 Gone. A key reads its own
 // recipient's feed only: any other is 403.
 package feed
 
@@ -327,7 +330,7 @@ func (s *Sink) take(ctx context.Context, who, via string, entries []connector.Fe
 			out[i].body = nil
 		}
 		rec.Entries[i] = connector.FeedReadEntry{Number: e.Number, EventID: e.Delivery.EventID, EventType: e.Delivery.EventType,
-			PatientRef: e.Delivery.PatientRef, Withheld: !rc.Permit, Rule: rc.Rule}
+			Publisher: e.Delivery.EventSource, PatientRef: e.Delivery.PatientRef, Withheld: !rc.Permit, Rule: rc.Rule}
 	}
 	if len(entries) > 0 {
 		if err := s.env.Audit.Record(ctx, rec); err != nil {
@@ -353,6 +356,19 @@ func (s *Sink) wait(ctx context.Context, after int64, d time.Duration) {
 	}
 }
 
+// acknowledge records that the reader holds every entry up to after (it
+// asked for what follows): retention may remove them once the window has
+// passed. A failure is logged, not answered: the read goes on, and the
+// entries are kept until a later read acknowledges them.
+func (s *Sink) acknowledge(ctx context.Context, after int64) {
+	if after <= 0 {
+		return
+	}
+	if err := s.env.Feed.Acknowledge(ctx, after); err != nil && ctx.Err() == nil {
+		s.log.Warn("recording the reader's acknowledgement", logging.Err(err))
+	}
+}
+
 func (s *Sink) serve(w http.ResponseWriter, r *http.Request, who string) {
 	stream := strings.Contains(r.Header.Get("Accept"), EventStream)
 	q, err := s.parse(r, stream)
@@ -360,6 +376,7 @@ func (s *Sink) serve(w http.ResponseWriter, r *http.Request, who string) {
 		fail(w, r, err)
 		return
 	}
+	s.acknowledge(r.Context(), q.after)
 	if stream {
 		s.stream(w, r, who, q)
 		return

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -294,5 +295,113 @@ func TestStreamResumesFromLastEventID(t *testing.T) {
 	}
 	if strings.Join(ids, ",") != "2,3" {
 		t.Errorf("ids: got %v, want 2,3", ids)
+	}
+}
+
+// TestReadsBeforeOldestAreGone: once retention has removed numbers, a read
+// from before the oldest kept is answered 410 Gone with a problem document
+// (an OperationOutcome to a FHIR reader; no stream to an SSE reader), never
+// with the later entries as if nothing were missing; the status says where
+// the feed now starts, and a read from there goes on.
+func TestReadsBeforeOldestAreGone(t *testing.T) {
+	h := start(t)
+	for _, id := range []string{"g1", "g2", "g3", "g4"} {
+		h.deliver(t, id)
+	}
+	h.feed.Trim(2)
+	for _, tc := range []struct {
+		name, url, accept string
+		hdr               []string
+		status            int
+		contentType, body string
+	}{
+		{"json from the start", "/v1/feeds/B82005", "", nil, 410, "application/problem+json", `"status":410`},
+		{"json after 1", "/v1/feeds/B82005?after=1", "", nil, 410, "application/problem+json", `oldest available is 3`},
+		{"fhir", "/v1/feeds/B82005?after=0", "application/fhir+json", nil, 410, "application/fhir+json", `"resourceType":"OperationOutcome"`},
+		{"sse", "/v1/feeds/B82005", "text/event-stream", []string{"Last-Event-ID", "1"}, 410, "application/problem+json", `"status":410`},
+		{"json after 2", "/v1/feeds/B82005?after=2", "", nil, 200, "application/json", `"events":[{"number":3`},
+		{"status", "/v1/feeds/B82005/status", "", nil, 200, "application/json", `"oldest":3`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			resp, b := get(t, h.url+tc.url, "b82005-key", tc.accept, tc.hdr...)
+			if resp.StatusCode != tc.status || resp.Header.Get("Content-Type") != tc.contentType || !strings.Contains(string(b), tc.body) {
+				t.Errorf("got %d %s %s\n\twant %d %s containing %s", resp.StatusCode, resp.Header.Get("Content-Type"), b, tc.status, tc.contentType, tc.body)
+			}
+			if tc.status == 410 && (strings.Contains(string(b), `"number"`) || strings.Contains(string(b), "g3")) {
+				t.Errorf("a Gone answer served entries: %s", b)
+			}
+		})
+	}
+}
+
+// TestReadsAcknowledge: a read after N (or a stream resumed with
+// Last-Event-ID N) acknowledges 1..N to the feed, which retention relies
+// on; a read from the start acknowledges nothing, and a read from further
+// back does not move it back.
+func TestReadsAcknowledge(t *testing.T) {
+	h := start(t)
+	for _, id := range []string{"a1", "a2", "a3", "a4"} {
+		h.deliver(t, id)
+	}
+	for _, tc := range []struct {
+		url  string
+		hdr  []string
+		want int64
+	}{
+		{"/v1/feeds/B82005", nil, 0},
+		{"/v1/feeds/B82005?after=2", nil, 2},
+		{"/v1/feeds/B82005?after=1", nil, 2},
+		{"/v1/feeds/B82005/status", nil, 2},
+		{"/v1/feeds/B82005?after=x", nil, 2},
+	} {
+		get(t, h.url+tc.url, "b82005-key", "", tc.hdr...)
+		if got := h.feed.Acknowledged(); got != tc.want {
+			t.Errorf("after GET %s: acknowledged %d, want %d", tc.url, got, tc.want)
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "GET", h.url+"/v1/feeds/B82005", nil)
+	req.Header.Set("Authorization", "Bearer b82005-key")
+	req.Header.Set("Accept", "text/event-stream")
+	req.Header.Set("Last-Event-ID", "3")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if got := h.feed.Acknowledged(); got != 3 {
+		t.Errorf("after a stream resumed from 3: acknowledged %d, want 3", got)
+	}
+}
+
+// TestSameIDFromTwoSourcesIsTwoEntries: two publishers' events with one id
+// are two entries, each read audited with its own publisher, so the
+// disclosures keep them apart (regression: the feed-read audit record had
+// no publisher).
+func TestSameIDFromTwoSourcesIsTwoEntries(t *testing.T) {
+	h := start(t)
+	for _, src := range []string{"VM123", "RX1", "VM123"} {
+		if _, err := h.sink.Deliver(context.Background(), connector.Delivery{EventID: "0001", EventSource: src, EventType: "org.carehub.careplan.v1",
+			Recipient: "B82005", PatientRef: "p1_x", Body: connectortest.Body("0001")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	resp, b := get(t, h.url+"/v1/feeds/B82005", "b82005-key", "")
+	var p page
+	if err := json.Unmarshal(b, &p); err != nil || resp.StatusCode != 200 || len(p.Events) != 2 {
+		t.Fatalf("got %d %s, want two entries", resp.StatusCode, b)
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if len(h.reads) != 1 {
+		t.Fatalf("audited reads: %d, want 1", len(h.reads))
+	}
+	var got []string
+	for _, e := range h.reads[0].Entries {
+		got = append(got, fmt.Sprintf("%d %s %s", e.Number, e.Publisher, e.EventID))
+	}
+	if want := []string{"1 VM123 0001", "2 RX1 0001"}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("audited entries:\n\tgot  %q\n\twant %q", got, want)
 	}
 }

@@ -2,11 +2,13 @@ package feed
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"sync"
 	"time"
 
 	"github.com/carehub/carehub/connectors/connector"
+	"github.com/carehub/carehub/schemas/event"
 	"github.com/carehub/carehub/schemas/problem"
 )
 
@@ -42,13 +44,15 @@ func (probeReaders) Organisation(r *http.Request) (string, error) {
 }
 
 // MemoryFeed is a connector.Feed held in memory: numbered from 1, each
-// event id once, lost when the process ends. It is what the probe (and
+// event (source, id) once, lost when the process ends. It is what the probe (and
 // tests of programs that embed the sink) give the sink in place of the
 // hub's durable feed.
 type MemoryFeed struct {
 	mu      sync.Mutex
 	entries []connector.FeedEntry
-	ids     map[string]int64
+	ids     map[string]int64 // by event.Identity(source, id)
+	first   int64            // entries numbered up to first were trimmed
+	acked   int64
 	changed chan struct{}
 	done    chan struct{}
 	behave  func() connector.Behaviour
@@ -82,12 +86,13 @@ func (f *MemoryFeed) Append(ctx context.Context, d connector.Delivery) (int64, e
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if n, ok := f.ids[d.EventID]; ok {
+	k := event.Identity(d.EventSource, d.EventID)
+	if n, ok := f.ids[k]; ok {
 		return n, nil
 	}
-	n := int64(len(f.entries) + 1)
+	n := f.first + int64(len(f.entries)) + 1
 	f.entries = append(f.entries, connector.FeedEntry{Number: n, Time: time.Now().UTC(), Delivery: d})
-	f.ids[d.EventID] = n
+	f.ids[k] = n
 	close(f.changed)
 	f.changed = make(chan struct{})
 	if f.got != nil {
@@ -100,25 +105,57 @@ func (f *MemoryFeed) Append(ctx context.Context, d connector.Delivery) (int64, e
 func (f *MemoryFeed) Read(_ context.Context, after int64, max int) (connector.FeedPage, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	p := connector.FeedPage{Latest: int64(len(f.entries))}
-	if p.Latest > 0 {
-		p.Oldest = 1
+	p := connector.FeedPage{Latest: f.first + int64(len(f.entries))}
+	if p.Latest > f.first {
+		p.Oldest = f.first + 1
 	}
 	if after < 0 {
 		after = 0
 	}
-	if after < p.Latest {
-		end := min(after+int64(max), p.Latest)
-		p.Entries = append([]connector.FeedEntry(nil), f.entries[after:end]...)
+	if after >= p.Latest {
+		return p, nil
 	}
+	if after < f.first {
+		return p, problem.New(problem.Gone, fmt.Sprintf("events numbered up to %d are no longer kept; the oldest available is %d", f.first, p.Oldest))
+	}
+	end := min(after+int64(max), p.Latest)
+	p.Entries = append([]connector.FeedEntry(nil), f.entries[after-f.first:end-f.first]...)
 	return p, nil
+}
+
+// Acknowledge implements connector.Feed.
+func (f *MemoryFeed) Acknowledge(_ context.Context, n int64) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.acked = max(f.acked, n)
+	return nil
+}
+
+// Acknowledged returns the highest number acknowledged.
+func (f *MemoryFeed) Acknowledged() int64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.acked
+}
+
+// Trim drops the entries numbered up to n, as retention does to the hub's
+// feed: Oldest moves past them and reads from before it are Gone.
+func (f *MemoryFeed) Trim(n int64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if n <= f.first {
+		return
+	}
+	n = min(n, f.first+int64(len(f.entries)))
+	f.entries = f.entries[n-f.first:]
+	f.first = n
 }
 
 // Changed implements connector.Feed.
 func (f *MemoryFeed) Changed(after int64) <-chan struct{} {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if int64(len(f.entries)) > after {
+	if f.first+int64(len(f.entries)) > after {
 		c := make(chan struct{})
 		close(c)
 		return c

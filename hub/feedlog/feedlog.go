@@ -4,7 +4,8 @@
 // # Storage
 //
 // Each feed is a Kafka topic of one partition, carehub.feed.<ods>
-// (topic.Feed), with retention.ms=-1. An event's number is its offset plus
+// (topic.Feed), with retention.ms=-1: only the retention sweep removes
+// records, and only acknowledged ones (below). An event's number is its offset plus
 // one: Kafka gives the records of one partition consecutive offsets (this
 // hub's producers are neither transactional nor compacting, so no control
 // record or compaction leaves a hole), so the numbers are gapless and
@@ -23,18 +24,40 @@
 // goroutine per waiting reader. Reads of older entries than the cache holds
 // fetch them from the broker.
 //
-// # Exactly once per event id
+// # Exactly once per event (source, id)
 //
+// An event is its source and its id together (event.Identity): two
+// publishers may use the same id for two different events, and both are
+// entries of the feed, each with its source (the ce_source header).
 // Delivery is at least once: after a crash or a rebalance the deliverer
 // hands the same event again. Append first catches up with the topic's end
-// (so the index includes what any process appended), returns the number an
-// event id already has, and only otherwise produces (acks from all
+// (so the index includes what any process appended), returns the number the
+// event already has, and only otherwise produces (acks from all
 // in-sync replicas) and waits for its own tailer to see the record. Appends
-// of one process are serialised per feed; two processes never append the
-// same event at once, because an event lives in one outbox partition and
-// one deliverer owns a partition at a time.
+// of one process are serialised per feed. An event lives in one outbox
+// partition and one deliverer owns a partition at a time, with one window:
+// a rebalance that moves the partition while its former owner is between
+// its check and its produce's acknowledgement lets the new owner, which
+// redelivers from the last commit, check before that record lands. The
+// event then has two numbers; the index keeps the first, and both are
+// served (README "The guarantee the numbers give" says so to clients, who
+// drop the second by source and id).
 //
-// Concurrency: mu guards every field below it; appendMu serialises Append.
+// # Acknowledgement and retention
+//
+// A read that asks for the entries after N tells the hub the recipient
+// holds 1..N: Acknowledge commits offset N for the feed's consumer group
+// (topic.FeedGroup; no consumer joins it), durably and for every process.
+// The retention sweep (hub/retention) deletes the records below that
+// committed offset once the window has passed, as it does for an outbox
+// below its deliverers' commits; unacknowledged records are never deleted.
+// Deletion raises the partition's start offset: every process learns it
+// within StartRefresh (or at once, from Refresh or a fetch that finds the
+// records gone), and from then Oldest is the new start and a read from
+// before it is Gone.
+//
+// Concurrency: mu guards every field below it; appendMu serialises Append;
+// ackMu serialises Acknowledge and guards acked.
 package feedlog
 
 import (
@@ -45,7 +68,9 @@ import (
 	"time"
 
 	"github.com/carehub/carehub/connectors/connector"
+	"github.com/carehub/carehub/hub/topic"
 	"github.com/carehub/carehub/internal/logging"
+	"github.com/carehub/carehub/schemas/event"
 	"github.com/carehub/carehub/schemas/problem"
 	"github.com/segmentio/kafka-go"
 	"go.uber.org/zap"
@@ -62,6 +87,10 @@ const (
 	headerDecision = "carehub_decision"
 )
 
+// StartRefresh is how often each process asks the broker for the feed's
+// start offset, to learn of records deleted by retention.
+const StartRefresh = 30 * time.Second
+
 // CacheEntries is how many of the latest entries each process keeps in
 // memory; older ones are read from the broker.
 const CacheEntries = 4096
@@ -74,13 +103,16 @@ type Log struct {
 
 	appendMu sync.Mutex
 
+	ackMu sync.Mutex
+	acked int64 // the highest acknowledgement known to be committed
+
 	mu      sync.Mutex
 	client  *kafka.Client
 	brokers []string
-	loaded  chan struct{} // closed once the tailer has caught up with the end seen at start
-	next    int64         // the offset the tailer reads next: the latest number
-	first   int64         // the partition's start offset when loaded: Oldest is first+1
-	ids     map[string]int64
+	loaded  chan struct{}         // closed once the tailer has caught up with the end seen at start
+	next    int64                 // the offset the tailer reads next: the latest number
+	first   int64                 // the partition's start offset as last seen: Oldest is first+1
+	ids     map[string]int64      // number by event.Identity(source, id)
 	cache   []connector.FeedEntry // the latest entries, consecutive numbers
 	changed chan struct{}         // closed and replaced whenever next grows
 	done    chan struct{}         // closed by Drain
@@ -110,8 +142,104 @@ func (l *Log) Start(brokers []string) {
 	ctx, cancel := context.WithCancel(context.Background())
 	l.cancel = cancel
 	l.mu.Unlock()
-	l.wg.Add(1)
+	l.wg.Add(2)
 	go l.tail(ctx)
+	go l.refreshEvery(ctx, StartRefresh)
+}
+
+func (l *Log) refreshEvery(ctx context.Context, d time.Duration) {
+	defer l.wg.Done()
+	t := time.NewTicker(d)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := l.Refresh(ctx); err != nil && ctx.Err() == nil {
+				l.log.Warn("reading the feed's start", logging.Err(err))
+			}
+		}
+	}
+}
+
+// Refresh asks the broker for the feed's start offset now: records deleted
+// by retention are dropped from the cache, Oldest moves past them, and a
+// read from before it is Gone.
+func (l *Log) Refresh(ctx context.Context) error {
+	l.mu.Lock()
+	client := l.client
+	l.mu.Unlock()
+	if client == nil {
+		return problem.New(problem.Unavailable, "the feed has not started")
+	}
+	first, _, err := l.offsets(ctx)
+	if err != nil {
+		return problem.Wrap(problem.Unavailable, "reading the feed's start", errors.New(logging.Class(err)))
+	}
+	l.trimTo(first)
+	return nil
+}
+
+// trimTo records that the partition starts at offset first.
+func (l *Log) trimTo(first int64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if first <= l.first {
+		return
+	}
+	l.first = first
+	if len(l.cache) > 0 {
+		drop := min(max(first+1-l.cache[0].Number, 0), int64(len(l.cache)))
+		l.cache = append([]connector.FeedEntry(nil), l.cache[drop:]...)
+	}
+}
+
+// Acknowledge implements connector.Feed: it commits offset n (the first
+// entry the recipient does not hold is number n+1, at offset n) for the
+// feed's group, unless a commit as high is there already. A number beyond
+// the latest is taken as the latest.
+func (l *Log) Acknowledge(ctx context.Context, n int64) error {
+	if err := l.ready(ctx); err != nil {
+		return err
+	}
+	l.mu.Lock()
+	n = min(n, l.next)
+	client := l.client
+	l.mu.Unlock()
+	l.ackMu.Lock()
+	defer l.ackMu.Unlock()
+	if n <= l.acked {
+		return nil
+	}
+	group := topic.FeedGroup(l.recipient)
+	got, err := client.OffsetFetch(ctx, &kafka.OffsetFetchRequest{GroupID: group, Topics: map[string][]int{l.topic: {0}}})
+	if err == nil && got.Error != nil && !errors.Is(got.Error, kafka.GroupIdNotFound) { // not found: nothing acknowledged yet
+		err = got.Error
+	}
+	if err != nil {
+		return problem.Wrap(problem.Unavailable, "reading the feed's acknowledgement", errors.New(logging.Class(err)))
+	}
+	for _, p := range got.Topics[l.topic] {
+		if p.Partition == 0 && p.Error == nil && p.CommittedOffset >= n {
+			l.acked = p.CommittedOffset
+			return nil
+		}
+	}
+	res, err := client.OffsetCommit(ctx, &kafka.OffsetCommitRequest{GroupID: group, GenerationID: -1,
+		Topics: map[string][]kafka.OffsetCommit{l.topic: {{Partition: 0, Offset: n}}}})
+	if err == nil {
+		for _, p := range res.Topics[l.topic] {
+			if p.Error != nil {
+				err = p.Error
+			}
+		}
+	}
+	if err != nil {
+		return problem.Wrap(problem.Unavailable, "recording the feed's acknowledgement", errors.New(logging.Class(err)))
+	}
+	l.acked = n
+	return nil
 }
 
 // WaitLoaded returns once the feed has read everything its topic held when
@@ -260,8 +388,9 @@ func (l *Log) apply(m kafka.Message, loadedAt int64) {
 		l.cache = nil
 	}
 	if e.Delivery.EventID != "" {
-		if _, dup := l.ids[e.Delivery.EventID]; !dup {
-			l.ids[e.Delivery.EventID] = e.Number
+		k := event.Identity(e.Delivery.EventSource, e.Delivery.EventID)
+		if _, dup := l.ids[k]; !dup {
+			l.ids[k] = e.Number
 		}
 	}
 	l.cache = append(l.cache, e)
@@ -325,7 +454,7 @@ func (l *Log) Append(ctx context.Context, d connector.Delivery) (int64, error) {
 		return 0, err
 	}
 	l.mu.Lock()
-	n, dup := l.ids[d.EventID]
+	n, dup := l.ids[event.Identity(d.EventSource, d.EventID)]
 	l.mu.Unlock()
 	if dup {
 		return n, nil
@@ -405,7 +534,8 @@ func (l *Log) fetch(ctx context.Context, after, n int64) ([]connector.FeedEntry,
 		m, err := r.FetchMessage(ctx)
 		if err != nil {
 			if errors.Is(err, kafka.OffsetOutOfRange) {
-				return nil, problem.New(problem.Gone, "those events are no longer kept")
+				_ = l.Refresh(ctx)
+				return nil, problem.New(problem.Gone, "those events are no longer kept; ask the feed's status for the oldest available")
 			}
 			return nil, problem.Wrap(problem.Unavailable, "reading the feed", errors.New(logging.Class(err)))
 		}
@@ -413,7 +543,8 @@ func (l *Log) fetch(ctx context.Context, after, n int64) ([]connector.FeedEntry,
 			continue
 		}
 		if m.Offset != after+int64(len(out)) {
-			return nil, problem.New(problem.Gone, "some of those events are no longer kept")
+			_ = l.Refresh(ctx)
+			return nil, problem.New(problem.Gone, "some of those events are no longer kept; ask the feed's status for the oldest available")
 		}
 		out = append(out, l.entry(m))
 	}

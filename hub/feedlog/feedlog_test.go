@@ -2,6 +2,7 @@ package feedlog_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"testing"
@@ -11,7 +12,9 @@ import (
 	"github.com/carehub/carehub/hub/broker"
 	"github.com/carehub/carehub/hub/broker/brokertest"
 	"github.com/carehub/carehub/hub/feedlog"
+	"github.com/carehub/carehub/hub/topic"
 	"github.com/carehub/carehub/schemas/problem"
+	"github.com/segmentio/kafka-go"
 	"go.uber.org/zap"
 )
 
@@ -152,5 +155,145 @@ func TestReadBeforeLoadIsUnavailable(t *testing.T) {
 	defer cancel()
 	if _, err := l.Read(ctx, 0, 1); problem.KindOf(err) != problem.Unavailable {
 		t.Errorf("Read before start: got %v, want Unavailable", err)
+	}
+}
+
+// TestSameIDFromTwoSourcesIsTwoEntries pins a data loss found in the audit
+// of issue 10: the feed de-duplicated on the event id alone, so a VM123
+// care plan and an RX1 admission that both had id 0001 became one entry and
+// the second was never served. An event is (source, id): both are entries,
+// each with its source, and each is still appended once.
+func TestSameIDFromTwoSourcesIsTwoEntries(t *testing.T) {
+	brokers := startBroker(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	l := open(t, brokers)
+	carePlan := connector.Delivery{EventID: "0001", EventSource: "VM123", EventType: "org.carehub.careplan.v1", Recipient: "B82005",
+		PatientRef: "p1_x", Body: []byte(`{"id":"0001","source":"VM123"}`)}
+	admission := connector.Delivery{EventID: "0001", EventSource: "RX1", EventType: "org.carehub.admission.v1", Recipient: "B82005",
+		PatientRef: "p1_x", Body: []byte(`{"id":"0001","source":"RX1"}`)}
+	for _, c := range []struct {
+		d    connector.Delivery
+		want int64
+	}{{carePlan, 1}, {admission, 2}, {carePlan, 1}, {admission, 2}} {
+		if got, err := l.Append(ctx, c.d); err != nil || got != c.want {
+			t.Errorf("Append(%s, %s): got %d, %v; want %d", c.d.EventSource, c.d.EventID, got, err, c.want)
+		}
+	}
+	l.Close()
+	l2 := open(t, brokers) // another process, or this one restarted: the index is rebuilt from the topic
+	defer l2.Close()
+	if got, err := l2.Append(ctx, admission); err != nil || got != 2 {
+		t.Errorf("after a restart, Append(RX1, 0001): got %d, %v; want 2", got, err)
+	}
+	page, err := l2.Read(ctx, 0, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, e := range page.Entries {
+		got = append(got, fmt.Sprintf("%d %s %s", e.Number, e.Delivery.EventSource, e.Delivery.EventID))
+	}
+	if want := []string{"1 VM123 0001", "2 RX1 0001"}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("entries:\n\tgot  %q\n\twant %q", got, want)
+	}
+}
+
+// TestAcknowledgeIsDurableAndNeverGoesBack: an acknowledgement is the
+// feed group's committed offset, seen by every process; a lower one (a
+// reader that re-reads from further back) leaves it, and one beyond the
+// latest is taken as the latest.
+func TestAcknowledgeIsDurableAndNeverGoesBack(t *testing.T) {
+	brokers := startBroker(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	l := open(t, brokers)
+	defer l.Close()
+	for i := 1; i <= 5; i++ {
+		if _, err := l.Append(ctx, delivery(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	other := open(t, brokers)
+	defer other.Close()
+	committed := func() int64 {
+		t.Helper()
+		got, err := broker.Committed(ctx, brokers, topic.FeedGroup("B82005"), "carehub.feed.b82005", []int{0})
+		if errors.Is(err, kafka.GroupIdNotFound) {
+			return -1
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, ok := got[0]
+		if !ok {
+			return -1
+		}
+		return c
+	}
+	if c := committed(); c != -1 {
+		t.Fatalf("before any acknowledgement: committed %d, want none", c)
+	}
+	for _, c := range []struct {
+		by   *feedlog.Log
+		n    int64
+		want int64
+	}{{l, 3, 3}, {other, 2, 3}, {l, 1, 3}, {other, 4, 4}, {l, 99, 5}} {
+		if err := c.by.Acknowledge(ctx, c.n); err != nil {
+			t.Fatal(err)
+		}
+		if got := committed(); got != c.want {
+			t.Errorf("Acknowledge(%d): committed %d, want %d", c.n, got, c.want)
+		}
+	}
+}
+
+// TestDeletedRecordsMoveOldestAndAreGone: once records are deleted (as
+// the retention sweep does), Oldest is the first kept, a read from before it
+// is refused with Gone (never silently skipped), and a read from it goes on.
+// A process that starts after the deletion sees the same.
+func TestDeletedRecordsMoveOldestAndAreGone(t *testing.T) {
+	brokers := startBroker(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	l := open(t, brokers)
+	defer l.Close()
+	for i := 1; i <= 5; i++ {
+		if _, err := l.Append(ctx, delivery(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := broker.DeleteRecords(ctx, brokers, "carehub.feed.b82005", broker.PartitionOffsets{0: 3}); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	later := open(t, brokers)
+	defer later.Close()
+	for _, c := range []struct {
+		name string
+		f    *feedlog.Log
+	}{{"running", l}, {"started after", later}} {
+		name, f := c.name, c.f
+		for _, after := range []int64{0, 2} {
+			page, err := f.Read(ctx, after, 10)
+			if problem.KindOf(err) != problem.Gone {
+				t.Errorf("%s: Read(%d): got %d entries, %v; want Gone", name, after, len(page.Entries), err)
+			}
+			if page.Oldest != 4 || page.Latest != 5 {
+				t.Errorf("%s: Read(%d): oldest %d latest %d, want 4, 5", name, after, page.Oldest, page.Latest)
+			}
+		}
+		page, err := f.Read(ctx, 3, 10)
+		if err != nil || len(page.Entries) != 2 || page.Entries[0].Number != 4 || page.Oldest != 4 {
+			t.Errorf("%s: Read(3): got %+v, %v; want 4 and 5, oldest 4", name, page, err)
+		}
+	}
+	if n, err := later.Append(ctx, delivery(6)); err != nil || n != 6 {
+		t.Errorf("Append after the deletion: got %d, %v; want 6", n, err)
+	}
+	if n, err := l.Append(ctx, delivery(5)); err != nil || n != 5 {
+		t.Errorf("Append of a kept event again after the deletion: got %d, %v; want 5", n, err)
 	}
 }

@@ -5,6 +5,10 @@
 //     recipient's deliverers had committed at least OutboxWindow ago: a copy
 //     is removed once it was delivered (or withheld, or dead-lettered) and
 //     the window has passed since;
+//   - from each pull recipient's feed (carehub.feed.<ods>), the entries the
+//     recipient had acknowledged at least OutboxWindow ago (a read after N
+//     acknowledges 1..N: the feed group's committed offset, topic.FeedGroup);
+//     an entry it has not acknowledged is kept however old;
 //   - from carehub.dlq, dead letters resolved (replayed or dismissed) at
 //     least DeadLetterWindow ago, with their resolutions; an unresolved
 //     dead letter keeps itself and every later record of its partition;
@@ -27,6 +31,7 @@ package retention
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"time"
 
@@ -35,6 +40,7 @@ import (
 	"github.com/carehub/carehub/hub/held"
 	"github.com/carehub/carehub/hub/topic"
 	"github.com/carehub/carehub/internal/logging"
+	"github.com/segmentio/kafka-go"
 	"go.uber.org/zap"
 )
 
@@ -44,7 +50,11 @@ type Config struct {
 	Recipients []string // ODS codes
 	// Live, when set, gives the recipients at each sweep instead (the
 	// recipient directory's).
-	Live             func() []string
+	Live func() []string
+	// Feeds gives the pull recipients whose feeds are swept, at each sweep;
+	// Trimmed, when set, is told of each feed records were removed from.
+	Feeds            func() []string
+	Trimmed          func(recipient string)
 	OutboxWindow     time.Duration
 	DeadLetterWindow time.Duration
 	HeldWindow       time.Duration
@@ -61,7 +71,7 @@ type Config struct {
 type Sweeper struct {
 	cfg  Config
 	mu   sync.Mutex
-	seen map[string][]snapshot // committed offsets seen, by recipient, oldest first
+	seen map[string][]snapshot // committed offsets seen, by topic, oldest first
 }
 
 type snapshot struct {
@@ -81,6 +91,8 @@ func New(cfg Config) *Sweeper {
 type Report struct {
 	// Outbox is how many copies were removed, by recipient.
 	Outbox map[string]int64
+	// Feeds is how many feed entries were removed, by recipient.
+	Feeds map[string]int64
 	// DeadLetters is how many dead-letter records were removed.
 	DeadLetters int64
 	// Held is how many records of carehub.held were removed.
@@ -107,7 +119,7 @@ func (s *Sweeper) Run(ctx context.Context) {
 
 // Sweep runs the removals once.
 func (s *Sweeper) Sweep(ctx context.Context) (Report, error) {
-	rep := Report{Outbox: map[string]int64{}}
+	rep := Report{Outbox: map[string]int64{}, Feeds: map[string]int64{}}
 	now := s.cfg.Now()
 	var firstErr error
 	keep := func(err error) {
@@ -120,10 +132,22 @@ func (s *Sweeper) Sweep(ctx context.Context) (Report, error) {
 		recipients = s.cfg.Live()
 	}
 	for _, r := range recipients {
-		n, err := s.sweepOutbox(ctx, r, now)
+		n, err := s.sweepCommitted(ctx, topic.Outbox(r), topic.DeliverGroup(r), now)
 		keep(err)
 		if n > 0 {
 			rep.Outbox[r] = n
+		}
+	}
+	if s.cfg.Feeds != nil {
+		for _, r := range s.cfg.Feeds() {
+			n, err := s.sweepCommitted(ctx, topic.Feed(r), topic.FeedGroup(r), now)
+			keep(err)
+			if n > 0 {
+				rep.Feeds[r] = n
+				if s.cfg.Trimmed != nil {
+					s.cfg.Trimmed(r)
+				}
+			}
 		}
 	}
 	n, err := s.sweepDeadLetters(ctx, now)
@@ -137,8 +161,8 @@ func (s *Sweeper) Sweep(ctx context.Context) (Report, error) {
 		keep(err)
 		rep.Patients = p
 	}
-	if total := sum(rep.Outbox); total > 0 || rep.DeadLetters > 0 || rep.Held > 0 || rep.Patients > 0 {
-		s.cfg.Log.Info("retention sweep", zap.Int64("outbox_records", total), zap.Int64("dead_letter_records", rep.DeadLetters),
+	if total, feeds := sum(rep.Outbox), sum(rep.Feeds); total > 0 || feeds > 0 || rep.DeadLetters > 0 || rep.Held > 0 || rep.Patients > 0 {
+		s.cfg.Log.Info("retention sweep", zap.Int64("outbox_records", total), zap.Int64("feed_records", feeds), zap.Int64("dead_letter_records", rep.DeadLetters),
 			zap.Int64("held_records", rep.Held), zap.Int("patient_index_records", rep.Patients))
 	}
 	return rep, firstErr
@@ -152,10 +176,11 @@ func sum(m map[string]int64) int64 {
 	return n
 }
 
-// sweepOutbox removes a recipient's copies below the offsets its
-// deliverers had committed at least the window ago.
-func (s *Sweeper) sweepOutbox(ctx context.Context, recipient string, now time.Time) (int64, error) {
-	t := topic.Outbox(recipient)
+// sweepCommitted removes the records of t (a recipient's outbox, or its
+// feed) below the offsets group had committed at least the window ago. A
+// group that has committed nothing (a feed never acknowledged) keeps
+// everything.
+func (s *Sweeper) sweepCommitted(ctx context.Context, t, group string, now time.Time) (int64, error) {
 	first, end, err := broker.Offsets(ctx, s.cfg.Brokers, t)
 	if err != nil {
 		return 0, err
@@ -164,12 +189,15 @@ func (s *Sweeper) sweepOutbox(ctx context.Context, recipient string, now time.Ti
 	for p := range end {
 		parts = append(parts, p)
 	}
-	committed, err := broker.Committed(ctx, s.cfg.Brokers, topic.DeliverGroup(recipient), t, parts)
+	committed, err := broker.Committed(ctx, s.cfg.Brokers, group, t, parts)
+	if errors.Is(err, kafka.GroupIdNotFound) {
+		committed, err = broker.PartitionOffsets{}, nil
+	}
 	if err != nil {
 		return 0, err
 	}
 	s.mu.Lock()
-	hist := append(s.seen[recipient], snapshot{at: now, committed: committed})
+	hist := append(s.seen[t], snapshot{at: now, committed: committed})
 	// The newest snapshot at least a window old decides; older ones are
 	// no longer needed.
 	var decide broker.PartitionOffsets
@@ -179,7 +207,7 @@ func (s *Sweeper) sweepOutbox(ctx context.Context, recipient string, now time.Ti
 			decide, cut = sn.committed, i
 		}
 	}
-	s.seen[recipient] = hist[cut:]
+	s.seen[t] = hist[cut:]
 	s.mu.Unlock()
 	below := broker.PartitionOffsets{}
 	var n int64

@@ -9,14 +9,17 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/carehub/carehub/connectors/connector"
 	"github.com/carehub/carehub/consent"
 	"github.com/carehub/carehub/hub/audit"
 	"github.com/carehub/carehub/hub/broker"
 	"github.com/carehub/carehub/hub/broker/brokertest"
 	"github.com/carehub/carehub/hub/deadletter"
+	"github.com/carehub/carehub/hub/feedlog"
 	"github.com/carehub/carehub/hub/held"
 	"github.com/carehub/carehub/hub/route"
 	"github.com/carehub/carehub/hub/topic"
+	"github.com/carehub/carehub/schemas/problem"
 	"github.com/segmentio/kafka-go"
 	"go.uber.org/zap/zaptest"
 )
@@ -243,5 +246,85 @@ func TestHeldMessagesAreDeletedOnceClosedAndTheWindowPassed(t *testing.T) {
 	}
 	if got := firstOffset(t, brokers, topic.Held); got != 2 {
 		t.Errorf("log start %d, want 2: the open message stays, with what follows it", got)
+	}
+}
+
+// TestFeedEntriesAreDeletedOnceAcknowledgedAndTheWindowPassed pins finding
+// 6 of issue 11 for feeds: carehub.feed.<ods> kept full identifiable copies
+// for ever. On the embedded broker, entries the recipient acknowledged (a
+// read after N) are deleted once the window has passed since the
+// acknowledgement was seen; entries it never acknowledged are kept however
+// old; the feed's Oldest moves and a read from before it is Gone.
+func TestFeedEntriesAreDeletedOnceAcknowledgedAndTheWindowPassed(t *testing.T) {
+	brokers := brokertest.Start(t, append(topic.Specs(1, 1, []string{"B82005"}, topic.Retention{}),
+		topic.FeedSpecs(1, []string{"B82005"})...)...)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	fl := feedlog.New("B82005", topic.Feed("B82005"), zaptest.NewLogger(t))
+	fl.Start(brokers)
+	defer fl.Close()
+	if err := fl.WaitLoaded(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i <= 10; i++ {
+		d := connector.Delivery{EventID: "ev-" + strconv.Itoa(i), EventSource: "RX1", Recipient: "B82005", PatientRef: "p1_x", Body: []byte(`{}`)}
+		if _, err := fl.Append(ctx, d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	now := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
+	var trimmed []string
+	s := New(Config{Brokers: brokers, Recipients: []string{"B82005"}, Feeds: func() []string { return []string{"B82005"} },
+		Trimmed: func(r string) {
+			trimmed = append(trimmed, r)
+			if err := fl.Refresh(ctx); err != nil {
+				t.Error(err)
+			}
+		},
+		OutboxWindow: time.Hour, DeadLetterWindow: time.Hour, HeldWindow: time.Hour,
+		Log: zaptest.NewLogger(t), Now: func() time.Time { return now }})
+	feedStart := func() int64 { return firstOffset(t, brokers, topic.Feed("B82005")) }
+	sweep := func(after time.Duration, want int64) {
+		t.Helper()
+		now = now.Add(after)
+		rep, err := s.Sweep(ctx)
+		if err != nil || rep.Feeds["B82005"] != want {
+			t.Fatalf("sweep at %v: %+v %v, want %d feed entries removed", now, rep, err, want)
+		}
+	}
+
+	sweep(0, 0)              // nothing acknowledged
+	sweep(1000*time.Hour, 0) // nothing acknowledged, however old
+	if err := fl.Acknowledge(ctx, 6); err != nil {
+		t.Fatal(err)
+	}
+	sweep(0, 0) // acknowledged, but not yet a window ago
+	if got := feedStart(); got != 0 {
+		t.Fatalf("feed start inside the window: %d, want 0", got)
+	}
+	if err := fl.Acknowledge(ctx, 8); err != nil {
+		t.Fatal(err)
+	}
+	sweep(time.Hour, 6) // 6 was acknowledged a window ago; 8 was not yet
+	if got := feedStart(); got != 6 {
+		t.Errorf("feed start: %d, want 6", got)
+	}
+	if len(trimmed) != 1 || trimmed[0] != "B82005" {
+		t.Errorf("Trimmed was told %v, want [B82005]", trimmed)
+	}
+	page, err := fl.Read(ctx, 0, 10)
+	if problem.KindOf(err) != problem.Gone || page.Oldest != 7 || page.Latest != 10 {
+		t.Errorf("Read(0) after the sweep: oldest %d latest %d, %v; want 7, 10, Gone", page.Oldest, page.Latest, err)
+	}
+	if page, err := fl.Read(ctx, 6, 10); err != nil || len(page.Entries) != 4 || page.Entries[0].Number != 7 {
+		t.Errorf("Read(6) after the sweep: %d entries, %v; want 7 to 10", len(page.Entries), err)
+	}
+	sweep(time.Hour, 2)       // 8 a window ago
+	sweep(10000*time.Hour, 0) // 9 and 10 were never acknowledged: kept
+	if got := feedStart(); got != 8 {
+		t.Errorf("feed start after every sweep: %d, want 8 (9 and 10 unacknowledged)", got)
+	}
+	if page, err := fl.Read(ctx, 8, 10); err != nil || len(page.Entries) != 2 || page.Oldest != 9 {
+		t.Errorf("Read(8): %+v, %v; want 9 and 10, oldest 9", page, err)
 	}
 }

@@ -48,6 +48,7 @@ const (
 const (
 	GroupRouter        = "carehub-router"
 	groupDeliverPrefix = "carehub-deliver-"
+	groupFeedPrefix    = "carehub-feed-"
 )
 
 // Outbox is the topic holding one recipient's consented copies, in order.
@@ -58,7 +59,10 @@ func Outbox(ods string) string { return outboxPrefix + strings.ToLower(ods) }
 func Feed(ods string) string { return feedPrefix + strings.ToLower(ods) }
 
 // FeedSpecs returns the feed topics of the pull recipients: one partition
-// each (the numbers are one partition's offsets), kept forever.
+// each (the numbers are one partition's offsets), with no time retention:
+// records are removed by the retention sweep (hub/retention) once the
+// recipient has acknowledged them (FeedGroup) and the outbox window has
+// passed, never because of their age alone.
 func FeedSpecs(replication int, recipients []string) []broker.TopicSpec {
 	var specs []broker.TopicSpec
 	for _, r := range recipients {
@@ -67,6 +71,12 @@ func FeedSpecs(replication int, recipients []string) []broker.TopicSpec {
 	}
 	return specs
 }
+
+// FeedGroup is the consumer group whose committed offset on a pull
+// recipient's feed topic is the recipient's acknowledgement: offset N means
+// it holds every entry numbered up to N (hub/feedlog Log.Acknowledge). No
+// consumer joins it; only commits are made in it.
+func FeedGroup(ods string) string { return groupFeedPrefix + strings.ToLower(ods) }
 
 // DeliverGroup is the consumer group of one recipient's deliverers.
 func DeliverGroup(ods string) string { return groupDeliverPrefix + strings.ToLower(ods) }
