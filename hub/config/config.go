@@ -90,8 +90,9 @@ type Retention struct {
 	// Audit: carehub.audit (retention.ms). Default 8y.
 	Audit Duration `yaml:"audit"`
 	// OutboxWindow: a copy is removed from its outbox once every
-	// deliverer of the recipient has committed past it and this long has
-	// passed since. Default 7d.
+	// deliverer of the recipient has committed past it, and an entry from
+	// a pull recipient's feed once the recipient has acknowledged it (read
+	// with a later after=), and this long has passed since. Default 7d.
 	OutboxWindow Duration `yaml:"outboxWindow"`
 	// DeadLetterWindow: a dead letter is removed this long after it was
 	// resolved (replayed or dismissed). Default 30d.
