@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/carehub/carehub/hub/audit"
+	"github.com/carehub/carehub/hub/consentstore"
 	"github.com/segmentio/kafka-go"
 )
 
@@ -68,7 +69,10 @@ type ConsentChange struct {
 	Before  *audit.ConsentState `json:"before,omitempty"`
 	After   *audit.ConsentState `json:"after,omitempty"`
 	// Outcome is "conflict" for a change that lost to another made at the
-	// same time (it did not take effect).
+	// same time, and "not-applied" for a change recorded but never written
+	// (its write failed, or the hub stopped first): neither took effect.
+	// A change being made at the moment of the report may show
+	// "not-applied" until it completes.
 	Outcome string `json:"outcome,omitempty"`
 }
 
@@ -275,4 +279,20 @@ func Histories(recs []audit.Record) History {
 		}
 	}
 	return h
+}
+
+// markNotApplied marks the consent changes of h (made by Histories from
+// recs) that applied (consentstore.Applied of recs) says did not take
+// effect.
+func markNotApplied(h *History, recs []audit.Record, applied []bool) {
+	k := 0
+	for i, rec := range recs {
+		if rec.Kind != audit.KindConsentChange {
+			continue
+		}
+		if !applied[i] && h.ConsentChanges[k].Outcome == "" {
+			h.ConsentChanges[k].Outcome = consentstore.NotApplied
+		}
+		k++
+	}
 }
