@@ -145,3 +145,40 @@ func TestHL7ExamplesDecideAsWritten(t *testing.T) {
 		}
 	}
 }
+
+// TestNotTimeAsMeant: what HL7's notTime narrative asks (withhold the
+// patient's events of January 2015), written in R4 as a nested deny
+// provision with the period, as its STU3 version wrote it, is a
+// confidential directive for that period.
+func TestNotTimeAsMeant(t *testing.T) {
+	raw, err := os.ReadFile("testdata/fhir/in/hl7-example-notTime.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The provision is notTime's last element: replace it.
+	meant := string(raw)
+	i := strings.Index(meant, `"provision": {`)
+	if i < 0 {
+		t.Fatal("no provision in notTime")
+	}
+	meant = meant[:i] + `"provision": {"provision": [{"type": "deny", "period": {"start": "2015-01-01", "end": "2015-02-01"}}]}` + "\n}\n"
+	ds, err := consent.ConsentFromFHIR([]byte(meant), patientA)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, problem.OperationOutcome(err))
+	}
+	if len(ds) != 1 || ds[0].Kind != consent.KindConfidential || ds[0].Period.Start == nil || ds[0].Period.End == nil {
+		t.Fatalf("got %+v, want one confidential directive with the period", ds)
+	}
+	p := &consent.Policy{}
+	in, out := ev(), ev()
+	in.Time = time.Date(2015, 1, 15, 10, 0, 0, 0, time.UTC)
+	for _, c := range []struct {
+		e    consent.Event
+		want consent.Effect
+	}{{in, consent.Deny}, {out, consent.Permit}} {
+		got, err := p.Decide(context.Background(), req(c.e, hosp, consent.RoleHospital, consent.BasisCareRelationship, ds...))
+		if err != nil || got.Effect != c.want {
+			t.Errorf("an event at %s: got %+v %v, want %s", c.e.Time.Format(time.DateOnly), got, err, c.want)
+		}
+	}
+}
