@@ -34,7 +34,12 @@ type Disclosure struct {
 	// DirectiveVersions are the versions of the patient's directives that
 	// decided (of each number, for a merged patient).
 	DirectiveVersions []audit.DirectiveVersion `json:"directiveVersions,omitempty"`
-	DecidedAt         time.Time                `json:"decidedAt"`
+	// RoutedDirectiveVersions are, for a copy withheld at delivery, the
+	// versions that routed it (DirectiveVersions then names those that
+	// withheld it): a change of directives between the two shows as a
+	// newer version here than there.
+	RoutedDirectiveVersions []audit.DirectiveVersion `json:"routedDirectiveVersions,omitempty"`
+	DecidedAt               time.Time                `json:"decidedAt"`
 	// Outcome: delivered, withheld (by the re-check at the moment of
 	// delivery), dead-lettered; sending while the copy is being handed
 	// over (or when the hub stopped before it could record the outcome:
@@ -264,6 +269,9 @@ func Histories(recs []audit.Record) History {
 					d.Directive = r.Directive
 				}
 				if len(r.DirectiveVersions) > 0 {
+					if d.RoutedDirectiveVersions == nil {
+						d.RoutedDirectiveVersions = d.DirectiveVersions
+					}
 					d.DirectiveVersions = r.DirectiveVersions
 				}
 			}

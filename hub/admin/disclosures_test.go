@@ -151,3 +151,32 @@ func TestReportMarksConsentChangesNotApplied(t *testing.T) {
 		t.Errorf("consent changes (-want +got):\n%s", diff)
 	}
 }
+
+// TestReportKeepsBothDirectiveVersions: a copy routed under version 1 and
+// withheld at delivery under version 2 shows both (issue 11: audit records
+// say which directive version decided).
+func TestReportKeepsBothDirectiveVersions(t *testing.T) {
+	v := func(n int64) []audit.DirectiveVersion { return []audit.DirectiveVersion{{Patient: "p1", Version: n}} }
+	recs := []audit.Record{
+		{Kind: audit.KindDecision, Patient: "p1", Publisher: "RX1", EventID: "e1", Recipient: "VM123", Effect: "permit", Rule: "relationship-confirmed", DirectiveVersions: v(1)},
+		{Kind: audit.KindDecision, Patient: "p1", Publisher: "RX1", EventID: "e1", Recipient: "A81001", Effect: "permit", Rule: "relationship-confirmed", DirectiveVersions: v(1)},
+		{Kind: audit.KindDelivery, Patient: "p1", Publisher: "RX1", EventID: "e1", Recipient: "VM123", Outcome: audit.Withheld, Rule: "directive:deny-organisation", Directive: "no-home", DirectiveVersions: v(2)},
+		{Kind: audit.KindDelivery, Patient: "p1", Publisher: "RX1", EventID: "e1", Recipient: "A81001", Outcome: audit.Delivered, DirectiveVersions: v(2)},
+	}
+	got := Report(recs)
+	type line struct {
+		Recipient, Outcome string
+		Versions, Routed   []audit.DirectiveVersion
+	}
+	var lines []line
+	for _, d := range got {
+		lines = append(lines, line{d.Recipient, d.Outcome, d.DirectiveVersions, d.RoutedDirectiveVersions})
+	}
+	want := []line{
+		{"VM123", "withheld", v(2), v(1)},
+		{"A81001", "delivered", v(1), nil},
+	}
+	if diff := cmp.Diff(want, lines); diff != "" {
+		t.Errorf("Report (-want +got):\n%s", diff)
+	}
+}
