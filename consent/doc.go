@@ -204,8 +204,19 @@
 //     server's id, a contained resource, another resource type) is refused.
 //     A provision naming several organisations is one directive per
 //     organisation (ids <id>.<ODS code> when the provision has an id).
-//   - action: consentaction access or disclose (sharing events with the
-//     recipient is all carehub controls); any other action is refused.
+//   - action: the consentaction codes. carehub controls one action,
+//     sharing events with a recipient, which access and disclose name. A
+//     deny that names access or disclose is a deny of sharing whatever else
+//     it names (collect, use, correct, as HL7's notOrg example does): a
+//     recipient sent nothing can collect, use or correct nothing, and
+//     denying more can only make carehub share less. A permit grants
+//     sharing only through access or disclose; its other actions grant
+//     nothing carehub does and are left to the systems that hold the
+//     record (reading them as a grant to share would share more than was
+//     given). A provision whose actions are all collect, use or correct is
+//     refused: honouring it would withhold or share what it does not speak
+//     of, and ignoring it would pretend to honour it. A code of another
+//     system is refused.
 //   - securityLabel and class: carehub's sensitivity-category codes; HL7's
 //     sensitivity codes, mapped (v3-ActCode PSY, BH, PSYTHPN mental-health;
 //     SEX, STD sexual-health; SDV safeguarding; GENDER gender-identity; HIV
@@ -224,9 +235,23 @@
 //     the recorded extensions of provisions without them (a date alone is
 //     the start of that day in the UK).
 //
-// Refused, saying why: purpose, code, data, dataPeriod, nested provisions
-// deeper than one level, modifier extensions, implicitRules, a status other
-// than active. A period bound given as a date only is the whole of that day
+// Refused, saying why: purpose (purposes of use: nothing in an event tells
+// one from another), code and data (record types and particular records:
+// directives apply to all of a patient's events), dataPeriod, nested
+// provisions deeper than one level, modifier extensions, implicitRules, a
+// status other than active; actors by role CST or AUT (they select records
+// by who holds or wrote them, not who receives them) or naming a person
+// (carehub delivers to organisations); a class of resource or media types.
+//
+// HL7's R4 examples read so (consent/testdata/fhir): basic, notTime, notOrg
+// and pkb are accepted; notAuthor, Out, Emergency, grantor (custodian
+// actors, purpose of use, a person), notThem, signature (people), notThis
+// (one record) and smartonfhir (a resource type) are refused. notTime is
+// read as its R4 structure says, an opt-in bounded in time (like basic):
+// no directive. Its narrative wants the patient's events of January 2015
+// withheld, which its STU3 version wrote as a deny exception with that
+// period; in R4 that is a nested provision of type deny with the period,
+// which carehub reads as a confidential directive for the period. A period bound given as a date only is the whole of that day
 // in UK time. The evaluation of provision.period against the event's time,
 // not the time of access, is carehub's reading (see Time).
 //

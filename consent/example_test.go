@@ -112,6 +112,6 @@ func ExampleConsentFromFHIR() {
 	ds, err := consent.ConsentFromFHIR(raw, patient)
 	fmt.Println(len(ds), ds[0].Kind, ds[0].Organisation, ds[0].RecordedBy, err)
 	// Output:
-	// {"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"invalid","details":{"coding":[{"system":"https://carehub.dev/fhir/CodeSystem/violation-rule","code":"fhir-unsupported-element"}]},"diagnostics":"carehub cannot honour provision.purpose","expression":["Consent.provision.provision[1].purpose"]}]}
+	// {"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"invalid","details":{"coding":[{"system":"https://carehub.dev/fhir/CodeSystem/violation-rule","code":"fhir-unsupported-element"}]},"diagnostics":"carehub cannot honour provision.purpose: it limits the provision to purposes of use (emergency treatment, say), and carehub shares for direct care with nothing in an event that tells one purpose from another","expression":["Consent.provision.provision[1].purpose"]}]}
 	// 1 deny-organisation RRK X26 <nil>
 }

@@ -212,6 +212,13 @@ type fhirParser struct {
 const maxViolations = 100
 
 func (p *fhirParser) bad(ptr, rule, detail string) {
+	// A root provision read as a provision is checked twice; say each
+	// problem once.
+	for _, v := range p.vs {
+		if v.Pointer == ptr && v.Rule == rule && v.Detail == detail {
+			return
+		}
+	}
 	switch {
 	case len(p.vs) < maxViolations:
 		p.vs = append(p.vs, problem.Violation{Pointer: ptr, Rule: rule, Detail: detail})

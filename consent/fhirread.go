@@ -248,9 +248,12 @@ func (p *fhirParser) consent(raw json.RawMessage, patient nhs.Number) []Directiv
 
 // provisionRefused are the provision elements carehub cannot honour, and why.
 var provisionRefused = map[string]string{
-	"purpose":           "carehub cannot honour provision.purpose",
-	"code":              "carehub cannot honour provision.code",
-	"data":              "carehub cannot honour provision.data",
+	"purpose": "carehub cannot honour provision.purpose: it limits the provision to purposes of use (emergency treatment, say), " +
+		"and carehub shares for direct care with nothing in an event that tells one purpose from another",
+	"code": "carehub cannot honour provision.code: it selects records by their type (a document code, say), " +
+		"and carehub's directives select by recipient, role and sensitivity category, never by record type",
+	"data": "carehub cannot honour provision.data: it names particular records, and carehub's directives apply to " +
+		"all of a patient's events (by recipient, role and sensitivity category), never to one record",
 	"dataPeriod":        "carehub cannot honour provision.dataPeriod: give the period in provision.period, which carehub judges against the event's time",
 	"modifierExtension": "carehub cannot honour modifier extensions",
 }
@@ -470,7 +473,12 @@ func (p *fhirParser) organisation(raw json.RawMessage, ptr, what string) (string
 			return code, true
 		}
 	} else if mm := literalAny.FindStringSubmatch(ref); mm != nil {
-		p.bad(ptr+"/reference", VFHIRValue, what+" must be a reference to an Organization: carehub directives name organisations")
+		detail := what + " must be a reference to an Organization: carehub directives name organisations"
+		if t := mm[1]; t == "Practitioner" || t == "PractitionerRole" || t == "Patient" || t == "RelatedPerson" {
+			detail += "; carehub delivers to organisations and cannot keep a person within one from seeing, " +
+				"nor give a person access to, what the organisation receives"
+		}
+		p.bad(ptr+"/reference", VFHIRValue, detail)
 		return "", false
 	}
 	detail := what + " cannot be identified: carehub resolves no reference to a record it does not hold; " +
@@ -679,9 +687,18 @@ func (p *fhirParser) provision(raw json.RawMessage, ptr string, ctx readCtx, roo
 		locs["/period/end"] = ctx.rootPeriodPtr + "/end"
 	}
 
-	// Action: all carehub does is share events with recipients.
+	// Action: all carehub does is share events with recipients. A deny
+	// that names sharing (access, disclose) among other actions is
+	// honoured by withholding: a recipient that is sent nothing can collect,
+	// use or correct nothing, and denying more can only make carehub share
+	// less. Only access and disclose grant sharing: a permit's other actions
+	// grant nothing carehub does and are left to the systems that hold the
+	// record. A provision whose actions are all outside sharing is refused:
+	// honouring it would withhold (or share) what it does not speak of, and
+	// ignoring it would pretend to honour it.
 	if m["action"] != nil {
 		if acts, ok := p.array(m["action"], ptr+"/action"); ok {
+			sharing, other := false, false
 			for i, a := range acts {
 				aptr := ptr + "/action/" + strconv.Itoa(i)
 				cs, ok := p.codeableConcept(a, aptr)
@@ -689,11 +706,22 @@ func (p *fhirParser) provision(raw json.RawMessage, ptr string, ctx readCtx, roo
 					continue
 				}
 				for j, c := range cs {
-					if c.System != systemAction || (c.Code != "access" && c.Code != "disclose") {
+					switch {
+					case c.System == systemAction && (c.Code == "access" || c.Code == "disclose"):
+						sharing = true
+					case c.System == systemAction && (c.Code == "collect" || c.Code == "use" || c.Code == "correct"):
+						other = true
+					default:
 						p.bad(aptr+"/coding/"+strconv.Itoa(j), VFHIRUnsupported,
-							"carehub controls one action, sharing events with a recipient: consentaction access or disclose")
+							"carehub reads the actions of "+systemAction+" (access, disclose, collect, use, correct); "+
+								"it controls one, sharing events with a recipient (access or disclose)")
 					}
 				}
+			}
+			if other && !sharing {
+				p.bad(ptr+"/action", VFHIRUnsupported, "this provision is about collecting, using or correcting the record, "+
+					"which carehub does not do: it controls sharing events with a recipient (consentaction access or disclose); "+
+					"name access or disclose for carehub to act on it")
 			}
 		}
 	}
@@ -714,8 +742,7 @@ func (p *fhirParser) provision(raw json.RawMessage, ptr string, ctx readCtx, roo
 				} else if cs, ok := p.codeableConcept(am["role"], aptr+"/role"); ok {
 					for j, c := range cs {
 						if c.System != systemParticipant || (c.Code != codeRecipient && c.Code != codePrimary) {
-							p.bad(aptr+"/role/coding/"+strconv.Itoa(j), VFHIRUnsupported,
-								"carehub directives name recipients only: the actor's role must be IRCP or PRCP ("+systemParticipant+")")
+							p.bad(aptr+"/role/coding/"+strconv.Itoa(j), VFHIRUnsupported, actorRoleDetail(c))
 						}
 					}
 				}
@@ -765,6 +792,11 @@ func (p *fhirParser) provision(raw json.RawMessage, ptr string, ctx readCtx, roo
 						d.Categories = append(d.Categories, cat)
 					}
 				}
+			case key == "class" && (c.System == systemResourceTypes || c.System == systemMIME):
+				p.bad(cptr, VFHIRUnsupported, "this class selects records by resource or media type, which carehub cannot apply: "+
+					"it shares events, not resources or documents by type; in class it understands only the document class of "+systemContent+
+					" (share notifications without documents) and the sensitivity codes it maps to its categories")
+				continue
 			default:
 				p.bad(cptr, VFHIRUnsupported, "carehub has no category for this label: it understands "+systemCategory+
 					", the sensitivity codes of v3-ActCode it maps to its categories (PSY, BH, SEX, STD, SDV, GENDER, HIV, ETH, SUD, SPI), "+
@@ -858,6 +890,25 @@ func (p *fhirParser) provision(raw json.RawMessage, ptr string, ctx readCtx, roo
 		return nil
 	}
 	return out
+}
+
+// Code systems of provision.class that select records by type.
+const (
+	systemResourceTypes = "http://hl7.org/fhir/resource-types"
+	systemMIME          = "urn:ietf:bcp:13"
+)
+
+// actorRoleDetail says why an actor's role is refused. The custodian
+// (CST) and author (AUT) roles select records by where they are held or
+// who wrote them (HL7's notAuthor, Out and Emergency examples): carehub's
+// directives select recipients, and its events carry no such restriction
+// it could apply.
+func actorRoleDetail(c fhirCoding) string {
+	if c.System == systemParticipant && (c.Code == "CST" || c.Code == "AUT") {
+		return "this actor's role (" + c.Code + ") selects records by the organisation that holds or wrote them, which carehub cannot apply: " +
+			"its directives say who may receive the patient's events (an actor with role IRCP or PRCP of " + systemParticipant + "), not whose records they are"
+	}
+	return "carehub directives name recipients only: the actor's role must be IRCP or PRCP (" + systemParticipant + ")"
 }
 
 // maps2 returns m with one more entry.

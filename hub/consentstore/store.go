@@ -28,12 +28,20 @@
 // # History
 //
 // The compacted topic keeps only each patient's latest set. Every change
-// is also written, in the same produce, as an audit.KindConsentChange
-// record to carehub.audit (append-only, kept for years): who (the
-// authenticated operator), when, the directives before and after and both
-// versions, keyed by the patient's pseudonym. A change that lost a race
-// between processes is followed by a record of the same kind with Outcome
-// "conflict": it did not take effect.
+// is also recorded as an audit.KindConsentChange record in carehub.audit
+// (append-only, kept for years): who (the authenticated operator), when,
+// the directives before and after and both versions, keyed by the
+// patient's pseudonym. A change that lost a race between processes is
+// followed by a record of the same kind with Outcome "conflict": it did
+// not take effect.
+//
+// The history record is written, and acknowledged, before the change: two
+// topics are two partitions, and no Kafka produce spans them atomically.
+// So a change in force always has its history; the reverse does not hold:
+// a history record whose change was never written (its write failed, or
+// the process stopped between the two) records an attempt. Applied tells
+// the two apart from what later records and the record in force say, and
+// the disclosures report marks the attempts.
 //
 // # Freshness
 //
@@ -82,6 +90,10 @@ type Store struct {
 	last     map[string][]byte // the last record's value in the topic, applied or not
 
 	putMu sync.Mutex
+
+	// write produces records (the table's writer); tests replace it to
+	// inject failures.
+	write func(ctx context.Context, msgs ...kafka.Message) error
 }
 
 // Open starts following topic and returns at once; use WaitLoaded to know
@@ -98,6 +110,7 @@ func Open(brokers []string, topic, auditTopic string, log *zap.Logger) (*Store, 
 		return nil, fmt.Errorf("consentstore: %w", err)
 	}
 	s.t = t
+	s.write = t.Write
 	return s, nil
 }
 
@@ -231,18 +244,24 @@ func (s *Store) Put(ctx context.Context, patient string, ch Change) (consent.Pat
 	hist := audit.Record{Time: next.Updated, Kind: audit.KindConsentChange, Patient: patient, Actor: ch.Actor, Action: ch.Action,
 		Before: &audit.ConsentState{Version: prev.Version, Directives: nonNil(prev.Directives)},
 		After:  &audit.ConsentState{Version: next.Version, Directives: next.Directives}}
-	if err := s.t.Write(ctx,
-		kafka.Message{Key: []byte(patient), Value: b},
-		kafka.Message{Topic: s.auditTopic, Key: []byte(patient), Value: hist.Marshal()},
-	); err != nil {
-		return consent.PatientConsent{}, fmt.Errorf("writing consent directives: %w", err)
+	// History first: a change in force always has its history (see
+	// History in the package documentation).
+	if err := s.write(ctx, kafka.Message{Topic: s.auditTopic, Key: []byte(patient), Value: hist.Marshal()}); err != nil {
+		return consent.PatientConsent{}, fmt.Errorf("recording the consent change: %w", err)
+	}
+	if err := s.write(ctx, kafka.Message{Key: []byte(patient), Value: b}); err != nil {
+		// The write may have landed all the same (an answer lost): if the
+		// change is in force, it succeeded.
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer cancel()
+		if s.Sync(sctx) != nil || !s.inForce(patient, b) {
+			return consent.PatientConsent{}, fmt.Errorf("writing consent directives: %w", err)
+		}
 	}
 	if err := s.Sync(ctx); err != nil {
 		return consent.PatientConsent{}, err
 	}
-	s.mu.Lock()
-	won := bytes.Equal(s.raw[patient], b)
-	s.mu.Unlock()
+	won := s.inForce(patient, b)
 	if !won {
 		// Another process's change to the same version was applied
 		// first: record that this change did not take effect, and keep
@@ -251,7 +270,7 @@ func (s *Store) Put(ctx context.Context, patient string, ch Change) (consent.Pat
 		lost.Outcome, lost.Time = "conflict", s.now().UTC()
 		wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 		defer cancel()
-		if err := s.t.Write(wctx, kafka.Message{Topic: s.auditTopic, Key: []byte(patient), Value: lost.Marshal()}); err != nil {
+		if err := s.write(wctx, kafka.Message{Topic: s.auditTopic, Key: []byte(patient), Value: lost.Marshal()}); err != nil {
 			s.log.Error("recording a lost consent change", logging.Err(err))
 		}
 		s.keepLast(wctx, patient)
@@ -259,6 +278,71 @@ func (s *Store) Put(ctx context.Context, patient string, ch Change) (consent.Pat
 			"another change to the patient's directives was recorded at the same time: read them again and reapply the change")
 	}
 	return next, nil
+}
+
+// NotApplied is the outcome the disclosures report gives a consent-change
+// record whose change never took effect (Applied).
+const NotApplied = "not-applied"
+
+// inForce reports whether value is the patient's record in force here.
+func (s *Store) inForce(patient string, value []byte) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return bytes.Equal(s.raw[patient], value)
+}
+
+// Applied reports, for each of recs (audit records in the order they were
+// written), whether it is a consent change that took effect. Records of
+// other kinds, and conflict records, are reported true: they are not
+// attempts. current returns a patient's record in force (Get).
+//
+// A change from version b to a took effect if the state it wrote, version
+// a with its directives, was ever in force. Every change is made against
+// the state in force, read after catching up, and its history record is
+// written before it: so if state a was replaced, a later change record has
+// Before at version a, holding the directives then in force; if it was not
+// replaced, it is the record in force now. A change whose state appears in
+// neither was an attempt whose record was never written. Two changes that
+// wrote the same version with the same directives cannot be told apart,
+// and need not be: what was in force is what both said.
+func Applied(recs []audit.Record, current func(patient string) (consent.PatientConsent, bool)) []bool {
+	out := make([]bool, len(recs))
+	var changes []int // the changes, in order
+	for i, r := range recs {
+		out[i] = true
+		if r.Kind == audit.KindConsentChange && r.Outcome == "" {
+			changes = append(changes, i)
+		}
+	}
+	for n, i := range changes {
+		r := recs[i]
+		if r.After == nil {
+			continue
+		}
+		after := directivesJSON(r.After.Directives)
+		seen := false
+		for _, j := range changes[n+1:] {
+			if l := recs[j]; l.Patient == r.Patient && l.Before != nil && l.Before.Version == r.After.Version &&
+				directivesJSON(l.Before.Directives) == after {
+				seen = true
+				break
+			}
+		}
+		if !seen {
+			if pc, ok := current(r.Patient); ok && pc.Version == r.After.Version && directivesJSON(pc.Directives) == after {
+				seen = true
+			}
+		}
+		out[i] = seen
+	}
+	return out
+}
+
+// directivesJSON is a set of directives in one canonical form, to compare
+// one read from the audit with one read from the consent topic.
+func directivesJSON(ds []consent.Directive) string {
+	b, _ := json.Marshal(nonNil(ds))
+	return string(b)
 }
 
 // keepLast writes the patient's record in force again until it is the
@@ -272,7 +356,7 @@ func (s *Store) keepLast(ctx context.Context, patient string) {
 		if cur == nil || bytes.Equal(cur, last) {
 			return
 		}
-		if err := s.t.Write(ctx, kafka.Message{Key: []byte(patient), Value: cur}); err != nil {
+		if err := s.write(ctx, kafka.Message{Key: []byte(patient), Value: cur}); err != nil {
 			s.log.Error("rewriting the consent record in force", logging.Err(err))
 			return
 		}

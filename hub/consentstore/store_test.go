@@ -3,6 +3,7 @@ package consentstore
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"sync"
 	"testing"
 	"time"
@@ -12,6 +13,7 @@ import (
 	"github.com/carehub/carehub/hub/broker"
 	"github.com/carehub/carehub/hub/broker/brokertest"
 	"github.com/carehub/carehub/schemas/problem"
+	"github.com/google/go-cmp/cmp"
 	"github.com/segmentio/kafka-go"
 	"go.uber.org/zap/zaptest"
 )
@@ -286,4 +288,185 @@ func readAll(t *testing.T, brokers []string, topic string) []kafka.Message {
 		r.Close()
 	}
 	return out
+}
+
+// faultyWriter writes through the store's writer, failing the calls that
+// fail says to: a publisher that fails the history record or the change.
+func faultyWriter(s *Store, fail func(call int, msgs []kafka.Message) (write bool, err error)) {
+	real := s.write
+	call := 0
+	s.write = func(ctx context.Context, msgs ...kafka.Message) error {
+		call++
+		write, err := fail(call, msgs)
+		if write {
+			if werr := real(ctx, msgs...); werr != nil {
+				return werr
+			}
+		}
+		return err
+	}
+}
+
+var errInjected = errors.New("injected produce failure")
+
+// historyOf returns the consent-change records of patient, in order.
+func historyOf(t *testing.T, brokers []string, patient string) []audit.Record {
+	t.Helper()
+	var out []audit.Record
+	for _, m := range readAll(t, brokers, auditTopic) {
+		if string(m.Key) != patient {
+			continue
+		}
+		r, err := audit.Unmarshal(m.Value)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+// TestAChangeInForceAlwaysHasItsHistory pins the audit's finding on issue
+// 11 (gap 3): a change and its history record were written in one
+// produce to two topics, which is not atomic: when the history record
+// failed and the change did not, the caller got 503 while the change was
+// in force with no history. The history record is now written first; a
+// change whose own write fails is an attempt, which Applied reports as
+// not applied.
+func TestAChangeInForceAlwaysHasItsHistory(t *testing.T) {
+	brokers := startBroker(t)
+	s := open(t, brokers)
+	ctx := context.Background()
+	current := func(p string) (consent.PatientConsent, bool) {
+		pc, ok, err := s.Get(ctx, p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return pc, ok
+	}
+	if _, err := s.Put(ctx, "p1_f", Change{Directives: []consent.Directive{directive("one")}, Actor: "a"}); err != nil {
+		t.Fatal(err)
+	}
+
+	// The history record fails: nothing changes.
+	faultyWriter(s, func(call int, msgs []kafka.Message) (bool, error) {
+		if msgs[0].Topic == auditTopic {
+			return false, errInjected
+		}
+		return true, nil
+	})
+	if _, err := s.Put(ctx, "p1_f", Change{Directives: []consent.Directive{directive("two")}, IfVersion: version(1), Actor: "b"}); !errors.Is(err, errInjected) {
+		t.Fatalf("Put with the history record failing: got %v, want the injected error", err)
+	}
+	if pc, _ := current("p1_f"); pc.Version != 1 || pc.Directives[0].ID != "one" {
+		t.Fatalf("after a failed history record: %+v in force, want version 1 unchanged", pc)
+	}
+
+	// The second write, the change itself, fails: the history has the
+	// attempt, and nothing changed.
+	s.write = s.t.Write
+	faultyWriter(s, func(call int, msgs []kafka.Message) (bool, error) {
+		if call == 2 {
+			return false, errInjected
+		}
+		return true, nil
+	})
+	if _, err := s.Put(ctx, "p1_f", Change{Directives: []consent.Directive{directive("three")}, IfVersion: version(1), Actor: "c"}); !errors.Is(err, errInjected) {
+		t.Fatalf("Put with the change failing: got %v, want the injected error", err)
+	}
+	if pc, _ := current("p1_f"); pc.Version != 1 || pc.Directives[0].ID != "one" {
+		t.Fatalf("after a failed change: %+v in force, want version 1 unchanged", pc)
+	}
+
+	// The change is written but its answer is lost: it is in force, and
+	// Put says so.
+	s.write = s.t.Write
+	faultyWriter(s, func(call int, msgs []kafka.Message) (bool, error) {
+		if call == 2 {
+			return true, errInjected
+		}
+		return true, nil
+	})
+	got, err := s.Put(ctx, "p1_f", Change{Directives: []consent.Directive{directive("four")}, IfVersion: version(1), Actor: "d"})
+	if err != nil || got.Version != 2 {
+		t.Fatalf("Put whose answer was lost: got version %d, %v; want version 2 in force", got.Version, err)
+	}
+	s.write = s.t.Write
+
+	hist := historyOf(t, brokers, "p1_f")
+	var actors []string
+	for _, r := range hist {
+		actors = append(actors, r.Actor)
+	}
+	if diff := cmp.Diff([]string{"a", "c", "d"}, actors); diff != "" {
+		t.Fatalf("history records by actor (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff([]bool{true, false, true}, Applied(hist, current)); diff != "" {
+		t.Errorf("Applied (-want +got):\n%s", diff)
+	}
+	// Every version in force has its history record.
+	pc, _ := current("p1_f")
+	found := false
+	for _, r := range hist {
+		if r.After.Version == pc.Version && r.After.Directives[0].ID == pc.Directives[0].ID {
+			found = true
+		}
+	}
+	if !found {
+		t.Errorf("version %d is in force with no history record", pc.Version)
+	}
+}
+
+func TestApplied(t *testing.T) {
+	state := func(v int64, ids ...string) *audit.ConsentState {
+		cs := &audit.ConsentState{Version: v, Directives: []consent.Directive{}}
+		for _, id := range ids {
+			cs.Directives = append(cs.Directives, directive(id))
+		}
+		return cs
+	}
+	change := func(p string, before, after *audit.ConsentState, outcome string) audit.Record {
+		return audit.Record{Kind: audit.KindConsentChange, Patient: p, Before: before, After: after, Outcome: outcome}
+	}
+	now := map[string]consent.PatientConsent{
+		"p1": {Version: 2, Directives: []consent.Directive{directive("y")}},
+		"p2": {Version: 1, Directives: []consent.Directive{directive("q")}},
+	}
+	current := func(p string) (consent.PatientConsent, bool) { pc, ok := now[p]; return pc, ok }
+	tests := []struct {
+		name string
+		recs []audit.Record
+		want []bool
+	}{
+		{"a change replaced by a later one", []audit.Record{
+			change("p1", state(0), state(1, "x"), ""),
+			change("p1", state(1, "x"), state(2, "y"), ""),
+		}, []bool{true, true}},
+		{"an attempt, then the change made again", []audit.Record{
+			change("p1", state(0), state(1, "x"), ""),
+			change("p1", state(1, "x"), state(2, "z"), ""), // never written
+			change("p1", state(1, "x"), state(2, "y"), ""),
+		}, []bool{true, false, true}},
+		{"the last change an attempt", []audit.Record{
+			change("p2", state(0), state(1, "q"), ""),
+			change("p2", state(1, "q"), state(2, "r"), ""),
+		}, []bool{true, false}},
+		{"a conflict and other kinds are not attempts", []audit.Record{
+			{Kind: audit.KindDecision, Patient: "p1"},
+			change("p1", state(1, "x"), state(2, "y"), ""),
+			change("p1", state(1, "x"), state(2, "w"), "conflict"),
+		}, []bool{true, true, true}},
+		{"two patients apart", []audit.Record{
+			change("p1", state(1, "x"), state(2, "y"), ""),
+			change("p2", state(2, "y"), state(3, "s"), ""),
+		}, []bool{true, false}},
+		{"no record in force", []audit.Record{
+			change("p3", state(0), state(1, "x"), ""),
+		}, []bool{false}},
+	}
+	for _, tt := range tests {
+		if diff := cmp.Diff(tt.want, Applied(tt.recs, current)); diff != "" {
+			t.Errorf("%s (-want +got):\n%s", tt.name, diff)
+		}
+	}
 }

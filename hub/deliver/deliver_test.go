@@ -156,7 +156,8 @@ func TestHandleOutcomes(t *testing.T) {
 				}
 				rec, _ := audit.Unmarshal(recs[0].Payload)
 				if rec.Outcome != tc.wantAudit || rec.Status != tc.wantStatus || rec.Patient != "p1_test" || rec.Basis != "registered-gp" ||
-					rec.EventID != "ev-1" || rec.Publisher != "RX1" || rec.Form != "full" || len(rec.DirectiveVersions) != 1 {
+					rec.EventID != "ev-1" || rec.Publisher != "RX1" || rec.Form != "full" ||
+					!slices.Equal(rec.DirectiveVersions, []audit.DirectiveVersion{{Patient: "p1_test", Version: 4}}) {
 					t.Errorf("audit record:\n\tgot  %+v\n\twant outcome %s status %d", rec, tc.wantAudit, tc.wantStatus)
 				}
 			}
@@ -328,6 +329,12 @@ func TestRecheckAtDelivery(t *testing.T) {
 			rec, _ := audit.Unmarshal(recs[0].Payload)
 			if rec.Outcome != tc.wantOut || rec.Rule != tc.wantRule {
 				t.Errorf("audit: %+v, want outcome %s rule %s", rec, tc.wantOut, tc.wantRule)
+			}
+			// A withholding names the version that decided it now (the
+			// fake's 5), not the routing decision's.
+			if tc.r != nil && tc.r.dec.Effect == consent.Deny && tc.wantOut == audit.Withheld &&
+				!slices.Equal(rec.DirectiveVersions, []audit.DirectiveVersion{{Patient: "p1_test", Version: 5}}) {
+				t.Errorf("withheld with directive versions %+v, want p1_test at version 5", rec.DirectiveVersions)
 			}
 		})
 	}
