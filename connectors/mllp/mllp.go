@@ -801,7 +801,7 @@ func (s *Source) handle(ctx context.Context, payload []byte, log *zap.Logger) []
 	}
 	msh := m.Segment("MSH")
 	controlID := m.ControlID()
-	log = log.With(zap.String("control_id_hash", controlIDHash(controlID)), zap.String("trigger", m.Type().Trigger))
+	log = log.With(zap.String("control_id_hash", controlIDHash(controlID)), zap.String("trigger", logTrigger(m)))
 	out, eventID, evType := s.process(ctx, m, payload)
 	if out.here {
 		s.env.Refuse(ctx, s.cfg.Source, out.kind)
@@ -946,7 +946,7 @@ func (s *Source) publish(ctx context.Context, e *entry, res *adt.Result, payload
 	defer cancel()
 	if h := res.Held; h != nil {
 		err := s.env.Ingest.Hold(pctx, s.cfg.Source, connector.Held{
-			ID: res.ID, Time: res.Time, Trigger: "ADT^" + res.Trigger, Reason: h.Reason, Detail: h.Detail,
+			ID: res.ID, Time: res.Time, Trigger: heldTrigger(res.Trigger), Reason: h.Reason, Detail: h.Detail,
 			NHSNumber: h.NHSNumber, LocalID: h.LocalID, ContentType: media.HL7v2, Original: payload,
 		})
 		if err != nil {
@@ -1028,6 +1028,42 @@ func bodyDigest(m *hl7.Message) [sha256.Size]byte {
 	return d
 }
 
+// unrecognised is what a log line says of a header value carehub does not
+// know, instead of the value.
+const unrecognised = "unrecognised"
+
+// logTrigger returns what a log line says of a message's trigger event: the
+// trigger (MSH-9.2, or EVN-1 without it) when the message is ADT and the
+// trigger is one the adt trigger tables know, else unrecognised. MSH-9 is
+// free text to a sender, and can hold anything, an NHS number included.
+// Regression (gap audit of issue 14): "ADT^9991000011" was logged as
+// trigger 9991000011.
+func logTrigger(m *hl7.Message) string {
+	typ := m.Type()
+	if typ.Code != "ADT" {
+		return unrecognised
+	}
+	t := strings.ToUpper(strings.TrimSpace(typ.Trigger))
+	if t == "" {
+		t = strings.ToUpper(strings.TrimSpace(m.Segment("EVN").Field(1).String()))
+	}
+	if !adt.Known(t) {
+		return unrecognised
+	}
+	return t
+}
+
+// heldTrigger returns a held record's trigger (connector.Held.Trigger, which
+// goes into Kafka headers and listings): "ADT^" and the trigger when the
+// adt tables know it, else "ADT^unrecognised". Regression (gap audit of
+// issue 14): "ADT^9991000011" became the held record's trigger as sent.
+func heldTrigger(trigger string) string {
+	if !adt.Known(trigger) {
+		trigger = unrecognised
+	}
+	return "ADT^" + trigger
+}
+
 // controlIDKey keys the hash of control IDs in logs; it is drawn once per
 // process, so a hash cannot be turned back into the control ID by trying
 // candidates (a sender can put anything in MSH-10, an NHS number included).
@@ -1091,7 +1127,7 @@ func (s *Source) Reread(_ context.Context, hm connector.HeldMessage) (connector.
 		return connector.Reread{}, problem.Wrap(problem.Internal, "mapping a held message", err)
 	}
 	if h := res.Held; h != nil {
-		return connector.Reread{Held: &connector.Held{ID: res.ID, Time: res.Time, Trigger: "ADT^" + res.Trigger, Reason: h.Reason,
+		return connector.Reread{Held: &connector.Held{ID: res.ID, Time: res.Time, Trigger: heldTrigger(res.Trigger), Reason: h.Reason,
 			Detail: h.Detail, ContentType: media.HL7v2}}, nil
 	}
 	out := connector.Reread{}

@@ -748,3 +748,101 @@ func TestControlIDIsNotLogged(t *testing.T) {
 		t.Errorf("control ID hashes logged for one message sent twice: %v, want one", hashes)
 	}
 }
+
+// TestHeaderValuesAreNotLogged pins a gap found in the audit of issue 14
+// (its fifth finding's class): the trigger (MSH-9.2) was logged as sent,
+// so "ADT^9991000011" put an NHS number in a log line. Every header field
+// a log line could describe is filled with an NHS number in turn, and no
+// log line may hold it; a trigger is logged only when carehub knows it.
+func TestHeaderValuesAreNotLogged(t *testing.T) {
+	const canary = "9991000038" // an NHS number where a header value goes
+	tests := []struct {
+		name        string
+		seg         string
+		field       int
+		value       string
+		wantAck     string // "" when the message asks for no acknowledgement
+		wantTrigger string // the trigger logged; "" for a message refused before it is known
+	}{
+		{"trigger", "MSH", 9, "ADT^" + canary, "AA", unrecognised},
+		{"trigger with structure", "MSH", 9, "ADT^" + canary + "^" + canary, "AA", unrecognised},
+		{"message type", "MSH", 9, canary + "^A08", "AR", unrecognised},
+		{"message structure", "MSH", 9, "ADT^A08^" + canary, "AA", "A08"},
+		{"trigger in EVN-1 only", "MSH", 9, "ADT", "AA", unrecognised}, // EVN-1 is set below
+		{"sending application", "MSH", 3, canary, "AA", "A08"},
+		{"sending facility", "MSH", 4, canary, "AR", "A08"},
+		{"receiving application", "MSH", 5, canary, "AA", "A08"},
+		{"receiving facility", "MSH", 6, canary, "AA", "A08"},
+		{"time of message", "MSH", 7, canary, "AA", "A08"},
+		{"security", "MSH", 8, canary, "AA", "A08"},
+		{"processing ID", "MSH", 11, canary, "AR", "A08"},
+		{"version", "MSH", 12, canary, "AR", "A08"},
+		{"accept acknowledgement type", "MSH", 15, canary, "", "A08"},
+		{"application acknowledgement type", "MSH", 16, canary, "CA", "A08"}, // enhanced mode: MSH-15 empty means AL
+		{"character set", "MSH", 18, canary, "AR", ""},
+		{"event type code", "EVN", 1, canary, "AA", "A08"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			in := &fakeIngest{}
+			r := start(t, Config{}, in)
+			c := dial(t, r.addr)
+			msg := withField(adtMessage("A08", "MSG-1", "9991000003"), tc.seg, tc.field, tc.value)
+			if tc.name == "trigger in EVN-1 only" {
+				msg = withField(msg, "EVN", 1, canary)
+			}
+			if tc.wantAck == "" {
+				c.send(msg)
+				waitFor(t, "the message to be answered with no acknowledgement", 10*time.Second,
+					func() bool { return r.src.Stats().NotAcked == 1 })
+			} else if got := c.roundTrip(msg); got.Code != tc.wantAck {
+				t.Fatalf("got %s (ERR %s at %s), want %s", got.Code, got.ErrCode, got.Location, tc.wantAck)
+			}
+			for _, h := range in.heldRecords() {
+				if strings.Contains(h.Trigger, canary) {
+					t.Errorf("the held record's trigger holds the value of %s-%d: %s", tc.seg, tc.field, h.Trigger)
+				}
+			}
+			var triggers []any
+			for _, e := range r.logs.All() {
+				line := fmt.Sprint(e.Message, e.ContextMap())
+				if strings.Contains(line, canary) {
+					t.Errorf("a log line holds the value of %s-%d: %s", tc.seg, tc.field, line)
+				}
+				if v, ok := e.ContextMap()["trigger"]; ok {
+					triggers = append(triggers, v)
+				}
+			}
+			want := []any{}
+			if tc.wantTrigger != "" {
+				want = []any{tc.wantTrigger}
+			}
+			if fmt.Sprint(triggers) != fmt.Sprint(want) {
+				t.Errorf("triggers logged: got %v, want %v", triggers, want)
+			}
+		})
+	}
+}
+
+// withField returns msg with field n of its first seg segment set to value
+// (MSH fields are numbered as the standard numbers them).
+func withField(msg []byte, seg string, n int, value string) []byte {
+	segs := strings.Split(strings.TrimSuffix(string(msg), "\r"), "\r")
+	for i, s := range segs {
+		if !strings.HasPrefix(s, seg+"|") {
+			continue
+		}
+		fields := strings.Split(s, "|")
+		idx := n
+		if seg == "MSH" {
+			idx = n - 1
+		}
+		for len(fields) <= idx {
+			fields = append(fields, "")
+		}
+		fields[idx] = value
+		segs[i] = strings.Join(fields, "|")
+		break
+	}
+	return []byte(strings.Join(segs, "\r") + "\r")
+}

@@ -135,6 +135,16 @@ func NotShared() map[string]string {
 	return out
 }
 
+// Known reports whether trigger (e.g. "A01") is an ADT trigger event
+// carehub knows: one it shares (Triggers) or one it decided not to share
+// (NotShared). Only a known trigger may be logged as sent: MSH-9.2 is
+// free text to a sender, and can hold anything, an NHS number included.
+func Known(trigger string) bool {
+	_, shared := triggers[trigger]
+	_, held := notShared[trigger]
+	return shared || held
+}
+
 // notShared holds a message of a trigger carehub does not share, keyed by
 // whatever identifies its patient (best effort: nothing is refused here).
 func (x *mapping) notShared() *Held {
