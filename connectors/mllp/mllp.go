@@ -796,7 +796,7 @@ func (s *Source) handle(ctx context.Context, payload []byte, log *zap.Logger) []
 		}
 		s.env.Refuse(ctx, s.cfg.Source, kind)
 		log.Info("HL7 message refused", zap.String("ack", string(code)), zap.String("err_code", d.Code),
-			zap.String("reason", d.Diagnostic), zap.Int("bytes", len(payload)))
+			zap.String("err_location", d.Location()), zap.String("reason", d.Diagnostic), zap.Int("bytes", len(payload)))
 		return hl7.NewACK(hdr, code, s.nextAckID(), s.now(), d)
 	}
 	msh := m.Segment("MSH")
@@ -879,13 +879,11 @@ func (s *Source) count(code hl7.AckCode) {
 func (s *Source) process(ctx context.Context, m *hl7.Message, payload []byte) (outcome, string, string) {
 	msh := m.Segment("MSH")
 	if !s.sender(msh.Field(4).Component(1).String()) {
-		return refused(hl7.AckAR, problem.Forbidden, reasonSender, hl7.ErrDetail{Segment: "MSH", Sequence: 1, Field: 4,
-			Code: hl7.CodeTableValueNotFound, Diagnostic: reasonSender}), "", ""
+		return refused(hl7.AckAR, problem.Forbidden, reasonSender, errSender), "", ""
 	}
 	if pid := strings.TrimSpace(msh.Field(11).Component(1).String()); pid != s.cfg.ProcessingID {
 		if pid != "" { // an empty MSH-11 is reported by the mapping (101)
-			return refused(hl7.AckAR, problem.Unsupported, reasonProcessing, hl7.ErrDetail{Segment: "MSH", Sequence: 1, Field: 11,
-				Code: hl7.CodeUnsupportedProcessingID, Diagnostic: reasonProcessing}), "", ""
+			return refused(hl7.AckAR, problem.Unsupported, reasonProcessing, errProcessing), "", ""
 		}
 	}
 	res, err := s.mapper.Map(m)
@@ -989,6 +987,25 @@ const (
 	reasonReused     = "this message control ID was used for a different message within the duplicate window"
 	reasonBusy       = "the same message is still being processed on another connection; resend later"
 )
+
+// The refusals decided here, as ERR segments (and, on release, problem
+// violations: see violated).
+var (
+	errSender     = hl7.ErrDetail{Segment: "MSH", Sequence: 1, Field: 4, Code: hl7.CodeTableValueNotFound, Diagnostic: reasonSender}
+	errProcessing = hl7.ErrDetail{Segment: "MSH", Sequence: 1, Field: 11, Code: hl7.CodeUnsupportedProcessingID, Diagnostic: reasonProcessing}
+)
+
+// violated returns an ERR segment's content as a problem document's
+// violation: the pointer is "/original/" and the location as ERR-2 and the
+// log write it (hl7.ErrDetail.Location, e.g. "/original/PID^1^3^2^1"), the
+// rule "hl7-" and the 0357 code, the detail the ERR-7 text.
+func violated(d hl7.ErrDetail) error {
+	ptr := "/original"
+	if loc := d.Location(); loc != "" {
+		ptr += "/" + loc
+	}
+	return problem.Violated(ptr, "hl7-"+d.Code, d.Diagnostic)
+}
 
 // sender reports whether MSH-4.1 names the bound organisation or one of its
 // sites (an ODS site code is the trust's 3-character code and 2 more).
@@ -1100,10 +1117,10 @@ func (s *Source) Reread(_ context.Context, hm connector.HeldMessage) (connector.
 	}
 	msh := m.Segment("MSH")
 	if !s.sender(msh.Field(4).Component(1).String()) {
-		return connector.Reread{}, problem.Violated("/original/MSH-4", "hl7-"+hl7.CodeTableValueNotFound, reasonSender)
+		return connector.Reread{}, violated(errSender)
 	}
 	if pid := strings.TrimSpace(msh.Field(11).Component(1).String()); pid != "" && pid != s.cfg.ProcessingID {
-		return connector.Reread{}, problem.Violated("/original/MSH-11", "hl7-"+hl7.CodeUnsupportedProcessingID, reasonProcessing)
+		return connector.Reread{}, violated(errProcessing)
 	}
 	var res *adt.Result
 	if hm.NHSNumber.IsZero() {
@@ -1114,15 +1131,7 @@ func (s *Source) Reread(_ context.Context, hm connector.HeldMessage) (connector.
 	if err != nil {
 		var e *adt.Error
 		if errors.As(err, &e) {
-			d := e.Detail()
-			ptr := "/original"
-			if d.Segment != "" {
-				ptr += "/" + d.Segment
-				if d.Field > 0 {
-					ptr += "-" + strconv.Itoa(d.Field)
-				}
-			}
-			return connector.Reread{}, problem.Violated(ptr, "hl7-"+e.Code, e.Reason)
+			return connector.Reread{}, violated(e.Detail())
 		}
 		return connector.Reread{}, problem.Wrap(problem.Internal, "mapping a held message", err)
 	}

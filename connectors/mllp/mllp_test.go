@@ -3,6 +3,7 @@ package mllp
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"math/rand"
 	"net"
@@ -16,6 +17,7 @@ import (
 	"github.com/carehub/carehub/connectors/mllp/frame"
 	"github.com/carehub/carehub/connectors/mllp/hl7"
 	"github.com/carehub/carehub/connectors/mllp/hl7/adt"
+	"github.com/carehub/carehub/schemas/media"
 	"github.com/carehub/carehub/schemas/problem"
 )
 
@@ -845,4 +847,54 @@ func withField(msg []byte, seg string, n int, value string) []byte {
 		break
 	}
 	return []byte(strings.Join(segs, "\r") + "\r")
+}
+
+// TestOneErrorLocation pins a gap found in the audit of issue 9 ("one HL7
+// location formatter"): the ACK's ERR-2 said "PID^1^3^2^1", the mapping's
+// error "PID-3(2).1" and a release's problem document "/original/PID-3".
+// Each now derives from hl7.ErrDetail.Location: the log's err_location,
+// the ACK's ERR-2, the mapping error's text and the release's pointer
+// ("/original/" and the location) name the same place.
+func TestOneErrorLocation(t *testing.T) {
+	tests := []struct {
+		name string
+		msg  []byte
+		want string // ERR-2
+	}{
+		{"mapping: a repetition's component too long",
+			[]byte(strings.Replace(string(adtMessage("A08", "LOC-1", "9991000003")), "RX1-0001", strings.Repeat("x", 101), 1)), "PID^1^3^2^1"},
+		{"sending facility not the listener's", withField(adtMessage("A08", "LOC-2", "9991000003"), "MSH", 4, "RX2"), "MSH^1^4"},
+		{"processing ID not the listener's", withField(adtMessage("A08", "LOC-3", "9991000003"), "MSH", 11, "T"), "MSH^1^11"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			r := start(t, Config{}, &fakeIngest{})
+			a := dial(t, r.addr).roundTrip(tc.msg)
+			if a.Location != tc.want {
+				t.Errorf("ERR-2: got %q, want %q", a.Location, tc.want)
+			}
+			var logged []any
+			for _, e := range r.logs.FilterMessage("HL7 message refused").All() {
+				logged = append(logged, e.ContextMap()["err_location"])
+			}
+			if fmt.Sprint(logged) != fmt.Sprint([]any{tc.want}) {
+				t.Errorf("logged err_location: got %v, want [%s]", logged, tc.want)
+			}
+			_, err := r.src.Reread(context.Background(), connector.HeldMessage{Org: "RX1", ContentType: media.HL7v2, Original: tc.msg})
+			var pe *problem.Error
+			if !errors.As(err, &pe) || len(pe.Violations) != 1 {
+				t.Fatalf("Reread: got %v, want one violation", err)
+			}
+			if got, want := pe.Violations[0].Pointer, "/original/"+tc.want; got != want {
+				t.Errorf("release pointer: got %q, want %q", got, want)
+			}
+			m, err := adt.Parse(tc.msg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := r.src.mapper.Map(m); err != nil && !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("mapping error %q does not name %s", err, tc.want)
+			}
+		})
+	}
 }
