@@ -224,8 +224,8 @@ func (c *Config) applyDefaults() {
 func (c *Config) Validate() error {
 	var errs []error
 	bad := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
-	if _, _, err := net.SplitHostPort(c.Addr); err != nil {
-		bad("addr %q: not host:port", c.Addr)
+	if err := connector.ListenAddr(c.Addr); err != nil {
+		bad("addr %v", err)
 	}
 	if !ods.Valid(c.Source) {
 		bad("source %q: not an ODS code", c.Source)

@@ -27,7 +27,9 @@ func TestNewValidates(t *testing.T) {
 		cfg  Config
 		want string
 	}{
-		{"address without port", Config{Addr: "nowhere", Source: "RX1"}, `addr "nowhere"`},
+		{"address without port", Config{Addr: "nowhere", Source: "RX1"}, `addr "nowhere" is not host:port`},
+		{"port not a number", Config{Addr: "127.0.0.1:mllp", Source: "RX1"}, `addr "127.0.0.1:mllp": the port is not a number`},
+		{"port too large", Config{Addr: "127.0.0.1:65536", Source: "RX1"}, `addr "127.0.0.1:65536": the port is not a number`},
 		{"no source", Config{Addr: "127.0.0.1:0"}, `source "": not an ODS code`},
 		{"source not ODS", Config{Addr: "127.0.0.1:0", Source: "rx1"}, "not an ODS code"},
 		{"tiny frames", Config{Addr: "127.0.0.1:0", Source: "RX1", MaxFrameBytes: 10}, "maxFrameBytes must be between"},
