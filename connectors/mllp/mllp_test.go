@@ -900,3 +900,60 @@ func TestOneErrorLocation(t *testing.T) {
 		})
 	}
 }
+
+// TestIdleTimeoutIgnoresBytesOutsideFrames pins issue 14's "idle and frame
+// timeouts that a trickle of bytes cannot extend" for the idle timeout: a
+// peer that sends a byte outside any frame every 100 ms (a keep-alive
+// newline, junk, stray end blocks) against a 500 ms idle timeout is closed
+// by the idle timeout, as a silent one is. (TestHostilePeers covers the
+// frame timeout: a new start block every 100 ms against ReadTimeout.)
+func TestIdleTimeoutIgnoresBytesOutsideFrames(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		b    []byte
+	}{
+		{"carriage returns", []byte{'\r'}},
+		{"junk", []byte("x")},
+		{"end blocks", []byte{frame.EndBlock, frame.CarriageReturn}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			// ReadTimeout is long, so only the idle timeout can close it.
+			r := start(t, Config{ReadTimeout: time.Minute, IdleTimeout: 500 * time.Millisecond}, &fakeIngest{})
+			c := dial(t, r.addr)
+			stop := make(chan struct{})
+			trickled := make(chan struct{})
+			go func() {
+				defer close(trickled)
+				tick := time.NewTicker(100 * time.Millisecond)
+				defer tick.Stop()
+				for {
+					_ = c.nc.SetWriteDeadline(time.Now().Add(time.Second))
+					if _, err := c.nc.Write(tc.b); err != nil {
+						return // closed by the server
+					}
+					select {
+					case <-stop:
+						return
+					case <-tick.C:
+					}
+				}
+			}()
+			closed := c.closedByServer(10 * time.Second)
+			close(stop)
+			<-trickled
+			if !closed {
+				t.Fatal("bytes outside frames every 100 ms kept the connection open past a 500 ms idle timeout")
+			}
+			if got := r.src.Stats().Timeouts; got != 1 {
+				t.Errorf("timeouts: got %d, want 1", got)
+			}
+			closes := r.logs.FilterMessage("MLLP connection closed: timeout").All()
+			if len(closes) != 1 || closes[0].ContextMap()["inside_frame"] != false {
+				t.Errorf("got %d timeout log lines (%v), want one, outside a frame", len(closes), closes)
+			}
+			if r.src.Stats().SkippedBytes == 0 {
+				t.Error("no byte outside frames was counted as skipped")
+			}
+		})
+	}
+}
