@@ -358,8 +358,8 @@ func (f Field) Rep(n int) Repetition {
 }
 
 // Repetitions returns all repetitions (none for an empty field), in one
-// pass over the field. Use it, not Rep in a loop, to visit every
-// repetition: Rep(n) scans from the field's start.
+// pass over the field. Use it or AllReps (which builds no slice), not Rep
+// in a loop, to visit every repetition: Rep(n) scans from the field's start.
 func (f Field) Repetitions() []Repetition {
 	if f.lit {
 		return []Repetition{Repetition(f)}
