@@ -4,15 +4,17 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"github.com/carehub/carehub/schemas/event"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/carehub/carehub/schemas/event"
 
 	"github.com/carehub/carehub/connectors/mllp/frame"
 	"github.com/carehub/carehub/connectors/mllp/hl7"
@@ -373,4 +375,85 @@ func TestMLLPPeerNetcatBrokenFraming(t *testing.T) {
 		t.Fatal("the HTTP API is down")
 	}
 	waitFor(t, "the update at the GP", 30*time.Second, func() bool { return len(gp.deliveries()) >= 1 })
+}
+
+// TestMLLPSIGTERMWithAStuckMessageEndsWithinTheStopTimeout pins issue 14's
+// first defect ("SIGTERM always ends the process within the drain
+// timeout") for the MLLP listener: a message is being made durable while
+// the broker cannot answer (its process is stopped with SIGSTOP, so the
+// produce neither succeeds nor fails), the hub is told to stop, and the
+// process exits within --stop-timeout and a margin, without having sent a
+// positive acknowledgement for the message. The HTTP variant is
+// TestSIGTERMEndsTheProcessWithinTheStopTimeout.
+func TestMLLPSIGTERMWithAStuckMessageEndsWithinTheStopTimeout(t *testing.T) {
+	gp := newReceiver(t, "whsec_Y2FyZWh1Yi1kZW1vLXNlY3JldC1ncC1BODEwMDE=")
+	home := newReceiver(t, "whsec_Y2FyZWh1Yi1kZW1vLXNlY3JldC1jYXJlaG9tZS1WTTEyMw==")
+	a := startHub(t, hubOptions{gp: gp.URL, careHome: home.URL}) // owns the broker
+	addr := freePort(t)
+	b := startHub(t, hubOptions{gp: gp.URL, careHome: home.URL, brokers: a.Kafka, kafkaYAML: ", publishTimeout: 60s",
+		inputsYAML: fmt.Sprintf("  - mllp: {addr: %q, source: RX1}\n", addr)})
+	const stopTimeout = 2 * time.Second
+	b.stop()
+	b.args = []string{"--stop-timeout", stopTimeout.String()}
+	b.start()
+
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if codes := mllpSend(t, addr, adtFixture(t, "adt_a01.hl7", nhsNumber(9601), "STUCK-0")); !slices.Equal(codes, []string{"AA"}) {
+		t.Fatalf("with the broker up: got %v, want [AA]", codes)
+	}
+
+	// Stop the broker's process: connections stay open, nothing answers.
+	if err := a.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = a.cmd.Process.Signal(syscall.SIGCONT) }) // before a is stopped
+	if err := frame.WriteFrame(c, adtFixture(t, "adt_a01.hl7", nhsNumber(9602), "STUCK-1")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the hub to find the broker unresponsive", 60*time.Second, func() bool { return b.readyz() != "" })
+	answered := make(chan []byte, 1)
+	go func() {
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Minute))
+		p, err := frame.NewReader(c, frame.ReaderOptions{}).ReadFrame()
+		if err != nil {
+			p = nil // closed without an acknowledgement
+		}
+		answered <- p
+	}()
+	select {
+	case p := <-answered:
+		t.Fatalf("the message was answered before the hub was stopped, so it was not stuck: %q", msa(p))
+	default:
+	}
+
+	_ = b.cmd.Process.Signal(syscall.SIGTERM)
+	// A correctness bound of the drain, not a speed measurement: the
+	// process must end once --stop-timeout has passed; the margin covers
+	// a loaded machine.
+	select {
+	case <-b.exited:
+	case <-time.After(stopTimeout + 20*time.Second):
+		_ = b.cmd.Process.Kill()
+		t.Fatalf("the hub did not exit after SIGTERM with an MLLP message stuck\n%s", tail(b.logs.String(), 3000))
+	}
+	b.cmd = nil
+	if p := <-answered; p != nil && (msa(p) == "AA" || msa(p) == "CA") {
+		t.Errorf("a message that never became durable was acknowledged %s", msa(p))
+	}
+}
+
+// msa returns an acknowledgement's MSA-1, or what is wrong with it.
+func msa(p []byte) string {
+	if p == nil {
+		return "(none)"
+	}
+	m, err := hl7.Parse(p)
+	if err != nil {
+		return "(unparsable: " + err.Error() + ")"
+	}
+	return m.Segment("MSA").Field(1).String()
 }

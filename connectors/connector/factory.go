@@ -7,6 +7,7 @@ import (
 	"net"
 	"regexp"
 	"sort"
+	"strconv"
 )
 
 // Config is one connector's configuration: its section of the hub's
@@ -189,10 +190,17 @@ func sortedKeys[V any](m map[string]V) []string {
 	return out
 }
 
-// ListenAddr checks a host:port a connector listens on.
+// ListenAddr checks a host:port a connector listens on (the address of a
+// ListenerConfig), in its Validate: a host (or none, for every interface)
+// and a port from 0 to 65535 (0: any free port). The error names the
+// address, not the field: the caller prefixes its own field name.
 func ListenAddr(addr string) error {
-	if _, _, err := net.SplitHostPort(addr); err != nil {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
 		return fmt.Errorf("%q is not host:port", addr)
+	}
+	if n, err := strconv.ParseUint(port, 10, 16); err != nil || strconv.FormatUint(n, 10) != port {
+		return fmt.Errorf("%q: the port is not a number from 0 to 65535", addr)
 	}
 	return nil
 }

@@ -224,8 +224,8 @@ func (c *Config) applyDefaults() {
 func (c *Config) Validate() error {
 	var errs []error
 	bad := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
-	if _, _, err := net.SplitHostPort(c.Addr); err != nil {
-		bad("addr %q: not host:port", c.Addr)
+	if err := connector.ListenAddr(c.Addr); err != nil {
+		bad("addr %v", err)
 	}
 	if !ods.Valid(c.Source) {
 		bad("source %q: not an ODS code", c.Source)
@@ -796,12 +796,12 @@ func (s *Source) handle(ctx context.Context, payload []byte, log *zap.Logger) []
 		}
 		s.env.Refuse(ctx, s.cfg.Source, kind)
 		log.Info("HL7 message refused", zap.String("ack", string(code)), zap.String("err_code", d.Code),
-			zap.String("reason", d.Diagnostic), zap.Int("bytes", len(payload)))
+			zap.String("err_location", d.Location()), zap.String("reason", d.Diagnostic), zap.Int("bytes", len(payload)))
 		return hl7.NewACK(hdr, code, s.nextAckID(), s.now(), d)
 	}
 	msh := m.Segment("MSH")
 	controlID := m.ControlID()
-	log = log.With(zap.String("control_id_hash", controlIDHash(controlID)), zap.String("trigger", m.Type().Trigger))
+	log = log.With(zap.String("control_id_hash", controlIDHash(controlID)), zap.String("trigger", logTrigger(m)))
 	out, eventID, evType := s.process(ctx, m, payload)
 	if out.here {
 		s.env.Refuse(ctx, s.cfg.Source, out.kind)
@@ -879,13 +879,11 @@ func (s *Source) count(code hl7.AckCode) {
 func (s *Source) process(ctx context.Context, m *hl7.Message, payload []byte) (outcome, string, string) {
 	msh := m.Segment("MSH")
 	if !s.sender(msh.Field(4).Component(1).String()) {
-		return refused(hl7.AckAR, problem.Forbidden, reasonSender, hl7.ErrDetail{Segment: "MSH", Sequence: 1, Field: 4,
-			Code: hl7.CodeTableValueNotFound, Diagnostic: reasonSender}), "", ""
+		return refused(hl7.AckAR, problem.Forbidden, reasonSender, errSender), "", ""
 	}
 	if pid := strings.TrimSpace(msh.Field(11).Component(1).String()); pid != s.cfg.ProcessingID {
 		if pid != "" { // an empty MSH-11 is reported by the mapping (101)
-			return refused(hl7.AckAR, problem.Unsupported, reasonProcessing, hl7.ErrDetail{Segment: "MSH", Sequence: 1, Field: 11,
-				Code: hl7.CodeUnsupportedProcessingID, Diagnostic: reasonProcessing}), "", ""
+			return refused(hl7.AckAR, problem.Unsupported, reasonProcessing, errProcessing), "", ""
 		}
 	}
 	res, err := s.mapper.Map(m)
@@ -946,7 +944,7 @@ func (s *Source) publish(ctx context.Context, e *entry, res *adt.Result, payload
 	defer cancel()
 	if h := res.Held; h != nil {
 		err := s.env.Ingest.Hold(pctx, s.cfg.Source, connector.Held{
-			ID: res.ID, Time: res.Time, Trigger: "ADT^" + res.Trigger, Reason: h.Reason, Detail: h.Detail,
+			ID: res.ID, Time: res.Time, Trigger: heldTrigger(res.Trigger), Reason: h.Reason, Detail: h.Detail,
 			NHSNumber: h.NHSNumber, LocalID: h.LocalID, ContentType: media.HL7v2, Original: payload,
 		})
 		if err != nil {
@@ -990,6 +988,25 @@ const (
 	reasonBusy       = "the same message is still being processed on another connection; resend later"
 )
 
+// The refusals decided here, as ERR segments (and, on release, problem
+// violations: see violated).
+var (
+	errSender     = hl7.ErrDetail{Segment: "MSH", Sequence: 1, Field: 4, Code: hl7.CodeTableValueNotFound, Diagnostic: reasonSender}
+	errProcessing = hl7.ErrDetail{Segment: "MSH", Sequence: 1, Field: 11, Code: hl7.CodeUnsupportedProcessingID, Diagnostic: reasonProcessing}
+)
+
+// violated returns an ERR segment's content as a problem document's
+// violation: the pointer is "/original/" and the location as ERR-2 and the
+// log write it (hl7.ErrDetail.Location, e.g. "/original/PID^1^3^2^1"), the
+// rule "hl7-" and the 0357 code, the detail the ERR-7 text.
+func violated(d hl7.ErrDetail) error {
+	ptr := "/original"
+	if loc := d.Location(); loc != "" {
+		ptr += "/" + loc
+	}
+	return problem.Violated(ptr, "hl7-"+d.Code, d.Diagnostic)
+}
+
 // sender reports whether MSH-4.1 names the bound organisation or one of its
 // sites (an ODS site code is the trust's 3-character code and 2 more).
 func (s *Source) sender(hd string) bool {
@@ -1028,6 +1045,42 @@ func bodyDigest(m *hl7.Message) [sha256.Size]byte {
 	return d
 }
 
+// unrecognised is what a log line says of a header value carehub does not
+// know, instead of the value.
+const unrecognised = "unrecognised"
+
+// logTrigger returns what a log line says of a message's trigger event: the
+// trigger (MSH-9.2, or EVN-1 without it) when the message is ADT and the
+// trigger is one the adt trigger tables know, else unrecognised. MSH-9 is
+// free text to a sender, and can hold anything, an NHS number included.
+// Regression (gap audit of issue 14): "ADT^9991000011" was logged as
+// trigger 9991000011.
+func logTrigger(m *hl7.Message) string {
+	typ := m.Type()
+	if typ.Code != "ADT" {
+		return unrecognised
+	}
+	t := strings.ToUpper(strings.TrimSpace(typ.Trigger))
+	if t == "" {
+		t = strings.ToUpper(strings.TrimSpace(m.Segment("EVN").Field(1).String()))
+	}
+	if !adt.Known(t) {
+		return unrecognised
+	}
+	return t
+}
+
+// heldTrigger returns a held record's trigger (connector.Held.Trigger, which
+// goes into Kafka headers and listings): "ADT^" and the trigger when the
+// adt tables know it, else "ADT^unrecognised". Regression (gap audit of
+// issue 14): "ADT^9991000011" became the held record's trigger as sent.
+func heldTrigger(trigger string) string {
+	if !adt.Known(trigger) {
+		trigger = unrecognised
+	}
+	return "ADT^" + trigger
+}
+
 // controlIDKey keys the hash of control IDs in logs; it is drawn once per
 // process, so a hash cannot be turned back into the control ID by trying
 // candidates (a sender can put anything in MSH-10, an NHS number included).
@@ -1064,10 +1117,10 @@ func (s *Source) Reread(_ context.Context, hm connector.HeldMessage) (connector.
 	}
 	msh := m.Segment("MSH")
 	if !s.sender(msh.Field(4).Component(1).String()) {
-		return connector.Reread{}, problem.Violated("/original/MSH-4", "hl7-"+hl7.CodeTableValueNotFound, reasonSender)
+		return connector.Reread{}, violated(errSender)
 	}
 	if pid := strings.TrimSpace(msh.Field(11).Component(1).String()); pid != "" && pid != s.cfg.ProcessingID {
-		return connector.Reread{}, problem.Violated("/original/MSH-11", "hl7-"+hl7.CodeUnsupportedProcessingID, reasonProcessing)
+		return connector.Reread{}, violated(errProcessing)
 	}
 	var res *adt.Result
 	if hm.NHSNumber.IsZero() {
@@ -1078,20 +1131,12 @@ func (s *Source) Reread(_ context.Context, hm connector.HeldMessage) (connector.
 	if err != nil {
 		var e *adt.Error
 		if errors.As(err, &e) {
-			d := e.Detail()
-			ptr := "/original"
-			if d.Segment != "" {
-				ptr += "/" + d.Segment
-				if d.Field > 0 {
-					ptr += "-" + strconv.Itoa(d.Field)
-				}
-			}
-			return connector.Reread{}, problem.Violated(ptr, "hl7-"+e.Code, e.Reason)
+			return connector.Reread{}, violated(e.Detail())
 		}
 		return connector.Reread{}, problem.Wrap(problem.Internal, "mapping a held message", err)
 	}
 	if h := res.Held; h != nil {
-		return connector.Reread{Held: &connector.Held{ID: res.ID, Time: res.Time, Trigger: "ADT^" + res.Trigger, Reason: h.Reason,
+		return connector.Reread{Held: &connector.Held{ID: res.ID, Time: res.Time, Trigger: heldTrigger(res.Trigger), Reason: h.Reason,
 			Detail: h.Detail, ContentType: media.HL7v2}}, nil
 	}
 	out := connector.Reread{}

@@ -3,6 +3,7 @@ package mllp
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"math/rand"
 	"net"
@@ -16,6 +17,7 @@ import (
 	"github.com/carehub/carehub/connectors/mllp/frame"
 	"github.com/carehub/carehub/connectors/mllp/hl7"
 	"github.com/carehub/carehub/connectors/mllp/hl7/adt"
+	"github.com/carehub/carehub/schemas/media"
 	"github.com/carehub/carehub/schemas/problem"
 )
 
@@ -25,7 +27,9 @@ func TestNewValidates(t *testing.T) {
 		cfg  Config
 		want string
 	}{
-		{"address without port", Config{Addr: "nowhere", Source: "RX1"}, `addr "nowhere"`},
+		{"address without port", Config{Addr: "nowhere", Source: "RX1"}, `addr "nowhere" is not host:port`},
+		{"port not a number", Config{Addr: "127.0.0.1:mllp", Source: "RX1"}, `addr "127.0.0.1:mllp": the port is not a number`},
+		{"port too large", Config{Addr: "127.0.0.1:65536", Source: "RX1"}, `addr "127.0.0.1:65536": the port is not a number`},
 		{"no source", Config{Addr: "127.0.0.1:0"}, `source "": not an ODS code`},
 		{"source not ODS", Config{Addr: "127.0.0.1:0", Source: "rx1"}, "not an ODS code"},
 		{"tiny frames", Config{Addr: "127.0.0.1:0", Source: "RX1", MaxFrameBytes: 10}, "maxFrameBytes must be between"},
@@ -746,5 +750,210 @@ func TestControlIDIsNotLogged(t *testing.T) {
 	}
 	if len(hashes) != 1 {
 		t.Errorf("control ID hashes logged for one message sent twice: %v, want one", hashes)
+	}
+}
+
+// TestHeaderValuesAreNotLogged pins a gap found in the audit of issue 14
+// (its fifth finding's class): the trigger (MSH-9.2) was logged as sent,
+// so "ADT^9991000011" put an NHS number in a log line. Every header field
+// a log line could describe is filled with an NHS number in turn, and no
+// log line may hold it; a trigger is logged only when carehub knows it.
+func TestHeaderValuesAreNotLogged(t *testing.T) {
+	const canary = "9991000038" // an NHS number where a header value goes
+	tests := []struct {
+		name        string
+		seg         string
+		field       int
+		value       string
+		wantAck     string // "" when the message asks for no acknowledgement
+		wantTrigger string // the trigger logged; "" for a message refused before it is known
+	}{
+		{"trigger", "MSH", 9, "ADT^" + canary, "AA", unrecognised},
+		{"trigger with structure", "MSH", 9, "ADT^" + canary + "^" + canary, "AA", unrecognised},
+		{"message type", "MSH", 9, canary + "^A08", "AR", unrecognised},
+		{"message structure", "MSH", 9, "ADT^A08^" + canary, "AA", "A08"},
+		{"trigger in EVN-1 only", "MSH", 9, "ADT", "AA", unrecognised}, // EVN-1 is set below
+		{"sending application", "MSH", 3, canary, "AA", "A08"},
+		{"sending facility", "MSH", 4, canary, "AR", "A08"},
+		{"receiving application", "MSH", 5, canary, "AA", "A08"},
+		{"receiving facility", "MSH", 6, canary, "AA", "A08"},
+		{"time of message", "MSH", 7, canary, "AA", "A08"},
+		{"security", "MSH", 8, canary, "AA", "A08"},
+		{"processing ID", "MSH", 11, canary, "AR", "A08"},
+		{"version", "MSH", 12, canary, "AR", "A08"},
+		{"accept acknowledgement type", "MSH", 15, canary, "", "A08"},
+		{"application acknowledgement type", "MSH", 16, canary, "CA", "A08"}, // enhanced mode: MSH-15 empty means AL
+		{"character set", "MSH", 18, canary, "AR", ""},
+		{"event type code", "EVN", 1, canary, "AA", "A08"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			in := &fakeIngest{}
+			r := start(t, Config{}, in)
+			c := dial(t, r.addr)
+			msg := withField(adtMessage("A08", "MSG-1", "9991000003"), tc.seg, tc.field, tc.value)
+			if tc.name == "trigger in EVN-1 only" {
+				msg = withField(msg, "EVN", 1, canary)
+			}
+			if tc.wantAck == "" {
+				c.send(msg)
+				waitFor(t, "the message to be answered with no acknowledgement", 10*time.Second,
+					func() bool { return r.src.Stats().NotAcked == 1 })
+			} else if got := c.roundTrip(msg); got.Code != tc.wantAck {
+				t.Fatalf("got %s (ERR %s at %s), want %s", got.Code, got.ErrCode, got.Location, tc.wantAck)
+			}
+			for _, h := range in.heldRecords() {
+				if strings.Contains(h.Trigger, canary) {
+					t.Errorf("the held record's trigger holds the value of %s-%d: %s", tc.seg, tc.field, h.Trigger)
+				}
+			}
+			var triggers []any
+			for _, e := range r.logs.All() {
+				line := fmt.Sprint(e.Message, e.ContextMap())
+				if strings.Contains(line, canary) {
+					t.Errorf("a log line holds the value of %s-%d: %s", tc.seg, tc.field, line)
+				}
+				if v, ok := e.ContextMap()["trigger"]; ok {
+					triggers = append(triggers, v)
+				}
+			}
+			want := []any{}
+			if tc.wantTrigger != "" {
+				want = []any{tc.wantTrigger}
+			}
+			if fmt.Sprint(triggers) != fmt.Sprint(want) {
+				t.Errorf("triggers logged: got %v, want %v", triggers, want)
+			}
+		})
+	}
+}
+
+// withField returns msg with field n of its first seg segment set to value
+// (MSH fields are numbered as the standard numbers them).
+func withField(msg []byte, seg string, n int, value string) []byte {
+	segs := strings.Split(strings.TrimSuffix(string(msg), "\r"), "\r")
+	for i, s := range segs {
+		if !strings.HasPrefix(s, seg+"|") {
+			continue
+		}
+		fields := strings.Split(s, "|")
+		idx := n
+		if seg == "MSH" {
+			idx = n - 1
+		}
+		for len(fields) <= idx {
+			fields = append(fields, "")
+		}
+		fields[idx] = value
+		segs[i] = strings.Join(fields, "|")
+		break
+	}
+	return []byte(strings.Join(segs, "\r") + "\r")
+}
+
+// TestOneErrorLocation pins a gap found in the audit of issue 9 ("one HL7
+// location formatter"): the ACK's ERR-2 said "PID^1^3^2^1", the mapping's
+// error "PID-3(2).1" and a release's problem document "/original/PID-3".
+// Each now derives from hl7.ErrDetail.Location: the log's err_location,
+// the ACK's ERR-2, the mapping error's text and the release's pointer
+// ("/original/" and the location) name the same place.
+func TestOneErrorLocation(t *testing.T) {
+	tests := []struct {
+		name string
+		msg  []byte
+		want string // ERR-2
+	}{
+		{"mapping: a repetition's component too long",
+			[]byte(strings.Replace(string(adtMessage("A08", "LOC-1", "9991000003")), "RX1-0001", strings.Repeat("x", 101), 1)), "PID^1^3^2^1"},
+		{"sending facility not the listener's", withField(adtMessage("A08", "LOC-2", "9991000003"), "MSH", 4, "RX2"), "MSH^1^4"},
+		{"processing ID not the listener's", withField(adtMessage("A08", "LOC-3", "9991000003"), "MSH", 11, "T"), "MSH^1^11"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			r := start(t, Config{}, &fakeIngest{})
+			a := dial(t, r.addr).roundTrip(tc.msg)
+			if a.Location != tc.want {
+				t.Errorf("ERR-2: got %q, want %q", a.Location, tc.want)
+			}
+			var logged []any
+			for _, e := range r.logs.FilterMessage("HL7 message refused").All() {
+				logged = append(logged, e.ContextMap()["err_location"])
+			}
+			if fmt.Sprint(logged) != fmt.Sprint([]any{tc.want}) {
+				t.Errorf("logged err_location: got %v, want [%s]", logged, tc.want)
+			}
+			_, err := r.src.Reread(context.Background(), connector.HeldMessage{Org: "RX1", ContentType: media.HL7v2, Original: tc.msg})
+			var pe *problem.Error
+			if !errors.As(err, &pe) || len(pe.Violations) != 1 {
+				t.Fatalf("Reread: got %v, want one violation", err)
+			}
+			if got, want := pe.Violations[0].Pointer, "/original/"+tc.want; got != want {
+				t.Errorf("release pointer: got %q, want %q", got, want)
+			}
+			m, err := adt.Parse(tc.msg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := r.src.mapper.Map(m); err != nil && !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("mapping error %q does not name %s", err, tc.want)
+			}
+		})
+	}
+}
+
+// TestIdleTimeoutIgnoresBytesOutsideFrames pins issue 14's "idle and frame
+// timeouts that a trickle of bytes cannot extend" for the idle timeout: a
+// peer that sends a byte outside any frame every 100 ms (a keep-alive
+// newline, junk, stray end blocks) against a 500 ms idle timeout is closed
+// by the idle timeout, as a silent one is. (TestHostilePeers covers the
+// frame timeout: a new start block every 100 ms against ReadTimeout.)
+func TestIdleTimeoutIgnoresBytesOutsideFrames(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		b    []byte
+	}{
+		{"carriage returns", []byte{'\r'}},
+		{"junk", []byte("x")},
+		{"end blocks", []byte{frame.EndBlock, frame.CarriageReturn}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			// ReadTimeout is long, so only the idle timeout can close it.
+			r := start(t, Config{ReadTimeout: time.Minute, IdleTimeout: 500 * time.Millisecond}, &fakeIngest{})
+			c := dial(t, r.addr)
+			stop := make(chan struct{})
+			trickled := make(chan struct{})
+			go func() {
+				defer close(trickled)
+				tick := time.NewTicker(100 * time.Millisecond)
+				defer tick.Stop()
+				for {
+					_ = c.nc.SetWriteDeadline(time.Now().Add(time.Second))
+					if _, err := c.nc.Write(tc.b); err != nil {
+						return // closed by the server
+					}
+					select {
+					case <-stop:
+						return
+					case <-tick.C:
+					}
+				}
+			}()
+			closed := c.closedByServer(10 * time.Second)
+			close(stop)
+			<-trickled
+			if !closed {
+				t.Fatal("bytes outside frames every 100 ms kept the connection open past a 500 ms idle timeout")
+			}
+			if got := r.src.Stats().Timeouts; got != 1 {
+				t.Errorf("timeouts: got %d, want 1", got)
+			}
+			closes := r.logs.FilterMessage("MLLP connection closed: timeout").All()
+			if len(closes) != 1 || closes[0].ContextMap()["inside_frame"] != false {
+				t.Errorf("got %d timeout log lines (%v), want one, outside a frame", len(closes), closes)
+			}
+			if r.src.Stats().SkippedBytes == 0 {
+				t.Error("no byte outside frames was counted as skipped")
+			}
+		})
 	}
 }

@@ -64,27 +64,28 @@ type ParseError struct {
 func (e *ParseError) Error() string {
 	var b strings.Builder
 	b.WriteString("hl7: ")
-	if e.SegmentIndex > 0 || e.Segment != "" {
-		b.WriteString("segment ")
+	switch {
+	case isSegmentID(e.Segment):
+		// The location as ERR-2 and the logs write it (ErrDetail.Location).
+		b.WriteString(e.Detail().Location())
+		b.WriteString(" (")
 		if e.SegmentIndex > 0 {
+			b.WriteString("segment ")
 			b.WriteString(strconv.Itoa(e.SegmentIndex))
-			if e.Segment != "" {
-				b.WriteByte(' ')
-			}
+			b.WriteString(", ")
 		}
-		if e.Segment != "" {
-			b.WriteString(e.Segment)
-			if e.Field > 0 {
-				b.WriteByte('-')
-				b.WriteString(strconv.Itoa(e.Field))
-			}
-		} else if e.Field > 0 {
+	case e.SegmentIndex > 0:
+		b.WriteString("segment ")
+		b.WriteString(strconv.Itoa(e.SegmentIndex))
+		if e.Field > 0 {
 			b.WriteString(" field ")
 			b.WriteString(strconv.Itoa(e.Field))
 		}
-		b.WriteString(" ")
+		b.WriteString(" (")
+	default:
+		b.WriteString("(")
 	}
-	b.WriteString("(offset ")
+	b.WriteString("offset ")
 	b.WriteString(strconv.Itoa(e.Offset))
 	b.WriteString("): ")
 	b.WriteString(e.Reason)

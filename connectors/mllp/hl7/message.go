@@ -1,6 +1,7 @@
 package hl7
 
 import (
+	"iter"
 	"strconv"
 	"strings"
 )
@@ -357,8 +358,8 @@ func (f Field) Rep(n int) Repetition {
 }
 
 // Repetitions returns all repetitions (none for an empty field), in one
-// pass over the field. Use it, not Rep in a loop, to visit every
-// repetition: Rep(n) scans from the field's start.
+// pass over the field. Use it or AllReps (which builds no slice), not Rep
+// in a loop, to visit every repetition: Rep(n) scans from the field's start.
 func (f Field) Repetitions() []Repetition {
 	if f.lit {
 		return []Repetition{Repetition(f)}
@@ -369,6 +370,24 @@ func (f Field) Repetitions() []Repetition {
 		out[i] = Repetition{p, f.msg, false}
 	}
 	return out
+}
+
+// AllReps yields the repetitions (none for an empty field) with their
+// 0-based index, as a range over Repetitions would, in one pass over the
+// field and without building a slice: a field of a million repetitions
+// costs no memory to visit.
+func (f Field) AllReps() iter.Seq2[int, Repetition] {
+	return func(yield func(int, Repetition) bool) {
+		if f.lit {
+			yield(0, Repetition(f))
+			return
+		}
+		for i, p := range parts(f.raw, delims(f.msg).Repetition) {
+			if !yield(i, Repetition{p, f.msg, false}) {
+				return
+			}
+		}
+	}
 }
 
 // Component returns component n of the first repetition: a shortcut for
@@ -477,6 +496,22 @@ func (c Component) Subs() []Subcomponent {
 	return out
 }
 
+// AllSubs yields the subcomponents with their 0-based index, in one pass
+// and without building a slice (see Field.AllReps).
+func (c Component) AllSubs() iter.Seq2[int, Subcomponent] {
+	return func(yield func(int, Subcomponent) bool) {
+		if c.lit {
+			yield(0, Subcomponent(c))
+			return
+		}
+		for i, p := range parts(c.raw, delims(c.msg).Subcomponent) {
+			if !yield(i, Subcomponent{p, c.msg, false}) {
+				return
+			}
+		}
+	}
+}
+
 // Subcomponent is the smallest unit of an HL7 value.
 type Subcomponent struct {
 	raw string
@@ -546,6 +581,27 @@ func split(s string, sep byte) []string {
 		return nil
 	}
 	return strings.Split(s, string(sep))
+}
+
+// parts yields the sep-separated parts of s (none for "") with their 0-based
+// index, in one pass, without allocating.
+func parts(s string, sep byte) iter.Seq2[int, string] {
+	return func(yield func(int, string) bool) {
+		if s == "" {
+			return
+		}
+		for i := 0; ; i++ {
+			j := strings.IndexByte(s, sep)
+			if j < 0 {
+				yield(i, s)
+				return
+			}
+			if !yield(i, s[:j]) {
+				return
+			}
+			s = s[j+1:]
+		}
+	}
 }
 
 // nth returns the n-th (1-based) sep-separated part of s, or "".

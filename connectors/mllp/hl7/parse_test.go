@@ -597,9 +597,9 @@ func TestParseErrorString(t *testing.T) {
 		want string
 	}{
 		{ParseError{Code: "100", Reason: "message is empty"}, "hl7: (offset 0): message is empty [HL7 0357 100 Segment sequence error]"},
-		{ParseError{Segment: "MSH", SegmentIndex: 1, Field: 2, Offset: 4, Code: "102", Reason: "r"}, "hl7: segment 1 MSH-2 (offset 4): r [HL7 0357 102 Data type error]"},
+		{ParseError{Segment: "MSH", SegmentIndex: 1, Field: 2, Offset: 4, Code: "102", Reason: "r"}, "hl7: MSH^^2 (segment 1, offset 4): r [HL7 0357 102 Data type error]"},
 		{ParseError{SegmentIndex: 3, Field: 2, Offset: 9, Reason: "r"}, "hl7: segment 3 field 2 (offset 9): r"},
-		{ParseError{Segment: "PID", SegmentIndex: 3, Code: "999", Reason: "r"}, "hl7: segment 3 PID (offset 0): r [HL7 0357 999]"},
+		{ParseError{Segment: "PID", SegmentIndex: 3, Code: "999", Reason: "r"}, "hl7: PID (segment 3, offset 0): r [HL7 0357 999]"},
 	}
 	for _, tt := range tests {
 		if got := tt.e.Error(); got != tt.want {

@@ -74,7 +74,7 @@ func TestErrorsHoldNoPatientData(t *testing.T) {
 
 func TestErrorString(t *testing.T) {
 	e := invalid(hl7.CodeDataType, "PID", 3, 2, 1, reasonNHSCheck)
-	want := "adt: PID-3(2).1: NHS number fails the modulus 11 check digit test [HL7 0357 102 Data type error; AE]"
+	want := "adt: PID^1^3^2^1: NHS number fails the modulus 11 check digit test [HL7 0357 102 Data type error; AE]"
 	if got := e.Error(); got != want {
 		t.Errorf("Error():\n\tgot  %s\n\twant %s", got, want)
 	}
@@ -308,13 +308,13 @@ func TestSameNHSNumberMergeIsHeld(t *testing.T) {
 func TestTooLongValues(t *testing.T) {
 	long := strings.Repeat("x", 101)
 	for _, tc := range []struct{ seg, loc string }{
-		{"PID|1||9991000003^^^NHS^NH||" + long, "PID-5.1"},
-		{"PID|1||9991000003^^^NHS^NH~" + long + "^^^RX1^MR", "PID-3(2).1"},
-		{"PID|1||9991000003^^^NHS^NH||||||||" + long, "PID-11.1"},
+		{"PID|1||9991000003^^^NHS^NH||" + long, "PID^1^5^1^1"},
+		{"PID|1||9991000003^^^NHS^NH~" + long + "^^^RX1^MR", "PID^1^3^2^1"},
+		{"PID|1||9991000003^^^NHS^NH||||||||" + long, "PID^1^11^1^1"},
 	} {
 		_, err := mustMap(t, newTestMapper(t), msg(strings.Replace(testMSH, "%s", "A08", 1), "EVN|A08|20250101", tc.seg))
 		var e *Error
-		if !errors.As(err, &e) || e.Code != hl7.CodeValueTooLong || e.location() != tc.loc {
+		if !errors.As(err, &e) || e.Code != hl7.CodeValueTooLong || e.Detail().Location() != tc.loc || !strings.Contains(err.Error(), tc.loc) {
 			t.Errorf("%s: got %v, want code 104 at %s", tc.loc, err, tc.loc)
 		}
 	}

@@ -1,7 +1,6 @@
 package adt
 
 import (
-	"strconv"
 	"strings"
 
 	"github.com/carehub/carehub/connectors/mllp/hl7"
@@ -11,7 +10,9 @@ import (
 // Error reports a message that cannot become a canonical event. It names
 // the place in the message (segment, field, repetition, component) and the
 // rule broken, never a value, so it is safe to log and to send back in an
-// ERR segment (see Detail).
+// ERR segment (see Detail). The place reads as hl7.ErrDetail.Location
+// writes it ("PID^1^3^2^1"), in Error() as in the ACK's ERR-2, the log and
+// a release's problem document.
 type Error struct {
 	// Ack is the original-mode acknowledgement the message deserves:
 	// hl7.AckAE when its content is wrong (the sender must correct it),
@@ -32,7 +33,7 @@ type Error struct {
 func (e *Error) Error() string {
 	var b strings.Builder
 	b.WriteString("adt: ")
-	if loc := e.location(); loc != "" {
+	if loc := e.Detail().Location(); loc != "" {
 		b.WriteString(loc)
 		b.WriteString(": ")
 	}
@@ -47,27 +48,6 @@ func (e *Error) Error() string {
 	b.WriteString(string(e.Ack))
 	b.WriteByte(']')
 	return b.String()
-}
-
-// location formats the place as a terse path, e.g. "PID-3(2).1".
-func (e *Error) location() string {
-	if e.Segment == "" {
-		return ""
-	}
-	s := e.Segment
-	if e.Sequence > 1 {
-		s += "(" + strconv.Itoa(e.Sequence) + ")"
-	}
-	if e.Field > 0 {
-		s += "-" + strconv.Itoa(e.Field)
-		if e.Repetition > 1 {
-			s += "(" + strconv.Itoa(e.Repetition) + ")"
-		}
-		if e.Component > 0 {
-			s += "." + strconv.Itoa(e.Component)
-		}
-	}
-	return s
 }
 
 // Detail returns the error as an ERR segment's content for hl7.NewACK.

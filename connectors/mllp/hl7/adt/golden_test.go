@@ -227,7 +227,8 @@ func readCorpus(t testing.TB) []corpusEntry {
 
 // TestCorpus maps the UK corpus (testdata/corpus, messages written here
 // after the HL7 UK / NHS ITK v2.4 ADT specifications: every trigger the
-// README's table names, code-only destinations, hospital-number-only PID-3,
+// README's table shares and a few it holds (TestEveryTriggerNotSharedIsHeld
+// maps every held one), code-only destinations, hospital-number-only PID-3,
 // NHS number statuses, PD1-12, sensitive specialties, Z-segments) with the
 // example deployment's settings: each matches its golden file and the
 // outcome corpus.tsv gives it. The listener-level refusals (another

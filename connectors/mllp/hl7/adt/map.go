@@ -135,6 +135,16 @@ func NotShared() map[string]string {
 	return out
 }
 
+// Known reports whether trigger (e.g. "A01") is an ADT trigger event
+// carehub knows: one it shares (Triggers) or one it decided not to share
+// (NotShared). Only a known trigger may be logged as sent: MSH-9.2 is
+// free text to a sender, and can hold anything, an NHS number included.
+func Known(trigger string) bool {
+	_, shared := triggers[trigger]
+	_, held := notShared[trigger]
+	return shared || held
+}
+
 // notShared holds a message of a trigger carehub does not share, keyed by
 // whatever identifies its patient (best effort: nothing is refused here).
 func (x *mapping) notShared() *Held {
@@ -710,7 +720,7 @@ const (
 
 func nhsNumberStatus(pid *hl7.Segment) int {
 	status := statusNone
-	for _, rep := range pid.Field(32).Repetitions() {
+	for _, rep := range pid.Field(32).AllReps() {
 		v := strings.ToUpper(strings.TrimSpace(rep.Component(1).String()))
 		v = strings.TrimPrefix(v, "NSTS")
 		switch v {
@@ -729,7 +739,7 @@ func nhsNumberStatus(pid *hl7.Segment) int {
 // repetition of type MR, else its first that is not an NHS number.
 func localID(pid *hl7.Segment) string {
 	var first string
-	for _, rep := range pid.Field(3).Repetitions() {
+	for _, rep := range pid.Field(3).AllReps() {
 		v := strings.TrimSpace(rep.Component(1).String())
 		typ := strings.ToUpper(strings.TrimSpace(rep.Component(5).String()))
 		auth := strings.ToUpper(strings.TrimSpace(rep.Component(4).Sub(1).String()))
@@ -780,7 +790,7 @@ func nhsNumberPID2(pid *hl7.Segment) (nhs.Number, error) {
 // there is none, and an *Error when one is malformed or two differ.
 func nhsNumber(seg *hl7.Segment, field int) (nhs.Number, error) {
 	var found nhs.Number
-	for i, rep := range seg.Field(field).Repetitions() {
+	for i, rep := range seg.Field(field).AllReps() {
 		typ := strings.ToUpper(strings.TrimSpace(rep.Component(5).String()))
 		auth := strings.ToUpper(strings.TrimSpace(rep.Component(4).Sub(1).String()))
 		if typ != "NH" && auth != "NHS" {
@@ -812,7 +822,7 @@ func nhsNumber(seg *hl7.Segment, field int) (nhs.Number, error) {
 // shared.
 func identifiers(seg *hl7.Segment, field int) ([]identifier, error) {
 	var out []identifier
-	for i, rep := range seg.Field(field).Repetitions() {
+	for i, rep := range seg.Field(field).AllReps() {
 		if strings.ToUpper(strings.TrimSpace(rep.Component(5).String())) != "MR" {
 			continue
 		}
@@ -859,16 +869,15 @@ func gpPractice(pd1 *hl7.Segment) (string, error) {
 // code of XPN and XAD) is code, else the first, with its 1-based index;
 // false when f is empty.
 func preferredRep(f hl7.Field, code string) (hl7.Repetition, int, bool) {
-	reps := f.Repetitions()
-	if len(reps) == 0 {
+	if f.Empty() {
 		return hl7.Repetition{}, 0, false
 	}
-	for i, r := range reps {
+	for i, r := range f.AllReps() {
 		if strings.EqualFold(strings.TrimSpace(r.Component(7).String()), code) {
 			return r, i + 1, true
 		}
 	}
-	return reps[0], 1, true
+	return f.Rep(1), 1, true
 }
 
 // personName maps the legal name (XPN.7 = L) of PID-5, or its first.
@@ -930,7 +939,7 @@ func homeAddress(pid *hl7.Segment) (*address, error) {
 	tooLong := func(comp int) error { return invalid(hl7.CodeValueTooLong, "PID", 11, idx, comp, reasonTooLong) }
 	// XAD.1 is a SAD: street or mailing address & street name & dwelling number.
 	var street []string
-	for _, s := range pick.Component(1).Subs() {
+	for _, s := range pick.Component(1).AllSubs() {
 		if v := strings.TrimSpace(s.String()); v != "" {
 			street = append(street, v)
 		}
@@ -965,7 +974,7 @@ func homeAddress(pid *hl7.Segment) (*address, error) {
 func telecoms(pid *hl7.Segment) ([]contactPoint, error) {
 	var out []contactPoint
 	for _, field := range []int{13, 14} {
-		for i, r := range pid.Field(field).Repetitions() {
+		for i, r := range pid.Field(field).AllReps() {
 			use := strings.ToUpper(strings.TrimSpace(r.Component(2).String()))
 			equip := strings.ToUpper(strings.TrimSpace(r.Component(3).String()))
 			cp := contactPoint{System: "phone"}
