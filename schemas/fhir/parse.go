@@ -1076,18 +1076,17 @@ func confidentiality(ptrs map[string]string, ns ...node) *bool {
 	return out
 }
 
-// finish writes the CloudEvent.
+// finish writes the CloudEvent, with the envelope encoder every part of
+// carehub uses (event.Event.Marshal): one key order, one time format.
 func (in *Inbound) finish(org, typ string, when time.Time, d *Data) (*Inbound, error) {
 	data, err := json.Marshal(d)
 	if err != nil {
 		return nil, problem.Wrap(problem.Internal, "encoding the event", err)
 	}
 	in.Type = typ
-	ce := map[string]any{
-		"specversion": event.SpecVersion, "id": in.ID, "source": event.SourcePrefix + org, "type": typ,
-		"time": when.Format(time.RFC3339Nano), "datacontenttype": media.JSON, "data": json.RawMessage(data),
-	}
-	if in.Event, err = json.Marshal(ce); err != nil {
+	ev := &event.Event{ID: in.ID, Source: event.SourcePrefix + org, Type: typ, Time: when,
+		DataContentType: media.JSON, Data: data}
+	if in.Event, err = ev.Marshal(); err != nil {
 		return nil, problem.Wrap(problem.Internal, "encoding the event", err)
 	}
 	return in, nil
