@@ -549,3 +549,53 @@ func TestFHIROutNewEventTypes(t *testing.T) {
 		t.Errorf("the Encounter's extensions: %v, want the cancelled transfer's", exts)
 	}
 }
+
+// TestFHIRSameIDTwoSources: an RX1 admission and a VM123 care plan with the
+// same id are two events, and reach a FHIR recipient in message mode as two
+// messages. Regression (audit of issue 10): the MessageHeader.id was derived
+// from the event's id alone, so the receiver, which processes a message
+// once by its MessageHeader.id (e2e/peers/fhir.js), dropped the second as a
+// duplicate of the first.
+func TestFHIRSameIDTwoSources(t *testing.T) {
+	srv := startFHIRServer(t, "ryj-token-0123456789")
+	gp := newReceiver(t, gpSecret)
+	home := newReceiver(t, careHomeSecret)
+	patient := nhsNumber(17001)
+	list := filepath.Join(t.TempDir(), "list.txt")
+	_ = os.WriteFile(list, []byte(patient+"\n"), 0o600)
+	h := startHub(t, hubOptions{gp: gp.URL, careHome: home.URL, recipientsYAML: fmt.Sprintf(`  - ods: RYJ
+    role: hospital
+    fhir: {url: %q, mode: message, token: {value: ryj-token-0123456789}}
+    subscriptions:
+      - {id: ryj-list, basis: patient-list, patientList: %q, types: [admission, careplan]}
+`, srv.URL, list)})
+	id := newID("shared")
+	adm := patientEvent(t, "admission", patient, "A81001", "")
+	adm["id"] = id
+	cp := patientEvent(t, "careplan", patient, "A81001", "")
+	cp["id"] = id
+	h.mustPublish("demo-rx1-key", adm)
+	h.mustPublish("demo-vm123-key", cp)
+	waitFor(t, "both events delivered to RYJ", 60*time.Second, func() bool {
+		types := map[string]bool{}
+		for _, m := range h.records("carehub.audit") {
+			var r struct{ Kind, Recipient, Outcome, EventID, EventType string }
+			_ = json.Unmarshal(m.Value, &r)
+			if r.Kind == "delivery" && r.Outcome == "delivered" && r.Recipient == "RYJ" && r.EventID == id {
+				types[r.EventType] = true
+			}
+		}
+		return types[event.TypeAdmission] && types[event.TypeCarePlan]
+	})
+	// Both messages were processed: the server holds the admission's
+	// Encounter and the care plan, one Patient from each message.
+	if n := len(srv.search(t, "Encounter")); n != 1 {
+		t.Errorf("the server holds %d Encounters, want the admission's", n)
+	}
+	if n := len(srv.search(t, "CarePlan")); n != 1 {
+		t.Errorf("the server holds %d CarePlans, want the care plan (a duplicate MessageHeader.id drops it)", n)
+	}
+	if n := len(srv.search(t, "Patient")); n != 2 {
+		t.Errorf("the server holds %d Patients, want one per message (2)", n)
+	}
+}

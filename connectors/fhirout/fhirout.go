@@ -200,7 +200,7 @@ func (s *Sink) Deliver(ctx context.Context, d connector.Delivery) (connector.Out
 	h.Set("Content-Type", media.FHIR)
 	h.Set("Accept", media.FHIR)
 	h.Set("User-Agent", "carehub-fhir/1")
-	h.Set("X-Request-ID", d.EventID)
+	h.Set("X-Request-ID", d.DeliveryID()) // the event's identity (source and id), as webhooks send it
 	if s.token != "" {
 		h.Set("Authorization", "Bearer "+s.token)
 	}
