@@ -650,7 +650,9 @@ func TestFHIRHL7ExamplesIn(t *testing.T) {
 			if status != http.StatusAccepted {
 				t.Fatalf("status %d, want 202: %s", status, b)
 			}
-			var oo struct{ Issue []struct{ Diagnostics string } }
+			var oo struct {
+				Issue []struct{ Diagnostics string }
+			}
 			_ = json.Unmarshal(b, &oo)
 			// "accepted: event <id> (<type>) is durable"
 			var id, typ string

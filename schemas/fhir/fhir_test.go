@@ -633,5 +633,7 @@ func TestIDsFollowEventIdentity(t *testing.T) {
 // fhirIdentifier is a Bundle.identifier as read back.
 type fhirIdentifier struct {
 	System, Value string
-	Assigner      struct{ Identifier struct{ System, Value string } }
+	Assigner      struct {
+		Identifier struct{ System, Value string }
+	}
 }
