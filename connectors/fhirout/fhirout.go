@@ -30,10 +30,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/carehub/carehub/connectors/connector"
@@ -172,7 +174,7 @@ func New(cfg Config, env connector.SinkEnv) (*Sink, error) {
 		transport.TLSClientConfig = tc
 	}
 	client, err := retry.NewHTTP(retry.HTTPConfig{Retry: bounds, Consent: env.Consent, Timeout: cfg.Timeout,
-		Transport: transport, Log: env.Log})
+		Transport: explainTLS{transport}, Log: env.Log})
 	if err != nil {
 		return nil, fmt.Errorf("fhir: %w", err)
 	}
@@ -204,8 +206,12 @@ func (s *Sink) Deliver(ctx context.Context, d connector.Delivery) (connector.Out
 	if s.token != "" {
 		h.Set("Authorization", "Bearer "+s.token)
 	}
-	ans, err := s.client.Do(ctx, d, retry.Request{URL: s.endpoint, Header: h, Body: body})
+	cause := &tlsCause{}
+	ans, err := s.client.Do(context.WithValue(ctx, tlsCauseKey{}, cause), d, retry.Request{URL: s.endpoint, Header: h, Body: body})
 	out.Attempts, out.Status = ans.Attempts, ans.Status
+	if text := cause.get(); err != nil && text != "" {
+		err = &tlsError{err: err, text: text}
+	}
 	if _, permanent := connector.IsPermanent(err); permanent && ans.Status != 0 {
 		reason := fmt.Sprintf("recipient answered %d", ans.Status)
 		if codes, ok := outcomeCodes(ans.Body); ok {
@@ -250,5 +256,78 @@ func safeCode(s string) string {
 	}
 	return s
 }
+
+// A TLS handshake that fails is, to the shared HTTP client, an attempt with
+// no answer (retried, as the server may be fixed); its error names only
+// the class ("request error"). explainTLS records why, in fixed words, so
+// that the error Deliver returns (and the hub logs) says which side of
+// mutual TLS to look at.
+
+// tlsCause holds why the last attempt's handshake failed ("" if none did).
+type tlsCause struct {
+	mu   sync.Mutex
+	text string
+}
+
+type tlsCauseKey struct{}
+
+func (c *tlsCause) set(s string) { c.mu.Lock(); c.text = s; c.mu.Unlock() }
+func (c *tlsCause) get() string  { c.mu.Lock(); defer c.mu.Unlock(); return c.text }
+
+// explainTLS is the sink's transport: it records a TLS failure's cause in
+// the request's tlsCause.
+type explainTLS struct{ next http.RoundTripper }
+
+func (t explainTLS) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := t.next.RoundTrip(req)
+	if err != nil {
+		if c, ok := req.Context().Value(tlsCauseKey{}).(*tlsCause); ok {
+			if text := tlsFailure(err); text != "" {
+				c.set(text)
+			}
+		}
+	}
+	return resp, err
+}
+
+// tlsFailure describes a TLS handshake failure in words safe to log (no
+// certificate names, no URL), or returns "" for any other error.
+func tlsFailure(err error) string {
+	var host x509.HostnameError
+	var authority x509.UnknownAuthorityError
+	var invalid x509.CertificateInvalidError
+	var verify *tls.CertificateVerificationError
+	var op *net.OpError
+	switch {
+	case errors.As(err, &host):
+		return "TLS: the server's certificate is not for its host name (url)"
+	case errors.As(err, &authority):
+		return "TLS: the server's certificate is not signed by a trusted CA (tls.ca)"
+	case errors.As(err, &invalid):
+		return "TLS: the server's certificate is not valid (expired, or not a server certificate)"
+	case errors.As(err, &verify):
+		return "TLS: the server's certificate could not be verified (tls.ca)"
+	case errors.As(err, &op) && op.Op == "remote error":
+		// The server's alert: a fixed text from crypto/tls ("tls: certificate
+		// required", "tls: bad certificate", "tls: unknown certificate authority").
+		alert := op.Err.Error()
+		if len(alert) > 60 || !strings.HasPrefix(alert, "tls: ") {
+			alert = "tls: alert"
+		}
+		return "TLS: the server refused the handshake (" + alert + "): check the client certificate (tls.cert, tls.key)"
+	}
+	return ""
+}
+
+// tlsError is a delivery error (err, from the shared client: it names the
+// class only) told by its TLS cause: safe to log whole.
+type tlsError struct {
+	err  error
+	text string
+}
+
+func (e *tlsError) Error() string { return "delivering: " + e.text }
+func (e *tlsError) Unwrap() error { return e.err }
+func (e *tlsError) SafeToLog()    {}
 
 var _ connector.Sink = (*Sink)(nil)
