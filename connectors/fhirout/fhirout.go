@@ -151,14 +151,22 @@ func New(cfg Config, env connector.SinkEnv) (*Sink, error) {
 		s.token, _ = cfg.Token.Reveal()
 	}
 	transport := cleanhttp.DefaultPooledTransport()
+	// The client certificate is chosen when the server asks for one
+	// (clientCertificate), so that a server refusing the hub for want of
+	// one is known to have asked, however TLS 1.3 reports the refusal.
+	tc := &tls.Config{MinVersion: tls.VersionTLS12}
+	var cert *tls.Certificate
+	tc.GetClientCertificate = func(cri *tls.CertificateRequestInfo) (*tls.Certificate, error) {
+		return clientCertificate(cri, cert), nil
+	}
+	transport.TLSClientConfig = tc
 	if cfg.TLS != nil {
-		tc := &tls.Config{MinVersion: tls.VersionTLS12}
 		if cfg.TLS.Cert != "" {
-			cert, err := tls.LoadX509KeyPair(cfg.TLS.Cert, cfg.TLS.Key)
+			c, err := tls.LoadX509KeyPair(cfg.TLS.Cert, cfg.TLS.Key)
 			if err != nil {
 				return nil, fmt.Errorf("fhir: tls: reading the client certificate: %w", err)
 			}
-			tc.Certificates = []tls.Certificate{cert}
+			cert = &c
 		}
 		if cfg.TLS.CA != "" {
 			pem, err := os.ReadFile(cfg.TLS.CA)
@@ -171,7 +179,6 @@ func New(cfg Config, env connector.SinkEnv) (*Sink, error) {
 			}
 			tc.RootCAs = pool
 		}
-		transport.TLSClientConfig = tc
 	}
 	client, err := retry.NewHTTP(retry.HTTPConfig{Retry: bounds, Consent: env.Consent, Timeout: cfg.Timeout,
 		Transport: explainTLS{transport}, Log: env.Log})
@@ -263,16 +270,47 @@ func safeCode(s string) string {
 // that the error Deliver returns (and the hub logs) says which side of
 // mutual TLS to look at.
 
-// tlsCause holds why the last attempt's handshake failed ("" if none did).
+// tlsCause holds why an attempt's handshake failed ("" if none did): what
+// the client certificate callback saw (cert), else the error (text).
 type tlsCause struct {
 	mu   sync.Mutex
+	cert string
 	text string
 }
 
 type tlsCauseKey struct{}
 
 func (c *tlsCause) set(s string) { c.mu.Lock(); c.text = s; c.mu.Unlock() }
-func (c *tlsCause) get() string  { c.mu.Lock(); defer c.mu.Unlock(); return c.text }
+
+func (c *tlsCause) setCert(s string) { c.mu.Lock(); c.cert = s; c.mu.Unlock() }
+
+func (c *tlsCause) get() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cert != "" {
+		return c.cert
+	}
+	return c.text
+}
+
+// clientCertificate answers a server's request for a client certificate:
+// cert if it is one the server accepts (as crypto/tls chooses from
+// Config.Certificates), else none; and, when it sends none, records why
+// in the attempt's tlsCause: a refusal that follows (an alert, or a reset
+// connection under TLS 1.3) is then explained.
+func clientCertificate(cri *tls.CertificateRequestInfo, cert *tls.Certificate) *tls.Certificate {
+	if cert != nil && cri.SupportsCertificate(cert) == nil {
+		return cert
+	}
+	if c, ok := cri.Context().Value(tlsCauseKey{}).(*tlsCause); ok {
+		if cert == nil {
+			c.setCert("TLS: the server asks for a client certificate and none is configured (tls.cert, tls.key)")
+		} else {
+			c.setCert("TLS: the server asks for a client certificate and does not accept the one configured (tls.cert: signed by a CA it trusts?)")
+		}
+	}
+	return &tls.Certificate{}
+}
 
 // explainTLS is the sink's transport: it records a TLS failure's cause in
 // the request's tlsCause.

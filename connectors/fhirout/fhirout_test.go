@@ -184,8 +184,8 @@ func TestMutualTLS(t *testing.T) {
 		wantCount int    // requests the server served, after
 	}{
 		{"certificate, key and CA", &fhirout.TLS{Cert: files["cert"], Key: files["key"], CA: files["ca"]}, "", 1},
-		{"no client certificate", &fhirout.TLS{CA: files["ca"]}, "the server refused the handshake", 1},
-		{"a client certificate the server's CA did not sign", &fhirout.TLS{Cert: files["stranger-cert"], Key: files["stranger-key"], CA: files["ca"]}, "the server refused the handshake", 1},
+		{"no client certificate", &fhirout.TLS{CA: files["ca"]}, "the server asks for a client certificate and none is configured", 1},
+		{"a client certificate the server's CA did not sign", &fhirout.TLS{Cert: files["stranger-cert"], Key: files["stranger-key"], CA: files["ca"]}, "does not accept the one configured", 1},
 		{"not the CA of the server's certificate", &fhirout.TLS{Cert: files["cert"], Key: files["key"], CA: files["other-ca"]}, "not signed by a trusted CA", 1},
 		{"no tls section", nil, "not signed by a trusted CA", 1},
 	}
