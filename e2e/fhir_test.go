@@ -549,3 +549,138 @@ func TestFHIROutNewEventTypes(t *testing.T) {
 		t.Errorf("the Encounter's extensions: %v, want the cancelled transfer's", exts)
 	}
 }
+
+// TestFHIRSameIDTwoSources: an RX1 admission and a VM123 care plan with the
+// same id are two events, and reach a FHIR recipient in message mode as two
+// messages. Regression (audit of issue 10): the MessageHeader.id was derived
+// from the event's id alone, so the receiver, which processes a message
+// once by its MessageHeader.id (e2e/peers/fhir.js), dropped the second as a
+// duplicate of the first.
+func TestFHIRSameIDTwoSources(t *testing.T) {
+	srv := startFHIRServer(t, "ryj-token-0123456789")
+	gp := newReceiver(t, gpSecret)
+	home := newReceiver(t, careHomeSecret)
+	patient := nhsNumber(17001)
+	list := filepath.Join(t.TempDir(), "list.txt")
+	_ = os.WriteFile(list, []byte(patient+"\n"), 0o600)
+	h := startHub(t, hubOptions{gp: gp.URL, careHome: home.URL, recipientsYAML: fmt.Sprintf(`  - ods: RYJ
+    role: hospital
+    fhir: {url: %q, mode: message, token: {value: ryj-token-0123456789}}
+    subscriptions:
+      - {id: ryj-list, basis: patient-list, patientList: %q, types: [admission, careplan]}
+`, srv.URL, list)})
+	id := newID("shared")
+	adm := patientEvent(t, "admission", patient, "A81001", "")
+	adm["id"] = id
+	cp := patientEvent(t, "careplan", patient, "A81001", "")
+	cp["id"] = id
+	h.mustPublish("demo-rx1-key", adm)
+	h.mustPublish("demo-vm123-key", cp)
+	waitFor(t, "both events delivered to RYJ", 60*time.Second, func() bool {
+		types := map[string]bool{}
+		for _, m := range h.records("carehub.audit") {
+			var r struct{ Kind, Recipient, Outcome, EventID, EventType string }
+			_ = json.Unmarshal(m.Value, &r)
+			if r.Kind == "delivery" && r.Outcome == "delivered" && r.Recipient == "RYJ" && r.EventID == id {
+				types[r.EventType] = true
+			}
+		}
+		return types[event.TypeAdmission] && types[event.TypeCarePlan]
+	})
+	// Both messages were processed: the server holds the admission's
+	// Encounter and the care plan, one Patient from each message.
+	if n := len(srv.search(t, "Encounter")); n != 1 {
+		t.Errorf("the server holds %d Encounters, want the admission's", n)
+	}
+	if n := len(srv.search(t, "CarePlan")); n != 1 {
+		t.Errorf("the server holds %d CarePlans, want the care plan (a duplicate MessageHeader.id drops it)", n)
+	}
+	if n := len(srv.search(t, "Patient")); n != 2 {
+		t.Errorf("the server holds %d Patients, want one per message (2)", n)
+	}
+}
+
+// TestFHIRHL7ExamplesIn: HL7's own R4 examples that carry the events
+// carehub handles, as an English trust sends them, become those events:
+// CarePlan-example in a message (a care plan), Encounter-f001 alone (a
+// discharge: it is finished, discharged home) and Encounter-example alone
+// marked entered-in-error (the admission cancelled). What is added to
+// them is in schemas/fhir/testdata/hl7-r4-examples/SOURCES.md.
+func TestFHIRHL7ExamplesIn(t *testing.T) {
+	gp := newReceiver(t, gpSecret)
+	home := newReceiver(t, careHomeSecret)
+	h := startHub(t, hubOptions{gp: gp.URL, careHome: home.URL, inputsYAML: "  - fhir: {}\n"})
+	nhsNo := nhsNumber(18001)
+	bySubject := func(file string, edit func(m map[string]any)) []byte {
+		enc := readExample(t, file)
+		enc["subject"] = map[string]any{"identifier": map[string]any{"system": fhir.SystemNHSNumber, "value": nhsNo}}
+		if edit != nil {
+			edit(enc)
+		}
+		b, _ := json.Marshal(enc)
+		return b
+	}
+	pat, cp := readExample(t, "Patient-example.json"), readExample(t, "CarePlan-example.json")
+	pat["identifier"] = append(pat["identifier"].([]any), map[string]any{"system": fhir.SystemNHSNumber, "value": nhsNo})
+	pat["generalPractitioner"] = []any{map[string]any{"identifier": map[string]any{"system": fhir.SystemODS, "value": "A81001"}}}
+	carePlan, _ := json.Marshal(map[string]any{"resourceType": "Bundle", "type": "message", "timestamp": time.Now().UTC().Format(time.RFC3339),
+		"entry": []any{
+			map[string]any{"fullUrl": "urn:uuid:3f1e2d4c-5b6a-4978-8a1b-2c3d4e5f6a7b", "resource": map[string]any{
+				"resourceType": "MessageHeader", "id": strings.ReplaceAll(newID("careplan"), "_", "-"),
+				"eventCoding": map[string]any{"system": fhir.SystemEvent, "code": "careplan"},
+				"sender":      map[string]any{"identifier": map[string]any{"system": fhir.SystemODS, "value": "RX1"}},
+				"source":      map[string]any{"endpoint": "https://community.rx1.example/fhir"},
+				"focus":       []any{map[string]any{"reference": "CarePlan/example"}},
+			}},
+			map[string]any{"fullUrl": "https://community.rx1.example/fhir/Patient/example", "resource": pat},
+			map[string]any{"fullUrl": "https://community.rx1.example/fhir/CarePlan/example", "resource": cp},
+		}})
+	for _, tc := range []struct {
+		name, path string
+		doc        []byte
+		want       string
+	}{
+		{"CarePlan-example in a message", "/fhir/r4/$process-message", carePlan, event.TypeCarePlan},
+		{"Encounter-f001 alone", "/fhir/r4/Encounter", bySubject("Encounter-f001.json", nil), event.TypeDischarge},
+		{"Encounter-example alone, entered in error", "/fhir/r4/Encounter",
+			bySubject("Encounter-example.json", func(m map[string]any) { m["status"] = "entered-in-error" }), event.TypeAdmissionCancelled},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			status, b := h.postFHIR(t, tc.path, "demo-rx1-key", tc.doc)
+			if status != http.StatusAccepted {
+				t.Fatalf("status %d, want 202: %s", status, b)
+			}
+			var oo struct {
+				Issue []struct{ Diagnostics string }
+			}
+			_ = json.Unmarshal(b, &oo)
+			// "accepted: event <id> (<type>) is durable"
+			var id, typ string
+			if len(oo.Issue) == 1 {
+				f := strings.Fields(oo.Issue[0].Diagnostics)
+				if len(f) == 6 {
+					id, typ = f[2], strings.Trim(f[3], "()")
+				}
+			}
+			if typ != tc.want {
+				t.Fatalf("accepted as %q, want %s: %s", typ, tc.want, b)
+			}
+			waitFor(t, "the event on carehub.events", 30*time.Second, func() bool {
+				for _, m := range h.records("carehub.events") {
+					var e struct {
+						ID, Source, Type string
+						Data             struct{ Patient struct{ NHSNumber string } }
+					}
+					_ = json.Unmarshal(m.Value, &e)
+					if e.ID == id {
+						if e.Type != tc.want || e.Source != "urn:ods:RX1" || e.Data.Patient.NHSNumber != nhsNo {
+							t.Fatalf("carehub.events holds %s from %s, want %s from urn:ods:RX1 about the patient", e.Type, e.Source, tc.want)
+						}
+						return true
+					}
+				}
+				return false
+			})
+		})
+	}
+}

@@ -30,10 +30,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/carehub/carehub/connectors/connector"
@@ -149,14 +151,22 @@ func New(cfg Config, env connector.SinkEnv) (*Sink, error) {
 		s.token, _ = cfg.Token.Reveal()
 	}
 	transport := cleanhttp.DefaultPooledTransport()
+	// The client certificate is chosen when the server asks for one
+	// (clientCertificate), so that a server refusing the hub for want of
+	// one is known to have asked, however TLS 1.3 reports the refusal.
+	tc := &tls.Config{MinVersion: tls.VersionTLS12}
+	var cert *tls.Certificate
+	tc.GetClientCertificate = func(cri *tls.CertificateRequestInfo) (*tls.Certificate, error) {
+		return clientCertificate(cri, cert), nil
+	}
+	transport.TLSClientConfig = tc
 	if cfg.TLS != nil {
-		tc := &tls.Config{MinVersion: tls.VersionTLS12}
 		if cfg.TLS.Cert != "" {
-			cert, err := tls.LoadX509KeyPair(cfg.TLS.Cert, cfg.TLS.Key)
+			c, err := tls.LoadX509KeyPair(cfg.TLS.Cert, cfg.TLS.Key)
 			if err != nil {
 				return nil, fmt.Errorf("fhir: tls: reading the client certificate: %w", err)
 			}
-			tc.Certificates = []tls.Certificate{cert}
+			cert = &c
 		}
 		if cfg.TLS.CA != "" {
 			pem, err := os.ReadFile(cfg.TLS.CA)
@@ -169,10 +179,9 @@ func New(cfg Config, env connector.SinkEnv) (*Sink, error) {
 			}
 			tc.RootCAs = pool
 		}
-		transport.TLSClientConfig = tc
 	}
 	client, err := retry.NewHTTP(retry.HTTPConfig{Retry: bounds, Consent: env.Consent, Timeout: cfg.Timeout,
-		Transport: transport, Log: env.Log})
+		Transport: explainTLS{transport}, Log: env.Log})
 	if err != nil {
 		return nil, fmt.Errorf("fhir: %w", err)
 	}
@@ -200,12 +209,16 @@ func (s *Sink) Deliver(ctx context.Context, d connector.Delivery) (connector.Out
 	h.Set("Content-Type", media.FHIR)
 	h.Set("Accept", media.FHIR)
 	h.Set("User-Agent", "carehub-fhir/1")
-	h.Set("X-Request-ID", d.EventID)
+	h.Set("X-Request-ID", d.DeliveryID()) // the event's identity (source and id), as webhooks send it
 	if s.token != "" {
 		h.Set("Authorization", "Bearer "+s.token)
 	}
-	ans, err := s.client.Do(ctx, d, retry.Request{URL: s.endpoint, Header: h, Body: body})
+	cause := &tlsCause{}
+	ans, err := s.client.Do(context.WithValue(ctx, tlsCauseKey{}, cause), d, retry.Request{URL: s.endpoint, Header: h, Body: body})
 	out.Attempts, out.Status = ans.Attempts, ans.Status
+	if text := cause.get(); err != nil && text != "" {
+		err = &tlsError{err: err, text: text}
+	}
 	if _, permanent := connector.IsPermanent(err); permanent && ans.Status != 0 {
 		reason := fmt.Sprintf("recipient answered %d", ans.Status)
 		if codes, ok := outcomeCodes(ans.Body); ok {
@@ -250,5 +263,109 @@ func safeCode(s string) string {
 	}
 	return s
 }
+
+// A TLS handshake that fails is, to the shared HTTP client, an attempt with
+// no answer (retried, as the server may be fixed); its error names only
+// the class ("request error"). explainTLS records why, in fixed words, so
+// that the error Deliver returns (and the hub logs) says which side of
+// mutual TLS to look at.
+
+// tlsCause holds why an attempt's handshake failed ("" if none did): what
+// the client certificate callback saw (cert), else the error (text).
+type tlsCause struct {
+	mu   sync.Mutex
+	cert string
+	text string
+}
+
+type tlsCauseKey struct{}
+
+func (c *tlsCause) set(s string) { c.mu.Lock(); c.text = s; c.mu.Unlock() }
+
+func (c *tlsCause) setCert(s string) { c.mu.Lock(); c.cert = s; c.mu.Unlock() }
+
+func (c *tlsCause) get() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cert != "" {
+		return c.cert
+	}
+	return c.text
+}
+
+// clientCertificate answers a server's request for a client certificate:
+// cert if it is one the server accepts (as crypto/tls chooses from
+// Config.Certificates), else none; and, when it sends none, records why
+// in the attempt's tlsCause: a refusal that follows (an alert, or a reset
+// connection under TLS 1.3) is then explained.
+func clientCertificate(cri *tls.CertificateRequestInfo, cert *tls.Certificate) *tls.Certificate {
+	if cert != nil && cri.SupportsCertificate(cert) == nil {
+		return cert
+	}
+	if c, ok := cri.Context().Value(tlsCauseKey{}).(*tlsCause); ok {
+		if cert == nil {
+			c.setCert("TLS: the server asks for a client certificate and none is configured (tls.cert, tls.key)")
+		} else {
+			c.setCert("TLS: the server asks for a client certificate and does not accept the one configured (tls.cert: signed by a CA it trusts?)")
+		}
+	}
+	return &tls.Certificate{}
+}
+
+// explainTLS is the sink's transport: it records a TLS failure's cause in
+// the request's tlsCause.
+type explainTLS struct{ next http.RoundTripper }
+
+func (t explainTLS) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := t.next.RoundTrip(req)
+	if err != nil {
+		if c, ok := req.Context().Value(tlsCauseKey{}).(*tlsCause); ok {
+			if text := tlsFailure(err); text != "" {
+				c.set(text)
+			}
+		}
+	}
+	return resp, err
+}
+
+// tlsFailure describes a TLS handshake failure in words safe to log (no
+// certificate names, no URL), or returns "" for any other error.
+func tlsFailure(err error) string {
+	var host x509.HostnameError
+	var authority x509.UnknownAuthorityError
+	var invalid x509.CertificateInvalidError
+	var verify *tls.CertificateVerificationError
+	var op *net.OpError
+	switch {
+	case errors.As(err, &host):
+		return "TLS: the server's certificate is not for its host name (url)"
+	case errors.As(err, &authority):
+		return "TLS: the server's certificate is not signed by a trusted CA (tls.ca)"
+	case errors.As(err, &invalid):
+		return "TLS: the server's certificate is not valid (expired, or not a server certificate)"
+	case errors.As(err, &verify):
+		return "TLS: the server's certificate could not be verified (tls.ca)"
+	case errors.As(err, &op) && op.Op == "remote error":
+		// The server's alert: a fixed text from crypto/tls ("tls: certificate
+		// required", "tls: bad certificate", "tls: unknown certificate authority").
+		alert := op.Err.Error()
+		if len(alert) > 60 || !strings.HasPrefix(alert, "tls: ") {
+			alert = "tls: alert"
+		}
+		return "TLS: the server refused the handshake (" + alert + "): check the client certificate (tls.cert, tls.key)"
+	}
+	return ""
+}
+
+// tlsError is a delivery error (err, from the shared client: it names the
+// class only) told by its TLS cause: safe to log whole.
+type tlsError struct {
+	err  error
+	text string
+}
+
+func (e *tlsError) Error() string { return "delivering: " + e.text }
+func (e *tlsError) Unwrap() error { return e.err }
+func (e *tlsError) SafeToLog()    {}
 
 var _ connector.Sink = (*Sink)(nil)

@@ -8,7 +8,10 @@
 //	node fhir.js serve PORT TOKEN   a receiving FHIR server: @medplum/fhir-router over its
 //	                                in-memory repository (transactions, search, read), plus
 //	                                $process-message, which validates the message and stores
-//	                                its resources; every request needs "Authorization: Bearer TOKEN"
+//	                                its resources, and, as FHIR messaging asks of a receiver,
+//	                                processes a message once: another with a MessageHeader.id
+//	                                already processed is a duplicate, answered again and not
+//	                                stored; every request needs "Authorization: Bearer TOKEN"
 'use strict';
 const fs = require('fs');
 const http = require('http');
@@ -53,6 +56,7 @@ function serve(port, token) {
   const { FhirRouter, MemoryRepository } = require('@medplum/fhir-router');
   const router = new FhirRouter();
   const repo = new MemoryRepository();
+  const processed = new Set(); // MessageHeader.id of each message processed
   const server = http.createServer((req, res) => {
     const chunks = [];
     req.on('data', (c) => chunks.push(c));
@@ -75,12 +79,15 @@ function serve(port, token) {
             send(422, outcomeOf(err));
             return;
           }
-          for (const e of body.entry.slice(1)) {
-            const r = { ...e.resource };
-            delete r.id;
-            await repo.createResource(r);
-          }
           const header = body.entry[0].resource;
+          if (!processed.has(header.id)) {
+            processed.add(header.id);
+            for (const e of body.entry.slice(1)) {
+              const r = { ...e.resource };
+              delete r.id;
+              await repo.createResource(r);
+            }
+          }
           send(200, {
             resourceType: 'Bundle', type: 'message', timestamp: new Date().toISOString(),
             entry: [{ fullUrl: 'urn:uuid:' + core.generateId(), resource: {

@@ -81,7 +81,7 @@ const (
 	SystemODS         = "https://fhir.nhs.uk/Id/ods-organization-code"
 	SystemEvent       = "https://carehub.dev/fhir/CodeSystem/event-type"
 	SystemV2Event     = "http://terminology.hl7.org/CodeSystem/v2-0003"
-	SystemEventID     = "https://carehub.dev/fhir/Id/event" // Bundle.identifier: the CloudEvents id
+	SystemEventID     = "https://carehub.dev/fhir/Id/event" // Bundle.identifier: the CloudEvents id (assigner: the source's ODS code)
 	SystemEncounterID = "https://carehub.dev/fhir/Id/encounter"
 	SystemCarePlanID  = "https://carehub.dev/fhir/Id/care-plan"
 	SystemWard        = "https://carehub.dev/fhir/Id/ward"

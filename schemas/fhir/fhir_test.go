@@ -170,28 +170,33 @@ func TestRoundTrip(t *testing.T) {
 
 // ukMessage builds a FHIR message from HL7's own R4 example resources, with
 // what an English trust adds to them: an NHS number and registered GP on
-// the Patient, the sender's ODS code, and the encounter's period.
-func ukMessage(t testing.TB, eventCode string, encounterFile string, document string) []byte {
+// the Patient, the sender's ODS code, and an Encounter's subject and
+// period. focusFile is the Encounter or CarePlan the event is about (HL7's
+// CarePlan-example already names Patient/example as its subject).
+func ukMessage(t testing.TB, eventCode string, focusFile string, document string) []byte {
 	t.Helper()
 	var pat, enc map[string]any
 	_ = json.Unmarshal(read(t, "testdata/hl7-r4-examples/Patient-example.json"), &pat)
-	_ = json.Unmarshal(read(t, "testdata/hl7-r4-examples/"+encounterFile), &enc)
+	_ = json.Unmarshal(read(t, "testdata/hl7-r4-examples/"+focusFile), &enc)
 	pat["identifier"] = append(pat["identifier"].([]any), map[string]any{"system": fhir.SystemNHSNumber, "value": canary})
 	pat["generalPractitioner"] = []any{map[string]any{"identifier": map[string]any{"system": fhir.SystemODS, "value": "A81001"}}}
-	enc["subject"] = map[string]any{"reference": "Patient/example"}
-	if enc["period"] == nil {
-		enc["period"] = map[string]any{"start": "2013-05-14T10:00:00+01:00", "end": "2013-05-14T12:20:00+01:00"}
+	if enc["resourceType"] == "Encounter" {
+		enc["subject"] = map[string]any{"reference": "Patient/example"}
+		if enc["period"] == nil {
+			enc["period"] = map[string]any{"start": "2013-05-14T10:00:00+01:00", "end": "2013-05-14T12:20:00+01:00"}
+		}
 	}
+	rt := enc["resourceType"].(string)
 	entries := []any{
 		map[string]any{"fullUrl": "urn:uuid:0c3b0b9a-2f4c-4c2a-9b38-6d3c2c1f0a01", "resource": map[string]any{
 			"resourceType": "MessageHeader", "id": "0c3b0b9a-2f4c-4c2a-9b38-6d3c2c1f0a01",
 			"eventCoding": map[string]any{"system": fhir.SystemEvent, "code": eventCode},
 			"sender":      map[string]any{"identifier": map[string]any{"system": fhir.SystemODS, "value": "RX1"}},
 			"source":      map[string]any{"endpoint": "https://pas.rx1.example/fhir"},
-			"focus":       []any{map[string]any{"reference": "Encounter/" + enc["id"].(string)}},
+			"focus":       []any{map[string]any{"reference": rt + "/" + enc["id"].(string)}},
 		}},
 		map[string]any{"fullUrl": "https://pas.rx1.example/fhir/Patient/example", "resource": pat},
-		map[string]any{"fullUrl": "https://pas.rx1.example/fhir/Encounter/" + enc["id"].(string), "resource": enc},
+		map[string]any{"fullUrl": "https://pas.rx1.example/fhir/" + rt + "/" + enc["id"].(string), "resource": enc},
 	}
 	if document != "" {
 		var doc any
@@ -202,10 +207,28 @@ func ukMessage(t testing.TB, eventCode string, encounterFile string, document st
 	return b
 }
 
+// ukEncounter is one of HL7's example Encounters, to be posted alone, with
+// the subject named by NHS number (as carehub's contract needs: HL7's
+// examples reference a Patient elsewhere) and edit applied.
+func ukEncounter(t testing.TB, file string, edit func(m map[string]any)) []byte {
+	t.Helper()
+	var enc map[string]any
+	if err := json.Unmarshal(read(t, "testdata/hl7-r4-examples/"+file), &enc); err != nil {
+		t.Fatal(err)
+	}
+	enc["subject"] = map[string]any{"identifier": map[string]any{"system": fhir.SystemNHSNumber, "value": canary}}
+	if edit != nil {
+		edit(enc)
+	}
+	b, _ := json.Marshal(enc)
+	return b
+}
+
 // TestInGolden: FHIR documents in, canonical events or OperationOutcomes
 // out. HL7's own examples are read as they are (the lone Encounters name
 // no NHS number, so each is refused, precisely) and as an English trust
-// sends them (ukMessage).
+// sends them (ukMessage, ukEncounter); those that carry an event carehub
+// handles must give that event (wantType).
 func TestInGolden(t *testing.T) {
 	v, _ := event.NewValidator()
 	now := time.Date(2026, 11, 24, 10, 0, 0, 0, time.UTC)
@@ -221,7 +244,18 @@ func TestInGolden(t *testing.T) {
 		input{"hl7-Bundle-message-patient-link", "message", read(t, "testdata/hl7-r4-examples/Bundle-10bb101f-a121-4264-a920-67be9cb82c74.json")},
 		input{"uk-discharge-f001-with-father-summary", "message", ukMessage(t, "discharge", "Encounter-f001.json", "Bundle-father.json")},
 		input{"uk-admission-emerg", "message", ukMessage(t, "admission", "Encounter-emerg.json", "")},
+		input{"uk-careplan-example", "message", ukMessage(t, "careplan", "CarePlan-example.json", "")},
+		input{"uk-lone-encounter-f001-discharge", "encounter", ukEncounter(t, "Encounter-f001.json", nil)},
+		input{"uk-lone-encounter-example-entered-in-error", "encounter", ukEncounter(t, "Encounter-example.json", func(m map[string]any) { m["status"] = "entered-in-error" })},
 	)
+	// The event each of HL7's examples carries, as an English trust sends it.
+	wantType := map[string]string{
+		"uk-discharge-f001-with-father-summary":      event.TypeDischarge,
+		"uk-admission-emerg":                         event.TypeAdmission,
+		"uk-careplan-example":                        event.TypeCarePlan,
+		"uk-lone-encounter-f001-discharge":           event.TypeDischarge,
+		"uk-lone-encounter-example-entered-in-error": event.TypeAdmissionCancelled,
+	}
 	files, _ := filepath.Glob("testdata/in/*.json")
 	for _, f := range files {
 		if strings.HasSuffix(f, ".golden.json") {
@@ -243,11 +277,19 @@ func TestInGolden(t *testing.T) {
 				got, err = fhir.FromMessage(in.doc, "RX1")
 			}
 			if err == nil {
-				if _, verr := v.Parse(got.Event); verr != nil {
+				ev, verr := v.Parse(got.Event)
+				if verr != nil {
 					err = got.Locate(verr)
+				} else if m, merr := ev.Marshal(); merr != nil || !bytes.Equal(m, got.Event) {
+					// One envelope encoder (event.Event.Marshal): the event read
+					// from FHIR is byte for byte what it makes of the same event.
+					t.Errorf("the envelope is not event.Marshal's (%v):\n\tgot  %s\n\twant %s", merr, got.Event, m)
 				}
 			}
 			path := filepath.Join("testdata", "in", in.name)
+			if want, ok := wantType[in.name]; ok && (err != nil || got.Type != want) {
+				t.Errorf("HL7's example as an English trust sends it: got %v (%s), want a %s", got, err, want)
+			}
 			if err != nil {
 				oo := problem.OperationOutcome(err)
 				if bytes.Contains(oo, []byte(canary)) || strings.Contains(err.Error(), canary) {
@@ -503,5 +545,95 @@ func TestDischargeSummaryWithoutDestination(t *testing.T) {
 	}
 	if k := problem.KindOf(err); k != problem.Invalid {
 		t.Errorf("kind %v (%v), want Invalid", k, err)
+	}
+}
+
+// TestIDsFollowEventIdentity pins a bug the audit of issue 10 found: the
+// ids of the Bundle, the MessageHeader and every resource were derived from
+// the event's id alone, so RX1's event 0001 and VM123's event 0001 gave one
+// MessageHeader.id, and a receiver dropped the second as a duplicate. They
+// are derived from (source, id), the event's identity; the same event
+// always gives the same ids; the conditional matches of a transaction,
+// which name the patient and the encounter, do not change.
+func TestIDsFollowEventIdentity(t *testing.T) {
+	rx1 := *examples(t)["careplan"]
+	rx1.ID, rx1.Source, rx1.Publisher = "0001", "urn:ods:RX1", "RX1"
+	vm := rx1
+	vm.Source, vm.Publisher = "urn:ods:VM123", "VM123"
+	type ids struct {
+		Bundle, Header string
+		Resources      []string
+		Identifier     fhirIdentifier
+		Matches        []string
+	}
+	read := func(ev *event.Event) ids {
+		t.Helper()
+		msg, err := fhir.MessageBundle(ev, "RYJ", "https://epr.example/fhir")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var m struct {
+			ID         string
+			Identifier fhirIdentifier
+			Entry      []struct {
+				FullURL  string
+				Resource struct{ ID, ResourceType string }
+			}
+		}
+		_ = json.Unmarshal(msg, &m)
+		out := ids{Bundle: m.ID, Identifier: m.Identifier}
+		for _, e := range m.Entry {
+			if e.Resource.ResourceType == "MessageHeader" {
+				out.Header = e.Resource.ID
+				continue
+			}
+			out.Resources = append(out.Resources, e.Resource.ID)
+		}
+		tx, err := fhir.TransactionBundle(ev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var tb struct {
+			Identifier fhirIdentifier
+			Entry      []struct{ Request struct{ URL string } }
+		}
+		_ = json.Unmarshal(tx, &tb)
+		if !cmp.Equal(tb.Identifier, m.Identifier) {
+			t.Errorf("the transaction's identifier %v differs from the message's %v", tb.Identifier, m.Identifier)
+		}
+		for _, e := range tb.Entry {
+			out.Matches = append(out.Matches, e.Request.URL)
+		}
+		return out
+	}
+	a, again, b := read(&rx1), read(&rx1), read(&vm)
+	if d := cmp.Diff(a, again); d != "" {
+		t.Errorf("the same event gave other ids (-first +second):\n%s", d)
+	}
+	if a.Header == b.Header || a.Bundle == b.Bundle {
+		t.Errorf("RX1's and VM123's events 0001 share a MessageHeader.id (%s, %s) or Bundle.id (%s, %s)", a.Header, b.Header, a.Bundle, b.Bundle)
+	}
+	for i := range a.Resources {
+		if a.Resources[i] == b.Resources[i] {
+			t.Errorf("RX1's and VM123's events 0001 share resource id %s", a.Resources[i])
+		}
+	}
+	for ev, got := range map[*event.Event]fhirIdentifier{&rx1: a.Identifier, &vm: b.Identifier} {
+		want := fhirIdentifier{System: fhir.SystemEventID, Value: "0001"}
+		want.Assigner.Identifier.System, want.Assigner.Identifier.Value = fhir.SystemODS, ev.Publisher
+		if !cmp.Equal(got, want) {
+			t.Errorf("Bundle.identifier of %s's event:\n\tgot  %+v\n\twant %+v", ev.Publisher, got, want)
+		}
+	}
+	if d := cmp.Diff(a.Matches, b.Matches); d != "" || len(a.Matches) == 0 {
+		t.Errorf("the conditional matches depend on the event's source (-RX1 +VM123):\n%s", d)
+	}
+}
+
+// fhirIdentifier is a Bundle.identifier as read back.
+type fhirIdentifier struct {
+	System, Value string
+	Assigner      struct {
+		Identifier struct{ System, Value string }
 	}
 }

@@ -195,9 +195,10 @@ type concept struct {
 }
 
 type identifier struct {
-	Use    string `json:"use,omitempty"`
-	System string `json:"system,omitempty"`
-	Value  string `json:"value,omitempty"`
+	Use      string     `json:"use,omitempty"`
+	System   string     `json:"system,omitempty"`
+	Value    string     `json:"value,omitempty"`
+	Assigner *reference `json:"assigner,omitempty"`
 }
 
 type reference struct {

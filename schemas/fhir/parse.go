@@ -433,17 +433,24 @@ var destinationFromCode = map[string]string{
 	"http://snomed.info/sct|306689006": "home",
 }
 
-// location reads a Location (contained or in the message) or a display-only
-// reference as a canonical location.
-func location(ref node, enc node, ix refIndex) *Location {
+// containedIndex indexes a resource's contained resources by id (the last
+// of two with one id wins), once per resource: an Encounter may reference
+// its contained Locations from every location and extension.
+func containedIndex(n node) map[string]node {
+	out := map[string]node{}
+	for _, c := range n.list("contained") {
+		out[c.str("id")] = c
+	}
+	return out
+}
+
+// location reads a Location (contained, by the Encounter's containedIndex,
+// or in the message) or a display-only reference as a canonical location.
+func location(ref node, contained map[string]node, ix refIndex) *Location {
 	l := &Location{}
 	var res node
 	if s := ref.str("reference"); strings.HasPrefix(s, "#") {
-		for _, c := range enc.list("contained") {
-			if c.str("id") == s[1:] {
-				res = c
-			}
-		}
+		res = contained[s[1:]]
 	} else if n, ok := ix.resolve(ref); ok {
 		res = n
 	}
@@ -558,6 +565,7 @@ func (r *reader) encounter(e node, typ string, ix refIndex, d *Data, ptrs map[st
 		}
 	}
 	locs := e.list("location")
+	cont := containedIndex(e)
 	byStatus := func(status ...string) (node, bool) {
 		var found node
 		ok := false
@@ -576,10 +584,10 @@ func (r *reader) encounter(e node, typ string, ix refIndex, d *Data, ptrs map[st
 		for _, l := range locs {
 			switch l.str("status") {
 			case "completed":
-				t.From = location(l.get("location"), e, ix)
+				t.From = location(l.get("location"), cont, ix)
 				ptrs["/data/transfer/from"] = l.ptr
 			case "active", "":
-				t.To = location(l.get("location"), e, ix)
+				t.To = location(l.get("location"), cont, ix)
 				t.Time = dateTime(l.get("period").str("start"))
 				ptrs["/data/transfer/to"] = l.ptr
 			}
@@ -596,7 +604,7 @@ func (r *reader) encounter(e node, typ string, ix refIndex, d *Data, ptrs map[st
 			ptrs["/data/encounter/location"] = p
 		}
 		if l, ok := byStatus("reserved"); ok {
-			enc.Location = location(l.get("location"), e, ix)
+			enc.Location = location(l.get("location"), cont, ix)
 			ptrs["/data/encounter/location"] = l.ptr
 		}
 	case event.TypeTransferCancelled:
@@ -606,7 +614,7 @@ func (r *reader) encounter(e node, typ string, ix refIndex, d *Data, ptrs map[st
 		t := &Transfer{}
 		ptrs["/data/transfer"] = e.get("location").ptr
 		if l, ok := byStatus("active", ""); ok {
-			t.From = location(l.get("location"), e, ix)
+			t.From = location(l.get("location"), cont, ix)
 			ptrs["/data/transfer/from"] = l.ptr
 		}
 		if t.From == nil {
@@ -617,7 +625,7 @@ func (r *reader) encounter(e node, typ string, ix refIndex, d *Data, ptrs map[st
 			for _, sub := range x.list("extension") {
 				switch sub.str("url") {
 				case "location":
-					t.To = location(sub.get("valueReference"), e, ix)
+					t.To = location(sub.get("valueReference"), cont, ix)
 					ptrs["/data/transfer/to"] = sub.ptr
 				case "recorded":
 					t.Time = dateTime(sub.str("valueDateTime"))
@@ -638,7 +646,7 @@ func (r *reader) encounter(e node, typ string, ix refIndex, d *Data, ptrs map[st
 			ptrs["/data/encounter/location"] = p
 		}
 		if l, ok := byStatus("reserved"); ok {
-			enc.Location = location(l.get("location"), e, ix)
+			enc.Location = location(l.get("location"), cont, ix)
 			ptrs["/data/encounter/location"] = l.ptr
 		}
 	default:
@@ -649,7 +657,7 @@ func (r *reader) encounter(e node, typ string, ix refIndex, d *Data, ptrs map[st
 					l = c
 				}
 			}
-			enc.Location = location(l.get("location"), e, ix)
+			enc.Location = location(l.get("location"), cont, ix)
 			ptrs["/data/encounter/location"] = l.ptr
 		}
 	}
@@ -1076,18 +1084,17 @@ func confidentiality(ptrs map[string]string, ns ...node) *bool {
 	return out
 }
 
-// finish writes the CloudEvent.
+// finish writes the CloudEvent, with the envelope encoder every part of
+// carehub uses (event.Event.Marshal): one key order, one time format.
 func (in *Inbound) finish(org, typ string, when time.Time, d *Data) (*Inbound, error) {
 	data, err := json.Marshal(d)
 	if err != nil {
 		return nil, problem.Wrap(problem.Internal, "encoding the event", err)
 	}
 	in.Type = typ
-	ce := map[string]any{
-		"specversion": event.SpecVersion, "id": in.ID, "source": event.SourcePrefix + org, "type": typ,
-		"time": when.Format(time.RFC3339Nano), "datacontenttype": media.JSON, "data": json.RawMessage(data),
-	}
-	if in.Event, err = json.Marshal(ce); err != nil {
+	ev := &event.Event{ID: in.ID, Source: event.SourcePrefix + org, Type: typ, Time: when,
+		DataContentType: media.JSON, Data: data}
+	if in.Event, err = ev.Marshal(); err != nil {
 		return nil, problem.Wrap(problem.Internal, "encoding the event", err)
 	}
 	return in, nil

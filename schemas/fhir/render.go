@@ -37,8 +37,20 @@ type Resources struct {
 // name ("admission").
 func Code(eventType string) string { return event.ShortName(eventType) }
 
-func rid(eventID, kind string) string {
-	return uuid.NewSHA1(namespace, []byte(eventID+"\x00"+kind)).String()
+// rid is the id of the resource of kind an event gives: a name-based UUID
+// of the event's identity (event.Identity: its source and its id, as
+// CloudEvents identifies an event) and the kind. Two publishers' events
+// with the same id give two MessageHeaders, two Bundles, two Patients.
+func rid(ev *event.Event, kind string) string {
+	return uuid.NewSHA1(namespace, []byte(event.Identity(ev.Source, ev.ID)+"\x00"+kind)).String()
+}
+
+// bundleIdentifier is Bundle.identifier: the event's id (SystemEventID),
+// assigned by its publisher (the ODS code of its source), so that the pair
+// that identifies the event travels with it.
+func bundleIdentifier(ev *event.Event) identifier {
+	return identifier{System: SystemEventID, Value: ev.ID,
+		Assigner: &reference{Type: "Organization", Identifier: &identifier{System: SystemODS, Value: ev.Publisher}}}
 }
 
 // FromEvent maps an accepted event to its resources. It fails only on an
@@ -50,7 +62,7 @@ func FromEvent(ev *event.Event) (*Resources, error) {
 	}
 	r := &Resources{}
 	add := func(kind string, res map[string]any, match string) *Entry {
-		id := rid(ev.ID, kind)
+		id := rid(ev, kind)
 		res["id"] = id
 		r.Entries = append(r.Entries, Entry{FullURL: "urn:uuid:" + id, Type: res["resourceType"].(string), Resource: res, Match: match})
 		return &r.Entries[len(r.Entries)-1]
@@ -121,7 +133,7 @@ func FromEvent(ev *event.Event) (*Resources, error) {
 		// The consent decision withheld documents: say so, without them.
 		hdr["meta"] = meta{Security: []coding{{System: SystemRedacted, Code: string(event.FormNotification), Display: "notification only: the full record is withheld"}}}
 	}
-	id := rid(ev.ID, "MessageHeader")
+	id := rid(ev, "MessageHeader")
 	hdr["id"] = id
 	r.Header = Entry{FullURL: "urn:uuid:" + id, Type: "MessageHeader", Resource: hdr}
 	return r, nil
@@ -539,8 +551,8 @@ func MessageBundle(ev *event.Event, recipient, endpoint string) ([]byte, error) 
 		entries = append(entries, bundleEntry(e, nil))
 	}
 	return json.Marshal(map[string]any{
-		"resourceType": "Bundle", "id": rid(ev.ID, "Bundle"), "type": "message",
-		"identifier": identifier{System: SystemEventID, Value: ev.ID},
+		"resourceType": "Bundle", "id": rid(ev, "Bundle"), "type": "message",
+		"identifier": bundleIdentifier(ev),
 		"timestamp":  ev.Time.UTC().Format(time.RFC3339),
 		"entry":      entries,
 	})
@@ -572,7 +584,7 @@ func TransactionBundle(ev *event.Event) ([]byte, error) {
 		entries = append(entries, bundleEntry(e, map[string]any{"request": req}))
 	}
 	return json.Marshal(map[string]any{
-		"resourceType": "Bundle", "type": "transaction", "identifier": identifier{System: SystemEventID, Value: ev.ID},
+		"resourceType": "Bundle", "type": "transaction", "identifier": bundleIdentifier(ev),
 		"timestamp": ev.Time.UTC().Format(time.RFC3339), "entry": entries,
 	})
 }
