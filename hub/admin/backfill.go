@@ -147,6 +147,10 @@ func (a *API) getBackfill(w http.ResponseWriter, r *http.Request) {
 // JSON line after every commit of its position and once more when it
 // stops (state done or interrupted).
 func (a *API) runBackfill(w http.ResponseWriter, r *http.Request) {
+	if err := bodyType(r, ""); err != nil {
+		a.fail(w, r, err)
+		return
+	}
 	var o backfill.Options
 	if s := r.URL.Query().Get("rate"); s != "" {
 		v, err := strconv.ParseFloat(s, 64)
