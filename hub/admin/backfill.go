@@ -26,9 +26,6 @@ type Backfills interface {
 	Job(ctx context.Context, id string) (backfill.Job, error)
 }
 
-// NDJSON is the media type of a run's progress: one JSON job per line.
-const NDJSON = "application/x-ndjson"
-
 // registerBackfills adds the routes about backfills:
 //
 //	POST /v1/backfills           {"recipient": ODS, "since": date}: a job (or the unfinished one of that recipient and date)
@@ -175,7 +172,7 @@ func (a *API) runBackfill(w http.ResponseWriter, r *http.Request) {
 	o.Progress = func(j backfill.Job) {
 		if !started {
 			started = true
-			w.Header().Set("Content-Type", NDJSON)
+			w.Header().Set("Content-Type", media.NDJSON)
 			w.Header().Set("Cache-Control", "no-store")
 			w.WriteHeader(http.StatusOK)
 		}
