@@ -161,7 +161,8 @@ func TestMetricsMoveDuringARun(t *testing.T) {
 	}
 	for series := range base.values {
 		if check, ok := strings.CutPrefix(series, "carehub_readiness_check{check="); ok {
-			if row := "| `" + strings.TrimSuffix(check, "}") + "` |"; !strings.Contains(string(readme), row) {
+			check = strings.TrimSuffix(check, "}")
+			if row := "| `" + check + "` |"; !strings.Contains(string(readme), row) {
 				t.Errorf("the readiness check %s has no row %q in the README's Health table", check, row)
 			}
 		}
