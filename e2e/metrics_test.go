@@ -145,11 +145,26 @@ func TestMetricsMoveDuringARun(t *testing.T) {
 		"carehub_ready": 1, "carehub_kafka_up": 1,
 		"carehub_readiness_check{check=started}": 1, "carehub_readiness_check{check=broker}": 1, "carehub_readiness_check{check=disk}": 1,
 		"carehub_readiness_check{check=consent}": 1, "carehub_readiness_check{check=deliverers}": 1,
+		"carehub_readiness_check{check=subscriptions}": 1, "carehub_readiness_check{check=feeds}": 1,
 		"carehub_recipient_backlog_events{recipient=VM123}": 0, "carehub_dead_letters_open{recipient=VM123}": 0,
 		"carehub_deliveries_total{outcome=dead-lettered,recipient=VM123}": 0,
 	} {
 		if got, ok := base.values[series]; !ok || got != want {
 			t.Errorf("at start: %s = %v (present %v), want %v", series, got, ok, want)
+		}
+	}
+	// Every readiness check the hub reports has its row in the README's
+	// Health table (the audit of issue 14 found subscriptions missing).
+	readme, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for series := range base.values {
+		if check, ok := strings.CutPrefix(series, "carehub_readiness_check{check="); ok {
+			check = strings.TrimSuffix(check, "}")
+			if row := "| `" + check + "` |"; !strings.Contains(string(readme), row) {
+				t.Errorf("the readiness check %s has no row %q in the README's Health table", check, row)
+			}
 		}
 	}
 

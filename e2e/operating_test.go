@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"os"
 	"os/exec"
@@ -244,6 +245,21 @@ func TestHeldMessagesReleasedAndResolved(t *testing.T) {
 	if len(byReason) != 3 {
 		t.Fatalf("held: %v, want three reasons", byReason)
 	}
+	// The counts while the three are open: one of each reason, every
+	// other reason listed at zero.
+	status, body, _ := s.call("GET", "/v1/held/counts", "", nil, jo())
+	var open struct {
+		Total    int
+		ByReason map[string]int
+	}
+	if err := json.Unmarshal(body, &open); status != 200 || err != nil {
+		t.Fatalf("GET /v1/held/counts: %d %s", status, body)
+	}
+	wantReasons := map[string]int{"trigger-not-shared": 1, "no-nhs-number": 1, "nhs-number-unverified": 1,
+		"nhs-number-status-missing": 0, "local-merge": 0}
+	if open.Total != 3 || !maps.Equal(open.ByReason, wantReasons) {
+		t.Errorf("counts while three are open:\n\tgot  total %d, byReason %v\n\twant total 3, byReason %v", open.Total, open.ByReason, wantReasons)
+	}
 	release := func(reason, body string) (int, []byte) {
 		t.Helper()
 		ct := ""
@@ -265,7 +281,7 @@ func TestHeldMessagesReleasedAndResolved(t *testing.T) {
 	if status, body := release("nhs-number-unverified", `{"nhsNumber":"`+traced+`"}`); status != 422 {
 		t.Errorf("confirming another number than the message's: %d %s, want 422", status, body)
 	}
-	status, body := release("no-nhs-number", `{"nhsNumber":"`+traced+`"}`)
+	status, body = release("no-nhs-number", `{"nhsNumber":"`+traced+`"}`)
 	var rel struct {
 		State  string
 		Events []struct{ ID, Type string }
@@ -420,6 +436,40 @@ func TestBackfillInterruptedAndResumed(t *testing.T) {
 	}
 	waitFor(t, "every backfilled event delivered", 60*time.Second, func() bool { return len(s.team.deliveries()) >= 21 })
 	waitFor(t, "every outbox settled", 60*time.Second, s.settled)
+
+	// The list: the job, done; by recipient; a recipient that is no ODS
+	// code refused.
+	var listed struct {
+		Items []struct{ ID, Recipient, State string }
+	}
+	for _, query := range []string{"", "?recipient=CN001"} {
+		status, body, _ := s.call("GET", "/v1/backfills"+query, "", nil, jo())
+		listed.Items = nil
+		if err := json.Unmarshal(body, &listed); status != 200 || err != nil || len(listed.Items) != 1 ||
+			listed.Items[0].ID != job.ID || listed.Items[0].Recipient != "CN001" || listed.Items[0].State != "done" {
+			t.Errorf("GET /v1/backfills%s: got %d %s, want the one job, done", query, status, body)
+		}
+	}
+	if status, body, _ := s.call("GET", "/v1/backfills?recipient=VM123", "", nil, jo()); status != 200 || !bytes.Contains(body, []byte(`"items":[]`)) {
+		t.Errorf("GET /v1/backfills?recipient=VM123: got %d %s, want no job", status, body)
+	}
+	if status, body, _ := s.call("GET", "/v1/backfills?recipient=not-ods!", "", nil, jo()); status != 422 || !bytes.Contains(body, []byte(`"pointer":"/query/recipient"`)) {
+		t.Errorf("GET /v1/backfills?recipient=not-ods!: got %d %s, want 422 at /query/recipient", status, body)
+	}
+	// Creating and each run are access records (action backfill) with the
+	// operator: created once (asking again is not a new job), ran twice.
+	var accesses []string
+	for _, r := range s.auditRecords() {
+		if r["kind"] == "access" && r["action"] == "backfill" {
+			what, _, _ := strings.Cut(fmt.Sprint(r["reason"]), " of events")
+			accesses = append(accesses, fmt.Sprintf("%v %v by %v", what, r["recipient"], r["actor"]))
+		}
+	}
+	slices.Sort(accesses)
+	wantAccesses := []string{"created backfill " + job.ID + " CN001 by ops.jo", "ran backfill " + job.ID + " CN001 by ops.jo", "ran backfill " + job.ID + " CN001 by ops.jo"}
+	if !slices.Equal(accesses, wantAccesses) {
+		t.Errorf("backfill access audit:\n\tgot  %q\n\twant %q", accesses, wantAccesses)
+	}
 
 	// p1's twenty events and the live one, each once; nothing of p2 or p3.
 	seen := map[string]int{}

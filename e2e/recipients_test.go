@@ -677,3 +677,67 @@ func TestTheConfigurationFileSeedsAndTheAPIsChangesStand(t *testing.T) {
 	h.mustPublish("demo-rx1-key", ev)
 	waitFor(t, "the edited URL receives", 30*time.Second, func() bool { return slices.Contains(edited.ids(), ev["id"].(string)) })
 }
+
+// TestARecipientsOwnKeyKeepsItsOwnListOnly pins a gap the audit of issue
+// 13 found untested: a recipient's own apiKey (demo-cn001-key, as in the
+// Quickstart: a key that publishes nothing) changes its own patient list,
+// whole (PUT, the Quickstart's caseload file) and by change (POST), and
+// the audit names it as the actor; the same key gets 403 on another
+// recipient's list.
+func TestARecipientsOwnKeyKeepsItsOwnListOnly(t *testing.T) {
+	gp := newReceiver(t, "whsec_Y2FyZWh1Yi1kZW1vLXNlY3JldC1ncC1BODEwMDE=")
+	home := newReceiver(t, "whsec_Y2FyZWh1Yi1kZW1vLXNlY3JldC1jYXJlaG9tZS1WTTEyMw==")
+	community := newReceiver(t, "whsec_Y2FyZWh1Yi1kZW1vLXNlY3JldC1jb21tdW5pdHktQ04wMDE=")
+	h := startHub(t, hubOptions{gp: gp.URL, careHome: home.URL, recipientsYAML: fmt.Sprintf(`  - ods: CN001
+    role: community
+    apiKey: {value: demo-cn001-key}
+    webhook: {url: %q, secret: {value: whsec_Y2FyZWh1Yi1kZW1vLXNlY3JldC1jb21tdW5pdHktQ04wMDE=}, timeout: 2s}
+    subscriptions:
+      - {id: cn001-caseload, basis: patient-list, types: [admission, discharge]}
+`, community.URL)})
+	const key = "demo-cn001-key"
+	canaries.Store("9990500002", true) // the caseload's numbers: never in a log
+	canaries.Store("9991112227", true)
+	caseload, err := os.ReadFile("../deploy/examples/cn001-caseload.txt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var res struct {
+		Recipient             string
+		Added, Removed, Count int
+	}
+	if status, _ := h.api(key, "PUT", "/v1/recipients/CN001/patients", "text/plain", caseload, nil, &res); status != 200 ||
+		res.Recipient != "CN001" || res.Added != 2 || res.Count != 2 {
+		t.Fatalf("CN001 PUTs its caseload with its own key: got %d %+v, want 200, 2 added, 2 on the list", status, res)
+	}
+	remove := []byte(`{"remove": ["999 050 0002"]}`)
+	if status, _ := h.api(key, "POST", "/v1/recipients/CN001/patients", "application/json", remove, nil, &res); status != 200 ||
+		res.Removed != 1 || res.Count != 1 {
+		t.Fatalf("CN001 POSTs a change with its own key: got %d %+v, want 200, 1 removed, 1 on the list", status, res)
+	}
+
+	for _, tc := range []struct{ method, contentType, body string }{
+		{"PUT", "text/plain", "9990500002\n"},
+		{"POST", "application/json", `{"add": ["9990500002"]}`},
+	} {
+		if status, _ := h.api(key, tc.method, "/v1/recipients/VM123/patients", tc.contentType, []byte(tc.body), nil, nil); status != http.StatusForbidden {
+			t.Errorf("%s VM123's list with CN001's key: got %d, want 403", tc.method, status)
+		}
+	}
+
+	// The changes are audited with CN001 as the actor, and nothing was
+	// changed on VM123's list.
+	var got []string
+	waitFor(t, "the list changes audited", 30*time.Second, func() bool {
+		got = got[:0]
+		for _, r := range h.auditOfKind("list-change") {
+			got = append(got, fmt.Sprintf("%v %v by %v", r["action"], r["recipient"], r["actor"]))
+		}
+		return len(got) >= 3
+	})
+	want := []string{"patient-list-add CN001 by CN001", "patient-list-add CN001 by CN001", "patient-list-remove CN001 by CN001"}
+	slices.Sort(got)
+	if !slices.Equal(got, want) {
+		t.Errorf("list-change audit:\n\tgot  %q\n\twant %q", got, want)
+	}
+}

@@ -382,7 +382,7 @@ func (h *hub) loadConsent(ctx context.Context) error {
 // before, so that no retry of an event accepted before a restart is
 // published again.
 func (h *hub) loadAccepted(ctx context.Context) error {
-	s, err := dedup.Open(h.brokers, topic.Accepted, h.cfg.Ingest.DuplicateWindow, h.log.Named("accepted"))
+	s, err := dedup.Open(h.brokers, topic.Accepted, h.cfg.Ingest.DuplicateWindow, h.cfg.Kafka.PublishTimeout, h.log.Named("accepted"))
 	if err != nil {
 		return fmt.Errorf("opening the memory of accepted events: %w", err)
 	}
@@ -547,7 +547,8 @@ func (h *hub) startHTTP(context.Context) error {
 	h.checks.Register(h.mux)
 	h.mux.Handle("GET /metrics", h.metrics.Handler())
 	in, err := ingest.New(p.validator, p.pseudo, h.pub, ingest.Options{
-		MaxFutureSkew: h.cfg.Events.MaxFutureSkew.D(), FlagOlderThan: h.cfg.Events.FlagOlderThan.D()})
+		MaxFutureSkew: h.cfg.Events.MaxFutureSkew.D(), FlagOlderThan: h.cfg.Events.FlagOlderThan.D(),
+		Timeout: h.cfg.Kafka.PublishTimeout})
 	if err != nil {
 		return fmt.Errorf("creating the ingest: %w", err)
 	}

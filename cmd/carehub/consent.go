@@ -14,6 +14,8 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	"github.com/carehub/carehub/schemas/media"
 )
 
 const consentUsage = `carehub consent: record and inspect patients' consent directives (admin API client).
@@ -82,9 +84,9 @@ func consentCmd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		var probe struct {
 			ResourceType string `json:"resourceType"`
 		}
-		ct := "application/json"
+		ct := media.JSON
 		if json.Unmarshal(b, &probe) == nil && probe.ResourceType != "" {
-			ct = "application/fhir+json"
+			ct = media.FHIR
 		}
 		return b, ct, nil
 	}
@@ -123,7 +125,7 @@ func consentCmd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		if err != nil {
 			return err
 		}
-		return c.do(ctx, http.MethodPost, "/v1/decisions/explain", "application/cloudevents+json", b, false)
+		return c.do(ctx, http.MethodPost, "/v1/decisions/explain", media.CloudEvent, b, false)
 	default:
 		fmt.Fprint(stderr, consentUsage)
 		return fmt.Errorf("consent: unknown subcommand %q", sub)
@@ -159,7 +161,7 @@ func (c *adminClient) do(ctx context.Context, method, path, contentType string, 
 		req.Header.Set("Content-Type", contentType)
 	}
 	if fhir {
-		req.Header.Set("Accept", "application/fhir+json")
+		req.Header.Set("Accept", media.FHIR)
 	}
 	if c.ifMatch != "" && (method == http.MethodPut || method == http.MethodDelete) {
 		req.Header.Set("If-Match", c.ifMatch)

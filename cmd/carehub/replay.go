@@ -15,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/carehub/carehub/schemas/media"
 	"github.com/schollz/progressbar/v3"
 	"golang.org/x/term"
 )
@@ -89,7 +90,7 @@ func replay(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	base := strings.TrimRight(*hubURL, "/")
 	body, _ := json.Marshal(map[string]string{"recipient": *recipient, "since": *since})
 	cctx, cancel := context.WithTimeout(ctx, 60*time.Second)
-	resp, err := adminCall(cctx, http.MethodPost, base+"/v1/backfills", *key, "application/json", body)
+	resp, err := adminCall(cctx, http.MethodPost, base+"/v1/backfills", *key, media.JSON, body)
 	cancel()
 	if err != nil {
 		return err
@@ -110,7 +111,7 @@ func replay(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return err
 	}
 	req.Header.Set("Authorization", "Bearer "+*key)
-	req.Header.Set("Accept", "application/x-ndjson")
+	req.Header.Set("Accept", media.NDJSON)
 	res, err := http.DefaultClient.Do(req)
 	if err != nil {
 		if ctx.Err() != nil {

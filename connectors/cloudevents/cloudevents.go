@@ -163,7 +163,7 @@ func (s *Source) serve(w http.ResponseWriter, r *http.Request) {
 		mode = modeStructured
 	case mt == media.CloudEventBatch:
 		mode = modeBatched
-	case strings.HasPrefix(mt, "application/cloudevents"):
+	case strings.HasPrefix(mt, media.CloudEventFormats):
 		// Another event format (+xml, +avro, ...): not binary mode either.
 	case hasBinaryHeaders(r.Header) && (mt != "" || ctype == ""):
 		mode = modeBinary
@@ -191,7 +191,7 @@ func (s *Source) serve(w http.ResponseWriter, r *http.Request) {
 			problemhttp.Write(w, err)
 			return
 		}
-		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Content-Type", media.JSON)
 		w.WriteHeader(http.StatusAccepted)
 		_ = json.NewEncoder(w).Encode(accepted{ID: acc.ID, Type: acc.Type, Status: "accepted", Duplicate: acc.Duplicate})
 		return
@@ -222,7 +222,7 @@ func (s *Source) serve(w http.ResponseWriter, r *http.Request) {
 		status = http.StatusMultiStatus
 		log.Info("batch partly refused", zap.String("source", org), zap.Int("events", len(raws)))
 	}
-	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Type", media.JSON)
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(map[string]any{"results": out})
 }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/carehub/carehub/hub/topic"
+	"github.com/carehub/carehub/schemas/media"
 	"github.com/segmentio/kafka-go"
 )
 
@@ -157,7 +158,7 @@ func (c *feedClients) get(ctx context.Context, r int, after int64, wait time.Dur
 		return nil, err
 	}
 	req.Header.Set("Authorization", "Bearer "+rc.FeedKey)
-	req.Header.Set("Accept", "application/json")
+	req.Header.Set("Accept", media.JSON)
 	resp, err := c.client.Do(req)
 	if err != nil {
 		return nil, err

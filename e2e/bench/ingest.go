@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/carehub/carehub/schemas/media"
 	"github.com/segmentio/kafka-go"
 )
 
@@ -75,7 +76,7 @@ func (h *httpIngester) publish(ctx context.Context, t *tracker, seq uint64, n in
 	defer h.pool.Put(bp)
 	buf := (*bp)[:0]
 	now := time.Now()
-	ctype := "application/cloudevents+json"
+	ctype := media.CloudEvent
 	if h.fhir {
 		b, err := t.pop.FHIR(t.prefix, seq, now, h.url)
 		if err != nil {
@@ -83,9 +84,9 @@ func (h *httpIngester) publish(ctx context.Context, t *tracker, seq uint64, n in
 			h.note(err.Error())
 			return nil
 		}
-		buf, ctype = append(buf, b...), "application/fhir+json"
+		buf, ctype = append(buf, b...), media.FHIR
 	} else if h.batch {
-		ctype = "application/cloudevents-batch+json"
+		ctype = media.CloudEventBatch
 		buf = append(buf, '[')
 	}
 	for i := 0; i < n && !h.fhir; i++ {

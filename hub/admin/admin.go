@@ -236,6 +236,24 @@ func (a *API) patient(r *http.Request) (nhs.Number, string, error) {
 	return n, a.Pseudo.Pseudonym(n), nil
 }
 
+// bodyType refuses, before a handler looks at anything else, a body its
+// route does not take: problem.MediaType (415 with a problem document).
+// takes is the media type the route's optional body must have, or "" for a
+// route that takes no body (its parameters are in its path and query). An
+// empty body passes.
+func bodyType(r *http.Request, takes string) error {
+	if r.ContentLength == 0 {
+		return nil
+	}
+	if takes == "" {
+		return problem.New(problem.MediaType, "this endpoint takes no body: its parameters are in the path and the query")
+	}
+	if !media.Is(r.Header.Get("Content-Type"), takes) {
+		return problem.New(problem.MediaType, "Content-Type must be "+takes)
+	}
+	return nil
+}
+
 func (a *API) body(w http.ResponseWriter, r *http.Request) ([]byte, error) {
 	return problemhttp.ReadBody(w, r, a.MaxBody)
 }

@@ -26,9 +26,6 @@ type Backfills interface {
 	Job(ctx context.Context, id string) (backfill.Job, error)
 }
 
-// NDJSON is the media type of a run's progress: one JSON job per line.
-const NDJSON = "application/x-ndjson"
-
 // registerBackfills adds the routes about backfills:
 //
 //	POST /v1/backfills           {"recipient": ODS, "since": date}: a job (or the unfinished one of that recipient and date)
@@ -147,6 +144,10 @@ func (a *API) getBackfill(w http.ResponseWriter, r *http.Request) {
 // JSON line after every commit of its position and once more when it
 // stops (state done or interrupted).
 func (a *API) runBackfill(w http.ResponseWriter, r *http.Request) {
+	if err := bodyType(r, ""); err != nil {
+		a.fail(w, r, err)
+		return
+	}
 	var o backfill.Options
 	if s := r.URL.Query().Get("rate"); s != "" {
 		v, err := strconv.ParseFloat(s, 64)
@@ -171,7 +172,7 @@ func (a *API) runBackfill(w http.ResponseWriter, r *http.Request) {
 	o.Progress = func(j backfill.Job) {
 		if !started {
 			started = true
-			w.Header().Set("Content-Type", NDJSON)
+			w.Header().Set("Content-Type", media.NDJSON)
 			w.Header().Set("Cache-Control", "no-store")
 			w.WriteHeader(http.StatusOK)
 		}

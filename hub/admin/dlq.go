@@ -187,6 +187,10 @@ func (a *API) replay(w http.ResponseWriter, r *http.Request, ls []deadletter.Let
 }
 
 func (a *API) replayOne(w http.ResponseWriter, r *http.Request) {
+	if err := bodyType(r, ""); err != nil {
+		a.fail(w, r, err)
+		return
+	}
 	a.dlqMu.Lock()
 	defer a.dlqMu.Unlock()
 	entries, err := a.readLetters(r)
@@ -205,6 +209,10 @@ func (a *API) replayOne(w http.ResponseWriter, r *http.Request) {
 // replayRecipient replays every open dead letter of one recipient, in the
 // order they were dead-lettered.
 func (a *API) replayRecipient(w http.ResponseWriter, r *http.Request) {
+	if err := bodyType(r, ""); err != nil {
+		a.fail(w, r, err)
+		return
+	}
 	v := r.URL.Query()
 	rcpt := v.Get("recipient")
 	var vs []problem.Violation

@@ -215,6 +215,10 @@ type releaseAnswer struct {
 // deduplicated by (source, id) and routed like any input. A message that
 // would still be held is answered 409 with the reason, and stays open.
 func (a *API) releaseHeld(w http.ResponseWriter, r *http.Request) {
+	if err := bodyType(r, media.JSON); err != nil {
+		a.fail(w, r, err)
+		return
+	}
 	b, err := a.body(w, r)
 	if err != nil {
 		a.fail(w, r, err)

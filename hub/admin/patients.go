@@ -88,8 +88,8 @@ func (a *API) getPatients(w http.ResponseWriter, r *http.Request) {
 // (text/plain: one NHS number per line, as people write them; blank lines
 // and # comments ignored).
 func (a *API) putPatients(w http.ResponseWriter, r *http.Request) {
-	if !media.Is(r.Header.Get("Content-Type"), "text/plain") {
-		a.fail(w, r, problem.New(problem.MediaType, "Content-Type must be text/plain: the patient list file's format, one NHS number per line"))
+	if !media.Is(r.Header.Get("Content-Type"), media.Text) {
+		a.fail(w, r, problem.New(problem.MediaType, "Content-Type must be "+media.Text+": the patient list file's format, one NHS number per line"))
 		return
 	}
 	b, err := a.body(w, r)

@@ -295,8 +295,18 @@ func (a *API) recipientStatus(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// pauseRecipient serves pause, whose optional body is {"reason": "..."}
+// (application/json), and resume, which takes no body.
 func (a *API) pauseRecipient(pause bool) http.HandlerFunc {
+	takes := ""
+	if pause {
+		takes = media.JSON
+	}
 	return func(w http.ResponseWriter, r *http.Request) {
+		if err := bodyType(r, takes); err != nil {
+			a.fail(w, r, err)
+			return
+		}
 		o, err := pathODS(r)
 		if err != nil {
 			a.fail(w, r, err)

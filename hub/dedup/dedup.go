@@ -161,10 +161,13 @@ type aged struct {
 }
 
 // Open starts loading topic and returns at once; WaitLoaded says when the
-// memory is complete.
-func Open(brokers []string, topic string, window time.Duration, log *zap.Logger) (*Store, error) {
-	if len(brokers) == 0 || topic == "" || window <= 0 {
-		return nil, errors.New("dedup: brokers, topic and a positive window are required")
+// memory is complete. timeout bounds each request to the brokers (the
+// catch-up's end-offset lookup, the write of a record): the hub passes
+// kafka.publishTimeout, since a publish waits on both. Callers bound their
+// own wait with their context.
+func Open(brokers []string, topic string, window, timeout time.Duration, log *zap.Logger) (*Store, error) {
+	if len(brokers) == 0 || topic == "" || window <= 0 || timeout <= 0 {
+		return nil, errors.New("dedup: brokers, topic, a positive window and a positive timeout are required")
 	}
 	if log == nil {
 		log = zap.NewNop()
@@ -175,9 +178,13 @@ func Open(brokers []string, topic string, window time.Duration, log *zap.Logger)
 		writer: &kafka.Writer{
 			Addr: kafka.TCP(brokers...), Topic: topic, Balancer: &kafka.Murmur2Balancer{},
 			RequiredAcks: kafka.RequireAll, BatchTimeout: time.Millisecond, MaxAttempts: 5,
+			// A write Record gave up on goes on in the writer's
+			// background: bound it too, so that Close does not wait for
+			// five attempts of kafka-go's default ten seconds.
+			WriteTimeout: timeout, ReadTimeout: timeout,
 		},
 	}
-	s.f = follow.Start(brokers, topic, s.apply, log)
+	s.f = follow.Start(brokers, topic, s.apply, log, follow.RequestTimeout(timeout))
 	return s, nil
 }
 

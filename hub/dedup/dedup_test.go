@@ -20,7 +20,7 @@ func startBroker(t *testing.T, window time.Duration) []string {
 
 func open(t *testing.T, brokers []string, window time.Duration) *Store {
 	t.Helper()
-	s, err := Open(brokers, topic.Accepted, window, zaptest.NewLogger(t))
+	s, err := Open(brokers, topic.Accepted, window, 10*time.Second, zaptest.NewLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}

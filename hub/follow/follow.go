@@ -79,17 +79,40 @@ type endFetch struct {
 	err  error
 }
 
+// DefaultRequestTimeout bounds one request to the brokers (a metadata or
+// end-offset lookup) when Start is given no RequestTimeout.
+const DefaultRequestTimeout = 10 * time.Second
+
+// Option configures a Follower.
+type Option func(*Follower)
+
+// RequestTimeout bounds each request to the brokers: a lookup shared by
+// Sync callers ends by then, so a broker that accepts connections but never
+// answers holds a lookup no longer than d (each caller is bound by its own
+// context besides). The hub passes kafka.publishTimeout where a publish
+// waits on Sync.
+func RequestTimeout(d time.Duration) Option {
+	return func(f *Follower) {
+		if d > 0 {
+			f.client.Timeout = d
+		}
+	}
+}
+
 // Start begins following topic and returns at once: use WaitLoaded to know
 // when the initial load is complete.
-func Start(brokers []string, topic string, apply func(partition int, m kafka.Message), log *zap.Logger) *Follower {
+func Start(brokers []string, topic string, apply func(partition int, m kafka.Message), log *zap.Logger, opts ...Option) *Follower {
 	if log == nil {
 		log = zap.NewNop()
 	}
 	f := &Follower{
 		brokers: brokers, topic: topic, apply: apply, log: log,
-		client:  &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 10 * time.Second},
+		client:  &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: DefaultRequestTimeout},
 		applied: map[int]int64{},
 		changed: make(chan struct{}),
+	}
+	for _, o := range opts {
+		o(f)
 	}
 	f.lookup = f.lookupEnds
 	f.ctx, f.cancel = context.WithCancel(context.Background())

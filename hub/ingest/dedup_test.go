@@ -21,7 +21,7 @@ func memory(t *testing.T) *dedup.Store {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	brokers := brokertest.Start(t, topic.AcceptedSpec(1, time.Hour))
-	s, err := dedup.Open(brokers, topic.Accepted, time.Hour, zaptest.NewLogger(t))
+	s, err := dedup.Open(brokers, topic.Accepted, time.Hour, 10*time.Second, zaptest.NewLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -66,10 +66,16 @@ type Memory interface {
 // RuleEventTimeFuture is the rule of an event dated too far in the future.
 const RuleEventTimeFuture = "event-time-future"
 
-// Options bound the event time. A zero bound is no bound.
+// Options bound the event time and the wait. A zero bound is no bound.
 type Options struct {
 	MaxFutureSkew time.Duration
 	FlagOlderThan time.Duration
+	// Timeout bounds accepting one event or batch (or holding a message),
+	// from the call: catching up with the Memory, publishing and recording
+	// share one context deadline. Past it the answer is problem.Unavailable
+	// (HTTP 503 with Retry-After, HL7 AR) and what was not acknowledged is
+	// not published. The hub sets kafka.publishTimeout.
+	Timeout time.Duration
 	// Now is the clock (time.Now when nil).
 	Now func() time.Time
 }
@@ -106,8 +112,8 @@ func New(v *event.Validator, p *nhs.Pseudonymiser, pub message.Publisher, opts O
 	if v == nil || p == nil || pub == nil {
 		return nil, errors.New("ingest: validator, pseudonymiser and publisher are required")
 	}
-	if opts.MaxFutureSkew < 0 || opts.FlagOlderThan < 0 {
-		return nil, errors.New("ingest: negative event time bounds")
+	if opts.MaxFutureSkew < 0 || opts.FlagOlderThan < 0 || opts.Timeout < 0 {
+		return nil, errors.New("ingest: negative bounds")
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
@@ -151,6 +157,8 @@ func (in *Ingest) Accept(ctx context.Context, org string, raw []byte) (connector
 // answered Duplicate, and one listed twice in the batch shares the fate of
 // its first listing.
 func (in *Ingest) AcceptBatch(ctx context.Context, org string, raws []json.RawMessage) []connector.Result {
+	ctx, cancel := in.bound(ctx)
+	defer cancel()
 	out := make([]connector.Result, len(raws))
 	var msgs []prepared
 	var idx []int
@@ -247,6 +255,16 @@ func (in *Ingest) AcceptBatch(ctx context.Context, org string, raws []json.RawMe
 	return out
 }
 
+// bound gives ctx the deadline of Options.Timeout from now (or keeps its
+// own, if that is earlier). The messages published carry it
+// (message.SetContext), and the publisher gives up by then.
+func (in *Ingest) bound(ctx context.Context) (context.Context, context.CancelFunc) {
+	if in.opts.Timeout <= 0 {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, in.opts.Timeout)
+}
+
 // failedRecords tells, for a failed publish, which records were not
 // acknowledged. Per-event truth: when the publisher says which (a
 // kafkawm.PublishError), only those events are answered "not durable"; the
@@ -318,6 +336,7 @@ func (in *Ingest) prepare(ctx context.Context, org string, raw []byte) (prepared
 		rec := audit.Record{Time: now.UTC(), Kind: audit.KindReceived, EventID: ev.ID, EventType: ev.Type, Publisher: ev.Publisher,
 			Patient: key, Flags: []string{audit.FlagEventTimeOld}, Reason: "event time older than " + o.String() + " when accepted"}
 		p.flag = message.NewMessage(watermill.NewUUID(), rec.Marshal())
+		p.flag.SetContext(ctx)
 		p.flag.Metadata.Set(topic.MetaKey, key)
 		p.flag.Metadata.Set(topic.MetaEventID, ev.ID)
 	}
@@ -355,6 +374,8 @@ func (in *Ingest) Hold(ctx context.Context, org string, h connector.Held) error 
 	if err := checkHeld(h); err != nil {
 		return err
 	}
+	ctx, cancel := in.bound(ctx)
+	defer cancel()
 	if err := in.closed(); err != nil {
 		return err
 	}

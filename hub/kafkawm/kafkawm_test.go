@@ -20,6 +20,9 @@ import (
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kmsg"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
 )
 
 // Values that stand for patient data: they must never reach a log or error.
@@ -1302,5 +1305,103 @@ func TestPublishIsBoundedByWriteTimeout(t *testing.T) {
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("Publish with the broker gone did not return: WriteTimeout does not bound it")
+	}
+}
+
+// TestPublishEndsByTheMessagesDeadline pins the audit's gap in issue 14
+// ("a publish waits at most a configured time"): Publish took its own
+// WriteTimeout from when it was called, whatever the caller had left. A
+// message context's deadline now bounds it: with a WriteTimeout of an hour
+// and a broker that never answers, Publish fails once the messages'
+// deadline has passed.
+func TestPublishEndsByTheMessagesDeadline(t *testing.T) {
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "slow"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.ControlKey(int16(kmsg.Produce), func(kmsg.Request) (kmsg.Response, error, bool) {
+		c.KeepControl()
+		return nil, nil, true // never answered
+	})
+	pub, err := NewPublisher(PublisherConfig{Brokers: c.ListenAddrs(), WriteTimeout: time.Hour}, &captureLogger{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pub.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	a, b := secretMessage(), secretMessage()
+	b.SetContext(ctx) // one message's deadline bounds the whole publish
+	done := make(chan error, 1)
+	go func() { done <- pub.Publish("slow", a, b) }()
+	select {
+	case err := <-done:
+		var pe *PublishError
+		if !errors.As(err, &pe) || len(pe.Failed) != 2 {
+			t.Errorf("Publish past the messages' deadline: got %v, want a PublishError for both records", err)
+		}
+	case <-time.After(30 * time.Second): // far above the 300 ms deadline, far below the hour
+		t.Fatal("Publish did not return by the messages' deadline")
+	}
+}
+
+// TestConsumerErrorsNameTheirBrokers pins the audit's gap in issue 14
+// ("Kafka errors are logged with their class, broker and topic"): the
+// subscriber's errors named the class and topic but not the broker, as the
+// publisher's do. A failing fetch is now logged with all three.
+func TestConsumerErrorsNameTheirBrokers(t *testing.T) {
+	const topic = "faulty-brokers"
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, topic))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	addrs := c.ListenAddrs()
+	c.ControlKey(int16(kmsg.Fetch), func(kreq kmsg.Request) (kmsg.Response, error, bool) {
+		c.KeepControl()
+		req := kreq.(*kmsg.FetchRequest)
+		resp := req.ResponseKind().(*kmsg.FetchResponse)
+		for _, rt := range req.Topics {
+			st := kmsg.NewFetchResponseTopic()
+			st.Topic, st.TopicID = rt.Topic, rt.TopicID
+			for _, rp := range rt.Partitions {
+				sp := kmsg.NewFetchResponseTopicPartition()
+				sp.Partition = rp.Partition
+				sp.ErrorCode = kerr.KafkaStorageError.Code
+				st.Partitions = append(st.Partitions, sp)
+			}
+			resp.Topics = append(resp.Topics, st)
+		}
+		return resp, nil, true
+	})
+	core, logs := observer.New(zapcore.DebugLevel)
+	zl := zap.New(core)
+	cfg := testSubConfig("fetcherr-brokers")
+	cfg.Brokers = addrs
+	sub, err := NewSubscriber(cfg, NewLogger(zl, false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	if _, err := sub.Subscribe(context.Background(), topic); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for logs.FilterMessage("Kafka fetch failed, retrying").Len() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("no fetch failure logged")
+		}
+		time.Sleep(20 * time.Millisecond) // polling the observed logs, not waiting for time to pass
+	}
+	got := logs.FilterMessage("Kafka fetch failed, retrying").All()[0].ContextMap()
+	want := map[string]any{"brokers": strings.Join(addrs, ","), "topic": topic}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("fetch failure field %q: got %v, want %v (all fields %v)", k, got[k], v, got)
+		}
+	}
+	if e, _ := got["error"].(string); !strings.HasPrefix(e, "kafka: ") {
+		t.Errorf("fetch failure error: got %q, want its Kafka class (\"kafka: ...\")", got["error"])
 	}
 }

@@ -22,6 +22,7 @@ var AllowedLogFields = map[string]bool{
 	"count":             true,
 	"timeout":           true,
 	"consumer_group":    true,
+	"brokers":           true, // host:port list: where a Kafka error came from
 	"kafka_partition":   true,
 	"kafka_offset":      true,
 	"partition":         true,

@@ -133,6 +133,9 @@ func NewPublisher(cfg PublisherConfig, logger watermill.LoggerAdapter) (*Publish
 // partition lookups from a metadata cache, refreshed every second here, so a
 // topic another client has just created is not known at once); a topic that
 // does not exist fails after that wait. Topics are never created.
+//
+// A publish lasts at most the WriteTimeout, or until the earliest deadline
+// of the messages' contexts (message.SetContext) if that comes first.
 func (p *Publisher) Publish(topic string, msgs ...*message.Message) error {
 	if topic == "" {
 		return errors.New("kafkawm: publish: empty topic")
@@ -149,7 +152,7 @@ func (p *Publisher) Publish(topic string, msgs ...*message.Message) error {
 	for i, m := range msgs {
 		pending[i] = toKafka(topic, p.keyMeta, m)
 	}
-	return p.write(pending, topic)
+	return p.write(deadlineOf(msgs), pending, topic)
 }
 
 // PublishTopics writes messages to several topics in one produce and
@@ -174,24 +177,48 @@ func (p *Publisher) PublishTopics(byTopic map[string][]*message.Message) error {
 	}
 	sort.Strings(names)
 	var pending []kafka.Message
+	var all []*message.Message
 	for _, topic := range names {
 		for _, m := range byTopic[topic] {
 			pending = append(pending, toKafka(topic, p.keyMeta, m))
+			all = append(all, m)
 		}
 	}
 	if len(pending) == 0 {
 		return nil
 	}
-	return p.write(pending, strings.Join(names, ","))
+	return p.write(deadlineOf(all), pending, strings.Join(names, ","))
+}
+
+// deadlineOf returns the earliest deadline of the messages' contexts (zero
+// if none has one). A caller that has a deadline of its own (an ingest
+// bound by kafka.publishTimeout from the moment the request arrived) sets it
+// on the messages, and Publish gives up by then even if its WriteTimeout
+// would allow longer. Cancellation of those contexts is not followed: a
+// publish under way is finished or timed out, never dropped half-way
+// because a client went away.
+func deadlineOf(msgs []*message.Message) time.Time {
+	var earliest time.Time
+	for _, m := range msgs {
+		if d, ok := m.Context().Deadline(); ok && (earliest.IsZero() || d.Before(earliest)) {
+			earliest = d
+		}
+	}
+	return earliest
 }
 
 // write produces pending, waiting out an unknown topic as Publish
-// describes, for at most the publisher's WriteTimeout. topic names the
+// describes, for at most the publisher's WriteTimeout, and never past by
+// (when it is not zero: the messages' own deadline). topic names the
 // topics for logs and errors.
 //
 // p.mu must be held for reading.
-func (p *Publisher) write(pending []kafka.Message, topic string) error {
-	ctx, cancel := context.WithTimeout(context.Background(), p.timeout)
+func (p *Publisher) write(by time.Time, pending []kafka.Message, topic string) error {
+	end := time.Now().Add(p.timeout)
+	if !by.IsZero() && by.Before(end) {
+		end = by
+	}
+	ctx, cancel := context.WithDeadline(context.Background(), end)
 	defer cancel()
 	total := len(pending)
 	index := make([]int, len(pending)) // position of each pending record in the caller's list

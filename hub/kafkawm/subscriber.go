@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -203,8 +204,10 @@ func NewSubscriber(cfg SubscriberConfig, logger watermill.LoggerAdapter) (*Subsc
 		logger = watermill.NopLogger{}
 	}
 	return &Subscriber{
-		cfg:     cfg,
-		logger:  logger.With(watermill.LogFields{"consumer_group": cfg.ConsumerGroup}),
+		cfg: cfg,
+		// Every line names the brokers, as the publisher's do: a Kafka
+		// error is read by its class, topic and broker.
+		logger:  logger.With(watermill.LogFields{"consumer_group": cfg.ConsumerGroup, "brokers": strings.Join(cfg.Brokers, ",")}),
 		closing: make(chan struct{}),
 	}, nil
 }

@@ -25,6 +25,19 @@ const (
 	// HL7v2 is an HL7 version 2 message in its pipe-and-hat encoding (ER7),
 	// as FHIR names it: what a held MLLP message holds.
 	HL7v2 = "x-application/hl7-v2+er7"
+	// NDJSON is newline-delimited JSON, one value a line: a backfill run's
+	// progress, one job a line, as it goes.
+	NDJSON = "application/x-ndjson"
+	// EventStream is a server-sent events stream (WHATWG HTML): a pull
+	// recipient's live feed.
+	EventStream = "text/event-stream"
+	// Text is plain text: a recipient's whole patient list, one NHS number
+	// a line (PUT /v1/recipients/{ods}/patients).
+	Text = "text/plain"
+	// CloudEventFormats begins the media type of every CloudEvents event
+	// format (application/cloudevents+json, +xml, -batch+json, ...): one
+	// the hub does not read is still no binary-mode event.
+	CloudEventFormats = "application/cloudevents"
 )
 
 // Of returns the media type of a Content-Type header value, lower-cased
