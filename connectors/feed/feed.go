@@ -73,8 +73,6 @@ const (
 	DefaultHeartbeat = 15 * time.Second
 )
 
-// EventStream is the media type of Server-Sent Events.
-const EventStream = "text/event-stream"
 
 // Topic is the canonical URL the FHIR rendering names as the subscription
 // topic: every consented event for the recipient.
@@ -370,7 +368,7 @@ func (s *Sink) acknowledge(ctx context.Context, after int64) {
 }
 
 func (s *Sink) serve(w http.ResponseWriter, r *http.Request, who string) {
-	stream := strings.Contains(r.Header.Get("Accept"), EventStream)
+	stream := strings.Contains(r.Header.Get("Accept"), media.EventStream)
 	q, err := s.parse(r, stream)
 	if err != nil {
 		fail(w, r, err)
@@ -472,7 +470,7 @@ func (s *Sink) stream(w http.ResponseWriter, r *http.Request, who string, q quer
 		fail(w, r, err)
 		return
 	}
-	w.Header().Set("Content-Type", EventStream)
+	w.Header().Set("Content-Type", media.EventStream)
 	w.Header().Set("Cache-Control", "no-store")
 	w.Header().Set("X-Accel-Buffering", "no")
 	w.WriteHeader(http.StatusOK)
