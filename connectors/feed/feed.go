@@ -73,7 +73,6 @@ const (
 	DefaultHeartbeat = 15 * time.Second
 )
 
-
 // Topic is the canonical URL the FHIR rendering names as the subscription
 // topic: every consented event for the recipient.
 const Topic = "https://carehub.dev/fhir/SubscriptionTopic/recipient-events"

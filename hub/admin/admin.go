@@ -1,5 +1,7 @@
 // Package admin serves the hub's operator API: patients' consent
-// directives, decision explanations, disclosure reports and dead letters.
+// directives, decision explanations, disclosure reports, dead letters, held
+// messages, backfills, and recipients with their subscriptions, pauses and
+// patient lists.
 // Every route needs the admin key or an operator's key (admin.operators),
 // and every look at a patient's record and every change is audited with
 // the operator's id (audit.KindAccess, audit.KindConsentChange) before it
