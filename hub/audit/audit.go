@@ -146,6 +146,11 @@ type Record struct {
 	Actor string `json:"actor,omitempty"`
 	// Action is what the actor did.
 	Action string `json:"action,omitempty"`
+	// Follows, on a recipient-change or list-change record, names the
+	// state the change was made against: the ChangeID of the change that
+	// wrote it, or None when no change of it was ever recorded. Records
+	// written before carehub recorded it have none (see Applied).
+	Follows string `json:"follows,omitempty"`
 	// Before and After are the patient's directives before and after a
 	// consent change.
 	Before *ConsentState `json:"before,omitempty"`
@@ -226,4 +231,63 @@ type Resolution struct {
 	Note string `json:"note,omitempty"`
 	// Rule is the consent rule that withheld the copy at replay.
 	Rule string `json:"rule,omitempty"`
+}
+
+// NotApplied is the outcome a report gives a change record whose change
+// never took effect (Applied).
+const NotApplied = "not-applied"
+
+// None is the Follows of a change made against a state no change record
+// wrote (a recipient, a pause or a place on a list never recorded before).
+const None = "none"
+
+// ChangeID is the identity of the state a change wrote: the time of its
+// change record, which the state's own record carries (a recipient's
+// updated, a pause's since, a list member's added, or the
+// carehub-change header of a tombstone).
+func ChangeID(t time.Time) string { return t.UTC().Format(time.RFC3339Nano) }
+
+// HeaderChange is the header of a tombstone that carries the ChangeID of
+// the change that wrote it (a resume, a patient taken off a list).
+const HeaderChange = "carehub-change"
+
+// Change is what Applied needs to know of one change record: what it
+// changed (Key: a patient, a recipient, a place on a list), the identity
+// of the state it was made against (Before) and of the state it wrote
+// (After).
+type Change struct {
+	Key, Before, After string
+}
+
+// Applied reports, for each of changes (the changes of audit records, in
+// the order the records were written; nil for a record that is not a
+// change, or one that cannot be an attempt, reported true), whether it took
+// effect. current returns the identity of the state in force now of a key.
+//
+// Every change record is written, and acknowledged, before the change
+// itself (no Kafka produce spans two topics atomically), and every change
+// is made against the state in force, read after catching up. So a change
+// took effect exactly when the state it wrote was ever in force: when a
+// later change was made against it (a later record's Before is its
+// After), or when it is in force now. A change whose state appears in
+// neither was an attempt: its own write failed, or the process stopped
+// first. Two changes that wrote the same state (the same identity) cannot
+// be told apart, and need not be: what was in force is what both said.
+//
+// The consent store (consentstore.Applied) and the recipient directory
+// (directory.Directory.Applied) derive their outcomes here.
+func Applied(changes []*Change, current func(key string) string) []bool {
+	out := make([]bool, len(changes))
+	// seen: the states some later change was made against.
+	seen := map[Change]bool{}
+	for i := len(changes) - 1; i >= 0; i-- {
+		c := changes[i]
+		if c == nil {
+			out[i] = true
+			continue
+		}
+		out[i] = seen[Change{Key: c.Key, Before: c.After}] || current(c.Key) == c.After
+		seen[Change{Key: c.Key, Before: c.Before}] = true
+	}
+	return out
 }

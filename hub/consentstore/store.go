@@ -59,6 +59,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync"
 	"time"
 
@@ -282,7 +283,7 @@ func (s *Store) Put(ctx context.Context, patient string, ch Change) (consent.Pat
 
 // NotApplied is the outcome the disclosures report gives a consent-change
 // record whose change never took effect (Applied).
-const NotApplied = "not-applied"
+const NotApplied = audit.NotApplied
 
 // inForce reports whether value is the patient's record in force here.
 func (s *Store) inForce(patient string, value []byte) bool {
@@ -297,45 +298,32 @@ func (s *Store) inForce(patient string, value []byte) bool {
 // attempts. current returns a patient's record in force (Get).
 //
 // A change from version b to a took effect if the state it wrote, version
-// a with its directives, was ever in force. Every change is made against
-// the state in force, read after catching up, and its history record is
-// written before it: so if state a was replaced, a later change record has
-// Before at version a, holding the directives then in force; if it was not
-// replaced, it is the record in force now. A change whose state appears in
-// neither was an attempt whose record was never written. Two changes that
-// wrote the same version with the same directives cannot be told apart,
-// and need not be: what was in force is what both said.
+// a with its directives, was ever in force: the Before of a later change,
+// or the record in force now (audit.Applied, which the recipient directory
+// shares).
 func Applied(recs []audit.Record, current func(patient string) (consent.PatientConsent, bool)) []bool {
-	out := make([]bool, len(recs))
-	var changes []int // the changes, in order
+	changes := make([]*audit.Change, len(recs))
 	for i, r := range recs {
-		out[i] = true
-		if r.Kind == audit.KindConsentChange && r.Outcome == "" {
-			changes = append(changes, i)
+		if r.Kind == audit.KindConsentChange && r.Outcome == "" && r.After != nil {
+			changes[i] = &audit.Change{Key: r.Patient, Before: stateID(r.Before), After: stateID(r.After)}
 		}
 	}
-	for n, i := range changes {
-		r := recs[i]
-		if r.After == nil {
-			continue
+	return audit.Applied(changes, func(patient string) string {
+		pc, ok := current(patient)
+		if !ok {
+			return ""
 		}
-		after := directivesJSON(r.After.Directives)
-		seen := false
-		for _, j := range changes[n+1:] {
-			if l := recs[j]; l.Patient == r.Patient && l.Before != nil && l.Before.Version == r.After.Version &&
-				directivesJSON(l.Before.Directives) == after {
-				seen = true
-				break
-			}
-		}
-		if !seen {
-			if pc, ok := current(r.Patient); ok && pc.Version == r.After.Version && directivesJSON(pc.Directives) == after {
-				seen = true
-			}
-		}
-		out[i] = seen
+		return stateID(&audit.ConsentState{Version: pc.Version, Directives: pc.Directives})
+	})
+}
+
+// stateID is a consent state's identity for audit.Applied: its version and
+// directives, in one canonical form.
+func stateID(cs *audit.ConsentState) string {
+	if cs == nil {
+		return ""
 	}
-	return out
+	return strconv.FormatInt(cs.Version, 10) + " " + directivesJSON(cs.Directives)
 }
 
 // directivesJSON is a set of directives in one canonical form, to compare

@@ -328,14 +328,19 @@ type change struct {
 	subscription string
 }
 
-// commit writes a recipient record and its audit record in one produce,
-// waits until it is applied, and checks that it won against changes made
-// at once by other processes. A deletion then removes the recipient's
-// pause and patient list. d.writeMu must be held.
+// commit writes a recipient's audit record and then its record, waits
+// until it is applied, and checks that it won against changes made at once
+// by other processes. A deletion then removes the recipient's pause and
+// patient list. d.writeMu must be held.
+//
+// The audit record is written, and acknowledged, first: no produce spans
+// two topics atomically, so a change in force always has its audit record;
+// one whose own write then fails is an attempt, which Applied reports.
 func (d *Directory) commit(ctx context.Context, c change) (Recipient, error) {
 	var from int64
+	follows := audit.None
 	if c.prev != nil {
-		from = c.prev.version
+		from, follows = c.prev.version, audit.ChangeID(c.prev.updated)
 	}
 	version, now, key := from+1, d.now().UTC(), prefixRecipient+c.ods
 	plain, err := json.Marshal(sealedEntry{Entry: c.tree, Seed: c.seed})
@@ -355,12 +360,16 @@ func (d *Directory) commit(ctx context.Context, c change) (Recipient, error) {
 		rc.After = redacted(c.r)
 	}
 	hist := audit.Record{Time: now, Kind: audit.KindRecipientChange, Recipient: c.ods, Subscription: c.subscription,
-		Actor: c.actor, Action: c.action, RecipientChange: rc}
-	if err := d.t.Write(ctx,
-		kafka.Message{Key: []byte(key), Value: val},
-		kafka.Message{Topic: d.cfg.AuditTopic, Key: []byte(audit.RecipientKey(c.ods)), Value: hist.Marshal()},
-	); err != nil {
-		return Recipient{}, problem.Wrap(problem.Unavailable, "the change could not be made durable; retry", err)
+		Actor: c.actor, Action: c.action, RecipientChange: rc, Follows: follows}
+	if err := d.write(ctx, kafka.Message{Topic: d.cfg.AuditTopic, Key: []byte(audit.RecipientKey(c.ods)), Value: hist.Marshal()}); err != nil {
+		return Recipient{}, problem.Wrap(problem.Unavailable, "the change could not be audited, and was not made; retry", err)
+	}
+	if err := d.write(ctx, kafka.Message{Key: []byte(key), Value: val}); err != nil {
+		// The write may have landed all the same (an answer lost): if the
+		// record is in the topic, the change was made.
+		if !d.landed(ctx, func() bool { return bytes.Equal(d.last[key], val) || bytes.Equal(d.raw[key], val) }) {
+			return Recipient{}, problem.Wrap(problem.Unavailable, "the change could not be made durable; retry", err)
+		}
 	}
 	if err := d.Sync(ctx); err != nil {
 		return Recipient{}, unavailable(err)
@@ -373,7 +382,7 @@ func (d *Directory) commit(ctx context.Context, c change) (Recipient, error) {
 		lost.Outcome, lost.Time = "conflict", d.now().UTC()
 		wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 		defer cancel()
-		if err := d.t.Write(wctx, kafka.Message{Topic: d.cfg.AuditTopic, Key: []byte(audit.RecipientKey(c.ods)), Value: lost.Marshal()}); err != nil {
+		if err := d.write(wctx, kafka.Message{Topic: d.cfg.AuditTopic, Key: []byte(audit.RecipientKey(c.ods)), Value: lost.Marshal()}); err != nil {
 			d.cfg.Log.Error("recording a lost recipient change", logging.Err(err))
 		}
 		d.keepLast(wctx, key)
@@ -383,7 +392,7 @@ func (d *Directory) commit(ctx context.Context, c change) (Recipient, error) {
 	d.cfg.Log.Info("recipient changed", zap.String("recipient", c.ods), zap.String("action", c.action), zap.Int64("version", version),
 		zap.String("actor", c.actor))
 	if c.tree == nil {
-		if err := d.removeAll(ctx, c.ods); err != nil {
+		if err := d.removeAll(ctx, c.ods, c.actor); err != nil {
 			d.cfg.Log.Error("removing a deleted recipient's pause and patient list", zap.String("recipient", c.ods), logging.Err(err))
 		}
 		return Recipient{ODS: c.ods, Version: version, Updated: now, Actor: c.actor}, nil
@@ -403,7 +412,7 @@ func (d *Directory) keepLast(ctx context.Context, key string) {
 		if cur == nil || bytes.Equal(cur, last) {
 			return
 		}
-		if err := d.t.Write(ctx, kafka.Message{Key: []byte(key), Value: cur}); err != nil {
+		if err := d.write(ctx, kafka.Message{Key: []byte(key), Value: cur}); err != nil {
 			d.cfg.Log.Error("rewriting the recipient record in force", logging.Err(err))
 			return
 		}
@@ -413,20 +422,59 @@ func (d *Directory) keepLast(ctx context.Context, key string) {
 	}
 }
 
-// removeAll removes a deleted recipient's pause, list and list seed.
-func (d *Directory) removeAll(ctx context.Context, ods string) error {
+// landed reports whether a record whose write failed is in the topic all
+// the same (its answer was lost): in force reports it, with d.mu held,
+// once the directory has caught up.
+func (d *Directory) landed(ctx context.Context, inForce func() bool) bool {
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	if d.Sync(sctx) != nil {
+		return false
+	}
 	d.mu.Lock()
-	msgs := []kafka.Message{{Key: []byte(prefixPaused + ods)}, {Key: []byte(prefixListSeed + ods)}}
+	defer d.mu.Unlock()
+	return inForce()
+}
+
+// removeAll removes a deleted recipient's pause, list and list seed: the
+// pause's end and each patient taken off are audited first (made by
+// actor, who deleted the recipient), as every change is.
+func (d *Directory) removeAll(ctx context.Context, ods, actor string) error {
+	now := d.now().UTC()
+	id := audit.ChangeID(now)
+	var hist []kafka.Message
+	d.mu.Lock()
+	if p, paused := d.paused[ods]; paused {
+		r := audit.Record{Time: now, Kind: audit.KindRecipientChange, Recipient: ods, Actor: actor, Action: audit.ActionRecipientResume,
+			Reason: "the recipient was deleted", Follows: audit.ChangeID(p.Since)}
+		hist = append(hist, kafka.Message{Topic: d.cfg.AuditTopic, Key: []byte(audit.RecipientKey(ods)), Value: r.Marshal()})
+	}
+	msgs := []kafka.Message{tombstone(prefixPaused+ods, id), {Key: []byte(prefixListSeed + ods)}}
 	if l := d.lists[ods]; l != nil {
 		for _, p := range slices.Sorted(maps.Keys(l.members)) {
-			msgs = append(msgs, kafka.Message{Key: []byte(prefixPatient + ods + "/" + p)})
+			r := audit.Record{Time: now, Kind: audit.KindListChange, Patient: p, Recipient: ods, Actor: actor, Action: audit.ActionListRemove,
+				Reason: "the recipient was deleted", Follows: audit.ChangeID(l.members[p].Added)}
+			hist = append(hist, kafka.Message{Topic: d.cfg.AuditTopic, Key: []byte(p), Value: r.Marshal()})
+			msgs = append(msgs, tombstone(prefixPatient+ods+"/"+p, id))
 		}
 	}
 	d.mu.Unlock()
-	if err := d.t.Write(ctx, msgs...); err != nil {
+	if len(hist) > 0 {
+		if err := d.write(ctx, hist...); err != nil {
+			return err
+		}
+	}
+	if err := d.write(ctx, msgs...); err != nil {
 		return err
 	}
 	return d.Sync(ctx)
+}
+
+// tombstone is the tombstone of key, with the ChangeID of the change that
+// writes it in its carehub-change header: the identity of the state it
+// leaves (Applied).
+func tombstone(key, id string) kafka.Message {
+	return kafka.Message{Key: []byte(key), Headers: []kafka.Header{{Key: audit.HeaderChange, Value: []byte(id)}}}
 }
 
 // Pause pauses a recipient: every process stops its deliverers (a
@@ -456,15 +504,27 @@ func (d *Directory) setPause(ctx context.Context, ods, actor, reason string, pau
 	}
 	if _, paused := d.Paused(ods); paused != pause {
 		now := d.now().UTC()
-		msg := kafka.Message{Key: []byte(prefixPaused + ods)}
+		id, pkey := audit.ChangeID(now), prefixPaused+ods
+		msg := tombstone(pkey, id)
 		action := audit.ActionRecipientResume
 		if pause {
+			msg = kafka.Message{Key: []byte(pkey)}
 			msg.Value, _ = json.Marshal(Pause{Since: now, Actor: actor, Reason: reason})
 			action = audit.ActionRecipientPause
 		}
-		hist := audit.Record{Time: now, Kind: audit.KindRecipientChange, Recipient: ods, Actor: actor, Action: action, Reason: reason}
-		if err := d.t.Write(ctx, msg, kafka.Message{Topic: d.cfg.AuditTopic, Key: []byte(audit.RecipientKey(ods)), Value: hist.Marshal()}); err != nil {
-			return Recipient{}, problem.Wrap(problem.Unavailable, "the change could not be made durable; retry", err)
+		d.mu.Lock()
+		follows := d.pauseID(ods)
+		d.mu.Unlock()
+		hist := audit.Record{Time: now, Kind: audit.KindRecipientChange, Recipient: ods, Actor: actor, Action: action, Reason: reason,
+			Follows: follows}
+		// The audit record first, as for every change (commit).
+		if err := d.write(ctx, kafka.Message{Topic: d.cfg.AuditTopic, Key: []byte(audit.RecipientKey(ods)), Value: hist.Marshal()}); err != nil {
+			return Recipient{}, problem.Wrap(problem.Unavailable, "the change could not be audited, and was not made; retry", err)
+		}
+		if err := d.write(ctx, msg); err != nil {
+			if !d.landed(ctx, func() bool { return d.pauseID(ods) == id }) {
+				return Recipient{}, problem.Wrap(problem.Unavailable, "the change could not be made durable; retry", err)
+			}
 		}
 		if err := d.Sync(ctx); err != nil {
 			return Recipient{}, unavailable(err)

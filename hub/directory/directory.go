@@ -40,6 +40,23 @@
 // version is above the one it holds, so all agree on the winner of two
 // changes made at once against one version, and the loser is told (412).
 //
+// # Audit
+//
+// Every change to the directory (a recipient's entry, a subscription, a
+// pause or resume, a patient put on or taken off a list, by an operator,
+// a recipient or the configuration file) is audited in carehub.audit, and
+// its audit record is written, and acknowledged, before the change: no
+// Kafka produce spans two topics atomically, so a change in force always
+// has its audit record. A record whose change was never written (its
+// write failed, or the process stopped between the two) records an
+// attempt; Applied tells the two apart, as the consent store's does
+// (audit.Applied). For that each change record names the state it was
+// made against (Follows), and each state carries the identity of the
+// change that wrote it: a recipient's updated time, a pause's since, a
+// list member's added time, a tombstone (a resume, a patient taken off)
+// its carehub-change header. Deleting a recipient audits its pause's end
+// and each patient taken off its list.
+//
 // # The configuration file
 //
 // The file seeds the directory (Seed): a recipient in the file that the
@@ -72,6 +89,7 @@ import (
 
 	"github.com/carehub/carehub/connectors/connector"
 	"github.com/carehub/carehub/consent"
+	"github.com/carehub/carehub/hub/audit"
 	"github.com/carehub/carehub/hub/config"
 	"github.com/carehub/carehub/hub/ktable"
 	"github.com/carehub/carehub/hub/patientlist"
@@ -196,11 +214,19 @@ type Directory struct {
 	paused     map[string]Pause
 	lists      map[string]*list
 	listSeeds  map[string]string
-	subs       *route.Subscriptions
-	dirty      bool
-	changed    chan struct{} // closed when a recipient or a pause changes
+	// gone holds the ChangeID of the tombstone of each pause and list
+	// place that is not in force (resumed, taken off), by key, as its
+	// carehub-change header says: the identity of that state (Applied).
+	gone    map[string]string
+	subs    *route.Subscriptions
+	dirty   bool
+	changed chan struct{} // closed when a recipient or a pause changes
 
 	writeMu sync.Mutex
+
+	// write produces records (the table's writer); tests replace it to
+	// inject failures.
+	write func(ctx context.Context, msgs ...kafka.Message) error
 }
 
 // Open starts following the topic and returns at once; WaitLoaded tells
@@ -218,13 +244,14 @@ func Open(cfg Config) (*Directory, error) {
 	}
 	d := &Directory{cfg: cfg, seal: s, now: time.Now,
 		recipients: map[string]*state{}, raw: map[string][]byte{}, last: map[string][]byte{},
-		paused: map[string]Pause{}, lists: map[string]*list{}, listSeeds: map[string]string{},
+		paused: map[string]Pause{}, lists: map[string]*list{}, listSeeds: map[string]string{}, gone: map[string]string{},
 		dirty: true, changed: make(chan struct{})}
 	t, err := ktable.Open(ktable.Config{Brokers: cfg.Brokers, Topic: cfg.Topic, Log: cfg.Log, Apply: d.apply})
 	if err != nil {
 		return nil, fmt.Errorf("directory: %w", err)
 	}
 	d.t = t
+	d.write = t.Write
 	return d, nil
 }
 
@@ -274,11 +301,11 @@ func (d *Directory) apply(m kafka.Message) {
 	case strings.HasPrefix(key, prefixRecipient):
 		d.applyRecipient(key, strings.TrimPrefix(key, prefixRecipient), m.Value)
 	case strings.HasPrefix(key, prefixPaused):
-		d.applyPause(strings.TrimPrefix(key, prefixPaused), m.Value)
+		d.applyPause(strings.TrimPrefix(key, prefixPaused), m)
 	case strings.HasPrefix(key, prefixPatient):
 		ods, patient, ok := strings.Cut(strings.TrimPrefix(key, prefixPatient), "/")
 		if ok {
-			d.applyMember(ods, patient, m.Value)
+			d.applyMember(ods, patient, m)
 		}
 	case strings.HasPrefix(key, prefixListSeed):
 		var s storedListSeed
@@ -373,11 +400,13 @@ func decodeStored(tree map[string]any, reg *connector.Registry) (*config.Recipie
 	return r, nil
 }
 
-func (d *Directory) applyPause(ods string, value []byte) {
+func (d *Directory) applyPause(ods string, m kafka.Message) {
+	value := m.Value
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if value == nil {
 		delete(d.paused, ods)
+		d.gone[string(m.Key)] = changeHeader(m)
 	} else {
 		var p Pause
 		if err := json.Unmarshal(value, &p); err != nil {
@@ -388,13 +417,15 @@ func (d *Directory) applyPause(ods string, value []byte) {
 	d.touch(true)
 }
 
-func (d *Directory) applyMember(ods, patient string, value []byte) {
+func (d *Directory) applyMember(ods, patient string, m kafka.Message) {
+	value := m.Value
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	l := d.writable(ods)
 	if value == nil {
 		delete(l.set, patient)
 		delete(l.members, patient)
+		d.gone[string(m.Key)] = changeHeader(m)
 	} else {
 		var sm storedMember
 		_ = json.Unmarshal(value, &sm)
@@ -402,6 +433,17 @@ func (d *Directory) applyMember(ods, patient string, value []byte) {
 		l.members[patient] = Member{Patient: patient, Added: sm.Added, Actor: sm.Actor}
 	}
 	d.dirty = true
+}
+
+// changeHeader is a tombstone's carehub-change header ("" when it has
+// none: written before carehub wrote one).
+func changeHeader(m kafka.Message) string {
+	for _, h := range m.Headers {
+		if h.Key == audit.HeaderChange {
+			return string(h.Value)
+		}
+	}
+	return ""
 }
 
 // writable returns the recipient's list, ready to change: a list the

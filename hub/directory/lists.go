@@ -167,30 +167,60 @@ func (d *Directory) count(ods string) int {
 	return 0
 }
 
-// writeList writes the members added and removed, and their audit
-// records, then waits until they are applied.
+// writeList writes the audit records of the members added and removed,
+// then the members (and extra), and waits until they are applied. The
+// audit records come first (see Audit in the package documentation): if
+// the members' write fails, those that are not in the topic were attempts.
 func (d *Directory) writeList(ctx context.Context, ods string, adds, removes []string, actor string, extra *kafka.Message) error {
 	if len(adds) == 0 && len(removes) == 0 && extra == nil {
 		return nil
 	}
 	now := d.now().UTC()
+	id := audit.ChangeID(now)
 	val, _ := json.Marshal(storedMember{Added: now, Actor: actor})
-	msgs := make([]kafka.Message, 0, 2*(len(adds)+len(removes))+1)
+	hist := make([]kafka.Message, 0, len(adds)+len(removes))
+	msgs := make([]kafka.Message, 0, len(adds)+len(removes)+1)
+	d.mu.Lock()
 	rec := func(p, action string) kafka.Message {
-		r := audit.Record{Time: now, Kind: audit.KindListChange, Patient: p, Recipient: ods, Actor: actor, Action: action}
+		r := audit.Record{Time: now, Kind: audit.KindListChange, Patient: p, Recipient: ods, Actor: actor, Action: action,
+			Follows: d.memberID(ods, p)}
 		return kafka.Message{Topic: d.cfg.AuditTopic, Key: []byte(p), Value: r.Marshal()}
 	}
 	for _, p := range adds {
-		msgs = append(msgs, kafka.Message{Key: []byte(prefixPatient + ods + "/" + p), Value: val}, rec(p, audit.ActionListAdd))
+		hist = append(hist, rec(p, audit.ActionListAdd))
+		msgs = append(msgs, kafka.Message{Key: []byte(prefixPatient + ods + "/" + p), Value: val})
 	}
 	for _, p := range removes {
-		msgs = append(msgs, kafka.Message{Key: []byte(prefixPatient + ods + "/" + p)}, rec(p, audit.ActionListRemove))
+		hist = append(hist, rec(p, audit.ActionListRemove))
+		msgs = append(msgs, tombstone(prefixPatient+ods+"/"+p, id))
 	}
+	d.mu.Unlock()
 	if extra != nil {
 		msgs = append(msgs, *extra)
 	}
-	if err := d.t.Write(ctx, msgs...); err != nil {
-		return problem.Wrap(problem.Unavailable, "the list could not be made durable; retry", err)
+	if len(hist) > 0 {
+		if err := d.write(ctx, hist...); err != nil {
+			return problem.Wrap(problem.Unavailable, "the list change could not be audited, and was not made; retry", err)
+		}
+	}
+	if err := d.write(ctx, msgs...); err != nil {
+		// Some or all may have landed all the same (an answer lost): the
+		// change was made if every one is in force.
+		if !d.landed(ctx, func() bool {
+			for _, p := range adds {
+				if d.memberID(ods, p) != id {
+					return false
+				}
+			}
+			for _, p := range removes {
+				if d.memberID(ods, p) != id {
+					return false
+				}
+			}
+			return true
+		}) {
+			return problem.Wrap(problem.Unavailable, "the list could not be made durable; retry", err)
+		}
 	}
 	if err := d.Sync(ctx); err != nil {
 		return unavailable(err)
