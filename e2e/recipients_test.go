@@ -471,15 +471,16 @@ func TestAResidentAddedThroughTheAPIReceivesTheirNextDischarge(t *testing.T) {
 		t.Errorf("list-change audit:\n\tgot  %v\n\twant %v", changes, want)
 	}
 	var report struct {
-		ListChanges []struct{ Recipient, Actor, Action string }
+		ListChanges []struct{ Recipient, Actor, Action, Outcome string }
 	}
 	if status, _ := h.api("demo-admin-key", "GET", "/v1/patients/"+resident+"/disclosures", "", nil, nil, &report); status != 200 {
 		t.Fatalf("disclosures: %d", status)
 	}
 	var seen []string
 	for _, c := range report.ListChanges {
-		seen = append(seen, c.Action+" "+c.Recipient+" by "+c.Actor)
+		seen = append(seen, strings.TrimSpace(c.Action+" "+c.Recipient+" by "+c.Actor+" "+c.Outcome))
 	}
+	// Both took effect: neither is marked not-applied.
 	if want := []string{"patient-list-add VM123 by VM123", "patient-list-remove VM123 by admin"}; !slices.Equal(seen, want) {
 		t.Errorf("the resident's disclosures report, list changes:\n\tgot  %v\n\twant %v", seen, want)
 	}

@@ -471,7 +471,7 @@ func (a *API) disclosures(w http.ResponseWriter, r *http.Request) {
 	h := Histories(recs)
 	// A consent-change record whose change never took effect (written
 	// before the change, which then failed) is marked, not shown as a
-	// change in force.
+	// change in force (consentstore.Applied).
 	var getErr error
 	applied := consentstore.Applied(recs, func(p string) (consent.PatientConsent, bool) {
 		pc, ok, err := a.Store.Get(r.Context(), p)
@@ -483,6 +483,17 @@ func (a *API) disclosures(w http.ResponseWriter, r *http.Request) {
 	if getErr != nil {
 		a.fail(w, r, problem.Wrap(problem.Unavailable, "the consent store could not be read; retry", getErr))
 		return
+	}
+	// So is a list-change record whose change never took effect.
+	if a.Recipients != nil && a.Recipients.Directory != nil {
+		listed, err := a.Recipients.Directory.Applied(r.Context(), recs)
+		if err != nil {
+			a.fail(w, r, problem.Wrap(problem.Unavailable, "the recipient directory could not be read; retry", err))
+			return
+		}
+		for i := range applied {
+			applied[i] = applied[i] && listed[i]
+		}
 	}
 	markNotApplied(&h, recs, applied)
 	w.Header().Set("Content-Type", media.JSON)

@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/carehub/carehub/hub/audit"
-	"github.com/carehub/carehub/hub/consentstore"
 	"github.com/segmentio/kafka-go"
 )
 
@@ -118,6 +117,13 @@ type ListChange struct {
 	Recipient string    `json:"recipient"`
 	Actor     string    `json:"actor"`
 	Action    string    `json:"action"` // patient-list-add or patient-list-remove
+	// Reason says why, when the hub says: "the recipient was deleted".
+	Reason string `json:"reason,omitempty"`
+	// Outcome is "not-applied" for a change recorded but never made (its
+	// write failed, or the hub stopped first): the patient's place on the
+	// list did not change. A change being made at the moment of the
+	// report may show "not-applied" until it completes.
+	Outcome string `json:"outcome,omitempty"`
 }
 
 // AuditReader builds disclosure reports from the carehub.audit topic. Audit
@@ -281,7 +287,8 @@ func Histories(recs []audit.Record) History {
 		case audit.KindAccess:
 			h.Accesses = append(h.Accesses, Access{Time: r.Time, Patient: r.Patient, Actor: r.Actor, Action: r.Action, EventID: r.EventID})
 		case audit.KindListChange:
-			h.ListChanges = append(h.ListChanges, ListChange{Time: r.Time, Patient: r.Patient, Recipient: r.Recipient, Actor: r.Actor, Action: r.Action})
+			h.ListChanges = append(h.ListChanges, ListChange{Time: r.Time, Patient: r.Patient, Recipient: r.Recipient, Actor: r.Actor,
+				Action: r.Action, Reason: r.Reason})
 		case audit.KindReceived:
 			h.Received = append(h.Received, Received{Time: r.Time, Patient: r.Patient, EventID: r.EventID, EventType: r.EventType, Flags: r.Flags})
 		}
@@ -289,18 +296,23 @@ func Histories(recs []audit.Record) History {
 	return h
 }
 
-// markNotApplied marks the consent changes of h (made by Histories from
-// recs) that applied (consentstore.Applied of recs) says did not take
-// effect.
+// markNotApplied marks the consent changes and list changes of h (made by
+// Histories from recs) that applied (consentstore.Applied and
+// directory.Directory.Applied of recs, together) says did not take effect.
 func markNotApplied(h *History, recs []audit.Record, applied []bool) {
-	k := 0
+	c, l := 0, 0
 	for i, rec := range recs {
-		if rec.Kind != audit.KindConsentChange {
-			continue
+		switch rec.Kind {
+		case audit.KindConsentChange:
+			if !applied[i] && h.ConsentChanges[c].Outcome == "" {
+				h.ConsentChanges[c].Outcome = audit.NotApplied
+			}
+			c++
+		case audit.KindListChange:
+			if !applied[i] {
+				h.ListChanges[l].Outcome = audit.NotApplied
+			}
+			l++
 		}
-		if !applied[i] && h.ConsentChanges[k].Outcome == "" {
-			h.ConsentChanges[k].Outcome = consentstore.NotApplied
-		}
-		k++
 	}
 }

@@ -152,6 +152,33 @@ func TestReportMarksConsentChangesNotApplied(t *testing.T) {
 	}
 }
 
+// TestReportMarksListChangesNotApplied: a list-change record whose change
+// was never written (the directory audits before it writes, the review's
+// finding on issue 13) is marked not-applied in the report, beside the
+// consent changes' marks; the others are not.
+func TestReportMarksListChangesNotApplied(t *testing.T) {
+	recs := []audit.Record{
+		{Kind: audit.KindListChange, Patient: "p1", Recipient: "VM123", Actor: "a", Action: audit.ActionListAdd},
+		{Kind: audit.KindConsentChange, Patient: "p1", Actor: "b", After: &audit.ConsentState{Version: 1}},
+		{Kind: audit.KindListChange, Patient: "p1", Recipient: "VM123", Actor: "c", Action: audit.ActionListRemove}, // never written
+		{Kind: audit.KindListChange, Patient: "p1", Recipient: "VM123", Actor: "d", Action: audit.ActionListRemove,
+			Reason: "the recipient was deleted"},
+	}
+	h := Histories(recs)
+	markNotApplied(&h, recs, []bool{true, false, false, true})
+	var got []string
+	for _, c := range h.ListChanges {
+		got = append(got, c.Actor+":"+c.Outcome+":"+c.Reason)
+	}
+	want := []string{"a::", "c:not-applied:", "d::the recipient was deleted"}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("list changes (-want +got):\n%s", diff)
+	}
+	if h.ConsentChanges[0].Outcome != audit.NotApplied {
+		t.Errorf("the consent change: outcome %q, want not-applied", h.ConsentChanges[0].Outcome)
+	}
+}
+
 // TestReportKeepsBothDirectiveVersions: a copy routed under version 1 and
 // withheld at delivery under version 2 shows both (issue 11: audit records
 // say which directive version decided).
