@@ -432,12 +432,11 @@ func (c *Config) Validate() error {
 	bad := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
 	listeners := map[string]string{} // address → who listens there (port 0: a free port, never shared)
 	listen := func(where, addr string) {
-		_, port, err := net.SplitHostPort(addr)
-		if err != nil {
-			bad("%s %q: not host:port", where, addr)
+		if err := connector.ListenAddr(addr); err != nil {
+			bad("%s %v", where, err)
 			return
 		}
-		if port == "0" {
+		if _, port, _ := net.SplitHostPort(addr); port == "0" {
 			return // any free port: never shared
 		}
 		if prev, ok := listeners[addr]; ok {
@@ -574,7 +573,7 @@ func (c *Config) Validate() error {
 		}
 		if l, ok := in.Config.(connector.ListenerConfig); ok {
 			for _, a := range l.ListenAddrs() {
-				if _, _, err := net.SplitHostPort(a); err == nil {
+				if connector.ListenAddr(a) == nil { // a bad one is the connector's Validate's to report
 					listen(where+".addr", a)
 				}
 			}

@@ -362,6 +362,8 @@ func TestValidateSmallChecks(t *testing.T) {
 		{"short pseudonym key", func(c *config.Config) { c.Pseudonym = connector.SecretValue("0123456789abcde") }, "pseudonymKey: must be at least 16 bytes"},
 		{"pseudonym key from missing env", func(c *config.Config) { c.Pseudonym = connector.Secret{Env: "CAREHUB_TEST_UNSET_PSEUDONYM"} }, "pseudonymKey: environment variable"},
 		{"embedded addr without port", func(c *config.Config) { c.Kafka.EmbeddedAddr = "localhost" }, `kafka.embeddedAddr "localhost"`},
+		{"http addr port out of range", func(c *config.Config) { c.HTTP.Addr = "127.0.0.1:80800" },
+			`http.addr "127.0.0.1:80800": the port is not a number from 0 to 65535`},
 		{"brokers skip embedded addr", func(c *config.Config) {
 			c.Kafka.Brokers = []string{"k1:9092"}
 			c.Kafka.EmbeddedAddr = "not checked"
