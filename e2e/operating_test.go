@@ -10,7 +10,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"maps"
 	"net/http"
 	"os"
@@ -513,5 +512,4 @@ func TestBackfillInterruptedAndResumed(t *testing.T) {
 	if decided != 40 {
 		t.Errorf("%d backfill decisions audited with the operator, want 40 (p1's and p2's)", decided)
 	}
-	_ = io.Discard
 }
