@@ -90,6 +90,11 @@ func (d *Directory) Replace(ctx context.Context, ods string, body []byte, pre Pr
 // Delete deletes a recipient, its pause and its patient list. Copies
 // still in its outbox stay there (an outbox is never cut by time), and are
 // delivered if the recipient is created again.
+//
+// The deletion is in force once its record is written; the pause and the
+// list are removed after it. If that removal fails the deletion still
+// stands (and is answered as made): what was left behind is removed before
+// the recipient is created again (commit), and by the next start (Seed).
 func (d *Directory) Delete(ctx context.Context, ods string, pre Precondition, actor string) error {
 	d.writeMu.Lock()
 	defer d.writeMu.Unlock()
@@ -336,7 +341,17 @@ type change struct {
 // The audit record is written, and acknowledged, first: no produce spans
 // two topics atomically, so a change in force always has its audit record;
 // one whose own write then fails is an attempt, which Applied reports.
+//
+// A recipient created again after a deletion whose removal of its pause
+// and list failed has them removed first: it never inherits them. If they
+// cannot be removed, it is not created.
 func (d *Directory) commit(ctx context.Context, c change) (Recipient, error) {
+	if c.tree != nil && c.prev != nil && c.prev.deleted {
+		if err := d.removeLeftovers(ctx, c.ods, c.prev.actor); err != nil {
+			return Recipient{}, problem.Wrap(problem.Unavailable,
+				"the pause and patient list of the recipient deleted before could not be removed, and the recipient was not created; retry", err)
+		}
+	}
 	var from int64
 	follows := audit.None
 	if c.prev != nil {
@@ -434,6 +449,60 @@ func (d *Directory) landed(ctx context.Context, inForce func() bool) bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return inForce()
+}
+
+// leftovers reports whether the recipient has what its deletion removes:
+// a pause, a patient on its list, the digest of a list file. d.mu must be
+// held.
+func (d *Directory) leftovers(ods string) bool {
+	_, paused := d.paused[ods]
+	l := d.lists[ods]
+	return paused || (l != nil && len(l.members) > 0) || d.listSeeds[ods] != ""
+}
+
+// removeLeftovers removes what the deletion of a recipient left behind
+// when its removeAll failed, audited as removeAll audits it (made by the
+// actor who deleted it). d.writeMu must be held and the directory synced.
+func (d *Directory) removeLeftovers(ctx context.Context, ods, deletedBy string) error {
+	d.mu.Lock()
+	left := d.leftovers(ods)
+	d.mu.Unlock()
+	if !left {
+		return nil
+	}
+	d.cfg.Log.Warn("removing the pause and patient list a deleted recipient left behind", zap.String("recipient", ods))
+	return d.removeAll(ctx, ods, deletedBy)
+}
+
+// sweep removes what deleted recipients left behind (see Delete). Each
+// one that cannot be removed now is logged, and removed before the
+// recipient is created again.
+func (d *Directory) sweep(ctx context.Context) {
+	d.mu.Lock()
+	var deleted []string
+	for _, ods := range slices.Sorted(maps.Keys(d.recipients)) {
+		if d.recipients[ods].deleted && d.leftovers(ods) {
+			deleted = append(deleted, ods)
+		}
+	}
+	d.mu.Unlock()
+	for _, ods := range deleted {
+		err := func() error {
+			d.writeMu.Lock()
+			defer d.writeMu.Unlock()
+			if err := d.Sync(ctx); err != nil {
+				return err
+			}
+			st := d.state(ods)
+			if st == nil || !st.deleted {
+				return nil // created again meanwhile, by another process
+			}
+			return d.removeLeftovers(ctx, ods, st.actor)
+		}()
+		if err != nil {
+			d.cfg.Log.Error("removing a deleted recipient's pause and patient list", zap.String("recipient", ods), logging.Err(err))
+		}
+	}
 }
 
 // removeAll removes a deleted recipient's pause, list and list seed: the

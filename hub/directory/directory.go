@@ -55,7 +55,10 @@
 // change that wrote it: a recipient's updated time, a pause's since, a
 // list member's added time, a tombstone (a resume, a patient taken off)
 // its carehub-change header. Deleting a recipient audits its pause's end
-// and each patient taken off its list.
+// and each patient taken off its list. If removing them fails after the
+// deletion is written, they are removed (and audited again) before the
+// recipient is created again, which is refused while they cannot be, and
+// at the next start (Seed): a recipient created again inherits nothing.
 //
 // # The configuration file
 //

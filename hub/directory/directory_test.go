@@ -443,12 +443,54 @@ func TestListsAddRemoveReplaceAndAudit(t *testing.T) {
 	if !slices.Equal(got, want) {
 		t.Errorf("list-change audit:\n\tgot  %v\n\twant %v", got, want)
 	}
-	// Deleting the recipient removes its list.
-	if err := d.Delete(ctx, "VM456", Precondition{Any: true}, "admin"); err != nil {
+	// Deleting a paused recipient removes its pause and its list, and
+	// audits each, made by whoever deleted it.
+	if _, err := d.Pause(ctx, "VM456", "ig-lead", "maintenance"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := d.Create(ctx, careHome("VM456", "https://vm456.example/", secret, "discharge"), "admin"); err != nil {
+	if err := d.Delete(ctx, "VM456", Precondition{Any: true}, "ig-lead"); err != nil {
 		t.Fatal(err)
+	}
+	var recs []audit.Record
+	for _, m := range readAll(t, brokers, topic.Audit) {
+		r, _ := audit.Unmarshal(m.Value)
+		recs = append(recs, r)
+	}
+	applied, err := d.Applied(ctx, recs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got = nil
+	for i, r := range recs {
+		if r.Actor != "ig-lead" {
+			continue
+		}
+		who := map[string]string{pseudo.Pseudonym(n(2)): " 2", pseudo.Pseudonym(n(5)): " 5"}[r.Patient]
+		got = append(got, fmt.Sprintf("%s %s%s by %s, reason %q, applied %v", r.Kind, r.Action, who, r.Actor, r.Reason, applied[i]))
+	}
+	slices.Sort(got)
+	want = []string{
+		`list-change patient-list-remove 2 by ig-lead, reason "the recipient was deleted", applied true`,
+		`list-change patient-list-remove 5 by ig-lead, reason "the recipient was deleted", applied true`,
+		`recipient-change recipient-delete by ig-lead, reason "", applied true`,
+		`recipient-change recipient-pause by ig-lead, reason "maintenance", applied true`,
+		`recipient-change recipient-resume by ig-lead, reason "the recipient was deleted", applied true`,
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("audit of the deletion:\n\tgot  %q\n\twant %q", got, want)
+	}
+	if m, _ := d.Members(ctx, "VM456"); len(m) != 0 {
+		t.Errorf("a deleted recipient's list has %d patients", len(m))
+	}
+	if _, paused := d.Paused("VM456"); paused {
+		t.Errorf("a deleted recipient is still paused")
+	}
+	r, err := d.Create(ctx, careHome("VM456", "https://vm456.example/", secret, "discharge"), "admin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Paused != nil {
+		t.Errorf("a recipient created again is paused: %+v", r.Paused)
 	}
 	if got := candidates(d, event.TypeDischarge, n(5).Digits()); len(got) != 0 {
 		t.Errorf("a recipient created again has its old list")

@@ -28,7 +28,9 @@ import (
 //   - a recipient the file no longer names stays: delete it through the
 //     admin API.
 //
-// A patient list file is not part of the entry: see SeedList. An entry
+// Before that, the pause and patient list a deleted recipient left behind
+// (its deletion's removal of them failed) are removed. A patient list file
+// is not part of the entry: see SeedList. An entry
 // whose subscription id or API key another recipient (created through the
 // admin API) already has is an error that names it.
 func (d *Directory) Seed(ctx context.Context, recipients []config.Recipient) error {
@@ -37,6 +39,7 @@ func (d *Directory) Seed(ctx context.Context, recipients []config.Recipient) err
 	if err := d.Sync(ctx); err != nil {
 		return err
 	}
+	d.sweep(ctx)
 	var errs []error
 	for i, r := range recipients {
 		tree, seed, err := fileEntry(r)
