@@ -102,6 +102,12 @@ const (
 	DefaultIdleTimeout     = 10 * time.Minute
 	DefaultDuplicateWindow = 24 * time.Hour
 	DefaultMaxDuplicates   = 200_000
+	// MaxFrameBytesLimit is the largest maxFrameBytes a listener may set:
+	// 16 MiB, far above any ADT message. Parsing and mapping run outside
+	// the processing timeout and are linear in the message (README: tens
+	// of ms to about 0.15 s of one core per MiB at worst), so this bounds
+	// the time one frame can hold a core to a few seconds.
+	MaxFrameBytesLimit = 16 << 20
 	DefaultMaxConns        = 256
 	DefaultMaxConnsPerPeer = 16
 	DefaultDrainTimeout    = 20 * time.Second
@@ -230,8 +236,8 @@ func (c *Config) Validate() error {
 	if !ods.Valid(c.Source) {
 		bad("source %q: not an ODS code", c.Source)
 	}
-	if c.MaxFrameBytes < 1024 || c.MaxFrameBytes > hl7.MaxMessageSize {
-		bad("maxFrameBytes must be between 1024 and %d", hl7.MaxMessageSize)
+	if c.MaxFrameBytes < 1024 || c.MaxFrameBytes > MaxFrameBytesLimit {
+		bad("maxFrameBytes must be between 1024 and %d (16 MiB)", MaxFrameBytesLimit)
 	}
 	if c.ReadTimeout < 0 || c.IdleTimeout < 0 || c.DuplicateWindow < 0 || c.DrainTimeout < 0 || c.ProcessTimeout < 0 {
 		bad("readTimeout, idleTimeout and duplicateWindow (and the timeouts) must be positive")

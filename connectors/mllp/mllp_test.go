@@ -33,6 +33,10 @@ func TestNewValidates(t *testing.T) {
 		{"no source", Config{Addr: "127.0.0.1:0"}, `source "": not an ODS code`},
 		{"source not ODS", Config{Addr: "127.0.0.1:0", Source: "rx1"}, "not an ODS code"},
 		{"tiny frames", Config{Addr: "127.0.0.1:0", Source: "RX1", MaxFrameBytes: 10}, "maxFrameBytes must be between"},
+		// Review of issue 14: a 1 GiB frame was allowed, and parsing and
+		// mapping (outside the processing timeout) could hold a core for
+		// about a minute.
+		{"frames past the limit", Config{Addr: "127.0.0.1:0", Source: "RX1", MaxFrameBytes: MaxFrameBytesLimit + 1}, "maxFrameBytes must be between 1024 and 16777216"},
 		{"negative timeout", Config{Addr: "127.0.0.1:0", Source: "RX1", IdleTimeout: -1}, "must be positive"},
 		{"processing ID", Config{Addr: "127.0.0.1:0", Source: "RX1", ProcessingID: "X"}, `processingId "X"`},
 		{"destination path", Config{Addr: "127.0.0.1:0", Source: "RX1", DestinationFields: []string{"nope"}}, "destinationFields"},
