@@ -107,7 +107,7 @@ const (
 	// the processing timeout and are linear in the message (README: tens
 	// of ms to about 0.15 s of one core per MiB at worst), so this bounds
 	// the time one frame can hold a core to a few seconds.
-	MaxFrameBytesLimit = 16 << 20
+	MaxFrameBytesLimit     = 16 << 20
 	DefaultMaxConns        = 256
 	DefaultMaxConnsPerPeer = 16
 	DefaultDrainTimeout    = 20 * time.Second
