@@ -152,8 +152,9 @@ func TestFeedSurvivesAKilledHub(t *testing.T) {
 }
 
 // TestFeedLongPollAnsweredWhenRouted: a long-poll waiting 60 s is answered
-// as soon as an event is routed to the feed, not when its wait ends; another
-// recipient's feed is refused.
+// as soon as an event is routed to the feed, not when its wait ends (the
+// time from the routing to the answer is logged); another recipient's feed
+// is refused.
 func TestFeedLongPollAnsweredWhenRouted(t *testing.T) {
 	gp := newReceiver(t, "whsec_Y2FyZWh1Yi1kZW1vLXNlY3JldC1ncC1BODEwMDE=")
 	home := newReceiver(t, "whsec_Y2FyZWh1Yi1kZW1vLXNlY3JldC1jYXJlaG9tZS1WTTEyMw==")
@@ -174,28 +175,54 @@ func TestFeedLongPollAnsweredWhenRouted(t *testing.T) {
 	}
 
 	type answer struct {
-		page    feedPage
-		elapsed time.Duration
+		page feedPage
+		at   time.Time // when the answer was read
 	}
 	done := make(chan answer, 1)
-	start := time.Now()
 	go func() {
 		_, b := h.readFeed(t, "/v1/feeds/B82005?after=0&wait=60s", "demo-b82005-key", "")
+		at := time.Now()
 		var p feedPage
 		_ = json.Unmarshal(b, &p)
-		done <- answer{p, time.Since(start)}
+		done <- answer{p, at}
 	}()
 	ev := patientEvent(t, "discharge", nhsNumber(13001), "B82005", "VM123")
 	h.mustPublish("demo-rx1-key", ev)
+	var a answer
 	select {
-	case a := <-done:
+	case a = <-done:
 		if len(a.page.Events) != 1 || a.page.Events[0].id() != ev["id"] || a.page.Events[0].Number != 1 {
 			t.Errorf("the long-poll answered %+v, want the discharge as number 1", a.page)
 		}
-		t.Logf("long-poll answered %v after it started (publish, route, append, wake)", a.elapsed)
 	case <-time.After(45 * time.Second):
 		t.Fatal("the long-poll was not answered when the event was routed")
 	}
+	// How long after the event's routing the long-poll was answered (issue
+	// 12: "within 100 ms of an event's routing"), from the router's decision
+	// record for B82005 (the routing) and from the feed record's timestamp
+	// (the append). The hub runs on this machine, so the clocks are one.
+	// Logged, not asserted: speed is measured by benchmarks (carehub bench,
+	// BenchmarkFeedRead's wake-up times), never by timed assertions.
+	var routed time.Time
+	waitFor(t, "the decision record of the discharge for B82005", 30*time.Second, func() bool {
+		for _, m := range h.records("carehub.audit") {
+			var r struct {
+				Time                     time.Time
+				Kind, EventID, Recipient string
+			}
+			if json.Unmarshal(m.Value, &r) == nil && r.Kind == "decision" && r.EventID == ev["id"] && r.Recipient == "B82005" {
+				routed = r.Time
+				return true
+			}
+		}
+		return false
+	})
+	feed := h.records("carehub.feed.b82005")
+	if len(feed) == 0 {
+		t.Fatal("the feed's topic holds no record")
+	}
+	t.Logf("long-poll answered %v after the event's routing (decision record: outbox, delivery, append, wake, answer), %v after its append to the feed",
+		a.at.Sub(routed), a.at.Sub(feed[0].Time))
 
 	// The same read as a FHIR notification bundle passes a real validator.
 	status, b := h.readFeed(t, "/v1/feeds/B82005?after=0", "demo-b82005-key", "application/fhir+json")

@@ -163,7 +163,9 @@ func (h *hub) postFHIR(t *testing.T, path, key string, body []byte) (int, []byte
 }
 
 // TestFHIRInAndOut: HL7's own R4 examples go in by $process-message and by
-// POST Encounter; invalid ones get precise OperationOutcomes; the events
+// POST Encounter; invalid ones get precise OperationOutcomes; every
+// OperationOutcome answered, the informational ones of a 202 and the
+// refusals, passes Medplum's validator; the events
 // reach a FHIR server nobody here wrote, as messages ($process-message,
 // bearer token) and as transactions; a server that refuses leaves its
 // OperationOutcome with the dead letter.
@@ -204,9 +206,13 @@ func TestFHIRInAndOut(t *testing.T) {
 	enc := readExample(t, "Encounter-emerg.json")
 	enc["subject"] = map[string]any{"identifier": map[string]any{"system": fhir.SystemNHSNumber, "value": nhsNo}}
 	eb, _ := json.Marshal(enc)
-	if status, b := h.postFHIR(t, "/fhir/r4/Encounter", "demo-rx1-key", eb); status != http.StatusAccepted {
-		t.Fatalf("POST Encounter: %d %s", status, b)
+	status, encB := h.postFHIR(t, "/fhir/r4/Encounter", "demo-rx1-key", eb)
+	if status != http.StatusAccepted || !bytes.Contains(encB, []byte(`"informational"`)) {
+		t.Fatalf("POST Encounter: %d %s", status, encB)
 	}
+	// The informational OperationOutcomes of an acceptance are resources
+	// carehub emits too: a real validator passes them, as it does refusals.
+	validateFHIR(t, map[string][]byte{"accepted-message.json": b, "accepted-encounter.json": encB})
 
 	// In, refused: precisely, and never echoing patient data.
 	wrongSender := bytes.Replace(disch, []byte(`"value":"RX1"`), []byte(`"value":"RYJ"`), 1)
