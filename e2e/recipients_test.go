@@ -376,7 +376,7 @@ func TestAResidentAddedThroughTheAPIReceivesTheirNextDischarge(t *testing.T) {
 	resident, other := nhsNumber(33001), nhsNumber(33002)
 	discharge := func(n string) string {
 		ev := patientEvent(t, "discharge", n, "A81001", "")
-		set(ev, "data/discharge/destination", map[string]any{"type": "other", "name": "non-NHS care home"})
+		set(ev, "data/discharge/destination", map[string]any{"type": "care-home", "code": "85"})
 		h.mustPublish("demo-rx1-key", ev)
 		id := ev["id"].(string)
 		waitFor(t, "the GP receives the discharge", 30*time.Second, func() bool { return slices.Contains(gp.ids(), id) })

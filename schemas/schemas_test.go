@@ -138,8 +138,19 @@ func TestDefinitions(t *testing.T) {
 		{"discharge.v1.json#/properties/discharge/properties/destination", `{"type":"home"}`, true},
 		{"discharge.v1.json#/properties/discharge/properties/destination", `{"type":"other"}`, true},
 		{"discharge.v1.json#/properties/discharge/properties/destination", `{"type":"care-home","ods":"VM123"}`, true},
-		{"discharge.v1.json#/properties/discharge/properties/destination", `{"type":"care-home"}`, false},
-		{"discharge.v1.json#/properties/discharge/properties/destination", `{"type":"hospice"}`, false},
+		// A place of a kind the sender did not name (issue 10 audit: this
+		// was refused, so a code-only care home became type other).
+		{"discharge.v1.json#/properties/discharge/properties/destination", `{"type":"care-home"}`, true},
+		{"discharge.v1.json#/properties/discharge/properties/destination", `{"type":"hospice"}`, true},
+		{"discharge.v1.json#/properties/discharge/properties/destination", `{"type":"care-home","code":"85"}`, true},
+		{"discharge.v1.json#/properties/discharge/properties/destination", `{"type":"care-home","code":"85","ods":"VM123"}`, true},
+		{"discharge.v1.json#/properties/discharge/properties/destination", `{"type":"other","code":"19","ods":"VM123"}`, true},
+		{"discharge.v1.json#/properties/discharge/properties/destination", `{"type":"home","code":"19"}`, true},
+		{"discharge.v1.json#/properties/discharge/properties/destination", `{"type":"other","code":"85"}`, false},
+		{"discharge.v1.json#/properties/discharge/properties/destination", `{"type":"hospital","code":"88"}`, false},
+		{"discharge.v1.json#/properties/discharge/properties/destination", `{"type":"home","code":"99"}`, false},
+		{"discharge.v1.json#/properties/discharge/properties/destination", `{"type":"other","code":"01"}`, false},
+		{"discharge.v1.json#/properties/discharge/properties/destination", `{"type":"other","code":""}`, false},
 		{"discharge.v1.json#/properties/discharge/properties/destination", `{"type":"garden"}`, false},
 		{"discharge.v1.json#/properties/discharge/properties/destination", `{"ods":"VM123"}`, false},
 	}

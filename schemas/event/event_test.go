@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -300,7 +301,10 @@ func invalidCases(t testing.TB) []invalidCase {
 			problem.Invalid, []at{{"/data/encounter/id", S + "/properties/encounter/required"}}},
 		{"wrong type", dis(func(m map[string]any) { obj(m, "data", "encounter")["id"] = 1 }),
 			problem.Invalid, []at{{"/data/encounter/id", S + "/properties/encounter/properties/id/type"}}},
-		{"wrong enum", dis(func(m map[string]any) { obj(m, "data", "discharge", "destination")["type"] = "residential" }),
+		{"wrong enum", dis(func(m map[string]any) {
+			obj(m, "data", "discharge", "destination")["type"] = "residential"
+			delete(obj(m, "data", "discharge", "destination"), "code")
+		}),
 			problem.Invalid, []at{{"/data/discharge/destination/type", S + "/properties/discharge/properties/destination/properties/type/enum"}}},
 		{"bad ODS code", dis(func(m map[string]any) { obj(m, "data", "patient")["gpPractice"] = "a81001" }),
 			problem.Invalid, []at{{"/data/patient/gpPractice", S + "/properties/patient/properties/gpPractice/pattern"}}},
@@ -319,8 +323,10 @@ func invalidCases(t testing.TB) []invalidCase {
 			problem.Invalid, []at{{"/data/dischargeSummary", S + "/additionalProperties"}}},
 		{"additional property named like a value", dis(func(m map[string]any) { obj(m, "data", "patient")[canaryMerged] = true }),
 			problem.Invalid, []at{{"/data/patient", S + "/properties/patient/additionalProperties"}}},
-		{"discharge to a care home without ODS", dis(func(m map[string]any) { delete(obj(m, "data", "discharge", "destination"), "ods") }),
-			problem.Invalid, []at{{"/data/discharge/destination/ods", S + "/properties/discharge/properties/destination/then/required"}}},
+		{"a care home code on a hospital", dis(func(m map[string]any) { obj(m, "data", "discharge", "destination")["type"] = "hospital" }),
+			problem.Invalid, []at{{"/data/discharge/destination/type", S + "/properties/discharge/properties/destination/allOf/1/then/properties/type/const"}}},
+		{"not a discharge destination code", dis(func(m map[string]any) { obj(m, "data", "discharge", "destination")["code"] = "01" }),
+			problem.Invalid, []at{{"/data/discharge/destination/code", S + "/properties/discharge/properties/destination/properties/code/enum"}}},
 		{"discharge home without ODS is fine, without destination is not", dis(func(m map[string]any) { delete(obj(m, "data", "discharge"), "destination") }),
 			problem.Invalid, []at{{"/data/discharge/destination", S + "/properties/discharge/required"}}},
 		{"summary inline and by reference", dis(func(m map[string]any) {
@@ -379,7 +385,9 @@ func TestParseInvalid(t *testing.T) {
 	}
 }
 
-// TestDischargeHome: type home needs no ODS code, and other types do.
+// TestDischargeDestinations: a destination is a kind of place (type), the
+// NHS Data Dictionary code it came from if any (code, which type agrees
+// with), and the organisation if named (ods, the routing fact).
 func TestDischargeDestinations(t *testing.T) {
 	v := newValidator(t)
 	for _, tt := range []struct {
@@ -391,8 +399,28 @@ func TestDischargeDestinations(t *testing.T) {
 		{map[string]any{"type": "other"}, true, ""},
 		{map[string]any{"type": "hospital", "ods": "RX101"}, true, "RX101"},
 		{map[string]any{"type": "nursing-home", "ods": "VLAXL"}, true, "VLAXL"},
-		{map[string]any{"type": "hospice"}, false, ""},
-		{map[string]any{"type": "nursing-home"}, false, ""},
+		// Regression (issue 10 audit): a care home, nursing home, hospital
+		// or hospice the sender did not name was refused, so the kind of
+		// place survived only in words; it is valid without ods, and
+		// routes to no one by destination.
+		{map[string]any{"type": "hospice"}, true, ""},
+		{map[string]any{"type": "nursing-home"}, true, ""},
+		{map[string]any{"type": "care-home", "code": "85"}, true, ""},
+		{map[string]any{"type": "care-home", "code": "85", "ods": "VM123"}, true, "VM123"},
+		{map[string]any{"type": "hospital", "code": "51"}, true, ""},
+		{map[string]any{"type": "hospice", "code": "88", "ods": "VM999"}, true, "VM999"},
+		{map[string]any{"type": "nursing-home", "code": "86"}, true, ""},
+		{map[string]any{"type": "home", "code": "19"}, true, ""},
+		{map[string]any{"type": "other", "code": "19", "ods": "VM123", "name": "usual place of residence"}, true, "VM123"},
+		{map[string]any{"type": "other", "code": "37", "name": "court"}, true, ""},
+		// The kind never contradicts the code.
+		{map[string]any{"type": "other", "code": "85"}, false, ""},
+		{map[string]any{"type": "care-home", "code": "88"}, false, ""},
+		{map[string]any{"type": "home", "code": "54", "ods": "VM123"}, false, ""},
+		{map[string]any{"type": "hospital", "code": "99"}, false, ""},
+		{map[string]any{"type": "care-home", "code": "01"}, false, ""},
+		{map[string]any{"type": "care-home", "code": 85}, false, ""},
+		{map[string]any{"code": "85"}, false, ""},
 	} {
 		raw := edit(t, "discharge.json", func(m map[string]any) { obj(m, "data", "discharge")["destination"] = tt.dest })
 		e, err := v.Parse(raw)
@@ -963,6 +991,49 @@ func TestInvalidUTF8IsRefused(t *testing.T) {
 		_, err := v.Parse([]byte(tt.in))
 		if problem.KindOf(err) != problem.Malformed || !strings.Contains(err.Error(), "not valid UTF-8 (at byte") {
 			t.Errorf("%s: got %v, want malformed, not valid UTF-8 at a byte offset", tt.name, err)
+		}
+	}
+}
+
+// TestDestinationCodesAreTheSchemas: the table of discharge destination
+// codes (LookupDestinationCode) and common.v1.json's dischargeDestination
+// agree: every code is valid with the type it names (and, for home, with
+// other, which the type is beside a named organisation) and with no other
+// type, and nothing outside the table is a code.
+func TestDestinationCodesAreTheSchemas(t *testing.T) {
+	v := newValidator(t)
+	types := []string{DestinationHome, DestinationCareHome, DestinationNursingHome,
+		DestinationHospital, DestinationHospice, DestinationOther}
+	codes := DestinationCodes()
+	if len(codes) != 22 {
+		t.Errorf("%d destination codes, want 22", len(codes))
+	}
+	for _, dc := range codes {
+		if got, ok := LookupDestinationCode(dc.Code); !ok || got != dc {
+			t.Errorf("LookupDestinationCode(%q) = %+v, %v", dc.Code, got, ok)
+		}
+		if !slices.Contains(types, dc.Kind) || dc.Description == "" {
+			t.Errorf("code %s: kind %q, description %q", dc.Code, dc.Kind, dc.Description)
+		}
+		for _, typ := range types {
+			want := typ == dc.Kind || (dc.Kind == DestinationHome && typ == DestinationOther)
+			raw := edit(t, "discharge.json", func(m map[string]any) {
+				obj(m, "data", "discharge")["destination"] = map[string]any{"type": typ, "code": dc.Code}
+			})
+			if _, err := v.Parse(raw); (err == nil) != want {
+				t.Errorf("type %s, code %s: err = %v, want valid=%v", typ, dc.Code, err, want)
+			}
+		}
+	}
+	for _, c := range []string{"00", "01", "1", "019", "20", "86 ", "A1"} {
+		if _, ok := LookupDestinationCode(c); ok {
+			t.Errorf("LookupDestinationCode(%q) found a code", c)
+		}
+		raw := edit(t, "discharge.json", func(m map[string]any) {
+			obj(m, "data", "discharge")["destination"] = map[string]any{"type": "other", "code": c}
+		})
+		if _, err := v.Parse(raw); err == nil {
+			t.Errorf("code %q is valid", c)
 		}
 	}
 }

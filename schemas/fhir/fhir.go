@@ -14,7 +14,9 @@
 //	data.previousNhsNumber          Patient.identifier with use old (the NHS number corrected)
 //	data.encounter                  Encounter (identifier, status, class, period, serviceProvider, location)
 //	data.transfer                   Encounter.location: from (completed), to (active)
-//	data.discharge.destination      Encounter.hospitalization.destination and dischargeDisposition
+//	data.discharge.destination      Encounter.hospitalization.dischargeDisposition (type: SystemDestination and
+//	                                SystemDisposition; code: SystemDischargeDestinationEngland) and destination
+//	                                (a Location: ods as identifier, name as display; absent when neither)
 //	data.discharge.expectedTime     Encounter extension ExtPlannedEndDate (R5's plannedEndDate)
 //	data.discharge.summary[Reference] DocumentReference (LOINC 18842-5), its attachment inline or by URL
 //	data.carePlan                   CarePlan, its document as a DocumentReference (LOINC 18776-5)
@@ -97,6 +99,11 @@ const (
 	SystemViolation   = problem.FHIRViolationSystem
 	SystemLOINC       = "http://loinc.org"
 	SystemRedacted    = "https://carehub.dev/fhir/CodeSystem/redaction"
+
+	// SystemDischargeDestinationEngland is HL7 UK's code system for the
+	// NHS Data Dictionary discharge destination codes
+	// (data.discharge.destination.code).
+	SystemDischargeDestinationEngland = "https://fhir.hl7.org.uk/CodeSystem/UKCore-DischargeDestinationEngland"
 
 	// SystemConfidentiality is HL7's v3 Confidentiality code system, as
 	// the NHS's Personal Demographics Service labels Patients with it

@@ -433,9 +433,14 @@ func TestLocateNewElements(t *testing.T) {
 			loc := resource(m, 2)["contained"].([]any)[1].(map[string]any)
 			loc["name"] = strings.Repeat("x", 201)
 		}, "Bundle.entry[2].resource.extension[0].extension[0]"},
-		{"the destination expected has no ODS code", "discharge-pending", func(m map[string]any) {
-			delete(resource(m, 2)["hospitalization"].(map[string]any), "destination")
+		{"the destination's kind contradicts its NHS code", "discharge-pending", func(m map[string]any) {
+			dd := resource(m, 2)["hospitalization"].(map[string]any)["dischargeDisposition"].(map[string]any)
+			dd["coding"].([]any)[2].(map[string]any)["code"] = "88" // hospice, on a care-home
 		}, "Bundle.entry[2].resource.hospitalization.dischargeDisposition"},
+		{"not an NHS discharge destination code", "discharge-pending", func(m map[string]any) {
+			dd := resource(m, 2)["hospitalization"].(map[string]any)["dischargeDisposition"].(map[string]any)
+			dd["coding"].([]any)[2].(map[string]any)["code"] = "01"
+		}, "Bundle.entry[2].resource.hospitalization.dischargeDisposition.coding[2].code"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -635,5 +640,80 @@ type fhirIdentifier struct {
 	System, Value string
 	Assigner      struct {
 		Identifier struct{ System, Value string }
+	}
+}
+
+// TestDestinationFromFHIR: where the patient went, as a sender's
+// Encounter.hospitalization says it. The kind comes from carehub's own
+// type, else from the NHS Data Dictionary code (HL7 UK's
+// UKCore-DischargeDestinationEngland), else from HL7's discharge
+// disposition; the code is kept; the kind never contradicts a named
+// organisation.
+func TestDestinationFromFHIR(t *testing.T) {
+	v, _ := event.NewValidator()
+	c := func(system, code string) any { return map[string]any{"system": system, "code": code} }
+	uk := fhir.SystemDischargeDestinationEngland
+	org := func(ods string) any {
+		return map[string]any{"identifier": map[string]any{"system": fhir.SystemODS, "value": ods}}
+	}
+	tests := []struct {
+		name   string
+		coding []any
+		dest   any // hospitalization.destination, if any
+		want   fhir.Destination
+		ok     bool
+	}{
+		{"a code-only care home", []any{c(uk, "85")}, nil, fhir.Destination{Type: "care-home", Code: "85"}, true},
+		{"a code-only NHS hospital", []any{c(uk, "51")}, nil, fhir.Destination{Type: "hospital", Code: "51"}, true},
+		{"a hospice by code and organisation", []any{c(uk, "88")}, org("VM999"), fhir.Destination{Type: "hospice", Code: "88", ODS: "VM999"}, true},
+		{"a nursing home by the retired code", []any{c(uk, "86")}, org("VLAXL"), fhir.Destination{Type: "nursing-home", Code: "86", ODS: "VLAXL"}, true},
+		{"home", []any{c(uk, "19")}, nil, fhir.Destination{Type: "home", Code: "19"}, true},
+		{"a home code beside an organisation is not home", []any{c(uk, "19")}, org("VM123"), fhir.Destination{Type: "other", Code: "19", ODS: "VM123"}, true},
+		{"the code says more than the disposition", []any{c(fhir.SystemDisposition, "other-hcf"), c(uk, "85")}, nil, fhir.Destination{Type: "care-home", Code: "85"}, true},
+		// Regression: HL7's discharge-disposition hosp (hospice) was read
+		// as a hospital, and a hospice was sent as oth.
+		{"HL7 hosp is a hospice", []any{c(fhir.SystemDisposition, "hosp")}, org("VM999"), fhir.Destination{Type: "hospice", ODS: "VM999"}, true},
+		{"carehub's type and the code", []any{c(fhir.SystemDestination, "hospital"), c(uk, "87")}, nil, fhir.Destination{Type: "hospital", Code: "87"}, true},
+		{"carehub's type contradicting the code", []any{c(fhir.SystemDestination, "care-home"), c(uk, "88")}, nil, fhir.Destination{}, false},
+		{"not a discharge destination code", []any{c(uk, "01")}, nil, fhir.Destination{}, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var m map[string]any
+			if err := json.Unmarshal(read(t, "testdata/out/variant-discharge-code-only-care-home.message.golden.json"), &m); err != nil {
+				t.Fatal(err)
+			}
+			hosp := map[string]any{"dischargeDisposition": map[string]any{"coding": tc.coding}}
+			if tc.dest != nil {
+				hosp["destination"] = tc.dest
+			}
+			resource(m, 2)["hospitalization"] = hosp
+			b, _ := json.Marshal(m)
+			in, err := fhir.FromMessage(b, "RX1")
+			if err != nil {
+				t.Fatalf("FromMessage: %s", problem.OperationOutcome(err))
+			}
+			ev, err := v.Parse(in.Event)
+			if (err == nil) != tc.ok {
+				t.Fatalf("valid: got %v (%v), want %v", err == nil, in.Locate(err), tc.ok)
+			}
+			if err != nil {
+				return
+			}
+			var d fhir.Data
+			if err := json.Unmarshal(ev.Data, &d); err != nil {
+				t.Fatal(err)
+			}
+			var got fhir.Destination
+			if d.Discharge != nil && d.Discharge.Destination != nil {
+				got = *d.Discharge.Destination
+			}
+			if got != tc.want {
+				t.Errorf("destination:\n\tgot  %+v\n\twant %+v", got, tc.want)
+			}
+			if ev.DischargeDestination != tc.want.ODS {
+				t.Errorf("DischargeDestination %q, want %q", ev.DischargeDestination, tc.want.ODS)
+			}
+		})
 	}
 }

@@ -117,6 +117,7 @@ type Encounter struct {
 // Destination is data.discharge.destination.
 type Destination struct {
 	Type string `json:"type"`
+	Code string `json:"code,omitempty"` // NHS Data Dictionary discharge destination code
 	ODS  string `json:"ods,omitempty"`
 	Name string `json:"name,omitempty"`
 }

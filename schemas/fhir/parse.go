@@ -424,13 +424,21 @@ func extensions(n node, url string) []node {
 	return out
 }
 
-// destinationFromCode maps discharge disposition codes to destination types.
+// destinationFromCode maps discharge disposition codes to destination
+// types (HL7's hosp is a hospice).
 var destinationFromCode = map[string]string{
 	SystemDisposition + "|home": "home", SystemDisposition + "|alt-home": "home",
 	SystemDisposition + "|long": "care-home", SystemDisposition + "|snf": "nursing-home",
-	SystemDisposition + "|hosp": "hospital", SystemDisposition + "|other-hcf": "hospital",
+	SystemDisposition + "|hosp": "hospice", SystemDisposition + "|other-hcf": "hospital",
 	SystemDisposition + "|psy": "hospital", SystemDisposition + "|rehab": "hospital",
 	"http://snomed.info/sct|306689006": "home",
+}
+
+// destinationKind is the destination type an NHS Data Dictionary discharge
+// destination code names; "" for a code that is not one.
+func destinationKind(code string) string {
+	dc, _ := event.LookupDestinationCode(code)
+	return dc.Kind
 }
 
 // containedIndex indexes a resource's contained resources by id (the last
@@ -668,16 +676,31 @@ func (r *reader) encounter(e node, typ string, ix refIndex, d *Data, ptrs map[st
 	}
 
 	// Where the patient goes (or is, or was, expected to go).
+	// The kind of place: carehub's own type, else the kind the NHS Data
+	// Dictionary code names, else HL7's discharge disposition; the code
+	// itself is kept (an unknown one too, so that the schema refuses it
+	// at its coding).
 	var dst *Destination
+	var ownKind, codeKind, dispKind string
 	if dd := hosp.get("dischargeDisposition"); dd.present() {
 		dst = &Destination{Type: "other"}
 		for _, c := range codings(dd) {
-			if c.str("system") == SystemDestination {
-				dst.Type = c.str("code")
-				break
-			}
-			if v, ok := destinationFromCode[c.str("system")+"|"+c.str("code")]; ok {
-				dst.Type = v
+			code := c.str("code")
+			switch sys := c.str("system"); {
+			case sys == SystemDestination:
+				if ownKind == "" {
+					ownKind = code
+				}
+			case sys == SystemDischargeDestinationEngland:
+				if dst.Code == "" {
+					dst.Code = code
+					codeKind = destinationKind(code)
+					ptrs["/data/discharge/destination/code"] = c.get("code").ptr
+				}
+			default:
+				if v, ok := destinationFromCode[sys+"|"+code]; ok && dispKind == "" {
+					dispKind = v
+				}
 			}
 		}
 		ptrs["/data/discharge/destination/type"] = dd.ptr
@@ -693,6 +716,20 @@ func (r *reader) encounter(e node, typ string, ix refIndex, d *Data, ptrs map[st
 		}
 		if n := ref.str("display"); n != "" {
 			dst.Name = n
+		}
+	}
+	if dst != nil {
+		switch {
+		case ownKind != "":
+			dst.Type = ownKind
+		case codeKind == "home" && dst.ODS != "":
+			// Never home beside a named organisation: the
+			// organisation stands, as the HL7 v2 mapping has it.
+			dst.Type = "other"
+		case codeKind != "":
+			dst.Type = codeKind
+		case dispKind != "":
+			dst.Type = dispKind
 		}
 	}
 	ptrs["/data/discharge"] = hosp.ptr

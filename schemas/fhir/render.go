@@ -264,9 +264,10 @@ func encounterStatus(typ string) string {
 	}
 }
 
-// dispositionCodes maps a destination type to HL7's discharge-disposition.
+// dispositionCodes maps a destination type to HL7's discharge-disposition
+// (whose hosp is a hospice, not a hospital).
 var dispositionCodes = map[string]string{
-	"home": "home", "care-home": "long", "nursing-home": "snf", "hospital": "other-hcf", "hospice": "oth", "other": "oth",
+	"home": "home", "care-home": "long", "nursing-home": "snf", "hospital": "other-hcf", "hospice": "hosp", "other": "oth",
 }
 
 // extension is a FHIR Extension, as emitted.
@@ -324,10 +325,16 @@ func encounterResource(ev *event.Event, d *Data, patient reference) map[string]a
 		// admission, a transfer, a pending discharge) or was expected to
 		// go (a cancelled pending discharge).
 		dst := d.Discharge.Destination
-		hosp["dischargeDisposition"] = concept{Coding: []coding{
+		cs := []coding{
 			{System: SystemDestination, Code: dst.Type},
 			{System: SystemDisposition, Code: dispositionCodes[dst.Type]},
-		}}
+		}
+		if dst.Code != "" {
+			// The NHS Data Dictionary code the kind came from, for a
+			// receiving system that reads it.
+			cs = append(cs, coding{System: SystemDischargeDestinationEngland, Code: dst.Code})
+		}
+		hosp["dischargeDisposition"] = concept{Coding: cs}
 		if dst.ODS != "" || dst.Name != "" {
 			ref := reference{Type: "Location", Display: dst.Name}
 			if dst.ODS != "" {

@@ -430,6 +430,7 @@ type discharge struct {
 
 type destination struct {
 	Type string `json:"type"`
+	Code string `json:"code,omitempty"`
 	ODS  string `json:"ods,omitempty"`
 	Name string `json:"name,omitempty"`
 }

@@ -1,6 +1,7 @@
 package adt
 
 import (
+	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
@@ -204,28 +205,42 @@ func TestDestination(t *testing.T) {
 		expected bool // an expected destination (A01, A16), not the actual one (A03)
 	}{
 		{"nothing", pv1("", ""), "", nil, destination{Type: "other"}, false},
-		{"ITK: PV1-37 destination code home", pv1("3", "19"), "", nil, destination{Type: "home"}, false},
-		{"code in PV1-36, ODS in PV1-37", pv1("85", "VM123"), "", nil, destination{Type: "care-home", ODS: "VM123"}, false},
-		{"hospice", pv1("88", "VM999"), "", nil, destination{Type: "hospice", ODS: "VM999"}, false},
-		{"care home code without ODS", pv1("", "54"), "", nil, destination{Type: "other", Name: "NHS run care home"}, false},
+		{"ITK: PV1-37 destination code home", pv1("3", "19"), "", nil, destination{Type: "home", Code: "19"}, false},
+		{"code in PV1-36, ODS in PV1-37", pv1("85", "VM123"), "", nil, destination{Type: "care-home", Code: "85", ODS: "VM123"}, false},
+		{"hospice", pv1("88", "VM999"), "", nil, destination{Type: "hospice", Code: "88", ODS: "VM999"}, false},
 		{"ODS without a code", pv1("", "VM123"), "", nil, destination{Type: "other", ODS: "VM123"}, false},
 		{"discharge method in PV1-36 is not a destination", pv1("1", ""), "", nil, destination{Type: "other"}, false},
 		{"US table 0112 code is not an NHS code", pv1("01", ""), "", nil, destination{Type: "other"}, false},
-		{"lower-case is not an ODS code", pv1("85", "vm123"), "", nil, destination{Type: "other", Name: "non-NHS care home"}, false},
-		{"PV1-37 as CWE with the code first", pv1("", "54&NHS run care home&NHSDD"), "", nil, destination{Type: "other", Name: "NHS run care home"}, false},
-		{"expected disposition in PV2-27", pv1("", "VM123"), "PV2" + strings.Repeat("|", 27) + "85", nil, destination{Type: "care-home", ODS: "VM123"}, false},
-		{"ODS from a configured Z-segment", pv1("85", ""), "ZU9||VM777", []string{"ZU9-2", "PV1-37.1"}, destination{Type: "care-home", ODS: "VM777"}, false},
-		{"configured paths replace the default", pv1("85", "VM123"), "", []string{"ZU9-2"}, destination{Type: "other", Name: "non-NHS care home"}, false},
+		{"lower-case is not an ODS code", pv1("85", "vm123"), "", nil, destination{Type: "care-home", Code: "85"}, false},
+		{"PV1-37 as CWE with the code first", pv1("", "54&NHS run care home&NHSDD"), "", nil, destination{Type: "care-home", Code: "54"}, false},
+		{"expected disposition in PV2-27", pv1("", "VM123"), "PV2" + strings.Repeat("|", 27) + "85", nil, destination{Type: "care-home", Code: "85", ODS: "VM123"}, false},
+		{"ODS from a configured Z-segment", pv1("85", ""), "ZU9||VM777", []string{"ZU9-2", "PV1-37.1"}, destination{Type: "care-home", Code: "85", ODS: "VM777"}, false},
+		{"configured paths replace the default", pv1("85", "VM123"), "", []string{"ZU9-2"}, destination{Type: "care-home", Code: "85"}, false},
 		// Regression: PV1-36 19 (usual place of residence) beside PV1-37.1
 		// VM123 gave type home with an organisation; the kind of place must
 		// never contradict the organisation named.
-		{"home code beside an organisation", pv1("19", "VM123"), "", nil, destination{Type: "other", ODS: "VM123", Name: "usual place of residence"}, false},
-		{"ITK code-only care home", pv1("3", "85"), "", nil, destination{Type: "other", Name: "non-NHS care home"}, false},
-		{"ITK code-only care home, organisation in a Z-segment", pv1("3", "85"), "ZU9||VM777", []string{"ZU9-2", "PV1-37.1"}, destination{Type: "care-home", ODS: "VM777"}, false},
-		{"discharge: PV1-36 wins over the expected PV2-27", pv1("88", "VM999"), "PV2" + strings.Repeat("|", 27) + "85", nil, destination{Type: "hospice", ODS: "VM999"}, false},
+		{"home code beside an organisation", pv1("19", "VM123"), "", nil, destination{Type: "other", Code: "19", ODS: "VM123", Name: "usual place of residence"}, false},
+		// Regression (issue 10 audit): a code-only care home became type
+		// other named "non-NHS care home" in words, which no receiving
+		// system can read; the kind is a type and the code is kept.
+		{"ITK code-only care home", pv1("3", "85"), "", nil, destination{Type: "care-home", Code: "85"}, false},
+		{"code-only NHS run care home", pv1("", "54"), "", nil, destination{Type: "care-home", Code: "54"}, false},
+		{"code-only local authority residential accommodation", pv1("", "65"), "", nil, destination{Type: "care-home", Code: "65"}, false},
+		{"code-only nursing home (retired 86)", pv1("", "86"), "", nil, destination{Type: "nursing-home", Code: "86"}, false},
+		{"code-only NHS hospital general ward", pv1("", "51"), "", nil, destination{Type: "hospital", Code: "51"}, false},
+		{"code-only non-NHS hospital", pv1("87", ""), "", nil, destination{Type: "hospital", Code: "87"}, false},
+		{"code-only hospice", pv1("", "88"), "", nil, destination{Type: "hospice", Code: "88"}, false},
+		{"code-only court", pv1("", "37"), "", nil, destination{Type: "other", Code: "37", Name: "court"}, false},
+		{"code-only not known", pv1("99", ""), "", nil, destination{Type: "other", Code: "99", Name: "not known"}, false},
+		{"ITK code-only care home, organisation in a Z-segment", pv1("3", "85"), "ZU9||VM777", []string{"ZU9-2", "PV1-37.1"}, destination{Type: "care-home", Code: "85", ODS: "VM777"}, false},
+		{"ITK code-only hospice, organisation in a Z-segment", pv1("3", "88"), "ZU9||VM999", []string{"ZU9-2", "PV1-37.1"}, destination{Type: "hospice", Code: "88", ODS: "VM999"}, false},
+		{"ITK code-only hospital, organisation in a Z-segment", pv1("3", "51"), "ZU9||RX101", []string{"ZU9-2", "PV1-37.1"}, destination{Type: "hospital", Code: "51", ODS: "RX101"}, false},
+		{"temporary residence beside an organisation", pv1("29", "VM123"), "", nil, destination{Type: "other", Code: "29", ODS: "VM123", Name: "temporary place of residence"}, false},
+		{"discharge: PV1-36 wins over the expected PV2-27", pv1("88", "VM999"), "PV2" + strings.Repeat("|", 27) + "85", nil, destination{Type: "hospice", Code: "88", ODS: "VM999"}, false},
 		// Regression: on an admission or a pending discharge, PV2-27 (the
 		// expected disposition) lost to a PV1-36 left over from a past stay.
-		{"expected: PV2-27 wins over PV1-36", pv1("19", "VM123"), "PV2" + strings.Repeat("|", 27) + "85", nil, destination{Type: "care-home", ODS: "VM123"}, true},
+		{"expected: PV2-27 wins over PV1-36", pv1("19", "VM123"), "PV2" + strings.Repeat("|", 27) + "85", nil, destination{Type: "care-home", Code: "85", ODS: "VM123"}, true},
+		{"expected: code-only nursing home in PV2-27", pv1("", ""), "PV2" + strings.Repeat("|", 27) + "86", nil, destination{Type: "nursing-home", Code: "86"}, true},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -251,6 +266,36 @@ func TestDestination(t *testing.T) {
 			}
 			if *got != tc.want {
 				t.Errorf("got  %+v\n\twant %+v", *got, tc.want)
+			}
+			// The whole message maps to an event the schema accepts, with
+			// this destination (an expected one on an admission).
+			trigger := "A03"
+			if tc.expected {
+				trigger = "A16"
+			}
+			segs[0], segs[1] = strings.Replace(testMSH, "%s", trigger, 1), "EVN|"+trigger+"|20250318140000"
+			res, err := mustMap(t, mp, msg(segs...))
+			if err != nil || len(res.Events) != 1 {
+				t.Fatalf("Map: %+v, %v", res, err)
+			}
+			ev, err := validator.Parse(res.Events[0].JSON)
+			if err != nil {
+				t.Fatalf("the canonical event fails validation: %v", err)
+			}
+			var d struct {
+				Discharge struct{ Destination *destination } `json:"discharge"`
+			}
+			if err := json.Unmarshal(ev.Data, &d); err != nil {
+				t.Fatal(err)
+			}
+			if d.Discharge.Destination == nil {
+				d.Discharge.Destination = &destination{Type: "other"}
+			}
+			if *d.Discharge.Destination != tc.want {
+				t.Errorf("event data: got  %+v\n\twant %+v", *d.Discharge.Destination, tc.want)
+			}
+			if ev.DischargeDestination != tc.want.ODS {
+				t.Errorf("DischargeDestination = %q, want %q", ev.DischargeDestination, tc.want.ODS)
 			}
 		})
 	}

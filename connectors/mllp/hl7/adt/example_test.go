@@ -29,7 +29,7 @@ func Example() {
 		panic(err)
 	}
 	fmt.Println(res.Trigger, res.Events[0].Type)
-	fmt.Println(strings.Contains(string(res.Events[0].JSON), `"destination":{"type":"care-home","ods":"VM123"}`))
+	fmt.Println(strings.Contains(string(res.Events[0].JSON), `"destination":{"type":"care-home","code":"85","ods":"VM123"}`))
 
 	// A message without an NHS number is not refused: it is held (the
 	// listener records it on carehub.held and answers AA).

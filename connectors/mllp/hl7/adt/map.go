@@ -1140,60 +1140,32 @@ func (x *mapping) location(seg *hl7.Segment, field int) (*location, error) {
 	return l, nil
 }
 
-// destinationCodes are the NHS Data Dictionary discharge destination codes
-// (DISCHARGE DESTINATION CODE (HOSPITAL PROVIDER SPELL)), with the canonical
-// type and a short description used as the name when no organisation is
-// named.
-var destinationCodes = map[string]struct{ typ, name string }{
-	"19": {"home", "usual place of residence"},
-	"29": {"other", "temporary place of residence"},
-	"30": {"hospital", "NHS high security psychiatric hospital"},
-	"37": {"other", "court"},
-	"38": {"other", "penal establishment or police station"},
-	"48": {"hospital", "high security psychiatric hospital, Scotland"},
-	"49": {"hospital", "NHS hospital, high security psychiatric accommodation"},
-	"50": {"hospital", "NHS hospital, medium secure unit"},
-	"51": {"hospital", "NHS hospital, general ward"},
-	"52": {"hospital", "NHS hospital, maternity or neonatal ward"},
-	"53": {"hospital", "NHS hospital, mental health or learning disabilities ward"},
-	"54": {"care-home", "NHS run care home"},
-	"65": {"care-home", "local authority residential accommodation"},
-	"66": {"other", "local authority foster care"},
-	"79": {"other", "not applicable: patient died or stillbirth"},
-	"84": {"hospital", "non-NHS hospital, medium secure unit"},
-	"85": {"care-home", "non-NHS care home"},
-	"86": {"nursing-home", "non-NHS nursing home"}, // retired code, still sent by older systems
-	"87": {"hospital", "non-NHS hospital"},
-	"88": {"hospice", "non-NHS hospice"},
-	"98": {"other", "not applicable: spell not finished"},
-	"99": {"other", "not known"},
-}
-
 // destination works out where the patient is discharged to (A03), or is
 // expected to go (A01, A04, A06, A16, A25).
 //
 // The organisation is the first value shaped like an ODS code at the
 // configured DestinationFields (PV1-37.1 by default). The kind of place is
-// the first NHS Data Dictionary discharge destination code found: for a
-// discharge, in PV1-37.1 (discharged to location, where NHS ITK messages
-// put a code-only destination), then PV1-36.1 (discharge disposition),
-// then PV2-27.1 (expected discharge disposition); for an expected
-// destination, PV2-27.1 first. The kind never contradicts the
-// organisation: a code that names no organisational kind (19 usual place
-// of residence, 29 temporary residence, ...) beside a named organisation
-// gives type other, with the code's words as name, and a care home,
-// nursing home, hospital or hospice code without an organisation gives
-// type other named in words (the schema requires an organisation for
-// those). Nil when neither is known.
+// the first NHS Data Dictionary discharge destination code found
+// (event.LookupDestinationCode): for a discharge, in PV1-37.1 (discharged
+// to location, where NHS ITK messages put a code-only destination), then
+// PV1-36.1 (discharge disposition), then PV2-27.1 (expected discharge
+// disposition); for an expected destination, PV2-27.1 first. The code is
+// kept as sent (code) and names the type: a care home, nursing home,
+// hospital or hospice code gives that type whether or not the organisation
+// is named, so a code-only destination says what kind of place it is. The
+// kind never contradicts the organisation: a code that names no
+// organisational kind (19 usual place of residence, 29 temporary
+// residence, ...) beside a named organisation gives type other. Where the
+// type is other, name holds the code's words. Nil when neither is known.
 func (x *mapping) destination(expected bool) (*destination, error) {
 	order := []hl7.Path{pathPV1_37, pathPV1_36, pathPV2_27}
 	if expected {
 		order = []hl7.Path{pathPV2_27, pathPV1_37, pathPV1_36}
 	}
-	var code string
+	var dc event.DestinationCode
 	for _, p := range order {
-		if v := strings.TrimSpace(x.m.Lookup(p).String()); destinationCodes[v].typ != "" {
-			code = v
+		if c, ok := event.LookupDestinationCode(strings.TrimSpace(x.m.Lookup(p).String())); ok {
+			dc = c
 			break
 		}
 	}
@@ -1204,37 +1176,23 @@ func (x *mapping) destination(expected bool) (*destination, error) {
 			break
 		}
 	}
-	if code == "" && org == "" {
+	if dc.Code == "" && org == "" {
 		return nil, nil
 	}
-	d := &destination{Type: "other", ODS: org}
-	if code == "" {
-		return d, nil
-	}
-	dc := destinationCodes[code]
+	d := &destination{Type: event.DestinationOther, ODS: org, Code: dc.Code}
 	switch {
-	case org != "" && organisational(dc.typ):
-		d.Type = dc.typ
-	case org != "":
-		// A named organisation and a code of no organisational kind: the
-		// organisation stands, the code is kept in words.
-		d.Name = dc.name
-	case dc.typ == "home":
-		d.Type = "home"
+	case dc.Code == "":
+	case event.Organisational(dc.Kind):
+		d.Type = dc.Kind
+	case dc.Kind == event.DestinationHome && org == "":
+		d.Type = event.DestinationHome
 	default:
-		d.Name = dc.name
+		// No organisational kind (court, not known, ...), or home beside a
+		// named organisation: type other, and the code's words say what
+		// the type cannot.
+		d.Name = dc.Description
 	}
 	return d, nil
-}
-
-// organisational reports whether a destination type names an organisation
-// (the schema requires its ODS code).
-func organisational(typ string) bool {
-	switch typ {
-	case "care-home", "nursing-home", "hospital", "hospice":
-		return true
-	}
-	return false
 }
 
 var (
