@@ -142,9 +142,9 @@ func TestRetention(t *testing.T) {
 func TestReceiveKeepsTheFullestFormAndEndsAWithholding(t *testing.T) {
 	var f Ref
 	f.Withhold("VM123", "directive:deny-organisation")
-	f.Receive("VM123", "discharge-destination", "notification", "org.carehub.admission.v1")
-	f.Receive("VM123", "discharge-destination", "full", "org.carehub.discharge.v1")
-	f.Receive("VM123", "discharge-destination", "notification", "org.carehub.discharge.v1")
+	f.Receive("VM123", "discharge-destination", "notification", "org.carehub.admission.v1", "ev-1")
+	f.Receive("VM123", "discharge-destination", "full", "org.carehub.discharge.v1", "ev-2")
+	f.Receive("VM123", "discharge-destination", "notification", "org.carehub.discharge.v1", "ev-3")
 	got := f.Recipients["VM123"]
 	if got == nil || got.Form != "full" || got.Basis != "discharge-destination" ||
 		!slices.Equal(got.Types, []string{"org.carehub.admission.v1", "org.carehub.discharge.v1"}) {

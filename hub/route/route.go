@@ -56,6 +56,7 @@ package route
 import (
 	"context"
 	"errors"
+	"maps"
 	"slices"
 	"sync/atomic"
 	"time"
@@ -98,6 +99,7 @@ type Index interface {
 	Get(key string) patientindex.Record
 	Message(key string, rec patientindex.Record) (*message.Message, error)
 	Commit(key string, rec patientindex.Record)
+	Settle(ctx context.Context, o patientindex.Outcome) error
 }
 
 // WithheldNotice is the deployment's choice for a discharge that consent
@@ -387,6 +389,10 @@ func (r *Router) Decide(ctx context.Context, ev *event.Event, key string) (*Deci
 			return nil, problem.New(problem.Internal, "consent decision without an effect or a rule")
 		}
 		v := Verdict{Subscription: sub, Decision: d, FollowUp: c.followUp, Relation: rel, Original: orig, Request: req, Form: formOf(d)}
+		if rel == consent.Corrects && ref != nil && ref.Recipients[sub.Recipient.ODS] != nil {
+			// A correction tells no more than the recipient was told.
+			v.Form = event.Narrower(v.Form, correctedForm(rule, ref.Recipients[sub.Recipient.ODS]))
+		}
 		if d.Permitted() && !sent[sub.Recipient.ODS] {
 			v.Copy, sent[sub.Recipient.ODS] = true, true
 		}
@@ -443,7 +449,7 @@ func (r *Router) Decide(ctx context.Context, ev *event.Event, key string) (*Deci
 				continue
 			}
 			if v.Copy {
-				f.Receive(v.Subscription.Recipient.ODS, string(v.Subscription.Basis), string(v.Form), ev.Type)
+				f.Receive(v.Subscription.Recipient.ODS, string(v.Subscription.Basis), string(v.Form), ev.Type, ev.ID)
 			}
 		}
 		for _, v := range out.Verdicts {
@@ -546,9 +552,20 @@ func mergedRef(recs []patientindex.Record, ref string) *patientindex.Ref {
 		for k, v := range f.Recipients {
 			if out.Recipients[k] == nil {
 				c := *v
+				c.Copies = maps.Clone(v.Copies)
 				out.Recipients[k] = &c
 			} else {
-				out.Recipients[k].Types = append(slices.Clone(out.Recipients[k].Types), v.Types...)
+				o := out.Recipients[k]
+				o.Types = append(slices.Clone(o.Types), v.Types...)
+				if v.Form == string(event.FormFull) {
+					o.Form = v.Form
+				}
+				if len(v.Copies) > 0 {
+					if o.Copies == nil {
+						o.Copies = map[string]patientindex.Copy{}
+					}
+					maps.Copy(o.Copies, v.Copies)
+				}
 			}
 		}
 		for k, v := range f.Withheld {
@@ -582,6 +599,22 @@ func receivedCorrected(rule event.TypeRule, rc *patientindex.Receipt) bool {
 		}
 	}
 	return false
+}
+
+// correctedForm is the fullest form in which a recipient received an event
+// the correction corrects (the receipt's form, for a receipt that keeps no
+// copies).
+func correctedForm(rule event.TypeRule, rc *patientindex.Receipt) event.Form {
+	if len(rc.Copies) == 0 {
+		return event.Form(rc.Form)
+	}
+	form := event.FormNotification
+	for _, c := range rc.Copies {
+		if rule.Corrects(c.Type) && c.Form == string(event.FormFull) {
+			form = event.FormFull
+		}
+	}
+	return form
 }
 
 // earlierRecipient returns the candidate for a recipient that received an
@@ -735,7 +768,7 @@ func (r *Router) planOf(msg *message.Message, ev *event.Event, key string, dec *
 			out.Metadata.Set(topic.MetaAccepted, at)
 		}
 		if v.Notice != NoticeWithheld {
-			sealed, err := r.cfg.Sealer.Seal(Sealed{Request: v.Request, Relation: v.Relation, Original: v.Original, Decision: d, Form: string(v.Form)})
+			sealed, err := r.cfg.Sealer.Seal(Sealed{Request: v.Request, Relation: v.Relation, Original: v.Original, Decision: d, Form: string(v.Form), Ref: ev.Ref})
 			if err != nil {
 				return nil, problem.Wrap(problem.Internal, "sealing a routing decision", err)
 			}
