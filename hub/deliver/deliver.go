@@ -4,7 +4,11 @@
 //
 // Outcomes: delivered → audited (with the form delivered and the directive
 // versions that permitted it) and committed; withheld by the re-check →
-// not sent, audited as withheld with the rule, committed; permanently
+// not sent, the patient index told (Rechecker.Settle: the recipient does
+// not have it, so no update or correction of it follows it there), audited
+// as withheld with the rule, committed; delivered in a narrower form than
+// routed → the index told that form, so that a correction of it is no
+// fuller; permanently
 // rejected → written to carehub.dlq with its reason, audited, committed,
 // and delivery goes on; anything else (the recipient is down, the consent
 // store cannot answer, the hub is stopping) → not committed, redelivered

@@ -16,6 +16,19 @@
 // Every record carries a sequence number: a record older than the one held
 // is never applied, so a write seen late cannot undo a newer one.
 //
+// # What the recipient has, not what it was routed
+//
+// The router records a receipt per copy it routes (Ref.Receive, by event
+// id). A copy can turn out to reach its recipient as less: withheld at
+// delivery, at a pull feed's read or at a dead letter's replay, or
+// delivered in the notification-only form. Whoever finds that out settles
+// the copy (Index.Settle): one record per copy, keyed
+// "<patient>/<recipient>/<event id>" in the same topic, written once, so
+// writers in several processes never overwrite one another, and acknowledged
+// before the copy is committed past. Get applies a patient's outcomes to
+// its record (Ref.Settle): a recipient left with no copy on a reference
+// counts as withheld it; a narrowed copy counts in its narrower form.
+//
 // # How long it is kept
 //
 // A reference (an encounter, a care plan) is kept for the retention given
@@ -30,7 +43,8 @@
 // # Cost
 //
 // Every process holds every record in memory: about 200 bytes per
-// reference plus 50 per recipient that received an event on it.
+// reference, 50 per recipient that received an event on it and 60 per
+// copy, and 200 per settled copy.
 package patientindex
 
 import (
@@ -493,7 +507,8 @@ func (x *Index) Commit(key string, rec Record) {
 
 // Sweep deletes the records of patients with nothing left to remember:
 // every reference expired, the GP practice seen longer ago than the
-// retention, and no merge. It returns how many it deleted.
+// retention, and no merge; and the outcomes (Settle) of references expired
+// or gone. It returns how many records it deleted.
 func (x *Index) Sweep(ctx context.Context) (int, error) {
 	if x.t == nil {
 		return 0, nil

@@ -15,7 +15,8 @@
 //   - a correction (admission-cancelled, discharge-cancelled,
 //     discharge-pending-cancelled, transfer-cancelled) goes to the
 //     recipients that received what it corrects, whatever they subscribe
-//     to, and to nobody else;
+//     to, and to nobody else (a copy withheld after routing, settled,
+//     does not count as received);
 //   - an update (transfer, patient-class-changed) goes to its subscribers
 //     and to every recipient
 //     that received an earlier event on the encounter, and to nobody who
@@ -34,8 +35,13 @@
 //
 // A copy goes in the form its decision allows (event.Form): the full form,
 // or, under the notification-only obligation, the notification-only
-// allow-list. Every copy carries its sealed routing decision (Sealer), so
-// the deliverer can decide it again at the moment of delivery (Recheck).
+// allow-list. A correction goes in no fuller form than the recipient
+// received what it corrects in (the narrower of the two); an update or a
+// continuation is a new fact and goes in the form today's decision allows.
+// Every copy carries its sealed routing decision (Sealer), so the
+// deliverer can decide it again at the moment of delivery (Recheck), and
+// then tell the patient index what the recipient got (Settle): the index
+// follows what recipients have, not what they were routed.
 //
 // # Notices
 //

@@ -19,8 +19,8 @@ type Settlement struct {
 	Recipient string
 	EventID   string
 	// Sealed is the copy's sealed routing decision, when there is one: it
-	// names the event's reference. Without it the reference is found by
-	// the copy's event id.
+	// names the event's reference. Without it (a pull feed's read) the
+	// reference is the one whose receipt holds the copy's event id.
 	Sealed string
 	// Rule is the rule that withheld it; "" if it was delivered.
 	Rule string
@@ -53,10 +53,7 @@ func (r *Router) Settle(ctx context.Context, s Settlement) error {
 		if sealed.Request.Event.Type == event.TypeRegistrationEnded {
 			return nil // a notice: no receipt
 		}
-		ref = sealed.Ref
-		if ref == "" {
-			return nil
-		}
+		ref = sealed.Ref // "" in copies sealed before it was: found by id
 	}
 	if err := r.cfg.Index.Sync(ctx); err != nil {
 		return problem.Wrap(problem.Unavailable, "catching up with the patient index", err)

@@ -21,15 +21,18 @@ import (
 // VM123 was withheld the stay: neither follow-up reaches it.
 func TestACopyWithheldAtDeliveryIsNotFollowed(t *testing.T) {
 	for _, tc := range []struct {
-		name   string
-		settle bool
+		name string
+		// settle: "delivery" (the deliverer: with the sealed decision),
+		// "feed" (a pull feed's read: by the event id alone), or "".
+		settle string
 		// wantHome: whether the transfer and its cancellation reach VM123.
 		wantHome bool
 	}{
-		{"withheld at delivery and settled", true, false},
+		{"withheld at delivery and settled", "delivery", false},
+		{"withheld at a feed's read and settled", "feed", false},
 		// The control: what the index says without the settlement (the
 		// leak), so the test is seen to depend on it.
-		{"not settled", false, true},
+		{"not settled", "", true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dirs := &fakeDirectives{}
@@ -50,9 +53,12 @@ func TestACopyWithheldAtDeliveryIsNotFollowed(t *testing.T) {
 			if err != nil || d.Permitted() {
 				t.Fatalf("recheck: %+v %v, want a deny", d, err)
 			}
-			if tc.settle {
-				if err := r.Settle(context.Background(), Settlement{Key: cp.Metadata.Get(topic.MetaKey), Recipient: "VM123",
-					EventID: cp.Metadata.Get(topic.MetaEventID), Sealed: cp.Metadata.Get(topic.MetaDecision), Rule: d.Rule}); err != nil {
+			if tc.settle != "" {
+				s := Settlement{Key: cp.Metadata.Get(topic.MetaKey), Recipient: "VM123", EventID: cp.Metadata.Get(topic.MetaEventID), Rule: d.Rule}
+				if tc.settle == "delivery" {
+					s.Sealed = cp.Metadata.Get(topic.MetaDecision)
+				}
+				if err := r.Settle(context.Background(), s); err != nil {
 					t.Fatal(err)
 				}
 			}
