@@ -323,6 +323,57 @@ func TestIssue11QueuedCopyRespectsALaterDeny(t *testing.T) {
 	}
 }
 
+// TestIssue11WithheldAtDeliveryIsNotFollowed pins audit-11 leak 1: an
+// admission routed to the care home (down) and withheld at delivery by a
+// deny for that stay, recorded while the copy waited, still counted as
+// received in the patient index, so the stay's transfer, dated after the
+// deny ended, went to the care home in full, and the transfer's
+// cancellation after it. The care home gets neither; the GP gets both.
+func TestIssue11WithheldAtDeliveryIsNotFollowed(t *testing.T) {
+	nhs := nhsNumber(110311)
+	s := startSafeHub(t, "")
+	s.home.setStatus(http.StatusServiceUnavailable)
+	adm := patientEvent(t, "admission", nhs, "A81001", "")
+	set(adm, "data/discharge/destination", map[string]any{"type": "care-home", "ods": "VM123"})
+	admID := s.publishOK(adm)
+	select { // the care home's endpoint was tried, and is down
+	case <-s.home.notify:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("the care home was never tried")
+	}
+	// The admission is at 2025-03-14T09:35Z; the transfer at
+	// 2025-03-15T16:10Z and its cancellation at 2025-03-16T11:05Z, after
+	// the deny for the stay's first day ended.
+	s.record(nhs, map[string]any{"id": "no-home-first-day", "kind": "deny-organisation", "organisation": "VM123",
+		"period": map[string]any{"end": "2025-03-15T00:00:00Z"}})
+	s.home.setStatus(0)
+	waitFor(t, "every outbox settled", 60*time.Second, s.settled)
+	if slices.Contains(s.home.ids(), admID) {
+		t.Fatalf("the care home received an admission the patient denied it before it was delivered")
+	}
+	var ids []string
+	for _, kind := range []string{"transfer", "transfer-cancelled"} {
+		ev := patientEvent(t, kind, nhs, "A81001", "")
+		ids = append(ids, s.publishOK(ev))
+	}
+	waitFor(t, "the GP receives the transfer and its cancellation", 30*time.Second, func() bool {
+		return slices.Contains(s.gp.ids(), ids[0]) && slices.Contains(s.gp.ids(), ids[1])
+	})
+	waitFor(t, "every outbox settled", 60*time.Second, s.settled)
+	for i, id := range ids {
+		if slices.Contains(s.home.ids(), id) {
+			t.Errorf("the care home, withheld the stay's admission at delivery, received its %s", []string{"transfer", "transfer-cancelled"}[i])
+		}
+	}
+	// The routing decisions say why: the care home was withheld the
+	// encounter's original.
+	for i, id := range ids {
+		if d := s.decisionsOn(id)["VM123"]; d != nil && d["effect"] == "permit" {
+			t.Errorf("the %s was permitted to the care home: %v", []string{"transfer", "transfer-cancelled"}[i], d)
+		}
+	}
+}
+
 // TestIssue11NotificationOnlyIsAnAllowList pins finding 3: the "thin" copy
 // still carried ward and location names, specialty, admission source,
 // dates, the care plan's title, the sensitivity labels themselves, full
@@ -371,6 +422,49 @@ func TestIssue11NotificationOnlyIsAnAllowList(t *testing.T) {
 		check("the GP", bodyOf(s.gp, id), "ENC-0001")
 	}
 	check("the GP", bodyOf(s.gp, planID), "CP-0001")
+
+	// Audit-11 gap 3: the audit trail and the disclosures report say the
+	// copies went in the notification-only form: the routing decision,
+	// the delivery record, and the patient's line.
+	waitFor(t, "every outbox settled", 60*time.Second, s.settled)
+	want := map[string][]string{"VM123": ids, "A81001": append(slices.Clone(ids), planID)}
+	type key struct{ kind, recipient, id, outcome string }
+	forms := map[key]string{}
+	for _, r := range s.auditRecords() {
+		if r["kind"] == "decision" || (r["kind"] == "delivery" && r["outcome"] == "delivered") {
+			forms[key{fmt.Sprint(r["kind"]), fmt.Sprint(r["recipient"]), fmt.Sprint(r["eventId"]), fmt.Sprint(r["outcome"])}] = fmt.Sprint(r["form"])
+		}
+	}
+	for who, evs := range want {
+		for _, id := range evs {
+			if got := forms[key{"decision", who, id, "<nil>"}]; got != "notification" {
+				t.Errorf("the decision on %s for %s records form %q, want notification", id, who, got)
+			}
+			if got := forms[key{"delivery", who, id, "delivered"}]; got != "notification" {
+				t.Errorf("the delivery of %s to %s records form %q, want notification", id, who, got)
+			}
+		}
+	}
+	status, body, _ := s.call("GET", "/v1/patients/"+nhs+"/disclosures", "", nil, nil)
+	var rep struct {
+		Disclosures []struct{ EventID, Recipient, Decision, Outcome, Form string }
+	}
+	if err := json.Unmarshal(body, &rep); status != 200 || err != nil {
+		t.Fatalf("disclosures: %d %s", status, body)
+	}
+	lines := map[string]string{}
+	for _, d := range rep.Disclosures {
+		if d.Decision == "permit" {
+			lines[d.Recipient+" "+d.EventID] = d.Outcome + " " + d.Form
+		}
+	}
+	for who, evs := range want {
+		for _, id := range evs {
+			if got := lines[who+" "+id]; got != "delivered notification" {
+				t.Errorf("the disclosure line of %s to %s: %q, want delivered notification", id, who, got)
+			}
+		}
+	}
 }
 
 // TestIssue11MergeCarriesWishesAndHistory pins finding 4: after an A40, the
