@@ -374,6 +374,44 @@ func TestIssue11WithheldAtDeliveryIsNotFollowed(t *testing.T) {
 	}
 }
 
+// TestIssue11WithheldAtAFeedReadIsNotFollowed: audit-11 leak 1 through a
+// pull feed. An admission in B82005's feed, served withheld after a deny
+// for the stay's first day, still counted as received, so the stay's
+// transfer (after the deny ended) was appended to the feed. The withheld
+// read tells the patient index: B82005 is no longer an earlier recipient
+// of the encounter, the transfer is not decided for it, and its feed
+// stays at 1.
+func TestIssue11WithheldAtAFeedReadIsNotFollowed(t *testing.T) {
+	gp := newReceiver(t, "whsec_Y2FyZWh1Yi1kZW1vLXNlY3JldC1ncC1BODEwMDE=")
+	home := newReceiver(t, "whsec_Y2FyZWh1Yi1kZW1vLXNlY3JldC1jYXJlaG9tZS1WTTEyMw==")
+	h := startHub(t, hubOptions{gp: gp.URL, careHome: home.URL, recipientsYAML: feedRecipient})
+	patient := nhsNumber(110321)
+	h.mustPublish("demo-rx1-key", patientEvent(t, "admission", patient, "B82005", ""))
+	waitFor(t, "the admission in the feed", 30*time.Second, func() bool { return h.feedLatest(t) == 1 })
+	h.putConsent(patient, map[string]any{"id": "no-b82005-first-day", "kind": "deny-organisation", "organisation": "B82005",
+		"period": map[string]any{"end": "2025-03-15T00:00:00Z"}})
+	status, b := h.readFeed(t, "/v1/feeds/B82005?after=0", "demo-b82005-key", "")
+	var p feedPage
+	if err := json.Unmarshal(b, &p); err != nil || status != 200 || len(p.Events) != 1 || !p.Events[0].Withheld {
+		t.Fatalf("feed read after the deny: %d %s, want number 1 withheld", status, b)
+	}
+	tr := patientEvent(t, "transfer", patient, "B82005", "")
+	h.mustPublish("demo-rx1-key", tr)
+	// Accepted means durable in carehub.events: once the router's group is
+	// at its end, the transfer is routed.
+	waitFor(t, "the router and B82005's deliverer caught up", 30*time.Second, func() bool {
+		return h.groupAtEnd("carehub-router", "carehub.events") && h.groupAtEnd("carehub-deliver-b82005", "carehub.outbox.b82005")
+	})
+	for _, r := range h.auditFor(tr["id"].(string)) {
+		if r.Kind == "decision" && r.Recipient == "B82005" && r.Effect == "permit" {
+			t.Errorf("the transfer was permitted to B82005, withheld its admission at the feed's read: %+v", r)
+		}
+	}
+	if n := h.feedLatest(t); n != 1 {
+		t.Errorf("B82005's feed holds %d numbers, want 1: the transfer of a stay it was withheld was appended", n)
+	}
+}
+
 // TestIssue11NotificationOnlyIsAnAllowList pins finding 3: the "thin" copy
 // still carried ward and location names, specialty, admission source,
 // dates, the care plan's title, the sensitivity labels themselves, full
