@@ -328,49 +328,60 @@ func TestIssue11QueuedCopyRespectsALaterDeny(t *testing.T) {
 // deny for that stay, recorded while the copy waited, still counted as
 // received in the patient index, so the stay's transfer, dated after the
 // deny ended, went to the care home in full, and the transfer's
-// cancellation after it. The care home gets neither; the GP gets both.
+// cancellation after it. The care home gets neither, whether they are
+// published once the admission was withheld or while it still waits in
+// the outbox (routed then as follow-ups of a copy it "received", and
+// decided again at delivery with the index as it is then); the GP gets
+// both.
 func TestIssue11WithheldAtDeliveryIsNotFollowed(t *testing.T) {
-	nhs := nhsNumber(110311)
-	s := startSafeHub(t, "")
-	s.home.setStatus(http.StatusServiceUnavailable)
-	adm := patientEvent(t, "admission", nhs, "A81001", "")
-	set(adm, "data/discharge/destination", map[string]any{"type": "care-home", "ods": "VM123"})
-	admID := s.publishOK(adm)
-	select { // the care home's endpoint was tried, and is down
-	case <-s.home.notify:
-	case <-time.After(30 * time.Second):
-		t.Fatalf("the care home was never tried")
-	}
-	// The admission is at 2025-03-14T09:35Z; the transfer at
-	// 2025-03-15T16:10Z and its cancellation at 2025-03-16T11:05Z, after
-	// the deny for the stay's first day ended.
-	s.record(nhs, map[string]any{"id": "no-home-first-day", "kind": "deny-organisation", "organisation": "VM123",
-		"period": map[string]any{"end": "2025-03-15T00:00:00Z"}})
-	s.home.setStatus(0)
-	waitFor(t, "every outbox settled", 60*time.Second, s.settled)
-	if slices.Contains(s.home.ids(), admID) {
-		t.Fatalf("the care home received an admission the patient denied it before it was delivered")
-	}
-	var ids []string
-	for _, kind := range []string{"transfer", "transfer-cancelled"} {
-		ev := patientEvent(t, kind, nhs, "A81001", "")
-		ids = append(ids, s.publishOK(ev))
-	}
-	waitFor(t, "the GP receives the transfer and its cancellation", 30*time.Second, func() bool {
-		return slices.Contains(s.gp.ids(), ids[0]) && slices.Contains(s.gp.ids(), ids[1])
-	})
-	waitFor(t, "every outbox settled", 60*time.Second, s.settled)
-	for i, id := range ids {
-		if slices.Contains(s.home.ids(), id) {
-			t.Errorf("the care home, withheld the stay's admission at delivery, received its %s", []string{"transfer", "transfer-cancelled"}[i])
-		}
-	}
-	// The routing decisions say why: the care home was withheld the
-	// encounter's original.
-	for i, id := range ids {
-		if d := s.decisionsOn(id)["VM123"]; d != nil && d["effect"] == "permit" {
-			t.Errorf("the %s was permitted to the care home: %v", []string{"transfer", "transfer-cancelled"}[i], d)
-		}
+	for i, queued := range []bool{false, true} {
+		t.Run(map[bool]string{false: "after the withholding", true: "queued behind the admission"}[queued], func(t *testing.T) {
+			nhs := nhsNumber(110311 + 10*i)
+			s := startSafeHub(t, "")
+			s.home.setStatus(http.StatusServiceUnavailable)
+			adm := patientEvent(t, "admission", nhs, "A81001", "")
+			set(adm, "data/discharge/destination", map[string]any{"type": "care-home", "ods": "VM123"})
+			admID := s.publishOK(adm)
+			select { // the care home's endpoint was tried, and is down
+			case <-s.home.notify:
+			case <-time.After(30 * time.Second):
+				t.Fatalf("the care home was never tried")
+			}
+			// The admission is at 2025-03-14T09:35Z; the transfer at
+			// 2025-03-15T16:10Z and its cancellation at 2025-03-16T11:05Z,
+			// after the deny for the stay's first day ended.
+			s.record(nhs, map[string]any{"id": "no-home-first-day", "kind": "deny-organisation", "organisation": "VM123",
+				"period": map[string]any{"end": "2025-03-15T00:00:00Z"}})
+			var ids []string
+			publish := func() {
+				for _, kind := range []string{"transfer", "transfer-cancelled"} {
+					ids = append(ids, s.publishOK(patientEvent(t, kind, nhs, "A81001", "")))
+				}
+				waitFor(t, "the GP receives the transfer and its cancellation", 30*time.Second, func() bool {
+					return slices.Contains(s.gp.ids(), ids[0]) && slices.Contains(s.gp.ids(), ids[1])
+				})
+			}
+			if queued {
+				publish() // routed while the care home is still down
+				if d := s.decisionsOn(ids[0])["VM123"]; d == nil || d["effect"] != "permit" {
+					t.Fatalf("the transfer was not routed to the care home while its admission waited: %v", d)
+				}
+			}
+			s.home.setStatus(0)
+			waitFor(t, "every outbox settled", 60*time.Second, s.settled)
+			if slices.Contains(s.home.ids(), admID) {
+				t.Fatalf("the care home received an admission the patient denied it before it was delivered")
+			}
+			if !queued {
+				publish()
+				waitFor(t, "every outbox settled", 60*time.Second, s.settled)
+			}
+			for i, id := range ids {
+				if slices.Contains(s.home.ids(), id) {
+					t.Errorf("the care home, withheld the stay's admission at delivery, received its %s", []string{"transfer", "transfer-cancelled"}[i])
+				}
+			}
+		})
 	}
 }
 

@@ -95,8 +95,12 @@ type Ref struct {
 	// it, by ODS code.
 	Recipients map[string]*Receipt `json:"recipients,omitempty"`
 	// Withheld are the recipients that were denied an event on it and
-	// received none, by ODS code, with the rule of the last deny.
+	// received none, by ODS code, with the rule of the last deny; and
+	// those with a copy settled withheld (Settle) though they hold others
+	// (Recipients names them too: they count as received).
 	Withheld map[string]string `json:"withheld,omitempty"`
+	// Routed counts the copies routed on it (Copy.N).
+	Routed int64 `json:"routed,omitempty"`
 }
 
 // Receipt is what one recipient received on a reference.
@@ -116,6 +120,9 @@ type Receipt struct {
 type Copy struct {
 	Type string `json:"type"`
 	Form string `json:"form"`
+	// N is the copy's place in the order copies were routed on the
+	// reference (Ref.Routed when it was).
+	N int64 `json:"n,omitempty"`
 }
 
 // Receive records that ods received copy id of an event of type typ on
@@ -143,8 +150,11 @@ func (f *Ref) Receive(ods, basis, form, typ, id string) {
 			rc.Copies = map[string]Copy{}
 		}
 		c, ok := rc.Copies[id]
-		if !ok || form == string(event.FormFull) {
-			c = Copy{Type: typ, Form: form}
+		if !ok {
+			f.Routed++
+			c = Copy{Type: typ, Form: form, N: f.Routed}
+		} else if form == string(event.FormFull) {
+			c.Form = form
 		}
 		rc.Copies[id] = c
 	}
@@ -170,8 +180,8 @@ type Outcome struct {
 }
 
 // Settle records o on the reference: a withheld copy leaves its receipt,
-// and a recipient left with no copy on the reference is withheld it (by
-// o.Rule); a copy delivered narrower keeps the narrower form. A receipt
+// and the recipient is named withheld (by o.Rule): withheld the reference
+// if it is left with no copy on it; a copy delivered narrower keeps the narrower form. A receipt
 // written before copies were kept loses a withheld copy only if it names
 // no other type. Settling the same outcome twice changes nothing more.
 func (f *Ref) Settle(o Outcome) {
@@ -197,6 +207,8 @@ func (f *Ref) Settle(o Outcome) {
 		delete(rc.Copies, o.EventID)
 		if len(rc.Copies) > 0 {
 			rc.summarise()
+			// Remembered for what it had before its other copies (AsOf).
+			f.Withhold(o.Recipient, o.Rule)
 			return
 		}
 	case len(rc.Copies) == 0 && len(rc.Types) <= 1:
@@ -206,6 +218,33 @@ func (f *Ref) Settle(o Outcome) {
 	}
 	delete(f.Recipients, o.Recipient)
 	f.Withhold(o.Recipient, o.Rule)
+}
+
+// AsOf makes ods's receipt what it was just before copy id was routed:
+// without that copy and every copy routed after it (a receipt left with
+// none goes, and is not counted as withheld). A receipt that does not
+// know the copy is left as it is. The re-check at delivery uses it: what
+// the recipient had when the copy was routed, less what has since been
+// settled as not delivered.
+func (f *Ref) AsOf(ods, id string) {
+	rc := f.Recipients[ods]
+	if rc == nil {
+		return
+	}
+	c, ok := rc.Copies[id]
+	if !ok {
+		return
+	}
+	for k, o := range rc.Copies {
+		if k == id || (c.N > 0 && o.N >= c.N) {
+			delete(rc.Copies, k)
+		}
+	}
+	if len(rc.Copies) == 0 {
+		delete(f.Recipients, ods)
+		return
+	}
+	rc.summarise()
 }
 
 // summarise makes Types and Form what the copies say.
@@ -245,7 +284,7 @@ func (r Record) Clone() Record {
 }
 
 func (f *Ref) clone() *Ref {
-	c := &Ref{Last: f.Last, Labels: slices.Clone(f.Labels)}
+	c := &Ref{Last: f.Last, Labels: slices.Clone(f.Labels), Routed: f.Routed}
 	if f.Recipients != nil {
 		c.Recipients = make(map[string]*Receipt, len(f.Recipients))
 		for k, v := range f.Recipients {

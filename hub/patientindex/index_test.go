@@ -185,16 +185,16 @@ func TestSettle(t *testing.T) {
 			},
 			[]Outcome{withheld("ev-2")},
 			&Receipt{Basis: "registered-gp", Types: []string{adm}, Form: "notification",
-				Copies: map[string]Copy{"ev-1": {Type: adm, Form: "notification"}}}, ""},
+				Copies: map[string]Copy{"ev-1": {Type: adm, Form: "notification", N: 1}}}, "directive:deny-organisation"},
 		{"narrowed at delivery: the receipt is thin",
 			func(f *Ref) { f.Receive("VM123", "registered-gp", "full", adm, "ev-1") },
 			[]Outcome{{Recipient: "VM123", EventID: "ev-1", Form: "notification"}},
 			&Receipt{Basis: "registered-gp", Types: []string{adm}, Form: "notification",
-				Copies: map[string]Copy{"ev-1": {Type: adm, Form: "notification"}}}, ""},
+				Copies: map[string]Copy{"ev-1": {Type: adm, Form: "notification", N: 1}}}, ""},
 		{"a copy routed after the withholding is kept",
 			func(f *Ref) { f.Receive("VM123", "registered-gp", "full", tr, "ev-9") },
 			[]Outcome{withheld("ev-1")},
-			&Receipt{Basis: "registered-gp", Types: []string{tr}, Form: "full", Copies: map[string]Copy{"ev-9": {Type: tr, Form: "full"}}}, ""},
+			&Receipt{Basis: "registered-gp", Types: []string{tr}, Form: "full", Copies: map[string]Copy{"ev-9": {Type: tr, Form: "full", N: 1}}}, ""},
 		{"a receipt from before copies were kept, of one type: withheld",
 			func(f *Ref) {
 				f.Recipients = map[string]*Receipt{"VM123": {Basis: "registered-gp", Types: []string{adm}, Form: "full"}}
@@ -270,5 +270,37 @@ func TestSettleIsDurable(t *testing.T) {
 	y.mu.Unlock()
 	if left != 0 || y.Len() != 0 {
 		t.Errorf("after the sweep: %d outcomes, %d records, want none", left, y.Len())
+	}
+}
+
+// TestAsOf: what a recipient had been routed on a reference before a copy:
+// the copies before it, not the copy nor those after it.
+func TestAsOf(t *testing.T) {
+	const adm, tr, trc = "org.carehub.admission.v1", "org.carehub.transfer.v1", "org.carehub.transfer-cancelled.v1"
+	for _, tc := range []struct {
+		id        string
+		wantTypes []string // nil: no receipt
+	}{
+		{"ev-1", nil},
+		{"ev-2", []string{adm}},
+		{"ev-3", []string{adm, tr}},
+		{"unknown", []string{adm, tr, trc}},
+	} {
+		var f Ref
+		f.Receive("VM123", "registered-gp", "full", adm, "ev-1")
+		f.Receive("VM123", "registered-gp", "full", tr, "ev-2")
+		f.Receive("VM123", "registered-gp", "full", tr, "ev-2") // redelivered: keeps its place
+		f.Receive("VM123", "registered-gp", "full", trc, "ev-3")
+		f.AsOf("VM123", tc.id)
+		var got []string
+		if rc := f.Recipients["VM123"]; rc != nil {
+			got = rc.Types
+		}
+		if !slices.Equal(got, tc.wantTypes) {
+			t.Errorf("as of %s: got %v, want %v", tc.id, got, tc.wantTypes)
+		}
+		if _, w := f.Withheld["VM123"]; w {
+			t.Errorf("as of %s: counted as withheld", tc.id)
+		}
 	}
 }

@@ -805,8 +805,10 @@ func auditMessage(rec audit.Record, key string) *message.Message {
 // Recheck decides a copy again at the moment of delivery: the sealed
 // routing decision's request, with the directives of the patient's numbers
 // as they are now (after the same freshness barrier as routing: every
-// consent change and merge acknowledged before the call), by the same
-// Decider and follow-up context, combined with the routing decision by
+// consent change, merge and patient index record acknowledged before the
+// call), by the same Decider, in the follow-up context as the index says
+// it is now (originalNow: a copy it followed that was since withheld at
+// delivery counts as not received), combined with the routing decision by
 // consent.Recheck. It returns the decision and the directive versions
 // that decided.
 func (r *Router) Recheck(ctx context.Context, key, sealed string) (consent.Decision, Sealed, []audit.DirectiveVersion, error) {
@@ -835,12 +837,56 @@ func (r *Router) Recheck(ctx context.Context, key, sealed string) (consent.Decis
 	if s.Request.Event.Type == event.TypeRegistrationEnded {
 		now, err = decider.Decide(ctx, req)
 	} else {
-		now, err = consent.FollowUp(ctx, decider, req, s.Relation, s.Original)
+		orig, thin := r.originalNow(family, s)
+		now, err = consent.FollowUp(ctx, decider, req, s.Relation, orig)
+		if err == nil && thin && now.Permitted() && !now.Has(consent.NotificationOnly) {
+			// A correction of what the recipient has, since, received
+			// only as a notification (narrowed at delivery): no fuller.
+			now.Obligations = append(slices.Clone(now.Obligations), consent.NotificationOnly)
+		}
 	}
 	if err != nil {
 		return consent.Decision{}, s, nil, problem.Wrap(problem.Unavailable, "deciding consent", err)
 	}
 	return consent.Recheck(s.Decision, now), s, versions, nil
+}
+
+// originalNow is the follow-up context of a sealed copy as the patient index
+// says it is now: an earlier copy on the encounter withheld at delivery
+// since the copy was routed (settled) makes the recipient one that was
+// withheld the original, though the copy was routed when it counted as
+// received (it waited behind that copy in the outbox). What the recipient
+// had is what it had been routed before the copy (Ref.AsOf), less what was
+// settled since. thin says a correction's recipient now has what it
+// corrects only in the notification-only form (narrowed at delivery after
+// the correction was routed): the correction goes in that form too. A
+// reference the index no longer holds, or a copy sealed without one, keeps
+// the sealed context.
+func (r *Router) originalNow(family []string, s Sealed) (orig consent.Original, thin bool) {
+	if s.Ref == "" || (s.Relation != consent.Updates && s.Relation != consent.Corrects) {
+		return s.Original, false
+	}
+	recs := make([]patientindex.Record, len(family))
+	for i, k := range family {
+		recs[i] = r.cfg.Index.Get(k)
+	}
+	ref := mergedRef(recs, s.Ref)
+	if ref == nil {
+		return s.Original, false
+	}
+	ods := s.Request.Recipient.ODS
+	ref.AsOf(ods, s.Request.Event.ID)
+	rule, _ := event.RuleOf(s.Request.Event.Type)
+	o := original(ref, rule, s.Relation, ods)
+	for _, l := range s.Original.Labels {
+		if !slices.Contains(o.Labels, l) {
+			o.Labels = append(o.Labels, l)
+		}
+	}
+	if rc := ref.Recipients[ods]; s.Relation == consent.Corrects && rc != nil && receivedCorrected(rule, rc) {
+		thin = correctedForm(rule, rc) == event.FormNotification
+	}
+	return o, thin
 }
 
 // Narrow returns the notification-only form of a copy in the full form

@@ -2,6 +2,7 @@ package route
 
 import (
 	"context"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -82,8 +83,8 @@ func TestACopyWithheldAtDeliveryIsNotFollowed(t *testing.T) {
 // TestSettlingIsPerCopy: a recipient that received another event on the
 // encounter keeps it when one copy is withheld at delivery: the withheld
 // copy's type leaves its receipt (a correction of it does not follow),
-// the other stays (an update still does); settling twice changes nothing
-// more.
+// the other stays (an update still follows); settling twice changes
+// nothing more.
 func TestSettlingIsPerCopy(t *testing.T) {
 	dirs := &fakeDirectives{}
 	pub := &fakePub{}
@@ -112,9 +113,6 @@ func TestSettlingIsPerCopy(t *testing.T) {
 	if got := rc.Recipients["VM123"].Types; len(got) != 1 || got[0] != event.TypeAdmission {
 		t.Errorf("VM123 received %v, want the admission only", got)
 	}
-	if _, withheld := rc.Withheld["VM123"]; withheld {
-		t.Error("VM123 counted as withheld the stay though it received the admission")
-	}
 	m := example(t, "transfer-cancelled", nil)
 	if err := r.Handle(m); err != nil {
 		t.Fatal(err)
@@ -123,6 +121,15 @@ func TestSettlingIsPerCopy(t *testing.T) {
 		if c == "vm123" {
 			t.Error("the cancellation of a transfer VM123 never had reached it")
 		}
+	}
+	// Another transfer of the stay: an update of an encounter VM123
+	// received the admission of, so it goes.
+	again := example(t, "transfer", func(m map[string]any) { m["id"] = "second-transfer" })
+	if err := r.Handle(again); err != nil {
+		t.Fatal(err)
+	}
+	if got := copies(pub.take(), again.UUID); !slices.Contains(got, "vm123") {
+		t.Errorf("a later transfer went to %v, want VM123 among them (it received the admission)", got)
 	}
 }
 
@@ -199,5 +206,99 @@ func TestACorrectionIsNoRicherThanWhatItCorrects(t *testing.T) {
 				t.Errorf("sealed form: %q %v, want %s", s.Form, err, tc.wantCancel)
 			}
 		})
+	}
+}
+
+// TestAFollowUpQueuedBehindAWithheldCopyIsWithheldToo: audit-11 leak 1
+// when the care home is down long enough for the stay's transfer to be
+// routed while the admission still waits in its outbox: the transfer was
+// routed as an update of an admission VM123 "received", and its re-check
+// at delivery reused that sealed context, so once the admission was
+// withheld the transfer (and the transfer's cancellation) still went. The
+// re-check reads the follow-up context from the index as it is then.
+func TestAFollowUpQueuedBehindAWithheldCopyIsWithheldToo(t *testing.T) {
+	dirs := &fakeDirectives{}
+	pub := &fakePub{}
+	r := newRouter(t, followUpSubs(t), &policy, dirs, pub)
+	var queued []*message.Message // VM123's outbox: admission, transfer, transfer-cancelled
+	for _, ex := range []string{"admission", "transfer", "transfer-cancelled"} {
+		if err := r.Handle(example(t, ex, nil)); err != nil {
+			t.Fatal(err)
+		}
+		home := pub.take()["carehub.outbox.vm123"]
+		if len(home) != 1 {
+			t.Fatalf("%s copies to vm123: got %d, want 1", ex, len(home))
+		}
+		queued = append(queued, home[0])
+	}
+	end := time.Date(2025, 3, 15, 0, 0, 0, 0, time.UTC)
+	dirs.set(patientKey(), consent.Directive{ID: "no-home-first-day", Kind: consent.KindDenyOrganisation, Organisation: "VM123",
+		Recorded: time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC), RecordedBy: "x", Period: consent.Period{End: &end}})
+	// The deliverer, in outbox order: re-check, and settle what is withheld.
+	var got []string
+	for _, cp := range queued {
+		d, _, _, err := r.Recheck(context.Background(), cp.Metadata.Get(topic.MetaKey), cp.Metadata.Get(topic.MetaDecision))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, string(d.Effect)+" "+d.Rule)
+		if !d.Permitted() {
+			if err := r.Settle(context.Background(), Settlement{Key: cp.Metadata.Get(topic.MetaKey), Recipient: "VM123",
+				EventID: cp.Metadata.Get(topic.MetaEventID), Sealed: cp.Metadata.Get(topic.MetaDecision), Rule: d.Rule}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	want := []string{"deny " + consent.RuleDenyOrganisation, "deny " + consent.RuleOriginalWithheld, "deny " + consent.RuleOriginalNotReceived}
+	if !slices.Equal(got, want) {
+		t.Errorf("re-checks at delivery:\n\tgot  %v\n\twant %v", got, want)
+	}
+	// A recipient that had the admission keeps its transfer: the GP.
+	rec := r.cfg.Index.Get(patientKey()).Refs["encounter:ENC-0001"]
+	if rec.Recipients["A81001"] == nil || len(rec.Recipients["A81001"].Copies) != 3 {
+		t.Errorf("the GP's receipt: %+v, want its three copies", rec.Recipients["A81001"])
+	}
+}
+
+// TestACorrectionQueuedBehindANarrowedCopyIsNarrowedToo: audit-11 leak 2
+// when the cancellation is routed while the transfer it corrects still
+// waits in the outbox, routed full and then narrowed at delivery (a
+// notification-only directive recorded meanwhile, for the transfer's day
+// only): the re-check of the cancellation adds the notification-only
+// obligation, so the deliverer sends it thin.
+func TestACorrectionQueuedBehindANarrowedCopyIsNarrowedToo(t *testing.T) {
+	dirs := &fakeDirectives{}
+	pub := &fakePub{}
+	r := newRouter(t, followUpSubs(t), &policy, dirs, pub)
+	var queued []*message.Message
+	for _, ex := range []string{"admission", "transfer", "transfer-cancelled"} {
+		if err := r.Handle(example(t, ex, nil)); err != nil {
+			t.Fatal(err)
+		}
+		queued = append(queued, pub.take()["carehub.outbox.vm123"]...)
+	}
+	if len(queued) != 3 || queued[2].Metadata.Get(topic.MetaForm) != string(event.FormFull) {
+		t.Fatalf("queued for VM123: %d copies, the cancellation in %q; want 3, full", len(queued), queued[len(queued)-1].Metadata.Get(topic.MetaForm))
+	}
+	start, end := time.Date(2025, 3, 15, 0, 0, 0, 0, time.UTC), time.Date(2025, 3, 16, 0, 0, 0, 0, time.UTC)
+	dirs.set(patientKey(), consent.Directive{ID: "home-thin-transfer-day", Kind: consent.KindNotificationOnly, Organisation: "VM123",
+		Recorded: time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC), RecordedBy: "x", Period: consent.Period{Start: &start, End: &end}})
+	var got []bool
+	for _, cp := range queued {
+		d, _, _, err := r.Recheck(context.Background(), cp.Metadata.Get(topic.MetaKey), cp.Metadata.Get(topic.MetaDecision))
+		if err != nil || !d.Permitted() {
+			t.Fatalf("recheck: %+v %v, want a permit", d, err)
+		}
+		thin := d.Has(consent.NotificationOnly)
+		got = append(got, thin)
+		if thin { // the deliverer narrows it and settles its form
+			if err := r.Settle(context.Background(), Settlement{Key: cp.Metadata.Get(topic.MetaKey), Recipient: "VM123",
+				EventID: cp.Metadata.Get(topic.MetaEventID), Sealed: cp.Metadata.Get(topic.MetaDecision), Form: string(event.FormNotification)}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if want := []bool{false, true, true}; !slices.Equal(got, want) {
+		t.Errorf("notification-only at delivery (admission, transfer, cancellation): got %v, want %v", got, want)
 	}
 }
