@@ -878,11 +878,9 @@ func (r *Router) originalNow(family []string, s Sealed) (orig consent.Original, 
 	ref.AsOf(ods, s.Request.Event.ID)
 	rule, _ := event.RuleOf(s.Request.Event.Type)
 	o := original(ref, rule, s.Relation, ods)
-	for _, l := range s.Original.Labels {
-		if !slices.Contains(o.Labels, l) {
-			o.Labels = append(o.Labels, l)
-		}
-	}
+	// The sensitivity categories stay those it was routed with: this
+	// reads only what the recipient has.
+	o.Labels = s.Original.Labels
 	if rc := ref.Recipients[ods]; s.Relation == consent.Corrects && rc != nil && receivedCorrected(rule, rc) {
 		thin = correctedForm(rule, rc) == event.FormNotification
 	}
