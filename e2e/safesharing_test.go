@@ -323,6 +323,106 @@ func TestIssue11QueuedCopyRespectsALaterDeny(t *testing.T) {
 	}
 }
 
+// TestIssue11WithheldAtDeliveryIsNotFollowed pins audit-11 leak 1: an
+// admission routed to the care home (down) and withheld at delivery by a
+// deny for that stay, recorded while the copy waited, still counted as
+// received in the patient index, so the stay's transfer, dated after the
+// deny ended, went to the care home in full, and the transfer's
+// cancellation after it. The care home gets neither, whether they are
+// published once the admission was withheld or while it still waits in
+// the outbox (routed then as follow-ups of a copy it "received", and
+// decided again at delivery with the index as it is then); the GP gets
+// both.
+func TestIssue11WithheldAtDeliveryIsNotFollowed(t *testing.T) {
+	for i, queued := range []bool{false, true} {
+		t.Run(map[bool]string{false: "after the withholding", true: "queued behind the admission"}[queued], func(t *testing.T) {
+			nhs := nhsNumber(110311 + 10*i)
+			s := startSafeHub(t, "")
+			s.home.setStatus(http.StatusServiceUnavailable)
+			adm := patientEvent(t, "admission", nhs, "A81001", "")
+			set(adm, "data/discharge/destination", map[string]any{"type": "care-home", "ods": "VM123"})
+			admID := s.publishOK(adm)
+			select { // the care home's endpoint was tried, and is down
+			case <-s.home.notify:
+			case <-time.After(30 * time.Second):
+				t.Fatalf("the care home was never tried")
+			}
+			// The admission is at 2025-03-14T09:35Z; the transfer at
+			// 2025-03-15T16:10Z and its cancellation at 2025-03-16T11:05Z,
+			// after the deny for the stay's first day ended.
+			s.record(nhs, map[string]any{"id": "no-home-first-day", "kind": "deny-organisation", "organisation": "VM123",
+				"period": map[string]any{"end": "2025-03-15T00:00:00Z"}})
+			var ids []string
+			publish := func() {
+				for _, kind := range []string{"transfer", "transfer-cancelled"} {
+					ids = append(ids, s.publishOK(patientEvent(t, kind, nhs, "A81001", "")))
+				}
+				waitFor(t, "the GP receives the transfer and its cancellation", 30*time.Second, func() bool {
+					return slices.Contains(s.gp.ids(), ids[0]) && slices.Contains(s.gp.ids(), ids[1])
+				})
+			}
+			if queued {
+				publish() // routed while the care home is still down
+				if d := s.decisionsOn(ids[0])["VM123"]; d == nil || d["effect"] != "permit" {
+					t.Fatalf("the transfer was not routed to the care home while its admission waited: %v", d)
+				}
+			}
+			s.home.setStatus(0)
+			waitFor(t, "every outbox settled", 60*time.Second, s.settled)
+			if slices.Contains(s.home.ids(), admID) {
+				t.Fatalf("the care home received an admission the patient denied it before it was delivered")
+			}
+			if !queued {
+				publish()
+				waitFor(t, "every outbox settled", 60*time.Second, s.settled)
+			}
+			for i, id := range ids {
+				if slices.Contains(s.home.ids(), id) {
+					t.Errorf("the care home, withheld the stay's admission at delivery, received its %s", []string{"transfer", "transfer-cancelled"}[i])
+				}
+			}
+		})
+	}
+}
+
+// TestIssue11WithheldAtAFeedReadIsNotFollowed: audit-11 leak 1 through a
+// pull feed. An admission in B82005's feed, served withheld after a deny
+// for the stay's first day, still counted as received, so the stay's
+// transfer (after the deny ended) was appended to the feed. The withheld
+// read tells the patient index: B82005 is no longer an earlier recipient
+// of the encounter, the transfer is not decided for it, and its feed
+// stays at 1.
+func TestIssue11WithheldAtAFeedReadIsNotFollowed(t *testing.T) {
+	gp := newReceiver(t, "whsec_Y2FyZWh1Yi1kZW1vLXNlY3JldC1ncC1BODEwMDE=")
+	home := newReceiver(t, "whsec_Y2FyZWh1Yi1kZW1vLXNlY3JldC1jYXJlaG9tZS1WTTEyMw==")
+	h := startHub(t, hubOptions{gp: gp.URL, careHome: home.URL, recipientsYAML: feedRecipient})
+	patient := nhsNumber(110321)
+	h.mustPublish("demo-rx1-key", patientEvent(t, "admission", patient, "B82005", ""))
+	waitFor(t, "the admission in the feed", 30*time.Second, func() bool { return h.feedLatest(t) == 1 })
+	h.putConsent(patient, map[string]any{"id": "no-b82005-first-day", "kind": "deny-organisation", "organisation": "B82005",
+		"period": map[string]any{"end": "2025-03-15T00:00:00Z"}})
+	status, b := h.readFeed(t, "/v1/feeds/B82005?after=0", "demo-b82005-key", "")
+	var p feedPage
+	if err := json.Unmarshal(b, &p); err != nil || status != 200 || len(p.Events) != 1 || !p.Events[0].Withheld {
+		t.Fatalf("feed read after the deny: %d %s, want number 1 withheld", status, b)
+	}
+	tr := patientEvent(t, "transfer", patient, "B82005", "")
+	h.mustPublish("demo-rx1-key", tr)
+	// Accepted means durable in carehub.events: once the router's group is
+	// at its end, the transfer is routed.
+	waitFor(t, "the router and B82005's deliverer caught up", 30*time.Second, func() bool {
+		return h.groupAtEnd("carehub-router", "carehub.events") && h.groupAtEnd("carehub-deliver-b82005", "carehub.outbox.b82005")
+	})
+	for _, r := range h.auditFor(tr["id"].(string)) {
+		if r.Kind == "decision" && r.Recipient == "B82005" && r.Effect == "permit" {
+			t.Errorf("the transfer was permitted to B82005, withheld its admission at the feed's read: %+v", r)
+		}
+	}
+	if n := h.feedLatest(t); n != 1 {
+		t.Errorf("B82005's feed holds %d numbers, want 1: the transfer of a stay it was withheld was appended", n)
+	}
+}
+
 // TestIssue11NotificationOnlyIsAnAllowList pins finding 3: the "thin" copy
 // still carried ward and location names, specialty, admission source,
 // dates, the care plan's title, the sensitivity labels themselves, full
@@ -371,6 +471,49 @@ func TestIssue11NotificationOnlyIsAnAllowList(t *testing.T) {
 		check("the GP", bodyOf(s.gp, id), "ENC-0001")
 	}
 	check("the GP", bodyOf(s.gp, planID), "CP-0001")
+
+	// Audit-11 gap 3: the audit trail and the disclosures report say the
+	// copies went in the notification-only form: the routing decision,
+	// the delivery record, and the patient's line.
+	waitFor(t, "every outbox settled", 60*time.Second, s.settled)
+	want := map[string][]string{"VM123": ids, "A81001": append(slices.Clone(ids), planID)}
+	type key struct{ kind, recipient, id, outcome string }
+	forms := map[key]string{}
+	for _, r := range s.auditRecords() {
+		if r["kind"] == "decision" || (r["kind"] == "delivery" && r["outcome"] == "delivered") {
+			forms[key{fmt.Sprint(r["kind"]), fmt.Sprint(r["recipient"]), fmt.Sprint(r["eventId"]), fmt.Sprint(r["outcome"])}] = fmt.Sprint(r["form"])
+		}
+	}
+	for who, evs := range want {
+		for _, id := range evs {
+			if got := forms[key{"decision", who, id, "<nil>"}]; got != "notification" {
+				t.Errorf("the decision on %s for %s records form %q, want notification", id, who, got)
+			}
+			if got := forms[key{"delivery", who, id, "delivered"}]; got != "notification" {
+				t.Errorf("the delivery of %s to %s records form %q, want notification", id, who, got)
+			}
+		}
+	}
+	status, body, _ := s.call("GET", "/v1/patients/"+nhs+"/disclosures", "", nil, nil)
+	var rep struct {
+		Disclosures []struct{ EventID, Recipient, Decision, Outcome, Form string }
+	}
+	if err := json.Unmarshal(body, &rep); status != 200 || err != nil {
+		t.Fatalf("disclosures: %d %s", status, body)
+	}
+	lines := map[string]string{}
+	for _, d := range rep.Disclosures {
+		if d.Decision == "permit" {
+			lines[d.Recipient+" "+d.EventID] = d.Outcome + " " + d.Form
+		}
+	}
+	for who, evs := range want {
+		for _, id := range evs {
+			if got := lines[who+" "+id]; got != "delivered notification" {
+				t.Errorf("the disclosure line of %s to %s: %q, want delivered notification", id, who, got)
+			}
+		}
+	}
 }
 
 // TestIssue11MergeCarriesWishesAndHistory pins finding 4: after an A40, the

@@ -10,6 +10,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/carehub/carehub/connectors/connector"
 	"github.com/carehub/carehub/hub/audit"
+	"github.com/carehub/carehub/hub/route"
 	"github.com/carehub/carehub/hub/topic"
 	"github.com/carehub/carehub/internal/logging"
 	"github.com/carehub/carehub/schemas/event"
@@ -28,7 +29,7 @@ import (
 // publisher (its ODS code, as the deliverers' records have it) so that two
 // publishers' events with one id stay apart, made durable before the reader
 // is answered.
-func (h *hub) auditRead(_ context.Context, r connector.FeedRead) error {
+func (h *hub) auditRead(ctx context.Context, r connector.FeedRead) error {
 	if h.pub == nil {
 		return problem.New(problem.Unavailable, "the publisher has not started")
 	}
@@ -44,6 +45,20 @@ func (h *hub) auditRead(_ context.Context, r connector.FeedRead) error {
 		m.Metadata.Set(topic.MetaKey, e.PatientRef)
 		m.Metadata.Set(topic.MetaEventID, e.EventID)
 		msgs = append(msgs, m)
+	}
+	// A number served withheld: the reader does not have that copy, and
+	// the patient index learns it before the reader is answered, so that
+	// no update or correction of it follows it to the reader.
+	for _, e := range r.Entries {
+		if !e.Withheld || e.PatientRef == "" {
+			continue
+		}
+		if h.router == nil {
+			return problem.New(problem.Unavailable, "the router has not started")
+		}
+		if err := h.router.Settle(ctx, route.Settlement{Key: e.PatientRef, Recipient: r.Recipient, EventID: e.EventID, Rule: e.Rule}); err != nil {
+			return err
+		}
 	}
 	if err := h.pub.Publish(topic.Audit, msgs...); err != nil {
 		return problem.Wrap(problem.Unavailable, "publishing feed-read audit records", err)

@@ -299,6 +299,14 @@ type Rechecker interface {
 	Recheck(ctx context.Context, key, sealed string) (consent.Decision, route.Sealed, []audit.DirectiveVersion, error)
 }
 
+// Settler records in the patient index that a copy did not reach its
+// recipient (route.Router implements it): a Rechecker that is also a
+// Settler is told of every copy a replay withholds, so that no update or
+// correction follows it to the recipient.
+type Settler interface {
+	Settle(ctx context.Context, s route.Settlement) error
+}
+
 // RuleUndecidable is the rule of a dead letter withheld at replay because
 // it carries no routing decision to re-check.
 const RuleUndecidable = "recheck:no-routing-decision"
@@ -354,6 +362,7 @@ func Replay(ctx context.Context, pub message.Publisher, rc Rechecker, ls []Lette
 	outboxes := map[string][]*message.Message{}
 	var order []string // outbox topics in the order first written
 	var audits, resolutions []*message.Message
+	var settle []route.Settlement
 	for _, l := range ls {
 		r := Outcome{ID: l.ID, EventID: l.EventID, EventType: l.EventType, Recipient: l.Recipient}
 		permit, form, rule, directive, versions, err := decide(ctx, rc, l)
@@ -371,6 +380,7 @@ func Replay(ctx context.Context, pub message.Publisher, rc Rechecker, ls []Lette
 		} else {
 			r.Outcome, r.Rule, r.Directive = WithheldNow, rule, directive
 			res.Action, res.Rule = Withheld, rule
+			settle = append(settle, route.Settlement{Key: l.Patient, Recipient: l.Recipient, EventID: l.EventID, Sealed: l.dl.Decision, Rule: rule})
 			rec := audit.Record{Time: now, Kind: audit.KindDelivery, EventID: l.EventID, EventType: l.EventType, Patient: l.Patient,
 				Recipient: l.Recipient, Basis: l.dl.Basis, Outcome: audit.Withheld, Effect: string(consent.Deny), Rule: rule,
 				Directive: directive, DirectiveVersions: versions, Actor: actor, Action: audit.ActionDeadLetterReplay,
@@ -381,6 +391,19 @@ func Replay(ctx context.Context, pub message.Publisher, rc Rechecker, ls []Lette
 			EventType: l.EventType, Recipient: l.Recipient, Actor: actor, Action: audit.ActionDeadLetterReplay, Outcome: r.Outcome}))
 		resolutions = append(resolutions, resolution(l, res, now))
 		out = append(out, r)
+	}
+	// The index learns first: a replay that fails after this leaves the
+	// letters open, and a second replay settles the same copies again,
+	// which changes nothing more.
+	if st, ok := rc.(Settler); ok {
+		for _, s := range settle {
+			if s.Sealed == "" {
+				continue // not a copy the router recorded
+			}
+			if err := st.Settle(ctx, s); err != nil {
+				return nil, problem.Wrap(problem.Unavailable, "the patient index could not be told of a withheld copy; retry", err)
+			}
+		}
 	}
 	for _, t := range order {
 		if err := pub.Publish(t, outboxes[t]...); err != nil {

@@ -105,7 +105,20 @@ func TestParseID(t *testing.T) {
 }
 
 // rechecker answers by the sealed decision: "sealed-ev-3" is now denied.
-type rechecker struct{ calls []string }
+// It keeps the settlements it is told of; settleErr fails them.
+type rechecker struct {
+	calls     []string
+	settled   []route.Settlement
+	settleErr error
+}
+
+func (r *rechecker) Settle(_ context.Context, s route.Settlement) error {
+	if r.settleErr != nil {
+		return r.settleErr
+	}
+	r.settled = append(r.settled, s)
+	return nil
+}
 
 func (r *rechecker) Recheck(_ context.Context, key, sealed string) (consent.Decision, route.Sealed, []audit.DirectiveVersion, error) {
 	r.calls = append(r.calls, sealed)
@@ -175,6 +188,18 @@ func TestReplayDecidesAgainAsOfNow(t *testing.T) {
 	}
 	if withheld != 1 || access != 3 {
 		t.Errorf("audit: %d withheld, %d replays by the operator; want 1 and 3", withheld, access)
+	}
+	// Audit-11 leak 1: a copy withheld at replay never reached VM123; the
+	// patient index is told, so no update or correction follows it there.
+	wantSettled := []route.Settlement{{Key: "p1_ev-3", Recipient: "VM123", EventID: "ev-3", Sealed: "sealed-ev-3", Rule: "directive:deny-organisation"}}
+	if !slices.Equal(rc.settled, wantSettled) {
+		t.Errorf("settled:\n\tgot  %+v\n\twant %+v", rc.settled, wantSettled)
+	}
+	// An index that cannot be written fails the replay before anything
+	// is written: the letters stay open.
+	failing := capture{}
+	if _, err := Replay(context.Background(), &failing, &rechecker{settleErr: errors.New("broker down")}, open, "ig-lead", t0); problem.KindOf(err) != problem.Unavailable || len(failing.got) != 0 {
+		t.Errorf("index down: %v, wrote %v", err, failing.got)
 	}
 	var actions []string
 	for _, m := range pub.got[topic.DLQ] {

@@ -4,7 +4,11 @@
 //
 // Outcomes: delivered → audited (with the form delivered and the directive
 // versions that permitted it) and committed; withheld by the re-check →
-// not sent, audited as withheld with the rule, committed; permanently
+// not sent, the patient index told (Rechecker.Settle: the recipient does
+// not have it, so no update or correction of it follows it there), audited
+// as withheld with the rule, committed; delivered in a narrower form than
+// routed → the index told that form, so that a correction of it is no
+// fuller; permanently
 // rejected → written to carehub.dlq with its reason, audited, committed,
 // and delivery goes on; anything else (the recipient is down, the consent
 // store cannot answer, the hub is stopping) → not committed, redelivered
@@ -83,6 +87,9 @@ import (
 type Rechecker interface {
 	Recheck(ctx context.Context, key, sealed string) (consent.Decision, route.Sealed, []audit.DirectiveVersion, error)
 	Narrow(body []byte) ([]byte, error)
+	// Settle records in the patient index what became of a copy when that
+	// is less than routing recorded (route.Router.Settle).
+	Settle(ctx context.Context, s route.Settlement) error
 }
 
 // RuleUndecidable is the rule of a copy withheld because it carries no
@@ -135,6 +142,20 @@ func (g *Gate) recheck(ctx context.Context, d connector.Delivery) (connector.Ver
 		v.Body, v.Form = thin, string(event.FormNotification)
 	}
 	return v, versions, nil
+}
+
+// settle tells the router's patient index that dl was withheld (rule) or
+// delivered in a narrower form than it was routed in (form).
+func (g *Gate) settle(ctx context.Context, dl connector.Delivery, rule, form string) error {
+	if dl.Decision == "" || dl.PatientRef == "" {
+		return nil // not a copy the router recorded a receipt of
+	}
+	p := g.r.Load()
+	if p == nil {
+		return problem.New(problem.Unavailable, "the consent re-check is not ready")
+	}
+	return (*p).Settle(ctx, route.Settlement{Key: dl.PatientRef, Recipient: dl.Recipient, EventID: dl.EventID,
+		Sealed: dl.Decision, Rule: rule, Form: form})
 }
 
 var _ connector.Consent = (*Gate)(nil)
@@ -259,7 +280,7 @@ func (d *Deliverer) Handle(msg *message.Message) error {
 		}
 		rec.DirectiveVersions = versions
 		if !v.Permit {
-			return d.withheld(ctx, rec, v.Rule, v.Directive)
+			return d.withheld(ctx, dl, rec, v.Rule, v.Directive)
 		}
 		send := dl
 		send.Body, send.Form = v.Body, v.Form
@@ -290,6 +311,13 @@ func (d *Deliverer) Handle(msg *message.Message) error {
 			rec.Outcome = audit.Delivered
 			d.log.Info("delivered", zap.String("event_id", dl.EventID), zap.String("event_type", dl.EventType),
 				zap.String("form", send.Form), zap.Int("attempts", out.Attempts), zap.Int("status", out.Status))
+			if send.Form == string(event.FormNotification) && dl.Form == string(event.FormFull) {
+				// Narrowed at delivery: a correction of it must be no
+				// fuller (route.Router.Settle).
+				if err := d.settle(ctx, dl, "", send.Form); err != nil {
+					return err
+				}
+			}
 			// The recipient has it: whatever happens now, it is not sent
 			// again for the audit's sake. The write is retried until it
 			// succeeds or the hub stops (then the sending record stands,
@@ -303,7 +331,7 @@ func (d *Deliverer) Handle(msg *message.Message) error {
 			if again, versions, err := d.gate.recheck(ctx, dl); err == nil && !again.Permit && again.Rule == rule {
 				directive, rec.DirectiveVersions = again.Directive, versions
 			}
-			return d.withheld(ctx, rec, rule, directive)
+			return d.withheld(ctx, dl, rec, rule, directive)
 		}
 		if errors.Is(err, connector.ErrConsentChanged) && reshapes < maxReshapes {
 			continue
@@ -319,11 +347,24 @@ func (d *Deliverer) Handle(msg *message.Message) error {
 	}
 }
 
-// withheld audits a copy the re-check withheld: it was not sent.
-func (d *Deliverer) withheld(ctx context.Context, rec audit.Record, rule, directive string) error {
+// withheld audits a copy the re-check withheld: it was not sent. First the
+// patient index learns that the recipient does not have it (so that no
+// update or correction of it follows it there), durably, before the copy
+// can be committed past.
+func (d *Deliverer) withheld(ctx context.Context, dl connector.Delivery, rec audit.Record, rule, directive string) error {
 	rec.Time, rec.Outcome, rec.Rule, rec.Directive, rec.Effect = d.now().UTC(), audit.Withheld, rule, directive, string(consent.Deny)
 	d.log.Info("withheld at delivery", zap.String("event_id", rec.EventID), zap.String("rule", rule))
+	if err := d.settle(ctx, dl, rule, ""); err != nil {
+		return err
+	}
 	return d.writeAudit(ctx, rec)
+}
+
+// settle records what became of dl in the patient index (Gate.settle),
+// retried in process like any record write (write): the copy is not
+// committed past until it succeeds.
+func (d *Deliverer) settle(ctx context.Context, dl connector.Delivery, rule, form string) error {
+	return d.retry(ctx, "patient index outcome", dl.EventID, func() error { return d.gate.settle(ctx, dl, rule, form) })
 }
 
 func (d *Deliverer) deadLetter(ctx context.Context, rec audit.Record, sent connector.Delivery, reason string, out connector.Outcome) error {
@@ -371,8 +412,13 @@ func (d *Deliverer) writeAudit(ctx context.Context, rec audit.Record) error {
 // On a stop it returns an error, and the copy is redelivered after restart.
 // Logs name the record, the event id, the attempt and the error's class.
 func (d *Deliverer) write(ctx context.Context, topic, what, eventID string, m *message.Message) error {
+	return d.retry(ctx, what, eventID, func() error { return d.pub.Publish(topic, m) })
+}
+
+// retry runs do until it succeeds or ctx ends (see write).
+func (d *Deliverer) retry(ctx context.Context, what, eventID string, do func() error) error {
 	for n := 1; ; n++ {
-		err := d.pub.Publish(topic, m)
+		err := do()
 		if err == nil {
 			if n > 1 {
 				d.log.Info("written after retries", zap.String("record", what), zap.String("event_id", eventID), zap.Int("attempts", n))

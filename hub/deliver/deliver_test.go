@@ -56,12 +56,35 @@ func (p *pub) Close() error { return nil }
 
 const canary = "9990000018"
 
-// rechecker answers re-checks with dec (permit by default).
+// rechecker answers re-checks with dec (permit by default) and keeps the
+// settlements it is given; settleErr, when set, fails the first ones.
 type rechecker struct {
-	mu    sync.Mutex
-	dec   consent.Decision
-	calls int
-	err   error
+	mu        sync.Mutex
+	dec       consent.Decision
+	calls     int
+	err       error
+	settled   []route.Settlement
+	settleErr []error
+	// audited is how many audit records pub held at each settlement.
+	audited []int
+	pub     *pub
+}
+
+func (r *rechecker) Settle(_ context.Context, s route.Settlement) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.settleErr) > 0 {
+		err := r.settleErr[0]
+		r.settleErr = r.settleErr[1:]
+		return err
+	}
+	r.settled = append(r.settled, s)
+	if r.pub != nil {
+		r.pub.mu.Lock()
+		r.audited = append(r.audited, len(r.pub.sent[topic.Audit]))
+		r.pub.mu.Unlock()
+	}
+	return nil
 }
 
 func (r *rechecker) Recheck(context.Context, string, string) (consent.Decision, route.Sealed, []audit.DirectiveVersion, error) {
@@ -252,9 +275,16 @@ func TestRecheckAtDelivery(t *testing.T) {
 		wantOut   string
 		wantRule  string
 		wantBody  string
+		wantForm  string
+		// wantSettled is what the patient index is told became of the
+		// copy (nil: nothing).
+		wantSettled *route.Settlement
 	}{
-		{name: "denied now: not sent", r: &rechecker{dec: deny}, wantOut: audit.Withheld, wantRule: consent.RuleDenyOrganisation},
-		{name: "thin now: sent thin", r: &rechecker{dec: thin}, wantSends: 1, wantOut: audit.Delivered, wantBody: `{"thin":true}`},
+		{name: "denied now: not sent", r: &rechecker{dec: deny}, wantOut: audit.Withheld, wantRule: consent.RuleDenyOrganisation,
+			wantSettled: &route.Settlement{Key: "p1_test", Recipient: "A81001", EventID: "ev-1", Sealed: "sealed-decision", Rule: consent.RuleDenyOrganisation}},
+		{name: "thin now: sent thin", r: &rechecker{dec: thin}, wantSends: 1, wantOut: audit.Delivered, wantBody: `{"thin":true}`, wantForm: "notification",
+			wantSettled: &route.Settlement{Key: "p1_test", Recipient: "A81001", EventID: "ev-1", Sealed: "sealed-decision", Form: "notification"}},
+		{name: "delivered as routed: nothing settled", r: &rechecker{}, wantSends: 1, wantOut: audit.Delivered, wantForm: "full"},
 		{name: "the store cannot answer: postponed", r: &rechecker{err: errors.New("broker down")}, wantErr: true},
 		{name: "no router yet: postponed", unset: true, wantErr: true},
 		{name: "no routing decision: withheld", r: &rechecker{}, edit: func(m *message.Message) { m.Metadata.Set(topic.MetaDecision, "") },
@@ -268,7 +298,8 @@ func TestRecheckAtDelivery(t *testing.T) {
 				*n++
 				return connector.Outcome{Attempts: 3}, connector.Withheld(consent.RuleDenyRole)
 			}
-		}, wantSends: 1, wantOut: audit.Withheld, wantRule: consent.RuleDenyRole},
+		}, wantSends: 1, wantOut: audit.Withheld, wantRule: consent.RuleDenyRole,
+			wantSettled: &route.Settlement{Key: "p1_test", Recipient: "A81001", EventID: "ev-1", Sealed: "sealed-decision", Rule: consent.RuleDenyRole}},
 		{name: "the form changed between attempts: prepared again", r: &rechecker{}, sink: func(n *int) connector.SinkFunc {
 			return func(context.Context, connector.Delivery) (connector.Outcome, error) {
 				*n++
@@ -296,6 +327,7 @@ func TestRecheckAtDelivery(t *testing.T) {
 			if tc.unset {
 				g = gate(nil)
 			} else {
+				tc.r.pub = p
 				g = gate(tc.r)
 			}
 			d, _ := New(context.Background(), "A81001", sink, g, p, zap.NewNop())
@@ -330,6 +362,16 @@ func TestRecheckAtDelivery(t *testing.T) {
 			if rec.Outcome != tc.wantOut || rec.Rule != tc.wantRule {
 				t.Errorf("audit: %+v, want outcome %s rule %s", rec, tc.wantOut, tc.wantRule)
 			}
+			if tc.wantForm != "" && rec.Form != tc.wantForm {
+				t.Errorf("audited form %q, want %q", rec.Form, tc.wantForm)
+			}
+			var want []route.Settlement
+			if tc.wantSettled != nil {
+				want = []route.Settlement{*tc.wantSettled}
+			}
+			if tc.r != nil && !slices.Equal(tc.r.settled, want) {
+				t.Errorf("settled %+v, want %+v", tc.r.settled, want)
+			}
 			// A withholding names the version that decided it now (the
 			// fake's 5), not the routing decision's.
 			if tc.r != nil && tc.r.dec.Effect == consent.Deny && tc.wantOut == audit.Withheld &&
@@ -337,6 +379,54 @@ func TestRecheckAtDelivery(t *testing.T) {
 				t.Errorf("withheld with directive versions %+v, want p1_test at version 5", rec.DirectiveVersions)
 			}
 		})
+	}
+}
+
+// TestAWithheldCopyIsSettledBeforeItIsCommitted pins audit-11 leak 1: a copy
+// withheld at delivery still counted as received in the patient index, so a
+// later update of the stay went to the care home in full form. The
+// deliverer tells the index (Settle) before it writes the outcome record and
+// before Handle returns (the commit): a settlement that fails is retried in
+// process, and the copy is not committed past until it succeeds.
+func TestAWithheldCopyIsSettledBeforeItIsCommitted(t *testing.T) {
+	deny := consent.Decision{Effect: consent.Deny, Rule: consent.RuleDenyOrganisation, DirectiveID: "no-home"}
+	p := &pub{}
+	r := &rechecker{dec: deny, pub: p, settleErr: []error{errors.New("kafka: not enough replicas")}}
+	sends := 0
+	sink := connector.SinkFunc(func(context.Context, connector.Delivery) (connector.Outcome, error) {
+		sends++
+		return connector.Outcome{Status: 204}, nil
+	})
+	d, _ := New(context.Background(), "VM123", sink, gate(r), p, zap.NewNop())
+	if err := d.Handle(outboxMessage()); err != nil {
+		t.Fatalf("Handle: %v", err)
+	}
+	if sends != 0 {
+		t.Errorf("sink called %d times, want 0", sends)
+	}
+	if len(r.settled) != 1 || r.settled[0].Rule != consent.RuleDenyOrganisation || r.settled[0].Recipient != "VM123" {
+		t.Fatalf("settled %+v, want one withholding by %s", r.settled, consent.RuleDenyOrganisation)
+	}
+	if !slices.Equal(r.audited, []int{0}) {
+		t.Errorf("audit records written before the settlement: %v, want none", r.audited)
+	}
+	recs, _ := outcomes(p.sent[topic.Audit])
+	if len(recs) != 1 {
+		t.Fatalf("audit records: %d, want 1", len(recs))
+	}
+
+	// The hub stops while the index cannot be written: the copy is not
+	// committed, and nothing is audited.
+	stop, cancel := context.WithCancel(context.Background())
+	p2 := &pub{}
+	r2 := &rechecker{dec: deny, pub: p2, settleErr: []error{errors.New("broker down")}}
+	d2, _ := New(stop, "VM123", sink, gate(r2), p2, zap.NewNop())
+	cancel()
+	if err := d2.Handle(outboxMessage()); err == nil {
+		t.Error("Handle returned nil (commit) though the settlement was never written")
+	}
+	if n := len(p2.sent[topic.Audit]); n != 0 {
+		t.Errorf("audit records: %d, want none before the settlement", n)
 	}
 }
 

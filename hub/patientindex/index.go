@@ -16,6 +16,19 @@
 // Every record carries a sequence number: a record older than the one held
 // is never applied, so a write seen late cannot undo a newer one.
 //
+// # What the recipient has, not what it was routed
+//
+// The router records a receipt per copy it routes (Ref.Receive, by event
+// id). A copy can turn out to reach its recipient as less: withheld at
+// delivery, at a pull feed's read or at a dead letter's replay, or
+// delivered in the notification-only form. Whoever finds that out settles
+// the copy (Index.Settle): one record per copy, keyed
+// "<patient>/<recipient>/<event id>" in the same topic, written once, so
+// writers in several processes never overwrite one another, and acknowledged
+// before the copy is committed past. Get applies a patient's outcomes to
+// its record (Ref.Settle): a recipient left with no copy on a reference
+// counts as withheld it; a narrowed copy counts in its narrower form.
+//
 // # How long it is kept
 //
 // A reference (an encounter, a care plan) is kept for the retention given
@@ -30,7 +43,8 @@
 // # Cost
 //
 // Every process holds every record in memory: about 200 bytes per
-// reference plus 50 per recipient that received an event on it.
+// reference, 50 per recipient that received an event on it and 60 per
+// copy, and 200 per settled copy.
 package patientindex
 
 import (
@@ -38,8 +52,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -79,8 +95,12 @@ type Ref struct {
 	// it, by ODS code.
 	Recipients map[string]*Receipt `json:"recipients,omitempty"`
 	// Withheld are the recipients that were denied an event on it and
-	// received none, by ODS code, with the rule of the last deny.
+	// received none, by ODS code, with the rule of the last deny; and
+	// those with a copy settled withheld (Settle) though they hold others
+	// (Recipients names them too: they count as received).
 	Withheld map[string]string `json:"withheld,omitempty"`
+	// Routed counts the copies routed on it (Copy.N).
+	Routed int64 `json:"routed,omitempty"`
 }
 
 // Receipt is what one recipient received on a reference.
@@ -89,14 +109,28 @@ type Receipt struct {
 	Types []string `json:"types"`
 	// Form is the fullest form it received (full or notification).
 	Form string `json:"form"`
+	// Copies are the copies behind Types and Form, by event id: a copy
+	// that turns out not to have reached the recipient (Settle) leaves
+	// them, and Types and Form are what the rest say. Receipts written
+	// before copies were kept have none.
+	Copies map[string]Copy `json:"copies,omitempty"`
 }
 
-// Receive records that ods received a copy of an event of type typ on the
-// reference, on basis, in form: its receipt gains the type, keeps the
+// Copy is one copy of an event a recipient was sent on a reference.
+type Copy struct {
+	Type string `json:"type"`
+	Form string `json:"form"`
+	// N is the copy's place in the order copies were routed on the
+	// reference (Ref.Routed when it was).
+	N int64 `json:"n,omitempty"`
+}
+
+// Receive records that ods received copy id of an event of type typ on
+// the reference, on basis, in form: its receipt gains the type, keeps the
 // fullest form it was sent (a later full copy makes it full), and it is no
 // longer counted as withheld. Live routing and backfills record receipts
 // this one way, which corrections then follow.
-func (f *Ref) Receive(ods, basis, form, typ string) {
+func (f *Ref) Receive(ods, basis, form, typ, id string) {
 	rc := f.Recipients[ods]
 	if rc == nil {
 		rc = &Receipt{Basis: basis, Form: form}
@@ -111,7 +145,120 @@ func (f *Ref) Receive(ods, basis, form, typ string) {
 	if form == string(event.FormFull) {
 		rc.Form = string(event.FormFull)
 	}
+	if id != "" {
+		if rc.Copies == nil {
+			rc.Copies = map[string]Copy{}
+		}
+		c, ok := rc.Copies[id]
+		if !ok {
+			f.Routed++
+			c = Copy{Type: typ, Form: form, N: f.Routed}
+		} else if form == string(event.FormFull) {
+			c.Form = form
+		}
+		rc.Copies[id] = c
+	}
 	delete(f.Withheld, ods)
+}
+
+// Outcome is what became of one copy routed to a recipient, when that is
+// less than the router recorded (Receive): it was withheld (at delivery,
+// at a pull feed's read, at a dead letter's replay), or it was delivered
+// in a narrower form than it was routed in.
+type Outcome struct {
+	// Patient is the pseudonym whose record holds the receipt.
+	Patient   string `json:"patient"`
+	Ref       string `json:"ref"`
+	Recipient string `json:"recipient"`
+	EventID   string `json:"eventId"`
+	// Rule is the rule that withheld the copy; "" if it was delivered.
+	Rule string `json:"rule,omitempty"`
+	// Form is the form it was delivered in ("" when withheld).
+	Form string `json:"form,omitempty"`
+	// Time is when it was settled.
+	Time time.Time `json:"time"`
+}
+
+// Settle records o on the reference: a withheld copy leaves its receipt,
+// and the recipient is named withheld (by o.Rule): withheld the reference
+// if it is left with no copy on it; a copy delivered narrower keeps the narrower form. A receipt
+// written before copies were kept loses a withheld copy only if it names
+// no other type. Settling the same outcome twice changes nothing more.
+func (f *Ref) Settle(o Outcome) {
+	rc := f.Recipients[o.Recipient]
+	if rc == nil {
+		return
+	}
+	c, ok := rc.Copies[o.EventID]
+	if o.Rule == "" {
+		switch {
+		case o.Form == "":
+		case ok:
+			c.Form = string(event.Narrower(event.Form(c.Form), event.Form(o.Form)))
+			rc.Copies[o.EventID] = c
+			rc.summarise()
+		case len(rc.Copies) == 0 && len(rc.Types) <= 1:
+			rc.Form = string(event.Narrower(event.Form(rc.Form), event.Form(o.Form)))
+		}
+		return
+	}
+	switch {
+	case ok:
+		delete(rc.Copies, o.EventID)
+		if len(rc.Copies) > 0 {
+			rc.summarise()
+			// Remembered for what it had before its other copies (AsOf).
+			f.Withhold(o.Recipient, o.Rule)
+			return
+		}
+	case len(rc.Copies) == 0 && len(rc.Types) <= 1:
+		// A receipt from before copies were kept, of this copy alone.
+	default:
+		return
+	}
+	delete(f.Recipients, o.Recipient)
+	f.Withhold(o.Recipient, o.Rule)
+}
+
+// AsOf makes ods's receipt what it was just before copy id was routed:
+// without that copy and every copy routed after it (a receipt left with
+// none goes, and is not counted as withheld). A receipt that does not
+// know the copy is left as it is. The re-check at delivery uses it: what
+// the recipient had when the copy was routed, less what has since been
+// settled as not delivered.
+func (f *Ref) AsOf(ods, id string) {
+	rc := f.Recipients[ods]
+	if rc == nil {
+		return
+	}
+	c, ok := rc.Copies[id]
+	if !ok {
+		return
+	}
+	for k, o := range rc.Copies {
+		if k == id || (c.N > 0 && o.N >= c.N) {
+			delete(rc.Copies, k)
+		}
+	}
+	if len(rc.Copies) == 0 {
+		delete(f.Recipients, ods)
+		return
+	}
+	rc.summarise()
+}
+
+// summarise makes Types and Form what the copies say.
+func (rc *Receipt) summarise() {
+	rc.Types, rc.Form = nil, string(event.FormNotification)
+	for _, id := range slices.Sorted(maps.Keys(rc.Copies)) {
+		c := rc.Copies[id]
+		if !slices.Contains(rc.Types, c.Type) {
+			rc.Types = append(rc.Types, c.Type)
+		}
+		if c.Form == string(event.FormFull) {
+			rc.Form = string(event.FormFull)
+		}
+	}
 }
 
 // Withhold records that an event on the reference was denied to ods by
@@ -137,12 +284,13 @@ func (r Record) Clone() Record {
 }
 
 func (f *Ref) clone() *Ref {
-	c := &Ref{Last: f.Last, Labels: slices.Clone(f.Labels)}
+	c := &Ref{Last: f.Last, Labels: slices.Clone(f.Labels), Routed: f.Routed}
 	if f.Recipients != nil {
 		c.Recipients = make(map[string]*Receipt, len(f.Recipients))
 		for k, v := range f.Recipients {
 			r := *v
 			r.Types = slices.Clone(v.Types)
+			r.Copies = maps.Clone(v.Copies)
 			c.Recipients[k] = &r
 		}
 	}
@@ -169,6 +317,17 @@ type Index struct {
 
 	mu   sync.Mutex
 	recs map[string]*Record
+	// outcomes are the settled copies (Settle), by the pseudonym whose
+	// record holds their receipts, then by their record's key.
+	outcomes map[string]map[string]Outcome
+}
+
+// outcomeKey is the key of o's record in the topic: one record per copy,
+// written once, so that writers in different processes (the deliverer of
+// each recipient, a feed's reads, a replay) never overwrite each other's.
+// A patient's key never holds a "/".
+func outcomeKey(o Outcome) string {
+	return o.Patient + "/" + o.Recipient + "/" + o.EventID
 }
 
 // Open starts following topic and returns at once; WaitLoaded tells when
@@ -178,7 +337,7 @@ func Open(brokers []string, topic string, retention time.Duration, log *zap.Logg
 	if retention <= 0 {
 		return nil, errors.New("patientindex: the retention must be positive")
 	}
-	x := &Index{log: log, retention: retention, now: time.Now, recs: map[string]*Record{}}
+	x := &Index{log: log, retention: retention, now: time.Now, recs: map[string]*Record{}, outcomes: map[string]map[string]Outcome{}}
 	t, err := ktable.Open(ktable.Config{Brokers: brokers, Topic: topic, Log: log, Apply: x.apply})
 	if err != nil {
 		return nil, fmt.Errorf("patientindex: %w", err)
@@ -190,13 +349,17 @@ func Open(brokers []string, topic string, retention time.Duration, log *zap.Logg
 // NewMemory returns an index that keeps records in memory only, for tests
 // and tools: Sync does nothing and Message's records are never read back.
 func NewMemory(retention time.Duration) *Index {
-	return &Index{retention: retention, now: time.Now, recs: map[string]*Record{}, log: zap.NewNop()}
+	return &Index{retention: retention, now: time.Now, recs: map[string]*Record{}, outcomes: map[string]map[string]Outcome{}, log: zap.NewNop()}
 }
 
 func (x *Index) apply(m kafka.Message) {
 	key := string(m.Key)
 	x.mu.Lock()
 	defer x.mu.Unlock()
+	if strings.Contains(key, "/") {
+		x.applyOutcome(key, m)
+		return
+	}
 	cur := x.recs[key]
 	if m.Value == nil {
 		seq := int64(-1)
@@ -219,6 +382,55 @@ func (x *Index) apply(m kafka.Message) {
 		return
 	}
 	x.recs[key] = &r
+}
+
+func (x *Index) applyOutcome(key string, m kafka.Message) {
+	patient, _, _ := strings.Cut(key, "/")
+	if m.Value == nil {
+		delete(x.outcomes[patient], key)
+		if len(x.outcomes[patient]) == 0 {
+			delete(x.outcomes, patient)
+		}
+		return
+	}
+	var o Outcome
+	if err := json.Unmarshal(m.Value, &o); err != nil || o.Patient != patient {
+		x.log.Error("unreadable patient index outcome: ignored", zap.Int("partition", m.Partition), zap.Int64("offset", m.Offset))
+		return
+	}
+	x.addOutcome(key, o)
+}
+
+func (x *Index) addOutcome(key string, o Outcome) {
+	if x.outcomes[o.Patient] == nil {
+		x.outcomes[o.Patient] = map[string]Outcome{}
+	}
+	x.outcomes[o.Patient][key] = o
+}
+
+// Settle records durably what became of a copy when that is less than its
+// receipt says (Outcome), and applies it at once: Get answers with it from
+// now on, in this process, and in every other once Sync returns. It
+// returns once the record is acknowledged by every in-sync replica, so a
+// deliverer that commits past the copy afterwards cannot lose it.
+func (x *Index) Settle(ctx context.Context, o Outcome) error {
+	if o.Patient == "" || o.Ref == "" || o.Recipient == "" || o.EventID == "" || strings.Contains(o.Patient, "/") {
+		return errors.New("patientindex: an outcome needs a patient, a reference, a recipient and an event id")
+	}
+	key := outcomeKey(o)
+	if x.t != nil {
+		b, err := json.Marshal(o)
+		if err != nil {
+			return err
+		}
+		if err := x.t.Write(ctx, kafka.Message{Key: []byte(key), Value: b}); err != nil {
+			return err
+		}
+	}
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	x.addOutcome(key, o)
+	return nil
 }
 
 // WaitLoaded blocks until every record is loaded or ctx ends.
@@ -251,6 +463,12 @@ func (x *Index) Get(key string) Record {
 		return Record{}
 	}
 	out := r.Clone()
+	for _, k := range slices.Sorted(maps.Keys(x.outcomes[key])) {
+		o := x.outcomes[key][k]
+		if f := out.Refs[o.Ref]; f != nil {
+			f.Settle(o)
+		}
+	}
 	x.prune(&out)
 	return out
 }
@@ -328,7 +546,8 @@ func (x *Index) Commit(key string, rec Record) {
 
 // Sweep deletes the records of patients with nothing left to remember:
 // every reference expired, the GP practice seen longer ago than the
-// retention, and no merge. It returns how many it deleted.
+// retention, and no merge; and the outcomes (Settle) of references expired
+// or gone. It returns how many records it deleted.
 func (x *Index) Sweep(ctx context.Context) (int, error) {
 	if x.t == nil {
 		return 0, nil
@@ -349,6 +568,15 @@ func (x *Index) Sweep(ctx context.Context) (int, error) {
 		}
 		if !live {
 			msgs = append(msgs, kafka.Message{Key: []byte(key), Headers: []kafka.Header{{Key: MetaSeq, Value: []byte(strconv.FormatInt(r.Seq, 10))}}})
+		}
+	}
+	// An outcome is kept while the reference it settles is.
+	for patient, os := range x.outcomes {
+		for key, o := range os {
+			r := x.recs[patient]
+			if o.Time.Before(cut) && (r == nil || r.Refs[o.Ref] == nil || r.Refs[o.Ref].Last.Before(cut)) {
+				msgs = append(msgs, kafka.Message{Key: []byte(key)})
+			}
 		}
 	}
 	x.mu.Unlock()

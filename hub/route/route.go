@@ -15,7 +15,8 @@
 //   - a correction (admission-cancelled, discharge-cancelled,
 //     discharge-pending-cancelled, transfer-cancelled) goes to the
 //     recipients that received what it corrects, whatever they subscribe
-//     to, and to nobody else;
+//     to, and to nobody else (a copy withheld after routing, settled,
+//     does not count as received);
 //   - an update (transfer, patient-class-changed) goes to its subscribers
 //     and to every recipient
 //     that received an earlier event on the encounter, and to nobody who
@@ -34,8 +35,13 @@
 //
 // A copy goes in the form its decision allows (event.Form): the full form,
 // or, under the notification-only obligation, the notification-only
-// allow-list. Every copy carries its sealed routing decision (Sealer), so
-// the deliverer can decide it again at the moment of delivery (Recheck).
+// allow-list. A correction goes in no fuller form than the recipient
+// received what it corrects in (the narrower of the two); an update or a
+// continuation is a new fact and goes in the form today's decision allows.
+// Every copy carries its sealed routing decision (Sealer), so the
+// deliverer can decide it again at the moment of delivery (Recheck), and
+// then tell the patient index what the recipient got (Settle): the index
+// follows what recipients have, not what they were routed.
 //
 // # Notices
 //
@@ -56,6 +62,7 @@ package route
 import (
 	"context"
 	"errors"
+	"maps"
 	"slices"
 	"sync/atomic"
 	"time"
@@ -98,6 +105,7 @@ type Index interface {
 	Get(key string) patientindex.Record
 	Message(key string, rec patientindex.Record) (*message.Message, error)
 	Commit(key string, rec patientindex.Record)
+	Settle(ctx context.Context, o patientindex.Outcome) error
 }
 
 // WithheldNotice is the deployment's choice for a discharge that consent
@@ -387,6 +395,10 @@ func (r *Router) Decide(ctx context.Context, ev *event.Event, key string) (*Deci
 			return nil, problem.New(problem.Internal, "consent decision without an effect or a rule")
 		}
 		v := Verdict{Subscription: sub, Decision: d, FollowUp: c.followUp, Relation: rel, Original: orig, Request: req, Form: formOf(d)}
+		if rel == consent.Corrects && ref != nil && ref.Recipients[sub.Recipient.ODS] != nil {
+			// A correction tells no more than the recipient was told.
+			v.Form = event.Narrower(v.Form, correctedForm(rule, ref.Recipients[sub.Recipient.ODS]))
+		}
 		if d.Permitted() && !sent[sub.Recipient.ODS] {
 			v.Copy, sent[sub.Recipient.ODS] = true, true
 		}
@@ -443,7 +455,7 @@ func (r *Router) Decide(ctx context.Context, ev *event.Event, key string) (*Deci
 				continue
 			}
 			if v.Copy {
-				f.Receive(v.Subscription.Recipient.ODS, string(v.Subscription.Basis), string(v.Form), ev.Type)
+				f.Receive(v.Subscription.Recipient.ODS, string(v.Subscription.Basis), string(v.Form), ev.Type, ev.ID)
 			}
 		}
 		for _, v := range out.Verdicts {
@@ -546,9 +558,20 @@ func mergedRef(recs []patientindex.Record, ref string) *patientindex.Ref {
 		for k, v := range f.Recipients {
 			if out.Recipients[k] == nil {
 				c := *v
+				c.Copies = maps.Clone(v.Copies)
 				out.Recipients[k] = &c
 			} else {
-				out.Recipients[k].Types = append(slices.Clone(out.Recipients[k].Types), v.Types...)
+				o := out.Recipients[k]
+				o.Types = append(slices.Clone(o.Types), v.Types...)
+				if v.Form == string(event.FormFull) {
+					o.Form = v.Form
+				}
+				if len(v.Copies) > 0 {
+					if o.Copies == nil {
+						o.Copies = map[string]patientindex.Copy{}
+					}
+					maps.Copy(o.Copies, v.Copies)
+				}
 			}
 		}
 		for k, v := range f.Withheld {
@@ -582,6 +605,22 @@ func receivedCorrected(rule event.TypeRule, rc *patientindex.Receipt) bool {
 		}
 	}
 	return false
+}
+
+// correctedForm is the fullest form in which a recipient received an event
+// the correction corrects (the receipt's form, for a receipt that keeps no
+// copies).
+func correctedForm(rule event.TypeRule, rc *patientindex.Receipt) event.Form {
+	if len(rc.Copies) == 0 {
+		return event.Form(rc.Form)
+	}
+	form := event.FormNotification
+	for _, c := range rc.Copies {
+		if rule.Corrects(c.Type) && c.Form == string(event.FormFull) {
+			form = event.FormFull
+		}
+	}
+	return form
 }
 
 // earlierRecipient returns the candidate for a recipient that received an
@@ -735,7 +774,7 @@ func (r *Router) planOf(msg *message.Message, ev *event.Event, key string, dec *
 			out.Metadata.Set(topic.MetaAccepted, at)
 		}
 		if v.Notice != NoticeWithheld {
-			sealed, err := r.cfg.Sealer.Seal(Sealed{Request: v.Request, Relation: v.Relation, Original: v.Original, Decision: d, Form: string(v.Form)})
+			sealed, err := r.cfg.Sealer.Seal(Sealed{Request: v.Request, Relation: v.Relation, Original: v.Original, Decision: d, Form: string(v.Form), Ref: ev.Ref})
 			if err != nil {
 				return nil, problem.Wrap(problem.Internal, "sealing a routing decision", err)
 			}
@@ -766,8 +805,10 @@ func auditMessage(rec audit.Record, key string) *message.Message {
 // Recheck decides a copy again at the moment of delivery: the sealed
 // routing decision's request, with the directives of the patient's numbers
 // as they are now (after the same freshness barrier as routing: every
-// consent change and merge acknowledged before the call), by the same
-// Decider and follow-up context, combined with the routing decision by
+// consent change, merge and patient index record acknowledged before the
+// call), by the same Decider, in the follow-up context as the index says
+// it is now (originalNow: a copy it followed that was since withheld at
+// delivery counts as not received), combined with the routing decision by
 // consent.Recheck. It returns the decision and the directive versions
 // that decided.
 func (r *Router) Recheck(ctx context.Context, key, sealed string) (consent.Decision, Sealed, []audit.DirectiveVersion, error) {
@@ -796,12 +837,54 @@ func (r *Router) Recheck(ctx context.Context, key, sealed string) (consent.Decis
 	if s.Request.Event.Type == event.TypeRegistrationEnded {
 		now, err = decider.Decide(ctx, req)
 	} else {
-		now, err = consent.FollowUp(ctx, decider, req, s.Relation, s.Original)
+		orig, thin := r.originalNow(family, s)
+		now, err = consent.FollowUp(ctx, decider, req, s.Relation, orig)
+		if err == nil && thin && now.Permitted() && !now.Has(consent.NotificationOnly) {
+			// A correction of what the recipient has, since, received
+			// only as a notification (narrowed at delivery): no fuller.
+			now.Obligations = append(slices.Clone(now.Obligations), consent.NotificationOnly)
+		}
 	}
 	if err != nil {
 		return consent.Decision{}, s, nil, problem.Wrap(problem.Unavailable, "deciding consent", err)
 	}
 	return consent.Recheck(s.Decision, now), s, versions, nil
+}
+
+// originalNow is the follow-up context of a sealed copy as the patient index
+// says it is now: an earlier copy on the encounter withheld at delivery
+// since the copy was routed (settled) makes the recipient one that was
+// withheld the original, though the copy was routed when it counted as
+// received (it waited behind that copy in the outbox). What the recipient
+// had is what it had been routed before the copy (Ref.AsOf), less what was
+// settled since. thin says a correction's recipient now has what it
+// corrects only in the notification-only form (narrowed at delivery after
+// the correction was routed): the correction goes in that form too. A
+// reference the index no longer holds, or a copy sealed without one, keeps
+// the sealed context.
+func (r *Router) originalNow(family []string, s Sealed) (orig consent.Original, thin bool) {
+	if s.Ref == "" || (s.Relation != consent.Updates && s.Relation != consent.Corrects) {
+		return s.Original, false
+	}
+	recs := make([]patientindex.Record, len(family))
+	for i, k := range family {
+		recs[i] = r.cfg.Index.Get(k)
+	}
+	ref := mergedRef(recs, s.Ref)
+	if ref == nil {
+		return s.Original, false
+	}
+	ods := s.Request.Recipient.ODS
+	ref.AsOf(ods, s.Request.Event.ID)
+	rule, _ := event.RuleOf(s.Request.Event.Type)
+	o := original(ref, rule, s.Relation, ods)
+	// The sensitivity categories stay those it was routed with: this
+	// reads only what the recipient has.
+	o.Labels = s.Original.Labels
+	if rc := ref.Recipients[ods]; s.Relation == consent.Corrects && rc != nil && receivedCorrected(rule, rc) {
+		thin = correctedForm(rule, rc) == event.FormNotification
+	}
+	return o, thin
 }
 
 // Narrow returns the notification-only form of a copy in the full form

@@ -26,6 +26,9 @@ type Sealed struct {
 	Decision consent.Decision `json:"decision"`
 	// Form is the form of the copy (event.Form).
 	Form string `json:"form"`
+	// Ref is the event's encounter or care plan (event.Event.Ref), for
+	// Settle; "" if it has none.
+	Ref string `json:"ref,omitempty"`
 }
 
 // Sealer seals and opens routing decisions. It is safe for concurrent use.
