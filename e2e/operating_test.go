@@ -39,9 +39,9 @@ func jo() map[string]string {
 }
 
 type dlqItem struct {
-	ID, EventID, Recipient, Reason string
-	Status                         int
-	Resolution                     *struct{ Action, Actor, Reason, Rule string }
+	ID, Publisher, EventID, Recipient, Reason string
+	Status                                    int
+	Resolution                                *struct{ Action, Actor, Reason, Rule string }
 }
 
 type dlqPage struct {
@@ -65,7 +65,10 @@ func (s *safeHub) dlq(query string) dlqPage {
 // it recovers, one is replayed and delivered, then all of its others in
 // order, each through consent as of now: the one whose patient has since
 // denied the care home is withheld, audited and never sent; one is
-// resolved with a reason instead. Every action names the operator.
+// resolved with a reason instead. Every action names the operator. Each
+// dead letter, its listing and its audit records name the event by
+// publisher and id (regression: they named the event id only, which two
+// publishers may share).
 func TestDeadLettersReplayedAfterTheRecipientRecovers(t *testing.T) {
 	s := startSafeHub(t, operators)
 	s.home.setStatus(http.StatusBadRequest)
@@ -83,8 +86,17 @@ func TestDeadLettersReplayedAfterTheRecipientRecovers(t *testing.T) {
 	byEvent := map[string]string{}
 	for _, it := range all.Items {
 		byEvent[it.EventID] = it.ID
-		if it.Status != 400 || !strings.Contains(it.Reason, "400") {
-			t.Errorf("dead letter %+v: want status 400 and a reason naming it", it)
+		if it.Status != 400 || !strings.Contains(it.Reason, "400") || it.Publisher != "RX1" {
+			t.Errorf("dead letter %+v: want status 400, a reason naming it, and publisher RX1", it)
+		}
+	}
+	// The deliverer records the publisher in the dead letter itself (the
+	// listing would otherwise take it from the copy, as for dead letters
+	// written before it was recorded).
+	for _, m := range s.records("carehub.dlq") {
+		var dl struct{ Publisher, EventID string }
+		if err := json.Unmarshal(m.Value, &dl); err != nil || dl.Publisher != "RX1" {
+			t.Errorf("the dead letter of %s in carehub.dlq names publisher %q, want RX1 (%v)", dl.EventID, dl.Publisher, err)
 		}
 	}
 	for _, q := range []struct {
@@ -92,6 +104,7 @@ func TestDeadLettersReplayedAfterTheRecipientRecovers(t *testing.T) {
 		want  int
 	}{
 		{"?reason=answered%20400", 5}, {"?recipient=A81001", 0}, {"?since=2099-01-01", 0},
+		{"?publisher=RX1", 5}, {"?publisher=VM123", 0},
 		{"?until=" + time.Now().Add(time.Hour).UTC().Format(time.RFC3339), 5}, {"?state=resolved", 0},
 	} {
 		if got := s.dlq(q.query).Total; got != q.want {
@@ -107,8 +120,9 @@ func TestDeadLettersReplayedAfterTheRecipientRecovers(t *testing.T) {
 	if !slices.Equal(paged, ids) || p2.Next != "" {
 		t.Errorf("two pages, oldest first: %v, want %v", paged, ids)
 	}
-	if status, body, _ := s.call("GET", "/v1/dlq?state=lost&limit=0&patient=1", "", nil, jo()); status != 422 ||
-		!bytes.Contains(body, []byte("/query/state")) || !bytes.Contains(body, []byte("/query/limit")) || !bytes.Contains(body, []byte("/query/patient")) {
+	if status, body, _ := s.call("GET", "/v1/dlq?state=lost&limit=0&patient=1&publisher=urn:ods:RX1", "", nil, jo()); status != 422 ||
+		!bytes.Contains(body, []byte("/query/state")) || !bytes.Contains(body, []byte("/query/limit")) || !bytes.Contains(body, []byte("/query/patient")) ||
+		!bytes.Contains(body, []byte("/query/publisher")) {
 		t.Errorf("a bad query: %d %s", status, body)
 	}
 	if status, body, _ := s.call("GET", "/v1/deadletters", "", nil, jo()); status != 410 || !bytes.Contains(body, []byte("/v1/dlq")) {
@@ -183,10 +197,14 @@ func TestDeadLettersReplayedAfterTheRecipientRecovers(t *testing.T) {
 	}
 
 	// The audit names the operator for every action, and holds the
-	// withheld copy as a delivery outcome.
+	// withheld copy as a delivery outcome; each names the event by its
+	// publisher and id.
 	var replays, resolves, listed int
 	withheld := false
 	for _, r := range s.auditRecords() {
+		if action, _ := r["action"].(string); r["kind"] == "access" && strings.HasPrefix(action, "dead-letter") && r["publisher"] != "RX1" {
+			t.Errorf("the %s record of %v names publisher %v, want RX1", r["action"], r["eventId"], r["publisher"])
+		}
 		switch {
 		case r["kind"] == "access" && r["actor"] == "ops.jo" && r["action"] == "dead-letter-replay":
 			replays++
@@ -194,7 +212,7 @@ func TestDeadLettersReplayedAfterTheRecipientRecovers(t *testing.T) {
 			resolves++
 		case r["kind"] == "access" && r["actor"] == "ops.jo" && r["action"] == "dead-letters-read":
 			listed++
-		case r["kind"] == "delivery" && r["eventId"] == ids[2] && r["outcome"] == "withheld" && r["actor"] == "ops.jo":
+		case r["kind"] == "delivery" && r["eventId"] == ids[2] && r["outcome"] == "withheld" && r["actor"] == "ops.jo" && r["publisher"] == "RX1":
 			withheld = true
 		}
 	}

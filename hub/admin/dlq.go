@@ -8,6 +8,8 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/carehub/carehub/hub/audit"
 	"github.com/carehub/carehub/hub/deadletter"
 	"github.com/carehub/carehub/hub/topic"
@@ -19,7 +21,7 @@ import (
 
 // registerDLQ adds the routes about dead letters:
 //
-//	GET    /v1/dlq                       dead letters, oldest first, a page at a time (recipient, since, until, reason, state)
+//	GET    /v1/dlq                       dead letters, oldest first, a page at a time (recipient, publisher, since, until, reason, state)
 //	POST   /v1/dlq/{id}/replay           decide the copy again as of now; if still permitted, back to the outbox
 //	POST   /v1/dlq/replay?recipient=ODS  the same for every open dead letter of one recipient, in order
 //	DELETE /v1/dlq/{id}                  resolve without delivery, with the operator's reason
@@ -49,17 +51,25 @@ func dlqQuery(r *http.Request) (deadletter.Query, error) {
 	v := r.URL.Query()
 	for k := range v {
 		switch k {
-		case "recipient", "reason", "since", "until", "state", "limit", "cursor":
+		case "recipient", "publisher", "reason", "since", "until", "state", "limit", "cursor":
 		default:
 			vs = append(vs, problem.Violation{Pointer: "/query/" + safeParam(k), Rule: "unknown-parameter",
-				Detail: "the parameters are recipient, reason, since, until, state, limit and cursor"})
+				Detail: "the parameters are recipient, publisher, reason, since, until, state, limit and cursor"})
 		}
 	}
-	if s := v.Get("recipient"); s != "" {
-		if !ods.Valid(s) {
-			vs = append(vs, problem.Violation{Pointer: "/query/recipient", Rule: "ods-code", Detail: "recipient is an ODS code"})
+	for _, name := range []string{"recipient", "publisher"} {
+		s := v.Get(name)
+		if s == "" {
+			continue
 		}
-		q.Recipient = s
+		if !ods.Valid(s) {
+			vs = append(vs, problem.Violation{Pointer: "/query/" + name, Rule: "ods-code", Detail: name + " is an ODS code"})
+		}
+		if name == "recipient" {
+			q.Recipient = s
+		} else {
+			q.Publisher = s
+		}
 	}
 	q.Reason = v.Get("reason")
 	if len(q.Reason) > 200 {
@@ -141,7 +151,7 @@ func (a *API) listDLQ(w http.ResponseWriter, r *http.Request) {
 	for _, l := range page.Items {
 		if l.Patient != "" && !seen[l.Patient] {
 			seen[l.Patient] = true
-			if err := a.access(r, l.Patient, audit.ActionDeadLetterList, l.EventID); err != nil {
+			if err := a.accessEvent(r, l.Patient, audit.ActionDeadLetterList, l.Publisher, l.EventID); err != nil {
 				a.fail(w, r, err)
 				return
 			}
@@ -150,6 +160,21 @@ func (a *API) listDLQ(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", media.JSON)
 	w.Header().Set("Cache-Control", "no-store")
 	_ = json.NewEncoder(w).Encode(page)
+}
+
+// accessEvent audits a look at a patient's record about one event, named
+// by its publisher and id together (two publishers may use one id), before
+// it is answered: as API.access, with the publisher.
+func (a *API) accessEvent(r *http.Request, patient, action, publisher, eventID string) error {
+	rec := audit.Record{Time: a.now().UTC(), Kind: audit.KindAccess, Patient: patient, Actor: operator(r), Action: action,
+		Publisher: publisher, EventID: eventID}
+	m := message.NewMessage(watermill.NewUUID(), rec.Marshal())
+	m.Metadata.Set(topic.MetaKey, patient)
+	m.Metadata.Set(topic.MetaEventID, eventID)
+	if err := a.Publisher.Publish(topic.Audit, m); err != nil {
+		return problem.Wrap(problem.Unavailable, "the access could not be audited, so it is not answered; retry", err)
+	}
+	return nil
 }
 
 // replayAnswer is the answer to a replay.
@@ -179,7 +204,7 @@ func (a *API) replay(w http.ResponseWriter, r *http.Request, ls []deadletter.Let
 			ans.Withheld++
 		}
 		a.Log.Info("dead letter replayed", zap.String("id", o.ID), zap.String("recipient", o.Recipient),
-			zap.String("event_id", o.EventID), zap.String("outcome", o.Outcome), zap.String("rule", o.Rule),
+			zap.String("publisher", o.Publisher), zap.String("event_id", o.EventID), zap.String("outcome", o.Outcome), zap.String("rule", o.Rule),
 			zap.String("operator", operator(r)))
 	}
 	w.Header().Set("Content-Type", media.JSON)
@@ -272,7 +297,7 @@ func (a *API) resolveDLQ(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	a.Log.Info("dead letter resolved", zap.String("id", l.ID), zap.String("recipient", l.Recipient),
-		zap.String("event_id", l.EventID), zap.String("operator", operator(r)))
+		zap.String("publisher", l.Publisher), zap.String("event_id", l.EventID), zap.String("operator", operator(r)))
 	w.WriteHeader(http.StatusNoContent)
 }
 

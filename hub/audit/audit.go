@@ -199,8 +199,13 @@ func Unmarshal(b []byte) (Record, error) {
 // (replayed or dismissed by an operator); the retention sweep removes dead
 // letters once resolved and a window has passed.
 type DeadLetter struct {
-	Time      time.Time       `json:"time"`
-	Recipient string          `json:"recipient"`
+	Time      time.Time `json:"time"`
+	Recipient string    `json:"recipient"`
+	// Publisher and EventID identify the event together (two publishers
+	// may use one id): the publisher's ODS code, as delivery records name
+	// it. Dead letters written before carehub recorded it have none (see
+	// deadletter.Letters).
+	Publisher string          `json:"publisher,omitempty"`
 	EventID   string          `json:"eventId"`
 	EventType string          `json:"eventType,omitempty"`
 	Patient   string          `json:"patient,omitempty"`

@@ -1,14 +1,15 @@
 // Package deadletter reads and resolves the dead letters of carehub.dlq:
 // copies a recipient rejected for good. An operator lists them (List:
-// filtered by recipient, time, reason and state, a page at a time),
-// replays them (Replay: each is decided again with the patient's
-// directives as they are now, and only a copy still permitted goes back to
-// the recipient's outbox, where the deliverer re-checks it once more; a
+// filtered by recipient, publisher, time, reason and state, a page at a
+// time), replays them (Replay: each is decided again with the patient's
+// directives as they are now, and only a copy still permitted goes back
+// to the recipient's outbox, where the deliverer re-checks it once more; a
 // copy now denied is audited as withheld and not sent), or resolves one
 // without delivery, with a reason (Resolve). Each closes the dead letter
 // with a resolution record, appended to the same partition and naming the
-// operator; each is audited with the operator's id. Package retention
-// deletes dead letters once resolved and a window has passed.
+// operator; each is audited with the operator's id and names the event by
+// its publisher and id. Package retention deletes dead letters once
+// resolved and a window has passed.
 //
 // Dead letters and their resolutions are keyed by the recipient's ODS
 // code, so one recipient's are in one partition, in the order they were
@@ -57,11 +58,16 @@ type Entry struct {
 // Letter is a dead letter and, once resolved, its resolution. It never
 // holds the copy itself (the payload) in JSON.
 type Letter struct {
-	ID         string    `json:"id"`
-	Partition  int       `json:"partition"`
-	Offset     int64     `json:"offset"`
-	Time       time.Time `json:"time"`
-	Recipient  string    `json:"recipient"`
+	ID        string    `json:"id"`
+	Partition int       `json:"partition"`
+	Offset    int64     `json:"offset"`
+	Time      time.Time `json:"time"`
+	Recipient string    `json:"recipient"`
+	// Publisher is the ODS code of the event's publisher: with EventID,
+	// the event (two publishers may use one id). A dead letter written
+	// before carehub recorded it takes it from the copy it holds (the
+	// CloudEvents source); one with neither has none.
+	Publisher  string    `json:"publisher,omitempty"`
 	EventID    string    `json:"eventId"`
 	EventType  string    `json:"eventType,omitempty"`
 	Patient    string    `json:"patient,omitempty"`
@@ -142,7 +148,7 @@ func Letters(entries []Entry, recipient string) []Letter {
 			continue
 		}
 		l := Letter{ID: ID(e.Partition, e.Offset), Partition: e.Partition, Offset: e.Offset, Time: e.Time, Recipient: e.Recipient,
-			EventID: e.EventID, EventType: e.EventType, Patient: e.Patient, Reason: e.Reason, Status: e.Status,
+			Publisher: publisherOf(e.DeadLetter), EventID: e.EventID, EventType: e.EventType, Patient: e.Patient, Reason: e.Reason, Status: e.Status,
 			Attempts: e.Attempts, Form: e.Form, dl: e.DeadLetter}
 		if r, ok := res[[2]int64{int64(e.Partition), e.Offset}]; ok {
 			l.Resolution = &r
@@ -150,6 +156,17 @@ func Letters(entries []Entry, recipient string) []Letter {
 		out = append(out, l)
 	}
 	return out
+}
+
+// publisherOf is the publisher of a dead letter's event: the one it
+// records or, for a dead letter written before carehub recorded it, the
+// source of the copy it holds, in the form delivery records name it (the
+// ODS code after urn:ods:). "" when it has neither.
+func publisherOf(dl audit.DeadLetter) string {
+	if dl.Publisher != "" {
+		return dl.Publisher
+	}
+	return strings.TrimPrefix(sourceOf(dl.Event), event.SourcePrefix)
 }
 
 // ID names the dead letter at partition and offset of carehub.dlq, as the
@@ -202,6 +219,10 @@ const (
 // Query selects dead letters.
 type Query struct {
 	Recipient string // an ODS code; "" for every recipient
+	// Publisher selects the dead letters of one publisher's events (an
+	// ODS code); "" for all. A dead letter with no publisher (written
+	// before carehub recorded it, without a copy) matches only "".
+	Publisher string
 	// Reason selects the dead letters whose reason contains it, ignoring
 	// case ("HTTP 400", "OperationOutcome"); "" for all.
 	Reason string
@@ -245,6 +266,7 @@ func List(entries []Entry, q Query) (Page, error) {
 	for _, l := range Letters(entries, q.Recipient) {
 		switch {
 		case state == StateOpen && l.Resolution != nil, state == StateResolved && l.Resolution == nil:
+		case q.Publisher != "" && l.Publisher != q.Publisher:
 		case reason != "" && !strings.Contains(strings.ToLower(l.Reason), reason):
 		case !q.Since.IsZero() && l.Time.Before(q.Since), !q.Until.IsZero() && !l.Time.Before(q.Until):
 		default:
@@ -324,6 +346,7 @@ const (
 // Outcome is what a replay did with one dead letter.
 type Outcome struct {
 	ID        string `json:"id"`
+	Publisher string `json:"publisher,omitempty"`
 	EventID   string `json:"eventId"`
 	EventType string `json:"eventType,omitempty"`
 	Recipient string `json:"recipient"`
@@ -364,7 +387,7 @@ func Replay(ctx context.Context, pub message.Publisher, rc Rechecker, ls []Lette
 	var audits, resolutions []*message.Message
 	var settle []route.Settlement
 	for _, l := range ls {
-		r := Outcome{ID: l.ID, EventID: l.EventID, EventType: l.EventType, Recipient: l.Recipient}
+		r := Outcome{ID: l.ID, Publisher: l.Publisher, EventID: l.EventID, EventType: l.EventType, Recipient: l.Recipient}
 		permit, form, rule, directive, versions, err := decide(ctx, rc, l)
 		if err != nil {
 			return nil, err
@@ -381,13 +404,13 @@ func Replay(ctx context.Context, pub message.Publisher, rc Rechecker, ls []Lette
 			r.Outcome, r.Rule, r.Directive = WithheldNow, rule, directive
 			res.Action, res.Rule = Withheld, rule
 			settle = append(settle, route.Settlement{Key: l.Patient, Recipient: l.Recipient, EventID: l.EventID, Sealed: l.dl.Decision, Rule: rule})
-			rec := audit.Record{Time: now, Kind: audit.KindDelivery, EventID: l.EventID, EventType: l.EventType, Patient: l.Patient,
+			rec := audit.Record{Time: now, Kind: audit.KindDelivery, Publisher: l.Publisher, EventID: l.EventID, EventType: l.EventType, Patient: l.Patient,
 				Recipient: l.Recipient, Basis: l.dl.Basis, Outcome: audit.Withheld, Effect: string(consent.Deny), Rule: rule,
 				Directive: directive, DirectiveVersions: versions, Actor: actor, Action: audit.ActionDeadLetterReplay,
 				Reason: "re-checked when an operator replayed the dead letter " + l.ID}
 			audits = append(audits, auditMessage(rec))
 		}
-		audits = append(audits, auditMessage(audit.Record{Time: now, Kind: audit.KindAccess, Patient: l.Patient, EventID: l.EventID,
+		audits = append(audits, auditMessage(audit.Record{Time: now, Kind: audit.KindAccess, Patient: l.Patient, Publisher: l.Publisher, EventID: l.EventID,
 			EventType: l.EventType, Recipient: l.Recipient, Actor: actor, Action: audit.ActionDeadLetterReplay, Outcome: r.Outcome}))
 		resolutions = append(resolutions, resolution(l, res, now))
 		out = append(out, r)
@@ -490,7 +513,7 @@ func Resolve(pub message.Publisher, l Letter, actor, reason string, now time.Tim
 		return problem.New(problem.Conflict, "the dead letter is already resolved")
 	}
 	now = now.UTC()
-	rec := audit.Record{Time: now, Kind: audit.KindAccess, Patient: l.Patient, EventID: l.EventID, EventType: l.EventType,
+	rec := audit.Record{Time: now, Kind: audit.KindAccess, Patient: l.Patient, Publisher: l.Publisher, EventID: l.EventID, EventType: l.EventType,
 		Recipient: l.Recipient, Actor: actor, Action: audit.ActionDeadLetterClose, Reason: reason}
 	if err := pub.Publish(topic.Audit, auditMessage(rec)); err != nil {
 		return problem.Wrap(problem.Unavailable, "the resolution could not be audited; retry", err)
@@ -503,7 +526,7 @@ func Resolve(pub message.Publisher, l Letter, actor, reason string, now time.Tim
 }
 
 func resolution(l Letter, r audit.Resolution, now time.Time) *message.Message {
-	b, _ := json.Marshal(audit.DeadLetter{Time: now, Recipient: l.Recipient, EventID: l.EventID, Resolution: &r})
+	b, _ := json.Marshal(audit.DeadLetter{Time: now, Recipient: l.Recipient, Publisher: l.Publisher, EventID: l.EventID, Resolution: &r})
 	m := message.NewMessage(watermill.NewUUID(), b)
 	m.Metadata.Set(topic.MetaKey, l.Recipient)
 	m.Metadata.Set(topic.MetaEventID, l.EventID)

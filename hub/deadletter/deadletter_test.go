@@ -20,20 +20,21 @@ import (
 
 var t0 = time.Date(2026, 11, 2, 9, 0, 0, 0, time.UTC)
 
-// entries: three dead letters of VM123 (one resolved), one of A81001.
+// entries: three dead letters of VM123 (one resolved) of RX1's events,
+// one of A81001 of a VM123 event.
 func entries() []Entry {
-	dl := func(p int, o int64, rcpt, id, reason string, at time.Duration) Entry {
-		return Entry{Partition: p, Offset: o, DeadLetter: audit.DeadLetter{Time: t0.Add(at), Recipient: rcpt, EventID: id,
+	dl := func(p int, o int64, rcpt, pub, id, reason string, at time.Duration) Entry {
+		return Entry{Partition: p, Offset: o, DeadLetter: audit.DeadLetter{Time: t0.Add(at), Recipient: rcpt, Publisher: pub, EventID: id,
 			EventType: event.TypeDischarge, Patient: "p1_" + id, Reason: reason, Status: 400,
-			Event: json.RawMessage(`{"specversion":"1.0","id":"` + id + `","source":"urn:ods:RX1"}`), Decision: "sealed-" + id, Form: "full", Basis: "discharge-destination"}}
+			Event: json.RawMessage(`{"specversion":"1.0","id":"` + id + `","source":"urn:ods:` + pub + `"}`), Decision: "sealed-" + id, Form: "full", Basis: "discharge-destination"}}
 	}
 	return []Entry{
-		dl(1, 0, "VM123", "ev-1", "recipient answered HTTP 400", 0),
-		dl(1, 1, "VM123", "ev-2", "recipient answered HTTP 422", time.Hour),
-		dl(1, 2, "VM123", "ev-3", "recipient answered HTTP 400", 2*time.Hour),
-		{Partition: 1, Offset: 3, DeadLetter: audit.DeadLetter{Time: t0.Add(3 * time.Hour), Recipient: "VM123", EventID: "ev-2",
+		dl(1, 0, "VM123", "RX1", "ev-1", "recipient answered HTTP 400", 0),
+		dl(1, 1, "VM123", "RX1", "ev-2", "recipient answered HTTP 422", time.Hour),
+		dl(1, 2, "VM123", "RX1", "ev-3", "recipient answered HTTP 400", 2*time.Hour),
+		{Partition: 1, Offset: 3, DeadLetter: audit.DeadLetter{Time: t0.Add(3 * time.Hour), Recipient: "VM123", Publisher: "RX1", EventID: "ev-2",
 			Resolution: &audit.Resolution{Offset: 1, Action: Dismissed, Actor: "ig-lead", Note: "told by phone"}}},
-		dl(2, 0, "A81001", "ev-4", "recipient answered HTTP 410", 30*time.Minute),
+		dl(2, 0, "A81001", "VM123", "ev-4", "recipient answered HTTP 410", 30*time.Minute),
 	}
 }
 
@@ -54,6 +55,9 @@ func TestList(t *testing.T) {
 	}{
 		{"open, oldest first", Query{}, []string{"1-0", "2-0", "1-2"}, false},
 		{"one recipient", Query{Recipient: "VM123"}, []string{"1-0", "1-2"}, false},
+		{"one publisher", Query{Publisher: "VM123"}, []string{"2-0"}, false},
+		{"another publisher", Query{Publisher: "RX1", State: StateAll}, []string{"1-0", "1-1", "1-2"}, false},
+		{"a publisher with none", Query{Publisher: "A81001"}, nil, false},
 		{"resolved", Query{State: StateResolved}, []string{"1-1"}, false},
 		{"all", Query{State: StateAll, Recipient: "VM123"}, []string{"1-0", "1-1", "1-2"}, false},
 		{"reason, ignoring case", Query{Reason: "http 400"}, []string{"1-0", "1-2"}, false},
@@ -163,18 +167,29 @@ func TestReplayDecidesAgainAsOfNow(t *testing.T) {
 		t.Errorf("outcomes:\n\tgot  %v\n\twant %v", got, want)
 	}
 	var requeued []string
-	for _, m := range pub.got[topic.Outbox("VM123")] {
+	for _, m := range append(pub.got[topic.Outbox("VM123")], pub.got[topic.Outbox("A81001")]...) {
 		requeued = append(requeued, m.Metadata.Get(topic.MetaEventID))
-		if m.Metadata.Get(topic.MetaDecision) == "" || m.Metadata.Get(topic.MetaSource) != "urn:ods:RX1" {
+		src := map[string]string{"ev-1": "urn:ods:RX1", "ev-4": "urn:ods:VM123"}[m.Metadata.Get(topic.MetaEventID)]
+		if m.Metadata.Get(topic.MetaDecision) == "" || m.Metadata.Get(topic.MetaSource) != src {
 			t.Errorf("a requeued copy lacks its sealed decision or source: %v", m.Metadata)
 		}
 	}
-	if !slices.Equal(requeued, []string{"ev-1"}) || len(pub.got[topic.Outbox("A81001")]) != 1 {
-		t.Errorf("outboxes: VM123 %v, A81001 %d; want ev-1 and one", requeued, len(pub.got[topic.Outbox("A81001")]))
+	if !slices.Equal(requeued, []string{"ev-1", "ev-4"}) || len(pub.got[topic.Outbox("A81001")]) != 1 {
+		t.Errorf("outboxes: %v, A81001 %d; want ev-1 (VM123) and ev-4 (A81001)", requeued, len(pub.got[topic.Outbox("A81001")]))
+	}
+	for _, o := range out {
+		if want := map[string]string{"ev-1": "RX1", "ev-3": "RX1", "ev-4": "VM123"}[o.EventID]; o.Publisher != want {
+			t.Errorf("the outcome of %s names publisher %q, want %q", o.EventID, o.Publisher, want)
+		}
 	}
 	var withheld, access int
 	for _, m := range pub.got[topic.Audit] {
 		rec, _ := audit.Unmarshal(m.Payload)
+		// Each record names the event by its publisher and id: the
+		// disclosures report joins on both.
+		if want := map[string]string{"ev-1": "RX1", "ev-3": "RX1", "ev-4": "VM123"}[rec.EventID]; rec.Publisher != want {
+			t.Errorf("the %s record of %s names publisher %q, want %q", rec.Kind, rec.EventID, rec.Publisher, want)
+		}
 		switch {
 		case rec.Kind == audit.KindDelivery && rec.Outcome == audit.Withheld:
 			withheld++
@@ -205,9 +220,9 @@ func TestReplayDecidesAgainAsOfNow(t *testing.T) {
 	for _, m := range pub.got[topic.DLQ] {
 		var d audit.DeadLetter
 		_ = json.Unmarshal(m.Payload, &d)
-		actions = append(actions, d.Resolution.Action+"@"+d.Recipient)
+		actions = append(actions, d.Resolution.Action+"@"+d.Recipient+":"+d.Publisher)
 	}
-	if !slices.Equal(actions, []string{"replayed@VM123", "withheld@VM123", "replayed@A81001"}) {
+	if !slices.Equal(actions, []string{"replayed@VM123:RX1", "withheld@VM123:RX1", "replayed@A81001:VM123"}) {
 		t.Errorf("resolutions: %v", actions)
 	}
 
@@ -244,11 +259,55 @@ func TestResolve(t *testing.T) {
 	rec, _ := audit.Unmarshal(pub.got[topic.Audit][0].Payload)
 	var d audit.DeadLetter
 	_ = json.Unmarshal(pub.got[topic.DLQ][0].Payload, &d)
-	if rec.Actor != "ig-lead" || rec.Action != audit.ActionDeadLetterClose || rec.Reason != "the care home re-keyed it by hand" ||
+	if rec.Actor != "ig-lead" || rec.Action != audit.ActionDeadLetterClose || rec.Reason != "the care home re-keyed it by hand" || rec.Publisher != "RX1" ||
 		d.Resolution.Offset != 0 || d.Resolution.Action != Dismissed || d.Resolution.Note != "the care home re-keyed it by hand" {
 		t.Errorf("audit %+v, resolution %+v", rec, d.Resolution)
 	}
 	if err := Resolve(&pub, ls[1], "ig-lead", "again", t0); problem.KindOf(err) != problem.Conflict {
 		t.Errorf("resolving a resolved letter: %v", err)
+	}
+}
+
+// TestLettersNameThePublisher: a dead letter names its event by publisher
+// and id. Regression: dead letters carried the event id only, so a replay
+// withheld a copy under an id two publishers may share and the disclosures
+// report could not tell whose event it was. One written before the
+// publisher was recorded takes it from the copy it holds; one with neither
+// names none.
+func TestLettersNameThePublisher(t *testing.T) {
+	copyOf := func(source string) json.RawMessage {
+		return json.RawMessage(`{"specversion":"1.0","id":"0001","source":"` + source + `"}`)
+	}
+	tests := []struct {
+		name      string
+		publisher string
+		copy      json.RawMessage
+		want      string
+	}{
+		{"recorded", "VM123", copyOf("urn:ods:VM123"), "VM123"},
+		{"recorded, before the copy's", "VM123", copyOf("urn:ods:RX1"), "VM123"},
+		{"written before it was recorded: from the copy", "", copyOf("urn:ods:RX1"), "RX1"},
+		{"written before it was recorded, without a copy", "", nil, ""},
+		{"written before it was recorded, a copy that is not JSON", "", json.RawMessage(`MSH|`), ""},
+	}
+	for _, tt := range tests {
+		e := Entry{Partition: 0, Offset: 7, DeadLetter: audit.DeadLetter{Time: t0, Recipient: "A81001", Publisher: tt.publisher,
+			EventID: "0001", Patient: "p1_x", Event: tt.copy}}
+		ls := Letters([]Entry{e}, "")
+		if len(ls) != 1 {
+			t.Fatalf("%s: %d letters, want 1", tt.name, len(ls))
+		}
+		if ls[0].Publisher != tt.want {
+			t.Errorf("%s:\n\tgot  publisher %q\n\twant publisher %q", tt.name, ls[0].Publisher, tt.want)
+		}
+		b, _ := json.Marshal(ls[0])
+		var shown map[string]any
+		_ = json.Unmarshal(b, &shown)
+		if got, ok := shown["publisher"]; (tt.want == "" && ok) || (tt.want != "" && got != tt.want) {
+			t.Errorf("%s: listed as %s, want publisher %q (none when empty)", tt.name, b, tt.want)
+		}
+		if p, _ := List([]Entry{e}, Query{Publisher: "RX1"}); (p.Total == 1) != (tt.want == "RX1") {
+			t.Errorf("%s: publisher=RX1 selects %d", tt.name, p.Total)
+		}
 	}
 }

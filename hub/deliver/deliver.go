@@ -370,7 +370,7 @@ func (d *Deliverer) settle(ctx context.Context, dl connector.Delivery, rule, for
 func (d *Deliverer) deadLetter(ctx context.Context, rec audit.Record, sent connector.Delivery, reason string, out connector.Outcome) error {
 	rec.Outcome, rec.Reason = audit.DeadLettered, reason
 	dead := audit.DeadLetter{
-		Time: rec.Time, Recipient: d.recipient, EventID: sent.EventID, EventType: sent.EventType,
+		Time: rec.Time, Recipient: d.recipient, Publisher: rec.Publisher, EventID: sent.EventID, EventType: sent.EventType,
 		Patient: rec.Patient, Reason: reason, Status: out.Status, Attempts: out.Attempts, Event: json.RawMessage(sent.Body),
 		Decision: sent.Decision, Form: sent.Form, Basis: rec.Basis,
 	}
