@@ -292,7 +292,7 @@ func (a *API) resolveDLQ(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
-	if err := deadletter.Resolve(a.Publisher, l, operator(r), reason, a.now()); err != nil {
+	if err := deadletter.Resolve(r.Context(), a.Publisher, a.Router, l, operator(r), reason, a.now()); err != nil {
 		a.fail(w, r, err)
 		return
 	}

@@ -504,11 +504,18 @@ func sourceOf(body []byte) string {
 	return ce.Source
 }
 
+// RuleResolved is the rule a dead letter resolved without delivery is
+// settled with in the patient index: the recipient never had the copy.
+const RuleResolved = "dead-letter:resolved"
+
 // Resolve closes a dead letter without delivering it: an operator's
 // decision, with the operator's reason (required). It audits the action
-// (kind access, action dead-letter-resolve, the actor and the reason) and
-// then appends the resolution.
-func Resolve(pub message.Publisher, l Letter, actor, reason string, now time.Time) error {
+// (kind access, action dead-letter-resolve, the actor and the reason),
+// tells the patient index that the recipient never had the copy (when st
+// is not nil and the letter carries a routing decision: corrections and
+// updates then follow what the recipient has), and then appends the
+// resolution.
+func Resolve(ctx context.Context, pub message.Publisher, st Settler, l Letter, actor, reason string, now time.Time) error {
 	if l.Resolution != nil {
 		return problem.New(problem.Conflict, "the dead letter is already resolved")
 	}
@@ -517,6 +524,12 @@ func Resolve(pub message.Publisher, l Letter, actor, reason string, now time.Tim
 		Recipient: l.Recipient, Actor: actor, Action: audit.ActionDeadLetterClose, Reason: reason}
 	if err := pub.Publish(topic.Audit, auditMessage(rec)); err != nil {
 		return problem.Wrap(problem.Unavailable, "the resolution could not be audited; retry", err)
+	}
+	if st != nil && l.dl.Decision != "" {
+		s := route.Settlement{Key: l.Patient, Recipient: l.Recipient, EventID: l.EventID, Sealed: l.dl.Decision, Rule: RuleResolved}
+		if err := st.Settle(ctx, s); err != nil {
+			return problem.Wrap(problem.Unavailable, "the patient index could not be told of the resolved copy; retry", err)
+		}
 	}
 	m := resolution(l, audit.Resolution{Offset: l.Offset, Action: Dismissed, Actor: actor, Note: reason}, now)
 	if err := pub.Publish(topic.DLQ, m); err != nil {

@@ -250,11 +250,26 @@ func TestReplayDecidesAgainAsOfNow(t *testing.T) {
 	}
 }
 
+// TestResolve also pins a review finding on issue 11: a dead letter
+// resolved without delivery left the patient index saying the recipient
+// had the copy, so a later correction of it still went there. Resolving
+// settles the copy as never received.
 func TestResolve(t *testing.T) {
 	ls := Letters(entries(), "VM123")
 	var pub capture
-	if err := Resolve(&pub, ls[0], "ig-lead", "the care home re-keyed it by hand", t0); err != nil {
+	rc := &rechecker{}
+	if err := Resolve(context.Background(), &pub, rc, ls[0], "ig-lead", "the care home re-keyed it by hand", t0); err != nil {
 		t.Fatal(err)
+	}
+	want := []route.Settlement{{Key: ls[0].Patient, Recipient: "VM123", EventID: ls[0].EventID, Sealed: ls[0].dl.Decision, Rule: RuleResolved}}
+	if ls[0].dl.Decision == "" || !slices.Equal(rc.settled, want) {
+		t.Errorf("settled:\n\tgot  %+v\n\twant %+v", rc.settled, want)
+	}
+	// The index must learn first: a failure leaves the letter open.
+	failing := &rechecker{settleErr: errors.New("broker down")}
+	var pub2 capture
+	if err := Resolve(context.Background(), &pub2, failing, ls[0], "ig-lead", "x", t0); problem.KindOf(err) != problem.Unavailable || len(pub2.got[topic.DLQ]) != 0 {
+		t.Errorf("resolving with the index down: %v, %d resolutions written", err, len(pub2.got[topic.DLQ]))
 	}
 	rec, _ := audit.Unmarshal(pub.got[topic.Audit][0].Payload)
 	var d audit.DeadLetter
@@ -263,7 +278,7 @@ func TestResolve(t *testing.T) {
 		d.Resolution.Offset != 0 || d.Resolution.Action != Dismissed || d.Resolution.Note != "the care home re-keyed it by hand" {
 		t.Errorf("audit %+v, resolution %+v", rec, d.Resolution)
 	}
-	if err := Resolve(&pub, ls[1], "ig-lead", "again", t0); problem.KindOf(err) != problem.Conflict {
+	if err := Resolve(context.Background(), &pub, nil, ls[1], "ig-lead", "again", t0); problem.KindOf(err) != problem.Conflict {
 		t.Errorf("resolving a resolved letter: %v", err)
 	}
 }

@@ -182,7 +182,7 @@ func TestDeadLettersAreDeletedOnceResolvedAndTheWindowPassed(t *testing.T) {
 		if action == deadletter.Replayed {
 			_, err = deadletter.Replay(ctx, p, permitNow{}, []deadletter.Letter{l}, "ig-lead", time.Now())
 		} else {
-			err = deadletter.Resolve(p, l, "ig-lead", "the care home was told by phone", time.Now())
+			err = deadletter.Resolve(context.Background(), p, nil, l, "ig-lead", "the care home was told by phone", time.Now())
 		}
 		if err != nil {
 			t.Fatal(err)
