@@ -319,3 +319,10 @@ func adtMessage(trigger, control, nhsNumber string, mshExtra ...string) []byte {
 		"PID|1||" + nhsNumber + "^^^NHS^NH~RX1-0001^^^RX1^MR||TESTPATIENT^ALEX||19380601|F" + strings.Repeat("|", 24) + "01", // PID-32 01: verified
 		"PD1|||TEST SURGERY^^A81001", pv1}, "\r") + "\r")
 }
+
+// size returns the number of messages d remembers.
+func (d *dedupe) size() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return len(d.m)
+}
