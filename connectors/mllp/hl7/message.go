@@ -557,7 +557,7 @@ func text(raw string, m *Message, lit bool) string {
 	if lit || m == nil {
 		return raw
 	}
-	return unescape(raw, &m.delims, m.charset, "")
+	return unescape(raw, &m.delims, m.charset)
 }
 
 func delims(m *Message) *Delimiters {
