@@ -211,7 +211,7 @@ const hexDigits = "0123456789abcdef"
 //   - a line break (CR LF, CR or LF) becomes \.br\;
 //   - other control characters become \Xhh\;
 //   - U+0080..U+00FF become \Xhh\ (their ISO-8859-1 byte), and other
-//     non-ASCII characters \Xhh..\ with their UTF-8 bytes; Unescape reverses
+//     non-ASCII characters \Xhh..\ with their UTF-8 bytes; String reverses
 //     both (invalid UTF-8 in s is escaped byte by byte).
 //
 // Hex digits are written in lower case, one sequence per character.
