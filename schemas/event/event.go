@@ -90,6 +90,16 @@ func ShortNames() []string {
 	return out
 }
 
+// Types returns every event type a publisher may send, in the order
+// ShortNames lists them. The slice is the caller's.
+func Types() []string {
+	out := make([]string, len(typeSchemas))
+	for i, t := range typeSchemas {
+		out[i] = t.typ
+	}
+	return out
+}
+
 // Envelope constants.
 const (
 	SpecVersion = "1.0" // the CloudEvents version accepted; the datacontenttype is media.JSON
