@@ -31,7 +31,7 @@ func Example() {
 
 	// Walk the tree...
 	pid := m.Segment("PID")
-	for _, id := range pid.Field(3).Repetitions() {
+	for _, id := range pid.Field(3).AllReps() {
 		fmt.Printf("id %s (authority %s)\n", id.Component(1), id.Component(4))
 	}
 	// ...or use a terse path. Escapes are decoded: \S\ is a literal '^'.
