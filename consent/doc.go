@@ -101,9 +101,11 @@
 //     every event of the patient, and like one it is lifted by nothing but
 //     Policy.ConfidentialAllow. A decision names the directive when there is
 //     one (directive:confidential), else the event (event:confidential).
-//   - Sensitive: one of DefaultSensitiveCategories or the policy's
-//     ExtraSensitiveCategories. Labels are compared exactly (codes are
-//     lower-case; an event label that is not a valid code is an error).
+//   - Sensitive: one of the built-in categories (CategorySexualHealth,
+//     CategoryMentalHealth, CategorySafeguarding, CategoryGenderIdentity)
+//     or the policy's ExtraSensitiveCategories. Labels are compared exactly
+//     (codes are lower-case; an event label that is not a valid code is an
+//     error).
 //   - (id): when several directives fit the row, the one recorded last, then
 //     the lowest ID, is named. The effect does not depend on which.
 //

@@ -44,11 +44,6 @@ const (
 	CategoryGenderIdentity = "gender-identity"
 )
 
-// DefaultSensitiveCategories returns the built-in sensitive category codes.
-func DefaultSensitiveCategories() []string {
-	return []string{CategorySexualHealth, CategoryMentalHealth, CategorySafeguarding, CategoryGenderIdentity}
-}
-
 // Policy is the deployment's consent policy and the Decider that applies it
 // with the patient's directives, by the rule table in the package
 // documentation.
@@ -60,8 +55,8 @@ func DefaultSensitiveCategories() []string {
 // changes its fields while it is in use.
 type Policy struct {
 	// ExtraSensitiveCategories are category codes the deployment treats as
-	// sensitive in addition to DefaultSensitiveCategories (which are always
-	// sensitive: a deployment cannot switch them off).
+	// sensitive in addition to the built-in Category* codes (which are
+	// always sensitive: a deployment cannot switch them off).
 	ExtraSensitiveCategories []string `json:"extraSensitiveCategories,omitempty" yaml:"extra_sensitive_categories,omitempty"`
 	// ConfidentialAllow lists the bases on which a confidential patient's
 	// events are still shared (rule table, row 4). A request holds its own

@@ -6,7 +6,6 @@ import (
 	"os"
 	"regexp"
 	"strconv"
-	"strings"
 	"testing"
 
 	"github.com/carehub/carehub/consent"
@@ -491,12 +490,33 @@ func TestPolicyValidate(t *testing.T) {
 	}
 }
 
-func TestDefaultSensitiveCategoriesIsACopy(t *testing.T) {
-	c := consent.DefaultSensitiveCategories()
-	c[0] = "nothing"
-	p := consent.Policy{}
-	if !p.Sensitive(consent.CategorySexualHealth) || strings.Join(consent.DefaultSensitiveCategories(), ",") != "sexual-health,mental-health,safeguarding,gender-identity" {
-		t.Error("changing the returned slice changed the built-in categories")
+func TestBuiltInSensitiveCategories(t *testing.T) {
+	zero, extra := consent.Policy{}, consent.Policy{ExtraSensitiveCategories: []string{"hiv"}}
+	tests := []struct {
+		category string
+		zero     bool // sensitive under the zero Policy
+		extra    bool // sensitive under a policy adding "hiv"
+	}{
+		{consent.CategorySexualHealth, true, true},
+		{consent.CategoryMentalHealth, true, true},
+		{consent.CategorySafeguarding, true, true},
+		{consent.CategoryGenderIdentity, true, true},
+		{"sexual-health", true, true},
+		{"mental-health", true, true},
+		{"safeguarding", true, true},
+		{"gender-identity", true, true},
+		{"hiv", false, true},
+		{"maternity", false, false},
+		{"Sexual-Health", false, false},
+		{"", false, false},
+	}
+	for _, tt := range tests {
+		if got := zero.Sensitive(tt.category); got != tt.zero {
+			t.Errorf("Policy{}.Sensitive(%q) = %v, want %v", tt.category, got, tt.zero)
+		}
+		if got := extra.Sensitive(tt.category); got != tt.extra {
+			t.Errorf("Policy{extra hiv}.Sensitive(%q) = %v, want %v", tt.category, got, tt.extra)
+		}
 	}
 }
 

@@ -108,8 +108,12 @@ func named(ds []consent.Directive) string {
 	return s[0].ID
 }
 
+// builtinSensitive are the categories every deployment treats as sensitive,
+// written out here so that the oracle does not share the policy's list.
+var builtinSensitive = []string{"sexual-health", "mental-health", "safeguarding", "gender-identity"}
+
 func (f *oracleFacts) sensitive(l string) bool {
-	return slices.Contains(consent.DefaultSensitiveCategories(), l) || slices.Contains(f.policy.ExtraSensitiveCategories, l)
+	return slices.Contains(builtinSensitive, l) || slices.Contains(f.policy.ExtraSensitiveCategories, l)
 }
 
 type oracleRow struct {

@@ -35,6 +35,9 @@ const (
 	fleetRetry = 5 * time.Second
 	// feedLoadTimeout bounds loading a pull recipient's feed.
 	feedLoadTimeout = 30 * time.Second
+	// feedRefreshTimeout bounds re-reading a pull recipient's feed start
+	// after retention trimmed it.
+	feedRefreshTimeout = 10 * time.Second
 	// stopDelivererTimeout bounds stopping one deliverer (its in-flight
 	// delivery ends at once; its consumer group is left and its offsets
 	// committed).

@@ -4,7 +4,6 @@ import (
 	"context"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -93,7 +92,7 @@ func (h *hub) feedTrimmed(ods string) {
 	if fl == nil {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), feedRefreshTimeout)
 	defer cancel()
 	if err := fl.Refresh(ctx); err != nil {
 		h.log.Warn("reading a trimmed feed's start", zap.String("recipient", ods), logging.Err(err))

@@ -44,9 +44,8 @@ func (probeReaders) Organisation(r *http.Request) (string, error) {
 }
 
 // MemoryFeed is a connector.Feed held in memory: numbered from 1, each
-// event (source, id) once, lost when the process ends. It is what the probe (and
-// tests of programs that embed the sink) give the sink in place of the
-// hub's durable feed.
+// event (source, id) once, lost when the process ends. It is what the
+// probe gives the sink in place of the hub's durable feed.
 type MemoryFeed struct {
 	mu      sync.Mutex
 	entries []connector.FeedEntry
@@ -131,26 +130,6 @@ func (f *MemoryFeed) Acknowledge(_ context.Context, n int64) error {
 	return nil
 }
 
-// Acknowledged returns the highest number acknowledged.
-func (f *MemoryFeed) Acknowledged() int64 {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.acked
-}
-
-// Trim drops the entries numbered up to n, as retention does to the hub's
-// feed: Oldest moves past them and reads from before it are Gone.
-func (f *MemoryFeed) Trim(n int64) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if n <= f.first {
-		return
-	}
-	n = min(n, f.first+int64(len(f.entries)))
-	f.entries = f.entries[n-f.first:]
-	f.first = n
-}
-
 // Changed implements connector.Feed.
 func (f *MemoryFeed) Changed(after int64) <-chan struct{} {
 	f.mu.Lock()
@@ -165,16 +144,3 @@ func (f *MemoryFeed) Changed(after int64) <-chan struct{} {
 
 // Done implements connector.Feed.
 func (f *MemoryFeed) Done() <-chan struct{} { return f.done }
-
-// Close closes Done and wakes every waiter.
-func (f *MemoryFeed) Close() {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	select {
-	case <-f.done:
-	default:
-		close(f.done)
-		close(f.changed)
-		f.changed = make(chan struct{})
-	}
-}

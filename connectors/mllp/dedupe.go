@@ -106,10 +106,3 @@ func (d *dedupe) expire(now time.Time) {
 		d.head = 0
 	}
 }
-
-// size returns the number of messages remembered (for tests).
-func (d *dedupe) size() int {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return len(d.m)
-}

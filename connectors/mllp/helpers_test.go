@@ -319,3 +319,39 @@ func adtMessage(trigger, control, nhsNumber string, mshExtra ...string) []byte {
 		"PID|1||" + nhsNumber + "^^^NHS^NH~RX1-0001^^^RX1^MR||TESTPATIENT^ALEX||19380601|F" + strings.Repeat("|", 24) + "01", // PID-32 01: verified
 		"PD1|||TEST SURGERY^^A81001", pv1}, "\r") + "\r")
 }
+
+// size returns the number of messages d remembers.
+func (d *dedupe) size() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return len(d.m)
+}
+
+// Stats counts what a Source has seen.
+type Stats struct {
+	Connections   int64 // connections accepted
+	Refused       int64 // connections closed at once: MaxConns or MaxConnsPerPeer reached
+	Frames        int64 // frames read
+	Accepted      int64 // messages made durable (AA/CA)
+	Duplicates    int64 // resends acknowledged without publishing
+	Held          int64 // messages acknowledged and held, not shared (Ingest.Hold)
+	Errors        int64 // messages answered AE/CE
+	Rejected      int64 // messages answered AR/CR
+	SkippedBytes  int64 // bytes outside frames
+	Oversized     int64 // frames over MaxFrameBytes
+	Timeouts      int64 // connections closed by a read, idle or write timeout
+	NotAcked      int64 // acknowledgements not sent: enhanced mode asked for none
+	WriteFailures int64 // acknowledgements that could not be written
+}
+
+// Stats returns s's counters so far.
+func (s *Source) Stats() Stats {
+	c := &s.stats
+	return Stats{
+		Connections: c.connections.Load(), Refused: c.refused.Load(), Frames: c.frames.Load(),
+		Accepted: c.accepted.Load(), Duplicates: c.duplicates.Load(), Held: c.held.Load(),
+		Errors: c.errors.Load(), Rejected: c.rejected.Load(), SkippedBytes: c.skippedBytes.Load(),
+		Oversized: c.oversized.Load(), Timeouts: c.timeouts.Load(), NotAcked: c.notAcked.Load(),
+		WriteFailures: c.writeFailures.Load(),
+	}
+}

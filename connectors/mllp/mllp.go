@@ -310,23 +310,6 @@ func (t *TLS) load() (*tls.Config, error) {
 	return c, nil
 }
 
-// Stats counts what a Source has seen.
-type Stats struct {
-	Connections   int64 // connections accepted
-	Refused       int64 // connections closed at once: MaxConns or MaxConnsPerPeer reached
-	Frames        int64 // frames read
-	Accepted      int64 // messages made durable (AA/CA)
-	Duplicates    int64 // resends acknowledged without publishing
-	Held          int64 // messages acknowledged and held, not shared (Ingest.Hold)
-	Errors        int64 // messages answered AE/CE
-	Rejected      int64 // messages answered AR/CR
-	SkippedBytes  int64 // bytes outside frames
-	Oversized     int64 // frames over MaxFrameBytes
-	Timeouts      int64 // connections closed by a read, idle or write timeout
-	NotAcked      int64 // acknowledgements not sent: enhanced mode asked for none
-	WriteFailures int64 // acknowledgements that could not be written
-}
-
 // Source is the MLLP source connector for one listener.
 type Source struct {
 	cfg    Config
@@ -346,7 +329,7 @@ type Source struct {
 
 	ackSeq  atomic.Uint64
 	ackBase string
-	stats   struct {
+	stats   struct { // read by the tests (Source.Stats, helpers_test.go)
 		connections, refused, frames, accepted, duplicates, held, errors, rejected, skippedBytes,
 		oversized, timeouts, notAcked, writeFailures atomic.Int64
 	}
@@ -437,18 +420,6 @@ func (s *Source) Addr() net.Addr {
 		return nil
 	}
 	return s.ln.Addr()
-}
-
-// Stats returns the counters so far.
-func (s *Source) Stats() Stats {
-	c := &s.stats
-	return Stats{
-		Connections: c.connections.Load(), Refused: c.refused.Load(), Frames: c.frames.Load(),
-		Accepted: c.accepted.Load(), Duplicates: c.duplicates.Load(), Held: c.held.Load(),
-		Errors: c.errors.Load(), Rejected: c.rejected.Load(), SkippedBytes: c.skippedBytes.Load(),
-		Oversized: c.oversized.Load(), Timeouts: c.timeouts.Load(), NotAcked: c.notAcked.Load(),
-		WriteFailures: c.writeFailures.Load(),
-	}
 }
 
 // Run implements connector.Source: it serves until ctx ends, then drains.

@@ -205,16 +205,6 @@ func (a *AuditReader) scan(ctx context.Context, client *kafka.Client, part int, 
 	return recs, nil
 }
 
-// Report joins decision and delivery records into disclosure lines, in the
-// order of the decisions. An event is identified by its publisher and id
-// together (two publishers may use one id), so a delivery is joined to the
-// permit for the same publisher, event id and recipient. A delivery record
-// written before delivery records named their publisher is joined on event
-// id and recipient only when a single permit fits.
-func Report(recs []audit.Record) []Disclosure {
-	return Histories(recs).Disclosures
-}
-
 // Histories sorts a patient's audit records into the report: disclosure
 // lines (decisions joined with their delivery outcomes), consent changes,
 // accesses and flagged events. A delivery joins its decision by publisher,

@@ -21,7 +21,7 @@ func TestReportJoinsDecisionsAndOutcomes(t *testing.T) {
 		// A delivery whose decision is not in the report (older than the scan) is ignored.
 		{Time: t0, Kind: audit.KindDelivery, Publisher: "RX1", EventID: "e0", Recipient: "A81001", Outcome: audit.Delivered},
 	}
-	got := Report(recs)
+	got := Histories(recs).Disclosures
 	type line struct {
 		Event, Recipient, Decision, Outcome string
 		Withheld                            bool
@@ -36,10 +36,10 @@ func TestReportJoinsDecisionsAndOutcomes(t *testing.T) {
 		{"e2", "A81001", "permit", "dead-lettered", false},
 	}
 	if diff := cmp.Diff(want, gotLines); diff != "" {
-		t.Errorf("Report (-want +got):\n%s", diff)
+		t.Errorf("Histories (-want +got):\n%s", diff)
 	}
 	if got[1].Directive != "no-sc" || got[2].OutcomeNote == "" {
-		t.Errorf("Report lost the directive or the dead-letter reason: %+v", got)
+		t.Errorf("Histories lost the directive or the dead-letter reason: %+v", got)
 	}
 }
 
@@ -62,7 +62,7 @@ func TestReportTellsPublishersApart(t *testing.T) {
 	}
 	type line struct{ Publisher, Event, Type, Outcome string }
 	var got []line
-	for _, d := range Report(recs) {
+	for _, d := range Histories(recs).Disclosures {
 		got = append(got, line{d.Publisher, d.EventID, d.EventType, d.Outcome})
 	}
 	want := []line{
@@ -71,7 +71,7 @@ func TestReportTellsPublishersApart(t *testing.T) {
 		{"RX1", "0002", "admission", "delivered"},
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
-		t.Errorf("Report (-want +got):\n%s", diff)
+		t.Errorf("Histories (-want +got):\n%s", diff)
 	}
 }
 
@@ -104,7 +104,7 @@ func TestReportSendingRecords(t *testing.T) {
 		Withheld       bool
 	}
 	var got []line
-	for _, d := range Report(recs) {
+	for _, d := range Histories(recs).Disclosures {
 		got = append(got, line{d.EventID, d.Outcome, d.OutcomeAt, d.SentAt, d.Withheld})
 	}
 	want := []line{
@@ -115,7 +115,7 @@ func TestReportSendingRecords(t *testing.T) {
 		{"pending", "", time.Time{}, time.Time{}, false},
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
-		t.Errorf("Report (-want +got):\n%s", diff)
+		t.Errorf("Histories (-want +got):\n%s", diff)
 	}
 }
 
@@ -190,7 +190,7 @@ func TestReportKeepsBothDirectiveVersions(t *testing.T) {
 		{Kind: audit.KindDelivery, Patient: "p1", Publisher: "RX1", EventID: "e1", Recipient: "VM123", Outcome: audit.Withheld, Rule: "directive:deny-organisation", Directive: "no-home", DirectiveVersions: v(2)},
 		{Kind: audit.KindDelivery, Patient: "p1", Publisher: "RX1", EventID: "e1", Recipient: "A81001", Outcome: audit.Delivered, DirectiveVersions: v(2)},
 	}
-	got := Report(recs)
+	got := Histories(recs).Disclosures
 	type line struct {
 		Recipient, Outcome string
 		Versions, Routed   []audit.DirectiveVersion
@@ -204,6 +204,6 @@ func TestReportKeepsBothDirectiveVersions(t *testing.T) {
 		{"A81001", "delivered", v(1), nil},
 	}
 	if diff := cmp.Diff(want, lines); diff != "" {
-		t.Errorf("Report (-want +got):\n%s", diff)
+		t.Errorf("Histories (-want +got):\n%s", diff)
 	}
 }

@@ -152,10 +152,3 @@ func (k *Keys) Operator(r *http.Request) (string, error) {
 	}
 	return id, nil
 }
-
-// RequireAdmin reports an error unless the request carries the admin key
-// or an operator's key.
-func (k *Keys) RequireAdmin(r *http.Request) error {
-	_, err := k.Operator(r)
-	return err
-}

@@ -69,7 +69,7 @@
 // # Topic admin
 //
 // EnsureTopics creates missing topics (an existing topic is left exactly as
-// it is) and TopicEndOffsets reads each partition's end offset. Both use
+// it is) and Offsets reads each partition's first and end offsets. Both use
 // kafka-go's admin client only, so they work the same against the embedded
 // broker and against a Kafka cluster. Topics that are a system of record
 // (events, audit) should set "retention.ms": "-1"; topics holding the latest

@@ -64,9 +64,9 @@ func produce(t *testing.T, addrs []string, topic string, from, n int) {
 func readAll(t *testing.T, addrs []string, topic string) []string {
 	t.Helper()
 	ctx := testCtx(t)
-	ends, err := TopicEndOffsets(ctx, addrs, topic)
+	_, ends, err := Offsets(ctx, addrs, topic)
 	if err != nil {
-		t.Fatalf("TopicEndOffsets: %v", err)
+		t.Fatalf("Offsets: %v", err)
 	}
 	var out []string
 	for p, end := range ends {
@@ -255,7 +255,7 @@ func TestPersistenceAcrossRestart(t *testing.T) {
 	}
 	// The log continues where it stopped.
 	produce(t, e2.Addrs(), "events", 100, 1)
-	ends, err := TopicEndOffsets(ctx, e2.Addrs(), "events")
+	_, ends, err := Offsets(ctx, e2.Addrs(), "events")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -379,14 +379,14 @@ func TestEnsureTopics(t *testing.T) {
 	if got["cleanup.policy"] != "compact" || got["retention.ms"] != "-1" {
 		t.Errorf("consent configs = %v", got)
 	}
-	ends, err := TopicEndOffsets(ctx, e.Addrs(), "audit")
+	_, ends, err := Offsets(ctx, e.Addrs(), "audit")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(ends) != 3 {
 		t.Errorf("audit has %d partitions, want 3 (left as created)", len(ends))
 	}
-	ends, err = TopicEndOffsets(ctx, e.Addrs(), "defaulted")
+	_, ends, err = Offsets(ctx, e.Addrs(), "defaulted")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -405,7 +405,7 @@ func TestEnsureTopics(t *testing.T) {
 	if !errors.Is(err, kafka.InvalidReplicationFactor) {
 		t.Errorf("error does not wrap InvalidReplicationFactor: %v", err)
 	}
-	if _, err := TopicEndOffsets(ctx, e.Addrs(), "fine"); err != nil {
+	if _, _, err := Offsets(ctx, e.Addrs(), "fine"); err != nil {
 		t.Errorf("topic fine not created: %v", err)
 	}
 	if err := EnsureTopics(ctx, e.Addrs(), []TopicSpec{{Name: "x"}, {Name: "x"}}); err == nil {
@@ -416,13 +416,13 @@ func TestEnsureTopics(t *testing.T) {
 	}
 }
 
-func TestTopicEndOffsets(t *testing.T) {
+func TestOffsets(t *testing.T) {
 	e := startTest(t, t.TempDir())
 	ctx := testCtx(t)
 	if err := EnsureTopics(ctx, e.Addrs(), []TopicSpec{{Name: "t", Partitions: 4}}); err != nil {
 		t.Fatal(err)
 	}
-	ends, err := TopicEndOffsets(ctx, e.Addrs(), "t")
+	firsts, ends, err := Offsets(ctx, e.Addrs(), "t")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -430,20 +430,26 @@ func TestTopicEndOffsets(t *testing.T) {
 		if v, ok := ends[p]; !ok || v != 0 {
 			t.Fatalf("empty topic end offsets = %v", ends)
 		}
+		if v, ok := firsts[p]; !ok || v != 0 {
+			t.Fatalf("empty topic first offsets = %v", firsts)
+		}
 	}
 	produce(t, e.Addrs(), "t", 0, 70)
-	ends, err = TopicEndOffsets(ctx, e.Addrs(), "t")
+	firsts, ends, err = Offsets(ctx, e.Addrs(), "t")
 	if err != nil {
 		t.Fatal(err)
 	}
 	var sum int64
-	for _, v := range ends {
+	for p, v := range ends {
 		sum += v
+		if firsts[p] != 0 {
+			t.Errorf("partition %d starts at %d, want 0 (nothing deleted)", p, firsts[p])
+		}
 	}
 	if sum != 70 {
 		t.Fatalf("end offsets %v sum to %d, want 70", ends, sum)
 	}
-	if _, err := TopicEndOffsets(ctx, e.Addrs(), "missing"); !errors.Is(err, kafka.UnknownTopicOrPartition) {
+	if _, _, err := Offsets(ctx, e.Addrs(), "missing"); !errors.Is(err, kafka.UnknownTopicOrPartition) {
 		t.Fatalf("missing topic: %v", err)
 	}
 }

@@ -45,7 +45,10 @@ func SetTopicConfigs(ctx context.Context, brokers []string, topic string, config
 type PartitionOffsets map[int]int64
 
 // Offsets returns the first (log start) and end offsets of every partition
-// of topic.
+// of topic. An end offset is the offset the next record produced to that
+// partition will get (Kafka's "log end offset"; 0 for an empty partition):
+// comparing it with a consumer's position tells whether it has caught up.
+// A topic the brokers do not know is kafka.UnknownTopicOrPartition.
 func Offsets(ctx context.Context, brokers []string, topic string) (first, end PartitionOffsets, err error) {
 	ctx, cancel := withAdminTimeout(ctx)
 	defer cancel()

@@ -129,65 +129,6 @@ func EnsureTopics(ctx context.Context, brokers []string, specs []TopicSpec) erro
 	return errors.Join(errs...)
 }
 
-// TopicEndOffsets returns, for each partition of topic, its end offset: the
-// offset the next record produced to that partition will get (Kafka's "log
-// end offset" / high watermark; 0 for an empty partition). Comparing it with
-// a consumer's position tells whether the consumer has caught up.
-func TopicEndOffsets(ctx context.Context, brokers []string, topic string) (map[int]int64, error) {
-	if len(brokers) == 0 {
-		return nil, errors.New("broker: TopicEndOffsets: no broker addresses")
-	}
-	if topic == "" {
-		return nil, errors.New("broker: TopicEndOffsets: empty topic name")
-	}
-	ctx, cancel := withAdminTimeout(ctx)
-	defer cancel()
-	client, release := newAdminClient(brokers)
-	defer release()
-
-	md, err := client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{topic}})
-	if err != nil {
-		return nil, fmt.Errorf("broker: metadata of topic %q: %w", topic, err)
-	}
-	var reqs []kafka.OffsetRequest
-	for _, t := range md.Topics {
-		if t.Name != topic {
-			continue
-		}
-		if t.Error != nil {
-			return nil, fmt.Errorf("broker: metadata of topic %q: %w", topic, t.Error)
-		}
-		for _, p := range t.Partitions {
-			reqs = append(reqs, kafka.LastOffsetOf(p.ID))
-		}
-	}
-	if len(reqs) == 0 {
-		return nil, fmt.Errorf("broker: topic %q: %w", topic, kafka.UnknownTopicOrPartition)
-	}
-	resp, err := client.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{topic: reqs}})
-	if err != nil {
-		return nil, fmt.Errorf("broker: end offsets of topic %q: %w", topic, err)
-	}
-	out := make(map[int]int64, len(reqs))
-	var errs []error
-	for _, po := range resp.Topics[topic] {
-		if po.Error != nil {
-			errs = append(errs, fmt.Errorf("broker: end offset of topic %q partition %d: %w", topic, po.Partition, po.Error))
-			continue
-		}
-		out[po.Partition] = po.LastOffset
-	}
-	for _, r := range reqs {
-		if _, ok := out[r.Partition]; !ok && len(errs) == 0 {
-			errs = append(errs, fmt.Errorf("broker: end offset of topic %q partition %d: no answer from the broker", topic, r.Partition))
-		}
-	}
-	if len(errs) > 0 {
-		return nil, errors.Join(errs...)
-	}
-	return out, nil
-}
-
 // Ping asks the brokers for the metadata of topic and reports whether one
 // answered with it. Its error is safe to show (a readiness reason): it
 // names the failure's class, never more.

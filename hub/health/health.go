@@ -173,10 +173,9 @@ func StartProbe(ctx context.Context, interval, timeout time.Duration, probe func
 func (p *Probe) Check() (bool, string) { return p.flag.Check() }
 
 // Running is a check over parts that run for as long as the process does
-// (the router, each recipient's deliverer, each pull recipient's feed): it
-// fails while any watched part is not running, naming the parts. A part that
-// is stopped on purpose while the process runs (a recipient removed) is
-// forgotten first.
+// (the router; recipients, which come and go, are watched by the fleet): it
+// fails while any watched part is not running, naming the parts. A part,
+// once watched, is watched for as long as the process runs.
 type Running struct {
 	mu    sync.Mutex
 	parts map[string]func() (running bool)
@@ -202,13 +201,6 @@ func (r *Running) Watch(name string, stopped <-chan struct{}) {
 func (r *Running) WatchFunc(name string, running func() bool) {
 	r.mu.Lock()
 	r.parts[name] = running
-	r.mu.Unlock()
-}
-
-// Forget stops watching the part called name.
-func (r *Running) Forget(name string) {
-	r.mu.Lock()
-	delete(r.parts, name)
 	r.mu.Unlock()
 }
 

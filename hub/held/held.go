@@ -23,7 +23,6 @@
 package held
 
 import (
-	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/json"
@@ -434,9 +433,7 @@ func (r *Reader) partition(ctx context.Context, part int, first, last int64) ([]
 		if err != nil {
 			return nil, fmt.Errorf("reading held records: %w", err)
 		}
-		dec := json.NewDecoder(bytes.NewReader(m.Value))
-		var rec Record
-		if dec.Decode(&rec) == nil && rec.ID != "" {
+		if rec, err := Unmarshal(m.Value); err == nil && rec.ID != "" {
 			out = append(out, Located{Record: rec, Partition: part, Offset: m.Offset})
 		}
 		if m.Offset >= last-1 {

@@ -303,7 +303,7 @@ func TestPublishKeysAndHeaders(t *testing.T) {
 	count := 0
 	for p := 0; p < partitions; p++ {
 		r := kafka.NewReader(kafka.ReaderConfig{Brokers: brokers, Topic: topic, Partition: p, MaxWait: 100 * time.Millisecond})
-		ends, err := broker.TopicEndOffsets(ctxT(t, 10*time.Second), brokers, topic)
+		_, ends, err := broker.Offsets(ctxT(t, 10*time.Second), brokers, topic)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -704,7 +704,7 @@ func TestRebalanceMidStream(t *testing.T) {
 	if err := pub.Publish(topic, published...); err != nil {
 		t.Fatal(err)
 	}
-	ends, err := broker.TopicEndOffsets(ctxT(t, 10*time.Second), brokers, topic)
+	_, ends, err := broker.Offsets(ctxT(t, 10*time.Second), brokers, topic)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1163,7 +1163,7 @@ func TestPublishTopics(t *testing.T) {
 		t.Fatal(err)
 	}
 	for topic, want := range map[string]int{a: 10, b: 10} {
-		ends, err := broker.TopicEndOffsets(ctxT(t, 10*time.Second), brokers, topic)
+		_, ends, err := broker.Offsets(ctxT(t, 10*time.Second), brokers, topic)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -10,6 +10,7 @@
 // Anything else on a line is an error, reported with its line number and
 // never with the line's content: a list is patient data.
 //
-// The hub keeps only keyed pseudonyms of the numbers (Load), never the
-// numbers themselves.
+// ReadFile and Parse return the numbers; the hub keeps only their keyed
+// pseudonyms (a Set, built by the recipient directory), never the numbers
+// themselves.
 package patientlist

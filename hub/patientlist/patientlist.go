@@ -139,21 +139,3 @@ func (s Set) Has(p string) bool {
 	_, ok := s[p]
 	return ok
 }
-
-// Pseudonymise returns the Set of ns under p.
-func Pseudonymise(ns []nhs.Number, p *nhs.Pseudonymiser) Set {
-	s := make(Set, len(ns))
-	for _, n := range ns {
-		s[p.Pseudonym(n)] = struct{}{}
-	}
-	return s
-}
-
-// Load reads the list at path and returns its Set under p.
-func Load(path string, p *nhs.Pseudonymiser) (Set, error) {
-	ns, err := ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	return Pseudonymise(ns, p), nil
-}

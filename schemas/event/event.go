@@ -38,7 +38,8 @@ const (
 	TypePatientClassChanged       = "org.carehub.patient-class-changed.v1"
 )
 
-// typeSchemas maps each type to its schema file, in the order Types lists them.
+// typeSchemas maps each type a publisher may send to its schema file, in
+// the order ShortNames lists them.
 var typeSchemas = []struct{ typ, file string }{
 	{TypeAdmission, "admission.v1.json"},
 	{TypeTransfer, "transfer.v1.json"},
@@ -79,7 +80,8 @@ func ShortName(typ string) string {
 	return strings.TrimSuffix(strings.TrimPrefix(typ, typePrefix), typeSuffix)
 }
 
-// ShortNames returns the short names of Types, in the same order.
+// ShortNames returns the short names of the types a publisher may send, in
+// a fixed order.
 func ShortNames() []string {
 	out := make([]string, len(typeSchemas))
 	for i, t := range typeSchemas {
@@ -88,8 +90,8 @@ func ShortNames() []string {
 	return out
 }
 
-// Types returns every event type the hub accepts, in a fixed order. The
-// slice is the caller's.
+// Types returns every event type a publisher may send, in the order
+// ShortNames lists them. The slice is the caller's.
 func Types() []string {
 	out := make([]string, len(typeSchemas))
 	for i, t := range typeSchemas {
@@ -111,7 +113,7 @@ const (
 type Event struct {
 	ID              string
 	Source          string // "urn:ods:" + Publisher
-	Type            string // one of Types()
+	Type            string // a type a publisher may send (TypeNamed knows it), or one the hub issues
 	Subject         string // optional; may identify the encounter: never log it
 	Time            time.Time
 	DataContentType string // "application/json", or "" if the sender omitted it

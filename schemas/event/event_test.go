@@ -754,13 +754,13 @@ func TestDuplicateKey(t *testing.T) {
 		if !json.Valid([]byte(tt.in)) {
 			t.Fatalf("test input %s is not JSON", tt.in)
 		}
-		p, ok := duplicateKey([]byte(tt.in))
-		got := p
-		if !ok {
+		r := scan([]byte(tt.in))
+		got := r.dup
+		if !r.hasDup {
 			got = "-"
 		}
 		if got != tt.want {
-			t.Errorf("duplicateKey(%.40s):\n\tgot  %q\n\twant %q", tt.in, got, tt.want)
+			t.Errorf("scan(%.40s).dup:\n\tgot  %q\n\twant %q", tt.in, got, tt.want)
 		}
 	}
 }

@@ -23,13 +23,6 @@ type scanResult struct {
 	dataEnd   int // b[dataStart:dataEnd]; dataEnd is 0 if there is none
 }
 
-// duplicateKey reports the JSON pointer of the first member of b whose name
-// repeats an earlier name in the same object. b must be valid JSON.
-func duplicateKey(b []byte) (string, bool) {
-	r := scan(b)
-	return r.dup, r.hasDup
-}
-
 // scan makes one pass over b, which must be valid JSON, to find the first
 // repeated member name and the bytes of the top-level "data" object.
 //

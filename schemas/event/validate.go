@@ -27,7 +27,7 @@ const (
 	RuleID              = "cloudevents-id"              // id is too long or holds control characters
 	RuleSource          = "cloudevents-source"          // source is not urn:ods:<ODS code>
 	RuleType            = "cloudevents-type"            // type is not a string
-	RuleTypeUnsupported = "event-type-unsupported"      // type is not one of Types() (kind Unsupported)
+	RuleTypeUnsupported = "event-type-unsupported"      // type is not one a publisher may send (kind Unsupported)
 	RuleTime            = "cloudevents-time"            // time is not an RFC 3339 date-time
 	RuleDataContentType = "cloudevents-datacontenttype" // datacontenttype is not application/json
 	RuleDataSchema      = "cloudevents-dataschema"      // dataschema names another schema
@@ -104,7 +104,7 @@ func NewValidator() (*Validator, error) {
 //
 // It checks, and reports every failure with a JSON pointer and a rule:
 //   - the envelope: specversion "1.0"; id, a non-empty string; source,
-//     "urn:ods:" and the publisher's ODS code; type, one of Types(); time,
+//     "urn:ods:" and the publisher's ODS code; type, one ShortNames lists; time,
 //     RFC 3339; datacontenttype "application/json" if present; dataschema,
 //     if present, the type's schema URL; data, a JSON object; any other
 //     attribute, a valid extension name ([a-z0-9]{1,20}) with a string,

@@ -45,16 +45,15 @@
 //
 //   - Bytes before a start block (a stray newline, a keep-alive, garbage left
 //     by a previous aborted exchange) are discarded and counted; see
-//     [Reader.LastSkipped] and [Reader.Stats]. They never fail the
-//     connection.
+//     [Reader.LastSkipped]. They never fail the connection.
 //   - A start block inside a frame means the sender gave up on the frame it
 //     was sending and started a new one (0x0B can never appear in HL7 text).
-//     The unfinished frame is discarded, its bytes are counted as skipped and
-//     in Stats.AbandonedFrames, and reading continues with the new frame.
+//     The unfinished frame is discarded, its bytes are counted as skipped
+//     (LastSkipped), and reading continues with the new frame.
 //   - An end block 0x1C that is not followed by CR still ends the frame. The
 //     CR is consumed when present; when it is missing the reader does not
 //     wait for it (that could deadlock a peer that sends 0x1C and then waits
-//     for its acknowledgement) and counts the lapse in Stats.MissingCR.
+//     for its acknowledgement).
 //   - A frame whose payload exceeds ReaderOptions.MaxFrameSize is consumed
 //     without being buffered, up to its end block, and reported as a
 //     [*FrameError] wrapping [ErrFrameTooLarge]. The stream is then aligned

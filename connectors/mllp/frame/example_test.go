@@ -30,7 +30,7 @@ func ExampleReader() {
 		var fe *frame.FrameError
 		switch {
 		case err == io.EOF:
-			fmt.Printf("end of stream; %+v\n", r.Stats())
+			fmt.Println("end of stream")
 			return
 		case errors.Is(err, frame.ErrFrameTooLarge) && errors.As(err, &fe):
 			fmt.Printf("frame of %d bytes rejected; reader resynchronised\n", fe.Size)
@@ -47,7 +47,7 @@ func ExampleReader() {
 	// frame of 100 bytes rejected; reader resynchronised
 	// notice: skipped 12 bytes
 	// payload "MSH|^~\\&|B|CR|"
-	// end of stream; {Frames:2 SkippedBytes:13 AbandonedFrames:1 OversizedFrames:1 TruncatedFrames:0 MissingCR:0}
+	// end of stream
 }
 
 func ExampleWriteFrame() {

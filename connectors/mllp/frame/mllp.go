@@ -63,8 +63,9 @@ type ReaderOptions struct {
 	MaxFrameSize int
 }
 
-// Stats counts what a Reader has seen since it was created.
-type Stats struct {
+// counts are what a Reader has seen since it was created: the tests' view of
+// its leniency (LastSkipped is what a caller sees).
+type counts struct {
 	Frames          int64 // payloads returned by ReadFrame
 	SkippedBytes    int64 // bytes discarded outside frames and in abandoned frames
 	AbandonedFrames int64 // frames cut short by a new start block
@@ -87,7 +88,7 @@ type Reader struct {
 	frameStart int64  // stream offset of the current frame's start block
 	off        int64  // bytes consumed from the stream
 
-	stats       Stats
+	stats       counts
 	lastSkipped int64
 }
 
@@ -101,20 +102,11 @@ func NewReader(r io.Reader, opts ReaderOptions) *Reader {
 	return &Reader{br: bufio.NewReaderSize(r, readBufferSize), max: max}
 }
 
-// MaxFrameSize returns the payload size limit in force.
-func (r *Reader) MaxFrameSize() int { return r.max }
-
-// Stats returns the counters accumulated since the Reader was created.
-func (r *Reader) Stats() Stats { return r.stats }
-
 // LastSkipped returns how many bytes the most recent ReadFrame call
 // discarded: bytes outside any frame, and bytes of frames abandoned by a new
-// start block. Stats().SkippedBytes holds the running total. A non-zero
-// value is a notice worth logging ("garbage between frames"), not an error.
+// start block. A non-zero value is a notice worth logging ("garbage between
+// frames"), not an error.
 func (r *Reader) LastSkipped() int64 { return r.lastSkipped }
-
-// Offset returns the number of bytes consumed from the underlying stream.
-func (r *Reader) Offset() int64 { return r.off }
 
 func (r *Reader) skip(n int64) {
 	r.stats.SkippedBytes += n

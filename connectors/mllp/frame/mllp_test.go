@@ -16,7 +16,7 @@ import (
 // feeding the same bytes can be compared.
 type transcript struct {
 	events []string
-	stats  Stats
+	stats  counts
 }
 
 func (t transcript) String() string {
@@ -61,7 +61,7 @@ func readAll(t testing.TB, src io.Reader, opts ReaderOptions) transcript {
 		default:
 			tr.events = append(tr.events, "error "+err.Error())
 		}
-		tr.stats = r.Stats()
+		tr.stats = r.stats
 		return tr
 	}
 	t.Fatalf("reader did not terminate")
@@ -75,41 +75,44 @@ var readerTests = []struct {
 	in    string
 	max   int
 	want  []string
-	stats Stats
+	stats counts
 }{
-	{"empty stream", "", 0, []string{"EOF"}, Stats{}},
-	{"one frame", frame("MSH|x"), 0, []string{`frame "MSH|x"`, "EOF"}, Stats{Frames: 1}},
+	{"empty stream", "", 0, []string{"EOF"}, counts{}},
+	{"one frame", frame("MSH|x"), 0, []string{`frame "MSH|x"`, "EOF"}, counts{Frames: 1}},
 	{"two frames", frame("foobar") + frame("hello"), 0,
-		[]string{`frame "foobar"`, `frame "hello"`, "EOF"}, Stats{Frames: 2}},
-	{"empty frame", frame(""), 0, []string{`frame ""`, "EOF"}, Stats{Frames: 1}},
-	{"payload keeps CR and LF", frame("A\rB\r\n"), 0, []string{`frame "A\rB\r\n"`, "EOF"}, Stats{Frames: 1}},
+		[]string{`frame "foobar"`, `frame "hello"`, "EOF"}, counts{Frames: 2}},
+	{"empty frame", frame(""), 0, []string{`frame ""`, "EOF"}, counts{Frames: 1}},
+	{"payload keeps CR and LF", frame("A\rB\r\n"), 0, []string{`frame "A\rB\r\n"`, "EOF"}, counts{Frames: 1}},
 	{"garbage before first frame", "junk" + frame("A"), 0,
-		[]string{"skipped 4", `frame "A"`, "EOF"}, Stats{Frames: 1, SkippedBytes: 4}},
+		[]string{"skipped 4", `frame "A"`, "EOF"}, counts{Frames: 1, SkippedBytes: 4}},
 	{"newlines between frames", frame("A") + "\r\n\n" + frame("B"), 0,
-		[]string{`frame "A"`, "skipped 3", `frame "B"`, "EOF"}, Stats{Frames: 2, SkippedBytes: 3}},
-	{"garbage only", "abc", 0, []string{"skipped 3", "EOF"}, Stats{SkippedBytes: 3}},
+		[]string{`frame "A"`, "skipped 3", `frame "B"`, "EOF"}, counts{Frames: 2, SkippedBytes: 3}},
+	{"garbage only", "abc", 0, []string{"skipped 3", "EOF"}, counts{SkippedBytes: 3}},
 	{"trailing garbage", frame("A") + "xyz", 0,
-		[]string{`frame "A"`, "skipped 3", "EOF"}, Stats{Frames: 1, SkippedBytes: 3}},
+		[]string{`frame "A"`, "skipped 3", "EOF"}, counts{Frames: 1, SkippedBytes: 3}},
 	{"end block without CR", "\x0bA\x1c\x0bB\x1c\r", 0,
-		[]string{`frame "A"`, `frame "B"`, "EOF"}, Stats{Frames: 2, MissingCR: 1}},
+		[]string{`frame "A"`, `frame "B"`, "EOF"}, counts{Frames: 2, MissingCR: 1}},
 	{"end block without CR then garbage", "\x0bA\x1cxx\x0bB\x1c\r", 0,
-		[]string{`frame "A"`, "skipped 2", `frame "B"`, "EOF"}, Stats{Frames: 2, SkippedBytes: 2, MissingCR: 1}},
+		[]string{`frame "A"`, "skipped 2", `frame "B"`, "EOF"}, counts{Frames: 2, SkippedBytes: 2, MissingCR: 1}},
 	{"end block without CR at end of stream", "\x0bA\x1c", 0,
-		[]string{`frame "A"`, "EOF"}, Stats{Frames: 1, MissingCR: 1}},
+		[]string{`frame "A"`, "EOF"}, counts{Frames: 1, MissingCR: 1}},
 	{"start block inside frame restarts it", "\x0bAB\x0bCD\x1c\r", 0,
-		[]string{"skipped 3", `frame "CD"`, "EOF"}, Stats{Frames: 1, SkippedBytes: 3, AbandonedFrames: 1}},
+		[]string{"skipped 3", `frame "CD"`, "EOF"}, counts{Frames: 1, SkippedBytes: 3, AbandonedFrames: 1}},
 	{"two restarts", "\x0bA\x0bB\x0bC\x1c\r", 0,
-		[]string{"skipped 4", `frame "C"`, "EOF"}, Stats{Frames: 1, SkippedBytes: 4, AbandonedFrames: 2}},
+		[]string{"skipped 4", `frame "C"`, "EOF"}, counts{Frames: 1, SkippedBytes: 4, AbandonedFrames: 2}},
 	{"truncated frame", frame("foobar") + "\x0bstuff", 0,
-		[]string{`frame "foobar"`, "truncated at 9 size 5", "EOF"}, Stats{Frames: 1, TruncatedFrames: 1}},
-	{"start block then EOF", "\x0b", 0, []string{"truncated at 0 size 0", "EOF"}, Stats{TruncatedFrames: 1}},
-	{"at the size limit", frame("1234"), 4, []string{`frame "1234"`, "EOF"}, Stats{Frames: 1}},
+		[]string{`frame "foobar"`, "truncated at 9 size 5", "EOF"}, counts{Frames: 1, TruncatedFrames: 1}},
+	{"start block then EOF", "\x0b", 0, []string{"truncated at 0 size 0", "EOF"}, counts{TruncatedFrames: 1}},
+	{"at the size limit", frame("1234"), 4, []string{`frame "1234"`, "EOF"}, counts{Frames: 1}},
 	{"over the size limit, then resync", frame("12345") + frame("ok"), 4,
-		[]string{"too large at 0 size 5", `frame "ok"`, "EOF"}, Stats{Frames: 1, OversizedFrames: 1}},
+		[]string{"too large at 0 size 5", `frame "ok"`, "EOF"}, counts{Frames: 1, OversizedFrames: 1}},
 	{"oversized frame abandoned by a start block", "\x0b123456\x0bAB\x1c\r", 4,
-		[]string{"skipped 7", `frame "AB"`, "EOF"}, Stats{Frames: 1, SkippedBytes: 7, AbandonedFrames: 1}},
+		[]string{"skipped 7", `frame "AB"`, "EOF"}, counts{Frames: 1, SkippedBytes: 7, AbandonedFrames: 1}},
 	{"oversized and truncated", "\x0b123456", 4,
-		[]string{"truncated at 0 size 6", "EOF"}, Stats{TruncatedFrames: 1}},
+		[]string{"truncated at 0 size 6", "EOF"}, counts{TruncatedFrames: 1}},
+	{"ExampleReader's stream", "\n" + frame("MSH|^~\\&|A\rPID|1\r") + frame(strings.Repeat("x", 100)) + "\x0bMSH|partial" + frame("MSH|^~\\&|B\r"), 64,
+		[]string{"skipped 1", `frame "MSH|^~\\&|A\rPID|1\r"`, "too large at 21 size 100", "skipped 12", `frame "MSH|^~\\&|B\r"`, "EOF"},
+		counts{Frames: 2, SkippedBytes: 13, AbandonedFrames: 1, OversizedFrames: 1}},
 }
 
 // feeders give the same bytes to the reader in different chunkings.
@@ -169,8 +172,8 @@ func TestReadFrameTooLargeDefault(t *testing.T) {
 	stream := append([]byte("\n"), AppendFrame(nil, big)...)
 	stream = append(stream, AppendFrame(nil, []byte("after"))...)
 	r := NewReader(bytes.NewReader(stream), ReaderOptions{})
-	if r.MaxFrameSize() != DefaultMaxFrameSize {
-		t.Fatalf("MaxFrameSize() = %d, want %d", r.MaxFrameSize(), DefaultMaxFrameSize)
+	if r.max != DefaultMaxFrameSize {
+		t.Fatalf("limit = %d, want %d", r.max, DefaultMaxFrameSize)
 	}
 	_, err := r.ReadFrame()
 	var fe *FrameError
@@ -196,8 +199,8 @@ func TestReadFrameTooLargeDefault(t *testing.T) {
 	if _, err := r.ReadFrame(); err != io.EOF {
 		t.Errorf("final ReadFrame: got %v, want io.EOF", err)
 	}
-	if got := r.Offset(); got != int64(len(stream)) {
-		t.Errorf("Offset() = %d, want %d", got, len(stream))
+	if got := r.off; got != int64(len(stream)) {
+		t.Errorf("consumed %d bytes, want %d", got, len(stream))
 	}
 }
 
@@ -378,7 +381,7 @@ func TestRoundTripSamples(t *testing.T) {
 			}
 			i++
 		}
-		if s := r.Stats(); s != (Stats{Frames: int64(len(payloads))}) {
+		if s := r.stats; s != (counts{Frames: int64(len(payloads))}) {
 			t.Errorf("%s: stats %+v", f.name, s)
 		}
 	}
@@ -465,7 +468,7 @@ func FuzzReader(f *testing.F) {
 				t.Fatalf("re-framed frame %d differs", i)
 			}
 		}
-		if s := r.Stats(); s.SkippedBytes != 0 || s.MissingCR != 0 || s.AbandonedFrames != 0 {
+		if s := r.stats; s.SkippedBytes != 0 || s.MissingCR != 0 || s.AbandonedFrames != 0 {
 			t.Fatalf("re-framed stream has anomalies: %+v", s)
 		}
 	})

@@ -93,7 +93,7 @@ func BenchmarkUnescape(b *testing.B) {
 	s := `Chest pain \T\ breathlessness\.br\Seen by Dr O\E\Brien \Xe9\ 2\S\3`
 	b.ReportAllocs()
 	for b.Loop() {
-		_ = Unescape(s, DefaultDelimiters)
+		_ = unescapeText(s, DefaultDelimiters)
 	}
 }
 

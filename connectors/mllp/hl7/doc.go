@@ -28,7 +28,35 @@
 // A delimiter that occurs in data is written as an escape sequence: \F\ for
 // the field separator, \S\ component, \R\ repetition, \T\ subcomponent and
 // \E\ for the escape character itself. Other escapes carry bytes in hex
-// (\X0D\), line breaks (\.br\) and formatting; see Unescape for the full list.
+// (\X0D\), line breaks (\.br\) and formatting.
+//
+// The String methods of Field, Repetition, Component, Subcomponent and
+// Element (and Message.Value) decode escapes into plain UTF-8 text, reading
+// raw bytes and hex escapes in the character set MSH-18 declares. The rules
+// (HL7 v2 chapter 2, "escape sequences"), shown with the default escape
+// character:
+//
+//	\F\ \S\ \T\ \R\ \E\   field, component, subcomponent, repetition separator, escape character
+//	\P\                   truncation character (v2.7), only when MSH-2 declares one
+//	\Xhhhh..\             the bytes given in hex (even number of digits, any case),
+//	                      each byte one character in ISO-8859-1/-15 messages;
+//	                      otherwise UTF-8 if the bytes are valid UTF-8, else
+//	                      ISO-8859-1 (what Escape writes for U+0080..U+00FF)
+//	\.br\                 line break: "\n"
+//	\.sp\ \.spN\          N line breaks (default 1)
+//	\.ce\                 line break (the centring is lost in plain text)
+//	\.skN\                N spaces (default 1)
+//	\.in±N\ \.ti±N\       N spaces when N > 0, nothing otherwise
+//	\.fi\ \.nf\           removed (fill/no-fill modes have no plain-text form)
+//	\H\ \N\               removed (highlighting has no plain-text form)
+//	\Cxxyy\ \Mxxyy[zz]\   removed: character-set switches are not applied, so
+//	                      they are dropped rather than rendered as garbage
+//	\Z..\                 removed (locally defined escapes)
+//
+// Counts are capped at 100. Anything else - an unknown sequence, an escape
+// character with no closing escape character before the next delimiter, or a
+// malformed hex or formatting sequence - is kept literally. Decoding never
+// fails and never panics.
 //
 // An empty field means "no value sent". The explicit null, written as two
 // double quotes (""), means "delete the stored value"; IsNull tells them

@@ -9,55 +9,12 @@ import (
 // tiny message cannot expand into a huge string.
 const maxRepeat = 100
 
-// UnescapeOptions control how escaped text is rendered as plain text.
-type UnescapeOptions struct {
-	// Charset says how raw bytes and \Xhh..\ bytes are to be read; see the
-	// Charset constants. The zero value is CharsetUnspecified.
-	Charset Charset
-	// Highlight replaces the \H\ (start highlighting) and \N\ (normal text)
-	// escapes. The default "" removes them; python-hl7, for example, renders
-	// them as "_".
-	Highlight string
-}
-
-// Unescape decodes the HL7 escape sequences in s, a raw value written with
-// delimiters d, and returns plain UTF-8 text. Raw bytes and hex escapes are
-// read as CharsetUnspecified (UTF-8 where valid, ISO-8859-1 otherwise).
-//
-// Decoding rules (HL7 v2 chapter 2, "escape sequences"), shown with the
-// default escape character:
-//
-//	\F\ \S\ \T\ \R\ \E\   field, component, subcomponent, repetition separator, escape character
-//	\P\                   truncation character (v2.7), only when d declares one
-//	\Xhhhh..\             the bytes given in hex (even number of digits, any case),
-//	                      each byte one character in ISO-8859-1/-15 messages;
-//	                      otherwise UTF-8 if the bytes are valid UTF-8, else
-//	                      ISO-8859-1 (what Escape writes for U+0080..U+00FF)
-//	\.br\                 line break: "\n"
-//	\.sp\ \.spN\          N line breaks (default 1)
-//	\.ce\                 line break (the centring is lost in plain text)
-//	\.skN\                N spaces (default 1)
-//	\.in±N\ \.ti±N\       N spaces when N > 0, nothing otherwise
-//	\.fi\ \.nf\           removed (fill/no-fill modes have no plain-text form)
-//	\H\ \N\               removed (highlighting); see UnescapeOptions.Highlight
-//	\Cxxyy\ \Mxxyy[zz]\   removed: character-set switches are not applied, so
-//	                      they are dropped rather than rendered as garbage
-//	\Z..\                 removed (locally defined escapes)
-//
-// Counts are capped at 100. Anything else - an unknown sequence, an escape
-// character with no closing escape character before the next delimiter, or a
-// malformed hex or formatting sequence - is kept literally. Unescape never
+// unescape decodes the HL7 escape sequences in s, a raw value written with
+// delimiters d, and returns plain UTF-8 text, reading raw bytes and hex
+// escapes in character set cs. It is what Field.String and the other String
+// methods return; the package documentation lists the sequences. It never
 // fails and never panics.
-func Unescape(s string, d Delimiters) string {
-	return unescape(s, &d, CharsetUnspecified, "")
-}
-
-// UnescapeWith is Unescape with options.
-func UnescapeWith(s string, d Delimiters, o UnescapeOptions) string {
-	return unescape(s, &d, o.Charset, o.Highlight)
-}
-
-func unescape(s string, d *Delimiters, cs Charset, highlight string) string {
+func unescape(s string, d *Delimiters, cs Charset) string {
 	esc := d.Escape
 	i := -1
 	if esc != 0 {
@@ -81,7 +38,7 @@ func unescape(s string, d *Delimiters, cs Charset, highlight string) string {
 		}
 		if k < len(s) && s[k] == esc {
 			var ok bool
-			if buf, ok = appendEscape(buf, s[1:k], d, cs, highlight); !ok {
+			if buf, ok = appendEscape(buf, s[1:k], d, cs); !ok {
 				buf = appendText(buf, s[:k+1], cs)
 			}
 			s = s[k+1:]
@@ -99,7 +56,7 @@ func unescape(s string, d *Delimiters, cs Charset, highlight string) string {
 // appendEscape decodes the content of one escape sequence (without the
 // surrounding escape characters). It reports false if the sequence is not
 // recognised or malformed, in which case the caller keeps it literally.
-func appendEscape(buf []byte, c string, d *Delimiters, cs Charset, highlight string) ([]byte, bool) {
+func appendEscape(buf []byte, c string, d *Delimiters, cs Charset) ([]byte, bool) {
 	if len(c) == 0 {
 		return buf, false
 	}
@@ -120,7 +77,7 @@ func appendEscape(buf []byte, c string, d *Delimiters, cs Charset, highlight str
 				return append(buf, d.Truncation), true
 			}
 		case 'H', 'N':
-			return append(buf, highlight...), true
+			return buf, true // highlighting on and off
 		}
 		return buf, false
 	}
@@ -254,7 +211,7 @@ const hexDigits = "0123456789abcdef"
 //   - a line break (CR LF, CR or LF) becomes \.br\;
 //   - other control characters become \Xhh\;
 //   - U+0080..U+00FF become \Xhh\ (their ISO-8859-1 byte), and other
-//     non-ASCII characters \Xhh..\ with their UTF-8 bytes; Unescape reverses
+//     non-ASCII characters \Xhh..\ with their UTF-8 bytes; String reverses
 //     both (invalid UTF-8 in s is escaped byte by byte).
 //
 // Hex digits are written in lower case, one sequence per character.

@@ -31,7 +31,7 @@ func Example() {
 
 	// Walk the tree...
 	pid := m.Segment("PID")
-	for _, id := range pid.Field(3).Repetitions() {
+	for _, id := range pid.Field(3).AllReps() {
 		fmt.Printf("id %s (authority %s)\n", id.Component(1), id.Component(4))
 	}
 	// ...or use a terse path. Escapes are decoded: \S\ is a literal '^'.
@@ -88,7 +88,15 @@ func ExampleEscape() {
 	d := hl7.DefaultDelimiters
 	esc := hl7.Escape("Smith & Jones | A^B\nline 2 café", d)
 	fmt.Println(esc)
-	fmt.Println(hl7.Unescape(esc, d))
+
+	// A receiver reads the value back with String, which decodes escapes.
+	msg := "MSH|^~\\&|HUB|CAREHUB|PAS|RX1|20240102120000||ADT^A08^ADT_A01|MSG1|P|2.5\rNTE|1||" + esc
+	m, err := hl7.Parse([]byte(msg))
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	fmt.Println(m.Segment("NTE").Field(3).String())
 	// Output:
 	// Smith \T\ Jones \F\ A\S\B\.br\line 2 caf\Xe9\
 	// Smith & Jones | A^B

@@ -18,9 +18,6 @@ type Message struct {
 	segs    []Segment
 }
 
-// Delimiters returns the delimiters declared in MSH-1 and MSH-2.
-func (m *Message) Delimiters() Delimiters { return m.delims }
-
 // Charset returns the character set declared in MSH-18 (first repetition),
 // normalised; CharsetUnspecified if MSH-18 is empty.
 func (m *Message) Charset() Charset { return m.charset }
@@ -338,14 +335,6 @@ func (f Field) IsNull() bool { return f.raw == `""` }
 // Empty reports whether the field is absent or empty.
 func (f Field) Empty() bool { return f.raw == "" }
 
-// NumReps returns the number of repetitions; 0 for an empty field.
-func (f Field) NumReps() int {
-	if f.lit {
-		return 1
-	}
-	return count(f.raw, delims(f.msg).Repetition)
-}
-
 // Rep returns repetition n (from 1); empty if there is no such repetition.
 func (f Field) Rep(n int) Repetition {
 	if f.lit {
@@ -357,25 +346,11 @@ func (f Field) Rep(n int) Repetition {
 	return Repetition{nth(f.raw, delims(f.msg).Repetition, n), f.msg, false}
 }
 
-// Repetitions returns all repetitions (none for an empty field), in one
-// pass over the field. Use it or AllReps (which builds no slice), not Rep
-// in a loop, to visit every repetition: Rep(n) scans from the field's start.
-func (f Field) Repetitions() []Repetition {
-	if f.lit {
-		return []Repetition{Repetition(f)}
-	}
-	parts := split(f.raw, delims(f.msg).Repetition)
-	out := make([]Repetition, len(parts))
-	for i, p := range parts {
-		out[i] = Repetition{p, f.msg, false}
-	}
-	return out
-}
-
 // AllReps yields the repetitions (none for an empty field) with their
-// 0-based index, as a range over Repetitions would, in one pass over the
-// field and without building a slice: a field of a million repetitions
-// costs no memory to visit.
+// 0-based index, in one pass over the field and without building a slice:
+// a field of a million repetitions costs no memory to visit. Use it, not
+// Rep in a loop, to visit every repetition: Rep(n) scans from the field's
+// start.
 func (f Field) AllReps() iter.Seq2[int, Repetition] {
 	return func(yield func(int, Repetition) bool) {
 		if f.lit {
@@ -413,14 +388,6 @@ func (r Repetition) IsNull() bool { return r.raw == `""` }
 // Empty reports whether the value is absent or empty.
 func (r Repetition) Empty() bool { return r.raw == "" }
 
-// NumComponents returns the number of components; 0 if empty.
-func (r Repetition) NumComponents() int {
-	if r.lit {
-		return 1
-	}
-	return count(r.raw, delims(r.msg).Component)
-}
-
 // Component returns component n (from 1); empty if absent.
 func (r Repetition) Component(n int) Component {
 	if r.lit {
@@ -430,19 +397,6 @@ func (r Repetition) Component(n int) Component {
 		return Component{"", r.msg, false}
 	}
 	return Component{nth(r.raw, delims(r.msg).Component, n), r.msg, false}
-}
-
-// Components returns all components, in one pass (see Repetitions).
-func (r Repetition) Components() []Component {
-	if r.lit {
-		return []Component{Component(r)}
-	}
-	parts := split(r.raw, delims(r.msg).Component)
-	out := make([]Component, len(parts))
-	for i, p := range parts {
-		out[i] = Component{p, r.msg, false}
-	}
-	return out
 }
 
 // Component is one component of a field repetition.
@@ -464,14 +418,6 @@ func (c Component) IsNull() bool { return c.raw == `""` }
 // Empty reports whether the value is absent or empty.
 func (c Component) Empty() bool { return c.raw == "" }
 
-// NumSubs returns the number of subcomponents; 0 if empty.
-func (c Component) NumSubs() int {
-	if c.lit {
-		return 1
-	}
-	return count(c.raw, delims(c.msg).Subcomponent)
-}
-
 // Sub returns subcomponent n (from 1); empty if absent.
 func (c Component) Sub(n int) Subcomponent {
 	if c.lit {
@@ -481,19 +427,6 @@ func (c Component) Sub(n int) Subcomponent {
 		return Subcomponent{"", c.msg, false}
 	}
 	return Subcomponent{nth(c.raw, delims(c.msg).Subcomponent, n), c.msg, false}
-}
-
-// Subs returns all subcomponents, in one pass (see Repetitions).
-func (c Component) Subs() []Subcomponent {
-	if c.lit {
-		return []Subcomponent{Subcomponent(c)}
-	}
-	parts := split(c.raw, delims(c.msg).Subcomponent)
-	out := make([]Subcomponent, len(parts))
-	for i, p := range parts {
-		out[i] = Subcomponent{p, c.msg, false}
-	}
-	return out
 }
 
 // AllSubs yields the subcomponents with their 0-based index, in one pass
@@ -557,7 +490,7 @@ func text(raw string, m *Message, lit bool) string {
 	if lit || m == nil {
 		return raw
 	}
-	return unescape(raw, &m.delims, m.charset, "")
+	return unescape(raw, &m.delims, m.charset)
 }
 
 func delims(m *Message) *Delimiters {
@@ -565,22 +498,6 @@ func delims(m *Message) *Delimiters {
 		return &DefaultDelimiters
 	}
 	return &m.delims
-}
-
-// count returns the number of sep-separated parts of s; 0 if s is empty.
-func count(s string, sep byte) int {
-	if s == "" {
-		return 0
-	}
-	return strings.Count(s, string(sep)) + 1
-}
-
-// split returns the sep-separated parts of s (none for ""), in one pass.
-func split(s string, sep byte) []string {
-	if s == "" {
-		return nil
-	}
-	return strings.Split(s, string(sep))
 }
 
 // parts yields the sep-separated parts of s (none for "") with their 0-based
