@@ -88,7 +88,7 @@ func TestReportPutsAReplayWithheldOnItsOwnEvent(t *testing.T) {
 			t.Fatalf("%s: replay %+v, %v", tt.name, out, err)
 		}
 		var got []line
-		for _, d := range Report(append(append([]audit.Record{}, decisions...), pub.recs...)) {
+		for _, d := range Histories(append(append([]audit.Record{}, decisions...), pub.recs...)).Disclosures {
 			got = append(got, line{d.Publisher, d.EventType, d.Outcome, d.OutcomeRule})
 		}
 		if diff := cmp.Diff(tt.want, got); diff != "" {
