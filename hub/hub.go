@@ -59,6 +59,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
 	"github.com/carehub/carehub/connectors/connector"
+	"github.com/carehub/carehub/hub/ackgate"
 	"github.com/carehub/carehub/hub/admin"
 	"github.com/carehub/carehub/hub/auth"
 	"github.com/carehub/carehub/hub/backfill"
@@ -485,7 +486,15 @@ func (h *hub) startRouter(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	routeHandler := wm.AddConsumerHandler("route", topic.Events, evSub, rt.Handle)
+	// Only events whose publisher was told they were accepted are routed:
+	// one written by the broker after the ingest gave up (answered 503,
+	// HL7 AR) is recorded as not acknowledged instead (package ackgate).
+	gate, err := ackgate.New(ackgate.Config{Memory: h.accepted, Publisher: h.pub, Next: rt.Handle,
+		Timeout: h.cfg.Kafka.PublishTimeout, Window: h.cfg.Ingest.DuplicateWindow, Log: h.log.Named("router")})
+	if err != nil {
+		return fmt.Errorf("creating the router: %w", err)
+	}
+	routeHandler := wm.AddConsumerHandler("route", topic.Events, evSub, gate.Handle)
 
 	// Deliveries stop when the drain reaches the router, not when ctx
 	// ends (the sources and the HTTP server drain first).
