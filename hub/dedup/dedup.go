@@ -159,6 +159,8 @@ type Store struct {
 	order   []aged // in the order entries were added, for expiry
 	head    int    // order[head:] may still be live
 	changed chan struct{}
+
+	waiting func() // tests: told when Acknowledged starts waiting
 }
 
 type aged struct {
@@ -449,6 +451,9 @@ func (s *Store) Acknowledged(ctx context.Context, source, id string, digest Dige
 	found, changed, err := s.recorded(ctx, k, digest)
 	if found || err != nil {
 		return found, err
+	}
+	if s.waiting != nil && time.Until(until) > 0 {
+		s.waiting()
 	}
 	for {
 		wait := time.Until(until)
