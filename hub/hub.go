@@ -22,10 +22,11 @@
 //  5. the recipient directory (package directory: recipients,
 //     subscriptions, pauses, patient lists), loaded, then seeded from the
 //     configuration file and its patient list files;
-//  6. the router, and, under the same watermill Router, one deliverer per
-//     recipient of the directory that is not paused, with each pull
-//     recipient's feed (fleet.go: the deliverers follow the directory
-//     from then on);
+//  6. the router (gated: it routes only events whose publisher was told
+//     they were accepted, package ackgate), and, under the same watermill
+//     Router, one deliverer per recipient of the directory that is not
+//     paused, with each pull recipient's feed (fleet.go: the deliverers
+//     follow the directory from then on);
 //  7. the HTTP API (admin routes, then each source's routes), and each
 //     source's Run, and the retention sweeper; then the hub is ready
 //     (/readyz answers 200).
