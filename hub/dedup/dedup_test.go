@@ -12,6 +12,7 @@ import (
 	"github.com/carehub/carehub/hub/broker/brokertest"
 	"github.com/carehub/carehub/hub/topic"
 	"github.com/segmentio/kafka-go"
+	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 )
 
@@ -325,5 +326,35 @@ func TestAcknowledgedWaitsForARecordBeingWritten(t *testing.T) {
 	case <-waiting:
 	default:
 		t.Error("Acknowledged did not wait for a record that could still come")
+	}
+}
+
+// BenchmarkAcknowledged is the router's hot path: an event whose record
+// this process wrote, found without a round trip to the broker.
+func BenchmarkAcknowledged(b *testing.B) {
+	brokers := brokertest.Start(b, topic.AcceptedSpec(1, time.Hour))
+	s, err := Open(brokers, topic.Accepted, time.Hour, 10*time.Second, zap.NewNop())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	c, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := s.WaitLoaded(c); err != nil {
+		b.Fatal(err)
+	}
+	cl, err := s.Claim(c, "urn:ods:RX1", "hot", digestA)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := s.Record(c, cl); err != nil {
+		b.Fatal(err)
+	}
+	until := time.Now().Add(time.Hour)
+	b.ResetTimer()
+	for b.Loop() {
+		if ok, err := s.Acknowledged(c, "urn:ods:RX1", "hot", digestA, until); !ok || err != nil {
+			b.Fatal(ok, err)
+		}
 	}
 }
