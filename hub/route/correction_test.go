@@ -1,6 +1,7 @@
 package route
 
 import (
+	"context"
 	"encoding/json"
 	"slices"
 	"testing"
@@ -197,6 +198,23 @@ func TestNumberCorrectionIsAMergeOfTheOldNumber(t *testing.T) {
 			decided: map[string]decision{"VM456": {}},
 		},
 		{
+			// The re-check at delivery withheld it from the GP and the
+			// care home (follow-up:original-not-received): the copy's
+			// place on the encounter (Copy.N) was counted under the
+			// surviving number alone, so the admission under the retired
+			// number seemed to come after it.
+			name: "a cancellation after a merge reaches the original's recipients, through the re-check",
+			steps: []step{
+				{example: "admission", edit: both(underOld, toVM456)},
+				{example: "patient-merged", edit: retireOld},
+				{example: "admission-cancelled", edit: func(m map[string]any) { m["id"] = "a11-new" }},
+			},
+			want: []string{"a81001", "vm123", "vm456"},
+			decided: map[string]decision{
+				"VM456": {"permit", consent.RuleRelationshipConfirmed, "corrects"},
+			},
+		},
+		{
 			name: "a merge reaches the recipients of earlier events under the retired number too",
 			steps: []step{
 				{example: "admission", edit: both(underOld, toVM456)},
@@ -228,6 +246,18 @@ func TestNumberCorrectionIsAMergeOfTheOldNumber(t *testing.T) {
 				}
 				if got := copies(sent, m.UUID); !slices.Equal(got, tc.want) {
 					t.Errorf("%s went to:\n\tgot  %v\n\twant %v", s.example, got, tc.want)
+				}
+				// With nothing changed since routing, the re-check at
+				// delivery lets every copy through.
+				for tp, msgs := range sent {
+					for _, c := range msgs {
+						if sealed := c.Metadata.Get(topic.MetaDecision); sealed != "" && tp != topic.Audit {
+							d, _, _, err := r.Recheck(context.Background(), c.Metadata.Get(topic.MetaKey), sealed)
+							if err != nil || !d.Permitted() {
+								t.Errorf("the re-check at delivery of %s's copy: %+v %v, want a permit", tp, d, err)
+							}
+						}
+					}
 				}
 				typ := m.Metadata.Get(topic.MetaEventType)
 				got := decisions(sent)

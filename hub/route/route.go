@@ -475,6 +475,13 @@ func (r *Router) Decide(ctx context.Context, ev *event.Event, key string) (*Deci
 			}
 			rootRec.Refs[ev.Ref] = f
 		}
+		if ref != nil && ref.Routed > f.Routed {
+			// The reference is known under another number of the
+			// family too (merged or corrected): copies routed from now
+			// on come after every copy on it under any number (Copy.N),
+			// so the re-check's AsOf cuts only what came after.
+			f.Routed = ref.Routed
+		}
 		f.Last = r.now().UTC()
 		for _, l := range ev.Labels {
 			if !slices.Contains(f.Labels, l) {
@@ -567,7 +574,7 @@ func followUpRule(rule string) bool {
 }
 
 // mergedRef joins what every number of the family remembers of one
-// reference; nil when none does.
+// reference; nil when none does. Its Routed is the highest of theirs.
 func mergedRef(recs []patientindex.Record, ref string) *patientindex.Ref {
 	if ref == "" {
 		return nil
@@ -608,6 +615,7 @@ func mergedRef(recs []patientindex.Record, ref string) *patientindex.Ref {
 		for k, v := range f.Withheld {
 			out.Withheld[k] = v
 		}
+		out.Routed = max(out.Routed, f.Routed)
 	}
 	return out
 }
