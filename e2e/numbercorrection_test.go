@@ -155,4 +155,12 @@ delivery: {minBackoff: 20ms, maxBackoff: 200ms}
 	if got(home2, disID) {
 		t.Errorf("VM456 received the discharge: it is not named and holds no list")
 	}
+	// The new number's disclosures report shows what went out under the
+	// old one.
+	status, body, _ := (&safeHub{hub: h}).call("GET", "/v1/patients/"+newN+"/disclosures", "", nil, nil)
+	for _, id := range []string{admID, a47ID, a11ID, disID} {
+		if status != 200 || !bytes.Contains(body, []byte(id)) {
+			t.Errorf("the new number's disclosures (%d) lack event %s", status, id)
+		}
+	}
 }
