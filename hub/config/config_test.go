@@ -79,7 +79,7 @@ func TestLoadExample(t *testing.T) {
 				Sink: config.Sink{Type: "webhook", Config: &webhook.Config{URL: "http://127.0.0.1:9102/events", Secret: connector.SecretValue("whsec_Y2FyZWh1Yi1kZW1vLXNlY3JldC1jYXJlaG9tZS1WTTEyMw=="), Timeout: 10 * time.Second}}, // timeout: default
 				Subscriptions: []config.Subscription{
 					{ID: "vm123-residents", Basis: "patient-list", Types: []string{"admission", "transfer", "discharge", "admission-cancelled",
-						"discharge-cancelled", "transfer-cancelled", "discharge-pending", "discharge-pending-cancelled"}},
+						"discharge-cancelled", "transfer-cancelled", "discharge-pending", "discharge-pending-cancelled", "patient-updated", "patient-merged"}},
 					{ID: "vm123-discharges-to-us", Basis: "discharge-destination",
 						Types: []string{"admission", "discharge", "discharge-pending", "discharge-pending-cancelled"}}},
 			},
@@ -88,7 +88,7 @@ func TestLoadExample(t *testing.T) {
 				Sink: config.Sink{Type: "webhook", Config: &webhook.Config{URL: "http://127.0.0.1:9103/events", Secret: connector.SecretValue("whsec_Y2FyZWh1Yi1kZW1vLXNlY3JldC1jb21tdW5pdHktQ04wMDE="), Timeout: 10 * time.Second}}, // timeout: default
 				Subscriptions: []config.Subscription{{ID: "cn001-caseload", Basis: "patient-list",
 					Types: []string{"admission", "transfer", "discharge", "admission-cancelled", "discharge-cancelled", "transfer-cancelled",
-						"patient-class-changed", "discharge-pending", "discharge-pending-cancelled"}}},
+						"patient-class-changed", "discharge-pending", "discharge-pending-cancelled", "patient-updated", "patient-merged"}}},
 			},
 			{
 				ODS: "B82005", Name: "Example polling GP practice (demo)", Role: "gp-practice",

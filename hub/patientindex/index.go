@@ -4,8 +4,9 @@
 // by an event; and which NHS numbers were merged into which. It is what
 // lets a correction follow the original (to everyone who received it, to
 // nobody who was withheld it), a change of GP tell the previous practice,
-// and a merge carry both numbers' wishes, without scanning the audit trail
-// per event.
+// and a merge (or an NHS number correction, linked as a merge of the old
+// number into the new) carry both numbers' wishes, without scanning the
+// audit trail per event.
 //
 // Records live in the compacted topic carehub.patients, keyed by the
 // patient's keyed pseudonym; every hub process loads them all (package
@@ -72,7 +73,8 @@ type Record struct {
 	// Seq increases by one with every write of the record.
 	Seq int64 `json:"seq"`
 	// MergedInto is the pseudonym of the record this number was merged
-	// into (retired by an A40); "" if it was not.
+	// into (retired by an A40 merge, or replaced by an A47 NHS number
+	// correction, which the router links alike); "" if it was not.
 	MergedInto string `json:"mergedInto,omitempty"`
 	// Merged are the pseudonyms of the numbers merged into this one, in
 	// the order of the merges.

@@ -22,7 +22,15 @@
 //     that received an earlier event on the encounter, and to nobody who
 //     was withheld those and received none;
 //   - every event on an encounter or care plan is decided with the
-//     sensitivity categories of every earlier event on it.
+//     sensitivity categories of every earlier event on it;
+//   - an event that retires an NHS number (Retires: a merge, or a number
+//     correction, patient-updated with previousNhsNumber) joins the
+//     retired number's family to the patient's, in the index as in
+//     matching and consent, and goes to its subscribers and to every
+//     recipient that received an event about the patient under the
+//     retired numbers: each decided as an update of what it received
+//     (heldUnder), in the form today's decision allows (a notification
+//     keeps the retired number).
 //
 // Each candidate is decided by consent.FollowUp over consent.Merged (the
 // directives of every number merged into the patient's; a deny from any
@@ -151,7 +159,8 @@ type Config struct {
 	Directives Directives
 	Index      Index
 	Publisher  message.Publisher
-	// Pseudonym pseudonymises an NHS number (the retired number of a merge).
+	// Pseudonym pseudonymises an NHS number (the number a merge or a
+	// correction retires).
 	Pseudonym func(nhs.Number) string
 	Sealer    *Sealer
 	// WithheldNotice is the deployment's choice (default NoticeContentFree).
@@ -324,15 +333,18 @@ func (r *Router) Decide(ctx context.Context, ev *event.Event, key string) (*Deci
 	}
 	out := &Decided{Event: ev, Key: key, Updates: map[string]patientindex.Record{}}
 
-	// The patient's numbers: its family, and for a merge the retired
-	// number's family too.
+	// The patient's numbers: its family, and for a merge or a number
+	// correction the retired number's family too (brought: the numbers it
+	// adds).
 	family := r.cfg.Index.Family(key)
 	retired := ""
-	if ev.Type == event.TypePatientMerged && !ev.MergedNHSNumber.IsZero() {
-		retired = r.cfg.Pseudonym(ev.MergedNHSNumber)
+	var brought []string
+	if n := Retires(ev); !n.IsZero() {
+		retired = r.cfg.Pseudonym(n)
 		for _, k := range r.cfg.Index.Family(retired) {
 			if !slices.Contains(family, k) {
 				family = append(family, k)
+				brought = append(brought, k)
 			}
 		}
 	}
@@ -363,6 +375,10 @@ func (r *Router) Decide(ctx context.Context, ev *event.Event, key string) (*Deci
 	type cand struct {
 		sub      *Subscription
 		followUp bool
+		// identity: an earlier recipient under a number the event
+		// retires, decided as an update with orig.
+		identity bool
+		orig     consent.Original
 	}
 	var cands []cand
 	named := map[string]bool{}
@@ -376,8 +392,20 @@ func (r *Router) Decide(ctx context.Context, ev *event.Event, key string) (*Deci
 			if named[ods] || ods == ev.Publisher || (rel == consent.Corrects && !receivedCorrected(rule, rc)) {
 				continue
 			}
-			if sub := earlierRecipient(subs, ods, rc); sub != nil {
+			if sub := earlierRecipient(subs, ods, rc.Basis); sub != nil {
 				cands = append(cands, cand{sub: sub, followUp: true})
+			}
+		}
+	}
+	if len(brought) > 0 {
+		held := heldUnder(recs[len(recs)-len(brought):])
+		for _, ods := range sortedKeys(held) {
+			if named[ods] || ods == ev.Publisher {
+				continue
+			}
+			if sub := earlierRecipient(subs, ods, string(held[ods].Basis)); sub != nil {
+				cands = append(cands, cand{sub: sub, followUp: true, identity: true, orig: held[ods]})
+				named[ods] = true
 			}
 		}
 	}
@@ -385,7 +413,10 @@ func (r *Router) Decide(ctx context.Context, ev *event.Event, key string) (*Deci
 	sent := map[string]bool{}
 	for _, c := range cands {
 		sub := c.sub
-		orig := original(ref, rule, rel, sub.Recipient.ODS)
+		rel, orig := rel, original(ref, rule, rel, sub.Recipient.ODS)
+		if c.identity {
+			rel, orig = consent.Updates, c.orig
+		}
 		req := consent.Request{Event: facts, Recipient: sub.Recipient, Basis: sub.Basis, Directives: sets[0]}
 		d, err := consent.FollowUp(ctx, decider, req, rel, orig)
 		if err != nil {
@@ -443,6 +474,13 @@ func (r *Router) Decide(ctx context.Context, ev *event.Event, key string) (*Deci
 				rootRec.Refs = map[string]*patientindex.Ref{}
 			}
 			rootRec.Refs[ev.Ref] = f
+		}
+		if ref != nil && ref.Routed > f.Routed {
+			// The reference is known under another number of the
+			// family too (merged or corrected): copies routed from now
+			// on come after every copy on it under any number (Copy.N),
+			// so the re-check's AsOf cuts only what came after.
+			f.Routed = ref.Routed
 		}
 		f.Last = r.now().UTC()
 		for _, l := range ev.Labels {
@@ -536,7 +574,7 @@ func followUpRule(rule string) bool {
 }
 
 // mergedRef joins what every number of the family remembers of one
-// reference; nil when none does.
+// reference; nil when none does. Its Routed is the highest of theirs.
 func mergedRef(recs []patientindex.Record, ref string) *patientindex.Ref {
 	if ref == "" {
 		return nil
@@ -577,6 +615,7 @@ func mergedRef(recs []patientindex.Record, ref string) *patientindex.Ref {
 		for k, v := range f.Withheld {
 			out.Withheld[k] = v
 		}
+		out.Routed = max(out.Routed, f.Routed)
 	}
 	return out
 }
@@ -624,22 +663,70 @@ func correctedForm(rule event.TypeRule, rc *patientindex.Receipt) event.Form {
 }
 
 // earlierRecipient returns the candidate for a recipient that received an
-// earlier event on the reference: one of its subscriptions of that basis
-// (any of its subscriptions if none), or nil if it is no longer a
-// recipient.
-func earlierRecipient(subs *Subscriptions, ods string, rc *patientindex.Receipt) *Subscription {
+// earlier event on basis: one of its subscriptions of that basis (any of
+// its subscriptions if none), or nil if it is no longer a recipient.
+func earlierRecipient(subs *Subscriptions, ods, basis string) *Subscription {
 	all := subs.Of(ods)
 	if len(all) == 0 {
 		return nil
 	}
 	for _, s := range all {
-		if string(s.Basis) == rc.Basis {
+		if string(s.Basis) == basis {
 			return s
 		}
 	}
 	c := *all[0]
-	c.Basis = consent.Basis(rc.Basis)
+	c.Basis = consent.Basis(basis)
 	return &c
+}
+
+// Retires returns the NHS number an event retires into the patient's: the
+// number a merge (patient-merged, HL7 A40) absorbs, or the number a
+// correction (patient-updated with previousNhsNumber, HL7 A47) replaces.
+// The router treats both alike: the retired number joins the patient's
+// family in the patient index. Zero when the event retires none.
+func Retires(ev *event.Event) nhs.Number {
+	switch ev.Type {
+	case event.TypePatientMerged:
+		return ev.MergedNHSNumber
+	case event.TypePatientUpdated:
+		return ev.PreviousNHSNumber
+	}
+	return nhs.Number{}
+}
+
+// heldUnder is what the records of retired numbers say each recipient
+// received about the patient, as the follow-up context of the event that
+// retires them (an update of every reference it received): received, on
+// the basis of its receipt on the reference routed to last, with the
+// sensitivity categories of every reference it received. A recipient
+// withheld everything is not in it: it holds nothing to update.
+func heldUnder(recs []patientindex.Record) map[string]consent.Original {
+	out := map[string]consent.Original{}
+	last := map[string]time.Time{}
+	for _, rec := range recs {
+		for _, refKey := range sortedKeys(rec.Refs) {
+			f := rec.Refs[refKey]
+			for _, ods := range sortedKeys(f.Recipients) {
+				rc := f.Recipients[ods]
+				if rc == nil || len(rc.Types) == 0 {
+					continue
+				}
+				o := out[ods]
+				o.Received = true
+				if t, seen := last[ods]; !seen || f.Last.After(t) {
+					o.Basis, last[ods] = consent.Basis(rc.Basis), f.Last
+				}
+				for _, l := range f.Labels {
+					if !slices.Contains(o.Labels, l) {
+						o.Labels = append(o.Labels, l)
+					}
+				}
+				out[ods] = o
+			}
+		}
+	}
+	return out
 }
 
 func firstOfBasis(subs *Subscriptions, ods string, b consent.Basis) *Subscription {

@@ -128,8 +128,10 @@ var typeRules = map[string]TypeRule{
 	// A change of patient class (A06, A07) updates the stay, like a
 	// transfer: every recipient of the stay's events needs it.
 	TypePatientClassChanged: {Ref: encounterRef, RefKind: "encounter", Thin: []string{encounterRef}, FollowUp: Updates},
-	TypePatientUpdated:      {},
-	TypePatientMerged:       {Thin: []string{"/mergedPatient/nhsNumber", "/mergedPatient/identifier"}},
+	// A number correction's notification keeps the number corrected: a
+	// recipient re-files what it holds under it.
+	TypePatientUpdated: {Thin: []string{"/previousNhsNumber"}},
+	TypePatientMerged:  {Thin: []string{"/mergedPatient/nhsNumber", "/mergedPatient/identifier"}},
 }
 
 // RuleOf returns the rule of an event type.
