@@ -50,14 +50,12 @@ import (
 	"sync"
 	"time"
 
-	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/carehub/carehub/connectors/connector"
 	"github.com/carehub/carehub/consent"
 	"github.com/carehub/carehub/hub/audit"
 	"github.com/carehub/carehub/hub/consentstore"
 	"github.com/carehub/carehub/hub/route"
-	"github.com/carehub/carehub/hub/topic"
 	"github.com/carehub/carehub/internal/logging"
 	"github.com/carehub/carehub/schemas/event"
 	"github.com/carehub/carehub/schemas/media"
@@ -168,14 +166,7 @@ func (a *API) admin(h http.HandlerFunc) http.HandlerFunc {
 
 // access audits a look at a patient's record, before it is answered.
 func (a *API) access(r *http.Request, patient, action, eventID string) error {
-	rec := audit.Record{Time: a.now().UTC(), Kind: audit.KindAccess, Patient: patient, Actor: operator(r), Action: action, EventID: eventID}
-	m := message.NewMessage(watermill.NewUUID(), rec.Marshal())
-	m.Metadata.Set(topic.MetaKey, patient)
-	m.Metadata.Set(topic.MetaEventID, eventID)
-	if err := a.Publisher.Publish(topic.Audit, m); err != nil {
-		return problem.Wrap(problem.Unavailable, "the access could not be audited, so it is not answered; retry", err)
-	}
-	return nil
+	return a.accessEvent(r, patient, action, "", eventID)
 }
 
 // ETag is the entity tag of a patient's directives at version v.

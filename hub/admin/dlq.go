@@ -163,8 +163,9 @@ func (a *API) listDLQ(w http.ResponseWriter, r *http.Request) {
 }
 
 // accessEvent audits a look at a patient's record about one event, named
-// by its publisher and id together (two publishers may use one id), before
-// it is answered: as API.access, with the publisher.
+// by its publisher and id together (two publishers may use one id; the
+// publisher is "" where the look is not about one publisher's event),
+// before it is answered.
 func (a *API) accessEvent(r *http.Request, patient, action, publisher, eventID string) error {
 	rec := audit.Record{Time: a.now().UTC(), Kind: audit.KindAccess, Patient: patient, Actor: operator(r), Action: action,
 		Publisher: publisher, EventID: eventID}
