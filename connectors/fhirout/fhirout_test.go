@@ -2,18 +2,11 @@ package fhirout_test
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
 	"io"
 	"log"
-	"math/big"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -22,6 +15,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/carehub/carehub/internal/testca"
 
 	"github.com/carehub/carehub/connectors/connector"
 	"github.com/carehub/carehub/connectors/fhirout"
@@ -34,67 +29,6 @@ import (
 // canary is the NHS number of the example discharge (999 test range): it
 // is in the bundle sent, never in an error or a log line.
 const canary = "9990500002"
-
-// ca issues the certificates of a test: a CA, and certificates it signs.
-type ca struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	pem  []byte
-}
-
-func newCA(t *testing.T, name string) *ca {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	return &ca{cert: cert, key: key, pem: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}
-}
-
-func (c *ca) pool() *x509.CertPool {
-	p := x509.NewCertPool()
-	p.AddCert(c.cert)
-	return p
-}
-
-// issue returns a certificate for cn (a server's for 127.0.0.1, or a
-// client's) and its key, PEM-encoded.
-func (c *ca) issue(t *testing.T, cn string, server bool) (certPEM, keyPEM []byte) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	serial, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
-	tmpl := &x509.Certificate{
-		SerialNumber: serial, Subject: pkix.Name{CommonName: cn},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}
-	if server {
-		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
-		tmpl.IPAddresses = []net.IP{net.IPv4(127, 0, 0, 1)}
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, c.cert, &key.PublicKey, c.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder})
-}
 
 func write(t *testing.T, dir, name string, b []byte) string {
 	t.Helper()
@@ -113,7 +47,7 @@ type epr struct {
 	got []string // client certificate CN, bundle type, per request served
 }
 
-func newEPR(t *testing.T, serverCA, clientCA *ca) *epr {
+func newEPR(t *testing.T, serverCA, clientCA *testca.CA) *epr {
 	t.Helper()
 	e := &epr{}
 	e.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -125,13 +59,13 @@ func newEPR(t *testing.T, serverCA, clientCA *ca) *epr {
 		w.Header().Set("Content-Type", "application/fhir+json")
 		_, _ = io.WriteString(w, `{"resourceType":"Bundle","type":"message","entry":[]}`)
 	}))
-	c, k := serverCA.issue(t, "epr.ryj.test", true)
+	c, k := serverCA.Issue(t, pkix.Name{CommonName: "epr.ryj.test"}, true)
 	pair, err := tls.X509KeyPair(c, k)
 	if err != nil {
 		t.Fatal(err)
 	}
 	e.srv.TLS = &tls.Config{Certificates: []tls.Certificate{pair}, ClientAuth: tls.RequireAndVerifyClientCert,
-		ClientCAs: clientCA.pool(), MinVersion: tls.VersionTLS12}
+		ClientCAs: clientCA.Pool, MinVersion: tls.VersionTLS12}
 	// The handshake failures the tests provoke are the point: keep them
 	// out of the test's output.
 	e.srv.Config.ErrorLog = newDiscardLog()
@@ -167,15 +101,15 @@ func delivery(t *testing.T) connector.Delivery {
 // side of mutual TLS to look at, and neither the error nor a log line
 // holds patient data or the URL's path.
 func TestMutualTLS(t *testing.T) {
-	serverCA, clientCA, otherCA := newCA(t, "RYJ server CA"), newCA(t, "RYJ client CA"), newCA(t, "another CA")
+	serverCA, clientCA, otherCA := testca.New(t, "RYJ server CA"), testca.New(t, "RYJ client CA"), testca.New(t, "another CA")
 	srv := newEPR(t, serverCA, clientCA)
 	dir := t.TempDir()
-	hubCert, hubKey := clientCA.issue(t, "carehub.rx1.test", false)
-	strangerCert, strangerKey := otherCA.issue(t, "carehub.rx1.test", false)
+	hubCert, hubKey := clientCA.Issue(t, pkix.Name{CommonName: "carehub.rx1.test"}, false)
+	strangerCert, strangerKey := otherCA.Issue(t, pkix.Name{CommonName: "carehub.rx1.test"}, false)
 	files := map[string]string{
 		"cert": write(t, dir, "hub.pem", hubCert), "key": write(t, dir, "hub.key", hubKey),
 		"stranger-cert": write(t, dir, "stranger.pem", strangerCert), "stranger-key": write(t, dir, "stranger.key", strangerKey),
-		"ca": write(t, dir, "server-ca.pem", serverCA.pem), "other-ca": write(t, dir, "other-ca.pem", otherCA.pem),
+		"ca": write(t, dir, "server-ca.pem", serverCA.PEM), "other-ca": write(t, dir, "other-ca.pem", otherCA.PEM),
 	}
 	tests := []struct {
 		name      string
@@ -252,7 +186,7 @@ func TestMutualTLS(t *testing.T) {
 // sink at start, naming the setting.
 func TestTLSConfigRefused(t *testing.T) {
 	dir := t.TempDir()
-	c, k := newCA(t, "CA").issue(t, "carehub.rx1.test", false)
+	c, k := testca.New(t, "CA").Issue(t, pkix.Name{CommonName: "carehub.rx1.test"}, false)
 	cert, key, junk := write(t, dir, "hub.pem", c), write(t, dir, "hub.key", k), write(t, dir, "junk.pem", []byte("not PEM"))
 	for _, tc := range []struct {
 		name string

@@ -1,97 +1,25 @@
 package mllp
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/carehub/carehub/internal/testca"
 )
-
-// testCA issues certificates for the TLS tests.
-type testCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	pool *x509.CertPool
-	pem  []byte
-}
-
-func newTestCA(t *testing.T) *testCA {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "carehub test CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	pool := x509.NewCertPool()
-	pool.AddCert(cert)
-	return &testCA{cert: cert, key: key, pool: pool, pem: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}
-}
-
-// issue returns a certificate and its key, PEM-encoded, for subject.
-func (ca *testCA) issue(t *testing.T, subject pkix.Name, server bool) (certPEM, keyPEM []byte) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	serial, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
-	tmpl := &x509.Certificate{
-		SerialNumber: serial, Subject: subject,
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}
-	if server {
-		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
-		tmpl.IPAddresses = []net.IP{net.IPv4(127, 0, 0, 1)}
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder})
-}
-
-func (ca *testCA) clientConfig(t *testing.T, subject pkix.Name) *tls.Config {
-	t.Helper()
-	c, k := ca.issue(t, subject, false)
-	pair, err := tls.X509KeyPair(c, k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &tls.Config{RootCAs: ca.pool, Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}
-}
 
 // TestTLSClientCertificates: the listener is bound to RX1; a client
 // certificate that names RX1 (CN, O or OU) is served, any other is refused
 // at the handshake, and so is a client without a certificate.
 func TestTLSClientCertificates(t *testing.T) {
-	ca := newTestCA(t)
+	ca := testca.New(t, "carehub test CA")
 	dir := t.TempDir()
-	certPEM, keyPEM := ca.issue(t, pkix.Name{CommonName: "carehub.test"}, true)
-	files := map[string][]byte{"server.pem": certPEM, "server.key": keyPEM, "ca.pem": ca.pem}
+	certPEM, keyPEM := ca.Issue(t, pkix.Name{CommonName: "carehub.test"}, true)
+	files := map[string][]byte{"server.pem": certPEM, "server.key": keyPEM, "ca.pem": ca.PEM}
 	for name, b := range files {
 		if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
 			t.Fatal(err)
@@ -114,7 +42,7 @@ func TestTLSClientCertificates(t *testing.T) {
 	}
 	for i, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			c, err := dialTLS(t, r.addr, ca.clientConfig(t, tc.subject))
+			c, err := dialTLS(t, r.addr, ca.ClientConfig(t, tc.subject))
 			if err == nil {
 				// TLS 1.3 reports a refused client certificate on the first read.
 				c.send(adtMessage("A08", "TLS-"+string(rune('A'+i)), "9991000003"))
@@ -130,7 +58,7 @@ func TestTLSClientCertificates(t *testing.T) {
 		})
 	}
 	t.Run("no client certificate", func(t *testing.T) {
-		c, err := dialTLS(t, r.addr, &tls.Config{RootCAs: ca.pool, MinVersion: tls.VersionTLS12})
+		c, err := dialTLS(t, r.addr, &tls.Config{RootCAs: ca.Pool, MinVersion: tls.VersionTLS12})
 		if err == nil {
 			c.send(adtMessage("A08", "TLS-NONE", "9991000003"))
 			_, err = c.read(5 * time.Second)
@@ -153,8 +81,8 @@ func TestTLSFilesErrors(t *testing.T) {
 		!strings.Contains(err.Error(), "tls: loading cert and key") {
 		t.Errorf("missing files: got %v, want an error about loading them", err)
 	}
-	ca := newTestCA(t)
-	c, k := ca.issue(t, pkix.Name{CommonName: "x"}, true)
+	ca := testca.New(t, "carehub test CA")
+	c, k := ca.Issue(t, pkix.Name{CommonName: "x"}, true)
 	_ = os.WriteFile(filepath.Join(dir, "c.pem"), c, 0o600)
 	_ = os.WriteFile(filepath.Join(dir, "k.pem"), k, 0o600)
 	_ = os.WriteFile(filepath.Join(dir, "empty.pem"), []byte("not pem"), 0o600)
