@@ -55,7 +55,7 @@ func (h *hub) auditRead(ctx context.Context, r connector.FeedRead) error {
 		if h.router == nil {
 			return problem.New(problem.Unavailable, "the router has not started")
 		}
-		if err := h.router.Settle(ctx, route.Settlement{Key: e.PatientRef, Recipient: r.Recipient, EventID: e.EventID, Rule: e.Rule}); err != nil {
+		if err := h.router.Settle(ctx, route.Settlement{Key: e.PatientRef, Recipient: r.Recipient, Source: e.Publisher, EventID: e.EventID, Rule: e.Rule}); err != nil {
 			return err
 		}
 	}
