@@ -423,6 +423,57 @@ func TestIssue11WithheldAtAFeedReadIsNotFollowed(t *testing.T) {
 	}
 }
 
+// TestSameIDFromTwoSourcesIsSettledApart pins the bug of gap indexid: the
+// patient index named each copy by its event id alone, so RX1's admission
+// and VM123's discharge of one stay, both with id X, were one copy in
+// B82005's receipt. The admission served withheld at a feed read (a deny
+// for the stay's first day) settled the discharge with it: B82005 counted
+// as withheld the stay, and the stay's transfer was not appended to its
+// feed, though B82005 has the discharge. The index names each copy by its
+// event's source and id: the transfer follows, as number 3.
+func TestSameIDFromTwoSourcesIsSettledApart(t *testing.T) {
+	gp := newReceiver(t, "whsec_Y2FyZWh1Yi1kZW1vLXNlY3JldC1ncC1BODEwMDE=")
+	home := newReceiver(t, "whsec_Y2FyZWh1Yi1kZW1vLXNlY3JldC1jYXJlaG9tZS1WTTEyMw==")
+	h := startHub(t, hubOptions{gp: gp.URL, careHome: home.URL, recipientsYAML: feedRecipient})
+	patient := nhsNumber(110331)
+	id := newID("shared")
+	adm := patientEvent(t, "admission", patient, "B82005", "")
+	adm["id"] = id
+	dis := patientEvent(t, "discharge", patient, "B82005", "")
+	dis["id"], dis["source"] = id, "urn:ods:VM123"
+	h.mustPublish("demo-rx1-key", adm)
+	waitFor(t, "the admission in the feed", 30*time.Second, func() bool { return h.feedLatest(t) == 1 })
+	h.mustPublish("demo-vm123-key", dis)
+	waitFor(t, "the discharge in the feed", 30*time.Second, func() bool { return h.feedLatest(t) == 2 })
+	h.putConsent(patient, map[string]any{"id": "no-b82005-first-day", "kind": "deny-organisation", "organisation": "B82005",
+		"period": map[string]any{"end": "2025-03-15T00:00:00Z"}})
+	status, b := h.readFeed(t, "/v1/feeds/B82005?after=0", "demo-b82005-key", "")
+	var p feedPage
+	if err := json.Unmarshal(b, &p); err != nil || status != 200 || len(p.Events) != 2 || !p.Events[0].Withheld || p.Events[1].Withheld {
+		t.Fatalf("feed read after the deny: %d %s, want number 1 withheld and number 2 served", status, b)
+	}
+	tr := patientEvent(t, "transfer", patient, "B82005", "")
+	h.mustPublish("demo-rx1-key", tr)
+	waitFor(t, "the router and B82005's deliverer caught up", 30*time.Second, func() bool {
+		return h.groupAtEnd("carehub-router", "carehub.events") && h.groupAtEnd("carehub-deliver-b82005", "carehub.outbox.b82005")
+	})
+	permitted := false
+	for _, r := range h.auditFor(tr["id"].(string)) {
+		if r.Kind == "decision" && r.Recipient == "B82005" {
+			permitted = permitted || r.Effect == "permit"
+			if r.Effect != "permit" {
+				t.Errorf("the transfer was not permitted to B82005, which has the stay's discharge: %+v", r)
+			}
+		}
+	}
+	if !permitted {
+		t.Error("no permit for B82005 in the transfer's audit")
+	}
+	if n := h.feedLatest(t); n != 3 {
+		t.Errorf("B82005's feed holds %d numbers, want 3: the transfer of a stay it has the discharge of", n)
+	}
+}
+
 // TestIssue11NotificationOnlyIsAnAllowList pins finding 3: the "thin" copy
 // still carried ward and location names, specialty, admission source,
 // dates, the care plan's title, the sensitivity labels themselves, full

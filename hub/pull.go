@@ -55,7 +55,7 @@ func (h *hub) auditRead(ctx context.Context, r connector.FeedRead) error {
 		if h.router == nil {
 			return problem.New(problem.Unavailable, "the router has not started")
 		}
-		if err := h.router.Settle(ctx, route.Settlement{Key: e.PatientRef, Recipient: r.Recipient, EventID: e.EventID, Rule: e.Rule}); err != nil {
+		if err := h.router.Settle(ctx, readSettlement(r.Recipient, e)); err != nil {
 			return err
 		}
 	}
@@ -63,6 +63,15 @@ func (h *hub) auditRead(ctx context.Context, r connector.FeedRead) error {
 		return problem.Wrap(problem.Unavailable, "publishing feed-read audit records", err)
 	}
 	return nil
+}
+
+// readSettlement is what the patient index is told of an entry served
+// withheld to recipient: the copy of the event (its source as published,
+// which the feed entry keeps as Publisher, and its id), withheld by the
+// re-check's rule. The index names the copy by both, so another
+// publisher's event with the same id stays received.
+func readSettlement(recipient string, e connector.FeedReadEntry) route.Settlement {
+	return route.Settlement{Key: e.PatientRef, Recipient: recipient, Source: e.Publisher, EventID: e.EventID, Rule: e.Rule}
 }
 
 // pullFeeds returns the recipients whose feeds this process keeps: the

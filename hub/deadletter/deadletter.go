@@ -403,7 +403,7 @@ func Replay(ctx context.Context, pub message.Publisher, rc Rechecker, ls []Lette
 		} else {
 			r.Outcome, r.Rule, r.Directive = WithheldNow, rule, directive
 			res.Action, res.Rule = Withheld, rule
-			settle = append(settle, route.Settlement{Key: l.Patient, Recipient: l.Recipient, EventID: l.EventID, Sealed: l.dl.Decision, Rule: rule})
+			settle = append(settle, route.Settlement{Key: l.Patient, Recipient: l.Recipient, Source: l.source(), EventID: l.EventID, Sealed: l.dl.Decision, Rule: rule})
 			rec := audit.Record{Time: now, Kind: audit.KindDelivery, Publisher: l.Publisher, EventID: l.EventID, EventType: l.EventType, Patient: l.Patient,
 				Recipient: l.Recipient, Basis: l.dl.Basis, Outcome: audit.Withheld, Effect: string(consent.Deny), Rule: rule,
 				Directive: directive, DirectiveVersions: versions, Actor: actor, Action: audit.ActionDeadLetterReplay,
@@ -495,6 +495,21 @@ func requeue(l Letter) *message.Message {
 	return m
 }
 
+// source is the CloudEvents source of the letter's event, as it was
+// published (with EventID, the event's identity, which names its copy in
+// the patient index): the source of the copy the letter holds or, for a
+// letter that holds none, "urn:ods:" and its Publisher. "" when it has
+// neither.
+func (l Letter) source() string {
+	if src := sourceOf(l.dl.Event); src != "" {
+		return src
+	}
+	if l.Publisher != "" {
+		return event.SourcePrefix + l.Publisher
+	}
+	return ""
+}
+
 // sourceOf reads the CloudEvents source of a copy.
 func sourceOf(body []byte) string {
 	var ce struct {
@@ -526,7 +541,7 @@ func Resolve(ctx context.Context, pub message.Publisher, st Settler, l Letter, a
 		return problem.Wrap(problem.Unavailable, "the resolution could not be audited; retry", err)
 	}
 	if st != nil && l.dl.Decision != "" {
-		s := route.Settlement{Key: l.Patient, Recipient: l.Recipient, EventID: l.EventID, Sealed: l.dl.Decision, Rule: RuleResolved}
+		s := route.Settlement{Key: l.Patient, Recipient: l.Recipient, Source: l.source(), EventID: l.EventID, Sealed: l.dl.Decision, Rule: RuleResolved}
 		if err := st.Settle(ctx, s); err != nil {
 			return problem.Wrap(problem.Unavailable, "the patient index could not be told of the resolved copy; retry", err)
 		}

@@ -206,7 +206,7 @@ func TestReplayDecidesAgainAsOfNow(t *testing.T) {
 	}
 	// Audit-11 leak 1: a copy withheld at replay never reached VM123; the
 	// patient index is told, so no update or correction follows it there.
-	wantSettled := []route.Settlement{{Key: "p1_ev-3", Recipient: "VM123", EventID: "ev-3", Sealed: "sealed-ev-3", Rule: "directive:deny-organisation"}}
+	wantSettled := []route.Settlement{{Key: "p1_ev-3", Recipient: "VM123", Source: "urn:ods:RX1", EventID: "ev-3", Sealed: "sealed-ev-3", Rule: "directive:deny-organisation"}}
 	if !slices.Equal(rc.settled, wantSettled) {
 		t.Errorf("settled:\n\tgot  %+v\n\twant %+v", rc.settled, wantSettled)
 	}
@@ -261,7 +261,7 @@ func TestResolve(t *testing.T) {
 	if err := Resolve(context.Background(), &pub, rc, ls[0], "ig-lead", "the care home re-keyed it by hand", t0); err != nil {
 		t.Fatal(err)
 	}
-	want := []route.Settlement{{Key: ls[0].Patient, Recipient: "VM123", EventID: ls[0].EventID, Sealed: ls[0].dl.Decision, Rule: RuleResolved}}
+	want := []route.Settlement{{Key: ls[0].Patient, Recipient: "VM123", Source: "urn:ods:RX1", EventID: ls[0].EventID, Sealed: ls[0].dl.Decision, Rule: RuleResolved}}
 	if ls[0].dl.Decision == "" || !slices.Equal(rc.settled, want) {
 		t.Errorf("settled:\n\tgot  %+v\n\twant %+v", rc.settled, want)
 	}
@@ -324,5 +324,37 @@ func TestLettersNameThePublisher(t *testing.T) {
 		if p, _ := List([]Entry{e}, Query{Publisher: "RX1"}); (p.Total == 1) != (tt.want == "RX1") {
 			t.Errorf("%s: publisher=RX1 selects %d", tt.name, p.Total)
 		}
+	}
+}
+
+// TestSettlementsNameTheEventsSource: the patient index names a copy by its
+// event's source and id (gap indexid: by id alone, a dead letter of RX1's
+// event 0001 resolved or withheld at replay settled RYJ's 0001 too), so a
+// letter's settlement carries the source in the form the copy was
+// published with: the source of the copy it holds, else "urn:ods:" and its
+// publisher (a letter holding no copy).
+func TestSettlementsNameTheEventsSource(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		publisher string
+		copy      json.RawMessage
+		want      string
+	}{
+		{"the copy's source", "RX1", json.RawMessage(`{"id":"0001","source":"urn:ods:RX1"}`), "urn:ods:RX1"},
+		{"the copy's source, not the publisher recorded", "RX1", json.RawMessage(`{"id":"0001","source":"urn:ods:RYJ"}`), "urn:ods:RYJ"},
+		{"no copy: the publisher", "RYJ", nil, "urn:ods:RYJ"},
+		{"neither", "", nil, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ls := Letters([]Entry{{Partition: 0, Offset: 7, DeadLetter: audit.DeadLetter{Time: t0, Recipient: "VM123", Publisher: tc.publisher,
+				EventID: "0001", EventType: event.TypeAdmission, Patient: "p1_x", Event: tc.copy, Decision: "sealed-0001", Form: "full"}}}, "")
+			rc := &rechecker{}
+			if err := Resolve(context.Background(), &capture{}, rc, ls[0], "ig-lead", "re-keyed by hand", t0); err != nil {
+				t.Fatal(err)
+			}
+			if len(rc.settled) != 1 || rc.settled[0].Source != tc.want || rc.settled[0].EventID != "0001" {
+				t.Errorf("settled %+v, want source %q and event 0001", rc.settled, tc.want)
+			}
+		})
 	}
 }

@@ -154,7 +154,7 @@ func (g *Gate) settle(ctx context.Context, dl connector.Delivery, rule, form str
 	if p == nil {
 		return problem.New(problem.Unavailable, "the consent re-check is not ready")
 	}
-	return (*p).Settle(ctx, route.Settlement{Key: dl.PatientRef, Recipient: dl.Recipient, EventID: dl.EventID,
+	return (*p).Settle(ctx, route.Settlement{Key: dl.PatientRef, Recipient: dl.Recipient, Source: dl.EventSource, EventID: dl.EventID,
 		Sealed: dl.Decision, Rule: rule, Form: form})
 }
 

@@ -281,9 +281,9 @@ func TestRecheckAtDelivery(t *testing.T) {
 		wantSettled *route.Settlement
 	}{
 		{name: "denied now: not sent", r: &rechecker{dec: deny}, wantOut: audit.Withheld, wantRule: consent.RuleDenyOrganisation,
-			wantSettled: &route.Settlement{Key: "p1_test", Recipient: "A81001", EventID: "ev-1", Sealed: "sealed-decision", Rule: consent.RuleDenyOrganisation}},
+			wantSettled: &route.Settlement{Key: "p1_test", Recipient: "A81001", Source: "urn:ods:RX1", EventID: "ev-1", Sealed: "sealed-decision", Rule: consent.RuleDenyOrganisation}},
 		{name: "thin now: sent thin", r: &rechecker{dec: thin}, wantSends: 1, wantOut: audit.Delivered, wantBody: `{"thin":true}`, wantForm: "notification",
-			wantSettled: &route.Settlement{Key: "p1_test", Recipient: "A81001", EventID: "ev-1", Sealed: "sealed-decision", Form: "notification"}},
+			wantSettled: &route.Settlement{Key: "p1_test", Recipient: "A81001", Source: "urn:ods:RX1", EventID: "ev-1", Sealed: "sealed-decision", Form: "notification"}},
 		{name: "delivered as routed: nothing settled", r: &rechecker{}, wantSends: 1, wantOut: audit.Delivered, wantForm: "full"},
 		{name: "the store cannot answer: postponed", r: &rechecker{err: errors.New("broker down")}, wantErr: true},
 		{name: "no router yet: postponed", unset: true, wantErr: true},
@@ -299,7 +299,7 @@ func TestRecheckAtDelivery(t *testing.T) {
 				return connector.Outcome{Attempts: 3}, connector.Withheld(consent.RuleDenyRole)
 			}
 		}, wantSends: 1, wantOut: audit.Withheld, wantRule: consent.RuleDenyRole,
-			wantSettled: &route.Settlement{Key: "p1_test", Recipient: "A81001", EventID: "ev-1", Sealed: "sealed-decision", Rule: consent.RuleDenyRole}},
+			wantSettled: &route.Settlement{Key: "p1_test", Recipient: "A81001", Source: "urn:ods:RX1", EventID: "ev-1", Sealed: "sealed-decision", Rule: consent.RuleDenyRole}},
 		{name: "the form changed between attempts: prepared again", r: &rechecker{}, sink: func(n *int) connector.SinkFunc {
 			return func(context.Context, connector.Delivery) (connector.Outcome, error) {
 				*n++

@@ -19,16 +19,28 @@
 //
 // # What the recipient has, not what it was routed
 //
-// The router records a receipt per copy it routes (Ref.Receive, by event
-// id). A copy can turn out to reach its recipient as less: withheld at
+// The router records a receipt per copy it routes (Ref.Receive), naming
+// the copy by its event's identity (CopyID: the event's source and id
+// together, as the webhook-id and the feeds name it), so that two
+// publishers' events with one id stay two copies. A copy can turn out to reach its recipient as less: withheld at
 // delivery, at a pull feed's read or at a dead letter's replay, or
 // delivered in the notification-only form. Whoever finds that out settles
 // the copy (Index.Settle): one record per copy, keyed
-// "<patient>/<recipient>/<event id>" in the same topic, written once, so
+// "<patient>/<recipient>/<CopyID>" in the same topic, written once, so
 // writers in several processes never overwrite one another, and acknowledged
 // before the copy is committed past. Get applies a patient's outcomes to
 // its record (Ref.Settle): a recipient left with no copy on a reference
 // counts as withheld it; a narrowed copy counts in its narrower form.
+//
+// # Records written before copies were named by identity
+//
+// Receipts and outcomes written before carehub named copies by CopyID name
+// them by bare event id. They are read as they are, not migrated: a copy
+// named by bare id is taken to be the copy of any source's event with that
+// id (Receipt.Find), and an outcome with no source settles only such a
+// copy. That is what those records meant when they were written (the
+// index could not tell two publishers' copies apart then); every copy
+// recorded since is named by its identity and matches its own event only.
 //
 // # How long it is kept
 //
@@ -44,11 +56,12 @@
 // # Cost
 //
 // Every process holds every record in memory: about 200 bytes per
-// reference, 50 per recipient that received an event on it and 60 per
-// copy, and 200 per settled copy.
+// reference, 50 per recipient that received an event on it and 110 per
+// copy (its 64-digit CopyID), and 250 per settled copy.
 package patientindex
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -111,7 +124,8 @@ type Receipt struct {
 	Types []string `json:"types"`
 	// Form is the fullest form it received (full or notification).
 	Form string `json:"form"`
-	// Copies are the copies behind Types and Form, by event id: a copy
+	// Copies are the copies behind Types and Form, by CopyID (by bare
+	// event id in receipts written before: Find reads both): a copy
 	// that turns out not to have reached the recipient (Settle) leaves
 	// them, and Types and Form are what the rest say. Receipts written
 	// before copies were kept have none.
@@ -127,12 +141,35 @@ type Copy struct {
 	N int64 `json:"n,omitempty"`
 }
 
-// Receive records that ods received copy id of an event of type typ on
-// the reference, on basis, in form: its receipt gains the type, keeps the
-// fullest form it was sent (a later full copy makes it full), and it is no
-// longer counted as withheld. Live routing and backfills record receipts
-// this one way, which corrections then follow.
-func (f *Ref) Receive(ods, basis, form, typ, id string) {
+// CopyID names a copy in a receipt: the identity of its event,
+// event.Identity(source, id), where source is the event's CloudEvents
+// source attribute as published ("urn:ods:" and the publisher's ODS code)
+// and id its id. It is the one name for a copy in the index, whoever
+// records or settles it.
+func CopyID(source, id string) string { return event.Identity(source, id) }
+
+// Find returns the name in Copies of the copy of the event (source, id),
+// and the copy: the copy named CopyID(source, id) or, failing that, a copy
+// named by the bare id (recorded before copies were named by identity,
+// which matches any source's event with that id). ok is false when the
+// receipt holds neither.
+func (rc *Receipt) Find(source, id string) (name string, c Copy, ok bool) {
+	if source != "" {
+		name = CopyID(source, id)
+		if c, ok = rc.Copies[name]; ok {
+			return name, c, true
+		}
+	}
+	c, ok = rc.Copies[id]
+	return id, c, ok
+}
+
+// Receive records that ods received the copy of the event (source, id), of
+// type typ, on the reference, on basis, in form: its receipt gains the
+// type, keeps the fullest form it was sent (a later full copy makes it
+// full), and it is no longer counted as withheld. Live routing and
+// backfills record receipts this one way, which corrections then follow.
+func (f *Ref) Receive(ods, basis, form, typ, source, id string) {
 	rc := f.Recipients[ods]
 	if rc == nil {
 		rc = &Receipt{Basis: basis, Form: form}
@@ -151,14 +188,14 @@ func (f *Ref) Receive(ods, basis, form, typ, id string) {
 		if rc.Copies == nil {
 			rc.Copies = map[string]Copy{}
 		}
-		c, ok := rc.Copies[id]
+		name, c, ok := rc.Find(source, id)
 		if !ok {
 			f.Routed++
-			c = Copy{Type: typ, Form: form, N: f.Routed}
+			name, c = CopyID(source, id), Copy{Type: typ, Form: form, N: f.Routed}
 		} else if form == string(event.FormFull) {
 			c.Form = form
 		}
-		rc.Copies[id] = c
+		rc.Copies[name] = c
 	}
 	delete(f.Withheld, ods)
 }
@@ -172,7 +209,12 @@ type Outcome struct {
 	Patient   string `json:"patient"`
 	Ref       string `json:"ref"`
 	Recipient string `json:"recipient"`
-	EventID   string `json:"eventId"`
+	// Source and EventID are the copy's event (CopyID): its CloudEvents
+	// source as published, and its id. An outcome without a source (its
+	// copy's source unknown, or written before outcomes carried one)
+	// settles only a copy named by bare id (Receipt.Find).
+	Source  string `json:"source,omitempty"`
+	EventID string `json:"eventId"`
 	// Rule is the rule that withheld the copy; "" if it was delivered.
 	Rule string `json:"rule,omitempty"`
 	// Form is the form it was delivered in ("" when withheld).
@@ -191,13 +233,13 @@ func (f *Ref) Settle(o Outcome) {
 	if rc == nil {
 		return
 	}
-	c, ok := rc.Copies[o.EventID]
+	name, c, ok := rc.Find(o.Source, o.EventID)
 	if o.Rule == "" {
 		switch {
 		case o.Form == "":
 		case ok:
 			c.Form = string(event.Narrower(event.Form(c.Form), event.Form(o.Form)))
-			rc.Copies[o.EventID] = c
+			rc.Copies[name] = c
 			rc.summarise()
 		case len(rc.Copies) == 0 && len(rc.Types) <= 1:
 			rc.Form = string(event.Narrower(event.Form(rc.Form), event.Form(o.Form)))
@@ -206,7 +248,7 @@ func (f *Ref) Settle(o Outcome) {
 	}
 	switch {
 	case ok:
-		delete(rc.Copies, o.EventID)
+		delete(rc.Copies, name)
 		if len(rc.Copies) > 0 {
 			rc.summarise()
 			// Remembered for what it had before its other copies (AsOf).
@@ -222,23 +264,24 @@ func (f *Ref) Settle(o Outcome) {
 	f.Withhold(o.Recipient, o.Rule)
 }
 
-// AsOf makes ods's receipt what it was just before copy id was routed:
+// AsOf makes ods's receipt what it was just before the copy of the event
+// (source, id) was routed:
 // without that copy and every copy routed after it (a receipt left with
 // none goes, and is not counted as withheld). A receipt that does not
 // know the copy is left as it is. The re-check at delivery uses it: what
 // the recipient had when the copy was routed, less what has since been
 // settled as not delivered.
-func (f *Ref) AsOf(ods, id string) {
+func (f *Ref) AsOf(ods, source, id string) {
 	rc := f.Recipients[ods]
 	if rc == nil {
 		return
 	}
-	c, ok := rc.Copies[id]
+	name, c, ok := rc.Find(source, id)
 	if !ok {
 		return
 	}
 	for k, o := range rc.Copies {
-		if k == id || (c.N > 0 && o.N >= c.N) {
+		if k == name || (c.N > 0 && o.N >= c.N) {
 			delete(rc.Copies, k)
 		}
 	}
@@ -249,11 +292,18 @@ func (f *Ref) AsOf(ods, id string) {
 	rc.summarise()
 }
 
-// summarise makes Types and Form what the copies say.
+// summarise makes Types and Form what the copies say, Types in the order
+// the copies were routed (Copy.N).
 func (rc *Receipt) summarise() {
 	rc.Types, rc.Form = nil, string(event.FormNotification)
-	for _, id := range slices.Sorted(maps.Keys(rc.Copies)) {
-		c := rc.Copies[id]
+	names := slices.SortedFunc(maps.Keys(rc.Copies), func(a, b string) int {
+		if n := cmp.Compare(rc.Copies[a].N, rc.Copies[b].N); n != 0 {
+			return n
+		}
+		return strings.Compare(a, b)
+	})
+	for _, name := range names {
+		c := rc.Copies[name]
 		if !slices.Contains(rc.Types, c.Type) {
 			rc.Types = append(rc.Types, c.Type)
 		}
@@ -327,9 +377,16 @@ type Index struct {
 // outcomeKey is the key of o's record in the topic: one record per copy,
 // written once, so that writers in different processes (the deliverer of
 // each recipient, a feed's reads, a replay) never overwrite each other's.
-// A patient's key never holds a "/".
+// A patient's key never holds a "/". The copy is named by CopyID, so two
+// publishers' copies with one event id are two records (and the key holds
+// no event id in clear). An outcome without a source (a copy whose source
+// is unknown, or written before outcomes carried one) is keyed by its bare
+// event id, as every outcome was before.
 func outcomeKey(o Outcome) string {
-	return o.Patient + "/" + o.Recipient + "/" + o.EventID
+	if o.Source == "" {
+		return o.Patient + "/" + o.Recipient + "/" + o.EventID
+	}
+	return o.Patient + "/" + o.Recipient + "/" + CopyID(o.Source, o.EventID)
 }
 
 // Open starts following topic and returns at once; WaitLoaded tells when

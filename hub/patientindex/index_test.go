@@ -14,6 +14,13 @@ import (
 	"go.uber.org/zap/zaptest"
 )
 
+// The sources of two publishers' events (the CloudEvents source as
+// published), for copies' identities.
+const (
+	rx1 = "urn:ods:RX1"
+	ryj = "urn:ods:RYJ"
+)
+
 func open(t *testing.T) (*Index, []string) {
 	t.Helper()
 	brokers := brokertest.Start(t, topic.Specs(1, 1, nil, topic.Retention{})...)
@@ -143,9 +150,9 @@ func TestRetention(t *testing.T) {
 func TestReceiveKeepsTheFullestFormAndEndsAWithholding(t *testing.T) {
 	var f Ref
 	f.Withhold("VM123", "directive:deny-organisation")
-	f.Receive("VM123", "discharge-destination", "notification", "org.carehub.admission.v1", "ev-1")
-	f.Receive("VM123", "discharge-destination", "full", "org.carehub.discharge.v1", "ev-2")
-	f.Receive("VM123", "discharge-destination", "notification", "org.carehub.discharge.v1", "ev-3")
+	f.Receive("VM123", "discharge-destination", "notification", "org.carehub.admission.v1", rx1, "ev-1")
+	f.Receive("VM123", "discharge-destination", "full", "org.carehub.discharge.v1", rx1, "ev-2")
+	f.Receive("VM123", "discharge-destination", "notification", "org.carehub.discharge.v1", rx1, "ev-3")
 	got := f.Recipients["VM123"]
 	if got == nil || got.Form != "full" || got.Basis != "discharge-destination" ||
 		!slices.Equal(got.Types, []string{"org.carehub.admission.v1", "org.carehub.discharge.v1"}) {
@@ -163,7 +170,7 @@ func TestReceiveKeepsTheFullestFormAndEndsAWithholding(t *testing.T) {
 func TestSettle(t *testing.T) {
 	const adm, tr = "org.carehub.admission.v1", "org.carehub.transfer.v1"
 	withheld := func(id string) Outcome {
-		return Outcome{Recipient: "VM123", EventID: id, Rule: "directive:deny-organisation"}
+		return Outcome{Recipient: "VM123", Source: rx1, EventID: id, Rule: "directive:deny-organisation"}
 	}
 	tests := []struct {
 		name         string
@@ -173,28 +180,28 @@ func TestSettle(t *testing.T) {
 		wantWithheld string   // the rule VM123 is withheld by; "" for none
 	}{
 		{"the only copy withheld: withheld the reference",
-			func(f *Ref) { f.Receive("VM123", "registered-gp", "full", adm, "ev-1") },
+			func(f *Ref) { f.Receive("VM123", "registered-gp", "full", adm, rx1, "ev-1") },
 			[]Outcome{withheld("ev-1")}, nil, "directive:deny-organisation"},
 		{"settled twice: the same",
-			func(f *Ref) { f.Receive("VM123", "registered-gp", "full", adm, "ev-1") },
+			func(f *Ref) { f.Receive("VM123", "registered-gp", "full", adm, rx1, "ev-1") },
 			[]Outcome{withheld("ev-1"), withheld("ev-1")}, nil, "directive:deny-organisation"},
 		{"one of two copies withheld: the other remains, with its form",
 			func(f *Ref) {
-				f.Receive("VM123", "registered-gp", "notification", adm, "ev-1")
-				f.Receive("VM123", "registered-gp", "full", tr, "ev-2")
+				f.Receive("VM123", "registered-gp", "notification", adm, rx1, "ev-1")
+				f.Receive("VM123", "registered-gp", "full", tr, rx1, "ev-2")
 			},
 			[]Outcome{withheld("ev-2")},
 			&Receipt{Basis: "registered-gp", Types: []string{adm}, Form: "notification",
-				Copies: map[string]Copy{"ev-1": {Type: adm, Form: "notification", N: 1}}}, "directive:deny-organisation"},
+				Copies: map[string]Copy{CopyID(rx1, "ev-1"): {Type: adm, Form: "notification", N: 1}}}, "directive:deny-organisation"},
 		{"narrowed at delivery: the receipt is thin",
-			func(f *Ref) { f.Receive("VM123", "registered-gp", "full", adm, "ev-1") },
-			[]Outcome{{Recipient: "VM123", EventID: "ev-1", Form: "notification"}},
+			func(f *Ref) { f.Receive("VM123", "registered-gp", "full", adm, rx1, "ev-1") },
+			[]Outcome{{Recipient: "VM123", Source: rx1, EventID: "ev-1", Form: "notification"}},
 			&Receipt{Basis: "registered-gp", Types: []string{adm}, Form: "notification",
-				Copies: map[string]Copy{"ev-1": {Type: adm, Form: "notification", N: 1}}}, ""},
+				Copies: map[string]Copy{CopyID(rx1, "ev-1"): {Type: adm, Form: "notification", N: 1}}}, ""},
 		{"a copy routed after the withholding is kept",
-			func(f *Ref) { f.Receive("VM123", "registered-gp", "full", tr, "ev-9") },
+			func(f *Ref) { f.Receive("VM123", "registered-gp", "full", tr, rx1, "ev-9") },
 			[]Outcome{withheld("ev-1")},
-			&Receipt{Basis: "registered-gp", Types: []string{tr}, Form: "full", Copies: map[string]Copy{"ev-9": {Type: tr, Form: "full", N: 1}}}, ""},
+			&Receipt{Basis: "registered-gp", Types: []string{tr}, Form: "full", Copies: map[string]Copy{CopyID(rx1, "ev-9"): {Type: tr, Form: "full", N: 1}}}, ""},
 		{"a receipt from before copies were kept, of one type: withheld",
 			func(f *Ref) {
 				f.Recipients = map[string]*Receipt{"VM123": {Basis: "registered-gp", Types: []string{adm}, Form: "full"}}
@@ -233,13 +240,13 @@ func TestSettleIsDurable(t *testing.T) {
 	x.now = func() time.Time { return clock }
 	var f Ref
 	f.Last = clock
-	f.Receive("VM123", "registered-gp", "full", "org.carehub.admission.v1", "ev-1")
+	f.Receive("VM123", "registered-gp", "full", "org.carehub.admission.v1", rx1, "ev-1")
 	rec := Record{Seq: 1, Refs: map[string]*Ref{"encounter:E1": &f}}
 	write(t, brokers, x, "p1_a", rec)
 	if err := x.Sync(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	o := Outcome{Patient: "p1_a", Ref: "encounter:E1", Recipient: "VM123", EventID: "ev-1", Rule: "directive:deny-organisation", Time: clock}
+	o := Outcome{Patient: "p1_a", Ref: "encounter:E1", Recipient: "VM123", Source: rx1, EventID: "ev-1", Rule: "directive:deny-organisation", Time: clock}
 	if err := x.Settle(context.Background(), o); err != nil {
 		t.Fatal(err)
 	}
@@ -287,11 +294,11 @@ func TestAsOf(t *testing.T) {
 		{"unknown", []string{adm, tr, trc}},
 	} {
 		var f Ref
-		f.Receive("VM123", "registered-gp", "full", adm, "ev-1")
-		f.Receive("VM123", "registered-gp", "full", tr, "ev-2")
-		f.Receive("VM123", "registered-gp", "full", tr, "ev-2") // redelivered: keeps its place
-		f.Receive("VM123", "registered-gp", "full", trc, "ev-3")
-		f.AsOf("VM123", tc.id)
+		f.Receive("VM123", "registered-gp", "full", adm, rx1, "ev-1")
+		f.Receive("VM123", "registered-gp", "full", tr, rx1, "ev-2")
+		f.Receive("VM123", "registered-gp", "full", tr, rx1, "ev-2") // redelivered: keeps its place
+		f.Receive("VM123", "registered-gp", "full", trc, rx1, "ev-3")
+		f.AsOf("VM123", rx1, tc.id)
 		var got []string
 		if rc := f.Recipients["VM123"]; rc != nil {
 			got = rc.Types
@@ -302,5 +309,195 @@ func TestAsOf(t *testing.T) {
 		if _, w := f.Withheld["VM123"]; w {
 			t.Errorf("as of %s: counted as withheld", tc.id)
 		}
+	}
+}
+
+// TestSameIDFromTwoPublishersIsTwoCopies pins the bug of gap indexid: the
+// index named each copy by its event id alone, so RX1's event 0001 and
+// RYJ's event 0001 about one patient, both sent to VM123, were one copy:
+// RX1's withheld at delivery took RYJ's with it (VM123 counted as withheld
+// the encounter, and no update or correction followed RYJ's copy), and
+// the re-check's AsOf for one cut the other. A copy is named by its
+// event's identity (source and id).
+func TestSameIDFromTwoPublishersIsTwoCopies(t *testing.T) {
+	const adm, tr = "org.carehub.admission.v1", "org.carehub.transfer.v1"
+	receive := func() *Ref {
+		var f Ref
+		f.Receive("VM123", "registered-gp", "full", adm, rx1, "0001")
+		f.Receive("VM123", "registered-gp", "full", tr, ryj, "0001")
+		return &f
+	}
+	tests := []struct {
+		name         string
+		do           func(f *Ref)
+		wantTypes    []string // VM123's receipt; nil: none
+		wantCopies   int
+		wantWithheld bool
+	}{
+		{"both received: two copies", func(*Ref) {}, []string{adm, tr}, 2, false},
+		{"RX1's withheld: RYJ's still received",
+			func(f *Ref) {
+				f.Settle(Outcome{Recipient: "VM123", Source: rx1, EventID: "0001", Rule: "directive:deny-organisation"})
+			},
+			[]string{tr}, 1, true},
+		{"RYJ's withheld: RX1's still received",
+			func(f *Ref) {
+				f.Settle(Outcome{Recipient: "VM123", Source: ryj, EventID: "0001", Rule: "directive:deny-organisation"})
+			},
+			[]string{adm}, 1, true},
+		{"RX1's narrowed: RYJ's stays full",
+			func(f *Ref) {
+				f.Settle(Outcome{Recipient: "VM123", Source: rx1, EventID: "0001", Form: "notification"})
+			},
+			[]string{adm, tr}, 2, false},
+		{"as of RYJ's copy: RX1's, routed before it",
+			func(f *Ref) { f.AsOf("VM123", ryj, "0001") }, []string{adm}, 1, false},
+		{"as of RX1's copy: nothing", func(f *Ref) { f.AsOf("VM123", rx1, "0001") }, nil, 0, false},
+		{"a third publisher's 0001 settles nothing",
+			func(f *Ref) {
+				f.Settle(Outcome{Recipient: "VM123", Source: "urn:ods:RTH", EventID: "0001", Rule: "directive:deny-organisation"})
+			},
+			[]string{adm, tr}, 2, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			f := receive()
+			tc.do(f)
+			rc := f.Recipients["VM123"]
+			var got []string
+			var n int
+			if rc != nil {
+				got, n = rc.Types, len(rc.Copies)
+			}
+			if !slices.Equal(got, tc.wantTypes) || n != tc.wantCopies {
+				t.Errorf("receipt: got types %v, %d copies; want %v, %d", got, n, tc.wantTypes, tc.wantCopies)
+			}
+			if _, w := f.Withheld["VM123"]; w != tc.wantWithheld {
+				t.Errorf("withheld: got %v, want %v", w, tc.wantWithheld)
+			}
+		})
+	}
+	// The narrowed one is RX1's, not RYJ's.
+	f := receive()
+	f.Settle(Outcome{Recipient: "VM123", Source: rx1, EventID: "0001", Form: "notification"})
+	if c := f.Recipients["VM123"].Copies; c[CopyID(rx1, "0001")].Form != "notification" || c[CopyID(ryj, "0001")].Form != "full" {
+		t.Errorf("narrowed: got %+v, want RX1's copy notification-only and RYJ's full", c)
+	}
+}
+
+// TestCopiesRecordedByBareIDAreStillRead: receipts and outcomes written
+// before copies were named by identity name them by bare event id. A copy
+// named so matches any source's event with that id (it is not migrated);
+// an outcome without a source settles only such a copy.
+func TestCopiesRecordedByBareIDAreStillRead(t *testing.T) {
+	const adm, tr = "org.carehub.admission.v1", "org.carehub.transfer.v1"
+	legacy := func() *Ref {
+		return &Ref{Routed: 1, Recipients: map[string]*Receipt{"VM123": {Basis: "registered-gp", Types: []string{adm}, Form: "full",
+			Copies: map[string]Copy{"0001": {Type: adm, Form: "full", N: 1}}}}}
+	}
+	tests := []struct {
+		name       string
+		do         func(f *Ref)
+		wantCopies map[string]Copy // VM123's; nil: no receipt
+	}{
+		{"a settlement with a source settles the bare copy",
+			func(f *Ref) {
+				f.Settle(Outcome{Recipient: "VM123", Source: rx1, EventID: "0001", Rule: "directive:deny-organisation"})
+			}, nil},
+		{"an outcome without a source settles the bare copy",
+			func(f *Ref) {
+				f.Settle(Outcome{Recipient: "VM123", EventID: "0001", Rule: "directive:deny-organisation"})
+			}, nil},
+		{"a redelivery with a source is the bare copy, not a second one",
+			func(f *Ref) { f.Receive("VM123", "registered-gp", "full", adm, rx1, "0001") },
+			map[string]Copy{"0001": {Type: adm, Form: "full", N: 1}}},
+		{"a new copy is named by its identity, beside the bare one",
+			func(f *Ref) { f.Receive("VM123", "registered-gp", "full", tr, rx1, "0002") },
+			map[string]Copy{"0001": {Type: adm, Form: "full", N: 1}, CopyID(rx1, "0002"): {Type: tr, Form: "full", N: 2}}},
+		{"as of the bare copy: nothing",
+			func(f *Ref) { f.AsOf("VM123", ryj, "0001") }, nil},
+		{"an outcome without a source does not settle a copy named by identity",
+			func(f *Ref) {
+				f.Receive("VM123", "registered-gp", "full", tr, rx1, "0002")
+				f.Settle(Outcome{Recipient: "VM123", EventID: "0002", Rule: "directive:deny-organisation"})
+			},
+			map[string]Copy{"0001": {Type: adm, Form: "full", N: 1}, CopyID(rx1, "0002"): {Type: tr, Form: "full", N: 2}}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			f := legacy()
+			tc.do(f)
+			var got map[string]Copy
+			if rc := f.Recipients["VM123"]; rc != nil {
+				got = rc.Copies
+			}
+			if !reflect.DeepEqual(got, tc.wantCopies) {
+				t.Errorf("copies:\n\tgot  %+v\n\twant %+v", got, tc.wantCopies)
+			}
+		})
+	}
+}
+
+// TestOutcomesOfTwoPublishersCopiesAreTwoRecords: the settled copy's record
+// in the topic is keyed by its identity (two publishers' copies with one
+// id are two records, and no event id is in the key in clear); another
+// process applies each to its own copy; an outcome written before (keyed by
+// bare id, with no source) still settles the copy recorded by bare id.
+func TestOutcomesOfTwoPublishersCopiesAreTwoRecords(t *testing.T) {
+	x, brokers := open(t)
+	clock := time.Now().UTC()
+	x.now = func() time.Time { return clock }
+	const adm = "org.carehub.admission.v1"
+	f := &Ref{Last: clock}
+	f.Receive("VM123", "registered-gp", "full", adm, rx1, "0001")
+	f.Receive("VM123", "registered-gp", "full", adm, ryj, "0001")
+	f.Receive("VM124", "registered-gp", "full", adm, rx1, "0001")
+	f.Recipients["VM125"] = &Receipt{Basis: "registered-gp", Types: []string{adm}, Form: "full", Copies: map[string]Copy{"0001": {Type: adm, Form: "full", N: 9}}}
+	write(t, brokers, x, "p1_a", Record{Seq: 1, Refs: map[string]*Ref{"encounter:E1": f}})
+	if err := x.Sync(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range []Outcome{
+		{Patient: "p1_a", Ref: "encounter:E1", Recipient: "VM123", Source: rx1, EventID: "0001", Rule: "directive:deny-organisation", Time: clock},
+		{Patient: "p1_a", Ref: "encounter:E1", Recipient: "VM124", Source: ryj, EventID: "0001", Rule: "directive:deny-organisation", Time: clock},
+	} {
+		if err := x.Settle(context.Background(), o); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// An outcome written before outcomes carried the source.
+	w := &kafka.Writer{Addr: kafka.TCP(brokers...), Topic: topic.Patients, Balancer: &kafka.Murmur2Balancer{}, RequiredAcks: kafka.RequireAll, BatchTimeout: time.Millisecond}
+	defer w.Close()
+	old := `{"patient":"p1_a","ref":"encounter:E1","recipient":"VM125","eventId":"0001","rule":"directive:deny-organisation","time":"` + clock.Format(time.RFC3339Nano) + `"}`
+	if err := w.WriteMessages(context.Background(), kafka.Message{Key: []byte("p1_a/VM125/0001"), Value: []byte(old)}); err != nil {
+		t.Fatal(err)
+	}
+	y := openOn(t, brokers)
+	if err := y.Sync(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	got := y.Get("p1_a").Refs["encounter:E1"]
+	if got == nil {
+		t.Fatal("the reference is gone")
+	}
+	if rc := got.Recipients["VM123"]; rc == nil || len(rc.Copies) != 1 || rc.Copies[CopyID(ryj, "0001")].Type != adm {
+		t.Errorf("VM123: got %+v, want RYJ's copy left", rc)
+	}
+	if rc := got.Recipients["VM124"]; rc == nil || len(rc.Copies) != 1 {
+		t.Errorf("VM124: got %+v, want RX1's copy kept (RYJ's, settled, it never had)", rc)
+	}
+	if rc := got.Recipients["VM125"]; rc != nil || got.Withheld["VM125"] == "" {
+		t.Errorf("VM125: got %+v, want its copy recorded by bare id settled by the old outcome", rc)
+	}
+	y.mu.Lock()
+	var keys []string
+	for k := range y.outcomes["p1_a"] {
+		keys = append(keys, k)
+	}
+	y.mu.Unlock()
+	slices.Sort(keys)
+	want := []string{"p1_a/VM123/" + CopyID(rx1, "0001"), "p1_a/VM124/" + CopyID(ryj, "0001"), "p1_a/VM125/0001"}
+	if !slices.Equal(keys, want) {
+		t.Errorf("outcome keys: got %v, want %v", keys, want)
 	}
 }

@@ -116,7 +116,7 @@ func (r *Router) backfillIndex(dec *Decided, ods string) map[string]patientindex
 			continue
 		}
 		if v.Copy {
-			f.Receive(ods, string(v.Subscription.Basis), string(v.Form), ev.Type, ev.ID)
+			f.Receive(ods, string(v.Subscription.Basis), string(v.Form), ev.Type, ev.Source, ev.ID)
 			changed = true
 		}
 	}

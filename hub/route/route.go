@@ -493,7 +493,7 @@ func (r *Router) Decide(ctx context.Context, ev *event.Event, key string) (*Deci
 				continue
 			}
 			if v.Copy {
-				f.Receive(v.Subscription.Recipient.ODS, string(v.Subscription.Basis), string(v.Form), ev.Type, ev.ID)
+				f.Receive(v.Subscription.Recipient.ODS, string(v.Subscription.Basis), string(v.Form), ev.Type, ev.Source, ev.ID)
 			}
 		}
 		for _, v := range out.Verdicts {
@@ -962,7 +962,7 @@ func (r *Router) originalNow(family []string, s Sealed) (orig consent.Original, 
 		return s.Original, false
 	}
 	ods := s.Request.Recipient.ODS
-	ref.AsOf(ods, s.Request.Event.ID)
+	ref.AsOf(ods, sealedSource(s), s.Request.Event.ID)
 	rule, _ := event.RuleOf(s.Request.Event.Type)
 	o := original(ref, rule, s.Relation, ods)
 	// The sensitivity categories stay those it was routed with: this
@@ -972,6 +972,17 @@ func (r *Router) originalNow(family []string, s Sealed) (orig consent.Original, 
 		thin = correctedForm(rule, rc) == event.FormNotification
 	}
 	return o, thin
+}
+
+// sealedSource is the CloudEvents source of a sealed copy's event, in the
+// form it was published in (event.Validator accepts no other source than
+// "urn:ods:" and the publisher's ODS code), which names its copy in the
+// patient index with its id (patientindex.CopyID).
+func sealedSource(s Sealed) string {
+	if s.Request.Event.Publisher == "" {
+		return ""
+	}
+	return event.SourcePrefix + s.Request.Event.Publisher
 }
 
 // Narrow returns the notification-only form of a copy in the full form

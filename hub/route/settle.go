@@ -17,10 +17,18 @@ type Settlement struct {
 	// Key is the copy's patient pseudonym (topic.MetaKey).
 	Key       string
 	Recipient string
-	EventID   string
+	// Source and EventID are the copy's event: its CloudEvents source
+	// attribute as published ("urn:ods:" and the publisher's ODS code:
+	// the outbox copy's ce_source, a feed entry's Publisher, the source of
+	// a dead letter's copy) and its id. The index names the copy by both
+	// (patientindex.CopyID), so that another publisher's event with the
+	// same id is another copy. Without a source, only a copy recorded
+	// before copies were named so (by bare id) is found.
+	Source  string
+	EventID string
 	// Sealed is the copy's sealed routing decision, when there is one: it
 	// names the event's reference. Without it (a pull feed's read) the
-	// reference is the one whose receipt holds the copy's event id.
+	// reference is the one whose receipt holds the copy.
 	Sealed string
 	// Rule is the rule that withheld it; "" if it was delivered.
 	Rule string
@@ -68,10 +76,10 @@ func (r *Router) Settle(ctx context.Context, s Settlement) error {
 			if rc == nil {
 				continue
 			}
-			if _, ok := rc.Copies[s.EventID]; !ok && (ref == "" || len(rc.Copies) > 0) {
+			if _, _, ok := rc.Find(s.Source, s.EventID); !ok && (ref == "" || len(rc.Copies) > 0) {
 				continue
 			}
-			o := patientindex.Outcome{Patient: k, Ref: name, Recipient: s.Recipient, EventID: s.EventID,
+			o := patientindex.Outcome{Patient: k, Ref: name, Recipient: s.Recipient, Source: s.Source, EventID: s.EventID,
 				Rule: s.Rule, Form: s.Form, Time: r.now().UTC()}
 			if err := r.cfg.Index.Settle(ctx, o); err != nil {
 				return problem.Wrap(problem.Unavailable, "recording in the patient index what became of a copy", err)

@@ -55,7 +55,7 @@ func TestACopyWithheldAtDeliveryIsNotFollowed(t *testing.T) {
 				t.Fatalf("recheck: %+v %v, want a deny", d, err)
 			}
 			if tc.settle != "" {
-				s := Settlement{Key: cp.Metadata.Get(topic.MetaKey), Recipient: "VM123", EventID: cp.Metadata.Get(topic.MetaEventID), Rule: d.Rule}
+				s := Settlement{Key: cp.Metadata.Get(topic.MetaKey), Recipient: "VM123", Source: cp.Metadata.Get(topic.MetaSource), EventID: cp.Metadata.Get(topic.MetaEventID), Rule: d.Rule}
 				if tc.settle == "delivery" {
 					s.Sealed = cp.Metadata.Get(topic.MetaDecision)
 				}
@@ -102,7 +102,7 @@ func TestSettlingIsPerCopy(t *testing.T) {
 	}
 	for range 2 {
 		if err := r.Settle(context.Background(), Settlement{Key: tr.Metadata.Get(topic.MetaKey), Recipient: "VM123",
-			EventID: tr.Metadata.Get(topic.MetaEventID), Sealed: tr.Metadata.Get(topic.MetaDecision), Rule: consent.RuleDenyOrganisation}); err != nil {
+			Source: tr.Metadata.Get(topic.MetaSource), EventID: tr.Metadata.Get(topic.MetaEventID), Sealed: tr.Metadata.Get(topic.MetaDecision), Rule: consent.RuleDenyOrganisation}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -179,7 +179,7 @@ func TestACorrectionIsNoRicherThanWhatItCorrects(t *testing.T) {
 					}
 					if tc.narrowed {
 						if err := r.Settle(context.Background(), Settlement{Key: home[0].Metadata.Get(topic.MetaKey), Recipient: "VM123",
-							EventID: home[0].Metadata.Get(topic.MetaEventID), Sealed: home[0].Metadata.Get(topic.MetaDecision),
+							Source: home[0].Metadata.Get(topic.MetaSource), EventID: home[0].Metadata.Get(topic.MetaEventID), Sealed: home[0].Metadata.Get(topic.MetaDecision),
 							Form: string(event.FormNotification)}); err != nil {
 							t.Fatal(err)
 						}
@@ -244,7 +244,7 @@ func TestAFollowUpQueuedBehindAWithheldCopyIsWithheldToo(t *testing.T) {
 		got = append(got, string(d.Effect)+" "+d.Rule)
 		if !d.Permitted() {
 			if err := r.Settle(context.Background(), Settlement{Key: cp.Metadata.Get(topic.MetaKey), Recipient: "VM123",
-				EventID: cp.Metadata.Get(topic.MetaEventID), Sealed: cp.Metadata.Get(topic.MetaDecision), Rule: d.Rule}); err != nil {
+				Source: cp.Metadata.Get(topic.MetaSource), EventID: cp.Metadata.Get(topic.MetaEventID), Sealed: cp.Metadata.Get(topic.MetaDecision), Rule: d.Rule}); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -293,12 +293,88 @@ func TestACorrectionQueuedBehindANarrowedCopyIsNarrowedToo(t *testing.T) {
 		got = append(got, thin)
 		if thin { // the deliverer narrows it and settles its form
 			if err := r.Settle(context.Background(), Settlement{Key: cp.Metadata.Get(topic.MetaKey), Recipient: "VM123",
-				EventID: cp.Metadata.Get(topic.MetaEventID), Sealed: cp.Metadata.Get(topic.MetaDecision), Form: string(event.FormNotification)}); err != nil {
+				Source: cp.Metadata.Get(topic.MetaSource), EventID: cp.Metadata.Get(topic.MetaEventID), Sealed: cp.Metadata.Get(topic.MetaDecision), Form: string(event.FormNotification)}); err != nil {
 				t.Fatal(err)
 			}
 		}
 	}
 	if want := []bool{false, true, true}; !slices.Equal(got, want) {
 		t.Errorf("notification-only at delivery (admission, transfer, cancellation): got %v, want %v", got, want)
+	}
+}
+
+// TestSameIDFromTwoPublishersIsSettledApart pins the bug of gap indexid:
+// the patient index named each routed copy by its event id alone, so RX1's
+// admission 0001 and RYJ's transfer 0001 on one encounter, both sent to
+// A81001, were one copy there; RX1's withheld at delivery (or at a feed's
+// read) took RYJ's with it, and the transfer's cancellation no longer
+// reached A81001, which had the transfer. A settlement names its copy by
+// the event's source and id.
+func TestSameIDFromTwoPublishersIsSettledApart(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		// withheld is the source of the copy withheld; sealed says whether
+		// the settlement carries the sealed decision (the deliverer, a
+		// dead letter) or not (a pull feed's read).
+		withheld string
+		sealed   bool
+		// wantTypes is what A81001 counts as having received on the
+		// encounter; wantCancellation whether the transfer's
+		// cancellation reaches it.
+		wantTypes        []string
+		wantCancellation bool
+	}{
+		{"RX1's admission withheld at delivery", "urn:ods:RX1", true, []string{event.TypeTransfer}, true},
+		{"RX1's admission withheld at a feed's read", "urn:ods:RX1", false, []string{event.TypeTransfer}, true},
+		// The control: RYJ's transfer withheld; the cancellation of a
+		// transfer A81001 never had does not follow.
+		{"RYJ's transfer withheld at delivery", "urn:ods:RYJ", true, []string{event.TypeAdmission}, false},
+		{"RYJ's transfer withheld at a feed's read", "urn:ods:RYJ", false, []string{event.TypeAdmission}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			pub := &fakePub{}
+			r := newRouter(t, followUpSubs(t), &policy, &fakeDirectives{}, pub)
+			byID := func(m map[string]any) { m["id"] = "0001" }
+			gp := map[string]*message.Message{}
+			for _, m := range []*message.Message{
+				example(t, "admission", byID),
+				example(t, "transfer", func(m map[string]any) { byID(m); m["source"] = "urn:ods:RYJ" }),
+			} {
+				if err := r.Handle(m); err != nil {
+					t.Fatal(err)
+				}
+				out := pub.take()["carehub.outbox.a81001"]
+				if len(out) != 1 {
+					t.Fatalf("copies to a81001: got %d, want 1", len(out))
+				}
+				gp[out[0].Metadata.Get(topic.MetaSource)] = out[0]
+			}
+			cp := gp[tc.withheld]
+			if cp == nil {
+				t.Fatalf("no copy from %s: %v", tc.withheld, gp)
+			}
+			s := Settlement{Key: cp.Metadata.Get(topic.MetaKey), Recipient: "A81001", Source: cp.Metadata.Get(topic.MetaSource),
+				EventID: cp.Metadata.Get(topic.MetaEventID), Rule: consent.RuleDenyOrganisation}
+			if tc.sealed {
+				s.Sealed = cp.Metadata.Get(topic.MetaDecision)
+			}
+			if err := r.Settle(context.Background(), s); err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			if rc := r.cfg.Index.Get(patientKey()).Refs["encounter:ENC-0001"].Recipients["A81001"]; rc != nil {
+				got = rc.Types
+			}
+			if !slices.Equal(got, tc.wantTypes) {
+				t.Errorf("A81001 received %v, want %v", got, tc.wantTypes)
+			}
+			m := example(t, "transfer-cancelled", nil)
+			if err := r.Handle(m); err != nil {
+				t.Fatal(err)
+			}
+			if got := slices.Contains(copies(pub.take(), m.UUID), "a81001"); got != tc.wantCancellation {
+				t.Errorf("the transfer's cancellation reached A81001: got %v, want %v", got, tc.wantCancellation)
+			}
+		})
 	}
 }
