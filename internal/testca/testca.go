@@ -14,9 +14,15 @@ import (
 	"encoding/pem"
 	"math/big"
 	"net"
-	"testing"
 	"time"
 )
+
+// T is what testca needs of a test: testing.TB has it. (The package does
+// not import testing, which production code never reaches.)
+type T interface {
+	Helper()
+	Fatal(args ...any)
+}
 
 // CA is a certificate authority of one test.
 type CA struct {
@@ -27,7 +33,7 @@ type CA struct {
 }
 
 // New returns a CA named name.
-func New(t testing.TB, name string) *CA {
+func New(t T, name string) *CA {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -54,7 +60,7 @@ func New(t testing.TB, name string) *CA {
 // Issue returns a certificate for subject, signed by the CA, and its key,
 // both PEM-encoded: a server's (for 127.0.0.1) when server is true, else
 // a client's.
-func (ca *CA) Issue(t testing.TB, subject pkix.Name, server bool) (certPEM, keyPEM []byte) {
+func (ca *CA) Issue(t T, subject pkix.Name, server bool) (certPEM, keyPEM []byte) {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -86,7 +92,7 @@ func (ca *CA) Issue(t testing.TB, subject pkix.Name, server bool) (certPEM, keyP
 
 // ClientConfig returns a TLS client configuration that presents a client
 // certificate for subject and trusts the CA.
-func (ca *CA) ClientConfig(t testing.TB, subject pkix.Name) *tls.Config {
+func (ca *CA) ClientConfig(t T, subject pkix.Name) *tls.Config {
 	t.Helper()
 	c, k := ca.Issue(t, subject, false)
 	pair, err := tls.X509KeyPair(c, k)
