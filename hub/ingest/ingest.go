@@ -73,8 +73,11 @@ type Options struct {
 	// Timeout bounds accepting one event or batch (or holding a message),
 	// from the call: catching up with the Memory, publishing and recording
 	// share one context deadline. Past it the answer is problem.Unavailable
-	// (HTTP 503 with Retry-After, HL7 AR) and what was not acknowledged is
-	// not published. The hub sets kafka.publishTimeout.
+	// (HTTP 503 with Retry-After, HL7 AR): a record the broker refused is
+	// not in the topic; one it did not answer by then is in doubt (the
+	// Kafka client may still write it), and the sender's resend with the
+	// same id is recognised or published again under the same delivery
+	// identity. The hub sets kafka.publishTimeout.
 	Timeout time.Duration
 	// Now is the clock (time.Now when nil).
 	Now func() time.Time
