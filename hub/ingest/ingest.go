@@ -73,9 +73,9 @@ type Options struct {
 	// Timeout bounds accepting one event or batch (or holding a message),
 	// from the call: catching up with the Memory, publishing and recording
 	// share one context deadline. Past it the answer is problem.Unavailable
-	// (HTTP 503 with Retry-After, HL7 AR): a record the broker refused is
-	// not in the topic; one it did not answer by then is in doubt (the
-	// Kafka client may still write it), and the sender's resend with the
+	// (HTTP 503 with Retry-After, HL7 AR): the event was not confirmed
+	// durable, and whether the broker wrote it is in doubt (the Kafka
+	// client may still complete the write); the sender's resend with the
 	// same id is recognised or published again under the same delivery
 	// identity. The hub sets kafka.publishTimeout.
 	Timeout time.Duration
@@ -360,11 +360,11 @@ func (in *Ingest) publish(ps []prepared) error {
 	}
 	if len(flags) > 0 {
 		if err := in.pub.Publish(topic.Audit, flags...); err != nil {
-			return problem.Wrap(problem.Unavailable, "the event could not be made durable; retry later", err)
+			return problem.Wrap(problem.Unavailable, "the event could not be confirmed durable: resend it with the same id", err)
 		}
 	}
 	if err := in.pub.Publish(topic.Events, msgs...); err != nil {
-		return problem.Wrap(problem.Unavailable, "the event could not be made durable; retry later", err)
+		return problem.Wrap(problem.Unavailable, "the event could not be confirmed durable: resend it with the same id", err)
 	}
 	return nil
 }
