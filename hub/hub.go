@@ -22,10 +22,11 @@
 //  5. the recipient directory (package directory: recipients,
 //     subscriptions, pauses, patient lists), loaded, then seeded from the
 //     configuration file and its patient list files;
-//  6. the router, and, under the same watermill Router, one deliverer per
-//     recipient of the directory that is not paused, with each pull
-//     recipient's feed (fleet.go: the deliverers follow the directory
-//     from then on);
+//  6. the router (gated: it routes only events whose publisher was told
+//     they were accepted, package ackgate), and, under the same watermill
+//     Router, one deliverer per recipient of the directory that is not
+//     paused, with each pull recipient's feed (fleet.go: the deliverers
+//     follow the directory from then on);
 //  7. the HTTP API (admin routes, then each source's routes), and each
 //     source's Run, and the retention sweeper; then the hub is ready
 //     (/readyz answers 200).
@@ -59,6 +60,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
 	"github.com/carehub/carehub/connectors/connector"
+	"github.com/carehub/carehub/hub/ackgate"
 	"github.com/carehub/carehub/hub/admin"
 	"github.com/carehub/carehub/hub/auth"
 	"github.com/carehub/carehub/hub/backfill"
@@ -485,7 +487,15 @@ func (h *hub) startRouter(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	routeHandler := wm.AddConsumerHandler("route", topic.Events, evSub, rt.Handle)
+	// Only events whose publisher was told they were accepted are routed:
+	// one written by the broker after the ingest gave up (answered 503,
+	// HL7 AR) is recorded as not acknowledged instead (package ackgate).
+	gate, err := ackgate.New(ackgate.Config{Memory: h.accepted, Publisher: h.pub, Next: rt.Handle,
+		Timeout: h.cfg.Kafka.PublishTimeout, Window: h.cfg.Ingest.DuplicateWindow, Log: h.log.Named("router")})
+	if err != nil {
+		return fmt.Errorf("creating the router: %w", err)
+	}
+	routeHandler := wm.AddConsumerHandler("route", topic.Events, evSub, gate.Handle)
 
 	// Deliveries stop when the drain reaches the router, not when ctx
 	// ends (the sources and the HTTP server drain first).

@@ -17,6 +17,7 @@ package audit
 
 import (
 	"encoding/json"
+	"strconv"
 	"time"
 
 	"github.com/carehub/carehub/consent"
@@ -102,7 +103,19 @@ const (
 	// when it was accepted (a PAS catching up after an outage, or a clock
 	// that is wrong).
 	FlagEventTimeOld = "event-time-old"
+	// FlagNotAcknowledged: the event reached carehub.events, but its
+	// publisher was never told it was accepted (the ingest gave up waiting
+	// and answered 503 / HL7 AR, and the broker wrote it afterwards): the
+	// router did not route it, and backfill skips it. The record's Position
+	// names the copy that was dropped; a resend with the same id is
+	// another copy, routed once acknowledged.
+	FlagNotAcknowledged = "not-acknowledged"
 )
+
+// EventPosition names one record of carehub.events: "partition/offset".
+func EventPosition(partition int, offset int64) string {
+	return strconv.Itoa(partition) + "/" + strconv.FormatInt(offset, 10)
+}
 
 // Record is one audit entry.
 type Record struct {
@@ -141,6 +154,9 @@ type Record struct {
 	Via      string `json:"via,omitempty"`    // feed-read: json, fhir or sse
 	// Flags of a received record.
 	Flags []string `json:"flags,omitempty"`
+	// Position, on a received record flagged not-acknowledged, is the
+	// event's record in carehub.events (EventPosition).
+	Position string `json:"position,omitempty"`
 	// Actor is who looked or changed (access and consent-change records):
 	// the operator the admin API key belongs to.
 	Actor string `json:"actor,omitempty"`

@@ -39,8 +39,10 @@
 // Before it reads an event, a run collects from carehub.audit (from Since)
 // every copy and withheld notice the recipient was sent: decision records
 // with a copy for it, written by live routing or by an earlier run. An
-// event it was sent is skipped (AlreadyReceived). So an event routed live
-// after the recipient subscribed, and an event copied by a run that died
+// event it was sent is skipped (AlreadyReceived), and so is an event the
+// router did not route because its publisher was never told it was
+// accepted (audit flag not-acknowledged; NotAcknowledged). So an event
+// routed live after the recipient subscribed, and an event copied by a run that died
 // before committing its position, are not sent again. The audit is the
 // record of what each recipient was sent, kept for years; the outbox is
 // emptied after delivery, and the patient index remembers encounters, not
@@ -65,6 +67,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"sort"
 	"strconv"
 	"sync"
@@ -132,6 +135,10 @@ type Counts struct {
 	Withheld        int64 `json:"withheld"`
 	AlreadyReceived int64 `json:"alreadyReceived"`
 	NotForRecipient int64 `json:"notForRecipient"`
+	// NotAcknowledged: events the router did not route because their
+	// publisher was told they were not accepted (audit flag
+	// not-acknowledged); a backfill skips them too.
+	NotAcknowledged int64 `json:"notAcknowledged"`
 }
 
 func (j *Job) count(outcome string) {
@@ -402,6 +409,10 @@ func (r *Runner) Run(ctx context.Context, id, actor string, o Options) (Job, err
 	return j, runErr
 }
 
+// droppedKey is the key, in the set alreadySent returns, of a record of
+// carehub.events the router dropped as not acknowledged (package ackgate).
+func droppedKey(position string) string { return "dropped\x00" + position }
+
 // key of an event in the set of what the recipient was sent.
 func sentKey(publisher, id string, notice bool) string {
 	if notice {
@@ -452,6 +463,15 @@ func (r *Runner) run(ctx context.Context, j *Job, actor string, o Options) error
 			}
 			if err := ctx.Err(); err != nil {
 				return err
+			}
+			if sent[droppedKey(audit.EventPosition(p, next-1))] {
+				// Its publisher was told it was not accepted: the router
+				// did not route it, and neither does a backfill.
+				j.Counts.NotAcknowledged++
+				j.Read++
+				j.Position[p] = next
+				pending++
+				return commit(false)
 			}
 			plan, outcome, err := r.cfg.Router.Backfill(ctx, msg, j.Recipient, actor, received)
 			if err != nil {
@@ -528,7 +548,9 @@ func (r *Runner) partition(ctx context.Context, p int, from, end int64, fn func(
 }
 
 // alreadySent reads the audit from since (less AuditMargin) and returns
-// every copy and withheld notice the recipient was sent.
+// every copy and withheld notice the recipient was sent, and (droppedKey)
+// every record of carehub.events the router did not route because its
+// publisher was never told it was accepted.
 func (r *Runner) alreadySent(ctx context.Context, ods string, since time.Time) (map[string]bool, error) {
 	from, err := offsetsAt(ctx, r.cfg.Brokers, topic.Audit, since.Add(-AuditMargin))
 	if err != nil {
@@ -545,6 +567,10 @@ func (r *Runner) alreadySent(ctx context.Context, ods string, since time.Time) (
 		}
 		err := r.readTopic(ctx, topic.Audit, p, f, end[p], func(km kafka.Message) {
 			rec, err := audit.Unmarshal(km.Value)
+			if err == nil && rec.Kind == audit.KindReceived && rec.Position != "" && slices.Contains(rec.Flags, audit.FlagNotAcknowledged) {
+				out[droppedKey(rec.Position)] = true // the router dropped it: never sent to anyone
+				return
+			}
 			if err != nil || rec.Kind != audit.KindDecision || rec.Recipient != ods || rec.Form == "" {
 				return // not a copy made for the recipient
 			}

@@ -233,3 +233,60 @@ func TestRunInterruptedAndResumed(t *testing.T) {
 		t.Errorf("the job: %s", b)
 	}
 }
+
+// TestRunSkipsWhatTheRouterDroppedAsNotAcknowledged: a copy of an event the
+// router did not route because its publisher was told it was not accepted
+// (an audit received record flagged not-acknowledged names its position)
+// is not sent by a backfill either; the publisher's resend with the same
+// id, another record that was acknowledged and routed, is.
+func TestRunSkipsWhatTheRouterDroppedAsNotAcknowledged(t *testing.T) {
+	brokers := startBroker(t)
+	ctx := context.Background()
+	since := time.Now().Add(-time.Hour)
+	event := func(id string) kafka.Message {
+		return kafka.Message{Key: []byte("p1_patient"), Value: []byte(`{}`),
+			Headers: []kafka.Header{{Key: topic.MetaEventID, Value: []byte(id)}, {Key: topic.MetaSource, Value: []byte("urn:ods:RX1")}}}
+	}
+	// e3 twice: the copy that landed after its 503, then the resend.
+	produce(t, brokers, topic.Events, event("e1"), event("e3"), event("e3"), event("e5"))
+	_, end, err := broker.Offsets(ctx, brokers, topic.Events)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := 0
+	if end[1] > 0 {
+		p = 1
+	}
+	dropped := audit.Record{Time: time.Now(), Kind: audit.KindReceived, Publisher: "RX1", EventID: "e3", Patient: "p1_patient",
+		Flags: []string{audit.FlagNotAcknowledged}, Position: audit.EventPosition(p, 1)}
+	produce(t, brokers, topic.Audit, kafka.Message{Key: []byte("p1_patient"), Value: dropped.Marshal()})
+	c := &kafka.Client{Addr: kafka.TCP(brokers...)}
+	commits := map[string][]kafka.OffsetCommit{topic.Events: {{Partition: 0, Offset: end[0]}, {Partition: 1, Offset: end[1]}}}
+	if _, err := c.OffsetCommit(ctx, &kafka.OffsetCommitRequest{GroupID: topic.GroupRouter, GenerationID: -1, Topics: commits}); err != nil {
+		t.Fatal(err)
+	}
+	pub, err := kafkawm.NewPublisher(kafkawm.PublisherConfig{Brokers: brokers}, watermill.NopLogger{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pub.Close()
+	rt := &router{}
+	r, err := New(Config{Brokers: brokers, Router: rt, Publisher: pub, Log: zaptest.NewLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	j, _, err := r.Create(ctx, "VM123", since, "ig-lead")
+	if err != nil {
+		t.Fatal(err)
+	}
+	j, err = r.Run(ctx, j.ID, "ig-lead", Options{})
+	if err != nil || j.State != Done {
+		t.Fatalf("the run: %+v %v", j, err)
+	}
+	if want := (Counts{Sent: 3, NotAcknowledged: 1}); j.Counts != want || j.Read != 4 {
+		t.Errorf("counts: got %+v after reading %d, want %+v after reading 4", j.Counts, j.Read, want)
+	}
+	if want := []string{"e1", "e3", "e5"}; !slices.Equal(rt.decided, want) {
+		t.Errorf("decided %v, want %v (the dropped copy of e3 skipped, its resend sent)", rt.decided, want)
+	}
+}

@@ -34,7 +34,10 @@
 // it: delivery is at least once, and recipients drop the second copy by its
 // webhook-id, which is the same (event.DeliveryID). The event is always
 // published before its record is written, so a record never stands for an
-// event that was not made durable.
+// event that was not made durable; and the record is the event's
+// acknowledgement: the publisher is told the event was accepted only once
+// both are durable, and the router routes only events it finds recorded
+// (Acknowledged; package ackgate).
 package dedup
 
 import (
@@ -140,7 +143,9 @@ type entry struct {
 	done    chan struct{} // closed when it stops being pending
 }
 
-// Store is the memory. Concurrency: mu guards m, order, head and now.
+// Store is the memory. Concurrency: mu guards m, order, head, now and
+// changed; changed is closed and replaced whenever an entry is added or
+// stops being pending, to wake Acknowledged.
 type Store struct {
 	window time.Duration
 	topic  string
@@ -149,10 +154,13 @@ type Store struct {
 	f      *follow.Follower
 	now    func() time.Time
 
-	mu    sync.Mutex
-	m     map[key]*entry
-	order []aged // in the order entries were added, for expiry
-	head  int    // order[head:] may still be live
+	mu      sync.Mutex
+	m       map[key]*entry
+	order   []aged // in the order entries were added, for expiry
+	head    int    // order[head:] may still be live
+	changed chan struct{}
+
+	waiting func() // tests: told when Acknowledged starts waiting
 }
 
 type aged struct {
@@ -174,7 +182,7 @@ func Open(brokers []string, topic string, window, timeout time.Duration, log *za
 	}
 	s := &Store{
 		window: window, topic: topic, log: log, now: time.Now,
-		m: map[key]*entry{},
+		m: map[key]*entry{}, changed: make(chan struct{}),
 		writer: &kafka.Writer{
 			Addr: kafka.TCP(brokers...), Topic: topic, Balancer: &kafka.Murmur2Balancer{},
 			RequiredAcks: kafka.RequireAll, BatchTimeout: time.Millisecond, MaxAttempts: 5,
@@ -248,6 +256,16 @@ func (s *Store) apply(_ int, m kafka.Message) {
 func (s *Store) addLocked(k key, e *entry) {
 	s.m[k] = e
 	s.order = append(s.order, aged{k, e.at})
+	if !e.pending {
+		s.wakeLocked()
+	}
+}
+
+// wakeLocked wakes the callers of Acknowledged waiting for a change. Lock
+// held.
+func (s *Store) wakeLocked() {
+	close(s.changed)
+	s.changed = make(chan struct{})
 }
 
 // expireLocked forgets entries older than the window. Lock held.
@@ -364,10 +382,12 @@ func (s *Store) Abandon(c Claim) {
 
 // Record remembers the published events of New claims (others are
 // skipped): it writes their records to the topic, acknowledged by every
-// in-sync replica, then releases the claims. If the write fails the claims
-// are still released, remembered by this process only, and the error says
-// so: the events are durable all the same, and a retry that reaches another
-// process may publish one again (recipients drop it by webhook-id).
+// in-sync replica, then releases the claims. The record is the event's
+// acknowledgement: the router routes only events whose record it finds
+// (package ackgate). If the write fails the claims are abandoned, the error
+// says so, and the caller must not answer the events as accepted: a retry
+// with the same id is New again (unless the record, written after all,
+// reached the topic first: then it is a Duplicate, and the event routed).
 func (s *Store) Record(ctx context.Context, cs ...Claim) error {
 	var msgs []kafka.Message
 	var held []Claim
@@ -386,6 +406,12 @@ func (s *Store) Record(ctx context.Context, cs ...Claim) error {
 		return nil
 	}
 	err := s.writer.WriteMessages(ctx, msgs...)
+	if err != nil {
+		for _, c := range held {
+			s.Abandon(c)
+		}
+		return fmt.Errorf("recording accepted events: %w", err)
+	}
 	s.mu.Lock()
 	for _, c := range held {
 		if c.e.pending {
@@ -395,12 +421,91 @@ func (s *Store) Record(ctx context.Context, cs ...Claim) error {
 			s.order = append(s.order, aged{c.key, now})
 		}
 	}
+	s.wakeLocked()
 	s.mu.Unlock()
-	if err != nil {
-		return fmt.Errorf("recording accepted events: %w", err)
-	}
 	return nil
 }
+
+// Acknowledged reports whether the event (source, id) with digest was
+// recorded (Record returned without error, in this process or another):
+// whether its publisher was told it was accepted. It looks in the memory;
+// if the event is not there, it catches up with the topic (Sync) and looks
+// again; if it is still not there and until (when the ingest that
+// published it had stopped waiting for its record, plus a margin for
+// clocks) is in the future, it waits for the record until then, catches
+// up once more and gives its answer. While a request of this process
+// holds the claim, it waits for that request to record or abandon it. An
+// error means it cannot tell (ctx ended, brokers unreachable): ask again.
+//
+// Most calls answer from the memory at once, or after one catch-up;
+// concurrent catch-ups share their end-offset lookups (package follow).
+func (s *Store) Acknowledged(ctx context.Context, source, id string, digest Digest, until time.Time) (bool, error) {
+	k := keyOf(source, id)
+	found, _, err := s.recorded(ctx, k, digest)
+	if found || err != nil {
+		return found, err
+	}
+	if err := s.f.Sync(ctx); err != nil {
+		return false, fmt.Errorf("catching up with accepted events: %w", err)
+	}
+	found, changed, err := s.recorded(ctx, k, digest)
+	if found || err != nil {
+		return found, err
+	}
+	if s.waiting != nil && time.Until(until) > 0 {
+		s.waiting()
+	}
+	for {
+		wait := time.Until(until)
+		if wait <= 0 {
+			break
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-changed:
+			t.Stop()
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return false, ctx.Err()
+		}
+		if found, changed, err = s.recorded(ctx, k, digest); found || err != nil {
+			return found, err
+		}
+	}
+	if err := s.f.Sync(ctx); err != nil {
+		return false, fmt.Errorf("catching up with accepted events: %w", err)
+	}
+	found, _, err = s.recorded(ctx, k, digest)
+	return found, err
+}
+
+// recorded looks k up, waiting while it is pending, and returns whether it
+// is recorded with digest and the channel that the next change closes.
+func (s *Store) recorded(ctx context.Context, k key, digest Digest) (bool, <-chan struct{}, error) {
+	for {
+		s.mu.Lock()
+		s.expireLocked(s.now())
+		e, ok := s.m[k]
+		if ok && e.pending {
+			done := e.done
+			s.mu.Unlock()
+			select {
+			case <-done:
+				continue
+			case <-ctx.Done():
+				return false, nil, ctx.Err()
+			}
+		}
+		changed := s.changed
+		s.mu.Unlock()
+		return ok && e.digest == digest, changed, nil
+	}
+}
+
+// Window is how long an event is remembered: an event accepted longer ago
+// cannot be told acknowledged or not.
+func (s *Store) Window() time.Duration { return s.window }
 
 // Len is the number of events remembered (for tests and metrics).
 func (s *Store) Len() int {

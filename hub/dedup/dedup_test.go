@@ -3,6 +3,7 @@ package dedup
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sync"
 	"testing"
@@ -11,6 +12,7 @@ import (
 	"github.com/carehub/carehub/hub/broker/brokertest"
 	"github.com/carehub/carehub/hub/topic"
 	"github.com/segmentio/kafka-go"
+	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 )
 
@@ -241,6 +243,118 @@ func TestDigestOf(t *testing.T) {
 	for _, tt := range tests {
 		if got := DigestOf([]byte(tt.doc)) == a; got != tt.same {
 			t.Errorf("DigestOf(%s) == DigestOf(first): got %v, want %v", tt.doc, got, tt.same)
+		}
+	}
+}
+
+// TestAcknowledged: an event is acknowledged when its record was written,
+// by this process or another, with the same content; not when it was never
+// recorded, abandoned, or recorded with other content.
+func TestAcknowledged(t *testing.T) {
+	brokers := startBroker(t, time.Hour)
+	a, b := open(t, brokers, time.Hour), open(t, brokers, time.Hour)
+	past := time.Now().Add(-time.Minute) // the ingest gave up long ago: no waiting
+	for _, tc := range []struct {
+		name    string
+		prepare func(id string)
+		digest  Digest
+		want    bool
+	}{
+		{"recorded by this process", func(id string) { accept(t, a, "urn:ods:RX1", id, digestA) }, digestA, true},
+		{"recorded by another process: found after catching up", func(id string) { accept(t, b, "urn:ods:RX1", id, digestA) }, digestA, true},
+		{"recorded with other content", func(id string) { accept(t, b, "urn:ods:RX1", id, digestB) }, digestA, false},
+		{"never recorded", func(string) {}, digestA, false},
+		{"claimed and abandoned", func(id string) { a.Abandon(claim(t, a, "urn:ods:RX1", id, digestA)) }, digestA, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for i := 0; i < 20; i++ { // the other process's record is applied by the catch-up, not by chance
+				id := fmt.Sprintf("%s-%d", tc.name, i)
+				tc.prepare(id)
+				got, err := a.Acknowledged(ctx(t), "urn:ods:RX1", id, tc.digest, past)
+				if err != nil || got != tc.want {
+					t.Fatalf("Acknowledged(%s): got %v, %v; want %v", id, got, err, tc.want)
+				}
+			}
+		})
+	}
+}
+
+// TestAcknowledgedWaitsForARecordBeingWritten: while the ingest that
+// published an event may still write its record (until), Acknowledged
+// waits for it: a record another process writes during the wait is found
+// (without it, the call would wait out until, an hour, and its context end
+// first); a claim this process holds is waited for; a record that never
+// comes is not found once until has passed.
+func TestAcknowledgedWaitsForARecordBeingWritten(t *testing.T) {
+	brokers := startBroker(t, time.Hour)
+	a, b := open(t, brokers, time.Hour), open(t, brokers, time.Hour)
+	waiting := make(chan struct{}, 1)
+	a.waiting = func() { waiting <- struct{}{} }
+	ask := func(id string, until time.Time) chan error {
+		got := make(chan error, 1)
+		go func() {
+			ok, err := a.Acknowledged(ctx(t), "urn:ods:RX1", id, digestA, until)
+			if err == nil && !ok {
+				err = errors.New("not acknowledged")
+			}
+			got <- err
+		}()
+		return got
+	}
+
+	got := ask("later", time.Now().Add(time.Hour))
+	<-waiting
+	accept(t, b, "urn:ods:RX1", "later", digestA)
+	if err := <-got; err != nil {
+		t.Errorf("a record written by another process during the wait: %v", err)
+	}
+
+	c := claim(t, a, "urn:ods:RX1", "pending", digestA)
+	got = ask("pending", time.Now().Add(time.Hour))
+	if err := a.Record(ctx(t), c); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-got; err != nil {
+		t.Errorf("a claim of this process, recorded: %v", err)
+	}
+
+	ok, err := a.Acknowledged(ctx(t), "urn:ods:RX1", "never", digestA, time.Now().Add(200*time.Millisecond))
+	if err != nil || ok {
+		t.Errorf("a record that never comes: got %v, %v; want false", ok, err)
+	}
+	select {
+	case <-waiting:
+	default:
+		t.Error("Acknowledged did not wait for a record that could still come")
+	}
+}
+
+// BenchmarkAcknowledged is the router's hot path: an event whose record
+// this process wrote, found without a round trip to the broker.
+func BenchmarkAcknowledged(b *testing.B) {
+	brokers := brokertest.Start(b, topic.AcceptedSpec(1, time.Hour))
+	s, err := Open(brokers, topic.Accepted, time.Hour, 10*time.Second, zap.NewNop())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	c, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := s.WaitLoaded(c); err != nil {
+		b.Fatal(err)
+	}
+	cl, err := s.Claim(c, "urn:ods:RX1", "hot", digestA)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := s.Record(c, cl); err != nil {
+		b.Fatal(err)
+	}
+	until := time.Now().Add(time.Hour)
+	b.ResetTimer()
+	for b.Loop() {
+		if ok, err := s.Acknowledged(c, "urn:ods:RX1", "hot", digestA, until); !ok || err != nil {
+			b.Fatal(ok, err)
 		}
 	}
 }

@@ -134,3 +134,51 @@ func TestBatchRetriesAndRepeats(t *testing.T) {
 		t.Errorf("published %d messages, want 2 (the first Accept and batch-2 once)", len(p.sent))
 	}
 }
+
+// unrecorded is a memory whose records are never written (the write to
+// carehub.accepted fails, as dedup.Store.Record then does: the claims are
+// abandoned and an error returned).
+type unrecorded struct{ *dedup.Store }
+
+func (u unrecorded) Record(_ context.Context, cs ...dedup.Claim) error {
+	for _, c := range cs {
+		u.Abandon(c)
+	}
+	return errors.New("recording accepted events: broker unreachable")
+}
+
+// TestUnrecordedEventIsAnsweredUnavailable pins issue 14's in-doubt bug
+// (an event answered 202 whose record in carehub.accepted failed was
+// logged and acknowledged; answered 503 it was routed anyway): the record
+// is the acknowledgement the router requires (package ackgate), so an
+// event published but not recorded is answered Unavailable, per event and
+// with its repeat in the batch, and a resend with the same id is a new
+// event, published and accepted once the memory records again.
+func TestUnrecordedEventIsAnsweredUnavailable(t *testing.T) {
+	p := &pub{}
+	in, raw := setup(t, p)
+	mem := memory(t)
+	in.WithMemory(unrecorded{mem}, zaptest.NewLogger(t))
+	ctx := context.Background()
+	other := edit(t, raw, func(m map[string]any) { m["id"] = "unrecorded-2" })
+	res := in.AcceptBatch(ctx, "RX1", []json.RawMessage{raw, other, other, []byte(`{}`)})
+	for i, want := range []problem.Kind{problem.Unavailable, problem.Unavailable, problem.Unavailable, problem.Invalid} {
+		if got := problem.KindOf(res[i].Err); got != want {
+			t.Errorf("result %d with the record failing: got %v (%v), want %v", i, got, res[i].Err, want)
+		}
+	}
+	if d := problem.DetailsOf(res[0].Err); d.Status != 503 || !strings.Contains(d.Detail, "same id") {
+		t.Errorf("the answer: got %d %q, want 503 asking for a retry with the same id", d.Status, d.Detail)
+	}
+	if len(p.sent) != 2 {
+		t.Fatalf("published %d events, want 2 (each once, before the record failed)", len(p.sent))
+	}
+	in.WithMemory(mem, nil)
+	acc, err := in.Accept(ctx, "RX1", raw)
+	if err != nil || acc.Duplicate {
+		t.Fatalf("the resend with the same id: got %+v, %v; want accepted as new", acc, err)
+	}
+	if len(p.sent) != 3 {
+		t.Errorf("published %d events after the resend, want 3", len(p.sent))
+	}
+}

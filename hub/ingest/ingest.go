@@ -12,8 +12,11 @@
 // identified by (source, id): a retry of an event accepted within the
 // duplicate window is answered as accepted and not published again, and an
 // id reused for other content is refused with a Conflict (409). The event is
-// published before it is remembered, so that a failure between the two can
-// cause a duplicate (dropped by recipients by webhook-id), never a loss.
+// published before it is remembered, and answered accepted only once both
+// are durable: the record is the acknowledgement the router requires
+// (package ackgate), so an event answered Unavailable (HTTP 503, HL7 AR) is
+// never routed, even if the broker writes it after the ingest stopped
+// waiting; the publisher resends it with the same id.
 //
 // Hold writes a message a source acknowledges without sharing to
 // carehub.held (package held), keyed the same way (or by the pseudonym of
@@ -216,7 +219,7 @@ func (in *Ingest) AcceptBatch(ctx context.Context, org string, raws []json.RawMe
 			claimed = append(claimed, c)
 		}
 	}
-	var pubErr error
+	var pubErr, recErr error
 	failed := func(int) bool { return false }
 	if len(fresh) > 0 {
 		if pubErr = in.publish(fresh); pubErr != nil {
@@ -232,10 +235,14 @@ func (in *Ingest) AcceptBatch(ctx context.Context, org string, raws []json.RawMe
 		}
 		if len(written) > 0 {
 			if err := in.mem.Record(ctx, written...); err != nil {
-				// The events are durable: answer so. Only a retry sent to
-				// another process could now publish one again.
-				in.log.Warn("accepted events not recorded in Kafka: this process remembers them, others may not",
+				// The record is the acknowledgement the router requires:
+				// without it the event is never routed (package
+				// ackgate), so it is not accepted. A retry with the same
+				// id publishes it again, or finds its record if the write
+				// reached the topic after all.
+				in.log.Warn("accepted events not recorded in Kafka: answered unavailable, they will not be routed",
 					zap.Int("events", len(written)), logging.Err(err))
+				recErr = problem.Wrap(problem.Unavailable, "the event could not be recorded as accepted; retry later with the same id", err)
 			}
 		}
 	}
@@ -251,6 +258,8 @@ func (in *Ingest) AcceptBatch(ctx context.Context, org string, raws []json.RawMe
 			out[i].Err = conflict()
 		case first.State == dedup.New && pubErr != nil && failed(freshAt[fj]):
 			out[i].Err = pubErr
+		case first.State == dedup.New && recErr != nil:
+			out[i].Err = recErr
 		case c.State == dedup.Duplicate:
 			out[i].Duplicate = true
 		}

@@ -1,0 +1,156 @@
+// Package ackgate lets the router route only the events whose publisher was
+// told they were accepted.
+//
+// An event is acknowledged (HTTP 202, HL7 AA, FHIR 201) only once it and its
+// record in the memory of accepted events (package dedup, topic
+// carehub.accepted) are both durable. When the broker is slow the ingest
+// stops waiting at kafka.publishTimeout and answers 503 (HL7 AR), but the
+// Kafka client may still write the event afterwards: it then lands in
+// carehub.events although its sender was told it was not accepted, and will
+// send it again. The record is what tells the two apart: the ingest writes
+// it only after the event is durable, and answers 503 when it cannot.
+//
+// Gate wraps the router's handler. For each event it asks the memory
+// whether (source, id, digest of the published bytes) was recorded
+// (dedup.Store.Acknowledged: at once, else after catching up with the topic,
+// else after waiting until the ingest that published it had given up,
+// plus Margin for clocks). Found: the event is routed. Not found: it is not
+// routed; an audit record of kind received with the flag not-acknowledged
+// is written (backfill skips the copies such records name), and the event
+// is acknowledged to the subscription.
+//
+// One limit: an event accepted longer ago than the duplicate window less
+// Margin (records older than the window have left carehub.accepted) is
+// routed unchecked. A router that far behind has other problems; the
+// readiness and lag metrics say so.
+package ackgate
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/carehub/carehub/hub/audit"
+	"github.com/carehub/carehub/hub/dedup"
+	"github.com/carehub/carehub/hub/kafkawm"
+	"github.com/carehub/carehub/hub/topic"
+	"github.com/carehub/carehub/schemas/event"
+	"github.com/carehub/carehub/schemas/problem"
+	"go.uber.org/zap"
+)
+
+// DefaultMargin is Config.Margin's default: how far the clocks of the hub
+// processes (the one whose ingest accepted an event, the one routing it)
+// may disagree.
+const DefaultMargin = 30 * time.Second
+
+// Memory is the memory of accepted events (*dedup.Store).
+type Memory interface {
+	Acknowledged(ctx context.Context, source, id string, digest dedup.Digest, until time.Time) (bool, error)
+}
+
+// Config is what a Gate is built from.
+type Config struct {
+	Memory Memory
+	// Publisher writes the audit record of an event not routed, with acks
+	// from every in-sync replica.
+	Publisher message.Publisher
+	// Next routes an acknowledged event (route.Router.Handle).
+	Next message.NoPublishHandlerFunc
+	// Timeout is the ingest's wait (kafka.publishTimeout): after an
+	// event's acceptance time plus Timeout, its ingest no longer writes
+	// its record.
+	Timeout time.Duration
+	// Window is the duplicate window (ingest.duplicateWindow).
+	Window time.Duration
+	// Margin is added for clock skew (DefaultMargin when zero).
+	Margin time.Duration
+	// Dropped, if set, is told of each event not routed (a metric).
+	Dropped func()
+	Log     *zap.Logger
+	Now     func() time.Time
+}
+
+// Gate is the router's handler, gated.
+type Gate struct{ cfg Config }
+
+// New builds a Gate.
+func New(cfg Config) (*Gate, error) {
+	if cfg.Memory == nil || cfg.Publisher == nil || cfg.Next == nil || cfg.Timeout <= 0 || cfg.Window <= 0 {
+		return nil, errors.New("ackgate: memory, publisher, next handler, a positive timeout and a positive window are required")
+	}
+	if cfg.Margin <= 0 {
+		cfg.Margin = DefaultMargin
+	}
+	if cfg.Log == nil {
+		cfg.Log = zap.NewNop()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	return &Gate{cfg: cfg}, nil
+}
+
+// Handle is the watermill handler for carehub.events: it routes msg (Next)
+// if its publisher was told it was accepted, and records it as not
+// acknowledged if not. An error (the memory or the audit cannot be reached)
+// has the message retried.
+func (g *Gate) Handle(msg *message.Message) error {
+	source, id := msg.Metadata.Get(topic.MetaSource), msg.Metadata.Get(topic.MetaEventID)
+	at, err := time.Parse(time.RFC3339Nano, msg.Metadata.Get(topic.MetaAccepted))
+	if source == "" || id == "" || err != nil {
+		// Not written by the ingest (every event it publishes carries
+		// these): the router decides, and retries what is no event.
+		return g.cfg.Next(msg)
+	}
+	if g.cfg.Now().Sub(at) > g.cfg.Window-g.cfg.Margin {
+		return g.cfg.Next(msg) // its record may have expired: unchecked
+	}
+	ctx := msg.Context()
+	until := at.Add(g.cfg.Timeout + g.cfg.Margin)
+	ok, err := g.cfg.Memory.Acknowledged(ctx, source, id, dedup.DigestOf(msg.Payload), until)
+	if err != nil {
+		return problem.Wrap(problem.Unavailable, "checking that the event was acknowledged to its publisher", err)
+	}
+	if ok {
+		return g.cfg.Next(msg)
+	}
+	return g.drop(msg, source, id)
+}
+
+// drop records msg as not acknowledged and does not route it.
+func (g *Gate) drop(msg *message.Message, source, id string) error {
+	key := msg.Metadata.Get(topic.MetaKey)
+	pos := position(msg)
+	rec := audit.Record{Time: g.cfg.Now().UTC(), Kind: audit.KindReceived, EventID: id, EventType: msg.Metadata.Get(topic.MetaEventType),
+		Publisher: strings.TrimPrefix(source, event.SourcePrefix), Patient: key, Flags: []string{audit.FlagNotAcknowledged}, Position: pos,
+		Reason: "not routed: the publisher was answered that the event was not accepted (the broker wrote it after the hub stopped waiting); it resends it with the same id"}
+	am := message.NewMessage(watermill.NewUUID(), rec.Marshal())
+	am.Metadata.Set(topic.MetaKey, key)
+	am.Metadata.Set(topic.MetaEventID, id)
+	am.SetContext(msg.Context())
+	if err := g.cfg.Publisher.Publish(topic.Audit, am); err != nil {
+		return problem.Wrap(problem.Unavailable, "recording an event not acknowledged to its publisher", err)
+	}
+	if g.cfg.Dropped != nil {
+		g.cfg.Dropped()
+	}
+	g.cfg.Log.Warn("event not routed: its publisher was told it was not accepted, and will resend it",
+		zap.String("source", source), zap.String("event_id", id), zap.String("position", pos))
+	return nil
+}
+
+// position is the event's record in carehub.events, from the subscriber's
+// metadata ("" when it has none).
+func position(msg *message.Message) string {
+	p, err1 := strconv.Atoi(msg.Metadata.Get(kafkawm.PartitionMetadata))
+	o, err2 := strconv.ParseInt(msg.Metadata.Get(kafkawm.OffsetMetadata), 10, 64)
+	if err1 != nil || err2 != nil {
+		return ""
+	}
+	return audit.EventPosition(p, o)
+}

@@ -1,0 +1,163 @@
+package ackgate
+
+import (
+	"context"
+	"errors"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/carehub/carehub/hub/audit"
+	"github.com/carehub/carehub/hub/dedup"
+	"github.com/carehub/carehub/hub/kafkawm"
+	"github.com/carehub/carehub/hub/topic"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
+)
+
+// canary is the NHS number in the test event (the 999 test range): it
+// must reach neither the audit record nor the log.
+const canary = "9990500002"
+
+// memory answers Acknowledged as told, and notes what it was asked.
+type memory struct {
+	ok     bool
+	err    error
+	asked  int
+	until  time.Time
+	digest dedup.Digest
+}
+
+func (m *memory) Acknowledged(_ context.Context, source, id string, d dedup.Digest, until time.Time) (bool, error) {
+	m.asked++
+	m.until, m.digest = until, d
+	return m.ok, m.err
+}
+
+// pub keeps what is published, or fails.
+type pub struct {
+	got map[string][]*message.Message
+	err error
+}
+
+func (p *pub) Publish(t string, msgs ...*message.Message) error {
+	if p.err != nil {
+		return p.err
+	}
+	if p.got == nil {
+		p.got = map[string][]*message.Message{}
+	}
+	p.got[t] = append(p.got[t], msgs...)
+	return nil
+}
+
+func (p *pub) Close() error { return nil }
+
+var now = time.Date(2026, 3, 21, 12, 0, 0, 0, time.UTC)
+
+// eventMessage is an event as the router's subscription hands it over.
+func eventMessage(accepted time.Time, withAccepted bool) *message.Message {
+	m := message.NewMessage("u", []byte(`{"id":"e-1","source":"urn:ods:RX1","type":"discharge","data":{"patient":{"nhsNumber":"`+canary+`"}}}`))
+	m.Metadata.Set(topic.MetaSource, "urn:ods:RX1")
+	m.Metadata.Set(topic.MetaEventID, "e-1")
+	m.Metadata.Set(topic.MetaEventType, "discharge")
+	m.Metadata.Set(topic.MetaKey, "pseudo-1")
+	m.Metadata.Set(kafkawm.PartitionMetadata, "2")
+	m.Metadata.Set(kafkawm.OffsetMetadata, "17")
+	if withAccepted {
+		m.Metadata.Set(topic.MetaAccepted, accepted.Format(time.RFC3339Nano))
+	}
+	return m
+}
+
+// TestGate: the gate routes what the memory says was acknowledged, records
+// and drops what it says was not, retries what it cannot tell, and routes
+// unchecked what it cannot check (older than the window, not from the
+// ingest).
+func TestGate(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		mem       memory
+		accepted  time.Time
+		noStamp   bool
+		pubErr    error
+		wantAsked int
+		wantNext  int
+		wantAudit int
+		wantErr   bool
+	}{
+		{name: "acknowledged", mem: memory{ok: true}, accepted: now.Add(-time.Second), wantAsked: 1, wantNext: 1},
+		{name: "not acknowledged", mem: memory{}, accepted: now.Add(-time.Second), wantAsked: 1, wantAudit: 1},
+		{name: "the memory cannot tell: retried", mem: memory{err: errors.New("broker unreachable")}, accepted: now.Add(-time.Second), wantAsked: 1, wantErr: true},
+		{name: "not acknowledged, the audit unreachable: retried", mem: memory{}, accepted: now.Add(-time.Second), pubErr: errors.New("down"), wantAsked: 1, wantErr: true},
+		{name: "older than the window less the margin: unchecked", mem: memory{}, accepted: now.Add(-time.Hour + DefaultMargin - time.Second), wantNext: 1},
+		{name: "just within the window: checked", mem: memory{}, accepted: now.Add(-time.Hour + DefaultMargin + time.Second), wantAsked: 1, wantAudit: 1},
+		{name: "not written by the ingest: the router decides", mem: memory{}, noStamp: true, wantNext: 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			mem := tc.mem
+			p := &pub{err: tc.pubErr}
+			next, dropped := 0, 0
+			core, logs := observer.New(zap.DebugLevel)
+			g, err := New(Config{Memory: &mem, Publisher: p, Next: func(*message.Message) error { next++; return nil },
+				Timeout: 10 * time.Second, Window: time.Hour, Dropped: func() { dropped++ }, Log: zap.New(core), Now: func() time.Time { return now }})
+			if err != nil {
+				t.Fatal(err)
+			}
+			msg := eventMessage(tc.accepted, !tc.noStamp)
+			err = g.Handle(msg)
+			if (err != nil) != tc.wantErr {
+				t.Fatalf("Handle: got error %v, want error %v", err, tc.wantErr)
+			}
+			if mem.asked != tc.wantAsked || next != tc.wantNext || len(p.got[topic.Audit]) != tc.wantAudit || dropped != tc.wantAudit {
+				t.Fatalf("asked %d, routed %d, audited %d, counted %d; want %d, %d, %d, %d",
+					mem.asked, next, len(p.got[topic.Audit]), dropped, tc.wantAsked, tc.wantNext, tc.wantAudit, tc.wantAudit)
+			}
+			if mem.asked > 0 {
+				if want := tc.accepted.Add(10*time.Second + DefaultMargin); !mem.until.Equal(want) {
+					t.Errorf("waits until %v, want %v (accepted + publish timeout + margin)", mem.until, want)
+				}
+				if want := dedup.DigestOf(msg.Payload); mem.digest != want {
+					t.Errorf("asked for digest %x, want the digest of the published bytes %x", mem.digest, want)
+				}
+			}
+			for _, am := range p.got[topic.Audit] {
+				if strings.Contains(string(am.Payload), canary) {
+					t.Errorf("the audit record holds the NHS number: %s", am.Payload)
+				}
+				rec, err := audit.Unmarshal(am.Payload)
+				if err != nil {
+					t.Fatal(err)
+				}
+				want := audit.Record{Kind: audit.KindReceived, EventID: "e-1", EventType: "discharge", Publisher: "RX1", Patient: "pseudo-1",
+					Flags: []string{audit.FlagNotAcknowledged}, Position: "2/17"}
+				reason := rec.Reason
+				rec.Time, rec.Reason = time.Time{}, ""
+				if !reflect.DeepEqual(rec, want) || reason == "" {
+					t.Errorf("audit record:\n\tgot  %+v (reason %q)\n\twant %+v and a reason", rec, reason, want)
+				}
+				if k := am.Metadata.Get(topic.MetaKey); k != "pseudo-1" {
+					t.Errorf("audit record keyed %q, want the patient's pseudonym", k)
+				}
+			}
+			for _, e := range logs.All() {
+				line := e.Message
+				for k, v := range e.ContextMap() {
+					line += " " + k + "=" + strings.TrimSpace(fmtAny(v))
+				}
+				if strings.Contains(line, canary) {
+					t.Errorf("the log holds the NHS number: %s", line)
+				}
+			}
+		})
+	}
+}
+
+func fmtAny(v any) string {
+	if s, ok := v.(string); ok {
+		return s
+	}
+	return ""
+}
