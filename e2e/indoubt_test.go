@@ -76,6 +76,9 @@ func TestAnEventAnswered503IsNeverDelivered(t *testing.T) {
 	if len(dropped) != 1 || dropped[0]["position"] == nil || dropped[0]["position"] == "" {
 		t.Errorf("audit records of the event not acknowledged: got %v, want one with its position", dropped)
 	}
+	if got := h.scrape().get("carehub_events_not_acknowledged_total"); got != 1 {
+		t.Errorf("carehub_events_not_acknowledged_total = %v, want 1", got)
+	}
 
 	if status, _ := postEvent(t, h, body); status != http.StatusAccepted {
 		t.Fatalf("the resend with the same id: got %d, want 202", status)

@@ -491,7 +491,7 @@ func (h *hub) startRouter(ctx context.Context) error {
 	// one written by the broker after the ingest gave up (answered 503,
 	// HL7 AR) is recorded as not acknowledged instead (package ackgate).
 	gate, err := ackgate.New(ackgate.Config{Memory: h.accepted, Publisher: h.pub, Next: rt.Handle,
-		Timeout: h.cfg.Kafka.PublishTimeout, Window: h.cfg.Ingest.DuplicateWindow, Log: h.log.Named("router")})
+		Timeout: h.cfg.Kafka.PublishTimeout, Window: h.cfg.Ingest.DuplicateWindow, Dropped: h.metrics.NotAcknowledged, Log: h.log.Named("router")})
 	if err != nil {
 		return fmt.Errorf("creating the router: %w", err)
 	}

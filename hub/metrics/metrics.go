@@ -83,6 +83,7 @@ type Metrics struct {
 	refused    *prometheus.CounterVec
 	held       *prometheus.CounterVec
 	routed     prometheus.Counter
+	unacked    prometheus.Counter
 	decisions  *prometheus.CounterVec
 	deliveries *prometheus.CounterVec
 	latency    prometheus.Histogram
@@ -117,6 +118,10 @@ func New() *Metrics {
 			Name: "carehub_events_routed_total",
 			Help: "Events routed (decided, and their copies, audit and index records durable).",
 		}),
+		unacked: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "carehub_events_not_acknowledged_total",
+			Help: "Events found on carehub.events whose publisher was never told they were accepted (answered 503 or AR, written by the broker later): not routed, audited as not-acknowledged.",
+		}),
 		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "carehub_routing_decisions_total",
 			Help: "Consent decisions taken by the router, one per candidate recipient of an event, by outcome (permit, deny) and the rule that decided.",
@@ -142,10 +147,14 @@ func New() *Metrics {
 	for _, r := range connector.HeldReasons() {
 		m.reasons[r] = true
 	}
-	m.reg.MustRegister(m.accepted, m.duplicates, m.refused, m.held, m.routed, m.decisions, m.deliveries, m.latency,
+	m.reg.MustRegister(m.accepted, m.duplicates, m.refused, m.held, m.routed, m.unacked, m.decisions, m.deliveries, m.latency,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
+
+// NotAcknowledged counts an event the router did not route because its
+// publisher was never told it was accepted (package ackgate).
+func (m *Metrics) NotAcknowledged() { m.unacked.Inc() }
 
 // Handler serves the registry in the Prometheus exposition formats.
 func (m *Metrics) Handler() http.Handler {
