@@ -48,6 +48,7 @@ type backfillJob struct {
 		Withheld        int64 `json:"withheld"`
 		AlreadyReceived int64 `json:"alreadyReceived"`
 		NotForRecipient int64 `json:"notForRecipient"`
+		NotAcknowledged int64 `json:"notAcknowledged"`
 	} `json:"counts"`
 	Error string `json:"error"`
 }
@@ -57,8 +58,12 @@ func (j backfillJob) line() string {
 	if j.Total > 0 {
 		pct = 100 * float64(j.Read) / float64(j.Total)
 	}
-	return fmt.Sprintf("backfill %s for %s: %d of %d events (%.0f%%): %d sent, %d already received, %d withheld, %d not for %s",
+	line := fmt.Sprintf("backfill %s for %s: %d of %d events (%.0f%%): %d sent, %d already received, %d withheld, %d not for %s",
 		j.ID, j.Recipient, j.Read, j.Total, pct, j.Counts.Sent, j.Counts.AlreadyReceived, j.Counts.Withheld, j.Counts.NotForRecipient, j.Recipient)
+	if j.Counts.NotAcknowledged > 0 { // rare: only after a broker outage
+		line += fmt.Sprintf(", %d never acknowledged to their publisher", j.Counts.NotAcknowledged)
+	}
+	return line
 }
 
 // isTerminal reports whether w is a terminal (a progress bar then, plain

@@ -33,7 +33,7 @@ func fakeBackfills(t *testing.T, final string) *httptest.Server {
 		}
 		w.Header().Set("Content-Type", "application/x-ndjson")
 		_, _ = w.Write([]byte(`{"id":"bf-1","recipient":"VM123","state":"running","total":40,"read":20,"counts":{"sent":5}}` + "\n"))
-		_, _ = w.Write([]byte(`{"id":"bf-1","recipient":"VM123","state":"` + final + `","total":40,"read":40,"counts":{"sent":9,"alreadyReceived":1,"withheld":2,"notForRecipient":28}}` + "\n"))
+		_, _ = w.Write([]byte(`{"id":"bf-1","recipient":"VM123","state":"` + final + `","total":40,"read":40,"counts":{"sent":9,"alreadyReceived":1,"withheld":2,"notForRecipient":27,"notAcknowledged":1}}` + "\n"))
 	})
 	srv := httptest.NewServer(mux)
 	t.Cleanup(srv.Close)
@@ -50,7 +50,7 @@ func TestReplayPrintsPlainLinesWithoutATerminal(t *testing.T) {
 	lines := strings.Split(strings.TrimSpace(errOut.String()), "\n")
 	want := []string{
 		"backfill bf-1 for VM123: 20 of 40 events (50%): 5 sent, 0 already received, 0 withheld, 0 not for VM123",
-		"backfill bf-1 for VM123: 40 of 40 events (100%): 9 sent, 1 already received, 2 withheld, 28 not for VM123",
+		"backfill bf-1 for VM123: 40 of 40 events (100%): 9 sent, 1 already received, 2 withheld, 27 not for VM123, 1 never acknowledged to their publisher",
 	}
 	if strings.Join(lines, "\n") != strings.Join(want, "\n") {
 		t.Errorf("progress lines:\n\tgot  %q\n\twant %q", lines, want)
