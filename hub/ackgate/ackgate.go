@@ -1,28 +1,32 @@
 // Package ackgate lets the router route only the events whose publisher was
 // told they were accepted.
 //
-// An event is acknowledged (HTTP 202, HL7 AA, FHIR 201) only once it and its
-// record in the memory of accepted events (package dedup, topic
-// carehub.accepted) are both durable. When the broker is slow the ingest
-// stops waiting at kafka.publishTimeout and answers 503 (HL7 AR), but the
-// Kafka client may still write the event afterwards: it then lands in
-// carehub.events although its sender was told it was not accepted, and will
-// send it again. The record is what tells the two apart: the ingest writes
-// it only after the event is durable, and answers 503 when it cannot.
+// An event is acknowledged (HTTP 202, HL7 AA, FHIR 201) only once it and the
+// record of its publish attempt in the memory of accepted events (package
+// dedup, topic carehub.accepted) are both durable. When the broker is slow
+// the ingest stops waiting at kafka.publishTimeout and answers 503 (HL7 AR),
+// but the Kafka client may still write the event, or its record,
+// afterwards. The attempt's record, or its void, is what tells the two
+// apart, in the same way in every process.
 //
-// Gate wraps the router's handler. For each event it asks the memory
-// whether (source, id, digest of the published bytes) was recorded
-// (dedup.Store.Acknowledged: at once, else after catching up with the topic,
-// else after waiting until the ingest that published it had given up,
-// plus Margin for clocks). Found: the event is routed. Not found: it is not
-// routed; an audit record of kind received with the flag not-acknowledged
-// is written (backfill skips the copies such records name), and the event
-// is acknowledged to the subscription.
+// Gate wraps the router's handler. For each event it asks the memory about
+// its attempt (header carehub_attempt; dedup.Store.Acknowledged): decided
+// already; else after catching up with the topic; else after waiting until
+// the ingest that published it had given up (acceptance time +
+// kafka.publishTimeout + Margin for clocks), when the gate writes a void for
+// the attempt and the first of record and void in the log decides. Recorded
+// first: the event is routed. Void first: it is not routed; an audit record
+// of kind received with the flag not-acknowledged is written (backfill
+// skips the copies such records name), and the event is acknowledged to the
+// subscription. The argument that an acknowledged event is always routed
+// is in package dedup's doc.
 //
-// One limit: an event accepted longer ago than the duplicate window less
+// Limits: an event accepted longer ago than the duplicate window less
 // Margin (records older than the window have left carehub.accepted) is
-// routed unchecked. A router that far behind has other problems; the
-// readiness and lag metrics say so.
+// routed unchecked, and so is an event without an attempt header (written
+// by a hub from before attempts, which wrote no per-attempt records). A
+// router that far behind has other problems; the readiness and lag metrics
+// say so.
 package ackgate
 
 import (
@@ -50,7 +54,7 @@ const DefaultMargin = 30 * time.Second
 
 // Memory is the memory of accepted events (*dedup.Store).
 type Memory interface {
-	Acknowledged(ctx context.Context, source, id string, digest dedup.Digest, until time.Time) (bool, error)
+	Acknowledged(ctx context.Context, source, id, attempt string, digest dedup.Digest, accepted, until time.Time) (bool, error)
 }
 
 // Config is what a Gate is built from.
@@ -107,12 +111,16 @@ func (g *Gate) Handle(msg *message.Message) error {
 		// these): the router decides, and retries what is no event.
 		return g.cfg.Next(msg)
 	}
+	attempt := msg.Metadata.Get(topic.MetaAttempt)
+	if attempt == "" {
+		return g.cfg.Next(msg) // from a hub before attempts: no record to look for
+	}
 	if g.cfg.Now().Sub(at) > g.cfg.Window-g.cfg.Margin {
 		return g.cfg.Next(msg) // its record may have expired: unchecked
 	}
 	ctx := msg.Context()
 	until := at.Add(g.cfg.Timeout + g.cfg.Margin)
-	ok, err := g.cfg.Memory.Acknowledged(ctx, source, id, dedup.DigestOf(msg.Payload), until)
+	ok, err := g.cfg.Memory.Acknowledged(ctx, source, id, attempt, dedup.DigestOf(msg.Payload), at, until)
 	if err != nil {
 		return problem.Wrap(problem.Unavailable, "checking that the event was acknowledged to its publisher", err)
 	}

@@ -23,16 +23,18 @@ const canary = "9990500002"
 
 // memory answers Acknowledged as told, and notes what it was asked.
 type memory struct {
-	ok     bool
-	err    error
-	asked  int
-	until  time.Time
-	digest dedup.Digest
+	ok       bool
+	err      error
+	asked    int
+	until    time.Time
+	accepted time.Time
+	attempt  string
+	digest   dedup.Digest
 }
 
-func (m *memory) Acknowledged(_ context.Context, source, id string, d dedup.Digest, until time.Time) (bool, error) {
+func (m *memory) Acknowledged(_ context.Context, source, id, attempt string, d dedup.Digest, accepted, until time.Time) (bool, error) {
 	m.asked++
-	m.until, m.digest = until, d
+	m.until, m.digest, m.attempt, m.accepted = until, d, attempt, accepted
 	return m.ok, m.err
 }
 
@@ -58,7 +60,7 @@ func (p *pub) Close() error { return nil }
 var now = time.Date(2026, 3, 21, 12, 0, 0, 0, time.UTC)
 
 // eventMessage is an event as the router's subscription hands it over.
-func eventMessage(accepted time.Time, withAccepted bool) *message.Message {
+func eventMessage(accepted time.Time, withAccepted, withAttempt bool) *message.Message {
 	m := message.NewMessage("u", []byte(`{"id":"e-1","source":"urn:ods:RX1","type":"discharge","data":{"patient":{"nhsNumber":"`+canary+`"}}}`))
 	m.Metadata.Set(topic.MetaSource, "urn:ods:RX1")
 	m.Metadata.Set(topic.MetaEventID, "e-1")
@@ -68,6 +70,9 @@ func eventMessage(accepted time.Time, withAccepted bool) *message.Message {
 	m.Metadata.Set(kafkawm.OffsetMetadata, "17")
 	if withAccepted {
 		m.Metadata.Set(topic.MetaAccepted, accepted.Format(time.RFC3339Nano))
+	}
+	if withAttempt {
+		m.Metadata.Set(topic.MetaAttempt, "att-1")
 	}
 	return m
 }
@@ -82,6 +87,7 @@ func TestGate(t *testing.T) {
 		mem       memory
 		accepted  time.Time
 		noStamp   bool
+		noAttempt bool
 		pubErr    error
 		wantAsked int
 		wantNext  int
@@ -95,6 +101,9 @@ func TestGate(t *testing.T) {
 		{name: "older than the window less the margin: unchecked", mem: memory{}, accepted: now.Add(-time.Hour + DefaultMargin - time.Second), wantNext: 1},
 		{name: "just within the window: checked", mem: memory{}, accepted: now.Add(-time.Hour + DefaultMargin + time.Second), wantAsked: 1, wantAudit: 1},
 		{name: "not written by the ingest: the router decides", mem: memory{}, noStamp: true, wantNext: 1},
+		// Upgrade: a hub from before attempts wrote no per-attempt
+		// record; its events are routed unchecked.
+		{name: "no attempt (an older hub's event): unchecked", mem: memory{}, accepted: now.Add(-time.Second), noAttempt: true, wantNext: 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			mem := tc.mem
@@ -106,7 +115,7 @@ func TestGate(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			msg := eventMessage(tc.accepted, !tc.noStamp)
+			msg := eventMessage(tc.accepted, !tc.noStamp, !tc.noAttempt)
 			err = g.Handle(msg)
 			if (err != nil) != tc.wantErr {
 				t.Fatalf("Handle: got error %v, want error %v", err, tc.wantErr)
@@ -118,6 +127,9 @@ func TestGate(t *testing.T) {
 			if mem.asked > 0 {
 				if want := tc.accepted.Add(10*time.Second + DefaultMargin); !mem.until.Equal(want) {
 					t.Errorf("waits until %v, want %v (accepted + publish timeout + margin)", mem.until, want)
+				}
+				if mem.attempt != "att-1" || !mem.accepted.Equal(tc.accepted) {
+					t.Errorf("asked for attempt %q accepted %v, want att-1 accepted %v", mem.attempt, mem.accepted, tc.accepted)
 				}
 				if want := dedup.DigestOf(msg.Payload); mem.digest != want {
 					t.Errorf("asked for digest %x, want the digest of the published bytes %x", mem.digest, want)

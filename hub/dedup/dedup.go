@@ -1,21 +1,56 @@
 // Package dedup is the hub's memory of the events it accepted: for each
-// (source, id) accepted within a window, a digest of its canonical content.
-// It is how a publisher's retry is answered positively without publishing
-// the event twice, and how the same id reused for different content is
-// refused, across processes and restarts.
+// (source, id) accepted within a window, the publish attempts it saw and the
+// digest of each one's canonical content. It is how a publisher's retry is
+// answered positively without publishing the event twice, how the same id
+// reused for different content is refused, across processes and restarts,
+// and how the router tells an event its publisher was told was accepted
+// from one it was told was not (package ackgate).
 //
-// The memory is kept in Kafka, in the topic carehub.accepted (one partition;
-// key event.Identity(source, id), a digest that holds neither in clear;
-// value a Record), and in memory: every hub process loads the topic before
-// it serves (WaitLoaded) and follows it afterwards (package follow). Records
-// older than the window are not loaded, and the topic deletes them (its
-// retention.ms is the window).
+// The memory is kept in Kafka, in the topic carehub.accepted (ONE partition:
+// its log order is the order every process applies), and in memory: every
+// hub process loads the topic before it serves (WaitLoaded) and follows it
+// afterwards (package follow). Records older than the window are not
+// loaded, and the topic deletes them (its retention.ms is the window).
+//
+// # Attempts, records and voids
+//
+// Each publish of an event by the ingest is an attempt, with a random id
+// (Claim.Attempt) that the ingest sets on the event's Kafka record (header
+// carehub_attempt). Once the event is durable the ingest writes the
+// attempt's record (a Record naming the attempt, key event.Identity(source,
+// id) + "/" + attempt, so compaction keeps each attempt's record), and it
+// answers the publisher "accepted" only once that record is acknowledged,
+// within kafka.publishTimeout of the attempt's acceptance time. A router
+// that finds no record for an attempt, after catching up and after waiting
+// until the acceptance time + publishTimeout + a margin for clocks, writes
+// a void for it (key "void/" + identity + "/" + attempt, never merged with
+// the record by compaction), catches up until it has applied it, and then
+// decides by log order: whichever of the attempt's record and void came
+// first wins, in every process, and late ones are ignored (Acknowledged).
+//
+// Why an acknowledged event is always routed: the ingest answers 202 only
+// if the attempt's record was acknowledged before acceptance +
+// publishTimeout (its clock); a void is written only after acceptance +
+// publishTimeout + margin (the router's clock) and after a catch-up to the
+// committed end offsets found no record. With clocks less than the margin
+// apart, the acknowledged record was in the log before that catch-up, so
+// it is found and no void is written; and a void, when one is written,
+// always comes before any record of the attempt that lands after it. A
+// record cut short at the ingest (answered 503) that lands later is either
+// before the void (the event is routed: a 503 that was in fact durable) or
+// after it (not routed, ever). Claim answers from the same states, so a
+// resend is a Duplicate only if an attempt with its content is recorded and
+// not voided: it is then routed, and the resend is not published again.
+//
+// Upgrade: records without an attempt (written by hubs before attempts,
+// keyed by the identity alone) count as recorded attempts for Claim, and
+// events without an attempt header are routed unchecked (package ackgate).
 //
 // # Use
 //
 //	c, err := s.Claim(ctx, source, id, digest)  // after catching up with the topic
 //	switch c.State {
-//	case dedup.New:       publish the event; then s.Record(ctx, c) (or s.Abandon(c) if it failed)
+//	case dedup.New:       publish the event with header carehub_attempt = c.Attempt; then s.Record(ctx, c) (or s.Abandon(c) if it failed)
 //	case dedup.Duplicate: accepted before with the same content: answer as for the first time
 //	case dedup.Conflict:  accepted before with other content: refuse (409)
 //	}
@@ -28,21 +63,21 @@
 // request was answered is always seen as a Duplicate: the record is written,
 // with acknowledgement from every in-sync replica, before the first answer,
 // and Claim catches up with the topic's end offsets before it looks (the
-// freshness barrier of package follow). Two processes that take the same
-// event at the same moment (a retry sent while the first attempt is still
-// being published, by a load balancer to another process) may both publish
-// it: delivery is at least once, and recipients drop the second copy by its
-// webhook-id, which is the same (event.DeliveryID). The event is always
-// published before its record is written, so a record never stands for an
-// event that was not made durable; and the record is the event's
-// acknowledgement: the publisher is told the event was accepted only once
-// both are durable, and the router routes only events it finds recorded
-// (Acknowledged; package ackgate).
+// freshness barrier of package follow). Records of other processes are
+// always applied, even while this process holds a claim of the same
+// identity. Two processes that take the same event at the same moment (a
+// retry sent while the first attempt is still being published, by a load
+// balancer to another process) may both publish and record it: delivery is
+// at least once, and recipients drop the second copy by its webhook-id,
+// which is the same (event.DeliveryID). The event is always published
+// before its record is written, so a record never stands for an event that
+// was not made durable.
 package dedup
 
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -85,12 +120,39 @@ func DigestOf(canonical []byte) Digest {
 
 // Record is the value of a carehub.accepted record. It names the event by
 // source and id (metadata, as the ce_ headers of carehub.events do) and
-// holds no patient data.
+// holds no patient data. A record without Attempt was written by a hub
+// from before attempts; a Void record says the attempt was never
+// acknowledged (its Digest is empty).
 type Record struct {
 	Source   string    `json:"source"`
 	ID       string    `json:"id"`
-	Digest   string    `json:"digest"` // hex SHA-256 of the canonical event
+	Digest   string    `json:"digest,omitempty"` // hex SHA-256 of the canonical event
 	Accepted time.Time `json:"accepted"`
+	Attempt  string    `json:"attempt,omitempty"`
+	Void     bool      `json:"void,omitempty"`
+}
+
+// RecordKey is the Kafka key of an attempt's record; VoidKey the key of its
+// void. Distinct keys, so that compaction keeps both.
+func RecordKey(source, id, attempt string) string {
+	if attempt == "" {
+		return event.Identity(source, id)
+	}
+	return event.Identity(source, id) + "/" + attempt
+}
+
+// VoidKey is the Kafka key of an attempt's void.
+func VoidKey(source, id, attempt string) string {
+	return "void/" + event.Identity(source, id) + "/" + attempt
+}
+
+// NewAttempt returns a fresh attempt id: 16 random bytes, hex.
+func NewAttempt() string {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic("dedup: no randomness: " + err.Error())
+	}
+	return hex.EncodeToString(b[:])
 }
 
 // State is what a Claim found.
@@ -120,6 +182,9 @@ func (s State) String() string {
 type Claim struct {
 	State    State
 	Accepted time.Time // for Duplicate and Conflict: when the first was accepted
+	// Attempt, for a New claim, is the id of this publish attempt: the
+	// ingest sets it on the event's record (header carehub_attempt).
+	Attempt string
 	// RepeatOf, in ClaimAll's answer, is 1 + the index of the earlier
 	// listing of the same (source, id) in the same call, or 0: such a
 	// repeat is published only as its first listing is, and shares its fate.
@@ -128,24 +193,34 @@ type Claim struct {
 	source   string
 	id       string
 	digest   Digest
-	e        *entry
+	done     chan struct{} // this claim's pending marker
 }
 
 // key is the first half of event.Identity: 128 bits are plenty to tell the
 // events of a window apart, and halve the memory.
 type key [16]byte
 
-// entry is one remembered event. Concurrency: guarded by Store.mu.
-type entry struct {
-	digest  Digest
-	at      time.Time
-	pending bool          // a request of this process is publishing it
-	done    chan struct{} // closed when it stops being pending
+// attempt is what the memory knows of one publish attempt.
+type attempt struct {
+	void   bool
+	digest Digest
+	at     time.Time
+	// logged: the state was applied from the topic, in log order, and is
+	// final. Not logged: this process's Record was acknowledged and the
+	// topic not yet applied that far (its first entry for the attempt
+	// replaces it).
+	logged bool
 }
 
-// Store is the memory. Concurrency: mu guards m, order, head, now and
-// changed; changed is closed and replaced whenever an entry is added or
-// stops being pending, to wake Acknowledged.
+// entry is one remembered event: its attempts by id ("" for records from
+// before attempts). Concurrency: guarded by Store.mu.
+type entry struct {
+	attempts map[string]*attempt
+}
+
+// Store is the memory. Concurrency: mu guards m, pending, order, head and
+// changed; changed is closed and replaced whenever an attempt's state is
+// set, to wake Acknowledged.
 type Store struct {
 	window time.Duration
 	topic  string
@@ -156,16 +231,18 @@ type Store struct {
 
 	mu      sync.Mutex
 	m       map[key]*entry
-	order   []aged // in the order entries were added, for expiry
-	head    int    // order[head:] may still be live
+	pending map[key]chan struct{} // claims this process holds: closed when given back
+	order   []aged                // in the order attempts were added, for expiry
+	head    int                   // order[head:] may still be live
 	changed chan struct{}
 
 	waiting func() // tests: told when Acknowledged starts waiting
 }
 
 type aged struct {
-	k  key
-	at time.Time
+	k       key
+	attempt string
+	at      time.Time
 }
 
 // Open starts loading topic and returns at once; WaitLoaded says when the
@@ -182,7 +259,7 @@ func Open(brokers []string, topic string, window, timeout time.Duration, log *za
 	}
 	s := &Store{
 		window: window, topic: topic, log: log, now: time.Now,
-		m: map[key]*entry{}, changed: make(chan struct{}),
+		m: map[key]*entry{}, pending: map[key]chan struct{}{}, changed: make(chan struct{}),
 		writer: &kafka.Writer{
 			Addr: kafka.TCP(brokers...), Topic: topic, Balancer: &kafka.Murmur2Balancer{},
 			RequiredAcks: kafka.RequireAll, BatchTimeout: time.Millisecond, MaxAttempts: 5,
@@ -216,23 +293,26 @@ func keyOf(source, id string) key {
 	return k
 }
 
-// apply loads one record from the topic.
+// apply loads one record (or void) from the topic, in log order: the first
+// entry for an attempt sets its state for good.
 func (s *Store) apply(_ int, m kafka.Message) {
 	if m.Value == nil {
 		return
 	}
 	var r Record
-	if err := json.Unmarshal(m.Value, &r); err != nil || r.Source == "" || r.ID == "" {
-		s.log.Error("an invalid record in the accepted-events topic is ignored", zap.Int64("offset", m.Offset))
-		return
-	}
-	raw, err := hex.DecodeString(r.Digest)
-	if err != nil || len(raw) != sha256.Size {
+	if err := json.Unmarshal(m.Value, &r); err != nil || r.Source == "" || r.ID == "" || (r.Void && r.Attempt == "") {
 		s.log.Error("an invalid record in the accepted-events topic is ignored", zap.Int64("offset", m.Offset))
 		return
 	}
 	var d Digest
-	copy(d[:], raw)
+	if !r.Void {
+		raw, err := hex.DecodeString(r.Digest)
+		if err != nil || len(raw) != sha256.Size {
+			s.log.Error("an invalid record in the accepted-events topic is ignored", zap.Int64("offset", m.Offset))
+			return
+		}
+		copy(d[:], raw)
+	}
 	k := keyOf(r.Source, r.ID)
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -241,42 +321,47 @@ func (s *Store) apply(_ int, m kafka.Message) {
 		return
 	}
 	s.expireLocked(now)
+	if a := s.attemptLocked(k, r.Attempt); a != nil && a.logged {
+		return // the first entry of the attempt in the log decided it
+	}
+	s.setLocked(k, r.Attempt, &attempt{void: r.Void, digest: d, at: r.Accepted, logged: true})
+}
+
+// attemptLocked returns what is known of an attempt, or nil. Lock held.
+func (s *Store) attemptLocked(k key, id string) *attempt {
 	if e, ok := s.m[k]; ok {
-		if e.pending {
-			return // this process is publishing it; its own Record will settle it
-		}
-		if e.digest == d {
-			return
-		}
+		return e.attempts[id]
 	}
-	s.addLocked(k, &entry{digest: d, at: r.Accepted})
+	return nil
 }
 
-// addLocked remembers e under k. Lock held.
-func (s *Store) addLocked(k key, e *entry) {
-	s.m[k] = e
-	s.order = append(s.order, aged{k, e.at})
-	if !e.pending {
-		s.wakeLocked()
+// setLocked sets an attempt's state and wakes Acknowledged. Lock held.
+func (s *Store) setLocked(k key, id string, a *attempt) {
+	e, ok := s.m[k]
+	if !ok {
+		e = &entry{attempts: map[string]*attempt{}}
+		s.m[k] = e
 	}
-}
-
-// wakeLocked wakes the callers of Acknowledged waiting for a change. Lock
-// held.
-func (s *Store) wakeLocked() {
+	e.attempts[id] = a
+	s.order = append(s.order, aged{k, id, a.at})
 	close(s.changed)
 	s.changed = make(chan struct{})
 }
 
-// expireLocked forgets entries older than the window. Lock held.
+// expireLocked forgets attempts older than the window. Lock held.
 func (s *Store) expireLocked(now time.Time) {
 	cutoff := now.Add(-s.window)
 	for s.head < len(s.order) && s.order[s.head].at.Before(cutoff) {
-		a := s.order[s.head]
+		o := s.order[s.head]
 		s.order[s.head] = aged{}
 		s.head++
-		if e, ok := s.m[a.k]; ok && !e.pending && e.at.Equal(a.at) {
-			delete(s.m, a.k)
+		if e, ok := s.m[o.k]; ok {
+			if a, ok := e.attempts[o.attempt]; ok && a.at.Equal(o.at) {
+				delete(e.attempts, o.attempt)
+				if len(e.attempts) == 0 {
+					delete(s.m, o.k)
+				}
+			}
 		}
 	}
 	if s.head > 1024 && s.head > len(s.order)/2 {
@@ -297,20 +382,15 @@ func (s *Store) Claim(ctx context.Context, source, id string, digest Digest) (Cl
 }
 
 // claimLoaded is Claim without the barrier: for a batch, after one Sync.
+// Duplicate iff an attempt with this content is recorded (and not void);
+// Conflict iff an attempt with other content is and none with this one;
+// else New.
 func (s *Store) claimLoaded(ctx context.Context, source, id string, digest Digest) (Claim, error) {
 	k := keyOf(source, id)
 	for {
 		s.mu.Lock()
 		s.expireLocked(s.now())
-		e, ok := s.m[k]
-		switch {
-		case !ok:
-			e = &entry{digest: digest, at: s.now(), pending: true, done: make(chan struct{})}
-			s.addLocked(k, e)
-			s.mu.Unlock()
-			return Claim{State: New, key: k, source: source, id: id, digest: digest, e: e}, nil
-		case e.pending:
-			done := e.done
+		if done, ok := s.pending[k]; ok {
 			s.mu.Unlock()
 			select {
 			case <-done:
@@ -318,15 +398,35 @@ func (s *Store) claimLoaded(ctx context.Context, source, id string, digest Diges
 			case <-ctx.Done():
 				return Claim{}, ctx.Err()
 			}
-		case e.digest == digest:
-			at := e.at
+		}
+		var same, other *attempt
+		if e, ok := s.m[k]; ok {
+			for _, a := range e.attempts {
+				switch {
+				case a.void:
+				case a.digest == digest:
+					if same == nil || a.at.Before(same.at) {
+						same = a
+					}
+				case other == nil || a.at.Before(other.at):
+					other = a
+				}
+			}
+		}
+		switch {
+		case same != nil:
+			at := same.at
 			s.mu.Unlock()
 			return Claim{State: Duplicate, Accepted: at}, nil
-		default:
-			at := e.at
+		case other != nil:
+			at := other.at
 			s.mu.Unlock()
 			return Claim{State: Conflict, Accepted: at}, nil
 		}
+		done := make(chan struct{})
+		s.pending[k] = done
+		s.mu.Unlock()
+		return Claim{State: New, Attempt: NewAttempt(), key: k, source: source, id: id, digest: digest, done: done}, nil
 	}
 }
 
@@ -363,94 +463,127 @@ func (s *Store) ClaimAll(ctx context.Context, sources, ids []string, digests []D
 	return out, nil
 }
 
-// Abandon gives back a New claim whose event was not published: the next
-// Claim of it is New again. It does nothing for other claims.
+// Abandon gives back a New claim whose event was not published (or whose
+// record failed): the next Claim of it is New again, unless a record of
+// another attempt was applied meanwhile. It removes only this claim's
+// pending marker, never a record. It does nothing for other claims.
 func (s *Store) Abandon(c Claim) {
-	if c.State != New || c.e == nil {
+	if c.State != New || c.done == nil {
 		return
 	}
 	s.mu.Lock()
-	if s.m[c.key] == c.e {
-		delete(s.m, c.key)
-	}
-	if c.e.pending {
-		c.e.pending = false
-		close(c.e.done)
-	}
+	s.releaseLocked(c)
 	s.mu.Unlock()
 }
 
+// releaseLocked removes c's pending marker. Lock held.
+func (s *Store) releaseLocked(c Claim) {
+	if s.pending[c.key] == c.done {
+		delete(s.pending, c.key)
+		close(c.done)
+	}
+}
+
+// RecordError is Record's error: which of its claims were not recorded.
+type RecordError struct {
+	failed []bool
+	err    error
+}
+
+func (e *RecordError) Error() string { return "recording accepted events: " + e.err.Error() }
+func (e *RecordError) Unwrap() error { return e.err }
+
+// FailedAt says whether the claim at index i of Record's arguments was not
+// recorded (its event must be answered as not accepted).
+func (e *RecordError) FailedAt(i int) bool { return i < len(e.failed) && e.failed[i] }
+
 // Record remembers the published events of New claims (others are
-// skipped): it writes their records to the topic, acknowledged by every
-// in-sync replica, then releases the claims. The record is the event's
-// acknowledgement: the router routes only events whose record it finds
-// (package ackgate). If the write fails the claims are abandoned, the error
-// says so, and the caller must not answer the events as accepted: a retry
-// with the same id is New again (unless the record, written after all,
-// reached the topic first: then it is a Duplicate, and the event routed).
+// skipped): it writes one record per attempt to the topic, acknowledged by
+// every in-sync replica, then releases the claims. The record is the
+// event's acknowledgement: the router routes only attempts whose record
+// came before any void (package ackgate). When some records fail (kafka-go
+// tells which, per message), the error is a *RecordError naming them; their
+// claims are given back and the caller must not answer those events as
+// accepted. The others are recorded.
 func (s *Store) Record(ctx context.Context, cs ...Claim) error {
 	var msgs []kafka.Message
-	var held []Claim
+	var at []int // index in cs of each message
 	s.mu.Lock()
 	now := s.now().UTC()
 	s.mu.Unlock()
-	for _, c := range cs {
-		if c.State != New || c.e == nil {
+	for i, c := range cs {
+		if c.State != New || c.done == nil {
 			continue
 		}
-		b, _ := json.Marshal(Record{Source: c.source, ID: c.id, Digest: hex.EncodeToString(c.digest[:]), Accepted: now})
-		msgs = append(msgs, kafka.Message{Key: []byte(event.Identity(c.source, c.id)), Value: b})
-		held = append(held, c)
+		b, _ := json.Marshal(Record{Source: c.source, ID: c.id, Digest: hex.EncodeToString(c.digest[:]), Accepted: now, Attempt: c.Attempt})
+		msgs = append(msgs, kafka.Message{Key: []byte(RecordKey(c.source, c.id, c.Attempt)), Value: b})
+		at = append(at, i)
 	}
 	if len(msgs) == 0 {
 		return nil
 	}
 	err := s.writer.WriteMessages(ctx, msgs...)
+	var rerr *RecordError
 	if err != nil {
-		for _, c := range held {
-			s.Abandon(c)
+		rerr = &RecordError{failed: make([]bool, len(cs)), err: err}
+		var werrs kafka.WriteErrors
+		if errors.As(err, &werrs) && len(werrs) == len(msgs) {
+			for j, e := range werrs {
+				if e != nil {
+					rerr.failed[at[j]] = true
+					rerr.err = e
+				}
+			}
+		} else {
+			for _, i := range at {
+				rerr.failed[i] = true
+			}
 		}
-		return fmt.Errorf("recording accepted events: %w", err)
 	}
 	s.mu.Lock()
-	for _, c := range held {
-		if c.e.pending {
-			c.e.at = now
-			c.e.pending = false
-			close(c.e.done)
-			s.order = append(s.order, aged{c.key, now})
+	for _, i := range at {
+		c := cs[i]
+		if rerr == nil || !rerr.failed[i] {
+			if s.attemptLocked(c.key, c.Attempt) == nil {
+				s.setLocked(c.key, c.Attempt, &attempt{digest: c.digest, at: now})
+			}
 		}
+		s.releaseLocked(c)
 	}
-	s.wakeLocked()
 	s.mu.Unlock()
+	if rerr != nil {
+		return rerr
+	}
 	return nil
 }
 
-// Acknowledged reports whether the event (source, id) with digest was
-// recorded (Record returned without error, in this process or another):
-// whether its publisher was told it was accepted. It looks in the memory;
-// if the event is not there, it catches up with the topic (Sync) and looks
-// again; if it is still not there and until (when the ingest that
-// published it had stopped waiting for its record, plus a margin for
-// clocks) is in the future, it waits for the record until then, catches
-// up once more and gives its answer. While a request of this process
-// holds the claim, it waits for that request to record or abandon it. An
-// error means it cannot tell (ctx ended, brokers unreachable): ask again.
+// Acknowledged reports whether the attempt (source, id, attempt) of an
+// event with digest was acknowledged to its publisher, and decides it for
+// good: its record is in the topic before any void of it. It looks in the
+// memory (states applied from the topic only); if the attempt is not
+// there, it catches up with the topic (Sync) and looks again; if it is
+// still not there and until (when the ingest that published it had
+// stopped waiting for its record, plus a margin for clocks) is in the
+// future, it waits for the record until then and catches up once more.
+// Still no record: it writes a void for the attempt (accepted is the
+// event's acceptance time, for the void's expiry), catches up until the
+// void is applied, and answers by log order: the record, if it landed
+// first, wins. An error means it cannot tell (ctx ended, brokers
+// unreachable): ask again.
 //
 // Most calls answer from the memory at once, or after one catch-up;
 // concurrent catch-ups share their end-offset lookups (package follow).
-func (s *Store) Acknowledged(ctx context.Context, source, id string, digest Digest, until time.Time) (bool, error) {
+func (s *Store) Acknowledged(ctx context.Context, source, id, attemptID string, digest Digest, accepted, until time.Time) (bool, error) {
 	k := keyOf(source, id)
-	found, _, err := s.recorded(ctx, k, digest)
-	if found || err != nil {
-		return found, err
+	if ok, decided, _ := s.decided(k, attemptID, digest); decided {
+		return ok, nil
 	}
 	if err := s.f.Sync(ctx); err != nil {
 		return false, fmt.Errorf("catching up with accepted events: %w", err)
 	}
-	found, changed, err := s.recorded(ctx, k, digest)
-	if found || err != nil {
-		return found, err
+	ok, decided, changed := s.decided(k, attemptID, digest)
+	if decided {
+		return ok, nil
 	}
 	if s.waiting != nil && time.Until(until) > 0 {
 		s.waiting()
@@ -469,38 +602,45 @@ func (s *Store) Acknowledged(ctx context.Context, source, id string, digest Dige
 			t.Stop()
 			return false, ctx.Err()
 		}
-		if found, changed, err = s.recorded(ctx, k, digest); found || err != nil {
-			return found, err
+		if ok, decided, changed = s.decided(k, attemptID, digest); decided {
+			return ok, nil
 		}
 	}
 	if err := s.f.Sync(ctx); err != nil {
 		return false, fmt.Errorf("catching up with accepted events: %w", err)
 	}
-	found, _, err = s.recorded(ctx, k, digest)
-	return found, err
+	if ok, decided, _ = s.decided(k, attemptID, digest); decided {
+		return ok, nil
+	}
+	b, _ := json.Marshal(Record{Source: source, ID: id, Accepted: accepted.UTC(), Attempt: attemptID, Void: true})
+	if err := s.writer.WriteMessages(ctx, kafka.Message{Key: []byte(VoidKey(source, id, attemptID)), Value: b}); err != nil {
+		return false, fmt.Errorf("voiding an attempt never recorded: %w", err)
+	}
+	if err := s.f.Sync(ctx); err != nil {
+		return false, fmt.Errorf("catching up with accepted events: %w", err)
+	}
+	if ok, decided, _ = s.decided(k, attemptID, digest); decided {
+		return ok, nil
+	}
+	return false, errors.New("the void written for an attempt was not applied (older than the duplicate window?)")
 }
 
-// recorded looks k up, waiting while it is pending, and returns whether it
-// is recorded with digest and the channel that the next change closes.
-func (s *Store) recorded(ctx context.Context, k key, digest Digest) (bool, <-chan struct{}, error) {
-	for {
-		s.mu.Lock()
-		s.expireLocked(s.now())
-		e, ok := s.m[k]
-		if ok && e.pending {
-			done := e.done
-			s.mu.Unlock()
-			select {
-			case <-done:
-				continue
-			case <-ctx.Done():
-				return false, nil, ctx.Err()
-			}
-		}
-		changed := s.changed
-		s.mu.Unlock()
-		return ok && e.digest == digest, changed, nil
+// decided looks the attempt up: whether its state was applied from the
+// topic, and if so whether it is recorded with digest; and the channel the
+// next change closes.
+func (s *Store) decided(k key, id string, digest Digest) (ok, decided bool, changed <-chan struct{}) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.expireLocked(s.now())
+	changed = s.changed
+	a := s.attemptLocked(k, id)
+	if a == nil || !a.logged {
+		return false, false, changed
 	}
+	if !a.void && a.digest != digest {
+		s.log.Error("an attempt's record names other content than its event: not routed")
+	}
+	return !a.void && a.digest == digest, true, changed
 }
 
 // Window is how long an event is remembered: an event accepted longer ago

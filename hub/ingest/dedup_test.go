@@ -147,6 +147,66 @@ func (u unrecorded) Record(_ context.Context, cs ...dedup.Claim) error {
 	return errors.New("recording accepted events: broker unreachable")
 }
 
+// partlyRecorded is a memory whose broker writes the records of some
+// claims of a batch and refuses the others (as kafka-go's per-message
+// errors tell dedup.Store.Record).
+type partlyRecorded struct {
+	*dedup.Store
+	refuse func(i int) bool // by index in Record's arguments
+}
+
+type partialRecordErr struct{ failed func(int) bool }
+
+func (e partialRecordErr) Error() string       { return "recording accepted events: the broker refused some" }
+func (e partialRecordErr) FailedAt(i int) bool { return e.failed(i) }
+
+func (p partlyRecorded) Record(ctx context.Context, cs ...dedup.Claim) error {
+	for i, c := range cs {
+		if p.refuse(i) {
+			p.Abandon(c)
+		} else if err := p.Store.Record(ctx, c); err != nil {
+			return err
+		}
+	}
+	return partialRecordErr{p.refuse}
+}
+
+// TestPartlyRecordedBatchIsAnsweredPerEvent pins review bug (4) of the ack
+// gate: when some records of a batch failed, every event of the batch was
+// answered 503 and its claim abandoned, though the others' records had
+// landed (their events routed, their resends duplicates). Now only the
+// events whose record failed are answered Unavailable; and each published
+// event carries its own attempt id.
+func TestPartlyRecordedBatchIsAnsweredPerEvent(t *testing.T) {
+	p := &pub{}
+	in, raw := setup(t, p)
+	mem := memory(t)
+	in.WithMemory(partlyRecorded{mem, func(i int) bool { return i == 1 }}, zaptest.NewLogger(t))
+	ctx := context.Background()
+	second := edit(t, raw, func(m map[string]any) { m["id"] = "partly-2" })
+	third := edit(t, raw, func(m map[string]any) { m["id"] = "partly-3" })
+	res := in.AcceptBatch(ctx, "RX1", []json.RawMessage{raw, second, third, second})
+	for i, wantUnavailable := range []bool{false, true, false, true} {
+		if got := res[i].Err != nil && problem.KindOf(res[i].Err) == problem.Unavailable; got != wantUnavailable || (res[i].Err != nil) != wantUnavailable {
+			t.Errorf("result %d: got %v, want unavailable %v", i, res[i].Err, wantUnavailable)
+		}
+	}
+	attempts := map[string]bool{}
+	for _, m := range p.sent {
+		attempts[m.Metadata.Get(topic.MetaAttempt)] = true
+	}
+	if len(p.sent) != 3 || len(attempts) != 3 || attempts[""] {
+		t.Errorf("published %d events with attempts %v: want 3, each with its own", len(p.sent), attempts)
+	}
+	in.WithMemory(mem, nil)
+	for i, want := range []bool{true, false, true} {
+		acc, err := in.Accept(ctx, "RX1", [][]byte{raw, second, third}[i])
+		if err != nil || acc.Duplicate != want {
+			t.Errorf("resend %d: got %+v, %v; want duplicate %v", i, acc, err, want)
+		}
+	}
+}
+
 // TestUnrecordedEventIsAnsweredUnavailable pins issue 14's in-doubt bug
 // (an event answered 202 whose record in carehub.accepted failed was
 // logged and acknowledged; answered 503 it was routed anyway): the record

@@ -13,10 +13,12 @@
 // duplicate window is answered as accepted and not published again, and an
 // id reused for other content is refused with a Conflict (409). The event is
 // published before it is remembered, and answered accepted only once both
-// are durable: the record is the acknowledgement the router requires
-// (package ackgate), so an event answered Unavailable (HTTP 503, HL7 AR) is
-// never routed, even if the broker writes it after the ingest stopped
-// waiting; the publisher resends it with the same id.
+// are durable. Each publish is an attempt (header carehub_attempt) with its
+// own record, the acknowledgement the router requires (package ackgate): an
+// event answered Unavailable (HTTP 503, HL7 AR) is routed only if its
+// record, cut short, still reached carehub.accepted before the router
+// voided the attempt; then the resend with the same id is answered as a
+// duplicate. Otherwise it is never routed, and the resend is published.
 //
 // Hold writes a message a source acknowledges without sharing to
 // carehub.held (package held), keyed the same way (or by the pseudonym of
@@ -63,6 +65,8 @@ import (
 type Memory interface {
 	ClaimAll(ctx context.Context, sources, ids []string, digests []dedup.Digest) ([]dedup.Claim, error)
 	Abandon(c dedup.Claim)
+	// Record's error may tell which claims failed (FailedAt(i), i an
+	// index of cs, as *dedup.RecordError does); else all did.
 	Record(ctx context.Context, cs ...dedup.Claim) error
 }
 
@@ -76,11 +80,12 @@ type Options struct {
 	// Timeout bounds accepting one event or batch (or holding a message),
 	// from the call: catching up with the Memory, publishing and recording
 	// share one context deadline. Past it the answer is problem.Unavailable
-	// (HTTP 503 with Retry-After, HL7 AR): the event was not confirmed
-	// durable, and whether the broker wrote it is in doubt (the Kafka
-	// client may still complete the write); the sender's resend with the
-	// same id is recognised or published again under the same delivery
-	// identity. The hub sets kafka.publishTimeout.
+	// (HTTP 503 with Retry-After, HL7 AR): the event's attempt was not
+	// acknowledged; the router routes it only if its record still reached
+	// carehub.accepted before the router voided the attempt (then the
+	// resend with the same id is a duplicate), never otherwise (then the
+	// resend is published). The hub sets kafka.publishTimeout; the router
+	// waits for a record until acceptance + Timeout + a margin.
 	Timeout time.Duration
 	// Now is the clock (time.Now when nil).
 	Now func() time.Time
@@ -214,6 +219,10 @@ func (in *Ingest) AcceptBatch(ctx context.Context, org string, raws []json.RawMe
 	freshAt := map[int]int{} // position in claims → position in fresh
 	for j, c := range claims {
 		if c.State == dedup.New {
+			// The attempt names this publish: its record (or the void a
+			// router writes if none comes in time) decides whether the
+			// event is routed (package ackgate).
+			msgs[j].msg.Metadata.Set(topic.MetaAttempt, c.Attempt)
 			freshAt[j] = len(fresh)
 			fresh = append(fresh, msgs[j])
 			claimed = append(claimed, c)
@@ -221,27 +230,40 @@ func (in *Ingest) AcceptBatch(ctx context.Context, org string, raws []json.RawMe
 	}
 	var pubErr, recErr error
 	failed := func(int) bool { return false }
+	unrecorded := map[int]bool{} // positions in fresh whose record failed
 	if len(fresh) > 0 {
 		if pubErr = in.publish(fresh); pubErr != nil {
 			failed = failedRecords(pubErr)
 		}
 		var written []dedup.Claim
+		var writtenAt []int // position in fresh of each written claim
 		for k, c := range claimed {
 			if failed(k) {
 				in.mem.Abandon(c)
 			} else {
 				written = append(written, c)
+				writtenAt = append(writtenAt, k)
 			}
 		}
 		if len(written) > 0 {
 			if err := in.mem.Record(ctx, written...); err != nil {
 				// The record is the acknowledgement the router requires:
-				// without it the event is never routed (package
-				// ackgate), so it is not accepted. A retry with the same
-				// id publishes it again, or finds its record if the write
-				// reached the topic after all.
+				// an attempt without one is voided and never routed
+				// (package ackgate), so its event is not accepted. Per
+				// event: the records the broker did write stand, and
+				// their events are answered accepted. A retry with the
+				// same id publishes again, or finds the record if the
+				// write reached the topic after all (before any void).
+				notRecorded := failedRecords(err)
+				n := 0
+				for w, k := range writtenAt {
+					if notRecorded(w) {
+						unrecorded[k] = true
+						n++
+					}
+				}
 				in.log.Warn("accepted events not recorded in Kafka: answered unavailable, they will not be routed",
-					zap.Int("events", len(written)), logging.Err(err))
+					zap.Int("events", n), logging.Err(err))
 				recErr = problem.Wrap(problem.Unavailable, "the event could not be recorded as accepted; retry later with the same id", err)
 			}
 		}
@@ -258,7 +280,7 @@ func (in *Ingest) AcceptBatch(ctx context.Context, org string, raws []json.RawMe
 			out[i].Err = conflict()
 		case first.State == dedup.New && pubErr != nil && failed(freshAt[fj]):
 			out[i].Err = pubErr
-		case first.State == dedup.New && recErr != nil:
+		case first.State == dedup.New && recErr != nil && unrecorded[freshAt[fj]]:
 			out[i].Err = recErr
 		case c.State == dedup.Duplicate:
 			out[i].Duplicate = true

@@ -106,6 +106,11 @@ const (
 	// onto outbox copies, read by the deliverer for the accepted→delivered
 	// latency.
 	MetaAccepted = "carehub_accepted"
+	// MetaAttempt is, on carehub.events, the id of the ingest's publish
+	// attempt (dedup.Claim.Attempt): the router routes the event only if
+	// the attempt's record in carehub.accepted came before any void of it
+	// (package ackgate). Events without it come from hubs before attempts.
+	MetaAttempt = "carehub_attempt"
 )
 
 // Retention is how long the topics kept by time keep their records.
