@@ -105,8 +105,10 @@ const (
 	FlagEventTimeOld = "event-time-old"
 	// FlagNotAcknowledged: the event reached carehub.events, but its
 	// publisher was never told it was accepted (the ingest gave up waiting
-	// and answered 503 / HL7 AR, and the broker wrote it afterwards): the
-	// router did not route it, and backfill skips it. The record's Position
+	// and answered 503 / HL7 AR, and the broker wrote the event afterwards,
+	// or the event but not its record in time): the router voided the
+	// publish attempt in carehub.accepted before any record of it, did not
+	// route it, and backfill skips it. The record's Position
 	// names the copy that was dropped; a resend with the same id is
 	// another copy, routed once acknowledged.
 	FlagNotAcknowledged = "not-acknowledged"

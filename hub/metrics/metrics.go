@@ -120,7 +120,7 @@ func New() *Metrics {
 		}),
 		unacked: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "carehub_events_not_acknowledged_total",
-			Help: "Events found on carehub.events whose publisher was never told they were accepted (answered 503 or AR, written by the broker later): not routed, audited as not-acknowledged.",
+			Help: "Events found on carehub.events whose publisher was never told they were accepted (answered 503 or AR; the event written by the broker after the hub stopped waiting, its publish attempt voided before any record of it): not routed, audited as not-acknowledged.",
 		}),
 		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "carehub_routing_decisions_total",
