@@ -83,6 +83,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -202,6 +203,7 @@ type key [16]byte
 
 // attempt is what the memory knows of one publish attempt.
 type attempt struct {
+	id     string // "" for records from before attempts
 	void   bool
 	digest Digest
 	at     time.Time
@@ -212,10 +214,20 @@ type attempt struct {
 	logged bool
 }
 
-// entry is one remembered event: its attempts by id ("" for records from
-// before attempts). Concurrency: guarded by Store.mu.
+// entry is one remembered event: its attempts (usually one; a slice is
+// smaller than a map). Concurrency: guarded by Store.mu.
 type entry struct {
-	attempts map[string]*attempt
+	attempts []*attempt
+}
+
+// find returns the attempt with id, or nil.
+func (e *entry) find(id string) (int, *attempt) {
+	for i, a := range e.attempts {
+		if a.id == id {
+			return i, a
+		}
+	}
+	return -1, nil
 }
 
 // Store is the memory. Concurrency: mu guards m, pending, order, head and
@@ -330,7 +342,8 @@ func (s *Store) apply(_ int, m kafka.Message) {
 // attemptLocked returns what is known of an attempt, or nil. Lock held.
 func (s *Store) attemptLocked(k key, id string) *attempt {
 	if e, ok := s.m[k]; ok {
-		return e.attempts[id]
+		_, a := e.find(id)
+		return a
 	}
 	return nil
 }
@@ -339,10 +352,15 @@ func (s *Store) attemptLocked(k key, id string) *attempt {
 func (s *Store) setLocked(k key, id string, a *attempt) {
 	e, ok := s.m[k]
 	if !ok {
-		e = &entry{attempts: map[string]*attempt{}}
+		e = &entry{}
 		s.m[k] = e
 	}
-	e.attempts[id] = a
+	a.id = id
+	if i, _ := e.find(id); i >= 0 {
+		e.attempts[i] = a
+	} else {
+		e.attempts = append(e.attempts, a)
+	}
 	s.order = append(s.order, aged{k, id, a.at})
 	close(s.changed)
 	s.changed = make(chan struct{})
@@ -356,8 +374,8 @@ func (s *Store) expireLocked(now time.Time) {
 		s.order[s.head] = aged{}
 		s.head++
 		if e, ok := s.m[o.k]; ok {
-			if a, ok := e.attempts[o.attempt]; ok && a.at.Equal(o.at) {
-				delete(e.attempts, o.attempt)
+			if i, a := e.find(o.attempt); a != nil && a.at.Equal(o.at) {
+				e.attempts = slices.Delete(e.attempts, i, i+1)
 				if len(e.attempts) == 0 {
 					delete(s.m, o.k)
 				}

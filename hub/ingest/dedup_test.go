@@ -207,6 +207,36 @@ func TestPartlyRecordedBatchIsAnsweredPerEvent(t *testing.T) {
 	}
 }
 
+// slowRecord is a memory whose records are acknowledged only after the
+// ingest's deadline has passed.
+type slowRecord struct{ *dedup.Store }
+
+func (m slowRecord) Record(ctx context.Context, cs ...dedup.Claim) error {
+	err := m.Store.Record(context.WithoutCancel(ctx), cs...)
+	<-ctx.Done()
+	return err
+}
+
+// TestARecordAcknowledgedAfterTheDeadlineIsNotA202: the router voids an
+// attempt once acceptance + publishTimeout (+ a margin) has passed with no
+// record, so a 202 must mean the record was acknowledged before the
+// deadline; one acknowledged later is answered 503 (it may still be routed,
+// having landed before any void: the resend is then a duplicate).
+func TestARecordAcknowledgedAfterTheDeadlineIsNotA202(t *testing.T) {
+	p := &pub{}
+	in, raw := setup(t, p)
+	in.opts.Timeout = 300 * time.Millisecond
+	mem := memory(t)
+	in.WithMemory(slowRecord{mem}, zaptest.NewLogger(t))
+	if _, err := in.Accept(context.Background(), "RX1", raw); problem.KindOf(err) != problem.Unavailable {
+		t.Fatalf("a record acknowledged after the deadline: got %v, want unavailable", err)
+	}
+	in.WithMemory(mem, nil)
+	if acc, err := in.Accept(context.Background(), "RX1", raw); err != nil || !acc.Duplicate {
+		t.Errorf("the resend: got %+v, %v; want a duplicate (the record is there, before any void)", acc, err)
+	}
+}
+
 // TestUnrecordedEventIsAnsweredUnavailable pins issue 14's in-doubt bug
 // (an event answered 202 whose record in carehub.accepted failed was
 // logged and acknowledged; answered 503 it was routed anyway): the record

@@ -40,6 +40,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"regexp"
 	"slices"
 	"strings"
@@ -246,7 +247,16 @@ func (in *Ingest) AcceptBatch(ctx context.Context, org string, raws []json.RawMe
 			}
 		}
 		if len(written) > 0 {
-			if err := in.mem.Record(ctx, written...); err != nil {
+			err := in.mem.Record(ctx, written...)
+			if err == nil && ctx.Err() != nil {
+				// Recorded, but after the deadline: the router voids an
+				// attempt only once the deadline (+ a margin) has passed
+				// without a record, so a 202 must mean the record was in
+				// the topic before it. The record may still win (the
+				// event is then routed, and the resend is a duplicate).
+				err = fmt.Errorf("recording accepted events: acknowledged after the deadline: %w", ctx.Err())
+			}
+			if err != nil {
 				// The record is the acknowledgement the router requires:
 				// an attempt without one is voided and never routed
 				// (package ackgate), so its event is not accepted. Per
