@@ -322,6 +322,12 @@ func (h *hub) createTopics(ctx context.Context) error {
 			return fmt.Errorf("setting the retention of %s: %w", t.name, err)
 		}
 	}
+	// carehub.accepted created by an earlier version is compacted: make it
+	// delete-only (compaction could reorder an attempt's record and void),
+	// and give it the configured window.
+	if err := broker.SetTopicConfigs(ctx, h.brokers, topic.Accepted, topic.AcceptedConfigs(h.cfg.Ingest.DuplicateWindow)); err != nil {
+		return fmt.Errorf("setting the configs of %s: %w", topic.Accepted, err)
+	}
 	// From now on the hub is ready only while a broker answers.
 	probeCtx, stopProbe := context.WithCancel(context.WithoutCancel(ctx))
 	h.onStop("broker probe", stopProbe)

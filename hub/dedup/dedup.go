@@ -18,13 +18,13 @@
 // (Claim.Attempt) that the ingest sets on the event's Kafka record (header
 // carehub_attempt). Once the event is durable the ingest writes the
 // attempt's record (a Record naming the attempt, key event.Identity(source,
-// id) + "/" + attempt, so compaction keeps each attempt's record), and it
+// id) + "/" + attempt, and the attempt's acceptance time), and it
 // answers the publisher "accepted" only once that record is acknowledged,
 // within kafka.publishTimeout of the attempt's acceptance time. A router
 // that finds no record for an attempt, after catching up and after waiting
 // until the acceptance time + publishTimeout + a margin for clocks, writes
-// a void for it (key "void/" + identity + "/" + attempt, never merged with
-// the record by compaction), catches up until it has applied it, and then
+// a void for it (key "void/" + identity + "/" + attempt), catches up until
+// it has applied it, and then
 // decides by log order: whichever of the attempt's record and void came
 // first wins, in every process, and late ones are ignored (Acknowledged).
 //
@@ -134,7 +134,9 @@ type Record struct {
 }
 
 // RecordKey is the Kafka key of an attempt's record; VoidKey the key of its
-// void. Distinct keys, so that compaction keeps both.
+// void. The topic is never compacted (a void may be written twice, and
+// compaction would keep only the later copy, after a record that came
+// before it: topic.AcceptedConfigs).
 func RecordKey(source, id, attempt string) string {
 	if attempt == "" {
 		return event.Identity(source, id)
@@ -181,8 +183,13 @@ func (s State) String() string {
 // Claim is the outcome of Store.Claim. A New claim must be given back, by
 // Record or Abandon, exactly once.
 type Claim struct {
-	State    State
-	Accepted time.Time // for Duplicate and Conflict: when the first was accepted
+	State State
+	// Accepted, for Duplicate and Conflict, is when the first was
+	// accepted. For a New claim the caller sets it, before Record, to the
+	// attempt's acceptance time (the event's header carehub_accepted): the
+	// record carries it, as the attempt's void does, so that both expire
+	// together (zero: when Record is called).
+	Accepted time.Time
 	// Attempt, for a New claim, is the id of this publish attempt: the
 	// ingest sets it on the event's record (header carehub_attempt).
 	Attempt string
@@ -533,7 +540,7 @@ func (s *Store) Record(ctx context.Context, cs ...Claim) error {
 		if c.State != New || c.done == nil {
 			continue
 		}
-		b, _ := json.Marshal(Record{Source: c.source, ID: c.id, Digest: hex.EncodeToString(c.digest[:]), Accepted: now, Attempt: c.Attempt})
+		b, _ := json.Marshal(Record{Source: c.source, ID: c.id, Digest: hex.EncodeToString(c.digest[:]), Accepted: acceptedAt(c, now), Attempt: c.Attempt})
 		msgs = append(msgs, kafka.Message{Key: []byte(RecordKey(c.source, c.id, c.Attempt)), Value: b})
 		at = append(at, i)
 	}
@@ -563,7 +570,7 @@ func (s *Store) Record(ctx context.Context, cs ...Claim) error {
 		c := cs[i]
 		if rerr == nil || !rerr.failed[i] {
 			if s.attemptLocked(c.key, c.Attempt) == nil {
-				s.setLocked(c.key, c.Attempt, &attempt{digest: c.digest, at: now})
+				s.setLocked(c.key, c.Attempt, &attempt{digest: c.digest, at: acceptedAt(c, now)})
 			}
 		}
 		s.releaseLocked(c)
@@ -573,6 +580,19 @@ func (s *Store) Record(ctx context.Context, cs ...Claim) error {
 		return rerr
 	}
 	return nil
+}
+
+// acceptedAt is the time a New claim's record carries: the attempt's
+// acceptance time, the same as its void's (Acknowledged's accepted), so
+// that a restart never loads the one without the other. A record stamped
+// later than its void (when Record ran) outlived it by that gap, and a
+// process started in the gap loaded the record alone: the resend was a
+// Duplicate of an attempt that was never routed.
+func acceptedAt(c Claim, now time.Time) time.Time {
+	if c.Accepted.IsZero() {
+		return now
+	}
+	return c.Accepted.UTC()
 }
 
 // Acknowledged reports whether the attempt (source, id, attempt) of an

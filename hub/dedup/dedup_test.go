@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/carehub/carehub/hub/broker"
 	"github.com/carehub/carehub/hub/broker/brokertest"
 	"github.com/carehub/carehub/hub/topic"
 	"github.com/carehub/carehub/schemas/event"
@@ -596,5 +597,99 @@ func BenchmarkAcknowledged(b *testing.B) {
 		if ok, err := s.Acknowledged(c, "urn:ods:RX1", "hot", cl.Attempt, digestA, past, past); !ok || err != nil {
 			b.Fatal(ok, err)
 		}
+	}
+}
+
+// TestCompactionCannotReverseAVoid pins review bug (1) of the ack gate's
+// rework: carehub.accepted was compact,delete. A void may be written twice
+// (kafka-go retries a write without idempotence; two routers across a
+// rebalance): void V, a late record R, V's second copy. Live processes
+// applied V first (not routed); compaction removed V's first copy, leaving
+// R before V, and a process started afterwards applied R first: the resend
+// was a Duplicate (202, not published) and the event was lost. Now the
+// topic is delete-only, as created by this version, and as the hub sets an
+// existing topic at start (topic.AcceptedConfigs).
+func TestCompactionCannotReverseAVoid(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		spec  broker.TopicSpec
+		alter bool // set topic.AcceptedConfigs on it, as the hub does at start
+	}{
+		{"created by this version", topic.AcceptedSpec(1, time.Hour), false},
+		{"created compacted by an earlier version, set at start", broker.TopicSpec{Name: topic.Accepted, Partitions: 1, ReplicationFactor: 1,
+			Configs: map[string]string{"cleanup.policy": "compact,delete", "retention.ms": "3600000"}}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := kfake.NewCluster(kfake.NumBrokers(1))
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(c.Close)
+			brokers := c.ListenAddrs()
+			if err := broker.EnsureTopics(ctx(t), brokers, []broker.TopicSpec{tc.spec}); err != nil {
+				t.Fatal(err)
+			}
+			if tc.alter {
+				if err := broker.SetTopicConfigs(ctx(t), brokers, topic.Accepted, topic.AcceptedConfigs(time.Hour)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			live := open(t, brokers, time.Hour)
+			first := claim(t, live, "urn:ods:RX1", "E", digestA)
+			live.Abandon(first) // 503
+			at := time.Now().Add(-time.Minute).UTC()
+			void := Record{Source: "urn:ods:RX1", ID: "E", Accepted: at, Attempt: first.Attempt, Void: true}
+			writeRaw(t, brokers, VoidKey("urn:ods:RX1", "E", first.Attempt), void)
+			if ok, err := live.Acknowledged(ctx(t), "urn:ods:RX1", "E", first.Attempt, digestA, at, at); ok || err != nil {
+				t.Fatalf("the live process on the voided attempt: got %v, %v; want false", ok, err)
+			}
+			lateRecord(t, brokers, first)
+			writeRaw(t, brokers, VoidKey("urn:ods:RX1", "E", first.Attempt), void) // the void's second copy
+			for i := range 3 { // the last batch is never compacted
+				writeRaw(t, brokers, fmt.Sprintf("filler-%d", i), Record{Source: "urn:ods:RX1", ID: fmt.Sprintf("filler-%d", i),
+					Digest: hex.EncodeToString(digestB[:]), Accepted: at, Attempt: NewAttempt()})
+			}
+			c.Compact()
+
+			later := open(t, brokers, time.Hour)
+			if ok, err := later.Acknowledged(ctx(t), "urn:ods:RX1", "E", first.Attempt, digestA, at, at); ok || err != nil {
+				t.Errorf("a process started after compaction, on the voided attempt: got %v, %v; want false (not routed)", ok, err)
+			}
+			if got := claim(t, later, "urn:ods:RX1", "E", digestA); got.State != New {
+				t.Errorf("the resend, in a process started after compaction: got %v, want new (published and routed)", got.State)
+			} else {
+				later.Abandon(got)
+			}
+		})
+	}
+}
+
+// TestARecordCarriesItsAttemptsAcceptanceTime pins review bug (4) of the
+// ack gate's rework: a record carried the time Record ran, its void the
+// event's acceptance time; a restart between the two expiries loaded the
+// record without the void (the resend a Duplicate of an event never
+// routed). The record now carries the claim's Accepted (the ingest sets
+// the event's carehub_accepted), so both expire together.
+func TestARecordCarriesItsAttemptsAcceptanceTime(t *testing.T) {
+	brokers := startBroker(t, time.Hour)
+	s := open(t, brokers, time.Hour)
+	at := time.Now().Add(-10 * time.Minute).UTC().Truncate(time.Microsecond)
+	c := claim(t, s, "urn:ods:RX1", "E", digestA)
+	c.Accepted = at
+	if err := s.Record(ctx(t), c); err != nil {
+		t.Fatal(err)
+	}
+	r := kafka.NewReader(kafka.ReaderConfig{Brokers: brokers, Topic: topic.Accepted, Partition: 0, MaxWait: 100 * time.Millisecond})
+	defer r.Close()
+	m, err := r.ReadMessage(ctx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got Record
+	if err := json.Unmarshal(m.Value, &got); err != nil {
+		t.Fatal(err)
+	}
+	if !got.Accepted.Equal(at) || got.Attempt != c.Attempt {
+		t.Errorf("the record: got accepted %v attempt %q, want the attempt's acceptance time %v and %q", got.Accepted, got.Attempt, at, c.Attempt)
 	}
 }

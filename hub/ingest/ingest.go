@@ -224,6 +224,10 @@ func (in *Ingest) AcceptBatch(ctx context.Context, org string, raws []json.RawMe
 			// router writes if none comes in time) decides whether the
 			// event is routed (package ackgate).
 			msgs[j].msg.Metadata.Set(topic.MetaAttempt, c.Attempt)
+			// Its record carries the time its void would (the
+			// header), so that they expire together.
+			c.Accepted = msgs[j].at
+			claims[j] = c
 			freshAt[j] = len(fresh)
 			fresh = append(fresh, msgs[j])
 			claimed = append(claimed, c)
@@ -248,11 +252,14 @@ func (in *Ingest) AcceptBatch(ctx context.Context, org string, raws []json.RawMe
 		}
 		if len(written) > 0 {
 			err := in.mem.Record(ctx, written...)
-			if err == nil && ctx.Err() != nil {
-				// Recorded, but after the deadline: the router voids an
-				// attempt only once the deadline (+ a margin) has passed
-				// without a record, so a 202 must mean the record was in
-				// the topic before it. The record may still win (the
+			if ctx.Err() != nil {
+				// Past the deadline, whatever Record says (all
+				// recorded, or some: a partial error names only the
+				// failed ones): the router voids an attempt only once
+				// the deadline (+ a margin) has passed without a record,
+				// so a 202 must mean the record was in the topic before
+				// it, and one acknowledged now may not have been. Every
+				// event is answered 503. A record may still win (the
 				// event is then routed, and the resend is a duplicate).
 				err = fmt.Errorf("recording accepted events: acknowledged after the deadline: %w", ctx.Err())
 			}
@@ -347,6 +354,7 @@ func Message(ev *event.Event, key string) (*message.Message, error) {
 type prepared struct {
 	msg  *message.Message
 	flag *message.Message
+	at   time.Time // the acceptance time in the header carehub_accepted
 }
 
 func (in *Ingest) prepare(ctx context.Context, org string, raw []byte) (prepared, connector.Accepted, error) {
@@ -375,7 +383,7 @@ func (in *Ingest) prepare(ctx context.Context, org string, raw []byte) (prepared
 	}
 	msg.Metadata.Set(topic.MetaAccepted, now.UTC().Format(time.RFC3339Nano))
 	msg.SetContext(ctx)
-	p := prepared{msg: msg}
+	p := prepared{msg: msg, at: now.UTC()}
 	if o := in.opts.FlagOlderThan; o > 0 && ev.Time.Before(now.Add(-o)) {
 		rec := audit.Record{Time: now.UTC(), Kind: audit.KindReceived, EventID: ev.ID, EventType: ev.Type, Publisher: ev.Publisher,
 			Patient: key, Flags: []string{audit.FlagEventTimeOld}, Reason: "event time older than " + o.String() + " when accepted"}

@@ -72,6 +72,7 @@ func TestOneDeadlineFromTheCallThroughClaimPublishAndRecord(t *testing.T) {
 	const timeout = 7 * time.Minute // distinct from every default
 	d := &deadlines{mem: memory(t)}
 	in, raw := setup(t, &pub{})
+	in.opts.Now = time.Now // the memory's clock: a record carries the ingest's time
 	in.pub = deadlinePub{d}
 	in.opts.Timeout = timeout
 	in.WithMemory(d, zaptest.NewLogger(t))

@@ -168,10 +168,20 @@ func OutboxSpec(partitions, replication int, ods string) broker.TopicSpec {
 
 // AcceptedSpec returns the settings of the Accepted topic for a duplicate
 // window: one partition (every process reads all of it, and looks up its end
-// offset before each acceptance, one request per partition), compacted by
-// (source, id), and records deleted once older than the window.
+// offset before each acceptance, one request per partition), and records
+// deleted once older than the window (AcceptedConfigs).
 func AcceptedSpec(replication int, window time.Duration) broker.TopicSpec {
-	return broker.TopicSpec{Name: Accepted, Partitions: 1, ReplicationFactor: replication, Configs: map[string]string{
-		"cleanup.policy": "compact,delete", "retention.ms": strconv.FormatInt(window.Milliseconds(), 10),
-	}}
+	return broker.TopicSpec{Name: Accepted, Partitions: 1, ReplicationFactor: replication, Configs: AcceptedConfigs(window)}
+}
+
+// AcceptedConfigs are the Accepted topic's configs, which the hub also sets
+// on an existing topic at start: cleanup.policy delete, never compact. The
+// log order of an attempt's record and void decides whether its event is
+// routed (package dedup), and a void may be written twice (a retried write,
+// two routers across a rebalance); compaction would remove the first copy of
+// a key and keep a later one, moving the void after a record that came
+// after it, and a process started afterwards would decide the other way.
+// Keys are unique per attempt, so compaction would remove nothing else.
+func AcceptedConfigs(window time.Duration) map[string]string {
+	return map[string]string{"cleanup.policy": "delete", "retention.ms": strconv.FormatInt(window.Milliseconds(), 10)}
 }
