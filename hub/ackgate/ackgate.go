@@ -13,7 +13,9 @@
 // its attempt (header carehub_attempt; dedup.Store.Acknowledged): decided
 // already; else after catching up with the topic; else after waiting until
 // the ingest that published it had given up (acceptance time +
-// kafka.publishTimeout + Margin for clocks), when the gate writes a void for
+// kafka.publishTimeout + Margin for clocks, and no sooner than Timeout +
+// Margin after this gate first saw the event, which needs no agreement of
+// clocks), when the gate writes a void for
 // the attempt and the first of record and void in the log decides. Recorded
 // first: the event is routed. Void first: it is not routed; an audit record
 // of kind received with the flag not-acknowledged is written (backfill
@@ -32,8 +34,10 @@ package ackgate
 import (
 	"context"
 	"errors"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
@@ -79,8 +83,17 @@ type Config struct {
 	Now     func() time.Time
 }
 
-// Gate is the router's handler, gated.
-type Gate struct{ cfg Config }
+// Gate is the router's handler, gated. Concurrency: mu guards seen.
+type Gate struct {
+	cfg Config
+
+	mu   sync.Mutex
+	seen map[string]time.Time // attempt → when this gate first saw it, until decided
+}
+
+// maxSeen bounds Gate.seen: past it, the entries seen longest ago are
+// forgotten (an attempt forgotten and seen again only waits longer).
+const maxSeen = 4096
 
 // New builds a Gate.
 func New(cfg Config) (*Gate, error) {
@@ -96,7 +109,7 @@ func New(cfg Config) (*Gate, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &Gate{cfg: cfg}, nil
+	return &Gate{cfg: cfg, seen: map[string]time.Time{}}, nil
 }
 
 // Handle is the watermill handler for carehub.events: it routes msg (Next)
@@ -119,15 +132,66 @@ func (g *Gate) Handle(msg *message.Message) error {
 		return g.cfg.Next(msg) // its record may have expired: unchecked
 	}
 	ctx := msg.Context()
-	until := at.Add(g.cfg.Timeout + g.cfg.Margin)
-	ok, err := g.cfg.Memory.Acknowledged(ctx, source, id, attempt, dedup.DigestOf(msg.Payload), at, until)
+	ok, err := g.cfg.Memory.Acknowledged(ctx, source, id, attempt, dedup.DigestOf(msg.Payload), at, g.until(attempt, at))
 	if err != nil {
 		return problem.Wrap(problem.Unavailable, "checking that the event was acknowledged to its publisher", err)
 	}
+	g.decided(attempt)
 	if ok {
 		return g.cfg.Next(msg)
 	}
 	return g.drop(msg, source, id)
+}
+
+// until is when the ingest that published an attempt had surely stopped
+// waiting for its record, plus Margin: the later of at + Timeout + Margin
+// (at is the ingest's clock) and first + Timeout + Margin, first being when
+// this gate first saw the event (its own clock). The second needs no
+// agreement of clocks: the event landed after the ingest's deadline timer
+// started, so the ingest gave up by first + Timeout. Without it, an ingest
+// whose clock was behind the router's by more than Timeout + Margin had
+// its events voided as soon as the router read them, before their records
+// landed, and 202'd events were dropped. first is kept across the
+// message's retries; a new owner of the partition (a rebalance) sees it
+// later, and only waits longer.
+func (g *Gate) until(attempt string, at time.Time) time.Time {
+	now := g.cfg.Now()
+	g.mu.Lock()
+	first, ok := g.seen[attempt]
+	if !ok {
+		if len(g.seen) >= maxSeen {
+			g.forgetOldestLocked()
+		}
+		first = now
+		g.seen[attempt] = first
+	}
+	g.mu.Unlock()
+	if at.After(first) {
+		first = at
+	}
+	return first.Add(g.cfg.Timeout + g.cfg.Margin)
+}
+
+// forgetOldestLocked forgets the older half of seen. Lock held.
+func (g *Gate) forgetOldestLocked() {
+	times := make([]time.Time, 0, len(g.seen))
+	for _, t := range g.seen {
+		times = append(times, t)
+	}
+	slices.SortFunc(times, time.Time.Compare)
+	cut := times[len(times)/2]
+	for a, t := range g.seen {
+		if t.Before(cut) {
+			delete(g.seen, a)
+		}
+	}
+}
+
+// decided forgets when an attempt was first seen, once it is decided.
+func (g *Gate) decided(attempt string) {
+	g.mu.Lock()
+	delete(g.seen, attempt)
+	g.mu.Unlock()
 }
 
 // drop records msg as not acknowledged and does not route it.

@@ -125,8 +125,8 @@ func TestGate(t *testing.T) {
 					mem.asked, next, len(p.got[topic.Audit]), dropped, tc.wantAsked, tc.wantNext, tc.wantAudit, tc.wantAudit)
 			}
 			if mem.asked > 0 {
-				if want := tc.accepted.Add(10*time.Second + DefaultMargin); !mem.until.Equal(want) {
-					t.Errorf("waits until %v, want %v (accepted + publish timeout + margin)", mem.until, want)
+				if want := now.Add(10*time.Second + DefaultMargin); !mem.until.Equal(want) {
+					t.Errorf("waits until %v, want %v (first seen + publish timeout + margin)", mem.until, want)
 				}
 				if mem.attempt != "att-1" || !mem.accepted.Equal(tc.accepted) {
 					t.Errorf("asked for attempt %q accepted %v, want att-1 accepted %v", mem.attempt, mem.accepted, tc.accepted)
@@ -172,4 +172,58 @@ func fmtAny(v any) string {
 		return s
 	}
 	return ""
+}
+
+// TestTheWaitNeedsNoAgreementOfClocks pins review bug (2) of the ack
+// gate's rework: the gate waited for a record until acceptance +
+// publishTimeout + margin, acceptance being the ingest's clock; an ingest
+// whose clock was behind the router's by more than that had its events
+// voided as soon as the router read them, before their records landed, and
+// 202'd events were dropped en masse. The gate now waits at least until
+// publishTimeout + margin after it first saw the event (its own clock),
+// and keeps that first sighting across the message's retries.
+func TestTheWaitNeedsNoAgreementOfClocks(t *testing.T) {
+	const timeout = 10 * time.Second
+	for _, tc := range []struct {
+		name     string
+		accepted time.Time // the ingest's clock
+		want     time.Time
+	}{
+		{"the ingest's clock ten minutes behind", now.Add(-10 * time.Minute), now.Add(timeout + DefaultMargin)},
+		{"the ingest's clock in step", now.Add(-time.Second), now.Add(timeout + DefaultMargin)},
+		{"the ingest's clock ahead", now.Add(time.Minute), now.Add(time.Minute + timeout + DefaultMargin)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			clock := now
+			mem := &memory{err: errors.New("broker unreachable")}
+			g, err := New(Config{Memory: mem, Publisher: &pub{}, Next: func(*message.Message) error { return nil },
+				Timeout: timeout, Window: time.Hour, Now: func() time.Time { return clock }})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := g.Handle(eventMessage(tc.accepted, true, true)); err == nil {
+				t.Fatal("Handle with the memory unreachable: got no error, want a retry")
+			}
+			if !mem.until.Equal(tc.want) {
+				t.Errorf("first delivery waits until %v, want %v", mem.until, tc.want)
+			}
+			clock = now.Add(20 * time.Second) // the retry, later
+			mem.err = nil
+			if err := g.Handle(eventMessage(tc.accepted, true, true)); err != nil {
+				t.Fatal(err)
+			}
+			if !mem.until.Equal(tc.want) {
+				t.Errorf("the retry waits until %v, want %v (from the first sighting)", mem.until, tc.want)
+			}
+			// Decided: forgotten; a later sighting (another delivery)
+			// counts from then.
+			clock = now.Add(time.Hour / 2)
+			if err := g.Handle(eventMessage(tc.accepted, true, true)); err != nil {
+				t.Fatal(err)
+			}
+			if want := clock.Add(timeout + DefaultMargin); tc.accepted.Before(clock) && !mem.until.Equal(want) {
+				t.Errorf("after the decision, a new sighting waits until %v, want %v", mem.until, want)
+			}
+		})
+	}
 }
