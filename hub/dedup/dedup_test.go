@@ -645,7 +645,7 @@ func TestCompactionCannotReverseAVoid(t *testing.T) {
 			}
 			lateRecord(t, brokers, first)
 			writeRaw(t, brokers, VoidKey("urn:ods:RX1", "E", first.Attempt), void) // the void's second copy
-			for i := range 3 { // the last batch is never compacted
+			for i := range 3 {                                                     // the last batch is never compacted
 				writeRaw(t, brokers, fmt.Sprintf("filler-%d", i), Record{Source: "urn:ods:RX1", ID: fmt.Sprintf("filler-%d", i),
 					Digest: hex.EncodeToString(digestB[:]), Accepted: at, Attempt: NewAttempt()})
 			}
