@@ -941,8 +941,11 @@ func (s *Source) publish(ctx context.Context, e *entry, res *adt.Result, payload
 		return outcome{code: hl7.AckAA}, acc.ID, acc.Type
 	}
 	// Several events (a swap): made durable together; the message is
-	// acknowledged only if every one is. A resend after a partial failure
-	// publishes them all again with the same ids, which recipients drop.
+	// acknowledged (AA) only if every one is, else answered as a whole (AR).
+	// The events of it that were acknowledged are routed nonetheless (the
+	// ingest's answer is per event); a resend after a partial failure finds
+	// them accepted (duplicates, not published again) and publishes the
+	// others. README, "What a 503 promises".
 	raws := make([]json.RawMessage, len(res.Events))
 	for i, ev := range res.Events {
 		raws[i] = ev.JSON
