@@ -5,11 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -19,9 +21,11 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/carehub/carehub/connectors/all"
 	"github.com/carehub/carehub/hub/broker"
+	"github.com/carehub/carehub/hub/broker/brokertest"
 	"github.com/carehub/carehub/hub/config"
 	"github.com/carehub/carehub/hub/diskguard"
 	"github.com/carehub/carehub/hub/topic"
+	"github.com/segmentio/kafka-go"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
@@ -407,4 +411,37 @@ func runReady(t *testing.T, h *hub) string {
 		t.Fatal("not ready within 60s")
 	}
 	return ""
+}
+
+// TestAnExistingAcceptedTopicIsMadeDeleteOnly pins review bug (1) of the
+// ack gate's rework at the hub's start: earlier versions created
+// carehub.accepted with cleanup.policy compact,delete, and compaction can
+// move an attempt's void after a record that came after it (the event
+// lost: dedup's TestCompactionCannotReverseAVoid). The hub sets the topic
+// delete-only, with the window as its retention, on every start.
+func TestAnExistingAcceptedTopicIsMadeDeleteOnly(t *testing.T) {
+	brokers := brokertest.Start(t, broker.TopicSpec{Name: topic.Accepted, Partitions: 1, ReplicationFactor: 1,
+		Configs: map[string]string{"cleanup.policy": "compact,delete", "retention.ms": "60000"}})
+	cfg := testConfig(t, "", "")
+	cfg.Kafka.Brokers, cfg.Kafka.EmbeddedAddr, cfg.Kafka.ReplicationFactor = brokers, "", 1
+	h := &hub{cfg: cfg, log: zap.NewNop()}
+	runReady(t, h)
+	c := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 10 * time.Second}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	res, err := c.DescribeConfigs(ctx, &kafka.DescribeConfigsRequest{Resources: []kafka.DescribeConfigRequestResource{
+		{ResourceType: kafka.ResourceTypeTopic, ResourceName: topic.Accepted, ConfigNames: []string{"cleanup.policy", "retention.ms"}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, r := range res.Resources {
+		for _, e := range r.ConfigEntries {
+			got[e.ConfigName] = e.ConfigValue
+		}
+	}
+	want := map[string]string{"cleanup.policy": "delete", "retention.ms": strconv.FormatInt(cfg.Ingest.DuplicateWindow.Milliseconds(), 10)}
+	if !maps.Equal(got, want) {
+		t.Errorf("carehub.accepted's configs after the start: got %v, want %v", got, want)
+	}
 }
