@@ -306,3 +306,40 @@ func TestConsentFromFHIRBounds(t *testing.T) {
 		t.Errorf("a document with 270 problems: %d violations reported, last %q", len(got), got[len(got)-1])
 	}
 }
+
+// TestGeneratedIDsAreStable: a provision without an id gets the same
+// directive id wherever it sits in the Consent and whenever the Consent was
+// recorded, and another id when it says something else.
+func TestGeneratedIDsAreStable(t *testing.T) {
+	read := func(provisions string, dateTime string) []consent.Directive {
+		t.Helper()
+		raw := `{"resourceType":"Consent","status":"active",
+		  "scope":{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/consentscope","code":"patient-privacy"}]},
+		  "category":[{"coding":[{"system":"http://loinc.org","code":"59284-0"}]}],
+		  "patient":{"reference":"Patient/p1"},"dateTime":"` + dateTime + `",
+		  "organization":[{"reference":"Organization/RX1"}],
+		  "policyRule":{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/v3-ActCode","code":"OPTIN"}]},
+		  "provision":{"provision":[` + provisions + `]}}`
+		ds, err := consent.ConsentFromFHIR([]byte(raw), patientA)
+		if err != nil {
+			t.Fatalf("%v\n%s", err, problem.OperationOutcome(err))
+		}
+		return ds
+	}
+	const (
+		denyVM123 = `{"type":"deny","actor":[{"role":{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/v3-ParticipationType","code":"PRCP"}]},"reference":{"reference":"Organization/VM123"}}]}`
+		denyRRK   = `{"type":"deny","actor":[{"role":{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/v3-ParticipationType","code":"IRCP"}]},"reference":{"identifier":{"system":"https://fhir.nhs.uk/Id/ods-organization-code","value":"RRK"}}}]}`
+	)
+	a := read(denyVM123+","+denyRRK, "2026-03-02")
+	b := read(denyRRK+","+denyVM123, "2026-05-09T10:00:00Z")
+	if len(a) != 2 || len(b) != 2 || a[0].ID != b[1].ID || a[1].ID != b[0].ID {
+		t.Fatalf("ids of the same provisions in another order and at another time:\n\tgot  %s, %s and %s, %s", a[0].ID, a[1].ID, b[0].ID, b[1].ID)
+	}
+	if a[0].ID == a[1].ID || !strings.HasPrefix(a[0].ID, "fhir-") {
+		t.Errorf("generated ids: got %s and %s, want two distinct fhir- ids", a[0].ID, a[1].ID)
+	}
+	// The same provision twice is one directive.
+	if c := read(denyVM123+","+denyVM123, "2026-03-02"); len(c) != 1 {
+		t.Errorf("the same provision twice: got %d directives, want 1", len(c))
+	}
+}

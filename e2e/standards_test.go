@@ -482,3 +482,40 @@ recipients:
 		}
 	}
 }
+
+// TestRetryToAnotherProcessPublishesOnce: two hub processes share one Kafka
+// cluster; a retry that a load balancer sends to the other process, after
+// the first answered, is recognised there too (the memory is in Kafka, and
+// each process catches up with it before answering).
+func TestRetryToAnotherProcessPublishesOnce(t *testing.T) {
+	gp, home := newReceiver(t, gpSecret), newReceiver(t, careHomeSecret)
+	a := startHub(t, hubOptions{gp: gp.URL, careHome: home.URL})
+	b := startHub(t, hubOptions{gp: gp.URL, careHome: home.URL, brokers: a.Kafka})
+	var ids []string
+	for i := 0; i < 20; i++ {
+		ev := patientEvent(t, "discharge", nhsNumber(9500+i), "A81001", "VM123")
+		body, _ := json.Marshal(ev)
+		first, retry := a, b
+		if i%2 == 1 {
+			first, retry = b, a
+		}
+		if status, out := first.publish("demo-rx1-key", "application/cloudevents+json", body); status != http.StatusAccepted {
+			t.Fatalf("first attempt: %d %s", status, out)
+		}
+		status, out := retry.publish("demo-rx1-key", "application/cloudevents+json", body)
+		var m map[string]any
+		_ = json.Unmarshal(out, &m)
+		if status != http.StatusAccepted || m["duplicate"] != true {
+			t.Fatalf("the retry at the other process: got %d %s, want 202 with duplicate: true", status, out)
+		}
+		ids = append(ids, ev["id"].(string))
+	}
+	waitFor(t, "the GP gets every discharge", 60*time.Second, func() bool { return len(gp.deliveries()) >= len(ids) })
+	waitFor(t, "all routed", 60*time.Second, a.routerCaughtUp)
+	if n := a.endOffsets("carehub.events"); n != int64(len(ids)) {
+		t.Errorf("carehub.events holds %d records for %d events each sent twice, want %d", n, len(ids), len(ids))
+	}
+	if n := len(gp.deliveries()); n != len(ids) {
+		t.Errorf("the GP got %d deliveries, want %d", n, len(ids))
+	}
+}

@@ -86,13 +86,17 @@ type Access struct {
 	Patient string    `json:"patient"`
 	Actor   string    `json:"actor"`
 	Action  string    `json:"action"`
-	EventID string    `json:"eventId,omitempty"`
+	// Publisher and EventID name the event looked at, when the look was
+	// about one (two publishers may use one id).
+	Publisher string `json:"publisher,omitempty"`
+	EventID   string `json:"eventId,omitempty"`
 }
 
 // Received is an accepted event the hub flagged (an event time long past).
 type Received struct {
 	Time      time.Time `json:"time"`
 	Patient   string    `json:"patient"`
+	Publisher string    `json:"publisher,omitempty"`
 	EventID   string    `json:"eventId"`
 	EventType string    `json:"eventType"`
 	Flags     []string  `json:"flags"`
@@ -275,12 +279,12 @@ func Histories(recs []audit.Record) History {
 			h.ConsentChanges = append(h.ConsentChanges, ConsentChange{Time: r.Time, Patient: r.Patient, Actor: r.Actor,
 				Action: r.Action, Before: r.Before, After: r.After, Outcome: r.Outcome})
 		case audit.KindAccess:
-			h.Accesses = append(h.Accesses, Access{Time: r.Time, Patient: r.Patient, Actor: r.Actor, Action: r.Action, EventID: r.EventID})
+			h.Accesses = append(h.Accesses, Access{Time: r.Time, Patient: r.Patient, Actor: r.Actor, Action: r.Action, Publisher: r.Publisher, EventID: r.EventID})
 		case audit.KindListChange:
 			h.ListChanges = append(h.ListChanges, ListChange{Time: r.Time, Patient: r.Patient, Recipient: r.Recipient, Actor: r.Actor,
 				Action: r.Action, Reason: r.Reason})
 		case audit.KindReceived:
-			h.Received = append(h.Received, Received{Time: r.Time, Patient: r.Patient, EventID: r.EventID, EventType: r.EventType, Flags: r.Flags})
+			h.Received = append(h.Received, Received{Time: r.Time, Patient: r.Patient, Publisher: r.Publisher, EventID: r.EventID, EventType: r.EventType, Flags: r.Flags})
 		}
 	}
 	return h

@@ -95,8 +95,11 @@ func TestReportPutsAReplayWithheldOnItsOwnEvent(t *testing.T) {
 			t.Errorf("%s: Report (-want +got):\n%s", tt.name, diff)
 		}
 		h := Histories(pub.recs)
-		if len(h.Accesses) != 1 || h.Accesses[0].Action != audit.ActionDeadLetterReplay || h.Accesses[0].Actor != "ops.jo" {
-			t.Errorf("%s: accesses %+v, want the replay by ops.jo", tt.name, h.Accesses)
+		// The access line names whose event it was, too.
+		wantPub := []string{"RX1", "VM123"}[tt.replay]
+		if len(h.Accesses) != 1 || h.Accesses[0].Action != audit.ActionDeadLetterReplay || h.Accesses[0].Actor != "ops.jo" ||
+			h.Accesses[0].Publisher != wantPub {
+			t.Errorf("%s: accesses %+v, want the replay of %s's event by ops.jo", tt.name, h.Accesses, wantPub)
 		}
 	}
 }
