@@ -440,7 +440,7 @@ func TestAnExistingAcceptedTopicIsMadeDeleteOnly(t *testing.T) {
 			got[e.ConfigName] = e.ConfigValue
 		}
 	}
-	want := map[string]string{"cleanup.policy": "delete", "retention.ms": strconv.FormatInt(cfg.Ingest.DuplicateWindow.Milliseconds(), 10)}
+	want := map[string]string{"cleanup.policy": "delete", "retention.ms": strconv.FormatInt((cfg.Ingest.DuplicateWindow + topic.AcceptedSlack).Milliseconds(), 10)}
 	if !maps.Equal(got, want) {
 		t.Errorf("carehub.accepted's configs after the start: got %v, want %v", got, want)
 	}

@@ -10,7 +10,10 @@
 // its log order is the order every process applies), and in memory: every
 // hub process loads the topic before it serves (WaitLoaded) and follows it
 // afterwards (package follow). Records older than the window are not
-// loaded, and the topic deletes them (its retention.ms is the window).
+// loaded, and the topic deletes them: each record's Kafka timestamp is its
+// attempt's acceptance time (on records and voids alike), and the topic's
+// retention.ms is the window plus topic.AcceptedSlack, so the topic deletes
+// only what every process already ignores (see topic.AcceptedConfigs).
 //
 // # Attempts, records and voids
 //
@@ -540,8 +543,12 @@ func (s *Store) Record(ctx context.Context, cs ...Claim) error {
 		if c.State != New || c.done == nil {
 			continue
 		}
-		b, _ := json.Marshal(Record{Source: c.source, ID: c.id, Digest: hex.EncodeToString(c.digest[:]), Accepted: acceptedAt(c, now), Attempt: c.Attempt})
-		msgs = append(msgs, kafka.Message{Key: []byte(RecordKey(c.source, c.id, c.Attempt)), Value: b})
+		acc := acceptedAt(c, now)
+		b, _ := json.Marshal(Record{Source: c.source, ID: c.id, Digest: hex.EncodeToString(c.digest[:]), Accepted: acc, Attempt: c.Attempt})
+		// The Kafka timestamp is the acceptance time, as on the void: the
+		// topic deletes by it, so an attempt's record and void expire by
+		// the same time (topic.AcceptedConfigs).
+		msgs = append(msgs, kafka.Message{Key: []byte(RecordKey(c.source, c.id, c.Attempt)), Value: b, Time: acc})
 		at = append(at, i)
 	}
 	if len(msgs) == 0 {
@@ -651,7 +658,7 @@ func (s *Store) Acknowledged(ctx context.Context, source, id, attemptID string, 
 		return ok, nil
 	}
 	b, _ := json.Marshal(Record{Source: source, ID: id, Accepted: accepted.UTC(), Attempt: attemptID, Void: true})
-	if err := s.writer.WriteMessages(ctx, kafka.Message{Key: []byte(VoidKey(source, id, attemptID)), Value: b}); err != nil {
+	if err := s.writer.WriteMessages(ctx, kafka.Message{Key: []byte(VoidKey(source, id, attemptID)), Value: b, Time: accepted.UTC()}); err != nil {
 		return false, fmt.Errorf("voiding an attempt never recorded: %w", err)
 	}
 	if err := s.f.Sync(ctx); err != nil {

@@ -693,3 +693,47 @@ func TestARecordCarriesItsAttemptsAcceptanceTime(t *testing.T) {
 		t.Errorf("the record: got accepted %v attempt %q, want the attempt's acceptance time %v and %q", got.Accepted, got.Attempt, at, c.Attempt)
 	}
 }
+
+// TestRecordsAndVoidsCarryTheAcceptanceTimeAsTheirKafkaTimestamp pins gate
+// review bug (3): Kafka deletes carehub.accepted records by their write
+// timestamp, and a void carried the router's clock at write time; with the
+// router's clock behind, a void that came first could leave the topic
+// before its later record, and a process started in the gap loaded the
+// record alone (the resend a Duplicate of an attempt never routed). Both
+// now carry the attempt's acceptance time as their Kafka timestamp, and
+// the topic keeps them the window plus a slack.
+func TestRecordsAndVoidsCarryTheAcceptanceTimeAsTheirKafkaTimestamp(t *testing.T) {
+	brokers := startBroker(t, time.Hour)
+	s := open(t, brokers, time.Hour)
+	at := time.Now().Add(-10 * time.Minute).UTC().Truncate(time.Millisecond)
+	rec := claim(t, s, "urn:ods:RX1", "R", digestA)
+	rec.Accepted = at
+	if err := s.Record(ctx(t), rec); err != nil {
+		t.Fatal(err)
+	}
+	voided := claim(t, s, "urn:ods:RX1", "V", digestA)
+	s.Abandon(voided)
+	vat := at.Add(time.Second)
+	if ok, err := s.Acknowledged(ctx(t), "urn:ods:RX1", "V", voided.Attempt, digestA, vat, vat); ok || err != nil {
+		t.Fatalf("the abandoned attempt: got %v, %v; want false (voided)", ok, err)
+	}
+	r := kafka.NewReader(kafka.ReaderConfig{Brokers: brokers, Topic: topic.Accepted, Partition: 0, MaxWait: 100 * time.Millisecond})
+	defer r.Close()
+	want := map[string]time.Time{RecordKey("urn:ods:RX1", "R", rec.Attempt): at, VoidKey("urn:ods:RX1", "V", voided.Attempt): vat}
+	for range want {
+		m, err := r.ReadMessage(ctx(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		w, ok := want[string(m.Key)]
+		if !ok {
+			t.Fatalf("unexpected record %q", m.Key)
+		}
+		if !m.Time.Equal(w) {
+			t.Errorf("record %q: got Kafka timestamp %v, want the attempt's acceptance time %v", m.Key, m.Time.UTC(), w)
+		}
+	}
+	if got, want := topic.AcceptedConfigs(time.Hour)["retention.ms"], "7200000"; got != want {
+		t.Errorf("retention.ms for a one-hour window: got %s, want %s (the window plus an hour)", got, want)
+	}
+}

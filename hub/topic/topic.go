@@ -111,6 +111,13 @@ const (
 	// the attempt's record in carehub.accepted came before any void of it
 	// (package ackgate). Events without it come from hubs before attempts.
 	MetaAttempt = "carehub_attempt"
+	// MetaPublishTimeout is, on carehub.events, the publishing ingest's
+	// kafka.publishTimeout in milliseconds: how long after acceptance it
+	// may still have acknowledged the event. The router waits for the
+	// attempt's record at least that long (package ackgate), so a router
+	// configured with a shorter timeout (a rolling change) never voids an
+	// event its ingest acknowledged.
+	MetaPublishTimeout = "carehub_publish_timeout"
 )
 
 // Retention is how long the topics kept by time keep their records.
@@ -182,6 +189,22 @@ func AcceptedSpec(replication int, window time.Duration) broker.TopicSpec {
 // a key and keep a later one, moving the void after a record that came
 // after it, and a process started afterwards would decide the other way.
 // Keys are unique per attempt, so compaction would remove nothing else.
+//
+// Records are deleted by their Kafka timestamp, which is the attempt's
+// acceptance time on both its record and its void (package dedup), so the
+// two expire by the same time whichever process's clock wrote them.
+// retention.ms is the window plus AcceptedSlack: processes ignore records
+// accepted longer ago than the window (by their own clocks), and the slack
+// covers the broker's clock being ahead of theirs and the time a process
+// takes to load the topic, so the topic never deletes one of a pair (a void
+// in an older segment than its record) while a process still applies the
+// other: a process loading the record alone would take a resend for a
+// duplicate of an attempt that was never routed.
 func AcceptedConfigs(window time.Duration) map[string]string {
-	return map[string]string{"cleanup.policy": "delete", "retention.ms": strconv.FormatInt(window.Milliseconds(), 10)}
+	return map[string]string{"cleanup.policy": "delete", "retention.ms": strconv.FormatInt((window + AcceptedSlack).Milliseconds(), 10)}
 }
+
+// AcceptedSlack is how much longer than the duplicate window the Accepted
+// topic keeps records (AcceptedConfigs): an hour, far more than clocks kept
+// by NTP disagree or a load takes.
+const AcceptedSlack = time.Hour
