@@ -12,23 +12,31 @@
 // Gate wraps the router's handler. For each event it asks the memory about
 // its attempt (header carehub_attempt; dedup.Store.Acknowledged): decided
 // already; else after catching up with the topic; else after waiting until
-// the ingest that published it had given up (acceptance time +
-// kafka.publishTimeout + Margin for clocks, and no sooner than Timeout +
-// Margin after this gate first saw the event, which needs no agreement of
-// clocks), when the gate writes a void for
-// the attempt and the first of record and void in the log decides. Recorded
-// first: the event is routed. Void first: it is not routed; an audit record
+// the ingest that published it had given up, when the gate writes a void
+// for the attempt and the first of record and void in the log decides.
+// The wait is the ingest's kafka.publishTimeout (header
+// carehub_publish_timeout, or this hub's if longer) + Margin, counted from
+// the later of the event's acceptance time (the ingest's clock) and the
+// moment the event had surely landed (this process's clock: the first time
+// a fetch of its partition reported a high-water mark above its offset,
+// metadata from package kafkawm), which needs no agreement of clocks and
+// makes events that landed together wait together, not one after another.
+// Recorded first: the event is routed. Void first: it is not routed; an audit record
 // of kind received with the flag not-acknowledged is written (backfill
 // skips the copies such records name), and the event is acknowledged to the
 // subscription. The argument that an acknowledged event is always routed
 // is in package dedup's doc.
 //
-// Limits: an event accepted longer ago than the duplicate window less
-// Margin (records older than the window have left carehub.accepted) is
-// routed unchecked, and so is an event without an attempt header (written
-// by a hub from before attempts, which wrote no per-attempt records). A
-// router that far behind has other problems; the readiness and lag metrics
-// say so.
+// Limits: an event whose void would be written (at the end of its wait, or
+// now if later) more than the duplicate window less Margin after its
+// acceptance time is routed unchecked (records and voids older than the
+// window are not applied; for an event seen on time: its age > Window −
+// timeout − 2 × Margin), and so is an event without an attempt header
+// (written by a hub from before attempts, which wrote no per-attempt
+// records). A router that far behind has other problems; the readiness and
+// lag metrics say so. A missing record holds the events behind it on its
+// partition for about one wait from when they were first fetched, however
+// many of them lack records.
 package ackgate
 
 import (
@@ -83,17 +91,31 @@ type Config struct {
 	Now     func() time.Time
 }
 
-// Gate is the router's handler, gated. Concurrency: mu guards seen.
+// Gate is the router's handler, gated. Concurrency: mu guards seen and
+// landed.
 type Gate struct {
 	cfg Config
 
-	mu   sync.Mutex
-	seen map[string]time.Time // attempt → when this gate first saw it, until decided
+	mu     sync.Mutex
+	seen   map[string]time.Time // attempt → when this gate first saw it, until decided (events without a high-water mark)
+	landed map[int][]mark       // partition → high-water marks observed, in increasing order of mark and time
+}
+
+// mark is an observation: at time t (this process's monotonic clock) a
+// fetch of the partition reported high-water mark hwm, so every offset
+// below hwm had landed by t.
+type mark struct {
+	hwm int64
+	t   time.Time
 }
 
 // maxSeen bounds Gate.seen: past it, the entries seen longest ago are
 // forgotten (an attempt forgotten and seen again only waits longer).
-const maxSeen = 4096
+// maxMarks bounds each partition's list of marks the same way.
+const (
+	maxSeen  = 4096
+	maxMarks = 4096
+)
 
 // New builds a Gate.
 func New(cfg Config) (*Gate, error) {
@@ -109,7 +131,7 @@ func New(cfg Config) (*Gate, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &Gate{cfg: cfg, seen: map[string]time.Time{}}, nil
+	return &Gate{cfg: cfg, seen: map[string]time.Time{}, landed: map[int][]mark{}}, nil
 }
 
 // Handle is the watermill handler for carehub.events: it routes msg (Next)
@@ -128,11 +150,13 @@ func (g *Gate) Handle(msg *message.Message) error {
 	if attempt == "" {
 		return g.cfg.Next(msg) // from a hub before attempts: no record to look for
 	}
-	if g.cfg.Now().Sub(at) > g.cfg.Window-g.cfg.Margin {
-		return g.cfg.Next(msg) // its record may have expired: unchecked
+	until := g.until(msg, attempt, at)
+	if g.unchecked(at, until) {
+		g.decided(attempt)
+		return g.cfg.Next(msg) // its void could come too late to count: unchecked
 	}
 	ctx := msg.Context()
-	ok, err := g.cfg.Memory.Acknowledged(ctx, source, id, attempt, dedup.DigestOf(msg.Payload), at, g.until(attempt, at))
+	ok, err := g.cfg.Memory.Acknowledged(ctx, source, id, attempt, dedup.DigestOf(msg.Payload), at, until)
 	if err != nil {
 		return problem.Wrap(problem.Unavailable, "checking that the event was acknowledged to its publisher", err)
 	}
@@ -143,33 +167,114 @@ func (g *Gate) Handle(msg *message.Message) error {
 	return g.drop(msg, source, id)
 }
 
+// unchecked is THE rule for events too old to check: an event is routed
+// unchecked when the gate would write its void (until, or now if later)
+// more than Window − Margin after its acceptance time. Records and voids
+// older than the window are not applied (package dedup): such a void could
+// be ignored, and the event retried and routed anyway. When the gate sees
+// the event on time (until = now + timeout + Margin) this is: age >
+// Window − timeout − 2 × Margin.
+func (g *Gate) unchecked(at, until time.Time) bool {
+	void := g.cfg.Now()
+	if until.After(void) {
+		void = until
+	}
+	return void.Sub(at) > g.cfg.Window-g.cfg.Margin
+}
+
+// timeout is the wait of the ingest that published msg: the larger of its
+// header carehub_publish_timeout (milliseconds) and this hub's Timeout, so
+// that a router configured with a shorter timeout than the ingest (a
+// rolling change) never voids an event the ingest acknowledged.
+func (g *Gate) timeout(msg *message.Message) time.Duration {
+	t := g.cfg.Timeout
+	if ms, err := strconv.ParseInt(msg.Metadata.Get(topic.MetaPublishTimeout), 10, 64); err == nil && ms > 0 && ms <= int64(maxHeaderTimeout/time.Millisecond) {
+		t = max(t, time.Duration(ms)*time.Millisecond)
+	}
+	return t
+}
+
+// maxHeaderTimeout bounds the timeout a header may ask for (a day): a
+// corrupt header must not hold a partition for ever.
+const maxHeaderTimeout = 24 * time.Hour
+
 // until is when the ingest that published an attempt had surely stopped
-// waiting for its record, plus Margin: the later of at + Timeout + Margin
-// (at is the ingest's clock) and first + Timeout + Margin, first being when
-// this gate first saw the event (its own clock). The second needs no
-// agreement of clocks: the event landed after the ingest's deadline timer
-// started, so the ingest gave up by first + Timeout. Without it, an ingest
-// whose clock was behind the router's by more than Timeout + Margin had
-// its events voided as soon as the router read them, before their records
-// landed, and 202'd events were dropped. first is kept across the
-// message's retries; a new owner of the partition (a rebalance) sees it
-// later, and only waits longer.
-func (g *Gate) until(attempt string, at time.Time) time.Time {
+// waiting for its record, plus Margin: the later of at + timeout + Margin
+// (at is the ingest's clock) and landed + timeout + Margin, landed being
+// when the event had surely landed in carehub.events by this process's
+// clock. The second needs no agreement of clocks: the event landed after
+// the ingest's deadline timer started, so the ingest gave up by landed +
+// timeout. Without it, an ingest whose clock was behind the router's by
+// more than timeout + Margin had its events voided as soon as the router
+// read them, before their records landed, and 202'd events were dropped.
+//
+// landed is the earliest time at which a fetch of the event's partition
+// reported a high-water mark above its offset (landedAt): events that
+// landed together are waited for together, not one after another (the
+// subscriber hands a partition's events one at a time, so waiting from
+// when each was first handed out made K events without records hold the
+// partition K waits). A message without a high-water mark (not from
+// kafkawm) falls back to when this gate first saw its attempt, kept across
+// retries. A rebalance or restart only makes landed later: a longer wait.
+func (g *Gate) until(msg *message.Message, attempt string, at time.Time) time.Time {
 	now := g.cfg.Now()
-	g.mu.Lock()
-	first, ok := g.seen[attempt]
+	landed, ok := g.landedAt(msg, now)
 	if !ok {
-		if len(g.seen) >= maxSeen {
-			g.forgetOldestLocked()
+		g.mu.Lock()
+		first, seen := g.seen[attempt]
+		if !seen {
+			if len(g.seen) >= maxSeen {
+				g.forgetOldestLocked()
+			}
+			first = now
+			g.seen[attempt] = first
 		}
-		first = now
-		g.seen[attempt] = first
+		g.mu.Unlock()
+		landed = first
 	}
-	g.mu.Unlock()
-	if at.After(first) {
-		first = at
+	if at.After(landed) {
+		landed = at
 	}
-	return first.Add(g.cfg.Timeout + g.cfg.Margin)
+	return landed.Add(g.timeout(msg) + g.cfg.Margin)
+}
+
+// landedAt records that a fetch of msg's partition reported its high-water
+// mark by now, and returns the earliest time at which a high-water mark
+// above msg's offset was observed. ok is false when msg carries no
+// partition, offset or high-water mark.
+func (g *Gate) landedAt(msg *message.Message, now time.Time) (time.Time, bool) {
+	p, err1 := strconv.Atoi(msg.Metadata.Get(kafkawm.PartitionMetadata))
+	o, err2 := strconv.ParseInt(msg.Metadata.Get(kafkawm.OffsetMetadata), 10, 64)
+	h, err3 := strconv.ParseInt(msg.Metadata.Get(kafkawm.HighWaterMarkMetadata), 10, 64)
+	if err1 != nil || err2 != nil || err3 != nil || h <= o {
+		return time.Time{}, false
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	marks := g.landed[p]
+	// Marks at or below o tell nothing about o or any later offset (the
+	// partition's events are handled in order; one handled again after a
+	// rebalance is only found later: a longer wait).
+	i, _ := slices.BinarySearchFunc(marks, o+1, func(m mark, o int64) int { return cmpInt(m.hwm, o) })
+	marks = marks[i:]
+	if n := len(marks); n == 0 || h > marks[n-1].hwm {
+		if n >= maxMarks {
+			marks = marks[n/2:] // drops the earliest: their offsets only wait longer
+		}
+		marks = append(marks, mark{hwm: h, t: now})
+	}
+	g.landed[p] = marks
+	return marks[0].t, true // marks[0].hwm > o, the earliest such
+}
+
+func cmpInt(a, b int64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
 }
 
 // forgetOldestLocked forgets the older half of seen. Lock held.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -98,8 +99,16 @@ func TestGate(t *testing.T) {
 		{name: "not acknowledged", mem: memory{}, accepted: now.Add(-time.Second), wantAsked: 1, wantAudit: 1},
 		{name: "the memory cannot tell: retried", mem: memory{err: errors.New("broker unreachable")}, accepted: now.Add(-time.Second), wantAsked: 1, wantErr: true},
 		{name: "not acknowledged, the audit unreachable: retried", mem: memory{}, accepted: now.Add(-time.Second), pubErr: errors.New("down"), wantAsked: 1, wantErr: true},
-		{name: "older than the window less the margin: unchecked", mem: memory{}, accepted: now.Add(-time.Hour + DefaultMargin - time.Second), wantNext: 1},
-		{name: "just within the window: checked", mem: memory{}, accepted: now.Add(-time.Hour + DefaultMargin + time.Second), wantAsked: 1, wantAudit: 1},
+		// The void is written at the end of the wait (now + timeout +
+		// margin here) and must be younger than the window less the
+		// margin: checked up to an age of window − timeout − 2 × margin.
+		{name: "older than window − timeout − 2 × margin: unchecked", mem: memory{}, accepted: now.Add(-time.Hour + 10*time.Second + 2*DefaultMargin - time.Second), wantNext: 1},
+		{name: "just within window − timeout − 2 × margin: checked", mem: memory{}, accepted: now.Add(-time.Hour + 10*time.Second + 2*DefaultMargin), wantAsked: 1, wantAudit: 1},
+		// Gate review bug (4): seen at an age between window − 40 s and
+		// window − 30 s, the event was checked; its void, written 40 s
+		// later, was older than the window, ignored by the memory, and
+		// the event, retried, was routed unchecked.
+		{name: "seen at window − 35 s (its void would be ignored): unchecked", mem: memory{}, accepted: now.Add(-time.Hour + 35*time.Second), wantNext: 1},
 		{name: "not written by the ingest: the router decides", mem: memory{}, noStamp: true, wantNext: 1},
 		// Upgrade: a hub from before attempts wrote no per-attempt
 		// record; its events are routed unchecked.
@@ -223,6 +232,126 @@ func TestTheWaitNeedsNoAgreementOfClocks(t *testing.T) {
 			}
 			if want := clock.Add(timeout + DefaultMargin); tc.accepted.Before(clock) && !mem.until.Equal(want) {
 				t.Errorf("after the decision, a new sighting waits until %v, want %v", mem.until, want)
+			}
+		})
+	}
+}
+
+// fifo is a memory that finds no record for any attempt: each call waits
+// (moves the clock) until the time it is given, as dedup.Store does, and
+// says the attempt was voided.
+type fifo struct {
+	clock  *time.Time
+	untils []time.Time
+}
+
+func (f *fifo) Acknowledged(_ context.Context, _, _, _ string, _ dedup.Digest, _, until time.Time) (bool, error) {
+	f.untils = append(f.untils, until)
+	if until.After(*f.clock) {
+		*f.clock = until
+	}
+	return false, nil
+}
+
+// partitionMessage is an event at offset o of partition 0, fetched when
+// the partition's high-water mark was hwm.
+func partitionMessage(accepted time.Time, attempt string, o, hwm int64) *message.Message {
+	m := eventMessage(accepted, true, false)
+	m.Metadata.Set(topic.MetaAttempt, attempt)
+	m.Metadata.Set(kafkawm.PartitionMetadata, "0")
+	m.Metadata.Set(kafkawm.OffsetMetadata, strconv.FormatInt(o, 10))
+	m.Metadata.Set(kafkawm.HighWaterMarkMetadata, strconv.FormatInt(hwm, 10))
+	return m
+}
+
+// TestEventsThatLandedTogetherAreWaitedForTogether pins gate review bug
+// (1): the wait for a missing record ran from when the gate first SAW an
+// event, and the subscriber hands a partition's events one at a time, so K
+// events without records (503s that landed) held the partition K waits
+// (100 such events stalled routing over an hour). The wait now runs from
+// when a fetch first reported a high-water mark above the event's offset:
+// K events that landed together are decided within one wait.
+func TestEventsThatLandedTogetherAreWaitedForTogether(t *testing.T) {
+	const (
+		timeout = 10 * time.Second
+		k       = 100
+	)
+	clock := now
+	mem := &fifo{clock: &clock}
+	g, err := New(Config{Memory: mem, Publisher: &pub{}, Next: func(*message.Message) error { return nil },
+		Timeout: timeout, Window: 24 * time.Hour, Now: func() time.Time { return clock }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for o := range int64(k) {
+		if err := g.Handle(partitionMessage(now.Add(-time.Second), "att-"+strconv.FormatInt(o, 10), o, k)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := now.Add(timeout + DefaultMargin)
+	for i, u := range mem.untils {
+		if !u.Equal(want) {
+			t.Fatalf("event %d waits until %v, want %v (one wait from when all %d had landed)", i, u, want, k)
+		}
+	}
+	if got := clock.Sub(now); got != timeout+DefaultMargin {
+		t.Errorf("%d events without records held the partition %v, want one wait (%v)", k, got, timeout+DefaultMargin)
+	}
+
+	// An event that landed later (a later fetch, a higher mark) waits
+	// from when that mark was first seen; one handled again after a
+	// rebalance (the marks at or below the offsets since handled are
+	// dropped) waits from the earliest mark still kept above its offset:
+	// later than it landed, a longer wait, never a shorter one.
+	later := clock
+	if err := g.Handle(partitionMessage(later, "att-late", k, k+1)); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := mem.untils[len(mem.untils)-1], later.Add(timeout+DefaultMargin); !got.Equal(want) {
+		t.Errorf("the event landed later waits until %v, want %v", got, want)
+	}
+	if err := g.Handle(partitionMessage(now.Add(-time.Second), "att-again", 5, k+1)); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := mem.untils[len(mem.untils)-1], later.Add(timeout+DefaultMargin); !got.Equal(want) {
+		t.Errorf("an event handled again after a rebalance waits until %v, want %v", got, want)
+	}
+}
+
+// TestTheWaitIsTheIngestsPublishTimeout pins gate review bug (2): the
+// router waited with ITS publishTimeout; rolling an increase process by
+// process let a router on 10 s void an event an ingest on 60 s
+// acknowledged at 55 s. The gate now waits with the larger of the event's
+// header carehub_publish_timeout and its own.
+func TestTheWaitIsTheIngestsPublishTimeout(t *testing.T) {
+	const own = 10 * time.Second
+	for _, tc := range []struct {
+		name   string
+		header string
+		want   time.Duration
+	}{
+		{"the ingest's longer", "60000", 60 * time.Second},
+		{"the ingest's shorter", "5000", own},
+		{"no header (an older hub)", "", own},
+		{"a corrupt header", "soon", own},
+		{"an absurd header", "999999999999", own},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			mem := &memory{}
+			g, err := New(Config{Memory: mem, Publisher: &pub{}, Next: func(*message.Message) error { return nil },
+				Timeout: own, Window: time.Hour, Now: func() time.Time { return now }})
+			if err != nil {
+				t.Fatal(err)
+			}
+			m := eventMessage(now.Add(-time.Second), true, true)
+			if tc.header != "" {
+				m.Metadata.Set(topic.MetaPublishTimeout, tc.header)
+			}
+			if err := g.Handle(m); err != nil {
+				t.Fatal(err)
+			}
+			if want := now.Add(tc.want + DefaultMargin); !mem.until.Equal(want) {
+				t.Errorf("waits until %v, want %v", mem.until, want)
 			}
 		})
 	}

@@ -25,7 +25,10 @@
 // answers the publisher "accepted" only once that record is acknowledged,
 // within kafka.publishTimeout of the attempt's acceptance time. A router
 // that finds no record for an attempt, after catching up and after waiting
-// until the acceptance time + publishTimeout + a margin for clocks, writes
+// until the acceptance time + publishTimeout + a margin for clocks (and at
+// least publishTimeout + margin after the event had surely landed, by its
+// own clock; publishTimeout being the ingest's, from the event's header
+// carehub_publish_timeout, when longer: package ackgate), writes
 // a void for it (key "void/" + identity + "/" + attempt), catches up until
 // it has applied it, and then
 // decides by log order: whichever of the attempt's record and void came

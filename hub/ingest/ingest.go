@@ -43,6 +43,7 @@ import (
 	"fmt"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -85,8 +86,10 @@ type Options struct {
 	// acknowledged; the router routes it only if its record still reached
 	// carehub.accepted before the router voided the attempt (then the
 	// resend with the same id is a duplicate), never otherwise (then the
-	// resend is published). The hub sets kafka.publishTimeout; the router
-	// waits for a record until acceptance + Timeout + a margin.
+	// resend is published). The hub sets kafka.publishTimeout; each event
+	// carries it (header carehub_publish_timeout, milliseconds), and the
+	// router waits for a record until acceptance + the larger of it and its
+	// own + a margin (package ackgate).
 	Timeout time.Duration
 	// Now is the clock (time.Now when nil).
 	Now func() time.Time
@@ -382,6 +385,9 @@ func (in *Ingest) prepare(ctx context.Context, org string, raw []byte) (prepared
 		return prepared{}, acc, err
 	}
 	msg.Metadata.Set(topic.MetaAccepted, now.UTC().Format(time.RFC3339Nano))
+	if in.opts.Timeout > 0 {
+		msg.Metadata.Set(topic.MetaPublishTimeout, strconv.FormatInt(in.opts.Timeout.Milliseconds(), 10))
+	}
 	msg.SetContext(ctx)
 	p := prepared{msg: msg, at: now.UTC()}
 	if o := in.opts.FlagOlderThan; o > 0 && ev.Time.Before(now.Add(-o)) {

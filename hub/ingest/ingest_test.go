@@ -57,7 +57,7 @@ func setup(t *testing.T, p *pub) (*Ingest, []byte) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	in, err := New(v, ps, p, Options{MaxFutureSkew: 5 * time.Minute, FlagOlderThan: 7 * 24 * time.Hour, Now: func() time.Time { return now }})
+	in, err := New(v, ps, p, Options{MaxFutureSkew: 5 * time.Minute, FlagOlderThan: 7 * 24 * time.Hour, Timeout: 42 * time.Second, Now: func() time.Time { return now }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,6 +90,11 @@ func TestAcceptKeysByPseudonymAndCarriesNoIdentifierInHeaders(t *testing.T) {
 	}
 	if got, want := m.Metadata.Get(topic.MetaAccepted), now.Format(time.RFC3339Nano); got != want {
 		t.Errorf("accepted time: got %q, want %q", got, want)
+	}
+	// Gate review bug (2): the router waited for the record with its own
+	// publishTimeout; the event now carries the ingest's.
+	if got, want := m.Metadata.Get(topic.MetaPublishTimeout), "42000"; got != want {
+		t.Errorf("publish timeout header: got %q, want %q (milliseconds)", got, want)
 	}
 }
 

@@ -200,9 +200,10 @@ func TestMarshalRoundTrip(t *testing.T) {
 	in.Metadata.Set("b", "2")
 	in.Metadata.Set("a", "1")
 	in.Metadata.Set("partition_key", "patient-1")
-	in.Metadata.Set(PartitionMetadata, "7")  // from an earlier consumption: not forwarded
-	in.Metadata.Set(OffsetMetadata, "99")    // idem
-	in.Metadata.Set(UUIDHeader, "forged-id") // the UUID header comes from msg.UUID only
+	in.Metadata.Set(PartitionMetadata, "7")       // from an earlier consumption: not forwarded
+	in.Metadata.Set(OffsetMetadata, "99")         // idem
+	in.Metadata.Set(HighWaterMarkMetadata, "100") // idem
+	in.Metadata.Set(UUIDHeader, "forged-id")      // the UUID header comes from msg.UUID only
 
 	km := toKafka("t", DefaultKeyMetadata, in)
 	wantHeaders := []kafka.Header{
@@ -217,12 +218,12 @@ func TestMarshalRoundTrip(t *testing.T) {
 		t.Errorf("record = %+v", km)
 	}
 
-	km.Partition, km.Offset = 3, 41
+	km.Partition, km.Offset, km.HighWaterMark = 3, 41, 45
 	out := toWatermill(DefaultKeyMetadata, km)
 	if out.UUID != "uuid-1" || string(out.Payload) != "payload" {
 		t.Errorf("message = %s %q", out.UUID, out.Payload)
 	}
-	wantMD := message.Metadata{"a": "1", "b": "2", "partition_key": "patient-1", PartitionMetadata: "3", OffsetMetadata: "41"}
+	wantMD := message.Metadata{"a": "1", "b": "2", "partition_key": "patient-1", PartitionMetadata: "3", OffsetMetadata: "41", HighWaterMarkMetadata: "45"}
 	if diff := cmp.Diff(wantMD, out.Metadata); diff != "" {
 		t.Errorf("metadata (-want +got):\n%s", diff)
 	}
@@ -436,7 +437,8 @@ func TestNackRedelivery(t *testing.T) {
 	check := func(m *message.Message) {
 		t.Helper()
 		if m.UUID != first.UUID || string(m.Payload) != "first" || m.Metadata.Get("h") != "v" ||
-			m.Metadata.Get("partition_key") != "p1" || m.Metadata.Get(OffsetMetadata) != "0" || m.Metadata.Get(PartitionMetadata) != "0" {
+			m.Metadata.Get("partition_key") != "p1" || m.Metadata.Get(OffsetMetadata) != "0" || m.Metadata.Get(PartitionMetadata) != "0" ||
+			m.Metadata.Get(HighWaterMarkMetadata) != "2" { // both records were in the log when it was fetched
 			t.Fatalf("got %s %q %v, want the first message", m.UUID, m.Payload, m.Metadata)
 		}
 	}

@@ -26,6 +26,11 @@ const (
 	// OffsetMetadata is the metadata field in which the Subscriber puts the
 	// record's offset (decimal).
 	OffsetMetadata = "kafka_offset"
+	// HighWaterMarkMetadata is the metadata field in which the Subscriber
+	// puts the partition's high-water mark (the offset after the last
+	// committed record) as reported by the fetch that returned the record:
+	// every offset below it had landed when the fetch was answered.
+	HighWaterMarkMetadata = "kafka_high_water_mark"
 )
 
 // toKafka converts a watermill message to a Kafka record for topic.
@@ -36,7 +41,7 @@ func toKafka(topic, keyMeta string, msg *message.Message) kafka.Message {
 		switch k {
 		case keyMeta:
 			km.Key = []byte(msg.Metadata[k])
-		case UUIDHeader, PartitionMetadata, OffsetMetadata:
+		case UUIDHeader, PartitionMetadata, OffsetMetadata, HighWaterMarkMetadata:
 		default:
 			names = append(names, k)
 		}
@@ -71,6 +76,7 @@ func toWatermill(keyMeta string, km kafka.Message) *message.Message {
 	}
 	md[PartitionMetadata] = strconv.Itoa(km.Partition)
 	md[OffsetMetadata] = strconv.FormatInt(km.Offset, 10)
+	md[HighWaterMarkMetadata] = strconv.FormatInt(km.HighWaterMark, 10)
 	msg := message.NewMessage(uuid, km.Value)
 	msg.Metadata = md
 	return msg
