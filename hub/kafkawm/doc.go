@@ -21,8 +21,10 @@
 //   - the metadata field named by KeyMetadata (default "partition_key")
 //     becomes the record key and is not written as a header; every other
 //     metadata field becomes a header (sorted by name);
-//   - "kafka_partition" and "kafka_offset" are set by the Subscriber and
-//     never written as headers.
+//   - "kafka_partition", "kafka_offset" and "kafka_high_water_mark" (the
+//     partition's high-water mark reported by the fetch that returned the
+//     record: every offset below it had landed by then) are set by the
+//     Subscriber and never written as headers.
 //
 // Keys are partitioned with kafka-go's Murmur2Balancer, the Java client's
 // default partitioner (also librdkafka's "murmur2_random"), so a key lands on
