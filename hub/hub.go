@@ -324,8 +324,11 @@ func (h *hub) createTopics(ctx context.Context) error {
 	}
 	// carehub.accepted created by an earlier version is compacted: make it
 	// delete-only (compaction could reorder an attempt's record and void),
-	// and give it the configured window.
-	if err := broker.SetTopicConfigs(ctx, h.brokers, topic.Accepted, topic.AcceptedConfigs(h.cfg.Ingest.DuplicateWindow)); err != nil {
+	// and raise its retention to the configured window, never lower it: a
+	// process started with a shorter window must not cut records the others
+	// still rely on (lowering ingest.duplicateWindow needs every process
+	// stopped; README).
+	if err := broker.RaiseTopicConfigs(ctx, h.brokers, topic.Accepted, topic.AcceptedConfigs(h.cfg.Ingest.DuplicateWindow)); err != nil {
 		return fmt.Errorf("setting the configs of %s: %w", topic.Accepted, err)
 	}
 	// From now on the hub is ready only while a broker answers.
@@ -497,7 +500,10 @@ func (h *hub) startRouter(ctx context.Context) error {
 	// one written by the broker after the ingest gave up (answered 503,
 	// HL7 AR) is recorded as not acknowledged instead (package ackgate).
 	gate, err := ackgate.New(ackgate.Config{Memory: h.accepted, Publisher: h.pub, Next: rt.Handle,
-		Timeout: h.cfg.Kafka.PublishTimeout, Window: h.cfg.Ingest.DuplicateWindow, Dropped: h.metrics.NotAcknowledged, Log: h.log.Named("router")})
+		Timeout: h.cfg.Kafka.PublishTimeout, Window: h.cfg.Ingest.DuplicateWindow, Dropped: h.metrics.NotAcknowledged, Log: h.log.Named("router"),
+		EndOffset: func(ctx context.Context, partition int) (int64, error) {
+			return broker.EndOffset(ctx, h.brokers, topic.Events, partition)
+		}})
 	if err != nil {
 		return fmt.Errorf("creating the router: %w", err)
 	}

@@ -419,29 +419,45 @@ func runReady(t *testing.T, h *hub) string {
 // move an attempt's void after a record that came after it (the event
 // lost: dedup's TestCompactionCannotReverseAVoid). The hub sets the topic
 // delete-only, with the window as its retention, on every start.
+//
+// Gate review 5 (3): every start SET the retention to its own window, so a
+// process started with a shorter ingest.duplicateWindow cut records the
+// others still relied on. A shorter retention is raised; a longer one is
+// left as is. The timestamps the hub writes are the ones retention deletes
+// by: message.timestamp.type CreateTime.
 func TestAnExistingAcceptedTopicIsMadeDeleteOnly(t *testing.T) {
-	brokers := brokertest.Start(t, broker.TopicSpec{Name: topic.Accepted, Partitions: 1, ReplicationFactor: 1,
-		Configs: map[string]string{"cleanup.policy": "compact,delete", "retention.ms": "60000"}})
 	cfg := testConfig(t, "", "")
-	cfg.Kafka.Brokers, cfg.Kafka.EmbeddedAddr, cfg.Kafka.ReplicationFactor = brokers, "", 1
-	h := &hub{cfg: cfg, log: zap.NewNop()}
-	runReady(t, h)
-	c := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 10 * time.Second}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	res, err := c.DescribeConfigs(ctx, &kafka.DescribeConfigsRequest{Resources: []kafka.DescribeConfigRequestResource{
-		{ResourceType: kafka.ResourceTypeTopic, ResourceName: topic.Accepted, ConfigNames: []string{"cleanup.policy", "retention.ms"}}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	got := map[string]string{}
-	for _, r := range res.Resources {
-		for _, e := range r.ConfigEntries {
-			got[e.ConfigName] = e.ConfigValue
-		}
-	}
-	want := map[string]string{"cleanup.policy": "delete", "retention.ms": strconv.FormatInt((cfg.Ingest.DuplicateWindow + topic.AcceptedSlack).Milliseconds(), 10)}
-	if !maps.Equal(got, want) {
-		t.Errorf("carehub.accepted's configs after the start: got %v, want %v", got, want)
+	wanted := strconv.FormatInt((cfg.Ingest.DuplicateWindow + topic.AcceptedSlack).Milliseconds(), 10)
+	longer := strconv.FormatInt((cfg.Ingest.DuplicateWindow + 7*24*time.Hour).Milliseconds(), 10)
+	for _, tc := range []struct{ name, had, want string }{
+		{"a shorter retention is raised", "60000", wanted},
+		{"a longer retention is kept", longer, longer},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			brokers := brokertest.Start(t, broker.TopicSpec{Name: topic.Accepted, Partitions: 1, ReplicationFactor: 1,
+				Configs: map[string]string{"cleanup.policy": "compact,delete", "retention.ms": tc.had, "message.timestamp.type": "LogAppendTime"}})
+			cfg := testConfig(t, "", "")
+			cfg.Kafka.Brokers, cfg.Kafka.EmbeddedAddr, cfg.Kafka.ReplicationFactor = brokers, "", 1
+			h := &hub{cfg: cfg, log: zap.NewNop()}
+			runReady(t, h)
+			c := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 10 * time.Second}
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			res, err := c.DescribeConfigs(ctx, &kafka.DescribeConfigsRequest{Resources: []kafka.DescribeConfigRequestResource{
+				{ResourceType: kafka.ResourceTypeTopic, ResourceName: topic.Accepted, ConfigNames: []string{"cleanup.policy", "retention.ms", "message.timestamp.type"}}}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := map[string]string{}
+			for _, r := range res.Resources {
+				for _, e := range r.ConfigEntries {
+					got[e.ConfigName] = e.ConfigValue
+				}
+			}
+			want := map[string]string{"cleanup.policy": "delete", "retention.ms": tc.want, "message.timestamp.type": "CreateTime"}
+			if !maps.Equal(got, want) {
+				t.Errorf("carehub.accepted's configs after the start: got %v, want %v", got, want)
+			}
+		})
 	}
 }

@@ -16,11 +16,14 @@
 // for the attempt and the first of record and void in the log decides.
 // The wait is the ingest's kafka.publishTimeout (header
 // carehub_publish_timeout, or this hub's if longer) + Margin, counted from
-// the later of the event's acceptance time (the ingest's clock) and the
-// moment the event had surely landed (this process's clock: the first time
-// a fetch of its partition reported a high-water mark above its offset,
-// metadata from package kafkawm), which needs no agreement of clocks and
-// makes events that landed together wait together, not one after another.
+// the moment the event had surely landed (this process's clock: the first
+// time a fetch of its partition, or a lookup of its end offset made while
+// the gate waits (Config.EndOffset, every EndOffsetPoll), reported a
+// high-water mark above its offset; fetch metadata from package kafkawm).
+// That needs no agreement of clocks (the event's acceptance time, the
+// ingest's clock, plays no part: see until) and makes events that landed
+// together, or one by one while the gate waited, wait together, not one
+// after another.
 // Recorded first: the event is routed. Void first: it is not routed; an audit record
 // of kind received with the flag not-acknowledged is written (backfill
 // skips the copies such records name), and the event is acknowledged to the
@@ -34,9 +37,14 @@
 // timeout − 2 × Margin), and so is an event without an attempt header
 // (written by a hub from before attempts, which wrote no per-attempt
 // records). A router that far behind has other problems; the readiness and
-// lag metrics say so. A missing record holds the events behind it on its
-// partition for about one wait from when they were first fetched, however
-// many of them lack records.
+// lag metrics say so. Events without records hold their partition for
+// about as long as they took to land plus one wait (and up to two polls),
+// however many of them there are. An event near the window's edge may be
+// routed after its void was written (unchecked): a duplicate, never a
+// loss. A broker that rejects old timestamps (message.timestamp.*.max.ms)
+// would refuse voids, which carry the acceptance time (package dedup):
+// the message is retried until its event is old enough to be routed
+// unchecked (README, "What a 503 promises").
 package ackgate
 
 import (
@@ -87,8 +95,17 @@ type Config struct {
 	Margin time.Duration
 	// Dropped, if set, is told of each event not routed (a metric).
 	Dropped func()
-	Log     *zap.Logger
-	Now     func() time.Time
+	// EndOffset, if set, returns the end offset (high-water mark) of a
+	// partition of carehub.events (ListOffsets latest): when a wait
+	// starts, and every EndOffsetPoll while it lasts, the gate records
+	// that every offset below it had landed by then, so the events that
+	// land while one waits are known to have landed from then, not from
+	// when the gate is handed them (one by one, after the wait).
+	EndOffset func(ctx context.Context, partition int) (int64, error)
+	// After is time.After (tests replace it).
+	After func(time.Duration) <-chan time.Time
+	Log   *zap.Logger
+	Now   func() time.Time
 }
 
 // Gate is the router's handler, gated. Concurrency: mu guards seen and
@@ -108,6 +125,19 @@ type mark struct {
 	hwm int64
 	t   time.Time
 }
+
+// EndOffsetPoll is how often the gate asks the broker for the end offset of
+// the partition whose event it is waiting for (Config.EndOffset). An event
+// that had landed by time T is known to have landed by the first poll
+// after T, so a run of events without records that land one by one holds
+// their partition about as long as they took to land, plus one wait and
+// EndOffsetPoll, not one wait each.
+const EndOffsetPoll = 5 * time.Second
+
+// EndOffsetFirstPoll is how long a wait lasts before the first poll: an
+// event whose record is there (nearly every one) is decided sooner and
+// costs no round trip to the broker.
+const EndOffsetFirstPoll = time.Second
 
 // maxSeen bounds Gate.seen: past it, the entries seen longest ago are
 // forgotten (an attempt forgotten and seen again only waits longer).
@@ -131,6 +161,9 @@ func New(cfg Config) (*Gate, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.After == nil {
+		cfg.After = time.After
+	}
 	return &Gate{cfg: cfg, seen: map[string]time.Time{}, landed: map[int][]mark{}}, nil
 }
 
@@ -150,13 +183,15 @@ func (g *Gate) Handle(msg *message.Message) error {
 	if attempt == "" {
 		return g.cfg.Next(msg) // from a hub before attempts: no record to look for
 	}
-	until := g.until(msg, attempt, at)
+	until := g.until(msg, attempt)
 	if g.unchecked(at, until) {
 		g.decided(attempt)
 		return g.cfg.Next(msg) // its void could come too late to count: unchecked
 	}
 	ctx := msg.Context()
+	stop := g.watchEnd(ctx, msg)
 	ok, err := g.cfg.Memory.Acknowledged(ctx, source, id, attempt, dedup.DigestOf(msg.Payload), at, until)
+	stop()
 	if err != nil {
 		return problem.Wrap(problem.Unavailable, "checking that the event was acknowledged to its publisher", err)
 	}
@@ -199,14 +234,21 @@ func (g *Gate) timeout(msg *message.Message) time.Duration {
 const maxHeaderTimeout = 24 * time.Hour
 
 // until is when the ingest that published an attempt had surely stopped
-// waiting for its record, plus Margin: the later of at + timeout + Margin
-// (at is the ingest's clock) and landed + timeout + Margin, landed being
-// when the event had surely landed in carehub.events by this process's
-// clock. The second needs no agreement of clocks: the event landed after
-// the ingest's deadline timer started, so the ingest gave up by landed +
-// timeout. Without it, an ingest whose clock was behind the router's by
-// more than timeout + Margin had its events voided as soon as the router
-// read them, before their records landed, and 202'd events were dropped.
+// waiting for its record, plus Margin: landed + timeout + Margin, landed
+// being when the event had surely landed in carehub.events by this
+// process's clock. That needs no agreement of clocks: the ingest started
+// its deadline timer before it published, so its deadline is at most the
+// event's landing + its timeout (real time), and the landing was no later
+// than landed (this process saw it). A void written after until therefore
+// comes after any record the ingest acknowledged.
+//
+// The event's acceptance time (at, the ingest's clock) plays no part. An
+// earlier version waited until the later of at + timeout and landed +
+// timeout: the at term only ever lengthened the wait, and an ingest whose
+// clock was ahead of the router's held the partition by that much. Nor
+// would min(at + timeout, landed + timeout) be sound: with the ingest's
+// clock behind, at + timeout comes before its real deadline, and a void
+// written then could precede a record the ingest still acknowledged.
 //
 // landed is the earliest time at which a fetch of the event's partition
 // reported a high-water mark above its offset (landedAt): events that
@@ -216,7 +258,7 @@ const maxHeaderTimeout = 24 * time.Hour
 // partition K waits). A message without a high-water mark (not from
 // kafkawm) falls back to when this gate first saw its attempt, kept across
 // retries. A rebalance or restart only makes landed later: a longer wait.
-func (g *Gate) until(msg *message.Message, attempt string, at time.Time) time.Time {
+func (g *Gate) until(msg *message.Message, attempt string) time.Time {
 	now := g.cfg.Now()
 	landed, ok := g.landedAt(msg, now)
 	if !ok {
@@ -231,9 +273,6 @@ func (g *Gate) until(msg *message.Message, attempt string, at time.Time) time.Ti
 		}
 		g.mu.Unlock()
 		landed = first
-	}
-	if at.After(landed) {
-		landed = at
 	}
 	return landed.Add(g.timeout(msg) + g.cfg.Margin)
 }
@@ -256,15 +295,72 @@ func (g *Gate) landedAt(msg *message.Message, now time.Time) (time.Time, bool) {
 	// partition's events are handled in order; one handled again after a
 	// rebalance is only found later: a longer wait).
 	i, _ := slices.BinarySearchFunc(marks, o+1, func(m mark, o int64) int { return cmpInt(m.hwm, o) })
-	marks = marks[i:]
-	if n := len(marks); n == 0 || h > marks[n-1].hwm {
-		if n >= maxMarks {
-			marks = marks[n/2:] // drops the earliest: their offsets only wait longer
-		}
-		marks = append(marks, mark{hwm: h, t: now})
+	g.landed[p] = marks[i:]
+	g.addMarkLocked(p, h, now)
+	return g.landed[p][0].t, true // its hwm > o, the earliest such
+}
+
+// addMarkLocked records that every offset of partition p below h had
+// landed by t. Marks stay increasing in both: a mark no higher than the
+// last tells nothing new, and a time earlier than the last mark's (two
+// goroutines' clocks read in another order) is taken as the last's, which
+// only makes later offsets wait longer. Lock held.
+func (g *Gate) addMarkLocked(p int, h int64, t time.Time) {
+	marks := g.landed[p]
+	n := len(marks)
+	if n > 0 && h <= marks[n-1].hwm {
+		return
 	}
-	g.landed[p] = marks
-	return marks[0].t, true // marks[0].hwm > o, the earliest such
+	if n > 0 && t.Before(marks[n-1].t) {
+		t = marks[n-1].t
+	}
+	if n >= maxMarks {
+		marks = marks[n/2:] // drops the earliest: their offsets only wait longer
+	}
+	g.landed[p] = append(marks, mark{hwm: h, t: t})
+}
+
+// watchEnd, while the gate waits for msg's record, asks the broker for the
+// end offset of msg's partition after EndOffsetFirstPoll and then every
+// EndOffsetPoll, and records
+// each answer as a mark (the time it came back): the events that land
+// during the wait are then waited for from about when they landed. A
+// failed lookup is logged and changes nothing (the waits only rest on
+// what is known; none is shortened). stop ends the watch and returns once
+// it has.
+func (g *Gate) watchEnd(ctx context.Context, msg *message.Message) (stop func()) {
+	p, err := strconv.Atoi(msg.Metadata.Get(kafkawm.PartitionMetadata))
+	if g.cfg.EndOffset == nil || err != nil {
+		return func() {}
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		wait := EndOffsetFirstPoll
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-g.cfg.After(wait):
+			}
+			wait = EndOffsetPoll
+			h, err := g.cfg.EndOffset(ctx, p)
+			if err == nil {
+				t := g.cfg.Now()
+				g.mu.Lock()
+				g.addMarkLocked(p, h, t)
+				g.mu.Unlock()
+			} else if ctx.Err() == nil {
+				g.cfg.Log.Warn("looking up the end offset of the partition whose event the gate waits for; waiting on what is known",
+					zap.Int("partition", p), zap.Error(err))
+			}
+		}
+	}()
+	return func() {
+		cancel()
+		<-done
+	}
 }
 
 func cmpInt(a, b int64) int {

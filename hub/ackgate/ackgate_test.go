@@ -200,7 +200,12 @@ func TestTheWaitNeedsNoAgreementOfClocks(t *testing.T) {
 	}{
 		{"the ingest's clock ten minutes behind", now.Add(-10 * time.Minute), now.Add(timeout + DefaultMargin)},
 		{"the ingest's clock in step", now.Add(-time.Second), now.Add(timeout + DefaultMargin)},
-		{"the ingest's clock ahead", now.Add(time.Minute), now.Add(time.Minute + timeout + DefaultMargin)},
+		// Gate review 5 (2): the wait ran to the later of the acceptance
+		// time (the ingest's clock) and the landing, plus the wait: an
+		// ingest's clock ahead held the partition by as much. The
+		// acceptance time now plays no part in the wait.
+		{"the ingest's clock ahead", now.Add(time.Minute), now.Add(timeout + DefaultMargin)},
+		{"the ingest's clock an hour ahead", now.Add(time.Hour), now.Add(timeout + DefaultMargin)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			clock := now
@@ -230,7 +235,7 @@ func TestTheWaitNeedsNoAgreementOfClocks(t *testing.T) {
 			if err := g.Handle(eventMessage(tc.accepted, true, true)); err != nil {
 				t.Fatal(err)
 			}
-			if want := clock.Add(timeout + DefaultMargin); tc.accepted.Before(clock) && !mem.until.Equal(want) {
+			if want := clock.Add(timeout + DefaultMargin); !mem.until.Equal(want) {
 				t.Errorf("after the decision, a new sighting waits until %v, want %v", mem.until, want)
 			}
 		})
@@ -354,5 +359,97 @@ func TestTheWaitIsTheIngestsPublishTimeout(t *testing.T) {
 				t.Errorf("waits until %v, want %v", mem.until, want)
 			}
 		})
+	}
+}
+
+// trickle is a memory that finds no record for any attempt and, while the
+// gate waits, lets time pass in the steps the gate's end-offset watch asks
+// for (Config.After), one at a time, so that each poll sees the clock of
+// its step.
+type trickle struct {
+	clock  *time.Time
+	asked  chan time.Duration // the watch's After(d) calls
+	ticks  chan time.Time
+	untils []time.Time
+}
+
+func (m *trickle) after(d time.Duration) <-chan time.Time {
+	m.asked <- d
+	return m.ticks
+}
+
+func (m *trickle) Acknowledged(ctx context.Context, _, _, _ string, _ dedup.Digest, _, until time.Time) (bool, error) {
+	m.untils = append(m.untils, until)
+	for {
+		d := <-m.asked // the watch is waiting for its next poll
+		if !m.clock.Add(d).Before(until) {
+			*m.clock = until
+			return false, nil // the wait ends first: the gate stops the watch
+		}
+		*m.clock = m.clock.Add(d)
+		m.ticks <- *m.clock
+	}
+}
+
+// TestEventsThatTrickleInHoldThePartitionAboutOneWait pins gate review 5
+// (1): a mark's time was taken when the gate was handed an event, not when
+// it landed. 20 events without records landing 1 s apart, each fetched on
+// its own (high-water mark = offset + 1) while the gate waited for the
+// first, were each waited for from when the gate was handed it: 20 waits
+// in a row (13m20s). The gate now asks the broker for the partition's end
+// offset while it waits, so each is waited for from the first poll after
+// it landed: the partition is held about the 20 s they took to land plus
+// one wait.
+func TestEventsThatTrickleInHoldThePartitionAboutOneWait(t *testing.T) {
+	const (
+		timeout = 10 * time.Second
+		k       = 20
+	)
+	clock := now
+	mem := &trickle{clock: &clock, asked: make(chan time.Duration), ticks: make(chan time.Time)}
+	landed := func(o int64) time.Time { return now.Add(time.Duration(o) * time.Second) }
+	polls, failures := 0, 0
+	core, logs := observer.New(zap.DebugLevel)
+	g, err := New(Config{Memory: mem, Publisher: &pub{}, Next: func(*message.Message) error { return nil },
+		Timeout: timeout, Window: 24 * time.Hour, Now: func() time.Time { return clock }, After: mem.after, Log: zap.New(core),
+		EndOffset: func(_ context.Context, partition int) (int64, error) {
+			if partition != 0 {
+				t.Errorf("end offset asked of partition %d, want 0", partition)
+			}
+			polls++
+			if polls%4 == 0 { // a lookup fails now and then: logged, nothing shortened
+				failures++
+				return 0, errors.New("broker unreachable")
+			}
+			var end int64
+			for end < k && !landed(end).After(clock) {
+				end++
+			}
+			return end, nil
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for o := range int64(k) {
+		if clock.Before(landed(o)) {
+			clock = landed(o) // the gate is idle until it lands
+		}
+		if err := g.Handle(partitionMessage(landed(o), "att-"+strconv.FormatInt(o, 10), o, o+1)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wait := timeout + DefaultMargin
+	for o, u := range mem.untils {
+		// Never shorter than one wait from its landing; never longer
+		// than one wait from the poll after it (failed polls skipped).
+		if lo, hi := landed(int64(o)).Add(wait), landed(int64(o)).Add(wait+EndOffsetFirstPoll+2*EndOffsetPoll); u.Before(lo) || u.After(hi) {
+			t.Errorf("event %d (landed at +%v) waits until +%v, want between +%v and +%v", o, landed(int64(o)).Sub(now), u.Sub(now), lo.Sub(now), hi.Sub(now))
+		}
+	}
+	if got, limit := clock.Sub(now), k*time.Second+wait+2*EndOffsetPoll; got > limit {
+		t.Errorf("%d events landing 1 s apart held the partition %v, want at most %v (their landing, one wait and two polls)", k, got, limit)
+	}
+	if failures == 0 || logs.FilterMessageSnippet("end offset").Len() != failures {
+		t.Errorf("%d failed lookups, %d logged; want some, each logged", failures, logs.FilterMessageSnippet("end offset").Len())
 	}
 }

@@ -531,3 +531,62 @@ func TestPing(t *testing.T) {
 		t.Errorf("Ping with the broker gone: got %v", err)
 	}
 }
+
+// TestRaiseTopicConfigsNeverLowersRetention pins gate review 5 (3): every
+// start set carehub.accepted's retention.ms to its own window, so a process
+// started with a shorter window cut the records the others still relied
+// on. The retention is now only raised: a longer one is left as is.
+func TestRaiseTopicConfigsNeverLowersRetention(t *testing.T) {
+	ctx := testCtx(t)
+	e := startTest(t, t.TempDir())
+	for _, tc := range []struct {
+		name, had, want string
+	}{
+		{"longer is kept", "7200000", "7200000"},
+		{"for ever is kept", "-1", "-1"},
+		{"shorter is raised", "1000", "3600000"},
+		{"equal stays", "3600000", "3600000"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			name := "acc-" + strings.NewReplacer(" ", "-").Replace(tc.name)
+			if err := EnsureTopics(ctx, e.Addrs(), []TopicSpec{{Name: name, Partitions: 1, Configs: map[string]string{"retention.ms": tc.had, "cleanup.policy": "compact"}}}); err != nil {
+				t.Fatal(err)
+			}
+			if err := RaiseTopicConfigs(ctx, e.Addrs(), name, map[string]string{"retention.ms": "3600000", "cleanup.policy": "delete"}); err != nil {
+				t.Fatal(err)
+			}
+			got := topicConfigs(t, e.Addrs(), name, "retention.ms", "cleanup.policy")
+			if got["retention.ms"] != tc.want || got["cleanup.policy"] != "delete" {
+				t.Fatalf("configs = %v, want retention.ms %s and cleanup.policy delete", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestEndOffset(t *testing.T) {
+	ctx := testCtx(t)
+	e := startTest(t, t.TempDir())
+	if err := EnsureTopics(ctx, e.Addrs(), []TopicSpec{{Name: "eo", Partitions: 2}}); err != nil {
+		t.Fatal(err)
+	}
+	w := &kafka.Writer{Addr: kafka.TCP(e.Addrs()...), Topic: "eo", Balancer: kafka.BalancerFunc(func(kafka.Message, ...int) int { return 1 }), RequiredAcks: kafka.RequireAll}
+	defer w.Close()
+	if err := w.WriteMessages(ctx, kafka.Message{Value: []byte("a")}, kafka.Message{Value: []byte("b")}); err != nil {
+		t.Fatal(err)
+	}
+	end0, err := EndOffset(ctx, e.Addrs(), "eo", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, end, err := Offsets(ctx, e.Addrs(), "eo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var end1 int64
+	if end1, err = EndOffset(ctx, e.Addrs(), "eo", 1); err != nil {
+		t.Fatal(err)
+	}
+	if end0 != end[0] || end1 != end[1] || end0 != 0 || end1 != 2 {
+		t.Fatalf("EndOffset = %d, %d; Offsets end = %v; want them equal, 2 records in all", end0, end1, end)
+	}
+}

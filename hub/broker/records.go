@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strconv"
 
 	"github.com/segmentio/kafka-go"
 	"github.com/twmb/franz-go/pkg/kerr"
@@ -150,4 +151,88 @@ func DeleteRecords(ctx context.Context, brokers []string, topic string, below Pa
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// RaiseTopicConfigs sets configs on an existing topic like SetTopicConfigs,
+// except retention.ms, which it only ever raises: when the topic already
+// keeps records at least as long (or for ever, -1) it is left as is. A
+// process started with a shorter window than another still running must not
+// cut the records that one relies on (carehub.accepted); lowering needs
+// every process stopped and the topic's retention.ms set by hand.
+func RaiseTopicConfigs(ctx context.Context, brokers []string, topic string, configs map[string]string) error {
+	want, ok := configs[retentionMS]
+	if !ok {
+		return SetTopicConfigs(ctx, brokers, topic, configs)
+	}
+	wantMS, err := strconv.ParseInt(want, 10, 64)
+	if err != nil {
+		return fmt.Errorf("broker: %s %q for topic %q: %w", retentionMS, want, topic, err)
+	}
+	cur, err := TopicConfig(ctx, brokers, topic, retentionMS)
+	if err != nil {
+		return err
+	}
+	if curMS, err := strconv.ParseInt(cur, 10, 64); err == nil && (curMS < 0 || (wantMS >= 0 && curMS >= wantMS)) {
+		rest := make(map[string]string, len(configs))
+		for k, v := range configs {
+			if k != retentionMS {
+				rest[k] = v
+			}
+		}
+		if len(rest) == 0 {
+			return nil
+		}
+		return SetTopicConfigs(ctx, brokers, topic, rest)
+	}
+	return SetTopicConfigs(ctx, brokers, topic, configs)
+}
+
+const retentionMS = "retention.ms"
+
+// TopicConfig returns the current value of one config of topic
+// (DescribeConfigs); "" when the broker reports none.
+func TopicConfig(ctx context.Context, brokers []string, topic, name string) (string, error) {
+	ctx, cancel := withAdminTimeout(ctx)
+	defer cancel()
+	client, release := newAdminClient(brokers)
+	defer release()
+	resp, err := client.DescribeConfigs(ctx, &kafka.DescribeConfigsRequest{Resources: []kafka.DescribeConfigRequestResource{{
+		ResourceType: kafka.ResourceTypeTopic, ResourceName: topic, ConfigNames: []string{name},
+	}}})
+	if err != nil {
+		return "", fmt.Errorf("broker: describing configs of topic %q: %w", topic, err)
+	}
+	for _, r := range resp.Resources {
+		if r.Error != nil {
+			return "", fmt.Errorf("broker: describing configs of topic %q: %w", topic, r.Error)
+		}
+		for _, e := range r.ConfigEntries {
+			if e.ConfigName == name {
+				return e.ConfigValue, nil
+			}
+		}
+	}
+	return "", nil
+}
+
+// EndOffset returns the end offset (high-water mark: every offset below it
+// has landed, acks=all) of one partition of topic, by ListOffsets latest.
+func EndOffset(ctx context.Context, brokers []string, topic string, partition int) (int64, error) {
+	ctx, cancel := withAdminTimeout(ctx)
+	defer cancel()
+	client, release := newAdminClient(brokers)
+	defer release()
+	resp, err := client.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{topic: {kafka.LastOffsetOf(partition)}}})
+	if err != nil {
+		return 0, fmt.Errorf("broker: end offset of topic %q partition %d: %w", topic, partition, err)
+	}
+	for _, p := range resp.Topics[topic] {
+		if p.Partition == partition {
+			if p.Error != nil {
+				return 0, fmt.Errorf("broker: end offset of topic %q partition %d: %w", topic, partition, p.Error)
+			}
+			return p.LastOffset, nil
+		}
+	}
+	return 0, fmt.Errorf("broker: end offset of topic %q partition %d: %w", topic, partition, kafka.UnknownTopicOrPartition)
 }

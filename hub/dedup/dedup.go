@@ -25,22 +25,24 @@
 // answers the publisher "accepted" only once that record is acknowledged,
 // within kafka.publishTimeout of the attempt's acceptance time. A router
 // that finds no record for an attempt, after catching up and after waiting
-// until the acceptance time + publishTimeout + a margin for clocks (and at
-// least publishTimeout + margin after the event had surely landed, by its
-// own clock; publishTimeout being the ingest's, from the event's header
-// carehub_publish_timeout, when longer: package ackgate), writes
+// until publishTimeout + a margin after the event had surely landed in
+// carehub.events, by its own clock (publishTimeout being the ingest's, from
+// the event's header carehub_publish_timeout, when longer: package
+// ackgate), writes
 // a void for it (key "void/" + identity + "/" + attempt), catches up until
 // it has applied it, and then
 // decides by log order: whichever of the attempt's record and void came
 // first wins, in every process, and late ones are ignored (Acknowledged).
 //
 // Why an acknowledged event is always routed: the ingest answers 202 only
-// if the attempt's record was acknowledged before acceptance +
-// publishTimeout (its clock); a void is written only after acceptance +
-// publishTimeout + margin (the router's clock) and after a catch-up to the
-// committed end offsets found no record. With clocks less than the margin
-// apart, the acknowledged record was in the log before that catch-up, so
-// it is found and no void is written; and a void, when one is written,
+// if the attempt's record was acknowledged before its deadline, which it
+// started before publishing the event, so the deadline is at most the
+// event's landing + publishTimeout (real time, no clock compared); a void
+// is written only after the router saw the event had landed +
+// publishTimeout + margin, and after a catch-up to the committed end
+// offsets found no record. The acknowledged record was therefore in the
+// log before that catch-up, so it is found and no void is written; and a
+// void, when one is written,
 // always comes before any record of the attempt that lands after it. A
 // record cut short at the ingest (answered 503) that lands later is either
 // before the void (the event is routed: a 503 that was in fact durable) or

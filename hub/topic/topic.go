@@ -200,8 +200,20 @@ func AcceptedSpec(replication int, window time.Duration) broker.TopicSpec {
 // in an older segment than its record) while a process still applies the
 // other: a process loading the record alone would take a resend for a
 // duplicate of an attempt that was never routed.
+//
+// message.timestamp.type is CreateTime (Kafka's default, set in case a
+// broker's default is LogAppendTime): the timestamp the hub writes, not the
+// broker's append time, is the one retention deletes by. A broker that
+// limits how old a timestamp may be (message.timestamp.before.max.ms, or
+// message.timestamp.difference.max.ms before Kafka 3.6) would refuse the
+// late voids; the hub does not set those (not every broker knows both
+// names), and the README says to leave them unlimited on this topic.
+//
+// The hub only ever raises retention.ms at start (broker.RaiseTopicConfigs):
+// lowering ingest.duplicateWindow needs every process stopped.
 func AcceptedConfigs(window time.Duration) map[string]string {
-	return map[string]string{"cleanup.policy": "delete", "retention.ms": strconv.FormatInt((window + AcceptedSlack).Milliseconds(), 10)}
+	return map[string]string{"cleanup.policy": "delete", "message.timestamp.type": "CreateTime",
+		"retention.ms": strconv.FormatInt((window + AcceptedSlack).Milliseconds(), 10)}
 }
 
 // AcceptedSlack is how much longer than the duplicate window the Accepted
