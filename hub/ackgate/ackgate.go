@@ -96,8 +96,9 @@ type Config struct {
 	// Dropped, if set, is told of each event not routed (a metric).
 	Dropped func()
 	// EndOffset, if set, returns the end offset (high-water mark) of a
-	// partition of carehub.events (ListOffsets latest): when a wait
-	// starts, and every EndOffsetPoll while it lasts, the gate records
+	// partition of carehub.events (ListOffsets latest): EndOffsetFirstPoll
+	// after a wait starts (most events find their record sooner, and need
+	// no lookup), then every EndOffsetPoll while it lasts, the gate records
 	// that every offset below it had landed by then, so the events that
 	// land while one waits are known to have landed from then, not from
 	// when the gate is handed them (one by one, after the wait).
