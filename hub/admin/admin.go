@@ -41,7 +41,6 @@ package admin
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"mime"
 	"net/http"
@@ -339,8 +338,7 @@ func (a *API) writeConsent(w http.ResponseWriter, r *http.Request, n nhs.Number,
 		_, _ = w.Write(b)
 		return
 	}
-	w.Header().Set("Content-Type", media.JSON)
-	_ = json.NewEncoder(w).Encode(pc)
+	writeJSON(w, http.StatusOK, pc)
 }
 
 func (a *API) deleteConsent(w http.ResponseWriter, r *http.Request) {
@@ -433,8 +431,7 @@ func (a *API) explain(w http.ResponseWriter, r *http.Request) {
 		}
 		out.Candidates = append(out.Candidates, e)
 	}
-	w.Header().Set("Content-Type", media.JSON)
-	_ = json.NewEncoder(w).Encode(out)
+	writeJSON(w, http.StatusOK, out)
 }
 
 // disclosures answers everything the audit holds about the patient: every
@@ -487,8 +484,7 @@ func (a *API) disclosures(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	markNotApplied(&h, recs, applied)
-	w.Header().Set("Content-Type", media.JSON)
-	_ = json.NewEncoder(w).Encode(struct {
+	writeJSON(w, http.StatusOK, struct {
 		// Numbers are the pseudonyms of the patient's numbers: the one
 		// asked about (or the one it was merged into) first.
 		Numbers []string `json:"numbers"`

@@ -99,12 +99,12 @@ func (a *API) createBackfill(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	w.Header().Set("Content-Type", media.JSON)
 	w.Header().Set("Location", "/v1/backfills/"+j.ID)
+	status := http.StatusOK
 	if created {
-		w.WriteHeader(http.StatusCreated)
+		status = http.StatusCreated
 	}
-	_ = json.NewEncoder(w).Encode(j)
+	writeJSON(w, status, j)
 }
 
 func (a *API) listBackfills(w http.ResponseWriter, r *http.Request) {
@@ -124,8 +124,7 @@ func (a *API) listBackfills(w http.ResponseWriter, r *http.Request) {
 			out = append(out, j)
 		}
 	}
-	w.Header().Set("Content-Type", media.JSON)
-	_ = json.NewEncoder(w).Encode(struct {
+	writeJSON(w, http.StatusOK, struct {
 		Items []backfill.Job `json:"items"`
 	}{out})
 }
@@ -136,8 +135,7 @@ func (a *API) getBackfill(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
-	w.Header().Set("Content-Type", media.JSON)
-	_ = json.NewEncoder(w).Encode(j)
+	writeJSON(w, http.StatusOK, j)
 }
 
 // runBackfill runs a job while the request lasts, writing the job as a

@@ -157,9 +157,7 @@ func (a *API) listDLQ(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}
-	w.Header().Set("Content-Type", media.JSON)
-	w.Header().Set("Cache-Control", "no-store")
-	_ = json.NewEncoder(w).Encode(page)
+	writeJSON(w, http.StatusOK, page)
 }
 
 // accessEvent audits a look at a patient's record about one event, named
@@ -208,8 +206,7 @@ func (a *API) replay(w http.ResponseWriter, r *http.Request, ls []deadletter.Let
 			zap.String("publisher", o.Publisher), zap.String("event_id", o.EventID), zap.String("outcome", o.Outcome), zap.String("rule", o.Rule),
 			zap.String("operator", operator(r)))
 	}
-	w.Header().Set("Content-Type", media.JSON)
-	_ = json.NewEncoder(w).Encode(ans)
+	writeJSON(w, http.StatusOK, ans)
 }
 
 func (a *API) replayOne(w http.ResponseWriter, r *http.Request) {
@@ -268,8 +265,7 @@ func (a *API) replayRecipient(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if len(open) == 0 {
-		w.Header().Set("Content-Type", media.JSON)
-		_ = json.NewEncoder(w).Encode(replayAnswer{Items: []deadletter.Outcome{}})
+		writeJSON(w, http.StatusOK, replayAnswer{Items: []deadletter.Outcome{}})
 		return
 	}
 	a.replay(w, r, open)

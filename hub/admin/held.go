@@ -149,9 +149,7 @@ func (a *API) listHeld(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	a.Log.Info("held messages listed", zap.Int("items", len(page.Items)), zap.Bool("with_messages", q.WithMessage))
-	w.Header().Set("Content-Type", media.JSON)
-	w.Header().Set("Cache-Control", "no-store")
-	_ = json.NewEncoder(w).Encode(page)
+	writeJSON(w, http.StatusOK, page)
 }
 
 func (a *API) countHeld(w http.ResponseWriter, r *http.Request) {
@@ -170,8 +168,7 @@ func (a *API) countHeld(w http.ResponseWriter, r *http.Request) {
 			c.ByReason[reason] = 0 // every reason, so dashboards see zeros
 		}
 	}
-	w.Header().Set("Content-Type", media.JSON)
-	_ = json.NewEncoder(w).Encode(c)
+	writeJSON(w, http.StatusOK, c)
 }
 
 // findHeld finds the open held message the path names (source= tells two
@@ -307,8 +304,7 @@ func (a *API) releaseHeld(w http.ResponseWriter, r *http.Request) {
 	}
 	a.Log.Info("held message released", zap.String("held_id", loc.ID), zap.String("source", loc.Source),
 		zap.Int("events", len(ids)), zap.Bool("nhs_number_given", !n.IsZero()), zap.String("operator", operator(r)))
-	w.Header().Set("Content-Type", media.JSON)
-	_ = json.NewEncoder(w).Encode(ans)
+	writeJSON(w, http.StatusOK, ans)
 }
 
 // resolveHeld closes a held message without sharing it, with the

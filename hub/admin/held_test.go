@@ -5,15 +5,16 @@ import (
 	"encoding/json"
 	"errors"
 
-	"github.com/ThreeDotsLabs/watermill/message"
-	"github.com/carehub/carehub/connectors/connector"
-	"github.com/carehub/carehub/hub/audit"
-	"github.com/carehub/carehub/schemas/nhs"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/carehub/carehub/connectors/connector"
+	"github.com/carehub/carehub/hub/audit"
+	"github.com/carehub/carehub/schemas/nhs"
 
 	"github.com/carehub/carehub/hub/held"
 	"github.com/carehub/carehub/hub/topic"

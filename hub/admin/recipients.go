@@ -126,6 +126,8 @@ func (a *API) jsonBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
 	return a.body(w, r)
 }
 
+// writeJSON answers with v as JSON. Admin answers speak of patients and
+// recipients: no cache keeps them.
 func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", media.JSON)
 	w.Header().Set("Cache-Control", "no-store")
