@@ -216,12 +216,7 @@ func (a *API) replayOne(w http.ResponseWriter, r *http.Request) {
 	}
 	a.dlqMu.Lock()
 	defer a.dlqMu.Unlock()
-	entries, err := a.readLetters(r)
-	if err != nil {
-		a.fail(w, r, err)
-		return
-	}
-	l, err := deadletter.Find(entries, r.PathValue("id"))
+	l, err := a.letterAt(r)
 	if err != nil {
 		a.fail(w, r, err)
 		return
@@ -271,6 +266,16 @@ func (a *API) replayRecipient(w http.ResponseWriter, r *http.Request) {
 	a.replay(w, r, open)
 }
 
+// letterAt reads the dead letter the path's {id} names. a.dlqMu must be
+// held.
+func (a *API) letterAt(r *http.Request) (deadletter.Letter, error) {
+	entries, err := a.readLetters(r)
+	if err != nil {
+		return deadletter.Letter{}, err
+	}
+	return deadletter.Find(entries, r.PathValue("id"))
+}
+
 func (a *API) resolveDLQ(w http.ResponseWriter, r *http.Request) {
 	reason, err := a.reason(w, r)
 	if err != nil {
@@ -279,12 +284,7 @@ func (a *API) resolveDLQ(w http.ResponseWriter, r *http.Request) {
 	}
 	a.dlqMu.Lock()
 	defer a.dlqMu.Unlock()
-	entries, err := a.readLetters(r)
-	if err != nil {
-		a.fail(w, r, err)
-		return
-	}
-	l, err := deadletter.Find(entries, r.PathValue("id"))
+	l, err := a.letterAt(r)
 	if err != nil {
 		a.fail(w, r, err)
 		return
