@@ -105,7 +105,17 @@ type (
 	}
 )
 
-func fhirTime(t time.Time) string { return t.Format(time.RFC3339Nano) }
+// fhirTime renders t as a FHIR dateTime, in its own offset when FHIR can
+// write that offset (whole minutes), else in UTC. A date-only period read
+// as midnight in Europe/London can fall, far enough back, in London's local
+// mean time (-00:01:15), which RFC 3339 would cut to -00:01 and so move the
+// instant (found by FuzzConsentFromFHIR, corpus bd135b53aca90961).
+func fhirTime(t time.Time) string {
+	if _, off := t.Zone(); off%60 != 0 {
+		t = t.UTC()
+	}
+	return t.Format(time.RFC3339Nano)
+}
 
 // ToFHIR renders a patient's directives as one FHIR R4 Consent resource (see
 // the package documentation for the mapping). The directives are validated
